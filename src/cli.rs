@@ -1,0 +1,70 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use runner::backend::DeviceKind;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "runner",
+    version,
+    about = "Run Lua recipes that fine-tune language models (LoRA and friends) and write sweep results to CSV.",
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit codes: 0 all trials ok; 1 some trials failed; 2 usage, recipe or device error.\n\
+                  `runner RECIPE.lua` is short for `runner run RECIPE.lua`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a recipe (the default when a recipe path is given directly).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The recipe to run, e.g. recipes/quickstart.lua.
+    #[arg(value_name = "RECIPE.lua")]
+    pub recipe: Option<PathBuf>,
+
+    /// Set a recipe parameter, read in the recipe as runner.params.KEY. Numbers become numbers,
+    /// true/false booleans, anything else a string. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+
+    /// Compute device: flex (CPU, default), wgpu (Vulkan/Metal; needs the `wgpu` feature) or
+    /// cuda (NVIDIA; needs the `cuda` feature).
+    #[arg(long, value_name = "DEVICE", default_value = "flex", value_parser = parse_device)]
+    pub device: DeviceKind,
+
+    /// Folder that sweeps write into: RESULTS/<sweep name>/trials.csv and steps.csv.
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    pub results: PathBuf,
+
+    /// Global seed, read in the recipe as runner.seed and the default of every seed option
+    /// (model init, LoRA init, data order, dropout). Default 0.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
+    let k = k.trim();
+    let ok = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.starts_with(|c: char| c.is_ascii_digit());
+    if !ok {
+        return Err(format!("'{k}' is not a valid parameter name (letters, digits and '_', not starting with a digit)"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    s.parse()
+}

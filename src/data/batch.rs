@@ -1,0 +1,167 @@
+//! Collation: tokenize, truncate, mask the prompt, right-pad; and the batch schedule.
+
+use rand::seq::SliceRandom;
+
+use super::dataset::{Dataset, Example};
+use super::tokenizer::ByteTokenizer;
+use crate::model::init;
+
+/// Label of positions that carry no loss (prompt and padding), as in PyTorch.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// A padded batch on the host, row-major `[batch, seq]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub input_ids: Vec<i64>,
+    /// The token itself where it is learned, `IGNORE_INDEX` elsewhere. Position `t`'s label is
+    /// predicted from positions `< t` (the loss shifts).
+    pub labels: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl Batch {
+    /// Collates examples, truncating each to `max_len` tokens and padding to the longest.
+    pub fn collate(examples: &[&Example], max_len: usize, tok: &ByteTokenizer) -> Batch {
+        let rows: Vec<(Vec<i64>, Vec<i64>)> = examples
+            .iter()
+            .map(|ex| {
+                let prompt = tok.encode(&ex.prompt);
+                let response = tok.encode(&ex.response);
+                let mut ids = prompt.clone();
+                ids.extend(&response);
+                let mut labels = vec![IGNORE_INDEX; prompt.len()];
+                labels.extend(&response);
+                ids.truncate(max_len);
+                labels.truncate(max_len);
+                (ids, labels)
+            })
+            .collect();
+        let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(1);
+        let mut input_ids = Vec::with_capacity(rows.len() * seq);
+        let mut labels = Vec::with_capacity(rows.len() * seq);
+        for (ids, labs) in rows {
+            let pad = seq - ids.len();
+            input_ids.extend(ids);
+            input_ids.extend(std::iter::repeat_n(0, pad));
+            labels.extend(labs);
+            labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+        }
+        Batch { input_ids, labels, batch: examples.len(), seq }
+    }
+
+    /// Tokens that carry loss after the one-position shift.
+    pub fn target_tokens(&self) -> usize {
+        (0..self.batch).map(|b| self.labels[b * self.seq + 1..(b + 1) * self.seq].iter().filter(|&&l| l != IGNORE_INDEX).count()).sum()
+    }
+
+    /// The largest token id, to check against the model's vocabulary before Burn sees it.
+    pub fn max_token(&self) -> i64 {
+        self.input_ids.iter().chain(self.labels.iter()).copied().max().unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BatchOptions {
+    pub size: usize,
+    pub max_len: usize,
+    /// Number of batches; `None` means one pass over the data.
+    pub steps: Option<usize>,
+    pub shuffle: bool,
+    pub seed: u64,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self { size: 8, max_len: 256, steps: None, shuffle: true, seed: 0 }
+    }
+}
+
+/// Yields batches: with `steps`, as many as asked, reshuffling at every pass over the data;
+/// without, one pass (the last batch may be smaller).
+pub struct Batches {
+    data: Dataset,
+    opts: BatchOptions,
+    order: Vec<usize>,
+    cursor: usize,
+    epoch: u64,
+    produced: usize,
+}
+
+impl Batches {
+    pub fn new(data: Dataset, opts: BatchOptions) -> Self {
+        let mut it = Self { order: (0..data.len()).collect(), data, opts, cursor: 0, epoch: 0, produced: 0 };
+        it.reorder();
+        it
+    }
+
+    fn reorder(&mut self) {
+        self.order = (0..self.data.len()).collect();
+        if self.opts.shuffle {
+            self.order.shuffle(&mut init::rng_for(self.opts.seed, &format!("epoch{}", self.epoch)));
+        }
+    }
+}
+
+impl Iterator for Batches {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        let n = self.data.len();
+        if n == 0 || self.opts.size == 0 {
+            return None;
+        }
+        match self.opts.steps {
+            Some(steps) if self.produced >= steps => return None,
+            None if self.cursor >= n => return None,
+            _ => {}
+        }
+        let mut picked = Vec::with_capacity(self.opts.size);
+        while picked.len() < self.opts.size {
+            if self.cursor >= n {
+                if self.opts.steps.is_none() {
+                    break;
+                }
+                self.epoch += 1;
+                self.cursor = 0;
+                self.reorder();
+            }
+            picked.push(self.order[self.cursor]);
+            self.cursor += 1;
+        }
+        self.produced += 1;
+        let examples: Vec<&Example> = picked.iter().map(|&i| &self.data.examples[i]).collect();
+        Some(Batch::collate(&examples, self.opts.max_len, &ByteTokenizer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_is_masked_and_padding_ignored() {
+        let a = Example { prompt: "ab".into(), response: "cd".into() };
+        let b = Example::text("xyz12");
+        let batch = Batch::collate(&[&a, &b], 16, &ByteTokenizer);
+        assert_eq!(batch.seq, 5);
+        assert_eq!(&batch.labels[..5], &[IGNORE_INDEX, IGNORE_INDEX, 99, 100, IGNORE_INDEX]);
+        assert_eq!(&batch.input_ids[..5], &[97, 98, 99, 100, 0]);
+        assert_eq!(&batch.labels[5..], &[120, 121, 122, 49, 50]);
+        // "cd" (both after position 0) + "yz12" (4 after the shift).
+        assert_eq!(batch.target_tokens(), 6);
+    }
+
+    #[test]
+    fn steps_cycle_through_epochs_deterministically() {
+        let ds = Dataset::new((0..5).map(|i| Example::text(format!("{i}"))).collect(), "mem");
+        let opts = BatchOptions { size: 2, max_len: 8, steps: Some(7), shuffle: true, seed: 3 };
+        let a: Vec<Batch> = Batches::new(ds.clone(), opts.clone()).collect();
+        let b: Vec<Batch> = Batches::new(ds.clone(), opts).collect();
+        assert_eq!(a.len(), 7);
+        assert!(a.iter().all(|x| x.batch == 2));
+        assert_eq!(a, b);
+        let one_pass: Vec<Batch> = Batches::new(ds, BatchOptions { size: 2, steps: None, ..Default::default() }).collect();
+        assert_eq!(one_pass.iter().map(|b| b.batch).collect::<Vec<_>>(), vec![2, 2, 1]);
+    }
+}

@@ -1,0 +1,170 @@
+//! The Lua host: runs a recipe with a global `runner` table. Each submodule binds one API
+//! table and only converts and validates values; the work happens in the Rust core.
+
+pub mod data;
+pub mod model;
+pub mod options;
+pub mod peft;
+pub mod sweep;
+pub mod train;
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::AutodiffBackend;
+use mlua::{Lua, Table};
+
+use crate::backend::DeviceKind;
+use crate::sweep::grid::sha256_hex;
+use options::RecipeError;
+use sweep::SweepHost;
+
+/// The device every tensor of this recipe lives on.
+pub struct DeviceData<B: AutodiffBackend>(pub B::Device);
+
+#[derive(Clone, Debug)]
+pub struct RecipeOptions {
+    pub path: PathBuf,
+    /// `--set key=value` pairs, in order (a later one wins).
+    pub params: Vec<(String, String)>,
+    pub seed: Option<u64>,
+    pub results_dir: PathBuf,
+    pub device: DeviceKind,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecipeReport {
+    pub trials_run: usize,
+    pub trials_failed: usize,
+}
+
+/// The recipe could not run to its end: a syntax error, a bad option, an uncaught error.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", traceback.as_ref().map(|t| format!("\n{t}")).unwrap_or_default())]
+pub struct RecipeFailure {
+    pub message: String,
+    pub traceback: Option<String>,
+}
+
+/// Runs a recipe file on backend `B`.
+pub fn run_recipe<B: AutodiffBackend>(opts: &RecipeOptions, device: B::Device) -> Result<RecipeReport, RecipeFailure> {
+    let fail = |message: String| RecipeFailure { message, traceback: None };
+    let source = std::fs::read(&opts.path).map_err(|e| fail(format!("cannot read recipe {}: {e}", opts.path.display())))?;
+    let lua = Lua::new();
+    lua.set_app_data(DeviceData::<B>(device));
+    lua.set_app_data(SweepHost::new(opts.results_dir.clone(), sha256_hex(&source), opts.seed));
+    install(&lua, opts).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
+    register::<B>(&lua).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
+    // '@' makes Lua name the chunk after the file: errors read `recipes/x.lua:LINE: ...`.
+    let chunk = lua.load(&source[..]).set_name(format!("@{}", opts.path.display()));
+    let result = chunk.exec();
+    let host = lua.app_data_ref::<SweepHost>().expect("host");
+    let report = RecipeReport { trials_run: host.trials_run, trials_failed: host.trials_failed };
+    match result {
+        Ok(()) => Ok(report),
+        Err(e) => {
+            let parts = error_parts(&e);
+            Err(RecipeFailure { message: parts.message, traceback: parts.traceback })
+        }
+    }
+}
+
+fn install(lua: &Lua, opts: &RecipeOptions) -> mlua::Result<()> {
+    let runner = lua.create_table()?;
+    let params = lua.create_table()?;
+    for (k, v) in &opts.params {
+        params.set(k.as_str(), parse_param(lua, v)?)?;
+    }
+    runner.set("params", params)?;
+    runner.set("seed", opts.seed.unwrap_or(0))?;
+    runner.set("device", opts.device.to_string())?;
+    runner.set("version", env!("CARGO_PKG_VERSION"))?;
+    lua.globals().set("runner", runner)
+}
+
+fn register<B: AutodiffBackend>(lua: &Lua) -> mlua::Result<()> {
+    let runner: Table = lua.globals().get("runner")?;
+    model::register::<B>(lua, &runner)?;
+    peft::register(lua, &runner)?;
+    data::register(lua, &runner)?;
+    train::register::<B>(lua, &runner)?;
+    sweep::register(lua, &runner)
+}
+
+/// `--set` values: integers and floats become numbers, true/false booleans, the rest strings.
+fn parse_param(lua: &Lua, v: &str) -> mlua::Result<mlua::Value> {
+    if let Ok(i) = v.parse::<i64>() {
+        return Ok(mlua::Value::Integer(i));
+    }
+    if let Ok(x) = v.parse::<f64>() {
+        return Ok(mlua::Value::Number(x));
+    }
+    Ok(match v {
+        "true" => mlua::Value::Boolean(true),
+        "false" => mlua::Value::Boolean(false),
+        s => mlua::Value::String(lua.create_string(s)?),
+    })
+}
+
+/// An mlua error taken apart: the message a person reads first, the Lua traceback, and
+/// whether it is a recipe mistake (exit code 2) rather than a failure of the work.
+pub struct ErrorParts {
+    pub message: String,
+    pub traceback: Option<String>,
+    pub is_recipe_error: bool,
+}
+
+pub fn error_parts(e: &mlua::Error) -> ErrorParts {
+    match e {
+        mlua::Error::CallbackError { traceback, cause } => {
+            let mut inner = error_parts(cause);
+            inner.traceback = inner.traceback.or_else(|| Some(traceback.clone()));
+            inner
+        }
+        mlua::Error::WithContext { context, cause } => {
+            let mut inner = error_parts(cause);
+            inner.message = format!("{context}: {}", inner.message);
+            inner
+        }
+        mlua::Error::ExternalError(err) => {
+            let is_recipe_error = err.downcast_ref::<RecipeError>().is_some();
+            ErrorParts { message: err.to_string(), traceback: None, is_recipe_error }
+        }
+        mlua::Error::SyntaxError { message, .. } => ErrorParts { message: format!("syntax error: {message}"), traceback: None, is_recipe_error: true },
+        mlua::Error::RuntimeError(msg) => {
+            let (message, traceback) = match msg.split_once("\nstack traceback:") {
+                Some((m, t)) => (m.to_string(), Some(format!("stack traceback:{t}"))),
+                None => (msg.clone(), None),
+            };
+            ErrorParts { message, traceback, is_recipe_error: false }
+        }
+        other => ErrorParts { message: other.to_string(), traceback: None, is_recipe_error: false },
+    }
+}
+
+/// Converts JSON (e.g. a serialised config) into Lua tables.
+pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => mlua::Value::Nil,
+        J::Bool(b) => mlua::Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => mlua::Value::Integer(i),
+            None => mlua::Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => mlua::Value::String(lua.create_string(s)?),
+        J::Array(a) => {
+            let t = lua.create_table()?;
+            for item in a {
+                t.push(json_to_lua(lua, item)?)?;
+            }
+            mlua::Value::Table(t)
+        }
+        J::Object(o) => {
+            let t = lua.create_table()?;
+            for (k, item) in o {
+                t.set(k.as_str(), json_to_lua(lua, item)?)?;
+            }
+            mlua::Value::Table(t)
+        }
+    })
+}

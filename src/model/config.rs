@@ -1,0 +1,165 @@
+//! Llama-architecture configuration, with the field names of Hugging Face `config.json`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_head_dim_none")]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_head_dim_none() -> Option<usize> {
+    None
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+fn default_max_pos() -> usize {
+    2048
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{field} must be at least 1 (got {value})")]
+    Zero { field: &'static str, value: usize },
+    #[error("num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")]
+    Gqa { heads: usize, kv_heads: usize },
+    #[error("hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) when head_dim is not given")]
+    HeadDim { hidden: usize, heads: usize },
+    #[error("head_dim ({0}) must be even for rotary embeddings")]
+    OddHeadDim(usize),
+    #[error("{field} must be a positive finite number (got {value})")]
+    Positive { field: &'static str, value: f64 },
+}
+
+impl LlamaConfig {
+    /// Dimension of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Checks every value Burn would otherwise panic on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { field, value });
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(ConfigError::Gqa {
+                heads: self.num_attention_heads,
+                kv_heads: self.num_key_value_heads,
+            });
+        }
+        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+            return Err(ConfigError::HeadDim { hidden: self.hidden_size, heads: self.num_attention_heads });
+        }
+        if self.head_dim() == 0 {
+            return Err(ConfigError::Zero { field: "head_dim", value: 0 });
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(ConfigError::OddHeadDim(self.head_dim()));
+        }
+        for (field, value) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(ConfigError::Positive { field, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of a small random model, as `runner.model.tiny{...}` takes them.
+#[derive(Clone, Debug)]
+pub struct TinyOptions {
+    pub layers: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub ffn: Option<usize>,
+    pub tied: bool,
+    pub max_seq: usize,
+    pub rope_theta: f64,
+    /// Standard deviation of the random weights; `None` means 1/√d_model, which gives a frozen
+    /// random base logits large enough for an adapter to steer (Hugging Face's 0.02 does not).
+    pub init_std: Option<f64>,
+    pub seed: u64,
+}
+
+impl Default for TinyOptions {
+    fn default() -> Self {
+        Self { layers: 2, d_model: 64, heads: 4, kv_heads: 2, vocab: 256, ffn: None, tied: true, max_seq: 512, rope_theta: 10000.0, init_std: None, seed: 0 }
+    }
+}
+
+impl TinyOptions {
+    pub fn std(&self) -> f64 {
+        self.init_std.unwrap_or(1.0 / (self.d_model.max(1) as f64).sqrt())
+    }
+
+    pub fn config(&self) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: self.vocab,
+            hidden_size: self.d_model,
+            // Llama's ratio (8/3 · d) rounded up to a multiple of 8.
+            intermediate_size: self.ffn.unwrap_or(((self.d_model * 8 / 3) + 7) / 8 * 8),
+            num_hidden_layers: self.layers,
+            num_attention_heads: self.heads,
+            num_key_value_heads: self.kv_heads,
+            head_dim: None,
+            rms_norm_eps: 1e-5,
+            rope_theta: self.rope_theta,
+            max_position_embeddings: self.max_seq,
+            tie_word_embeddings: self.tied,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_config_json_parses() {
+        let json = r#"{"vocab_size":49152,"hidden_size":576,"intermediate_size":1536,
+            "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,
+            "rms_norm_eps":1e-5,"rope_theta":100000.0,"max_position_embeddings":8192,
+            "tie_word_embeddings":true,"model_type":"llama"}"#;
+        let c: LlamaConfig = serde_json::from_str(json).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.head_dim(), 64);
+    }
+
+    #[test]
+    fn bad_gqa_is_rejected() {
+        let mut c = TinyOptions::default().config();
+        c.num_key_value_heads = 3;
+        assert_eq!(c.validate(), Err(ConfigError::Gqa { heads: 4, kv_heads: 3 }));
+    }
+}

@@ -1,0 +1,275 @@
+//! Llama-architecture decoder: token embedding, RMSNorm, rotary embeddings (Hugging Face
+//! rotate-half convention), grouped-query causal attention, SwiGLU MLP, tied or untied head.
+
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Int, TensorData};
+
+use super::config::{ConfigError, LlamaConfig};
+use super::init::{self, HostRng};
+use super::linear::Linear;
+use super::params::{Param, ParamCount, ParamVisitor};
+
+/// The projections LoRA and friends can target, in the order Hugging Face names them.
+pub const LINEAR_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+#[derive(Clone, Debug)]
+pub struct Block<B: Backend> {
+    pub input_layernorm: Param<B, 1>,
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub post_attention_layernorm: Param<B, 1>,
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Llama<B: Backend> {
+    pub config: LlamaConfig,
+    /// `[vocab, d_model]`
+    pub embed_tokens: Param<B, 2>,
+    pub layers: Vec<Block<B>>,
+    pub norm: Param<B, 1>,
+    /// `[vocab, d_model]` like the embedding; `None` when tied to it.
+    pub lm_head: Option<Param<B, 2>>,
+    pub device: B::Device,
+}
+
+impl<B: Backend> Block<B> {
+    pub fn linear(&self, name: &str) -> Option<&Linear<B>> {
+        Some(match name {
+            "q_proj" => &self.q_proj,
+            "k_proj" => &self.k_proj,
+            "v_proj" => &self.v_proj,
+            "o_proj" => &self.o_proj,
+            "gate_proj" => &self.gate_proj,
+            "up_proj" => &self.up_proj,
+            "down_proj" => &self.down_proj,
+            _ => return None,
+        })
+    }
+
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
+        Some(match name {
+            "q_proj" => &mut self.q_proj,
+            "k_proj" => &mut self.k_proj,
+            "v_proj" => &mut self.v_proj,
+            "o_proj" => &mut self.o_proj,
+            "gate_proj" => &mut self.gate_proj,
+            "up_proj" => &mut self.up_proj,
+            "down_proj" => &mut self.down_proj,
+            _ => return None,
+        })
+    }
+
+    fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+        v.visit1(&format!("{prefix}.input_layernorm.weight"), &mut self.input_layernorm);
+        for name in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            let p = format!("{prefix}.self_attn.{name}");
+            self.linear_mut(name).unwrap().visit(&p, v);
+        }
+        v.visit1(&format!("{prefix}.post_attention_layernorm.weight"), &mut self.post_attention_layernorm);
+        for name in ["gate_proj", "up_proj", "down_proj"] {
+            let p = format!("{prefix}.mlp.{name}");
+            self.linear_mut(name).unwrap().visit(&p, v);
+        }
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// A randomly initialised model: normal(0, `std`) weights (Hugging Face's Llama uses
+    /// 0.02), unit norms. Every parameter is trainable until a method is attached.
+    pub fn random(config: LlamaConfig, seed: u64, std: f64, device: &B::Device) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let d = config.hidden_size;
+        let hd = config.head_dim();
+        let (h, kvh, ffn, vocab) = (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size, config.vocab_size);
+        let mat = |name: &str, rows: usize, cols: usize| -> Tensor<B, 2> {
+            let mut rng = init::rng_for(seed, name);
+            init::tensor2(init::normal_vec(&mut rng, rows * cols, std), [rows, cols], device)
+        };
+        let lin = |name: &str, d_in: usize, d_out: usize| Linear::new(mat(name, d_in, d_out), true);
+        let ones = |n: usize| Param::new(Tensor::<B, 1>::ones([n], device), true);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = |n: &str| format!("layers.{i}.{n}");
+                Block {
+                    input_layernorm: ones(d),
+                    q_proj: lin(&p("q_proj"), d, h * hd),
+                    k_proj: lin(&p("k_proj"), d, kvh * hd),
+                    v_proj: lin(&p("v_proj"), d, kvh * hd),
+                    o_proj: lin(&p("o_proj"), h * hd, d),
+                    post_attention_layernorm: ones(d),
+                    gate_proj: lin(&p("gate_proj"), d, ffn),
+                    up_proj: lin(&p("up_proj"), d, ffn),
+                    down_proj: lin(&p("down_proj"), ffn, d),
+                }
+            })
+            .collect();
+        let lm_head = (!config.tie_word_embeddings).then(|| Param::new(mat("lm_head", vocab, d), true));
+        Ok(Self {
+            embed_tokens: Param::new(mat("embed_tokens", vocab, d), true),
+            layers,
+            norm: ones(d),
+            lm_head,
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// Visits every parameter in a fixed order with its Hugging Face-style name.
+    pub fn visit<V: ParamVisitor<B>>(&mut self, v: &mut V) {
+        v.visit2("embed_tokens.weight", &mut self.embed_tokens);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.visit(&format!("layers.{i}"), v);
+        }
+        v.visit1("norm.weight", &mut self.norm);
+        if let Some(head) = &mut self.lm_head {
+            v.visit2("lm_head.weight", head);
+        }
+    }
+
+    pub fn param_count(&self) -> ParamCount {
+        let mut count = ParamCount::default();
+        // Visiting needs `&mut`; counting on a cheap clone (tensors are reference-counted) keeps this `&self`.
+        self.clone().visit(&mut count);
+        count
+    }
+
+    /// A copy whose parameters are detached from autodiff: evaluation builds no graph.
+    pub fn detached(&self) -> Self {
+        struct Detach;
+        impl<B: Backend> ParamVisitor<B> for Detach {
+            fn visit1(&mut self, _: &str, p: &mut Param<B, 1>) {
+                p.value = p.value.clone().detach();
+            }
+            fn visit2(&mut self, _: &str, p: &mut Param<B, 2>) {
+                p.value = p.value.clone().detach();
+            }
+        }
+        let mut m = self.clone();
+        m.visit(&mut Detach);
+        m
+    }
+
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> logits `[batch, seq, vocab]`
+    ///
+    /// Token ids must be below `vocab_size` (the data layer checks this before calling).
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, mut rng: Option<&mut HostRng>) -> Tensor<B, 3> {
+        let [b, t] = input_ids.dims();
+        let hidden = self.hidden_states(input_ids, rng.as_deref_mut());
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let logits = hidden.matmul(head.value.clone().transpose());
+        logits.reshape([b, t, self.config.vocab_size])
+    }
+
+    /// The final normalised hidden states, `[batch * seq, d_model]`.
+    pub fn hidden_states(&self, input_ids: Tensor<B, 2, Int>, mut rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+        let [b, t] = input_ids.dims();
+        let ids = input_ids.reshape([b * t]);
+        let mut x = self.embed_tokens.value.clone().select(0, ids);
+        let rope = Rope::new(&self.config, t, &self.device);
+        let mask = causal_mask::<B>(t, &self.device);
+        for layer in &self.layers {
+            let h = rms_norm(x.clone(), &layer.input_layernorm.value, self.config.rms_norm_eps);
+            x = x + self.attention(layer, h, b, t, &rope, &mask, rng.as_deref_mut());
+            let h = rms_norm(x.clone(), &layer.post_attention_layernorm.value, self.config.rms_norm_eps);
+            let gate = silu(layer.gate_proj.forward(h.clone(), rng.as_deref_mut()));
+            let up = layer.up_proj.forward(h, rng.as_deref_mut());
+            x = x + layer.down_proj.forward(gate * up, rng.as_deref_mut());
+        }
+        rms_norm(x, &self.norm.value, self.config.rms_norm_eps)
+    }
+
+    /// # Shapes
+    /// - x: `[batch * seq, d_model]` -> `[batch * seq, d_model]`
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Block<B>,
+        x: Tensor<B, 2>,
+        b: usize,
+        t: usize,
+        rope: &Rope<B>,
+        mask: &Tensor<B, 4, Bool>,
+        mut rng: Option<&mut HostRng>,
+    ) -> Tensor<B, 2> {
+        let hd = self.config.head_dim();
+        let (h, kvh) = (self.config.num_attention_heads, self.config.num_key_value_heads);
+        let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = rope.apply(heads(layer.q_proj.forward(x.clone(), rng.as_deref_mut()), h));
+        let k = rope.apply(heads(layer.k_proj.forward(x.clone(), rng.as_deref_mut()), kvh));
+        let v = heads(layer.v_proj.forward(x, rng.as_deref_mut()), kvh);
+        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scores = scores.mask_fill(mask.clone().expand([b, h, t, t]), -1e9);
+        let out = softmax(scores, 3).matmul(v); // [b, h, t, hd]
+        let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
+        layer.o_proj.forward(out, rng)
+    }
+}
+
+/// # Shapes
+/// - x: `[n, d]`, weight: `[d]` -> `[n, d]`
+pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let inv_rms = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
+    x * inv_rms * weight.clone().unsqueeze::<2>()
+}
+
+/// Repeats each key/value head `n_rep` times for grouped-query attention.
+/// # Shapes
+/// - x: `[b, kv_heads, t, hd]` -> `[b, kv_heads * n_rep, t, hd]`
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, kvh, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2).repeat_dim(2, n_rep).reshape([b, kvh * n_rep, t, hd])
+}
+
+/// `true` above the diagonal: position i may not attend to j > i.
+fn causal_mask<B: Backend>(t: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let values: Vec<bool> = (0..t * t).map(|k| k % t > k / t).collect();
+    Tensor::<B, 2, Bool>::from_data(TensorData::new(values, [t, t]), device).reshape([1, 1, t, t])
+}
+
+/// Rotary position embedding tables in the rotate-half layout: the first half of each head
+/// pairs with the second half (Hugging Face), not interleaved pairs (Burn's built-in).
+struct Rope<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Rope<B> {
+    fn new(config: &LlamaConfig, t: usize, device: &B::Device) -> Self {
+        let hd = config.head_dim();
+        let half = hd / 2;
+        let mut cos = Vec::with_capacity(t * hd);
+        let mut sin = Vec::with_capacity(t * hd);
+        for pos in 0..t {
+            for i in 0..hd {
+                let inv_freq = 1.0 / config.rope_theta.powf((2 * (i % half)) as f64 / hd as f64);
+                let angle = pos as f64 * inv_freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [t, hd]), device).reshape([1, 1, t, hd]);
+        Self { cos: table(cos), sin: table(sin) }
+    }
+
+    /// # Shapes
+    /// - x: `[b, heads, t, hd]` -> same
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let hd = x.dims()[3];
+        let half = hd / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}

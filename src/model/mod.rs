@@ -1,0 +1,10 @@
+//! The Llama-architecture decoder and its building blocks.
+
+pub mod config;
+pub mod init;
+pub mod linear;
+pub mod llama;
+pub mod params;
+
+pub use config::{LlamaConfig, TinyOptions};
+pub use llama::Llama;

@@ -1,0 +1,9 @@
+//! Sweeps: grid expansion, trial ids, and the CSV results they write.
+
+pub mod grid;
+pub mod results;
+pub mod value;
+
+pub use grid::{expand_grid, trial_id, Trial};
+pub use results::{StepsLog, TrialRecord, TrialStatus, TrialsTable};
+pub use value::Value;
