@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -88,27 +89,43 @@ pub fn dispatch<W: WithBackend>(kind: DeviceKind, work: W) -> Result<W::Output, 
 }
 
 /// Runs a tiny computation on the device. Burn panics when a device cannot be initialised
-/// (no Vulkan driver, no CUDA library or GPU); the panic is caught here, silenced, and
-/// returned as an error.
+/// (no Vulkan driver, no CUDA library or GPU), sometimes in a runtime thread of its own; the
+/// panics are caught here, silenced, and their first message returned as the reason.
 pub fn probe<B: Backend>(kind: DeviceKind, device: &B::Device) -> Result<(), DeviceError> {
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
     let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    {
+        let messages = messages.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            if let Ok(mut m) = messages.lock() {
+                // cudarc's message lists every library name it tried: keep the sentence only.
+                let first = msg.lines().next().unwrap_or_default();
+                m.push(first.split(" - searched for").next().unwrap_or(first).to_string());
+            }
+        }));
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let t = Tensor::<B, 1>::ones([4], device) * 2.0;
         t.into_data().to_vec::<f32>().map(|v| v.iter().sum::<f32>())
     }));
     std::panic::set_hook(previous);
+    let first_panic = messages.lock().ok().and_then(|m| m.first().cloned());
+    let hint = match kind {
+        DeviceKind::Cuda => " (is there an NVIDIA GPU with its driver, libcuda, installed?)",
+        DeviceKind::Wgpu => " (is there a Vulkan/Metal driver? On Debian, Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)",
+        DeviceKind::Flex => "",
+    };
+    let unavailable = |reason: String| DeviceError::Unavailable { kind, reason: format!("{reason}{hint}") };
     match result {
         Ok(Ok(sum)) if sum == 8.0 => Ok(()),
-        Ok(Ok(sum)) => Err(DeviceError::Unavailable { kind, reason: format!("probe computed {sum}, expected 8") }),
-        Ok(Err(e)) => Err(DeviceError::Unavailable { kind, reason: format!("{e:?}") }),
-        Err(payload) => {
-            let reason = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the backend failed to initialise".into());
-            Err(DeviceError::Unavailable { kind, reason: reason.lines().next().unwrap_or_default().to_string() })
-        }
+        Ok(Ok(sum)) => Err(unavailable(format!("probe computed {sum}, expected 8"))),
+        Ok(Err(e)) => Err(unavailable(format!("{e:?}"))),
+        Err(_) => Err(unavailable(first_panic.unwrap_or_else(|| "the backend failed to initialise".into()))),
     }
 }

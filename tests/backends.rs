@@ -1,0 +1,67 @@
+//! The same tiny model, forward and backward, on flex and on wgpu (Mesa lavapipe in CI):
+//! logits and LoRA gradients agree within 1e-4.
+#![cfg(feature = "wgpu")]
+
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Autodiff, Flex, Wgpu};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, TensorData};
+
+use runner::data::{Batch, ByteTokenizer, Example};
+use runner::model::{init, Llama, TinyOptions};
+use runner::peft::lora::{attach, LoraConfig};
+use runner::train::loss::causal_lm_loss;
+
+/// Logits, loss and the gradients of every LoRA A and B, flattened, computed on backend `B`.
+fn forward_backward<B: AutodiffBackend>(device: &B::Device) -> (Vec<f32>, f32, Vec<f32>) {
+    let opts = TinyOptions::default();
+    let mut model = Llama::<B>::random(opts.config(), 5, opts.std(), device).unwrap();
+    let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    attach(&mut model, &LoraConfig { rank: 4, alpha: 8.0, targets: targets.map(String::from).to_vec(), ..Default::default() }).unwrap();
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        for t in targets {
+            let ad = layer.linear_mut(t).unwrap().lora.as_mut().unwrap();
+            let [r, out] = ad.b.value.dims();
+            let mut rng = init::rng_for(11, &format!("{i}.{t}"));
+            ad.b.value = init::tensor2::<B>(init::normal_vec(&mut rng, r * out, 0.1), [r, out], device).require_grad();
+        }
+    }
+    let a = Example { prompt: "Q: opposite of hot?\nA:".into(), response: " cold.\n".into() };
+    let b = Example::text("Grouped-query attention with rotary embeddings.");
+    let batch = Batch::collate(&[&a, &b], 64, &ByteTokenizer);
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), device);
+    let logits = model.forward(ids, None);
+    let logits_host = logits.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let loss = causal_lm_loss(logits, &batch.labels);
+    let loss_host = loss.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()[0];
+    let grads = loss.backward();
+    let mut g = Vec::new();
+    for layer in &model.layers {
+        for t in targets {
+            let ad = layer.linear(t).unwrap().lora.as_ref().unwrap();
+            for p in [&ad.a, &ad.b] {
+                g.extend(p.value.grad(&grads).unwrap().into_data().convert::<f32>().to_vec::<f32>().unwrap());
+            }
+        }
+    }
+    (logits_host, loss_host, g)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn flex_and_wgpu_agree() {
+    let (l1, loss1, g1) = forward_backward::<Autodiff<Flex>>(&Default::default());
+    let (l2, loss2, g2) = forward_backward::<Autodiff<Wgpu>>(&WgpuDevice::DefaultDevice);
+    assert!(g1.iter().any(|&x| x != 0.0), "gradients must not be trivially zero");
+    let dl = max_abs_diff(&l1, &l2);
+    let dg = max_abs_diff(&g1, &g2);
+    eprintln!("max |Δ| logits {dl:e}, gradients {dg:e}, loss {loss1} vs {loss2}");
+    assert!(dl < 1e-4, "logits differ by {dl}");
+    assert!(dg < 1e-4, "gradients differ by {dg}");
+    assert!((loss1 - loss2).abs() < 1e-4);
+}

@@ -1,0 +1,180 @@
+//! LoRA on the Rust core (no Lua): a fresh adapter is a no-op, training touches only the
+//! adapter, gradients match finite differences, parameter counts match PEFT's.
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::{Int, TensorData};
+
+use runner::data::{Batch, Example};
+use runner::data::ByteTokenizer;
+use runner::model::init;
+use runner::model::params::Snapshot;
+use runner::model::{Llama, LlamaConfig, TinyOptions};
+use runner::peft::lora::{attach, LoraConfig, LoraError};
+use runner::train::loss::causal_lm_loss;
+use runner::train::{AdamWConfig, Schedule, Trainer};
+
+type B = Autodiff<Flex>;
+
+fn tiny(seed: u64) -> Llama<B> {
+    let opts = TinyOptions { seed, ..Default::default() };
+    Llama::random(opts.config(), seed, opts.std(), &Default::default()).unwrap()
+}
+
+fn lora(rank: usize, targets: &[&str]) -> LoraConfig {
+    LoraConfig { rank, alpha: 2.0 * rank as f64, targets: targets.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+}
+
+fn batch() -> Batch {
+    let a = Example { prompt: "Q: 2 plus 2?\nA:".into(), response: " 4.\n".into() };
+    let b = Example::text("The quick brown fox jumps.");
+    Batch::collate(&[&a, &b], 64, &ByteTokenizer)
+}
+
+fn ids(batch: &Batch) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), &Default::default())
+}
+
+fn logits(model: &Llama<B>, batch: &Batch) -> Vec<f32> {
+    model.detached().forward(ids(batch), None).into_data().to_vec::<f32>().unwrap()
+}
+
+const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+#[test]
+fn fresh_adapter_leaves_logits_identical() {
+    let b = batch();
+    let mut model = tiny(1);
+    let before = logits(&model, &b);
+    attach(&mut model, &lora(4, &ALL)).unwrap();
+    let after = logits(&model, &b);
+    assert_eq!(before.len(), after.len());
+    let max = before.iter().zip(&after).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert_eq!(max, 0.0, "a B = 0 adapter must not change the logits");
+}
+
+#[test]
+fn training_changes_only_the_adapter() {
+    let b = batch();
+    let mut model = tiny(2);
+    attach(&mut model, &lora(4, &["q_proj", "v_proj"])).unwrap();
+    let mut before = Snapshot::default();
+    model.visit(&mut before);
+    let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, ..Default::default() }, Schedule::default(), 0).unwrap();
+    for _ in 0..3 {
+        trainer.step(&mut model, &b).unwrap();
+    }
+    let mut after = Snapshot::default();
+    model.visit(&mut after);
+    assert_eq!(before.entries.len(), after.entries.len());
+    let mut changed = 0;
+    for ((name, _, x), (_, _, y)) in before.entries.iter().zip(&after.entries) {
+        let is_adapter = name.ends_with("lora_A") || name.ends_with("lora_B");
+        if is_adapter {
+            assert_ne!(x, y, "{name} should have been trained");
+            changed += 1;
+        } else {
+            assert_eq!(x, y, "{name} is frozen and must not change");
+        }
+    }
+    assert_eq!(changed, 2 * 2 * 2, "2 layers × (q, v) × (A, B)");
+}
+
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let b = batch();
+    let mut model = tiny(3);
+    attach(&mut model, &lora(2, &["q_proj", "v_proj", "down_proj"])).unwrap();
+    // Non-zero B, so that A has a gradient too.
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        for t in ["q_proj", "v_proj", "down_proj"] {
+            let ad = layer.linear_mut(t).unwrap().lora.as_mut().unwrap();
+            let [r, out] = ad.b.value.dims();
+            let mut rng = init::rng_for(9, &format!("{i}{t}"));
+            ad.b.value = init::tensor2::<B>(init::normal_vec(&mut rng, r * out, 0.5), [r, out], &Default::default()).require_grad();
+        }
+    }
+    let loss_of = |m: &Llama<B>| -> f64 {
+        let l = causal_lm_loss(m.detached().forward(ids(&b), None), &b.labels);
+        l.into_scalar() as f64
+    };
+    let loss = causal_lm_loss(model.forward(ids(&b), None), &b.labels);
+    let grads = loss.backward();
+    let eps = 1e-2f32;
+    let mut checked = 0;
+    for (layer, target) in [(0, "q_proj"), (1, "v_proj"), (1, "down_proj")] {
+        for which in ["A", "B"] {
+            let ad = model.layers[layer].linear(target).unwrap().lora.as_ref().unwrap();
+            let p = if which == "A" { &ad.a } else { &ad.b };
+            let analytic = p.value.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+            let values = p.value.to_data().to_vec::<f32>().unwrap();
+            let dims = p.value.dims();
+            // The three entries with the largest gradient: where a wrong backward shows most.
+            let mut order: Vec<usize> = (0..analytic.len()).collect();
+            order.sort_by(|&i, &j| analytic[j].abs().partial_cmp(&analytic[i].abs()).unwrap());
+            for &k in order.iter().take(3) {
+                let shifted = |delta: f32| {
+                    let mut v = values.clone();
+                    v[k] += delta;
+                    let mut m = model.clone();
+                    let ad = m.layers[layer].linear_mut(target).unwrap().lora.as_mut().unwrap();
+                    let p = if which == "A" { &mut ad.a } else { &mut ad.b };
+                    p.value = init::tensor2::<B>(v, dims, &Default::default());
+                    loss_of(&m)
+                };
+                let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+                let a = analytic[k] as f64;
+                let tol = 2e-3 + 2e-2 * a.abs();
+                assert!((numeric - a).abs() < tol, "layer {layer} {target} lora_{which}[{k}]: autodiff {a}, finite difference {numeric}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 18);
+}
+
+#[test]
+fn trainable_counts_match_peft_on_smollm2_shapes() {
+    // SmolLM2-135M's config; PEFT's print_trainable_parameters() gives 460,800 (q, v; r = 8)
+    // and 2,442,240 (all linear layers; r = 8).
+    let config = LlamaConfig {
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        head_dim: None,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100000.0,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+    };
+    let base = Llama::<Flex>::random(config, 0, 0.02, &Default::default()).unwrap();
+    assert_eq!(base.param_count().total, 134_515_008);
+    let mut qv = base.clone();
+    attach(&mut qv, &lora(8, &["q_proj", "v_proj"])).unwrap();
+    assert_eq!(qv.param_count().trainable, 460_800);
+    let mut all = base.clone();
+    attach(&mut all, &lora(8, &ALL)).unwrap();
+    assert_eq!(all.param_count().trainable, 2_442_240);
+    assert_eq!(all.param_count().total, 134_515_008 + 2_442_240);
+}
+
+#[test]
+fn invalid_configs_are_rejected_without_changing_the_model() {
+    let mut model = tiny(4);
+    assert_eq!(attach(&mut model, &lora(0, &["q_proj"])), Err(LoraError::Rank(0)));
+    let err = attach(&mut model, &lora(4, &["q_prj"])).unwrap_err().to_string();
+    assert!(err.contains("did you mean 'q_proj'"), "{err}");
+    let err = attach(&mut model, &lora(65, &["q_proj"])).unwrap_err();
+    assert!(matches!(err, LoraError::RankTooLarge { rank: 65, .. }), "{err}");
+    assert_eq!(model.param_count().trainable, model.param_count().total, "failed attaches must not freeze the model");
+    attach(&mut model, &lora(4, &["q_proj"])).unwrap();
+    assert_eq!(attach(&mut model, &lora(4, &["v_proj", "q_proj"])), Err(LoraError::AlreadyAttached("layers.0.q_proj".into())));
+    // A second adapter on other modules keeps the first one trainable.
+    attach(&mut model, &lora(4, &["v_proj"])).unwrap();
+    // Two layers × (q: 64→64, v: 64→32 with 2 of 4 heads for keys/values), rank 4.
+    let expected = 2 * ((64 * 4 + 4 * 64) + (64 * 4 + 4 * 32));
+    assert_eq!(model.param_count().trainable, expected);
+}
