@@ -1,0 +1,210 @@
+//! The `runner` binary end to end: recipes, exit codes, messages with file:line, CSV results.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    format!("tests/fixtures/recipes/{name}")
+}
+
+/// Runs `runner ARGS --results DIR` from the repository root.
+fn runner(args: &[&str], results: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root())
+        .args(args)
+        .arg("--results")
+        .arg(results)
+        .output()
+        .expect("runner starts")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r.records().map(|x| x.unwrap().iter().map(String::from).collect()).collect();
+    (header, rows)
+}
+
+fn column(header: &[String], name: &str) -> usize {
+    header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
+#[test]
+fn quickstart_loss_falls_and_runs_are_reproducible() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let out = runner(&["recipes/quickstart.lua"], a.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = runner(&["run", "recipes/quickstart.lua"], b.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let steps_a = std::fs::read(a.path().join("quickstart/steps.csv")).unwrap();
+    let steps_b = std::fs::read(b.path().join("quickstart/steps.csv")).unwrap();
+    assert_eq!(steps_a, steps_b, "same seed must give byte-identical steps.csv");
+
+    let (header, rows) = read_csv(&a.path().join("quickstart/steps.csv"));
+    let loss = column(&header, "loss");
+    let first: f64 = rows.first().unwrap()[loss].parse().unwrap();
+    let last: f64 = rows.last().unwrap()[loss].parse().unwrap();
+    assert!(last <= 0.7 * first, "training loss should fall by ≥ 30%: {first} -> {last}");
+
+    let (header, rows) = read_csv(&a.path().join("quickstart/trials.csv"));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][column(&header, "status")], "ok");
+    let before: f64 = rows[0][column(&header, "eval_loss_before")].parse().unwrap();
+    let after: f64 = rows[0][column(&header, "eval_loss")].parse().unwrap();
+    assert!(after <= 0.7 * before, "held-out loss should fall by ≥ 30%: {before} -> {after}");
+    assert_eq!(rows[0][column(&header, "trial_id")].len(), 12);
+}
+
+#[test]
+fn syntax_error_exits_2_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("syntax_error.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("tests/fixtures/recipes/syntax_error.lua:3:"), "{}", stderr(&out));
+}
+
+#[test]
+fn unknown_option_exits_2_with_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("unknown_option.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("tests/fixtures/recipes/unknown_option.lua:3: runner.peft.lora: unknown option 'rnak' (did you mean 'rank'?)"), "{err}");
+    assert!(err.contains("stack traceback"), "{err}");
+}
+
+#[test]
+fn rank_zero_exits_2_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("rank_zero.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("tests/fixtures/recipes/rank_zero.lua:7: runner.peft.lora: LoRA rank must be a positive integer (got 0)"), "{err}");
+    // The failing trial is still on record.
+    let (header, rows) = read_csv(&dir.path().join("rank_zero/trials.csv"));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][column(&header, "status")], "failed");
+}
+
+#[test]
+fn a_failing_trial_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("one_trial_fails.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("one_fails/trials.csv"));
+    let (status, x, error, doubled) = (column(&header, "status"), column(&header, "x"), column(&header, "error"), column(&header, "doubled"));
+    let summary: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[x].as_str(), r[status].as_str(), r[doubled].as_str())).collect();
+    assert_eq!(summary, vec![("1", "ok", "2"), ("2", "failed", ""), ("3", "ok", "6")]);
+    assert!(rows[1][error].contains("one_trial_fails.lua:6: x = 2 is not allowed"), "{}", rows[1][error]);
+    let (header, rows) = read_csv(&dir.path().join("one_fails/steps.csv"));
+    assert_eq!(header, vec!["trial_id", "step", "value"]);
+    assert_eq!(rows.len(), 2);
+}
+
+#[test]
+fn set_values_reach_the_recipe_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("params.lua"), "--set", "n=3", "--set", "lr=2e-4", "--set", "flag=true", "--set", "name=abc", "--seed", "7"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("params/trials.csv"));
+    let get = |k: &str| rows[0][column(&header, k)].clone();
+    assert_eq!(get("n_type"), "integer");
+    assert_eq!(get("n"), "3");
+    assert_eq!(get("lr_type"), "float");
+    assert_eq!(get("flag_type"), "boolean");
+    assert_eq!(get("name"), "abc");
+    assert_eq!(get("seed"), "7");
+}
+
+#[test]
+fn malformed_jsonl_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"text\": \"fine\"}\n{\"text\": oops}\n").unwrap();
+    let set = format!("data={}", data.display());
+    let out = runner(&[&fixture("bad_data.lua"), "--set", &set], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("bad_data.lua:2: runner.data.jsonl:"), "{err}");
+    assert!(err.contains(&format!("{}:2: invalid JSON", data.display())), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&["recipes/quickstart.lua", "--device", "tpu"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown device 'tpu'"), "{}", stderr(&out));
+    let out = runner(&["no/such/recipe.lua"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read recipe no/such/recipe.lua"), "{}", stderr(&out));
+    let out = runner(&["recipes/quickstart.lua", "--set", "novalue"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--set", "--device", "--results", "--seed", "Exit codes"] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_without_a_gpu_exits_2_with_a_clear_message() {
+    if Path::new("/dev/nvidia0").exists() {
+        eprintln!("a GPU is present: nothing to check");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&["recipes/quickstart.lua", "--device", "cuda"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("error: device cuda is not usable on this machine"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_killed_run_leaves_only_whole_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root())
+        .arg(fixture("many_logs.lua"))
+        .arg("--results")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let steps = dir.path().join("many_logs/steps.csv");
+    // Wait until rows are being written, then kill without warning.
+    for _ in 0..200 {
+        if std::fs::metadata(&steps).map(|m| m.len() > 50_000).unwrap_or(false) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&steps).unwrap();
+    assert!(text.len() > 50_000, "the run should have written rows before the kill");
+    assert!(text.ends_with('\n'), "a partial last line was left");
+    let (header, rows) = read_csv(&steps);
+    assert_eq!(header, vec!["trial_id", "step", "loss", "note"]);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[1], (i + 1).to_string());
+        assert_eq!(r[3], "row, with \"quotes\"");
+    }
+}
