@@ -27,6 +27,44 @@ pub struct Cli {
 pub enum Command {
     /// Run a recipe (the default when a recipe path is given directly).
     Run(RunArgs),
+    /// Generate text with a pretrained model.
+    Generate(GenerateArgs),
+    /// List the named models in the local cache.
+    Models,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// A model name (e.g. smollm2-135m-instruct, fetched into the cache if missing) or a .gguf path.
+    pub model: String,
+
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Compute device: flex, wgpu or cuda.
+    #[arg(long, value_name = "DEVICE", default_value = "flex", value_parser = parse_device)]
+    pub device: DeviceKind,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -4,8 +4,12 @@
 
 pub mod backend;
 pub mod data;
+pub mod generate;
+pub mod hub;
 pub mod lua;
 pub mod model;
 pub mod peft;
+pub mod pretrained;
 pub mod sweep;
+pub mod tokenizer;
 pub mod train;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, GenerateArgs};
 use runner::backend::{dispatch, DeviceKind, WithBackend};
 use runner::lua::{run_recipe, RecipeFailure, RecipeOptions, RecipeReport};
 
@@ -22,10 +22,60 @@ impl WithBackend for RunRecipe {
     }
 }
 
+struct Generate(GenerateArgs);
+
+impl WithBackend for Generate {
+    type Output = anyhow::Result<String>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
+        use anyhow::Context;
+        let a = self.0;
+        let p = runner::pretrained::load::<B>(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
+        let text = if a.chat { p.tokenizer.apply_chat_template(&[("user".into(), a.prompt.clone())], true)? } else { a.prompt.clone() };
+        let prompt = p.tokenizer.encode(&text)?;
+        let opts = runner::generate::GenerateOptions {
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+            stop: p.tokenizer.eos.into_iter().collect(),
+        };
+        let ids = runner::generate::generate(&p.model, &prompt, &opts)?;
+        Ok(p.tokenizer.decode(&ids, true)?)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => args,
+        Some(Command::Generate(args)) => {
+            let device = args.device;
+            return match dispatch(device, Generate(args)) {
+                Ok(Ok(text)) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(e)) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
+        Some(Command::Models) => {
+            let models = runner::hub::cached_models();
+            println!("cache: {}", runner::hub::cache_dir().display());
+            for (name, path, bytes) in &models {
+                println!("{name}\t{:.1} MB\t{}", *bytes as f64 / 1e6, path.display());
+            }
+            if models.is_empty() {
+                println!("(no cached models; known: {})", runner::hub::KNOWN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "));
+            }
+            return ExitCode::SUCCESS;
+        }
         None => cli.run,
     };
     let Some(recipe) = args.recipe.clone() else {

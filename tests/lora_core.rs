@@ -178,3 +178,40 @@ fn invalid_configs_are_rejected_without_changing_the_model() {
     let expected = 2 * ((64 * 4 + 4 * 64) + (64 * 4 + 4 * 32));
     assert_eq!(model.param_count().trainable, expected);
 }
+
+#[test]
+fn dropout_is_seeded_and_only_active_in_training() {
+    let b = batch();
+    let run = |dropout: f64, seed: u64| {
+        let mut model = tiny(6);
+        attach(&mut model, &LoraConfig { dropout, ..lora(4, &["q_proj", "v_proj"]) }).unwrap();
+        let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, ..Default::default() }, Schedule::default(), seed).unwrap();
+        let losses: Vec<f64> = (0..3).map(|_| trainer.step(&mut model, &b).unwrap()).collect();
+        let eval = runner::train::evaluate(&model, vec![b.clone()]).unwrap().loss;
+        let eval_again = runner::train::evaluate(&model, vec![b.clone()]).unwrap().loss;
+        assert_eq!(eval, eval_again, "evaluation must not draw dropout masks");
+        losses
+    };
+    let with = run(0.5, 1);
+    assert_eq!(with, run(0.5, 1), "same seed, same dropout masks");
+    assert_ne!(with, run(0.5, 2), "another seed draws other masks");
+    let without = run(0.0, 1);
+    // B = 0 at the first step, so dropout on the adapter's input cannot change that loss.
+    assert_eq!(with[0], without[0]);
+    assert_ne!(with[1..], without[1..]);
+}
+
+#[test]
+fn untied_head_has_its_own_weights() {
+    let tied = TinyOptions::default();
+    let untied = TinyOptions { tied: false, ..Default::default() };
+    let mt = Llama::<B>::random(tied.config(), 0, tied.std(), &Default::default()).unwrap();
+    let mut mu = Llama::<B>::random(untied.config(), 0, untied.std(), &Default::default()).unwrap();
+    assert!(mt.lm_head.is_none() && mu.lm_head.is_some());
+    assert_eq!(mu.param_count().total, mt.param_count().total + 256 * 64);
+    let b = batch();
+    let before = logits(&mu, &b);
+    attach(&mut mu, &lora(2, &ALL)).unwrap();
+    assert_eq!(before, logits(&mu, &b));
+    assert!(before.iter().all(|x| x.is_finite()));
+}

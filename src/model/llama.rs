@@ -159,34 +159,55 @@ impl<B: Backend> Llama<B> {
     /// - input_ids: `[batch, seq]` -> logits `[batch, seq, vocab]`
     ///
     /// Token ids must be below `vocab_size` (the data layer checks this before calling).
-    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, mut rng: Option<&mut HostRng>) -> Tensor<B, 3> {
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, rng: Option<&mut HostRng>) -> Tensor<B, 3> {
         let [b, t] = input_ids.dims();
-        let hidden = self.hidden_states(input_ids, rng.as_deref_mut());
+        let hidden = self.hidden_states(input_ids, rng);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let logits = hidden.matmul(head.value.clone().transpose());
         logits.reshape([b, t, self.config.vocab_size])
     }
 
     /// The final normalised hidden states, `[batch * seq, d_model]`.
-    pub fn hidden_states(&self, input_ids: Tensor<B, 2, Int>, mut rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+    pub fn hidden_states(&self, input_ids: Tensor<B, 2, Int>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+        self.hidden_states_cached(input_ids, rng, None)
+    }
+
+    /// Logits of new tokens that continue the sequence held in `cache` (generation).
+    /// # Shapes
+    /// - input_ids: `[batch, new]` -> logits `[batch, new, vocab]`
+    pub fn forward_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let [b, t] = input_ids.dims();
+        let hidden = self.hidden_states_cached(input_ids, None, Some(cache));
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        hidden.matmul(head.value.clone().transpose()).reshape([b, t, self.config.vocab_size])
+    }
+
+    fn hidden_states_cached(&self, input_ids: Tensor<B, 2, Int>, mut rng: Option<&mut HostRng>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
+        let [b, t] = input_ids.dims();
+        let start = cache.as_ref().map_or(0, |c| c.len);
         let ids = input_ids.reshape([b * t]);
         let mut x = self.embed_tokens.value.clone().select(0, ids);
-        let rope = Rope::new(&self.config, t, &self.device);
-        let mask = causal_mask::<B>(t, &self.device);
-        for layer in &self.layers {
+        let rope = Rope::new(&self.config, start, t, &self.device);
+        let mask = causal_mask::<B>(t, start, &self.device);
+        for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_layernorm.value, self.config.rms_norm_eps);
-            x = x + self.attention(layer, h, b, t, &rope, &mask, rng.as_deref_mut());
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = x + self.attention(layer, h, b, t, &rope, &mask, rng.as_deref_mut(), kv);
             let h = rms_norm(x.clone(), &layer.post_attention_layernorm.value, self.config.rms_norm_eps);
             let gate = silu(layer.gate_proj.forward(h.clone(), rng.as_deref_mut()));
             let up = layer.up_proj.forward(h, rng.as_deref_mut());
             x = x + layer.down_proj.forward(gate * up, rng.as_deref_mut());
+        }
+        if let Some(c) = cache {
+            c.len += t;
         }
         rms_norm(x, &self.norm.value, self.config.rms_norm_eps)
     }
 
     /// # Shapes
     /// - x: `[batch * seq, d_model]` -> `[batch * seq, d_model]`
+    ///
+    /// With `kv`, keys and values of earlier positions come from it and the new ones are added.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -197,19 +218,42 @@ impl<B: Backend> Llama<B> {
         rope: &Rope<B>,
         mask: &Tensor<B, 4, Bool>,
         mut rng: Option<&mut HostRng>,
+        kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 2> {
         let hd = self.config.head_dim();
         let (h, kvh) = (self.config.num_attention_heads, self.config.num_key_value_heads);
         let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
         let q = rope.apply(heads(layer.q_proj.forward(x.clone(), rng.as_deref_mut()), h));
-        let k = rope.apply(heads(layer.k_proj.forward(x.clone(), rng.as_deref_mut()), kvh));
-        let v = heads(layer.v_proj.forward(x, rng.as_deref_mut()), kvh);
+        let mut k = rope.apply(heads(layer.k_proj.forward(x.clone(), rng.as_deref_mut()), kvh));
+        let mut v = heads(layer.v_proj.forward(x, rng.as_deref_mut()), kvh);
+        if let Some(slot) = kv {
+            if let Some((k_past, v_past)) = slot.take() {
+                k = Tensor::cat(vec![k_past, k], 2);
+                v = Tensor::cat(vec![v_past, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let total = k.dims()[2];
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
         let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        let scores = scores.mask_fill(mask.clone().expand([b, h, t, t]), -1e9);
+        let scores = scores.mask_fill(mask.clone().expand([b, h, t, total]), -1e9);
         let out = softmax(scores, 3).matmul(v); // [b, h, t, hd]
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
         layer.o_proj.forward(out, rng)
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer, for incremental decoding.
+/// # Shapes
+/// - each layer: `([batch, kv_heads, len, head_dim], same)`
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    pub len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(config: &LlamaConfig) -> Self {
+        Self { layers: vec![None; config.num_hidden_layers], len: 0 }
     }
 }
 
@@ -231,10 +275,13 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2).repeat_dim(2, n_rep).reshape([b, kvh * n_rep, t, hd])
 }
 
-/// `true` above the diagonal: position i may not attend to j > i.
-fn causal_mask<B: Backend>(t: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
-    let values: Vec<bool> = (0..t * t).map(|k| k % t > k / t).collect();
-    Tensor::<B, 2, Bool>::from_data(TensorData::new(values, [t, t]), device).reshape([1, 1, t, t])
+/// `true` where new position `start + i` may not attend to position `j` (j > start + i).
+/// # Shapes
+/// -> `[1, 1, t, start + t]`
+fn causal_mask<B: Backend>(t: usize, start: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let total = start + t;
+    let values: Vec<bool> = (0..t * total).map(|k| k % total > start + k / total).collect();
+    Tensor::<B, 2, Bool>::from_data(TensorData::new(values, [t, total]), device).reshape([1, 1, t, total])
 }
 
 /// Rotary position embedding tables in the rotate-half layout: the first half of each head
@@ -245,12 +292,13 @@ struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    fn new(config: &LlamaConfig, t: usize, device: &B::Device) -> Self {
+    /// Tables for positions `start .. start + t`.
+    fn new(config: &LlamaConfig, start: usize, t: usize, device: &B::Device) -> Self {
         let hd = config.head_dim();
         let half = hd / 2;
         let mut cos = Vec::with_capacity(t * hd);
         let mut sin = Vec::with_capacity(t * hd);
-        for pos in 0..t {
+        for pos in start..start + t {
             for i in 0..hd {
                 let inv_freq = 1.0 / config.rope_theta.powf((2 * (i % half)) as f64 / hd as f64);
                 let angle = pos as f64 * inv_freq;

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod init;
 pub mod linear;
+pub mod load;
 pub mod llama;
 pub mod params;
 

@@ -1,0 +1,113 @@
+//! ggml tensor types and their dequantization to f32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+
+use half::{bf16, f16};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    BF16,
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            30 => Self::BF16,
+            _ => return None,
+        })
+    }
+
+    /// (elements per block, bytes per block)
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            Self::F32 => (1, 4),
+            Self::F16 | Self::BF16 => (1, 2),
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q8_0 => (32, 34),
+        }
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// `raw` holds exactly `numel / block * block_bytes` bytes (checked by the reader).
+pub fn dequantize(ty: GgmlType, raw: &[u8], numel: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(numel);
+    match ty {
+        GgmlType::F32 => out.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        GgmlType::F16 => out.extend(raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::BF16 => out.extend(raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::Q8_0 => {
+            // d: f16, qs: 32 × i8; x = d · q
+            for blk in raw.chunks_exact(34) {
+                let d = f16_at(blk, 0);
+                out.extend(blk[2..].iter().map(|&q| d * (q as i8) as f32));
+            }
+        }
+        GgmlType::Q4_0 => {
+            // d: f16, qs: 16 bytes; low nibbles are elements 0..16, high nibbles 16..32; x = d · (q - 8)
+            for blk in raw.chunks_exact(18) {
+                let d = f16_at(blk, 0);
+                let qs = &blk[2..];
+                out.extend(qs.iter().map(|&q| d * ((q & 0x0f) as i32 - 8) as f32));
+                out.extend(qs.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
+            }
+        }
+        GgmlType::Q4_1 => {
+            // d: f16, m: f16, qs: 16 bytes; same nibble order as Q4_0; x = d · q + m
+            for blk in raw.chunks_exact(20) {
+                let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                let qs = &blk[4..];
+                out.extend(qs.iter().map(|&q| d * (q & 0x0f) as f32 + m));
+                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+        }
+    }
+    debug_assert_eq!(out.len(), numel);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_1_block_layout() {
+        let mut blk = Vec::new();
+        blk.extend(f16::from_f32(0.5).to_le_bytes());
+        blk.extend(f16::from_f32(-1.0).to_le_bytes());
+        // Byte j holds element j (low nibble) and element j + 16 (high nibble).
+        blk.extend((0..16u8).map(|j| (15 - j) << 4 | j));
+        let x = dequantize(GgmlType::Q4_1, &blk, 32);
+        assert_eq!(x[0], -1.0);
+        assert_eq!(x[3], 0.5 * 3.0 - 1.0);
+        assert_eq!(x[16], 0.5 * 15.0 - 1.0);
+        assert_eq!(x[31], -1.0);
+    }
+
+    #[test]
+    fn q8_0_and_q4_0() {
+        let mut blk = Vec::new();
+        blk.extend(f16::from_f32(0.25).to_le_bytes());
+        blk.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let x = dequantize(GgmlType::Q8_0, &blk, 32);
+        assert_eq!(x[0], -4.0);
+        assert_eq!(x[31], 15.0 * 0.25);
+        let mut blk = Vec::new();
+        blk.extend(f16::from_f32(2.0).to_le_bytes());
+        blk.extend([0x8fu8; 16]);
+        let x = dequantize(GgmlType::Q4_0, &blk, 32);
+        assert_eq!((x[0], x[16]), (14.0, 0.0));
+    }
+}

@@ -1,0 +1,118 @@
+//! Real tokenizers through the `tokenizers` crate: built from GGUF metadata (gpt2-style
+//! byte-level BPE) the way transformers converts it, plus the model's chat template.
+
+use serde_json::json;
+
+use crate::model::load::GgufFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: {msg}")]
+    Build { path: String, msg: String },
+    #[error("tokenizer: {0}")]
+    Run(String),
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub chat_template: Option<String>,
+}
+
+/// GGUF token types: 3 = control, 4 = user-defined; both become special added tokens.
+const CONTROL: u64 = 3;
+const USER_DEFINED: u64 = 4;
+
+impl TextTokenizer {
+    /// Builds the tokenizer in `tokenizer.ggml.*`: BPE without unknown token or byte fallback,
+    /// ByteLevel pre-tokenizer (GPT-2 regex, no prefix space) and decoder, no normalizer,
+    /// no BOS added, control tokens as special added tokens — what transformers builds.
+    pub fn from_gguf(f: &GgufFile) -> Result<Self, TokenizerError> {
+        let path = f.path.display().to_string();
+        let err = |msg: String| TokenizerError::Build { path: path.clone(), msg };
+        let model = f.meta("tokenizer.ggml.model").and_then(|v| v.as_str()).unwrap_or("");
+        if model != "gpt2" {
+            return Err(err(format!("tokenizer.ggml.model '{model}' is not supported (only gpt2 byte-level BPE)")));
+        }
+        let strings = |key: &str| -> Result<Vec<String>, TokenizerError> {
+            let arr = f.meta(key).and_then(|v| v.as_array()).ok_or_else(|| err(format!("missing {key}")))?;
+            arr.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| err(format!("{key} holds a non-string")))).collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types: Vec<u64> = match f.meta("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+            Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+        let added: Vec<serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| matches!(types.get(*i), Some(&CONTROL) | Some(&USER_DEFINED)))
+            .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+            .collect();
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            }
+        });
+        let inner: tokenizers::Tokenizer = serde_json::from_value(spec).map_err(|e| err(format!("building the tokenizer: {e}")))?;
+        let id = |key: &str| f.meta(key).and_then(|v| v.as_u64()).map(|v| v as u32);
+        Ok(Self {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            chat_template: f.meta("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Run(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Run(e.to_string()))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Renders `messages` (role, content) with the model's chat template.
+    pub fn apply_chat_template(&self, messages: &[(String, String)], add_generation_prompt: bool) -> Result<String, TokenizerError> {
+        let template = self.chat_template.as_deref().ok_or_else(|| TokenizerError::Template("the model has no chat template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", template).map_err(|e| TokenizerError::Template(e.to_string()))?;
+        let msgs: Vec<serde_json::Value> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
+        let tok = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i)).unwrap_or_default();
+        env.get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => msgs,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => tok(self.bos),
+                    eos_token => tok(self.eos),
+                })
+            })
+            .map_err(|e| TokenizerError::Template(e.to_string()))
+    }
+}
