@@ -31,6 +31,34 @@ pub enum Command {
     Generate(GenerateArgs),
     /// List the named models in the local cache.
     Models,
+    /// Perplexity of a text file under a pretrained model (sliding window).
+    Perplexity(PerplexityArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PerplexityArgs {
+    /// A model name or a .gguf path.
+    pub model: String,
+
+    /// The text file to score.
+    #[arg(long)]
+    pub file: std::path::PathBuf,
+
+    /// Tokens per window (default: the model's context, at most 1024).
+    #[arg(long)]
+    pub window: Option<usize>,
+
+    /// How far each window advances (default: the window, i.e. no overlap).
+    #[arg(long)]
+    pub stride: Option<usize>,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Compute device: flex, wgpu or cuda.
+    #[arg(long, value_name = "DEVICE", default_value = "flex", value_parser = parse_device)]
+    pub device: DeviceKind,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command, GenerateArgs};
+use cli::{Cli, Command, GenerateArgs, PerplexityArgs};
 use runner::backend::{dispatch, DeviceKind, WithBackend};
 use runner::lua::{run_recipe, RecipeFailure, RecipeOptions, RecipeReport};
 
@@ -44,27 +44,51 @@ impl WithBackend for Generate {
     }
 }
 
+struct Perplexity(PerplexityArgs);
+
+impl WithBackend for Perplexity {
+    type Output = anyhow::Result<String>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
+        use anyhow::Context;
+        let a = self.0;
+        let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+        let p = runner::pretrained::load::<B>(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
+        let ids = p.tokenizer.encode(&text)?;
+        let window = a.window.unwrap_or(p.model.config.max_position_embeddings.min(1024));
+        let stride = a.stride.unwrap_or(window);
+        let r = runner::train::perplexity(&p.model, &ids, window, stride).with_context(|| format!("scoring {}", a.file.display()))?;
+        Ok(if a.json {
+            serde_json::json!({"model": p.source, "file": a.file, "perplexity": r.perplexity, "nll": r.nll, "tokens": r.tokens, "window": window, "stride": stride}).to_string()
+        } else {
+            format!("perplexity {:.4} (mean NLL {:.4} nats over {} tokens; window {window}, stride {stride})", r.perplexity, r.nll, r.tokens)
+        })
+    }
+}
+
+/// Runs a subcommand that prints one result.
+fn print_result<W: WithBackend<Output = anyhow::Result<String>>>(device: DeviceKind, work: W) -> ExitCode {
+    match dispatch(device, work) {
+        Ok(Ok(text)) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => args,
-        Some(Command::Generate(args)) => {
-            let device = args.device;
-            return match dispatch(device, Generate(args)) {
-                Ok(Ok(text)) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Ok(Err(e)) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            };
-        }
+        Some(Command::Generate(args)) => return print_result(args.device, Generate(args)),
+        Some(Command::Perplexity(args)) => return print_result(args.device, Perplexity(args)),
         Some(Command::Models) => {
             let models = runner::hub::cached_models();
             println!("cache: {}", runner::hub::cache_dir().display());

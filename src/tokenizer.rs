@@ -116,3 +116,33 @@ impl TextTokenizer {
             .map_err(|e| TokenizerError::Template(e.to_string()))
     }
 }
+
+/// The tokenizer a model comes with: bytes for the tiny random models, BPE for real ones.
+#[derive(Clone)]
+pub enum Tokenizer {
+    Bytes,
+    Text(std::rc::Rc<TextTokenizer>),
+}
+
+impl Tokenizer {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        match self {
+            Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Tokenizer::Text(t) => t.encode(text),
+        }
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        match self {
+            Tokenizer::Bytes => Ok(crate::data::ByteTokenizer.decode(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())),
+            Tokenizer::Text(t) => t.decode(ids, skip_special),
+        }
+    }
+
+    pub fn eos(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Bytes => None,
+            Tokenizer::Text(t) => t.eos,
+        }
+    }
+}

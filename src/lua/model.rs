@@ -9,11 +9,25 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 use super::options::{describe, recipe_error, Opts};
 use super::peft::LuaLora;
 use super::DeviceData;
+use crate::generate::{generate, GenerateOptions};
 use crate::model::{Llama, TinyOptions};
 use crate::peft::lora;
+use crate::pretrained;
+use crate::tokenizer::Tokenizer;
+use crate::train::perplexity::perplexity;
+use crate::train::token_logprobs;
 
-/// A model shared between the recipe and the trainers that update it.
-pub struct LuaModel<B: AutodiffBackend>(pub Rc<RefCell<Llama<B>>>);
+/// A model shared between the recipe and the trainers that update it, with its tokenizer.
+pub struct LuaModel<B: AutodiffBackend> {
+    pub model: Rc<RefCell<Llama<B>>>,
+    pub tokenizer: Tokenizer,
+}
+
+impl<B: AutodiffBackend> LuaModel<B> {
+    fn new(model: Llama<B>, tokenizer: Tokenizer) -> Self {
+        Self { model: Rc::new(RefCell::new(model)), tokenizer }
+    }
+}
 
 pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
@@ -46,7 +60,15 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
             };
             let device = lua.app_data_ref::<DeviceData<B>>().expect("device registered").0.clone();
             let model = Llama::<B>::random(tiny.config(), tiny.seed, tiny.std(), &device).map_err(|e| o.err(e))?;
-            Ok(LuaModel(Rc::new(RefCell::new(model))))
+            Ok(LuaModel::new(model, Tokenizer::Bytes))
+        })?,
+    )?;
+    t.set(
+        "load",
+        lua.create_function(|lua, name: String| {
+            let device = lua.app_data_ref::<DeviceData<B>>().expect("device registered").0.clone();
+            let p = pretrained::load::<B>(&name, &device).map_err(|e| recipe_error(lua, format!("runner.model.load: {e}")))?;
+            Ok(LuaModel::new(p.model, Tokenizer::Text(Rc::new(p.tokenizer))))
         })?,
     )?;
     runner.set("model", t)
@@ -60,7 +82,69 @@ pub fn default_seed(lua: &Lua) -> mlua::Result<u64> {
 
 impl<B: AutodiffBackend> UserData for LuaModel<B> {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("clone", |_, this, ()| Ok(LuaModel(Rc::new(RefCell::new(this.0.borrow().clone())))));
+        methods.add_method("clone", |_, this, ()| Ok(LuaModel::new(this.model.borrow().clone(), this.tokenizer.clone())));
+        methods.add_method("encode", |lua, this, text: String| this.tokenizer.encode(&text).map_err(|e| recipe_error(lua, format!("model:encode: {e}"))));
+        methods.add_method("decode", |lua, this, (ids, skip): (Vec<u32>, Option<bool>)| {
+            this.tokenizer.decode(&ids, skip.unwrap_or(false)).map_err(|e| recipe_error(lua, format!("model:decode: {e}")))
+        });
+        // model:chat{ {role = "user", content = "..."}, ... } or model:chat("text"): the chat template applied.
+        methods.add_method("chat", |lua, this, (messages, add_prompt): (Value, Option<bool>)| {
+            let Tokenizer::Text(tok) = &this.tokenizer else {
+                return Err(recipe_error(lua, "model:chat: this model has no chat template (byte-level tiny model)"));
+            };
+            let messages = chat_messages(lua, messages)?;
+            tok.apply_chat_template(&messages, add_prompt.unwrap_or(true)).map_err(|e| recipe_error(lua, format!("model:chat: {e}")))
+        });
+        methods.add_method("special_tokens", |lua, this, ()| {
+            let t = lua.create_table()?;
+            if let Tokenizer::Text(tok) = &this.tokenizer {
+                t.set("bos", tok.bos)?;
+                t.set("eos", tok.eos)?;
+            }
+            Ok(t)
+        });
+        methods.add_method("generate", |lua, this, (prompt, opts): (String, Option<Table>)| {
+            let o = Opts::new(lua, "model:generate", opts, &["max_new_tokens", "temperature", "top_p", "seed", "chat"])?;
+            let d = GenerateOptions::default();
+            let text = if o.bool("chat")?.unwrap_or(false) {
+                let Tokenizer::Text(tok) = &this.tokenizer else {
+                    return Err(o.err("chat = true needs a model with a chat template"));
+                };
+                tok.apply_chat_template(&[("user".into(), prompt)], true).map_err(|e| o.err(e))?
+            } else {
+                prompt
+            };
+            let opts = GenerateOptions {
+                max_new_tokens: o.count("max_new_tokens", 0)?.unwrap_or(d.max_new_tokens),
+                temperature: o.num("temperature")?.unwrap_or(d.temperature),
+                top_p: o.num("top_p")?.unwrap_or(d.top_p),
+                seed: match o.int("seed")? {
+                    Some(s) => s as u64,
+                    None => default_seed(lua)?,
+                },
+                stop: this.tokenizer.eos().into_iter().collect(),
+            };
+            let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
+            let out = generate(&this.model.borrow(), &ids, &opts).map_err(|e| o.err(e))?;
+            this.tokenizer.decode(&out, true).map_err(|e| o.err(e))
+        });
+        // Log-probability of each token given the ones before it (n - 1 values).
+        methods.add_method("logprobs", |lua, this, ids: Vec<u32>| {
+            token_logprobs(&this.model.borrow(), &ids).map_err(|e| recipe_error(lua, format!("model:logprobs: {e}")))
+        });
+        methods.add_method("perplexity", |lua, this, (text, opts): (String, Option<Table>)| {
+            let o = Opts::new(lua, "model:perplexity", opts, &["window", "stride"])?;
+            let model = this.model.borrow();
+            let window = o.count("window", 2)?.unwrap_or(model.config.max_position_embeddings.min(1024));
+            let stride = o.count("stride", 1)?.unwrap_or(window);
+            let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
+            let r = perplexity(&model, &ids, window, stride).map_err(|e| o.err(e))?;
+            let t = lua.create_table()?;
+            t.set("perplexity", r.perplexity)?;
+            t.set("nll", r.nll)?;
+            t.set("tokens", r.tokens)?;
+            Ok((r.perplexity, t))
+        });
         methods.add_method("attach", |lua, this, method: Value| {
             let Value::UserData(ud) = &method else {
                 return Err(recipe_error(lua, format!("model:attach expects a method such as runner.peft.lora{{...}}, found {}", describe(&method))));
@@ -68,17 +152,17 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
             let Ok(spec) = ud.borrow::<LuaLora>() else {
                 return Err(recipe_error(lua, "model:attach expects a method such as runner.peft.lora{...}"));
             };
-            let added = lora::attach(&mut this.0.borrow_mut(), &spec.0).map_err(|e| recipe_error(lua, format!("model:attach: {e}")))?;
+            let added = lora::attach(&mut this.model.borrow_mut(), &spec.0).map_err(|e| recipe_error(lua, format!("model:attach: {e}")))?;
             Ok(added)
         });
-        methods.add_method("trainable_params", |_, this, ()| Ok(this.0.borrow().param_count().trainable));
-        methods.add_method("total_params", |_, this, ()| Ok(this.0.borrow().param_count().total));
+        methods.add_method("trainable_params", |_, this, ()| Ok(this.model.borrow().param_count().trainable));
+        methods.add_method("total_params", |_, this, ()| Ok(this.model.borrow().param_count().total));
         methods.add_method("config", |lua, this, ()| {
-            let value = serde_json::to_value(&this.0.borrow().config).map_err(mlua::Error::external)?;
+            let value = serde_json::to_value(&this.model.borrow().config).map_err(mlua::Error::external)?;
             super::json_to_lua(lua, &value)
         });
         methods.add_meta_method("__tostring", |_, this, ()| {
-            let m = this.0.borrow();
+            let m = this.model.borrow();
             let c = m.param_count();
             Ok(format!(
                 "Llama(layers={}, d_model={}, heads={}/{}, vocab={}, params={}, trainable={})",
@@ -91,5 +175,21 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
                 c.trainable
             ))
         });
+    }
+}
+
+/// A list of {role=, content=} tables, or one string as a user message.
+fn chat_messages(lua: &Lua, v: Value) -> mlua::Result<Vec<(String, String)>> {
+    match v {
+        Value::String(s) => Ok(vec![("user".into(), s.to_string_lossy())]),
+        Value::Table(list) => {
+            let mut out = Vec::new();
+            for item in list.sequence_values::<Table>() {
+                let o = Opts::new(lua, "model:chat", Some(item?), &["role", "content"])?;
+                out.push((o.required("role", o.string("role")?)?, o.required("content", o.string("content")?)?));
+            }
+            Ok(out)
+        }
+        other => Err(recipe_error(lua, format!("model:chat expects a string or a list of {{role=, content=}}, found {}", describe(&other)))),
     }
 }

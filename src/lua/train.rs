@@ -56,7 +56,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         lua.create_function(|lua, opts: Table| {
             let o = Opts::new(lua, "runner.trainer", Some(opts), &["model", "optim", "schedule", "warmup", "total_steps", "seed"])?;
             let model = match o.raw("model")? {
-                Value::UserData(ud) => ud.borrow::<LuaModel<B>>().map(|m| m.0.clone()).map_err(|_| o.err("model must be a model (runner.model.*)"))?,
+                Value::UserData(ud) => ud.borrow::<LuaModel<B>>().map(|m| m.model.clone()).map_err(|_| o.err("model must be a model (runner.model.*)"))?,
                 other => return Err(o.err(format!("model must be a model (runner.model.*), found {}", describe(&other)))),
             };
             let optim = match o.raw("optim")? {

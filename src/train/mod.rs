@@ -2,7 +2,9 @@
 
 pub mod loss;
 pub mod optim;
+pub mod perplexity;
 pub mod trainer;
 
 pub use optim::{AdamW, AdamWConfig};
+pub use perplexity::{perplexity, token_logprobs};
 pub use trainer::{evaluate, EvalResult, Schedule, ScheduleKind, TrainError, Trainer};

@@ -401,3 +401,48 @@ pub(crate) mod tests {
         assert!(parse_bytes(&bytes).err().unwrap().to_string().contains("overlaps tensor 'a'"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::tests::{build, parse_bytes};
+    use rand::{Rng, SeedableRng};
+
+    /// Random corruptions of a valid file (byte changes, truncations, insertions, large
+    /// integers written into the header) must give an error or a file, never a panic.
+    #[test]
+    fn corrupted_files_never_panic() {
+        let good = build(
+            &[("general.architecture", 8, [&5u64.to_le_bytes()[..], b"llama"].concat()), ("list", 9, {
+                let mut v = 4u32.to_le_bytes().to_vec();
+                v.extend(3u64.to_le_bytes());
+                for x in [1u32, 2, 3] {
+                    v.extend(x.to_le_bytes());
+                }
+                v
+            })],
+            &[("a", vec![4, 2], vec![1.0; 8]), ("b", vec![8], vec![2.0; 8])],
+        );
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for round in 0..3000 {
+            let mut bytes = good.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..bytes.len());
+                match rng.random_range(0..4) {
+                    0 => bytes[at] = rng.random(),
+                    1 => bytes.truncate(at),
+                    2 => bytes.insert(at, rng.random()),
+                    _ => {
+                        let end = (at + 8).min(bytes.len());
+                        let big = [u64::MAX, 1 << 40, 1 << 62, 0][rng.random_range(0..4)].to_le_bytes();
+                        bytes[at..end].copy_from_slice(&big[..end - at]);
+                    }
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let result = std::panic::catch_unwind(|| parse_bytes(&bytes).map(|f| f.tensors.iter().map(|t| f.dequantize(t).len()).sum::<usize>()));
+            assert!(result.is_ok(), "round {round}: the parser panicked");
+        }
+    }
+}
