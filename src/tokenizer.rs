@@ -117,6 +117,23 @@ impl TextTokenizer {
     }
 }
 
+/// Text to token ids, as collation needs it.
+pub trait Encode {
+    fn encode_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError>;
+}
+
+impl Encode for crate::data::ByteTokenizer {
+    fn encode_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
+        Ok(self.encode(text))
+    }
+}
+
+impl Encode for Tokenizer {
+    fn encode_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
+        Ok(self.encode(text)?.into_iter().map(i64::from).collect())
+    }
+}
+
 /// The tokenizer a model comes with: bytes for the tiny random models, BPE for real ones.
 #[derive(Clone)]
 pub enum Tokenizer {

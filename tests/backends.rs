@@ -29,7 +29,7 @@ fn forward_backward<B: AutodiffBackend>(device: &B::Device) -> (Vec<f32>, f32, V
     }
     let a = Example { prompt: "Q: opposite of hot?\nA:".into(), response: " cold.\n".into() };
     let b = Example::text("Grouped-query attention with rotary embeddings.");
-    let batch = Batch::collate(&[&a, &b], 64, &ByteTokenizer);
+    let batch = Batch::collate(&[&a, &b], 64, &ByteTokenizer).unwrap();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), device);
     let logits = model.forward(ids, None);
     let logits_host = logits.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap();

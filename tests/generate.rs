@@ -67,7 +67,7 @@ fn perplexity_and_logprobs_agree_with_the_loss() {
     let model = tiny();
     let text = "The quick brown fox jumps over the lazy dog.";
     let ids: Vec<u32> = text.bytes().map(u32::from).collect();
-    let batch = Batch::collate(&[&Example::text(text)], 128, &ByteTokenizer);
+    let batch = Batch::collate(&[&Example::text(text)], 128, &ByteTokenizer).unwrap();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), [1, batch.seq]), &Default::default());
     let loss = causal_lm_loss(model.detached().forward(input, None), &batch.labels).into_scalar() as f64;
     let whole = perplexity(&model, &ids, 1024, 1024).unwrap();

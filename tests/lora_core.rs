@@ -28,7 +28,7 @@ fn lora(rank: usize, targets: &[&str]) -> LoraConfig {
 fn batch() -> Batch {
     let a = Example { prompt: "Q: 2 plus 2?\nA:".into(), response: " 4.\n".into() };
     let b = Example::text("The quick brown fox jumps.");
-    Batch::collate(&[&a, &b], 64, &ByteTokenizer)
+    Batch::collate(&[&a, &b], 64, &ByteTokenizer).unwrap()
 }
 
 fn ids(batch: &Batch) -> Tensor<B, 2, Int> {

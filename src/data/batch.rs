@@ -3,8 +3,10 @@
 use rand::seq::SliceRandom;
 
 use super::dataset::{Dataset, Example};
+#[cfg(test)]
 use super::tokenizer::ByteTokenizer;
 use crate::model::init;
+use crate::tokenizer::{Encode, TokenizerError};
 
 /// Label of positions that carry no loss (prompt and padding), as in PyTorch.
 pub const IGNORE_INDEX: i64 = -100;
@@ -21,22 +23,22 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Collates examples, truncating each to `max_len` tokens and padding to the longest.
-    pub fn collate(examples: &[&Example], max_len: usize, tok: &ByteTokenizer) -> Batch {
-        let rows: Vec<(Vec<i64>, Vec<i64>)> = examples
-            .iter()
-            .map(|ex| {
-                let prompt = tok.encode(&ex.prompt);
-                let response = tok.encode(&ex.response);
-                let mut ids = prompt.clone();
-                ids.extend(&response);
-                let mut labels = vec![IGNORE_INDEX; prompt.len()];
-                labels.extend(&response);
-                ids.truncate(max_len);
-                labels.truncate(max_len);
-                (ids, labels)
-            })
-            .collect();
+    /// Collates examples with `tok`, truncating each to `max_len` tokens and padding to the
+    /// longest. Prompt and response are tokenized separately, so the loss mask falls exactly on
+    /// the response's tokens.
+    pub fn collate<T: Encode + ?Sized>(examples: &[&Example], max_len: usize, tok: &T) -> Result<Batch, TokenizerError> {
+        let mut rows: Vec<(Vec<i64>, Vec<i64>)> = Vec::with_capacity(examples.len());
+        for ex in examples {
+            let prompt = tok.encode_ids(&ex.prompt)?;
+            let response = tok.encode_ids(&ex.response)?;
+            let mut ids = prompt.clone();
+            ids.extend(&response);
+            let mut labels = vec![IGNORE_INDEX; prompt.len()];
+            labels.extend(&response);
+            ids.truncate(max_len);
+            labels.truncate(max_len);
+            rows.push((ids, labels));
+        }
         let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(1);
         let mut input_ids = Vec::with_capacity(rows.len() * seq);
         let mut labels = Vec::with_capacity(rows.len() * seq);
@@ -47,7 +49,7 @@ impl Batch {
             labels.extend(labs);
             labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
         }
-        Batch { input_ids, labels, batch: examples.len(), seq }
+        Ok(Batch { input_ids, labels, batch: examples.len(), seq })
     }
 
     /// Tokens that carry loss after the one-position shift.
@@ -77,8 +79,9 @@ impl Default for BatchOptions {
     }
 }
 
-/// Yields batches: with `steps`, as many as asked, reshuffling at every pass over the data;
-/// without, one pass (the last batch may be smaller).
+/// Yields groups of examples (collated later, with the tokenizer of the model that trains on
+/// them): with `steps`, as many as asked, reshuffling at every pass over the data; without,
+/// one pass (the last group may be smaller).
 pub struct Batches {
     data: Dataset,
     opts: BatchOptions,
@@ -104,9 +107,9 @@ impl Batches {
 }
 
 impl Iterator for Batches {
-    type Item = Batch;
+    type Item = Vec<Example>;
 
-    fn next(&mut self) -> Option<Batch> {
+    fn next(&mut self) -> Option<Vec<Example>> {
         let n = self.data.len();
         if n == 0 || self.opts.size == 0 {
             return None;
@@ -130,8 +133,7 @@ impl Iterator for Batches {
             self.cursor += 1;
         }
         self.produced += 1;
-        let examples: Vec<&Example> = picked.iter().map(|&i| &self.data.examples[i]).collect();
-        Some(Batch::collate(&examples, self.opts.max_len, &ByteTokenizer))
+        Some(picked.iter().map(|&i| self.data.examples[i].clone()).collect())
     }
 }
 
@@ -143,7 +145,7 @@ mod tests {
     fn prompt_is_masked_and_padding_ignored() {
         let a = Example { prompt: "ab".into(), response: "cd".into() };
         let b = Example::text("xyz12");
-        let batch = Batch::collate(&[&a, &b], 16, &ByteTokenizer);
+        let batch = Batch::collate(&[&a, &b], 16, &ByteTokenizer).unwrap();
         assert_eq!(batch.seq, 5);
         assert_eq!(&batch.labels[..5], &[IGNORE_INDEX, IGNORE_INDEX, 99, 100, IGNORE_INDEX]);
         assert_eq!(&batch.input_ids[..5], &[97, 98, 99, 100, 0]);
@@ -156,12 +158,15 @@ mod tests {
     fn steps_cycle_through_epochs_deterministically() {
         let ds = Dataset::new((0..5).map(|i| Example::text(format!("{i}"))).collect(), "mem");
         let opts = BatchOptions { size: 2, max_len: 8, steps: Some(7), shuffle: true, seed: 3 };
-        let a: Vec<Batch> = Batches::new(ds.clone(), opts.clone()).collect();
-        let b: Vec<Batch> = Batches::new(ds.clone(), opts).collect();
+        let a: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone()).collect();
+        let b: Vec<Vec<Example>> = Batches::new(ds.clone(), opts).collect();
         assert_eq!(a.len(), 7);
-        assert!(a.iter().all(|x| x.batch == 2));
+        assert!(a.iter().all(|x| x.len() == 2));
         assert_eq!(a, b);
-        let one_pass: Vec<Batch> = Batches::new(ds, BatchOptions { size: 2, steps: None, ..Default::default() }).collect();
-        assert_eq!(one_pass.iter().map(|b| b.batch).collect::<Vec<_>>(), vec![2, 2, 1]);
+        // Within one pass over the data, no example repeats.
+        let first_pass: Vec<&Example> = a.iter().flatten().take(5).collect();
+        assert!(ds.examples.iter().all(|e| first_pass.contains(&e)));
+        let one_pass: Vec<Vec<Example>> = Batches::new(ds, BatchOptions { size: 2, steps: None, ..Default::default() }).collect();
+        assert_eq!(one_pass.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![2, 2, 1]);
     }
 }

@@ -8,10 +8,15 @@ use mlua::{Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Va
 use super::model::default_seed;
 use super::options::{describe, recipe_error, Opts};
 use crate::data::batch::Batches;
-use crate::data::{Batch, BatchOptions, Dataset, Example};
+use crate::data::{BatchOptions, Dataset, Example};
 
 pub struct LuaDataset(pub Dataset);
-pub struct LuaBatch(pub Batch);
+
+/// Examples drawn for one step; the trainer tokenizes them with its model's tokenizer.
+pub struct LuaBatch {
+    pub examples: Vec<Example>,
+    pub max_len: usize,
+}
 
 pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
@@ -103,13 +108,14 @@ impl UserData for LuaDataset {
         // `for step, batch in ds:batches{size = 8, steps = 100} do ... end`
         methods.add_method("batches", |lua, this, opts: Option<Table>| {
             let opts = batch_options(lua, "dataset:batches", opts, true)?;
+            let max_len = opts.max_len;
             let iter = RefCell::new((0usize, Batches::new(this.0.clone(), opts)));
             lua.create_function(move |lua, ()| {
                 let mut state = iter.borrow_mut();
                 match state.1.next() {
-                    Some(batch) => {
+                    Some(examples) => {
                         state.0 += 1;
-                        (state.0, LuaBatch(batch)).into_lua_multi(lua)
+                        (state.0, LuaBatch { examples, max_len }).into_lua_multi(lua)
                     }
                     None => Ok(mlua::MultiValue::new()),
                 }
@@ -122,8 +128,7 @@ use mlua::IntoLuaMulti;
 
 impl UserData for LuaBatch {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
-        fields.add_field_method_get("size", |_, this| Ok(this.0.batch));
-        fields.add_field_method_get("seq", |_, this| Ok(this.0.seq));
-        fields.add_field_method_get("tokens", |_, this| Ok(this.0.target_tokens()));
+        fields.add_field_method_get("size", |_, this| Ok(this.examples.len()));
+        fields.add_field_method_get("max_len", |_, this| Ok(this.max_len));
     }
 }

@@ -10,7 +10,8 @@ use super::data::{batch_options, LuaBatch, LuaDataset};
 use super::model::{default_seed, LuaModel};
 use super::options::{describe, recipe_error, runtime_error, Opts};
 use crate::data::batch::Batches;
-use crate::data::Batch;
+use crate::data::{Batch, Example};
+use crate::tokenizer::Tokenizer;
 use crate::model::Llama;
 use crate::train::{evaluate, AdamWConfig, Schedule, ScheduleKind, TrainError, Trainer};
 
@@ -19,6 +20,7 @@ impl UserData for LuaAdamW {}
 
 pub struct LuaTrainer<B: AutodiffBackend> {
     model: Rc<RefCell<Llama<B>>>,
+    tokenizer: Tokenizer,
     trainer: Trainer<B>,
 }
 
@@ -55,8 +57,11 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         "trainer",
         lua.create_function(|lua, opts: Table| {
             let o = Opts::new(lua, "runner.trainer", Some(opts), &["model", "optim", "schedule", "warmup", "total_steps", "seed"])?;
-            let model = match o.raw("model")? {
-                Value::UserData(ud) => ud.borrow::<LuaModel<B>>().map(|m| m.model.clone()).map_err(|_| o.err("model must be a model (runner.model.*)"))?,
+            let (model, tokenizer) = match o.raw("model")? {
+                Value::UserData(ud) => ud
+                    .borrow::<LuaModel<B>>()
+                    .map(|m| (m.model.clone(), m.tokenizer.clone()))
+                    .map_err(|_| o.err("model must be a model (runner.model.*)"))?,
                 other => return Err(o.err(format!("model must be a model (runner.model.*), found {}", describe(&other)))),
             };
             let optim = match o.raw("optim")? {
@@ -76,7 +81,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 None => default_seed(lua)?,
             };
             let trainer = Trainer::new(optim, schedule, seed).map_err(|e| o.err(e))?;
-            Ok(LuaTrainer { model, trainer })
+            Ok(LuaTrainer { model, tokenizer, trainer })
         })?,
     )
 }
@@ -92,7 +97,7 @@ fn train_error(lua: &Lua, what: &str, e: TrainError) -> mlua::Error {
 impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method_mut("step", |lua, this, batch: Value| {
-            let batch = as_batch(lua, "trainer:step", &batch)?;
+            let batch = as_batch(lua, "trainer:step", &batch, &this.tokenizer)?;
             let mut model = this.model.borrow_mut();
             this.trainer.step(&mut model, &batch).map_err(|e| train_error(lua, "trainer:step", e))
         });
@@ -103,12 +108,18 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
                 Value::UserData(ud) if ud.is::<LuaDataset>() => {
                     let ds = ud.borrow::<LuaDataset>()?.0.clone();
                     let opts = batch_options(lua, "trainer:evaluate", opts, false)?;
-                    evaluate(&model, Batches::new(ds, crate::data::BatchOptions { steps: None, ..opts }))
+                    let max_len = opts.max_len;
+                    let mut batches = Vec::new();
+                    for group in Batches::new(ds, crate::data::BatchOptions { steps: None, ..opts }) {
+                        let refs: Vec<&Example> = group.iter().collect();
+                        batches.push(Batch::collate(&refs, max_len, &this.tokenizer).map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?);
+                    }
+                    evaluate(&model, batches)
                 }
                 Value::Table(list) => {
                     let mut batches = Vec::new();
                     for v in list.sequence_values::<Value>() {
-                        batches.push(as_batch(lua, "trainer:evaluate", &v?)?);
+                        batches.push(as_batch(lua, "trainer:evaluate", &v?, &this.tokenizer)?);
                     }
                     evaluate(&model, batches)
                 }
@@ -128,9 +139,14 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
     }
 }
 
-fn as_batch(lua: &Lua, what: &str, v: &Value) -> mlua::Result<Batch> {
+/// Tokenizes a batch's examples with the model's tokenizer.
+fn as_batch(lua: &Lua, what: &str, v: &Value, tokenizer: &Tokenizer) -> mlua::Result<Batch> {
     match v {
-        Value::UserData(ud) => ud.borrow::<LuaBatch>().map(|b| b.0.clone()).map_err(|_| recipe_error(lua, format!("{what} expects a batch"))),
+        Value::UserData(ud) => {
+            let b = ud.borrow::<LuaBatch>().map_err(|_| recipe_error(lua, format!("{what} expects a batch")))?;
+            let refs: Vec<&Example> = b.examples.iter().collect();
+            Batch::collate(&refs, b.max_len, tokenizer).map_err(|e| recipe_error(lua, format!("{what}: {e}")))
+        }
         other => Err(recipe_error(lua, format!("{what} expects a batch (from dataset:batches), found {}", describe(other)))),
     }
 }
