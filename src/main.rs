@@ -30,17 +30,18 @@ impl WithBackend for Generate {
         use anyhow::Context;
         let a = self.0;
         let p = runner::pretrained::load::<B>(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
-        let text = if a.chat { p.tokenizer.apply_chat_template(&[("user".into(), a.prompt.clone())], true)? } else { a.prompt.clone() };
-        let prompt = p.tokenizer.encode(&text)?;
+        let tokenizer = p.tokenizer.as_ref().with_context(|| format!("{} has no tokenizer (tokenizer.json)", p.source))?;
+        let text = if a.chat { tokenizer.apply_chat_template(&[("user".into(), a.prompt.clone())], true)? } else { a.prompt.clone() };
+        let prompt = tokenizer.encode(&text)?;
         let opts = runner::generate::GenerateOptions {
             max_new_tokens: a.max_new_tokens,
             temperature: a.temperature,
             top_p: a.top_p,
             seed: a.seed,
-            stop: p.tokenizer.eos.into_iter().collect(),
+            stop: tokenizer.eos.into_iter().collect(),
         };
         let ids = runner::generate::generate(&p.model, &prompt, &opts)?;
-        Ok(p.tokenizer.decode(&ids, true)?)
+        Ok(tokenizer.decode(&ids, true)?)
     }
 }
 
@@ -53,7 +54,8 @@ impl WithBackend for Perplexity {
         let a = self.0;
         let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
         let p = runner::pretrained::load::<B>(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
-        let ids = p.tokenizer.encode(&text)?;
+        let tokenizer = p.tokenizer.as_ref().with_context(|| format!("{} has no tokenizer (tokenizer.json)", p.source))?;
+        let ids = tokenizer.encode(&text)?;
         let window = a.window.unwrap_or(p.model.config.max_position_embeddings.min(1024));
         let stride = a.stride.unwrap_or(window);
         let r = runner::train::perplexity(&p.model, &ids, window, stride).with_context(|| format!("scoring {}", a.file.display()))?;

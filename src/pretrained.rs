@@ -3,7 +3,7 @@
 use burn::prelude::*;
 
 use crate::hub::{self, HubError};
-use crate::model::load::{load_llama_gguf, GgufFile, LoadError};
+use crate::model::load::{load_llama_gguf, load_llama_hf_dir, GgufFile, LoadError};
 use crate::model::Llama;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -15,23 +15,30 @@ pub enum PretrainedError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    #[error("{0}: only GGUF files (.gguf) can be loaded so far; Hugging Face directories are planned")]
+    #[error("{0}: expected a .gguf file or a Hugging Face model directory (config.json + *.safetensors)")]
     Format(String),
 }
 
 pub struct Pretrained<B: Backend> {
     pub model: Llama<B>,
-    pub tokenizer: TextTokenizer,
+    /// `None` for a directory without tokenizer.json.
+    pub tokenizer: Option<TextTokenizer>,
     pub source: String,
 }
 
 pub fn load<B: Backend>(name_or_path: &str, device: &B::Device) -> Result<Pretrained<B>, PretrainedError> {
     let path = hub::resolve(name_or_path)?;
+    let source = path.display().to_string();
+    if path.is_dir() {
+        let model = load_llama_hf_dir::<B>(&path, device)?;
+        let tokenizer = if path.join("tokenizer.json").exists() { Some(TextTokenizer::from_hf_dir(&path)?) } else { None };
+        return Ok(Pretrained { model, tokenizer, source });
+    }
     if path.extension().is_none_or(|e| e != "gguf") {
-        return Err(PretrainedError::Format(path.display().to_string()));
+        return Err(PretrainedError::Format(source));
     }
     let file = GgufFile::open(&path).map_err(LoadError::from)?;
     let tokenizer = TextTokenizer::from_gguf(&file)?;
     let model = load_llama_gguf::<B>(&file, device)?;
-    Ok(Pretrained { model, tokenizer, source: path.display().to_string() })
+    Ok(Pretrained { model, tokenizer: Some(tokenizer), source })
 }

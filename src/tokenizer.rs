@@ -42,7 +42,8 @@ impl TextTokenizer {
             arr.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| err(format!("{key} holds a non-string")))).collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
+        // llama.cpp's writer omits an empty merge list.
+        let merges = if f.meta("tokenizer.ggml.merges").is_some() { strings("tokenizer.ggml.merges")? } else { Vec::new() };
         let types: Vec<u64> = match f.meta("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
             Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
@@ -77,6 +78,37 @@ impl TextTokenizer {
             eos: id("tokenizer.ggml.eos_token_id"),
             chat_template: f.meta("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from),
         })
+    }
+
+    /// `tokenizer.json` of a Hugging Face directory, with the special tokens and chat template
+    /// of `tokenizer_config.json` (or `chat_template.jinja`), falling back to config.json's ids.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Self, TokenizerError> {
+        let file = dir.join("tokenizer.json");
+        let err = |path: &std::path::Path, msg: String| TokenizerError::Build { path: path.display().to_string(), msg };
+        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| err(&file, e.to_string()))?;
+        let read_json = |name: &str| -> Option<serde_json::Value> { std::fs::read_to_string(dir.join(name)).ok().and_then(|t| serde_json::from_str(&t).ok()) };
+        let tk_config = read_json("tokenizer_config.json").unwrap_or(serde_json::Value::Null);
+        let config = read_json("config.json").unwrap_or(serde_json::Value::Null);
+        let special = |key: &str| -> Option<u32> {
+            let token = match tk_config.get(key) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(v) => v.get("content").and_then(|c| c.as_str()).map(String::from),
+                None => None,
+            };
+            token.and_then(|t| inner.token_to_id(&t)).or_else(|| {
+                let v = config.get(format!("{key}_id"))?;
+                v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()).map(|i| i as u32)
+            })
+        };
+        let chat_template = match tk_config.get("chat_template") {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(String::from)),
+            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        };
+        Ok(Self { bos: special("bos_token"), eos: special("eos_token"), chat_template, inner })
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -25,7 +25,7 @@ fn smollm2_loads_tokenizes_and_answers() {
     assert_eq!((c.vocab_size, c.rope_theta, c.tie_word_embeddings), (49152, 100000.0, true));
     assert_eq!(p.model.param_count().total, 134_515_008);
 
-    let tok = &p.tokenizer;
+    let tok = p.tokenizer.as_ref().unwrap();
     assert_eq!((tok.bos, tok.eos), (Some(1), Some(2)));
     assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
     assert_eq!(tok.token_to_id("<|im_end|>"), Some(2));
@@ -33,6 +33,14 @@ fn smollm2_loads_tokenizes_and_answers() {
     for text in ["Hello world", "  leading spaces, tabs\tand\nnewlines", "prices: 1234.56 € in 2024", "naïve café 日本語"] {
         let ids = tok.encode(text).unwrap();
         assert_eq!(tok.decode(&ids, false).unwrap(), text, "round trip of {text:?}");
+    }
+    // Token ids equal those of transformers' own GGUF tokenizer conversion (fixture).
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/smollm2_tokens.json");
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    for case in &cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(tok.encode(text).unwrap(), want, "token ids of {text:?}");
     }
     // Byte-level BPE: common words are single tokens, and a space joins the word after it.
     let ids = tok.encode("Hello world").unwrap();

@@ -68,7 +68,8 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         lua.create_function(|lua, name: String| {
             let device = lua.app_data_ref::<DeviceData<B>>().expect("device registered").0.clone();
             let p = pretrained::load::<B>(&name, &device).map_err(|e| recipe_error(lua, format!("runner.model.load: {e}")))?;
-            Ok(LuaModel::new(p.model, Tokenizer::Text(Rc::new(p.tokenizer))))
+            let tokenizer = p.tokenizer.map_or(Tokenizer::Bytes, |t| Tokenizer::Text(Rc::new(t)));
+            Ok(LuaModel::new(p.model, tokenizer))
         })?,
     )?;
     runner.set("model", t)

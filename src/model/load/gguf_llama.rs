@@ -6,12 +6,10 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 
+use super::build::{build_llama, WeightSource};
 use super::gguf::{GgufError, GgufFile};
 use crate::model::config::{ConfigError, LlamaConfig};
-use crate::model::init;
-use crate::model::linear::Linear;
-use crate::model::llama::{Block, Llama};
-use crate::model::params::Param;
+use crate::model::llama::Llama;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -27,6 +25,8 @@ pub enum LoadError {
     Shape { path: PathBuf, tensor: String, expected: Vec<u64>, found: Vec<u64> },
     #[error("{path}: invalid model config: {source}")]
     Config { path: PathBuf, source: ConfigError },
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
 }
 
 /// The Llama config stored in a GGUF file's `llama.*` metadata.
@@ -66,59 +66,68 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
 /// Builds the model on `device`, dequantizing one tensor at a time into f32.
 pub fn load_llama_gguf<B: Backend>(f: &GgufFile, device: &B::Device) -> Result<Llama<B>, LoadError> {
     let config = config_from_gguf(f)?;
-    let (d, hd) = (config.hidden_size as u64, config.head_dim() as u64);
-    let (h, kvh, ffn, vocab) = (
-        config.num_attention_heads as u64,
-        config.num_key_value_heads as u64,
-        config.intermediate_size as u64,
-        config.vocab_size as u64,
-    );
-    let values = |name: &str, dims: &[u64]| -> Result<Vec<f32>, LoadError> {
-        let t = f.tensor(name).ok_or_else(|| LoadError::MissingTensor { path: f.path.clone(), tensor: name.to_string() })?;
-        if t.dims != dims {
-            return Err(LoadError::Shape { path: f.path.clone(), tensor: name.to_string(), expected: dims.to_vec(), found: t.dims.clone() });
+    build_llama(config.clone(), &GgufWeights { file: f, config }, device)
+}
+
+/// A GGUF file seen through Hugging Face names and layouts.
+struct GgufWeights<'a> {
+    file: &'a GgufFile,
+    config: LlamaConfig,
+}
+
+impl GgufWeights<'_> {
+    /// llama.cpp's name for a Hugging Face tensor name, and the heads to un-permute (q, k).
+    fn gguf_name(&self, hf: &str) -> (String, Option<usize>) {
+        let c = &self.config;
+        match hf {
+            "model.embed_tokens.weight" => ("token_embd.weight".into(), None),
+            "model.norm.weight" => ("output_norm.weight".into(), None),
+            "lm_head.weight" => ("output.weight".into(), None),
+            _ => {
+                let rest = hf.strip_prefix("model.layers.").unwrap_or(hf);
+                let (layer, part) = rest.split_once('.').unwrap_or(("?", rest));
+                let (short, heads) = match part {
+                    "input_layernorm.weight" => ("attn_norm", None),
+                    "post_attention_layernorm.weight" => ("ffn_norm", None),
+                    "self_attn.q_proj.weight" => ("attn_q", Some(c.num_attention_heads)),
+                    "self_attn.k_proj.weight" => ("attn_k", Some(c.num_key_value_heads)),
+                    "self_attn.v_proj.weight" => ("attn_v", None),
+                    "self_attn.o_proj.weight" => ("attn_output", None),
+                    "mlp.gate_proj.weight" => ("ffn_gate", None),
+                    "mlp.up_proj.weight" => ("ffn_up", None),
+                    "mlp.down_proj.weight" => ("ffn_down", None),
+                    other => (other, None),
+                };
+                (format!("blk.{layer}.{short}.weight"), heads)
+            }
         }
-        Ok(f.dequantize(t))
-    };
-    let norm = |name: &str| -> Result<Param<B, 1>, LoadError> { Ok(Param::new(init::tensor1::<B>(values(name, &[d])?, device), true)) };
-    // GGUF dims [d_in, d_out] hold a row-major [d_out][d_in] matrix (PyTorch's layout).
-    let linear = |name: &str, d_in: u64, d_out: u64, rope_heads: Option<u64>| -> Result<Linear<B>, LoadError> {
-        let mut w = values(name, &[d_in, d_out])?;
-        if let Some(n_heads) = rope_heads {
-            w = unpermute_rope_rows(&w, n_heads as usize, d_in as usize);
-        }
-        let w = transpose(&w, d_out as usize, d_in as usize);
-        Ok(Linear::new(init::tensor2::<B>(w, [d_in as usize, d_out as usize], device), true))
-    };
-    let mut layers = Vec::with_capacity(config.num_hidden_layers);
-    for i in 0..config.num_hidden_layers {
-        let n = |s: &str| format!("blk.{i}.{s}.weight");
-        layers.push(Block {
-            input_layernorm: norm(&n("attn_norm"))?,
-            q_proj: linear(&n("attn_q"), d, h * hd, Some(h))?,
-            k_proj: linear(&n("attn_k"), d, kvh * hd, Some(kvh))?,
-            v_proj: linear(&n("attn_v"), d, kvh * hd, None)?,
-            o_proj: linear(&n("attn_output"), h * hd, d, None)?,
-            post_attention_layernorm: norm(&n("ffn_norm"))?,
-            gate_proj: linear(&n("ffn_gate"), d, ffn, None)?,
-            up_proj: linear(&n("ffn_up"), d, ffn, None)?,
-            down_proj: linear(&n("ffn_down"), ffn, d, None)?,
-        });
     }
-    let embed = values("token_embd.weight", &[d, vocab])?;
-    let lm_head = if config.tie_word_embeddings {
-        None
-    } else {
-        Some(Param::new(init::tensor2::<B>(values("output.weight", &[d, vocab])?, [vocab as usize, d as usize], device), true))
-    };
-    Ok(Llama {
-        embed_tokens: Param::new(init::tensor2::<B>(embed, [vocab as usize, d as usize], device), true),
-        layers,
-        norm: norm("output_norm.weight")?,
-        lm_head,
-        device: device.clone(),
-        config,
-    })
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn path(&self) -> PathBuf {
+        self.file.path.clone()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.file.tensor(&self.gguf_name(name).0).is_some()
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
+        let (gname, heads) = self.gguf_name(name);
+        let f = self.file;
+        let t = f.tensor(&gname).ok_or_else(|| LoadError::MissingTensor { path: f.path.clone(), tensor: gname.clone() })?;
+        // GGUF lists dimensions fastest-first: the reverse of PyTorch's shape.
+        let expected: Vec<u64> = shape.iter().rev().map(|&x| x as u64).collect();
+        if t.dims != expected {
+            return Err(LoadError::Shape { path: f.path.clone(), tensor: gname, expected, found: t.dims.clone() });
+        }
+        let w = f.dequantize(t);
+        Ok(match heads {
+            Some(n) => unpermute_rope_rows(&w, n, shape[1]),
+            None => w,
+        })
+    }
 }
 
 /// llama.cpp's converter interleaves each head's rows for its rotary kernel
@@ -141,17 +150,6 @@ pub fn unpermute_rope_rows(w: &[f32], n_heads: usize, d_in: usize) -> Vec<f32> {
     out
 }
 
-/// Row-major `[rows][cols]` -> `[cols][rows]`.
-pub fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = w[r * cols + c];
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +160,6 @@ mod tests {
         // as [a0 b0 a1 b1].
         let gguf = [10.0, 20.0, 11.0, 21.0];
         assert_eq!(unpermute_rope_rows(&gguf, 1, 1), vec![10.0, 11.0, 20.0, 21.0]);
-        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(super::super::build::transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 }

@@ -1,8 +1,11 @@
-//! Loading pretrained weights: GGUF files (llama.cpp) into the Llama decoder.
+//! Loading pretrained weights: GGUF files (llama.cpp) and Hugging Face safetensors directories.
 
+pub mod build;
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_llama;
+pub mod hf_dir;
 
 pub use gguf::{GgufError, GgufFile};
 pub use gguf_llama::{config_from_gguf, load_llama_gguf, LoadError};
+pub use hf_dir::load_llama_hf_dir;

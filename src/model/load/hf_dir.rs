@@ -1,0 +1,128 @@
+//! Hugging Face model directories: config.json plus one or more *.safetensors files (with
+//! model.safetensors.index.json when sharded); f32, f16 and bf16 weights.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+
+use super::build::{build_llama, WeightSource};
+use super::LoadError;
+use crate::model::config::LlamaConfig;
+use crate::model::Llama;
+
+/// Model types whose checkpoints are this decoder (Mistral without sliding windows is the same network).
+const SUPPORTED: [&str; 2] = ["llama", "mistral"];
+
+/// Reads config.json, accepting both `rope_theta` and transformers 5's `rope_parameters`.
+pub fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
+    let path = dir.join("config.json");
+    let err = |msg: String| LoadError::File { path: path.clone(), msg };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let obj = v.as_object_mut().ok_or_else(|| err("expected a JSON object".into()))?;
+    let model_type = obj.get("model_type").and_then(|t| t.as_str()).unwrap_or("").to_string();
+    if !SUPPORTED.contains(&model_type.as_str()) {
+        return Err(err(format!("model_type '{model_type}' is not supported (supported: {})", SUPPORTED.join(", "))));
+    }
+    let rope = obj.get("rope_parameters").or_else(|| obj.get("rope_scaling")).cloned().unwrap_or(serde_json::Value::Null);
+    if let Some(kind) = rope.get("rope_type").or_else(|| rope.get("type")).and_then(|t| t.as_str())
+        && kind != "default"
+    {
+        return Err(err(format!("rope scaling '{kind}' is not supported yet")));
+    }
+    if !obj.contains_key("rope_theta")
+        && let Some(theta) = rope.get("rope_theta")
+    {
+        obj.insert("rope_theta".into(), theta.clone());
+    }
+    serde_json::from_value(v).map_err(|e| err(format!("not a Llama config: {e}")))
+}
+
+/// The safetensors files of a directory and which file holds which tensor.
+pub struct SafetensorsDir {
+    dir: PathBuf,
+    maps: HashMap<PathBuf, memmap2::Mmap>,
+    index: HashMap<String, PathBuf>,
+}
+
+impl SafetensorsDir {
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let err = |msg: String| LoadError::File { path: index_path.clone(), msg };
+            let text = std::fs::read_to_string(&index_path).map_err(|e| err(e.to_string()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| err("no weight_map".into()))?;
+            let mut files: Vec<PathBuf> = map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
+            files.sort();
+            files.dedup();
+            files
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(LoadError::File { path: dir.to_path_buf(), msg: "no model.safetensors or model.safetensors.index.json".into() });
+            }
+            vec![single]
+        };
+        let mut maps = HashMap::new();
+        let mut index = HashMap::new();
+        for file in files {
+            let err = |msg: String| LoadError::File { path: file.clone(), msg };
+            let f = std::fs::File::open(&file).map_err(|e| err(format!("cannot open: {e}")))?;
+            // SAFETY: read-only map of a file we do not modify.
+            let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| err(e.to_string()))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| err(format!("invalid safetensors file: {e}")))?;
+            for name in st.names() {
+                if let Some(other) = index.insert(name.to_string(), file.clone()) {
+                    return Err(err(format!("tensor '{name}' also appears in {}", other.display())));
+                }
+            }
+            maps.insert(file, map);
+        }
+        Ok(Self { dir: dir.to_path_buf(), maps, index })
+    }
+}
+
+impl WeightSource for SafetensorsDir {
+    fn path(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
+        let file = self.index.get(name).ok_or_else(|| LoadError::MissingTensor { path: self.dir.clone(), tensor: name.into() })?;
+        let st = SafeTensors::deserialize(&self.maps[file]).map_err(|e| LoadError::File { path: file.clone(), msg: e.to_string() })?;
+        let view = st.tensor(name).map_err(|e| LoadError::File { path: file.clone(), msg: e.to_string() })?;
+        if view.shape() != shape {
+            return Err(LoadError::Shape {
+                path: file.clone(),
+                tensor: name.into(),
+                expected: shape.iter().map(|&x| x as u64).collect(),
+                found: view.shape().iter().map(|&x| x as u64).collect(),
+            });
+        }
+        let data = view.data();
+        Ok(match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            other => return Err(LoadError::File { path: file.clone(), msg: format!("tensor '{name}' has dtype {other:?}; f32, f16 and bf16 are supported") }),
+        })
+    }
+}
+
+pub fn load_llama_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, LoadError> {
+    let mut config = read_config(dir)?;
+    let src = SafetensorsDir::open(dir)?;
+    // Some checkpoints tie the head without saying so: no lm_head tensor means tied.
+    if !src.has("lm_head.weight") {
+        config.tie_word_embeddings = true;
+    }
+    build_llama(config, &src, device)
+}
