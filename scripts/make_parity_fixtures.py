@@ -125,3 +125,21 @@ if len(sys.argv) > 1:
     ]
     with open(os.path.join(OUT, "smollm2_tokens.json"), "w") as f:
         json.dump([{"text": t, "ids": tok.encode(t, add_special_tokens=False)} for t in texts], f, ensure_ascii=False, indent=0)
+
+    # SmolLM2 itself: transformers dequantizes the GGUF to f32; keep, for each position of a
+    # short prompt, the argmax and the logits of a fixed set of token ids (a few KB).
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    prompt = "The capital of France is Paris. The capital of Italy is"
+    ids = tok.encode(prompt, add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    probe = [0, 1, 2, 13, 260, 314, 3575, 4649, 19556, 49151]
+    with open(os.path.join(OUT, "smollm2_logits.json"), "w") as f:
+        json.dump({
+            "prompt": prompt,
+            "ids": ids,
+            "argmax": logits.argmax(-1).tolist(),
+            "probe_ids": probe,
+            "probe_logits": [[round(row[i].item(), 5) for i in probe] for row in logits],
+            "logsumexp": [round(x, 5) for x in torch.logsumexp(logits, -1).tolist()],
+        }, f)

@@ -33,6 +33,25 @@ pub enum Command {
     Models,
     /// Perplexity of a text file under a pretrained model (sliding window).
     Perplexity(PerplexityArgs),
+    /// Show how a model's tokenizer splits a text (ids and tokens), or decode ids.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenizeArgs {
+    /// A model name or a path (.gguf file or Hugging Face directory).
+    pub model: String,
+
+    /// The text to encode (or, with --decode, space-separated token ids).
+    pub text: String,
+
+    /// Wrap the text as a user message in the model's chat template first.
+    #[arg(long)]
+    pub chat: bool,
+
+    /// Decode ids instead of encoding text.
+    #[arg(long)]
+    pub decode: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command, GenerateArgs, PerplexityArgs};
+use cli::{Cli, Command, GenerateArgs, PerplexityArgs, TokenizeArgs};
 use runner::backend::{dispatch, DeviceKind, WithBackend};
 use runner::lua::{run_recipe, RecipeFailure, RecipeOptions, RecipeReport};
 
@@ -67,6 +67,26 @@ impl WithBackend for Perplexity {
     }
 }
 
+/// Tokenizing needs no tensors: the tokenizer alone is read.
+fn tokenize(a: &TokenizeArgs) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let path = runner::hub::resolve(&a.model)?;
+    let tok = if path.is_dir() {
+        runner::tokenizer::TextTokenizer::from_hf_dir(&path)?
+    } else {
+        let file = runner::model::load::GgufFile::open(&path)?;
+        runner::tokenizer::TextTokenizer::from_gguf(&file)?
+    };
+    if a.decode {
+        let ids: Vec<u32> = a.text.split_whitespace().map(|s| s.parse::<u32>().with_context(|| format!("'{s}' is not a token id"))).collect::<Result<_, _>>()?;
+        return Ok(tok.decode(&ids, false)?);
+    }
+    let text = if a.chat { tok.apply_chat_template(&[("user".into(), a.text.clone())], true)? } else { a.text.clone() };
+    let ids = tok.encode(&text)?;
+    let pieces: Vec<String> = ids.iter().map(|&i| format!("{i}\t{:?}", tok.decode(&[i], false).unwrap_or_default())).collect();
+    Ok(format!("{} tokens\n{}", ids.len(), pieces.join("\n")))
+}
+
 /// Runs a subcommand that prints one result.
 fn print_result<W: WithBackend<Output = anyhow::Result<String>>>(device: DeviceKind, work: W) -> ExitCode {
     match dispatch(device, work) {
@@ -91,6 +111,18 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => args,
         Some(Command::Generate(args)) => return print_result(args.device, Generate(args)),
         Some(Command::Perplexity(args)) => return print_result(args.device, Perplexity(args)),
+        Some(Command::Tokenize(args)) => {
+            return match tokenize(&args) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
         Some(Command::Models) => {
             let models = runner::hub::cached_models();
             println!("cache: {}", runner::hub::cache_dir().display());

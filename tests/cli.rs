@@ -208,3 +208,30 @@ fn a_killed_run_leaves_only_whole_rows() {
         assert_eq!(r[3], "row, with \"quotes\"");
     }
 }
+
+#[test]
+fn pretrained_model_api_from_lua() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("model_api.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("model_api/trials.csv"));
+    let get = |k: &str| rows[0][column(&header, k)].clone();
+    assert_eq!(get("status"), "ok", "{}", get("error"));
+    assert_eq!(get("vocab"), "128");
+    // 2 layers of (q 32·32, k 32·16, v 32·16, o 32·32, MLP 3·32·64, 2 norms of 32) + embed, head, norm.
+    assert_eq!(get("total"), (2 * (1024 + 512 + 512 + 1024 + 3 * 2048 + 64) + 2 * 128 * 32 + 32).to_string());
+    assert_eq!(get("scored"), "16");
+    let ppl: f64 = get("perplexity").parse().unwrap();
+    assert!(ppl.is_finite() && ppl > 1.0);
+    assert!(get("generated_len").parse::<usize>().unwrap() > 0);
+}
+
+#[test]
+fn missing_model_is_a_recipe_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("load.lua");
+    std::fs::write(&recipe, "local m = runner.model.load(\"no-such-model\")\n").unwrap();
+    let out = runner(&[recipe.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("load.lua:1: runner.model.load: 'no-such-model' is neither a file nor a known model name"), "{}", stderr(&out));
+}

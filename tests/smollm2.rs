@@ -18,6 +18,20 @@ fn smollm2_loads_tokenizes_and_answers() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), "The capital of France is Paris.");
 
+    let (code, stdout, stderr) = runner(&["tokenize", "smollm2-135m-instruct", "Hello world"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "2 tokens\n19556\t\"Hello\"\n905\t\" world\"\n");
+    let (code, stdout, _) = runner(&["tokenize", "smollm2-135m-instruct", "--decode", "19556 905"]);
+    assert_eq!((code, stdout.as_str()), (0, "Hello world\n"));
+    let text = std::env::temp_dir().join(format!("runner-ppl-{}.txt", std::process::id()));
+    std::fs::write(&text, "Paris is the capital and largest city of France. It is on the Seine river.").unwrap();
+    let (code, stdout, stderr) = runner(&["perplexity", "smollm2-135m-instruct", "--file", text.to_str().unwrap(), "--json", "--window", "8", "--stride", "4"]);
+    std::fs::remove_file(&text).ok();
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((report["window"].as_u64(), report["stride"].as_u64()), (Some(8), Some(4)));
+    assert!(report["perplexity"].as_f64().unwrap() > 1.0);
+
     let p = pretrained::load::<Flex>("smollm2-135m-instruct", &Default::default()).unwrap();
     let c = &p.model.config;
     assert_eq!((c.num_hidden_layers, c.hidden_size, c.intermediate_size), (30, 576, 1536));
@@ -52,6 +66,38 @@ fn smollm2_loads_tokenizes_and_answers() {
     let ids = tok.encode(&chat).unwrap();
     assert_eq!(ids[0], 1);
     assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 3);
+
+    // Logits equal transformers' on the same GGUF (fixture: argmax at every position, the logits
+    // of ten probe tokens, and the log-sum-exp of each row).
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/smollm2_logits.json");
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(want["ids"].clone()).unwrap();
+    assert_eq!(tok.encode(want["prompt"].as_str().unwrap()).unwrap(), ids);
+    let n = ids.len();
+    let input = burn::tensor::Tensor::<Flex, 2, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]),
+        &Default::default(),
+    );
+    let logits = p.model.forward(input, None).into_data().to_vec::<f32>().unwrap();
+    let vocab = c.vocab_size;
+    let argmax: Vec<usize> = serde_json::from_value(want["argmax"].clone()).unwrap();
+    let probe: Vec<usize> = serde_json::from_value(want["probe_ids"].clone()).unwrap();
+    let probe_logits: Vec<Vec<f32>> = serde_json::from_value(want["probe_logits"].clone()).unwrap();
+    let lse: Vec<f64> = serde_json::from_value(want["logsumexp"].clone()).unwrap();
+    let mut max_diff = 0.0f32;
+    for pos in 0..n {
+        let row = &logits[pos * vocab..(pos + 1) * vocab];
+        let best = row.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0;
+        assert_eq!(best, argmax[pos], "argmax at position {pos}");
+        for (k, &id) in probe.iter().enumerate() {
+            max_diff = max_diff.max((row[id] - probe_logits[pos][k]).abs());
+        }
+        let m = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let ours = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        max_diff = max_diff.max((ours - lse[pos]).abs() as f32);
+    }
+    eprintln!("SmolLM2 max |Δ logit| vs transformers: {max_diff:e}");
+    assert!(max_diff < 5e-4, "{max_diff}");
 
     // A pretrained model finds ordinary English far more likely than a random one would (vocab 49152).
     let text = "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. \
