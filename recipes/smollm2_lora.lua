@@ -18,15 +18,20 @@ runner.sweep{
       optim = runner.optim.adamw{ lr = 1e-3 },
       schedule = "cosine", warmup = 3, total_steps = steps,
     }
+    local question = "Q: What is the opposite of fast?\nA:"
+    local answer_before = model:generate(question, { max_new_tokens = 12 })
     local before = trainer:evaluate(data.eval, { size = 8, max_len = 64 })
     for step, batch in data.train:batches{ size = 8, max_len = 64, steps = steps, seed = p.seed } do
       local lr = trainer:lr()
       runner.log{ step = step, loss = trainer:step(batch), lr = lr }
     end
     local after = trainer:evaluate(data.eval, { size = 8, max_len = 64 })
-    local question = "Q: What is the opposite of fast?\nA:"
-    print("after fine-tuning: " .. question .. model:generate(question, { max_new_tokens = 12 }))
+    local answer_after = model:generate(question, { max_new_tokens = 12 })
+    print("before fine-tuning: " .. question .. answer_before)
+    print("after fine-tuning:  " .. question .. answer_after)
     return {
+      answer_before = answer_before,
+      answer_after = answer_after,
       eval_loss_before = before,
       eval_loss = after,
       trainable = model:trainable_params(),

@@ -5,11 +5,14 @@
     /some/venv/bin/python scripts/make_parity_fixtures.py [SMOLLM2.gguf]
 
 Writes:
-  tiny_hf/config.json, tiny_hf/model.safetensors  a tiny random Llama (untied head, GQA), f32
+  tiny_hf/config.json, tiny_hf/model.safetensors  a tiny random Llama (untied head, GQA), f32,
+               with a small BPE tokenizer (tokenizer.json, tokenizer_config.json)
+  tiny_tokens.json  that tokenizer's ids for a few strings
   tiny.gguf    the same weights as llama.cpp writes them (q/k rows permuted for its rotary
                kernel), in a different ggml type per tensor: Q8_0, Q4_1, Q4_0, F16, BF16, F32
   expected.json  input ids; logits of transformers on tiny_hf and on tiny.gguf (dequantized by
                transformers' own GGUF loader)
+  tiny_llama3_hf/, llama3_expected.json  a tiny Llama with Llama 3.1 rope scaling, and its logits
   smollm2_tokens.json (only when SMOLLM2.gguf is given) token ids that transformers' GGUF
                tokenizer conversion gives for a set of strings
 """
@@ -41,6 +44,24 @@ with torch.no_grad():
             p.copy_(0.2 * torch.randn_like(p))
 hf_dir = os.path.join(OUT, "tiny_hf")
 model.save_pretrained(hf_dir, safe_serialization=True)
+
+# A small BPE tokenizer (fits the 128-token vocabulary), saved beside it as tokenizer.json.
+from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+corpus = [
+    "the quick brown fox jumps over the lazy dog", "hello world, hello there", "a tiny tokenizer for tests",
+    "what is the capital of france? paris.", "one two three four five six seven eight nine ten",
+] * 20
+tk = Tokenizer(tk_models.BPE(unk_token="<unk>"))
+tk.pre_tokenizer = pre_tokenizers.Metaspace()
+tk.decoder = decoders.Metaspace()
+alphabet = list("abcdefghijklmnopqrstuvwxyz,.?!'\u2581")
+tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=128, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet))
+fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+fast.save_pretrained(hf_dir)
+tiny_texts = ["hello world", "the lazy fox, jumps!", "what is the capital of france?", "zebra quiz"]
+with open(os.path.join(OUT, "tiny_tokens.json"), "w") as f:
+    json.dump([{"text": t, "ids": fast.encode(t, add_special_tokens=False), "decoded": fast.decode(fast.encode(t, add_special_tokens=False))} for t in tiny_texts], f, indent=0)
 
 ids = torch.tensor([[1, 17, 42, 99, 3, 64, 5, 127, 0, 88, 23, 54], [7, 7, 7, 100, 12, 31, 45, 2, 77, 66, 9, 120]])
 with torch.no_grad():
@@ -111,6 +132,38 @@ with open(os.path.join(OUT, "expected.json"), "w") as f:
     }, f)
 print("max |hf - gguf| (quantization error):", (hf_logits - gguf_logits).abs().max().item())
 
+# Llama 3.1-style rope scaling on another tiny model (its own seed: the fixtures above stay as they are).
+torch.manual_seed(1)
+cfg3 = LlamaConfig(
+    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=256,
+    tie_word_embeddings=True,
+    rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+)
+m3 = LlamaForCausalLM(cfg3).eval()
+with torch.no_grad():
+    for name, p in m3.named_parameters():
+        p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+m3.save_pretrained(os.path.join(OUT, "tiny_llama3_hf"), safe_serialization=True)
+ids3 = torch.arange(40).reshape(1, 40) * 3 % 128
+with torch.no_grad():
+    l3 = m3(input_ids=ids3).logits
+with open(os.path.join(OUT, "llama3_expected.json"), "w") as f:
+    json.dump({"input_ids": ids3.tolist(), "logits": [round(x, 7) for x in l3.flatten().tolist()]}, f)
+
+PARAGRAPH = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+    "It is named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889. "
+    "Locally nicknamed La dame de fer, it was constructed as the centrepiece of the 1889 World's Fair."
+)
+
+def paragraph_perplexity(model, tok):
+    """exp(mean next-token NLL) over the whole paragraph in one window, as transformers computes it."""
+    ids = torch.tensor([tok.encode(PARAGRAPH, add_special_tokens=False)])
+    with torch.no_grad():
+        return torch.exp(model(input_ids=ids, labels=ids).loss).item()
+
 if len(sys.argv) > 1:
     path = sys.argv[1]
     tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
@@ -142,4 +195,6 @@ if len(sys.argv) > 1:
             "probe_ids": probe,
             "probe_logits": [[round(row[i].item(), 5) for i in probe] for row in logits],
             "logsumexp": [round(x, 5) for x in torch.logsumexp(logits, -1).tolist()],
+            "paragraph": PARAGRAPH,
+            "paragraph_perplexity": paragraph_perplexity(model, tok),
         }, f)

@@ -149,6 +149,7 @@ fn trainable_counts_match_peft_on_smollm2_shapes() {
         rope_theta: 100000.0,
         max_position_embeddings: 8192,
         tie_word_embeddings: true,
+        rope_scaling: None,
     };
     let base = Llama::<Flex>::random(config, 0, 0.02, &Default::default()).unwrap();
     assert_eq!(base.param_count().total, 134_515_008);

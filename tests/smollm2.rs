@@ -97,6 +97,12 @@ fn smollm2_loads_tokenizes_and_answers() {
         max_diff = max_diff.max((ours - lse[pos]).abs() as f32);
     }
     eprintln!("SmolLM2 max |Δ logit| vs transformers: {max_diff:e}");
+    // Perplexity of a fixed paragraph: within 0.1% of transformers'.
+    let paragraph = tok.encode(want["paragraph"].as_str().unwrap()).unwrap();
+    let ours = runner::train::perplexity(&p.model, &paragraph, 1024, 1024).unwrap().perplexity;
+    let theirs = want["paragraph_perplexity"].as_f64().unwrap();
+    eprintln!("SmolLM2 paragraph perplexity: runner {ours} vs transformers {theirs}");
+    assert!((ours - theirs).abs() / theirs < 1e-3, "{ours} vs {theirs}");
     assert!(max_diff < 5e-4, "{max_diff}");
 
     // A pretrained model finds ordinary English far more likely than a random one would (vocab 49152).

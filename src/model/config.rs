@@ -20,6 +20,35 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Llama 3.1-style frequency-dependent rope scaling (`rope_type = "llama3"`); `None` is plain RoPE.
+    #[serde(default)]
+    pub rope_scaling: Option<Llama3RopeScaling>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+impl Llama3RopeScaling {
+    /// Rescales one rotary inverse frequency as transformers' `_compute_llama3_parameters` does:
+    /// long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
+    pub fn scale(&self, inv_freq: f64) -> f64 {
+        let old = self.original_max_position_embeddings as f64;
+        let (low_wavelen, high_wavelen) = (old / self.low_freq_factor, old / self.high_freq_factor);
+        let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+        if wavelen < high_wavelen {
+            inv_freq
+        } else if wavelen > low_wavelen {
+            inv_freq / self.factor
+        } else {
+            let smooth = (old / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
+        }
+    }
 }
 
 fn default_head_dim_none() -> Option<usize> {
@@ -85,6 +114,12 @@ impl LlamaConfig {
         if self.head_dim() % 2 != 0 {
             return Err(ConfigError::OddHeadDim(self.head_dim()));
         }
+        if let Some(r) = &self.rope_scaling {
+            let ok = r.factor > 0.0 && r.low_freq_factor > 0.0 && r.high_freq_factor > r.low_freq_factor && r.original_max_position_embeddings > 0;
+            if !ok {
+                return Err(ConfigError::Positive { field: "rope_scaling", value: r.factor });
+            }
+        }
         for (field, value) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ConfigError::Positive { field, value });
@@ -137,6 +172,7 @@ impl TinyOptions {
             rope_theta: self.rope_theta,
             max_position_embeddings: self.max_seq,
             tie_word_embeddings: self.tied,
+            rope_scaling: None,
         }
     }
 }

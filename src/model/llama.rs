@@ -300,7 +300,10 @@ impl<B: Backend> Rope<B> {
         let mut sin = Vec::with_capacity(t * hd);
         for pos in start..start + t {
             for i in 0..hd {
-                let inv_freq = 1.0 / config.rope_theta.powf((2 * (i % half)) as f64 / hd as f64);
+                let mut inv_freq = 1.0 / config.rope_theta.powf((2 * (i % half)) as f64 / hd as f64);
+                if let Some(scaling) = &config.rope_scaling {
+                    inv_freq = scaling.scale(inv_freq);
+                }
                 let angle = pos as f64 * inv_freq;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);

@@ -58,7 +58,11 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         rope_theta: f.meta("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0),
         max_position_embeddings: int("llama.context_length").unwrap_or(2048),
         tie_word_embeddings: f.tensor("output.weight").is_none(),
+        rope_scaling: None,
     };
+    if f.tensor("rope_freqs.weight").is_some() {
+        return Err(LoadError::File { path: f.path.clone(), msg: "rope_freqs.weight (Llama 3.1 rope scaling in GGUF) is not supported yet".into() });
+    }
     config.validate().map_err(|source| LoadError::Config { path: f.path.clone(), source })?;
     Ok(config)
 }

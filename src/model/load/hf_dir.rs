@@ -27,16 +27,19 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
     if !SUPPORTED.contains(&model_type.as_str()) {
         return Err(err(format!("model_type '{model_type}' is not supported (supported: {})", SUPPORTED.join(", "))));
     }
-    let rope = obj.get("rope_parameters").or_else(|| obj.get("rope_scaling")).cloned().unwrap_or(serde_json::Value::Null);
-    if let Some(kind) = rope.get("rope_type").or_else(|| rope.get("type")).and_then(|t| t.as_str())
-        && kind != "default"
-    {
-        return Err(err(format!("rope scaling '{kind}' is not supported yet")));
-    }
+    // transformers 4 writes `rope_theta` and `rope_scaling`; transformers 5 one `rope_parameters`.
+    let rope = obj.remove("rope_parameters").or_else(|| obj.remove("rope_scaling")).unwrap_or(serde_json::Value::Null);
     if !obj.contains_key("rope_theta")
         && let Some(theta) = rope.get("rope_theta")
     {
         obj.insert("rope_theta".into(), theta.clone());
+    }
+    match rope.get("rope_type").or_else(|| rope.get("type")).and_then(|t| t.as_str()) {
+        None | Some("default") => {}
+        Some("llama3") => {
+            obj.insert("rope_scaling".into(), rope.clone());
+        }
+        Some(kind) => return Err(err(format!("rope scaling '{kind}' is not supported yet (supported: default, llama3)"))),
     }
     serde_json::from_value(v).map_err(|e| err(format!("not a Llama config: {e}")))
 }
