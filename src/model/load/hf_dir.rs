@@ -44,11 +44,19 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
     serde_json::from_value(v).map_err(|e| err(format!("not a Llama config: {e}")))
 }
 
+/// Where one tensor's bytes are, found when the headers are parsed (once per file).
+struct Entry {
+    file: PathBuf,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: std::ops::Range<usize>,
+}
+
 /// The safetensors files of a directory and which file holds which tensor.
 pub struct SafetensorsDir {
     dir: PathBuf,
     maps: HashMap<PathBuf, memmap2::Mmap>,
-    index: HashMap<String, PathBuf>,
+    index: HashMap<String, Entry>,
 }
 
 impl SafetensorsDir {
@@ -77,10 +85,13 @@ impl SafetensorsDir {
             let f = std::fs::File::open(&file).map_err(|e| err(format!("cannot open: {e}")))?;
             // SAFETY: read-only map of a file we do not modify.
             let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| err(e.to_string()))?;
+            // `deserialize` validates the header against the file (offsets in bounds, no gaps).
             let st = SafeTensors::deserialize(&map).map_err(|e| err(format!("invalid safetensors file: {e}")))?;
-            for name in st.names() {
-                if let Some(other) = index.insert(name.to_string(), file.clone()) {
-                    return Err(err(format!("tensor '{name}' also appears in {}", other.display())));
+            for (name, view) in st.tensors() {
+                let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+                let entry = Entry { file: file.clone(), dtype: view.dtype(), shape: view.shape().to_vec(), bytes: start..start + view.data().len() };
+                if let Some(other) = index.insert(name.clone(), entry) {
+                    return Err(err(format!("tensor '{name}' also appears in {}", other.file.display())));
                 }
             }
             maps.insert(file, map);
@@ -99,19 +110,18 @@ impl WeightSource for SafetensorsDir {
     }
 
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
-        let file = self.index.get(name).ok_or_else(|| LoadError::MissingTensor { path: self.dir.clone(), tensor: name.into() })?;
-        let st = SafeTensors::deserialize(&self.maps[file]).map_err(|e| LoadError::File { path: file.clone(), msg: e.to_string() })?;
-        let view = st.tensor(name).map_err(|e| LoadError::File { path: file.clone(), msg: e.to_string() })?;
-        if view.shape() != shape {
+        let entry = self.index.get(name).ok_or_else(|| LoadError::MissingTensor { path: self.dir.clone(), tensor: name.into() })?;
+        let file = &entry.file;
+        if entry.shape != shape {
             return Err(LoadError::Shape {
                 path: file.clone(),
                 tensor: name.into(),
                 expected: shape.iter().map(|&x| x as u64).collect(),
-                found: view.shape().iter().map(|&x| x as u64).collect(),
+                found: entry.shape.iter().map(|&x| x as u64).collect(),
             });
         }
-        let data = view.data();
-        Ok(match view.dtype() {
+        let data = &self.maps[file][entry.bytes.clone()];
+        Ok(match entry.dtype {
             Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             Dtype::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
