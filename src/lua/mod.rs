@@ -2,6 +2,7 @@
 //! table and only converts and validates values; the work happens in the Rust core.
 
 pub mod data;
+mod adapters;
 pub mod model;
 pub mod options;
 pub mod peft;

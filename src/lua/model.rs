@@ -7,11 +7,9 @@ use burn::tensor::backend::AutodiffBackend;
 use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
 use super::options::{describe, recipe_error, Opts};
-use super::peft::LuaLora;
 use super::DeviceData;
 use crate::generate::{generate, GenerateOptions};
 use crate::model::{Llama, TinyOptions};
-use crate::peft::lora;
 use crate::pretrained;
 use crate::tokenizer::Tokenizer;
 use crate::train::perplexity::perplexity;
@@ -146,16 +144,7 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
             t.set("tokens", r.tokens)?;
             Ok((r.perplexity, t))
         });
-        methods.add_method("attach", |lua, this, method: Value| {
-            let Value::UserData(ud) = &method else {
-                return Err(recipe_error(lua, format!("model:attach expects a method such as runner.peft.lora{{...}}, found {}", describe(&method))));
-            };
-            let Ok(spec) = ud.borrow::<LuaLora>() else {
-                return Err(recipe_error(lua, "model:attach expects a method such as runner.peft.lora{...}"));
-            };
-            let added = lora::attach(&mut this.model.borrow_mut(), &spec.0).map_err(|e| recipe_error(lua, format!("model:attach: {e}")))?;
-            Ok(added)
-        });
+        super::adapters::add_methods(methods);
         methods.add_method("trainable_params", |_, this, ()| Ok(this.model.borrow().param_count().trainable));
         methods.add_method("total_params", |_, this, ()| Ok(this.model.borrow().param_count().total));
         methods.add_method("config", |lua, this, ()| {

@@ -9,9 +9,33 @@ use super::config::{ConfigError, LlamaConfig};
 use super::init::{self, HostRng};
 use super::linear::Linear;
 use super::params::{Param, ParamCount, ParamVisitor};
+use crate::peft::bottleneck::Bottleneck;
+use crate::peft::prompt::PrefixAdapter;
+use crate::peft::slots::Slots;
+use crate::peft::AdapterInfo;
 
 /// The projections LoRA and friends can target, in the order Hugging Face names them.
 pub const LINEAR_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// `(d_in, d_out)` of a projection.
+pub fn projection_shape(config: &LlamaConfig, proj: &str) -> (usize, usize) {
+    let (d, ffn) = (config.hidden_size, config.intermediate_size);
+    let q = config.num_attention_heads * config.head_dim();
+    let kv = config.num_key_value_heads * config.head_dim();
+    match proj {
+        "q_proj" => (d, q),
+        "k_proj" | "v_proj" => (d, kv),
+        "o_proj" => (q, d),
+        "down_proj" => (ffn, d),
+        _ => (d, ffn),
+    }
+}
+
+/// The Hugging Face module name of a projection: `model.layers.3.self_attn.q_proj`.
+pub fn module_path(layer: usize, proj: &str) -> String {
+    let group = if matches!(proj, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
+    format!("model.layers.{layer}.{group}.{proj}")
+}
 
 #[derive(Clone, Debug)]
 pub struct Block<B: Backend> {
@@ -24,6 +48,12 @@ pub struct Block<B: Backend> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
+    /// Bottleneck adapters after the attention block (Houlsby) and after the MLP.
+    pub attn_adapter: Slots<Bottleneck<B>>,
+    pub mlp_adapter: Slots<Bottleneck<B>>,
+    /// LN tuning's trained copies of the two norm weights.
+    pub input_norm_tuned: Slots<Param<B, 1>>,
+    pub post_norm_tuned: Slots<Param<B, 1>>,
 }
 
 #[derive(Clone, Debug)]
@@ -36,6 +66,15 @@ pub struct Llama<B: Backend> {
     /// `[vocab, d_model]` like the embedding; `None` when tied to it.
     pub lm_head: Option<Param<B, 2>>,
     pub device: B::Device,
+    /// LN tuning's trained copy of the final norm weight.
+    pub norm_tuned: Slots<Param<B, 1>>,
+    /// Prompt tuning's virtual token embeddings, `[virtual, d_model]`.
+    pub prompt: Slots<Param<B, 2>>,
+    /// Prefix tuning's per-layer keys and values.
+    pub prefix: Slots<PrefixAdapter<B>>,
+    /// Attached adapters in the order they were added, and the active one.
+    pub adapters: Vec<AdapterInfo>,
+    pub active_adapter: Option<String>,
 }
 
 impl<B: Backend> Block<B> {
@@ -65,17 +104,60 @@ impl<B: Backend> Block<B> {
         })
     }
 
+    /// The block with an empty set of adapters.
+    pub fn new<E>(input_layernorm: Param<B, 1>, post_attention_layernorm: Param<B, 1>, mut linears: impl FnMut(&str) -> Result<Linear<B>, E>) -> Result<Self, E> {
+        Ok(Self {
+            input_layernorm,
+            q_proj: linears("q_proj")?,
+            k_proj: linears("k_proj")?,
+            v_proj: linears("v_proj")?,
+            o_proj: linears("o_proj")?,
+            post_attention_layernorm,
+            gate_proj: linears("gate_proj")?,
+            up_proj: linears("up_proj")?,
+            down_proj: linears("down_proj")?,
+            attn_adapter: Slots::default(),
+            mlp_adapter: Slots::default(),
+            input_norm_tuned: Slots::default(),
+            post_norm_tuned: Slots::default(),
+        })
+    }
+
     fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
         v.visit1(&format!("{prefix}.input_layernorm.weight"), &mut self.input_layernorm);
+        self.input_norm_tuned.visit(&format!("{prefix}.input_layernorm"), "ln_tuning", v);
         for name in ["q_proj", "k_proj", "v_proj", "o_proj"] {
             let p = format!("{prefix}.self_attn.{name}");
             self.linear_mut(name).unwrap().visit(&p, v);
         }
+        self.attn_adapter.visit(&format!("{prefix}.self_attn"), "adapter", v);
         v.visit1(&format!("{prefix}.post_attention_layernorm.weight"), &mut self.post_attention_layernorm);
+        self.post_norm_tuned.visit(&format!("{prefix}.post_attention_layernorm"), "ln_tuning", v);
         for name in ["gate_proj", "up_proj", "down_proj"] {
             let p = format!("{prefix}.mlp.{name}");
             self.linear_mut(name).unwrap().visit(&p, v);
         }
+        self.mlp_adapter.visit(&format!("{prefix}.mlp"), "adapter", v);
+    }
+
+    fn activate(&mut self, name: Option<&str>) {
+        for t in LINEAR_TARGETS {
+            self.linear_mut(t).unwrap().activate(name);
+        }
+        self.attn_adapter.activate(name);
+        self.mlp_adapter.activate(name);
+        self.input_norm_tuned.activate(name);
+        self.post_norm_tuned.activate(name);
+    }
+
+    fn remove_adapter(&mut self, name: &str) {
+        for t in LINEAR_TARGETS {
+            self.linear_mut(t).unwrap().remove_adapter(name);
+        }
+        self.attn_adapter.remove(name);
+        self.mlp_adapter.remove(name);
+        self.input_norm_tuned.remove(name);
+        self.post_norm_tuned.remove(name);
     }
 }
 
@@ -84,9 +166,7 @@ impl<B: Backend> Llama<B> {
     /// 0.02), unit norms. Every parameter is trainable until a method is attached.
     pub fn random(config: LlamaConfig, seed: u64, std: f64, device: &B::Device) -> Result<Self, ConfigError> {
         config.validate()?;
-        let d = config.hidden_size;
-        let hd = config.head_dim();
-        let (h, kvh, ffn, vocab) = (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size, config.vocab_size);
+        let (d, vocab) = (config.hidden_size, config.vocab_size);
         let mat = |name: &str, rows: usize, cols: usize| -> Tensor<B, 2> {
             let mut rng = init::rng_for(seed, name);
             init::tensor2(init::normal_vec(&mut rng, rows * cols, std), [rows, cols], device)
@@ -95,29 +175,51 @@ impl<B: Backend> Llama<B> {
         let ones = |n: usize| Param::new(Tensor::<B, 1>::ones([n], device), true);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let p = |n: &str| format!("layers.{i}.{n}");
-                Block {
-                    input_layernorm: ones(d),
-                    q_proj: lin(&p("q_proj"), d, h * hd),
-                    k_proj: lin(&p("k_proj"), d, kvh * hd),
-                    v_proj: lin(&p("v_proj"), d, kvh * hd),
-                    o_proj: lin(&p("o_proj"), h * hd, d),
-                    post_attention_layernorm: ones(d),
-                    gate_proj: lin(&p("gate_proj"), d, ffn),
-                    up_proj: lin(&p("up_proj"), d, ffn),
-                    down_proj: lin(&p("down_proj"), ffn, d),
-                }
+                Block::new(ones(d), ones(d), |name| {
+                    let (d_in, d_out) = projection_shape(&config, name);
+                    Ok::<_, std::convert::Infallible>(lin(&format!("layers.{i}.{name}"), d_in, d_out))
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| match e {});
         let lm_head = (!config.tie_word_embeddings).then(|| Param::new(mat("lm_head", vocab, d), true));
-        Ok(Self {
-            embed_tokens: Param::new(mat("embed_tokens", vocab, d), true),
+        Ok(Self::from_parts(config, Param::new(mat("embed_tokens", vocab, d), true), layers, ones(d), lm_head, device))
+    }
+
+    /// A model from its weights, without adapters.
+    pub fn from_parts(config: LlamaConfig, embed_tokens: Param<B, 2>, layers: Vec<Block<B>>, norm: Param<B, 1>, lm_head: Option<Param<B, 2>>, device: &B::Device) -> Self {
+        Self {
+            config,
+            embed_tokens,
             layers,
-            norm: ones(d),
+            norm,
             lm_head,
             device: device.clone(),
-            config,
-        })
+            norm_tuned: Slots::default(),
+            prompt: Slots::default(),
+            prefix: Slots::default(),
+            adapters: Vec::new(),
+            active_adapter: None,
+        }
+    }
+
+    /// Sets the active flag of every adapter part (see `peft::set_active`).
+    pub(crate) fn activate_slots(&mut self, name: Option<&str>) {
+        for layer in &mut self.layers {
+            layer.activate(name);
+        }
+        self.norm_tuned.activate(name);
+        self.prompt.activate(name);
+        self.prefix.activate(name);
+    }
+
+    pub(crate) fn remove_adapter_parts(&mut self, name: &str) {
+        for layer in &mut self.layers {
+            layer.remove_adapter(name);
+        }
+        self.norm_tuned.remove(name);
+        self.prompt.remove(name);
+        self.prefix.remove(name);
     }
 
     /// Visits every parameter in a fixed order with its Hugging Face-style name.
@@ -127,9 +229,12 @@ impl<B: Backend> Llama<B> {
             layer.visit(&format!("layers.{i}"), v);
         }
         v.visit1("norm.weight", &mut self.norm);
+        self.norm_tuned.visit("norm", "ln_tuning", v);
         if let Some(head) = &mut self.lm_head {
             v.visit2("lm_head.weight", head);
         }
+        self.prompt.visit("prompt", "embeddings", v);
+        self.prefix.visit("prefix", "encoder", v);
     }
 
     pub fn param_count(&self) -> ParamCount {
@@ -182,26 +287,71 @@ impl<B: Backend> Llama<B> {
         hidden.matmul(head.value.clone().transpose()).reshape([b, t, self.config.vocab_size])
     }
 
-    fn hidden_states_cached(&self, input_ids: Tensor<B, 2, Int>, mut rng: Option<&mut HostRng>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
+    /// The hidden states of the new tokens. On a fresh sequence (no cache, or an empty one)
+    /// an active prompt-tuning adapter prepends its virtual tokens and an active prefix
+    /// adapter seeds every layer's keys and values; both are dropped from the output.
+    fn hidden_states_cached(&self, input_ids: Tensor<B, 2, Int>, mut rng: Option<&mut HostRng>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
         let [b, t] = input_ids.dims();
+        let fresh = cache.as_ref().is_none_or(|c| c.len == 0);
+        let mut own_cache = None;
+        let mut cache = match (cache, fresh.then(|| self.prefix.active()).flatten()) {
+            (cache, Some(prefix)) => {
+                let c = match cache {
+                    Some(c) => c,
+                    None => own_cache.insert(KvCache::new(&self.config)),
+                };
+                let table = prefix.table();
+                let (kvh, hd) = (self.config.num_key_value_heads, self.config.head_dim());
+                for (i, slot) in c.layers.iter_mut().enumerate() {
+                    *slot = Some(PrefixAdapter::layer_kv(&table, i, b, kvh, hd));
+                }
+                c.len = table.dims()[0];
+                Some(c)
+            }
+            (cache, None) => cache,
+        };
         let start = cache.as_ref().map_or(0, |c| c.len);
         let ids = input_ids.reshape([b * t]);
         let mut x = self.embed_tokens.value.clone().select(0, ids);
-        let rope = Rope::new(&self.config, start, t, &self.device);
-        let mask = causal_mask::<B>(t, start, &self.device);
+        let d = self.config.hidden_size;
+        let virtual_tokens = match fresh.then(|| self.prompt.active()).flatten() {
+            Some(prompt) => {
+                let n = prompt.value.dims()[0];
+                let prompts = prompt.value.clone().unsqueeze::<3>().expand([b, n, d]);
+                x = Tensor::cat(vec![prompts, x.reshape([b, t, d])], 1).reshape([b * (n + t), d]);
+                n
+            }
+            None => 0,
+        };
+        let t_all = t + virtual_tokens;
+        let rope = Rope::new(&self.config, start, t_all, &self.device);
+        let mask = causal_mask::<B>(t_all, start, &self.device);
+        let eps = self.config.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(x.clone(), &layer.input_layernorm.value, self.config.rms_norm_eps);
+            let h = rms_norm(x.clone(), layer.input_norm_tuned.active().unwrap_or(&layer.input_layernorm).value(), eps);
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = x + self.attention(layer, h, b, t, &rope, &mask, rng.as_deref_mut(), kv);
-            let h = rms_norm(x.clone(), &layer.post_attention_layernorm.value, self.config.rms_norm_eps);
+            let mut attn = self.attention(layer, h, b, t_all, &rope, &mask, rng.as_deref_mut(), kv);
+            if let Some(adapter) = layer.attn_adapter.active() {
+                attn = adapter.forward(attn);
+            }
+            x = x + attn;
+            let h = rms_norm(x.clone(), layer.post_norm_tuned.active().unwrap_or(&layer.post_attention_layernorm).value(), eps);
             let gate = silu(layer.gate_proj.forward(h.clone(), rng.as_deref_mut()));
             let up = layer.up_proj.forward(h, rng.as_deref_mut());
-            x = x + layer.down_proj.forward(gate * up, rng.as_deref_mut());
+            let mut mlp = layer.down_proj.forward(gate * up, rng.as_deref_mut());
+            if let Some(adapter) = layer.mlp_adapter.active() {
+                mlp = adapter.forward(mlp);
+            }
+            x = x + mlp;
         }
         if let Some(c) = cache {
-            c.len += t;
+            c.len += t_all;
         }
-        rms_norm(x, &self.norm.value, self.config.rms_norm_eps)
+        let out = rms_norm(x, self.norm_tuned.active().unwrap_or(&self.norm).value(), eps);
+        if virtual_tokens == 0 {
+            return out;
+        }
+        out.reshape([b, t_all, d]).narrow(1, virtual_tokens, t).reshape([b * t, d])
     }
 
     /// # Shapes

@@ -6,6 +6,7 @@ pub mod linear;
 pub mod load;
 pub mod llama;
 pub mod params;
+pub mod save;
 
 pub use config::{LlamaConfig, TinyOptions};
 pub use llama::Llama;

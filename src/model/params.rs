@@ -19,6 +19,10 @@ impl<B: Backend, const D: usize> Param<B, D> {
         Self { value, trainable }
     }
 
+    pub fn value(&self) -> &Tensor<B, D> {
+        &self.value
+    }
+
     pub fn numel(&self) -> usize {
         self.value.dims().iter().product()
     }

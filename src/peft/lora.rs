@@ -1,51 +1,72 @@
-//! LoRA (Hu et al. 2021): `y = x·W + s·(x·A)·B`, with `s = alpha / r` (or `alpha / √r` for rsLoRA).
+//! LoRA (Hu et al. 2021): `y = x·W + s·(x·A)·B`, with `s = alpha / r` (or `alpha / √r` for
+//! rsLoRA), and DoRA (Liu et al. 2024), which rescales each output column of `W + s·A·B` to a
+//! learned magnitude.
 //!
-//! A is kaiming-uniform (a = √5, as PyTorch's `nn.Linear` and PEFT) and B is zero, so a
-//! fresh adapter leaves the model's output unchanged. The dense update `A·B` is never formed.
+//! Initialisations as in Hugging Face PEFT: A kaiming-uniform (a = √5) and B zero (default), A
+//! normal(0, 1/r) and B zero ("gaussian"), or PiSSA: A and B from the top-r singular triplets
+//! of W, which keeps only the residual. With B = 0 a fresh adapter leaves the model unchanged;
+//! the dense update `A·B` is formed only for DoRA's norm and for merging.
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-
-use crate::model::init::{self, HostRng};
-use crate::model::llama::LINEAR_TARGETS;
-use crate::model::params::{Param, ParamVisitor, SetTrainable};
-use crate::model::Llama;
 use rand::Rng;
+
+use super::slots::Part;
+use super::targets::Targets;
+use super::PeftError;
+use crate::model::init::{self, HostRng};
+use crate::model::params::{Param, ParamVisitor};
+use crate::model::Llama;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum LoraInit {
+    /// A kaiming-uniform(a = √5), B = 0 (PEFT's `init_lora_weights=True`).
+    Kaiming,
+    /// A normal(0, 1/r), B = 0.
+    Gaussian,
+    /// A = √S·Vᵀ-side, B = U·√S from the SVD of W; W keeps the residual.
+    Pissa,
+}
+
+impl LoraInit {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "kaiming" | "default" => Some(Self::Kaiming),
+            "gaussian" => Some(Self::Gaussian),
+            "pissa" => Some(Self::Pissa),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraConfig {
     pub rank: usize,
     pub alpha: f64,
     pub dropout: f64,
-    pub targets: Vec<String>,
+    pub targets: Targets,
     /// Scale by `alpha / √r` instead of `alpha / r`.
     pub rslora: bool,
+    pub init: LoraInit,
+    /// Weight-decomposed LoRA: a trainable magnitude per output feature.
+    pub dora: bool,
     /// Seed of the A initialisation.
     pub seed: u64,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()], rslora: false, seed: 0 }
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: Targets::names(&["q_proj", "v_proj"]),
+            rslora: false,
+            init: LoraInit::Kaiming,
+            dora: false,
+            seed: 0,
+        }
     }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum LoraError {
-    #[error("LoRA rank must be a positive integer (got {0})")]
-    Rank(i64),
-    #[error("LoRA alpha must be a positive finite number (got {0})")]
-    Alpha(f64),
-    #[error("LoRA dropout must be in [0, 1) (got {0})")]
-    Dropout(f64),
-    #[error("LoRA needs at least one target module")]
-    NoTargets,
-    #[error("unknown target module '{name}'{hint}; valid targets: {valid}")]
-    UnknownTarget { name: String, hint: String, valid: String },
-    #[error("LoRA rank {rank} exceeds the smaller side ({side}) of {module}")]
-    RankTooLarge { rank: usize, side: usize, module: String },
-    #[error("{0} already has a LoRA adapter")]
-    AlreadyAttached(String),
 }
 
 impl LoraConfig {
@@ -53,27 +74,26 @@ impl LoraConfig {
         if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
     }
 
-    pub fn validate(&self) -> Result<(), LoraError> {
+    pub fn validate(&self) -> Result<(), PeftError> {
         if self.rank == 0 {
-            return Err(LoraError::Rank(0));
+            return Err(PeftError::Rank(0));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(LoraError::Alpha(self.alpha));
+            return Err(PeftError::Alpha(self.alpha));
         }
         if !(self.dropout >= 0.0 && self.dropout < 1.0) {
-            return Err(LoraError::Dropout(self.dropout));
+            return Err(PeftError::Dropout(self.dropout));
         }
-        if self.targets.is_empty() {
-            return Err(LoraError::NoTargets);
-        }
-        for t in &self.targets {
-            if !LINEAR_TARGETS.contains(&t.as_str()) {
-                let hint = super::closest(t, LINEAR_TARGETS).map(|c| format!(" (did you mean '{c}'?)")).unwrap_or_default();
-                return Err(LoraError::UnknownTarget { name: t.clone(), hint, valid: LINEAR_TARGETS.join(", ") });
-            }
-        }
-        Ok(())
+        self.targets.validate()
     }
+}
+
+/// What merging changed in the base weight, so that unmerging can undo it.
+#[derive(Clone, Debug)]
+pub enum Merged<B: Backend> {
+    Lora,
+    /// DoRA merged as `W ← (W + s·A·B) · factor` per output column.
+    Dora { factor: Tensor<B, 1> },
 }
 
 #[derive(Clone, Debug)]
@@ -82,82 +102,171 @@ pub struct LoraAdapter<B: Backend> {
     pub a: Param<B, 2>,
     /// `[r, d_out]` (PEFT's `lora_B.weight` transposed)
     pub b: Param<B, 2>,
+    /// DoRA's magnitude `[d_out]` (PEFT's `lora_magnitude_vector`).
+    pub magnitude: Option<Param<B, 1>>,
     pub scale: f64,
     pub dropout: f64,
+    pub merged: Option<Merged<B>>,
+}
+
+impl<B: Backend> Part<B> for LoraAdapter<B> {
+    fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+        v.visit2(&format!("{prefix}.A"), &mut self.a);
+        v.visit2(&format!("{prefix}.B"), &mut self.b);
+        if let Some(m) = &mut self.magnitude {
+            v.visit1(&format!("{prefix}.magnitude"), m);
+        }
+    }
 }
 
 impl<B: Backend> LoraAdapter<B> {
-    pub fn new(d_in: usize, d_out: usize, rank: usize, scale: f64, dropout: f64, rng: &mut HostRng, device: &B::Device) -> Self {
-        // kaiming_uniform_(a=√5) on a [r, d_in] weight: bound = 1/√d_in.
-        let bound = 1.0 / (d_in as f64).sqrt();
-        let a = init::tensor2::<B>(init::uniform_vec(rng, d_in * rank, bound), [d_in, rank], device);
-        let b = Tensor::<B, 2>::zeros([rank, d_out], device);
-        Self { a: Param::new(a, true), b: Param::new(b, true), scale, dropout }
-    }
-
-    /// # Shapes
-    /// - x: `[n, d_in]` -> `[n, d_out]`
-    pub fn forward(&self, x: Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
-        let x = match rng {
-            Some(rng) if self.dropout > 0.0 => x.clone() * dropout_mask::<B>(x.dims(), self.dropout, rng, &x.device()),
-            _ => x,
+    /// A fresh adapter for a `[d_in, d_out]` weight. PiSSA also returns the residual weight
+    /// that replaces the base.
+    pub fn new(weight: &Tensor<B, 2>, config: &LoraConfig, rng: &mut HostRng) -> (Self, Option<Tensor<B, 2>>) {
+        let [d_in, d_out] = weight.dims();
+        let (rank, scale, device) = (config.rank, config.scale(), weight.device());
+        let (a, b, residual) = match config.init {
+            LoraInit::Kaiming => {
+                // kaiming_uniform_(a=√5) on a [r, d_in] weight: bound = 1/√d_in.
+                let a = init::uniform_vec(rng, d_in * rank, 1.0 / (d_in as f64).sqrt());
+                (init::tensor2::<B>(a, [d_in, rank], &device), Tensor::zeros([rank, d_out], &device), None)
+            }
+            LoraInit::Gaussian => {
+                let a = init::normal_vec(rng, d_in * rank, 1.0 / rank as f64);
+                (init::tensor2::<B>(a, [d_in, rank], &device), Tensor::zeros([rank, d_out], &device), None)
+            }
+            LoraInit::Pissa => {
+                let (a, b) = pissa_factors(weight, rank, scale);
+                let residual = weight.clone() - a.clone().matmul(b.clone()) * scale;
+                (a, b, Some(residual))
+            }
         };
-        x.matmul(self.a.value.clone()).matmul(self.b.value.clone()) * self.scale
+        let base = residual.as_ref().unwrap_or(weight);
+        let magnitude = config.dora.then(|| Param::new(column_norms(base.clone() + a.clone().matmul(b.clone()) * scale), true));
+        let adapter = Self { a: Param::new(a, true), b: Param::new(b, true), magnitude, scale, dropout: config.dropout, merged: None };
+        (adapter, residual)
     }
 
-    pub fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
-        v.visit2(&format!("{prefix}.lora_A"), &mut self.a);
-        v.visit2(&format!("{prefix}.lora_B"), &mut self.b);
+    /// The layer's output with this adapter, given the base output `x·W` and the weight W.
+    /// # Shapes
+    /// - x: `[n, d_in]`, base: `[n, d_out]`, weight: `[d_in, d_out]` -> `[n, d_out]`
+    pub fn apply(&self, x: Tensor<B, 2>, base: Tensor<B, 2>, weight: &Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+        let dropped = match rng {
+            Some(rng) if self.dropout > 0.0 => Some(x.clone() * dropout_mask::<B>(x.dims(), self.dropout, rng, &x.device())),
+            _ => None,
+        };
+        let xd = dropped.clone().unwrap_or(x);
+        let update = xd.matmul(self.a.value.clone()).matmul(self.b.value.clone()) * self.scale;
+        let Some(m) = &self.magnitude else { return base + update };
+        // DoRA: out = x·W + (f - 1)·(x'·W) + f·s·x'·A·B with f = m / ‖W + s·A·B‖ (norm detached).
+        let factor = (m.value.clone() / self.dense_norms(weight)).unsqueeze::<2>();
+        let xw_dropped = match dropped {
+            Some(xd) => xd.matmul(weight.clone()),
+            None => base.clone(),
+        };
+        base + xw_dropped * (factor.clone() - 1.0) + update * factor
     }
+
+    /// `s·A·B`, `[d_in, d_out]`.
+    pub fn delta(&self) -> Tensor<B, 2> {
+        self.a.value.clone().matmul(self.b.value.clone()) * self.scale
+    }
+
+    /// Column norms of `W + s·A·B`, detached (DoRA treats the norm as a constant).
+    fn dense_norms(&self, weight: &Tensor<B, 2>) -> Tensor<B, 1> {
+        column_norms((weight.clone() + self.delta()).detach())
+    }
+
+    /// Merges into `weight` and returns the new weight.
+    pub fn merge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+        let merged = weight.clone() + self.delta();
+        match &self.magnitude {
+            None => {
+                self.merged = Some(Merged::Lora);
+                merged
+            }
+            Some(m) => {
+                let factor = m.value.clone().detach() / column_norms(merged.clone());
+                self.merged = Some(Merged::Dora { factor: factor.clone() });
+                merged * factor.unsqueeze::<2>()
+            }
+        }
+    }
+
+    /// Undoes `merge`.
+    pub fn unmerge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.merged.take() {
+            None => weight,
+            Some(Merged::Lora) => weight - self.delta(),
+            Some(Merged::Dora { factor }) => weight / factor.unsqueeze::<2>() - self.delta(),
+        }
+    }
+}
+
+/// ‖W[:, j]‖ for each output column j of a `[d_in, d_out]` weight.
+fn column_norms<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 1> {
+    let d_out = w.dims()[1];
+    w.square().sum_dim(0).sqrt().reshape([d_out])
+}
+
+/// PiSSA factors of a `[d_in, d_out]` weight: with `W = U·S·Vᵀ`, A = U_r·√(S_r/s) and
+/// B = √(S_r/s)·V_rᵀ, so that `s·A·B` is the best rank-r approximation of W.
+fn pissa_factors<B: Backend>(weight: &Tensor<B, 2>, rank: usize, scale: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [d_in, d_out] = weight.dims();
+    let values = weight.to_data().convert::<f64>().to_vec::<f64>().expect("f64 weight");
+    let m = nalgebra::DMatrix::from_row_slice(d_in, d_out, &values);
+    let svd = m.svd(true, true);
+    let (u, vt) = (svd.u.expect("u"), svd.v_t.expect("v_t"));
+    // nalgebra does not sort singular values; take the r largest.
+    let mut order: Vec<usize> = (0..svd.singular_values.len()).collect();
+    order.sort_by(|&i, &j| svd.singular_values[j].total_cmp(&svd.singular_values[i]));
+    let mut a = vec![0f32; d_in * rank];
+    let mut b = vec![0f32; rank * d_out];
+    for (k, &idx) in order.iter().take(rank).enumerate() {
+        let root = (svd.singular_values[idx] / scale).sqrt();
+        for i in 0..d_in {
+            a[i * rank + k] = (u[(i, idx)] * root) as f32;
+        }
+        for j in 0..d_out {
+            b[k * d_out + j] = (vt[(idx, j)] * root) as f32;
+        }
+    }
+    let device = weight.device();
+    (init::tensor2(a, [d_in, rank], &device), init::tensor2(b, [rank, d_out], &device))
 }
 
 /// Inverted-dropout mask (kept entries scaled by 1/(1-p)), drawn on the host so that a seed
 /// gives the same masks on every backend.
-fn dropout_mask<B: Backend>(shape: [usize; 2], p: f64, rng: &mut HostRng, device: &B::Device) -> Tensor<B, 2> {
+pub fn dropout_mask<B: Backend>(shape: [usize; 2], p: f64, rng: &mut HostRng, device: &B::Device) -> Tensor<B, 2> {
     let keep = (1.0 / (1.0 - p)) as f32;
     let values: Vec<f32> = (0..shape[0] * shape[1]).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Freezes the base model and adds a LoRA adapter to every targeted projection of every layer.
-/// Nothing changes when any check fails.
-pub fn attach<B: Backend>(model: &mut Llama<B>, config: &LoraConfig) -> Result<usize, LoraError> {
+/// Adds a LoRA (or DoRA) adapter named `name` to every targeted projection and makes it the
+/// active adapter. Returns the number of parameters added. Nothing changes when a check fails.
+pub fn attach<B: Backend>(model: &mut Llama<B>, name: &str, config: &LoraConfig) -> Result<usize, PeftError> {
     config.validate()?;
-    for (i, layer) in model.layers.iter().enumerate() {
-        for t in &config.targets {
-            let lin = layer.linear(t).expect("validated target");
-            if lin.lora.is_some() {
-                return Err(LoraError::AlreadyAttached(format!("layers.{i}.{t}")));
-            }
-            let side = lin.d_in().min(lin.d_out());
-            if config.rank > side {
-                return Err(LoraError::RankTooLarge { rank: config.rank, side, module: format!("layers.{i}.{t}") });
-            }
+    let modules = config.targets.resolve(model.config.num_hidden_layers)?;
+    for &(i, t) in &modules {
+        let lin = model.layers[i].linear(t).expect("resolved target");
+        let side = lin.d_in().min(lin.d_out());
+        if config.rank > side {
+            return Err(PeftError::RankTooLarge { rank: config.rank, side, module: format!("layers.{i}.{t}") });
         }
     }
-    model.visit(&mut SetTrainable(false));
-    let scale = config.scale();
-    let device = model.device.clone();
+    super::begin_adapter(model, name)?;
     let mut added = 0;
-    for (i, layer) in model.layers.iter_mut().enumerate() {
-        for t in &config.targets {
-            let lin = layer.linear_mut(t).expect("validated target");
-            let mut rng = init::rng_for(config.seed, &format!("lora.layers.{i}.{t}"));
-            let adapter = LoraAdapter::new(lin.d_in(), lin.d_out(), config.rank, scale, config.dropout, &mut rng, &device);
-            added += adapter.a.numel() + adapter.b.numel();
-            lin.lora = Some(adapter);
+    for &(i, t) in &modules {
+        let lin = model.layers[i].linear_mut(t).expect("resolved target");
+        let mut rng = init::rng_for(config.seed, &format!("lora.layers.{i}.{t}"));
+        let (adapter, residual) = LoraAdapter::new(&lin.weight.value, config, &mut rng);
+        if let Some(w) = residual {
+            lin.weight.value = w.detach().set_require_grad(lin.weight.trainable);
         }
+        added += adapter.a.numel() + adapter.b.numel() + adapter.magnitude.as_ref().map_or(0, |m| m.numel());
+        lin.lora.insert(name, adapter);
     }
-    // Adapters attached earlier stay trainable.
-    struct UnfreezeLora;
-    impl<B: Backend> ParamVisitor<B> for UnfreezeLora {
-        fn visit1(&mut self, _: &str, _: &mut Param<B, 1>) {}
-        fn visit2(&mut self, name: &str, p: &mut Param<B, 2>) {
-            if name.ends_with(".lora_A") || name.ends_with(".lora_B") {
-                p.set_trainable(true);
-            }
-        }
-    }
-    model.visit(&mut UnfreezeLora);
+    super::finish_adapter(model, name, super::Method::Lora(config.clone()));
     Ok(added)
 }

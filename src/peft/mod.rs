@@ -1,6 +1,251 @@
-//! Parameter-efficient fine-tuning methods.
+//! Parameter-efficient fine-tuning methods, as named adapters on a [`Llama`].
+//!
+//! Each method attaches under a name and becomes the active adapter: the base is frozen and
+//! only the active adapter trains. `set_active(None)` gives back the base model (an RLHF
+//! reference model), `set_active(Some(name))` switches. LoRA, DoRA and (IA)3 can be merged
+//! into the base weights and unmerged again.
 
+pub mod bottleneck;
+pub mod format;
+pub mod ia3;
 pub mod lora;
+pub mod prompt;
+pub mod selective;
+pub mod slots;
+pub mod targets;
+
+use burn::prelude::*;
+
+use crate::model::params::SetTrainable;
+use crate::model::Llama;
+
+pub use targets::Targets;
+
+/// A method with its settings: one entry of a sweep over methods.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Method {
+    Lora(lora::LoraConfig),
+    Ia3(ia3::Ia3Config),
+    Bottleneck(bottleneck::BottleneckConfig),
+    Prompt(prompt::PromptConfig),
+    Prefix(prompt::PrefixConfig),
+    BitFit(selective::BitFitConfig),
+    LnTuning,
+    Full,
+}
+
+impl Method {
+    /// Attaches the method to `model` under `name` and returns the parameters it added
+    /// (for full fine-tuning: the parameters it made trainable).
+    pub fn attach<B: Backend>(&self, model: &mut Llama<B>, name: &str) -> Result<usize, PeftError> {
+        match self {
+            Self::Lora(c) => lora::attach(model, name, c),
+            Self::Ia3(c) => ia3::attach(model, name, c),
+            Self::Bottleneck(c) => bottleneck::attach(model, name, c),
+            Self::Prompt(c) => prompt::attach_prompt(model, name, c),
+            Self::Prefix(c) => prompt::attach_prefix(model, name, c),
+            Self::BitFit(c) => selective::attach_bitfit(model, name, c),
+            Self::LnTuning => selective::attach_ln_tuning(model, name),
+            Self::Full => selective::full(model),
+        }
+    }
+
+    /// A short name for tables: lora, dora, ia3, houlsby, pfeiffer, prompt_tuning, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Lora(c) if c.dora => "dora",
+            Self::Lora(_) => "lora",
+            Self::Ia3(_) => "ia3",
+            Self::Bottleneck(c) if c.placement == bottleneck::Placement::Pfeiffer => "pfeiffer",
+            Self::Bottleneck(_) => "houlsby",
+            Self::Prompt(_) => "prompt_tuning",
+            Self::Prefix(_) => "prefix_tuning",
+            Self::BitFit(_) => "bitfit",
+            Self::LnTuning => "ln_tuning",
+            Self::Full => "full",
+        }
+    }
+
+    fn mergeable(&self) -> bool {
+        matches!(self, Self::Lora(_) | Self::Ia3(_))
+    }
+}
+
+/// An adapter attached to a model.
+#[derive(Clone, Debug)]
+pub struct AdapterInfo {
+    pub name: String,
+    pub method: Method,
+    pub merged: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PeftError {
+    #[error("LoRA rank must be a positive integer (got {0})")]
+    Rank(i64),
+    #[error("LoRA alpha must be a positive finite number (got {0})")]
+    Alpha(f64),
+    #[error("LoRA dropout must be in [0, 1) (got {0})")]
+    Dropout(f64),
+    #[error("at least one target module is needed")]
+    NoTargets,
+    #[error("unknown target module '{name}'{hint}; valid targets: {valid}")]
+    UnknownTarget { name: String, hint: String, valid: String },
+    #[error("target pattern is not a valid regular expression: {0}")]
+    BadPattern(String),
+    #[error("target pattern '{0}' matches no module (module names look like model.layers.0.self_attn.q_proj)")]
+    NoMatch(String),
+    #[error("LoRA rank {rank} exceeds the smaller side ({side}) of {module}")]
+    RankTooLarge { rank: usize, side: usize, module: String },
+    #[error("an adapter named '{0}' is already attached")]
+    AdapterExists(String),
+    #[error("adapter names use letters, digits, '_' and '-' (got '{0}')")]
+    AdapterName(String),
+    #[error("no adapter named '{name}' (attached: {known})")]
+    UnknownAdapter { name: String, known: String },
+    #[error("no adapter is active")]
+    NoActiveAdapter,
+    #[error("{0} adapters cannot be merged into the base weights (LoRA, DoRA and (IA)3 can)")]
+    NotMergeable(&'static str),
+    #[error("adapter '{0}' is already merged")]
+    AlreadyMerged(String),
+    #[error("adapter '{0}' is not merged")]
+    NotMerged(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The default adapter name, as in PEFT.
+pub const DEFAULT_ADAPTER: &str = "default";
+
+/// Checks that `name` can be attached (called before anything changes).
+fn begin_adapter<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(PeftError::AdapterName(name.to_string()));
+    }
+    if model.adapters.iter().any(|a| a.name == name) {
+        return Err(PeftError::AdapterExists(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Records the new adapter and makes it the active one.
+fn finish_adapter<B: Backend>(model: &mut Llama<B>, name: &str, method: Method) {
+    model.adapters.push(AdapterInfo { name: name.to_string(), method, merged: false });
+    set_active(model, Some(name)).expect("just attached");
+}
+
+/// Makes `name` the active adapter (only it trains; the base is frozen), or with `None`
+/// disables every adapter so that the model computes the base model's outputs.
+pub fn set_active<B: Backend>(model: &mut Llama<B>, name: Option<&str>) -> Result<(), PeftError> {
+    if let Some(n) = name {
+        find(model, n)?;
+    }
+    model.visit(&mut SetTrainable(false));
+    model.activate_slots(name);
+    model.active_adapter = name.map(String::from);
+    Ok(())
+}
+
+fn find<B: Backend>(model: &Llama<B>, name: &str) -> Result<usize, PeftError> {
+    model.adapters.iter().position(|a| a.name == name).ok_or_else(|| PeftError::UnknownAdapter {
+        name: name.to_string(),
+        known: if model.adapters.is_empty() { "none".into() } else { model.adapters.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ") },
+    })
+}
+
+fn active_index<B: Backend>(model: &Llama<B>) -> Result<usize, PeftError> {
+    let name = model.active_adapter.clone().ok_or(PeftError::NoActiveAdapter)?;
+    find(model, &name)
+}
+
+/// Adds the active adapter into the base weights (`W ← W + s·A·B` for LoRA; the rescaled
+/// `W + s·A·B` for DoRA; a row or column scaling for (IA)3). The outputs do not change.
+pub fn merge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
+    let idx = active_index(model)?;
+    let info = &model.adapters[idx];
+    if !info.method.mergeable() {
+        return Err(PeftError::NotMergeable(info.method.kind()));
+    }
+    if info.merged {
+        return Err(PeftError::AlreadyMerged(info.name.clone()));
+    }
+    let name = info.name.clone();
+    for layer in &mut model.layers {
+        for t in crate::model::llama::LINEAR_TARGETS {
+            let lin = layer.linear_mut(t).expect("known projection");
+            let w = lin.weight.value.clone().detach();
+            let w = if let Some(a) = lin.lora.get_mut(&name) {
+                a.merge(w)
+            } else if let Some(v) = lin.ia3.get_mut(&name) {
+                v.merge(w)
+            } else {
+                continue;
+            };
+            lin.weight.value = w.detach().set_require_grad(lin.weight.trainable);
+        }
+    }
+    model.adapters[idx].merged = true;
+    Ok(())
+}
+
+/// Undoes [`merge`] for the active adapter.
+pub fn unmerge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
+    let idx = active_index(model)?;
+    if !model.adapters[idx].merged {
+        return Err(PeftError::NotMerged(model.adapters[idx].name.clone()));
+    }
+    let name = model.adapters[idx].name.clone();
+    for layer in &mut model.layers {
+        for t in crate::model::llama::LINEAR_TARGETS {
+            let lin = layer.linear_mut(t).expect("known projection");
+            let w = lin.weight.value.clone().detach();
+            let w = if let Some(a) = lin.lora.get_mut(&name) {
+                a.unmerge(w)
+            } else if let Some(v) = lin.ia3.get_mut(&name) {
+                v.unmerge(w)
+            } else {
+                continue;
+            };
+            lin.weight.value = w.detach().set_require_grad(lin.weight.trainable);
+        }
+    }
+    model.adapters[idx].merged = false;
+    Ok(())
+}
+
+/// Merges the active adapter and removes every adapter: a plain model again (PEFT's
+/// `merge_and_unload`), ready to save as a full checkpoint or to fine-tune fully.
+pub fn merge_and_unload<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
+    let idx = active_index(model)?;
+    if !model.adapters[idx].merged {
+        merge(model)?;
+    }
+    let names: Vec<String> = model.adapters.iter().map(|a| a.name.clone()).collect();
+    for n in names {
+        model.remove_adapter_parts(&n);
+    }
+    model.adapters.clear();
+    set_active(model, None)
+}
+
+/// Removes one adapter (unmerging it first if it was merged).
+pub fn remove<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<(), PeftError> {
+    let idx = find(model, name)?;
+    let was_active = model.active_adapter.as_deref() == Some(name);
+    if model.adapters[idx].merged {
+        let previous = model.active_adapter.clone();
+        model.active_adapter = Some(name.to_string());
+        unmerge(model)?;
+        model.active_adapter = previous;
+    }
+    model.remove_adapter_parts(name);
+    model.adapters.remove(idx);
+    if was_active {
+        set_active(model, None)?;
+    }
+    Ok(())
+}
 
 /// Closest candidate by edit distance, if it is close enough to be a plausible typo.
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {

@@ -9,7 +9,7 @@ use super::LoadError;
 use crate::model::config::LlamaConfig;
 use crate::model::init;
 use crate::model::linear::Linear;
-use crate::model::llama::{Block, Llama};
+use crate::model::llama::{module_path, projection_shape, Block, Llama};
 use crate::model::params::Param;
 
 /// Weights by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`), row-major in
@@ -23,8 +23,7 @@ pub trait WeightSource {
 
 pub fn build_llama<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, device: &B::Device) -> Result<Llama<B>, LoadError> {
     config.validate().map_err(|source| LoadError::Config { path: src.path(), source })?;
-    let (d, hd) = (config.hidden_size, config.head_dim());
-    let (h, kvh, ffn, vocab) = (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size, config.vocab_size);
+    let (d, vocab) = (config.hidden_size, config.vocab_size);
     let norm = |name: &str| -> Result<Param<B, 1>, LoadError> { Ok(Param::new(init::tensor1::<B>(src.load(name, &[d])?, device), true)) };
     let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear<B>, LoadError> {
         let w = transpose(&src.load(name, &[d_out, d_in])?, d_out, d_in);
@@ -33,17 +32,10 @@ pub fn build_llama<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, de
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-        layers.push(Block {
-            input_layernorm: norm(&n("input_layernorm"))?,
-            q_proj: linear(&n("self_attn.q_proj"), d, h * hd)?,
-            k_proj: linear(&n("self_attn.k_proj"), d, kvh * hd)?,
-            v_proj: linear(&n("self_attn.v_proj"), d, kvh * hd)?,
-            o_proj: linear(&n("self_attn.o_proj"), h * hd, d)?,
-            post_attention_layernorm: norm(&n("post_attention_layernorm"))?,
-            gate_proj: linear(&n("mlp.gate_proj"), d, ffn)?,
-            up_proj: linear(&n("mlp.up_proj"), d, ffn)?,
-            down_proj: linear(&n("mlp.down_proj"), ffn, d)?,
-        });
+        layers.push(Block::new(norm(&n("input_layernorm"))?, norm(&n("post_attention_layernorm"))?, |proj| {
+            let (d_in, d_out) = projection_shape(&config, proj);
+            linear(&format!("{}.weight", module_path(i, proj)), d_in, d_out)
+        })?);
     }
     let embed = src.load("model.embed_tokens.weight", &[vocab, d])?;
     let lm_head = if config.tie_word_embeddings {
@@ -51,14 +43,8 @@ pub fn build_llama<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, de
     } else {
         Some(Param::new(init::tensor2::<B>(src.load("lm_head.weight", &[vocab, d])?, [vocab, d], device), true))
     };
-    Ok(Llama {
-        embed_tokens: Param::new(init::tensor2::<B>(embed, [vocab, d], device), true),
-        layers,
-        norm: norm("model.norm.weight")?,
-        lm_head,
-        device: device.clone(),
-        config,
-    })
+    let embed = Param::new(init::tensor2::<B>(embed, [vocab, d], device), true);
+    Ok(Llama::from_parts(config, embed, layers, norm("model.norm.weight")?, lm_head, device))
 }
 
 /// Row-major `[rows][cols]` -> `[cols][rows]`.

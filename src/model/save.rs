@@ -1,0 +1,102 @@
+//! Writing weights: safetensors files (written to a temporary file and renamed into place, so
+//! an interrupted save never leaves a half-written file) and full Hugging Face checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+use super::llama::{module_path, LINEAR_TARGETS};
+use super::Llama;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("{path}: {msg}")]
+    Io { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One tensor to write: name, PyTorch shape, row-major f32 values.
+pub type HostTensor = (String, Vec<usize>, Vec<f32>);
+
+pub fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+    let values = t.to_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+    (t.dims().to_vec(), values)
+}
+
+/// `[rows, cols]` row-major -> `[cols, rows]`.
+pub fn transposed(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let (rows, cols) = (shape[0], shape[1]);
+    (vec![cols, rows], super::load::build::transpose(values, rows, cols))
+}
+
+/// Writes `contents` to `path` through a temporary file in the same folder.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
+    let err = |msg: String| SaveError::Io { path: path.to_path_buf(), msg };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create folder: {e}")))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(format!("cannot write: {e}")))?;
+    std::io::Write::write_all(&mut tmp, contents).map_err(|e| err(format!("cannot write: {e}")))?;
+    tmp.persist(path).map_err(|e| err(format!("cannot write: {e}")))?;
+    Ok(())
+}
+
+/// An f32 safetensors file with `{"format": "pt"}` metadata, as PyTorch writers make.
+pub fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<(), SaveError> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).map(|v| (name.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SaveError::Invalid(format!("{}: {e}", path.display())))?;
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let data = safetensors::serialize(views, metadata).map_err(|e| SaveError::Invalid(format!("{}: {e}", path.display())))?;
+    write_atomic(path, &data)
+}
+
+/// Saves the model as a Hugging Face checkpoint (config.json + model.safetensors, f32) that
+/// transformers' `LlamaForCausalLM.from_pretrained` loads. Adapters are not part of a base
+/// checkpoint: merge them first (`peft::merge_and_unload`).
+pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), SaveError> {
+    if let Some(a) = model.adapters.first() {
+        return Err(SaveError::Invalid(format!(
+            "the model has adapter '{}' attached; merge_and_unload() it first (or save the adapter with save_adapter)",
+            a.name
+        )));
+    }
+    let mut tensors: Vec<HostTensor> = Vec::new();
+    let mut push = |name: String, (shape, values): (Vec<usize>, Vec<f32>)| tensors.push((name, shape, values));
+    push("model.embed_tokens.weight".into(), host(&model.embed_tokens.value));
+    for (i, layer) in model.layers.iter().enumerate() {
+        push(format!("model.layers.{i}.input_layernorm.weight"), host(&layer.input_layernorm.value));
+        push(format!("model.layers.{i}.post_attention_layernorm.weight"), host(&layer.post_attention_layernorm.value));
+        for t in LINEAR_TARGETS {
+            let (shape, values) = host(&layer.linear(t).expect("known projection").weight.value);
+            push(format!("{}.weight", module_path(i, t)), transposed(&shape, &values));
+        }
+    }
+    push("model.norm.weight".into(), host(&model.norm.value));
+    if let Some(head) = &model.lm_head {
+        push("lm_head.weight".into(), host(&head.value));
+    }
+    let c = &model.config;
+    let mut config = serde_json::to_value(c).map_err(|e| SaveError::Invalid(e.to_string()))?;
+    let obj = config.as_object_mut().expect("a struct serializes to an object");
+    obj.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+    obj.insert("model_type".into(), serde_json::json!("llama"));
+    obj.insert("hidden_act".into(), serde_json::json!("silu"));
+    obj.insert("attention_bias".into(), serde_json::json!(false));
+    obj.insert("mlp_bias".into(), serde_json::json!(false));
+    obj.insert("torch_dtype".into(), serde_json::json!("float32"));
+    obj.insert("head_dim".into(), serde_json::json!(c.head_dim()));
+    if c.rope_scaling.is_none() {
+        obj.remove("rope_scaling");
+    } else if let Some(s) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) {
+        s.insert("rope_type".into(), serde_json::json!("llama3"));
+    }
+    write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    let text = serde_json::to_string_pretty(&config).expect("JSON");
+    write_atomic(&dir.join("config.json"), text.as_bytes())
+}

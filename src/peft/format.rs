@@ -1,0 +1,389 @@
+//! Adapters on disk. LoRA, DoRA, (IA)3, prompt tuning and prefix tuning use Hugging Face
+//! PEFT's format (`adapter_config.json` + `adapter_model.safetensors`, PEFT's key names and
+//! `[out, in]` shapes), so adapters move between runner and PEFT in both directions.
+//! Bottleneck adapters, BitFit and LN tuning, which PEFT has no format for, use the same two
+//! files with a `RUNNER_*` peft_type and runner's parameter names.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use serde_json::{json, Value};
+
+use super::bottleneck::{Activation, BottleneckConfig, Placement};
+use super::ia3::Ia3Config;
+use super::lora::{LoraConfig, LoraInit};
+use super::prompt::{PrefixConfig, PromptConfig, PromptInit};
+use super::selective::BitFitConfig;
+use super::targets::Targets;
+use super::{Method, PeftError};
+use crate::model::llama::module_path;
+use crate::model::params::{Param, ParamVisitor};
+use crate::model::save::{host, transposed, write_atomic, write_safetensors, HostTensor, SaveError};
+use crate::model::Llama;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Save(#[from] SaveError),
+    #[error(transparent)]
+    Peft(#[from] PeftError),
+}
+
+/// Writes adapter `name` of `model` into `dir`.
+pub fn save_adapter<B: Backend>(model: &Llama<B>, name: &str, dir: &Path) -> Result<(), FormatError> {
+    let info = model.adapters.iter().find(|a| a.name == name).ok_or_else(|| PeftError::UnknownAdapter {
+        name: name.to_string(),
+        known: model.adapters.iter().map(|a| a.name.clone()).collect::<Vec<_>>().join(", "),
+    })?;
+    let c = &model.config;
+    let common = |peft_type: &str| {
+        json!({"peft_type": peft_type, "task_type": "CAUSAL_LM", "inference_mode": true, "base_model_name_or_path": null,
+               "revision": null, "auto_mapping": null, "modules_to_save": null})
+    };
+    let mut tensors: Vec<HostTensor> = Vec::new();
+    let mut config = match &info.method {
+        Method::Lora(l) => {
+            for (i, layer) in model.layers.iter().enumerate() {
+                for t in crate::model::llama::LINEAR_TARGETS {
+                    let Some(a) = layer.linear(t).expect("known").lora.get(name) else { continue };
+                    let key = format!("base_model.model.{}", module_path(i, t));
+                    let (shape, values) = host(&a.a.value);
+                    let (shape, values) = transposed(&shape, &values);
+                    tensors.push((format!("{key}.lora_A.weight"), shape, values));
+                    let (shape, values) = host(&a.b.value);
+                    let (shape, values) = transposed(&shape, &values);
+                    tensors.push((format!("{key}.lora_B.weight"), shape, values));
+                    if let Some(m) = &a.magnitude {
+                        let (shape, values) = host(&m.value);
+                        tensors.push((format!("{key}.lora_magnitude_vector"), shape, values));
+                    }
+                }
+            }
+            let mut v = common("LORA");
+            let init = match l.init {
+                LoraInit::Kaiming => json!(true),
+                LoraInit::Gaussian => json!("gaussian"),
+                LoraInit::Pissa => json!("pissa"),
+            };
+            let o = v.as_object_mut().unwrap();
+            for (k, x) in [
+                ("r", json!(l.rank)),
+                ("lora_alpha", json!(l.alpha)),
+                ("lora_dropout", json!(l.dropout)),
+                ("target_modules", l.targets.to_json()),
+                ("use_rslora", json!(l.rslora)),
+                ("use_dora", json!(l.dora)),
+                ("init_lora_weights", init),
+                ("bias", json!("none")),
+                ("fan_in_fan_out", json!(false)),
+                ("layers_to_transform", json!(null)),
+                ("layers_pattern", json!(null)),
+                ("rank_pattern", json!({})),
+                ("alpha_pattern", json!({})),
+                ("exclude_modules", json!(null)),
+            ] {
+                o.insert(k.into(), x);
+            }
+            v
+        }
+        Method::Ia3(cfg) => {
+            for (i, layer) in model.layers.iter().enumerate() {
+                for t in crate::model::llama::LINEAR_TARGETS {
+                    let Some(v) = layer.linear(t).expect("known").ia3.get(name) else { continue };
+                    let (shape, values) = host(&v.vector.value);
+                    let shape = if v.on_input { vec![1, shape[0]] } else { vec![shape[0], 1] };
+                    tensors.push((format!("base_model.model.{}.ia3_l", module_path(i, t)), shape, values));
+                }
+            }
+            let mut v = common("IA3");
+            let o = v.as_object_mut().unwrap();
+            o.insert("target_modules".into(), cfg.targets.to_json());
+            o.insert("feedforward_modules".into(), cfg.feedforward.to_json());
+            o.insert("fan_in_fan_out".into(), json!(false));
+            o.insert("init_ia3_weights".into(), json!(true));
+            v
+        }
+        Method::Prompt(p) => {
+            let (shape, values) = host(&model.prompt.get(name).expect("attached").value);
+            tensors.push(("prompt_embeddings".into(), shape, values));
+            let mut v = common("PROMPT_TUNING");
+            let (init, text) = match (&p.init, &p.init_text) {
+                (PromptInit::Tokens(_), text) => ("TEXT", text.clone()),
+                (PromptInit::SampleVocab, _) => ("SAMPLE_VOCAB", None),
+                (PromptInit::Random, _) => ("RANDOM", None),
+            };
+            let o = v.as_object_mut().unwrap();
+            for (k, x) in [
+                ("num_virtual_tokens", json!(p.num_virtual_tokens)),
+                ("token_dim", json!(c.hidden_size)),
+                ("num_transformer_submodules", json!(1)),
+                ("num_attention_heads", json!(c.num_attention_heads)),
+                ("num_layers", json!(c.num_hidden_layers)),
+                ("prompt_tuning_init", json!(init)),
+                ("prompt_tuning_init_text", json!(text)),
+                ("tokenizer_name_or_path", json!(null)),
+                ("tokenizer_kwargs", json!(null)),
+            ] {
+                o.insert(k.into(), x);
+            }
+            v
+        }
+        Method::Prefix(p) => {
+            let (shape, values) = host(&model.prefix.get(name).expect("attached").table());
+            tensors.push(("prompt_embeddings".into(), shape, values));
+            let kv = c.num_key_value_heads * c.head_dim();
+            let mut v = common("PREFIX_TUNING");
+            let o = v.as_object_mut().unwrap();
+            for (k, x) in [
+                ("num_virtual_tokens", json!(p.num_virtual_tokens)),
+                ("token_dim", json!(kv)),
+                ("num_transformer_submodules", json!(1)),
+                ("num_attention_heads", json!(c.num_key_value_heads)),
+                ("num_layers", json!(c.num_hidden_layers)),
+                ("encoder_hidden_size", json!(p.projection.unwrap_or(kv))),
+                ("prefix_projection", json!(p.projection.is_some())),
+            ] {
+                o.insert(k.into(), x);
+            }
+            v
+        }
+        Method::Bottleneck(b) => {
+            tensors = runner_tensors(model, name);
+            json!({"peft_type": "RUNNER_BOTTLENECK", "placement": match b.placement { Placement::Houlsby => "houlsby", Placement::Pfeiffer => "pfeiffer" },
+                   "reduction_factor": b.reduction_factor, "activation": format!("{:?}", b.activation).to_lowercase()})
+        }
+        Method::BitFit(b) => {
+            tensors = runner_tensors(model, name);
+            json!({"peft_type": "RUNNER_BITFIT", "target_modules": b.targets.to_json()})
+        }
+        Method::LnTuning => {
+            tensors = runner_tensors(model, name);
+            json!({"peft_type": "RUNNER_LN_TUNING"})
+        }
+        Method::Full => unreachable!("full fine-tuning is not an adapter"),
+    };
+    config.as_object_mut().unwrap().insert("runner_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
+    write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&config).expect("JSON").as_bytes())?;
+    Ok(())
+}
+
+/// The adapter's parameters under runner's own names, with the `[name]` marker removed.
+fn runner_tensors<B: Backend>(model: &Llama<B>, name: &str) -> Vec<HostTensor> {
+    struct Collect<'a> {
+        marker: String,
+        out: &'a mut Vec<HostTensor>,
+    }
+    impl<B: Backend> ParamVisitor<B> for Collect<'_> {
+        fn visit1(&mut self, n: &str, p: &mut Param<B, 1>) {
+            if n.contains(&self.marker) {
+                let (shape, values) = host(&p.value);
+                self.out.push((n.replace(&self.marker, ""), shape, values));
+            }
+        }
+        fn visit2(&mut self, n: &str, p: &mut Param<B, 2>) {
+            if n.contains(&self.marker) {
+                let (shape, values) = host(&p.value);
+                self.out.push((n.replace(&self.marker, ""), shape, values));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    model.clone().visit(&mut Collect { marker: format!("[{name}]"), out: &mut out });
+    out
+}
+
+/// Reads an adapter folder (written by runner or by PEFT) and attaches it to `model` as
+/// `name`, active. Returns the parameters added. On any error the model is unchanged.
+pub fn load_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &str) -> Result<usize, FormatError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let file_err = |path: &Path, msg: String| FormatError::File { path: path.to_path_buf(), msg };
+    let text = std::fs::read_to_string(&config_path).map_err(|e| file_err(&config_path, format!("cannot read: {e}")))?;
+    let config: Value = serde_json::from_str(&text).map_err(|e| file_err(&config_path, format!("invalid JSON: {e}")))?;
+    let method = method_from_config(&config).map_err(|msg| file_err(&config_path, msg))?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights_path).map_err(|e| file_err(&weights_path, format!("cannot read: {e}")))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| file_err(&weights_path, format!("not a safetensors file: {e}")))?;
+    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    for (key, view) in file.tensors() {
+        let values = match view.dtype() {
+            safetensors::Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            safetensors::Dtype::F16 => view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
+            safetensors::Dtype::BF16 => view.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
+            other => return Err(file_err(&weights_path, format!("tensor {key} has dtype {other:?}; expected F32, F16 or BF16"))),
+        };
+        tensors.insert(key, (view.shape().to_vec(), values));
+    }
+    let added = method.attach(model, name)?;
+    let filled = fill(model, name, &method, &mut tensors);
+    let filled = filled.and_then(|()| match tensors.keys().next() {
+        Some(extra) => Err(format!("unexpected tensor {extra} (not part of a {} adapter for this model)", method.kind())),
+        None => Ok(()),
+    });
+    if let Err(msg) = filled {
+        super::remove(model, name)?;
+        return Err(file_err(&weights_path, msg));
+    }
+    Ok(added)
+}
+
+fn method_from_config(v: &Value) -> Result<Method, String> {
+    let peft_type = v.get("peft_type").and_then(Value::as_str).ok_or("missing peft_type")?;
+    let num = |k: &str| v.get(k).and_then(Value::as_f64).ok_or_else(|| format!("missing or non-numeric '{k}'"));
+    let count = |k: &str| v.get(k).and_then(Value::as_u64).map(|n| n as usize).ok_or_else(|| format!("missing or non-integer '{k}'"));
+    let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let targets = |k: &str| v.get(k).and_then(Targets::from_json).ok_or_else(|| format!("missing or invalid '{k}'"));
+    let unsupported = |k: &str, ok: &dyn Fn(&Value) -> bool| match v.get(k) {
+        Some(x) if !ok(x) => Err(format!("'{k}' = {x} is not supported")),
+        _ => Ok(()),
+    };
+    let empty = |x: &Value| x.is_null() || x.as_object().is_some_and(|o| o.is_empty()) || x.as_array().is_some_and(|a| a.is_empty());
+    if v.get("task_type").and_then(Value::as_str).is_some_and(|t| t != "CAUSAL_LM") {
+        return Err(format!("task_type {} is not supported (CAUSAL_LM is)", v["task_type"]));
+    }
+    unsupported("modules_to_save", &empty)?;
+    Ok(match peft_type {
+        "LORA" => {
+            for k in ["rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "exclude_modules"] {
+                unsupported(k, &empty)?;
+            }
+            unsupported("bias", &|x| x == "none")?;
+            unsupported("fan_in_fan_out", &|x| x == false)?;
+            unsupported("lora_bias", &|x| x == false)?;
+            let init = match v.get("init_lora_weights") {
+                Some(Value::String(s)) if s == "gaussian" => LoraInit::Gaussian,
+                Some(Value::String(s)) if s.starts_with("pissa") => LoraInit::Pissa,
+                _ => LoraInit::Kaiming,
+            };
+            Method::Lora(LoraConfig {
+                rank: count("r")?,
+                alpha: num("lora_alpha")?,
+                dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+                targets: targets("target_modules")?,
+                rslora: flag("use_rslora"),
+                // The weights come from the file; PiSSA's residual base is the caller's to supply.
+                init: if init == LoraInit::Pissa { LoraInit::Kaiming } else { init },
+                dora: flag("use_dora"),
+                seed: 0,
+            })
+        }
+        "IA3" => Method::Ia3(Ia3Config { targets: targets("target_modules")?, feedforward: targets("feedforward_modules")? }),
+        "PROMPT_TUNING" => {
+            unsupported("num_transformer_submodules", &|x| x == 1)?;
+            Method::Prompt(PromptConfig {
+                num_virtual_tokens: count("num_virtual_tokens")?,
+                init: PromptInit::Random,
+                init_text: v.get("prompt_tuning_init_text").and_then(Value::as_str).map(String::from),
+                seed: 0,
+            })
+        }
+        "PREFIX_TUNING" => {
+            unsupported("num_transformer_submodules", &|x| x == 1)?;
+            // PEFT saves the projected table, so a reparameterised prefix loads as a plain one.
+            Method::Prefix(PrefixConfig { num_virtual_tokens: count("num_virtual_tokens")?, projection: None, seed: 0 })
+        }
+        "RUNNER_BOTTLENECK" => Method::Bottleneck(BottleneckConfig {
+            placement: match v.get("placement").and_then(Value::as_str) {
+                Some("pfeiffer") => Placement::Pfeiffer,
+                Some("houlsby") => Placement::Houlsby,
+                other => return Err(format!("unknown placement {other:?}")),
+            },
+            reduction_factor: count("reduction_factor")?,
+            activation: v.get("activation").and_then(Value::as_str).and_then(Activation::parse).ok_or("missing or unknown 'activation'")?,
+            seed: 0,
+        }),
+        "RUNNER_BITFIT" => Method::BitFit(BitFitConfig { targets: targets("target_modules")? }),
+        "RUNNER_LN_TUNING" => Method::LnTuning,
+        other => return Err(format!("peft_type {other} is not supported (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING and runner's own types are)")),
+    })
+}
+
+/// Copies the file's tensors into the freshly attached adapter, removing each one used.
+fn fill<B: Backend>(model: &mut Llama<B>, name: &str, method: &Method, tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<(), String> {
+    let device = model.device.clone();
+    let mut take = |key: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+        let (s, values) = tensors.remove(key).ok_or_else(|| format!("missing tensor {key}"))?;
+        if s != shape {
+            return Err(format!("tensor {key} has shape {s:?}, expected {shape:?}"));
+        }
+        Ok(values)
+    };
+    let set2 = |p: &mut Param<B, 2>, values: Vec<f32>, shape: [usize; 2]| *p = Param::new(crate::model::init::tensor2(values, shape, &device), p.trainable);
+    let set1 = |p: &mut Param<B, 1>, values: Vec<f32>| *p = Param::new(crate::model::init::tensor1(values, &device), p.trainable);
+    match method {
+        Method::Lora(_) | Method::Ia3(_) => {
+            for (i, layer) in model.layers.iter_mut().enumerate() {
+                for t in crate::model::llama::LINEAR_TARGETS {
+                    let lin = layer.linear_mut(t).expect("known");
+                    let (d_in, d_out) = (lin.d_in(), lin.d_out());
+                    let key = format!("base_model.model.{}", module_path(i, t));
+                    if let Some(a) = lin.lora.get_mut(name) {
+                        let r = a.a.value.dims()[1];
+                        let values = take(&format!("{key}.lora_A.weight"), &[r, d_in])?;
+                        set2(&mut a.a, crate::model::load::build::transpose(&values, r, d_in), [d_in, r]);
+                        let values = take(&format!("{key}.lora_B.weight"), &[d_out, r])?;
+                        set2(&mut a.b, crate::model::load::build::transpose(&values, d_out, r), [r, d_out]);
+                        if let Some(m) = &mut a.magnitude {
+                            set1(m, take(&format!("{key}.lora_magnitude_vector"), &[d_out])?);
+                        }
+                    }
+                    if let Some(v) = lin.ia3.get_mut(name) {
+                        let shape = if v.on_input { [1, d_in] } else { [d_out, 1] };
+                        set1(&mut v.vector, take(&format!("{key}.ia3_l"), &shape)?);
+                    }
+                }
+            }
+        }
+        Method::Prompt(_) => {
+            let p = model.prompt.get_mut(name).expect("attached");
+            let shape: [usize; 2] = p.value.dims();
+            set2(p, take("prompt_embeddings", &shape)?, shape);
+        }
+        Method::Prefix(_) => {
+            let p = model.prefix.get_mut(name).expect("attached");
+            let shape: [usize; 2] = p.embedding.value.dims();
+            set2(&mut p.embedding, take("prompt_embeddings", &shape)?, shape);
+        }
+        Method::Bottleneck(_) | Method::BitFit(_) | Method::LnTuning => {
+            struct Assign<'a, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> {
+                marker: String,
+                take: &'a mut F,
+                error: Option<String>,
+            }
+            impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> ParamVisitor<B> for Assign<'_, F> {
+                fn visit1(&mut self, n: &str, p: &mut Param<B, 1>) {
+                    if !n.contains(&self.marker) || self.error.is_some() {
+                        return;
+                    }
+                    match (self.take)(&n.replace(&self.marker, ""), &p.value.dims()) {
+                        Ok(v) => *p = Param::new(crate::model::init::tensor1(v, &p.value.device()), p.trainable),
+                        Err(e) => self.error = Some(e),
+                    }
+                }
+                fn visit2(&mut self, n: &str, p: &mut Param<B, 2>) {
+                    if !n.contains(&self.marker) || self.error.is_some() {
+                        return;
+                    }
+                    let dims = p.value.dims();
+                    match (self.take)(&n.replace(&self.marker, ""), &dims) {
+                        Ok(v) => *p = Param::new(crate::model::init::tensor2(v, dims, &p.value.device()), p.trainable),
+                        Err(e) => self.error = Some(e),
+                    }
+                }
+            }
+            let mut assign = Assign { marker: format!("[{name}]"), take: &mut take, error: None };
+            model.visit(&mut assign);
+            if let Some(e) = assign.error {
+                return Err(e);
+            }
+        }
+        Method::Full => unreachable!("full fine-tuning is not an adapter"),
+    }
+    Ok(())
+}

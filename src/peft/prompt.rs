@@ -1,0 +1,176 @@
+//! Soft prompts. Prompt tuning (Lester et al. 2021) prepends learned embeddings to the input;
+//! prefix tuning (Li & Liang 2021) prepends learned keys and values to every attention layer,
+//! optionally produced by a two-layer MLP (the reparameterisation). Layouts follow Hugging
+//! Face PEFT, so adapters move between the two: the prefix table is
+//! `[virtual, layers · 2 · kv_heads · head_dim]` with layer l's keys at block 2l and values at
+//! block 2l + 1.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::slots::Part;
+use super::PeftError;
+use crate::model::init;
+use crate::model::params::{Param, ParamVisitor};
+use crate::model::Llama;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PromptInit {
+    /// normal(0, 1), PEFT's "RANDOM" (an `nn.Embedding`'s default).
+    Random,
+    /// Rows of the vocabulary embedding picked at random ("SAMPLE_VOCAB").
+    SampleVocab,
+    /// The embeddings of these token ids, repeated or cut to length ("TEXT").
+    Tokens(Vec<u32>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptConfig {
+    pub num_virtual_tokens: usize,
+    pub init: PromptInit,
+    /// The text the token ids came from, for adapter_config.json.
+    pub init_text: Option<String>,
+    pub seed: u64,
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        Self { num_virtual_tokens: 20, init: PromptInit::Random, init_text: None, seed: 0 }
+    }
+}
+
+fn check_virtual(n: usize) -> Result<(), PeftError> {
+    if n == 0 {
+        return Err(PeftError::Invalid("num_virtual_tokens must be at least 1".into()));
+    }
+    Ok(())
+}
+
+pub fn attach_prompt<B: Backend>(model: &mut Llama<B>, name: &str, config: &PromptConfig) -> Result<usize, PeftError> {
+    let n = config.num_virtual_tokens;
+    check_virtual(n)?;
+    let (vocab, d) = (model.config.vocab_size, model.config.hidden_size);
+    let mut rng = init::rng_for(config.seed, "prompt_tuning");
+    let table = match &config.init {
+        PromptInit::Random => init::tensor2::<B>(init::normal_vec(&mut rng, n * d, 1.0), [n, d], &model.device),
+        PromptInit::SampleVocab | PromptInit::Tokens(_) => {
+            let ids: Vec<i64> = match &config.init {
+                PromptInit::Tokens(t) if t.is_empty() => return Err(PeftError::Invalid("the prompt-tuning init text has no tokens".into())),
+                PromptInit::Tokens(t) => {
+                    if let Some(bad) = t.iter().find(|&&id| id as usize >= vocab) {
+                        return Err(PeftError::Invalid(format!("init token id {bad} is outside the vocabulary ({vocab})")));
+                    }
+                    t.iter().cycle().take(n).map(|&i| i as i64).collect()
+                }
+                _ => (0..n).map(|_| rand::Rng::random_range(&mut rng, 0..vocab as i64)).collect(),
+            };
+            let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &model.device);
+            model.embed_tokens.value.clone().detach().select(0, ids)
+        }
+    };
+    super::begin_adapter(model, name)?;
+    model.prompt.insert(name, Param::new(table, true));
+    super::finish_adapter(model, name, super::Method::Prompt(config.clone()));
+    Ok(n * d)
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefixConfig {
+    pub num_virtual_tokens: usize,
+    /// Width of the reparameterisation MLP's hidden layer; `None`: a plain table.
+    pub projection: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for PrefixConfig {
+    fn default() -> Self {
+        Self { num_virtual_tokens: 20, projection: None, seed: 0 }
+    }
+}
+
+/// The reparameterisation `tanh(e·W1 + b1)·W2 + b2`.
+#[derive(Clone, Debug)]
+pub struct PrefixMlp<B: Backend> {
+    pub w1: Param<B, 2>,
+    pub b1: Param<B, 1>,
+    pub w2: Param<B, 2>,
+    pub b2: Param<B, 1>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PrefixAdapter<B: Backend> {
+    /// `[virtual, layers·2·kv_dim]`, or `[virtual, kv_dim]` fed through `mlp`.
+    pub embedding: Param<B, 2>,
+    pub mlp: Option<PrefixMlp<B>>,
+}
+
+impl<B: Backend> Part<B> for PrefixAdapter<B> {
+    fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+        v.visit2(&format!("{prefix}.embedding"), &mut self.embedding);
+        if let Some(m) = &mut self.mlp {
+            v.visit2(&format!("{prefix}.transform.0.weight"), &mut m.w1);
+            v.visit1(&format!("{prefix}.transform.0.bias"), &mut m.b1);
+            v.visit2(&format!("{prefix}.transform.2.weight"), &mut m.w2);
+            v.visit1(&format!("{prefix}.transform.2.bias"), &mut m.b2);
+        }
+    }
+}
+
+impl<B: Backend> PrefixAdapter<B> {
+    /// The key/value table, `[virtual, layers·2·kv_dim]`.
+    pub fn table(&self) -> Tensor<B, 2> {
+        match &self.mlp {
+            None => self.embedding.value.clone(),
+            Some(m) => {
+                let h = (self.embedding.value.clone().matmul(m.w1.value.clone()) + m.b1.value.clone().unsqueeze()).tanh();
+                h.matmul(m.w2.value.clone()) + m.b2.value.clone().unsqueeze()
+            }
+        }
+    }
+
+    /// Keys and values of `layer`, expanded to the batch.
+    /// # Shapes
+    /// -> `([batch, kv_heads, virtual, head_dim], same)`
+    pub fn layer_kv(table: &Tensor<B, 2>, layer: usize, batch: usize, kv_heads: usize, head_dim: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let n = table.dims()[0];
+        let kv = kv_heads * head_dim;
+        let part = |block: usize| {
+            table.clone().narrow(1, block * kv, kv).reshape([1, n, kv_heads, head_dim]).swap_dims(1, 2).expand([batch, kv_heads, n, head_dim])
+        };
+        (part(2 * layer), part(2 * layer + 1))
+    }
+}
+
+pub fn attach_prefix<B: Backend>(model: &mut Llama<B>, name: &str, config: &PrefixConfig) -> Result<usize, PeftError> {
+    let n = config.num_virtual_tokens;
+    check_virtual(n)?;
+    let c = &model.config;
+    let kv = c.num_key_value_heads * c.head_dim();
+    let width = c.num_hidden_layers * 2 * kv;
+    let device = model.device.clone();
+    let mut rng = init::rng_for(config.seed, "prefix_tuning");
+    let adapter = match config.projection {
+        None => PrefixAdapter { embedding: Param::new(init::tensor2(init::normal_vec(&mut rng, n * width, 1.0), [n, width], &device), true), mlp: None },
+        Some(0) => return Err(PeftError::Invalid("the prefix projection's hidden size must be at least 1".into())),
+        Some(h) => {
+            // nn.Linear's default initialisation: weights and biases uniform(±1/√fan_in).
+            let linear = |rng: &mut init::HostRng, fan_in: usize, fan_out: usize| {
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let w = init::tensor2::<B>(init::uniform_vec(rng, fan_in * fan_out, bound), [fan_in, fan_out], &device);
+                let b = init::tensor1::<B>(init::uniform_vec(rng, fan_out, bound), &device);
+                (Param::new(w, true), Param::new(b, true))
+            };
+            let embedding = Param::new(init::tensor2(init::normal_vec(&mut rng, n * kv, 1.0), [n, kv], &device), true);
+            let (w1, b1) = linear(&mut rng, kv, h);
+            let (w2, b2) = linear(&mut rng, h, width);
+            PrefixAdapter { embedding, mlp: Some(PrefixMlp { w1, b1, w2, b2 }) }
+        }
+    };
+    super::begin_adapter(model, name)?;
+    let mut count = crate::model::params::ParamCount::default();
+    let mut a = adapter;
+    a.visit("", &mut count);
+    model.prefix.insert(name, a);
+    super::finish_adapter(model, name, super::Method::Prefix(config.clone()));
+    Ok(count.total)
+}

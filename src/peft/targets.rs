@@ -1,0 +1,78 @@
+//! Which projections a method adapts: a list of names matched as Hugging Face PEFT matches
+//! them (the full module name, or its dotted suffix: "q_proj", "self_attn.q_proj",
+//! "model.layers.0.self_attn.q_proj"), a regular expression that must match a whole module
+//! name, or "all-linear" (every projection, not the output head).
+
+use super::PeftError;
+use crate::model::llama::{module_path, LINEAR_TARGETS};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Targets {
+    Names(Vec<String>),
+    Pattern(String),
+    AllLinear,
+}
+
+impl Targets {
+    pub fn names(names: &[&str]) -> Self {
+        Self::Names(names.iter().map(|s| s.to_string()).collect())
+    }
+
+    pub fn validate(&self) -> Result<(), PeftError> {
+        match self {
+            Self::Names(list) if list.is_empty() => Err(PeftError::NoTargets),
+            Self::Pattern(p) => regex::Regex::new(p).map(|_| ()).map_err(|e| PeftError::BadPattern(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The `(layer, projection)` pairs selected in a model of `layers` blocks, in model order.
+    pub fn resolve(&self, layers: usize) -> Result<Vec<(usize, &'static str)>, PeftError> {
+        self.validate()?;
+        let all = (0..layers).flat_map(|i| LINEAR_TARGETS.iter().map(move |t| (i, *t)));
+        match self {
+            Self::AllLinear => Ok(all.collect()),
+            Self::Pattern(p) => {
+                let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| PeftError::BadPattern(e.to_string()))?;
+                let picked: Vec<_> = all.filter(|&(i, t)| re.is_match(&module_path(i, t))).collect();
+                if picked.is_empty() {
+                    return Err(PeftError::NoMatch(p.clone()));
+                }
+                Ok(picked)
+            }
+            Self::Names(names) => {
+                let matches = |name: &str, i: usize, t: &str| {
+                    let path = module_path(i, t);
+                    path == name || path.ends_with(&format!(".{name}"))
+                };
+                for name in names {
+                    if !(0..layers).any(|i| LINEAR_TARGETS.iter().any(|t| matches(name, i, t))) {
+                        let hint = super::closest(name, LINEAR_TARGETS).map(|c| format!(" (did you mean '{c}'?)")).unwrap_or_default();
+                        return Err(PeftError::UnknownTarget { name: name.clone(), hint, valid: LINEAR_TARGETS.join(", ") });
+                    }
+                }
+                Ok(all.filter(|&(i, t)| names.iter().any(|n| matches(n, i, t))).collect())
+            }
+        }
+    }
+
+    /// The names PEFT's adapter_config.json lists for these targets.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Names(list) => serde_json::json!(list),
+            Self::Pattern(p) => serde_json::json!(p),
+            Self::AllLinear => serde_json::json!(LINEAR_TARGETS),
+        }
+    }
+
+    /// PEFT's `target_modules`: a list of names, or a string that is a regular expression
+    /// (or "all-linear").
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        match v {
+            serde_json::Value::String(s) if s == "all-linear" => Some(Self::AllLinear),
+            serde_json::Value::String(s) => Some(Self::Pattern(s.clone())),
+            serde_json::Value::Array(items) => items.iter().map(|i| i.as_str().map(String::from)).collect::<Option<Vec<_>>>().map(Self::Names),
+            _ => None,
+        }
+    }
+}
