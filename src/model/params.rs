@@ -13,9 +13,9 @@ pub struct Param<B: Backend, const D: usize> {
 }
 
 impl<B: Backend, const D: usize> Param<B, D> {
-    /// A parameter whose autodiff tracking follows `trainable`.
+    /// A parameter (a leaf: detached from any graph) whose autodiff tracking follows `trainable`.
     pub fn new(value: Tensor<B, D>, trainable: bool) -> Self {
-        let value = value.set_require_grad(trainable);
+        let value = value.detach().set_require_grad(trainable);
         Self { value, trainable }
     }
 

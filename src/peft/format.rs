@@ -220,16 +220,14 @@ pub fn load_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &str) ->
         };
         tensors.insert(key, (view.shape().to_vec(), values));
     }
-    let added = method.attach(model, name)?;
-    let filled = fill(model, name, &method, &mut tensors);
-    let filled = filled.and_then(|()| match tensors.keys().next() {
-        Some(extra) => Err(format!("unexpected tensor {extra} (not part of a {} adapter for this model)", method.kind())),
-        None => Ok(()),
-    });
-    if let Err(msg) = filled {
-        super::remove(model, name)?;
-        return Err(file_err(&weights_path, msg));
+    // Attach to a copy (tensors are shared, not copied) so that a bad file changes nothing.
+    let mut updated = model.clone();
+    let added = method.attach(&mut updated, name)?;
+    fill(&mut updated, name, &method, &mut tensors).map_err(|msg| file_err(&weights_path, msg))?;
+    if let Some(extra) = tensors.keys().next() {
+        return Err(file_err(&weights_path, format!("unexpected tensor {extra} (not part of a {} adapter for this model)", method.kind())));
     }
+    *model = updated;
     Ok(added)
 }
 
