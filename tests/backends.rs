@@ -11,6 +11,7 @@ use burn::tensor::{Int, TensorData};
 use runner::data::{Batch, ByteTokenizer, Example};
 use runner::model::{init, Llama, TinyOptions};
 use runner::peft::lora::{attach, LoraConfig};
+use runner::peft::Targets;
 use runner::train::loss::causal_lm_loss;
 
 /// Logits, loss and the gradients of every LoRA A and B, flattened, computed on backend `B`.
@@ -18,10 +19,10 @@ fn forward_backward<B: AutodiffBackend>(device: &B::Device) -> (Vec<f32>, f32, V
     let opts = TinyOptions::default();
     let mut model = Llama::<B>::random(opts.config(), 5, opts.std(), device).unwrap();
     let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-    attach(&mut model, &LoraConfig { rank: 4, alpha: 8.0, targets: targets.map(String::from).to_vec(), ..Default::default() }).unwrap();
+    attach(&mut model, "default", &LoraConfig { rank: 4, alpha: 8.0, targets: Targets::AllLinear, ..Default::default() }).unwrap();
     for (i, layer) in model.layers.iter_mut().enumerate() {
         for t in targets {
-            let ad = layer.linear_mut(t).unwrap().lora.as_mut().unwrap();
+            let ad = layer.linear_mut(t).unwrap().lora.active_mut().unwrap();
             let [r, out] = ad.b.value.dims();
             let mut rng = init::rng_for(11, &format!("{i}.{t}"));
             ad.b.value = init::tensor2::<B>(init::normal_vec(&mut rng, r * out, 0.1), [r, out], device).require_grad();
@@ -39,7 +40,7 @@ fn forward_backward<B: AutodiffBackend>(device: &B::Device) -> (Vec<f32>, f32, V
     let mut g = Vec::new();
     for layer in &model.layers {
         for t in targets {
-            let ad = layer.linear(t).unwrap().lora.as_ref().unwrap();
+            let ad = layer.linear(t).unwrap().lora.active().unwrap();
             for p in [&ad.a, &ad.b] {
                 g.extend(p.value.grad(&grads).unwrap().into_data().convert::<f32>().to_vec::<f32>().unwrap());
             }
