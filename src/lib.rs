@@ -7,6 +7,7 @@ pub mod data;
 pub mod generate;
 pub mod hub;
 pub mod lua;
+pub mod memory;
 pub mod model;
 pub mod peft;
 pub mod pretrained;

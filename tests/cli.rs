@@ -237,3 +237,43 @@ fn missing_model_is_a_recipe_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("load.lua:1: runner.model.load: 'no-such-model' is neither a file nor a known model name"), "{}", stderr(&out));
 }
+
+#[test]
+fn adapter_api_from_lua() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("adapters_api.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("adapters_api/trials.csv"));
+    let get = |k: &str| rows[0][column(&header, k)].clone();
+    assert_eq!(get("status"), "ok", "{}", get("error"));
+    assert_eq!(get("adapters"), "2");
+    // tiny_hf: d 32, q/o 32→32, k/v 32→16, MLP 32↔64, 2 layers.
+    assert_eq!(get("lora"), (2 * 2 * ((32 + 32) * 2 + (32 + 16) * 2 + (32 + 64) * 3)).to_string());
+    assert_eq!(get("dora"), (2 * (2 * (32 + 32) + 32 + 2 * (32 + 16) + 16)).to_string());
+    assert_eq!(get("ia3"), (2 * (16 + 16 + 64)).to_string());
+    assert_eq!(get("houlsby"), (2 * 2 * (32 * 8 + 8 + 8 * 32 + 32)).to_string());
+    assert_eq!(get("pfeiffer"), (2 * (32 * 8 + 8 + 8 * 32 + 32)).to_string());
+    assert_eq!(get("prompt_tuning"), (4 * 32).to_string());
+    assert_eq!(get("prefix_tuning"), (2 * 16 + 16 * 8 + 8 + 8 * 2 * 2 * 16 + 2 * 2 * 16).to_string());
+    assert_eq!(get("bitfit"), (2 * (32 + 16 + 16 + 32 + 64 + 64 + 32)).to_string());
+    assert_eq!(get("ln_tuning"), (2 * 2 * 32 + 32).to_string());
+    assert_eq!(get("full"), get("total"));
+    let peak: f64 = get("peak_mem_mb").parse().unwrap();
+    assert!(peak > 1.0, "peak memory is recorded: {peak}");
+    let trial = get("trial_id");
+    assert!(dir.path().join("adapters_api").join(&trial).join("lora/adapter_config.json").exists());
+}
+
+#[test]
+fn bad_method_options_name_the_recipe_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("m.lua");
+    std::fs::write(&recipe, "local m = runner.model.tiny{}\nm:attach(runner.peft.houlsby{ reduction_factr = 4 })\n").unwrap();
+    let out = runner(&[recipe.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("m.lua:2: runner.peft.houlsby: unknown option 'reduction_factr' (did you mean 'reduction_factor'?)"), "{}", stderr(&out));
+    std::fs::write(&recipe, "local m = runner.model.tiny{}\nm:attach(runner.peft.lora{ targets = [[model\\.layers\\.7\\..*]] })\n").unwrap();
+    let out = runner(&[recipe.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("m.lua:2: model:attach: target pattern"), "{}", stderr(&out));
+}

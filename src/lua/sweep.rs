@@ -21,11 +21,13 @@ pub struct SweepHost {
     pub trials_failed: usize,
     sweeps_seen: Vec<String>,
     current: Option<(String, Rc<RefCell<StepsLog>>)>,
+    /// `results/<sweep>/<trial-id>/` of the running trial.
+    current_dir: Option<PathBuf>,
 }
 
 impl SweepHost {
     pub fn new(results_dir: PathBuf, recipe_hash: String, seed: Option<u64>) -> Self {
-        Self { results_dir, recipe_hash, seed, trials_run: 0, trials_failed: 0, sweeps_seen: Vec::new(), current: None }
+        Self { results_dir, recipe_hash, seed, trials_run: 0, trials_failed: 0, sweeps_seen: Vec::new(), current: None, current_dir: None }
     }
 }
 
@@ -93,6 +95,18 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
             Ok(())
         })?,
     )?;
+    // runner.trial_dir(): the running trial's own folder (created), for adapters and checkpoints.
+    runner.set(
+        "trial_dir",
+        lua.create_function(|lua, ()| {
+            let dir = lua.app_data_ref::<SweepHost>().and_then(|h| h.current_dir.clone());
+            let Some(dir) = dir else {
+                return Err(recipe_error(lua, "runner.trial_dir() is only available inside a sweep trial"));
+            };
+            std::fs::create_dir_all(&dir).map_err(|e| runtime_error(lua, format!("runner.trial_dir: creating {}: {e}", dir.display())))?;
+            Ok(dir.to_string_lossy().into_owned())
+        })?,
+    )?;
     runner.set("sweep", lua.create_function(run_sweep)?)
 }
 
@@ -158,12 +172,22 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
         if !trial.params.iter().any(|(k, _)| k == "seed") {
             params.set("seed", seed.unwrap_or(0))?;
         }
-        lua.app_data_mut::<SweepHost>().expect("host").current = Some((id.clone(), steps.clone()));
+        {
+            let mut host = lua.app_data_mut::<SweepHost>().expect("host");
+            host.current = Some((id.clone(), steps.clone()));
+            host.current_dir = Some(dir.join(&id));
+        }
+        crate::memory::reset_peak();
         let started = Instant::now();
         let outcome = trial_fn.call::<LuaValue>(params);
         let seconds = started.elapsed().as_secs_f64();
-        lua.app_data_mut::<SweepHost>().expect("host").current = None;
-        let (metrics, failure, abort) = match outcome {
+        let peak_mem_mb = crate::memory::peak_rss_bytes().map(|b| (b as f64 / (1 << 20) as f64).round());
+        {
+            let mut host = lua.app_data_mut::<SweepHost>().expect("host");
+            host.current = None;
+            host.current_dir = None;
+        }
+        let (mut metrics, failure, abort) = match outcome {
             Ok(LuaValue::Nil) => (Vec::new(), None, None),
             Ok(LuaValue::Table(t)) => match scalar_table(&t, "trial result") {
                 Ok(m) => (m, None, None),
@@ -180,6 +204,10 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
             }
         };
         let status = if failure.is_some() { TrialStatus::Failed } else { TrialStatus::Ok };
+        if let Some(mb) = peak_mem_mb.filter(|_| !metrics.iter().any(|(k, _)| k == "peak_mem_mb")) {
+            // Peak resident memory of the process during the trial (weights included).
+            metrics.push(("peak_mem_mb".into(), Value::Int(mb as i64)));
+        }
         if failure.is_none() {
             eprintln!("  ok in {seconds:.1}s {}", display_row(&metrics));
         }

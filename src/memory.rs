@@ -1,0 +1,32 @@
+//! Peak resident memory of this process (Linux): reset at the start of a trial, read at its
+//! end, so each trial reports its own high-water mark.
+
+/// Resets the kernel's peak-RSS counter (`VmHWM`) to the current RSS. Best effort: a no-op
+/// where /proc/self/clear_refs is missing or not writable.
+pub fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size in bytes since the last reset (or since the process started).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peak_grows_with_an_allocation_and_resets() {
+        let Some(before) = super::peak_rss_bytes() else { return }; // not Linux
+        let big = vec![1u8; 64 << 20];
+        std::hint::black_box(&big);
+        let during = super::peak_rss_bytes().unwrap();
+        assert!(during >= before + (60 << 20), "{before} -> {during}");
+        drop(big);
+        super::reset_peak();
+        let after = super::peak_rss_bytes().unwrap();
+        assert!(after < during, "reset should lower the peak: {during} -> {after}");
+    }
+}
