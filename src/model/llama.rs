@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Bool, Int, TensorData};
+use burn::tensor::{Int, TensorData};
 
 use super::config::{ConfigError, LlamaConfig};
 use super::init::{self, HostRng};
@@ -324,8 +324,8 @@ impl<B: Backend> Llama<B> {
             None => 0,
         };
         let t_all = t + virtual_tokens;
-        let rope = Rope::new(&self.config, start, t_all, &self.device);
-        let mask = causal_mask::<B>(t_all, start, &self.device);
+        let rope = Rope::new(&self.config, b, start, t_all, &self.device);
+        let mask = causal_mask::<B>(b * self.config.num_attention_heads, t_all, start, &self.device);
         let eps = self.config.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), layer.input_norm_tuned.active().unwrap_or(&layer.input_layernorm).value(), eps);
@@ -366,15 +366,16 @@ impl<B: Backend> Llama<B> {
         b: usize,
         t: usize,
         rope: &Rope<B>,
-        mask: &Tensor<B, 4, Bool>,
+        mask: &Tensor<B, 2>,
         mut rng: Option<&mut HostRng>,
         kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 2> {
         let hd = self.config.head_dim();
         let (h, kvh) = (self.config.num_attention_heads, self.config.num_key_value_heads);
         let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(layer.q_proj.forward(x.clone(), rng.as_deref_mut()), h));
-        let mut k = rope.apply(heads(layer.k_proj.forward(x.clone(), rng.as_deref_mut()), kvh));
+        // Rotary embeddings on the projection's own (contiguous) layout, before heads move.
+        let q = heads(rope.apply(layer.q_proj.forward(x.clone(), rng.as_deref_mut()), h), h);
+        let mut k = heads(rope.apply(layer.k_proj.forward(x.clone(), rng.as_deref_mut()), kvh), kvh);
         let mut v = heads(layer.v_proj.forward(x, rng.as_deref_mut()), kvh);
         if let Some(slot) = kv {
             if let Some((k_past, v_past)) = slot.take() {
@@ -385,9 +386,11 @@ impl<B: Backend> Llama<B> {
         }
         let total = k.dims()[2];
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        let scores = scores.mask_fill(mask.clone().expand([b, h, t, total]), -1e9);
-        let out = softmax(scores, 3).matmul(v); // [b, h, t, hd]
+        // Scores flattened to 2-D with a materialised additive mask: broadcasting over 4-D
+        // tensors is an order of magnitude slower on the CPU backend.
+        let scores = q.matmul(k.swap_dims(2, 3)).reshape([b * h * t, total]) * (1.0 / (hd as f64).sqrt());
+        let probs = softmax(scores + mask.clone(), 1).reshape([b, h, t, total]);
+        let out = probs.matmul(v); // [b, h, t, hd]
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
         layer.o_proj.forward(out, rng)
     }
@@ -425,25 +428,36 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2).repeat_dim(2, n_rep).reshape([b, kvh * n_rep, t, hd])
 }
 
-/// `true` where new position `start + i` may not attend to position `j` (j > start + i).
+/// Additive causal mask: `-1e9` where new position `start + i` may not attend to position
+/// `j` (j > start + i), 0 elsewhere, repeated for each of `rows` (batch × heads) score blocks.
 /// # Shapes
-/// -> `[1, 1, t, start + t]`
-fn causal_mask<B: Backend>(t: usize, start: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+/// -> `[rows * t, start + t]`
+fn causal_mask<B: Backend>(rows: usize, t: usize, start: usize, device: &B::Device) -> Tensor<B, 2> {
     let total = start + t;
-    let values: Vec<bool> = (0..t * total).map(|k| k % total > start + k / total).collect();
-    Tensor::<B, 2, Bool>::from_data(TensorData::new(values, [t, total]), device).reshape([1, 1, t, total])
+    let block: Vec<f32> = (0..t * total).map(|k| if k % total > start + k / total { -1e9 } else { 0.0 }).collect();
+    let values: Vec<f32> = block.iter().copied().cycle().take(rows * t * total).collect();
+    Tensor::from_data(TensorData::new(values, [rows * t, total]), device)
 }
 
-/// Rotary position embedding tables in the rotate-half layout: the first half of each head
-/// pairs with the second half (Hugging Face), not interleaved pairs (Burn's built-in).
+/// Rotary position embedding in the rotate-half layout: the first half of each head pairs
+/// with the second half (Hugging Face), not interleaved pairs (Burn's built-in). The cos/sin
+/// tables are materialised per row of the projection output and rotate-half is a product with
+/// a signed permutation, so applying it is three same-shape element-wise ops and one small
+/// matmul (broadcasting over 4-D tensors is slow on the CPU backend).
 struct Rope<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    /// `[batch * t * heads, head_dim]` for the query heads and for the key/value heads.
+    cos_q: Tensor<B, 2>,
+    sin_q: Tensor<B, 2>,
+    cos_k: Tensor<B, 2>,
+    sin_k: Tensor<B, 2>,
+    /// `[head_dim, head_dim]`: `x · rot` = `cat(-x2, x1)`.
+    rot: Tensor<B, 2>,
+    heads: usize,
 }
 
 impl<B: Backend> Rope<B> {
-    /// Tables for positions `start .. start + t`.
-    fn new(config: &LlamaConfig, start: usize, t: usize, device: &B::Device) -> Self {
+    /// Tables for positions `start .. start + t` of `batch` sequences.
+    fn new(config: &LlamaConfig, batch: usize, start: usize, t: usize, device: &B::Device) -> Self {
         let hd = config.head_dim();
         let half = hd / 2;
         let mut cos = Vec::with_capacity(t * hd);
@@ -459,18 +473,42 @@ impl<B: Backend> Rope<B> {
                 sin.push(angle.sin() as f32);
             }
         }
-        let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [t, hd]), device).reshape([1, 1, t, hd]);
-        Self { cos: table(cos), sin: table(sin) }
+        // Row (b, pos, head) of a projection output reshaped to [batch * t * heads, hd].
+        let table = |v: &[f32], heads: usize| {
+            let mut out = Vec::with_capacity(batch * t * heads * hd);
+            for _ in 0..batch {
+                for pos in 0..t {
+                    for _ in 0..heads {
+                        out.extend_from_slice(&v[pos * hd..(pos + 1) * hd]);
+                    }
+                }
+            }
+            Tensor::<B, 2>::from_data(TensorData::new(out, [batch * t * heads, hd]), device)
+        };
+        let (h, kvh) = (config.num_attention_heads, config.num_key_value_heads);
+        let mut rot = vec![0f32; hd * hd];
+        for j in 0..half {
+            rot[(j + half) * hd + j] = -1.0; // out[j] = -x[j + half]
+            rot[j * hd + j + half] = 1.0; // out[j + half] = x[j]
+        }
+        Self {
+            cos_q: table(&cos, h),
+            sin_q: table(&sin, h),
+            cos_k: table(&cos, kvh),
+            sin_k: table(&sin, kvh),
+            rot: Tensor::from_data(TensorData::new(rot, [hd, hd]), device),
+            heads: h,
+        }
     }
 
     /// # Shapes
-    /// - x: `[b, heads, t, hd]` -> same
-    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let hd = x.dims()[3];
-        let half = hd / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+    /// - y: `[batch * t, heads * hd]` (a projection's output) -> same
+    fn apply(&self, y: Tensor<B, 2>, heads: usize) -> Tensor<B, 2> {
+        let [n, width] = y.dims();
+        let hd = width / heads;
+        let (cos, sin) = if heads == self.heads { (&self.cos_q, &self.sin_q) } else { (&self.cos_k, &self.sin_k) };
+        let x = y.reshape([n * heads, hd]);
+        let rotated = x.clone().matmul(self.rot.clone());
+        (x * cos.clone() + rotated * sin.clone()).reshape([n, width])
     }
 }

@@ -7,4 +7,4 @@ pub mod trainer;
 
 pub use optim::{AdamW, AdamWConfig};
 pub use perplexity::{perplexity, token_logprobs};
-pub use trainer::{evaluate, EvalResult, Schedule, ScheduleKind, TrainError, Trainer};
+pub use trainer::{evaluate, input_tensor, EvalResult, Schedule, ScheduleKind, TrainError, Trainer};

@@ -1,0 +1,72 @@
+//! Training-step throughput on SmolLM2-135M-Instruct, the runner half of
+//! `../shared/reference/lora_bench.py` (PyTorch + PEFT): random token ids with labels = ids,
+//! AdamW lr 2e-4, f32, flex; 2 warm-up steps, then the mean over STEPS steps; peak RSS.
+//!
+//!     cargo run --release --example bench_train_step [lora|lora_all|full] [BATCH] [SEQ] [STEPS] [MODEL]
+//!
+//! scripts/bench_train_step.sh runs both stacks side by side.
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use rand::{Rng, SeedableRng};
+
+use runner::data::Batch;
+use runner::peft::lora::LoraConfig;
+use runner::peft::{Method, Targets};
+use runner::train::{AdamWConfig, Schedule, Trainer};
+
+type B = Autodiff<Flex>;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let method = args.get(1).map(String::as_str).unwrap_or("lora");
+    let batch: usize = args.get(2).map_or(Ok(4), |s| s.parse())?;
+    let seq: usize = args.get(3).map_or(Ok(256), |s| s.parse())?;
+    let steps: usize = args.get(4).map_or(Ok(4), |s| s.parse())?;
+    let model_name = args.get(5).map(String::as_str).unwrap_or("smollm2-135m-instruct");
+    let mut model = runner::pretrained::load::<B>(model_name, &Default::default())?.model;
+    let lora = |targets| Method::Lora(LoraConfig { rank: 8, alpha: 16.0, targets, ..Default::default() });
+    let spec = match method {
+        "lora" => lora(Targets::names(&["q_proj", "v_proj"])),
+        "lora_all" => lora(Targets::AllLinear),
+        "full" => Method::Full,
+        other => anyhow::bail!("unknown method {other} (lora, lora_all, full)"),
+    };
+    spec.attach(&mut model, "default")?;
+    let vocab = model.config.vocab_size as i64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..vocab)).collect();
+    let data = Batch { input_ids: ids.clone(), labels: ids, batch, seq };
+    let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 2e-4, ..Default::default() }, Schedule::default(), 0)?;
+    trainer.step(&mut model, &data)?;
+    trainer.step(&mut model, &data)?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        trainer.step(&mut model, &data)?;
+    }
+    let dt = start.elapsed().as_secs_f64() / steps as f64;
+    if std::env::var("RUNNER_BENCH_PHASES").is_ok() {
+        // Where one step's time goes: forward, loss, backward.
+        let t0 = Instant::now();
+        let logits = model.forward(runner::train::input_tensor(&data, &model.device), None);
+        let _ = logits.clone().into_data();
+        let t1 = Instant::now();
+        let loss = runner::train::loss::causal_lm_loss(logits, &data.labels);
+        let _ = loss.clone().into_data();
+        let t2 = Instant::now();
+        let _grads = loss.backward();
+        let t3 = Instant::now();
+        let t4 = Instant::now();
+        let _ = model.detached().forward(runner::train::input_tensor(&data, &model.device), None).into_data();
+        eprintln!("detached forward under autodiff {:.2}s", t4.elapsed().as_secs_f64());
+        eprintln!("forward {:.2}s, loss {:.2}s, backward {:.2}s", (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64());
+    }
+    let peak_mb = runner::memory::peak_rss_bytes().unwrap_or(0) / (1 << 20);
+    println!(
+        "{{\"impl\": \"runner\", \"method\": \"{method}\", \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}}}",
+        (batch * seq) as f64 / dt,
+        model.param_count().trainable
+    );
+    Ok(())
+}
