@@ -52,7 +52,16 @@ pub fn run_recipe<B: AutodiffBackend>(opts: &RecipeOptions, device: B::Device) -
     let source = std::fs::read(&opts.path).map_err(|e| fail(format!("cannot read recipe {}: {e}", opts.path.display())))?;
     let lua = Lua::new();
     lua.set_app_data(DeviceData::<B>(device));
-    lua.set_app_data(SweepHost::new(opts.results_dir.clone(), sha256_hex(&source), opts.seed));
+    // Trial ids depend on the recipe text and on what the command line changes: --set values
+    // and the device (the seed enters each id separately).
+    let mut identity = source.clone();
+    let mut params: Vec<_> = opts.params.iter().collect();
+    params.sort();
+    for (k, v) in params {
+        identity.extend(format!("\n--set {k}={v}").as_bytes());
+    }
+    identity.extend(format!("\n--device {}", opts.device).as_bytes());
+    lua.set_app_data(SweepHost::new(opts.results_dir.clone(), sha256_hex(&identity), opts.seed));
     install(&lua, opts).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
     register::<B>(&lua).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
     // '@' makes Lua name the chunk after the file: errors read `recipes/x.lua:LINE: ...`.
