@@ -22,6 +22,9 @@ use runner::peft::{self, Method, PeftError, Targets};
 use runner::pretrained;
 use runner::train::{AdamWConfig, Schedule, Trainer};
 
+mod common;
+use common::Perturb;
+
 type B = Autodiff<Flex>;
 
 fn fixtures() -> PathBuf {
@@ -91,28 +94,6 @@ fn merged_lora_matches_peft_merge_and_saves_a_loadable_checkpoint() {
     assert_eq!(names(dir.path().join("model.safetensors")), names(fixtures().join("parity/tiny_hf/model.safetensors")));
     let reloaded = pretrained::load::<B>(dir.path().to_str().unwrap(), &Default::default()).unwrap().model;
     assert_eq!(logits(&reloaded), merged);
-}
-
-/// Sets every trainable parameter to deterministic non-trivial values, as training would.
-struct Perturb(u64);
-impl<Bk: Backend> ParamVisitor<Bk> for Perturb {
-    fn visit1(&mut self, _: &str, p: &mut Param<Bk, 1>) {
-        if p.trainable {
-            self.0 += 1;
-            let noise = runner::model::init::normal_vec(&mut runner::model::init::rng(self.0), p.numel(), 0.1);
-            let t = p.value.clone().detach() + runner::model::init::tensor1::<Bk>(noise, &p.value.device());
-            *p = Param::new(t, true);
-        }
-    }
-    fn visit2(&mut self, _: &str, p: &mut Param<Bk, 2>) {
-        if p.trainable {
-            self.0 += 1;
-            let dims = p.value.dims();
-            let noise = runner::model::init::normal_vec(&mut runner::model::init::rng(self.0), p.numel(), 0.1);
-            let t = p.value.clone().detach() + runner::model::init::tensor2::<Bk>(noise, dims, &p.value.device());
-            *p = Param::new(t, true);
-        }
-    }
 }
 
 fn all_methods() -> Vec<Method> {

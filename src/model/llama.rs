@@ -237,6 +237,11 @@ impl<B: Backend> Llama<B> {
         self.prefix.visit("prefix", "encoder", v);
     }
 
+    /// The output head, `[vocab, d_model]`: its own weight, or the embedding when tied.
+    pub fn head(&self) -> &Param<B, 2> {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     pub fn param_count(&self) -> ParamCount {
         let mut count = ParamCount::default();
         // Visiting needs `&mut`; counting on a cheap clone (tensors are reference-counted) keeps this `&self`.

@@ -1,5 +1,6 @@
 //! Losses, the optimizer and the training/evaluation steps.
 
+pub mod head_loss;
 pub mod loss;
 pub mod optim;
 pub mod perplexity;

@@ -2,9 +2,9 @@
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Int, TensorData};
+use burn::tensor::{Int, TensorData};
 
-use super::loss::{causal_lm_loss, causal_lm_nll_sum};
+use super::head_loss::{head_nll, next_token_targets, training_loss};
 use super::optim::{AdamW, AdamWConfig, OptimError};
 use crate::data::Batch;
 use crate::model::init::{self, HostRng};
@@ -112,13 +112,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         if self.step == 0 && model.param_count().trainable == 0 {
             return Err(TrainError::NothingToTrain);
         }
-        let logits = model.forward(input_tensor(batch, &model.device), Some(&mut self.rng));
-        let loss = causal_lm_loss(logits, &batch.labels);
-        let value = loss.clone().into_scalar().elem::<f64>();
+        let hidden = model.hidden_states(input_tensor(batch, &model.device), Some(&mut self.rng));
+        let targets = next_token_targets(&batch.labels, batch.batch, batch.seq);
+        let head = model.head();
+        let (value, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets);
         if !value.is_finite() {
             return Err(TrainError::NonFinite { step: self.step, loss: value });
         }
-        let grads = loss.backward();
+        let grads = surrogate.backward();
         let lr = self.lr();
         self.optim.update(lr, &grads, |u| model.visit(u));
         self.step += 1;
@@ -132,10 +133,11 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = 
     let (mut total, mut tokens, mut seen) = (0.0f64, 0usize, 0usize);
     for batch in batches {
         check_batch(&model, &batch)?;
-        let logits = model.forward(input_tensor(&batch, &model.device), None);
-        let (sum, count) = causal_lm_nll_sum(logits, &batch.labels);
-        total += sum.into_scalar().elem::<f64>();
-        tokens += count;
+        let hidden = model.hidden_states(input_tensor(&batch, &model.device), None);
+        let targets = next_token_targets(&batch.labels, batch.batch, batch.seq);
+        let r = head_nll(hidden, model.head().value.clone(), &targets, 1.0, false, false);
+        total += r.nll_sum;
+        tokens += r.count;
         seen += 1;
     }
     if seen == 0 {

@@ -1,0 +1,104 @@
+//! The output head and the next-token cross-entropy in one chunked pass that never holds the
+//! `[tokens × vocab]` logits (or their log-softmax) for the whole batch: rows are taken a chunk
+//! at a time, and only the rows that carry a label are computed at all (prompt and padding
+//! positions of instruction data cost nothing).
+//!
+//! For training, the gradient with respect to the hidden states (and to the head weight when
+//! it trains) is formed in the same pass, `softmax - onehot` per chunk, and handed to autodiff
+//! through a surrogate `Σ hidden ⊙ G`, whose gradient is exactly G. So backward never
+//! revisits the vocabulary-sized activations either.
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{IndexingUpdateOp, Int, TensorData};
+
+use crate::data::IGNORE_INDEX;
+
+/// Rows per chunk: 256 × 49,152 f32 logits are 48 MiB.
+const CHUNK_ROWS: usize = 256;
+
+/// Summed negative log-likelihood over the labelled rows, their number, and (when asked for)
+/// the gradient of `nll_sum * scale` with respect to the hidden states and the head.
+pub struct HeadLoss<B: Backend> {
+    pub nll_sum: f64,
+    pub count: usize,
+    /// `[rows, d_model]`
+    pub grad_hidden: Option<Tensor<B, 2>>,
+    /// `[vocab, d_model]`
+    pub grad_head: Option<Tensor<B, 2>>,
+}
+
+/// Next-token targets per row of a `[batch, seq]` batch flattened row-major: row `t` is
+/// scored on label `t + 1`; the last position of each sequence and `IGNORE_INDEX` labels
+/// are not scored.
+pub fn next_token_targets(labels: &[i64], batch: usize, seq: usize) -> Vec<i64> {
+    let mut targets = vec![IGNORE_INDEX; batch * seq];
+    for b in 0..batch {
+        for t in 0..seq.saturating_sub(1) {
+            targets[b * seq + t] = labels[b * seq + t + 1];
+        }
+    }
+    targets
+}
+
+/// # Shapes
+/// - hidden: `[rows, d_model]`, head: `[vocab, d_model]`, targets: `rows`
+///
+/// `scale` multiplies the gradients (1 / count for a mean loss).
+pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &[i64], scale: f64, grad_hidden: bool, grad_head: bool) -> HeadLoss<B> {
+    let [rows, d] = hidden.dims();
+    let device = hidden.device();
+    let scored: Vec<usize> = (0..rows).filter(|&r| targets[r] != IGNORE_INDEX).collect();
+    let count = scored.len();
+    let mut out = HeadLoss { nll_sum: 0.0, count, grad_hidden: None, grad_head: None };
+    if count == 0 {
+        out.grad_hidden = grad_hidden.then(|| Tensor::zeros([rows, d], &device));
+        out.grad_head = grad_head.then(|| Tensor::zeros(head.dims(), &device));
+        return out;
+    }
+    // [d, vocab] contiguous once, so each chunk is a plain matmul.
+    let head_t = head.clone().transpose();
+    let mut gh = grad_hidden.then(|| Tensor::<B, 2>::zeros([rows, d], &device));
+    let mut gw = grad_head.then(|| Tensor::<B, 2>::zeros(head.dims(), &device));
+    let mut nll = Vec::new();
+    for chunk in scored.chunks(CHUNK_ROWS) {
+        let n = chunk.len();
+        let row_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]), &device);
+        let target_idx = Tensor::<B, 2, Int>::from_data(TensorData::new(chunk.iter().map(|&r| targets[r]).collect::<Vec<_>>(), [n, 1]), &device);
+        let h = hidden.clone().select(0, row_idx.clone());
+        let logits = h.clone().matmul(head_t.clone());
+        let max = logits.clone().max_dim(1);
+        let e = (logits.clone() - max.clone()).exp();
+        let sum = e.clone().sum_dim(1);
+        let lse = sum.clone().log() + max;
+        nll.push((lse - logits.gather(1, target_idx.clone())).sum());
+        if gh.is_none() && gw.is_none() {
+            continue;
+        }
+        // d(nll·scale)/dlogits = scale · (softmax - onehot)
+        let probs = e * (sum.recip() * scale);
+        let dlogits = probs.scatter(1, target_idx, Tensor::full([n, 1], -scale, &device), IndexingUpdateOp::Add);
+        if let Some(g) = gh.take() {
+            gh = Some(g.select_assign(0, row_idx, dlogits.clone().matmul(head.clone()), IndexingUpdateOp::Add));
+        }
+        if let Some(g) = gw.take() {
+            gw = Some(g + dlogits.transpose().matmul(h));
+        }
+    }
+    out.nll_sum = Tensor::cat(nll, 0).sum().into_scalar().elem::<f64>();
+    out.grad_hidden = gh;
+    out.grad_head = gw;
+    out
+}
+
+/// The mean next-token loss of a training batch and the surrogate scalar whose backward pass
+/// gives every parameter its gradient of that loss.
+pub fn training_loss<B: AutodiffBackend>(hidden: Tensor<B, 2>, head: &Tensor<B, 2>, head_trainable: bool, targets: &[i64]) -> (f64, Tensor<B, 1>) {
+    let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count().max(1);
+    let r = head_nll(hidden.clone().inner(), head.clone().inner(), targets, 1.0 / count as f64, true, head_trainable);
+    let mut surrogate = (hidden * Tensor::from_inner(r.grad_hidden.expect("asked for"))).sum();
+    if let Some(gw) = r.grad_head {
+        surrogate = surrogate + (head.clone() * Tensor::from_inner(gw)).sum();
+    }
+    (r.nll_sum / count as f64, surrogate)
+}
