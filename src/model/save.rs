@@ -38,6 +38,13 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create folder: {e}")))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(format!("cannot write: {e}")))?;
     std::io::Write::write_all(&mut tmp, contents).map_err(|e| err(format!("cannot write: {e}")))?;
+    tmp.as_file().sync_all().map_err(|e| err(format!("cannot write: {e}")))?;
+    // Temporary files are created private (0600); a saved model is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| err(format!("cannot write: {e}")))?;
+    }
     tmp.persist(path).map_err(|e| err(format!("cannot write: {e}")))?;
     Ok(())
 }
