@@ -16,11 +16,11 @@ REF=${2:-../shared/reference/lora_bench.py}
 STEPS=${3:-4}
 cd "$(dirname "$0")/.."
 cargo build --release --example bench_train_step --bin runner >/dev/null
-HF=$(mktemp -d)
-trap 'rm -rf "$HF"' EXIT
-printf 'runner.model.load("smollm2-135m-instruct"):save_pretrained(runner.params.out)\n' > "$HF/save.lua"
-./target/release/runner "$HF/save.lua" --set out="$HF/model" --results "$HF/results" >/dev/null
-HF="$HF/model"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+printf 'runner.model.load("smollm2-135m-instruct"):save_pretrained(runner.params.out)\n' > "$TMP/save.lua"
+./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" >/dev/null
+HF="$TMP/model"
 for method in lora lora_all full; do
   ./target/release/examples/bench_train_step "$method" 4 256 "$STEPS"
   "$PY" "$REF" "$HF" "$method" 4 256 "$STEPS"

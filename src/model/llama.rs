@@ -390,12 +390,15 @@ impl<B: Backend> Llama<B> {
             *slot = Some((k.clone(), v.clone()));
         }
         let total = k.dims()[2];
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
+        // Grouped-query attention without repeating keys and values: the query heads that
+        // share a key/value head are stacked along the rows of one matmul.
+        let rep = h / kvh;
+        let q = q.reshape([b, kvh, rep * t, hd]);
         // Scores flattened to 2-D with a materialised additive mask: broadcasting over 4-D
-        // tensors is an order of magnitude slower on the CPU backend.
+        // tensors is an order of magnitude slower on the CPU backend. Rows are (b, head, t).
         let scores = q.matmul(k.swap_dims(2, 3)).reshape([b * h * t, total]) * (1.0 / (hd as f64).sqrt());
-        let probs = softmax(scores + mask.clone(), 1).reshape([b, h, t, total]);
-        let out = probs.matmul(v); // [b, h, t, hd]
+        let probs = softmax(scores + mask.clone(), 1).reshape([b, kvh, rep * t, total]);
+        let out = probs.matmul(v).reshape([b, h, t, hd]);
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
         layer.o_proj.forward(out, rng)
     }
@@ -420,17 +423,6 @@ impl<B: Backend> KvCache<B> {
 pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
     let inv_rms = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
     x * inv_rms * weight.clone().unsqueeze::<2>()
-}
-
-/// Repeats each key/value head `n_rep` times for grouped-query attention.
-/// # Shapes
-/// - x: `[b, kv_heads, t, hd]` -> `[b, kv_heads * n_rep, t, hd]`
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, kvh, t, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2).repeat_dim(2, n_rep).reshape([b, kvh * n_rep, t, hd])
 }
 
 /// Additive causal mask: `-1e9` where new position `start + i` may not attend to position
