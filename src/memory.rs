@@ -1,9 +1,16 @@
 //! Peak resident memory of this process (Linux): reset at the start of a trial, read at its
 //! end, so each trial reports its own high-water mark.
 
-/// Resets the kernel's peak-RSS counter (`VmHWM`) to the current RSS. Best effort: a no-op
+/// Resets the kernel's peak-RSS counter (`VmHWM`) to the current RSS, after handing memory
+/// that earlier work freed back to the system (otherwise the allocator keeps it resident and
+/// a small trial after a large one would report the large one's peak). Best effort: a no-op
 /// where /proc/self/clear_refs is missing or not writable.
 pub fn reset_peak() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -360,3 +360,26 @@ fn trainable_counts_match_peft_on_smollm2_shape() {
     assert_eq!(counts["lora_qv_r8"]["trainable"], 460_800);
     assert_eq!(counts["lora_all_r8"]["trainable"], 2_442_240);
 }
+
+#[test]
+fn soft_prompts_and_adapters_work_with_the_kv_cache() {
+    let methods = [
+        Method::Prompt(PromptConfig { num_virtual_tokens: 4, ..Default::default() }),
+        Method::Prefix(PrefixConfig { num_virtual_tokens: 3, projection: Some(8), seed: 0 }),
+        Method::Lora(LoraConfig { rank: 2, alpha: 4.0, dora: true, ..Default::default() }),
+        Method::Bottleneck(BottleneckConfig::default()),
+    ];
+    for method in methods {
+        let mut model = tiny_hf();
+        method.attach(&mut model, "default").unwrap();
+        model.visit(&mut Perturb(11));
+        let model = model.detached();
+        let full = model.forward(ids(), None).into_data().to_vec::<f32>().unwrap();
+        let mut cache = runner::model::llama::KvCache::new(&model.config);
+        let first = model.forward_cached(ids().narrow(1, 0, 6), &mut cache);
+        let rest = model.forward_cached(ids().narrow(1, 6, 4), &mut cache);
+        let cached = Tensor::cat(vec![first, rest], 1).into_data().to_vec::<f32>().unwrap();
+        let diff = max_diff(&cached, &full);
+        assert!(diff < 1e-4, "{}: cached decoding differs by {diff}", method.kind());
+    }
+}

@@ -177,6 +177,11 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
             host.current = Some((id.clone(), steps.clone()));
             host.current_dir = Some(dir.join(&id));
         }
+        // Free what earlier trials left for Lua's garbage collector (models, optimizer
+        // states) before this one starts, so memory does not pile up across a sweep and the
+        // peak below is this trial's own.
+        lua.gc_collect()?;
+        lua.gc_collect()?;
         crate::memory::reset_peak();
         let started = Instant::now();
         let outcome = trial_fn.call::<LuaValue>(params);
