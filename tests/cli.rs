@@ -124,6 +124,13 @@ fn set_values_reach_the_recipe_typed() {
     assert_eq!(get("flag_type"), "boolean");
     assert_eq!(get("name"), "abc");
     assert_eq!(get("seed"), "7");
+    // A trial id covers the --set values: the same recipe with another value is another trial.
+    let id = get("trial_id");
+    let again = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("params.lua"), "--set", "n=4", "--set", "lr=2e-4", "--set", "flag=true", "--set", "name=abc", "--seed", "7"], again.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (header, rows) = read_csv(&again.path().join("params/trials.csv"));
+    assert_ne!(rows[0][column(&header, "trial_id")], id);
 }
 
 #[test]
