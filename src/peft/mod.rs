@@ -171,20 +171,7 @@ pub fn merge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
         return Err(PeftError::AlreadyMerged(info.name.clone()));
     }
     let name = info.name.clone();
-    for layer in &mut model.layers {
-        for t in crate::model::llama::LINEAR_TARGETS {
-            let lin = layer.linear_mut(t).expect("known projection");
-            let w = lin.weight.value.clone().detach();
-            let w = if let Some(a) = lin.lora.get_mut(&name) {
-                a.merge(w)
-            } else if let Some(v) = lin.ia3.get_mut(&name) {
-                v.merge(w)
-            } else {
-                continue;
-            };
-            lin.weight.value = w.detach().set_require_grad(lin.weight.trainable);
-        }
-    }
+    rewrite_weights(model, &name, |a, w| a.merge(w), |v, w| v.merge(w));
     model.adapters[idx].merged = true;
     Ok(())
 }
@@ -196,22 +183,33 @@ pub fn unmerge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
         return Err(PeftError::NotMerged(model.adapters[idx].name.clone()));
     }
     let name = model.adapters[idx].name.clone();
+    rewrite_weights(model, &name, |a, w| a.unmerge(w), |v, w| v.unmerge(w));
+    model.adapters[idx].merged = false;
+    Ok(())
+}
+
+/// Replaces the weight of every projection that carries adapter `name` (LoRA/DoRA or (IA)3)
+/// by what `lora` or `ia3` makes of it.
+fn rewrite_weights<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    lora: impl Fn(&mut lora::LoraAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
+    ia3: impl Fn(&mut ia3::Ia3Vector<B>, Tensor<B, 2>) -> Tensor<B, 2>,
+) {
     for layer in &mut model.layers {
         for t in crate::model::llama::LINEAR_TARGETS {
             let lin = layer.linear_mut(t).expect("known projection");
             let w = lin.weight.value.clone().detach();
-            let w = if let Some(a) = lin.lora.get_mut(&name) {
-                a.unmerge(w)
-            } else if let Some(v) = lin.ia3.get_mut(&name) {
-                v.unmerge(w)
+            let w = if let Some(a) = lin.lora.get_mut(name) {
+                lora(a, w)
+            } else if let Some(v) = lin.ia3.get_mut(name) {
+                ia3(v, w)
             } else {
                 continue;
             };
             lin.weight.value = w.detach().set_require_grad(lin.weight.trainable);
         }
     }
-    model.adapters[idx].merged = false;
-    Ok(())
 }
 
 /// Merges the active adapter and removes every adapter: a plain model again (PEFT's
