@@ -24,7 +24,7 @@ pub enum LoraInit {
     Kaiming,
     /// A normal(0, 1/r), B = 0.
     Gaussian,
-    /// A = √S·Vᵀ-side, B = U·√S from the SVD of W; W keeps the residual.
+    /// A and B from the top-r singular triplets of W (PiSSA); W keeps the residual.
     Pissa,
 }
 
