@@ -1,31 +1,67 @@
 //! Training-step throughput on SmolLM2-135M-Instruct, the runner half of
 //! `../shared/reference/lora_bench.py` (PyTorch + PEFT): random token ids with labels = ids,
-//! AdamW lr 2e-4, f32, flex; 2 warm-up steps, then the mean over STEPS steps; peak RSS.
+//! AdamW lr 2e-4, f32; 2 warm-up steps, then the mean over STEPS steps; peak RSS.
 //!
-//!     cargo run --release --example bench_train_step [lora|lora_all|full] [BATCH] [SEQ] [STEPS] [MODEL]
+//!     cargo run --release --example bench_train_step [lora|lora_all|full] [BATCH] [SEQ] [STEPS] [MODEL] [DEVICE]
+//!
+//! MODEL `random-smollm2` is a random model of SmolLM2-135M's shape (for machines without the
+//! weights); DEVICE is flex (default), wgpu or cuda (built with that feature).
 //!
 //! scripts/bench_train_step.sh runs both stacks side by side.
 
 use std::time::Instant;
 
-use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
 use rand::{Rng, SeedableRng};
 
+use runner::backend::{dispatch, DeviceKind, WithBackend};
+
 use runner::data::Batch;
+use runner::model::{Llama, LlamaConfig};
 use runner::peft::lora::LoraConfig;
 use runner::peft::{Method, Targets};
 use runner::train::{AdamWConfig, Schedule, Trainer};
 
-type B = Autodiff<Flex>;
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    let kind: DeviceKind = args.get(6).map_or(Ok(DeviceKind::Flex), |s| s.parse()).map_err(anyhow::Error::msg)?;
+    dispatch(kind, Bench(args))?
+}
+
+struct Bench(Vec<String>);
+
+impl WithBackend for Bench {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, kind: DeviceKind) -> anyhow::Result<()> {
+        bench::<B>(&self.0, device, kind)
+    }
+}
+
+fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKind) -> anyhow::Result<()> {
     let method = args.get(1).map(String::as_str).unwrap_or("lora");
     let batch: usize = args.get(2).map_or(Ok(4), |s| s.parse())?;
     let seq: usize = args.get(3).map_or(Ok(256), |s| s.parse())?;
     let steps: usize = args.get(4).map_or(Ok(4), |s| s.parse())?;
     let model_name = args.get(5).map(String::as_str).unwrap_or("smollm2-135m-instruct");
-    let mut model = runner::pretrained::load::<B>(model_name, &Default::default())?.model;
+    let mut model = if model_name == "random-smollm2" {
+        let config = LlamaConfig {
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: None,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100000.0,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            rope_scaling: None,
+        };
+        Llama::<B>::random(config, 0, 0.02, &device)?
+    } else {
+        runner::pretrained::load::<B>(model_name, &device)?.model
+    };
     let lora = |targets| Method::Lora(LoraConfig { rank: 8, alpha: 16.0, targets, ..Default::default() });
     let spec = match method {
         "lora" => lora(Targets::names(&["q_proj", "v_proj"])),
@@ -62,7 +98,7 @@ fn main() -> anyhow::Result<()> {
     }
     let peak_mb = runner::memory::peak_rss_bytes().unwrap_or(0) / (1 << 20);
     println!(
-        "{{\"impl\": \"runner\", \"method\": \"{method}\", \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}}}",
+        "{{\"impl\": \"runner\", \"device\": \"{kind}\", \"method\": \"{method}\", \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}}}",
         (batch * seq) as f64 / dt,
         model.param_count().trainable
     );
