@@ -44,20 +44,7 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
     let steps: usize = args.get(4).map_or(Ok(4), |s| s.parse())?;
     let model_name = args.get(5).map(String::as_str).unwrap_or("smollm2-135m-instruct");
     let mut model = if model_name == "random-smollm2" {
-        let config = LlamaConfig {
-            vocab_size: 49152,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            num_hidden_layers: 30,
-            num_attention_heads: 9,
-            num_key_value_heads: 3,
-            head_dim: None,
-            rms_norm_eps: 1e-5,
-            rope_theta: 100000.0,
-            max_position_embeddings: 8192,
-            tie_word_embeddings: true,
-            rope_scaling: None,
-        };
+        let config = LlamaConfig::smollm2_135m();
         Llama::<B>::random(config, 0, 0.02, &device)?
     } else {
         runner::pretrained::load::<B>(model_name, &device)?.model

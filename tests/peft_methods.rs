@@ -321,20 +321,7 @@ fn bad_method_options_are_clear_errors() {
 #[test]
 fn trainable_counts_match_peft_on_smollm2_shape() {
     let counts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("peft/smollm2_counts.json")).unwrap()).unwrap();
-    let config = LlamaConfig {
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        head_dim: None,
-        rms_norm_eps: 1e-5,
-        rope_theta: 100000.0,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        rope_scaling: None,
-    };
+    let config = LlamaConfig::smollm2_135m();
     type F = Flex;
     let base = Llama::<F>::random(config, 0, 0.02, &Default::default()).unwrap();
     let lora = |rank, targets, dora| Method::Lora(LoraConfig { rank, alpha: 16.0, targets, dora, ..Default::default() });

@@ -84,6 +84,24 @@ impl LlamaConfig {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
+    /// SmolLM2-135M's shape (the weights come from the hub or a random init).
+    pub fn smollm2_135m() -> Self {
+        Self {
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: None,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100000.0,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            rope_scaling: None,
+        }
+    }
+
     /// Checks every value Burn would otherwise panic on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [

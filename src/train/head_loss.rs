@@ -56,7 +56,7 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
         out.grad_head = grad_head.then(|| Tensor::zeros(head.dims(), &device));
         return out;
     }
-    // [d, vocab] contiguous once, so each chunk is a plain matmul.
+    // A transposed view; each chunk multiplies by it (materialising it measured no faster).
     let head_t = head.clone().transpose();
     let mut gh = grad_hidden.then(|| Tensor::<B, 2>::zeros([rows, d], &device));
     let mut gw = grad_head.then(|| Tensor::<B, 2>::zeros(head.dims(), &device));
