@@ -11,6 +11,7 @@ pub mod memory;
 pub mod model;
 pub mod peft;
 pub mod pretrained;
+pub mod quant;
 pub mod sweep;
 pub mod tokenizer;
 pub mod train;
