@@ -10,8 +10,11 @@ Everything runs on the CPU (bitsandbytes' CPU kernels). Writes:
               offset and nested quant map) and the dequantized values; the 8-bit dynamic map;
               an 8-bit blockwise case (the quantizer double quantization uses); PyTorch's
               float32 sums of a few vectors
-  tiny_bnb_nf4/  the tiny random Llama of tests/fixtures/parity/tiny_hf quantized by
-              transformers + bitsandbytes (NF4, double quantization, f32 compute) and saved
+  tiny_bf16_hf/  a tiny random Llama (one layer, hidden 64, so that every row holds whole
+              64-value blocks as in real models) whose weights are bf16 numbers, saved as bf16
+              (half the bytes; loading it as f32 gives exactly the weights quantized below)
+  tiny_bnb_nf4/  that model quantized by transformers + bitsandbytes (NF4, double
+              quantization, f32 compute) and saved
   tiny_bnb_fp4/  the same with FP4, no double quantization
   expected.safetensors  input ids and the logits of both quantized models (f32 compute)
 """
@@ -21,11 +24,10 @@ import os
 import torch
 import bitsandbytes.functional as F
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "fixtures", "quant")
-TINY = os.path.join(HERE, "..", "tests", "fixtures", "parity", "tiny_hf")
 os.makedirs(OUT, exist_ok=True)
 torch.manual_seed(0)
 
@@ -97,14 +99,28 @@ for n in [1, 5, 7, 8, 13, 40, 300, 3000]:
     tensors[f"sum{n}.value"] = v.sum().reshape(1)
 save_file(tensors, os.path.join(OUT, "blockwise.safetensors"), metadata={"cases": json.dumps(cases)})
 
-# Whole models through transformers.
+# Whole models through transformers. bitsandbytes' CPU kernels index blocks per row, so rows
+# must hold whole blocks (hidden 64, intermediate 128 with transformers' block size 64).
+cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0,
+                  max_position_embeddings=256, tie_word_embeddings=True)
+tiny = LlamaForCausalLM(cfg).eval()
+with torch.no_grad():
+    for pname, p in tiny.named_parameters():
+        v = 1.0 + 0.1 * torch.randn_like(p) if "norm" in pname else 0.2 * torch.randn_like(p)
+        p.copy_(v.to(torch.bfloat16).float())
+TINY = os.path.join(OUT, "tiny_bf16_hf")
+tiny.to(torch.bfloat16).save_pretrained(TINY, safe_serialization=True)
+os.remove(os.path.join(TINY, "generation_config.json"))
+
 ids = torch.tensor([[1, 5, 17, 42, 99, 3, 64, 127, 8, 2], [7, 7, 7, 30, 31, 32, 90, 1, 0, 4]])
 expected = {"input_ids": ids.to(torch.int64)}
 for name, qtype, dq in [("tiny_bnb_nf4", "nf4", True), ("tiny_bnb_fp4", "fp4", False)]:
     cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qtype, bnb_4bit_use_double_quant=dq,
                              bnb_4bit_compute_dtype=torch.float32)
-    m = AutoModelForCausalLM.from_pretrained(TINY, quantization_config=cfg, device_map="cpu")
+    m = AutoModelForCausalLM.from_pretrained(TINY, quantization_config=cfg, device_map="cpu", dtype=torch.float32)
     m.save_pretrained(os.path.join(OUT, name), safe_serialization=True)
+    os.remove(os.path.join(OUT, name, "generation_config.json"))
     # train() keeps bitsandbytes on its plain f32 path: in eval mode on an AVX512-BF16 CPU it
     # repacks the weights with bf16 block constants first. Llama has no dropout, so the logits
     # are those of eval mode.

@@ -136,11 +136,11 @@ fn fresh_adapters_are_no_ops_except_soft_prompts() {
 fn pissa_moves_the_top_singular_directions_into_the_adapter() {
     let mut model = tiny_hf();
     let base = logits(&model);
-    let w_before = model.layers[0].q_proj.weight.value.clone().into_data().to_vec::<f32>().unwrap();
+    let w_before = model.layers[0].q_proj.dense().unwrap().value.clone().into_data().to_vec::<f32>().unwrap();
     let config = LoraConfig { rank: 4, alpha: 4.0, init: LoraInit::Pissa, ..Default::default() };
     Method::Lora(config).attach(&mut model, "default").unwrap();
     assert!(max_diff(&logits(&model), &base) < 1e-4);
-    let w_after = model.layers[0].q_proj.weight.value.clone().into_data().to_vec::<f32>().unwrap();
+    let w_after = model.layers[0].q_proj.dense().unwrap().value.clone().into_data().to_vec::<f32>().unwrap();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     // The residual keeps less of the weight than the original: the top-4 directions moved out.
     assert!(norm(&w_after) < 0.9 * norm(&w_before), "{} vs {}", norm(&w_after), norm(&w_before));

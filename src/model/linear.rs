@@ -1,5 +1,8 @@
 //! A bias-free projection, with the places adapters can occupy: LoRA/DoRA beside it, (IA)3
-//! scaling of its input or output, and BitFit's added bias.
+//! scaling of its input or output, and BitFit's added bias. Its weight is dense, or frozen and
+//! quantized (QLoRA).
+
+use std::sync::Arc;
 
 use burn::prelude::*;
 
@@ -8,12 +11,47 @@ use super::params::{Param, ParamVisitor};
 use crate::peft::ia3::Ia3Vector;
 use crate::peft::lora::LoraAdapter;
 use crate::peft::slots::Slots;
+use crate::quant::{matmul, QuantConfig, QuantError, QuantizedTensor};
+
+/// A projection's weight.
+#[derive(Clone, Debug)]
+pub enum Weight<B: Backend> {
+    /// Stored `[d_in, d_out]` so that `x · weight` needs no transpose
+    /// (Hugging Face checkpoints hold `[out, in]`; loaders transpose).
+    Dense(Param<B, 2>),
+    /// Frozen, quantized in the checkpoint layout `[d_out, d_in]` (as bitsandbytes does, so the
+    /// bytes are the same), on the host; shared between clones of the model.
+    Quantized(Arc<QuantizedTensor>),
+}
+
+impl<B: Backend> Weight<B> {
+    /// The weight as a `[d_in, d_out]` tensor: the dense parameter, or a dequantized copy
+    /// (detached: quantized weights are never trained).
+    pub fn tensor(&self, device: &B::Device) -> Tensor<B, 2> {
+        match self {
+            Self::Dense(p) => p.value.clone(),
+            Self::Quantized(q) => matmul::dense::<B>(q, device).transpose(),
+        }
+    }
+
+    pub fn dense(&self) -> Option<&Param<B, 2>> {
+        match self {
+            Self::Dense(p) => Some(p),
+            Self::Quantized(_) => None,
+        }
+    }
+
+    pub fn quantized(&self) -> Option<&Arc<QuantizedTensor>> {
+        match self {
+            Self::Dense(_) => None,
+            Self::Quantized(q) => Some(q),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Linear<B: Backend> {
-    /// Stored `[d_in, d_out]` so that `x · weight` needs no transpose
-    /// (Hugging Face checkpoints hold `[out, in]`; loaders transpose).
-    pub weight: Param<B, 2>,
+    pub weight: Weight<B>,
     pub lora: Slots<LoraAdapter<B>>,
     pub ia3: Slots<Ia3Vector<B>>,
     /// BitFit biases, `[d_out]`.
@@ -22,15 +60,56 @@ pub struct Linear<B: Backend> {
 
 impl<B: Backend> Linear<B> {
     pub fn new(weight: Tensor<B, 2>, trainable: bool) -> Self {
-        Self { weight: Param::new(weight, trainable), lora: Slots::default(), ia3: Slots::default(), bias: Slots::default() }
+        Self::with_weight(Weight::Dense(Param::new(weight, trainable)))
+    }
+
+    pub fn with_weight(weight: Weight<B>) -> Self {
+        Self { weight, lora: Slots::default(), ia3: Slots::default(), bias: Slots::default() }
     }
 
     pub fn d_in(&self) -> usize {
-        self.weight.value.dims()[0]
+        match &self.weight {
+            Weight::Dense(p) => p.value.dims()[0],
+            Weight::Quantized(q) => q.shape[1],
+        }
     }
 
     pub fn d_out(&self) -> usize {
-        self.weight.value.dims()[1]
+        match &self.weight {
+            Weight::Dense(p) => p.value.dims()[1],
+            Weight::Quantized(q) => q.shape[0],
+        }
+    }
+
+    /// The dense weight parameter; `None` when it is quantized.
+    pub fn dense(&self) -> Option<&Param<B, 2>> {
+        self.weight.dense()
+    }
+
+    pub fn dense_mut(&mut self) -> Option<&mut Param<B, 2>> {
+        match &mut self.weight {
+            Weight::Dense(p) => Some(p),
+            Weight::Quantized(_) => None,
+        }
+    }
+
+    /// Replaces a dense weight by its quantized form (frozen from then on). Rows of the
+    /// `[d_out, d_in]` layout must split into whole blocks.
+    pub fn quantize(&mut self, config: QuantConfig) -> Result<(), QuantError> {
+        let Weight::Dense(p) = &self.weight else { return Ok(()) };
+        config.validate(self.d_in())?;
+        let [d_in, d_out] = p.value.dims();
+        let values = p.value.clone().transpose().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| QuantError::Invalid(format!("{e:?}")))?;
+        let q = QuantizedTensor::quantize(&values, &[d_out, d_in], config)?;
+        self.weight = Weight::Quantized(Arc::new(q));
+        Ok(())
+    }
+
+    /// Replaces a quantized weight by its dequantized values (a frozen dense weight).
+    pub fn dequantize(&mut self, device: &B::Device) {
+        if let Weight::Quantized(_) = &self.weight {
+            self.weight = Weight::Dense(Param::new(self.weight.tensor(device), false));
+        }
     }
 
     /// # Shapes
@@ -43,9 +122,12 @@ impl<B: Backend> Linear<B> {
             Some(v) if v.on_input => x * v.vector.value.clone().unsqueeze(),
             _ => x,
         };
-        let base = x.clone().matmul(self.weight.value.clone());
+        let base = match &self.weight {
+            Weight::Dense(p) => x.clone().matmul(p.value.clone()),
+            Weight::Quantized(q) => matmul::quantized_matmul(x.clone(), q),
+        };
         let mut out = match self.lora.active().filter(|l| l.merged.is_none()) {
-            Some(lora) => lora.apply(x, base, &self.weight.value, rng),
+            Some(lora) => lora.apply(x, base, &self.weight, rng),
             None => base,
         };
         if let Some(b) = self.bias.active() {
@@ -58,7 +140,10 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
-        v.visit2(&format!("{prefix}.weight"), &mut self.weight);
+        match &mut self.weight {
+            Weight::Dense(p) => v.visit2(&format!("{prefix}.weight"), p),
+            Weight::Quantized(q) => v.visit_quantized(&format!("{prefix}.weight"), q),
+        }
         self.lora.visit(prefix, "lora", v);
         self.ia3.visit(prefix, "ia3_l", v);
         self.bias.visit(prefix, "bias", v);

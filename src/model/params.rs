@@ -39,6 +39,8 @@ impl<B: Backend, const D: usize> Param<B, D> {
 pub trait ParamVisitor<B: Backend> {
     fn visit1(&mut self, name: &str, param: &mut Param<B, 1>);
     fn visit2(&mut self, name: &str, param: &mut Param<B, 2>);
+    /// A frozen quantized weight (`[out, in]`); most visitors have nothing to do with it.
+    fn visit_quantized(&mut self, _name: &str, _weight: &std::sync::Arc<crate::quant::QuantizedTensor>) {}
 }
 
 /// Counts parameters: all of them and the trainable ones.
@@ -54,6 +56,9 @@ impl<B: Backend> ParamVisitor<B> for ParamCount {
     }
     fn visit2(&mut self, _name: &str, p: &mut Param<B, 2>) {
         self.add(p.numel(), p.trainable);
+    }
+    fn visit_quantized(&mut self, _name: &str, w: &std::sync::Arc<crate::quant::QuantizedTensor>) {
+        self.add(w.numel(), false);
     }
 }
 

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
+use super::linear::Weight;
 use super::llama::{module_path, LINEAR_TARGETS};
 use super::Llama;
+use crate::quant::bnb_format::{self, RawTensor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
@@ -51,11 +53,18 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
 
 /// An f32 safetensors file with `{"format": "pt"}` metadata, as PyTorch writers make.
 pub fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<(), SaveError> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let raw: Vec<RawTensor> = tensors
+        .iter()
+        .map(|(name, shape, v)| (name.clone(), safetensors::Dtype::F32, shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    write_safetensors_raw(path, &raw)
+}
+
+/// A safetensors file of tensors of any dtype, with `{"format": "pt"}` metadata.
+pub fn write_safetensors_raw(path: &Path, tensors: &[RawTensor]) -> Result<(), SaveError> {
     let views = tensors
         .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).map(|v| (name.clone(), v)))
+        .map(|(name, dtype, shape, b)| safetensors::tensor::TensorView::new(*dtype, shape.clone(), b).map(|v| (name.clone(), v)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| SaveError::Invalid(format!("{}: {e}", path.display())))?;
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
@@ -64,8 +73,9 @@ pub fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<(), Save
 }
 
 /// Saves the model as a Hugging Face checkpoint (config.json + model.safetensors, f32) that
-/// transformers' `LlamaForCausalLM.from_pretrained` loads. Adapters are not part of a base
-/// checkpoint: merge them first (`peft::merge_and_unload`).
+/// transformers' `LlamaForCausalLM.from_pretrained` loads. Quantized projections are written
+/// in transformers' bitsandbytes 4-bit layout, with the matching `quantization_config`.
+/// Adapters are not part of a base checkpoint: merge them first (`peft::merge_and_unload`).
 pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), SaveError> {
     if let Some(a) = model.adapters.first() {
         return Err(SaveError::Invalid(format!(
@@ -73,20 +83,33 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
             a.name
         )));
     }
-    let mut tensors: Vec<HostTensor> = Vec::new();
-    let mut push = |name: String, (shape, values): (Vec<usize>, Vec<f32>)| tensors.push((name, shape, values));
-    push("model.embed_tokens.weight".into(), host(&model.embed_tokens.value));
+    let mut tensors: Vec<RawTensor> = Vec::new();
+    let f32_tensor = |name: String, (shape, values): (Vec<usize>, Vec<f32>)| -> RawTensor {
+        (name, safetensors::Dtype::F32, shape, values.iter().flat_map(|x| x.to_le_bytes()).collect())
+    };
+    let mut push = |t: RawTensor| tensors.push(t);
+    push(f32_tensor("model.embed_tokens.weight".into(), host(&model.embed_tokens.value)));
     for (i, layer) in model.layers.iter().enumerate() {
-        push(format!("model.layers.{i}.input_layernorm.weight"), host(&layer.input_layernorm.value));
-        push(format!("model.layers.{i}.post_attention_layernorm.weight"), host(&layer.post_attention_layernorm.value));
+        push(f32_tensor(format!("model.layers.{i}.input_layernorm.weight"), host(&layer.input_layernorm.value)));
+        push(f32_tensor(format!("model.layers.{i}.post_attention_layernorm.weight"), host(&layer.post_attention_layernorm.value)));
         for t in LINEAR_TARGETS {
-            let (shape, values) = host(&layer.linear(t).expect("known projection").weight.value);
-            push(format!("{}.weight", module_path(i, t)), transposed(&shape, &values));
+            let name = format!("{}.weight", module_path(i, t));
+            match &layer.linear(t).expect("known projection").weight {
+                Weight::Dense(p) => {
+                    let (shape, values) = host(&p.value);
+                    push(f32_tensor(name, transposed(&shape, &values)));
+                }
+                Weight::Quantized(q) => {
+                    for t in bnb_format::to_tensors(&name, q).map_err(|e| SaveError::Invalid(e.to_string()))? {
+                        push(t);
+                    }
+                }
+            }
         }
     }
-    push("model.norm.weight".into(), host(&model.norm.value));
+    push(f32_tensor("model.norm.weight".into(), host(&model.norm.value)));
     if let Some(head) = &model.lm_head {
-        push("lm_head.weight".into(), host(&head.value));
+        push(f32_tensor("lm_head.weight".into(), host(&head.value)));
     }
     let c = &model.config;
     let mut config = serde_json::to_value(c).map_err(|e| SaveError::Invalid(e.to_string()))?;
@@ -103,7 +126,10 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     } else if let Some(s) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) {
         s.insert("rope_type".into(), serde_json::json!("llama3"));
     }
-    write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    if let Some(q) = crate::quant::model::model_quant_config(model) {
+        obj.insert("quantization_config".into(), bnb_format::quantization_config(q.dtype, q.double));
+    }
+    write_safetensors_raw(&dir.join("model.safetensors"), &tensors)?;
     let text = serde_json::to_string_pretty(&config).expect("JSON");
     write_atomic(&dir.join("config.json"), text.as_bytes())
 }

@@ -16,6 +16,7 @@ use super::targets::Targets;
 use super::PeftError;
 use crate::model::init::{self, HostRng};
 use crate::model::params::{Param, ParamVisitor};
+use crate::model::linear::Weight;
 use crate::model::Llama;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -150,7 +151,8 @@ impl<B: Backend> LoraAdapter<B> {
     /// The layer's output with this adapter, given the base output `x·W` and the weight W.
     /// # Shapes
     /// - x: `[n, d_in]`, base: `[n, d_out]`, weight: `[d_in, d_out]` -> `[n, d_out]`
-    pub fn apply(&self, x: Tensor<B, 2>, base: Tensor<B, 2>, weight: &Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+    pub fn apply(&self, x: Tensor<B, 2>, base: Tensor<B, 2>, weight: &Weight<B>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+        let x_device = x.device();
         let dropped = match rng {
             Some(rng) if self.dropout > 0.0 => Some(x.clone() * dropout_mask::<B>(x.dims(), self.dropout, rng, &x.device())),
             _ => None,
@@ -159,7 +161,8 @@ impl<B: Backend> LoraAdapter<B> {
         let update = xd.matmul(self.a.value.clone()).matmul(self.b.value.clone()) * self.scale;
         let Some(m) = &self.magnitude else { return base + update };
         // DoRA: out = x·W + (f - 1)·(x'·W) + f·s·x'·A·B with f = m / ‖W + s·A·B‖ (norm detached).
-        let factor = (m.value.clone() / self.dense_norms(weight)).unsqueeze::<2>();
+        let weight = weight.tensor(&x_device);
+        let factor = (m.value.clone() / self.dense_norms(&weight)).unsqueeze::<2>();
         let xw_dropped = match dropped {
             Some(xd) => xd.matmul(weight.clone()),
             None => base.clone(),
@@ -255,14 +258,22 @@ pub fn attach<B: Backend>(model: &mut Llama<B>, name: &str, config: &LoraConfig)
             return Err(PeftError::RankTooLarge { rank: config.rank, side, module: format!("layers.{i}.{t}") });
         }
     }
+    if config.init == LoraInit::Pissa {
+        if let Some(&(i, t)) = modules.iter().find(|&&(i, t)| model.layers[i].linear(t).expect("resolved target").dense().is_none()) {
+            return Err(PeftError::Invalid(format!(
+                "PiSSA initialisation rewrites the base weight, and layers.{i}.{t} is quantized; attach PiSSA before quantizing"
+            )));
+        }
+    }
     super::begin_adapter(model, name)?;
+    let device = model.device.clone();
     let mut added = 0;
     for &(i, t) in &modules {
         let lin = model.layers[i].linear_mut(t).expect("resolved target");
         let mut rng = init::rng_for(config.seed, &format!("lora.layers.{i}.{t}"));
-        let (adapter, residual) = LoraAdapter::new(&lin.weight.value, config, &mut rng);
-        if let Some(w) = residual {
-            lin.weight.value = w.detach().set_require_grad(lin.weight.trainable);
+        let (adapter, residual) = LoraAdapter::new(&lin.weight.tensor(&device), config, &mut rng);
+        if let (Some(w), Some(p)) = (residual, lin.dense_mut()) {
+            p.value = w.detach().set_require_grad(p.trainable);
         }
         added += adapter.a.numel() + adapter.b.numel() + adapter.magnitude.as_ref().map_or(0, |m| m.numel());
         lin.lora.insert(name, adapter);

@@ -171,6 +171,7 @@ pub fn merge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
         return Err(PeftError::AlreadyMerged(info.name.clone()));
     }
     let name = info.name.clone();
+    refuse_quantized(model, &name)?;
     rewrite_weights(model, &name, |a, w| a.merge(w), |v, w| v.merge(w));
     model.adapters[idx].merged = true;
     Ok(())
@@ -188,6 +189,23 @@ pub fn unmerge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
     Ok(())
 }
 
+/// Merging needs dense base weights: a merged 4-bit weight would be requantized and the
+/// adapter's update rounded away, and unmerging could not restore it.
+fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftError> {
+    for (i, layer) in model.layers.iter().enumerate() {
+        for t in crate::model::llama::LINEAR_TARGETS {
+            let lin = layer.linear(t).expect("known projection");
+            let carries = lin.lora.get(name).is_some() || lin.ia3.get(name).is_some();
+            if carries && lin.dense().is_none() {
+                return Err(PeftError::Invalid(format!(
+                    "cannot merge adapter '{name}' into layers.{i}.{t}: its base weight is quantized; dequantize the model first (model:dequantize())"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Replaces the weight of every projection that carries adapter `name` (LoRA/DoRA or (IA)3)
 /// by what `lora` or `ia3` makes of it.
 fn rewrite_weights<B: Backend>(
@@ -199,7 +217,8 @@ fn rewrite_weights<B: Backend>(
     for layer in &mut model.layers {
         for t in crate::model::llama::LINEAR_TARGETS {
             let lin = layer.linear_mut(t).expect("known projection");
-            let w = lin.weight.value.clone().detach();
+            let Some(weight) = lin.dense_mut() else { continue };
+            let w = weight.value.clone().detach();
             let w = if let Some(a) = lin.lora.get_mut(name) {
                 lora(a, w)
             } else if let Some(v) = lin.ia3.get_mut(name) {
@@ -207,7 +226,8 @@ fn rewrite_weights<B: Backend>(
             } else {
                 continue;
             };
-            lin.weight.value = w.detach().set_require_grad(lin.weight.trainable);
+            let weight = lin.dense_mut().expect("checked dense above");
+            weight.value = w.detach().set_require_grad(weight.trainable);
         }
     }
 }

@@ -3,8 +3,11 @@
 //! that trains adapters through them.
 
 pub mod blockwise;
+pub mod bnb_format;
 pub mod codes;
 pub mod error;
+pub mod matmul;
+pub mod model;
 pub mod torch_sum;
 
 pub use blockwise::{BlockScales, QuantConfig, QuantDtype, QuantizedTensor};

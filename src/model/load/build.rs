@@ -2,13 +2,14 @@
 //! layout (`[out, in]` for projections). Projections are transposed here to `[in, out]`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use burn::prelude::*;
 
 use super::LoadError;
 use crate::model::config::LlamaConfig;
 use crate::model::init;
-use crate::model::linear::Linear;
+use crate::model::linear::{Linear, Weight};
 use crate::model::llama::{module_path, projection_shape, Block, Llama};
 use crate::model::params::Param;
 
@@ -19,6 +20,11 @@ pub trait WeightSource {
     fn has(&self, name: &str) -> bool;
     /// The tensor's values; `shape` is the PyTorch shape it must have.
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError>;
+    /// A projection stored quantized (bitsandbytes 4-bit), if the source holds it so;
+    /// `shape` is `[out, in]`.
+    fn load_quantized(&self, _name: &str, _shape: [usize; 2]) -> Result<Option<crate::quant::QuantizedTensor>, LoadError> {
+        Ok(None)
+    }
 }
 
 pub fn build_llama<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, device: &B::Device) -> Result<Llama<B>, LoadError> {
@@ -26,6 +32,9 @@ pub fn build_llama<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, de
     let (d, vocab) = (config.hidden_size, config.vocab_size);
     let norm = |name: &str| -> Result<Param<B, 1>, LoadError> { Ok(Param::new(init::tensor1::<B>(src.load(name, &[d])?, device), true)) };
     let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear<B>, LoadError> {
+        if let Some(q) = src.load_quantized(name, [d_out, d_in])? {
+            return Ok(Linear::with_weight(Weight::Quantized(Arc::new(q))));
+        }
         let w = transpose(&src.load(name, &[d_out, d_in])?, d_out, d_in);
         Ok(Linear::new(init::tensor2::<B>(w, [d_in, d_out], device), true))
     };

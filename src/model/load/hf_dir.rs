@@ -109,6 +109,11 @@ impl WeightSource for SafetensorsDir {
         self.index.contains_key(name)
     }
 
+    fn load_quantized(&self, name: &str, shape: [usize; 2]) -> Result<Option<crate::quant::QuantizedTensor>, LoadError> {
+        let get = |key: &str| self.index.get(key).map(|e| (e.dtype, e.shape.clone(), &self.maps[&e.file][e.bytes.clone()]));
+        crate::quant::bnb_format::from_tensors(name, shape, get).map_err(|e| LoadError::File { path: self.dir.clone(), msg: e.to_string() })
+    }
+
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
         let entry = self.index.get(name).ok_or_else(|| LoadError::MissingTensor { path: self.dir.clone(), tensor: name.into() })?;
         let file = &entry.file;

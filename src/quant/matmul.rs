@@ -1,0 +1,90 @@
+//! `x · Wᵀ` for a frozen quantized weight `W` (`[out, in]`, as checkpoints store it), the
+//! matmul QLoRA trains adapters through.
+//!
+//! The weight is dequantized for this one call and dropped afterwards, so at most one layer's
+//! weight is ever dense. Under autodiff the backward pass dequantizes it again instead of
+//! keeping it alive until then (a plain matmul would hold every layer's dense weight for the
+//! whole step, which is the memory quantization is meant to save). Gradients flow to `x` only.
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+
+use super::QuantizedTensor;
+
+/// # Shapes
+/// - x: `[n, in]`, weight: `[out, in]` -> `[n, out]`
+pub fn quantized_matmul<B: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTensor>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let x = match on_autodiff::<B, burn::backend::Flex>(x, weight) {
+        Ok(out) => return out,
+        Err(x) => x,
+    };
+    #[cfg(feature = "wgpu")]
+    let x = match on_autodiff::<B, burn::backend::Wgpu>(x, weight) {
+        Ok(out) => return out,
+        Err(x) => x,
+    };
+    #[cfg(feature = "cuda")]
+    let x = match on_autodiff::<B, burn::backend::Cuda>(x, weight) {
+        Ok(out) => return out,
+        Err(x) => x,
+    };
+    // Not under autodiff (evaluation on an inner backend): nothing to keep for a backward pass.
+    let device = x.device();
+    x.matmul(dense::<B>(weight, &device).transpose())
+}
+
+/// The dense `[out, in]` weight on `device`.
+pub fn dense<B: Backend>(weight: &QuantizedTensor, device: &B::Device) -> Tensor<B, 2> {
+    let shape = [weight.shape[0], weight.shape[1]];
+    Tensor::from_data(TensorData::new(weight.dequantize(), shape), device)
+}
+
+/// Runs the custom autodiff op when `B` is `Autodiff<I>`; hands `x` back otherwise. The model
+/// code is generic over any backend, so the concrete autodiff type is recognised at run time.
+fn on_autodiff<B: Backend, I: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTensor>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+        return Err(x);
+    }
+    let x: Box<dyn Any> = Box::new(x);
+    let x = *x.downcast::<Tensor<Autodiff<I>, 2>>().expect("B is Autodiff<I>");
+    let out: Box<dyn Any> = Box::new(autodiff_quantized_matmul::<I>(x, weight));
+    Ok(*out.downcast::<Tensor<B, 2>>().expect("B is Autodiff<I>"))
+}
+
+#[derive(Debug)]
+struct QuantizedMatmulBackward;
+
+impl<I: Backend> Backward<I, 1> for QuantizedMatmulBackward {
+    type State = (Arc<QuantizedTensor>, I::Device);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (weight, device) = ops.state;
+        // d(x·Wᵀ)/dx applied to the output gradient: grad · W.
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| I::float_matmul(grad, dense_primitive::<I>(&weight, &device)));
+    }
+}
+
+fn dense_primitive<I: Backend>(weight: &QuantizedTensor, device: &I::Device) -> I::FloatTensorPrimitive {
+    let shape = [weight.shape[0], weight.shape[1]];
+    I::float_from_data(TensorData::new(weight.dequantize(), shape), device)
+}
+
+fn autodiff_quantized_matmul<I: Backend>(x: Tensor<Autodiff<I>, 2>, weight: &Arc<QuantizedTensor>) -> Tensor<Autodiff<I>, 2> {
+    let x = x.into_primitive().tensor();
+    let device = I::float_device(&x.primitive);
+    let forward = |x: I::FloatTensorPrimitive| I::float_matmul(x, I::float_transpose(dense_primitive::<I>(weight, &device)));
+    let out = match QuantizedMatmulBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish((weight.clone(), device.clone()), forward(x.primitive)),
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive)),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
