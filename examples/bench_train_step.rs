@@ -1,8 +1,12 @@
 //! Training-step throughput on SmolLM2-135M-Instruct, the runner half of
 //! `../shared/reference/lora_bench.py` (PyTorch + PEFT): random token ids with labels = ids,
-//! AdamW lr 2e-4, f32; 2 warm-up steps, then the mean over STEPS steps; peak RSS.
+//! AdamW lr 2e-4, f32; 2 warm-up steps, then the mean over STEPS steps; peak RSS from the
+//! first training step on (the model is loaded and set up before the count starts).
 //!
-//!     cargo run --release --example bench_train_step [lora|lora_all|full] [BATCH] [SEQ] [STEPS] [MODEL] [DEVICE]
+//!     cargo run --release --example bench_train_step [lora|lora_all|full|qlora|qlora_all] [BATCH] [SEQ] [STEPS] [MODEL] [DEVICE]
+//!
+//! `qlora` and `qlora_all` quantize the projections to NF4 (block 64, double quantization)
+//! before attaching the same LoRA adapters as `lora` and `lora_all`.
 //!
 //! MODEL `random-smollm2` is a random model of SmolLM2-135M's shape (for machines without the
 //! weights); DEVICE is flex (default), wgpu or cuda (built with that feature).
@@ -23,6 +27,7 @@ use runner::peft::{Method, Targets};
 use runner::train::{AdamWConfig, Schedule, Trainer};
 
 fn main() -> anyhow::Result<()> {
+    runner::memory::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let kind: DeviceKind = args.get(6).map_or(Ok(DeviceKind::Flex), |s| s.parse()).map_err(anyhow::Error::msg)?;
     dispatch(kind, Bench(args))?
@@ -51,12 +56,17 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
     };
     let lora = |targets| Method::Lora(LoraConfig { rank: 8, alpha: 16.0, targets, ..Default::default() });
     let spec = match method {
-        "lora" => lora(Targets::names(&["q_proj", "v_proj"])),
-        "lora_all" => lora(Targets::AllLinear),
+        "lora" | "qlora" => lora(Targets::names(&["q_proj", "v_proj"])),
+        "lora_all" | "qlora_all" => lora(Targets::AllLinear),
         "full" => Method::Full,
-        other => anyhow::bail!("unknown method {other} (lora, lora_all, full)"),
+        other => anyhow::bail!("unknown method {other} (lora, lora_all, full, qlora, qlora_all)"),
     };
+    if method.starts_with("qlora") {
+        runner::quant::model::quantize_model(&mut model, runner::quant::QuantConfig::default())?;
+    }
     spec.attach(&mut model, "default")?;
+    // Peak memory of training only: memory that loading (and quantizing) freed is handed back.
+    runner::memory::reset_peak();
     let vocab = model.config.vocab_size as i64;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..vocab)).collect();

@@ -35,6 +35,49 @@ pub enum Command {
     Perplexity(PerplexityArgs),
     /// Show how a model's tokenizer splits a text (ids and tokens), or decode ids.
     Tokenize(TokenizeArgs),
+    /// Estimate a run's memory: weights, adapters, gradients, optimizer states, activations.
+    Mem(MemArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MemArgs {
+    /// A built-in shape (smollm2-135m, llama-3.2-1b, tinyllama-1.1b), a Hugging Face
+    /// directory, a config.json or a .gguf file; only the configuration is read.
+    pub model: String,
+
+    /// What is trained: lora, full, or none (inference).
+    #[arg(long, default_value = "lora")]
+    pub method: String,
+
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+
+    /// LoRA targets, comma-separated projection names, or all-linear.
+    #[arg(long, default_value = "q_proj,v_proj")]
+    pub targets: String,
+
+    /// Storage of the projection weights: fp32, fp16, bf16, int8, int4, fp4 or nf4.
+    #[arg(long, default_value = "fp32")]
+    pub dtype: String,
+
+    /// Quantization block size.
+    #[arg(long, default_value_t = 64)]
+    pub block: usize,
+
+    /// Quantize the block constants too (double quantization; on by default for 4-bit types).
+    #[arg(long)]
+    pub no_double: bool,
+
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod data;
+pub mod footprint;
 pub mod generate;
 pub mod hub;
 pub mod lua;

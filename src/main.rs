@@ -87,6 +87,39 @@ fn tokenize(a: &TokenizeArgs) -> anyhow::Result<String> {
     Ok(format!("{} tokens\n{}", ids.len(), pieces.join("\n")))
 }
 
+/// `runner mem`: the memory estimate of a run, from the model's shape.
+fn mem(a: &cli::MemArgs) -> anyhow::Result<String> {
+    use runner::footprint::{estimate, model_shape, report, Precision, RunShape, Training};
+    let (name, config) = model_shape(&a.model)?;
+    let targets: Vec<String> = if a.targets == "all-linear" {
+        runner::model::llama::LINEAR_TARGETS.iter().map(|t| t.to_string()).collect()
+    } else {
+        a.targets.split(',').map(|t| t.trim().to_string()).collect()
+    };
+    if let Some(bad) = targets.iter().find(|t| !runner::model::llama::LINEAR_TARGETS.contains(&t.as_str())) {
+        anyhow::bail!("unknown target '{bad}' (projections: {}, or all-linear)", runner::model::llama::LINEAR_TARGETS.join(", "));
+    }
+    let training = match a.method.as_str() {
+        "lora" | "qlora" => Training::Lora { rank: a.rank, targets },
+        "full" => Training::Full,
+        "none" | "inference" => Training::Inference,
+        other => anyhow::bail!("unknown method '{other}' (lora, full or none)"),
+    };
+    let dtype = if a.method == "qlora" && a.dtype == "fp32" { "nf4" } else { a.dtype.as_str() };
+    let precision = Precision::parse(dtype, a.block, !a.no_double)?;
+    if let Precision::Quant(q) = precision {
+        for t in runner::model::llama::LINEAR_TARGETS {
+            q.validate(runner::model::llama::projection_shape(&config, t).0).map_err(|e| anyhow::anyhow!("{t}: {e}"))?;
+        }
+    }
+    let run = RunShape { config, training, precision, batch: a.batch, seq: a.seq };
+    if a.json {
+        let f = estimate(&run);
+        return Ok(serde_json::json!({"model": name, "run": run, "estimate": f, "total": f.total()}).to_string());
+    }
+    Ok(report(&name, &run))
+}
+
 /// Runs a subcommand that prints one result.
 fn print_result<W: WithBackend<Output = anyhow::Result<String>>>(device: DeviceKind, work: W) -> ExitCode {
     match dispatch(device, work) {
@@ -106,6 +139,7 @@ fn print_result<W: WithBackend<Output = anyhow::Result<String>>>(device: DeviceK
 }
 
 fn main() -> ExitCode {
+    runner::memory::tune_allocator();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => args,
@@ -113,6 +147,18 @@ fn main() -> ExitCode {
         Some(Command::Perplexity(args)) => return print_result(args.device, Perplexity(args)),
         Some(Command::Tokenize(args)) => {
             return match tokenize(&args) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
+        Some(Command::Mem(args)) => {
+            return match mem(&args) {
                 Ok(text) => {
                     println!("{text}");
                     ExitCode::SUCCESS

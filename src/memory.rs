@@ -1,6 +1,19 @@
 //! Peak resident memory of this process (Linux): reset at the start of a trial, read at its
 //! end, so each trial reports its own high-water mark.
 
+/// Serves every allocation of 1 MiB or more with its own mapping, returned to the system when
+/// freed. glibc otherwise raises that threshold after the first large free, and tensors of
+/// varying sizes (activations; QLoRA's per-call dequantized weights) then fragment its heap:
+/// measured on SmolLM2, QLoRA's peak RSS fell by 19–43 MiB (to its weight saving exactly) at
+/// no cost in step time. Call it once, before the work starts.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation policy for later calls.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Resets the kernel's peak-RSS counter (`VmHWM`) to the current RSS, after handing memory
 /// that earlier work freed back to the system (otherwise the allocator keeps it resident and
 /// a small trial after a large one would report the large one's peak). Best effort: a no-op

@@ -284,3 +284,47 @@ fn bad_method_options_name_the_recipe_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("m.lua:2: model:attach: target pattern"), "{}", stderr(&out));
 }
+
+#[test]
+fn quantization_api_from_lua() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("quant_api.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("quant_api/trials.csv"));
+    let get = |k: &str| rows[0][column(&header, k)].clone();
+    assert_eq!(get("status"), "ok", "{}", get("error"));
+    assert_eq!(get("quantized_params"), (2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64).to_string());
+    // Half a byte per code, plus per tensor the block codes, nested scales and the 1 KiB nested
+    // map bitsandbytes stores beside every weight: heavy on this tiny model, 0.002 B on SmolLM2.
+    let bpp: f64 = get("bytes_per_param").parse().unwrap();
+    let blocks: [usize; 7] = [64, 32, 32, 64, 128, 128, 128];
+    let expected = (36864.0 / 2.0 + blocks.iter().map(|b| (b + 4 + 4 + 1024) as f64).sum::<f64>()) / 36864.0;
+    assert!((bpp - expected).abs() < 1e-9, "{bpp} vs {expected}");
+    assert!(get("err_dtype").contains("quant_api.lua:") && get("err_dtype").contains("model:quantize: unsupported quantization dtype 'int3'"), "{}", get("err_dtype"));
+    assert!(get("err_block").contains("block size must be positive, got 0"), "{}", get("err_block"));
+    assert!(get("err_row").contains("layers.0.q_proj: bad quantization block: block size 48 does not divide the row length 64"), "{}", get("err_row"));
+    assert!(get("err_option").contains("model:quantize: unknown option 'blocksize'; valid options: dtype, block, double"), "{}", get("err_option"));
+    assert!(get("err_merge").contains("base weight is quantized"), "{}", get("err_merge"));
+    let w = |k: &str| get(k).parse::<f64>().unwrap();
+    // SmolLM2: 106.2M projection weights at 0.516 B instead of 4 B, 28.4M other weights in f32.
+    assert!((w("mem_fp32_weights") - 513.1).abs() < 0.5, "{}", w("mem_fp32_weights"));
+    assert!((w("mem_nf4_weights") - 160.4).abs() < 0.5, "{}", w("mem_nf4_weights"));
+    assert!(w("mem_obj_weights") < 0.1 && w("mem_obj_weights") > 0.0);
+}
+
+#[test]
+fn mem_prints_the_breakdown_and_the_precision_table() {
+    let mem = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_runner")).arg("mem").args(args).output().expect("runner starts");
+    let out = mem(&["llama-3.2-1b", "--method", "lora", "--dtype", "nf4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["Llama-3.2-1B: 1235.8M parameters", "| weights |", "| activations |", "| fp32 | 4.000 | 4.94 GB | 19.77 GB |", "| bf16 | 2.000 | 2.47 GB |", "| int8 | 1.062 |", "| nf4+dq | 0.516 | 638 MB |"] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let out = mem(&["smollm2-135m", "--dtype", "nf4", "--block", "100"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("block size 100 does not divide the row length 576"), "{}", stderr(&out));
+    let out = mem(&["smollm2-135m", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["estimate"]["params"], 134_515_008);
+}

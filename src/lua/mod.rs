@@ -6,6 +6,7 @@ mod adapters;
 pub mod model;
 pub mod options;
 pub mod peft;
+mod quant;
 pub mod sweep;
 pub mod train;
 
@@ -95,6 +96,7 @@ fn register<B: AutodiffBackend>(lua: &Lua) -> mlua::Result<()> {
     let runner: Table = lua.globals().get("runner")?;
     model::register::<B>(lua, &runner)?;
     peft::register(lua, &runner)?;
+    quant::register::<B>(lua, &runner)?;
     data::register(lua, &runner)?;
     train::register::<B>(lua, &runner)?;
     sweep::register(lua, &runner)

@@ -145,6 +145,7 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
             Ok((r.perplexity, t))
         });
         super::adapters::add_methods(methods);
+        super::quant::add_methods(methods);
         methods.add_method("trainable_params", |_, this, ()| Ok(this.model.borrow().param_count().trainable));
         methods.add_method("total_params", |_, this, ()| Ok(this.model.borrow().param_count().total));
         methods.add_method("config", |lua, this, ()| {

@@ -1,0 +1,352 @@
+//! Memory you can predict: a breakdown of what a training (or inference) run holds — weights,
+//! adapters, gradients, optimizer states, activations — at each precision, from the model's
+//! shape alone. The activation term counts the tensors runner's autodiff graph keeps for the
+//! backward pass, layer by layer (see `activation_floats`).
+
+use serde::Serialize;
+
+use crate::model::llama::{projection_shape, LINEAR_TARGETS};
+use crate::model::LlamaConfig;
+use crate::quant::{QuantConfig, QuantDtype, QuantError};
+
+/// How the frozen projection weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+    Quant(QuantConfig),
+}
+
+impl Precision {
+    /// `fp32`, `fp16`, `bf16`, or a quantized type (`int8`, `int4`, `fp4`, `nf4`) with its block
+    /// size and double quantization.
+    pub fn parse(name: &str, block: usize, double: bool) -> Result<Self, QuantError> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" | "float32" => Self::F32,
+            "fp16" | "f16" | "float16" => Self::F16,
+            "bf16" | "bfloat16" => Self::Bf16,
+            other => {
+                let dtype = QuantDtype::parse(other).map_err(|_| QuantError::UnknownDtype(format!("{other}' (expected fp32, fp16, bf16, int8, int4, fp4 or nf4")))?;
+                let q = QuantConfig { dtype, block, double };
+                if block == 0 {
+                    q.validate(block)?;
+                }
+                Self::Quant(q)
+            }
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Self::F32 => "fp32".into(),
+            Self::F16 => "fp16".into(),
+            Self::Bf16 => "bf16".into(),
+            Self::Quant(q) if q.double => format!("{}+dq", q.dtype),
+            Self::Quant(q) => q.dtype.name().into(),
+        }
+    }
+
+    /// Bytes per stored weight, block constants included: 4-bit codes are half a byte, each
+    /// block adds a 4-byte absmax, or with double quantization one byte plus a 4-byte scale
+    /// per 256 blocks.
+    pub fn bytes_per_param(&self) -> f64 {
+        match self {
+            Self::F32 => 4.0,
+            Self::F16 | Self::Bf16 => 2.0,
+            Self::Quant(q) => {
+                let code = q.dtype.bits() as f64 / 8.0;
+                let scale = if q.double { (1.0 + 4.0 / 256.0) / q.block as f64 } else { 4.0 / q.block as f64 };
+                code + scale
+            }
+        }
+    }
+}
+
+/// Which parameters a run trains.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Training {
+    /// Inference only: no gradients, no optimizer, no saved activations.
+    Inference,
+    /// LoRA of `rank` on the named projections (`q_proj`, ...).
+    Lora { rank: usize, targets: Vec<String> },
+    /// Every parameter.
+    Full,
+}
+
+/// The run to estimate.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunShape {
+    pub config: LlamaConfig,
+    pub training: Training,
+    /// Storage of the projection weights; embeddings, norms and the head stay in f32.
+    pub precision: Precision,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+/// Estimated bytes by component.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Footprint {
+    pub weights: u64,
+    pub adapters: u64,
+    pub gradients: u64,
+    pub optimizer: u64,
+    pub activations: u64,
+    /// The process itself: code, runtime, tokenizer (measured on this machine, about 60 MB).
+    pub runtime: u64,
+    pub params: u64,
+    pub trainable: u64,
+}
+
+impl Footprint {
+    pub fn total(&self) -> u64 {
+        self.weights + self.adapters + self.gradients + self.optimizer + self.activations + self.runtime
+    }
+}
+
+/// Bytes of the runner process before any model: measured as the resident size after start-up
+/// and Lua initialisation on the CPU backend.
+pub const RUNTIME_BYTES: u64 = 60 << 20;
+
+/// Parameter counts: projections (the quantizable part) and the rest.
+pub fn param_split(c: &LlamaConfig) -> (u64, u64) {
+    let proj: usize = LINEAR_TARGETS.iter().map(|t| projection_shape(c, t)).map(|(i, o)| i * o).sum::<usize>() * c.num_hidden_layers;
+    let d = c.hidden_size;
+    let embed = c.vocab_size * d * if c.tie_word_embeddings { 1 } else { 2 };
+    let norms = (2 * c.num_hidden_layers + 1) * d;
+    (proj as u64, (embed + norms) as u64)
+}
+
+pub fn estimate(run: &RunShape) -> Footprint {
+    let c = &run.config;
+    let (proj, rest) = param_split(c);
+    let weights = (proj as f64 * run.precision.bytes_per_param()) as u64 + 4 * rest;
+    let (adapter_params, trained) = match &run.training {
+        Training::Inference => (0, 0),
+        Training::Lora { rank, targets } => {
+            let per_layer: usize = targets.iter().map(|t| projection_shape(c, t)).map(|(i, o)| rank * (i + o)).sum();
+            let n = (per_layer * c.num_hidden_layers) as u64;
+            (n, n)
+        }
+        Training::Full => (0, proj + rest),
+    };
+    let activations = match run.training {
+        Training::Inference => 0,
+        _ => 4 * activation_floats(run),
+    };
+    Footprint {
+        weights,
+        adapters: 4 * adapter_params,
+        gradients: 4 * trained,
+        // AdamW keeps two f32 moments per trained parameter.
+        optimizer: 8 * trained,
+        activations,
+        runtime: RUNTIME_BYTES,
+        params: proj + rest,
+        trainable: trained,
+    }
+}
+
+/// f32 values alive at the start of the backward pass (the peak), for runner's Llama.
+///
+/// Per layer, with N = batch·seq tokens, d the width, kv the key/value width, f the MLP width
+/// and S = batch·heads·seq² attention scores, the graph keeps: the residual stream before each
+/// norm (2·N·d); the rotated queries and keys and the values (N·d + 2·N·kv); the softmax's
+/// exponentials and its output (2·S); SiLU's input, its sigmoid and output, and the up
+/// projection (4·N·f); plus the input of every projection that has something to train (N·d
+/// for q/k/v together, for o, for gate/up together; N·f for down), and with full fine-tuning
+/// the normalised streams the norm weights multiply (2·N·d). Once per step: the causal mask
+/// (one `[batch·heads·seq, seq]` table: S), the rotary tables (2·(N·d + N·kv)), the final norm's
+/// input and output (2·N·d), the head's chunked logits (3 × 256 rows × vocab), and one layer's
+/// worth of activation gradients in flight during the backward pass.
+pub fn activation_floats(run: &RunShape) -> u64 {
+    let c = &run.config;
+    let n = (run.batch * run.seq) as u64;
+    let d = c.hidden_size as u64;
+    let kv = (c.num_key_value_heads * c.head_dim()) as u64;
+    let f = c.intermediate_size as u64;
+    let s = (run.batch * c.num_attention_heads * run.seq * run.seq) as u64;
+    let trains = |proj: &str| match &run.training {
+        Training::Full => true,
+        Training::Lora { targets, .. } => targets.iter().any(|t| t == proj),
+        Training::Inference => false,
+    };
+    let mut per_layer = 2 * n * d + n * d + 2 * n * kv + 2 * s + 4 * n * f;
+    if trains("q_proj") || trains("k_proj") || trains("v_proj") {
+        per_layer += n * d;
+    }
+    if trains("o_proj") {
+        per_layer += n * d;
+    }
+    if trains("gate_proj") || trains("up_proj") {
+        per_layer += n * d;
+    }
+    if trains("down_proj") {
+        per_layer += n * f;
+    }
+    if run.training == Training::Full {
+        per_layer += 2 * n * d;
+    }
+    let once = s + 2 * (n * d + n * kv) + 2 * n * d + 3 * 256 * c.vocab_size as u64;
+    per_layer * (c.num_hidden_layers as u64 + 1) + once
+}
+
+/// The rule-of-thumb table: bytes to hold `params` parameters at each precision, and what
+/// full fine-tuning with AdamW needs on top (f32 gradients and two f32 moments: 12 bytes per
+/// parameter) — activations excluded.
+pub fn precision_table(params: u64) -> Vec<(String, u64, u64)> {
+    let rows = [
+        Precision::F32,
+        Precision::F16,
+        Precision::Bf16,
+        Precision::Quant(QuantConfig { dtype: QuantDtype::Int8, block: 64, double: false }),
+        Precision::Quant(QuantConfig { dtype: QuantDtype::Int4, block: 64, double: false }),
+        Precision::Quant(QuantConfig { dtype: QuantDtype::Nf4, block: 64, double: true }),
+    ];
+    rows.iter()
+        .map(|p| {
+            let load = (params as f64 * p.bytes_per_param()) as u64;
+            (p.name(), load, load + 12 * params)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smollm2_parameter_split_matches_the_model() {
+        let (proj, rest) = param_split(&LlamaConfig::smollm2_135m());
+        assert_eq!(proj + rest, 134_515_008);
+    }
+
+    #[test]
+    fn four_bit_bytes_per_parameter() {
+        let nf4 = Precision::parse("nf4", 64, true).unwrap();
+        assert!((nf4.bytes_per_param() - (0.5 + (1.0 + 4.0 / 256.0) / 64.0)).abs() < 1e-12);
+        assert_eq!(Precision::parse("int4", 64, false).unwrap().bytes_per_param(), 0.5 + 4.0 / 64.0);
+        assert!(Precision::parse("int3", 64, false).unwrap_err().to_string().contains("expected fp32, fp16, bf16, int8, int4, fp4 or nf4"));
+    }
+
+    #[test]
+    fn a_billion_parameters_at_each_precision() {
+        let t = precision_table(1_000_000_000);
+        let gb = |b: u64| b as f64 / 1e9;
+        assert_eq!(gb(t[0].1), 4.0);
+        assert_eq!(gb(t[1].1), 2.0);
+        assert!((gb(t[3].1) - 1.0625).abs() < 1e-9);
+        assert!((gb(t[5].1) - 0.5159).abs() < 1e-3);
+        assert_eq!(gb(t[0].2), 16.0);
+    }
+}
+
+/// Built-in shapes for models people size up, so that `runner mem` needs no download.
+pub fn named_shape(name: &str) -> Option<(&'static str, LlamaConfig)> {
+    let base = LlamaConfig::smollm2_135m();
+    match name.to_ascii_lowercase().as_str() {
+        "smollm2-135m" | "smollm2-135m-instruct" => Some(("SmolLM2-135M", base)),
+        "llama-3.2-1b" | "llama-3.2-1b-instruct" => Some((
+            "Llama-3.2-1B",
+            LlamaConfig {
+                vocab_size: 128_256,
+                hidden_size: 2048,
+                intermediate_size: 8192,
+                num_hidden_layers: 16,
+                num_attention_heads: 32,
+                num_key_value_heads: 8,
+                rope_theta: 500_000.0,
+                max_position_embeddings: 131_072,
+                tie_word_embeddings: true,
+                ..base
+            },
+        )),
+        "tinyllama-1.1b" => Some((
+            "TinyLlama-1.1B",
+            LlamaConfig {
+                vocab_size: 32_000,
+                hidden_size: 2048,
+                intermediate_size: 5632,
+                num_hidden_layers: 22,
+                num_attention_heads: 32,
+                num_key_value_heads: 4,
+                rope_theta: 10_000.0,
+                max_position_embeddings: 2048,
+                tie_word_embeddings: false,
+                ..base
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// The shape of a model given by name (built-in shapes), Hugging Face directory, config.json
+/// or .gguf file; reads only the configuration, never the weights.
+pub fn model_shape(model: &str) -> Result<(String, LlamaConfig), crate::model::load::LoadError> {
+    if let Some((name, config)) = named_shape(model) {
+        return Ok((name.to_string(), config));
+    }
+    let path = std::path::Path::new(model);
+    let known = "smollm2-135m, llama-3.2-1b, tinyllama-1.1b";
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let f = crate::model::load::GgufFile::open(path).map_err(crate::model::load::LoadError::from)?;
+        return Ok((model.to_string(), crate::model::load::config_from_gguf(&f)?));
+    }
+    let dir = if path.file_name().is_some_and(|f| f == "config.json") { path.parent().unwrap_or(path) } else { path };
+    if dir.join("config.json").is_file() {
+        return Ok((model.to_string(), crate::model::load::hf_dir::read_config(dir)?));
+    }
+    Err(crate::model::load::LoadError::File {
+        path: path.to_path_buf(),
+        msg: format!("not a built-in shape ({known}), a Hugging Face directory, a config.json or a .gguf file"),
+    })
+}
+
+/// A plain-text report: the breakdown for `run`, then the rule-of-thumb precision table.
+pub fn report(name: &str, run: &RunShape) -> String {
+    let f = estimate(run);
+    let mb = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let (proj, _) = param_split(&run.config);
+    let training = match &run.training {
+        Training::Inference => "inference".to_string(),
+        Training::Lora { rank, targets } => format!("LoRA r={rank} on {}", targets.join(",")),
+        Training::Full => "full fine-tuning (AdamW)".to_string(),
+    };
+    let block = match run.precision {
+        Precision::Quant(q) => format!(" (block {})", q.block),
+        _ => String::new(),
+    };
+    let mut out = format!(
+        "{name}: {:.1}M parameters ({:.1}M in projections); {training}; projections in {}{block}, the rest in fp32; batch {} x {} tokens\n\n",
+        f.params as f64 / 1e6,
+        proj as f64 / 1e6,
+        run.precision.name(),
+        run.batch,
+        run.seq
+    );
+    out += "| component | MB |\n|---|---:|\n";
+    for (label, bytes) in [
+        ("weights", f.weights),
+        ("adapters", f.adapters),
+        ("gradients", f.gradients),
+        ("optimizer states", f.optimizer),
+        ("activations", f.activations),
+        ("runtime", f.runtime),
+        ("total", f.total()),
+    ] {
+        out += &format!("| {label} | {:.1} |\n", mb(bytes));
+    }
+    out += &format!(
+        "\nRule of thumb for {:.1}M parameters (weights only; full fine-tuning adds f32 gradients and AdamW's two moments, 12 B per parameter, plus activations):\n\n| precision | bytes/param | load | full fine-tuning |\n|---|---:|---:|---:|\n",
+        f.params as f64 / 1e6
+    );
+    let gb = |b: u64| {
+        let g = b as f64 / 1e9;
+        if g >= 1.0 { format!("{g:.2} GB") } else { format!("{:.0} MB", b as f64 / 1e6) }
+    };
+    for (label, load, full) in precision_table(f.params) {
+        out += &format!("| {label} | {:.3} | {} | {} |\n", load as f64 / f.params as f64, gb(load), gb(full));
+    }
+    out
+}
