@@ -191,3 +191,19 @@ fn untied_head_has_its_own_weights() {
     assert_eq!(before, logits(&mu, &b));
     assert!(before.iter().all(|x| x.is_finite()));
 }
+
+/// Evaluation copies must not record an autodiff graph: Burn's `detach` keeps `require_grad`,
+/// and a recorded but never back-propagated graph kept every activation alive (a SmolLM2
+/// perplexity pass leaked about 3 GB).
+#[test]
+fn detached_models_build_no_graph() {
+    let model = tiny(5);
+    assert!(model.param_count().trainable > 0);
+    let b = batch();
+    let grads = model.forward(ids(&b), None).sum().backward();
+    assert!(model.embed_tokens.value.grad(&grads).is_some(), "the trainable model records a graph");
+    let detached = model.detached();
+    let grads = detached.forward(ids(&b), None).sum().backward();
+    assert!(detached.embed_tokens.value.grad(&grads).is_none(), "its evaluation copy does not");
+    assert!(detached.layers[0].q_proj.dense().unwrap().value.grad(&grads).is_none());
+}

@@ -26,6 +26,13 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
             Dataset::read_jsonl(Path::new(&path)).map(LuaDataset).map_err(|e| recipe_error(lua, format!("runner.data.jsonl: {e}")))
         })?,
     )?;
+    // runner.data.text(path) -> the file's contents, as one string (e.g. a held-out text to score).
+    t.set(
+        "text",
+        lua.create_function(|lua, path: String| {
+            std::fs::read_to_string(&path).map_err(|e| recipe_error(lua, format!("runner.data.text: cannot read {path}: {e}")))
+        })?,
+    )?;
     t.set(
         "examples",
         lua.create_function(|lua, list: Table| {
