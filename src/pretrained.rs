@@ -3,7 +3,10 @@
 use burn::prelude::*;
 
 use crate::hub::{self, HubError};
-use crate::model::load::{load_llama_gguf, load_llama_hf_dir, GgufFile, LoadError};
+use crate::model::load::gguf_llama::load_llama_gguf_quantized;
+use crate::model::load::hf_dir::load_llama_hf_dir_quantized;
+use crate::model::load::{GgufFile, LoadError};
+use crate::quant::QuantConfig;
 use crate::model::Llama;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -27,10 +30,16 @@ pub struct Pretrained<B: Backend> {
 }
 
 pub fn load<B: Backend>(name_or_path: &str, device: &B::Device) -> Result<Pretrained<B>, PretrainedError> {
+    load_quantized(name_or_path, device, None)
+}
+
+/// [`load`], quantizing the projections as they are read when `quant` is given (the f32
+/// weights of the whole model never exist at once).
+pub fn load_quantized<B: Backend>(name_or_path: &str, device: &B::Device, quant: Option<QuantConfig>) -> Result<Pretrained<B>, PretrainedError> {
     let path = hub::resolve(name_or_path)?;
     let source = path.display().to_string();
     if path.is_dir() {
-        let model = load_llama_hf_dir::<B>(&path, device)?;
+        let model = load_llama_hf_dir_quantized::<B>(&path, device, quant)?;
         let tokenizer = if path.join("tokenizer.json").exists() { Some(TextTokenizer::from_hf_dir(&path)?) } else { None };
         return Ok(Pretrained { model, tokenizer, source });
     }
@@ -39,6 +48,6 @@ pub fn load<B: Backend>(name_or_path: &str, device: &B::Device) -> Result<Pretra
     }
     let file = GgufFile::open(&path).map_err(LoadError::from)?;
     let tokenizer = TextTokenizer::from_gguf(&file)?;
-    let model = load_llama_gguf::<B>(&file, device)?;
+    let model = load_llama_gguf_quantized::<B>(&file, device, quant)?;
     Ok(Pretrained { model, tokenizer: Some(tokenizer), source })
 }

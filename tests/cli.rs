@@ -305,6 +305,7 @@ fn quantization_api_from_lua() {
     assert!(get("err_row").contains("layers.0.q_proj: bad quantization block: block size 48 does not divide the row length 64"), "{}", get("err_row"));
     assert!(get("err_option").contains("model:quantize: unknown option 'blocksize'; valid options: dtype, block, double"), "{}", get("err_option"));
     assert!(get("err_merge").contains("base weight is quantized"), "{}", get("err_merge"));
+    assert!(get("err_load").contains("runner.model.load:") && get("err_load").contains("q_proj: bad quantization block: block size 48 does not divide the row length 64"), "{}", get("err_load"));
     let w = |k: &str| get(k).parse::<f64>().unwrap();
     // SmolLM2: 106.2M projection weights at 0.516 B instead of 4 B, 28.4M other weights in f32.
     assert!((w("mem_fp32_weights") - 513.1).abs() < 0.5, "{}", w("mem_fp32_weights"));

@@ -19,7 +19,7 @@ fn first_steps_match_pytorch_adamw() {
     let device = Default::default();
     let c = [0.5f32, -2.0, 1e-3];
     let w0 = [1.0f32, -1.0, 0.25];
-    let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, offload: false };
     let mut opt = AdamW::<B>::new(cfg.clone()).unwrap();
     let mut p = Param::new(Tensor::<B, 1>::from_floats(w0, &device), true);
     // Reference: PyTorch's AdamW written out in f64.
@@ -75,20 +75,32 @@ fn defaults_are_pytorchs() {
 
 #[test]
 fn full_fine_tuning_lowers_the_loss_and_is_deterministic() {
-    let run = || {
-        let opts = TinyOptions { layers: 1, d_model: 32, heads: 2, kv_heads: 1, ..Default::default() };
-        let mut model = Llama::<B>::random(opts.config(), 0, opts.std(), &Default::default()).unwrap();
-        let ex = Example::text("abcabcabcabcabcabcabcabc");
-        let batch = Batch::collate(&[&ex], 32, &ByteTokenizer).unwrap();
-        let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, ..Default::default() }, Schedule::default(), 0).unwrap();
-        let losses: Vec<f64> = (0..15).map(|_| trainer.step(&mut model, &batch).unwrap()).collect();
-        let mut snap = Snapshot::default();
-        model.visit(&mut snap);
-        (losses, snap.entries)
-    };
-    let (a, wa) = run();
-    let (b, wb) = run();
+    let (a, wa) = full_fine_tune(false);
+    let (b, wb) = full_fine_tune(false);
     assert_eq!(a, b, "same seed, same losses");
     assert_eq!(wa, wb, "same seed, same weights");
     assert!(a[14] < 0.5 * a[0], "loss should fall: {a:?}");
+}
+
+/// Moments kept in host memory between steps give bit-identical training.
+#[test]
+fn offloaded_moments_train_identically() {
+    let (a, wa) = full_fine_tune(false);
+    let (b, wb) = full_fine_tune(true);
+    assert_eq!(a, b);
+    assert_eq!(wa, wb);
+}
+
+type Weights = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn full_fine_tune(offload: bool) -> (Vec<f64>, Weights) {
+    let opts = TinyOptions { layers: 1, d_model: 32, heads: 2, kv_heads: 1, ..Default::default() };
+    let mut model = Llama::<B>::random(opts.config(), 0, opts.std(), &Default::default()).unwrap();
+    let ex = Example::text("abcabcabcabcabcabcabcabc");
+    let batch = Batch::collate(&[&ex], 32, &ByteTokenizer).unwrap();
+    let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, offload, ..Default::default() }, Schedule::default(), 0).unwrap();
+    let losses: Vec<f64> = (0..15).map(|_| trainer.step(&mut model, &batch).unwrap()).collect();
+    let mut snap = Snapshot::default();
+    model.visit(&mut snap);
+    (losses, snap.entries)
 }

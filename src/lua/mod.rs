@@ -6,7 +6,7 @@ mod adapters;
 pub mod model;
 pub mod options;
 pub mod peft;
-mod quant;
+pub mod quant;
 pub mod sweep;
 pub mod train;
 

@@ -63,9 +63,16 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     )?;
     t.set(
         "load",
-        lua.create_function(|lua, name: String| {
+        // runner.model.load(name_or_path[, {quantize = {dtype = "nf4", block = 64, double = true}}])
+        lua.create_function(|lua, (name, opts): (String, Option<Table>)| {
+            let o = Opts::new(lua, "runner.model.load", opts, &["quantize"])?;
+            let quant = match o.raw("quantize")? {
+                Value::Nil => None,
+                Value::Table(t) => Some(super::quant::quant_config(&Opts::new(lua, "runner.model.load: quantize", Some(t), super::quant::QUANT_OPTIONS)?)?),
+                other => return Err(o.err(format!("quantize must be a table such as {{dtype = \"nf4\"}}, found {}", describe(&other)))),
+            };
             let device = lua.app_data_ref::<DeviceData<B>>().expect("device registered").0.clone();
-            let p = pretrained::load::<B>(&name, &device).map_err(|e| recipe_error(lua, format!("runner.model.load: {e}")))?;
+            let p = pretrained::load_quantized::<B>(&name, &device, quant).map_err(|e| recipe_error(lua, format!("runner.model.load: {e}")))?;
             let tokenizer = p.tokenizer.map_or(Tokenizer::Bytes, |t| Tokenizer::Text(Rc::new(t)));
             Ok(LuaModel::new(p.model, tokenizer))
         })?,

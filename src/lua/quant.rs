@@ -11,17 +11,25 @@ use crate::model::llama::LINEAR_TARGETS;
 use crate::quant::model::{dequantize_model, model_quant_config, quantize_model};
 use crate::quant::{QuantConfig, QuantDtype};
 
+/// The options of `model:quantize{...}` and of `runner.model.load(name, {quantize = {...}})`.
+pub const QUANT_OPTIONS: &[&str] = &["dtype", "block", "double"];
+
+/// `{dtype = "nf4", block = 64, double = true}` (those are the defaults).
+pub fn quant_config(o: &Opts) -> mlua::Result<QuantConfig> {
+    let dtype = QuantDtype::parse(&o.string("dtype")?.unwrap_or_else(|| "nf4".into())).map_err(|e| o.err(e))?;
+    let block = match o.int("block")? {
+        Some(b) if b <= 0 => return Err(o.err(format!("bad quantization block: block size must be positive, got {b}"))),
+        Some(b) => b as usize,
+        None => 64,
+    };
+    Ok(QuantConfig { dtype, block, double: o.bool("double")?.unwrap_or(true) })
+}
+
 pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods: &mut M) {
     // model:quantize{dtype = "nf4", block = 64, double = true} -> {quantized_params, bytes, bytes_per_param, dense_bytes}
     methods.add_method("quantize", |lua, this, opts: Option<Table>| {
-        let o = Opts::new(lua, "model:quantize", opts, &["dtype", "block", "double"])?;
-        let dtype = QuantDtype::parse(&o.string("dtype")?.unwrap_or_else(|| "nf4".into())).map_err(|e| o.err(e))?;
-        let block = match o.int("block")? {
-            Some(b) if b < 0 => return Err(o.err(format!("bad quantization block: block size must be positive, got {b}"))),
-            Some(b) => b as usize,
-            None => 64,
-        };
-        let config = QuantConfig { dtype, block, double: o.bool("double")?.unwrap_or(true) };
+        let o = Opts::new(lua, "model:quantize", opts, QUANT_OPTIONS)?;
+        let config = quant_config(&o)?;
         let s = quantize_model(&mut this.model.borrow_mut(), config).map_err(|e| o.err(e))?;
         let t = lua.create_table()?;
         t.set("quantized_params", s.quantized_params)?;

@@ -29,7 +29,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     optim.set(
         "adamw",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(lua, "runner.optim.adamw", opts, &["lr", "betas", "eps", "weight_decay"])?;
+            let o = Opts::new(lua, "runner.optim.adamw", opts, &["lr", "betas", "eps", "weight_decay", "offload"])?;
             let d = AdamWConfig::default();
             let (beta1, beta2) = match o.table("betas")? {
                 None => (d.beta1, d.beta2),
@@ -47,6 +47,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 beta2,
                 eps: o.num("eps")?.unwrap_or(d.eps),
                 weight_decay: o.num("weight_decay")?.unwrap_or(d.weight_decay),
+                offload: o.bool("offload")?.unwrap_or(d.offload),
             };
             config.validate().map_err(|e| o.err(e))?;
             Ok(LuaAdamW(config))

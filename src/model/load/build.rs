@@ -10,8 +10,9 @@ use super::LoadError;
 use crate::model::config::LlamaConfig;
 use crate::model::init;
 use crate::model::linear::{Linear, Weight};
-use crate::model::llama::{module_path, projection_shape, Block, Llama};
+use crate::model::llama::{module_path, projection_shape, Block, Llama, LINEAR_TARGETS};
 use crate::model::params::Param;
+use crate::quant::{QuantConfig, QuantizedTensor};
 
 /// Weights by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`), row-major in
 /// PyTorch's shape, as f32.
@@ -28,14 +29,32 @@ pub trait WeightSource {
 }
 
 pub fn build_llama<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, device: &B::Device) -> Result<Llama<B>, LoadError> {
+    build_llama_quantized(config, src, device, None)
+}
+
+/// Like [`build_llama`], quantizing each projection as soon as it is read when `quant` is
+/// given, so the f32 weights of the whole model never exist at once (QLoRA's loading).
+/// Projections stored quantized are kept as stored.
+pub fn build_llama_quantized<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, device: &B::Device, quant: Option<QuantConfig>) -> Result<Llama<B>, LoadError> {
     config.validate().map_err(|source| LoadError::Config { path: src.path(), source })?;
+    if let Some(q) = quant {
+        for proj in LINEAR_TARGETS {
+            let (d_in, _) = projection_shape(&config, proj);
+            q.validate(d_in).map_err(|e| LoadError::File { path: src.path(), msg: format!("{proj}: {e}") })?;
+        }
+    }
     let (d, vocab) = (config.hidden_size, config.vocab_size);
     let norm = |name: &str| -> Result<Param<B, 1>, LoadError> { Ok(Param::new(init::tensor1::<B>(src.load(name, &[d])?, device), true)) };
     let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear<B>, LoadError> {
         if let Some(q) = src.load_quantized(name, [d_out, d_in])? {
             return Ok(Linear::with_weight(Weight::Quantized(Arc::new(q))));
         }
-        let w = transpose(&src.load(name, &[d_out, d_in])?, d_out, d_in);
+        let stored = src.load(name, &[d_out, d_in])?;
+        if let Some(q) = quant {
+            let q = QuantizedTensor::quantize(&stored, &[d_out, d_in], q).map_err(|e| LoadError::File { path: src.path(), msg: format!("{name}: {e}") })?;
+            return Ok(Linear::with_weight(Weight::Quantized(Arc::new(q))));
+        }
+        let w = transpose(&stored, d_out, d_in);
         Ok(Linear::new(init::tensor2::<B>(w, [d_in, d_out], device), true))
     };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 
-use super::build::{build_llama, WeightSource};
+use super::build::{build_llama_quantized, WeightSource};
 use super::gguf::{GgufError, GgufFile};
 use crate::model::config::{ConfigError, LlamaConfig};
 use crate::model::llama::Llama;
@@ -69,8 +69,13 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
 
 /// Builds the model on `device`, dequantizing one tensor at a time into f32.
 pub fn load_llama_gguf<B: Backend>(f: &GgufFile, device: &B::Device) -> Result<Llama<B>, LoadError> {
+    load_llama_gguf_quantized(f, device, None)
+}
+
+/// [`load_llama_gguf`], quantizing the projections while loading when `quant` is given.
+pub fn load_llama_gguf_quantized<B: Backend>(f: &GgufFile, device: &B::Device, quant: Option<crate::quant::QuantConfig>) -> Result<Llama<B>, LoadError> {
     let config = config_from_gguf(f)?;
-    build_llama(config.clone(), &GgufWeights { file: f, config }, device)
+    build_llama_quantized(config.clone(), &GgufWeights { file: f, config }, device, quant)
 }
 
 /// A GGUF file seen through Hugging Face names and layouts.

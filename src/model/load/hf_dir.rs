@@ -8,7 +8,7 @@ use burn::prelude::*;
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
-use super::build::{build_llama, WeightSource};
+use super::build::{build_llama_quantized, WeightSource};
 use super::LoadError;
 use crate::model::config::LlamaConfig;
 use crate::model::Llama;
@@ -136,11 +136,16 @@ impl WeightSource for SafetensorsDir {
 }
 
 pub fn load_llama_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, LoadError> {
+    load_llama_hf_dir_quantized(dir, device, None)
+}
+
+/// [`load_llama_hf_dir`], quantizing the projections while loading when `quant` is given.
+pub fn load_llama_hf_dir_quantized<B: Backend>(dir: &Path, device: &B::Device, quant: Option<crate::quant::QuantConfig>) -> Result<Llama<B>, LoadError> {
     let mut config = read_config(dir)?;
     let src = SafetensorsDir::open(dir)?;
     // Some checkpoints tie the head without saying so: no lm_head tensor means tied.
     if !src.has("lm_head.weight") {
         config.tie_word_embeddings = true;
     }
-    build_llama(config, &src, device)
+    build_llama_quantized(config, &src, device, quant)
 }
