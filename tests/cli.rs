@@ -329,3 +329,14 @@ fn mem_prints_the_breakdown_and_the_precision_table() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["estimate"]["params"], 134_515_008);
 }
+
+/// The same recipe on wgpu (Mesa lavapipe in CI): the quantized matmul's custom autodiff op
+/// is picked for `Autodiff<Wgpu>` too, gives bitsandbytes' outputs and trains.
+#[test]
+fn quantization_api_runs_on_wgpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("quant_api.lua"), "--device", "wgpu"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("quant_api/trials.csv"));
+    assert_eq!(rows[0][column(&header, "status")], "ok", "{}", rows[0][column(&header, "error")]);
+}
