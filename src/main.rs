@@ -107,17 +107,27 @@ fn mem(a: &cli::MemArgs) -> anyhow::Result<String> {
     };
     let dtype = if a.method == "qlora" && a.dtype == "fp32" { "nf4" } else { a.dtype.as_str() };
     let precision = Precision::parse(dtype, a.block, !a.no_double)?;
-    if let Precision::Quant(q) = precision {
-        for t in runner::model::llama::LINEAR_TARGETS {
-            q.validate(runner::model::llama::projection_shape(&config, t).0).map_err(|e| anyhow::anyhow!("{t}: {e}"))?;
-        }
-    }
     let run = RunShape { config, training, precision, batch: a.batch, seq: a.seq };
+    run.validate()?;
     if a.json {
         let f = estimate(&run);
         return Ok(serde_json::json!({"model": name, "run": run, "estimate": f, "total": f.total()}).to_string());
     }
     Ok(report(&name, &run))
+}
+
+/// Prints a subcommand's text, or its error (exit code 2).
+fn print_text(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }
 
 /// Runs a subcommand that prints one result.
@@ -145,30 +155,8 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => args,
         Some(Command::Generate(args)) => return print_result(args.device, Generate(args)),
         Some(Command::Perplexity(args)) => return print_result(args.device, Perplexity(args)),
-        Some(Command::Tokenize(args)) => {
-            return match tokenize(&args) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            };
-        }
-        Some(Command::Mem(args)) => {
-            return match mem(&args) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            };
-        }
+        Some(Command::Tokenize(args)) => return print_text(tokenize(&args)),
+        Some(Command::Mem(args)) => return print_text(mem(&args)),
         Some(Command::Models) => {
             let models = runner::hub::cached_models();
             println!("cache: {}", runner::hub::cache_dir().display());

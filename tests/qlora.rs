@@ -174,6 +174,8 @@ fn bad_quantization_and_merges_are_clear_errors() {
     assert!(e.contains("layers.0.down_proj") && e.contains("block size 64 does not divide the row length 176"), "{e}");
     assert!(model.layers.iter().all(|l| l.q_proj.dense().is_some()), "a failed quantize changes nothing");
     quantize_model(&mut model, QuantConfig { block: 16, ..Default::default() }).unwrap();
+    let e = quantize_model(&mut model, QuantConfig { dtype: QuantDtype::Int8, block: 16, double: false }).unwrap_err().to_string();
+    assert_eq!(e, "the model is already quantized (nf4, block 16); dequantize() it first");
     runner::peft::lora::attach(&mut model, "default", &lora()).unwrap();
     let e = runner::peft::merge(&mut model).unwrap_err().to_string();
     assert!(e.contains("base weight is quantized; dequantize the model first"), "{e}");

@@ -92,19 +92,12 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
             (None, None) => Precision::F32,
         };
         let run = RunShape { config, training, precision, batch: o.count("batch", 1)?.unwrap_or(4), seq: o.count("seq", 1)?.unwrap_or(256) };
+        run.validate().map_err(|e| o.err(e))?;
         let f = footprint::estimate(&run);
         let mb = |b: u64| b as f64 / (1u64 << 20) as f64;
         let t = lua.create_table()?;
-        for (k, v) in [
-            ("weights_mb", f.weights),
-            ("adapters_mb", f.adapters),
-            ("gradients_mb", f.gradients),
-            ("optimizer_mb", f.optimizer),
-            ("activations_mb", f.activations),
-            ("runtime_mb", f.runtime),
-            ("total_mb", f.total()),
-        ] {
-            t.set(k, mb(v))?;
+        for (name, bytes) in f.components() {
+            t.set(format!("{name}_mb"), mb(bytes))?;
         }
         t.set("params", f.params)?;
         t.set("trainable", f.trainable)?;

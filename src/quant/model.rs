@@ -28,12 +28,13 @@ pub fn quantize_model<B: Backend>(model: &mut Llama<B>, config: QuantConfig) -> 
     if let Some(a) = model.adapters.iter().find(|a| a.merged) {
         return Err(QuantError::Invalid(format!("adapter '{}' is merged into the weights; unmerge it before quantizing", a.name)));
     }
+    if let Some(q) = model_quant_config(model) {
+        return Err(QuantError::Invalid(format!("the model is already quantized ({}, block {}); dequantize() it first", q.dtype, q.block)));
+    }
     for (i, layer) in model.layers.iter().enumerate() {
         for t in LINEAR_TARGETS {
             let lin = layer.linear(t).expect("known projection");
-            if lin.dense().is_some() {
-                config.validate(lin.d_in()).map_err(|e| QuantError::Invalid(format!("layers.{i}.{t}: {e}")))?;
-            }
+            config.validate(lin.d_in()).map_err(|e| QuantError::Invalid(format!("layers.{i}.{t}: {e}")))?;
         }
     }
     for layer in &mut model.layers {
