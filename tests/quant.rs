@@ -129,6 +129,19 @@ fn integer_grids_round_to_the_nearest_step() {
 }
 
 #[test]
+fn transposed_dequantization_is_the_transpose() {
+    let (rows, cols) = (70, 96);
+    let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+    let q = QuantizedTensor::quantize(&values, &[rows, cols], QuantConfig { block: 32, ..Default::default() }).unwrap();
+    let (d, t) = (q.dequantize(), q.dequantize_transposed());
+    for r in 0..rows {
+        for c in 0..cols {
+            assert_eq!(d[r * cols + c].to_bits(), t[c * rows + r].to_bits());
+        }
+    }
+}
+
+#[test]
 fn storage_is_packed() {
     let values: Vec<f32> = (0..576 * 576).map(|i| ((i * 31) % 997) as f32 / 997.0 - 0.5).collect();
     let shape = [576, 576];

@@ -30,7 +30,7 @@ impl<B: Backend> Weight<B> {
     pub fn tensor(&self, device: &B::Device) -> Tensor<B, 2> {
         match self {
             Self::Dense(p) => p.value.clone(),
-            Self::Quantized(q) => matmul::dense::<B>(q, device).transpose(),
+            Self::Quantized(q) => Tensor::from_data(TensorData::new(q.dequantize_transposed(), [q.shape[1], q.shape[0]]), device),
         }
     }
 

@@ -242,6 +242,26 @@ impl QuantizedTensor {
         }
     }
 
+    /// The f32 values of a 2-D tensor, transposed (`[cols, rows]`, row-major): dequantized in
+    /// order (sequential reads of the packed codes), then transposed in tiles.
+    pub fn dequantize_transposed(&self) -> Vec<f32> {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let dense = self.dequantize();
+        let mut out = vec![0.0f32; dense.len()];
+        // Tiles of 32 output rows keep both sides' cache lines in use.
+        const TILE: usize = 32;
+        out.par_chunks_mut(TILE * rows).enumerate().for_each(|(t, chunk)| {
+            let c0 = t * TILE;
+            for r in 0..rows {
+                let src = &dense[r * cols + c0..r * cols + c0 + chunk.len() / rows];
+                for (dc, v) in src.iter().enumerate() {
+                    chunk[dc * rows + r] = *v;
+                }
+            }
+        });
+        out
+    }
+
     /// Bytes of storage: packed codes plus block scales.
     pub fn bytes(&self) -> usize {
         self.data.len() + self.scales.bytes()

@@ -39,13 +39,8 @@ pub fn quantized_matmul<B: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTenso
     };
     // Not under autodiff (evaluation on an inner backend): nothing to keep for a backward pass.
     let device = x.device();
-    x.matmul(dense::<B>(weight, &device).transpose())
-}
-
-/// The dense `[out, in]` weight on `device`.
-pub fn dense<B: Backend>(weight: &QuantizedTensor, device: &B::Device) -> Tensor<B, 2> {
-    let shape = [weight.shape[0], weight.shape[1]];
-    Tensor::from_data(TensorData::new(weight.dequantize(), shape), device)
+    let shape = [weight.shape[1], weight.shape[0]];
+    x.matmul(Tensor::from_data(TensorData::new(weight.dequantize_transposed(), shape), &device))
 }
 
 /// Runs the custom autodiff op when `B` is `Autodiff<I>`; hands `x` back otherwise. The model
@@ -81,7 +76,12 @@ fn dense_primitive<I: Backend>(weight: &QuantizedTensor, device: &I::Device) -> 
 fn autodiff_quantized_matmul<I: Backend>(x: Tensor<Autodiff<I>, 2>, weight: &Arc<QuantizedTensor>) -> Tensor<Autodiff<I>, 2> {
     let x = x.into_primitive().tensor();
     let device = I::float_device(&x.primitive);
-    let forward = |x: I::FloatTensorPrimitive| I::float_matmul(x, I::float_transpose(dense_primitive::<I>(weight, &device)));
+    // The weight goes in as a contiguous `[in, out]` matrix: a transposed view of `[out, in]`
+    // measured 35 MiB more peak memory on a SmolLM2 step (4 × 256) for the same speed.
+    let forward = |x: I::FloatTensorPrimitive| {
+        let shape = [weight.shape[1], weight.shape[0]];
+        I::float_matmul(x, I::float_from_data(TensorData::new(weight.dequantize_transposed(), shape), &device))
+    };
     let out = match QuantizedMatmulBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish((weight.clone(), device.clone()), forward(x.primitive)),
         OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive)),
