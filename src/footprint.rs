@@ -29,9 +29,7 @@ impl Precision {
             other => {
                 let dtype = QuantDtype::parse(other).map_err(|_| QuantError::UnknownDtype(format!("{other}' (expected fp32, fp16, bf16, int8, int4, fp4 or nf4")))?;
                 let q = QuantConfig { dtype, block, double };
-                if block == 0 {
-                    q.validate(block)?;
-                }
+                q.validate_block()?;
                 Self::Quant(q)
             }
         })
@@ -72,6 +70,26 @@ pub enum Training {
     Lora { rank: usize, targets: Vec<String> },
     /// Every parameter.
     Full,
+}
+
+impl Training {
+    /// `lora` (of `rank` on `targets`: projection names, or `all-linear`), `full`, or `none`.
+    pub fn parse(method: &str, rank: usize, targets: &[String]) -> Result<Self, String> {
+        let targets: Vec<String> = if targets == ["all-linear"] {
+            LINEAR_TARGETS.iter().map(|t| t.to_string()).collect()
+        } else {
+            targets.to_vec()
+        };
+        if let Some(bad) = targets.iter().find(|t| !LINEAR_TARGETS.contains(&t.as_str())) {
+            return Err(format!("unknown target '{bad}' (projections: {}, or all-linear)", LINEAR_TARGETS.join(", ")));
+        }
+        match method {
+            "lora" => Ok(Self::Lora { rank, targets }),
+            "full" => Ok(Self::Full),
+            "none" => Ok(Self::Inference),
+            other => Err(format!("unknown method '{other}' (lora, full or none)")),
+        }
+    }
 }
 
 /// The run to estimate.

@@ -91,20 +91,9 @@ fn tokenize(a: &TokenizeArgs) -> anyhow::Result<String> {
 fn mem(a: &cli::MemArgs) -> anyhow::Result<String> {
     use runner::footprint::{estimate, model_shape, report, Precision, RunShape, Training};
     let (name, config) = model_shape(&a.model)?;
-    let targets: Vec<String> = if a.targets == "all-linear" {
-        runner::model::llama::LINEAR_TARGETS.iter().map(|t| t.to_string()).collect()
-    } else {
-        a.targets.split(',').map(|t| t.trim().to_string()).collect()
-    };
-    if let Some(bad) = targets.iter().find(|t| !runner::model::llama::LINEAR_TARGETS.contains(&t.as_str())) {
-        anyhow::bail!("unknown target '{bad}' (projections: {}, or all-linear)", runner::model::llama::LINEAR_TARGETS.join(", "));
-    }
-    let training = match a.method.as_str() {
-        "lora" | "qlora" => Training::Lora { rank: a.rank, targets },
-        "full" => Training::Full,
-        "none" | "inference" => Training::Inference,
-        other => anyhow::bail!("unknown method '{other}' (lora, full or none)"),
-    };
+    let targets: Vec<String> = a.targets.split(',').map(|t| t.trim().to_string()).collect();
+    let method = if a.method == "qlora" { "lora" } else { a.method.as_str() };
+    let training = Training::parse(method, a.rank, &targets).map_err(anyhow::Error::msg)?;
     let dtype = if a.method == "qlora" && a.dtype == "fp32" { "nf4" } else { a.dtype.as_str() };
     let precision = Precision::parse(dtype, a.block, !a.no_double)?;
     let run = RunShape { config, training, precision, batch: a.batch, seq: a.seq };

@@ -7,7 +7,6 @@ use mlua::{Lua, Table, UserDataMethods, Value};
 use super::model::LuaModel;
 use super::options::Opts;
 use crate::footprint::{self, Precision, RunShape, Training};
-use crate::model::llama::LINEAR_TARGETS;
 use crate::quant::model::{dequantize_model, model_quant_config, quantize_model};
 use crate::quant::{QuantConfig, QuantDtype};
 
@@ -72,20 +71,9 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
             Value::String(s) => (footprint::model_shape(&s.to_string_lossy()).map_err(|e| o.err(e))?.1, None),
             _ => return Err(o.err("model is required: a model object or a name/path such as \"smollm2-135m\"")),
         };
-        let targets = match o.strings("targets")? {
-            None => vec!["q_proj".to_string(), "v_proj".to_string()],
-            Some(t) if t == ["all-linear"] => LINEAR_TARGETS.iter().map(|s| s.to_string()).collect(),
-            Some(t) => t,
-        };
-        if let Some(bad) = targets.iter().find(|t| !LINEAR_TARGETS.contains(&t.as_str())) {
-            return Err(o.err(format!("unknown target '{bad}' (projections: {}, or \"all-linear\")", LINEAR_TARGETS.join(", "))));
-        }
-        let training = match o.string("method")?.as_deref().unwrap_or("lora") {
-            "lora" => Training::Lora { rank: o.count("rank", 1)?.unwrap_or(8), targets },
-            "full" => Training::Full,
-            "none" => Training::Inference,
-            other => return Err(o.err(format!("unknown method '{other}' (lora, full or none)"))),
-        };
+        let targets = o.strings("targets")?.unwrap_or_else(|| vec!["q_proj".to_string(), "v_proj".to_string()]);
+        let method = o.string("method")?.unwrap_or_else(|| "lora".into());
+        let training = Training::parse(&method, o.count("rank", 1)?.unwrap_or(8), &targets).map_err(|e| o.err(e))?;
         let precision = match (o.string("dtype")?, model_quant) {
             (Some(d), _) => Precision::parse(&d, o.count("block", 1)?.unwrap_or(64), o.bool("double")?.unwrap_or(true)).map_err(|e| o.err(e))?,
             (None, Some(q)) => Precision::Quant(q),

@@ -88,17 +88,23 @@ pub const NESTED_BLOCK: usize = 256;
 impl QuantConfig {
     /// Checks the options against a weight with rows of `row_len` values.
     pub fn validate(&self, row_len: usize) -> Result<(), QuantError> {
-        if self.block == 0 {
-            return Err(QuantError::BadBlock("block size must be positive, got 0".into()));
-        }
-        if self.dtype.bits() == 4 && self.block % 2 != 0 {
-            return Err(QuantError::BadBlock(format!("a 4-bit block must hold an even number of values, got {}", self.block)));
-        }
+        self.validate_block()?;
         if row_len % self.block != 0 {
             return Err(QuantError::BadBlock(format!(
                 "block size {} does not divide the row length {row_len} (blocks must not straddle rows)",
                 self.block
             )));
+        }
+        Ok(())
+    }
+
+    /// Checks the block size on its own: positive, and even for 4-bit types.
+    pub fn validate_block(&self) -> Result<(), QuantError> {
+        if self.block == 0 {
+            return Err(QuantError::BadBlock("block size must be positive, got 0".into()));
+        }
+        if self.dtype.bits() == 4 && self.block % 2 != 0 {
+            return Err(QuantError::BadBlock(format!("a 4-bit block must hold an even number of values, got {}", self.block)));
         }
         Ok(())
     }
@@ -126,11 +132,9 @@ impl BlockScales {
     pub fn decode(&self) -> Vec<f32> {
         match self {
             Self::Plain(v) => v.clone(),
-            Self::Double { codes, nested_absmax, offset, nested_map } => codes
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| nested_map[c as usize] * nested_absmax[i / NESTED_BLOCK] + offset)
-                .collect(),
+            Self::Double { codes, nested_absmax, offset, nested_map } => {
+                dequantize_dynamic_8bit(codes, nested_absmax, nested_map, NESTED_BLOCK).into_iter().map(|a| a + offset).collect()
+            }
         }
     }
 
@@ -164,9 +168,7 @@ impl QuantizedTensor {
         if n != values.len() {
             return Err(QuantError::Shape(format!("{} values for shape {shape:?}", values.len())));
         }
-        if config.block == 0 || (config.dtype.bits() == 4 && config.block % 2 != 0) {
-            config.validate(config.block)?;
-        }
+        config.validate_block()?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(QuantError::NonFinite(i));
         }
