@@ -86,8 +86,9 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
         let _ = hidden.clone().into_data();
         let t1 = Instant::now();
         let targets = runner::train::head_loss::next_token_targets(&data.labels, batch, seq);
+        let count = targets.iter().filter(|&&t| t != runner::data::IGNORE_INDEX).count();
         let head = model.head().clone();
-        let (_, surrogate) = runner::train::head_loss::training_loss(hidden, &head.value, head.trainable, &targets);
+        let (_, surrogate) = runner::train::head_loss::training_loss(hidden, &head.value, head.trainable, &targets, count);
         let t2 = Instant::now();
         let _grads = surrogate.backward();
         let t3 = Instant::now();

@@ -162,7 +162,7 @@ fn dropout_is_seeded_and_only_active_in_training() {
         let mut model = tiny(6);
         attach(&mut model, &LoraConfig { dropout, ..lora(4, &["q_proj", "v_proj"]) }).unwrap();
         let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, ..Default::default() }, Schedule::default(), seed).unwrap();
-        let losses: Vec<f64> = (0..3).map(|_| trainer.step(&mut model, &b).unwrap()).collect();
+        let losses: Vec<f64> = (0..3).map(|_| trainer.step(&mut model, &b).unwrap().loss).collect();
         let eval = runner::train::evaluate(&model, vec![b.clone()]).unwrap().loss;
         let eval_again = runner::train::evaluate(&model, vec![b.clone()]).unwrap().loss;
         assert_eq!(eval, eval_again, "evaluation must not draw dropout masks");

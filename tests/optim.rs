@@ -99,7 +99,7 @@ fn full_fine_tune(offload: bool) -> (Vec<f64>, Weights) {
     let ex = Example::text("abcabcabcabcabcabcabcabc");
     let batch = Batch::collate(&[&ex], 32, &ByteTokenizer).unwrap();
     let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, offload, ..Default::default() }, Schedule::default(), 0).unwrap();
-    let losses: Vec<f64> = (0..15).map(|_| trainer.step(&mut model, &batch).unwrap()).collect();
+    let losses: Vec<f64> = (0..15).map(|_| trainer.step(&mut model, &batch).unwrap().loss).collect();
     let mut snap = Snapshot::default();
     model.visit(&mut snap);
     (losses, snap.entries)

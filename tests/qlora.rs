@@ -149,7 +149,7 @@ fn adapters_train_through_quantized_weights_like_through_dense_ones() {
     for model in [&mut q, &mut dense] {
         runner::peft::lora::attach(model, "default", &lora()).unwrap();
         let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, ..Default::default() }, Schedule::default(), 0).unwrap();
-        losses.push((0..4).map(|_| trainer.step(model, &b).unwrap()).collect::<Vec<f64>>());
+        losses.push((0..4).map(|_| trainer.step(model, &b).unwrap().loss).collect::<Vec<f64>>());
     }
     eprintln!("quantized {:?}\ndense     {:?}", losses[0], losses[1]);
     for (a, b) in losses[0].iter().zip(&losses[1]) {

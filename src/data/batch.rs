@@ -52,6 +52,22 @@ impl Batch {
         Ok(Batch { input_ids, labels, batch: examples.len(), seq })
     }
 
+    /// `k` batches of consecutive rows (sizes differ by at most one), for gradient
+    /// accumulation. `k` must be between 1 and the number of rows.
+    pub fn split(&self, k: usize) -> Vec<Batch> {
+        let k = k.clamp(1, self.batch.max(1));
+        let (base, extra) = (self.batch / k, self.batch % k);
+        let mut out = Vec::with_capacity(k);
+        let mut row = 0;
+        for i in 0..k {
+            let n = base + usize::from(i < extra);
+            let range = row * self.seq..(row + n) * self.seq;
+            out.push(Batch { input_ids: self.input_ids[range.clone()].to_vec(), labels: self.labels[range].to_vec(), batch: n, seq: self.seq });
+            row += n;
+        }
+        out
+    }
+
     /// Tokens that carry loss after the one-position shift.
     pub fn target_tokens(&self) -> usize {
         (0..self.batch).map(|b| self.labels[b * self.seq + 1..(b + 1) * self.seq].iter().filter(|&&l| l != IGNORE_INDEX).count()).sum()
@@ -71,11 +87,14 @@ pub struct BatchOptions {
     pub steps: Option<usize>,
     pub shuffle: bool,
     pub seed: u64,
+    /// Batches to pass over first (resuming at a checkpoint's data position): the ones that
+    /// follow are exactly those an uninterrupted run would draw next.
+    pub skip: usize,
 }
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        Self { size: 8, max_len: 256, steps: None, shuffle: true, seed: 0 }
+        Self { size: 8, max_len: 256, steps: None, shuffle: true, seed: 0, skip: 0 }
     }
 }
 
@@ -93,9 +112,20 @@ pub struct Batches {
 
 impl Batches {
     pub fn new(data: Dataset, opts: BatchOptions) -> Self {
+        let skip = opts.skip;
         let mut it = Self { order: (0..data.len()).collect(), data, opts, cursor: 0, epoch: 0, produced: 0 };
         it.reorder();
+        for _ in 0..skip {
+            if it.next_indices().is_none() {
+                break;
+            }
+        }
         it
+    }
+
+    /// Batches produced so far, skipped ones included.
+    pub fn produced(&self) -> usize {
+        self.produced
     }
 
     fn reorder(&mut self) {
@@ -110,6 +140,13 @@ impl Iterator for Batches {
     type Item = Vec<Example>;
 
     fn next(&mut self) -> Option<Vec<Example>> {
+        let picked = self.next_indices()?;
+        Some(picked.iter().map(|&i| self.data.examples[i].clone()).collect())
+    }
+}
+
+impl Batches {
+    fn next_indices(&mut self) -> Option<Vec<usize>> {
         let n = self.data.len();
         if n == 0 || self.opts.size == 0 {
             return None;
@@ -133,7 +170,7 @@ impl Iterator for Batches {
             self.cursor += 1;
         }
         self.produced += 1;
-        Some(picked.iter().map(|&i| self.data.examples[i].clone()).collect())
+        Some(picked)
     }
 }
 
@@ -157,7 +194,7 @@ mod tests {
     #[test]
     fn steps_cycle_through_epochs_deterministically() {
         let ds = Dataset::new((0..5).map(|i| Example::text(format!("{i}"))).collect(), "mem");
-        let opts = BatchOptions { size: 2, max_len: 8, steps: Some(7), shuffle: true, seed: 3 };
+        let opts = BatchOptions { size: 2, max_len: 8, steps: Some(7), shuffle: true, seed: 3, ..Default::default() };
         let a: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone()).collect();
         let b: Vec<Vec<Example>> = Batches::new(ds.clone(), opts).collect();
         assert_eq!(a.len(), 7);

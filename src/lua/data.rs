@@ -67,15 +67,16 @@ fn example_from_lua(lua: &Lua, index: usize, v: Value) -> mlua::Result<Example> 
     }
 }
 
-/// Reads `{size, max_len, steps, seed, shuffle}`.
+/// Reads `{size, max_len, steps, seed, shuffle, skip}`.
 pub fn batch_options(lua: &Lua, func: &'static str, opts: Option<Table>, default_shuffle: bool) -> mlua::Result<BatchOptions> {
-    let o = Opts::new(lua, func, opts, &["size", "max_len", "steps", "seed", "shuffle"])?;
+    let o = Opts::new(lua, func, opts, &["size", "max_len", "steps", "seed", "shuffle", "skip"])?;
     let d = BatchOptions::default();
     Ok(BatchOptions {
         size: o.count("size", 1)?.unwrap_or(d.size),
         max_len: o.count("max_len", 2)?.unwrap_or(d.max_len),
         steps: o.count("steps", 0)?,
         shuffle: o.bool("shuffle")?.unwrap_or(default_shuffle),
+        skip: o.count("skip", 0)?.unwrap_or(0),
         seed: match o.int("seed")? {
             Some(s) => s as u64,
             None => default_seed(lua)?,
@@ -116,7 +117,7 @@ impl UserData for LuaDataset {
         methods.add_method("batches", |lua, this, opts: Option<Table>| {
             let opts = batch_options(lua, "dataset:batches", opts, true)?;
             let max_len = opts.max_len;
-            let iter = RefCell::new((0usize, Batches::new(this.0.clone(), opts)));
+            let iter = RefCell::new((opts.skip, Batches::new(this.0.clone(), opts)));
             lua.create_function(move |lua, ()| {
                 let mut state = iter.borrow_mut();
                 match state.1.next() {

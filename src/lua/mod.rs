@@ -123,6 +123,8 @@ pub struct ErrorParts {
     pub message: String,
     pub traceback: Option<String>,
     pub is_recipe_error: bool,
+    /// Training gave up on non-finite losses (the trial's status is `nonfinite`).
+    pub is_nonfinite: bool,
 }
 
 pub fn error_parts(e: &mlua::Error) -> ErrorParts {
@@ -139,17 +141,18 @@ pub fn error_parts(e: &mlua::Error) -> ErrorParts {
         }
         mlua::Error::ExternalError(err) => {
             let is_recipe_error = err.downcast_ref::<RecipeError>().is_some();
-            ErrorParts { message: err.to_string(), traceback: None, is_recipe_error }
+            let is_nonfinite = err.downcast_ref::<options::NonFiniteStop>().is_some();
+            ErrorParts { message: err.to_string(), traceback: None, is_recipe_error, is_nonfinite }
         }
-        mlua::Error::SyntaxError { message, .. } => ErrorParts { message: format!("syntax error: {message}"), traceback: None, is_recipe_error: true },
+        mlua::Error::SyntaxError { message, .. } => ErrorParts { message: format!("syntax error: {message}"), traceback: None, is_recipe_error: true, is_nonfinite: false },
         mlua::Error::RuntimeError(msg) => {
             let (message, traceback) = match msg.split_once("\nstack traceback:") {
                 Some((m, t)) => (m.to_string(), Some(format!("stack traceback:{t}"))),
                 None => (msg.clone(), None),
             };
-            ErrorParts { message, traceback, is_recipe_error: false }
+            ErrorParts { message, traceback, is_recipe_error: false, is_nonfinite: false }
         }
-        other => ErrorParts { message: other.to_string(), traceback: None, is_recipe_error: false },
+        other => ErrorParts { message: other.to_string(), traceback: None, is_recipe_error: false, is_nonfinite: false },
     }
 }
 

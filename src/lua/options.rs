@@ -50,6 +50,20 @@ pub fn runtime_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
     }
 }
 
+/// Training stopped after too many non-finite steps: the trial ends with status `nonfinite`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NonFiniteStop(pub String);
+
+/// A [`NonFiniteStop`], prefixed with the recipe location.
+pub fn nonfinite_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
+    let msg = match lua_location(lua) {
+        Some(loc) => format!("{loc}: {msg}"),
+        None => msg.to_string(),
+    };
+    mlua::Error::external(NonFiniteStop(msg))
+}
+
 pub struct Opts<'a> {
     lua: &'a Lua,
     func: &'static str,

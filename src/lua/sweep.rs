@@ -192,6 +192,7 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
             host.current = None;
             host.current_dir = None;
         }
+        let mut nonfinite = false;
         let (mut metrics, failure, abort) = match outcome {
             Ok(LuaValue::Nil) => (Vec::new(), None, None),
             Ok(LuaValue::Table(t)) => match scalar_table(&t, "trial result") {
@@ -200,15 +201,20 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
             },
             Ok(other) => (Vec::new(), Some(format!("a trial must return a table of metrics or nil, returned {}", describe(&other))), None),
             Err(e) => {
-                let ErrorParts { message, traceback, is_recipe_error } = error_parts(&e);
-                eprintln!("  trial [{id}] failed: {message}");
+                let ErrorParts { message, traceback, is_recipe_error, is_nonfinite } = error_parts(&e);
+                nonfinite = is_nonfinite;
+                eprintln!("  trial [{id}] {}: {message}", if nonfinite { "stopped" } else { "failed" });
                 if let Some(tb) = &traceback {
                     eprintln!("  {}", tb.replace('\n', "\n  "));
                 }
                 (Vec::new(), Some(message), is_recipe_error.then_some(e))
             }
         };
-        let status = if failure.is_some() { TrialStatus::Failed } else { TrialStatus::Ok };
+        let status = match (&failure, nonfinite) {
+            (None, _) => TrialStatus::Ok,
+            (Some(_), true) => TrialStatus::Nonfinite,
+            (Some(_), false) => TrialStatus::Failed,
+        };
         if let Some(mb) = peak_mem_mb.filter(|_| !metrics.iter().any(|(k, _)| k == "peak_mem_mb")) {
             // Peak resident memory of the process during the trial (weights included).
             metrics.push(("peak_mem_mb".into(), Value::Int(mb as i64)));
@@ -233,7 +239,7 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
         {
             let mut host = lua.app_data_mut::<SweepHost>().expect("host");
             host.trials_run += 1;
-            if status == TrialStatus::Failed {
+            if status != TrialStatus::Ok {
                 host.trials_failed += 1;
             }
         }

@@ -8,12 +8,15 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
 use super::data::{batch_options, LuaBatch, LuaDataset};
 use super::model::{default_seed, LuaModel};
-use super::options::{describe, recipe_error, runtime_error, Opts};
+use super::options::{describe, nonfinite_error, recipe_error, runtime_error, Opts};
+use super::sweep::SweepHost;
 use crate::data::batch::Batches;
 use crate::data::{Batch, Example};
 use crate::tokenizer::Tokenizer;
 use crate::model::Llama;
-use crate::train::{evaluate, AdamWConfig, Schedule, ScheduleKind, TrainError, Trainer};
+use crate::train::checkpoint;
+use crate::train::optim::default_no_decay;
+use crate::train::{evaluate, AdamWConfig, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer};
 
 pub struct LuaAdamW(pub AdamWConfig);
 impl UserData for LuaAdamW {}
@@ -29,7 +32,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     optim.set(
         "adamw",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(lua, "runner.optim.adamw", opts, &["lr", "betas", "eps", "weight_decay", "offload"])?;
+            let o = Opts::new(lua, "runner.optim.adamw", opts, &["lr", "betas", "eps", "weight_decay", "offload", "no_decay"])?;
             let d = AdamWConfig::default();
             let (beta1, beta2) = match o.table("betas")? {
                 None => (d.beta1, d.beta2),
@@ -48,6 +51,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 eps: o.num("eps")?.unwrap_or(d.eps),
                 weight_decay: o.num("weight_decay")?.unwrap_or(d.weight_decay),
                 offload: o.bool("offload")?.unwrap_or(d.offload),
+                no_decay: o.strings("no_decay")?.unwrap_or_else(default_no_decay),
             };
             config.validate().map_err(|e| o.err(e))?;
             Ok(LuaAdamW(config))
@@ -57,7 +61,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     runner.set(
         "trainer",
         lua.create_function(|lua, opts: Table| {
-            let o = Opts::new(lua, "runner.trainer", Some(opts), &["model", "optim", "schedule", "warmup", "total_steps", "seed"])?;
+            let o = Opts::new(lua, "runner.trainer", Some(opts), &["model", "optim", "schedule", "warmup", "total_steps", "seed", "accumulate", "max_grad_norm", "max_nonfinite"])?;
             let (model, tokenizer) = match o.raw("model")? {
                 Value::UserData(ud) => ud
                     .borrow::<LuaModel<B>>()
@@ -81,7 +85,13 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 Some(s) => s as u64,
                 None => default_seed(lua)?,
             };
-            let trainer = Trainer::new(optim, schedule, seed).map_err(|e| o.err(e))?;
+            let d = TrainOptions::default();
+            let options = TrainOptions {
+                accumulate: o.count("accumulate", 1)?.unwrap_or(d.accumulate),
+                max_grad_norm: o.num("max_grad_norm")?,
+                max_nonfinite: o.count("max_nonfinite", 1)?.unwrap_or(d.max_nonfinite),
+            };
+            let trainer = Trainer::with_options(optim, schedule, options, seed).map_err(|e| o.err(e))?;
             Ok(LuaTrainer { model, tokenizer, trainer })
         })?,
     )
@@ -90,18 +100,40 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
 fn train_error(lua: &Lua, what: &str, e: TrainError) -> mlua::Error {
     match e {
         // Numerical trouble fails the trial; everything else is a recipe mistake.
-        TrainError::NonFinite { .. } => runtime_error(lua, format!("{what}: {e}")),
+        TrainError::NonFiniteLimit { .. } => nonfinite_error(lua, format!("{what}: {e}")),
         _ => recipe_error(lua, format!("{what}: {e}")),
     }
 }
 
 impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // Returns the loss and a table {loss, grad_norm, lr, tokens, target_tokens, skipped}.
         methods.add_method_mut("step", |lua, this, batch: Value| {
             let batch = as_batch(lua, "trainer:step", &batch, &this.tokenizer)?;
             let mut model = this.model.borrow_mut();
-            this.trainer.step(&mut model, &batch).map_err(|e| train_error(lua, "trainer:step", e))
+            let report = this.trainer.step(&mut model, &batch).map_err(|e| train_error(lua, "trainer:step", e))?;
+            if report.skipped {
+                eprintln!("  warning: step skipped: non-finite loss or gradient (loss {}); {} in a row", report.loss, this.trainer.progress.consecutive_nonfinite);
+            }
+            let info = step_table(lua, &report)?;
+            Ok((report.loss, info))
         });
+        // trainer:save(dir, {keep = 2}) -> the checkpoint's folder.
+        methods.add_method("save", |lua, this, (dir, opts): (String, Option<Table>)| {
+            let o = Opts::new(lua, "trainer:save", opts, &["keep"])?;
+            let keep = o.count("keep", 1)?.unwrap_or(2);
+            let hash = recipe_hash(lua);
+            let mut model = this.model.borrow_mut();
+            let path = checkpoint::save(std::path::Path::new(&dir), &this.trainer, &mut model, hash.as_deref(), keep)
+                .map_err(|e| runtime_error(lua, format!("trainer:save: {e}")))?;
+            Ok(path.to_string_lossy().into_owned())
+        });
+        // trainer:load(dir) -> the step it resumes from; an error when there is no checkpoint.
+        methods.add_method_mut("load", |lua, this, dir: String| load_checkpoint(lua, this, &dir, false));
+        // trainer:resume(dir) -> like load, but starts from step 0 when dir has no checkpoint yet.
+        methods.add_method_mut("resume", |lua, this, dir: String| load_checkpoint(lua, this, &dir, true));
+        methods.add_method("batches_seen", |_, this, ()| Ok(this.trainer.progress.batches));
+        methods.add_method("skipped", |_, this, ()| Ok(this.trainer.progress.skipped));
         // Returns the mean loss, and a table {loss, perplexity, tokens}.
         methods.add_method("evaluate", |lua, this, (data, opts): (Value, Option<Table>)| {
             let model = this.model.borrow();
@@ -135,9 +167,43 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
             t.set("tokens", result.tokens)?;
             Ok((result.loss, t))
         });
-        methods.add_method("steps", |_, this, ()| Ok(this.trainer.step));
+        methods.add_method("steps", |_, this, ()| Ok(this.trainer.steps()));
         methods.add_method("lr", |_, this, ()| Ok(this.trainer.lr()));
     }
+}
+
+fn step_table(lua: &Lua, r: &StepReport) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("loss", r.loss)?;
+    t.set("grad_norm", r.grad_norm)?;
+    t.set("lr", r.lr)?;
+    t.set("tokens", r.tokens)?;
+    t.set("target_tokens", r.target_tokens)?;
+    t.set("skipped", r.skipped)?;
+    Ok(t)
+}
+
+fn recipe_hash(lua: &Lua) -> Option<String> {
+    lua.app_data_ref::<SweepHost>().map(|h| h.recipe_hash.clone())
+}
+
+fn load_checkpoint<B: AutodiffBackend>(lua: &Lua, this: &mut LuaTrainer<B>, dir: &str, optional: bool) -> mlua::Result<usize> {
+    let what = if optional { "trainer:resume" } else { "trainer:load" };
+    let root = std::path::Path::new(dir);
+    if optional && checkpoint::find(root).is_none() {
+        return Ok(0);
+    }
+    let hash = recipe_hash(lua);
+    let mut model = this.model.borrow_mut();
+    let report = checkpoint::load(root, &mut this.trainer, &mut model, hash.as_deref()).map_err(|e| match e {
+        checkpoint::CheckpointError::Mismatch { .. } | checkpoint::CheckpointError::NotFound(_) => recipe_error(lua, format!("{what}: {e}")),
+        _ => runtime_error(lua, format!("{what}: {e}")),
+    })?;
+    for w in &report.warnings {
+        eprintln!("  warning: {what}: {}: {w}", report.path.display());
+    }
+    eprintln!("  resumed from {} (step {}, {} batches seen)", report.path.display(), report.state.progress.step, report.state.progress.batches);
+    Ok(this.trainer.steps())
 }
 
 /// Tokenizes a batch's examples with the model's tokenizer.

@@ -13,6 +13,8 @@ use super::value::Value;
 pub enum TrialStatus {
     Ok,
     Failed,
+    /// Training stopped after too many consecutive non-finite losses or gradients.
+    Nonfinite,
 }
 
 impl TrialStatus {
@@ -20,6 +22,7 @@ impl TrialStatus {
         match self {
             TrialStatus::Ok => "ok",
             TrialStatus::Failed => "failed",
+            TrialStatus::Nonfinite => "nonfinite",
         }
     }
 }

@@ -91,14 +91,16 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
     out
 }
 
-/// The mean next-token loss of a training batch and the surrogate scalar whose backward pass
-/// gives every parameter its gradient of that loss.
-pub fn training_loss<B: AutodiffBackend>(hidden: Tensor<B, 2>, head: &Tensor<B, 2>, head_trainable: bool, targets: &[i64]) -> (f64, Tensor<B, 1>) {
-    let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count().max(1);
-    let r = head_nll(hidden.clone().inner(), head.clone().inner(), targets, 1.0 / count as f64, true, head_trainable);
+/// The next-token loss of a training batch (summed NLL over its labelled tokens) and the
+/// surrogate scalar whose backward pass gives every parameter its gradient of
+/// `nll_sum / normalizer`. The normalizer is the batch's own token count for a mean loss, or
+/// the whole batch's when this is one micro-batch of several (gradient accumulation).
+pub fn training_loss<B: AutodiffBackend>(hidden: Tensor<B, 2>, head: &Tensor<B, 2>, head_trainable: bool, targets: &[i64], normalizer: usize) -> (f64, Tensor<B, 1>) {
+    let normalizer = normalizer.max(1);
+    let r = head_nll(hidden.clone().inner(), head.clone().inner(), targets, 1.0 / normalizer as f64, true, head_trainable);
     let mut surrogate = (hidden * Tensor::from_inner(r.grad_hidden.expect("asked for"))).sum();
     if let Some(gw) = r.grad_head {
         surrogate = surrogate + (head.clone() * Tensor::from_inner(gw)).sum();
     }
-    (r.nll_sum / count as f64, surrogate)
+    (r.nll_sum, surrogate)
 }

@@ -1,11 +1,13 @@
 //! Losses, the optimizer and the training/evaluation steps.
 
+pub mod checkpoint;
 pub mod head_loss;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
 pub mod perplexity;
 pub mod trainer;
 
-pub use optim::{AdamW, AdamWConfig};
+pub use optim::{AdamW, AdamWConfig, GradMap};
 pub use perplexity::{perplexity, token_logprobs};
-pub use trainer::{evaluate, input_tensor, EvalResult, Schedule, ScheduleKind, TrainError, Trainer};
+pub use trainer::{evaluate, input_tensor, EvalResult, Progress, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer};

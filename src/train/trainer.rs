@@ -5,7 +5,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, TensorData};
 
 use super::head_loss::{head_nll, next_token_targets, training_loss};
-use super::optim::{AdamW, AdamWConfig, OptimError};
+use super::optim::{AdamW, AdamWConfig, GradMap, OptimError};
 use crate::data::Batch;
 use crate::model::init::{self, HostRng};
 use crate::model::Llama;
@@ -20,8 +20,10 @@ pub enum TrainError {
     NoTargets,
     #[error("the model has no trainable parameters")]
     NothingToTrain,
-    #[error("non-finite loss ({loss}) at step {step}; the weights were not updated")]
-    NonFinite { step: usize, loss: f64 },
+    #[error("{count} consecutive steps had a non-finite loss or gradient (last loss {loss}, at batch {batch}); stopping (max_nonfinite = {count})")]
+    NonFiniteLimit { count: usize, batch: usize, loss: f64 },
+    #[error("accumulate must be at least 1 and at most the batch size ({batch}), got {accumulate}")]
+    Accumulate { accumulate: usize, batch: usize },
     #[error("evaluation got no batches")]
     NoEvalData,
     #[error("{0}")]
@@ -86,44 +88,146 @@ pub struct EvalResult {
     pub tokens: usize,
 }
 
+/// How each step runs, beyond the optimizer and the schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    /// Micro-batches each batch is split into (gradient accumulation): the update equals the
+    /// whole batch's, with the activation memory of one micro-batch.
+    pub accumulate: usize,
+    /// Global L2 norm the gradients are clipped to (PyTorch's `clip_grad_norm_`).
+    pub max_grad_norm: Option<f64>,
+    /// Consecutive steps with a non-finite loss or gradient (each skipped, weights untouched)
+    /// after which training stops with [`TrainError::NonFiniteLimit`].
+    pub max_nonfinite: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self { accumulate: 1, max_grad_norm: None, max_nonfinite: 5 }
+    }
+}
+
+/// What one call to [`Trainer::step`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// Mean next-token loss over the batch's labelled tokens, before the update.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate of the update (0 when skipped).
+    pub lr: f64,
+    /// Tokens in the batch (padding included) and labelled tokens.
+    pub tokens: usize,
+    pub target_tokens: usize,
+    /// True when the loss or a gradient was not finite and no update was made.
+    pub skipped: bool,
+}
+
+/// Counters that a checkpoint saves along with the weights and the optimizer.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// Updates taken.
+    pub step: usize,
+    /// Batches consumed, skipped ones included (the data position to resume from).
+    pub batches: usize,
+    /// Steps skipped for non-finite values, in all and in a row.
+    pub skipped: usize,
+    pub consecutive_nonfinite: usize,
+}
+
 pub struct Trainer<B: AutodiffBackend> {
     pub optim: AdamW<B>,
     pub schedule: Schedule,
-    /// Updates taken.
-    pub step: usize,
+    pub options: TrainOptions,
+    pub progress: Progress,
     /// Dropout masks come from here, so a seed fixes the whole run.
-    rng: HostRng,
+    pub rng: HostRng,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
     pub fn new(optim: AdamWConfig, schedule: Schedule, seed: u64) -> Result<Self, TrainError> {
+        Self::with_options(optim, schedule, TrainOptions::default(), seed)
+    }
+
+    pub fn with_options(optim: AdamWConfig, schedule: Schedule, options: TrainOptions, seed: u64) -> Result<Self, TrainError> {
         schedule.validate()?;
-        Ok(Self { optim: AdamW::new(optim)?, schedule, step: 0, rng: init::rng_for(seed, "dropout") })
+        if options.accumulate == 0 {
+            return Err(TrainError::Accumulate { accumulate: 0, batch: 0 });
+        }
+        if options.max_nonfinite == 0 {
+            return Err(TrainError::Schedule("max_nonfinite must be at least 1".into()));
+        }
+        if let Some(max) = options.max_grad_norm
+            && !(max.is_finite() && max > 0.0)
+        {
+            return Err(TrainError::Schedule(format!("max_grad_norm must be a positive number (got {max})")));
+        }
+        Ok(Self { optim: AdamW::new(optim)?, schedule, options, progress: Progress::default(), rng: init::rng_for(seed, "dropout") })
+    }
+
+    /// Updates taken.
+    pub fn steps(&self) -> usize {
+        self.progress.step
     }
 
     /// The learning rate the next update will use.
     pub fn lr(&self) -> f64 {
-        self.optim.config.lr * self.schedule.factor(self.step)
+        self.optim.config.lr * self.schedule.factor(self.progress.step)
     }
 
-    /// Forward, loss, backward and one AdamW update; returns the loss before the update.
-    pub fn step(&mut self, model: &mut Llama<B>, batch: &Batch) -> Result<f64, TrainError> {
+    /// Forward, loss and backward over the batch's micro-batches, then one AdamW update with
+    /// the summed gradients (clipped when asked). A non-finite loss or gradient skips the
+    /// update and is counted; too many in a row end training with an error.
+    pub fn step(&mut self, model: &mut Llama<B>, batch: &Batch) -> Result<StepReport, TrainError> {
         check_batch(model, batch)?;
-        if self.step == 0 && model.param_count().trainable == 0 {
+        if self.progress.step == 0 && model.param_count().trainable == 0 {
             return Err(TrainError::NothingToTrain);
         }
-        let hidden = model.hidden_states(input_tensor(batch, &model.device), Some(&mut self.rng));
-        let targets = next_token_targets(&batch.labels, batch.batch, batch.seq);
-        let head = model.head();
-        let (value, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets);
-        if !value.is_finite() {
-            return Err(TrainError::NonFinite { step: self.step, loss: value });
+        let k = self.options.accumulate;
+        if k > batch.batch {
+            return Err(TrainError::Accumulate { accumulate: k, batch: batch.batch });
         }
-        let grads = surrogate.backward();
-        let lr = self.lr();
-        self.optim.update(lr, &grads, |u| model.visit(u));
-        self.step += 1;
-        Ok(value)
+        let total = batch.target_tokens();
+        let mut grads = GradMap::<B>::default();
+        let mut nll = 0.0;
+        for micro in batch.split(k) {
+            if micro.target_tokens() == 0 {
+                continue;
+            }
+            let hidden = model.hidden_states(input_tensor(&micro, &model.device), Some(&mut self.rng));
+            let targets = next_token_targets(&micro.labels, micro.batch, micro.seq);
+            let head = model.head();
+            let (micro_nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total);
+            nll += micro_nll;
+            if !micro_nll.is_finite() {
+                break;
+            }
+            let g = surrogate.backward();
+            grads.accumulate(&g, |c| model.visit(c));
+        }
+        self.progress.batches += 1;
+        let loss = nll / total as f64;
+        let grad_norm = if loss.is_finite() { grads.global_norm() } else { f64::NAN };
+        let mut report = StepReport { loss, grad_norm, lr: 0.0, tokens: batch.batch * batch.seq, target_tokens: total, skipped: false };
+        if !grad_norm.is_finite() {
+            self.progress.skipped += 1;
+            self.progress.consecutive_nonfinite += 1;
+            report.skipped = true;
+            if self.progress.consecutive_nonfinite >= self.options.max_nonfinite {
+                return Err(TrainError::NonFiniteLimit { count: self.progress.consecutive_nonfinite, batch: self.progress.batches, loss });
+            }
+            return Ok(report);
+        }
+        self.progress.consecutive_nonfinite = 0;
+        // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+        let scale = match self.options.max_grad_norm {
+            Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        report.lr = self.lr();
+        self.optim.update_from(report.lr, &grads, scale, |u| model.visit(u));
+        self.progress.step += 1;
+        Ok(report)
     }
 }
 

@@ -1,0 +1,249 @@
+//! The training loop's guarantees on the Rust core: gradient accumulation equals the whole
+//! batch, clipping scales by PyTorch's rule, non-finite steps are skipped and counted, and a
+//! run resumed from a checkpoint reproduces the uninterrupted one.
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+
+use runner::data::batch::Batches;
+use runner::data::{Batch, BatchOptions, ByteTokenizer, Dataset, Example};
+use runner::model::params::{Param, ParamVisitor, Snapshot};
+use runner::model::{Llama, TinyOptions};
+use runner::peft::lora::LoraConfig;
+use runner::peft::Targets;
+use runner::train::checkpoint::{self, CheckpointError};
+use runner::train::{AdamWConfig, Schedule, ScheduleKind, TrainError, TrainOptions, Trainer};
+
+type B = Autodiff<Flex>;
+
+fn model_with_lora(dropout: f64) -> Llama<B> {
+    let opts = TinyOptions { seed: 3, ..Default::default() };
+    let mut model = Llama::random(opts.config(), 3, opts.std(), &Default::default()).unwrap();
+    let config = LoraConfig { rank: 4, alpha: 8.0, dropout, targets: Targets::names(&["q_proj", "v_proj", "down_proj"]), ..Default::default() };
+    runner::peft::lora::attach(&mut model, "default", &config).unwrap();
+    model
+}
+
+fn examples() -> Dataset {
+    let rows = [
+        ("Q: 2 plus 2?\nA:", " 4"),
+        ("Q: capital of France?\nA:", " Paris"),
+        ("Q: opposite of hot?\nA:", " cold"),
+        ("Q: reverse abc\nA:", " cba"),
+        ("Q: 10 minus 3?\nA:", " 7"),
+        ("Q: first letter of dog?\nA:", " d"),
+        ("", "A plain text example without a prompt, every token learned."),
+        ("Q: plural of cat?\nA:", " cats"),
+    ];
+    Dataset::new(rows.iter().map(|(p, r)| Example { prompt: p.to_string(), response: r.to_string() }).collect(), "test")
+}
+
+fn collate(group: &[Example]) -> Batch {
+    let refs: Vec<&Example> = group.iter().collect();
+    Batch::collate(&refs, 64, &ByteTokenizer).unwrap()
+}
+
+fn trainer(options: TrainOptions, seed: u64) -> Trainer<B> {
+    let schedule = Schedule { kind: ScheduleKind::Cosine, warmup: 2, total: Some(8) };
+    Trainer::with_options(AdamWConfig { lr: 1e-2, ..Default::default() }, schedule, options, seed).unwrap()
+}
+
+fn snapshot(model: &mut Llama<B>) -> Snapshot {
+    let mut s = Snapshot::default();
+    model.visit(&mut s);
+    s
+}
+
+fn max_diff(a: &Snapshot, b: &Snapshot) -> f32 {
+    assert_eq!(a.entries.len(), b.entries.len());
+    a.entries.iter().zip(&b.entries).flat_map(|(x, y)| x.2.iter().zip(&y.2).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
+}
+
+#[test]
+fn accumulation_gives_the_whole_batch_update() {
+    let data = examples();
+    let batch = collate(&data.examples[..6]);
+    let mut whole = model_with_lora(0.0);
+    let mut split = whole.clone();
+    let mut t1 = trainer(TrainOptions::default(), 0);
+    let mut t3 = trainer(TrainOptions { accumulate: 3, ..Default::default() }, 0);
+    for _ in 0..3 {
+        let a = t1.step(&mut whole, &batch).unwrap();
+        let b = t3.step(&mut split, &batch).unwrap();
+        assert!((a.loss - b.loss).abs() < 1e-6, "loss {} vs {}", a.loss, b.loss);
+        assert!((a.grad_norm - b.grad_norm).abs() < 1e-5 * a.grad_norm, "grad norm {} vs {}", a.grad_norm, b.grad_norm);
+    }
+    let d = max_diff(&snapshot(&mut whole), &snapshot(&mut split));
+    assert!(d < 1e-6, "weights differ by {d}");
+    // Accumulating over more micro-batches than rows is an error, not a silent change.
+    let err = trainer(TrainOptions { accumulate: 7, ..Default::default() }, 0).step(&mut whole, &batch).unwrap_err();
+    assert_eq!(err, TrainError::Accumulate { accumulate: 7, batch: 6 });
+}
+
+#[test]
+fn clipping_scales_the_gradient_by_max_over_norm() {
+    let batch = collate(&examples().examples[..4]);
+    let mut model = model_with_lora(0.0);
+    // The unclipped norm first, on a copy.
+    let norm = trainer(TrainOptions::default(), 0).step(&mut model.clone(), &batch).unwrap().grad_norm;
+    let mut free = trainer(TrainOptions::default(), 0);
+    free.step(&mut model.clone(), &batch).unwrap();
+    let max = norm / 4.0;
+    let mut clipped = trainer(TrainOptions { max_grad_norm: Some(max), ..Default::default() }, 0);
+    let report = clipped.step(&mut model, &batch).unwrap();
+    assert_eq!(report.grad_norm, norm, "the report gives the norm before clipping");
+    // After one step the first moment is (1 - β1)·g, so the clipped run's is scaled by
+    // max / (norm + 1e-6).
+    let scale = max / (norm + 1e-6);
+    let (a, b) = (free.optim.export_state(), clipped.optim.export_state());
+    assert_eq!(a.len(), b.len());
+    for ((name, ma), (_, mb)) in a.iter().zip(&b) {
+        for (x, y) in ma.m.iter().zip(&mb.m) {
+            assert!((*x as f64 * scale - *y as f64).abs() <= 1e-6 * (x.abs() as f64).max(1e-3), "{name}: {x} * {scale} vs {y}");
+        }
+    }
+}
+
+/// Sets every LoRA B matrix (`...lora.<adapter>.B`) to NaN.
+struct Poison;
+impl ParamVisitor<B> for Poison {
+    fn visit1(&mut self, _: &str, _: &mut Param<B, 1>) {}
+    fn visit2(&mut self, name: &str, p: &mut Param<B, 2>) {
+        if p.trainable && name.ends_with(".B") {
+            let nan = Tensor::<Flex, 2>::full(p.value.dims(), f32::NAN, &Default::default());
+            *p = Param::new(Tensor::from_inner(nan), true);
+        }
+    }
+}
+
+#[test]
+fn nonfinite_steps_are_skipped_then_training_stops() {
+    let batch = collate(&examples().examples[..4]);
+    let mut model = model_with_lora(0.0);
+    model.visit(&mut Poison);
+    let before = snapshot(&mut model);
+    let mut t = trainer(TrainOptions { max_nonfinite: 3, ..Default::default() }, 0);
+    for i in 1..=2 {
+        let r = t.step(&mut model, &batch).unwrap();
+        assert!(r.skipped && r.loss.is_nan(), "step {i}: {r:?}");
+        assert_eq!((t.progress.skipped, t.progress.consecutive_nonfinite, t.steps()), (i, i, 0));
+    }
+    let err = t.step(&mut model, &batch).unwrap_err();
+    assert!(matches!(err, TrainError::NonFiniteLimit { count: 3, batch: 3, .. }), "{err:?}");
+    assert!(err.to_string().contains("3 consecutive steps had a non-finite loss"), "{err}");
+    // Skipped steps left every weight as it was and the optimizer without state.
+    let after = snapshot(&mut model);
+    for (x, y) in before.entries.iter().zip(&after.entries) {
+        assert!(x.2.iter().zip(&y.2).all(|(p, q)| p.to_bits() == q.to_bits()), "{} changed", x.0);
+    }
+    assert!(t.optim.export_state().is_empty());
+}
+
+#[test]
+fn a_finite_step_resets_the_nonfinite_count() {
+    let data = examples();
+    let good = collate(&data.examples[..4]);
+    let mut model = model_with_lora(0.0);
+    let mut t = trainer(TrainOptions { max_nonfinite: 2, ..Default::default() }, 0);
+    let mut poisoned = model.clone();
+    poisoned.visit(&mut Poison);
+    assert!(t.step(&mut poisoned, &good).unwrap().skipped);
+    assert!(!t.step(&mut model, &good).unwrap().skipped);
+    assert_eq!((t.progress.skipped, t.progress.consecutive_nonfinite, t.steps()), (1, 0, 1));
+    assert!(t.step(&mut poisoned, &good).unwrap().skipped, "one in a row is below the limit of 2");
+}
+
+/// Trains `steps` batches drawn from a seeded, shuffled stream, starting at `skip`.
+fn run(model: &mut Llama<B>, t: &mut Trainer<B>, skip: usize, steps: usize) -> Vec<f64> {
+    let opts = BatchOptions { size: 4, max_len: 64, steps: Some(skip + steps), shuffle: true, seed: 5, skip };
+    Batches::new(examples(), opts).map(|group| t.step(model, &collate(&group)).unwrap().loss).collect()
+}
+
+#[test]
+fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run() {
+    // Dropout, a warmup + cosine schedule and accumulation all carry state across steps.
+    let options = TrainOptions { accumulate: 2, max_grad_norm: Some(1.0), ..Default::default() };
+    let mut straight = model_with_lora(0.1);
+    let mut t = trainer(options.clone(), 11);
+    let expected = run(&mut straight, &mut t, 0, 7);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = model_with_lora(0.1);
+    let mut t1 = trainer(options.clone(), 11);
+    let mut losses = run(&mut first, &mut t1, 0, 3);
+    checkpoint::save(dir.path(), &t1, &mut first, Some("recipe-hash"), 2).unwrap();
+    drop((first, t1));
+
+    // A fresh process: the base model as loaded, the same adapter attached, a new trainer.
+    let mut resumed = model_with_lora(0.1);
+    let mut t2 = trainer(options, 11);
+    let report = checkpoint::load(dir.path(), &mut t2, &mut resumed, Some("recipe-hash")).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_eq!((t2.steps(), t2.progress.batches), (3, 3));
+    let position = t2.progress.batches;
+    losses.extend(run(&mut resumed, &mut t2, position, 4));
+
+    assert_eq!(losses.len(), expected.len());
+    for (i, (a, b)) in losses.iter().zip(&expected).enumerate() {
+        assert!((a - b).abs() < 1e-6, "step {}: resumed {a} vs uninterrupted {b}", i + 1);
+    }
+    let d = max_diff(&snapshot(&mut resumed), &snapshot(&mut straight));
+    assert!(d < 1e-6, "final weights differ by {d}");
+}
+
+#[test]
+fn checkpoints_are_pruned_and_latest_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = collate(&examples().examples[..4]);
+    let mut model = model_with_lora(0.0);
+    let mut t = trainer(TrainOptions::default(), 0);
+    for _ in 0..4 {
+        t.step(&mut model, &batch).unwrap();
+        checkpoint::save(dir.path(), &t, &mut model, None, 2).unwrap();
+    }
+    // Saving the same step twice replaces it.
+    checkpoint::save(dir.path(), &t, &mut model, None, 2).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["latest", "step-00000003", "step-00000004"]);
+    assert_eq!(checkpoint::find(dir.path()).unwrap(), dir.path().join("step-00000004"));
+    // With `latest` gone (say, a crash right after a rename), the highest step is used.
+    std::fs::remove_file(dir.path().join("latest")).unwrap();
+    assert_eq!(checkpoint::find(dir.path()).unwrap(), dir.path().join("step-00000004"));
+}
+
+#[test]
+fn a_checkpoint_for_other_adapters_is_refused_without_touching_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = collate(&examples().examples[..4]);
+    let mut model = model_with_lora(0.0);
+    let mut t = trainer(TrainOptions::default(), 0);
+    t.step(&mut model, &batch).unwrap();
+    checkpoint::save(dir.path(), &t, &mut model, Some("a"), 2).unwrap();
+
+    let opts = TinyOptions { seed: 3, ..Default::default() };
+    let mut other = Llama::<B>::random(opts.config(), 3, opts.std(), &Default::default()).unwrap();
+    let config = LoraConfig { rank: 8, alpha: 8.0, targets: Targets::names(&["q_proj", "v_proj", "down_proj"]), ..Default::default() };
+    runner::peft::lora::attach(&mut other, "default", &config).unwrap();
+    let before = snapshot(&mut other);
+    let mut t2 = trainer(TrainOptions::default(), 0);
+    let err = checkpoint::load(dir.path(), &mut t2, &mut other, Some("a")).unwrap_err();
+    assert!(matches!(err, CheckpointError::Mismatch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("is [64, 8] in the model but [64, 4] in the checkpoint") && msg.contains("attach the same adapters"), "{msg}");
+    assert_eq!(max_diff(&before, &snapshot(&mut other)), 0.0);
+    assert_eq!(t2.steps(), 0);
+
+    // A different recipe is allowed, with a warning.
+    let mut same = model_with_lora(0.0);
+    let report = checkpoint::load(dir.path(), &mut trainer(TrainOptions::default(), 0), &mut same, Some("b")).unwrap();
+    assert_eq!(report.warnings, ["the recipe changed since this checkpoint was saved"]);
+
+    // A truncated file is a clear error.
+    let ckpt = checkpoint::find(dir.path()).unwrap();
+    let weights = ckpt.join("trainable.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let err = checkpoint::load(dir.path(), &mut trainer(TrainOptions::default(), 0), &mut model_with_lora(0.0), None).unwrap_err();
+    assert!(err.to_string().contains("trainable.safetensors: not a safetensors file"), "{err}");
+}
