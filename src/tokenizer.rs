@@ -152,6 +152,10 @@ impl TextTokenizer {
 /// Text to token ids, as collation needs it.
 pub trait Encode {
     fn encode_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError>;
+    /// The end-of-sequence id appended to responses that ask for it.
+    fn eos_id(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl Encode for crate::data::ByteTokenizer {
@@ -163,6 +167,9 @@ impl Encode for crate::data::ByteTokenizer {
 impl Encode for Tokenizer {
     fn encode_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
         Ok(self.encode(text)?.into_iter().map(i64::from).collect())
+    }
+    fn eos_id(&self) -> Option<i64> {
+        self.eos().map(i64::from)
     }
 }
 

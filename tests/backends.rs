@@ -29,7 +29,7 @@ fn forward_backward<B: AutodiffBackend>(device: &B::Device) -> (Vec<f32>, f32, V
             ad.b.value = init::tensor2::<B>(init::normal_vec(&mut rng, r * out, 0.1), [r, out], device).require_grad();
         }
     }
-    let a = Example { prompt: "Q: opposite of hot?\nA:".into(), response: " cold.\n".into() };
+    let a = Example::pair("Q: opposite of hot?\nA:", " cold.\n");
     let b = Example::text("Grouped-query attention with rotary embeddings.");
     let batch = Batch::collate(&[&a, &b], 64, &ByteTokenizer).unwrap();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), device);

@@ -40,7 +40,7 @@ fn check(method: Method, tied: bool) {
     method.attach(&mut model, "default").unwrap();
     // Non-zero LoRA B, so that every adapter parameter has a gradient.
     model.visit(&mut Perturb(1));
-    let a = Example { prompt: "Q: 2 plus 2?\nA:".into(), response: " 4.\n".into() };
+    let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
     let b = Example::text("The quick brown fox jumps over the lazy dog.");
     let batch = Batch::collate(&[&a, &b], 64, &ByteTokenizer).unwrap();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), &Default::default());

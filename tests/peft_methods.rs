@@ -221,7 +221,7 @@ fn named_adapters_switch_and_disable() {
 #[test]
 fn each_method_trains_only_its_own_parameters() {
     let batch = {
-        let a = Example { prompt: "Q: 2 plus 2?\nA:".into(), response: " 4.\n".into() };
+        let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
         Batch::collate(&[&a, &Example::text("The quick brown fox.")], 32, &ByteTokenizer).unwrap()
     };
     let tiny = |seed| {

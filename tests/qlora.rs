@@ -122,7 +122,7 @@ fn tiny() -> Llama<B> {
 }
 
 fn batch() -> Batch {
-    let a = Example { prompt: "Q: 2 plus 2?\nA:".into(), response: " 4.\n".into() };
+    let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
     let b = Example::text("The quick brown fox jumps over the lazy dog.");
     Batch::collate(&[&a, &b], 64, &ByteTokenizer).unwrap()
 }

@@ -3,6 +3,8 @@
 //! run resumed from a checkpoint reproduces the uninterrupted one.
 
 use burn::backend::{Autodiff, Flex};
+use std::sync::Arc;
+
 use burn::prelude::*;
 
 use runner::data::batch::Batches;
@@ -24,7 +26,7 @@ fn model_with_lora(dropout: f64) -> Llama<B> {
     model
 }
 
-fn examples() -> Dataset {
+fn examples() -> Arc<Vec<Example>> {
     let rows = [
         ("Q: 2 plus 2?\nA:", " 4"),
         ("Q: capital of France?\nA:", " Paris"),
@@ -35,7 +37,7 @@ fn examples() -> Dataset {
         ("", "A plain text example without a prompt, every token learned."),
         ("Q: plural of cat?\nA:", " cats"),
     ];
-    Dataset::new(rows.iter().map(|(p, r)| Example { prompt: p.to_string(), response: r.to_string() }).collect(), "test")
+    Dataset::new(rows.iter().map(|(p, r)| Example::pair(*p, *r)).collect(), "test").examples().unwrap()
 }
 
 fn collate(group: &[Example]) -> Batch {
@@ -62,7 +64,7 @@ fn max_diff(a: &Snapshot, b: &Snapshot) -> f32 {
 #[test]
 fn accumulation_gives_the_whole_batch_update() {
     let data = examples();
-    let batch = collate(&data.examples[..6]);
+    let batch = collate(&data[..6]);
     let mut whole = model_with_lora(0.0);
     let mut split = whole.clone();
     let mut t1 = trainer(TrainOptions::default(), 0);
@@ -82,7 +84,7 @@ fn accumulation_gives_the_whole_batch_update() {
 
 #[test]
 fn clipping_scales_the_gradient_by_max_over_norm() {
-    let batch = collate(&examples().examples[..4]);
+    let batch = collate(&examples()[..4]);
     let mut model = model_with_lora(0.0);
     // The unclipped norm first, on a copy.
     let norm = trainer(TrainOptions::default(), 0).step(&mut model.clone(), &batch).unwrap().grad_norm;
@@ -118,7 +120,7 @@ impl ParamVisitor<B> for Poison {
 
 #[test]
 fn nonfinite_steps_are_skipped_then_training_stops() {
-    let batch = collate(&examples().examples[..4]);
+    let batch = collate(&examples()[..4]);
     let mut model = model_with_lora(0.0);
     model.visit(&mut Poison);
     let before = snapshot(&mut model);
@@ -142,7 +144,7 @@ fn nonfinite_steps_are_skipped_then_training_stops() {
 #[test]
 fn a_finite_step_resets_the_nonfinite_count() {
     let data = examples();
-    let good = collate(&data.examples[..4]);
+    let good = collate(&data[..4]);
     let mut model = model_with_lora(0.0);
     let mut t = trainer(TrainOptions { max_nonfinite: 2, ..Default::default() }, 0);
     let mut poisoned = model.clone();
@@ -155,7 +157,7 @@ fn a_finite_step_resets_the_nonfinite_count() {
 
 /// Trains `steps` batches drawn from a seeded, shuffled stream, starting at `skip`.
 fn run(model: &mut Llama<B>, t: &mut Trainer<B>, skip: usize, steps: usize) -> Vec<f64> {
-    let opts = BatchOptions { size: 4, max_len: 64, steps: Some(skip + steps), shuffle: true, seed: 5, skip };
+    let opts = BatchOptions { size: 4, max_len: 64, steps: Some(skip + steps), shuffle: true, seed: 5, skip, group_by_length: false };
     Batches::new(examples(), opts).map(|group| t.step(model, &collate(&group)).unwrap().loss).collect()
 }
 
@@ -194,7 +196,7 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run() {
 #[test]
 fn checkpoints_are_pruned_and_latest_wins() {
     let dir = tempfile::tempdir().unwrap();
-    let batch = collate(&examples().examples[..4]);
+    let batch = collate(&examples()[..4]);
     let mut model = model_with_lora(0.0);
     let mut t = trainer(TrainOptions::default(), 0);
     for _ in 0..4 {
@@ -215,7 +217,7 @@ fn checkpoints_are_pruned_and_latest_wins() {
 #[test]
 fn a_checkpoint_for_other_adapters_is_refused_without_touching_the_model() {
     let dir = tempfile::tempdir().unwrap();
-    let batch = collate(&examples().examples[..4]);
+    let batch = collate(&examples()[..4]);
     let mut model = model_with_lora(0.0);
     let mut t = trainer(TrainOptions::default(), 0);
     t.step(&mut model, &batch).unwrap();

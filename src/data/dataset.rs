@@ -1,32 +1,90 @@
-//! In-memory datasets of prompt/response examples, read from JSONL or built in code.
+//! Datasets: rows of named fields read from JSONL, CSV or plain text, turned into
+//! prompt/response examples by a template (or already in that shape).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rand::seq::SliceRandom;
+use serde_json::Value;
 
 use crate::model::init;
 
+/// One row of a dataset: field name -> JSON value (strings from CSV and text files).
+pub type Row = serde_json::Map<String, Value>;
+
 /// One training example. Loss is computed on the response only; a plain text example has an
 /// empty prompt, so every token is learned.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Example {
     pub prompt: String,
     pub response: String,
+    /// Append the tokenizer's end-of-sequence token to the response, so the model learns to
+    /// stop (instruction data; a chat template closes the turn itself).
+    pub eos: bool,
 }
 
 impl Example {
     pub fn text(text: impl Into<String>) -> Self {
-        Self { prompt: String::new(), response: text.into() }
+        Self { prompt: String::new(), response: text.into(), eos: false }
+    }
+
+    pub fn pair(prompt: impl Into<String>, response: impl Into<String>) -> Self {
+        Self { prompt: prompt.into(), response: response.into(), eos: false }
+    }
+
+    fn to_row(&self) -> Row {
+        let mut row = Row::new();
+        if self.prompt.is_empty() && !self.eos {
+            row.insert("text".into(), Value::String(self.response.clone()));
+        } else {
+            row.insert("prompt".into(), Value::String(self.prompt.clone()));
+            row.insert("response".into(), Value::String(self.response.clone()));
+            if self.eos {
+                row.insert("eos".into(), Value::Bool(true));
+            }
+        }
+        row
+    }
+
+    /// `{"text"}` or `{"prompt", "response"[, "eos"]}`; anything else needs a template.
+    pub fn from_row(row: &Row) -> Result<Example, String> {
+        let field = |k: &str| -> Result<Option<String>, String> {
+            match row.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(format!("field '{k}' must be a string, found {other}")),
+            }
+        };
+        let eos = match row.get("eos") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(format!("field 'eos' must be true or false, found {other}")),
+        };
+        if let Some(text) = field("text")? {
+            return Ok(Example { prompt: String::new(), response: text, eos });
+        }
+        match (field("prompt")?, field("response")?) {
+            (Some(prompt), Some(response)) => Ok(Example { prompt, response, eos }),
+            _ => {
+                let keys: Vec<&str> = row.keys().map(String::as_str).collect();
+                Err(format!(
+                    "expected a 'text' field or 'prompt' and 'response' fields, found [{}] (apply a template, e.g. :template(\"alpaca\"), or :map a function over the rows)",
+                    keys.join(", ")
+                ))
+            }
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Dataset {
-    pub examples: Arc<Vec<Example>>,
-    /// Where the examples came from, for messages.
+    pub rows: Arc<Vec<Row>>,
+    /// Where the rows came from, for messages.
     pub source: String,
+    /// Malformed lines skipped while reading (when the reader was asked to skip them).
+    pub skipped: usize,
+    examples: OnceLock<Arc<Vec<Example>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,48 +93,182 @@ pub enum DataError {
     Io { path: String, source: std::io::Error },
     #[error("{path}:{line}: {msg}")]
     Line { path: String, line: usize, msg: String },
+    #[error("{source_name}: row {row}: {msg}")]
+    Row { source_name: String, row: usize, msg: String },
     #[error("{path}: no examples")]
     Empty { path: String },
     #[error("split: eval must be a fraction in (0, 1) or a count below the dataset size {n} (got {eval})")]
     Split { eval: f64, n: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How readers treat lines they cannot parse.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReadOptions {
+    /// Skip and count malformed lines instead of stopping at the first.
+    pub skip_malformed: bool,
+}
+
+/// How a plain-text file is cut into examples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TextUnit {
+    /// Every non-blank line.
+    Line,
+    /// Runs of lines separated by blank lines.
+    Paragraph,
+    /// The whole file as one example.
+    File,
 }
 
 impl Dataset {
+    pub fn from_rows(rows: Vec<Row>, source: impl Into<String>) -> Self {
+        Self { rows: Arc::new(rows), source: source.into(), skipped: 0, examples: OnceLock::new() }
+    }
+
     pub fn new(examples: Vec<Example>, source: impl Into<String>) -> Self {
-        Self { examples: Arc::new(examples), source: source.into() }
+        let rows = examples.iter().map(Example::to_row).collect();
+        let ds = Self::from_rows(rows, source);
+        let _ = ds.examples.set(Arc::new(examples));
+        ds
     }
 
     pub fn len(&self) -> usize {
-        self.examples.len()
+        self.rows.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.examples.is_empty()
+        self.rows.is_empty()
     }
 
-    /// Reads one JSON object per line: `{"text": ...}` or `{"prompt": ..., "response": ...}`.
-    /// Blank lines are skipped; anything else is an error naming `file:line`.
-    pub fn read_jsonl(path: &Path) -> Result<Self, DataError> {
+    /// The rows as examples (converted once); an error names the first row that is not one.
+    pub fn examples(&self) -> Result<Arc<Vec<Example>>, DataError> {
+        if let Some(e) = self.examples.get() {
+            return Ok(e.clone());
+        }
+        let mut out = Vec::with_capacity(self.rows.len());
+        for (i, row) in self.rows.iter().enumerate() {
+            out.push(Example::from_row(row).map_err(|msg| DataError::Row { source_name: self.source.clone(), row: i + 1, msg })?);
+        }
+        let out = Arc::new(out);
+        let _ = self.examples.set(out.clone());
+        Ok(out)
+    }
+
+    /// Reads one JSON object per line. Blank lines are skipped; a malformed line is an error
+    /// naming `file:line`, or skipped and counted with `skip_malformed`.
+    pub fn read_jsonl(path: &Path, opts: ReadOptions) -> Result<Self, DataError> {
         let shown = path.display().to_string();
         let io = |source| DataError::Io { path: shown.clone(), source };
         let file = std::fs::File::open(path).map_err(io)?;
-        let mut examples = Vec::new();
+        let mut rows = Vec::new();
+        let mut skipped = 0;
         for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(io)?;
-            if line.trim().is_empty() {
-                continue;
-            }
             let err = |msg: String| DataError::Line { path: shown.clone(), line: i + 1, msg };
-            let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| err(format!("invalid JSON: {e}")))?;
-            examples.push(example_from_json(&value).map_err(err)?);
+            let parsed = match line {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => match serde_json::from_str::<Value>(&line) {
+                    Ok(Value::Object(row)) => Ok(row),
+                    Ok(other) => Err(err(format!("expected a JSON object, found {}", kind(&other)))),
+                    Err(e) => Err(err(format!("invalid JSON: {e}"))),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(err("not valid UTF-8".into())),
+                Err(e) => return Err(io(e)),
+            };
+            match parsed {
+                Ok(row) => rows.push(row),
+                Err(_) if opts.skip_malformed => skipped += 1,
+                Err(e) => return Err(e),
+            }
         }
-        if examples.is_empty() {
-            return Err(DataError::Empty { path: shown });
-        }
-        Ok(Self::new(examples, shown))
+        Self::finish(rows, shown, skipped)
     }
 
-    /// Deterministic shuffle by `seed`, then the first `eval` examples (a fraction in (0, 1)
+    /// Reads a CSV file with a header row; every field is a string. A row with the wrong
+    /// number of fields is an error naming `file:line` (or skipped, as for JSONL).
+    pub fn read_csv(path: &Path, opts: ReadOptions) -> Result<Self, DataError> {
+        let shown = path.display().to_string();
+        let mut reader = csv::ReaderBuilder::new().flexible(false).from_path(path).map_err(|e| csv_error(&shown, e))?;
+        let header: Vec<String> = reader.headers().map_err(|e| csv_error(&shown, e))?.iter().map(String::from).collect();
+        if header.is_empty() {
+            return Err(DataError::Empty { path: shown });
+        }
+        let mut rows = Vec::new();
+        let mut skipped = 0;
+        for record in reader.records() {
+            match record {
+                Ok(r) => rows.push(header.iter().cloned().zip(r.iter().map(|f| Value::String(f.to_string()))).collect()),
+                Err(e) if opts.skip_malformed && !matches!(e.kind(), csv::ErrorKind::Io(_)) => skipped += 1,
+                Err(e) => return Err(csv_error(&shown, e)),
+            }
+        }
+        Self::finish(rows, shown, skipped)
+    }
+
+    /// Reads a plain-text file into `{"text": ...}` rows, by line, paragraph or whole file.
+    pub fn read_text(path: &Path, unit: TextUnit) -> Result<Self, DataError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: shown.clone(), source })?;
+        let pieces: Vec<String> = match unit {
+            TextUnit::Line => text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect(),
+            TextUnit::Paragraph => {
+                let mut out = Vec::new();
+                let mut cur: Vec<&str> = Vec::new();
+                for line in text.lines().chain(std::iter::once("")) {
+                    if line.trim().is_empty() {
+                        if !cur.is_empty() {
+                            out.push(cur.join("\n"));
+                            cur.clear();
+                        }
+                    } else {
+                        cur.push(line);
+                    }
+                }
+                out
+            }
+            TextUnit::File if text.trim().is_empty() => Vec::new(),
+            TextUnit::File => vec![text],
+        };
+        let rows = pieces.into_iter().map(|t| Row::from_iter([("text".to_string(), Value::String(t))])).collect();
+        Self::finish(rows, shown, 0)
+    }
+
+    fn finish(rows: Vec<Row>, source: String, skipped: usize) -> Result<Self, DataError> {
+        if rows.is_empty() {
+            return Err(DataError::Empty { path: source });
+        }
+        let mut ds = Self::from_rows(rows, source);
+        ds.skipped = skipped;
+        Ok(ds)
+    }
+
+    /// Renames fields: each `(to, from)` pair makes `from`'s value available as `to`.
+    pub fn rename(&self, pairs: &[(String, String)]) -> Result<Dataset, DataError> {
+        let mut rows = Vec::with_capacity(self.len());
+        for (i, row) in self.rows.iter().enumerate() {
+            let mut out = row.clone();
+            for (to, from) in pairs {
+                let v = row.get(from).cloned().ok_or_else(|| DataError::Row {
+                    source_name: self.source.clone(),
+                    row: i + 1,
+                    msg: format!("no field '{from}' (fields: {})", row.keys().cloned().collect::<Vec<_>>().join(", ")),
+                })?;
+                out.remove(from);
+                out.insert(to.clone(), v);
+            }
+            rows.push(out);
+        }
+        Ok(self.derived(rows, "fields"))
+    }
+
+    /// A dataset of new rows computed from this one's (templates, maps, filters).
+    pub fn derived(&self, rows: Vec<Row>, how: &str) -> Dataset {
+        let mut ds = Dataset::from_rows(rows, format!("{} ({how})", self.source));
+        ds.skipped = self.skipped;
+        ds
+    }
+
+    /// Deterministic shuffle by `seed`, then the first `eval` rows (a fraction in (0, 1)
     /// or a count ≥ 1) form the eval set and the rest the train set.
     pub fn split(&self, eval: f64, seed: u64) -> Result<(Dataset, Dataset), DataError> {
         let n = self.len();
@@ -92,32 +284,36 @@ impl Dataset {
         }
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut init::rng_for(seed, "split"));
-        let pick = |idx: &[usize]| idx.iter().map(|&i| self.examples[i].clone()).collect::<Vec<_>>();
+        let pick = |idx: &[usize]| idx.iter().map(|&i| self.rows[i].clone()).collect::<Vec<_>>();
         Ok((
-            Dataset::new(pick(&order[n_eval..]), format!("{} (train)", self.source)),
-            Dataset::new(pick(&order[..n_eval]), format!("{} (eval)", self.source)),
+            Dataset::from_rows(pick(&order[n_eval..]), format!("{} (train)", self.source)),
+            Dataset::from_rows(pick(&order[..n_eval]), format!("{} (eval)", self.source)),
         ))
     }
 }
 
-fn example_from_json(value: &serde_json::Value) -> Result<Example, String> {
-    let obj = value.as_object().ok_or("expected a JSON object")?;
-    let field = |k: &str| -> Result<Option<String>, String> {
-        match obj.get(k) {
-            None => Ok(None),
-            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(format!("field '{k}' must be a string, found {other}")),
-        }
-    };
-    if let Some(text) = field("text")? {
-        return Ok(Example::text(text));
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
-    match (field("prompt")?, field("response")?) {
-        (Some(prompt), Some(response)) => Ok(Example { prompt, response }),
-        _ => {
-            let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-            Err(format!("expected a 'text' field or 'prompt' and 'response' fields, found keys [{}]", keys.join(", ")))
-        }
+}
+
+fn csv_error(path: &str, e: csv::Error) -> DataError {
+    let line = e.position().map(|p| p.line() as usize);
+    let msg = match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!("expected {expected_len} fields (as in the header), found {len}"),
+        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
+        _ => e.to_string(),
+    };
+    match (line, e.into_kind()) {
+        (_, csv::ErrorKind::Io(source)) => DataError::Io { path: path.to_string(), source },
+        (Some(line), _) => DataError::Line { path: path.to_string(), line, msg },
+        (None, _) => DataError::Invalid(format!("{path}: {msg}")),
     }
 }
 
@@ -126,22 +322,48 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    #[test]
-    fn malformed_line_names_file_and_line() {
+    fn file(contents: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, r#"{{"text": "ok"}}"#).unwrap();
-        writeln!(f).unwrap();
-        writeln!(f, r#"{{"text": "broken"#).unwrap();
-        let err = Dataset::read_jsonl(f.path()).unwrap_err().to_string();
-        assert!(err.contains(&format!("{}:3: invalid JSON", f.path().display())), "{err}");
+        f.write_all(contents.as_bytes()).unwrap();
+        f
     }
 
     #[test]
-    fn wrong_fields_are_named() {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, r#"{{"question": "q", "answer": "a"}}"#).unwrap();
-        let err = Dataset::read_jsonl(f.path()).unwrap_err().to_string();
-        assert!(err.contains(":1: expected a 'text' field") && err.contains("answer, question"), "{err}");
+    fn malformed_line_names_file_and_line_or_is_skipped_and_counted() {
+        let f = file("{\"text\": \"ok\"}\n\n{\"text\": \"broken\n[1, 2]\n{\"text\": \"fine\"}\n");
+        let err = Dataset::read_jsonl(f.path(), ReadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains(&format!("{}:3: invalid JSON", f.path().display())), "{err}");
+        let ds = Dataset::read_jsonl(f.path(), ReadOptions { skip_malformed: true }).unwrap();
+        assert_eq!((ds.len(), ds.skipped), (2, 2));
+        assert_eq!(ds.examples().unwrap()[1], Example::text("fine"));
+    }
+
+    #[test]
+    fn rows_without_example_fields_ask_for_a_template() {
+        let f = file("{\"question\": \"q\", \"answer\": \"a\"}\n");
+        let ds = Dataset::read_jsonl(f.path(), ReadOptions::default()).unwrap();
+        let err = ds.examples().unwrap_err().to_string();
+        assert!(err.contains("row 1: expected a 'text' field") && err.contains("answer, question") && err.contains(":template"), "{err}");
+        let renamed = ds.rename(&[("prompt".into(), "question".into()), ("response".into(), "answer".into())]).unwrap();
+        assert_eq!(renamed.examples().unwrap()[0], Example::pair("q", "a"));
+        assert!(ds.rename(&[("prompt".into(), "nope".into())]).unwrap_err().to_string().contains("no field 'nope'"));
+    }
+
+    #[test]
+    fn csv_and_text_readers() {
+        let f = file("prompt,response\n\"Say \"\"hi\"\"\",hi\nx,y,z\n");
+        let err = Dataset::read_csv(f.path(), ReadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains(":3: expected 2 fields (as in the header), found 3"), "{err}");
+        let ds = Dataset::read_csv(f.path(), ReadOptions { skip_malformed: true }).unwrap();
+        assert_eq!((ds.len(), ds.skipped), (1, 1));
+        assert_eq!(ds.examples().unwrap()[0], Example::pair("Say \"hi\"", "hi"));
+
+        let t = file("first line\nsecond\n\n\nthird para\ncontinues\n");
+        assert_eq!(Dataset::read_text(t.path(), TextUnit::Line).unwrap().len(), 4);
+        let paras = Dataset::read_text(t.path(), TextUnit::Paragraph).unwrap();
+        assert_eq!(paras.examples().unwrap()[1], Example::text("third para\ncontinues"));
+        assert_eq!(Dataset::read_text(t.path(), TextUnit::File).unwrap().len(), 1);
+        assert!(Dataset::read_text(file("\n \n").path(), TextUnit::Line).is_err());
     }
 
     #[test]
@@ -150,9 +372,9 @@ mod tests {
         let (tr, ev) = ds.split(0.25, 7).unwrap();
         let (tr2, ev2) = ds.split(0.25, 7).unwrap();
         assert_eq!((tr.len(), ev.len()), (15, 5));
-        assert_eq!(ev.examples, ev2.examples);
-        assert_eq!(tr.examples, tr2.examples);
-        assert!(ev.examples.iter().all(|e| !tr.examples.contains(e)));
+        assert_eq!(ev.rows, ev2.rows);
+        assert_eq!(tr.rows, tr2.rows);
+        assert!(ev.rows.iter().all(|e| !tr.rows.contains(e)));
         assert!(ds.split(1.5, 0).is_err());
         assert!(ds.split(20.0, 0).is_err());
     }

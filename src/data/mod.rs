@@ -2,8 +2,10 @@
 
 pub mod batch;
 pub mod dataset;
+pub mod template;
 pub mod tokenizer;
 
-pub use batch::{Batch, BatchOptions, IGNORE_INDEX};
-pub use dataset::{Dataset, Example};
+pub use batch::{Batch, BatchOptions, CollateOptions, Padding, IGNORE_INDEX};
+pub use dataset::{DataError, Dataset, Example, ReadOptions, Row, TextUnit};
+pub use template::Template;
 pub use tokenizer::ByteTokenizer;

@@ -97,7 +97,7 @@ fn register<B: AutodiffBackend>(lua: &Lua) -> mlua::Result<()> {
     model::register::<B>(lua, &runner)?;
     peft::register(lua, &runner)?;
     quant::register::<B>(lua, &runner)?;
-    data::register(lua, &runner)?;
+    data::register::<B>(lua, &runner)?;
     train::register::<B>(lua, &runner)?;
     sweep::register(lua, &runner)
 }

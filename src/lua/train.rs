@@ -142,8 +142,9 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
                     let ds = ud.borrow::<LuaDataset>()?.0.clone();
                     let opts = batch_options(lua, "trainer:evaluate", opts, false)?;
                     let max_len = opts.max_len;
+                    let examples = ds.examples().map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?;
                     let mut batches = Vec::new();
-                    for group in Batches::new(ds, crate::data::BatchOptions { steps: None, ..opts }) {
+                    for group in Batches::new(examples, crate::data::BatchOptions { steps: None, ..opts }) {
                         let refs: Vec<&Example> = group.iter().collect();
                         batches.push(Batch::collate(&refs, max_len, &this.tokenizer).map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?);
                     }
@@ -211,8 +212,7 @@ fn as_batch(lua: &Lua, what: &str, v: &Value, tokenizer: &Tokenizer) -> mlua::Re
     match v {
         Value::UserData(ud) => {
             let b = ud.borrow::<LuaBatch>().map_err(|_| recipe_error(lua, format!("{what} expects a batch")))?;
-            let refs: Vec<&Example> = b.examples.iter().collect();
-            Batch::collate(&refs, b.max_len, tokenizer).map_err(|e| recipe_error(lua, format!("{what}: {e}")))
+            b.to_batch(tokenizer).map_err(|e| recipe_error(lua, format!("{what}: {e}")))
         }
         other => Err(recipe_error(lua, format!("{what} expects a batch (from dataset:batches), found {}", describe(other)))),
     }

@@ -282,7 +282,14 @@ impl<B: Backend> Llama<B> {
 
     /// The final normalised hidden states, `[batch * seq, d_model]`.
     pub fn hidden_states(&self, input_ids: Tensor<B, 2, Int>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
-        self.hidden_states_cached(input_ids, rng, None)
+        self.hidden_states_cached(input_ids, None, rng, None)
+    }
+
+    /// Hidden states of rows that hold several sequences (packing) or padding that must not
+    /// be attended to (left padding): `segments[b * seq + t]` names token t's sequence, tokens
+    /// attend only within their own, and positions restart at 0 with each one.
+    pub fn hidden_states_segmented(&self, input_ids: Tensor<B, 2, Int>, segments: Option<&[u32]>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+        self.hidden_states_cached(input_ids, segments, rng, None)
     }
 
     /// Logits of new tokens that continue the sequence held in `cache` (generation).
@@ -290,7 +297,7 @@ impl<B: Backend> Llama<B> {
     /// - input_ids: `[batch, new]` -> logits `[batch, new, vocab]`
     pub fn forward_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let [b, t] = input_ids.dims();
-        let hidden = self.hidden_states_cached(input_ids, None, Some(cache));
+        let hidden = self.hidden_states_cached(input_ids, None, None, Some(cache));
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         hidden.matmul(head.value.clone().transpose()).reshape([b, t, self.config.vocab_size])
     }
@@ -298,7 +305,7 @@ impl<B: Backend> Llama<B> {
     /// The hidden states of the new tokens. On a fresh sequence (no cache, or an empty one)
     /// an active prompt-tuning adapter prepends its virtual tokens and an active prefix
     /// adapter seeds every layer's keys and values; both are dropped from the output.
-    fn hidden_states_cached(&self, input_ids: Tensor<B, 2, Int>, mut rng: Option<&mut HostRng>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
+    fn hidden_states_cached(&self, input_ids: Tensor<B, 2, Int>, segments: Option<&[u32]>, mut rng: Option<&mut HostRng>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
         let [b, t] = input_ids.dims();
         let fresh = cache.as_ref().is_none_or(|c| c.len == 0);
         let mut own_cache = None;
@@ -332,8 +339,9 @@ impl<B: Backend> Llama<B> {
             None => 0,
         };
         let t_all = t + virtual_tokens;
-        let rope = Rope::new(&self.config, b, start, t_all, &self.device);
-        let mask = causal_mask::<B>(b * self.config.num_attention_heads, t_all, start, &self.device);
+        let layout = Layout { batch: b, t, start, virtual_tokens, segments };
+        let rope = Rope::new(&self.config, &layout.positions(), b * t_all, &self.device);
+        let mask = layout.mask::<B>(self.config.num_attention_heads, &self.device);
         let eps = self.config.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), layer.input_norm_tuned.active().unwrap_or(&layer.input_layernorm).value(), eps);
@@ -428,15 +436,85 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) ->
     x * inv_rms * weight.clone().unsqueeze::<2>()
 }
 
-/// Additive causal mask: `-1e9` where new position `start + i` may not attend to position
-/// `j` (j > start + i), 0 elsewhere, repeated for each of `rows` (batch × heads) score blocks.
-/// # Shapes
-/// -> `[rows * t, start + t]`
-fn causal_mask<B: Backend>(rows: usize, t: usize, start: usize, device: &B::Device) -> Tensor<B, 2> {
-    let total = start + t;
-    let block: Vec<f32> = (0..t * total).map(|k| if k % total > start + k / total { -1e9 } else { 0.0 }).collect();
-    let values: Vec<f32> = block.iter().copied().cycle().take(rows * t * total).collect();
-    Tensor::from_data(TensorData::new(values, [rows * t, total]), device)
+/// Where each token sits: `batch` rows of `start` cached positions (a prefix or earlier
+/// tokens), then `virtual_tokens` prompt-tuning tokens, then `t` new tokens, optionally
+/// split into segments.
+struct Layout<'a> {
+    batch: usize,
+    t: usize,
+    start: usize,
+    virtual_tokens: usize,
+    segments: Option<&'a [u32]>,
+}
+
+impl Layout<'_> {
+    fn t_all(&self) -> usize {
+        self.virtual_tokens + self.t
+    }
+
+    /// Position of every token, row-major `[batch, t_all]`: cached and virtual tokens count
+    /// from 0; with segments, each segment's tokens count from where the virtual ones end.
+    fn positions(&self) -> Vec<usize> {
+        let (v, t) = (self.virtual_tokens, self.t);
+        let mut out = Vec::with_capacity(self.batch * self.t_all());
+        for b in 0..self.batch {
+            out.extend((0..v).map(|i| self.start + i));
+            match self.segments {
+                None => out.extend((0..t).map(|i| self.start + v + i)),
+                Some(seg) => {
+                    let row = &seg[b * t..(b + 1) * t];
+                    let mut pos = 0;
+                    for i in 0..t {
+                        pos = if i > 0 && row[i] == row[i - 1] { pos + 1 } else { 0 };
+                        out.push(self.start + v + pos);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Additive mask, `-1e9` where a token may not attend: later positions always; with
+    /// segments, also other segments' tokens (the cached and virtual positions are shared by
+    /// all). Each batch row's block is repeated for its `heads` score blocks.
+    /// # Shapes
+    /// -> `[batch * heads * t_all, start + t_all]`
+    fn mask<B: Backend>(&self, heads: usize, device: &B::Device) -> Tensor<B, 2> {
+        let (t_all, start, v) = (self.t_all(), self.start, self.virtual_tokens);
+        let total = start + t_all;
+        let block = |b: usize| -> Vec<f32> {
+            let mut out = Vec::with_capacity(t_all * total);
+            for i in 0..t_all {
+                for j in 0..total {
+                    let causal = j <= start + i;
+                    let same = match self.segments {
+                        Some(seg) if i >= v && j >= start + v => seg[b * self.t + i - v] == seg[b * self.t + j - start - v],
+                        _ => true,
+                    };
+                    out.push(if causal && same { 0.0 } else { -1e9 });
+                }
+            }
+            out
+        };
+        let mut values = Vec::with_capacity(self.batch * heads * t_all * total);
+        match self.segments {
+            None => {
+                let one = block(0);
+                for _ in 0..self.batch * heads {
+                    values.extend_from_slice(&one);
+                }
+            }
+            Some(_) => {
+                for b in 0..self.batch {
+                    let one = block(b);
+                    for _ in 0..heads {
+                        values.extend_from_slice(&one);
+                    }
+                }
+            }
+        }
+        Tensor::from_data(TensorData::new(values, [self.batch * heads * t_all, total]), device)
+    }
 }
 
 /// Rotary position embedding in the rotate-half layout: the first half of each head pairs
@@ -456,34 +534,34 @@ struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// Tables for positions `start .. start + t` of `batch` sequences.
-    fn new(config: &LlamaConfig, batch: usize, start: usize, t: usize, device: &B::Device) -> Self {
+    /// Tables for `rows` tokens (row-major over batch and sequence) at `positions`.
+    fn new(config: &LlamaConfig, positions: &[usize], rows: usize, device: &B::Device) -> Self {
         let hd = config.head_dim();
         let half = hd / 2;
-        let mut cos = Vec::with_capacity(t * hd);
-        let mut sin = Vec::with_capacity(t * hd);
-        for pos in start..start + t {
-            for i in 0..hd {
-                let mut inv_freq = 1.0 / config.rope_theta.powf((2 * (i % half)) as f64 / hd as f64);
-                if let Some(scaling) = &config.rope_scaling {
-                    inv_freq = scaling.scale(inv_freq);
-                }
-                let angle = pos as f64 * inv_freq;
+        let inv_freq: Vec<f64> = (0..hd)
+            .map(|i| {
+                let f = 1.0 / config.rope_theta.powf((2 * (i % half)) as f64 / hd as f64);
+                config.rope_scaling.as_ref().map_or(f, |s| s.scale(f))
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(rows * hd);
+        let mut sin = Vec::with_capacity(rows * hd);
+        for &pos in &positions[..rows] {
+            for f in &inv_freq {
+                let angle = pos as f64 * f;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
             }
         }
-        // Row (b, pos, head) of a projection output reshaped to [batch * t * heads, hd].
+        // Row (token, head) of a projection output reshaped to [rows * heads, hd].
         let table = |v: &[f32], heads: usize| {
-            let mut out = Vec::with_capacity(batch * t * heads * hd);
-            for _ in 0..batch {
-                for pos in 0..t {
-                    for _ in 0..heads {
-                        out.extend_from_slice(&v[pos * hd..(pos + 1) * hd]);
-                    }
+            let mut out = Vec::with_capacity(rows * heads * hd);
+            for r in 0..rows {
+                for _ in 0..heads {
+                    out.extend_from_slice(&v[r * hd..(r + 1) * hd]);
                 }
             }
-            Tensor::<B, 2>::from_data(TensorData::new(out, [batch * t * heads, hd]), device)
+            Tensor::<B, 2>::from_data(TensorData::new(out, [rows * heads, hd]), device)
         };
         let (h, kvh) = (config.num_attention_heads, config.num_key_value_heads);
         let mut rot = vec![0f32; hd * hd];

@@ -32,10 +32,19 @@ pub struct HeadLoss<B: Backend> {
 /// scored on label `t + 1`; the last position of each sequence and `IGNORE_INDEX` labels
 /// are not scored.
 pub fn next_token_targets(labels: &[i64], batch: usize, seq: usize) -> Vec<i64> {
+    next_token_targets_segmented(labels, None, batch, seq)
+}
+
+/// As [`next_token_targets`], and with segments a row is not scored on the next token when
+/// that token starts another segment (packed examples, padding).
+pub fn next_token_targets_segmented(labels: &[i64], segments: Option<&[u32]>, batch: usize, seq: usize) -> Vec<i64> {
     let mut targets = vec![IGNORE_INDEX; batch * seq];
     for b in 0..batch {
         for t in 0..seq.saturating_sub(1) {
-            targets[b * seq + t] = labels[b * seq + t + 1];
+            let i = b * seq + t;
+            if segments.is_none_or(|s| s[i] == s[i + 1]) {
+                targets[i] = labels[i + 1];
+            }
         }
     }
     targets

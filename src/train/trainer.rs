@@ -4,7 +4,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, TensorData};
 
-use super::head_loss::{head_nll, next_token_targets, training_loss};
+use super::head_loss::{head_nll, next_token_targets_segmented, training_loss};
 use super::optim::{AdamW, AdamWConfig, GradMap, OptimError};
 use crate::data::Batch;
 use crate::model::init::{self, HostRng};
@@ -28,6 +28,8 @@ pub enum TrainError {
     NoEvalData,
     #[error("{0}")]
     Schedule(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Learning-rate schedules, as Hugging Face's `get_*_schedule_with_warmup` compute them
@@ -155,12 +157,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Err(TrainError::Accumulate { accumulate: 0, batch: 0 });
         }
         if options.max_nonfinite == 0 {
-            return Err(TrainError::Schedule("max_nonfinite must be at least 1".into()));
+            return Err(TrainError::Invalid("max_nonfinite must be at least 1".into()));
         }
         if let Some(max) = options.max_grad_norm
             && !(max.is_finite() && max > 0.0)
         {
-            return Err(TrainError::Schedule(format!("max_grad_norm must be a positive number (got {max})")));
+            return Err(TrainError::Invalid(format!("max_grad_norm must be a positive number (got {max})")));
         }
         Ok(Self { optim: AdamW::new(optim)?, schedule, options, progress: Progress::default(), rng: init::rng_for(seed, "dropout") })
     }
@@ -194,8 +196,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             if micro.target_tokens() == 0 {
                 continue;
             }
-            let hidden = model.hidden_states(input_tensor(&micro, &model.device), Some(&mut self.rng));
-            let targets = next_token_targets(&micro.labels, micro.batch, micro.seq);
+            let hidden = model.hidden_states_segmented(input_tensor(&micro, &model.device), micro.segments.as_deref(), Some(&mut self.rng));
+            let targets = next_token_targets_segmented(&micro.labels, micro.segments.as_deref(), micro.batch, micro.seq);
             let head = model.head();
             let (micro_nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total);
             nll += micro_nll;
@@ -237,8 +239,8 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = 
     let (mut total, mut tokens, mut seen) = (0.0f64, 0usize, 0usize);
     for batch in batches {
         check_batch(&model, &batch)?;
-        let hidden = model.hidden_states(input_tensor(&batch, &model.device), None);
-        let targets = next_token_targets(&batch.labels, batch.batch, batch.seq);
+        let hidden = model.hidden_states_segmented(input_tensor(&batch, &model.device), batch.segments.as_deref(), None);
+        let targets = next_token_targets_segmented(&batch.labels, batch.segments.as_deref(), batch.batch, batch.seq);
         let r = head_nll(hidden, model.head().value.clone(), &targets, 1.0, false, false);
         total += r.nll_sum;
         tokens += r.count;
@@ -265,6 +267,9 @@ pub fn check_batch<B: Backend>(model: &Llama<B>, batch: &Batch) -> Result<(), Tr
         && min < 0
     {
         return Err(TrainError::TokenOutOfRange { id: min, vocab });
+    }
+    if batch.input_ids.len() != batch.batch * batch.seq || batch.labels.len() != batch.input_ids.len() || batch.segments.as_ref().is_some_and(|s| s.len() != batch.input_ids.len()) {
+        return Err(TrainError::Invalid(format!("a batch of {}×{} needs that many input ids, labels and segments", batch.batch, batch.seq)));
     }
     if batch.seq < 2 || batch.target_tokens() == 0 {
         return Err(TrainError::NoTargets);
