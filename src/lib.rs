@@ -12,6 +12,7 @@ pub mod memory;
 pub mod model;
 pub mod peft;
 pub mod pretrained;
+pub mod progress;
 pub mod quant;
 pub mod sweep;
 pub mod tokenizer;

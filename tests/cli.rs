@@ -340,3 +340,63 @@ fn quantization_api_runs_on_wgpu() {
     let (header, rows) = read_csv(&dir.path().join("quant_api/trials.csv"));
     assert_eq!(rows[0][column(&header, "status")], "ok", "{}", rows[0][column(&header, "error")]);
 }
+
+#[test]
+fn data_and_training_loop_api_from_lua() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("data_api.lua")], dir.path());
+    let err = stderr(&out);
+    // The diverging trial fails (exit 1); the other passes every check in the recipe.
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("data_api.lua:") && err.contains("consecutive steps had a non-finite loss"), "{err}");
+    assert!(err.contains("warning: step skipped: non-finite loss or gradient"), "{err}");
+    let (header, rows) = read_csv(&dir.path().join("data_api/trials.csv"));
+    let (case, status) = (column(&header, "case"), column(&header, "status"));
+    let statuses: Vec<(&str, &str)> = rows.iter().map(|r| (r[case].as_str(), r[status].as_str())).collect();
+    assert_eq!(statuses, [("train", "ok"), ("diverge", "nonfinite")], "{err}");
+}
+
+/// Polls for `path` for up to 60 s.
+fn wait_for(path: &Path) {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed().as_secs() < 60, "{} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_process_killed_while_saving_leaves_a_loadable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let set_dir = format!("dir={}", ckpt.display());
+    let mut last_step = 0u64;
+    // Kill at varied moments: saves take most of each step, so most kills land inside one.
+    for (i, delay_ms) in [0u64, 7, 23, 41, 66, 95, 130, 3, 17, 52].iter().enumerate() {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .current_dir(root())
+            .args([&fixture("checkpoint_loop.lua"), "--set", &set_dir, "--results"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("runner starts");
+        if i == 0 {
+            wait_for(&ckpt.join("latest"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(150 + delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let out = runner(&[&fixture("checkpoint_loop.lua"), "--set", &set_dir, "--set", "check=true"], dir.path());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "after kill {i}: {}{text}", stderr(&out));
+        let step: u64 = text.trim().strip_prefix("loaded step ").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+        // Each run resumes where the last checkpoint left off, so steps only grow.
+        assert!(step >= last_step, "after kill {i}: step {step} < {last_step}");
+        last_step = step;
+    }
+    assert!(last_step >= 5, "the loop should have made progress across restarts (step {last_step})");
+    // No leftovers beyond `latest`, the kept checkpoints and at most one interrupted save.
+    let names: Vec<String> = std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().filter(|n| n.starts_with("step-")).count() <= 3, "{names:?}");
+}

@@ -19,7 +19,7 @@ fn first_steps_match_pytorch_adamw() {
     let device = Default::default();
     let c = [0.5f32, -2.0, 1e-3];
     let w0 = [1.0f32, -1.0, 0.25];
-    let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, offload: false };
+    let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, offload: false, ..Default::default() };
     let mut opt = AdamW::<B>::new(cfg.clone()).unwrap();
     let mut p = Param::new(Tensor::<B, 1>::from_floats(w0, &device), true);
     // Reference: PyTorch's AdamW written out in f64.
@@ -103,4 +103,36 @@ fn full_fine_tune(offload: bool) -> (Vec<f64>, Weights) {
     let mut snap = Snapshot::default();
     model.visit(&mut snap);
     (losses, snap.entries)
+}
+
+/// Walks two parameters under the given names.
+struct Two<'a>(&'a str, &'a mut Param<B, 1>, &'a str, &'a mut Param<B, 1>);
+
+impl Two<'_> {
+    fn walk<V: ParamVisitor<B>>(&mut self, v: &mut V) {
+        v.visit1(self.0, self.1);
+        v.visit1(self.2, self.3);
+    }
+}
+
+#[test]
+fn norms_and_biases_are_not_decayed() {
+    // A zero gradient leaves only the decay: w · (1 - lr · wd) for decayed parameters.
+    let device = Default::default();
+    let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.5, ..Default::default() };
+    let mut opt = AdamW::<B>::new(cfg.clone()).unwrap();
+    let mut norm = Param::new(Tensor::<B, 1>::from_floats([2.0f32, -1.0], &device), true);
+    let mut proj = Param::new(Tensor::<B, 1>::from_floats([2.0f32, -1.0], &device), true);
+    let loss = (norm.value.clone() * 0.0).sum() + (proj.value.clone() * 0.0).sum();
+    let grads = loss.backward();
+    opt.update(cfg.lr, &grads, |u| Two("layers.0.input_layernorm", &mut norm, "layers.0.mlp.up_proj.bias_extra", &mut proj).walk(u));
+    assert_eq!(norm.value.to_data().to_vec::<f32>().unwrap(), [2.0, -1.0]);
+    // "bias" matches by substring too: biases are exempt.
+    assert_eq!(proj.value.to_data().to_vec::<f32>().unwrap(), [2.0, -1.0]);
+    let mut w = Param::new(Tensor::<B, 1>::from_floats([2.0f32, -1.0], &device), true);
+    let mut opt = AdamW::<B>::new(cfg.clone()).unwrap();
+    let grads = (w.value.clone() * 0.0).sum().backward();
+    opt.update(cfg.lr, &grads, |u| One(&mut w).walk(u));
+    let got = w.value.to_data().to_vec::<f32>().unwrap();
+    assert!((got[0] - 1.9).abs() < 1e-6 && (got[1] + 0.95).abs() < 1e-6, "{got:?}");
 }

@@ -11,6 +11,7 @@ use super::model::{default_seed, LuaModel};
 use super::options::{describe, recipe_error, Opts};
 use crate::data::batch::Batches;
 use crate::data::{Batch, BatchOptions, CollateOptions, Dataset, Example, Padding, ReadOptions, Row, Template, TextUnit, IGNORE_INDEX};
+use crate::progress::{Progress, ProgressSlot};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Clone)]
@@ -364,19 +365,33 @@ impl UserData for LuaDataset {
         methods.add_method("batches", |lua, this, opts: Option<Table>| {
             let (opts, collate, collate_fn) = batch_and_collate_options(lua, "dataset:batches", opts, true, true)?;
             let examples = this.0.examples().map_err(|e| recipe_error(lua, format!("dataset:batches: {e}")))?;
+            let total = opts.steps.unwrap_or_else(|| examples.len().div_ceil(opts.size.max(1)));
+            let mut progress = Progress::start(Some(total));
+            progress.advance(opts.skip);
+            lua.set_app_data(ProgressSlot { current: Some(progress), step: opts.skip });
             let iter = RefCell::new((opts.skip, Batches::new(examples, opts)));
             lua.create_function(move |lua, ()| {
                 let mut state = iter.borrow_mut();
                 match state.1.next() {
                     Some(examples) => {
                         state.0 += 1;
+                        if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>() {
+                            slot.step = state.0;
+                        }
                         let collated = match &collate_fn {
                             Some(f) => Some(collate_in_lua(lua, f, &examples)?),
                             None => None,
                         };
                         (state.0, LuaBatch { examples, collate, collated }).into_lua_multi(lua)
                     }
-                    None => Ok(mlua::MultiValue::new()),
+                    None => {
+                        if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>()
+                            && let Some(mut p) = slot.current.take()
+                        {
+                            p.finish();
+                        }
+                        Ok(mlua::MultiValue::new())
+                    }
                 }
             })
         });

@@ -76,6 +76,14 @@ fn display_row(row: &[(String, Value)]) -> String {
         .join(" ")
 }
 
+/// A log line, printed above the progress bar when one is showing.
+fn print_line(lua: &Lua, line: &str) {
+    match lua.app_data_ref::<crate::progress::ProgressSlot>() {
+        Some(slot) => slot.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
 pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     runner.set(
         "log",
@@ -87,10 +95,10 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
             let current = lua.app_data_ref::<SweepHost>().and_then(|h| h.current.clone());
             match current {
                 Some((id, steps)) => {
-                    eprintln!("  [{id}] {}", display_row(&row));
+                    print_line(lua, &format!("  [{id}] {}", display_row(&row)));
                     steps.borrow_mut().log(&id, row).map_err(|e| runtime_error(lua, format!("runner.log: writing steps.csv: {e}")))?;
                 }
-                None => eprintln!("  {}", display_row(&row)),
+                None => print_line(lua, &format!("  {}", display_row(&row))),
             }
             Ok(())
         })?,
@@ -186,6 +194,12 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
         let started = Instant::now();
         let outcome = trial_fn.call::<LuaValue>(params);
         let seconds = started.elapsed().as_secs_f64();
+        // A loop left early (early stopping, an error) leaves its progress bar behind.
+        if let Some(mut slot) = lua.remove_app_data::<crate::progress::ProgressSlot>()
+            && let Some(mut p) = slot.current.take()
+        {
+            p.finish();
+        }
         let peak_mem_mb = crate::memory::peak_rss_bytes().map(|b| (b as f64 / (1 << 20) as f64).round());
         {
             let mut host = lua.app_data_mut::<SweepHost>().expect("host");

@@ -14,11 +14,22 @@ use crate::data::batch::Batches;
 use crate::data::{Batch, Example};
 use crate::tokenizer::Tokenizer;
 use crate::model::Llama;
+use crate::progress::ProgressSlot;
 use crate::train::checkpoint;
+use crate::train::gen_eval::{evaluate_generation, EarlyStopping, GenEvalOptions};
 use crate::train::optim::default_no_decay;
 use crate::train::{evaluate, AdamWConfig, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer};
 
 pub struct LuaAdamW(pub AdamWConfig);
+
+pub struct LuaEarlyStopping(EarlyStopping);
+impl UserData for LuaEarlyStopping {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method_mut("update", |_, this, v: f64| Ok(this.0.update(v)));
+        methods.add_method("best", |_, this, ()| Ok(this.0.best));
+        methods.add_method("bad_evals", |_, this, ()| Ok(this.0.bad_evals));
+    }
+}
 impl UserData for LuaAdamW {}
 
 pub struct LuaTrainer<B: AutodiffBackend> {
@@ -58,6 +69,71 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         })?,
     )?;
     runner.set("optim", optim)?;
+    let eval = lua.create_table()?;
+    // runner.eval.generation(model, dataset, {max_new_tokens, limit, stop, save}) ->
+    // {exact_match, rouge_l, n, predictions = {{prompt, reference, prediction}, ...}}
+    eval.set(
+        "generation",
+        lua.create_function(|lua, (model, data, opts): (Value, Value, Option<Table>)| {
+            let o = Opts::new(lua, "runner.eval.generation", opts, &["max_new_tokens", "limit", "stop", "save"])?;
+            let (model, tokenizer) = match &model {
+                Value::UserData(ud) => ud
+                    .borrow::<LuaModel<B>>()
+                    .map(|m| (m.model.clone(), m.tokenizer.clone()))
+                    .map_err(|_| o.err("the first argument must be a model"))?,
+                other => return Err(o.err(format!("the first argument must be a model, found {}", describe(other)))),
+            };
+            let examples = match &data {
+                Value::UserData(ud) if ud.is::<LuaDataset>() => ud.borrow::<LuaDataset>()?.0.examples().map_err(|e| o.err(e))?,
+                other => return Err(o.err(format!("the second argument must be a dataset, found {}", describe(other)))),
+            };
+            let d = GenEvalOptions::default();
+            let opts = GenEvalOptions {
+                max_new_tokens: o.count("max_new_tokens", 1)?.unwrap_or(d.max_new_tokens),
+                limit: o.count("limit", 1)?,
+                stop: o.strings("stop")?.unwrap_or_default(),
+            };
+            let save = o.string("save")?;
+            let result = evaluate_generation(&model.borrow(), &tokenizer, &examples, &opts).map_err(|e| o.err(e))?;
+            if let Some(path) = save {
+                let mut lines = String::new();
+                for p in &result.predictions {
+                    let row = serde_json::json!({"prompt": p.prompt, "reference": p.reference, "prediction": p.prediction, "exact_match": p.exact_match, "rouge_l": p.rouge_l});
+                    lines.push_str(&row.to_string());
+                    lines.push('\n');
+                }
+                crate::model::save::write_atomic(std::path::Path::new(&path), lines.as_bytes()).map_err(|e| runtime_error(lua, format!("runner.eval.generation: {e}")))?;
+            }
+            let t = lua.create_table()?;
+            t.set("exact_match", result.exact_match)?;
+            t.set("rouge_l", result.rouge_l)?;
+            t.set("n", result.predictions.len())?;
+            let preds = lua.create_table()?;
+            for p in &result.predictions {
+                let row = lua.create_table()?;
+                row.set("prompt", p.prompt.as_str())?;
+                row.set("reference", p.reference.as_str())?;
+                row.set("prediction", p.prediction.as_str())?;
+                preds.push(row)?;
+            }
+            t.set("predictions", preds)?;
+            Ok(t)
+        })?,
+    )?;
+    // runner.eval.early_stopping{patience = 3, min_delta = 0, mode = "min"}: s:update(v) -> stop?
+    eval.set(
+        "early_stopping",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let o = Opts::new(lua, "runner.eval.early_stopping", opts, &["patience", "min_delta", "mode"])?;
+            let minimize = match o.string("mode")?.as_deref() {
+                None | Some("min") => true,
+                Some("max") => false,
+                Some(other) => return Err(o.err(format!("mode must be \"min\" or \"max\", got \"{other}\""))),
+            };
+            Ok(LuaEarlyStopping(EarlyStopping::new(o.count("patience", 1)?.unwrap_or(3), o.num("min_delta")?.unwrap_or(0.0), minimize)))
+        })?,
+    )?;
+    runner.set("eval", eval)?;
     runner.set(
         "trainer",
         lua.create_function(|lua, opts: Table| {
@@ -112,8 +188,15 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
             let batch = as_batch(lua, "trainer:step", &batch, &this.tokenizer)?;
             let mut model = this.model.borrow_mut();
             let report = this.trainer.step(&mut model, &batch).map_err(|e| train_error(lua, "trainer:step", e))?;
-            if report.skipped {
-                eprintln!("  warning: step skipped: non-finite loss or gradient (loss {}); {} in a row", report.loss, this.trainer.progress.consecutive_nonfinite);
+            if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>() {
+                if report.skipped {
+                    slot.println(&format!("  warning: step skipped: non-finite loss or gradient (loss {}); {} in a row", report.loss, this.trainer.progress.consecutive_nonfinite));
+                }
+                let step = slot.step;
+                if let Some(p) = slot.current.as_mut() {
+                    p.record(report.loss, report.tokens);
+                    p.advance(step);
+                }
             }
             let info = step_table(lua, &report)?;
             Ok((report.loss, info))
@@ -166,6 +249,7 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
             t.set("loss", result.loss)?;
             t.set("perplexity", result.perplexity)?;
             t.set("tokens", result.tokens)?;
+            t.set("accuracy", result.accuracy)?;
             Ok((result.loss, t))
         });
         methods.add_method("steps", |_, this, ()| Ok(this.trainer.steps()));

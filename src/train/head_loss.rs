@@ -22,6 +22,9 @@ const CHUNK_ROWS: usize = 256;
 pub struct HeadLoss<B: Backend> {
     pub nll_sum: f64,
     pub count: usize,
+    /// Labelled rows whose most likely token is the label (token accuracy); counted only
+    /// when no gradient is asked for (evaluation).
+    pub correct: usize,
     /// `[rows, d_model]`
     pub grad_hidden: Option<Tensor<B, 2>>,
     /// `[vocab, d_model]`
@@ -59,7 +62,7 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
     let device = hidden.device();
     let scored: Vec<usize> = (0..rows).filter(|&r| targets[r] != IGNORE_INDEX).collect();
     let count = scored.len();
-    let mut out = HeadLoss { nll_sum: 0.0, count, grad_hidden: None, grad_head: None };
+    let mut out = HeadLoss { nll_sum: 0.0, count, correct: 0, grad_hidden: None, grad_head: None };
     if count == 0 {
         out.grad_hidden = grad_hidden.then(|| Tensor::zeros([rows, d], &device));
         out.grad_head = grad_head.then(|| Tensor::zeros(head.dims(), &device));
@@ -70,6 +73,8 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
     let mut gh = grad_hidden.then(|| Tensor::<B, 2>::zeros([rows, d], &device));
     let mut gw = grad_head.then(|| Tensor::<B, 2>::zeros(head.dims(), &device));
     let mut nll = Vec::new();
+    let mut correct = Vec::new();
+    let evaluating = !grad_hidden && !grad_head;
     for chunk in scored.chunks(CHUNK_ROWS) {
         let n = chunk.len();
         let row_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]), &device);
@@ -80,6 +85,11 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
         let e = (logits.clone() - max.clone()).exp();
         let sum = e.clone().sum_dim(1);
         let lse = sum.clone().log() + max;
+        if evaluating {
+            // Ties go to the lowest id, as torch.argmax does.
+            let hits = logits.clone().argmax(1).equal(target_idx.clone()).int().sum();
+            correct.push(hits);
+        }
         nll.push((lse - logits.gather(1, target_idx.clone())).sum());
         if gh.is_none() && gw.is_none() {
             continue;
@@ -95,6 +105,9 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
         }
     }
     out.nll_sum = Tensor::cat(nll, 0).sum().into_scalar().elem::<f64>();
+    if !correct.is_empty() {
+        out.correct = Tensor::cat(correct, 0).sum().into_scalar().elem::<i64>() as usize;
+    }
     out.grad_hidden = gh;
     out.grad_head = gw;
     out

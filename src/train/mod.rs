@@ -1,6 +1,7 @@
 //! Losses, the optimizer and the training/evaluation steps.
 
 pub mod checkpoint;
+pub mod gen_eval;
 pub mod head_loss;
 pub mod loss;
 pub mod metrics;

@@ -88,6 +88,8 @@ pub struct EvalResult {
     pub loss: f64,
     pub perplexity: f64,
     pub tokens: usize,
+    /// Fraction of labelled tokens whose most likely prediction is the label.
+    pub accuracy: f64,
 }
 
 /// How each step runs, beyond the optimizer and the schedule.
@@ -236,7 +238,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 /// Mean loss over batches without dropout and without building an autodiff graph.
 pub fn evaluate<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = Batch>) -> Result<EvalResult, TrainError> {
     let model = model.detached();
-    let (mut total, mut tokens, mut seen) = (0.0f64, 0usize, 0usize);
+    let (mut total, mut tokens, mut seen, mut correct) = (0.0f64, 0usize, 0usize, 0usize);
     for batch in batches {
         check_batch(&model, &batch)?;
         let hidden = model.hidden_states_segmented(input_tensor(&batch, &model.device), batch.segments.as_deref(), None);
@@ -244,6 +246,7 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = 
         let r = head_nll(hidden, model.head().value.clone(), &targets, 1.0, false, false);
         total += r.nll_sum;
         tokens += r.count;
+        correct += r.correct;
         seen += 1;
     }
     if seen == 0 {
@@ -253,7 +256,7 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = 
         return Err(TrainError::NoTargets);
     }
     let loss = total / tokens as f64;
-    Ok(EvalResult { loss, perplexity: loss.exp(), tokens })
+    Ok(EvalResult { loss, perplexity: loss.exp(), tokens, accuracy: correct as f64 / tokens as f64 })
 }
 
 /// Rejects what Burn would panic on or silently mis-handle.
