@@ -132,11 +132,14 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
             };
             let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
             let out = generate(&this.model.borrow(), &ids, &opts).map_err(|e| o.err(e))?;
+            crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
             this.tokenizer.decode(&out, true).map_err(|e| o.err(e))
         });
         // Log-probability of each token given the ones before it (n - 1 values).
         methods.add_method("logprobs", |lua, this, ids: Vec<u32>| {
-            token_logprobs(&this.model.borrow(), &ids).map_err(|e| recipe_error(lua, format!("model:logprobs: {e}")))
+            let out = token_logprobs(&this.model.borrow(), &ids).map_err(|e| recipe_error(lua, format!("model:logprobs: {e}")));
+            crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
+            out
         });
         methods.add_method("perplexity", |lua, this, (text, opts): (String, Option<Table>)| {
             let o = Opts::new(lua, "model:perplexity", opts, &["window", "stride"])?;
@@ -144,7 +147,9 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
             let window = o.count("window", 2)?.unwrap_or(model.config.max_position_embeddings.min(1024));
             let stride = o.count("stride", 1)?.unwrap_or(window);
             let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
-            let r = perplexity(&model, &ids, window, stride).map_err(|e| o.err(e))?;
+            let r = perplexity(&model, &ids, window, stride).map_err(|e| o.err(e));
+            crate::memory::release_autodiff_graph::<B>(&model.device);
+            let r = r?;
             let t = lua.create_table()?;
             t.set("perplexity", r.perplexity)?;
             t.set("nll", r.nll)?;

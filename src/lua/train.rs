@@ -18,7 +18,9 @@ use crate::progress::ProgressSlot;
 use crate::train::checkpoint;
 use crate::train::gen_eval::{evaluate_generation, EarlyStopping, GenEvalOptions};
 use crate::train::optim::default_no_decay;
-use crate::train::{evaluate, AdamWConfig, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer};
+use crate::memory::release_autodiff_graph;
+use crate::train::trainer::evaluate_with;
+use crate::train::{AdamWConfig, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer};
 
 pub struct LuaAdamW(pub AdamWConfig);
 
@@ -94,7 +96,8 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 stop: o.strings("stop")?.unwrap_or_default(),
             };
             let save = o.string("save")?;
-            let result = evaluate_generation(&model.borrow(), &tokenizer, &examples, &opts).map_err(|e| o.err(e))?;
+            let device = model.borrow().device.clone();
+            let result = evaluate_generation(&model.borrow(), &tokenizer, &examples, &opts, || release_autodiff_graph::<B>(&device)).map_err(|e| o.err(e))?;
             if let Some(path) = save {
                 let mut lines = String::new();
                 for p in &result.predictions {
@@ -231,14 +234,14 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
                         let refs: Vec<&Example> = group.iter().collect();
                         batches.push(Batch::collate(&refs, max_len, &this.tokenizer).map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?);
                     }
-                    evaluate(&model, batches)
+                    evaluate_with(&model, batches, || release_autodiff_graph::<B>(&model.device))
                 }
                 Value::Table(list) => {
                     let mut batches = Vec::new();
                     for v in list.sequence_values::<Value>() {
                         batches.push(as_batch(lua, "trainer:evaluate", &v?, &this.tokenizer)?);
                     }
-                    evaluate(&model, batches)
+                    evaluate_with(&model, batches, || release_autodiff_graph::<B>(&model.device))
                 }
                 other => {
                     return Err(recipe_error(lua, format!("trainer:evaluate expects a dataset or a list of batches, found {}", describe(other))));

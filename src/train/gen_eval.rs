@@ -58,7 +58,9 @@ fn cut(text: &str, stop: &[String]) -> String {
     text[..end].trim().to_string()
 }
 
-pub fn evaluate_generation<B: Backend>(model: &Llama<B>, tok: &Tokenizer, examples: &[Example], opts: &GenEvalOptions) -> Result<GenEvalResult, GenEvalError> {
+/// Scores every example (up to `opts.limit`); `after_each` runs after each generation (the
+/// Lua layer releases the autodiff graph's leftovers there).
+pub fn evaluate_generation<B: Backend>(model: &Llama<B>, tok: &Tokenizer, examples: &[Example], opts: &GenEvalOptions, mut after_each: impl FnMut()) -> Result<GenEvalResult, GenEvalError> {
     let n = opts.limit.map_or(examples.len(), |l| l.min(examples.len()));
     if n == 0 {
         return Err(GenEvalError::Empty);
@@ -70,6 +72,7 @@ pub fn evaluate_generation<B: Backend>(model: &Llama<B>, tok: &Tokenizer, exampl
         let prompt = tok.encode(&ex.prompt).map_err(|source| GenEvalError::Tokenizer { index: index + 1, source })?;
         let out = generate(&model, &prompt, &generation).map_err(|source| GenEvalError::Generate { index: index + 1, source })?;
         let text = tok.decode(&out, true).map_err(|source| GenEvalError::Tokenizer { index: index + 1, source })?;
+        after_each();
         let prediction = cut(&text, &opts.stop);
         let reference = ex.response.trim().to_string();
         predictions.push(Prediction {

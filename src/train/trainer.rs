@@ -237,6 +237,12 @@ impl<B: AutodiffBackend> Trainer<B> {
 
 /// Mean loss over batches without dropout and without building an autodiff graph.
 pub fn evaluate<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = Batch>) -> Result<EvalResult, TrainError> {
+    evaluate_with(model, batches, || {})
+}
+
+/// [`evaluate`], calling `after_batch` after each batch (to release the autodiff graph's
+/// leftovers; see `memory::release_autodiff_graph`).
+pub fn evaluate_with<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = Batch>, mut after_batch: impl FnMut()) -> Result<EvalResult, TrainError> {
     let model = model.detached();
     let (mut total, mut tokens, mut seen, mut correct) = (0.0f64, 0usize, 0usize, 0usize);
     for batch in batches {
@@ -247,6 +253,7 @@ pub fn evaluate<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = 
         total += r.nll_sum;
         tokens += r.count;
         correct += r.correct;
+        after_batch();
         seen += 1;
     }
     if seen == 0 {
