@@ -104,3 +104,30 @@ fn without_segments_packing_would_leak() {
     let worst = a.iter().zip(&b).map(|(x, y)| close(x, y)).fold(0.0, f32::max);
     assert!(worst > 1e-2, "segments made no difference ({worst})");
 }
+
+#[test]
+fn token_accuracy_counts_argmax_hits_on_labelled_tokens() {
+    let model = model();
+    let ex = vec![Example::pair("Q: 2+2?\nA:", " 4"), Example::text("abcabcabc")];
+    let refs: Vec<&Example> = ex.iter().collect();
+    let batch = Batch::collate(&refs, 48, &ByteTokenizer).unwrap();
+    let logits = model.forward(input_tensor(&batch, &model.device), None);
+    let vocab = logits.dims()[2];
+    let logits = logits.into_data().to_vec::<f32>().unwrap();
+    let (mut hits, mut total) = (0, 0);
+    for b in 0..batch.batch {
+        for t in 0..batch.seq - 1 {
+            let label = batch.labels[b * batch.seq + t + 1];
+            if label < 0 {
+                continue;
+            }
+            let row = &logits[(b * batch.seq + t) * vocab..(b * batch.seq + t + 1) * vocab];
+            let argmax = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0;
+            hits += usize::from(argmax as i64 == label);
+            total += 1;
+        }
+    }
+    let r = evaluate(&model, vec![batch]).unwrap();
+    assert_eq!(r.tokens, total);
+    assert!((r.accuracy - hits as f64 / total as f64).abs() < 1e-12, "{} vs {hits}/{total}", r.accuracy);
+}
