@@ -8,6 +8,8 @@
 //! `qlora` and `qlora_all` quantize the projections to NF4 (block 64, double quantization)
 //! before attaching the same LoRA adapters as `lora` and `lora_all`.
 //!
+//! `RUNNER_BENCH_CHECKPOINTING=1` turns on activation checkpointing (the memory/speed trade).
+//!
 //! MODEL `random-smollm2` is a random model of SmolLM2-135M's shape (for machines without the
 //! weights); DEVICE is flex (default), wgpu or cuda (built with that feature).
 //!
@@ -70,8 +72,9 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
     let vocab = model.config.vocab_size as i64;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..vocab)).collect();
-    let data = Batch { input_ids: ids.clone(), labels: ids, batch, seq };
-    let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 2e-4, ..Default::default() }, Schedule::default(), 0)?;
+    let data = Batch { input_ids: ids.clone(), labels: ids, batch, seq, segments: None };
+    let options = runner::train::TrainOptions { checkpointing: std::env::var("RUNNER_BENCH_CHECKPOINTING").is_ok_and(|v| v == "1"), ..Default::default() };
+    let mut trainer = Trainer::<B>::with_options(AdamWConfig { lr: 2e-4, ..Default::default() }, Schedule::default(), options, 0)?;
     trainer.step(&mut model, &data)?;
     trainer.step(&mut model, &data)?;
     let start = Instant::now();

@@ -5,8 +5,8 @@
 --   runner recipes/single_task_summarize.lua [--set steps=N] [--set rank=R]
 -- Results: results/single_task_summarize/ (trials.csv, steps.csv, predictions before/after).
 
-local steps = runner.params.steps or 100
-local limit = runner.params.limit or 50
+local steps = runner.params.steps or 80
+local limit = runner.params.limit or 30
 local base = runner.model.load("smollm2-135m-instruct")
 local data = runner.data.jsonl("data/summarize.jsonl")
   :map(function(row)
@@ -31,7 +31,7 @@ runner.sweep{
       max_grad_norm = 1.0,
     }
     local dir = runner.trial_dir()
-    local gen = { max_new_tokens = 48, limit = limit }
+    local gen = { max_new_tokens = 40, limit = limit }
     local _, before = trainer:evaluate(data.eval, { size = 8, max_len = 320 })
     gen.save = dir .. "/predictions_before.jsonl"
     local rouge_before = runner.eval.generation(model, data.eval, gen)

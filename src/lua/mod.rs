@@ -3,6 +3,7 @@
 
 pub mod data;
 mod adapters;
+pub mod eval;
 pub mod model;
 pub mod options;
 pub mod peft;
@@ -99,6 +100,7 @@ fn register<B: AutodiffBackend>(lua: &Lua) -> mlua::Result<()> {
     quant::register::<B>(lua, &runner)?;
     data::register::<B>(lua, &runner)?;
     train::register::<B>(lua, &runner)?;
+    eval::register::<B>(lua, &runner)?;
     sweep::register(lua, &runner)
 }
 

@@ -326,48 +326,99 @@ impl<B: Backend> Llama<B> {
             (cache, None) => cache,
         };
         let start = cache.as_ref().map_or(0, |c| c.len);
+        let (mut x, virtual_tokens) = self.embed(input_ids, fresh);
+        let plan = self.plan(b, t, start, virtual_tokens, segments);
+        for i in 0..self.layers.len() {
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = self.block(i, x, &plan, rng.as_deref_mut(), kv);
+        }
+        if let Some(c) = cache {
+            c.len += plan.t_all;
+        }
+        self.finish(x, &plan)
+    }
+
+    /// The embedded input, `[batch * (virtual + seq), d_model]`, with an active prompt-tuning
+    /// adapter's virtual tokens first on a fresh sequence; and the number of virtual tokens.
+    fn embed(&self, input_ids: Tensor<B, 2, Int>, fresh: bool) -> (Tensor<B, 2>, usize) {
+        let [b, t] = input_ids.dims();
         let ids = input_ids.reshape([b * t]);
-        let mut x = self.embed_tokens.value.clone().select(0, ids);
+        let x = self.embed_tokens.value.clone().select(0, ids);
         let d = self.config.hidden_size;
-        let virtual_tokens = match fresh.then(|| self.prompt.active()).flatten() {
+        match fresh.then(|| self.prompt.active()).flatten() {
             Some(prompt) => {
                 let n = prompt.value.dims()[0];
                 let prompts = prompt.value.clone().unsqueeze::<3>().expand([b, n, d]);
-                x = Tensor::cat(vec![prompts, x.reshape([b, t, d])], 1).reshape([b * (n + t), d]);
-                n
+                (Tensor::cat(vec![prompts, x.reshape([b, t, d])], 1).reshape([b * (n + t), d]), n)
             }
-            None => 0,
-        };
+            None => (x, 0),
+        }
+    }
+
+    fn plan(&self, b: usize, t: usize, start: usize, virtual_tokens: usize, segments: Option<&[u32]>) -> Plan<B> {
         let t_all = t + virtual_tokens;
         let layout = Layout { batch: b, t, start, virtual_tokens, segments };
         let rope = Rope::new(&self.config, &layout.positions(), b * t_all, &self.device);
         let mask = layout.mask::<B>(self.config.num_attention_heads, &self.device);
+        Plan { b, t, t_all, virtual_tokens, rope, mask }
+    }
+
+    /// Decoder layer `i`.
+    fn block(&self, i: usize, x: Tensor<B, 2>, plan: &Plan<B>, mut rng: Option<&mut HostRng>, kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 2> {
         let eps = self.config.rms_norm_eps;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(x.clone(), layer.input_norm_tuned.active().unwrap_or(&layer.input_layernorm).value(), eps);
-            let kv = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let mut attn = self.attention(layer, h, b, t_all, &rope, &mask, rng.as_deref_mut(), kv);
-            if let Some(adapter) = layer.attn_adapter.active() {
-                attn = adapter.forward(attn);
-            }
-            x = x + attn;
-            let h = rms_norm(x.clone(), layer.post_norm_tuned.active().unwrap_or(&layer.post_attention_layernorm).value(), eps);
-            let gate = silu(layer.gate_proj.forward(h.clone(), rng.as_deref_mut()));
-            let up = layer.up_proj.forward(h, rng.as_deref_mut());
-            let mut mlp = layer.down_proj.forward(gate * up, rng.as_deref_mut());
-            if let Some(adapter) = layer.mlp_adapter.active() {
-                mlp = adapter.forward(mlp);
-            }
-            x = x + mlp;
+        let layer = &self.layers[i];
+        let h = rms_norm(x.clone(), layer.input_norm_tuned.active().unwrap_or(&layer.input_layernorm).value(), eps);
+        let mut attn = self.attention(layer, h, plan.b, plan.t_all, &plan.rope, &plan.mask, rng.as_deref_mut(), kv);
+        if let Some(adapter) = layer.attn_adapter.active() {
+            attn = adapter.forward(attn);
         }
-        if let Some(c) = cache {
-            c.len += t_all;
+        let x = x + attn;
+        let h = rms_norm(x.clone(), layer.post_norm_tuned.active().unwrap_or(&layer.post_attention_layernorm).value(), eps);
+        let gate = silu(layer.gate_proj.forward(h.clone(), rng.as_deref_mut()));
+        let up = layer.up_proj.forward(h, rng.as_deref_mut());
+        let mut mlp = layer.down_proj.forward(gate * up, rng.as_deref_mut());
+        if let Some(adapter) = layer.mlp_adapter.active() {
+            mlp = adapter.forward(mlp);
         }
-        let out = rms_norm(x, self.norm_tuned.active().unwrap_or(&self.norm).value(), eps);
-        if virtual_tokens == 0 {
+        x + mlp
+    }
+
+    /// The final norm, without the virtual tokens.
+    fn finish(&self, x: Tensor<B, 2>, plan: &Plan<B>) -> Tensor<B, 2> {
+        let out = rms_norm(x, self.norm_tuned.active().unwrap_or(&self.norm).value(), self.config.rms_norm_eps);
+        if plan.virtual_tokens == 0 {
             return out;
         }
-        out.reshape([b, t_all, d]).narrow(1, virtual_tokens, t).reshape([b * t, d])
+        let d = self.config.hidden_size;
+        out.reshape([plan.b, plan.t_all, d]).narrow(1, plan.virtual_tokens, plan.t).reshape([plan.b * plan.t, d])
+    }
+
+    /// A training forward pass in stages, for activation checkpointing: the stages can be run
+    /// without a graph first and recomputed one at a time with one. Prefix tuning seeds every
+    /// layer's keys and values from one table, so it is not staged (`None`).
+    pub fn staged(&self, input_ids: Tensor<B, 2, Int>, segments: Option<&[u32]>) -> Option<Staged<B>> {
+        if self.prefix.active().is_some() {
+            return None;
+        }
+        let [b, t] = input_ids.dims();
+        let virtual_tokens = self.prompt.active().map_or(0, |p| p.value.dims()[0]);
+        let plan = self.plan(b, t, 0, virtual_tokens, segments);
+        Some(Staged { input_ids, plan })
+    }
+
+    /// Stage 0: the embedded input (with virtual tokens).
+    pub fn stage_embed(&self, s: &Staged<B>) -> Tensor<B, 2> {
+        self.embed(s.input_ids.clone(), true).0
+    }
+
+    /// Stage `i + 1`: decoder layer `i`.
+    pub fn stage_block(&self, s: &Staged<B>, i: usize, x: Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+        self.block(i, x, &s.plan, rng, None)
+    }
+
+    /// The last stage: final norm, virtual tokens dropped; the hidden states of `hidden_states`.
+    pub fn stage_finish(&self, s: &Staged<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.finish(x, &s.plan)
     }
 
     /// # Shapes
@@ -413,6 +464,22 @@ impl<B: Backend> Llama<B> {
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
         layer.o_proj.forward(out, rng)
     }
+}
+
+/// What every layer of one forward pass shares: shapes, rotary tables and the mask.
+struct Plan<B: Backend> {
+    b: usize,
+    t: usize,
+    t_all: usize,
+    virtual_tokens: usize,
+    rope: Rope<B>,
+    mask: Tensor<B, 2>,
+}
+
+/// A forward pass split into stages (see [`Llama::staged`]).
+pub struct Staged<B: Backend> {
+    input_ids: Tensor<B, 2, Int>,
+    plan: Plan<B>,
 }
 
 /// Keys and values of the positions seen so far, per layer, for incremental decoding.
