@@ -37,6 +37,98 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Estimate a run's memory: weights, adapters, gradients, optimizer states, activations.
     Mem(MemArgs),
+    /// Print a sweep's results as a pivot table (Markdown or CSV): the paper-table view.
+    Table(TableArgs),
+    /// Draw a sweep's results (PNG and SVG): loss curves, and a metric against a parameter.
+    Plot(PlotArgs),
+    /// Write an sbatch job-array script that runs a recipe's trials as shards on Slurm.
+    Slurm(SlurmArgs),
+    /// Combine a sweep's shard results (`<sweep>/shards/*`) into its trials.csv and steps.csv.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TableArgs {
+    /// The sweep's results folder, e.g. results/lora_rank_sweep.
+    pub dir: PathBuf,
+    /// Column(s) of trials.csv that label the rows (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub rows: Vec<String>,
+    /// Column whose values become the table's columns.
+    #[arg(long)]
+    pub cols: Option<String>,
+    /// The metric in the cells.
+    #[arg(long)]
+    pub value: String,
+    /// How trials that share a cell (e.g. several seeds) combine: mean, min, max, count, last.
+    #[arg(long, default_value = "mean")]
+    pub agg: String,
+    /// Decimal places of the cells.
+    #[arg(long)]
+    pub precision: Option<usize>,
+    /// Output format: markdown or csv.
+    #[arg(long, default_value = "markdown")]
+    pub format: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// The sweep's results folder, e.g. results/lora_rank_sweep.
+    pub dir: PathBuf,
+    /// Where the images go (default: DIR/plots).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The parameter on the x axis of the metric plot (default: the first numeric parameter).
+    #[arg(long)]
+    pub x: Option<String>,
+    /// The metric on the y axis (default: eval_loss, else the first metric).
+    #[arg(long)]
+    pub y: Option<String>,
+    /// The parameter that splits the metric plot into lines (default: the other parameters).
+    #[arg(long)]
+    pub series: Option<String>,
+    /// The column of steps.csv the curves show.
+    #[arg(long, default_value = "loss")]
+    pub step_metric: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SlurmArgs {
+    /// The recipe whose trials the array runs.
+    #[arg(value_name = "RECIPE.lua")]
+    pub recipe: PathBuf,
+    /// Number of array tasks (shards); default: the largest sweep's number of trials.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// At most this many array tasks run at once (`--array=0-N%K`).
+    #[arg(long, value_name = "K")]
+    pub array_parallelism: Option<usize>,
+    /// Where the script is written (default: RESULTS/slurm/<recipe>.sbatch).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Submit the script with sbatch after writing it.
+    #[arg(long)]
+    pub submit: bool,
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+    #[arg(long, value_name = "DEVICE", default_value = "flex", value_parser = parse_device)]
+    pub device: DeviceKind,
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    pub results: PathBuf,
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Give the tasks' recipe the full Lua standard library.
+    #[arg(long)]
+    pub trust: bool,
+    /// Options passed to sbatch as #SBATCH lines (after `--`), e.g. -- --partition=gpu --time=2:00:00
+    #[arg(last = true, value_name = "SBATCH OPTIONS")]
+    pub sbatch: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// The sweep's results folder, e.g. results/lora_rank_sweep.
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -181,6 +273,48 @@ pub struct RunArgs {
     /// (model init, LoRA init, data order, dropout). Default 0.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+
+    /// Re-run the recipe whenever it, a module it requires or a file it reads changes;
+    /// finished trials whose ids did not change are reused. Ctrl-C stops.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Print each sweep's trial table (parameters, trainable parameters, estimated memory)
+    /// without training: each trial stops at its first training step.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Run trials again even when trials.csv has them as ok.
+    #[arg(long)]
+    pub rerun: bool,
+
+    /// Run only shard I of N (0-based): trials I, I+N, I+2N... into RESULTS/<sweep>/shards/I-of-N.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+
+    /// Give the recipe the full Lua standard library (io, os.execute, ...). Without it, recipes
+    /// read and write files only through runner's API.
+    #[arg(long)]
+    pub trust: bool,
+
+    /// Stop after this long (e.g. 90s, 30m, 2h): the running trial stops at its next step and is
+    /// not recorded; the sweep resumes from there next time. Exit code 124.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub time_limit: Option<std::time::Duration>,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}' is not a shard: expected I/N with 0 <= I < N, e.g. 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    runner::interrupt::parse_duration(s)
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

@@ -70,6 +70,10 @@ pub enum Training {
     Lora { rank: usize, targets: Vec<String> },
     /// Every parameter.
     Full,
+    /// Some other method (adapters, prompts, (IA)3, BitFit...) with this many trainable
+    /// parameters, measured on a live model. Its activations are estimated as if every
+    /// projection's input were kept: an upper bound.
+    Adapters { trainable: u64 },
 }
 
 impl Training {
@@ -174,6 +178,7 @@ pub fn estimate(run: &RunShape) -> Footprint {
             (n, n)
         }
         Training::Full => (0, proj + rest),
+        Training::Adapters { trainable } => (*trainable, *trainable),
     };
     let activations = match run.training {
         Training::Inference => 0,
@@ -212,7 +217,7 @@ pub fn activation_floats(run: &RunShape) -> u64 {
     let f = c.intermediate_size as u64;
     let s = (run.batch * c.num_attention_heads * run.seq * run.seq) as u64;
     let trains = |proj: &str| match &run.training {
-        Training::Full => true,
+        Training::Full | Training::Adapters { .. } => true,
         Training::Lora { targets, .. } => targets.iter().any(|t| t == proj),
         Training::Inference => false,
     };
@@ -356,6 +361,7 @@ pub fn report(name: &str, run: &RunShape) -> String {
         Training::Inference => "inference".to_string(),
         Training::Lora { rank, targets } => format!("LoRA r={rank} on {}", targets.join(",")),
         Training::Full => "full fine-tuning (AdamW)".to_string(),
+        Training::Adapters { trainable } => format!("{trainable} trainable parameters"),
     };
     let block = match run.precision {
         Precision::Quant(q) => format!(" (block {})", q.block),

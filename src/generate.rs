@@ -33,6 +33,8 @@ pub enum GenerateError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("temperature must be ≥ 0 and top_p in (0, 1] (got {temperature}, {top_p})")]
     Sampling { temperature: f64, top_p: f64 },
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
 }
 
 /// The new tokens that follow `prompt`.
@@ -53,6 +55,7 @@ pub fn generate<B: Backend>(model: &Llama<B>, prompt: &[u32], opts: &GenerateOpt
     let mut input: Vec<i64> = prompt.iter().map(|&i| i as i64).collect();
     let mut out = Vec::new();
     for _ in 0..opts.max_new_tokens {
+        crate::interrupt::check()?;
         let n = input.len();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, n]), &model.device);
         let logits = model.forward_cached(ids, &mut cache).narrow(1, n - 1, 1).reshape([vocab]);

@@ -5,13 +5,17 @@ use std::process::ExitCode;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command, GenerateArgs, PerplexityArgs, TokenizeArgs};
+use cli::{Cli, Command, GenerateArgs, PerplexityArgs, RunArgs, TokenizeArgs};
 use runner::backend::{dispatch, DeviceKind, WithBackend};
-use runner::lua::{run_recipe, RecipeFailure, RecipeOptions, RecipeReport};
+use runner::interrupt::Interrupted;
+use runner::lua::{run_recipe, RecipeFailure, RecipeOptions, RecipeReport, SweepMode, SweepSettings, SweepSummary};
 
-/// Exit codes: 0 all good, 1 some trials failed, 2 usage, recipe or device error.
+/// Exit codes: 0 all good, 1 some trials failed, 2 usage, recipe or device error, 124 the
+/// time limit stopped the run, 130 Ctrl-C stopped it.
 const EXIT_TRIALS_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const EXIT_TIME_LIMIT: u8 = 124;
+const EXIT_CTRL_C: u8 = 130;
 
 struct RunRecipe(RecipeOptions);
 
@@ -146,6 +150,10 @@ fn main() -> ExitCode {
         Some(Command::Perplexity(args)) => return print_result(args.device, Perplexity(args)),
         Some(Command::Tokenize(args)) => return print_text(tokenize(&args)),
         Some(Command::Mem(args)) => return print_text(mem(&args)),
+        Some(Command::Table(args)) => return print_text(table(&args)),
+        Some(Command::Plot(args)) => return print_text(plot(&args)),
+        Some(Command::Slurm(args)) => return print_text(slurm(&args)),
+        Some(Command::Merge(args)) => return print_text(merge(&args)),
         Some(Command::Models) => {
             let models = runner::hub::cached_models();
             println!("cache: {}", runner::hub::cache_dir().display());
@@ -159,6 +167,23 @@ fn main() -> ExitCode {
         }
         None => cli.run,
     };
+    run(args)
+}
+
+fn recipe_options(args: &RunArgs, recipe: std::path::PathBuf) -> RecipeOptions {
+    let mode = if args.dry_run { SweepMode::DryRun } else { SweepMode::Run };
+    RecipeOptions {
+        path: recipe,
+        params: args.set.clone(),
+        seed: args.seed,
+        results_dir: args.results.clone(),
+        device: args.device,
+        trust: args.trust,
+        sweeps: SweepSettings { mode, shard: args.shard, rerun: args.rerun },
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
     let Some(recipe) = args.recipe.clone() else {
         let _ = Cli::command().print_help();
         eprintln!("\nerror: no recipe given (try `runner recipes/quickstart.lua`)");
@@ -168,20 +193,227 @@ fn main() -> ExitCode {
         eprintln!("error: cannot read recipe {}: {e}", recipe.display());
         return ExitCode::from(EXIT_USAGE);
     }
-    let opts = RecipeOptions { path: recipe, params: args.set, seed: args.seed, results_dir: args.results, device: args.device };
-    match dispatch(args.device, RunRecipe(opts)) {
+    runner::interrupt::install_ctrl_c();
+    if let Some(limit) = args.time_limit {
+        runner::interrupt::set_time_limit(limit);
+    }
+    let opts = recipe_options(&args, recipe);
+    if args.watch {
+        return watch(opts);
+    }
+    let (code, _, _) = run_once(&opts);
+    code
+}
+
+/// Runs the recipe once; returns the exit code and what `--watch` needs (the files it read,
+/// and its results when it succeeded).
+fn run_once(opts: &RecipeOptions) -> (ExitCode, Option<RecipeReport>, Vec<std::path::PathBuf>) {
+    match dispatch(opts.device, RunRecipe(opts.clone())) {
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_USAGE)
+            (ExitCode::from(EXIT_USAGE), None, vec![opts.path.clone()])
         }
         Ok(Err(failure)) => {
-            eprintln!("error: {failure}");
-            ExitCode::from(EXIT_USAGE)
+            let code = match failure.interrupted {
+                Some(Interrupted::CtrlC) => EXIT_CTRL_C,
+                Some(Interrupted::TimeLimit) => EXIT_TIME_LIMIT,
+                None => EXIT_USAGE,
+            };
+            if failure.interrupted.is_some() {
+                eprintln!("stopped: {}; finished trials are saved and a new run resumes after them", failure.message);
+            } else {
+                eprintln!("error: {failure}");
+            }
+            let files = failure.files.clone();
+            (ExitCode::from(code), None, files)
         }
-        Ok(Ok(report)) if report.trials_failed > 0 => {
-            eprintln!("{} of {} trial(s) failed", report.trials_failed, report.trials_run);
-            ExitCode::from(EXIT_TRIALS_FAILED)
+        Ok(Ok(report)) => {
+            if report.trials_reused > 0 {
+                eprintln!("{} trial(s) reused from earlier runs (--rerun runs them again)", report.trials_reused);
+            }
+            let code = if report.trials_failed > 0 {
+                eprintln!("{} of {} trial(s) failed", report.trials_failed, report.trials_run);
+                ExitCode::from(EXIT_TRIALS_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            };
+            let files = report.files.clone();
+            (code, Some(report), files)
         }
-        Ok(Ok(_)) => ExitCode::SUCCESS,
     }
+}
+
+/// A compact table of each sweep's trials, the view `--watch` keeps on screen.
+fn print_summaries(summaries: &[SweepSummary]) {
+    for s in summaries {
+        let ok = s.rows.iter().filter(|r| r.status == runner::sweep::TrialStatus::Ok).count();
+        println!("sweep '{}': {ok}/{} ok ({})", s.name, s.rows.len(), s.dir.join("trials.csv").display());
+        for r in &s.rows {
+            let cells: Vec<String> = r
+                .params
+                .iter()
+                .chain(r.metrics.iter())
+                .map(|(k, v)| match v {
+                    runner::sweep::Value::Num(x) => format!("{k}={x:.4}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            println!("  {} {:<9} {}", r.trial_id, r.status.as_str(), cells.join(" "));
+        }
+    }
+}
+
+/// `--watch`: run, then wait for a change to any file the recipe read, and run again.
+fn watch(opts: RecipeOptions) -> ExitCode {
+    use std::sync::atomic::Ordering;
+    let stop = runner::interrupt::ctrl_c_flag();
+    let mut watcher = match runner::watch::FileWatcher::new() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: cannot watch files: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // Watch the recipe before the first run, so an edit made while it runs is not missed.
+    if let Err(e) = watcher.watch_files(std::slice::from_ref(&opts.path)) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut last_good: Option<Vec<SweepSummary>> = None;
+    loop {
+        let (_, report, files) = run_once(&opts);
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("watch: stopped");
+            return ExitCode::from(EXIT_CTRL_C);
+        }
+        match report {
+            Some(report) => {
+                print_summaries(&report.summaries);
+                last_good = Some(report.summaries);
+            }
+            None => {
+                if let Some(good) = &last_good {
+                    println!("last good results (kept on disk):");
+                    print_summaries(good);
+                }
+            }
+        }
+        if let Err(e) = watcher.watch_files(&files) {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        eprintln!("watch: waiting for changes to {} file(s) (Ctrl-C stops)", files.len());
+        match watcher.wait_for_change(std::time::Duration::from_millis(300), stop) {
+            Ok(Some(changed)) => {
+                let names: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
+                eprintln!("watch: {} changed; running again", names.join(", "));
+            }
+            Ok(None) => {
+                eprintln!("watch: stopped");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: watching files: {e:#}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+}
+
+/// `runner slurm`: count the trials (the recipe runs without calling them), then write the
+/// array script.
+fn slurm(a: &cli::SlurmArgs) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let opts = RecipeOptions {
+        path: a.recipe.clone(),
+        params: a.set.clone(),
+        seed: a.seed,
+        results_dir: a.results.clone(),
+        device: a.device,
+        trust: a.trust,
+        sweeps: SweepSettings { mode: SweepMode::Count, ..Default::default() },
+    };
+    let report = dispatch(a.device, RunRecipe(opts))?.map_err(|f| anyhow::anyhow!("{f}"))?;
+    let largest = report.sweep_sizes.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let tasks = a.shards.unwrap_or(largest);
+    let cwd = std::env::current_dir().context("the current folder")?;
+    let results = cwd.join(&a.results);
+    let stem = a.recipe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
+    let mut args = vec![a.recipe.display().to_string(), "--results".into(), a.results.display().to_string(), "--device".into(), a.device.to_string()];
+    for (k, v) in &a.set {
+        args.extend(["--set".to_string(), format!("{k}={v}")]);
+    }
+    if let Some(seed) = a.seed {
+        args.extend(["--seed".to_string(), seed.to_string()]);
+    }
+    if a.trust {
+        args.push("--trust".into());
+    }
+    let job = runner::slurm::ArrayJob {
+        name: format!("runner-{stem}"),
+        tasks,
+        parallelism: a.array_parallelism,
+        workdir: cwd.clone(),
+        exe: std::env::current_exe().context("locating the runner binary")?,
+        args,
+        log_dir: results.join("slurm"),
+        sbatch_options: a.sbatch.clone(),
+    };
+    job.validate().map_err(anyhow::Error::msg)?;
+    let path = a.output.clone().unwrap_or_else(|| a.results.join("slurm").join(format!("{stem}.sbatch")));
+    std::fs::create_dir_all(&job.log_dir).with_context(|| format!("creating {}", job.log_dir.display()))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    runner::model::save::write_atomic(&path, job.script().as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    let mut out = format!("wrote {} ({tasks} array task(s)", path.display());
+    for (name, n) in &report.sweep_sizes {
+        out.push_str(&format!("; sweep '{name}': {n} trial(s)"));
+    }
+    out.push(')');
+    if a.submit {
+        let o = std::process::Command::new("sbatch").arg(&path).output().context("running sbatch (is Slurm installed?)")?;
+        anyhow::ensure!(o.status.success(), "sbatch failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+        out.push_str(&format!("\n{}", String::from_utf8_lossy(&o.stdout).trim()));
+    } else {
+        out.push_str(&format!("\nsubmit it with: sbatch {}", path.display()));
+    }
+    for (name, _) in &report.sweep_sizes {
+        out.push_str(&format!("\nwhen it has finished: runner merge {}", a.results.join(name).display()));
+    }
+    Ok(out)
+}
+
+fn merge(a: &cli::MergeArgs) -> anyhow::Result<String> {
+    let r = runner::sweep::merge::merge(&a.dir)?;
+    Ok(format!(
+        "merged {} shard(s) into {}: {} trial(s) ({} row(s) taken, {} kept because the sweep already had them ok)",
+        r.shards.len(),
+        a.dir.join("trials.csv").display(),
+        r.trials,
+        r.taken,
+        r.kept
+    ))
+}
+
+fn table(a: &cli::TableArgs) -> anyhow::Result<String> {
+    use runner::report::table::{pivot, PivotSpec};
+    let results = runner::report::SweepResults::load(&a.dir)?;
+    let spec = PivotSpec { rows: a.rows.clone(), cols: a.cols.clone(), value: a.value.clone(), agg: a.agg.parse()?, precision: a.precision, include_failed: false };
+    let p = pivot(&results, &spec)?;
+    match a.format.as_str() {
+        "markdown" | "md" => Ok(p.to_markdown().trim_end().to_string()),
+        "csv" => Ok(p.to_csv().trim_end().to_string()),
+        other => anyhow::bail!("unknown format '{other}' (markdown or csv)"),
+    }
+}
+
+fn plot(a: &cli::PlotArgs) -> anyhow::Result<String> {
+    use runner::report::plot::{plot_sweep, PlotOptions};
+    let results = runner::report::SweepResults::load(&a.dir)?;
+    let out = a.out.clone().unwrap_or_else(|| a.dir.join("plots"));
+    let opts = PlotOptions { x: a.x.clone(), y: a.y.clone(), series: a.series.clone(), step_metric: a.step_metric.clone(), include_failed: false };
+    let files = plot_sweep(&results, &out, &opts)?;
+    anyhow::ensure!(!files.is_empty(), "nothing to plot in {}: no logged '{}' in steps.csv and no numeric metric in trials.csv", a.dir.display(), a.step_metric);
+    Ok(files.iter().map(|f| format!("wrote {}", f.display())).collect::<Vec<_>>().join("\n"))
 }

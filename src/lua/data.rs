@@ -66,6 +66,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         "jsonl",
         lua.create_function(|lua, (path, opts): (String, Option<Table>)| {
             let (read, fields) = read_options(lua, "runner.data.jsonl", opts)?;
+            super::host::note_input(lua, Path::new(&path))?;
             finish_read(lua, "runner.data.jsonl", Dataset::read_jsonl(Path::new(&path), read), &fields)
         })?,
     )?;
@@ -73,6 +74,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         "csv",
         lua.create_function(|lua, (path, opts): (String, Option<Table>)| {
             let (read, fields) = read_options(lua, "runner.data.csv", opts)?;
+            super::host::note_input(lua, Path::new(&path))?;
             finish_read(lua, "runner.data.csv", Dataset::read_csv(Path::new(&path), read), &fields)
         })?,
     )?;
@@ -87,6 +89,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 Some("file") => TextUnit::File,
                 Some(other) => return Err(o.err(format!("by must be \"line\", \"paragraph\" or \"file\", got \"{other}\""))),
             };
+            super::host::note_input(lua, Path::new(&path))?;
             finish_read(lua, "runner.data.plaintext", Dataset::read_text(Path::new(&path), unit), &[])
         })?,
     )?;
@@ -94,6 +97,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     t.set(
         "text",
         lua.create_function(|lua, path: String| {
+            super::host::note_input(lua, Path::new(&path))?;
             std::fs::read_to_string(&path).map_err(|e| recipe_error(lua, format!("runner.data.text: cannot read {path}: {e}")))
         })?,
     )?;

@@ -44,6 +44,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 stop: o.strings("stop")?.unwrap_or_default(),
             };
             let save = o.string("save")?;
+            super::host::dry_run_stop(lua, &model.borrow(), 1, 256, false)?;
             let device = model.borrow().device.clone();
             let result = evaluate_generation(&model.borrow(), &tokenizer, &examples, &opts, || release_autodiff_graph::<B>(&device)).map_err(|e| o.err(e))?;
             if let Some(path) = save {

@@ -4,6 +4,7 @@
 pub mod data;
 mod adapters;
 pub mod eval;
+pub mod host;
 pub mod model;
 pub mod options;
 pub mod peft;
@@ -17,9 +18,10 @@ use burn::tensor::backend::AutodiffBackend;
 use mlua::{Lua, Table};
 
 use crate::backend::DeviceKind;
-use crate::sweep::grid::sha256_hex;
+use crate::interrupt::Interrupted;
+use host::RecipeInputs;
 use options::RecipeError;
-use sweep::SweepHost;
+pub use sweep::{SweepHost, SweepMode, SweepSettings, SweepSummary};
 
 /// The device every tensor of this recipe lives on.
 pub struct DeviceData<B: AutodiffBackend>(pub B::Device);
@@ -32,50 +34,79 @@ pub struct RecipeOptions {
     pub seed: Option<u64>,
     pub results_dir: PathBuf,
     pub device: DeviceKind,
+    /// `--trust`: the full Lua standard library (files, processes).
+    pub trust: bool,
+    pub sweeps: SweepSettings,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RecipeReport {
     pub trials_run: usize,
     pub trials_failed: usize,
+    /// Trials skipped because trials.csv already had them as ok.
+    pub trials_reused: usize,
+    /// Each sweep the recipe declared and its number of trials (before sharding).
+    pub sweep_sizes: Vec<(String, usize)>,
+    pub summaries: Vec<SweepSummary>,
+    /// The recipe and every file it read: what `--watch` watches.
+    pub files: Vec<PathBuf>,
 }
 
-/// The recipe could not run to its end: a syntax error, a bad option, an uncaught error.
+/// The recipe could not run to its end: a syntax error, a bad option, an uncaught error, or
+/// an interruption (Ctrl-C, `--time-limit`).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}{}", traceback.as_ref().map(|t| format!("\n{t}")).unwrap_or_default())]
 pub struct RecipeFailure {
     pub message: String,
     pub traceback: Option<String>,
+    pub interrupted: Option<Interrupted>,
+    /// The files read before the failure (the recipe at least), for `--watch`.
+    pub files: Vec<PathBuf>,
 }
 
 /// Runs a recipe file on backend `B`.
 pub fn run_recipe<B: AutodiffBackend>(opts: &RecipeOptions, device: B::Device) -> Result<RecipeReport, RecipeFailure> {
-    let fail = |message: String| RecipeFailure { message, traceback: None };
+    let files = vec![opts.path.clone()];
+    let fail = |message: String| RecipeFailure { message, traceback: None, interrupted: None, files: files.clone() };
     let source = std::fs::read(&opts.path).map_err(|e| fail(format!("cannot read recipe {}: {e}", opts.path.display())))?;
-    let lua = Lua::new();
+    let lua = host::new_lua(opts.trust).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
     lua.set_app_data(DeviceData::<B>(device));
     // Trial ids depend on the recipe text and on what the command line changes: --set values
     // and the device (the seed enters each id separately).
-    let mut identity = source.clone();
     let mut params: Vec<_> = opts.params.iter().collect();
     params.sort();
+    let mut command = String::new();
     for (k, v) in params {
-        identity.extend(format!("\n--set {k}={v}").as_bytes());
+        command.push_str(&format!("\n--set {k}={v}"));
     }
-    identity.extend(format!("\n--device {}", opts.device).as_bytes());
-    lua.set_app_data(SweepHost::new(opts.results_dir.clone(), sha256_hex(&identity), opts.seed));
-    install(&lua, opts).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
-    register::<B>(&lua).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
+    command.push_str(&format!("\n--device {}", opts.device));
+    lua.set_app_data(SweepHost::new(opts.results_dir.clone(), source.clone(), command, opts.seed, opts.sweeps));
+    lua.set_app_data(RecipeInputs::default());
+    let setup = install(&lua, opts)
+        .and_then(|()| register::<B>(&lua))
+        .and_then(|()| host::install_require(&lua, &opts.path, opts.trust))
+        .and_then(|()| host::install_interrupt_hook(&lua));
+    setup.map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
     // '@' makes Lua name the chunk after the file: errors read `recipes/x.lua:LINE: ...`.
     let chunk = lua.load(&source[..]).set_name(format!("@{}", opts.path.display()));
     let result = chunk.exec();
+    let mut files = files.clone();
+    if let Some(inputs) = lua.app_data_ref::<RecipeInputs>() {
+        files.extend(inputs.0.files().map(|p| p.to_path_buf()));
+    }
     let host = lua.app_data_ref::<SweepHost>().expect("host");
-    let report = RecipeReport { trials_run: host.trials_run, trials_failed: host.trials_failed };
     match result {
-        Ok(()) => Ok(report),
+        Ok(()) => Ok(RecipeReport {
+            trials_run: host.trials_run,
+            trials_failed: host.trials_failed,
+            trials_reused: host.trials_reused,
+            sweep_sizes: host.counts.clone(),
+            summaries: host.summaries.clone(),
+            files,
+        }),
         Err(e) => {
             let parts = error_parts(&e);
-            Err(RecipeFailure { message: parts.message, traceback: parts.traceback })
+            Err(RecipeFailure { message: parts.message, traceback: parts.traceback, interrupted: crate::interrupt::state(), files })
         }
     }
 }

@@ -72,6 +72,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 other => return Err(o.err(format!("quantize must be a table such as {{dtype = \"nf4\"}}, found {}", describe(&other)))),
             };
             let device = lua.app_data_ref::<DeviceData<B>>().expect("device registered").0.clone();
+            super::host::note_model_input(lua, &name)?;
             let p = pretrained::load_quantized::<B>(&name, &device, quant).map_err(|e| recipe_error(lua, format!("runner.model.load: {e}")))?;
             let tokenizer = p.tokenizer.map_or(Tokenizer::Bytes, |t| Tokenizer::Text(Rc::new(t)));
             Ok(LuaModel::new(p.model, tokenizer))
@@ -131,6 +132,7 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
                 stop: this.tokenizer.eos().into_iter().collect(),
             };
             let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
+            super::host::dry_run_stop(lua, &this.model.borrow(), 1, ids.len() + opts.max_new_tokens, false)?;
             let out = generate(&this.model.borrow(), &ids, &opts).map_err(|e| o.err(e))?;
             crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
             this.tokenizer.decode(&out, true).map_err(|e| o.err(e))
@@ -147,6 +149,7 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
             let window = o.count("window", 2)?.unwrap_or(model.config.max_position_embeddings.min(1024));
             let stride = o.count("stride", 1)?.unwrap_or(window);
             let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
+            super::host::dry_run_stop(lua, &model, 1, window, false)?;
             let r = perplexity(&model, &ids, window, stride).map_err(|e| o.err(e));
             crate::memory::release_autodiff_graph::<B>(&model.device);
             let r = r?;

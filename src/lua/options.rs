@@ -50,6 +50,17 @@ pub fn runtime_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
     }
 }
 
+/// A dry run stops each trial at its first heavy operation with what it would train.
+#[derive(Debug, thiserror::Error)]
+#[error("dry run: stopped before the first step")]
+pub struct DryRunStop {
+    pub trainable: u64,
+    pub total: u64,
+    pub estimate_bytes: u64,
+    pub batch: usize,
+    pub seq: usize,
+}
+
 /// Training stopped after too many non-finite steps: the trial ends with status `nonfinite`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

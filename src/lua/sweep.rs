@@ -1,33 +1,131 @@
-//! `runner.sweep` and `runner.log`: run a grid of trials, write trials.csv and steps.csv.
+//! `runner.sweep` and `runner.log`: run the trials of a sweep (grid, zip, random search),
+//! skip those already done, and write trials.csv and steps.csv.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
 use mlua::{Function, Lua, Table, Value as LuaValue};
 
-use super::options::{describe, recipe_error, runtime_error, Opts};
+use super::host::RecipeInputs;
+use super::options::{describe, recipe_error, runtime_error, DryRunStop, Opts};
 use super::{error_parts, ErrorParts};
-use crate::sweep::grid::{expand_grid, trial_id};
+use crate::sweep::fingerprint::unchanged;
+use crate::sweep::grid::{sha256_hex, trial_id, Trial};
+use crate::sweep::results::{write_atomic, WriterLock};
+use crate::sweep::space::{shard, Distribution, RandomSearch, SweepSpace};
 use crate::sweep::{StepsLog, TrialRecord, TrialStatus, TrialsTable, Value};
+
+/// What `runner.sweep` does with its trials.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SweepMode {
+    /// Run them (skipping those already done).
+    #[default]
+    Run,
+    /// Print the trial table; each trial stops at its first heavy operation.
+    DryRun,
+    /// Only count them (for `runner slurm`).
+    Count,
+}
+
+/// How this run treats sweeps: from the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepSettings {
+    pub mode: SweepMode,
+    /// `--shard I/N`: run every N-th trial starting at I, into `<sweep>/shards/I-of-N/`.
+    pub shard: Option<(usize, usize)>,
+    /// `--rerun`: run trials even when trials.csv has them as ok.
+    pub rerun: bool,
+}
+
+/// One finished sweep, for the summary `--watch` keeps on screen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepSummary {
+    pub name: String,
+    pub dir: PathBuf,
+    pub rows: Vec<TrialRecord>,
+}
 
 /// What the sweep machinery keeps between calls from the recipe.
 pub struct SweepHost {
     pub results_dir: PathBuf,
+    /// Hash of the recipe text and what the command line changes (checkpoints record it).
     pub recipe_hash: String,
+    /// The recipe text, and what the command line adds to a trial's identity.
+    recipe_source: Vec<u8>,
+    command_identity: String,
     pub seed: Option<u64>,
+    pub mode: SweepMode,
+    settings: SweepSettings,
     pub trials_run: usize,
     pub trials_failed: usize,
+    pub trials_reused: usize,
+    /// (sweep, trials) for each sweep the recipe declared (all of them, before sharding).
+    pub counts: Vec<(String, usize)>,
+    pub summaries: Vec<SweepSummary>,
     sweeps_seen: Vec<String>,
     current: Option<(String, Rc<RefCell<StepsLog>>)>,
     /// `results/<sweep>/<trial-id>/` of the running trial.
     current_dir: Option<PathBuf>,
+    /// Files first read by the running trial, with their fingerprints.
+    trial_inputs: Option<Vec<(PathBuf, String)>>,
 }
 
 impl SweepHost {
-    pub fn new(results_dir: PathBuf, recipe_hash: String, seed: Option<u64>) -> Self {
-        Self { results_dir, recipe_hash, seed, trials_run: 0, trials_failed: 0, sweeps_seen: Vec::new(), current: None, current_dir: None }
+    pub fn new(results_dir: PathBuf, recipe_source: Vec<u8>, command_identity: String, seed: Option<u64>, settings: SweepSettings) -> Self {
+        let mut identity = recipe_source.clone();
+        identity.extend(command_identity.as_bytes());
+        Self {
+            results_dir,
+            recipe_hash: sha256_hex(&identity),
+            recipe_source,
+            command_identity,
+            seed,
+            mode: settings.mode,
+            settings,
+            trials_run: 0,
+            trials_failed: 0,
+            trials_reused: 0,
+            counts: Vec::new(),
+            summaries: Vec::new(),
+            sweeps_seen: Vec::new(),
+            current: None,
+            current_dir: None,
+            trial_inputs: None,
+        }
+    }
+
+    pub fn in_trial(&self) -> bool {
+        self.trial_inputs.is_some()
+    }
+
+    /// A file read while a trial runs belongs to that trial's inputs.
+    pub fn note_trial_input(&mut self, path: &Path, fingerprint: String) {
+        if let Some(list) = self.trial_inputs.as_mut() {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            if !list.iter().any(|(p, _)| *p == path) {
+                list.push((path, fingerprint));
+            }
+        }
+    }
+
+    /// The hash every trial id of a sweep starts from: the recipe text without the lines that
+    /// declare the sweep's values (from the `runner.sweep` call up to its trial function, so
+    /// adding a rank to the grid keeps the other trials' ids), the command line's --set and
+    /// --device, and the fingerprints of every file read so far.
+    fn sweep_hash(&self, skip_lines: Option<(usize, usize)>, inputs: &str) -> String {
+        let text = String::from_utf8_lossy(&self.recipe_source);
+        let mut masked = String::with_capacity(text.len());
+        for (i, line) in text.split('\n').enumerate() {
+            let n = i + 1;
+            if !skip_lines.is_some_and(|(a, b)| (a..=b).contains(&n)) {
+                masked.push_str(line);
+            }
+            masked.push('\n');
+        }
+        sha256_hex(format!("{masked}{}\ninputs:\n{inputs}", self.command_identity).as_bytes())
     }
 }
 
@@ -118,93 +216,268 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     runner.set("sweep", lua.create_function(run_sweep)?)
 }
 
+
+/// A list of scalars (or one scalar) for `what`.
+fn value_list(o: &Opts, what: &str, v: &LuaValue) -> mlua::Result<Vec<Value>> {
+    match v {
+        LuaValue::Table(list) => {
+            let mut values = Vec::new();
+            for item in list.sequence_values::<LuaValue>() {
+                let item = item?;
+                values.push(scalar_from_lua(&item).ok_or_else(|| o.err(format!("{what}: values must be numbers, strings or booleans, found {}", describe(&item))))?);
+            }
+            if values.is_empty() {
+                return Err(o.err(format!("{what} is an empty list")));
+            }
+            Ok(values)
+        }
+        other => Ok(vec![scalar_from_lua(other).ok_or_else(|| o.err(format!("{what} must be a list of values, found {}", describe(other))))?]),
+    }
+}
+
+/// `name = {values...}` pairs of a grid or zip table.
+fn named_lists(o: &Opts, field: &str) -> mlua::Result<Vec<(String, Vec<Value>)>> {
+    let mut out = Vec::new();
+    if let Some(g) = o.table(field)? {
+        for pair in g.pairs::<LuaValue, LuaValue>() {
+            let (k, v) = pair?;
+            let LuaValue::String(k) = k else {
+                return Err(o.err(format!("{field} keys must be parameter names, found {}", describe(&k))));
+            };
+            let k = k.to_string_lossy();
+            out.push((k.clone(), value_list(o, &format!("{field}.{k}"), &v)?));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// `random = {budget = 8, seed = 0, space = {lr = {min = 1e-4, max = 1e-2, log = true}, rank = {4, 8}}}`
+fn random_search(lua: &Lua, o: &Opts) -> mlua::Result<Option<RandomSearch>> {
+    let Some(t) = o.table("random")? else { return Ok(None) };
+    let r = Opts::new(lua, "runner.sweep: random", Some(t), &["budget", "seed", "space"])?;
+    let budget = r.required("budget", r.count("budget", 1)?)?;
+    let seed = r.int("seed")?.unwrap_or(0) as u64;
+    let space_table = r.required("space", r.table("space")?)?;
+    let mut space = Vec::new();
+    for pair in space_table.pairs::<LuaValue, LuaValue>() {
+        let (k, v) = pair?;
+        let LuaValue::String(k) = k else {
+            return Err(r.err(format!("space keys must be parameter names, found {}", describe(&k))));
+        };
+        let k = k.to_string_lossy();
+        let range = match &v {
+            LuaValue::Table(t) => t.contains_key("min")? || t.contains_key("max")?,
+            _ => false,
+        };
+        let dist = if range {
+            let LuaValue::Table(t) = v else { unreachable!() };
+            let d = Opts::new(lua, "runner.sweep: random.space", Some(t), &["min", "max", "log", "int"])?;
+            Distribution::Range {
+                min: d.required("min", d.num("min")?)?,
+                max: d.required("max", d.num("max")?)?,
+                log: d.bool("log")?.unwrap_or(false),
+                int: d.bool("int")?.unwrap_or(false),
+            }
+        } else {
+            Distribution::Choice(value_list(o, &format!("random.space.{k}"), &v)?)
+        };
+        space.push((k, dist));
+    }
+    space.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Some(RandomSearch { budget, seed, space }))
+}
+
+fn params_table(lua: &Lua, trial: &Trial, seed: Option<u64>) -> mlua::Result<Table> {
+    let params = lua.create_table()?;
+    for (k, v) in &trial.params {
+        params.set(k.as_str(), scalar_to_lua(lua, v)?)?;
+    }
+    if !trial.params.iter().any(|(k, _)| k == "seed") {
+        params.set("seed", seed.unwrap_or(0))?;
+    }
+    Ok(params)
+}
+
+/// A row of the table `runner.sweep` returns.
+fn result_row(lua: &Lua, r: &TrialRecord, reused: bool) -> mlua::Result<Table> {
+    let row = lua.create_table()?;
+    row.set("trial_id", r.trial_id.as_str())?;
+    row.set("status", r.status.as_str())?;
+    row.set("seconds", r.seconds)?;
+    for (k, v) in r.params.iter().chain(r.metrics.iter()) {
+        row.set(k.as_str(), scalar_to_lua(lua, v)?)?;
+    }
+    if let Some(msg) = &r.error {
+        row.set("error", msg.as_str())?;
+    }
+    if reused {
+        row.set("reused", true)?;
+    }
+    Ok(row)
+}
+
+/// Which files each trial read itself (`.inputs.json`), to re-run a trial whose data changed.
+type TrialInputs = BTreeMap<String, Vec<(PathBuf, String)>>;
+
+fn read_trial_inputs(dir: &Path) -> TrialInputs {
+    std::fs::read(dir.join(".inputs.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+fn write_trial_inputs(dir: &Path, inputs: &TrialInputs) -> std::io::Result<()> {
+    write_atomic(&dir.join(".inputs.json"), &serde_json::to_vec_pretty(inputs).map_err(std::io::Error::other)?)
+}
+
+/// Runs the trial function with the host set up for trial `id`; returns its outcome and seconds.
+fn call_trial(lua: &Lua, trial_fn: &Function, params: Table, id: &str, dir: &Path, steps: Option<Rc<RefCell<StepsLog>>>) -> (mlua::Result<LuaValue>, f64, Vec<(PathBuf, String)>) {
+    {
+        let mut host = lua.app_data_mut::<SweepHost>().expect("host");
+        host.current = steps.map(|s| (id.to_string(), s));
+        host.current_dir = Some(dir.join(id));
+        host.trial_inputs = Some(Vec::new());
+    }
+    // Free what earlier trials left for Lua's garbage collector (models, optimizer states)
+    // before this one starts, so memory does not pile up across a sweep and the peak below is
+    // this trial's own.
+    let _ = lua.gc_collect();
+    let _ = lua.gc_collect();
+    crate::memory::reset_peak();
+    let started = Instant::now();
+    let outcome = trial_fn.call::<LuaValue>(params);
+    let seconds = started.elapsed().as_secs_f64();
+    // A loop left early (early stopping, an error) leaves its progress bar behind.
+    if let Some(mut slot) = lua.remove_app_data::<crate::progress::ProgressSlot>()
+        && let Some(mut p) = slot.current.take()
+    {
+        p.finish();
+    }
+    let mut host = lua.app_data_mut::<SweepHost>().expect("host");
+    host.current = None;
+    host.current_dir = None;
+    let inputs = host.trial_inputs.take().unwrap_or_default();
+    (outcome, seconds, inputs)
+}
+
 fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
     let LuaValue::Table(opts) = opts else {
         return Err(recipe_error(lua, format!("runner.sweep expects a table {{name = ..., grid = ..., trial = ...}}, found {}", describe(&opts))));
     };
-    let o = Opts::new(lua, "runner.sweep", Some(opts), &["name", "grid", "trial"])?;
+    let call_line = super::options::lua_location(lua).and_then(|l| l.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()));
+    let o = Opts::new(lua, "runner.sweep", Some(opts), &["name", "grid", "zip", "random", "trial"])?;
     let name = o.required("name", o.string("name")?)?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) || name.starts_with('.') {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) || name.starts_with('.') || name == "shards" {
         return Err(o.err(format!("name '{name}' must be letters, digits, '_', '-' or '.' (it names a folder under the results directory)")));
     }
     let trial_fn: Function = match o.raw("trial")? {
         LuaValue::Function(f) => f,
         other => return Err(o.err(format!("trial must be a function(p) ... end, found {}", describe(&other)))),
     };
-    let mut grid = Vec::new();
-    if let Some(g) = o.table("grid")? {
-        for pair in g.pairs::<LuaValue, LuaValue>() {
-            let (k, v) = pair?;
-            let LuaValue::String(k) = k else {
-                return Err(o.err(format!("grid keys must be parameter names, found {}", describe(&k))));
-            };
-            let k = k.to_string_lossy();
-            let values = match &v {
-                LuaValue::Table(list) => {
-                    let mut values = Vec::new();
-                    for item in list.sequence_values::<LuaValue>() {
-                        let item = item?;
-                        values.push(scalar_from_lua(&item).ok_or_else(|| o.err(format!("grid.{k}: values must be numbers, strings or booleans, found {}", describe(&item))))?);
-                    }
-                    if values.is_empty() {
-                        return Err(o.err(format!("grid.{k} is an empty list")));
-                    }
-                    values
-                }
-                other => vec![scalar_from_lua(other).ok_or_else(|| o.err(format!("grid.{k} must be a list of values, found {}", describe(other))))?],
-            };
-            grid.push((k, values));
-        }
-    }
-    let (dir, recipe_hash, seed) = {
+    let space = SweepSpace { grid: named_lists(&o, "grid")?, zip: named_lists(&o, "zip")?, random: random_search(lua, &o)? };
+    space.validate().map_err(|e| o.err(e))?;
+    let trials = space.trials();
+
+    // The lines from the call to the trial function declare values that are part of each
+    // trial's parameters: leave them out of the hash.
+    let info = trial_fn.info();
+    let skip_lines = match (call_line, info.line_defined, info.source.as_deref()) {
+        (Some(call), Some(def), Some(src)) if def > call && lua_location_source(lua).as_deref() == Some(src) => Some((call, def - 1)),
+        _ => None,
+    };
+    let inputs = lua.app_data_ref::<RecipeInputs>().map(|i| i.0.describe()).unwrap_or_default();
+    let (hash, seed, settings) = {
         let mut host = lua.app_data_mut::<SweepHost>().expect("sweep host registered");
         if host.sweeps_seen.contains(&name) {
             return Err(o.err(format!("a sweep named '{name}' already ran in this recipe; give each sweep its own name")));
         }
         host.sweeps_seen.push(name.clone());
-        (host.results_dir.join(&name), host.recipe_hash.clone(), host.seed)
+        host.counts.push((name.clone(), trials.len()));
+        (host.sweep_hash(skip_lines, &inputs), host.seed, host.settings)
     };
-    let io = |e: std::io::Error| runtime_error(lua, format!("runner.sweep '{name}': writing results to {}: {e}", dir.display()));
-    let mut table = TrialsTable::create(&dir).map_err(io)?;
-    let steps = Rc::new(RefCell::new(StepsLog::create(&dir).map_err(io)?));
-    let trials = expand_grid(&grid);
+    let ids: Vec<String> = trials.iter().map(|t| trial_id(&hash, &name, seed, t)).collect();
+    let mine: Vec<(usize, Trial)> = match settings.shard {
+        Some((i, n)) => shard(&trials, i, n),
+        None => trials.iter().cloned().enumerate().collect(),
+    };
+    let sweep_dir = lua.app_data_ref::<SweepHost>().expect("host").results_dir.join(&name);
+    let dir = match settings.shard {
+        Some((i, n)) => sweep_dir.join("shards").join(format!("{i}-of-{n}")),
+        None => sweep_dir.clone(),
+    };
     let results = lua.create_table()?;
-    eprintln!("sweep '{name}': {} trial(s) -> {}", trials.len(), dir.display());
-    for (i, trial) in trials.iter().enumerate() {
-        let id = trial_id(&recipe_hash, &name, seed, trial);
-        eprintln!("trial {}/{} [{id}] {}", i + 1, trials.len(), display_row(&trial.params));
-        let params = lua.create_table()?;
-        for (k, v) in &trial.params {
-            params.set(k.as_str(), scalar_to_lua(lua, v)?)?;
+    match settings.mode {
+        SweepMode::Count => Ok(results),
+        SweepMode::DryRun => {
+            dry_run(lua, &name, &dir, &trial_fn, &trials, &ids, &mine, seed)?;
+            Ok(results)
         }
-        if !trial.params.iter().any(|(k, _)| k == "seed") {
-            params.set("seed", seed.unwrap_or(0))?;
+        SweepMode::Run => {
+            run_trials(lua, &name, &dir, &trial_fn, &trials, &ids, &mine, seed, settings.rerun, &results)?;
+            Ok(results)
         }
-        {
-            let mut host = lua.app_data_mut::<SweepHost>().expect("host");
-            host.current = Some((id.clone(), steps.clone()));
-            host.current_dir = Some(dir.join(&id));
+    }
+}
+
+/// The chunk name of the innermost Lua function calling into Rust (e.g. `@recipes/x.lua`).
+fn lua_location_source(lua: &Lua) -> Option<String> {
+    for level in 1..32 {
+        match lua.inspect_stack(level, |d| d.source().source.map(|s| s.into_owned())) {
+            None => return None,
+            Some(Some(src)) if src.starts_with('@') => return Some(src),
+            Some(_) => continue,
         }
-        // Free what earlier trials left for Lua's garbage collector (models, optimizer
-        // states) before this one starts, so memory does not pile up across a sweep and the
-        // peak below is this trial's own.
-        lua.gc_collect()?;
-        lua.gc_collect()?;
-        crate::memory::reset_peak();
-        let started = Instant::now();
-        let outcome = trial_fn.call::<LuaValue>(params);
-        let seconds = started.elapsed().as_secs_f64();
-        // A loop left early (early stopping, an error) leaves its progress bar behind.
-        if let Some(mut slot) = lua.remove_app_data::<crate::progress::ProgressSlot>()
-            && let Some(mut p) = slot.current.take()
-        {
-            p.finish();
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[Trial], ids: &[String], mine: &[(usize, Trial)], seed: Option<u64>, rerun: bool, results: &Table) -> mlua::Result<()> {
+    let io = |e: std::io::Error| runtime_error(lua, format!("runner.sweep '{name}': results in {}: {e}", dir.display()));
+    let _lock = WriterLock::acquire(dir).map_err(io)?;
+    let mut table = TrialsTable::open(dir).map_err(io)?;
+    let steps = Rc::new(RefCell::new(StepsLog::open(dir).map_err(io)?));
+    let mut trial_inputs = read_trial_inputs(dir);
+    // Rows of trials this version of the recipe no longer has (an edited trial function, a
+    // removed grid value) move to archive/, so trials.csv describes the current sweep only.
+    let stale = table.take_unless(|r| ids.contains(&r.trial_id)).map_err(io)?;
+    if !stale.is_empty() {
+        let archive = dir.join("archive");
+        let mut old = TrialsTable::open(&archive).map_err(io)?;
+        let mut old_steps = StepsLog::open(&archive).map_err(io)?;
+        let moved = steps.borrow_mut().take_unless(|id| !stale.iter().any(|r| r.trial_id == id)).map_err(io)?;
+        for r in &stale {
+            old.record(r.clone()).map_err(io)?;
+            old_steps.extend(&r.trial_id, moved.iter().filter(|(id, _)| *id == r.trial_id).map(|(_, row)| row.clone())).map_err(io)?;
+            trial_inputs.remove(&r.trial_id);
         }
+        eprintln!("sweep '{name}': {} trial(s) of an earlier version of the recipe moved to {}", stale.len(), archive.display());
+    }
+    eprintln!("sweep '{name}': {} trial(s){} -> {}", trials.len(), if mine.len() < trials.len() { format!(", {} in this shard", mine.len()) } else { String::new() }, dir.display());
+    for (k, (index, trial)) in mine.iter().enumerate() {
+        let id = &ids[*index];
+        let label = format!("trial {}/{} [{id}] {}", k + 1, mine.len(), display_row(&trial.params));
+        if let Some(done) = table.find(id).filter(|r| r.status == TrialStatus::Ok && !rerun) {
+            let inputs_same = trial_inputs.get(id).is_none_or(|files| unchanged(files));
+            if inputs_same {
+                eprintln!("{label}: done earlier, reused");
+                results.push(result_row(lua, done, true)?)?;
+                lua.app_data_mut::<SweepHost>().expect("host").trials_reused += 1;
+                continue;
+            }
+            eprintln!("{label}: a file it read changed; running it again");
+        } else {
+            eprintln!("{label}");
+        }
+        // Rows an interrupted or failed earlier attempt logged would otherwise appear twice.
+        steps.borrow_mut().take_unless(|t| t != id).map_err(io)?;
+        let params = params_table(lua, trial, seed)?;
+        let (outcome, seconds, inputs) = call_trial(lua, trial_fn, params, id, dir, Some(steps.clone()));
         let peak_mem_mb = crate::memory::peak_rss_bytes().map(|b| (b as f64 / (1 << 20) as f64).round());
+        if let Err(e) = &outcome
+            && crate::interrupt::state().is_some()
         {
-            let mut host = lua.app_data_mut::<SweepHost>().expect("host");
-            host.current = None;
-            host.current_dir = None;
+            // Stopped from outside: the trial is not recorded, and runs again next time.
+            eprintln!("  trial [{id}] stopped: {}", error_parts(e).message);
+            return Err(e.clone());
         }
         let mut nonfinite = false;
         let (mut metrics, failure, abort) = match outcome {
@@ -236,20 +509,14 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
         if failure.is_none() {
             eprintln!("  ok in {seconds:.1}s {}", display_row(&metrics));
         }
-        let row = lua.create_table()?;
-        row.set("trial_id", id.as_str())?;
-        row.set("status", status.as_str())?;
-        row.set("seconds", seconds)?;
-        for (k, v) in trial.params.iter().chain(metrics.iter()) {
-            row.set(k.as_str(), scalar_to_lua(lua, v)?)?;
-        }
-        if let Some(msg) = &failure {
-            row.set("error", msg.as_str())?;
-        }
-        results.push(row)?;
-        table
-            .record(TrialRecord { trial_id: id, params: trial.params.clone(), metrics, status, seconds, error: failure })
-            .map_err(io)?;
+        let record = TrialRecord { trial_id: id.clone(), params: trial.params.clone(), metrics, status, seconds, error: failure };
+        results.push(result_row(lua, &record, false)?)?;
+        table.record(record).map_err(io)?;
+        // The trial's own inputs, stored with paths relative to the working folder where
+        // possible (results are often committed).
+        let cwd = std::env::current_dir().unwrap_or_default();
+        trial_inputs.insert(id.clone(), inputs.into_iter().map(|(p, f)| (p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p), f)).collect());
+        write_trial_inputs(dir, &trial_inputs).map_err(io)?;
         {
             let mut host = lua.app_data_mut::<SweepHost>().expect("host");
             host.trials_run += 1;
@@ -262,5 +529,48 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
             return Err(e);
         }
     }
-    Ok(results)
+    let rows = mine.iter().filter_map(|(i, _)| table.find(&ids[*i]).cloned()).collect();
+    lua.app_data_mut::<SweepHost>().expect("host").summaries.push(SweepSummary { name: name.to_string(), dir: dir.to_path_buf(), rows });
+    Ok(())
+}
+
+/// `--dry-run`: the trial table, with what each trial trains and the memory it would need.
+#[allow(clippy::too_many_arguments)]
+fn dry_run(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[Trial], ids: &[String], mine: &[(usize, Trial)], seed: Option<u64>) -> mlua::Result<()> {
+    let done = if dir.join("trials.csv").is_file() { TrialsTable::open_read_only(dir).ok() } else { None };
+    println!("sweep '{name}': {} trial(s){} -> {}", trials.len(), if mine.len() < trials.len() { format!(", {} in this shard", mine.len()) } else { String::new() }, dir.display());
+    let mut lines = vec![vec!["#".to_string(), "trial_id".into(), "parameters".into(), "trainable".into(), "est. memory".into(), "state".into()]];
+    for (index, trial) in mine {
+        let id = &ids[*index];
+        let params = params_table(lua, trial, seed)?;
+        let (outcome, _, _) = call_trial(lua, trial_fn, params, id, dir, None);
+        let (trainable, memory) = match &outcome {
+            Err(e) => match dry_stop(e) {
+                Some(s) => (format!("{} ({:.2}%)", s.trainable, 100.0 * s.trainable as f64 / s.total.max(1) as f64), format!("{:.0} MB at {}x{}", s.estimate_bytes as f64 / (1u64 << 20) as f64, s.batch, s.seq)),
+                None if crate::interrupt::state().is_some() => return Err(e.clone()),
+                None => ("-".into(), format!("error: {}", error_parts(e).message)),
+            },
+            Ok(_) => ("-".into(), "- (no training step)".into()),
+        };
+        let state = match done.as_ref().and_then(|t| t.find(id)) {
+            Some(r) if r.status == TrialStatus::Ok => "done (reused)".to_string(),
+            Some(r) => format!("{} (runs again)", r.status.as_str()),
+            None => "to run".to_string(),
+        };
+        lines.push(vec![(index + 1).to_string(), id.clone(), display_row(&trial.params), trainable, memory, state]);
+    }
+    let widths: Vec<usize> = (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
+    for l in &lines {
+        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("  {}", cells.join("  ").trim_end());
+    }
+    Ok(())
+}
+
+fn dry_stop(e: &mlua::Error) -> Option<&DryRunStop> {
+    match e {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => dry_stop(cause),
+        mlua::Error::ExternalError(err) => err.downcast_ref::<DryRunStop>(),
+        _ => None,
+    }
 }

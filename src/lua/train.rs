@@ -114,6 +114,7 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
         // Returns the loss and a table {loss, grad_norm, lr, tokens, target_tokens, skipped}.
         methods.add_method_mut("step", |lua, this, batch: Value| {
             let batch = as_batch(lua, "trainer:step", &batch, &this.tokenizer)?;
+            super::host::dry_run_stop(lua, &this.model.borrow(), batch.batch, batch.seq, true)?;
             let mut model = this.model.borrow_mut();
             let report = this.trainer.step(&mut model, &batch).map_err(|e| train_error(lua, "trainer:step", e))?;
             if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>() {
@@ -148,6 +149,7 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
         // Returns the mean loss, and a table {loss, perplexity, tokens}.
         methods.add_method("evaluate", |lua, this, (data, opts): (Value, Option<Table>)| {
             let model = this.model.borrow();
+            super::host::dry_run_stop(lua, &model, 1, 256, false)?;
             let result = match &data {
                 Value::UserData(ud) if ud.is::<LuaDataset>() => {
                     let ds = ud.borrow::<LuaDataset>()?.0.clone();

@@ -1,7 +1,10 @@
 //! Sweeps: grid expansion, trial ids, and the CSV results they write.
 
+pub mod fingerprint;
 pub mod grid;
+pub mod merge;
 pub mod results;
+pub mod space;
 pub mod value;
 
 pub use grid::{expand_grid, trial_id, Trial};

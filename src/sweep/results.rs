@@ -18,6 +18,10 @@ pub enum TrialStatus {
 }
 
 impl TrialStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        [TrialStatus::Ok, TrialStatus::Failed, TrialStatus::Nonfinite].into_iter().find(|t| t.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TrialStatus::Ok => "ok",
@@ -44,6 +48,29 @@ fn csv_line<I: IntoIterator<Item = String>>(fields: I) -> io::Result<Vec<u8>> {
     w.into_inner().map_err(|e| io::Error::other(e.to_string()))
 }
 
+/// The header and records of a CSV file. A file that does not end in a newline lost the end
+/// of its last record (a crash mid-write): that record is dropped and `true` returned.
+pub fn read_records(path: &Path) -> io::Result<(Vec<String>, Vec<csv::StringRecord>, bool)> {
+    let bytes = fs::read(path)?;
+    let truncated = !bytes.is_empty() && !bytes.ends_with(b"\n");
+    let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(&bytes[..]);
+    let bad = |e: csv::Error| io::Error::other(format!("{}: {e}", path.display()));
+    let header: Vec<String> = r.headers().map_err(bad)?.iter().map(str::to_string).collect();
+    let mut records = Vec::new();
+    for rec in r.records() {
+        match rec {
+            Ok(rec) => records.push(rec),
+            // An unterminated quote can only be the cut-off last record.
+            Err(_) if truncated => break,
+            Err(e) => return Err(bad(e)),
+        }
+    }
+    if truncated {
+        records.pop();
+    }
+    Ok((header, records, truncated))
+}
+
 /// Writes `contents` to `path` through a temporary file in the same folder, so readers see
 /// either the old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
@@ -56,17 +83,94 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// Holds `dir/.lock` for as long as it lives: one writer per results folder, so two runs of
+/// the same sweep cannot interleave rows.
+pub struct WriterLock(#[allow(dead_code)] File);
+
+impl WriterLock {
+    pub fn acquire(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(".lock");
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Self(f)),
+            Err(fs::TryLockError::WouldBlock) => Err(io::Error::other(format!(
+                "another runner is writing {} (it holds {}); wait for it to finish, or give this run its own --results folder",
+                dir.display(),
+                path.display()
+            ))),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
 pub struct TrialsTable {
     path: PathBuf,
     rows: Vec<TrialRecord>,
 }
 
 impl TrialsTable {
-    pub fn create(dir: &Path) -> io::Result<Self> {
+    /// Opens `dir/trials.csv`, keeping the rows already there (a sweep resumes), or starts
+    /// an empty one. A partial last line (a crash while appending, or a copy cut short) is
+    /// dropped and the file rewritten whole.
+    pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let table = Self { path: dir.join("trials.csv"), rows: Vec::new() };
-        table.flush()?;
+        let (table, repaired) = Self::load(dir)?;
+        if repaired || !table.path.exists() {
+            table.flush()?;
+        }
         Ok(table)
+    }
+
+    /// The table as it is on disk, changing nothing (for `--dry-run`).
+    pub fn open_read_only(dir: &Path) -> io::Result<Self> {
+        Ok(Self::load(dir)?.0)
+    }
+
+    fn load(dir: &Path) -> io::Result<(Self, bool)> {
+        let path = dir.join("trials.csv");
+        let mut rows = Vec::new();
+        let mut repaired = false;
+        if path.exists() {
+            let (header, records, cut) = read_records(&path)?;
+            repaired = cut;
+            let col = |name: &str| header.iter().position(|h| h == name);
+            let (Some(status_col), Some(seconds_col)) = (col("status"), col("seconds")) else {
+                return Err(io::Error::other(format!("{} has no status and seconds columns; it was not written by runner", path.display())));
+            };
+            let error_col = col("error").unwrap_or(header.len());
+            for rec in records {
+                let field = |i: usize| rec.get(i).unwrap_or("");
+                let pairs = |range: std::ops::Range<usize>| -> Vec<(String, Value)> {
+                    range.filter(|&i| !field(i).is_empty()).map(|i| (header[i].clone(), Value::parse_text(field(i)))).collect()
+                };
+                let status = TrialStatus::parse(field(status_col)).unwrap_or(TrialStatus::Failed);
+                rows.push(TrialRecord {
+                    trial_id: field(0).to_string(),
+                    params: pairs(1..status_col),
+                    metrics: pairs(seconds_col + 1..error_col),
+                    status,
+                    seconds: field(seconds_col).parse().unwrap_or(0.0),
+                    error: Some(field(error_col)).filter(|e| !e.is_empty()).map(str::to_string),
+                });
+            }
+        }
+        Ok((Self { path, rows }, repaired))
+    }
+
+    /// The recorded row of a trial.
+    pub fn find(&self, trial_id: &str) -> Option<&TrialRecord> {
+        self.rows.iter().find(|r| r.trial_id == trial_id)
+    }
+
+    /// Removes the rows `keep` rejects and returns them (written at once).
+    pub fn take_unless(&mut self, keep: impl Fn(&TrialRecord) -> bool) -> io::Result<Vec<TrialRecord>> {
+        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows).into_iter().partition(|r| keep(r));
+        self.rows = kept;
+        if !taken.is_empty() {
+            self.flush()?;
+        }
+        Ok(taken)
     }
 
     pub fn path(&self) -> &Path {
@@ -77,8 +181,13 @@ impl TrialsTable {
         &self.rows
     }
 
+    /// Records a trial, replacing an earlier row of the same id (a failed trial run again),
+    /// so no id ever appears twice.
     pub fn record(&mut self, row: TrialRecord) -> io::Result<()> {
-        self.rows.push(row);
+        match self.rows.iter_mut().find(|r| r.trial_id == row.trial_id) {
+            Some(old) => *old = row,
+            None => self.rows.push(row),
+        }
         self.flush()
     }
 
@@ -129,11 +238,54 @@ pub struct StepsLog {
 }
 
 impl StepsLog {
-    pub fn create(dir: &Path) -> io::Result<Self> {
+    /// Opens `dir/steps.csv`, keeping its rows; a partial last line is dropped.
+    pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let log = Self { path: dir.join("steps.csv"), columns: Vec::new(), rows: Vec::new() };
-        log.rewrite()?;
+        let path = dir.join("steps.csv");
+        let mut log = Self { path, columns: Vec::new(), rows: Vec::new() };
+        let mut repaired = false;
+        if log.path.exists() {
+            let (header, records, cut) = read_records(&log.path)?;
+            repaired = cut;
+            log.columns = header.iter().skip(1).cloned().collect();
+            for rec in records {
+                let row = header.iter().enumerate().skip(1).filter_map(|(i, h)| rec.get(i).filter(|v| !v.is_empty()).map(|v| (h.clone(), Value::parse_text(v)))).collect();
+                log.rows.push((rec.get(0).unwrap_or("").to_string(), row));
+            }
+        }
+        if repaired || !log.path.exists() {
+            log.rewrite()?;
+        }
         Ok(log)
+    }
+
+    /// Removes the rows of the trials `keep` rejects (e.g. a trial about to run again, whose
+    /// earlier attempt was interrupted) and returns them.
+    pub fn take_unless(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<Vec<(String, Vec<(String, Value)>)>> {
+        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows).into_iter().partition(|(id, _)| keep(id));
+        self.rows = kept;
+        if !taken.is_empty() {
+            self.rewrite()?;
+        }
+        Ok(taken)
+    }
+
+    /// Adds many rows of one trial at once (one rewrite).
+    pub fn extend(&mut self, trial_id: &str, rows: impl IntoIterator<Item = Vec<(String, Value)>>) -> io::Result<()> {
+        for row in rows {
+            for (k, _) in &row {
+                if !self.columns.contains(k) {
+                    self.columns.push(k.clone());
+                }
+            }
+            self.rows.push((trial_id.to_string(), row));
+        }
+        self.rewrite()
+    }
+
+    /// The rows logged by one trial.
+    pub fn rows_of<'a>(&'a self, trial_id: &'a str) -> impl Iterator<Item = &'a Vec<(String, Value)>> + 'a {
+        self.rows.iter().filter(move |(id, _)| id == trial_id).map(|(_, r)| r)
     }
 
     pub fn path(&self) -> &Path {
@@ -205,7 +357,7 @@ mod tests {
     #[test]
     fn trials_table_unions_columns_and_quotes_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = TrialsTable::create(dir.path()).unwrap();
+        let mut t = TrialsTable::open(dir.path()).unwrap();
         t.record(TrialRecord {
             trial_id: "a".into(),
             params: vec![("rank".into(), Value::Int(4))],
@@ -236,11 +388,61 @@ mod tests {
     #[test]
     fn steps_log_orders_columns_and_grows() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StepsLog::create(dir.path()).unwrap();
+        let mut s = StepsLog::open(dir.path()).unwrap();
         s.log("t1", vec![("loss".into(), Value::Num(2.0)), ("step".into(), Value::Int(1))]).unwrap();
         s.log("t1", vec![("step".into(), Value::Int(2)), ("loss".into(), Value::Num(1.0))]).unwrap();
         s.log("t1", vec![("step".into(), Value::Int(3)), ("lr".into(), Value::Num(0.1)), ("loss".into(), Value::Num(0.5))]).unwrap();
         let text = fs::read_to_string(s.path()).unwrap();
         assert_eq!(text, "trial_id,step,loss,lr\nt1,1,2,\nt1,2,1,\nt1,3,0.5,0.1\n");
+    }
+
+    #[test]
+    fn tables_resume_replace_by_id_and_repair_a_cut_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |id: &str, status, loss: f64| TrialRecord {
+            trial_id: id.into(),
+            params: vec![("rank".into(), Value::Int(4)), ("method".into(), Value::Str("lora".into()))],
+            metrics: vec![("loss".into(), Value::Num(loss))],
+            status,
+            seconds: 1.0,
+            error: None,
+        };
+        {
+            let mut t = TrialsTable::open(dir.path()).unwrap();
+            t.record(rec("a", TrialStatus::Ok, 1.5)).unwrap();
+            t.record(rec("b", TrialStatus::Failed, 2.5)).unwrap();
+        }
+        let mut t = TrialsTable::open(dir.path()).unwrap();
+        assert_eq!(t.rows().len(), 2);
+        assert_eq!(t.find("a").unwrap(), &rec("a", TrialStatus::Ok, 1.5));
+        t.record(rec("b", TrialStatus::Ok, 0.5)).unwrap();
+        let t = TrialsTable::open(dir.path()).unwrap();
+        assert_eq!(t.rows().iter().map(|r| (r.trial_id.as_str(), r.status)).collect::<Vec<_>>(), vec![("a", TrialStatus::Ok), ("b", TrialStatus::Ok)]);
+
+        let mut s = StepsLog::open(dir.path()).unwrap();
+        s.log("a", vec![("step".into(), Value::Int(1)), ("loss".into(), Value::Num(2.0))]).unwrap();
+        s.log("b", vec![("step".into(), Value::Int(1)), ("loss".into(), Value::Num(3.0))]).unwrap();
+        drop(s);
+        // A crash in the middle of appending a row.
+        let path = dir.path().join("steps.csv");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"b,2,2.").unwrap();
+        drop(f);
+        let mut s = StepsLog::open(dir.path()).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "trial_id,step,loss\na,1,2\nb,1,3\n");
+        let taken = s.take_unless(|id| id != "b").unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "trial_id,step,loss\na,1,2\n");
+        assert_eq!(s.rows_of("a").count(), 1);
+    }
+
+    #[test]
+    fn one_writer_per_results_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = WriterLock::acquire(dir.path()).unwrap();
+        let err = WriterLock::acquire(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("another runner is writing"), "{err}");
+        drop(first);
+        WriterLock::acquire(dir.path()).unwrap();
     }
 }

@@ -24,6 +24,21 @@ impl fmt::Display for Value {
 }
 
 impl Value {
+    /// A value read back from CSV: integers, then floats, then booleans, else text.
+    pub fn parse_text(s: &str) -> Value {
+        if let Ok(i) = s.parse::<i64>() {
+            return Value::Int(i);
+        }
+        if let Ok(x) = s.parse::<f64>() {
+            return Value::Num(x);
+        }
+        match s {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::Str(s.to_string()),
+        }
+    }
+
     /// Canonical form for hashing: the type is part of it, so `1` and `"1"` differ.
     pub fn canonical(&self) -> String {
         match self {

@@ -27,6 +27,8 @@ pub enum PerplexityError {
     Window { window: usize, stride: usize },
     #[error("token id {id} is outside the vocabulary ({vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
 }
 
 pub fn perplexity<B: Backend>(model: &Llama<B>, ids: &[u32], window: usize, stride: usize) -> Result<Perplexity, PerplexityError> {
@@ -46,6 +48,7 @@ pub fn perplexity<B: Backend>(model: &Llama<B>, ids: &[u32], window: usize, stri
     let mut scored = 1;
     let mut begin = 0;
     while scored < ids.len() {
+        crate::interrupt::check()?;
         let end = (begin + window).min(ids.len());
         let chunk: Vec<i64> = ids[begin..end].iter().map(|&i| i as i64).collect();
         // Score positions begin+k for k ≥ 1 whose index is ≥ `scored`.

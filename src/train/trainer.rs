@@ -30,6 +30,8 @@ pub enum TrainError {
     Schedule(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
 }
 
 /// Learning-rate schedules, as Hugging Face's `get_*_schedule_with_warmup` compute them
@@ -199,6 +201,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut grads = GradMap::<B>::default();
         let mut nll = 0.0;
         for micro in batch.split(k) {
+            // Before each micro-batch (cheap), so a long accumulated step stops promptly.
+            crate::interrupt::check()?;
             if micro.target_tokens() == 0 {
                 continue;
             }
@@ -311,6 +315,7 @@ pub fn evaluate_with<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<It
     let model = model.detached();
     let (mut total, mut tokens, mut seen, mut correct) = (0.0f64, 0usize, 0usize, 0usize);
     for batch in batches {
+        crate::interrupt::check()?;
         check_batch(&model, &batch)?;
         let hidden = model.hidden_states_segmented(input_tensor(&batch, &model.device), batch.segments.as_deref(), None);
         let targets = next_token_targets_segmented(&batch.labels, batch.segments.as_deref(), batch.batch, batch.seq);

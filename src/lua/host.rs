@@ -1,0 +1,153 @@
+//! The recipe's sandbox and what the host tracks about it: which standard library a recipe
+//! gets, `require` of modules beside the recipe, the files it reads (for trial ids and
+//! `--watch`), the instruction hook that stops runaway loops, and the dry-run stop.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+
+use super::options::{lua_location, recipe_error, DryRunStop};
+use super::sweep::{SweepHost, SweepMode};
+use crate::footprint::{self, Precision, RunShape, Training};
+use crate::model::Llama;
+use crate::sweep::fingerprint::Inputs;
+
+/// The files a recipe has read: the recipe, required modules, data and models.
+#[derive(Default)]
+pub struct RecipeInputs(pub Inputs);
+
+/// A new Lua state for a recipe. Without `trust` it has Lua's safe libraries only: no `io`,
+/// no `os.execute`/`os.remove`/`os.exit`..., no `dofile`/`loadfile`, no C modules, and `load`
+/// accepts source text only; files are read through runner's own API. With `trust` the full
+/// standard library is there (still without `debug`).
+pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
+    let libs = if trust {
+        StdLib::ALL_SAFE
+    } else {
+        StdLib::COROUTINE | StdLib::TABLE | StdLib::STRING | StdLib::UTF8 | StdLib::MATH | StdLib::OS
+    };
+    let lua = Lua::new_with(libs, LuaOptions::default())?;
+    if !trust {
+        let g = lua.globals();
+        let refuse = |name: String| {
+            lua.create_function(move |lua, _: mlua::MultiValue| -> mlua::Result<()> {
+                Err(recipe_error(lua, format!("{name} is not available to recipes (they run sandboxed); read files through runner's API, or pass --trust to allow it")))
+            })
+        };
+        let os: Table = g.get("os")?;
+        for name in ["execute", "exit", "remove", "rename", "tmpname", "setlocale"] {
+            os.set(name, refuse(format!("os.{name}"))?)?;
+        }
+        g.set("dofile", refuse("dofile".into())?)?;
+        g.set("loadfile", refuse("loadfile".into())?)?;
+        // A table that refuses every field, so `io.open(...)` names the rule instead of
+        // failing with "attempt to index a nil value".
+        let io = lua.create_table()?;
+        let meta = lua.create_table()?;
+        meta.set(
+            "__index",
+            lua.create_function(|lua, (_, key): (Value, String)| -> mlua::Result<()> {
+                Err(recipe_error(lua, format!("io.{key} is not available to recipes (they run sandboxed); read files through runner's API, or pass --trust to allow it")))
+            })?,
+        )?;
+        io.set_metatable(Some(meta))?;
+        g.set("io", io)?;
+        // Source text only: precompiled chunks can break the VM's memory safety.
+        lua.load(r#"local raw = load; load = function(chunk, name, mode, ...) return raw(chunk, name, "t", ...) end"#).exec()?;
+    }
+    Ok(lua)
+}
+
+/// `require "name"`: `name.lua` (dots are folders) or `name/init.lua` beside the recipe,
+/// loaded once, named by its path in errors, and recorded as an input of the recipe. With
+/// `--trust`, names not found there fall back to Lua's own `require`.
+pub fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Result<()> {
+    let dir = recipe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let loaded = lua.create_table()?;
+    let fallback: Option<mlua::Function> = if trust { lua.globals().get("require")? } else { None };
+    let require = lua.create_function(move |lua, name: String| {
+        if let Some(v) = loaded.raw_get::<Option<Value>>(name.as_str())? {
+            return Ok(v);
+        }
+        let rel = name.replace('.', "/");
+        let candidates = [dir.join(format!("{rel}.lua")), dir.join(&rel).join("init.lua")];
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            if let Some(f) = &fallback {
+                return f.call::<Value>(name.as_str());
+            }
+            let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            return Err(recipe_error(lua, format!("module '{name}' not found (looked for {})", tried.join(" and "))));
+        };
+        let source = std::fs::read(path).map_err(|e| recipe_error(lua, format!("require '{name}': reading {}: {e}", path.display())))?;
+        note_input(lua, path)?;
+        let value: Value = lua.load(&source[..]).set_name(format!("@{}", path.display())).call(name.as_str())?;
+        // Like Lua's require: a module that returns nothing is recorded as `true`.
+        let value = if value.is_nil() { Value::Boolean(true) } else { value };
+        loaded.raw_set(name.as_str(), value.clone())?;
+        Ok(value)
+    })?;
+    lua.globals().set("require", require)
+}
+
+/// Records a file the recipe reads (for trial ids and `--watch`).
+pub fn note_input(lua: &Lua, path: &Path) -> mlua::Result<()> {
+    let fingerprint = match lua.app_data_mut::<RecipeInputs>() {
+        Some(mut inputs) => inputs.0.note(path),
+        None => return Ok(()),
+    };
+    let fingerprint = fingerprint.map_err(|e| recipe_error(lua, format!("reading {}: {e}", path.display())))?;
+    if let Some(mut host) = lua.app_data_mut::<SweepHost>() {
+        host.note_trial_input(path, fingerprint);
+    }
+    Ok(())
+}
+
+/// Records a model given by name or path (a cached name resolves to its file).
+pub fn note_model_input(lua: &Lua, name_or_path: &str) -> mlua::Result<()> {
+    let path = match crate::hub::resolve(name_or_path) {
+        Ok(p) => p,
+        Err(_) => PathBuf::from(name_or_path),
+    };
+    if path.exists() { note_input(lua, &path) } else { Ok(()) }
+}
+
+/// Checks Ctrl-C and `--time-limit` every 10,000 Lua instructions, so even `while true do end`
+/// stops.
+pub fn install_interrupt_hook(lua: &Lua) -> mlua::Result<()> {
+    lua.set_hook(HookTriggers::new().every_nth_instruction(10_000), |lua, _| match crate::interrupt::state() {
+        None => Ok(VmState::Continue),
+        Some(i) => {
+            let at = lua_location(lua).map(|l| format!("{l}: ")).unwrap_or_default();
+            Err(mlua::Error::external(InterruptedAt(format!("{at}{i}"), i)))
+        }
+    })
+}
+
+/// An interruption with the recipe line it happened at.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InterruptedAt(pub String, pub crate::interrupt::Interrupted);
+
+/// In a dry run, the first heavy operation of a trial (a training step, an evaluation,
+/// generation) stops the trial here and reports what it would train and need: trainable
+/// parameters, and the memory estimate for a step of `batch` × `seq` tokens.
+pub fn dry_run_stop<B: Backend>(lua: &Lua, model: &Llama<B>, batch: usize, seq: usize, training_step: bool) -> mlua::Result<()> {
+    let dry = lua.app_data_ref::<SweepHost>().is_some_and(|h| h.mode == SweepMode::DryRun && h.in_trial());
+    if !dry {
+        return Ok(());
+    }
+    let count = model.param_count();
+    let (trainable, total) = (count.trainable as u64, count.total as u64);
+    let training = if !training_step || trainable == 0 {
+        Training::Inference
+    } else if trainable == total {
+        Training::Full
+    } else {
+        Training::Adapters { trainable }
+    };
+    let precision = crate::quant::model::model_quant_config(model).map(Precision::Quant).unwrap_or(Precision::F32);
+    let run = RunShape { config: model.config.clone(), training, precision, batch, seq };
+    let estimate = footprint::estimate(&run).total();
+    Err(mlua::Error::external(DryRunStop { trainable, total, estimate_bytes: estimate, batch, seq }))
+}

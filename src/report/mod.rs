@@ -1,0 +1,334 @@
+//! Reading a finished sweep's `trials.csv` / `steps.csv` back for reporting: pivot tables
+//! (`table`) and figures (`plot`).
+
+pub mod plot;
+pub mod table;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+/// One row of `trials.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrialRow {
+    pub trial_id: String,
+    /// `ok`, `failed`, `nonfinite`, ...
+    pub status: String,
+    pub seconds: Option<f64>,
+    /// Aligned with [`SweepResults::params`]; the raw cell, empty when missing.
+    pub params: Vec<String>,
+    /// Aligned with [`SweepResults::metrics`]; `None` when missing or not a number.
+    pub metrics: Vec<Option<f64>>,
+    /// Aligned with [`SweepResults::metrics`]; the raw cells, for text metrics such as
+    /// generated answers.
+    pub metric_text: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl TrialRow {
+    pub fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// One row of `steps.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRow {
+    pub trial_id: String,
+    /// The `step` cell; when the file has no step column (or the cell is empty), the row's
+    /// 1-based position among that trial's rows.
+    pub step: f64,
+    /// Aligned with [`SweepResults::step_keys`]; `None` when not logged in this row.
+    pub values: Vec<Option<f64>>,
+}
+
+/// A column of `trials.csv`, resolved by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    TrialId,
+    Status,
+    Seconds,
+    Param(usize),
+    Metric(usize),
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepResults {
+    /// The folder's name, e.g. `lora_rank_sweep`.
+    pub name: String,
+    pub params: Vec<String>,
+    pub metrics: Vec<String>,
+    pub trials: Vec<TrialRow>,
+    /// Logged keys of `steps.csv` other than `trial_id` and `step`.
+    pub step_keys: Vec<String>,
+    pub steps: Vec<StepRow>,
+}
+
+impl SweepResults {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let trials_path = dir.join("trials.csv");
+        if !trials_path.is_file() {
+            bail!("no trials.csv in {}; run the recipe first", dir.display());
+        }
+        let (header, rows) = read_csv(&trials_path)?;
+        let pos = |name: &str| header.iter().position(|h| h == name);
+        let file = trials_path.display();
+        let (Some(0), Some(status_at), Some(seconds_at)) = (pos("trial_id"), pos("status"), pos("seconds")) else {
+            bail!("{file}:1: header must start with trial_id and contain status and seconds columns");
+        };
+        if seconds_at != status_at + 1 {
+            bail!("{file}:1: expected seconds right after status");
+        }
+        let error_at = pos("error").filter(|&i| i == header.len() - 1);
+        let metrics_end = error_at.unwrap_or(header.len());
+        let params = header[1..status_at].to_vec();
+        let metrics = header[seconds_at + 1..metrics_end].to_vec();
+
+        let mut trials = Vec::with_capacity(rows.len());
+        for (line, cells) in rows {
+            let seconds = match cells[seconds_at].as_str() {
+                "" => None,
+                s => Some(s.parse::<f64>().with_context(|| format!("{file}:{line}: seconds {s:?} is not a number"))?),
+            };
+            let metric_text = cells[seconds_at + 1..metrics_end].to_vec();
+            trials.push(TrialRow {
+                trial_id: cells[0].clone(),
+                status: cells[status_at].clone(),
+                seconds,
+                params: cells[1..status_at].to_vec(),
+                metrics: metric_text.iter().map(|s| parse_num(s)).collect(),
+                metric_text,
+                error: error_at.map(|i| cells[i].clone()).filter(|e| !e.is_empty()),
+            });
+        }
+
+        let (step_keys, steps) = load_steps(&dir.join("steps.csv"))?;
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(Self { name, params, metrics, trials, step_keys, steps })
+    }
+
+    /// All column names of `trials.csv`, in file order.
+    pub fn columns(&self) -> Vec<String> {
+        let mut out = vec!["trial_id".to_string()];
+        out.extend(self.params.iter().cloned());
+        out.extend(["status".to_string(), "seconds".to_string()]);
+        out.extend(self.metrics.iter().cloned());
+        out.push("error".to_string());
+        out
+    }
+
+    /// Resolves a column by name; the error lists the available columns.
+    pub fn column(&self, name: &str) -> Result<Column> {
+        let found = match name {
+            "trial_id" => Some(Column::TrialId),
+            "status" => Some(Column::Status),
+            "seconds" => Some(Column::Seconds),
+            "error" => Some(Column::Error),
+            _ => (self.params.iter().position(|p| p == name).map(Column::Param))
+                .or_else(|| self.metrics.iter().position(|m| m == name).map(Column::Metric)),
+        };
+        found.with_context(|| {
+            format!("unknown column {name:?} in sweep {}; available: {}", self.name, self.columns().join(", "))
+        })
+    }
+
+    pub fn column_name(&self, col: Column) -> &str {
+        match col {
+            Column::TrialId => "trial_id",
+            Column::Status => "status",
+            Column::Seconds => "seconds",
+            Column::Param(i) => &self.params[i],
+            Column::Metric(i) => &self.metrics[i],
+            Column::Error => "error",
+        }
+    }
+
+    /// The raw cell of `col` for `trial`; empty when missing.
+    pub fn cell<'a>(&self, trial: &'a TrialRow, col: Column) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        match col {
+            Column::TrialId => Cow::Borrowed(&trial.trial_id),
+            Column::Status => Cow::Borrowed(&trial.status),
+            Column::Seconds => trial.seconds.map(|s| Cow::Owned(format!("{s}"))).unwrap_or(Cow::Borrowed("")),
+            Column::Param(i) => Cow::Borrowed(&trial.params[i]),
+            Column::Metric(i) => Cow::Borrowed(&trial.metric_text[i]),
+            Column::Error => Cow::Borrowed(trial.error.as_deref().unwrap_or("")),
+        }
+    }
+
+    /// The trials that count: status `ok` unless `include_failed`.
+    pub fn selected(&self, include_failed: bool) -> impl Iterator<Item = &TrialRow> {
+        self.trials.iter().filter(move |t| include_failed || t.is_ok())
+    }
+
+    /// "rank=4 targets=qv": how legends and tables name a trial.
+    pub fn param_label(&self, trial: &TrialRow) -> String {
+        let parts: Vec<String> = self.params.iter().zip(&trial.params).map(|(k, v)| format!("{k}={v}")).collect();
+        if parts.is_empty() { trial.trial_id.clone() } else { parts.join(" ") }
+    }
+}
+
+pub(crate) fn parse_num(s: &str) -> Option<f64> {
+    s.trim().parse::<f64>().ok()
+}
+
+/// Distinct non-empty values in order of first appearance, or numeric ascending when every
+/// value is a number — the order tables and plots use for categories.
+pub(crate) fn ordered_values<'a, I: IntoIterator<Item = &'a str>>(values: I) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for v in values {
+        if !v.is_empty() && !out.iter().any(|o| o == v) {
+            out.push(v.to_string());
+        }
+    }
+    if !out.is_empty() && out.iter().all(|v| parse_num(v).is_some()) {
+        out.sort_by(|a, b| parse_num(a).unwrap().total_cmp(&parse_num(b).unwrap()));
+    }
+    out
+}
+
+/// A record's 1-based line number and its cells.
+type Record = (u64, Vec<String>);
+
+/// Header plus records; every record must have the header's width, so a torn or
+/// hand-edited row is reported by file and line.
+fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Record>)> {
+    let file = path.display();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("cannot open {file}"))?;
+    let header: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{file}:1: cannot read header"))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            anyhow::anyhow!("{file}:{line}: {e}")
+        })?;
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        if record.len() != header.len() {
+            bail!("{file}:{line}: {} fields, but the header has {}", record.len(), header.len());
+        }
+        rows.push((line, record.iter().map(str::to_string).collect()));
+    }
+    Ok((header, rows))
+}
+
+fn load_steps(path: &Path) -> Result<(Vec<String>, Vec<StepRow>)> {
+    if !path.is_file() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let file = path.display();
+    let (header, rows) = read_csv(path)?;
+    if header.first().map(String::as_str) != Some("trial_id") {
+        bail!("{file}:1: header must start with trial_id");
+    }
+    let step_at = header.iter().position(|h| h == "step");
+    let keys: Vec<(usize, String)> =
+        header.iter().enumerate().skip(1).filter(|(i, _)| Some(*i) != step_at).map(|(i, h)| (i, h.clone())).collect();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut steps = Vec::with_capacity(rows.len());
+    for (line, cells) in rows {
+        let ordinal = seen.entry(cells[0].clone()).or_insert(0);
+        *ordinal += 1;
+        let step = match step_at.map(|i| cells[i].as_str()) {
+            None | Some("") => *ordinal as f64,
+            Some(s) => parse_num(s).with_context(|| format!("{file}:{line}: step {s:?} is not a number"))?,
+        };
+        let values = keys.iter().map(|(i, _)| parse_num(&cells[*i])).collect();
+        steps.push(StepRow { trial_id: cells[0].clone(), step, values });
+    }
+    Ok((keys.into_iter().map(|(_, k)| k).collect(), steps))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub const TRIALS: &str = "\
+trial_id,rank,targets,status,seconds,eval_loss,peak_mem_mb,error
+a1,4,qv,ok,3.0,3.5,30,
+a2,1,qv,ok,3.1,3.8,31,
+a3,4,all,ok,3.2,2.5,40,
+a4,1,all,ok,3.3,2.9,41,
+a5,4,qv,ok,3.0,3.25,32,
+a6,1,all,failed,0.5,,,\"boom, bang\"
+";
+    pub const STEPS: &str = "\
+trial_id,step,loss,lr
+a1,10,4.0,0.1
+a1,20,3.6,
+a2,10,4.2,0.1
+a2,20,3.9,
+a3,10,3.0,0.1
+a3,20,2.6,
+a4,10,3.3,0.1
+a4,20,3.0,
+a5,10,3.9,0.1
+a5,20,3.3,
+";
+
+    /// A sweep folder in a temporary directory, named `toy`.
+    pub fn fixture(trials: &str, steps: Option<&str>) -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("toy");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("trials.csv"), trials).unwrap();
+        if let Some(s) = steps {
+            std::fs::write(dir.join("steps.csv"), s).unwrap();
+        }
+        (tmp, dir)
+    }
+
+    #[test]
+    fn loads_params_metrics_and_steps() {
+        let (_tmp, dir) = fixture(TRIALS, Some(STEPS));
+        let r = SweepResults::load(&dir).unwrap();
+        assert_eq!(r.name, "toy");
+        assert_eq!(r.params, ["rank", "targets"]);
+        assert_eq!(r.metrics, ["eval_loss", "peak_mem_mb"]);
+        assert_eq!(r.trials.len(), 6);
+        assert_eq!(r.trials[0].metrics, [Some(3.5), Some(30.0)]);
+        assert_eq!(r.trials[5].error.as_deref(), Some("boom, bang"));
+        assert_eq!(r.selected(false).count(), 5);
+        assert_eq!(r.step_keys, ["loss", "lr"]);
+        assert_eq!(r.steps[1].step, 20.0);
+        assert_eq!(r.steps[1].values, [Some(3.6), None]);
+        assert_eq!(r.param_label(&r.trials[0]), "rank=4 targets=qv");
+    }
+
+    #[test]
+    fn missing_trials_csv_says_what_to_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = SweepResults::load(tmp.path()).unwrap_err().to_string();
+        assert!(err.starts_with("no trials.csv in "), "{err}");
+        assert!(err.ends_with("; run the recipe first"), "{err}");
+    }
+
+    #[test]
+    fn malformed_line_names_file_and_line() {
+        let (_tmp, dir) = fixture("trial_id,rank,status,seconds,eval_loss,error\nx,1,ok,1.0,2.0,\ny,2,ok\n", None);
+        let err = SweepResults::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("trials.csv:3:"), "{err}");
+        let (_tmp, dir) = fixture(TRIALS, Some("trial_id,step,loss\na1,x,1.0\n"));
+        let err = SweepResults::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("steps.csv:2:"), "{err}");
+    }
+
+    #[test]
+    fn value_order_is_first_seen_unless_all_numeric() {
+        assert_eq!(ordered_values(["qv", "all", "qv", "", "attn"]), ["qv", "all", "attn"]);
+        assert_eq!(ordered_values(["16", "2", "4", "2"]), ["2", "4", "16"]);
+    }
+}
