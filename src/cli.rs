@@ -103,7 +103,7 @@ pub struct SlurmArgs {
     /// At most this many array tasks run at once (`--array=0-N%K`).
     #[arg(long, value_name = "K")]
     pub array_parallelism: Option<usize>,
-    /// Where the script is written (default: RESULTS/slurm/<recipe>.sbatch).
+    /// Where the script is written (default: RESULTS/.slurm/<recipe>.sbatch; task logs go beside it).
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Submit the script with sbatch after writing it.

@@ -356,11 +356,11 @@ fn slurm(a: &cli::SlurmArgs) -> anyhow::Result<String> {
         workdir: cwd.clone(),
         exe: std::env::current_exe().context("locating the runner binary")?,
         args,
-        log_dir: results.join("slurm"),
+        log_dir: results.join(".slurm"),
         sbatch_options: a.sbatch.clone(),
     };
     job.validate().map_err(anyhow::Error::msg)?;
-    let path = a.output.clone().unwrap_or_else(|| a.results.join("slurm").join(format!("{stem}.sbatch")));
+    let path = a.output.clone().unwrap_or_else(|| a.results.join(".slurm").join(format!("{stem}.sbatch")));
     std::fs::create_dir_all(&job.log_dir).with_context(|| format!("creating {}", job.log_dir.display()))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;

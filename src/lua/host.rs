@@ -17,8 +17,8 @@ use crate::sweep::fingerprint::Inputs;
 #[derive(Default)]
 pub struct RecipeInputs(pub Inputs);
 
-/// A new Lua state for a recipe. Without `trust` it has Lua's safe libraries only: no `io`,
-/// no `os.execute`/`os.remove`/`os.exit`..., no `dofile`/`loadfile`, no C modules, and `load`
+/// A new Lua state for a recipe. Without `trust` it has Lua's safe libraries only: of `io`
+/// only `io.write` (to stdout), no `os.execute`/`os.remove`/`os.exit`..., no `dofile`/`loadfile`, no C modules, and `load`
 /// accepts source text only; files are read through runner's own API. With `trust` the full
 /// standard library is there (still without `debug`).
 pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
@@ -41,9 +41,27 @@ pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
         }
         g.set("dofile", refuse("dofile".into())?)?;
         g.set("loadfile", refuse("loadfile".into())?)?;
-        // A table that refuses every field, so `io.open(...)` names the rule instead of
-        // failing with "attempt to index a nil value".
+        // `io.write` prints to stdout; every other field is refused by name, so `io.open(...)`
+        // explains the rule instead of failing with "attempt to index a nil value".
         let io = lua.create_table()?;
+        io.set(
+            "write",
+            lua.create_function(|_, args: mlua::MultiValue| {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                for v in args {
+                    match v {
+                        Value::String(s) => out.write_all(&s.as_bytes())?,
+                        Value::Integer(i) => write!(out, "{i}")?,
+                        Value::Number(x) => write!(out, "{x}")?,
+                        _ => {}
+                    }
+                }
+                // Returning the io table (for `io.write(a):write(b)`) would keep a reference
+                // from Rust to the Lua state inside it, and the state would never be freed.
+                Ok(())
+            })?,
+        )?;
         let meta = lua.create_table()?;
         meta.set(
             "__index",
@@ -115,10 +133,14 @@ pub fn note_model_input(lua: &Lua, name_or_path: &str) -> mlua::Result<()> {
 /// Checks Ctrl-C and `--time-limit` every 10,000 Lua instructions, so even `while true do end`
 /// stops.
 pub fn install_interrupt_hook(lua: &Lua) -> mlua::Result<()> {
-    lua.set_hook(HookTriggers::new().every_nth_instruction(10_000), |lua, _| match crate::interrupt::state() {
+    lua.set_hook(HookTriggers::new().every_nth_instruction(10_000), |lua, debug| match crate::interrupt::state() {
         None => Ok(VmState::Continue),
         Some(i) => {
-            let at = lua_location(lua).map(|l| format!("{l}: ")).unwrap_or_default();
+            let here = match (debug.source().short_src, debug.current_line()) {
+                (Some(file), Some(line)) => Some(format!("{file}:{line}")),
+                _ => lua_location(lua),
+            };
+            let at = here.map(|l| format!("{l}: ")).unwrap_or_default();
             Err(mlua::Error::external(InterruptedAt(format!("{at}{i}"), i)))
         }
     })

@@ -365,7 +365,7 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
     let call_line = super::options::lua_location(lua).and_then(|l| l.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()));
     let o = Opts::new(lua, "runner.sweep", Some(opts), &["name", "grid", "zip", "random", "trial"])?;
     let name = o.required("name", o.string("name")?)?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) || name.starts_with('.') || name == "shards" {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) || name.starts_with('.') {
         return Err(o.err(format!("name '{name}' must be letters, digits, '_', '-' or '.' (it names a folder under the results directory)")));
     }
     let trial_fn: Function = match o.raw("trial")? {
