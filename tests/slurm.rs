@@ -7,8 +7,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// A controller answers and has a node that is not down or drained (a busy node is fine: sbatch
+/// queues the array until it is free).
 fn slurm_is_up() -> bool {
-    Command::new("sinfo").args(["-h", "-o", "%T"]).output().map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle")).unwrap_or(false)
+    let Ok(o) = Command::new("sinfo").args(["-h", "-o", "%T"]).output() else { return false };
+    let states = String::from_utf8_lossy(&o.stdout);
+    o.status.success() && states.lines().any(|s| !s.trim().is_empty() && !s.contains("down") && !s.contains("drain"))
 }
 
 #[test]
