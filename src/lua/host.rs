@@ -18,9 +18,9 @@ use crate::sweep::fingerprint::Inputs;
 pub struct RecipeInputs(pub Inputs);
 
 /// A new Lua state for a recipe. Without `trust` it has Lua's safe libraries only: of `io`
-/// only `io.write` (to stdout), no `os.execute`/`os.remove`/`os.exit`..., no `dofile`/`loadfile`, no C modules, and `load`
-/// accepts source text only; files are read through runner's own API. With `trust` the full
-/// standard library is there (still without `debug`).
+/// only `io.write` (to stdout); no `os.execute`, `os.remove`, `os.exit`..., no `dofile` or
+/// `loadfile`, no C modules; `load` accepts source text only. Files are read through
+/// runner's own API. With `trust` the full standard library is there (still without `debug`).
 pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
     let libs = if trust {
         StdLib::ALL_SAFE
@@ -57,8 +57,7 @@ pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
                         _ => {}
                     }
                 }
-                // Returning the io table (for `io.write(a):write(b)`) would keep a reference
-                // from Rust to the Lua state inside it, and the state would never be freed.
+                // Lua's io.write returns the file for chaining; there is no file here.
                 Ok(())
             })?,
         )?;

@@ -80,14 +80,16 @@ pub fn run_recipe<B: AutodiffBackend>(opts: &RecipeOptions, device: B::Device) -
         command.push_str(&format!("\n--set {k}={v}"));
     }
     command.push_str(&format!("\n--device {}", opts.device));
-    lua.set_app_data(SweepHost::new(opts.results_dir.clone(), source.clone(), command, opts.seed, opts.sweeps));
+    let mut host = SweepHost::new(opts.results_dir.clone(), source.clone(), command, opts.seed, opts.sweeps);
+    // '@' makes Lua name the chunk after the file: errors read `recipes/x.lua:LINE: ...`.
+    host.recipe_chunk = format!("@{}", opts.path.display());
+    lua.set_app_data(host);
     lua.set_app_data(RecipeInputs::default());
     let setup = install(&lua, opts)
         .and_then(|()| register::<B>(&lua))
         .and_then(|()| host::install_require(&lua, &opts.path, opts.trust))
         .and_then(|()| host::install_interrupt_hook(&lua));
     setup.map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
-    // '@' makes Lua name the chunk after the file: errors read `recipes/x.lua:LINE: ...`.
     let chunk = lua.load(&source[..]).set_name(format!("@{}", opts.path.display()));
     let result = chunk.exec();
     let mut files = files.clone();

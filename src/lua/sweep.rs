@@ -53,8 +53,10 @@ pub struct SweepHost {
     pub results_dir: PathBuf,
     /// Hash of the recipe text and what the command line changes (checkpoints record it).
     pub recipe_hash: String,
-    /// The recipe text, and what the command line adds to a trial's identity.
+    /// The recipe text and its chunk name (`@path`), and what the command line adds to a
+    /// trial's identity.
     recipe_source: Vec<u8>,
+    pub recipe_chunk: String,
     command_identity: String,
     pub seed: Option<u64>,
     pub mode: SweepMode,
@@ -81,6 +83,7 @@ impl SweepHost {
             results_dir,
             recipe_hash: sha256_hex(&identity),
             recipe_source,
+            recipe_chunk: String::new(),
             command_identity,
             seed,
             mode: settings.mode,
@@ -379,8 +382,10 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
     // The lines from the call to the trial function declare values that are part of each
     // trial's parameters: leave them out of the hash.
     let info = trial_fn.info();
+    // Only when both are in the recipe itself (not in a required module).
+    let recipe_chunk = lua.app_data_ref::<SweepHost>().expect("host").recipe_chunk.clone();
     let skip_lines = match (call_line, info.line_defined, info.source.as_deref()) {
-        (Some(call), Some(def), Some(src)) if def > call && lua_location_source(lua).as_deref() == Some(src) => Some((call, def - 1)),
+        (Some(call), Some(def), Some(src)) if def > call && src == recipe_chunk && lua_location_source(lua).as_deref() == Some(src) => Some((call, def - 1)),
         _ => None,
     };
     let inputs = lua.app_data_ref::<RecipeInputs>().map(|i| i.0.describe()).unwrap_or_default();
