@@ -13,7 +13,8 @@ use runner::backend::DeviceKind;
     about = "Run Lua recipes that fine-tune language models (LoRA and friends) and write sweep results to CSV.",
     long_about = None,
     args_conflicts_with_subcommands = true,
-    after_help = "Exit codes: 0 all trials ok; 1 some trials failed; 2 usage, recipe or device error.\n\
+    after_help = "Exit codes: 0 all trials ok; 1 some trials failed; 2 usage, recipe or device error;\n\
+                  124 stopped by --time-limit; 130 stopped by Ctrl-C.\n\
                   `runner RECIPE.lua` is short for `runner run RECIPE.lua`."
 )]
 pub struct Cli {
@@ -109,17 +110,8 @@ pub struct SlurmArgs {
     /// Submit the script with sbatch after writing it.
     #[arg(long)]
     pub submit: bool,
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    pub set: Vec<(String, String)>,
-    #[arg(long, value_name = "DEVICE", default_value = "flex", value_parser = parse_device)]
-    pub device: DeviceKind,
-    #[arg(long, value_name = "DIR", default_value = "results")]
-    pub results: PathBuf,
-    #[arg(long, value_name = "N")]
-    pub seed: Option<u64>,
-    /// Give the tasks' recipe the full Lua standard library.
-    #[arg(long)]
-    pub trust: bool,
+    #[command(flatten)]
+    pub common: RecipeArgs,
     /// Options passed to sbatch as #SBATCH lines (after `--`), e.g. -- --partition=gpu --time=2:00:00
     #[arg(last = true, value_name = "SBATCH OPTIONS")]
     pub sbatch: Vec<String>,
@@ -255,24 +247,8 @@ pub struct RunArgs {
     #[arg(value_name = "RECIPE.lua")]
     pub recipe: Option<PathBuf>,
 
-    /// Set a recipe parameter, read in the recipe as runner.params.KEY. Numbers become numbers,
-    /// true/false booleans, anything else a string. Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    pub set: Vec<(String, String)>,
-
-    /// Compute device: flex (CPU, default), wgpu (Vulkan/Metal; needs the `wgpu` feature) or
-    /// cuda (NVIDIA; needs the `cuda` feature).
-    #[arg(long, value_name = "DEVICE", default_value = "flex", value_parser = parse_device)]
-    pub device: DeviceKind,
-
-    /// Folder that sweeps write into: RESULTS/<sweep name>/trials.csv and steps.csv.
-    #[arg(long, value_name = "DIR", default_value = "results")]
-    pub results: PathBuf,
-
-    /// Global seed, read in the recipe as runner.seed and the default of every seed option
-    /// (model init, LoRA init, data order, dropout). Default 0.
-    #[arg(long, value_name = "N")]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub common: RecipeArgs,
 
     /// Re-run the recipe whenever it, a module it requires or a file it reads changes;
     /// finished trials whose ids did not change are reused. Ctrl-C stops.
@@ -292,15 +268,38 @@ pub struct RunArgs {
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
 
-    /// Give the recipe the full Lua standard library (io, os.execute, ...). Without it, recipes
-    /// read and write files only through runner's API.
-    #[arg(long)]
-    pub trust: bool,
-
     /// Stop after this long (e.g. 90s, 30m, 2h): the running trial stops at its next step and is
     /// not recorded; the sweep resumes from there next time. Exit code 124.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub time_limit: Option<std::time::Duration>,
+}
+
+/// What every way of running a recipe shares (`runner RECIPE`, `runner slurm RECIPE`).
+#[derive(Args, Debug, Clone)]
+pub struct RecipeArgs {
+    /// Set a recipe parameter, read in the recipe as runner.params.KEY. Numbers become numbers,
+    /// true/false booleans, anything else a string. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+
+    /// Compute device: flex (CPU, default), wgpu (Vulkan/Metal; needs the `wgpu` feature) or
+    /// cuda (NVIDIA; needs the `cuda` feature).
+    #[arg(long, value_name = "DEVICE", default_value = "flex", value_parser = parse_device)]
+    pub device: DeviceKind,
+
+    /// Folder that sweeps write into: RESULTS/<sweep name>/trials.csv and steps.csv.
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    pub results: PathBuf,
+
+    /// Global seed, read in the recipe as runner.seed and the default of every seed option
+    /// (model init, LoRA init, data order, dropout). Default 0.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Give the recipe the full Lua standard library (io, os.execute, ...). Without it, recipes
+    /// read and write files only through runner's API.
+    #[arg(long)]
+    pub trust: bool,
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {

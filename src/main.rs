@@ -170,16 +170,15 @@ fn main() -> ExitCode {
     run(args)
 }
 
-fn recipe_options(args: &RunArgs, recipe: std::path::PathBuf) -> RecipeOptions {
-    let mode = if args.dry_run { SweepMode::DryRun } else { SweepMode::Run };
+fn recipe_options(recipe: std::path::PathBuf, common: &cli::RecipeArgs, sweeps: SweepSettings) -> RecipeOptions {
     RecipeOptions {
         path: recipe,
-        params: args.set.clone(),
-        seed: args.seed,
-        results_dir: args.results.clone(),
-        device: args.device,
-        trust: args.trust,
-        sweeps: SweepSettings { mode, shard: args.shard, rerun: args.rerun },
+        params: common.set.clone(),
+        seed: common.seed,
+        results_dir: common.results.clone(),
+        device: common.device,
+        trust: common.trust,
+        sweeps,
     }
 }
 
@@ -197,7 +196,8 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(limit) = args.time_limit {
         runner::interrupt::set_time_limit(limit);
     }
-    let opts = recipe_options(&args, recipe);
+    let mode = if args.dry_run { SweepMode::DryRun } else { SweepMode::Run };
+    let opts = recipe_options(recipe, &args.common, SweepSettings { mode, shard: args.shard, rerun: args.rerun });
     if args.watch {
         return watch(opts);
     }
@@ -324,29 +324,22 @@ fn watch(opts: RecipeOptions) -> ExitCode {
 /// array script.
 fn slurm(a: &cli::SlurmArgs) -> anyhow::Result<String> {
     use anyhow::Context;
-    let opts = RecipeOptions {
-        path: a.recipe.clone(),
-        params: a.set.clone(),
-        seed: a.seed,
-        results_dir: a.results.clone(),
-        device: a.device,
-        trust: a.trust,
-        sweeps: SweepSettings { mode: SweepMode::Count, ..Default::default() },
-    };
-    let report = dispatch(a.device, RunRecipe(opts))?.map_err(|f| anyhow::anyhow!("{f}"))?;
+    let c = &a.common;
+    let opts = recipe_options(a.recipe.clone(), c, SweepSettings { mode: SweepMode::Count, ..Default::default() });
+    let report = dispatch(c.device, RunRecipe(opts))?.map_err(|f| anyhow::anyhow!("{f}"))?;
     let largest = report.sweep_sizes.iter().map(|(_, n)| *n).max().unwrap_or(0);
     let tasks = a.shards.unwrap_or(largest);
     let cwd = std::env::current_dir().context("the current folder")?;
-    let results = cwd.join(&a.results);
+    let results = cwd.join(&c.results);
     let stem = a.recipe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
-    let mut args = vec![a.recipe.display().to_string(), "--results".into(), a.results.display().to_string(), "--device".into(), a.device.to_string()];
-    for (k, v) in &a.set {
+    let mut args = vec![a.recipe.display().to_string(), "--results".into(), c.results.display().to_string(), "--device".into(), c.device.to_string()];
+    for (k, v) in &c.set {
         args.extend(["--set".to_string(), format!("{k}={v}")]);
     }
-    if let Some(seed) = a.seed {
+    if let Some(seed) = c.seed {
         args.extend(["--seed".to_string(), seed.to_string()]);
     }
-    if a.trust {
+    if c.trust {
         args.push("--trust".into());
     }
     let job = runner::slurm::ArrayJob {
@@ -360,7 +353,7 @@ fn slurm(a: &cli::SlurmArgs) -> anyhow::Result<String> {
         sbatch_options: a.sbatch.clone(),
     };
     job.validate().map_err(anyhow::Error::msg)?;
-    let path = a.output.clone().unwrap_or_else(|| a.results.join(".slurm").join(format!("{stem}.sbatch")));
+    let path = a.output.clone().unwrap_or_else(|| c.results.join(".slurm").join(format!("{stem}.sbatch")));
     std::fs::create_dir_all(&job.log_dir).with_context(|| format!("creating {}", job.log_dir.display()))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -379,7 +372,7 @@ fn slurm(a: &cli::SlurmArgs) -> anyhow::Result<String> {
         out.push_str(&format!("\nsubmit it with: sbatch {}", path.display()));
     }
     for (name, _) in &report.sweep_sizes {
-        out.push_str(&format!("\nwhen it has finished: runner merge {}", a.results.join(name).display()));
+        out.push_str(&format!("\nwhen it has finished: runner merge {}", c.results.join(name).display()));
     }
     Ok(out)
 }
