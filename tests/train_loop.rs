@@ -158,7 +158,7 @@ fn a_finite_step_resets_the_nonfinite_count() {
 /// Trains `steps` batches drawn from a seeded, shuffled stream, starting at `skip`.
 fn run(model: &mut Llama<B>, t: &mut Trainer<B>, skip: usize, steps: usize) -> Vec<f64> {
     let opts = BatchOptions { size: 4, max_len: 64, steps: Some(skip + steps), shuffle: true, seed: 5, skip, group_by_length: false };
-    Batches::new(examples(), opts).map(|group| t.step(model, &collate(&group)).unwrap().loss).collect()
+    Batches::new(examples(), opts).map(|group| t.step(model, &collate(&group.unwrap())).unwrap().loss).collect()
 }
 
 #[test]
@@ -272,13 +272,31 @@ fn checkpointing_gives_the_same_training_with_dropout() {
     with_and_without_checkpointing(model_with_lora(0.1));
 }
 
-#[test]
-fn checkpointing_falls_back_where_it_does_not_apply() {
-    assert!(runner::train::trainer::checkpointable(&model_with_lora(0.0)), "adapters over a frozen base are checkpointable");
+fn tiny_with(method: runner::peft::Method) -> Llama<B> {
     let opts = TinyOptions { seed: 3, ..Default::default() };
-    let mut full = Llama::<B>::random(opts.config(), 3, opts.std(), &Default::default()).unwrap();
-    runner::peft::Method::Full.attach(&mut full, "default").unwrap();
-    assert!(!runner::train::trainer::checkpointable(&full));
-    // The fallback trains exactly as the plain pass.
+    let mut model = Llama::<B>::random(opts.config(), 3, opts.std(), &Default::default()).unwrap();
+    method.attach(&mut model, "default").unwrap();
+    model
+}
+
+#[test]
+fn checkpointing_gives_the_same_training_with_a_trained_embedding() {
+    use runner::peft::prompt::{PromptConfig, PromptInit};
+    use runner::train::trainer::checkpointable;
+    // Full fine-tuning with a tied embedding: the embedding's gradient comes from the head and
+    // from the first layer's input, and both must reach it.
+    let full = tiny_with(runner::peft::Method::Full);
+    assert!(checkpointable(&full) && full.config.tie_word_embeddings);
     with_and_without_checkpointing(full);
+    let prompt = tiny_with(runner::peft::Method::Prompt(PromptConfig { num_virtual_tokens: 4, init: PromptInit::Random, ..Default::default() }));
+    assert!(checkpointable(&prompt));
+    with_and_without_checkpointing(prompt);
+}
+
+#[test]
+fn checkpointing_falls_back_for_prefix_tuning() {
+    let prefix = tiny_with(runner::peft::Method::Prefix(Default::default()));
+    assert!(!runner::train::trainer::checkpointable(&prefix));
+    // The fallback trains exactly as the plain pass.
+    with_and_without_checkpointing(prefix);
 }

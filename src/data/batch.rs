@@ -1,10 +1,9 @@
 //! Collation (tokenize, truncate, mask the prompt, pad or pack) and the batch schedule.
 
-use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 
-use super::dataset::Example;
+use super::dataset::{DataError, Example, ExampleSource};
 #[cfg(test)]
 use super::dataset::Dataset;
 #[cfg(test)]
@@ -224,7 +223,11 @@ impl Default for BatchOptions {
 /// them): with `steps`, as many as asked, reshuffling at every pass over the data; without,
 /// one pass (the last group may be smaller).
 pub struct Batches {
-    data: Arc<Vec<Example>>,
+    data: ExampleSource,
+    /// Each example's length in bytes, for `group_by_length` (read once for a streamed source).
+    lengths: Vec<usize>,
+    /// An error met while measuring the examples, returned by the first `next`.
+    failed: Option<DataError>,
     opts: BatchOptions,
     order: Vec<usize>,
     cursor: usize,
@@ -233,9 +236,23 @@ pub struct Batches {
 }
 
 impl Batches {
-    pub fn new(data: Arc<Vec<Example>>, opts: BatchOptions) -> Self {
+    pub fn new(data: impl Into<ExampleSource>, opts: BatchOptions) -> Self {
+        let data = data.into();
         let skip = opts.skip;
-        let mut it = Self { order: (0..data.len()).collect(), data, opts, cursor: 0, epoch: 0, produced: 0 };
+        let mut failed = None;
+        let mut lengths = Vec::new();
+        if opts.group_by_length {
+            for i in 0..data.len() {
+                match data.get(i) {
+                    Ok(e) => lengths.push(e.prompt.len() + e.response.len()),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut it = Self { order: (0..data.len()).collect(), data, lengths, failed, opts, cursor: 0, epoch: 0, produced: 0 };
         it.reorder();
         for _ in 0..skip {
             if it.next_indices().is_none() {
@@ -255,8 +272,8 @@ impl Batches {
         if self.opts.shuffle {
             self.order.shuffle(&mut init::rng_for(self.opts.seed, &format!("epoch{}", self.epoch)));
         }
-        if self.opts.group_by_length {
-            let len = |i: &usize| self.data[*i].prompt.len() + self.data[*i].response.len();
+        if self.opts.group_by_length && self.lengths.len() == self.data.len() {
+            let len = |i: &usize| self.lengths[*i];
             for window in self.order.chunks_mut(self.opts.size.max(1) * 50) {
                 window.sort_by_key(|i| std::cmp::Reverse(len(i)));
             }
@@ -265,11 +282,16 @@ impl Batches {
 }
 
 impl Iterator for Batches {
-    type Item = Vec<Example>;
+    /// A group of examples, or the error reading one of them (a streamed file).
+    type Item = Result<Vec<Example>, DataError>;
 
-    fn next(&mut self) -> Option<Vec<Example>> {
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.failed.take() {
+            self.opts.steps = Some(0);
+            return Some(Err(e));
+        }
         let picked = self.next_indices()?;
-        Some(picked.iter().map(|&i| self.data[i].clone()).collect())
+        Some(picked.iter().map(|&i| self.data.get(i)).collect())
     }
 }
 
@@ -374,8 +396,8 @@ mod tests {
     fn steps_cycle_through_epochs_deterministically() {
         let ds = Dataset::new((0..5).map(|i| Example::text(format!("{i}"))).collect(), "mem").examples().unwrap();
         let opts = BatchOptions { size: 2, max_len: 8, steps: Some(7), shuffle: true, seed: 3, ..Default::default() };
-        let a: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone()).collect();
-        let b: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone()).collect();
+        let a: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone()).collect::<Result<_, _>>().unwrap();
+        let b: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone()).collect::<Result<_, _>>().unwrap();
         assert_eq!(a.len(), 7);
         assert!(a.iter().all(|x| x.len() == 2));
         assert_eq!(a, b);
@@ -383,9 +405,9 @@ mod tests {
         let first_pass: Vec<&Example> = a.iter().flatten().take(5).collect();
         assert!(ds.iter().all(|e| first_pass.contains(&e)));
         // Skipping k batches continues exactly where an uninterrupted run would be.
-        let resumed: Vec<Vec<Example>> = Batches::new(ds.clone(), BatchOptions { skip: 4, ..opts }).collect();
+        let resumed: Vec<Vec<Example>> = Batches::new(ds.clone(), BatchOptions { skip: 4, ..opts }).collect::<Result<_, _>>().unwrap();
         assert_eq!(resumed, a[4..]);
-        let one_pass: Vec<Vec<Example>> = Batches::new(ds, BatchOptions { size: 2, steps: None, ..Default::default() }).collect();
+        let one_pass: Vec<Vec<Example>> = Batches::new(ds, BatchOptions { size: 2, steps: None, ..Default::default() }).collect::<Result<_, _>>().unwrap();
         assert_eq!(one_pass.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![2, 2, 1]);
     }
 
@@ -394,8 +416,8 @@ mod tests {
         let ds = Dataset::new((0..40).map(|i| Example::text("x".repeat(1 + (i * 7) % 40))).collect(), "mem").examples().unwrap();
         let opts = BatchOptions { size: 4, steps: None, group_by_length: true, ..Default::default() };
         let spread = |b: &Vec<Example>| b.iter().map(|e| e.response.len()).max().unwrap() - b.iter().map(|e| e.response.len()).min().unwrap();
-        let grouped: usize = Batches::new(ds.clone(), opts.clone()).map(|b| spread(&b)).sum();
-        let plain: usize = Batches::new(ds, BatchOptions { group_by_length: false, ..opts }).map(|b| spread(&b)).sum();
+        let grouped: usize = Batches::new(ds.clone(), opts.clone()).map(|b| spread(&b.unwrap())).sum();
+        let plain: usize = Batches::new(ds, BatchOptions { group_by_length: false, ..opts }).map(|b| spread(&b.unwrap())).sum();
         assert!(grouped * 3 < plain, "grouped spread {grouped} vs shuffled {plain}");
     }
 }

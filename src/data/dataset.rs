@@ -8,7 +8,10 @@ use std::sync::{Arc, OnceLock};
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
+use super::stream::{LineIndex, RowStep, StreamFormat, StreamedRows};
+use super::template::Template;
 use crate::model::init;
+use crate::tokenizer::Tokenizer;
 
 /// One row of a dataset: field name -> JSON value (strings from CSV and text files).
 pub type Row = serde_json::Map<String, Value>;
@@ -79,7 +82,9 @@ impl Example {
 
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// The rows, in memory; empty for a streamed dataset, whose rows are in `stream`.
     pub rows: Arc<Vec<Row>>,
+    pub stream: Option<StreamedRows>,
     /// Where the rows came from, for messages.
     pub source: String,
     /// Malformed lines skipped while reading (when the reader was asked to skip them).
@@ -123,7 +128,49 @@ pub enum TextUnit {
 
 impl Dataset {
     pub fn from_rows(rows: Vec<Row>, source: impl Into<String>) -> Self {
-        Self { rows: Arc::new(rows), source: source.into(), skipped: 0, examples: OnceLock::new() }
+        Self { rows: Arc::new(rows), stream: None, source: source.into(), skipped: 0, examples: OnceLock::new() }
+    }
+
+    /// A JSONL or CSV file read row by row as batches need them (see `stream.rs`).
+    pub fn stream(path: &Path, format: StreamFormat, opts: ReadOptions) -> Result<Self, DataError> {
+        let index = LineIndex::build(path, format, opts)?;
+        let skipped = index.skipped;
+        let mut ds = Self::from_rows(Vec::new(), path.display().to_string());
+        ds.skipped = skipped;
+        ds.stream = Some(StreamedRows::new(index));
+        Ok(ds)
+    }
+
+    fn streamed(&self, rows: StreamedRows, how: &str) -> Dataset {
+        let mut ds = Self::from_rows(Vec::new(), format!("{} ({how})", self.source));
+        ds.skipped = self.skipped;
+        ds.stream = Some(rows);
+        ds
+    }
+
+    /// Row `i` (0-based): borrowed from memory, or read now from a streamed file.
+    pub fn row(&self, i: usize) -> Result<std::borrow::Cow<'_, Row>, DataError> {
+        match &self.stream {
+            Some(s) => s.row(i).map(std::borrow::Cow::Owned),
+            None => Ok(std::borrow::Cow::Borrowed(&self.rows[i])),
+        }
+    }
+
+    /// The same rows, all in memory (for Lua's map and filter, which see every row).
+    pub fn in_memory(&self) -> Result<Dataset, DataError> {
+        let Some(s) = &self.stream else { return Ok(self.clone()) };
+        let rows = (0..s.len()).map(|i| s.row(i)).collect::<Result<Vec<_>, _>>()?;
+        let mut ds = Self::from_rows(rows, self.source.clone());
+        ds.skipped = self.skipped;
+        Ok(ds)
+    }
+
+    /// Where batches take their examples from: memory, or the streamed file.
+    pub fn example_source(&self) -> Result<ExampleSource, DataError> {
+        match &self.stream {
+            Some(s) => Ok(ExampleSource::Streamed(s.clone())),
+            None => Ok(ExampleSource::Memory(self.examples()?)),
+        }
     }
 
     pub fn new(examples: Vec<Example>, source: impl Into<String>) -> Self {
@@ -134,17 +181,23 @@ impl Dataset {
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.stream.as_ref().map_or(self.rows.len(), |s| s.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
 
     /// The rows as examples (converted once); an error names the first row that is not one.
     pub fn examples(&self) -> Result<Arc<Vec<Example>>, DataError> {
         if let Some(e) = self.examples.get() {
             return Ok(e.clone());
+        }
+        if let Some(s) = &self.stream {
+            // Every example at once (an evaluation set): read them all.
+            let out = Arc::new((0..s.len()).map(|i| s.example(i)).collect::<Result<Vec<_>, _>>()?);
+            let _ = self.examples.set(out.clone());
+            return Ok(out);
         }
         let mut out = Vec::with_capacity(self.rows.len());
         for (i, row) in self.rows.iter().enumerate() {
@@ -163,18 +216,19 @@ impl Dataset {
         let file = std::fs::File::open(path).map_err(io)?;
         let mut rows = Vec::new();
         let mut skipped = 0;
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let err = |msg: String| DataError::Line { path: shown.clone(), line: i + 1, msg };
-            let parsed = match line {
-                Ok(line) if line.trim().is_empty() => continue,
-                Ok(line) => match serde_json::from_str::<Value>(&line) {
-                    Ok(Value::Object(row)) => Ok(row),
-                    Ok(other) => Err(err(format!("expected a JSON object, found {}", kind(&other)))),
-                    Err(e) => Err(err(format!("invalid JSON: {e}"))),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(err("not valid UTF-8".into())),
-                Err(e) => return Err(io(e)),
-            };
+        let mut reader = BufReader::new(file);
+        let mut buf = Vec::new();
+        let mut line = 0;
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+                break;
+            }
+            line += 1;
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let parsed = json_row(&buf, &shown, line);
             match parsed {
                 Ok(row) => rows.push(row),
                 Err(_) if opts.skip_malformed => skipped += 1,
@@ -244,21 +298,36 @@ impl Dataset {
 
     /// Renames fields: each `(to, from)` pair makes `from`'s value available as `to`.
     pub fn rename(&self, pairs: &[(String, String)]) -> Result<Dataset, DataError> {
+        if let Some(s) = &self.stream {
+            // Checked on the first row now; the others as they are read.
+            let ds = self.streamed(s.with_step(RowStep::Rename(pairs.to_vec())), "fields");
+            ds.row(0)?;
+            return Ok(ds);
+        }
         let mut rows = Vec::with_capacity(self.len());
         for (i, row) in self.rows.iter().enumerate() {
-            let mut out = row.clone();
-            for (to, from) in pairs {
-                let v = row.get(from).cloned().ok_or_else(|| DataError::Row {
-                    source_name: self.source.clone(),
-                    row: i + 1,
-                    msg: format!("no field '{from}' (fields: {})", row.keys().cloned().collect::<Vec<_>>().join(", ")),
-                })?;
-                out.remove(from);
-                out.insert(to.clone(), v);
-            }
-            rows.push(out);
+            rows.push(rename_row(row, pairs).map_err(|msg| DataError::Row { source_name: self.source.clone(), row: i + 1, msg })?);
         }
         Ok(self.derived(rows, "fields"))
+    }
+
+    /// Applies `template` to every row (as it is read, when streamed); an error names the row.
+    pub fn template(&self, template: &Template, tokenizer: Option<&Tokenizer>) -> Result<Dataset, DataError> {
+        let how = match template {
+            Template::Alpaca { .. } => "alpaca",
+            Template::Chat { .. } => "chat",
+            Template::Text { .. } => "text",
+        };
+        if let Some(s) = &self.stream {
+            let ds = self.streamed(s.with_step(RowStep::Template(template.clone(), tokenizer.cloned())), how);
+            ds.row(0)?;
+            return Ok(ds);
+        }
+        let mut rows = Vec::with_capacity(self.len());
+        for (i, row) in self.rows.iter().enumerate() {
+            rows.push(template.apply(row, tokenizer).map_err(|msg| DataError::Row { source_name: self.source.clone(), row: i + 1, msg })?);
+        }
+        Ok(self.derived(rows, how))
     }
 
     /// A dataset of new rows computed from this one's (templates, maps, filters).
@@ -284,11 +353,69 @@ impl Dataset {
         }
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut init::rng_for(seed, "split"));
+        if let Some(s) = &self.stream {
+            return Ok((self.streamed(s.select(&order[n_eval..]), "train"), self.streamed(s.select(&order[..n_eval]), "eval")));
+        }
         let pick = |idx: &[usize]| idx.iter().map(|&i| self.rows[i].clone()).collect::<Vec<_>>();
         Ok((
             Dataset::from_rows(pick(&order[n_eval..]), format!("{} (train)", self.source)),
             Dataset::from_rows(pick(&order[..n_eval]), format!("{} (eval)", self.source)),
         ))
+    }
+}
+
+/// One JSONL record: a JSON object, or an error naming `file:line`.
+pub(crate) fn json_row(bytes: &[u8], shown: &str, line: usize) -> Result<Row, DataError> {
+    let err = |msg: String| DataError::Line { path: shown.to_string(), line, msg };
+    let text = std::str::from_utf8(bytes).map_err(|_| err("not valid UTF-8".into()))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(row)) => Ok(row),
+        Ok(other) => Err(err(format!("expected a JSON object, found {}", kind(&other)))),
+        Err(e) => Err(err(format!("invalid JSON: {e}"))),
+    }
+}
+
+/// A row with each `(to, from)` field renamed.
+pub(crate) fn rename_row(row: &Row, pairs: &[(String, String)]) -> Result<Row, String> {
+    let mut out = row.clone();
+    for (to, from) in pairs {
+        let v = row.get(from).cloned().ok_or_else(|| format!("no field '{from}' (fields: {})", row.keys().cloned().collect::<Vec<_>>().join(", ")))?;
+        out.remove(from);
+        out.insert(to.clone(), v);
+    }
+    Ok(out)
+}
+
+/// The examples batches draw from.
+#[derive(Clone, Debug)]
+pub enum ExampleSource {
+    Memory(Arc<Vec<Example>>),
+    Streamed(StreamedRows),
+}
+
+impl From<Arc<Vec<Example>>> for ExampleSource {
+    fn from(v: Arc<Vec<Example>>) -> Self {
+        ExampleSource::Memory(v)
+    }
+}
+
+impl ExampleSource {
+    pub fn len(&self) -> usize {
+        match self {
+            ExampleSource::Memory(v) => v.len(),
+            ExampleSource::Streamed(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> Result<Example, DataError> {
+        match self {
+            ExampleSource::Memory(v) => Ok(v[i].clone()),
+            ExampleSource::Streamed(s) => s.example(i),
+        }
     }
 }
 
@@ -303,7 +430,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn csv_error(path: &str, e: csv::Error) -> DataError {
+pub(crate) fn csv_error(path: &str, e: csv::Error) -> DataError {
     let line = e.position().map(|p| p.line() as usize);
     let msg = match e.kind() {
         csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!("expected {expected_len} fields (as in the header), found {len}"),

@@ -2,10 +2,11 @@
 
 pub mod batch;
 pub mod dataset;
+pub mod stream;
 pub mod template;
 pub mod tokenizer;
 
 pub use batch::{Batch, BatchOptions, CollateOptions, Padding, IGNORE_INDEX};
-pub use dataset::{DataError, Dataset, Example, ReadOptions, Row, TextUnit};
+pub use dataset::{DataError, Dataset, Example, ExampleSource, ReadOptions, Row, TextUnit};
 pub use template::Template;
 pub use tokenizer::ByteTokenizer;

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::dataset::{DataError, Dataset, Row};
+use super::dataset::Row;
 use crate::tokenizer::Tokenizer;
 
 /// The Stanford Alpaca prompt, with and without an input.
@@ -106,26 +106,10 @@ impl Template {
     }
 }
 
-impl Dataset {
-    /// Applies `template` to every row; an error names the row.
-    pub fn template(&self, template: &Template, tokenizer: Option<&Tokenizer>) -> Result<Dataset, DataError> {
-        let mut rows = Vec::with_capacity(self.len());
-        for (i, row) in self.rows.iter().enumerate() {
-            rows.push(template.apply(row, tokenizer).map_err(|msg| DataError::Row { source_name: self.source.clone(), row: i + 1, msg })?);
-        }
-        let how = match template {
-            Template::Alpaca { .. } => "alpaca",
-            Template::Chat { .. } => "chat",
-            Template::Text { .. } => "text",
-        };
-        Ok(self.derived(rows, how))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Example;
+    use crate::data::{Dataset, Example};
 
     fn row(pairs: &[(&str, &str)]) -> Row {
         pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect()

@@ -8,8 +8,9 @@ use mlua::{Function, IntoLuaMulti, Lua, MetaMethod, Table, UserData, UserDataFie
 
 use super::json_to_lua;
 use super::model::{default_seed, LuaModel};
-use super::options::{describe, recipe_error, Opts};
+use super::options::{describe, recipe_error, runtime_error, Opts};
 use crate::data::batch::Batches;
+use crate::data::stream::StreamFormat;
 use crate::data::{Batch, BatchOptions, CollateOptions, Dataset, Example, Padding, ReadOptions, Row, Template, TextUnit, IGNORE_INDEX};
 use crate::progress::{Progress, ProgressSlot};
 use crate::tokenizer::Tokenizer;
@@ -36,9 +37,12 @@ impl LuaBatch {
     }
 }
 
-fn read_options(lua: &Lua, func: &'static str, opts: Option<Table>) -> mlua::Result<(ReadOptions, Vec<(String, String)>)> {
-    let o = Opts::new(lua, func, opts, &["skip_malformed", "fields"])?;
+/// Reader options: `skip_malformed`, `fields` (renames) and `stream` (read rows from disk as
+/// batches need them instead of loading the file).
+fn read_options(lua: &Lua, func: &'static str, opts: Option<Table>) -> mlua::Result<(ReadOptions, Vec<(String, String)>, bool)> {
+    let o = Opts::new(lua, func, opts, &["skip_malformed", "fields", "stream"])?;
     let read = ReadOptions { skip_malformed: o.bool("skip_malformed")?.unwrap_or(false) };
+    let stream = o.bool("stream")?.unwrap_or(false);
     let mut fields = Vec::new();
     if let Some(t) = o.table("fields")? {
         for pair in t.pairs::<String, String>() {
@@ -47,7 +51,7 @@ fn read_options(lua: &Lua, func: &'static str, opts: Option<Table>) -> mlua::Res
         }
         fields.sort();
     }
-    Ok((read, fields))
+    Ok((read, fields, stream))
 }
 
 fn finish_read(lua: &Lua, what: &str, ds: Result<Dataset, crate::data::DataError>, fields: &[(String, String)]) -> mlua::Result<LuaDataset> {
@@ -65,17 +69,19 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     t.set(
         "jsonl",
         lua.create_function(|lua, (path, opts): (String, Option<Table>)| {
-            let (read, fields) = read_options(lua, "runner.data.jsonl", opts)?;
+            let (read, fields, stream) = read_options(lua, "runner.data.jsonl", opts)?;
             super::host::note_input(lua, Path::new(&path))?;
-            finish_read(lua, "runner.data.jsonl", Dataset::read_jsonl(Path::new(&path), read), &fields)
+            let ds = if stream { Dataset::stream(Path::new(&path), StreamFormat::Jsonl, read) } else { Dataset::read_jsonl(Path::new(&path), read) };
+            finish_read(lua, "runner.data.jsonl", ds, &fields)
         })?,
     )?;
     t.set(
         "csv",
         lua.create_function(|lua, (path, opts): (String, Option<Table>)| {
-            let (read, fields) = read_options(lua, "runner.data.csv", opts)?;
+            let (read, fields, stream) = read_options(lua, "runner.data.csv", opts)?;
             super::host::note_input(lua, Path::new(&path))?;
-            finish_read(lua, "runner.data.csv", Dataset::read_csv(Path::new(&path), read), &fields)
+            let ds = if stream { Dataset::stream(Path::new(&path), StreamFormat::Csv, read) } else { Dataset::read_csv(Path::new(&path), read) };
+            finish_read(lua, "runner.data.csv", ds, &fields)
         })?,
     )?;
     // runner.data.plaintext(path, {by = "line" | "paragraph" | "file"}): {text = ...} rows.
@@ -311,7 +317,8 @@ impl UserData for LuaDataset {
             if i < 1 || i > n {
                 return Err(recipe_error(lua, format!("dataset:example: index {i} is outside 1..{n}")));
             }
-            row_to_lua(lua, &this.0.rows[(i - 1) as usize])
+            let row = this.0.row((i - 1) as usize).map_err(|e| runtime_error(lua, format!("dataset:example: {e}")))?;
+            row_to_lua(lua, &row)
         });
         // dataset:template("alpaca" | "chat" | "text" | function(row) ... end, opts)
         methods.add_method("template", |lua, this, (which, opts): (Value, Option<Table>)| {
@@ -354,7 +361,9 @@ impl UserData for LuaDataset {
         // dataset:filter(function(row) return keep end)
         methods.add_method("filter", |lua, this, f: Function| {
             let mut rows = Vec::new();
-            for row in this.0.rows.iter() {
+            // Lua sees every row: a streamed dataset is read into memory first.
+            let ds = this.0.in_memory().map_err(|e| runtime_error(lua, format!("dataset:filter: {e}")))?;
+            for row in ds.rows.iter() {
                 let keep: Value = f.call(row_to_lua(lua, row)?)?;
                 if !matches!(keep, Value::Nil | Value::Boolean(false)) {
                     rows.push(row.clone());
@@ -368,7 +377,7 @@ impl UserData for LuaDataset {
         // `for step, batch in ds:batches{size = 8, steps = 100} do ... end`
         methods.add_method("batches", |lua, this, opts: Option<Table>| {
             let (opts, collate, collate_fn) = batch_and_collate_options(lua, "dataset:batches", opts, true, true)?;
-            let examples = this.0.examples().map_err(|e| recipe_error(lua, format!("dataset:batches: {e}")))?;
+            let examples = this.0.example_source().map_err(|e| recipe_error(lua, format!("dataset:batches: {e}")))?;
             let total = opts.steps.unwrap_or_else(|| examples.len().div_ceil(opts.size.max(1)));
             let mut progress = Progress::start(Some(total));
             progress.advance(opts.skip);
@@ -377,7 +386,8 @@ impl UserData for LuaDataset {
             lua.create_function(move |lua, ()| {
                 let mut state = iter.borrow_mut();
                 match state.1.next() {
-                    Some(examples) => {
+                    Some(Err(e)) => Err(runtime_error(lua, format!("dataset:batches: {e}"))),
+                    Some(Ok(examples)) => {
                         state.0 += 1;
                         if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>() {
                             slot.step = state.0;
@@ -403,6 +413,8 @@ impl UserData for LuaDataset {
 }
 
 fn map_rows(lua: &Lua, ds: &Dataset, f: &Function, what: &str, how: &str) -> mlua::Result<Dataset> {
+    // Lua sees every row: a streamed dataset is read into memory first.
+    let ds = &ds.in_memory().map_err(|e| runtime_error(lua, format!("{what}: {e}")))?;
     let mut rows = Vec::with_capacity(ds.len());
     for (i, row) in ds.rows.iter().enumerate() {
         let out: Value = f.call(row_to_lua(lua, row)?)?;

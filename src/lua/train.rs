@@ -155,9 +155,10 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
                     let ds = ud.borrow::<LuaDataset>()?.0.clone();
                     let opts = batch_options(lua, "trainer:evaluate", opts, false)?;
                     let max_len = opts.max_len;
-                    let examples = ds.examples().map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?;
+                    let examples = ds.example_source().map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?;
                     let mut batches = Vec::new();
                     for group in Batches::new(examples, crate::data::BatchOptions { steps: None, ..opts }) {
+                        let group = group.map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?;
                         let refs: Vec<&Example> = group.iter().collect();
                         batches.push(Batch::collate(&refs, max_len, &this.tokenizer).map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?);
                     }

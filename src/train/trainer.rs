@@ -250,12 +250,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-/// Activation checkpointing covers models whose trained parameters all sit in the decoder
-/// layers or after them (LoRA and the other adapters). With a trained embedding (full
-/// fine-tuning) it gave a different gradient norm than the plain pass in testing, and prefix
-/// tuning feeds every layer from one table; those train with the plain pass.
+/// Activation checkpointing covers every method but prefix tuning, which feeds every layer
+/// from one table (the layers would each need that table's gradient); it trains with the
+/// plain pass.
 pub fn checkpointable<B: Backend>(model: &Llama<B>) -> bool {
-    model.prefix.active().is_none() && model.prompt.active().is_none() && !model.embed_tokens.trainable
+    model.prefix.active().is_none()
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -299,6 +298,13 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Some(next) => upstream = next,
                 None => return nll,
             }
+        }
+        // Last, the embedding stage: a trained embedding (full fine-tuning) or soft prompt gets
+        // the gradient that reached the first layer's input.
+        if model.embed_tokens.trainable || model.prompt.active().is_some() {
+            let embedded = model.stage_embed(&staged);
+            let g = (embedded * Tensor::from_inner(upstream)).sum().backward();
+            grads.accumulate(&g, |c| model.visit(c));
         }
         nll
     }
