@@ -1,6 +1,5 @@
 //! Collation (tokenize, truncate, mask the prompt, pad or pack) and the batch schedule.
 
-
 use rand::seq::SliceRandom;
 
 use super::dataset::{DataError, Example, ExampleSource};
