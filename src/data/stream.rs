@@ -131,7 +131,10 @@ impl LineIndex {
     pub fn row(&self, i: usize) -> Result<Row, DataError> {
         let span = self.spans[i];
         let mut buf = vec![0u8; span.len as usize];
-        self.file.read_exact_at(&mut buf, span.offset).map_err(|source| DataError::Io { path: self.shown.clone(), source })?;
+        self.file.read_exact_at(&mut buf, span.offset).map_err(|source| match source.kind() {
+            std::io::ErrorKind::UnexpectedEof => DataError::Line { path: self.shown.clone(), line: span.line as usize, msg: "the file changed since it was indexed (it is shorter now)".into() },
+            _ => DataError::Io { path: self.shown.clone(), source },
+        })?;
         match self.format {
             StreamFormat::Jsonl => json_row(&buf, &self.shown, span.line as usize),
             StreamFormat::Csv => {
