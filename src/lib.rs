@@ -8,6 +8,7 @@ pub mod footprint;
 pub mod generate;
 pub mod hub;
 pub mod interrupt;
+pub mod kernels;
 pub mod lua;
 pub mod memory;
 pub mod model;

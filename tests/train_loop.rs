@@ -212,6 +212,18 @@ fn checkpoints_are_pruned_and_latest_wins() {
     // With `latest` gone (say, a crash right after a rename), the highest step is used.
     std::fs::remove_file(dir.path().join("latest")).unwrap();
     assert_eq!(checkpoint::find(dir.path()).unwrap(), dir.path().join("step-00000004"));
+    // A folder half-deleted by a kill during pruning (state file gone, weights left) and a
+    // hidden leftover are both cleaned up by the next save, and never loaded.
+    let half = dir.path().join("step-00000002");
+    std::fs::create_dir(&half).unwrap();
+    std::fs::write(half.join("optimizer.safetensors"), b"partial").unwrap();
+    std::fs::create_dir(dir.path().join(".step-00000001.old-1-pruned")).unwrap();
+    assert_eq!(checkpoint::find(dir.path()).unwrap(), dir.path().join("step-00000004"));
+    t.step(&mut model, &batch).unwrap();
+    checkpoint::save(dir.path(), &t, &mut model, None, 2).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["latest", "step-00000004", "step-00000005"]);
 }
 
 #[test]

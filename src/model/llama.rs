@@ -2,7 +2,6 @@
 //! rotate-half convention), grouped-query causal attention, SwiGLU MLP, tied or untied head.
 
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, TensorData};
 
 use super::config::{ConfigError, LlamaConfig};
@@ -12,6 +11,7 @@ use super::params::{Param, ParamCount, ParamVisitor};
 use crate::peft::bottleneck::Bottleneck;
 use crate::peft::prompt::PrefixAdapter;
 use crate::peft::slots::Slots;
+use crate::kernels;
 use crate::peft::AdapterInfo;
 
 /// The projections LoRA and friends can target, in the order Hugging Face names them.
@@ -367,16 +367,16 @@ impl<B: Backend> Llama<B> {
     fn block(&self, i: usize, x: Tensor<B, 2>, plan: &Plan<B>, mut rng: Option<&mut HostRng>, kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 2> {
         let eps = self.config.rms_norm_eps;
         let layer = &self.layers[i];
-        let h = rms_norm(x.clone(), layer.input_norm_tuned.active().unwrap_or(&layer.input_layernorm).value(), eps);
+        let h = kernels::rms_norm(x.clone(), layer.input_norm_tuned.active().unwrap_or(&layer.input_layernorm).value(), eps);
         let mut attn = self.attention(layer, h, plan.b, plan.t_all, &plan.rope, &plan.mask, rng.as_deref_mut(), kv);
         if let Some(adapter) = layer.attn_adapter.active() {
             attn = adapter.forward(attn);
         }
         let x = x + attn;
-        let h = rms_norm(x.clone(), layer.post_norm_tuned.active().unwrap_or(&layer.post_attention_layernorm).value(), eps);
-        let gate = silu(layer.gate_proj.forward(h.clone(), rng.as_deref_mut()));
+        let h = kernels::rms_norm(x.clone(), layer.post_norm_tuned.active().unwrap_or(&layer.post_attention_layernorm).value(), eps);
+        let gate = layer.gate_proj.forward(h.clone(), rng.as_deref_mut());
         let up = layer.up_proj.forward(h, rng.as_deref_mut());
-        let mut mlp = layer.down_proj.forward(gate * up, rng.as_deref_mut());
+        let mut mlp = layer.down_proj.forward(kernels::silu_mul(gate, up), rng.as_deref_mut());
         if let Some(adapter) = layer.mlp_adapter.active() {
             mlp = adapter.forward(mlp);
         }
@@ -385,7 +385,7 @@ impl<B: Backend> Llama<B> {
 
     /// The final norm, without the virtual tokens.
     fn finish(&self, x: Tensor<B, 2>, plan: &Plan<B>) -> Tensor<B, 2> {
-        let out = rms_norm(x, self.norm_tuned.active().unwrap_or(&self.norm).value(), self.config.rms_norm_eps);
+        let out = kernels::rms_norm(x, self.norm_tuned.active().unwrap_or(&self.norm).value(), self.config.rms_norm_eps);
         if plan.virtual_tokens == 0 {
             return out;
         }
@@ -458,8 +458,8 @@ impl<B: Backend> Llama<B> {
         let q = q.reshape([b, kvh, rep * t, hd]);
         // Scores flattened to 2-D with a materialised additive mask: broadcasting over 4-D
         // tensors is an order of magnitude slower on the CPU backend. Rows are (b, head, t).
-        let scores = q.matmul(k.swap_dims(2, 3)).reshape([b * h * t, total]) * (1.0 / (hd as f64).sqrt());
-        let probs = softmax(scores + mask.clone(), 1).reshape([b, kvh, rep * t, total]);
+        let scores = q.matmul(k.swap_dims(2, 3)).reshape([b * h * t, total]);
+        let probs = kernels::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt()).reshape([b, kvh, rep * t, total]);
         let out = probs.matmul(v).reshape([b, h, t, hd]);
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
         layer.o_proj.forward(out, rng)
@@ -494,13 +494,6 @@ impl<B: Backend> KvCache<B> {
     pub fn new(config: &LlamaConfig) -> Self {
         Self { layers: vec![None; config.num_hidden_layers], len: 0 }
     }
-}
-
-/// # Shapes
-/// - x: `[n, d]`, weight: `[d]` -> `[n, d]`
-pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
-    let inv_rms = (x.clone().square().mean_dim(1) + eps).sqrt().recip();
-    x * inv_rms * weight.clone().unsqueeze::<2>()
 }
 
 /// Where each token sits: `batch` rows of `start` cached positions (a prefix or earlier

@@ -216,14 +216,28 @@ pub fn save<B: AutodiffBackend>(root: &Path, trainer: &Trainer<B>, model: &mut L
 }
 
 /// Removes all but the newest `keep` checkpoints (never `current`), and temporary folders
-/// that an interrupted save left behind.
+/// that an interrupted save or prune left behind. A checkpoint is renamed to a hidden name
+/// before it is deleted, so a kill mid-delete never leaves a half-deleted `step-N` that
+/// nothing would clean up; `step-N` folders without a state file (from older versions
+/// killed mid-delete) are removed too.
 fn prune(root: &Path, current: &str, keep: usize) -> Result<(), CheckpointError> {
     let dirs = step_dirs(root);
     let excess = dirs.len().saturating_sub(keep);
-    for (_, path) in dirs.into_iter().take(excess) {
-        if path.file_name().is_some_and(|n| n != current) {
-            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+    let mut doomed: Vec<PathBuf> = dirs.into_iter().take(excess).map(|(_, p)| p).collect();
+    for entry in fs::read_dir(root).map_err(io_err(root))?.flatten() {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        if step_of(&n).is_some() && !entry.path().join(STATE).is_file() {
+            doomed.push(entry.path());
         }
+    }
+    for path in doomed {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        if name == current {
+            continue;
+        }
+        let aside = root.join(format!(".{name}.old-{}-pruned", std::process::id()));
+        fs::rename(&path, &aside).map_err(io_err(&path))?;
+        fs::remove_dir_all(&aside).map_err(io_err(&aside))?;
     }
     for entry in fs::read_dir(root).map_err(io_err(root))?.flatten() {
         let n = entry.file_name().to_string_lossy().into_owned();
