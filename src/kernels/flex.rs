@@ -200,3 +200,137 @@ impl Backward<Flex, 1> for MaskedSoftmaxBackward {
         }
     }
 }
+
+// ---------------------------------------------------------------- causal attention
+
+fn attention_forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &FlexTensor, s: host::AttentionShape) -> (FlexTensor, FlexTensor) {
+    let shape = dims(q);
+    let mut out = vec![0f32; q.layout().num_elements()];
+    let mut probs = vec![0f32; s.batch * s.heads * s.t * s.t];
+    host::attention(data(q), data(k), data(v), data(mask), dims(mask)[0], s, &mut out, &mut probs);
+    (tensor(out, &shape), tensor(probs, &[s.batch * s.heads * s.t, s.t]))
+}
+
+pub fn attention<B: Backend>(q: &Tensor<B, 2>, k: &Tensor<B, 2>, v: &Tensor<B, 2>, mask: &Tensor<B, 2>, s: host::AttentionShape) -> Option<Tensor<B, 2>> {
+    let (tokens, width) = (s.batch * s.t, s.head_dim);
+    let [mask_rows, mask_width] = mask.dims();
+    let shapes_fit = q.dims() == [tokens, s.heads * width]
+        && k.dims() == [tokens, s.kv_heads * width]
+        && v.dims() == k.dims()
+        && s.kv_heads > 0
+        && s.heads % s.kv_heads == 0
+        && mask_width == s.t
+        && mask_rows > 0
+        && (s.batch * s.heads * s.t) % mask_rows == 0;
+    if !shapes_fit {
+        return None;
+    }
+    let cast = |t: &Tensor<B, 2>| downcast::<_, Tensor<Ad, 2>>(t.clone()).ok().map(|t| t.into_primitive().tensor());
+    if let (Some(q), Some(k), Some(v), Some(m)) = (cast(q), cast(k), cast(v), cast(mask)) {
+        let (qp, kp, vp, mp) = (contiguous(q.primitive)?, contiguous(k.primitive)?, contiguous(v.primitive)?, contiguous(m.primitive)?);
+        let (out, probs) = attention_forward(&qp, &kp, &vp, &mp, s);
+        let out = match AttentionBackward.prepare::<NoCheckpointing>([q.node, k.node, v.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((qp, kp, vp, probs, s), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        return Some(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
+    }
+    let cast = |t: &Tensor<B, 2>| downcast::<_, Tensor<Flex, 2>>(t.clone()).ok().and_then(|t| contiguous(plain(t)));
+    if let (Some(q), Some(k), Some(v), Some(m)) = (cast(q), cast(k), cast(v), cast(mask)) {
+        let (out, _) = attention_forward(&q, &k, &v, &m, s);
+        return Some(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(out))));
+    }
+    None
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 3> for AttentionBackward {
+    /// Queries, keys, values, the attention probabilities and the shapes.
+    type State = (FlexTensor, FlexTensor, FlexTensor, FlexTensor, host::AttentionShape);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (q, k, v, probs, s) = ops.state;
+        let d_out = contiguous(grads.consume::<Flex>(&ops.node)).expect("f32 gradient");
+        let (mut dq, mut dk, mut dv) = (vec![0f32; q.layout().num_elements()], vec![0f32; k.layout().num_elements()], vec![0f32; v.layout().num_elements()]);
+        host::attention_backward(data(&q), data(&k), data(&v), data(&probs), data(&d_out), s, &mut dq, &mut dk, &mut dv);
+        let [pq, pk, pv] = ops.parents;
+        for (parent, grad, like) in [(pq, dq, &q), (pk, dk, &k), (pv, dv, &v)] {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, tensor(grad, &dims(like)));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- rotary embedding
+
+fn rope_apply(y: FlexTensor, cos: &FlexTensor, sin: &FlexTensor, inverse: bool) -> FlexTensor {
+    let shape = dims(&y);
+    let mut values = data(&y).to_vec();
+    host::rope(&mut values, data(cos), data(sin), dims(cos)[1], inverse);
+    tensor(values, &shape)
+}
+
+pub fn rope<B: Backend>(y: &Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    let ([rows, width], [table_rows, hd]) = (y.dims(), cos.dims());
+    if rows != table_rows || sin.dims() != cos.dims() || hd == 0 || hd % 2 != 0 || width % hd != 0 {
+        return None;
+    }
+    let cast = |t: &Tensor<B, 2>| downcast::<_, Tensor<Ad, 2>>(t.clone()).ok().map(|t| t.into_primitive().tensor());
+    if let (Some(y), Some(c), Some(s)) = (cast(y), cast(cos), cast(sin)) {
+        let (yp, cp, sp) = (contiguous(y.primitive)?, contiguous(c.primitive)?, contiguous(s.primitive)?);
+        let out = rope_apply(yp, &cp, &sp, false);
+        let out = match RopeBackward.prepare::<NoCheckpointing>([y.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((cp, sp), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        return Some(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
+    }
+    let cast = |t: &Tensor<B, 2>| downcast::<_, Tensor<Flex, 2>>(t.clone()).ok().and_then(|t| contiguous(plain(t)));
+    if let (Some(y), Some(c), Some(s)) = (cast(y), cast(cos), cast(sin)) {
+        return Some(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(rope_apply(y, &c, &s, false)))));
+    }
+    None
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<Flex, 1> for RopeBackward {
+    /// The cos and sin tables.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (cos, sin) = ops.state;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node)).expect("f32 gradient");
+        let [py] = ops.parents;
+        if let Some(node) = py {
+            grads.register::<Flex>(node.id, rope_apply(dy, &cos, &sin, true));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+/// On `Flex`: the summed NLL, the argmax hits and, with `grad`, the logits' gradient written
+/// over the logits' own buffer. Hands the logits back on any other backend or dtype.
+#[allow(clippy::type_complexity)]
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[usize], scale: f64, grad: bool) -> Result<(f64, usize, Option<Tensor<B, 2>>), Tensor<B, 2>> {
+    let logits = downcast::<_, Tensor<Flex, 2>>(logits)?;
+    let [rows, vocab] = logits.dims();
+    if targets.len() != rows || targets.iter().any(|&t| t >= vocab) {
+        return Err(wrap(logits));
+    }
+    let Some(mut t) = contiguous(plain(logits.clone())) else {
+        return Err(wrap(logits));
+    };
+    drop(logits);
+    let start = t.layout().contiguous_offsets().map_or(0, |(start, _)| start);
+    // Unique after the matmul that made it, so this writes in place rather than copying.
+    let values = &mut t.storage_mut::<f32>()[start..start + rows * vocab];
+    let (nll, correct) = host::cross_entropy(values, vocab, targets, scale as f32, grad);
+    let dlogits = grad.then(|| wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(t))));
+    Ok((nll, correct, dlogits))
+}

@@ -44,12 +44,78 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// Partial sums kept per lane: a single running sum (or max) is a serial dependency that the
+/// compiler must keep in order, so it stays scalar; sixteen independent ones become vector
+/// operations.
+const LANES: usize = 16;
+
+fn sum(xs: &[f32]) -> f32 {
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    let mut acc = [0f32; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let mut acc = [0f32; LANES];
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a·b·c`.
+fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let (ca, cb, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder()).map(|((x, y), z)| x * y * z).sum();
+    let mut acc = [0f32; LANES];
+    for ((x, y), z) in ca.zip(cb).zip(cc) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i] * z[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest value (NaN-free input assumed; a NaN is skipped, as in `f32::max`).
+fn max(xs: &[f32]) -> f32 {
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(tail, |m, &x| if x > m { x } else { m })
+}
+
+/// In place: `row = softmax(scale · row + mask)`.
+fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
+    for (p, &m) in row.iter_mut().zip(mask) {
+        *p = *p * scale + m;
+    }
+    let top = max(row);
+    row.iter_mut().for_each(|p| *p = exp(*p - top));
+    let inv = 1.0 / sum(row);
+    row.iter_mut().for_each(|p| *p *= inv);
+}
+
 /// RMSNorm of each `d`-wide row: `y = x / sqrt(mean(x²) + eps) · w`. Writes the per-row
 /// inverse RMS to `inv_rms` for the backward pass.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv_rms: &mut [f32]) {
     let d = w.len();
     y.par_chunks_mut(d).zip(inv_rms.par_iter_mut()).zip(x.par_chunks(d)).with_min_len(MIN_ROWS).for_each(|((y, inv), x)| {
-        let ss: f32 = x.iter().map(|v| v * v).sum();
+        let ss = dot(x, x);
         let r = 1.0 / (ss / d as f32 + eps).sqrt();
         *inv = r;
         for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
@@ -63,8 +129,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv_rms: &mut [f3
 pub fn rms_norm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dx: &mut [f32], dw: Option<&mut [f32]>) {
     let d = w.len();
     dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(inv_rms.par_iter()).with_min_len(MIN_ROWS).for_each(|(((dx, x), dy), &r)| {
-        let dot: f32 = x.iter().zip(dy).zip(w).map(|((x, dy), w)| dy * w * x).sum();
-        let c = r * r * r * dot / d as f32;
+        let c = r * r * r * dot3(x, dy, w) / d as f32;
         for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
             *dx = r * dy * w - c * x;
         }
@@ -122,19 +187,8 @@ pub fn silu_mul_backward(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &
 /// `[t, total]` causal mask serves every batch row and head.
 pub fn masked_softmax(scores: &[f32], mask: &[f32], mask_rows: usize, width: usize, scale: f32, out: &mut [f32]) {
     out.par_chunks_mut(width).zip(scores.par_chunks(width)).enumerate().with_min_len(MIN_ROWS).for_each(|(i, (p, s))| {
-        let m = &mask[(i % mask_rows) * width..][..width];
-        let mut max = f32::NEG_INFINITY;
-        for ((p, &s), &m) in p.iter_mut().zip(s).zip(m) {
-            *p = s * scale + m;
-            max = max.max(*p);
-        }
-        let mut sum = 0.0;
-        for p in p.iter_mut() {
-            *p = exp(*p - max);
-            sum += *p;
-        }
-        let inv = 1.0 / sum;
-        p.iter_mut().for_each(|p| *p *= inv);
+        p.copy_from_slice(s);
+        softmax_row(p, &mask[(i % mask_rows) * width..][..width], scale);
     });
 }
 
@@ -142,11 +196,203 @@ pub fn masked_softmax(scores: &[f32], mask: &[f32], mask_rows: usize, width: usi
 /// `ds = scale · p · (dp − Σ dp·p)`.
 pub fn masked_softmax_backward(p: &[f32], dp: &[f32], width: usize, scale: f32, ds: &mut [f32]) {
     ds.par_chunks_mut(width).zip(p.par_chunks(width)).zip(dp.par_chunks(width)).with_min_len(MIN_ROWS).for_each(|((ds, p), dp)| {
-        let dot: f32 = p.iter().zip(dp).map(|(p, dp)| p * dp).sum();
+        let dot = dot(p, dp);
         for ((ds, &p), &dp) in ds.iter_mut().zip(p).zip(dp) {
             *ds = scale * p * (dp - dot);
         }
     });
+}
+
+/// The shapes of one causal self-attention call: `batch × t` tokens, `heads` query heads of
+/// `head_dim` sharing `kv_heads` key/value heads (grouped-query attention), scores scaled by
+/// `scale`. Queries are `[batch·t, heads·head_dim]` and keys/values `[batch·t,
+/// kv_heads·head_dim]`, the projections' own layouts, so no transposes are needed.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+impl AttentionShape {
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    /// Offsets of the query head `head` of batch row `b` in q, and of its key/value head in k
+    /// and v.
+    fn offsets(&self, b: usize, head: usize) -> (usize, usize) {
+        let kv_head = head / (self.heads / self.kv_heads);
+        (b * self.t * self.q_width() + head * self.head_dim, b * self.t * self.kv_width() + kv_head * self.head_dim)
+    }
+}
+
+/// A raw pointer that rayon tasks may share: each task writes a region no other task touches.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// `dst = (read_dst ? dst : 0) + lhs · rhs` on strided matrices (`*_rs` row stride, `*_cs`
+/// column stride), single-threaded: the callers parallelise over heads.
+///
+/// # Safety
+/// The pointers must cover the `m × k`, `k × n` and `m × n` matrices their strides describe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, read_dst: bool, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            read_dst,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Causal (masked) grouped-query attention: `out = softmax(scale · q·kᵀ + mask) · v` per head.
+/// The mask has `mask_rows` rows of width `t`, cycled over the score rows ordered (batch,
+/// head, query position). Writes the probabilities, `[batch, heads, t, t]`, to `probs` for the
+/// backward pass.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], mask_rows: usize, s: AttentionShape, out: &mut [f32], probs: &mut [f32]) {
+    let (t, hd) = (s.t, s.head_dim);
+    assert!(q.len() == s.batch * t * s.q_width() && k.len() == s.batch * t * s.kv_width() && v.len() == k.len());
+    assert!(out.len() == q.len() && probs.len() == s.batch * s.heads * t * t && mask.len() == mask_rows * t);
+    let out_ptr = Shared(out.as_mut_ptr());
+    probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+        let (b, head) = (bh / s.heads, bh % s.heads);
+        let (qo, kvo) = s.offsets(b, head);
+        // SAFETY: every slice above holds the strided matrices read here (asserted lengths);
+        // this task alone writes head `head` of batch row `b` in `out`.
+        unsafe {
+            matmul(t, t, hd, p.as_mut_ptr(), t, false, q.as_ptr().add(qo), s.q_width(), 1, k.as_ptr().add(kvo), 1, s.kv_width());
+        }
+        for (i, row) in p.chunks_mut(t).enumerate() {
+            let m = &mask[((bh * t + i) % mask_rows) * t..][..t];
+            softmax_row(row, m, s.scale);
+        }
+        let out_ptr = out_ptr;
+        unsafe {
+            matmul(t, hd, t, out_ptr.0.add(qo), s.q_width(), false, p.as_ptr(), t, 1, v.as_ptr().add(kvo), s.kv_width(), 1);
+        }
+    });
+}
+
+/// Gradients of [`attention`] with respect to q, k and v, from the saved probabilities and
+/// the output gradient `d_out`. Tasks run per (batch row, key/value head), so the query heads
+/// that share a key/value head add into its gradients one after another.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], probs: &[f32], d_out: &[f32], s: AttentionShape, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
+    let (t, hd) = (s.t, s.head_dim);
+    let rep = s.heads / s.kv_heads;
+    assert!(q.len() == s.batch * t * s.q_width() && k.len() == s.batch * t * s.kv_width() && v.len() == k.len());
+    assert!(d_out.len() == q.len() && dq.len() == q.len() && dk.len() == k.len() && dv.len() == k.len() && probs.len() == s.batch * s.heads * t * t);
+    let (dq_ptr, dk_ptr, dv_ptr) = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
+    (0..s.batch * s.kv_heads).into_par_iter().for_each(|g| {
+        let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
+        let (b, kv_head) = (g / s.kv_heads, g % s.kv_heads);
+        let mut ds = vec![0f32; t * t];
+        for (r, head) in (kv_head * rep..(kv_head + 1) * rep).enumerate() {
+            let (qo, kvo) = s.offsets(b, head);
+            let p = &probs[(b * s.heads + head) * t * t..][..t * t];
+            let first = r == 0;
+            // SAFETY: lengths asserted above; this task alone writes query heads
+            // kv_head·rep.. of batch row b in dq and key/value head kv_head of b in dk, dv.
+            unsafe {
+                let d_o = d_out.as_ptr().add(qo);
+                // dv += pᵀ · d_out
+                matmul(t, hd, t, dv_ptr.0.add(kvo), s.kv_width(), !first, p.as_ptr(), 1, t, d_o, s.q_width(), 1);
+                // dp = d_out · vᵀ
+                matmul(t, t, hd, ds.as_mut_ptr(), t, false, d_o, s.q_width(), 1, v.as_ptr().add(kvo), 1, s.kv_width());
+            }
+            // ds = scale · p ⊙ (dp − rowsum(dp ⊙ p))
+            for (ds, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                let dot = dot(ds, p);
+                for (d, &p) in ds.iter_mut().zip(p) {
+                    *d = s.scale * p * (*d - dot);
+                }
+            }
+            unsafe {
+                // dq = ds · k
+                matmul(t, hd, t, dq_ptr.0.add(qo), s.q_width(), false, ds.as_ptr(), t, 1, k.as_ptr().add(kvo), s.kv_width(), 1);
+                // dk += dsᵀ · q
+                matmul(t, hd, t, dk_ptr.0.add(kvo), s.kv_width(), !first, ds.as_ptr(), 1, t, q.as_ptr().add(qo), s.q_width(), 1);
+            }
+        }
+    });
+}
+
+/// Rotary position embedding in the rotate-half layout, in place: every `head_dim` slice of a
+/// row of `y` is rotated by that row's angles (`cos`, `sin`: one `head_dim` row per row of
+/// `y`). With `inverse`, applies the transpose instead (the backward pass).
+pub fn rope(y: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize, inverse: bool) {
+    let rows = cos.len() / head_dim;
+    let half = head_dim / 2;
+    if rows == 0 {
+        return;
+    }
+    let width = y.len() / rows;
+    y.par_chunks_mut(width).zip(cos.par_chunks(head_dim)).zip(sin.par_chunks(head_dim)).with_min_len(MIN_ROWS).for_each(|((row, c), s)| {
+        for head in row.chunks_mut(head_dim) {
+            let (x1, x2) = head.split_at_mut(half);
+            for j in 0..half {
+                let (a, b) = (x1[j], x2[j]);
+                if inverse {
+                    x1[j] = a * c[j] + b * s[j + half];
+                    x2[j] = b * c[j + half] - a * s[j];
+                } else {
+                    x1[j] = a * c[j] - b * s[j];
+                    x2[j] = b * c[j + half] + a * s[j + half];
+                }
+            }
+        }
+    });
+}
+
+/// Cross-entropy of each `vocab`-wide row of logits against its target, in place: returns
+/// the summed negative log-likelihood and how many rows' most likely token (lowest id on
+/// ties, as `torch.argmax`) is the target. With `grad`, each row is overwritten by
+/// `scale · (softmax − onehot(target))`, the gradient of `scale · nll`; without, the rows are
+/// left as scratch. Every target must be below `vocab`.
+pub fn cross_entropy(logits: &mut [f32], vocab: usize, targets: &[usize], scale: f32, grad: bool) -> (f64, usize) {
+    logits
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &target)| {
+            let top = max(row);
+            let arg = row.iter().position(|&x| x == top).unwrap_or(0);
+            let picked = row[target];
+            row.iter_mut().for_each(|x| *x = exp(*x - top));
+            let total = sum(row);
+            let nll = (total.ln() + top - picked) as f64;
+            if grad {
+                let k = scale / total;
+                row.iter_mut().for_each(|x| *x *= k);
+                row[target] -= scale;
+            }
+            (nll, usize::from(arg == target))
+        })
+        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 #[cfg(test)]
@@ -194,6 +440,26 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0) * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn cross_entropy_gives_the_loss_the_argmax_and_the_gradient() {
+        let (vocab, scale) = (7, 0.25);
+        let rows = [values(vocab, 9).iter().map(|v| v * 6.0).collect::<Vec<f32>>(), vec![1.0, 3.0, 3.0, 0.0, -2.0, 1.0, 0.5]];
+        for (row, target) in rows.iter().zip([4usize, 2]) {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+            let mut grad = row.clone();
+            let (nll, correct) = cross_entropy(&mut grad, vocab, &[target], scale, true);
+            assert!((nll - (lse - row[target] as f64)).abs() < 1e-5, "{nll}");
+            // Ties go to the lowest id: row 2's maximum 3.0 sits at ids 1 and 2.
+            let argmax = row.iter().enumerate().fold(0, |a, (j, &x)| if x > row[a] { j } else { a });
+            assert_eq!(correct, usize::from(argmax == target));
+            for (j, g) in grad.iter().enumerate() {
+                let expected = scale as f64 * (((row[j] as f64) - lse).exp() - f64::from(u8::from(j == target)));
+                assert!((*g as f64 - expected).abs() < 1e-6, "{j}: {g} vs {expected}");
+            }
+        }
     }
 
     #[test]

@@ -11,10 +11,13 @@ use std::any::{Any, TypeId};
 
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
 #[cfg(feature = "flex")]
 mod flex;
 pub mod host;
+
+pub use host::AttentionShape;
 
 /// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.
 pub(crate) fn downcast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
@@ -60,6 +63,101 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 2>, mask: &Tensor<B, 2>, sca
         return out;
     }
     masked_softmax_composed(scores, mask, scale)
+}
+
+/// Causal grouped-query self-attention over `batch × t` tokens, without a KV cache:
+/// `softmax(scale · q·kᵀ + mask) · v` per head, the mask's rows cycled over (batch, head,
+/// position) as in [`masked_softmax`].
+/// # Shapes
+/// - q: `[batch * t, heads * head_dim]`, k, v: `[batch * t, kv_heads * head_dim]`
+/// - mask: `[batch * heads * t / k, t]` -> `[batch * t, heads * head_dim]`
+pub fn attention<B: Backend>(q: Tensor<B, 2>, k: Tensor<B, 2>, v: Tensor<B, 2>, mask: &Tensor<B, 2>, shape: AttentionShape) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = flex::attention(&q, &k, &v, mask, shape) {
+        return out;
+    }
+    attention_composed(q, k, v, mask, shape)
+}
+
+pub fn attention_composed<B: Backend>(q: Tensor<B, 2>, k: Tensor<B, 2>, v: Tensor<B, 2>, mask: &Tensor<B, 2>, s: AttentionShape) -> Tensor<B, 2> {
+    let AttentionShape { batch: b, t, heads: h, kv_heads: kvh, head_dim: hd, scale } = s;
+    let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+    // The query heads that share a key/value head are stacked along the rows of one matmul,
+    // so keys and values are never repeated; score rows come out ordered (batch, head, t).
+    let rep = h / kvh;
+    let q = heads(q, h).reshape([b, kvh, rep * t, hd]);
+    let (k, v) = (heads(k, kvh), heads(v, kvh));
+    let scores = q.matmul(k.swap_dims(2, 3)).reshape([b * h * t, t]);
+    let probs = masked_softmax(scores, mask, scale as f64).reshape([b, kvh, rep * t, t]);
+    probs.matmul(v).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b * t, h * hd])
+}
+
+/// Rotary position embedding (rotate-half layout) of a projection's output, per token.
+/// # Shapes
+/// - y: `[n, heads * head_dim]`, cos, sin: `[n, head_dim]` -> `[n, heads * head_dim]`
+pub fn rope<B: Backend>(y: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = flex::rope(&y, cos, sin) {
+        return out;
+    }
+    rope_composed(y, cos, sin)
+}
+
+pub fn rope_composed<B: Backend>(y: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 2> {
+    let ([n, width], [_, hd]) = (y.dims(), cos.dims());
+    let (heads, half) = (width / hd, hd / 2);
+    let x = y.reshape([n, heads, hd]);
+    let rotated = Tensor::cat(vec![x.clone().narrow(2, half, half).neg(), x.clone().narrow(2, 0, half)], 2);
+    (x * cos.clone().unsqueeze_dim::<3>(1) + rotated * sin.clone().unsqueeze_dim::<3>(1)).reshape([n, width])
+}
+
+/// Cross-entropy of a chunk of logits against `targets` (each below the vocabulary size).
+pub struct CrossEntropy<B: Backend> {
+    /// `[1]`: the summed negative log-likelihood.
+    pub nll: Tensor<B, 1>,
+    /// `[1]`: rows whose most likely token (lowest id on ties) is the target.
+    pub correct: Tensor<B, 1, Int>,
+    /// `[rows, vocab]`: `scale · (softmax − onehot(target))`, the gradient of `scale · nll`,
+    /// when asked for.
+    pub dlogits: Option<Tensor<B, 2>>,
+}
+
+/// # Shapes
+/// - logits: `[rows, vocab]`, targets: `rows`
+///
+/// On flex one pass per row, reusing the logits' buffer for the gradient; elsewhere composed.
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[usize], scale: f64, grad: bool) -> CrossEntropy<B> {
+    #[cfg(feature = "flex")]
+    let logits = match flex::cross_entropy(logits, targets, scale, grad) {
+        Ok((nll, correct, dlogits)) => {
+            let device = Default::default();
+            return CrossEntropy {
+                nll: Tensor::from_data(TensorData::new(vec![nll as f32], [1]), &device),
+                correct: Tensor::from_data(TensorData::new(vec![correct as i64], [1]), &device),
+                dlogits,
+            };
+        }
+        Err(logits) => logits,
+    };
+    cross_entropy_composed(logits, targets, scale, grad)
+}
+
+pub fn cross_entropy_composed<B: Backend>(logits: Tensor<B, 2>, targets: &[usize], scale: f64, grad: bool) -> CrossEntropy<B> {
+    let device = logits.device();
+    let n = targets.len();
+    let target_idx = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n, 1]), &device);
+    let max = logits.clone().max_dim(1);
+    let e = (logits.clone() - max.clone()).exp();
+    let sum = e.clone().sum_dim(1);
+    let lse = sum.clone().log() + max;
+    // Ties go to the lowest id, as torch.argmax does.
+    let correct = logits.clone().argmax(1).equal(target_idx.clone()).int().sum();
+    let nll = (lse - logits.gather(1, target_idx.clone())).sum();
+    let dlogits = grad.then(|| {
+        let probs = e * (sum.recip() * scale);
+        probs.scatter(1, target_idx, Tensor::full([n, 1], -scale, &device), IndexingUpdateOp::Add)
+    });
+    CrossEntropy { nll, correct, dlogits }
 }
 
 pub fn rms_norm_composed<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
@@ -162,6 +260,72 @@ mod tests {
         }
         let (s, mask) = (random::<Flex, 2>([12, 6], 4.0), causal(6));
         assert_close(masked_softmax(s.clone(), &mask, 0.5), masked_softmax_composed(s, &mask, 0.5), 1e-6);
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composed_ops_in_values_and_gradients() {
+        // (batch, t, heads, kv_heads, head_dim): grouped-query, multi-head, one token.
+        for (batch, t, heads, kv_heads, hd) in [(2, 5, 6, 2, 4), (1, 9, 3, 3, 8), (3, 1, 2, 1, 4), (2, 33, 9, 3, 16)] {
+            let shape = AttentionShape { batch, t, heads, kv_heads, head_dim: hd, scale: 1.0 / (hd as f32).sqrt() };
+            // A causal mask, and for the first batch row a split into two packed segments.
+            let mut rows = Vec::new();
+            for b in 0..batch {
+                for _ in 0..heads {
+                    for i in 0..t {
+                        for j in 0..t {
+                            let same_segment = b > 0 || (i < t / 2) == (j < t / 2);
+                            rows.push(if j <= i && same_segment { 0.0 } else { -1e9 });
+                        }
+                    }
+                }
+            }
+            let mask = Tensor::<Flex, 2>::from_data(TensorData::new(rows, [batch * heads * t, t]), &Default::default());
+            let inputs = vec![random([batch * t, heads * hd], 2.0), random([batch * t, kv_heads * hd], 2.0), random([batch * t, kv_heads * hd], 2.0)];
+            check_against_composed(inputs.clone(), |xs, fused| {
+                let mask = Tensor::<Ad, 2>::from_inner(mask.clone());
+                let (q, k, v) = (xs[0].clone(), xs[1].clone(), xs[2].clone());
+                if fused { attention(q, k, v, &mask, shape) } else { attention_composed(q, k, v, &mask, shape) }
+            });
+            let [q, k, v] = [0, 1, 2].map(|i| inputs[i].clone());
+            assert_close(attention(q.clone(), k.clone(), v.clone(), &mask, shape), attention_composed(q, k, v, &mask, shape), 1e-5);
+        }
+    }
+
+    #[test]
+    fn fused_rope_matches_the_composed_ops_in_values_and_gradients() {
+        for (n, heads, hd) in [(1, 1, 2), (7, 3, 8), (20, 9, 64)] {
+            let angles: Vec<f32> = (0..n * hd).map(|i| (i / hd) as f32 * 0.37 + (i % hd) as f32 * 0.11).collect();
+            let table = |f: fn(f32) -> f32| Tensor::<Flex, 2>::from_data(TensorData::new(angles.iter().map(|a| f(*a)).collect::<Vec<_>>(), [n, hd]), &Default::default());
+            let (cos, sin) = (table(f32::cos), table(f32::sin));
+            check_against_composed(vec![random([n, heads * hd], 2.0)], |xs, fused| {
+                let (c, s) = (Tensor::<Ad, 2>::from_inner(cos.clone()), Tensor::<Ad, 2>::from_inner(sin.clone()));
+                if fused { rope(xs[0].clone(), &c, &s) } else { rope_composed(xs[0].clone(), &c, &s) }
+            });
+            let y = random::<Flex, 2>([n, heads * hd], 1.0);
+            assert_close(rope(y.clone(), &cos, &sin), rope_composed(y, &cos, &sin), 1e-6);
+        }
+    }
+
+    #[test]
+    fn fused_cross_entropy_matches_the_composed_ops() {
+        for (rows, vocab) in [(1, 5), (13, 300), (64, 4099)] {
+            let logits = random::<Flex, 2>([rows, vocab], 8.0);
+            let targets: Vec<usize> = (0..rows).map(|r| (r * 7919) % vocab).collect();
+            for grad in [false, true] {
+                let fused = cross_entropy(logits.clone(), &targets, 0.3, grad);
+                let composed = cross_entropy_composed(logits.clone(), &targets, 0.3, grad);
+                assert_close(fused.nll, composed.nll, 1e-5);
+                assert_eq!(fused.correct.into_scalar(), composed.correct.into_scalar());
+                match (fused.dlogits, composed.dlogits) {
+                    (Some(a), Some(b)) => assert_close(a, b, 1e-6),
+                    (None, None) => assert!(!grad),
+                    _ => panic!("gradient asked for: {grad}"),
+                }
+            }
+        }
+        // A row whose maximum is its target counts as correct.
+        let logits = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.0, 5.0, 1.0, 2.0, 0.0, 1.0], [2, 3]), &Default::default());
+        assert_eq!(cross_entropy(logits, &[1, 2], 1.0, false).correct.into_scalar(), 1);
     }
 
     #[test]

@@ -439,27 +439,30 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 2> {
         let hd = self.config.head_dim();
         let (h, kvh) = (self.config.num_attention_heads, self.config.num_key_value_heads);
-        let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let scale = 1.0 / (hd as f64).sqrt();
         // Rotary embeddings on the projection's own (contiguous) layout, before heads move.
-        let q = heads(rope.apply(layer.q_proj.forward(x.clone(), rng.as_deref_mut()), h), h);
-        let mut k = heads(rope.apply(layer.k_proj.forward(x.clone(), rng.as_deref_mut()), kvh), kvh);
-        let mut v = heads(layer.v_proj.forward(x, rng.as_deref_mut()), kvh);
-        if let Some(slot) = kv {
-            if let Some((k_past, v_past)) = slot.take() {
-                k = Tensor::cat(vec![k_past, k], 2);
-                v = Tensor::cat(vec![v_past, v], 2);
-            }
-            *slot = Some((k.clone(), v.clone()));
+        let q = rope.apply(layer.q_proj.forward(x.clone(), rng.as_deref_mut()));
+        let k = rope.apply(layer.k_proj.forward(x.clone(), rng.as_deref_mut()));
+        let v = layer.v_proj.forward(x, rng.as_deref_mut());
+        let Some(slot) = kv else {
+            let shape = kernels::AttentionShape { batch: b, t, heads: h, kv_heads: kvh, head_dim: hd, scale: scale as f32 };
+            return layer.o_proj.forward(kernels::attention(q, k, v, mask, shape), rng);
+        };
+        // With a cache (generation, prefix tuning): keys and values of earlier positions first.
+        let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let (q, mut k, mut v) = (heads(q, h), heads(k, kvh), heads(v, kvh));
+        if let Some((k_past, v_past)) = slot.take() {
+            k = Tensor::cat(vec![k_past, k], 2);
+            v = Tensor::cat(vec![v_past, v], 2);
         }
+        *slot = Some((k.clone(), v.clone()));
         let total = k.dims()[2];
         // Grouped-query attention without repeating keys and values: the query heads that
-        // share a key/value head are stacked along the rows of one matmul.
+        // share a key/value head are stacked along the rows of one matmul. Rows are (b, head, t).
         let rep = h / kvh;
         let q = q.reshape([b, kvh, rep * t, hd]);
-        // Scores flattened to 2-D with a materialised additive mask: broadcasting over 4-D
-        // tensors is an order of magnitude slower on the CPU backend. Rows are (b, head, t).
         let scores = q.matmul(k.swap_dims(2, 3)).reshape([b * h * t, total]);
-        let probs = kernels::masked_softmax(scores, mask, 1.0 / (hd as f64).sqrt()).reshape([b, kvh, rep * t, total]);
+        let probs = kernels::masked_softmax(scores, mask, scale).reshape([b, kvh, rep * t, total]);
         let out = probs.matmul(v).reshape([b, h, t, hd]);
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
         layer.o_proj.forward(out, rng)
@@ -536,9 +539,10 @@ impl Layout<'_> {
 
     /// Additive mask, `-1e9` where a token may not attend: later positions always; with
     /// segments, also other segments' tokens (the cached and virtual positions are shared by
-    /// all). Each batch row's block is repeated for its `heads` score blocks.
+    /// all). Each batch row's block is repeated for its `heads` score blocks; without segments
+    /// the one shared block is returned and the kernels repeat it.
     /// # Shapes
-    /// -> `[batch * heads * t_all, start + t_all]`
+    /// -> `[batch * heads * t_all, start + t_all]`, or `[t_all, start + t_all]` without segments
     fn mask<B: Backend>(&self, heads: usize, device: &B::Device) -> Tensor<B, 2> {
         let (t_all, start, v) = (self.t_all(), self.start, self.virtual_tokens);
         let total = start + t_all;
@@ -556,21 +560,16 @@ impl Layout<'_> {
             }
             out
         };
+        // Without segments every (batch row, head) has the same mask: one block, which the
+        // attention kernels cycle over the score rows.
+        if self.segments.is_none() {
+            return Tensor::from_data(TensorData::new(block(0), [t_all, total]), device);
+        }
         let mut values = Vec::with_capacity(self.batch * heads * t_all * total);
-        match self.segments {
-            None => {
-                let one = block(0);
-                for _ in 0..self.batch * heads {
-                    values.extend_from_slice(&one);
-                }
-            }
-            Some(_) => {
-                for b in 0..self.batch {
-                    let one = block(b);
-                    for _ in 0..heads {
-                        values.extend_from_slice(&one);
-                    }
-                }
+        for b in 0..self.batch {
+            let one = block(b);
+            for _ in 0..heads {
+                values.extend_from_slice(&one);
             }
         }
         Tensor::from_data(TensorData::new(values, [self.batch * heads * t_all, total]), device)
@@ -578,19 +577,12 @@ impl Layout<'_> {
 }
 
 /// Rotary position embedding in the rotate-half layout: the first half of each head pairs
-/// with the second half (Hugging Face), not interleaved pairs (Burn's built-in). The cos/sin
-/// tables are materialised per row of the projection output and rotate-half is a product with
-/// a signed permutation, so applying it is three same-shape element-wise ops and one small
-/// matmul (broadcasting over 4-D tensors is slow on the CPU backend).
+/// with the second half (Hugging Face), not interleaved pairs (Burn's built-in). One cos/sin
+/// row per token, shared by every head ([`kernels::rope`]).
 struct Rope<B: Backend> {
-    /// `[batch * t * heads, head_dim]` for the query heads and for the key/value heads.
-    cos_q: Tensor<B, 2>,
-    sin_q: Tensor<B, 2>,
-    cos_k: Tensor<B, 2>,
-    sin_k: Tensor<B, 2>,
-    /// `[head_dim, head_dim]`: `x · rot` = `cat(-x2, x1)`.
-    rot: Tensor<B, 2>,
-    heads: usize,
+    /// `[batch * t, head_dim]`.
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -613,40 +605,12 @@ impl<B: Backend> Rope<B> {
                 sin.push(angle.sin() as f32);
             }
         }
-        // Row (token, head) of a projection output reshaped to [rows * heads, hd].
-        let table = |v: &[f32], heads: usize| {
-            let mut out = Vec::with_capacity(rows * heads * hd);
-            for r in 0..rows {
-                for _ in 0..heads {
-                    out.extend_from_slice(&v[r * hd..(r + 1) * hd]);
-                }
-            }
-            Tensor::<B, 2>::from_data(TensorData::new(out, [rows * heads, hd]), device)
-        };
-        let (h, kvh) = (config.num_attention_heads, config.num_key_value_heads);
-        let mut rot = vec![0f32; hd * hd];
-        for j in 0..half {
-            rot[(j + half) * hd + j] = -1.0; // out[j] = -x[j + half]
-            rot[j * hd + j + half] = 1.0; // out[j + half] = x[j]
-        }
-        Self {
-            cos_q: table(&cos, h),
-            sin_q: table(&sin, h),
-            cos_k: table(&cos, kvh),
-            sin_k: table(&sin, kvh),
-            rot: Tensor::from_data(TensorData::new(rot, [hd, hd]), device),
-            heads: h,
-        }
+        Self { cos: Tensor::from_data(TensorData::new(cos, [rows, hd]), device), sin: Tensor::from_data(TensorData::new(sin, [rows, hd]), device) }
     }
 
     /// # Shapes
     /// - y: `[batch * t, heads * hd]` (a projection's output) -> same
-    fn apply(&self, y: Tensor<B, 2>, heads: usize) -> Tensor<B, 2> {
-        let [n, width] = y.dims();
-        let hd = width / heads;
-        let (cos, sin) = if heads == self.heads { (&self.cos_q, &self.sin_q) } else { (&self.cos_k, &self.sin_k) };
-        let x = y.reshape([n * heads, hd]);
-        let rotated = x.clone().matmul(self.rot.clone());
-        (x * cos.clone() + rotated * sin.clone()).reshape([n, width])
+    fn apply(&self, y: Tensor<B, 2>) -> Tensor<B, 2> {
+        kernels::rope(y, &self.cos, &self.sin)
     }
 }

@@ -13,6 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
 use crate::data::IGNORE_INDEX;
+use crate::kernels;
 
 /// Rows per chunk: 256 × 49,152 f32 logits are 48 MiB.
 const CHUNK_ROWS: usize = 256;
@@ -75,28 +76,18 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
     let mut nll = Vec::new();
     let mut correct = Vec::new();
     let evaluating = !grad_hidden && !grad_head;
+    let want_grad = gh.is_some() || gw.is_some();
     for chunk in scored.chunks(CHUNK_ROWS) {
         let n = chunk.len();
         let row_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]), &device);
-        let target_idx = Tensor::<B, 2, Int>::from_data(TensorData::new(chunk.iter().map(|&r| targets[r]).collect::<Vec<_>>(), [n, 1]), &device);
+        let chunk_targets: Vec<usize> = chunk.iter().map(|&r| targets[r] as usize).collect();
         let h = hidden.clone().select(0, row_idx.clone());
-        let logits = h.clone().matmul(head_t.clone());
-        let max = logits.clone().max_dim(1);
-        let e = (logits.clone() - max.clone()).exp();
-        let sum = e.clone().sum_dim(1);
-        let lse = sum.clone().log() + max;
+        let ce = kernels::cross_entropy(h.clone().matmul(head_t.clone()), &chunk_targets, scale, want_grad);
+        nll.push(ce.nll);
         if evaluating {
-            // Ties go to the lowest id, as torch.argmax does.
-            let hits = logits.clone().argmax(1).equal(target_idx.clone()).int().sum();
-            correct.push(hits);
+            correct.push(ce.correct);
         }
-        nll.push((lse - logits.gather(1, target_idx.clone())).sum());
-        if gh.is_none() && gw.is_none() {
-            continue;
-        }
-        // d(nll·scale)/dlogits = scale · (softmax - onehot)
-        let probs = e * (sum.recip() * scale);
-        let dlogits = probs.scatter(1, target_idx, Tensor::full([n, 1], -scale, &device), IndexingUpdateOp::Add);
+        let Some(dlogits) = ce.dlogits else { continue };
         if let Some(g) = gh.take() {
             gh = Some(g.select_assign(0, row_idx, dlogits.clone().matmul(head.clone()), IndexingUpdateOp::Add));
         }
