@@ -334,3 +334,25 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[usize], scale:
     let dlogits = grad.then(|| wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(t))));
     Ok((nll, correct, dlogits))
 }
+
+// ---------------------------------------------------------------- AdamW
+
+/// On `Flex`: the new weights and moments, updated in place where nothing else holds them;
+/// the inputs back on any other backend or dtype.
+#[allow(clippy::type_complexity)]
+pub fn adamw<B: Backend>(w: Tensor<B, 1>, g: &Tensor<B, 1>, m: Tensor<B, 1>, v: Tensor<B, 1>, s: host::AdamWStep) -> Result<[Tensor<B, 1>; 3], [Tensor<B, 1>; 3]> {
+    let cast = |t: &Tensor<B, 1>| downcast::<_, Tensor<Flex, 1>>(t.clone()).ok().and_then(|t| contiguous(plain(t)));
+    let (Some(mut wp), Some(gp), Some(mut mp), Some(mut vp)) = (cast(&w), cast(g), cast(&m), cast(&v)) else {
+        return Err([w, m, v]);
+    };
+    // Dropped so that the buffers are unique again and are written in place (copy-on-write
+    // otherwise, e.g. when a snapshot still shares the weights).
+    drop((w, m, v));
+    let n = wp.layout().num_elements();
+    let start = |t: &FlexTensor| t.layout().contiguous_offsets().map_or(0, |o| o.0);
+    let (wo, mo, vo) = (start(&wp), start(&mp), start(&vp));
+    let ws = &mut wp.storage_mut::<f32>()[wo..wo + n];
+    host::adamw(ws, data(&gp), &mut mp.storage_mut::<f32>()[mo..mo + n], &mut vp.storage_mut::<f32>()[vo..vo + n], s);
+    let back = |t: FlexTensor| wrap::<B, Flex, 1>(Tensor::from_primitive(TensorPrimitive::Float(t)));
+    Ok([back(wp), back(mp), back(vp)])
+}

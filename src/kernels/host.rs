@@ -395,6 +395,52 @@ pub fn cross_entropy(logits: &mut [f32], vocab: usize, targets: &[usize], scale:
         .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
+/// One AdamW step's constants (PyTorch's `torch.optim.AdamW` update), derived in f64.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub(super) beta1: f32,
+    pub(super) one_minus_beta1: f32,
+    pub(super) beta2: f32,
+    pub(super) one_minus_beta2: f32,
+    /// `1 − lr·weight_decay`.
+    pub(super) decay: f32,
+    /// `√(1 − β₂ᵗ)`.
+    pub(super) sqrt_bias_correction2: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    pub(super) step_size: f32,
+    pub(super) eps: f32,
+}
+
+impl AdamWStep {
+    /// The constants of step `t` (counted from 1).
+    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, t: i32) -> Self {
+        Self {
+            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            decay: (1.0 - lr * weight_decay) as f32,
+            sqrt_bias_correction2: (1.0 - beta2.powi(t)).sqrt() as f32,
+            step_size: (lr / (1.0 - beta1.powi(t))) as f32,
+            eps: eps as f32,
+        }
+    }
+}
+
+/// AdamW on flat buffers, in place: the weights `w` and the moments `m`, `v`, in one pass
+/// instead of a dozen whole-tensor temporaries.
+pub fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+    const CHUNK: usize = 1 << 14;
+    w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(|(((w, g), m), v)| {
+        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = *m * s.beta1 + g * s.one_minus_beta1;
+            *v = *v * s.beta2 + g * g * s.one_minus_beta2;
+            let denom = v.sqrt() / s.sqrt_bias_correction2 + s.eps;
+            *w = *w * s.decay - *m / denom * s.step_size;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 mod flex;
 pub mod host;
 
-pub use host::AttentionShape;
+pub use host::{AdamWStep, AttentionShape};
 
 /// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.
 pub(crate) fn downcast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
@@ -158,6 +158,26 @@ pub fn cross_entropy_composed<B: Backend>(logits: Tensor<B, 2>, targets: &[usize
         probs.scatter(1, target_idx, Tensor::full([n, 1], -scale, &device), IndexingUpdateOp::Add)
     });
     CrossEntropy { nll, correct, dlogits }
+}
+
+/// One AdamW step of a flat parameter: the new weights, first and second moments.
+/// # Shapes
+/// - w, g, m, v: `[n]` -> three `[n]`
+pub fn adamw<B: Backend>(w: Tensor<B, 1>, g: Tensor<B, 1>, m: Tensor<B, 1>, v: Tensor<B, 1>, s: AdamWStep) -> [Tensor<B, 1>; 3] {
+    #[cfg(feature = "flex")]
+    let [w, m, v] = match flex::adamw(w, &g, m, v, s) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    adamw_composed(w, g, m, v, s)
+}
+
+pub fn adamw_composed<B: Backend>(w: Tensor<B, 1>, g: Tensor<B, 1>, m: Tensor<B, 1>, v: Tensor<B, 1>, s: AdamWStep) -> [Tensor<B, 1>; 3] {
+    let m = m * s.beta1 + g.clone() * s.one_minus_beta1;
+    let v = v * s.beta2 + g.square() * s.one_minus_beta2;
+    let denom = v.clone().sqrt() / s.sqrt_bias_correction2 + s.eps;
+    let w = w * s.decay - m.clone() / denom * s.step_size;
+    [w, m, v]
 }
 
 pub fn rms_norm_composed<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
@@ -326,6 +346,20 @@ mod tests {
         // A row whose maximum is its target counts as correct.
         let logits = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.0, 5.0, 1.0, 2.0, 0.0, 1.0], [2, 3]), &Default::default());
         assert_eq!(cross_entropy(logits, &[1, 2], 1.0, false).correct.into_scalar(), 1);
+    }
+
+    #[test]
+    fn fused_adamw_matches_the_composed_ops() {
+        for (n, t, wd) in [(1, 1, 0.0), (1000, 3, 0.01), (40_000, 10, 0.1)] {
+            let step = AdamWStep::new(2e-3, 0.9, 0.999, 1e-8, wd, t);
+            let [w, g, m] = [random::<Flex, 1>([n], 1.0), random([n], 0.1), random([n], 0.01)];
+            let v = random::<Flex, 1>([n], 1e-4).abs();
+            let fused = adamw(w.clone(), g.clone(), m.clone(), v.clone(), step);
+            let composed = adamw_composed(w, g, m, v, step);
+            for (a, b) in fused.into_iter().zip(composed) {
+                assert_close(a, b, 1e-6);
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::kernels;
 use crate::model::params::{Param, ParamVisitor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -223,22 +224,20 @@ impl<B: AutodiffBackend> AdamW<B> {
         let dims = p.value.dims();
         let n: usize = dims.iter().product();
         let c = &self.config;
-        let w = p.value.clone().inner().reshape([n]);
+        // Taken out of the parameter (a one-element stand-in until the update is back), so the
+        // optimizer holds the only reference and can update the weights in place.
+        let stand_in = Tensor::zeros([1; D], &p.value.device());
+        let w = std::mem::replace(&mut p.value, stand_in).inner().reshape([n]);
         let device = g.device();
         let (m, v) = match self.state.remove(name) {
             None => (Tensor::zeros([n], &device), Tensor::zeros([n], &device)),
             Some(Moments::Device { m, v }) => (m, v),
             Some(Moments::Host { m, v }) => (Tensor::from_data(TensorData::new(m, [n]), &device), Tensor::from_data(TensorData::new(v, [n]), &device)),
         };
-        let m = m * c.beta1 + g.clone() * (1.0 - c.beta1);
-        let v = v * c.beta2 + g.square() * (1.0 - c.beta2);
         let t = self.steps as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
         let weight_decay = if self.decays(name) { c.weight_decay } else { 0.0 };
-        let decayed = if weight_decay > 0.0 { w * (1.0 - lr * weight_decay) } else { w };
-        let denom = v.clone().sqrt() / bc2.sqrt() + c.eps;
-        let w = decayed - m.clone() / denom * (lr / bc1);
+        let step = kernels::AdamWStep::new(lr, c.beta1, c.beta2, c.eps, weight_decay, t);
+        let [w, m, v] = kernels::adamw(w, g, m, v, step);
         let host = |t: Tensor<B::InnerBackend, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 moments");
         let stored = if c.offload { Moments::Host { m: host(m), v: host(v) } } else { Moments::Device { m, v } };
         self.state.insert(name.to_string(), stored);
