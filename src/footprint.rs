@@ -197,17 +197,17 @@ pub fn estimate(run: &RunShape) -> Footprint {
     }
 }
 
-/// f32 values alive at the start of the backward pass (the peak), for runner's Llama.
+/// f32 values alive at the start of the backward pass (the peak), for runner's Llama with the
+/// fused kernels of `kernels` (flex).
 ///
 /// Per layer, with N = batch·seq tokens, d the width, kv the key/value width, f the MLP width
 /// and S = batch·heads·seq² attention scores, the graph keeps: the residual stream before each
-/// norm (2·N·d); the rotated queries and keys and the values (N·d + 2·N·kv); the softmax's
-/// exponentials and its output (2·S); SiLU's input, its sigmoid and output, and the up
-/// projection (4·N·f); plus the input of every projection that has something to train (N·d
-/// for q/k/v together, for o, for gate/up together; N·f for down), and with full fine-tuning
-/// the normalised streams the norm weights multiply (2·N·d). Once per step: the causal mask
-/// (one `[batch·heads·seq, seq]` table: S), the rotary tables (2·(N·d + N·kv)), the final norm's
-/// input and output (2·N·d), the head's chunked logits (3 × 256 rows × vocab), and one layer's
+/// norm (2·N·d); the rotated queries and keys and the values (N·d + 2·N·kv); the attention
+/// probabilities (S); the gate and up projections SwiGLU multiplies (2·N·f); plus the input of
+/// every projection that has something to train (N·d for q/k/v together, for o, for gate/up
+/// together; N·f for down), and with full fine-tuning the normalised streams the norm weights
+/// multiply (2·N·d). Once per step: the final norm's input and output (2·N·d), one chunk of
+/// the head's logits, turned into their gradient in place (256 rows × vocab), and one layer's
 /// worth of activation gradients in flight during the backward pass.
 pub fn activation_floats(run: &RunShape) -> u64 {
     let c = &run.config;
@@ -221,7 +221,7 @@ pub fn activation_floats(run: &RunShape) -> u64 {
         Training::Lora { targets, .. } => targets.iter().any(|t| t == proj),
         Training::Inference => false,
     };
-    let mut per_layer = 2 * n * d + n * d + 2 * n * kv + 2 * s + 4 * n * f;
+    let mut per_layer = 2 * n * d + n * d + 2 * n * kv + s + 2 * n * f;
     if trains("q_proj") || trains("k_proj") || trains("v_proj") {
         per_layer += n * d;
     }
@@ -237,7 +237,7 @@ pub fn activation_floats(run: &RunShape) -> u64 {
     if run.training == Training::Full {
         per_layer += 2 * n * d;
     }
-    let once = s + 2 * (n * d + n * kv) + 2 * n * d + 3 * 256 * c.vocab_size as u64;
+    let once = 2 * n * d + 256 * c.vocab_size as u64;
     per_layer * (c.num_hidden_layers as u64 + 1) + once
 }
 
