@@ -43,11 +43,14 @@ pub fn peak_rss_bytes() -> Option<u64> {
 mod tests {
     #[test]
     fn peak_grows_with_an_allocation_and_resets() {
+        // Other tests run in parallel threads of this process and allocate and free as they
+        // go, so the peak is reset first and the margin is generous.
+        super::reset_peak();
         let Some(before) = super::peak_rss_bytes() else { return }; // not Linux
         let big = vec![1u8; 64 << 20];
         std::hint::black_box(&big);
         let during = super::peak_rss_bytes().unwrap();
-        assert!(during >= before + (60 << 20), "{before} -> {during}");
+        assert!(during >= before + (32 << 20), "{before} -> {during}");
         drop(big);
         super::reset_peak();
         let after = super::peak_rss_bytes().unwrap();
