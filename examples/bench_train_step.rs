@@ -8,7 +8,8 @@
 //! `qlora` and `qlora_all` quantize the projections to NF4 (block 64, double quantization)
 //! before attaching the same LoRA adapters as `lora` and `lora_all`.
 //!
-//! `RUNNER_BENCH_CHECKPOINTING=1` turns on activation checkpointing (the memory/speed trade).
+//! `RUNNER_BENCH_CHECKPOINTING=1` turns on activation checkpointing (the memory/speed trade);
+//! `RUNNER_BENCH_PRECISION=bf16` (or fp16) trains in mixed precision.
 //!
 //! MODEL `random-smollm2` is a random model of SmolLM2-135M's shape (for machines without the
 //! weights); DEVICE is flex (default), wgpu or cuda (built with that feature).
@@ -73,7 +74,11 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..vocab)).collect();
     let data = Batch { input_ids: ids.clone(), labels: ids, batch, seq, segments: None };
-    let options = runner::train::TrainOptions { checkpointing: std::env::var("RUNNER_BENCH_CHECKPOINTING").is_ok_and(|v| v == "1"), ..Default::default() };
+    let precision = match std::env::var("RUNNER_BENCH_PRECISION") {
+        Ok(p) => runner::precision::Precision::parse(&p)?,
+        Err(_) => Default::default(),
+    };
+    let options = runner::train::TrainOptions { checkpointing: std::env::var("RUNNER_BENCH_CHECKPOINTING").is_ok_and(|v| v == "1"), precision, ..Default::default() };
     let mut trainer = Trainer::<B>::with_options(AdamWConfig { lr: 2e-4, ..Default::default() }, Schedule::default(), options, 0)?;
     trainer.step(&mut model, &data)?;
     trainer.step(&mut model, &data)?;
@@ -91,7 +96,7 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
         let targets = runner::train::head_loss::next_token_targets(&data.labels, batch, seq);
         let count = targets.iter().filter(|&&t| t != runner::data::IGNORE_INDEX).count();
         let head = model.head().clone();
-        let (_, surrogate) = runner::train::head_loss::training_loss(hidden, &head.value, head.trainable, &targets, count);
+        let (_, surrogate) = runner::train::head_loss::training_loss(hidden, &head.value, head.trainable, &targets, count, 1.0);
         let t2 = Instant::now();
         let _grads = surrogate.backward();
         let t3 = Instant::now();
@@ -99,7 +104,8 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
     }
     let peak_mb = runner::memory::peak_rss_bytes().unwrap_or(0) / (1 << 20);
     println!(
-        "{{\"impl\": \"runner\", \"device\": \"{kind}\", \"method\": \"{method}\", \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}}}",
+        "{{\"impl\": \"runner\", \"device\": \"{kind}\", \"method\": \"{method}\", \"precision\": \"{}\", \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}}}",
+        precision.name(),
         (batch * seq) as f64 / dt,
         model.param_count().trainable
     );

@@ -53,7 +53,7 @@ fn check(method: Method, tied: bool) {
     let targets = next_token_targets(&batch.labels, batch.batch, batch.seq);
     let head = model.head().clone();
     let count = targets.iter().filter(|&&t| t != runner::data::IGNORE_INDEX).count();
-    let (nll_sum, surrogate) = training_loss(model.hidden_states(ids.clone(), None), &head.value, head.trainable, &targets, count);
+    let (nll_sum, surrogate) = training_loss(model.hidden_states(ids.clone(), None), &head.value, head.trainable, &targets, count, 1.0);
     let value = nll_sum / count as f64;
     let mut got = Grads(&surrogate.backward(), Vec::new());
     model.visit(&mut got);

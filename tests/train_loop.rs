@@ -14,6 +14,7 @@ use runner::model::{Llama, TinyOptions};
 use runner::peft::lora::LoraConfig;
 use runner::peft::Targets;
 use runner::train::checkpoint::{self, CheckpointError};
+use runner::precision::{LossScale, Precision};
 use runner::train::{AdamWConfig, Schedule, ScheduleKind, TrainError, TrainOptions, Trainer};
 
 type B = Autodiff<Flex>;
@@ -311,4 +312,97 @@ fn checkpointing_falls_back_for_prefix_tuning() {
     assert!(!runner::train::trainer::checkpointable(&prefix));
     // The fallback trains exactly as the plain pass.
     with_and_without_checkpointing(prefix);
+}
+
+/// Losses and gradient norms of `steps` updates on one batch in `precision`.
+fn curve(mut model: Llama<B>, precision: Precision, steps: usize) -> Vec<(f64, f64)> {
+    let batch = collate(&examples()[..6]);
+    let mut t = trainer(TrainOptions { precision, ..Default::default() }, 0);
+    t.schedule = Schedule::default();
+    (0..steps)
+        .map(|_| {
+            let r = t.step(&mut model, &batch).unwrap();
+            assert!(!r.skipped, "{precision:?}: {r:?}");
+            (r.loss, r.grad_norm)
+        })
+        .collect()
+}
+
+/// bf16 and f16 round the matmuls' operands, so the loss moves off f32's by a little, but the
+/// run tracks the f32 one: f16's reported gradient norm has the loss scale divided out.
+fn mixed_precision_tracks_fp32(model: Llama<B>) {
+    let reference = curve(model.clone(), Precision::Fp32, 5);
+    assert!(reference[4].0 < reference[0].0 * 0.9, "f32 trains: {reference:?}");
+    for (precision, tolerance) in [(Precision::Bf16, 2e-3), (Precision::Fp16, 5e-4)] {
+        let got = curve(model.clone(), precision, 5);
+        let (l0, g0) = (got[0].0, got[0].1);
+        let (r0, rg0) = reference[0];
+        assert!(l0 != r0, "{precision:?}: the loss is f32's exactly, so nothing ran in lower precision");
+        assert!((l0 - r0).abs() < tolerance * r0, "{precision:?}: first loss {l0} vs f32 {r0}");
+        assert!((g0 - rg0).abs() < 10.0 * tolerance * rg0, "{precision:?}: gradient norm {g0} vs f32 {rg0}");
+        assert!(got[4].0 < l0 * 0.9, "{precision:?} trains: {got:?}");
+        assert!((got[4].0 - reference[4].0).abs() < 0.05 * reference[4].0, "{precision:?}: last loss {} vs f32 {}", got[4].0, reference[4].0);
+    }
+}
+
+#[test]
+fn mixed_precision_tracks_fp32_for_lora() {
+    mixed_precision_tracks_fp32(model_with_lora(0.0));
+}
+
+#[test]
+fn mixed_precision_tracks_fp32_for_qlora_and_full_fine_tuning() {
+    // The quantized matmul's own backward rounds in the precision its forward ran in.
+    let mut qlora = model_with_lora(0.0);
+    runner::quant::model::quantize_model(&mut qlora, runner::quant::QuantConfig { block: 16, ..Default::default() }).unwrap();
+    mixed_precision_tracks_fp32(qlora);
+    mixed_precision_tracks_fp32(tiny_with(runner::peft::Method::Full));
+}
+
+#[test]
+fn f16_overflow_lowers_the_loss_scale_without_counting_as_divergence() {
+    let batch = collate(&examples()[..4]);
+    let mut model = model_with_lora(0.0);
+    let before = snapshot(&mut model);
+    let mut t = trainer(TrainOptions { precision: Precision::Fp16, max_nonfinite: 2, ..Default::default() }, 0);
+    // Gradients times 2¹²⁰ overflow f16 (largest finite value 65504).
+    t.progress.loss_scale = Some(LossScale { scale: 2f64.powi(120), clean_steps: 7 });
+    for i in 1..=4 {
+        let r = t.step(&mut model, &batch).unwrap();
+        assert!(r.skipped && r.loss.is_finite(), "step {i}: {r:?}");
+        assert_eq!(r.loss_scale, Some(2f64.powi(120 - i)));
+        assert_eq!((t.progress.skipped, t.progress.consecutive_nonfinite, t.steps()), (i as usize, 0, 0));
+    }
+    let d = max_diff(&before, &snapshot(&mut model));
+    assert_eq!(d, 0.0, "skipped steps changed the weights");
+    // At the floor an overflow is the model's own and counts towards the limit.
+    t.progress.loss_scale = Some(LossScale { scale: LossScale::MIN, clean_steps: 0 });
+    model.visit(&mut Poison);
+    assert!(t.step(&mut model, &batch).unwrap().skipped);
+    assert!(matches!(t.step(&mut model, &batch).unwrap_err(), TrainError::NonFiniteLimit { count: 2, .. }));
+}
+
+#[test]
+fn f16_resume_restores_the_loss_scale() {
+    let options = TrainOptions { precision: Precision::Fp16, ..Default::default() };
+    let mut straight = model_with_lora(0.1);
+    let mut t = trainer(options.clone(), 11);
+    let expected = run(&mut straight, &mut t, 0, 4);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = model_with_lora(0.1);
+    let mut t1 = trainer(options.clone(), 11);
+    let mut losses = run(&mut first, &mut t1, 0, 2);
+    t1.progress.loss_scale.as_mut().unwrap().clean_steps = 1234;
+    let saved = t1.progress.loss_scale;
+    checkpoint::save(dir.path(), &t1, &mut first, None, 2).unwrap();
+
+    let mut resumed = model_with_lora(0.1);
+    let mut t2 = trainer(options, 11);
+    checkpoint::load(dir.path(), &mut t2, &mut resumed, None).unwrap();
+    assert_eq!(t2.progress.loss_scale, saved);
+    losses.extend(run(&mut resumed, &mut t2, 2, 2));
+    for (i, (a, b)) in losses.iter().zip(&expected).enumerate() {
+        assert!((a - b).abs() < 1e-6, "step {}: resumed {a} vs uninterrupted {b}", i + 1);
+    }
 }

@@ -13,6 +13,8 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
+use crate::precision;
+
 #[cfg(feature = "flex")]
 mod flex;
 pub mod host;
@@ -87,9 +89,9 @@ pub fn attention_composed<B: Backend>(q: Tensor<B, 2>, k: Tensor<B, 2>, v: Tenso
     let rep = h / kvh;
     let q = heads(q, h).reshape([b, kvh, rep * t, hd]);
     let (k, v) = (heads(k, kvh), heads(v, kvh));
-    let scores = q.matmul(k.swap_dims(2, 3)).reshape([b * h * t, t]);
+    let scores = precision::matmul(q, k.swap_dims(2, 3)).reshape([b * h * t, t]);
     let probs = masked_softmax(scores, mask, scale as f64).reshape([b, kvh, rep * t, t]);
-    probs.matmul(v).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b * t, h * hd])
+    precision::matmul(probs, v).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b * t, h * hd])
 }
 
 /// Rotary position embedding (rotate-half layout) of a projection's output, per token.

@@ -19,6 +19,7 @@ use crate::train::checkpoint;
 use crate::train::optim::default_no_decay;
 use crate::memory::release_autodiff_graph;
 use crate::train::trainer::evaluate_with;
+use crate::precision::Precision;
 use crate::train::{AdamWConfig, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer};
 
 pub struct LuaAdamW(pub AdamWConfig);
@@ -64,7 +65,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     runner.set(
         "trainer",
         lua.create_function(|lua, opts: Table| {
-            let o = Opts::new(lua, "runner.trainer", Some(opts), &["model", "optim", "schedule", "warmup", "total_steps", "seed", "accumulate", "max_grad_norm", "max_nonfinite", "checkpointing"])?;
+            let o = Opts::new(lua, "runner.trainer", Some(opts), &["model", "optim", "schedule", "warmup", "total_steps", "seed", "accumulate", "max_grad_norm", "max_nonfinite", "checkpointing", "precision"])?;
             let (model, tokenizer) = match o.raw("model")? {
                 Value::UserData(ud) => ud
                     .borrow::<LuaModel<B>>()
@@ -94,7 +95,12 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 max_grad_norm: o.num("max_grad_norm")?,
                 max_nonfinite: o.count("max_nonfinite", 1)?.unwrap_or(d.max_nonfinite),
                 checkpointing: o.bool("checkpointing")?.unwrap_or(d.checkpointing),
+                precision: match o.string("precision")? {
+                    Some(p) => Precision::parse(&p).map_err(|e| o.err(e))?,
+                    None => d.precision,
+                },
             };
+            options.precision.check::<B>(&model.borrow().device).map_err(|e| o.err(e))?;
             let trainer = Trainer::with_options(optim, schedule, options, seed).map_err(|e| o.err(e))?;
             Ok(LuaTrainer { model, tokenizer, trainer })
         })?,
@@ -118,8 +124,12 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
             let mut model = this.model.borrow_mut();
             let report = this.trainer.step(&mut model, &batch).map_err(|e| train_error(lua, "trainer:step", e))?;
             if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>() {
-                if report.skipped {
-                    slot.println(&format!("  warning: step skipped: non-finite loss or gradient (loss {}); {} in a row", report.loss, this.trainer.progress.consecutive_nonfinite));
+                match (report.skipped, report.loss_scale) {
+                    (true, Some(scale)) if report.loss.is_finite() && this.trainer.progress.consecutive_nonfinite == 0 => {
+                        slot.println(&format!("  note: step skipped: f16 gradients overflowed; loss scale lowered to {scale}"))
+                    }
+                    (true, _) => slot.println(&format!("  warning: step skipped: non-finite loss or gradient (loss {}); {} in a row", report.loss, this.trainer.progress.consecutive_nonfinite)),
+                    _ => {}
                 }
                 let step = slot.step;
                 if let Some(p) = slot.current.as_mut() {
@@ -196,6 +206,9 @@ fn step_table(lua: &Lua, r: &StepReport) -> mlua::Result<Table> {
     t.set("tokens", r.tokens)?;
     t.set("target_tokens", r.target_tokens)?;
     t.set("skipped", r.skipped)?;
+    if let Some(scale) = r.loss_scale {
+        t.set("loss_scale", scale)?;
+    }
     Ok(t)
 }
 

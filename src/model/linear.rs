@@ -12,6 +12,7 @@ use crate::peft::ia3::Ia3Vector;
 use crate::peft::lora::LoraAdapter;
 use crate::peft::slots::Slots;
 use crate::quant::{matmul, QuantConfig, QuantError, QuantizedTensor};
+use crate::precision;
 
 /// A projection's weight.
 #[derive(Clone, Debug)]
@@ -123,7 +124,7 @@ impl<B: Backend> Linear<B> {
             _ => x,
         };
         let base = match &self.weight {
-            Weight::Dense(p) => x.clone().matmul(p.value.clone()),
+            Weight::Dense(p) => precision::matmul(x.clone(), p.value.clone()),
             Weight::Quantized(q) => matmul::quantized_matmul(x.clone(), q),
         };
         let mut out = match self.lora.active().filter(|l| l.merged.is_none()) {

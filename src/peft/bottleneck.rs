@@ -11,6 +11,7 @@ use super::PeftError;
 use crate::model::init;
 use crate::model::params::{Param, ParamVisitor};
 use crate::model::Llama;
+use crate::precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -98,9 +99,9 @@ impl<B: Backend> Bottleneck<B> {
     /// # Shapes
     /// - h: `[n, d]` -> `[n, d]`
     pub fn forward(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
-        let z = h.clone().matmul(self.down.value.clone()) + self.down_bias.value.clone().unsqueeze();
+        let z = precision::matmul(h.clone(), self.down.value.clone()) + self.down_bias.value.clone().unsqueeze();
         let z = self.activation.apply(z);
-        h + z.matmul(self.up.value.clone()) + self.up_bias.value.clone().unsqueeze()
+        h + precision::matmul(z, self.up.value.clone()) + self.up_bias.value.clone().unsqueeze()
     }
 
     pub fn numel(&self) -> usize {

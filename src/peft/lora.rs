@@ -18,6 +18,7 @@ use crate::model::init::{self, HostRng};
 use crate::model::params::{Param, ParamVisitor};
 use crate::model::linear::Weight;
 use crate::model::Llama;
+use crate::precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum LoraInit {
@@ -158,13 +159,13 @@ impl<B: Backend> LoraAdapter<B> {
             _ => None,
         };
         let xd = dropped.clone().unwrap_or(x);
-        let update = xd.matmul(self.a.value.clone()).matmul(self.b.value.clone()) * self.scale;
+        let update = precision::matmul(precision::matmul(xd, self.a.value.clone()), self.b.value.clone()) * self.scale;
         let Some(m) = &self.magnitude else { return base + update };
         // DoRA: out = x·W + (f - 1)·(x'·W) + f·s·x'·A·B with f = m / ‖W + s·A·B‖ (norm detached).
         let weight = weight.tensor(&x_device);
         let factor = (m.value.clone() / self.dense_norms(&weight)).unsqueeze::<2>();
         let xw_dropped = match dropped {
-            Some(xd) => xd.matmul(weight.clone()),
+            Some(xd) => precision::matmul(xd, weight.clone()),
             None => base.clone(),
         };
         base + xw_dropped * (factor.clone() - 1.0) + update * factor

@@ -18,6 +18,7 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 
 use super::QuantizedTensor;
+use crate::precision::{self, Precision};
 
 /// # Shapes
 /// - x: `[n, in]`, weight: `[out, in]` -> `[n, out]`
@@ -40,7 +41,7 @@ pub fn quantized_matmul<B: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTenso
     // Not under autodiff (evaluation on an inner backend): nothing to keep for a backward pass.
     let device = x.device();
     let shape = [weight.shape[1], weight.shape[0]];
-    x.matmul(Tensor::from_data(TensorData::new(weight.dequantize_transposed(), shape), &device))
+    precision::matmul(x, Tensor::from_data(TensorData::new(weight.dequantize_transposed(), shape), &device))
 }
 
 /// Runs the custom autodiff op when `B` is `Autodiff<I>`; hands `x` back otherwise. The model
@@ -59,12 +60,14 @@ fn on_autodiff<B: Backend, I: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTe
 struct QuantizedMatmulBackward;
 
 impl<I: Backend> Backward<I, 1> for QuantizedMatmulBackward {
-    type State = (Arc<QuantizedTensor>, I::Device);
+    /// The weight, its device, and the precision the forward product ran in.
+    type State = (Arc<QuantizedTensor>, I::Device, Precision);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let (weight, device) = ops.state;
+        let (weight, device, in_precision) = ops.state;
+        let _precision = precision::enter(in_precision);
         // d(x·Wᵀ)/dx applied to the output gradient: grad · W.
-        unary::<I, _>(ops.parents, ops.node, grads, |grad| I::float_matmul(grad, dense_primitive::<I>(&weight, &device)));
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| precision::matmul_primitive::<I>(grad, dense_primitive::<I>(&weight, &device)));
     }
 }
 
@@ -80,10 +83,10 @@ fn autodiff_quantized_matmul<I: Backend>(x: Tensor<Autodiff<I>, 2>, weight: &Arc
     // measured 35 MiB more peak memory on a SmolLM2 step (4 × 256) for the same speed.
     let forward = |x: I::FloatTensorPrimitive| {
         let shape = [weight.shape[1], weight.shape[0]];
-        I::float_matmul(x, I::float_from_data(TensorData::new(weight.dequantize_transposed(), shape), &device))
+        precision::matmul_primitive::<I>(x, I::float_from_data(TensorData::new(weight.dequantize_transposed(), shape), &device))
     };
     let out = match QuantizedMatmulBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish((weight.clone(), device.clone()), forward(x.primitive)),
+        OpsKind::Tracked(prep) => prep.finish((weight.clone(), device.clone(), precision::active()), forward(x.primitive)),
         OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))

@@ -14,6 +14,7 @@ use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
 use crate::data::IGNORE_INDEX;
 use crate::kernels;
+use crate::precision;
 
 /// Rows per chunk: 256 × 49,152 f32 logits are 48 MiB.
 const CHUNK_ROWS: usize = 256;
@@ -82,17 +83,17 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
         let row_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]), &device);
         let chunk_targets: Vec<usize> = chunk.iter().map(|&r| targets[r] as usize).collect();
         let h = hidden.clone().select(0, row_idx.clone());
-        let ce = kernels::cross_entropy(h.clone().matmul(head_t.clone()), &chunk_targets, scale, want_grad);
+        let ce = kernels::cross_entropy(precision::matmul(h.clone(), head_t.clone()), &chunk_targets, scale, want_grad);
         nll.push(ce.nll);
         if evaluating {
             correct.push(ce.correct);
         }
         let Some(dlogits) = ce.dlogits else { continue };
         if let Some(g) = gh.take() {
-            gh = Some(g.select_assign(0, row_idx, dlogits.clone().matmul(head.clone()), IndexingUpdateOp::Add));
+            gh = Some(g.select_assign(0, row_idx, precision::matmul(dlogits.clone(), head.clone()), IndexingUpdateOp::Add));
         }
         if let Some(g) = gw.take() {
-            gw = Some(g + dlogits.transpose().matmul(h));
+            gw = Some(g + precision::matmul(dlogits.transpose(), h));
         }
     }
     out.nll_sum = Tensor::cat(nll, 0).sum().into_scalar().elem::<f64>();
@@ -107,10 +108,11 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
 /// The next-token loss of a training batch (summed NLL over its labelled tokens) and the
 /// surrogate scalar whose backward pass gives every parameter its gradient of
 /// `nll_sum / normalizer`. The normalizer is the batch's own token count for a mean loss, or
-/// the whole batch's when this is one micro-batch of several (gradient accumulation).
-pub fn training_loss<B: AutodiffBackend>(hidden: Tensor<B, 2>, head: &Tensor<B, 2>, head_trainable: bool, targets: &[i64], normalizer: usize) -> (f64, Tensor<B, 1>) {
+/// the whole batch's when this is one micro-batch of several (gradient accumulation). The
+/// gradients are multiplied by `loss_scale` (f16 loss scaling; 1 otherwise).
+pub fn training_loss<B: AutodiffBackend>(hidden: Tensor<B, 2>, head: &Tensor<B, 2>, head_trainable: bool, targets: &[i64], normalizer: usize, loss_scale: f64) -> (f64, Tensor<B, 1>) {
     let normalizer = normalizer.max(1);
-    let r = head_nll(hidden.clone().inner(), head.clone().inner(), targets, 1.0 / normalizer as f64, true, head_trainable);
+    let r = head_nll(hidden.clone().inner(), head.clone().inner(), targets, loss_scale / normalizer as f64, true, head_trainable);
     let mut surrogate = (hidden * Tensor::from_inner(r.grad_hidden.expect("asked for"))).sum();
     if let Some(gw) = r.grad_head {
         surrogate = surrogate + (head.clone() * Tensor::from_inner(gw)).sum();

@@ -9,6 +9,7 @@ use super::optim::{AdamW, AdamWConfig, GradMap, OptimError};
 use crate::data::Batch;
 use crate::model::init::{self, HostRng};
 use crate::model::Llama;
+use crate::precision::{self, LossScale, Precision, PrecisionError};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TrainError {
@@ -32,6 +33,8 @@ pub enum TrainError {
     Invalid(String),
     #[error(transparent)]
     Interrupted(#[from] crate::interrupt::Interrupted),
+    #[error(transparent)]
+    Precision(#[from] PrecisionError),
 }
 
 /// Learning-rate schedules, as Hugging Face's `get_*_schedule_with_warmup` compute them
@@ -109,11 +112,14 @@ pub struct TrainOptions {
     /// input, and the backward pass recomputes one layer at a time (about one more forward
     /// pass of compute for a fraction of the activation memory). Same gradients.
     pub checkpointing: bool,
+    /// The type matrix products compute in (mixed precision; weights, optimizer states and
+    /// the other operations stay f32). f16 scales the loss dynamically.
+    pub precision: Precision,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { accumulate: 1, max_grad_norm: None, max_nonfinite: 5, checkpointing: false }
+        Self { accumulate: 1, max_grad_norm: None, max_nonfinite: 5, checkpointing: false, precision: Precision::Fp32 }
     }
 }
 
@@ -131,6 +137,8 @@ pub struct StepReport {
     pub target_tokens: usize,
     /// True when the loss or a gradient was not finite and no update was made.
     pub skipped: bool,
+    /// The f16 loss scale after the step (`None` unless training in f16).
+    pub loss_scale: Option<f64>,
 }
 
 /// Counters that a checkpoint saves along with the weights and the optimizer.
@@ -143,6 +151,9 @@ pub struct Progress {
     /// Steps skipped for non-finite values, in all and in a row.
     pub skipped: usize,
     pub consecutive_nonfinite: usize,
+    /// The dynamic loss scale of f16 training (absent in checkpoints of other runs).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 pub struct Trainer<B: AutodiffBackend> {
@@ -197,6 +208,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         if k > batch.batch {
             return Err(TrainError::Accumulate { accumulate: k, batch: batch.batch });
         }
+        self.options.precision.check::<B>(&model.device)?;
+        let _precision = precision::enter(self.options.precision);
+        // f16 multiplies the loss (so every gradient) by the loss scale, and divides it out
+        // of the gradients before clipping and the update.
+        if self.options.precision.needs_loss_scaling() && self.progress.loss_scale.is_none() {
+            self.progress.loss_scale = Some(LossScale::default());
+        }
+        let loss_scale = self.progress.loss_scale.map_or(1.0, |s| s.scale);
         let total = batch.target_tokens();
         let mut grads = GradMap::<B>::default();
         let mut nll = 0.0;
@@ -207,12 +226,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                 continue;
             }
             let micro_nll = if self.options.checkpointing && checkpointable(model) {
-                self.checkpointed_micro_step(model, &micro, total, &mut grads)
+                self.checkpointed_micro_step(model, &micro, total, loss_scale, &mut grads)
             } else {
                 let hidden = model.hidden_states_segmented(input_tensor(&micro, &model.device), micro.segments.as_deref(), Some(&mut self.rng));
                 let targets = next_token_targets_segmented(&micro.labels, micro.segments.as_deref(), micro.batch, micro.seq);
                 let head = model.head();
-                let (micro_nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total);
+                let (micro_nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total, loss_scale);
                 if micro_nll.is_finite() {
                     let g = surrogate.backward();
                     grads.accumulate(&g, |c| model.visit(c));
@@ -226,26 +245,43 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         self.progress.batches += 1;
         let loss = nll / total as f64;
-        let grad_norm = if loss.is_finite() { grads.global_norm() } else { f64::NAN };
-        let mut report = StepReport { loss, grad_norm, lr: 0.0, tokens: batch.batch * batch.seq, target_tokens: total, skipped: false };
+        let grad_norm = if loss.is_finite() { grads.global_norm() / loss_scale } else { f64::NAN };
+        let mut report = StepReport { loss, grad_norm, lr: 0.0, tokens: batch.batch * batch.seq, target_tokens: total, skipped: false, loss_scale: None };
         if !grad_norm.is_finite() {
             self.progress.skipped += 1;
-            self.progress.consecutive_nonfinite += 1;
             report.skipped = true;
-            if self.progress.consecutive_nonfinite >= self.options.max_nonfinite {
-                return Err(TrainError::NonFiniteLimit { count: self.progress.consecutive_nonfinite, batch: self.progress.batches, loss });
+            // An f16 overflow of the scaled gradients with a finite loss: back off the scale
+            // (GradScaler's skip). It counts towards the limit only once the scale is at its
+            // floor, where the overflow is the model's, not f16's.
+            let backed_off = match &mut self.progress.loss_scale {
+                Some(s) if loss.is_finite() && s.can_back_off() => {
+                    s.update(true);
+                    true
+                }
+                _ => false,
+            };
+            report.loss_scale = self.progress.loss_scale.map(|s| s.scale);
+            if !backed_off {
+                self.progress.consecutive_nonfinite += 1;
+                if self.progress.consecutive_nonfinite >= self.options.max_nonfinite {
+                    return Err(TrainError::NonFiniteLimit { count: self.progress.consecutive_nonfinite, batch: self.progress.batches, loss });
+                }
             }
             return Ok(report);
         }
         self.progress.consecutive_nonfinite = 0;
+        if let Some(s) = &mut self.progress.loss_scale {
+            s.update(false);
+        }
         // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
         let scale = match self.options.max_grad_norm {
             Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
             None => 1.0,
         };
         report.lr = self.lr();
-        self.optim.update_from(report.lr, &grads, scale, |u| model.visit(u));
+        self.optim.update_from(report.lr, &grads, scale / loss_scale, |u| model.visit(u));
         self.progress.step += 1;
+        report.loss_scale = self.progress.loss_scale.map(|s| s.scale);
         Ok(report)
     }
 }
@@ -264,7 +300,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// dropout RNG as it was) and differentiated with respect to its input, the upstream
     /// gradient flowing down. Returns the micro-batch's summed NLL; its gradients are added
     /// to `grads`.
-    fn checkpointed_micro_step(&mut self, model: &mut Llama<B>, micro: &Batch, total: usize, grads: &mut GradMap<B>) -> f64 {
+    fn checkpointed_micro_step(&mut self, model: &mut Llama<B>, micro: &Batch, total: usize, loss_scale: f64, grads: &mut GradMap<B>) -> f64 {
         let frozen = model.detached();
         let staged = frozen.staged(input_tensor(micro, &model.device), micro.segments.as_deref()).expect("prefix tuning is not staged");
         let layers = model.config.num_hidden_layers;
@@ -282,7 +318,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let hidden = model.stage_finish(&staged, last.clone());
         let targets = next_token_targets_segmented(&micro.labels, micro.segments.as_deref(), micro.batch, micro.seq);
         let head = model.head();
-        let (nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total);
+        let (nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total, loss_scale);
         if !nll.is_finite() {
             return nll;
         }
