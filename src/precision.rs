@@ -100,8 +100,18 @@ pub fn active() -> Precision {
     ACTIVE.with(Cell::get)
 }
 
-/// `a · b` in the active precision, returned in f32.
-pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+/// `a · b` in the active precision, returned in f32 (bf16 on the CPU's AMX tiles when it
+/// has them).
+pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    match active() {
+        Precision::Fp32 => a.matmul(b),
+        Precision::Bf16 => crate::kernels::matmul_bf16(a, b),
+        Precision::Fp16 => matmul_nd(a, b),
+    }
+}
+
+/// [`matmul`] for batched products of any rank, always through Burn's own ops.
+pub fn matmul_nd<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     match active().compute_dtype() {
         None => a.matmul(b),
         Some(dtype) => a.cast(dtype).matmul(b.cast(dtype)).cast(FloatDType::F32),

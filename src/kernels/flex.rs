@@ -356,3 +356,127 @@ pub fn adamw<B: Backend>(w: Tensor<B, 1>, g: &Tensor<B, 1>, m: Tensor<B, 1>, v: 
     let back = |t: FlexTensor| wrap::<B, Flex, 1>(Tensor::from_primitive(TensorPrimitive::Float(t)));
     Ok([back(wp), back(mp), back(vp)])
 }
+
+// ---------------------------------------------------------------- bf16 matmul on AMX
+
+#[cfg(target_arch = "x86_64")]
+fn strided(t: &FlexTensor) -> Option<super::amx::Strided<'_>> {
+    let layout = t.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    if t.dtype() != DType::F32 || shape.num_dims() != 2 || strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    Some(super::amx::Strided { data: t.storage::<f32>(), offset: layout.start_offset(), rows: shape[0], cols: shape[1], row_stride: strides[0] as usize, col_stride: strides[1] as usize })
+}
+
+/// Packed bf16 forms of frozen right-hand operands (weights), so that a weight is rounded
+/// and reordered once rather than in every step's forward and backward passes. Each entry
+/// holds a clone of its source tensor: the buffer can then be neither freed (so its address
+/// identifies it) nor written in place (flex copies shared buffers on write). An entry whose
+/// source nobody else holds any more is dropped on the next insertion.
+#[cfg(target_arch = "x86_64")]
+struct PackedWeight {
+    source: FlexTensor,
+    offset: usize,
+    shape: [usize; 2],
+    strides: [usize; 2],
+    packed: std::sync::Arc<super::amx::PackedB>,
+}
+
+#[cfg(target_arch = "x86_64")]
+static PACKED_WEIGHTS: std::sync::Mutex<Vec<PackedWeight>> = std::sync::Mutex::new(Vec::new());
+
+#[cfg(target_arch = "x86_64")]
+fn packed_weight(t: &FlexTensor, view: super::amx::Strided) -> std::sync::Arc<super::amx::PackedB> {
+    let same = |e: &PackedWeight| {
+        std::ptr::eq(e.source.storage::<f32>().as_ptr(), view.data.as_ptr())
+            && e.offset == view.offset
+            && e.shape == [view.rows, view.cols]
+            && e.strides == [view.row_stride, view.col_stride]
+    };
+    let mut cache = PACKED_WEIGHTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = cache.iter().find(|e| same(e)) {
+        return e.packed.clone();
+    }
+    cache.retain(|e| !e.source.is_unique());
+    let packed = std::sync::Arc::new(super::amx::PackedB::new(view));
+    cache.push(PackedWeight { source: t.clone(), offset: view.offset, shape: [view.rows, view.cols], strides: [view.row_stride, view.col_stride], packed: packed.clone() });
+    packed
+}
+
+/// `a · b` on AMX; `b` is packed through the weight cache when `b_is_frozen`.
+#[cfg(target_arch = "x86_64")]
+fn amx_matmul(a: &FlexTensor, b: &FlexTensor, b_is_frozen: bool) -> Option<FlexTensor> {
+    use super::amx;
+    let (sa, sb) = (strided(a)?, strided(b)?);
+    if sa.cols != sb.rows {
+        return None;
+    }
+    let out = if b_is_frozen { amx::matmul_packed(sa, &packed_weight(b, sb)) } else { amx::matmul(sa, sb) };
+    Some(tensor(out, &[sa.rows, sb.cols]))
+}
+
+/// The transpose of a 2-D flex tensor, as a view.
+#[cfg(target_arch = "x86_64")]
+fn transposed(t: &FlexTensor) -> FlexTensor {
+    let l = t.layout();
+    let shape = l.shape();
+    let strides = l.strides();
+    let layout = burn_flex::Layout::new(burn::tensor::Shape::from(vec![shape[1], shape[0]]), vec![strides[1], strides[0]], l.start_offset());
+    t.clone().with_layout(layout)
+}
+
+/// A bf16 matmul on AMX tiles; `None` without AMX (or off x86-64), for other dtypes and
+/// backends. Operands keep their layout (transposed views are read in place).
+pub fn matmul_bf16<B: Backend>(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !super::amx::available() {
+            return None;
+        }
+        if let (Ok(a), Ok(b)) = (downcast::<_, Tensor<Ad, 2>>(a.clone()), downcast::<_, Tensor<Ad, 2>>(b.clone())) {
+            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+            // A weight that does not train (LoRA's base) is packed once and kept.
+            let y = amx_matmul(&a.primitive, &b.primitive, b.node.requirement.is_none())?;
+            let out = match MatmulBf16Backward.prepare::<NoCheckpointing>([a.node, b.node]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => prep.finish((a.primitive, b.primitive), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            };
+            return Some(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
+        }
+        if let (Ok(a), Ok(b)) = (downcast::<_, Tensor<Flex, 2>>(a.clone()), downcast::<_, Tensor<Flex, 2>>(b.clone())) {
+            // Without autodiff (evaluation, the output head's chunks) the right operand is
+            // a weight.
+            let y = amx_matmul(&plain(a), &plain(b), true)?;
+            return Some(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(y))));
+        }
+    }
+    let _ = (a, b);
+    None
+}
+
+#[derive(Debug)]
+struct MatmulBf16Backward;
+
+#[cfg(target_arch = "x86_64")]
+impl Backward<Flex, 2> for MatmulBf16Backward {
+    /// Both operands, as they were (views share the buffers).
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let dy = if strided(&dy).is_some() { dy } else { contiguous(dy).expect("f32 gradient") };
+        let [pa, pb] = ops.parents;
+        // d(a·b) = dy·bᵀ for a and aᵀ·dy for b, both bf16 products as in the forward pass; a
+        // frozen b's transpose goes through the weight cache.
+        if let Some(node) = pa {
+            let da = amx_matmul(&dy, &transposed(&b), pb.is_none()).expect("f32 operands");
+            grads.register::<Flex>(node.id, da);
+        }
+        if let Some(node) = pb {
+            let db = amx_matmul(&transposed(&a), &dy, false).expect("f32 operands");
+            grads.register::<Flex>(node.id, db);
+        }
+    }
+}

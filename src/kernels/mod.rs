@@ -15,6 +15,8 @@ use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
 use crate::precision;
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod host;
@@ -31,6 +33,23 @@ pub(crate) fn downcast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
         Ok(t) => Ok(*t),
         Err(_) => unreachable!("the type ids are equal"),
     }
+}
+
+/// A bf16 matmul: `round_bf16(round_bf16(a) · round_bf16(b))` with f32 accumulation,
+/// returned in f32. On flex it runs on AMX tiles when the CPU has them.
+/// # Shapes
+/// - a: `[m, k]`, b: `[k, n]` -> `[m, n]`
+pub fn matmul_bf16<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = flex::matmul_bf16(&a, &b) {
+        return out;
+    }
+    matmul_bf16_composed(a, b)
+}
+
+pub fn matmul_bf16_composed<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    use burn::tensor::FloatDType;
+    a.cast(FloatDType::BF16).matmul(b.cast(FloatDType::BF16)).cast(FloatDType::F32)
 }
 
 /// RMSNorm of each row.
@@ -89,9 +108,9 @@ pub fn attention_composed<B: Backend>(q: Tensor<B, 2>, k: Tensor<B, 2>, v: Tenso
     let rep = h / kvh;
     let q = heads(q, h).reshape([b, kvh, rep * t, hd]);
     let (k, v) = (heads(k, kvh), heads(v, kvh));
-    let scores = precision::matmul(q, k.swap_dims(2, 3)).reshape([b * h * t, t]);
+    let scores = precision::matmul_nd(q, k.swap_dims(2, 3)).reshape([b * h * t, t]);
     let probs = masked_softmax(scores, mask, scale as f64).reshape([b, kvh, rep * t, t]);
-    precision::matmul(probs, v).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b * t, h * hd])
+    precision::matmul_nd(probs, v).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b * t, h * hd])
 }
 
 /// Rotary position embedding (rotate-half layout) of a projection's output, per token.
@@ -218,6 +237,10 @@ mod tests {
     /// Runs `f` fused and composed on the same tracked inputs, with a random weighting of the
     /// output as the loss; compares the outputs and every input's gradient.
     fn check_against_composed(inputs: Vec<Tensor<Flex, 2>>, f: impl Fn(&[Tensor<Ad, 2>], bool) -> Tensor<Ad, 2>) {
+        check_against_composed_within(inputs, 1e-5, f)
+    }
+
+    fn check_against_composed_within(inputs: Vec<Tensor<Flex, 2>>, tol: f32, f: impl Fn(&[Tensor<Ad, 2>], bool) -> Tensor<Ad, 2>) {
         let run = |fused: bool| {
             let xs: Vec<Tensor<Ad, 2>> = inputs.iter().map(|x| Tensor::from_inner(x.clone()).require_grad()).collect();
             let y = f(&xs, fused);
@@ -228,10 +251,46 @@ mod tests {
         let (y_composed, xs_composed, _) = run(false);
         let g_fused = (y_fused.clone() * Tensor::from_inner(weights.clone())).sum().backward();
         let g_composed = (y_composed.clone() * Tensor::from_inner(weights)).sum().backward();
-        assert_close(y_fused.inner(), y_composed.inner(), 1e-5);
+        assert_close(y_fused.inner(), y_composed.inner(), tol);
         for (a, b) in xs_fused.iter().zip(&xs_composed) {
-            assert_close(a.grad(&g_fused).expect("fused gradient"), b.grad(&g_composed).expect("composed gradient"), 1e-5);
+            assert_close(a.grad(&g_fused).expect("fused gradient"), b.grad(&g_composed).expect("composed gradient"), tol);
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_bf16_matmul_matches_the_composed_ops_in_values_and_gradients() {
+        if !amx::available() {
+            eprintln!("AMX is not available on this machine: the bf16 kernel is not exercised");
+            return;
+        }
+        // Both operands tracked, a transposed view as the weight (the output head's case), and
+        // results within a bf16 unit or so: the rounding is the same, the summation order not.
+        for (m, k, n) in [(1, 3, 2), (40, 576, 70), (256, 64, 1000)] {
+            check_against_composed_within(vec![random([m, k], 1.0), random([k, n], 1.0)], 1e-2, |xs, fused| {
+                if fused { matmul_bf16(xs[0].clone(), xs[1].clone()) } else { matmul_bf16_composed(xs[0].clone(), xs[1].clone()) }
+            });
+            check_against_composed_within(vec![random([m, k], 1.0), random([n, k], 1.0)], 1e-2, |xs, fused| {
+                let w = xs[1].clone().transpose();
+                if fused { matmul_bf16(xs[0].clone(), w) } else { matmul_bf16_composed(xs[0].clone(), w) }
+            });
+        }
+        // A frozen weight is packed once and reused: the same result as when it trains, and a
+        // weight changed afterwards (here in place, as flex does for a buffer it holds alone)
+        // is not served from the stale packing.
+        let x = random::<Flex, 2>([8, 64], 1.0);
+        let w = random::<Flex, 2>([64, 40], 1.0);
+        let tracked = matmul_bf16(Tensor::<Ad, 2>::from_inner(x.clone()), Tensor::from_inner(w.clone()).require_grad()).inner();
+        for _ in 0..2 {
+            let frozen = matmul_bf16(Tensor::<Ad, 2>::from_inner(x.clone()), Tensor::from_inner(w.clone())).inner();
+            assert_close(frozen, tracked.clone(), 1e-7);
+            assert_close(matmul_bf16(x.clone(), w.clone()), tracked.clone(), 1e-7);
+        }
+        let changed = w + 1.0;
+        assert_close(matmul_bf16(x.clone(), changed.clone()), matmul_bf16_composed(x.clone(), changed), 1e-2);
+        // Rounding really happens: 1 + 2⁻¹⁰ is 1 in bf16.
+        let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0 + 2f32.powi(-10)], [1, 1]), &Default::default());
+        assert_eq!(matmul_bf16(x.clone(), x).into_data().to_vec::<f32>().unwrap(), vec![1.0]);
     }
 
     #[test]

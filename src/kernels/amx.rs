@@ -1,0 +1,379 @@
+//! bf16 matrix products on Intel AMX (Advanced Matrix Extensions, Sapphire Rapids and later):
+//! the tile unit multiplies 16×32 by 32×16 bf16 blocks into 16×16 f32 accumulators, about
+//! sixteen times the multiply-adds per cycle of AVX-512 f32 FMA.
+//!
+//! Operands are rounded to bf16 (nearest, ties to even) while they are packed into tile
+//! order; products accumulate in f32; the result is rounded to bf16 and returned as f32,
+//! which is what a bf16 matmul does on any backend (`precision::matmul`).
+//!
+//! Tile instructions are written as inline assembly: Rust's AMX intrinsics are not stable.
+//! Linux hands out the tile registers only after `arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked
+//! once per process; without AMX (or with `RUNNER_AMX=0`) [`available`] is false and callers
+//! take the composed path.
+
+use std::arch::asm;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Rows of A (and C) per tile, and the bf16 values of one tile row.
+const TILE_ROWS: usize = 16;
+const TILE_K: usize = 32;
+/// A block of C computed by one pass over k: 2 × 2 tiles.
+const BLOCK: usize = 32;
+/// bf16 values in one packed tile (16 rows of 64 bytes).
+const TILE_VALUES: usize = TILE_ROWS * TILE_K;
+
+/// Whether this process can run AMX bf16 tiles (checked once).
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| std::env::var("RUNNER_AMX").map_or(true, |v| v != "0") && cpu_has_amx_bf16() && request_tile_permission())
+}
+
+fn cpu_has_amx_bf16() -> bool {
+    // CPUID leaf 7, sub-leaf 0: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+    let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+    leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0
+}
+
+fn request_tile_permission() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with integer arguments.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+/// A read-only strided matrix: element `(i, j)` is `data[offset + i·row_stride + j·col_stride]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl Strided<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[self.offset + i * self.row_stride + j * self.col_stride]
+    }
+
+    /// The transpose, as a view.
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    fn covers_its_data(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// f32 to bf16 bits, rounding to nearest with ties to even; NaN stays NaN.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+    if bits & 0x7FFF_FFFF > 0x7F80_0000 { 0x7FC0 | (bits >> 16) as u16 & 0x8000 } else { rounded }
+}
+
+#[inline(always)]
+pub fn from_bf16(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// `round_bf16(round_bf16(a) · round_bf16(b))`, `[a.rows, b.cols]` row-major. Panics when
+/// AMX is not [`available`] or the shapes do not chain.
+pub fn matmul(a: Strided, b: Strided) -> Vec<f32> {
+    matmul_packed(a, &PackedB::new(b))
+}
+
+/// The right-hand operand in tile order, bf16: packed once, it serves any number of
+/// products (a frozen weight across steps).
+pub struct PackedB {
+    values: Vec<u16>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    pub fn new(b: Strided) -> Self {
+        assert!(b.covers_its_data(), "bad operand");
+        let k_tiles = b.rows.div_ceil(TILE_K).max(1);
+        Self { values: pack_columns(b, k_tiles), k: b.rows, n: b.cols }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.values.len() * 2
+    }
+}
+
+/// [`matmul`] with `b` already packed.
+pub fn matmul_packed(a: Strided, b: &PackedB) -> Vec<f32> {
+    assert!(available(), "AMX is not available");
+    assert!(a.cols == b.k && a.covers_its_data(), "bad operands");
+    let (m, k, n) = (a.rows, a.cols, b.n);
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let k_tiles = k.div_ceil(TILE_K).max(1);
+    let packed_a = pack_rows(a, k_tiles);
+    out.par_chunks_mut(BLOCK * n).enumerate().for_each(|(mb, c)| {
+        let a_panel = &packed_a[mb * k_tiles * 2 * TILE_VALUES..][..k_tiles * 2 * TILE_VALUES];
+        row_block(a_panel, &b.values, k_tiles, n, c);
+    });
+    out
+}
+
+/// Rows `c` (up to 32 of the output, `n` wide) from their A panel and all of packed B.
+#[inline(never)]
+fn row_block(a_panel: &[u16], packed_b: &[u16], k_tiles: usize, n: usize, c: &mut [f32]) {
+    let rows = c.len() / n;
+    let mut acc = [0f32; BLOCK * BLOCK];
+    let _tiles = TileConfig::load();
+    for nb in 0..n.div_ceil(BLOCK) {
+        let b_panel = &packed_b[nb * k_tiles * 2 * TILE_VALUES..][..k_tiles * 2 * TILE_VALUES];
+        // SAFETY: both panels hold `k_tiles` pairs of tiles, `acc` one 32 × 32 block, and
+        // the tile configuration is loaded on this thread.
+        unsafe { block_kernel(a_panel.as_ptr(), b_panel.as_ptr(), k_tiles, acc.as_mut_ptr()) };
+        let cols = BLOCK.min(n - nb * BLOCK);
+        for r in 0..rows {
+            let dst = &mut c[r * n + nb * BLOCK..][..cols];
+            for (d, s) in dst.iter_mut().zip(&acc[r * BLOCK..][..cols]) {
+                *d = from_bf16(to_bf16(*s));
+            }
+        }
+    }
+}
+
+/// A in tile order: for each block of 32 rows, for each 32-wide slice of k, two tiles (rows
+/// 0–15 and 16–31) of 16 rows × 32 bf16. Rows and k past the end are zero.
+fn pack_rows(a: Strided, k_tiles: usize) -> Vec<u16> {
+    let m_blocks = a.rows.div_ceil(BLOCK);
+    let mut packed = vec![0u16; m_blocks * k_tiles * 2 * TILE_VALUES];
+    packed.par_chunks_mut(k_tiles * 2 * TILE_VALUES).enumerate().for_each(|(mb, panel)| pack_row_panel(a, mb, panel));
+    packed
+}
+
+#[inline(never)]
+fn pack_row_panel(a: Strided, mb: usize, panel: &mut [u16]) {
+    for (t, tile) in panel.chunks_exact_mut(TILE_VALUES).enumerate() {
+        let (kt, half) = (t / 2, t % 2);
+        let i0 = mb * BLOCK + half * TILE_ROWS;
+        let k0 = kt * TILE_K;
+        let rows = TILE_ROWS.min(a.rows.saturating_sub(i0));
+        let width = TILE_K.min(a.cols.saturating_sub(k0));
+        if rows == 0 || width == 0 {
+            continue;
+        }
+        if a.col_stride == 1 {
+            // Rows are contiguous: convert 32 values at a time.
+            for r in 0..rows {
+                let src = &a.data[a.offset + (i0 + r) * a.row_stride + k0..][..width];
+                for (d, s) in tile[r * TILE_K..][..width].iter_mut().zip(src) {
+                    *d = to_bf16(*s);
+                }
+            }
+        } else if a.row_stride == 1 {
+            // A transposed view: columns are contiguous.
+            for kk in 0..width {
+                let src = &a.data[a.offset + (k0 + kk) * a.col_stride + i0..][..rows];
+                for (r, s) in src.iter().enumerate() {
+                    tile[r * TILE_K + kk] = to_bf16(*s);
+                }
+            }
+        } else {
+            for r in 0..rows {
+                for kk in 0..width {
+                    tile[r * TILE_K + kk] = to_bf16(a.at(i0 + r, k0 + kk));
+                }
+            }
+        }
+    }
+}
+
+/// B in tile order, pairs of k interleaved (the layout `tdpbf16ps` reads): for each block of
+/// 32 columns, for each 32-deep slice of k, two tiles (columns 0–15 and 16–31) whose row
+/// `p` holds `(b[2p][c], b[2p+1][c])` for 16 columns `c`. Past the end is zero.
+fn pack_columns(b: Strided, k_tiles: usize) -> Vec<u16> {
+    let n_blocks = b.cols.div_ceil(BLOCK);
+    let mut packed = vec![0u16; n_blocks * k_tiles * 2 * TILE_VALUES];
+    packed.par_chunks_mut(k_tiles * 2 * TILE_VALUES).enumerate().for_each(|(nb, panel)| pack_column_panel(b, nb, panel));
+    packed
+}
+
+#[inline(never)]
+fn pack_column_panel(b: Strided, nb: usize, panel: &mut [u16]) {
+    for (t, tile) in panel.chunks_exact_mut(TILE_VALUES).enumerate() {
+        let (kt, half) = (t / 2, t % 2);
+        let c0 = nb * BLOCK + half * TILE_ROWS;
+        let k0 = kt * TILE_K;
+        let cols = TILE_ROWS.min(b.cols.saturating_sub(c0));
+        let depth = TILE_K.min(b.rows.saturating_sub(k0));
+        if cols == 0 || depth == 0 {
+            continue;
+        }
+        // Value (k0 + kk, c0 + c) goes to row kk / 2, slot 2c + kk % 2.
+        if b.col_stride == 1 {
+            for kk in 0..depth {
+                let src = &b.data[b.offset + (k0 + kk) * b.row_stride + c0..][..cols];
+                let row = &mut tile[(kk / 2) * 2 * TILE_ROWS..][..2 * TILE_ROWS];
+                for (c, s) in src.iter().enumerate() {
+                    row[2 * c + kk % 2] = to_bf16(*s);
+                }
+            }
+        } else if b.row_stride == 1 {
+            // A transposed view (a weight stored [out, in]): each column is contiguous in k.
+            for c in 0..cols {
+                let src = &b.data[b.offset + (c0 + c) * b.col_stride + k0..][..depth];
+                for (kk, s) in src.iter().enumerate() {
+                    tile[(kk / 2) * 2 * TILE_ROWS + 2 * c + kk % 2] = to_bf16(*s);
+                }
+            }
+        } else {
+            for kk in 0..depth {
+                for c in 0..cols {
+                    tile[(kk / 2) * 2 * TILE_ROWS + 2 * c + kk % 2] = to_bf16(b.at(k0 + kk, c0 + c));
+                }
+            }
+        }
+    }
+}
+
+/// The tile shapes every kernel call uses: tmm0–3 accumulate 16 × 16 f32, tmm4–5 hold A
+/// (16 × 32 bf16), tmm6–7 hold B (16 pairs × 16 columns). Loaded on construction, released
+/// on drop (so the thread's tile state is not saved on every context switch afterwards).
+struct TileConfig;
+
+#[repr(C, align(64))]
+struct TileConfigBytes {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+impl TileConfig {
+    fn load() -> Self {
+        let mut cfg = TileConfigBytes { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+        for t in 0..8 {
+            cfg.colsb[t] = 64;
+            cfg.rows[t] = TILE_ROWS as u8;
+        }
+        // SAFETY: AMX is available (checked by the caller) and the configuration is valid.
+        unsafe { asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg as *const TileConfigBytes, options(nostack, readonly)) };
+        TileConfig
+    }
+}
+
+impl Drop for TileConfig {
+    fn drop(&mut self) {
+        // SAFETY: tiles were configured by `load` on this thread.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// One 32 × 32 block of C over all of k: `acc = Σ A tiles · B tiles`, stored row-major
+/// (row stride 32 floats).
+///
+/// # Safety
+/// `a` and `b` hold `k_tiles` pairs of packed tiles, `acc` 1024 floats, and [`TileConfig`]
+/// is loaded on this thread.
+unsafe fn block_kernel(a: *const u16, b: *const u16, k_tiles: usize, acc: *mut f32) {
+    const TILE_BYTES: usize = TILE_VALUES * 2;
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a} + {stride}*1]",
+            "tileloadd tmm6, [{b} + {stride}*1]",
+            "tileloadd tmm5, [{a} + {stride}*1 + {tile}]",
+            "tileloadd tmm7, [{b} + {stride}*1 + {tile}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a}, {pair}",
+            "add {b}, {pair}",
+            "dec {n}",
+            "jnz 2b",
+            // Row stride of acc: 32 floats; tiles at columns 0 and 16, rows 0 and 16.
+            "tilestored [{c} + {cstride}*1], tmm0",
+            "tilestored [{c} + {cstride}*1 + 64], tmm1",
+            "tilestored [{c} + {cstride}*1 + 2048], tmm2",
+            "tilestored [{c} + {cstride}*1 + 2112], tmm3",
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            n = inout(reg) k_tiles => _,
+            c = in(reg) acc,
+            stride = in(reg) 64usize,
+            cstride = in(reg) BLOCK * 4,
+            tile = const TILE_BYTES,
+            pair = const 2 * TILE_BYTES,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(a: Strided, b: Strided) -> Vec<f32> {
+        let mut out = vec![0f32; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let s: f64 = (0..a.cols).map(|k| from_bf16(to_bf16(a.at(i, k))) as f64 * from_bf16(to_bf16(b.at(k, j))) as f64).sum();
+                out[i * b.cols + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn bf16_rounding_is_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3F80);
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties go to the even one, 1.
+        assert_eq!(from_bf16(to_bf16(1.0 + 2f32.powi(-8))), 1.0);
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 * 2f32.powi(-8))), 1.0 + 2f32.powi(-6));
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(from_bf16(to_bf16(-0.0)).to_bits(), (-0.0f32).to_bits());
+        for x in values(1000, 7) {
+            assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+    }
+
+    #[test]
+    fn matches_the_bf16_reference_on_ragged_and_transposed_shapes() {
+        if !available() {
+            eprintln!("AMX is not available on this machine: the kernel is not exercised");
+            return;
+        }
+        for &(m, k, n) in &[(1, 1, 1), (33, 70, 17), (64, 32, 64), (100, 576, 40), (5, 8, 600)] {
+            let (av, bv) = (values(m * k, 1), values(k * n, 2));
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                // The same logical matrices, stored row-major or transposed.
+                let a = if ta { Strided { data: &av, offset: 0, rows: k, cols: m, row_stride: m, col_stride: 1 }.t() } else { Strided { data: &av, offset: 0, rows: m, cols: k, row_stride: k, col_stride: 1 } };
+                let b = if tb { Strided { data: &bv, offset: 0, rows: n, cols: k, row_stride: k, col_stride: 1 }.t() } else { Strided { data: &bv, offset: 0, rows: k, cols: n, row_stride: n, col_stride: 1 } };
+                let got = matmul(a, b);
+                let want = reference(a, b);
+                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                    // The result is rounded to bf16: within one bf16 unit (2⁻⁸ relative).
+                    assert!((g - w).abs() <= w.abs() * 2f32.powi(-8) + 1e-6, "{m}x{k}x{n} ta={ta} tb={tb} [{idx}]: {g} vs {w}");
+                }
+            }
+        }
+    }
+}
