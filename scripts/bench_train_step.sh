@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Training-step throughput of runner and of PyTorch + transformers + PEFT, side by side, on
 # SmolLM2-135M-Instruct (f32, batch 4 x 256 random tokens, AdamW): LoRA r=8 on q,v; LoRA r=8
-# on all linear layers; full fine-tuning.
+# on all linear layers; full fine-tuning. Then the same in bf16 mixed precision: runner's
+# `precision = "bf16"` (AMX tiles where the CPU has them) against PyTorch's CPU autocast
+# (scripts/torch_autocast_bench.py).
 #
 #   scripts/bench_train_step.sh PYTHON [LORA_BENCH_PY] [STEPS]
 #
@@ -24,4 +26,8 @@ HF="$TMP/model"
 for method in lora lora_all full; do
   ./target/release/examples/bench_train_step "$method" 4 256 "$STEPS"
   "$PY" "$REF" "$HF" "$method" 4 256 "$STEPS"
+done
+for method in lora lora_all full; do
+  RUNNER_BENCH_PRECISION=bf16 ./target/release/examples/bench_train_step "$method" 4 256 "$STEPS"
+  "$PY" scripts/torch_autocast_bench.py "$HF" "$method" 4 256 "$STEPS"
 done

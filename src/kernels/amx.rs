@@ -115,10 +115,11 @@ pub fn matmul_packed(a: Strided, b: &PackedB) -> Vec<f32> {
     assert!(available(), "AMX is not available");
     assert!(a.cols == b.k && a.covers_its_data(), "bad operands");
     let (m, k, n) = (a.rows, a.cols, b.n);
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return out;
+        return vec![0f32; m * n];
     }
+    // Every element is written exactly once below, so the output is not zeroed first.
+    let mut out = Vec::with_capacity(m * n);
     let k_tiles = k.div_ceil(TILE_K).max(1);
     let packed_a = pack_rows(a, k_tiles);
     let panel = k_tiles * 2 * TILE_VALUES;
@@ -128,8 +129,11 @@ pub fn matmul_packed(a: Strided, b: &PackedB) -> Vec<f32> {
     let n_blocks = n.div_ceil(BLOCK);
     for first in (0..n_blocks).step_by(group) {
         let blocks = first..n_blocks.min(first + group);
-        out.par_chunks_mut(BLOCK * n).enumerate().for_each(|(mb, c)| row_block(&packed_a[mb * panel..][..panel], &b.values, k_tiles, n, blocks.clone(), c));
+        out.spare_capacity_mut()[..m * n].par_chunks_mut(BLOCK * n).enumerate().for_each(|(mb, c)| row_block(&packed_a[mb * panel..][..panel], &b.values, k_tiles, n, blocks.clone(), c));
     }
+    // SAFETY: the column groups cover every column block and `row_block` writes every row
+    // and column of its block, so all `m · n` elements are initialised.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -139,7 +143,7 @@ const B_GROUP_BYTES: usize = 1 << 19;
 /// Rows `c` (up to 32 of the output, `n` wide), column blocks `blocks`, from their A panel
 /// and packed B.
 #[inline(never)]
-fn row_block(a_panel: &[u16], packed_b: &[u16], k_tiles: usize, n: usize, blocks: std::ops::Range<usize>, c: &mut [f32]) {
+fn row_block(a_panel: &[u16], packed_b: &[u16], k_tiles: usize, n: usize, blocks: std::ops::Range<usize>, c: &mut [std::mem::MaybeUninit<f32>]) {
     let rows = c.len() / n;
     let mut acc = [0f32; BLOCK * BLOCK];
     let _tiles = TileConfig::load();
@@ -152,7 +156,7 @@ fn row_block(a_panel: &[u16], packed_b: &[u16], k_tiles: usize, n: usize, blocks
         for r in 0..rows {
             let dst = &mut c[r * n + nb * BLOCK..][..cols];
             for (d, s) in dst.iter_mut().zip(&acc[r * BLOCK..][..cols]) {
-                *d = from_bf16(to_bf16(*s));
+                d.write(from_bf16(to_bf16(*s)));
             }
         }
     }

@@ -274,69 +274,107 @@ unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, rea
 /// The mask has `mask_rows` rows of width `t`, cycled over the score rows ordered (batch,
 /// head, query position). Writes the probabilities, `[batch, heads, t, t]`, to `probs` for the
 /// backward pass.
+///
+/// Query rows go in blocks of [`QUERY_BLOCK`], each against only the keys up to the last one
+/// its mask lets through: past it every probability is exactly 0 (the mask's -1e9 underflows
+/// `exp`), so a causal mask costs half the products of a full one and changes nothing.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], mask_rows: usize, s: AttentionShape, out: &mut [f32], probs: &mut [f32]) {
     let (t, hd) = (s.t, s.head_dim);
     assert!(q.len() == s.batch * t * s.q_width() && k.len() == s.batch * t * s.kv_width() && v.len() == k.len());
     assert!(out.len() == q.len() && probs.len() == s.batch * s.heads * t * t && mask.len() == mask_rows * t);
+    let (qw, kvw) = (s.q_width(), s.kv_width());
     let out_ptr = Shared(out.as_mut_ptr());
     probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+        let out_ptr = out_ptr;
         let (b, head) = (bh / s.heads, bh % s.heads);
         let (qo, kvo) = s.offsets(b, head);
-        // SAFETY: every slice above holds the strided matrices read here (asserted lengths);
-        // this task alone writes head `head` of batch row `b` in `out`.
-        unsafe {
-            matmul(t, t, hd, p.as_mut_ptr(), t, false, q.as_ptr().add(qo), s.q_width(), 1, k.as_ptr().add(kvo), 1, s.kv_width());
-        }
-        for (i, row) in p.chunks_mut(t).enumerate() {
-            let m = &mask[((bh * t + i) % mask_rows) * t..][..t];
-            softmax_row(row, m, s.scale);
-        }
-        let out_ptr = out_ptr;
-        unsafe {
-            matmul(t, hd, t, out_ptr.0.add(qo), s.q_width(), false, p.as_ptr(), t, 1, v.as_ptr().add(kvo), s.kv_width(), 1);
+        let mask_row = |i: usize| &mask[((bh * t + i) % mask_rows) * t..][..t];
+        for i0 in (0..t).step_by(QUERY_BLOCK) {
+            let rows = QUERY_BLOCK.min(t - i0);
+            let keys = (i0..i0 + rows).map(|i| keys_seen(mask_row(i))).max().unwrap_or(t);
+            let block = &mut p[i0 * t..(i0 + rows) * t];
+            // SAFETY: every slice above holds the strided matrices read here (asserted
+            // lengths); this task alone writes head `head` of batch row `b` in `out`.
+            unsafe {
+                matmul(rows, keys, hd, block.as_mut_ptr(), t, false, q.as_ptr().add(qo + i0 * qw), qw, 1, k.as_ptr().add(kvo), 1, kvw);
+            }
+            for (r, row) in block.chunks_mut(t).enumerate() {
+                let (seen, unseen) = row.split_at_mut(keys);
+                softmax_row(seen, &mask_row(i0 + r)[..keys], s.scale);
+                unseen.fill(0.0);
+            }
+            unsafe {
+                matmul(rows, hd, keys, out_ptr.0.add(qo + i0 * qw), qw, false, block.as_ptr(), t, 1, v.as_ptr().add(kvo), kvw, 1);
+            }
         }
     });
 }
 
+/// Query rows per block of [`attention`] and its backward pass.
+const QUERY_BLOCK: usize = 64;
+
+/// Mask values at or below this make a key's probability exactly 0 (the model's is -1e9).
+const MASKED: f32 = -1e8;
+
+/// Keys a query row attends to: up to the last one its mask lets through, or all of them
+/// when it lets none through (the softmax is then uniform, as the composed ops give).
+fn keys_seen(mask_row: &[f32]) -> usize {
+    mask_row.iter().rposition(|&m| m > MASKED).map_or(mask_row.len(), |j| j + 1)
+}
+
 /// Gradients of [`attention`] with respect to q, k and v, from the saved probabilities and
 /// the output gradient `d_out`. Tasks run per (batch row, key/value head), so the query heads
-/// that share a key/value head add into its gradients one after another.
+/// that share a key/value head add into its gradients one after another. Each block of query
+/// rows stops at its last non-zero probability: the keys past it add exactly nothing.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], probs: &[f32], d_out: &[f32], s: AttentionShape, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
     let (t, hd) = (s.t, s.head_dim);
     let rep = s.heads / s.kv_heads;
     assert!(q.len() == s.batch * t * s.q_width() && k.len() == s.batch * t * s.kv_width() && v.len() == k.len());
     assert!(d_out.len() == q.len() && dq.len() == q.len() && dk.len() == k.len() && dv.len() == k.len() && probs.len() == s.batch * s.heads * t * t);
+    let (qw, kvw) = (s.q_width(), s.kv_width());
     let (dq_ptr, dk_ptr, dv_ptr) = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
     (0..s.batch * s.kv_heads).into_par_iter().for_each(|g| {
         let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
         let (b, kv_head) = (g / s.kv_heads, g % s.kv_heads);
-        let mut ds = vec![0f32; t * t];
-        for (r, head) in (kv_head * rep..(kv_head + 1) * rep).enumerate() {
-            let (qo, kvo) = s.offsets(b, head);
-            let p = &probs[(b * s.heads + head) * t * t..][..t * t];
-            let first = r == 0;
-            // SAFETY: lengths asserted above; this task alone writes query heads
-            // kv_head·rep.. of batch row b in dq and key/value head kv_head of b in dk, dv.
-            unsafe {
-                let d_o = d_out.as_ptr().add(qo);
-                // dv += pᵀ · d_out
-                matmul(t, hd, t, dv_ptr.0.add(kvo), s.kv_width(), !first, p.as_ptr(), 1, t, d_o, s.q_width(), 1);
-                // dp = d_out · vᵀ
-                matmul(t, t, hd, ds.as_mut_ptr(), t, false, d_o, s.q_width(), 1, v.as_ptr().add(kvo), 1, s.kv_width());
+        let kvo = s.offsets(b, kv_head * rep).1;
+        // SAFETY (all blocks below): lengths asserted above; this task alone writes query
+        // heads kv_head·rep.. of batch row b in dq and key/value head kv_head of b in dk, dv.
+        unsafe {
+            for r in 0..t {
+                std::slice::from_raw_parts_mut(dk_ptr.0.add(kvo + r * kvw), hd).fill(0.0);
+                std::slice::from_raw_parts_mut(dv_ptr.0.add(kvo + r * kvw), hd).fill(0.0);
             }
-            // ds = scale · p ⊙ (dp − rowsum(dp ⊙ p))
-            for (ds, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                let dot = dot(ds, p);
-                for (d, &p) in ds.iter_mut().zip(p) {
-                    *d = s.scale * p * (*d - dot);
+        }
+        let mut ds = vec![0f32; QUERY_BLOCK * t];
+        for head in kv_head * rep..(kv_head + 1) * rep {
+            let qo = s.offsets(b, head).0;
+            let p_head = &probs[(b * s.heads + head) * t * t..][..t * t];
+            for i0 in (0..t).step_by(QUERY_BLOCK) {
+                let rows = QUERY_BLOCK.min(t - i0);
+                let p = &p_head[i0 * t..(i0 + rows) * t];
+                let keys = p.chunks(t).map(|row| row.iter().rposition(|&x| x != 0.0).map_or(0, |j| j + 1)).max().unwrap_or(0).max(1);
+                let d_o = unsafe { d_out.as_ptr().add(qo + i0 * qw) };
+                unsafe {
+                    // dv += pᵀ · d_out
+                    matmul(keys, hd, rows, dv_ptr.0.add(kvo), kvw, true, p.as_ptr(), 1, t, d_o, qw, 1);
+                    // dp = d_out · vᵀ
+                    matmul(rows, keys, hd, ds.as_mut_ptr(), t, false, d_o, qw, 1, v.as_ptr().add(kvo), 1, kvw);
                 }
-            }
-            unsafe {
-                // dq = ds · k
-                matmul(t, hd, t, dq_ptr.0.add(qo), s.q_width(), false, ds.as_ptr(), t, 1, k.as_ptr().add(kvo), s.kv_width(), 1);
-                // dk += dsᵀ · q
-                matmul(t, hd, t, dk_ptr.0.add(kvo), s.kv_width(), !first, ds.as_ptr(), 1, t, q.as_ptr().add(qo), s.q_width(), 1);
+                // ds = scale · p ⊙ (dp − rowsum(dp ⊙ p))
+                for (ds, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                    let (ds, p) = (&mut ds[..keys], &p[..keys]);
+                    let dot = dot(ds, p);
+                    for (d, &p) in ds.iter_mut().zip(p) {
+                        *d = s.scale * p * (*d - dot);
+                    }
+                }
+                unsafe {
+                    // dq = ds · k
+                    matmul(rows, hd, keys, dq_ptr.0.add(qo + i0 * qw), qw, false, ds.as_ptr(), t, 1, k.as_ptr().add(kvo), kvw, 1);
+                    // dk += dsᵀ · q
+                    matmul(keys, hd, rows, dk_ptr.0.add(kvo), kvw, true, ds.as_ptr(), 1, t, q.as_ptr().add(qo + i0 * qw), qw, 1);
+                }
             }
         }
     });

@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn fused_attention_matches_the_composed_ops_in_values_and_gradients() {
         // (batch, t, heads, kv_heads, head_dim): grouped-query, multi-head, one token.
-        for (batch, t, heads, kv_heads, hd) in [(2, 5, 6, 2, 4), (1, 9, 3, 3, 8), (3, 1, 2, 1, 4), (2, 33, 9, 3, 16)] {
+        for (batch, t, heads, kv_heads, hd) in [(2, 5, 6, 2, 4), (1, 9, 3, 3, 8), (3, 1, 2, 1, 4), (2, 33, 9, 3, 16), (2, 150, 4, 2, 8)] {
             let shape = AttentionShape { batch, t, heads, kv_heads, head_dim: hd, scale: 1.0 / (hd as f32).sqrt() };
             // A causal mask, and for the first batch row a split into two packed segments.
             let mut rows = Vec::new();
