@@ -86,7 +86,23 @@ pub fn from_bf16(b: u16) -> f32 {
 /// `round_bf16(round_bf16(a) · round_bf16(b))`, `[a.rows, b.cols]` row-major. Panics when
 /// AMX is not [`available`] or the shapes do not chain.
 pub fn matmul(a: Strided, b: Strided) -> Vec<f32> {
-    matmul_packed(a, &PackedB::new(b))
+    matmul_packed(&PackedA::new(a), &PackedB::new(b))
+}
+
+/// The left-hand operand in tile order, bf16 (one input feeding several products, as the
+/// hidden states feed q, k and v, is packed once).
+pub struct PackedA {
+    values: Vec<u16>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedA {
+    pub fn new(a: Strided) -> Self {
+        assert!(a.covers_its_data(), "bad operand");
+        let k_tiles = a.cols.div_ceil(TILE_K).max(1);
+        Self { values: pack_rows(a, k_tiles), m: a.rows, k: a.cols }
+    }
 }
 
 /// The right-hand operand in tile order, bf16: packed once, it serves any number of
@@ -110,18 +126,18 @@ impl PackedB {
     }
 }
 
-/// [`matmul`] with `b` already packed.
-pub fn matmul_packed(a: Strided, b: &PackedB) -> Vec<f32> {
+/// [`matmul`] on packed operands.
+pub fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
     assert!(available(), "AMX is not available");
-    assert!(a.cols == b.k && a.covers_its_data(), "bad operands");
-    let (m, k, n) = (a.rows, a.cols, b.n);
+    assert!(a.k == b.k, "the operands do not chain");
+    let (m, k, n) = (a.m, a.k, b.n);
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
     // Every element is written exactly once below, so the output is not zeroed first.
     let mut out = Vec::with_capacity(m * n);
     let k_tiles = k.div_ceil(TILE_K).max(1);
-    let packed_a = pack_rows(a, k_tiles);
+    let packed_a = &a.values;
     let panel = k_tiles * 2 * TILE_VALUES;
     // Column groups whose packed B stays in L2 while every row block passes over it (B
     // streamed from L3 instead runs the tiles at under a quarter of their speed).

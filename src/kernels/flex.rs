@@ -404,7 +404,35 @@ fn packed_weight(t: &FlexTensor, view: super::amx::Strided) -> std::sync::Arc<su
     packed
 }
 
-/// `a · b` on AMX; `b` is packed through the weight cache when `b_is_frozen`.
+/// The last few left-hand operands packed, so that an input feeding several products (the
+/// hidden states into q, k and v, or into a projection and its LoRA factor) is packed once.
+/// Entries hold their source, as the weight cache does, so a buffer cannot be reused or
+/// written in place while its packing is kept.
+#[cfg(target_arch = "x86_64")]
+static PACKED_INPUTS: std::sync::Mutex<Vec<(FlexTensor, [usize; 6], std::sync::Arc<super::amx::PackedA>)>> = std::sync::Mutex::new(Vec::new());
+
+#[cfg(target_arch = "x86_64")]
+const PACKED_INPUTS_KEPT: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+fn packed_input(t: &FlexTensor, view: super::amx::Strided) -> std::sync::Arc<super::amx::PackedA> {
+    let key = [view.data.as_ptr() as usize, view.offset, view.rows, view.cols, view.row_stride, view.col_stride];
+    let mut cache = PACKED_INPUTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, packed)) = cache.iter().find(|(_, k, _)| *k == key) {
+        return packed.clone();
+    }
+    // Inputs nobody else holds any more (a consumed logits chunk) go first.
+    cache.retain(|(source, _, _)| !source.is_unique());
+    let packed = std::sync::Arc::new(super::amx::PackedA::new(view));
+    if cache.len() == PACKED_INPUTS_KEPT {
+        cache.remove(0);
+    }
+    cache.push((t.clone(), key, packed.clone()));
+    packed
+}
+
+/// `a · b` on AMX; `b` is packed through the weight cache when `b_is_frozen`, `a` through
+/// the input cache.
 #[cfg(target_arch = "x86_64")]
 fn amx_matmul(a: &FlexTensor, b: &FlexTensor, b_is_frozen: bool) -> Option<FlexTensor> {
     use super::amx;
@@ -412,7 +440,8 @@ fn amx_matmul(a: &FlexTensor, b: &FlexTensor, b_is_frozen: bool) -> Option<FlexT
     if sa.cols != sb.rows {
         return None;
     }
-    let out = if b_is_frozen { amx::matmul_packed(sa, &packed_weight(b, sb)) } else { amx::matmul(sa, sb) };
+    let pa = packed_input(a, sa);
+    let out = if b_is_frozen { amx::matmul_packed(&pa, &packed_weight(b, sb)) } else { amx::matmul_packed(&pa, &amx::PackedB::new(sb)) };
     Some(tensor(out, &[sa.rows, sb.cols]))
 }
 
