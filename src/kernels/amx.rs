@@ -181,91 +181,56 @@ fn row_block(a_panel: &[u16], packed_b: &[u16], k_tiles: usize, n: usize, blocks
 /// A in tile order: for each block of 32 rows, for each 32-wide slice of k, two tiles (rows
 /// 0–15 and 16–31) of 16 rows × 32 bf16. Rows and k past the end are zero.
 fn pack_rows(a: Strided, k_tiles: usize) -> Vec<u16> {
-    let m_blocks = a.rows.div_ceil(BLOCK);
-    let mut packed = vec![0u16; m_blocks * k_tiles * 2 * TILE_VALUES];
-    packed.par_chunks_mut(k_tiles * 2 * TILE_VALUES).enumerate().for_each(|(mb, panel)| pack_row_panel(a, mb, panel));
-    packed
-}
-
-#[inline(never)]
-fn pack_row_panel(a: Strided, mb: usize, panel: &mut [u16]) {
-    for (t, tile) in panel.chunks_exact_mut(TILE_VALUES).enumerate() {
-        let (kt, half) = (t / 2, t % 2);
-        let i0 = mb * BLOCK + half * TILE_ROWS;
-        let k0 = kt * TILE_K;
-        let rows = TILE_ROWS.min(a.rows.saturating_sub(i0));
-        let width = TILE_K.min(a.cols.saturating_sub(k0));
-        if rows == 0 || width == 0 {
-            continue;
-        }
-        if a.col_stride == 1 {
-            // Rows are contiguous: convert 32 values at a time.
-            for r in 0..rows {
-                let src = &a.data[a.offset + (i0 + r) * a.row_stride + k0..][..width];
-                for (d, s) in tile[r * TILE_K..][..width].iter_mut().zip(src) {
-                    *d = to_bf16(*s);
-                }
-            }
-        } else if a.row_stride == 1 {
-            // A transposed view: columns are contiguous.
-            for kk in 0..width {
-                let src = &a.data[a.offset + (k0 + kk) * a.col_stride + i0..][..rows];
-                for (r, s) in src.iter().enumerate() {
-                    tile[r * TILE_K + kk] = to_bf16(*s);
-                }
-            }
-        } else {
-            for r in 0..rows {
-                for kk in 0..width {
-                    tile[r * TILE_K + kk] = to_bf16(a.at(i0 + r, k0 + kk));
-                }
-            }
-        }
-    }
+    pack(a, k_tiles, |r, kk| r * TILE_K + kk)
 }
 
 /// B in tile order, pairs of k interleaved (the layout `tdpbf16ps` reads): for each block of
 /// 32 columns, for each 32-deep slice of k, two tiles (columns 0–15 and 16–31) whose row
 /// `p` holds `(b[2p][c], b[2p+1][c])` for 16 columns `c`. Past the end is zero.
 fn pack_columns(b: Strided, k_tiles: usize) -> Vec<u16> {
-    let n_blocks = b.cols.div_ceil(BLOCK);
-    let mut packed = vec![0u16; n_blocks * k_tiles * 2 * TILE_VALUES];
-    packed.par_chunks_mut(k_tiles * 2 * TILE_VALUES).enumerate().for_each(|(nb, panel)| pack_column_panel(b, nb, panel));
+    pack(b.t(), k_tiles, |c, kk| (kk / 2) * 2 * TILE_ROWS + 2 * c + kk % 2)
+}
+
+/// Packs `x` (`[lines, k]`: A's rows, or B's columns) a block of 32 lines at a time, each
+/// tile holding 16 lines × 32 of k; `slot(line, kk)` places a value within its tile.
+fn pack(x: Strided, k_tiles: usize, slot: impl Fn(usize, usize) -> usize + Sync) -> Vec<u16> {
+    let blocks = x.rows.div_ceil(BLOCK);
+    let mut packed = vec![0u16; blocks * k_tiles * 2 * TILE_VALUES];
+    packed.par_chunks_mut(k_tiles * 2 * TILE_VALUES).enumerate().for_each(|(block, panel)| pack_panel(x, block, panel, &slot));
     packed
 }
 
 #[inline(never)]
-fn pack_column_panel(b: Strided, nb: usize, panel: &mut [u16]) {
+fn pack_panel(x: Strided, block: usize, panel: &mut [u16], slot: &impl Fn(usize, usize) -> usize) {
     for (t, tile) in panel.chunks_exact_mut(TILE_VALUES).enumerate() {
         let (kt, half) = (t / 2, t % 2);
-        let c0 = nb * BLOCK + half * TILE_ROWS;
+        let l0 = block * BLOCK + half * TILE_ROWS;
         let k0 = kt * TILE_K;
-        let cols = TILE_ROWS.min(b.cols.saturating_sub(c0));
-        let depth = TILE_K.min(b.rows.saturating_sub(k0));
-        if cols == 0 || depth == 0 {
+        let lines = TILE_ROWS.min(x.rows.saturating_sub(l0));
+        let depth = TILE_K.min(x.cols.saturating_sub(k0));
+        if lines == 0 || depth == 0 {
             continue;
         }
-        // Value (k0 + kk, c0 + c) goes to row kk / 2, slot 2c + kk % 2.
-        if b.col_stride == 1 {
-            for kk in 0..depth {
-                let src = &b.data[b.offset + (k0 + kk) * b.row_stride + c0..][..cols];
-                let row = &mut tile[(kk / 2) * 2 * TILE_ROWS..][..2 * TILE_ROWS];
-                for (c, s) in src.iter().enumerate() {
-                    row[2 * c + kk % 2] = to_bf16(*s);
+        if x.col_stride == 1 {
+            // Each line is contiguous in k.
+            for l in 0..lines {
+                let src = &x.data[x.offset + (l0 + l) * x.row_stride + k0..][..depth];
+                for (kk, v) in src.iter().enumerate() {
+                    tile[slot(l, kk)] = to_bf16(*v);
                 }
             }
-        } else if b.row_stride == 1 {
-            // A transposed view (a weight stored [out, in]): each column is contiguous in k.
-            for c in 0..cols {
-                let src = &b.data[b.offset + (c0 + c) * b.col_stride + k0..][..depth];
-                for (kk, s) in src.iter().enumerate() {
-                    tile[(kk / 2) * 2 * TILE_ROWS + 2 * c + kk % 2] = to_bf16(*s);
+        } else if x.row_stride == 1 {
+            // A transposed view: each slice of k is contiguous across lines.
+            for kk in 0..depth {
+                let src = &x.data[x.offset + (k0 + kk) * x.col_stride + l0..][..lines];
+                for (l, v) in src.iter().enumerate() {
+                    tile[slot(l, kk)] = to_bf16(*v);
                 }
             }
         } else {
-            for kk in 0..depth {
-                for c in 0..cols {
-                    tile[(kk / 2) * 2 * TILE_ROWS + 2 * c + kk % 2] = to_bf16(b.at(k0 + kk, c0 + c));
+            for l in 0..lines {
+                for kk in 0..depth {
+                    tile[slot(l, kk)] = to_bf16(x.at(l0 + l, k0 + kk));
                 }
             }
         }
