@@ -119,11 +119,6 @@ impl PackedB {
         let k_tiles = b.rows.div_ceil(TILE_K).max(1);
         Self { values: pack_columns(b, k_tiles), k: b.rows, n: b.cols }
     }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.values.len() * 2
-    }
 }
 
 /// [`matmul`] on packed operands.

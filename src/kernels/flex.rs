@@ -448,11 +448,7 @@ fn amx_matmul(a: &FlexTensor, b: &FlexTensor, b_is_frozen: bool) -> Option<FlexT
 /// The transpose of a 2-D flex tensor, as a view.
 #[cfg(target_arch = "x86_64")]
 fn transposed(t: &FlexTensor) -> FlexTensor {
-    let l = t.layout();
-    let shape = l.shape();
-    let strides = l.strides();
-    let layout = burn_flex::Layout::new(burn::tensor::Shape::from(vec![shape[1], shape[0]]), vec![strides[1], strides[0]], l.start_offset());
-    t.clone().with_layout(layout)
+    t.clone().with_layout(t.layout().transpose(0, 1))
 }
 
 /// A bf16 matmul on AMX tiles; `None` without AMX (or off x86-64), for other dtypes and
