@@ -480,6 +480,27 @@ pub fn matmul_bf16<B: Backend>(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> Option<Ten
     None
 }
 
+/// See `kernels::matmul_bf16_host_weight`.
+#[cfg(target_arch = "x86_64")]
+pub fn matmul_bf16_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: bool, w: impl FnOnce() -> Vec<f32>) -> Result<P, P> {
+    let back = |t: FlexTensor| downcast::<FlexTensor, P>(t).unwrap_or_else(|_| unreachable!("P is FlexTensor"));
+    if !super::amx::available() {
+        return Err(x);
+    }
+    let x = downcast::<P, FlexTensor>(x)?;
+    let Some(sx) = strided(&x) else { return Err(back(x)) };
+    let [rows, cols] = shape;
+    if sx.cols != if transposed { cols } else { rows } {
+        return Err(back(x));
+    }
+    let values = w();
+    let view = super::amx::Strided { data: &values, offset: 0, rows, cols, row_stride: cols, col_stride: 1 };
+    let view = if transposed { view.t() } else { view };
+    // The input goes through the input cache: q, k and v of a quantized layer share it.
+    let y = super::amx::matmul_packed(&packed_input(&x, sx), &super::amx::PackedB::new(view));
+    Ok(back(tensor(y, &[sx.rows, view.cols])))
+}
+
 #[derive(Debug)]
 struct MatmulBf16Backward;
 

@@ -47,6 +47,20 @@ pub fn matmul_bf16<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2>
     matmul_bf16_composed(a, b)
 }
 
+/// `x · w` (`x · wᵀ` when `transposed`) in bf16 on AMX tiles for a right operand made on the
+/// host for this one product (QLoRA's dequantized weight, `shape` row-major): `w` is called
+/// only when the product runs here, packed straight from its values and not kept. `Err(x)`
+/// unless `P` is flex's f32 primitive and the CPU has AMX.
+pub fn matmul_bf16_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: bool, w: impl FnOnce() -> Vec<f32>) -> Result<P, P> {
+    #[cfg(all(feature = "flex", target_arch = "x86_64"))]
+    return flex::matmul_bf16_host_weight(x, shape, transposed, w);
+    #[cfg(not(all(feature = "flex", target_arch = "x86_64")))]
+    {
+        let _ = (shape, transposed, w);
+        Err(x)
+    }
+}
+
 pub fn matmul_bf16_composed<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     use burn::tensor::FloatDType;
     a.cast(FloatDType::BF16).matmul(b.cast(FloatDType::BF16)).cast(FloatDType::F32)
@@ -291,6 +305,31 @@ mod tests {
         // Rounding really happens: 1 + 2⁻¹⁰ is 1 in bf16.
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0 + 2f32.powi(-10)], [1, 1]), &Default::default());
         assert_eq!(matmul_bf16(x.clone(), x).into_data().to_vec::<f32>().unwrap(), vec![1.0]);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_product_with_a_host_weight_matches_the_composed_ops() {
+        if !amx::available() {
+            eprintln!("AMX is not available on this machine: the bf16 kernel is not exercised");
+            return;
+        }
+        // QLoRA's two products: x · Wᵀ forward and dy · W backward, W `[out, in]` on the host.
+        let (n, out_features, in_features) = (37, 70, 96);
+        let w = random::<Flex, 2>([out_features, in_features], 1.0);
+        let values = || w.clone().into_data().to_vec::<f32>().unwrap();
+        for (x, transposed, dense) in [(random::<Flex, 2>([n, in_features], 1.0), true, w.clone().transpose()), (random::<Flex, 2>([n, out_features], 1.0), false, w.clone())] {
+            let y = matmul_bf16_host_weight(x.clone().into_primitive().tensor(), [out_features, in_features], transposed, values).unwrap_or_else(|_| panic!("AMX takes a flex f32 input (transposed = {transposed})"));
+            let y = Tensor::<Flex, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(y));
+            assert_close(y, matmul_bf16_composed(x, dense), 1e-2);
+        }
+        // An input that does not chain with the weight is handed back, the weight never made.
+        let x = random::<Flex, 2>([n, out_features], 1.0).into_primitive().tensor();
+        assert!(matmul_bf16_host_weight(x, [out_features, in_features], true, || unreachable!("not asked for")).is_err());
+        // Rounding really happens: 1 + 2⁻¹⁰ is 1 in bf16.
+        let one = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0 + 2f32.powi(-10)], [1, 1]), &Default::default());
+        let y = matmul_bf16_host_weight(one.into_primitive().tensor(), [1, 1], false, || vec![1.0 + 2f32.powi(-10)]).ok().unwrap();
+        assert_eq!(Tensor::<Flex, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(y)).into_data().to_vec::<f32>().unwrap(), vec![1.0]);
     }
 
     #[test]
