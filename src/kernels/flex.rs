@@ -369,66 +369,57 @@ fn strided(t: &FlexTensor) -> Option<super::amx::Strided<'_>> {
     Some(super::amx::Strided { data: t.storage::<f32>(), offset: layout.start_offset(), rows: shape[0], cols: shape[1], row_stride: strides[0] as usize, col_stride: strides[1] as usize })
 }
 
-/// Packed bf16 forms of frozen right-hand operands (weights), so that a weight is rounded
-/// and reordered once rather than in every step's forward and backward passes. Each entry
+/// Packed bf16 forms of operands, keyed by their buffer's address and their view. Each entry
 /// holds a clone of its source tensor: the buffer can then be neither freed (so its address
-/// identifies it) nor written in place (flex copies shared buffers on write). An entry whose
-/// source nobody else holds any more is dropped on the next insertion.
+/// identifies it) nor written in place (flex copies shared buffers on write). Entries whose
+/// source nobody else holds any more are dropped on the next insertion; `capacity` bounds
+/// the rest, oldest first.
 #[cfg(target_arch = "x86_64")]
-struct PackedWeight {
-    source: FlexTensor,
-    offset: usize,
-    shape: [usize; 2],
-    strides: [usize; 2],
-    packed: std::sync::Arc<super::amx::PackedB>,
+struct PackCache<T> {
+    entries: Vec<(FlexTensor, [usize; 6], std::sync::Arc<T>)>,
+    capacity: Option<usize>,
 }
 
 #[cfg(target_arch = "x86_64")]
-static PACKED_WEIGHTS: std::sync::Mutex<Vec<PackedWeight>> = std::sync::Mutex::new(Vec::new());
+impl<T> PackCache<T> {
+    const fn new(capacity: Option<usize>) -> Self {
+        Self { entries: Vec::new(), capacity }
+    }
+
+    fn get_or_pack(cache: &std::sync::Mutex<Self>, source: &FlexTensor, view: super::amx::Strided, pack: impl FnOnce(super::amx::Strided) -> T) -> std::sync::Arc<T> {
+        let key = [view.data.as_ptr() as usize, view.offset, view.rows, view.cols, view.row_stride, view.col_stride];
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, packed)) = cache.entries.iter().find(|(_, k, _)| *k == key) {
+            return packed.clone();
+        }
+        cache.entries.retain(|(source, _, _)| !source.is_unique());
+        if cache.capacity.is_some_and(|c| cache.entries.len() >= c) {
+            cache.entries.remove(0);
+        }
+        let packed = std::sync::Arc::new(pack(view));
+        cache.entries.push((source.clone(), key, packed.clone()));
+        packed
+    }
+}
+
+/// Frozen right-hand operands (weights): rounded and reordered once rather than in every
+/// step's forward and backward passes.
+#[cfg(target_arch = "x86_64")]
+static PACKED_WEIGHTS: std::sync::Mutex<PackCache<super::amx::PackedB>> = std::sync::Mutex::new(PackCache::new(None));
+
+/// The last few left-hand operands, so that an input feeding several products (the hidden
+/// states into q, k and v, or into a projection and its LoRA factor) is packed once.
+#[cfg(target_arch = "x86_64")]
+static PACKED_INPUTS: std::sync::Mutex<PackCache<super::amx::PackedA>> = std::sync::Mutex::new(PackCache::new(Some(4)));
 
 #[cfg(target_arch = "x86_64")]
 fn packed_weight(t: &FlexTensor, view: super::amx::Strided) -> std::sync::Arc<super::amx::PackedB> {
-    let same = |e: &PackedWeight| {
-        std::ptr::eq(e.source.storage::<f32>().as_ptr(), view.data.as_ptr())
-            && e.offset == view.offset
-            && e.shape == [view.rows, view.cols]
-            && e.strides == [view.row_stride, view.col_stride]
-    };
-    let mut cache = PACKED_WEIGHTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(e) = cache.iter().find(|e| same(e)) {
-        return e.packed.clone();
-    }
-    cache.retain(|e| !e.source.is_unique());
-    let packed = std::sync::Arc::new(super::amx::PackedB::new(view));
-    cache.push(PackedWeight { source: t.clone(), offset: view.offset, shape: [view.rows, view.cols], strides: [view.row_stride, view.col_stride], packed: packed.clone() });
-    packed
+    PackCache::get_or_pack(&PACKED_WEIGHTS, t, view, super::amx::PackedB::new)
 }
-
-/// The last few left-hand operands packed, so that an input feeding several products (the
-/// hidden states into q, k and v, or into a projection and its LoRA factor) is packed once.
-/// Entries hold their source, as the weight cache does, so a buffer cannot be reused or
-/// written in place while its packing is kept.
-#[cfg(target_arch = "x86_64")]
-static PACKED_INPUTS: std::sync::Mutex<Vec<(FlexTensor, [usize; 6], std::sync::Arc<super::amx::PackedA>)>> = std::sync::Mutex::new(Vec::new());
-
-#[cfg(target_arch = "x86_64")]
-const PACKED_INPUTS_KEPT: usize = 4;
 
 #[cfg(target_arch = "x86_64")]
 fn packed_input(t: &FlexTensor, view: super::amx::Strided) -> std::sync::Arc<super::amx::PackedA> {
-    let key = [view.data.as_ptr() as usize, view.offset, view.rows, view.cols, view.row_stride, view.col_stride];
-    let mut cache = PACKED_INPUTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, packed)) = cache.iter().find(|(_, k, _)| *k == key) {
-        return packed.clone();
-    }
-    // Inputs nobody else holds any more (a consumed logits chunk) go first.
-    cache.retain(|(source, _, _)| !source.is_unique());
-    let packed = std::sync::Arc::new(super::amx::PackedA::new(view));
-    if cache.len() == PACKED_INPUTS_KEPT {
-        cache.remove(0);
-    }
-    cache.push((t.clone(), key, packed.clone()));
-    packed
+    PackCache::get_or_pack(&PACKED_INPUTS, t, view, super::amx::PackedA::new)
 }
 
 /// `a · b` on AMX; `b` is packed through the weight cache when `b_is_frozen`, `a` through
