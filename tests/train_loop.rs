@@ -15,7 +15,7 @@ use runner::peft::lora::LoraConfig;
 use runner::peft::Targets;
 use runner::train::checkpoint::{self, CheckpointError};
 use runner::precision::{LossScale, Precision};
-use runner::train::{AdamWConfig, Schedule, ScheduleKind, TrainError, TrainOptions, Trainer};
+use runner::train::{AdamWConfig, Progress, Schedule, ScheduleKind, TrainError, TrainOptions, Trainer};
 
 type B = Autodiff<Flex>;
 
@@ -162,34 +162,52 @@ fn run(model: &mut Llama<B>, t: &mut Trainer<B>, skip: usize, steps: usize) -> V
     Batches::new(examples(), opts).map(|group| t.step(model, &collate(&group.unwrap())).unwrap().loss).collect()
 }
 
-#[test]
-fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run() {
-    // Dropout, a warmup + cosine schedule and accumulation all carry state across steps.
-    let options = TrainOptions { accumulate: 2, max_grad_norm: Some(1.0), ..Default::default() };
+/// What an interrupted run left: the model trained straight through, the model that resumed
+/// from the checkpoint, what loading reported, and the counters as loaded.
+struct Resumed {
+    straight: Llama<B>,
+    resumed: Llama<B>,
+    report: checkpoint::LoadReport,
+    loaded: Progress,
+}
+
+/// Trains `total` steps straight through; then again, stopping after `stop` steps to save a
+/// checkpoint (after `before_save` has looked at the trainer) and resuming from it with a
+/// fresh model and trainer, as a new process would. Asserts the two loss curves agree.
+fn interrupt_and_resume(options: TrainOptions, stop: usize, total: usize, before_save: impl FnOnce(&mut Trainer<B>)) -> Resumed {
     let mut straight = model_with_lora(0.1);
     let mut t = trainer(options.clone(), 11);
-    let expected = run(&mut straight, &mut t, 0, 7);
+    let expected = run(&mut straight, &mut t, 0, total);
 
     let dir = tempfile::tempdir().unwrap();
     let mut first = model_with_lora(0.1);
     let mut t1 = trainer(options.clone(), 11);
-    let mut losses = run(&mut first, &mut t1, 0, 3);
+    let mut losses = run(&mut first, &mut t1, 0, stop);
+    before_save(&mut t1);
     checkpoint::save(dir.path(), &t1, &mut first, Some("recipe-hash"), 2).unwrap();
     drop((first, t1));
 
-    // A fresh process: the base model as loaded, the same adapter attached, a new trainer.
+    // The base model as loaded, the same adapter attached, a new trainer.
     let mut resumed = model_with_lora(0.1);
-    let mut t2 = trainer(options, 11);
-    let report = checkpoint::load(dir.path(), &mut t2, &mut resumed, Some("recipe-hash")).unwrap();
-    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-    assert_eq!((t2.steps(), t2.progress.batches), (3, 3));
-    let position = t2.progress.batches;
-    losses.extend(run(&mut resumed, &mut t2, position, 4));
+    let mut trainer = trainer(options, 11);
+    let report = checkpoint::load(dir.path(), &mut trainer, &mut resumed, Some("recipe-hash")).unwrap();
+    let loaded = trainer.progress.clone();
+    losses.extend(run(&mut resumed, &mut trainer, loaded.batches, total - stop));
 
     assert_eq!(losses.len(), expected.len());
     for (i, (a, b)) in losses.iter().zip(&expected).enumerate() {
         assert!((a - b).abs() < 1e-6, "step {}: resumed {a} vs uninterrupted {b}", i + 1);
     }
+    Resumed { straight, resumed, report, loaded }
+}
+
+#[test]
+fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run() {
+    // Dropout, a warmup + cosine schedule and accumulation all carry state across steps.
+    let options = TrainOptions { accumulate: 2, max_grad_norm: Some(1.0), ..Default::default() };
+    let Resumed { mut straight, mut resumed, report, loaded } = interrupt_and_resume(options, 3, 7, |_| ());
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_eq!((loaded.step, loaded.batches), (3, 3));
     let d = max_diff(&snapshot(&mut resumed), &snapshot(&mut straight));
     assert!(d < 1e-6, "final weights differ by {d}");
 }
@@ -385,24 +403,11 @@ fn f16_overflow_lowers_the_loss_scale_without_counting_as_divergence() {
 #[test]
 fn f16_resume_restores_the_loss_scale() {
     let options = TrainOptions { precision: Precision::Fp16, ..Default::default() };
-    let mut straight = model_with_lora(0.1);
-    let mut t = trainer(options.clone(), 11);
-    let expected = run(&mut straight, &mut t, 0, 4);
-
-    let dir = tempfile::tempdir().unwrap();
-    let mut first = model_with_lora(0.1);
-    let mut t1 = trainer(options.clone(), 11);
-    let mut losses = run(&mut first, &mut t1, 0, 2);
-    t1.progress.loss_scale.as_mut().unwrap().clean_steps = 1234;
-    let saved = t1.progress.loss_scale;
-    checkpoint::save(dir.path(), &t1, &mut first, None, 2).unwrap();
-
-    let mut resumed = model_with_lora(0.1);
-    let mut t2 = trainer(options, 11);
-    checkpoint::load(dir.path(), &mut t2, &mut resumed, None).unwrap();
-    assert_eq!(t2.progress.loss_scale, saved);
-    losses.extend(run(&mut resumed, &mut t2, 2, 2));
-    for (i, (a, b)) in losses.iter().zip(&expected).enumerate() {
-        assert!((a - b).abs() < 1e-6, "step {}: resumed {a} vs uninterrupted {b}", i + 1);
-    }
+    let mut saved = None;
+    let resumed = interrupt_and_resume(options, 2, 4, |t| {
+        t.progress.loss_scale.as_mut().unwrap().clean_steps = 1234;
+        saved = t.progress.loss_scale;
+    });
+    assert!(saved.is_some());
+    assert_eq!(resumed.loaded.loss_scale, saved);
 }
