@@ -148,6 +148,104 @@ pub fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
     out
 }
 
+/// The widest thin side [`thin_transposed_matmul`] takes (LoRA ranks up to 16).
+pub const THIN_MAX: usize = 16;
+
+/// `round_bf16(round_bf16(u)ᵀ · round_bf16(v))` with f32 accumulation, `[u.cols, v.cols]`
+/// row-major, for a thin `u` (`[t, r]`, r ≤ [`THIN_MAX`]) against a tall `v` (`[t, n]`, rows
+/// of contiguous values): the weight gradient of a low-rank factor (LoRA's `hᵀ·dy` and
+/// `dhᵀ·x`). Tiles would first pack the whole tall operand; this reads it once, rounding on
+/// the fly, on AVX-512. `None` for other shapes and layouts or without AVX-512.
+pub fn thin_transposed_matmul(u: Strided, v: Strided) -> Option<Vec<f32>> {
+    let (t, r, n) = (u.rows, u.cols, v.cols);
+    if v.rows != t || r == 0 || r > THIN_MAX || v.col_stride != 1 || !v.covers_its_data() || !u.covers_its_data() || !std::arch::is_x86_feature_detected!("avx512f") {
+        return None;
+    }
+    // u rounded, each row padded to whole groups of RANK_GROUP (zeros add nothing).
+    let groups = r.div_ceil(RANK_GROUP);
+    let width = groups * RANK_GROUP;
+    let mut thin = vec![0f32; t * width];
+    for i in 0..t {
+        for k in 0..r {
+            thin[i * width + k] = from_bf16(to_bf16(u.at(i, k)));
+        }
+    }
+    let column_groups: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(THIN_COLUMNS))
+        .into_par_iter()
+        .map(|g| {
+            let (first, cols) = (g * THIN_COLUMNS, THIN_COLUMNS.min(n - g * THIN_COLUMNS));
+            let mut acc = vec![0f32; width * THIN_COLUMNS];
+            for group in 0..groups {
+                // SAFETY: AVX-512 was detected above; `v` covers rows 0..t of columns
+                // first..first + cols, `thin` holds t rows of `width`, and `acc` the group's
+                // RANK_GROUP rows of THIN_COLUMNS.
+                unsafe { thin_kernel(&thin, width, group * RANK_GROUP, v, first, cols, &mut acc[group * RANK_GROUP * THIN_COLUMNS..][..RANK_GROUP * THIN_COLUMNS]) };
+            }
+            (first, acc)
+        })
+        .collect();
+    let mut out = vec![0f32; r * n];
+    for (first, acc) in column_groups {
+        let cols = THIN_COLUMNS.min(n - first);
+        for k in 0..r {
+            for (o, a) in out[k * n + first..][..cols].iter_mut().zip(&acc[k * THIN_COLUMNS..][..cols]) {
+                *o = from_bf16(to_bf16(*a));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Thin rows accumulated together (8 × 3 vectors of accumulators stay in registers).
+const RANK_GROUP: usize = 8;
+/// Columns of `v` per task: three 16-lane vectors.
+const THIN_COLUMNS: usize = 48;
+
+/// `acc[k][j] += Σ_i thin[i][first_rank + k] · round_bf16(v[i][first + j])` for the group's
+/// RANK_GROUP ranks and `cols` ≤ THIN_COLUMNS columns.
+#[target_feature(enable = "avx512f")]
+unsafe fn thin_kernel(thin: &[f32], width: usize, first_rank: usize, v: Strided, first: usize, cols: usize, acc: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let masks: [__mmask16; 3] = std::array::from_fn(|q| {
+        let lanes = cols.saturating_sub(q * 16).min(16);
+        ((1u32 << lanes) - 1) as __mmask16
+    });
+    let mut sums = [[_mm512_setzero_ps(); 3]; RANK_GROUP];
+    let (round_bias, low_bit, keep_high, abs_mask, infinity) = (
+        _mm512_set1_epi32(0x7FFF),
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(0xFFFF_0000u32 as i32),
+        _mm512_set1_epi32(0x7FFF_FFFF),
+        _mm512_set1_epi32(0x7F80_0000),
+    );
+    // Round to nearest even bf16 as `to_bf16` does, NaN to a quiet NaN of the same sign.
+    let round = |x: __m512| -> __m512 {
+        let bits = _mm512_castps_si512(x);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), low_bit);
+        let rounded = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(bits, round_bias), lsb), keep_high);
+        let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(bits, abs_mask), infinity);
+        let quiet = _mm512_and_si512(_mm512_or_si512(bits, _mm512_set1_epi32(0x7FC0_0000)), _mm512_set1_epi32(0xFFC0_0000u32 as i32));
+        _mm512_castsi512_ps(_mm512_mask_mov_epi32(rounded, nan, quiet))
+    };
+    for i in 0..v.rows {
+        let row = v.data.as_ptr().wrapping_add(v.offset + i * v.row_stride + first);
+        let x: [__m512; 3] = std::array::from_fn(|q| round(unsafe { _mm512_maskz_loadu_ps(masks[q], row.wrapping_add(q * 16)) }));
+        let t = &thin[i * width + first_rank..][..RANK_GROUP];
+        for k in 0..RANK_GROUP {
+            let u = _mm512_set1_ps(t[k]);
+            for q in 0..3 {
+                sums[k][q] = _mm512_fmadd_ps(u, x[q], sums[k][q]);
+            }
+        }
+    }
+    for k in 0..RANK_GROUP {
+        for q in 0..3 {
+            let dst = &mut acc[k * THIN_COLUMNS + q * 16..][..16];
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(dst.as_ptr()), sums[k][q])) };
+        }
+    }
+}
+
 /// Packed B that one pass over the row blocks reads: half of a 2 MiB L2.
 const B_GROUP_BYTES: usize = 1 << 19;
 
@@ -328,6 +426,46 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn thin_products_match_the_bf16_reference() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("no AVX-512 on this machine: the thin kernel is not exercised");
+            return;
+        }
+        // Ranks below, at and above one group of 8; widths ragged against 16 and 48 lanes.
+        for &(t, r, n) in &[(1, 1, 1), (37, 8, 50), (300, 3, 576), (129, 12, 97), (64, 16, 48), (1030, 8, 1536)] {
+            let (uv, vv) = (values(t * r + 3, 5), values(t * n + 7, 6));
+            // An offset and a row stride wider than the row, as a slice of a larger buffer.
+            let u = Strided { data: &uv, offset: 3, rows: t, cols: r, row_stride: r, col_stride: 1 };
+            let v = Strided { data: &vv, offset: 7, rows: t, cols: n - 1, row_stride: n, col_stride: 1 };
+            let got = thin_transposed_matmul(u, v).expect("a thin product");
+            let want = reference(u.t(), v);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // The output is rounded to bf16: within one bf16 unit of the exact sum.
+                assert!((g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6, "t={t} r={r} n={n} at {i}: {g} vs {w}");
+            }
+        }
+        // A transposed view of u works (it is read element by element); v must have rows of
+        // contiguous values, and the thin side be at most THIN_MAX wide.
+        let vv = values(40 * 30, 1);
+        let v = Strided { data: &vv, offset: 0, rows: 40, cols: 30, row_stride: 30, col_stride: 1 };
+        let uv = values(40 * 4, 2);
+        let u = Strided { data: &uv, offset: 0, rows: 4, cols: 40, row_stride: 40, col_stride: 1 }.t();
+        let columns = Strided { data: &vv, offset: 0, rows: 30, cols: 40, row_stride: 40, col_stride: 1 }.t();
+        assert!(thin_transposed_matmul(u, Strided { cols: 4, ..columns }).is_none(), "v's rows are not contiguous");
+        assert!(thin_transposed_matmul(v, v).is_none(), "30 is wider than THIN_MAX");
+        let want = reference(u.t(), v);
+        let got = thin_transposed_matmul(u, v).unwrap();
+        assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6));
+        // NaN stays NaN; 1 + 2⁻¹⁰ rounds to 1 in both operands.
+        let one = [1.0 + 2f32.powi(-10)];
+        let s = Strided { data: &one, offset: 0, rows: 1, cols: 1, row_stride: 1, col_stride: 1 };
+        assert_eq!(thin_transposed_matmul(s, s).unwrap(), vec![1.0]);
+        let nan = [f32::NAN];
+        let s = Strided { data: &nan, offset: 0, rows: 1, cols: 1, row_stride: 1, col_stride: 1 };
+        assert!(thin_transposed_matmul(s, s).unwrap()[0].is_nan());
     }
 
     #[test]

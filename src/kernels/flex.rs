@@ -471,6 +471,24 @@ pub fn matmul_bf16<B: Backend>(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> Option<Ten
     None
 }
 
+/// `aᵀ·dy` in bf16 when one side is thin (a low-rank factor's gradient: LoRA's `hᵀ·dy` for
+/// B, `xᵀ·dh` for A) without packing the tall operand into tiles; `None` otherwise.
+#[cfg(target_arch = "x86_64")]
+fn thin_weight_gradient(a: &FlexTensor, dy: &FlexTensor) -> Option<FlexTensor> {
+    use super::amx::{thin_transposed_matmul, THIN_MAX};
+    let (sa, sd) = (strided(a)?, strided(dy)?);
+    if sa.cols <= THIN_MAX {
+        return Some(tensor(thin_transposed_matmul(sa, sd)?, &[sa.cols, sd.cols]));
+    }
+    if sd.cols <= THIN_MAX {
+        // (dyᵀ·a)ᵀ: the result is as small as the thin side, so the transpose costs nothing.
+        let t = thin_transposed_matmul(sd, sa)?;
+        let (rows, cols) = (sa.cols, sd.cols);
+        return Some(tensor((0..rows * cols).map(|i| t[(i % cols) * rows + i / cols]).collect(), &[rows, cols]));
+    }
+    None
+}
+
 /// See `kernels::matmul_bf16_host_weight`.
 #[cfg(target_arch = "x86_64")]
 pub fn matmul_bf16_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: bool, w: impl FnOnce() -> Vec<f32>) -> Result<P, P> {
@@ -512,7 +530,7 @@ impl Backward<Flex, 2> for MatmulBf16Backward {
             grads.register::<Flex>(node.id, da);
         }
         if let Some(node) = pb {
-            let db = amx_matmul(&transposed(&a), &dy, false).expect("f32 operands");
+            let db = thin_weight_gradient(&a, &dy).unwrap_or_else(|| amx_matmul(&transposed(&a), &dy, false).expect("f32 operands"));
             grads.register::<Flex>(node.id, db);
         }
     }
