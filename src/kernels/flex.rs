@@ -483,8 +483,7 @@ fn thin_weight_gradient(a: &FlexTensor, dy: &FlexTensor) -> Option<FlexTensor> {
     if sd.cols <= THIN_MAX {
         // (dyᵀ·a)ᵀ: the result is as small as the thin side, so the transpose costs nothing.
         let t = thin_transposed_matmul(sd, sa)?;
-        let (rows, cols) = (sa.cols, sd.cols);
-        return Some(tensor((0..rows * cols).map(|i| t[(i % cols) * rows + i / cols]).collect(), &[rows, cols]));
+        return Some(tensor(crate::model::load::build::transpose(&t, sd.cols, sa.cols), &[sa.cols, sd.cols]));
     }
     None
 }
