@@ -9,6 +9,69 @@ use rayon::prelude::*;
 /// Rows per rayon task: enough work per task that scheduling stays negligible.
 const MIN_ROWS: usize = 16;
 
+/// Defines a kernel body compiled three times, for the baseline x86-64 target (SSE2: four
+/// lanes), with AVX2 + FMA (eight) and with AVX-512 (sixteen), and picks one at run time by
+/// what the CPU has. The crate is built for the baseline, so without this the fused kernels
+/// would run 4-wide even on CPUs with 8- or 16-wide vectors. The body and everything it calls
+/// must be `#[inline(always)]` for the wider code to reach it.
+macro_rules! simd_kernel {
+    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                match simd_level() {
+                    // SAFETY: the CPU has the features each variant is compiled for.
+                    SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    SimdLevel::Baseline => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// The widest vector code [`simd_kernel`]s may run here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// What this CPU allows, unless `RUNNER_SIMD=baseline|avx2` asks for less (to compare them).
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("RUNNER_SIMD").as_deref() {
+            Ok("baseline") => SimdLevel::Baseline,
+            Ok("avx2") => SimdLevel::Avx2,
+            _ => SimdLevel::Avx512,
+        };
+        detected_simd_level().min(cap)
+    })
+}
+
+fn detected_simd_level() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return SimdLevel::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return SimdLevel::Avx2;
+        }
+    }
+    SimdLevel::Baseline
+}
+
 /// `e^x` for `f32`, written so that the compiler vectorises loops over it (no libm call, and
 /// no `mul_add`, which is a libm call without FMA in the baseline target):
 /// `x = n·ln2 + r` with `|r| ≤ ln2/2`, a degree-7 Taylor polynomial for `e^r` (relative error
@@ -49,6 +112,7 @@ pub fn sigmoid(x: f32) -> f32 {
 /// operations.
 const LANES: usize = 16;
 
+#[inline(always)]
 fn sum(xs: &[f32]) -> f32 {
     let chunks = xs.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -61,6 +125,7 @@ fn sum(xs: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
@@ -74,6 +139,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `Σ a·b·c`.
+#[inline(always)]
 fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
     let (ca, cb, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder()).map(|((x, y), z)| x * y * z).sum();
@@ -87,6 +153,7 @@ fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
 }
 
 /// The largest value (NaN-free input assumed; a NaN is skipped, as in `f32::max`).
+#[inline(always)]
 fn max(xs: &[f32]) -> f32 {
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
@@ -99,41 +166,42 @@ fn max(xs: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &x| if x > m { x } else { m })
 }
 
-/// In place: `row = softmax(scale · row + mask)`.
-fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
-    for (p, &m) in row.iter_mut().zip(mask) {
-        *p = *p * scale + m;
+simd_kernel! {
+    /// In place: `row = softmax(scale · row + mask)`.
+    fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
+        for (p, &m) in row.iter_mut().zip(mask) {
+            *p = *p * scale + m;
+        }
+        let top = max(row);
+        row.iter_mut().for_each(|p| *p = exp(*p - top));
+        let inv = 1.0 / sum(row);
+        row.iter_mut().for_each(|p| *p *= inv);
     }
-    let top = max(row);
-    row.iter_mut().for_each(|p| *p = exp(*p - top));
-    let inv = 1.0 / sum(row);
-    row.iter_mut().for_each(|p| *p *= inv);
 }
 
 /// RMSNorm of each `d`-wide row: `y = x / sqrt(mean(x²) + eps) · w`. Writes the per-row
 /// inverse RMS to `inv_rms` for the backward pass.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv_rms: &mut [f32]) {
     let d = w.len();
-    y.par_chunks_mut(d).zip(inv_rms.par_iter_mut()).zip(x.par_chunks(d)).with_min_len(MIN_ROWS).for_each(|((y, inv), x)| {
-        let ss = dot(x, x);
-        let r = 1.0 / (ss / d as f32 + eps).sqrt();
-        *inv = r;
+    y.par_chunks_mut(d).zip(inv_rms.par_iter_mut()).zip(x.par_chunks(d)).with_min_len(MIN_ROWS).for_each(|((y, inv), x)| *inv = rms_norm_row(x, w, eps, y));
+}
+
+simd_kernel! {
+    /// One row of [`rms_norm`]; returns its inverse RMS.
+    fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> f32 {
+        let r = 1.0 / (dot(x, x) / w.len() as f32 + eps).sqrt();
         for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
             *y = x * r * w;
         }
-    });
+        r
+    }
 }
 
 /// Gradients of [`rms_norm`]: `dx` always; `dw` (summed over rows) when asked for.
 /// With `g = dy·w`: `dx = r·g − x·r³·mean(g·x)`, `dw = Σ_rows dy·x·r`.
 pub fn rms_norm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dx: &mut [f32], dw: Option<&mut [f32]>) {
     let d = w.len();
-    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(inv_rms.par_iter()).with_min_len(MIN_ROWS).for_each(|(((dx, x), dy), &r)| {
-        let c = r * r * r * dot3(x, dy, w) / d as f32;
-        for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
-            *dx = r * dy * w - c * x;
-        }
-    });
+    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(inv_rms.par_iter()).with_min_len(MIN_ROWS).for_each(|(((dx, x), dy), &r)| rms_norm_backward_row(x, w, r, dy, dx));
     if let Some(dw) = dw {
         let partial = x
             .par_chunks(d)
@@ -143,9 +211,7 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dx: 
             .fold(
                 || vec![0f32; d],
                 |mut acc, ((x, dy), &r)| {
-                    for ((a, &x), &dy) in acc.iter_mut().zip(x).zip(dy) {
-                        *a += dy * x * r;
-                    }
+                    add_scaled_product(&mut acc, x, dy, r);
                     acc
                 },
             )
@@ -160,26 +226,56 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dx: 
     }
 }
 
+simd_kernel! {
+    /// One row of [`rms_norm_backward`]'s `dx`.
+    fn rms_norm_backward_row(x: &[f32], w: &[f32], r: f32, dy: &[f32], dx: &mut [f32]) {
+        let c = r * r * r * dot3(x, dy, w) / w.len() as f32;
+        for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+            *dx = r * dy * w - c * x;
+        }
+    }
+}
+
+simd_kernel! {
+    /// `acc += a·b·r`.
+    fn add_scaled_product(acc: &mut [f32], a: &[f32], b: &[f32], r: f32) {
+        for ((acc, &a), &b) in acc.iter_mut().zip(a).zip(b) {
+            *acc += b * a * r;
+        }
+    }
+}
+
 /// SwiGLU's product: `silu(g) · u`.
 pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
-    out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| {
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+    out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| silu_mul_chunk(g, u, o));
+}
+
+simd_kernel! {
+    fn silu_mul_chunk(g: &[f32], u: &[f32], out: &mut [f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
             *o = g * sigmoid(g) * u;
         }
-    });
+    }
 }
 
 /// Gradients of [`silu_mul`]: `dg = dy·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dy·g·σ(g)`.
 pub fn silu_mul_backward(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
-    dg.par_chunks_mut(4096).zip(du.par_chunks_mut(4096)).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).zip(dy.par_chunks(4096)).for_each(
-        |((((dg, du), g), u), dy)| {
-            for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
-                let s = sigmoid(g);
-                *du = dy * g * s;
-                *dg = dy * u * s * (1.0 + g * (1.0 - s));
-            }
-        },
-    );
+    dg.par_chunks_mut(4096)
+        .zip(du.par_chunks_mut(4096))
+        .zip(g.par_chunks(4096))
+        .zip(u.par_chunks(4096))
+        .zip(dy.par_chunks(4096))
+        .for_each(|((((dg, du), g), u), dy)| silu_mul_backward_chunk(g, u, dy, dg, du));
+}
+
+simd_kernel! {
+    fn silu_mul_backward_chunk(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+        for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
+            let s = sigmoid(g);
+            *du = dy * g * s;
+            *dg = dy * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
 }
 
 /// Softmax of each `width`-wide row of `scale · scores + mask`. The mask has `mask_rows`
@@ -192,15 +288,24 @@ pub fn masked_softmax(scores: &[f32], mask: &[f32], mask_rows: usize, width: usi
     });
 }
 
+
 /// Gradient of [`masked_softmax`] with respect to the scores, from its output `p`:
 /// `ds = scale · p · (dp − Σ dp·p)`.
 pub fn masked_softmax_backward(p: &[f32], dp: &[f32], width: usize, scale: f32, ds: &mut [f32]) {
     ds.par_chunks_mut(width).zip(p.par_chunks(width)).zip(dp.par_chunks(width)).with_min_len(MIN_ROWS).for_each(|((ds, p), dp)| {
-        let dot = dot(p, dp);
-        for ((ds, &p), &dp) in ds.iter_mut().zip(p).zip(dp) {
-            *ds = scale * p * (dp - dot);
-        }
+        ds.copy_from_slice(dp);
+        softmax_backward_row(ds, p, scale);
     });
+}
+
+simd_kernel! {
+    /// In place, from `dp` in `ds`: `ds = scale · p · (dp − Σ dp·p)`.
+    fn softmax_backward_row(ds: &mut [f32], p: &[f32], scale: f32) {
+        let dot = dot(ds, p);
+        for (d, &p) in ds.iter_mut().zip(p) {
+            *d = scale * p * (*d - dot);
+        }
+    }
 }
 
 /// The shapes of one causal self-attention call: `batch × t` tokens, `heads` query heads of
@@ -363,11 +468,7 @@ pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], probs: &[f32], d_out:
                 }
                 // ds = scale · p ⊙ (dp − rowsum(dp ⊙ p))
                 for (ds, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                    let (ds, p) = (&mut ds[..keys], &p[..keys]);
-                    let dot = dot(ds, p);
-                    for (d, &p) in ds.iter_mut().zip(p) {
-                        *d = s.scale * p * (*d - dot);
-                    }
+                    softmax_backward_row(&mut ds[..keys], &p[..keys], s.scale);
                 }
                 unsafe {
                     // dq = ds · k
@@ -390,21 +491,29 @@ pub fn rope(y: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize, inverse: b
         return;
     }
     let width = y.len() / rows;
-    y.par_chunks_mut(width).zip(cos.par_chunks(head_dim)).zip(sin.par_chunks(head_dim)).with_min_len(MIN_ROWS).for_each(|((row, c), s)| {
-        for head in row.chunks_mut(head_dim) {
+    y.par_chunks_mut(width).zip(cos.par_chunks(head_dim)).zip(sin.par_chunks(head_dim)).with_min_len(MIN_ROWS).for_each(|((row, c), s)| rope_row(row, c, s, inverse));
+}
+
+simd_kernel! {
+    /// One row of [`rope`]: every `head_dim` (= `cos.len()`) slice of `row` rotated.
+    fn rope_row(row: &mut [f32], c: &[f32], s: &[f32], inverse: bool) {
+        let half = c.len() / 2;
+        let (c1, c2) = c.split_at(half);
+        let (s1, s2) = s.split_at(half);
+        for head in row.chunks_mut(c.len()) {
             let (x1, x2) = head.split_at_mut(half);
             for j in 0..half {
                 let (a, b) = (x1[j], x2[j]);
                 if inverse {
-                    x1[j] = a * c[j] + b * s[j + half];
-                    x2[j] = b * c[j + half] - a * s[j];
+                    x1[j] = a * c1[j] + b * s2[j];
+                    x2[j] = b * c2[j] - a * s1[j];
                 } else {
-                    x1[j] = a * c[j] - b * s[j];
-                    x2[j] = b * c[j + half] + a * s[j + half];
+                    x1[j] = a * c1[j] - b * s1[j];
+                    x2[j] = b * c2[j] + a * s2[j];
                 }
             }
         }
-    });
+    }
 }
 
 /// Cross-entropy of each `vocab`-wide row of logits against its target, in place: returns
@@ -416,21 +525,27 @@ pub fn cross_entropy(logits: &mut [f32], vocab: usize, targets: &[usize], scale:
     logits
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
-        .map(|(row, &target)| {
-            let top = max(row);
-            let arg = row.iter().position(|&x| x == top).unwrap_or(0);
-            let picked = row[target];
-            row.iter_mut().for_each(|x| *x = exp(*x - top));
-            let total = sum(row);
-            let nll = (total.ln() + top - picked) as f64;
-            if grad {
-                let k = scale / total;
-                row.iter_mut().for_each(|x| *x *= k);
-                row[target] -= scale;
-            }
-            (nll, usize::from(arg == target))
-        })
+        .map(|(row, &target)| cross_entropy_row(row, target, scale, grad))
         .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+simd_kernel! {
+    /// One row of [`cross_entropy`]: its negative log-likelihood and whether its argmax is
+    /// the target.
+    fn cross_entropy_row(row: &mut [f32], target: usize, scale: f32, grad: bool) -> (f64, usize) {
+        let top = max(row);
+        let arg = row.iter().position(|&x| x == top).unwrap_or(0);
+        let picked = row[target];
+        row.iter_mut().for_each(|x| *x = exp(*x - top));
+        let total = sum(row);
+        let nll = (total.ln() + top - picked) as f64;
+        if grad {
+            let k = scale / total;
+            row.iter_mut().for_each(|x| *x *= k);
+            row[target] -= scale;
+        }
+        (nll, usize::from(arg == target))
+    }
 }
 
 /// One AdamW step's constants (PyTorch's `torch.optim.AdamW` update), derived in f64.
@@ -469,14 +584,18 @@ impl AdamWStep {
 /// instead of a dozen whole-tensor temporaries.
 pub fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
     const CHUNK: usize = 1 << 14;
-    w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(|(((w, g), m), v)| {
+    w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(|(((w, g), m), v)| adamw_chunk(w, g, m, v, s));
+}
+
+simd_kernel! {
+    fn adamw_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
         for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             *m = *m * s.beta1 + g * s.one_minus_beta1;
             *v = *v * s.beta2 + g * g * s.one_minus_beta2;
             let denom = v.sqrt() / s.sqrt_bias_correction2 + s.eps;
             *w = *w * s.decay - *m / denom * s.step_size;
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -471,4 +471,27 @@ mod tests {
         let xt = x.swap_dims(0, 1);
         assert_close(rms_norm(xt.clone(), &w, 1e-5), rms_norm_composed(xt, &w, 1e-5), 1e-6);
     }
+
+    /// The fused kernels' bodies are compiled once per vector width and this process runs
+    /// only the widest its CPU has; the narrower ones are checked by running the `fused_`
+    /// tests again in a child process capped by `RUNNER_SIMD`.
+    #[test]
+    fn every_narrower_simd_level_passes_the_fused_kernel_tests() {
+        if std::env::var_os("RUNNER_SIMD").is_some() {
+            return;
+        }
+        let levels = [(host::SimdLevel::Baseline, "baseline"), (host::SimdLevel::Avx2, "avx2")];
+        for (level, name) in levels.into_iter().filter(|(level, _)| *level < host::simd_level()) {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let out = std::process::Command::new(exe)
+                .args(["kernels::tests::fused_", "--test-threads=2"])
+                .env("RUNNER_SIMD", name)
+                .output()
+                .expect("the test binary runs");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "fused kernels at {level:?}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+            // A filter that matched nothing would pass too.
+            assert!(stdout.contains("test result: ok.") && !stdout.contains("ok. 0 passed"), "fused kernels at {level:?} ran: {stdout}");
+        }
+    }
 }
