@@ -264,6 +264,59 @@ impl Backward<Flex, 3> for AttentionBackward {
     }
 }
 
+// ---------------------------------------------------------------- base + scale · h · b
+
+fn add_low_rank_forward(base: &FlexTensor, h: &FlexTensor, b: &FlexTensor, scale: f64) -> FlexTensor {
+    let mut out = vec![0f32; base.layout().num_elements()];
+    host::add_low_rank(data(base), data(h), data(b), dims(b)[0], scale as f32, &mut out);
+    tensor(out, &dims(base))
+}
+
+pub fn add_low_rank<B: Backend>(base: &Tensor<B, 2>, h: &Tensor<B, 2>, b: &Tensor<B, 2>, scale: f64) -> Option<Tensor<B, 2>> {
+    if let (Ok(base), Ok(h), Ok(b)) = (downcast::<_, Tensor<Ad, 2>>(base.clone()), downcast::<_, Tensor<Ad, 2>>(h.clone()), downcast::<_, Tensor<Ad, 2>>(b.clone())) {
+        let (base, h, b) = (base.into_primitive().tensor(), h.into_primitive().tensor(), b.into_primitive().tensor());
+        let (basep, hp, bp) = (contiguous(base.primitive)?, contiguous(h.primitive)?, contiguous(b.primitive)?);
+        let y = add_low_rank_forward(&basep, &hp, &bp, scale);
+        let out = match AddLowRankBackward.prepare::<NoCheckpointing>([base.node, h.node, b.node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((hp, bp, scale), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        return Some(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
+    }
+    if let (Ok(base), Ok(h), Ok(b)) = (downcast::<_, Tensor<Flex, 2>>(base.clone()), downcast::<_, Tensor<Flex, 2>>(h.clone()), downcast::<_, Tensor<Flex, 2>>(b.clone())) {
+        let y = add_low_rank_forward(&contiguous(plain(base))?, &contiguous(plain(h))?, &contiguous(plain(b))?, scale);
+        return Some(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(y))));
+    }
+    None
+}
+
+#[derive(Debug)]
+struct AddLowRankBackward;
+
+impl Backward<Flex, 3> for AddLowRankBackward {
+    /// `h`, `b` and the scale.
+    type State = (FlexTensor, FlexTensor, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (h, b, scale) = ops.state;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node)).expect("f32 gradient");
+        let [pbase, ph, pb] = ops.parents;
+        if ph.is_some() || pb.is_some() {
+            let (mut dh, mut db) = (vec![0f32; h.layout().num_elements()], vec![0f32; b.layout().num_elements()]);
+            host::add_low_rank_backward(data(&dy), data(&h), data(&b), dims(&b)[0], scale as f32, &mut dh, &mut db);
+            if let Some(node) = ph {
+                grads.register::<Flex>(node.id, tensor(dh, &dims(&h)));
+            }
+            if let Some(node) = pb {
+                grads.register::<Flex>(node.id, tensor(db, &dims(&b)));
+            }
+        }
+        if let Some(node) = pbase {
+            grads.register::<Flex>(node.id, dy);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- rotary embedding
 
 fn rope_apply(y: FlexTensor, cos: &FlexTensor, sin: &FlexTensor, inverse: bool) -> FlexTensor {

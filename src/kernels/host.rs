@@ -486,7 +486,6 @@ pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], probs: &[f32], d_out:
 /// `y`). With `inverse`, applies the transpose instead (the backward pass).
 pub fn rope(y: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize, inverse: bool) {
     let rows = cos.len() / head_dim;
-    let half = head_dim / 2;
     if rows == 0 {
         return;
     }
@@ -545,6 +544,73 @@ simd_kernel! {
             row[target] -= scale;
         }
         (nll, usize::from(arg == target))
+    }
+}
+
+/// `out = base + scale · h · b` for a thin `h` (`[n, r]`) and `b` (`[r, d]`): LoRA's up
+/// projection added to the base output in one pass over the rows. Composed, it is a product
+/// with `k = r` (a poor shape for a blocked kernel), a scaling and an addition, each a full
+/// `[n, d]` temporary.
+pub fn add_low_rank(base: &[f32], h: &[f32], b: &[f32], rank: usize, scale: f32, out: &mut [f32]) {
+    let d = b.len() / rank;
+    assert!(rank > 0 && b.len() == rank * d && base.len() == out.len() && h.len() * d == base.len() * rank);
+    out.par_chunks_mut(d).zip(base.par_chunks(d)).zip(h.par_chunks(rank)).with_min_len(MIN_ROWS).for_each(|((out, base), h)| add_low_rank_row(out, base, h, b, scale));
+}
+
+simd_kernel! {
+    /// One row of [`add_low_rank`].
+    fn add_low_rank_row(out: &mut [f32], base: &[f32], h: &[f32], b: &[f32], scale: f32) {
+        let d = out.len();
+        out.copy_from_slice(base);
+        for (&h, b) in h.iter().zip(b.chunks_exact(d)) {
+            let c = scale * h;
+            for (o, &b) in out.iter_mut().zip(b) {
+                *o += c * b;
+            }
+        }
+    }
+}
+
+/// Gradients of [`add_low_rank`] for `h` and `b` from the output's gradient `dy`, in one pass
+/// over `dy`: `dh = scale · dy · bᵀ`, `db = scale · hᵀ · dy` (the base's gradient is `dy`).
+pub fn add_low_rank_backward(dy: &[f32], h: &[f32], b: &[f32], rank: usize, scale: f32, dh: &mut [f32], db: &mut [f32]) {
+    let d = b.len() / rank;
+    assert!(rank > 0 && b.len() == rank * d && db.len() == b.len() && dh.len() == h.len() && h.len() * d == dy.len() * rank);
+    // Each task sums its rows' share of `db` into its own `[r, d]` buffer; enough rows per
+    // task that those buffers stay few.
+    let partial = dy
+        .par_chunks(d)
+        .zip(h.par_chunks(rank))
+        .zip(dh.par_chunks_mut(rank))
+        .with_min_len(128)
+        .fold(
+            || vec![0f32; b.len()],
+            |mut acc, ((dy, h), dh)| {
+                add_low_rank_backward_row(dy, h, b, scale, dh, &mut acc);
+                acc
+            },
+        )
+        .reduce(
+            || vec![0f32; b.len()],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    db.copy_from_slice(&partial);
+}
+
+simd_kernel! {
+    /// One row of [`add_low_rank_backward`]: its `dh` row, and its share added into `db`.
+    fn add_low_rank_backward_row(dy: &[f32], h: &[f32], b: &[f32], scale: f32, dh: &mut [f32], db: &mut [f32]) {
+        let d = dy.len();
+        for (((dh, &h), b), db) in dh.iter_mut().zip(h).zip(b.chunks_exact(d)).zip(db.chunks_exact_mut(d)) {
+            *dh = scale * dot(dy, b);
+            let c = scale * h;
+            for (g, &y) in db.iter_mut().zip(dy) {
+                *g += c * y;
+            }
+        }
     }
 }
 

@@ -88,6 +88,29 @@ pub fn silu_mul<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2
     silu_mul_composed(gate, up)
 }
 
+/// Ranks up to this take the fused [`add_low_rank`] on flex; wider factors are a product shape
+/// the blocked matmul handles well.
+const FUSED_RANK_MAX: usize = 16;
+
+/// `base + scale · h · b`: LoRA's up projection added to the layer's base output. On flex in
+/// f32 one pass per row forward and one over the gradient backward; otherwise composed (other
+/// precisions round the product's inputs, see [`precision::matmul`]).
+/// # Shapes
+/// - base: `[n, d]`, h: `[n, r]`, b: `[r, d]` -> `[n, d]`
+pub fn add_low_rank<B: Backend>(base: Tensor<B, 2>, h: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if precision::active() == precision::Precision::Fp32 && b.dims()[0] <= FUSED_RANK_MAX {
+        if let Some(out) = flex::add_low_rank(&base, &h, &b, scale) {
+            return out;
+        }
+    }
+    add_low_rank_composed(base, h, b, scale)
+}
+
+pub fn add_low_rank_composed<B: Backend>(base: Tensor<B, 2>, h: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
+    base + precision::matmul(h, b) * scale
+}
+
 /// Softmax over each row of `scale · scores + mask`; `mask` is a constant (no gradient) whose
 /// rows repeat over the scores' rows (one `[t, width]` mask serves every head).
 /// # Shapes
@@ -470,6 +493,21 @@ mod tests {
         let w = random::<Flex, 1>([16], 1.0);
         let xt = x.swap_dims(0, 1);
         assert_close(rms_norm(xt.clone(), &w, 1e-5), rms_norm_composed(xt, &w, 1e-5), 1e-6);
+    }
+
+    #[test]
+    fn fused_add_low_rank_matches_the_composed_ops_in_values_and_gradients() {
+        for (n, r, d) in [(1, 1, 1), (37, 8, 70), (300, 16, 257), (64, 3, 33)] {
+            let inputs = vec![random([n, d], 1.0), random([n, r], 1.0), random([r, d], 0.5)];
+            check_against_composed_within(inputs, 1e-5, |t, fused| {
+                let (base, h, b) = (t[0].clone(), t[1].clone(), t[2].clone());
+                if fused {
+                    add_low_rank(base, h, b, 1.7)
+                } else {
+                    add_low_rank_composed(base, h, b, 1.7)
+                }
+            });
+        }
     }
 
     /// The fused kernels' bodies are compiled once per vector width and this process runs
