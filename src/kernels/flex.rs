@@ -267,9 +267,9 @@ impl Backward<Flex, 3> for AttentionBackward {
 // ---------------------------------------------------------------- base + scale · h · b
 
 fn add_low_rank_forward(base: &FlexTensor, h: &FlexTensor, b: &FlexTensor, scale: f64) -> FlexTensor {
-    let mut out = vec![0f32; base.layout().num_elements()];
-    host::add_low_rank(data(base), data(h), data(b), dims(b)[0], scale as f32, &mut out);
-    tensor(out, &dims(base))
+    let mut y = data(base).to_vec();
+    host::add_low_rank(&mut y, data(h), data(b), dims(b)[0], scale as f32);
+    tensor(y, &dims(base))
 }
 
 pub fn add_low_rank<B: Backend>(base: &Tensor<B, 2>, h: &Tensor<B, 2>, b: &Tensor<B, 2>, scale: f64) -> Option<Tensor<B, 2>> {

@@ -215,15 +215,15 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dx: 
                     acc
                 },
             )
-            .reduce(
-                || vec![0f32; d],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+            .reduce(|| vec![0f32; d], add_partials);
         dw.copy_from_slice(&partial);
     }
+}
+
+/// Two rayon tasks' partial sums added: the `reduce` of a `fold` into per-task buffers.
+fn add_partials(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+    a
 }
 
 simd_kernel! {
@@ -287,7 +287,6 @@ pub fn masked_softmax(scores: &[f32], mask: &[f32], mask_rows: usize, width: usi
         softmax_row(p, &mask[(i % mask_rows) * width..][..width], scale);
     });
 }
-
 
 /// Gradient of [`masked_softmax`] with respect to the scores, from its output `p`:
 /// `ds = scale · p · (dp − Σ dp·p)`.
@@ -547,25 +546,24 @@ simd_kernel! {
     }
 }
 
-/// `out = base + scale · h · b` for a thin `h` (`[n, r]`) and `b` (`[r, d]`): LoRA's up
-/// projection added to the base output in one pass over the rows. Composed, it is a product
-/// with `k = r` (a poor shape for a blocked kernel), a scaling and an addition, each a full
-/// `[n, d]` temporary.
-pub fn add_low_rank(base: &[f32], h: &[f32], b: &[f32], rank: usize, scale: f32, out: &mut [f32]) {
+/// `y += scale · h · b` in place, for a thin `h` (`[n, r]`) and `b` (`[r, d]`), `y` holding
+/// the base output: LoRA's up projection added in one pass over the rows. Composed, it is a
+/// product with `k = r` (a poor shape for a blocked kernel), a scaling and an addition, each
+/// a full `[n, d]` temporary.
+pub fn add_low_rank(y: &mut [f32], h: &[f32], b: &[f32], rank: usize, scale: f32) {
+    assert!(rank > 0 && b.len() % rank == 0);
     let d = b.len() / rank;
-    assert!(rank > 0 && b.len() == rank * d && base.len() == out.len() && h.len() * d == base.len() * rank);
-    out.par_chunks_mut(d).zip(base.par_chunks(d)).zip(h.par_chunks(rank)).with_min_len(MIN_ROWS).for_each(|((out, base), h)| add_low_rank_row(out, base, h, b, scale));
+    assert!(h.len() * d == y.len() * rank);
+    y.par_chunks_mut(d).zip(h.par_chunks(rank)).with_min_len(MIN_ROWS).for_each(|(y, h)| add_low_rank_row(y, h, b, scale));
 }
 
 simd_kernel! {
     /// One row of [`add_low_rank`].
-    fn add_low_rank_row(out: &mut [f32], base: &[f32], h: &[f32], b: &[f32], scale: f32) {
-        let d = out.len();
-        out.copy_from_slice(base);
-        for (&h, b) in h.iter().zip(b.chunks_exact(d)) {
+    fn add_low_rank_row(y: &mut [f32], h: &[f32], b: &[f32], scale: f32) {
+        for (&h, b) in h.iter().zip(b.chunks_exact(y.len())) {
             let c = scale * h;
-            for (o, &b) in out.iter_mut().zip(b) {
-                *o += c * b;
+            for (y, &b) in y.iter_mut().zip(b) {
+                *y += c * b;
             }
         }
     }
@@ -574,8 +572,9 @@ simd_kernel! {
 /// Gradients of [`add_low_rank`] for `h` and `b` from the output's gradient `dy`, in one pass
 /// over `dy`: `dh = scale · dy · bᵀ`, `db = scale · hᵀ · dy` (the base's gradient is `dy`).
 pub fn add_low_rank_backward(dy: &[f32], h: &[f32], b: &[f32], rank: usize, scale: f32, dh: &mut [f32], db: &mut [f32]) {
+    assert!(rank > 0 && b.len() % rank == 0);
     let d = b.len() / rank;
-    assert!(rank > 0 && b.len() == rank * d && db.len() == b.len() && dh.len() == h.len() && h.len() * d == dy.len() * rank);
+    assert!(db.len() == b.len() && dh.len() == h.len() && h.len() * d == dy.len() * rank);
     // Each task sums its rows' share of `db` into its own `[r, d]` buffer; enough rows per
     // task that those buffers stay few.
     let partial = dy
@@ -590,13 +589,7 @@ pub fn add_low_rank_backward(dy: &[f32], h: &[f32], b: &[f32], rank: usize, scal
                 acc
             },
         )
-        .reduce(
-            || vec![0f32; b.len()],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+        .reduce(|| vec![0f32; b.len()], add_partials);
     db.copy_from_slice(&partial);
 }
 
