@@ -10,8 +10,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_flex::FlexTensor;
+use std::any::TypeId;
 
-use super::{downcast, host};
+use super::{downcast, host, thin};
 
 type Ad = Autodiff<Flex>;
 
@@ -264,51 +265,100 @@ impl Backward<Flex, 3> for AttentionBackward {
     }
 }
 
-// ---------------------------------------------------------------- base + scale · h · b
+// ---------------------------------------------------------------- base + scale · (x · a) · b
 
-fn add_low_rank_forward(base: &FlexTensor, h: &FlexTensor, b: &FlexTensor, scale: f64) -> FlexTensor {
-    let mut y = data(base).to_vec();
-    host::add_low_rank(&mut y, data(h), data(b), dims(b)[0], scale as f32);
-    tensor(y, &dims(base))
+/// `t`'s values, writable: in place when nothing else holds its buffer, else a copy.
+fn values_mut(t: &mut FlexTensor) -> &mut [f32] {
+    let n = t.layout().num_elements();
+    let start = t.layout().contiguous_offsets().map_or(0, |(start, _)| start);
+    &mut t.storage_mut::<f32>()[start..start + n]
 }
 
-pub fn add_low_rank<B: Backend>(base: &Tensor<B, 2>, h: &Tensor<B, 2>, b: &Tensor<B, 2>, scale: f64) -> Option<Tensor<B, 2>> {
-    if let (Ok(base), Ok(h), Ok(b)) = (downcast::<_, Tensor<Ad, 2>>(base.clone()), downcast::<_, Tensor<Ad, 2>>(h.clone()), downcast::<_, Tensor<Ad, 2>>(b.clone())) {
-        let (base, h, b) = (base.into_primitive().tensor(), h.into_primitive().tensor(), b.into_primitive().tensor());
-        let (basep, hp, bp) = (contiguous(base.primitive)?, contiguous(h.primitive)?, contiguous(b.primitive)?);
-        let y = add_low_rank_forward(&basep, &hp, &bp, scale);
-        let out = match AddLowRankBackward.prepare::<NoCheckpointing>([base.node, h.node, b.node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((hp, bp, scale), y),
+/// The forward pass: `h = x · a`, then `base += scale · h · b` in base's own buffer.
+fn lora_branch_forward(x: &FlexTensor, mut base: FlexTensor, a: &FlexTensor, b: &FlexTensor, scale: f64) -> (FlexTensor, FlexTensor) {
+    let (n, rank) = (dims(x)[0], dims(a)[1]);
+    let mut h = vec![0f32; n * rank];
+    thin::matmul(data(x), data(a), rank, &mut h);
+    thin::low_rank_product(values_mut(&mut base), &h, data(b), rank, scale as f32, true);
+    (base, tensor(h, &[n, rank]))
+}
+
+/// All four inputs as contiguous f32 flex tensors of matching shapes, or `None`.
+fn lora_branch_operands(x: FlexTensor, base: FlexTensor, a: FlexTensor, b: FlexTensor) -> Option<[FlexTensor; 4]> {
+    let ([n, k], [n2, d], [k2, r], [r2, d2]) = (dims2(&x)?, dims2(&base)?, dims2(&a)?, dims2(&b)?);
+    if n != n2 || k != k2 || r != r2 || d != d2 || r > thin::THIN_MAX || n == 0 || k == 0 || d == 0 {
+        return None;
+    }
+    Some([contiguous(x)?, contiguous(base)?, contiguous(a)?, contiguous(b)?])
+}
+
+fn dims2(t: &FlexTensor) -> Option<[usize; 2]> {
+    dims(t).try_into().ok()
+}
+
+/// On flex in f32: `base + scale · (x · a) · b` written over `base`'s buffer, with its own
+/// backward pass. The inputs back on any other backend, dtype or shape.
+#[allow(clippy::type_complexity)]
+pub fn lora_branch<B: Backend>(x: Tensor<B, 2>, base: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> Result<Tensor<B, 2>, [Tensor<B, 2>; 4]> {
+    if TypeId::of::<B>() == TypeId::of::<Ad>() {
+        let ad = |t: Tensor<B, 2>| downcast::<_, Tensor<Ad, 2>>(t).unwrap_or_else(|_| unreachable!("B is Ad")).into_primitive().tensor();
+        let (xs, bases, as_, bs) = (ad(x.clone()), ad(base.clone()), ad(a.clone()), ad(b.clone()));
+        let nodes = [xs.node.clone(), bases.node.clone(), as_.node.clone(), bs.node.clone()];
+        let Some([xp, basep, ap, bp]) = lora_branch_operands(xs.primitive.clone(), bases.primitive.clone(), as_.primitive.clone(), bs.primitive.clone()) else {
+            return Err([x, base, a, b]);
+        };
+        // Only `basep` may hold base's buffer now, so the forward writes into it in place.
+        drop((x, base, a, b, xs, bases, as_, bs));
+        let (y, h) = lora_branch_forward(&xp, basep, &ap, &bp, scale);
+        let out = match LoraBranchBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((xp, h, ap, bp, scale), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
-        return Some(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
+        return Ok(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
     }
-    if let (Ok(base), Ok(h), Ok(b)) = (downcast::<_, Tensor<Flex, 2>>(base.clone()), downcast::<_, Tensor<Flex, 2>>(h.clone()), downcast::<_, Tensor<Flex, 2>>(b.clone())) {
-        let y = add_low_rank_forward(&contiguous(plain(base))?, &contiguous(plain(h))?, &contiguous(plain(b))?, scale);
-        return Some(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(y))));
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        let flex = |t: Tensor<B, 2>| plain(downcast::<_, Tensor<Flex, 2>>(t).unwrap_or_else(|_| unreachable!("B is Flex")));
+        let Some([xp, basep, ap, bp]) = lora_branch_operands(flex(x.clone()), flex(base.clone()), flex(a.clone()), flex(b.clone())) else {
+            return Err([x, base, a, b]);
+        };
+        drop((x, base, a, b));
+        let (y, _) = lora_branch_forward(&xp, basep, &ap, &bp, scale);
+        return Ok(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(y))));
     }
-    None
+    Err([x, base, a, b])
 }
 
 #[derive(Debug)]
-struct AddLowRankBackward;
+struct LoraBranchBackward;
 
-impl Backward<Flex, 3> for AddLowRankBackward {
-    /// `h`, `b` and the scale.
-    type State = (FlexTensor, FlexTensor, f64);
+impl Backward<Flex, 4> for LoraBranchBackward {
+    /// `x`, `h = x · a`, `a`, `b` and the scale.
+    type State = (FlexTensor, FlexTensor, FlexTensor, FlexTensor, f64);
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (h, b, scale) = ops.state;
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, h, a, b, scale) = ops.state;
         let dy = contiguous(grads.consume::<Flex>(&ops.node)).expect("f32 gradient");
-        let [pbase, ph, pb] = ops.parents;
-        if ph.is_some() || pb.is_some() {
-            let (mut dh, mut db) = (vec![0f32; h.layout().num_elements()], vec![0f32; b.layout().num_elements()]);
-            host::add_low_rank_backward(data(&dy), data(&h), data(&b), dims(&b)[0], scale as f32, &mut dh, &mut db);
-            if let Some(node) = ph {
-                grads.register::<Flex>(node.id, tensor(dh, &dims(&h)));
+        let ([n, k], [rank, d]) = (dims2(&x).expect("2-d"), dims2(&b).expect("2-d"));
+        let s = scale as f32;
+        let [px, pbase, pa, pb] = ops.parents;
+        if let Some(node) = pb {
+            // dB = s · hᵀ · dy, summed as (dyᵀ · h)ᵀ.
+            let mut db = thin::transpose(&thin::matmul_tn(data(&dy), data(&h), rank, d), d, rank);
+            db.iter_mut().for_each(|g| *g *= s);
+            grads.register::<Flex>(node.id, tensor(db, &[rank, d]));
+        }
+        if px.is_some() || pa.is_some() {
+            // dh = s · dy · bᵀ; then dA = xᵀ · dh and dx = dh · aᵀ.
+            let mut dh = vec![0f32; n * rank];
+            thin::matmul(data(&dy), &thin::transpose(data(&b), rank, d), rank, &mut dh);
+            dh.iter_mut().for_each(|g| *g *= s);
+            if let Some(node) = pa {
+                grads.register::<Flex>(node.id, tensor(thin::matmul_tn(data(&x), &dh, rank, k), &[k, rank]));
             }
-            if let Some(node) = pb {
-                grads.register::<Flex>(node.id, tensor(db, &dims(&b)));
+            if let Some(node) = px {
+                let mut dx = vec![0f32; n * k];
+                thin::low_rank_product(&mut dx, &dh, &thin::transpose(data(&a), k, rank), rank, 1.0, false);
+                grads.register::<Flex>(node.id, tensor(dx, &[n, k]));
             }
         }
         if let Some(node) = pbase {

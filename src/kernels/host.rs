@@ -221,7 +221,7 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dx: 
 }
 
 /// Two rayon tasks' partial sums added: the `reduce` of a `fold` into per-task buffers.
-fn add_partials(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+pub(super) fn add_partials(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
     a
 }
@@ -543,67 +543,6 @@ simd_kernel! {
             row[target] -= scale;
         }
         (nll, usize::from(arg == target))
-    }
-}
-
-/// `y += scale · h · b` in place, for a thin `h` (`[n, r]`) and `b` (`[r, d]`), `y` holding
-/// the base output: LoRA's up projection added in one pass over the rows. Composed, it is a
-/// product with `k = r` (a poor shape for a blocked kernel), a scaling and an addition, each
-/// a full `[n, d]` temporary.
-pub fn add_low_rank(y: &mut [f32], h: &[f32], b: &[f32], rank: usize, scale: f32) {
-    assert!(rank > 0 && b.len() % rank == 0);
-    let d = b.len() / rank;
-    assert!(h.len() * d == y.len() * rank);
-    y.par_chunks_mut(d).zip(h.par_chunks(rank)).with_min_len(MIN_ROWS).for_each(|(y, h)| add_low_rank_row(y, h, b, scale));
-}
-
-simd_kernel! {
-    /// One row of [`add_low_rank`].
-    fn add_low_rank_row(y: &mut [f32], h: &[f32], b: &[f32], scale: f32) {
-        for (&h, b) in h.iter().zip(b.chunks_exact(y.len())) {
-            let c = scale * h;
-            for (y, &b) in y.iter_mut().zip(b) {
-                *y += c * b;
-            }
-        }
-    }
-}
-
-/// Gradients of [`add_low_rank`] for `h` and `b` from the output's gradient `dy`, in one pass
-/// over `dy`: `dh = scale · dy · bᵀ`, `db = scale · hᵀ · dy` (the base's gradient is `dy`).
-pub fn add_low_rank_backward(dy: &[f32], h: &[f32], b: &[f32], rank: usize, scale: f32, dh: &mut [f32], db: &mut [f32]) {
-    assert!(rank > 0 && b.len() % rank == 0);
-    let d = b.len() / rank;
-    assert!(db.len() == b.len() && dh.len() == h.len() && h.len() * d == dy.len() * rank);
-    // Each task sums its rows' share of `db` into its own `[r, d]` buffer; enough rows per
-    // task that those buffers stay few.
-    let partial = dy
-        .par_chunks(d)
-        .zip(h.par_chunks(rank))
-        .zip(dh.par_chunks_mut(rank))
-        .with_min_len(128)
-        .fold(
-            || vec![0f32; b.len()],
-            |mut acc, ((dy, h), dh)| {
-                add_low_rank_backward_row(dy, h, b, scale, dh, &mut acc);
-                acc
-            },
-        )
-        .reduce(|| vec![0f32; b.len()], add_partials);
-    db.copy_from_slice(&partial);
-}
-
-simd_kernel! {
-    /// One row of [`add_low_rank_backward`]: its `dh` row, and its share added into `db`.
-    fn add_low_rank_backward_row(dy: &[f32], h: &[f32], b: &[f32], scale: f32, dh: &mut [f32], db: &mut [f32]) {
-        let d = dy.len();
-        for (((dh, &h), b), db) in dh.iter_mut().zip(h).zip(b.chunks_exact(d)).zip(db.chunks_exact_mut(d)) {
-            *dh = scale * dot(dy, b);
-            let c = scale * h;
-            for (g, &y) in db.iter_mut().zip(dy) {
-                *g += c * y;
-            }
-        }
     }
 }
 

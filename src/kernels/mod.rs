@@ -20,6 +20,7 @@ pub mod amx;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod host;
+pub mod thin;
 
 pub use host::{AdamWStep, AttentionShape};
 
@@ -88,27 +89,28 @@ pub fn silu_mul<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2
     silu_mul_composed(gate, up)
 }
 
-/// Ranks up to this take the fused [`add_low_rank`] on flex; wider factors are a product shape
-/// the blocked matmul handles well.
-const FUSED_RANK_MAX: usize = 16;
-
-/// `base + scale · h · b`: LoRA's up projection added to the layer's base output. On flex in
-/// f32 one pass per row forward and one over the gradient backward; otherwise composed (other
-/// precisions round the product's inputs, see [`precision::matmul`]).
+/// `base + scale · (x · a) · b`: a LoRA branch added to its layer's base output
+/// `base = x · W`. On flex in f32, for ranks up to [`thin::THIN_MAX`], the down projection
+/// runs as one pass over `x`'s rows, the up projection is added into base's own buffer, and
+/// the backward pass is hand-written; otherwise composed (other precisions round the
+/// products' inputs, see [`precision::matmul`]).
 /// # Shapes
-/// - base: `[n, d]`, h: `[n, r]`, b: `[r, d]` -> `[n, d]`
-pub fn add_low_rank<B: Backend>(base: Tensor<B, 2>, h: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
+/// - x: `[n, k]`, base: `[n, d]`, a: `[k, r]`, b: `[r, d]` -> `[n, d]`
+pub fn lora_branch<B: Backend>(x: Tensor<B, 2>, base: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
-    if precision::active() == precision::Precision::Fp32 && b.dims()[0] <= FUSED_RANK_MAX {
-        if let Some(out) = flex::add_low_rank(&base, &h, &b, scale) {
-            return out;
+    let [x, base, a, b] = if precision::active() == precision::Precision::Fp32 {
+        match flex::lora_branch(x, base, a, b, scale) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
         }
-    }
-    add_low_rank_composed(base, h, b, scale)
+    } else {
+        [x, base, a, b]
+    };
+    lora_branch_composed(x, base, a, b, scale)
 }
 
-pub fn add_low_rank_composed<B: Backend>(base: Tensor<B, 2>, h: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
-    base + precision::matmul(h, b) * scale
+pub fn lora_branch_composed<B: Backend>(x: Tensor<B, 2>, base: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
+    base + precision::matmul(precision::matmul(x, a), b) * scale
 }
 
 /// Softmax over each row of `scale · scores + mask`; `mask` is a constant (no gradient) whose
@@ -496,17 +498,30 @@ mod tests {
     }
 
     #[test]
-    fn fused_add_low_rank_matches_the_composed_ops_in_values_and_gradients() {
-        for (n, r, d) in [(1, 1, 1), (37, 8, 70), (300, 16, 257), (64, 3, 33)] {
-            let inputs = vec![random([n, d], 1.0), random([n, r], 1.0), random([r, d], 0.5)];
-            check_against_composed_within(inputs, 1e-5, |t, fused| {
-                let (base, h, b) = (t[0].clone(), t[1].clone(), t[2].clone());
-                if fused {
-                    add_low_rank(base, h, b, 1.7)
-                } else {
-                    add_low_rank_composed(base, h, b, 1.7)
-                }
-            });
+    fn fused_lora_branch_matches_the_composed_ops_in_values_and_gradients() {
+        // Rows and columns off the kernels' blocks of 4 and 32; ranks 1 to THIN_MAX.
+        for (n, k, r, d) in [(1, 1, 1, 1), (37, 20, 8, 70), (300, 64, 16, 257), (64, 5, 3, 33), (9, 576, 8, 192)] {
+            let inputs = vec![random([n, k], 1.0), random([n, d], 1.0), random([k, r], 0.5), random([r, d], 0.5)];
+            // The base as given (its buffer shared, so written in a copy) and as a fresh
+            // product (written in place). A's gradient chains two reductions (over d, then
+            // over n) whose order differs from gemm's: a few f32 units on sums of 10⁴ terms.
+            for fresh_base in [false, true] {
+                check_against_composed_within(inputs.clone(), 1e-4, |t, fused| {
+                    let (x, a, b) = (t[0].clone(), t[2].clone(), t[3].clone());
+                    let base = if fresh_base { t[1].clone() * 2.0 } else { t[1].clone() };
+                    if fused {
+                        lora_branch(x, base, a, b, 1.7)
+                    } else {
+                        lora_branch_composed(x, base, a, b, 1.7)
+                    }
+                });
+            }
+            // Without autodiff (evaluation), and leaving the caller's base untouched.
+            let [x, base, a, b]: [Tensor<Flex, 2>; 4] = inputs.try_into().unwrap();
+            let before = base.clone().into_data();
+            let fused = lora_branch(x.clone(), base.clone(), a.clone(), b.clone(), 1.7);
+            assert_close(fused, lora_branch_composed(x, base.clone(), a, b, 1.7), 1e-5);
+            assert_eq!(base.into_data(), before);
         }
     }
 

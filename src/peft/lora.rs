@@ -160,9 +160,8 @@ impl<B: Backend> LoraAdapter<B> {
             _ => None,
         };
         let xd = dropped.clone().unwrap_or(x);
-        let h = precision::matmul(xd, self.a.value.clone());
-        let Some(m) = &self.magnitude else { return kernels::add_low_rank(base, h, self.b.value.clone(), self.scale) };
-        let update = precision::matmul(h, self.b.value.clone()) * self.scale;
+        let Some(m) = &self.magnitude else { return kernels::lora_branch(xd, base, self.a.value.clone(), self.b.value.clone(), self.scale) };
+        let update = precision::matmul(precision::matmul(xd, self.a.value.clone()), self.b.value.clone()) * self.scale;
         // DoRA: out = x·W + (f - 1)·(x'·W) + f·s·x'·A·B with f = m / ‖W + s·A·B‖ (norm detached).
         let weight = weight.tensor(&x_device);
         let factor = (m.value.clone() / self.dense_norms(&weight)).unsqueeze::<2>();
