@@ -104,7 +104,7 @@ pub fn active() -> Precision {
 /// has them).
 pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     match active() {
-        Precision::Fp32 => a.matmul(b),
+        Precision::Fp32 => crate::kernels::matmul(a, b),
         Precision::Bf16 => crate::kernels::matmul_bf16(a, b),
         Precision::Fp16 => matmul_nd(a, b),
     }

@@ -11,6 +11,7 @@
 //! once per process; without AMX (or with `RUNNER_AMX=0`) [`available`] is false and callers
 //! take the composed path.
 
+pub use super::host::Strided;
 use std::arch::asm;
 use std::sync::OnceLock;
 
@@ -41,33 +42,6 @@ fn request_tile_permission() -> bool {
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: a plain system call with integer arguments.
     unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
-}
-
-/// A read-only strided matrix: element `(i, j)` is `data[offset + i·row_stride + j·col_stride]`.
-#[derive(Clone, Copy)]
-pub struct Strided<'a> {
-    pub data: &'a [f32],
-    pub offset: usize,
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-impl Strided<'_> {
-    #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[self.offset + i * self.row_stride + j * self.col_stride]
-    }
-
-    /// The transpose, as a view.
-    pub fn t(self) -> Self {
-        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
-    }
-
-    fn covers_its_data(&self) -> bool {
-        self.rows == 0 || self.cols == 0 || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
-    }
 }
 
 /// f32 to bf16 bits, rounding to nearest with ties to even; NaN stays NaN.

@@ -460,16 +460,72 @@ pub fn adamw<B: Backend>(w: Tensor<B, 1>, g: &Tensor<B, 1>, m: Tensor<B, 1>, v: 
     Ok([back(wp), back(mp), back(vp)])
 }
 
+// ---------------------------------------------------------------- f32 matmul
+
+/// On flex in f32: `a · b` through [`host::matmul_strided`] (transposed views included), with
+/// its own backward pass that keeps only what the gradients need (no input for a frozen
+/// weight). The inputs back on any other backend or dtype.
+pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Result<Tensor<B, 2>, [Tensor<B, 2>; 2]> {
+    if TypeId::of::<B>() == TypeId::of::<Ad>() {
+        let ad = |t: Tensor<B, 2>| downcast::<_, Tensor<Ad, 2>>(t).unwrap_or_else(|_| unreachable!("B is Ad")).into_primitive().tensor();
+        let (at, bt) = (ad(a.clone()), ad(b.clone()));
+        let y = match (strided(&at.primitive), strided(&bt.primitive)) {
+            (Some(sa), Some(sb)) if sa.cols == sb.rows => tensor(host::matmul_strided(sa, sb), &[sa.rows, sb.cols]),
+            _ => return Err([a, b]),
+        };
+        let (a_tracked, b_tracked) = (at.is_tracked(), bt.is_tracked());
+        let out = match MatmulBackward.prepare::<NoCheckpointing>([at.node.clone(), bt.node.clone()]).compute_bound().stateful() {
+            // a's gradient needs b, and b's needs a.
+            OpsKind::Tracked(prep) => prep.finish((b_tracked.then(|| at.primitive.clone()), a_tracked.then(|| bt.primitive.clone())), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        return Ok(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
+    }
+    if TypeId::of::<B>() == TypeId::of::<Flex>() {
+        let flex = |t: Tensor<B, 2>| plain(downcast::<_, Tensor<Flex, 2>>(t).unwrap_or_else(|_| unreachable!("B is Flex")));
+        let (ap, bp) = (flex(a.clone()), flex(b.clone()));
+        return match (strided(&ap), strided(&bp)) {
+            (Some(sa), Some(sb)) if sa.cols == sb.rows => Ok(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(tensor(host::matmul_strided(sa, sb), &[sa.rows, sb.cols]))))),
+            _ => Err([a, b]),
+        };
+    }
+    Err([a, b])
+}
+
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl Backward<Flex, 2> for MatmulBackward {
+    /// `a` when b is tracked, `b` when a is.
+    type State = (Option<FlexTensor>, Option<FlexTensor>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let dy = if strided(&dy).is_some() { dy } else { contiguous(dy).expect("f32 gradient") };
+        let sdy = strided(&dy).expect("f32 gradient");
+        let [pa, pb] = ops.parents;
+        if let (Some(node), Some(b)) = (pa, &b) {
+            let sb = strided(b).expect("f32 operand");
+            grads.register::<Flex>(node.id, tensor(host::matmul_strided(sdy, sb.t()), &[sdy.rows, sb.rows]));
+        }
+        if let (Some(node), Some(a)) = (pb, &a) {
+            let sa = strided(a).expect("f32 operand");
+            grads.register::<Flex>(node.id, tensor(host::matmul_strided(sa.t(), sdy), &[sa.cols, sdy.cols]));
+        }
+    }
+}
+
 // ---------------------------------------------------------------- bf16 matmul on AMX
 
-#[cfg(target_arch = "x86_64")]
-fn strided(t: &FlexTensor) -> Option<super::amx::Strided<'_>> {
+/// `t` as a strided f32 matrix, or `None` for another dtype or rank, or a negative stride.
+fn strided(t: &FlexTensor) -> Option<host::Strided<'_>> {
     let layout = t.layout();
     let (shape, strides) = (layout.shape(), layout.strides());
     if t.dtype() != DType::F32 || shape.num_dims() != 2 || strides.iter().any(|&s| s < 0) {
         return None;
     }
-    Some(super::amx::Strided { data: t.storage::<f32>(), offset: layout.start_offset(), rows: shape[0], cols: shape[1], row_stride: strides[0] as usize, col_stride: strides[1] as usize })
+    Some(host::Strided { data: t.storage::<f32>(), offset: layout.start_offset(), rows: shape[0], cols: shape[1], row_stride: strides[0] as usize, col_stride: strides[1] as usize })
 }
 
 /// Packed bf16 forms of operands, keyed by their buffer's address and their view. Each entry
@@ -489,7 +545,7 @@ impl<T> PackCache<T> {
         Self { entries: Vec::new(), capacity }
     }
 
-    fn get_or_pack(cache: &std::sync::Mutex<Self>, source: &FlexTensor, view: super::amx::Strided, pack: impl FnOnce(super::amx::Strided) -> T) -> std::sync::Arc<T> {
+    fn get_or_pack(cache: &std::sync::Mutex<Self>, source: &FlexTensor, view: host::Strided, pack: impl FnOnce(host::Strided) -> T) -> std::sync::Arc<T> {
         let key = [view.data.as_ptr() as usize, view.offset, view.rows, view.cols, view.row_stride, view.col_stride];
         let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, _, packed)) = cache.entries.iter().find(|(_, k, _)| *k == key) {
@@ -516,12 +572,12 @@ static PACKED_WEIGHTS: std::sync::Mutex<PackCache<super::amx::PackedB>> = std::s
 static PACKED_INPUTS: std::sync::Mutex<PackCache<super::amx::PackedA>> = std::sync::Mutex::new(PackCache::new(Some(4)));
 
 #[cfg(target_arch = "x86_64")]
-fn packed_weight(t: &FlexTensor, view: super::amx::Strided) -> std::sync::Arc<super::amx::PackedB> {
+fn packed_weight(t: &FlexTensor, view: host::Strided) -> std::sync::Arc<super::amx::PackedB> {
     PackCache::get_or_pack(&PACKED_WEIGHTS, t, view, super::amx::PackedB::new)
 }
 
 #[cfg(target_arch = "x86_64")]
-fn packed_input(t: &FlexTensor, view: super::amx::Strided) -> std::sync::Arc<super::amx::PackedA> {
+fn packed_input(t: &FlexTensor, view: host::Strided) -> std::sync::Arc<super::amx::PackedA> {
     PackCache::get_or_pack(&PACKED_INPUTS, t, view, super::amx::PackedA::new)
 }
 
@@ -605,7 +661,7 @@ pub fn matmul_bf16_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: 
         return Err(back(x));
     }
     let values = w();
-    let view = super::amx::Strided { data: &values, offset: 0, rows, cols, row_stride: cols, col_stride: 1 };
+    let view = host::Strided { data: &values, offset: 0, rows, cols, row_stride: cols, col_stride: 1 };
     let view = if transposed { view.t() } else { view };
     // The input goes through the input cache: q, k and v of a quantized layer share it.
     let y = super::amx::matmul_packed(&packed_input(&x, sx), &super::amx::PackedB::new(view));

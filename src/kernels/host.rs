@@ -336,6 +336,79 @@ impl AttentionShape {
     }
 }
 
+/// A read-only strided matrix: element `(i, j)` is `data[offset + i·row_stride + j·col_stride]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl Strided<'_> {
+    #[inline(always)]
+    pub(super) fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[self.offset + i * self.row_stride + j * self.col_stride]
+    }
+
+    /// The transpose, as a view.
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    pub(super) fn covers_its_data(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// Products at least this large (`m·n·k`) split across threads; smaller ones stay on the
+/// calling thread (burn-flex's threshold).
+const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// `a · b` into a new row-major `[m, n]` buffer that gemm writes once. Burn's flex matmul
+/// zero-fills its output, then copies it again into a realigned allocation: two extra passes
+/// over every product (and fresh pages to fault in for the copy).
+pub fn matmul_strided(a: Strided, b: Strided) -> Vec<f32> {
+    assert!(a.cols == b.rows && a.covers_its_data() && b.covers_its_data(), "bad matmul operands");
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if k == 0 || m == 0 || n == 0 {
+        return vec![0f32; m * n];
+    }
+    let parallelism = if m * n * k >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: the operands cover the matrices their strides describe (checked above) and `out`
+    // has room for `m·n`. With `read_dst` false gemm takes alpha as zero and writes every
+    // output element before it reads any (the blocked path accumulates later depth blocks
+    // into what the first one wrote), so no uninitialised value is read and all `m·n` are set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr().add(a.offset),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr().add(b.offset),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
 /// A raw pointer that rayon tasks may share: each task writes a region no other task touches.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);

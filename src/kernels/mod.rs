@@ -36,6 +36,20 @@ pub(crate) fn downcast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
     }
 }
 
+/// `a · b` in f32. On flex, gemm writes the product straight into a fresh buffer (Burn's own
+/// flex matmul zero-fills it and copies it once more), with a backward pass that keeps only
+/// what the gradients need; elsewhere Burn's matmul.
+/// # Shapes
+/// - a: `[m, k]`, b: `[k, n]` -> `[m, n]`
+pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let [a, b] = match flex::matmul(a, b) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    a.matmul(b)
+}
+
 /// A bf16 matmul: `round_bf16(round_bf16(a) · round_bf16(b))` with f32 accumulation,
 /// returned in f32. On flex it runs on AMX tiles when the CPU has them.
 /// # Shapes
@@ -495,6 +509,33 @@ mod tests {
         let w = random::<Flex, 1>([16], 1.0);
         let xt = x.swap_dims(0, 1);
         assert_close(rms_norm(xt.clone(), &w, 1e-5), rms_norm_composed(xt, &w, 1e-5), 1e-6);
+    }
+
+    #[test]
+    fn fused_matmul_matches_burns_matmul_in_values_and_gradients() {
+        // Small (one thread) and past the parallel threshold; plain and transposed operands.
+        for (m, k, n) in [(1, 1, 1), (37, 20, 70), (256, 130, 257)] {
+            for (ta, tb) in [(false, false), (false, true), (true, false)] {
+                let a = if ta { random([k, m], 1.0) } else { random([m, k], 1.0) };
+                let b = if tb { random([n, k], 1.0) } else { random([k, n], 1.0) };
+                check_against_composed_within(vec![a, b], 1e-5, |t, fused| {
+                    let a = if ta { t[0].clone().transpose() } else { t[0].clone() };
+                    let b = if tb { t[1].clone().transpose() } else { t[1].clone() };
+                    if fused { matmul(a, b) } else { a.matmul(b) }
+                });
+            }
+        }
+        // A frozen weight (no gradient, so the input is not kept): the input's gradient still
+        // matches; and without autodiff.
+        let (x, w) = (random::<Flex, 2>([40, 64], 1.0), random::<Flex, 2>([64, 30], 1.0));
+        let grad_of_x = |fused: bool| {
+            let xt = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
+            let y = if fused { matmul(xt.clone(), Tensor::from_inner(w.clone())) } else { xt.clone().matmul(Tensor::from_inner(w.clone())) };
+            let grads = (y.clone() * y).sum().backward();
+            xt.grad(&grads).expect("x's gradient")
+        };
+        assert_close(grad_of_x(true), grad_of_x(false), 1e-5);
+        assert_close(matmul(x.clone(), w.clone()), x.matmul(w), 1e-5);
     }
 
     #[test]
