@@ -86,3 +86,33 @@ fn full_fine_tuning_gradients_match_with_tied_and_untied_heads() {
 fn prompt_tuning_gradients_match() {
     check(Method::Prompt(Default::default()), true);
 }
+
+/// More rows than one chunk (and a masked row): the head's gradient is summed over chunks,
+/// and matches autodiff through the full logits.
+#[test]
+fn head_gradients_summed_over_chunks_match_the_full_logits() {
+    let (rows, d, vocab) = (600, 16, 50);
+    let dist = burn::tensor::Distribution::Uniform(-1.0, 1.0);
+    let hidden = Tensor::<Flex, 2>::random([rows, d], dist, &Default::default());
+    let head = Tensor::<Flex, 2>::random([vocab, d], dist, &Default::default());
+    let mut targets: Vec<i64> = (0..rows as i64).map(|r| (r * 7) % vocab as i64).collect();
+    targets[5] = runner::data::IGNORE_INDEX;
+    let scale = 1.0 / (rows - 1) as f64;
+    let r = head_nll(hidden.clone(), head.clone(), &targets, scale, true, true);
+
+    let (h, w) = (Tensor::<B, 2>::from_inner(hidden).require_grad(), Tensor::<B, 2>::from_inner(head).require_grad());
+    let logp = burn::tensor::activation::log_softmax(h.clone().matmul(w.clone().transpose()), 1);
+    let picked: Vec<f32> = targets.iter().map(|&t| if t == runner::data::IGNORE_INDEX { 0.0 } else { 1.0 }).collect();
+    let index: Vec<i64> = targets.iter().map(|&t| t.max(0)).collect();
+    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [rows, 1]), &Default::default());
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(picked, [rows, 1]), &Default::default());
+    let nll = -(logp.gather(1, index) * mask).sum();
+    let expected_nll = nll.clone().into_scalar() as f64;
+    let grads = (nll * scale).backward();
+    assert!((r.nll_sum - expected_nll).abs() < 1e-3 * expected_nll.abs(), "{} vs {expected_nll}", r.nll_sum);
+    for (got, want) in [(r.grad_head.unwrap(), w.grad(&grads).unwrap()), (r.grad_hidden.unwrap(), h.grad(&grads).unwrap())] {
+        let (got, want) = (got.into_data().to_vec::<f32>().unwrap(), want.into_data().to_vec::<f32>().unwrap());
+        let diff = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-5, "gradients differ by {diff}");
+    }
+}

@@ -492,6 +492,25 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Result<Tensor<B, 
     Err([a, b])
 }
 
+/// On `Flex` in f32: `acc + a · b`, summed into acc's own buffer when nothing else holds it.
+/// The inputs back on any other backend (autodiff included) or dtype.
+pub fn matmul_accumulate<B: Backend>(acc: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> Result<Tensor<B, 2>, [Tensor<B, 2>; 3]> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() {
+        return Err([acc, a, b]);
+    }
+    let flex = |t: &Tensor<B, 2>| plain(downcast::<_, Tensor<Flex, 2>>(t.clone()).unwrap_or_else(|_| unreachable!("B is Flex")));
+    let (ap, bp) = (flex(&a), flex(&b));
+    let (Some(sa), Some(sb), Some(mut out)) = (strided(&ap), strided(&bp), contiguous(flex(&acc))) else {
+        return Err([acc, a, b]);
+    };
+    if sa.cols != sb.rows || dims(&out) != [sa.rows, sb.cols] {
+        return Err([acc, a, b]);
+    }
+    drop(acc);
+    host::matmul_accumulate(values_mut(&mut out), sa, sb);
+    Ok(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(out))))
+}
+
 #[derive(Debug)]
 struct MatmulBackward;
 

@@ -371,42 +371,66 @@ const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
 /// zero-fills its output, then copies it again into a realigned allocation: two extra passes
 /// over every product (and fresh pages to fault in for the copy).
 pub fn matmul_strided(a: Strided, b: Strided) -> Vec<f32> {
-    assert!(a.cols == b.rows && a.covers_its_data() && b.covers_its_data(), "bad matmul operands");
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if k == 0 || m == 0 || n == 0 {
+    let (m, n) = (a.rows, b.cols);
+    if a.cols == 0 || m == 0 || n == 0 {
+        assert!(a.cols == b.rows, "bad matmul operands");
         return vec![0f32; m * n];
     }
-    let parallelism = if m * n * k >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     let mut out = Vec::<f32>::with_capacity(m * n);
-    // SAFETY: the operands cover the matrices their strides describe (checked above) and `out`
-    // has room for `m·n`. With `read_dst` false gemm takes alpha as zero and writes every
-    // output element before it reads any (the blocked path accumulates later depth blocks
-    // into what the first one wrote), so no uninitialised value is read and all `m·n` are set.
+    // SAFETY: `out` has room for `m·n`. Without `accumulate` gemm takes alpha as zero and
+    // writes every output element before it reads any (the blocked path accumulates later
+    // depth blocks into what the first one wrote), so all `m·n` are set and no uninitialised
+    // value is read.
+    unsafe {
+        gemm_into(out.as_mut_ptr(), a, b, false);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// `dst += a · b`, `dst` row-major `[m, n]`: a gradient summed over chunks in place instead
+/// of a new product and an addition per chunk.
+pub fn matmul_accumulate(dst: &mut [f32], a: Strided, b: Strided) {
+    assert_eq!(dst.len(), a.rows * b.cols, "bad matmul destination");
+    if a.cols > 0 && !dst.is_empty() {
+        // SAFETY: `dst` holds the `m·n` output.
+        unsafe { gemm_into(dst.as_mut_ptr(), a, b, true) };
+    }
+}
+
+/// `dst (+)= a · b` through gemm, threaded past [`PARALLEL_PRODUCT`].
+///
+/// # Safety
+/// `dst` must point to `a.rows · b.cols` writable floats, initialised if `accumulate`.
+unsafe fn gemm_into(dst: *mut f32, a: Strided, b: Strided, accumulate: bool) {
+    assert!(a.cols == b.rows && a.covers_its_data() && b.covers_its_data(), "bad matmul operands");
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let parallelism = if m * n * k >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the operands cover the matrices their strides describe (checked above); the
+    // caller vouches for `dst`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            false,
+            accumulate,
             a.data.as_ptr().add(a.offset),
             a.col_stride as isize,
             a.row_stride as isize,
             b.data.as_ptr().add(b.offset),
             b.col_stride as isize,
             b.row_stride as isize,
-            0.0,
+            1.0,
             1.0,
             false,
             false,
             false,
             parallelism,
         );
-        out.set_len(m * n);
     }
-    out
 }
 
 /// A raw pointer that rayon tasks may share: each task writes a region no other task touches.

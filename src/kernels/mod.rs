@@ -50,6 +50,19 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     a.matmul(b)
 }
 
+/// `acc + a · b` in f32, summed into acc's buffer on flex (no autodiff) where acc is not
+/// shared; elsewhere composed.
+/// # Shapes
+/// - acc: `[m, n]`, a: `[m, k]`, b: `[k, n]` -> `[m, n]`
+pub fn matmul_accumulate<B: Backend>(acc: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let [acc, a, b] = match flex::matmul_accumulate(acc, a, b) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    acc + a.matmul(b)
+}
+
 /// A bf16 matmul: `round_bf16(round_bf16(a) · round_bf16(b))` with f32 accumulation,
 /// returned in f32. On flex it runs on AMX tiles when the CPU has them.
 /// # Shapes
@@ -535,7 +548,17 @@ mod tests {
             xt.grad(&grads).expect("x's gradient")
         };
         assert_close(grad_of_x(true), grad_of_x(false), 1e-5);
-        assert_close(matmul(x.clone(), w.clone()), x.matmul(w), 1e-5);
+        assert_close(matmul(x.clone(), w.clone()), x.clone().matmul(w.clone()), 1e-5);
+        // Summed into a unique accumulator in place, and into a copy of a shared one (which is
+        // left as it was); a transposed left operand, as for the head's gradient.
+        let acc = random::<Flex, 2>([40, 30], 1.0);
+        let expected = acc.clone() + x.clone().matmul(w.clone());
+        assert_close(matmul_accumulate(acc.clone() * 1.0, x.clone(), w.clone()), expected.clone(), 1e-5);
+        let before = acc.clone().into_data();
+        assert_close(matmul_accumulate(acc.clone(), x.clone(), w.clone()), expected, 1e-5);
+        assert_eq!(acc.clone().into_data(), before);
+        let xt = random::<Flex, 2>([64, 40], 1.0);
+        assert_close(matmul_accumulate(acc.clone(), xt.clone().transpose(), w.clone()), acc + xt.transpose().matmul(w), 1e-5);
     }
 
     #[test]

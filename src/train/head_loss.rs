@@ -73,11 +73,12 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
     // A transposed view; each chunk multiplies by it (materialising it measured no faster).
     let head_t = head.clone().transpose();
     let mut gh = grad_hidden.then(|| Tensor::<B, 2>::zeros([rows, d], &device));
-    let mut gw = grad_head.then(|| Tensor::<B, 2>::zeros(head.dims(), &device));
+    // The head's gradient starts as the first chunk's product and sums the others into it.
+    let mut gw: Option<Tensor<B, 2>> = None;
     let mut nll = Vec::new();
     let mut correct = Vec::new();
     let evaluating = !grad_hidden && !grad_head;
-    let want_grad = gh.is_some() || gw.is_some();
+    let want_grad = grad_hidden || grad_head;
     for chunk in scored.chunks(CHUNK_ROWS) {
         let n = chunk.len();
         let row_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]), &device);
@@ -92,8 +93,13 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
         if let Some(g) = gh.take() {
             gh = Some(g.select_assign(0, row_idx, precision::matmul(dlogits.clone(), head.clone()), IndexingUpdateOp::Add));
         }
-        if let Some(g) = gw.take() {
-            gw = Some(g + precision::matmul(dlogits.transpose(), h));
+        if grad_head {
+            gw = Some(match gw.take() {
+                // f32 only: other precisions round the product's inputs.
+                Some(g) if precision::active() == precision::Precision::Fp32 => kernels::matmul_accumulate(g, dlogits.transpose(), h),
+                Some(g) => g + precision::matmul(dlogits.transpose(), h),
+                None => precision::matmul(dlogits.transpose(), h),
+            });
         }
     }
     out.nll_sum = Tensor::cat(nll, 0).sum().into_scalar().elem::<f64>();
