@@ -563,7 +563,7 @@ mod tests {
 
     #[test]
     fn fused_lora_branch_matches_the_composed_ops_in_values_and_gradients() {
-        // Rows and columns off the kernels' blocks of 4 and 32; ranks 1 to THIN_MAX.
+        // Rows and columns off the kernels' blocks (4 rows, 16 columns); ranks 1 to THIN_MAX.
         for (n, k, r, d) in [(1, 1, 1, 1), (37, 20, 8, 70), (300, 64, 16, 257), (64, 5, 3, 33), (9, 576, 8, 192)] {
             let inputs = vec![random([n, k], 1.0), random([n, d], 1.0), random([k, r], 0.5), random([r, d], 0.5)];
             // The base as given (its buffer shared, so written in a copy) and as a fresh
