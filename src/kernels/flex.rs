@@ -462,6 +462,21 @@ pub fn adamw<B: Backend>(w: Tensor<B, 1>, g: &Tensor<B, 1>, m: Tensor<B, 1>, v: 
 
 // ---------------------------------------------------------------- f32 matmul
 
+/// `t` as a strided f32 matrix, or `None` for another dtype or rank, or a negative stride.
+fn strided(t: &FlexTensor) -> Option<host::Strided<'_>> {
+    let layout = t.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    if t.dtype() != DType::F32 || shape.num_dims() != 2 || strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    Some(host::Strided { data: t.storage::<f32>(), offset: layout.start_offset(), rows: shape[0], cols: shape[1], row_stride: strides[0] as usize, col_stride: strides[1] as usize })
+}
+
+/// A gradient as one that [`strided`] reads: flex's own when it already is, else made contiguous.
+fn strided_gradient(dy: FlexTensor) -> FlexTensor {
+    if strided(&dy).is_some() { dy } else { contiguous(dy).expect("f32 gradient") }
+}
+
 /// On flex in f32: `a · b` through [`host::matmul_strided`] (transposed views included), with
 /// its own backward pass that keeps only what the gradients need (no input for a frozen
 /// weight). The inputs back on any other backend or dtype.
@@ -521,7 +536,7 @@ impl Backward<Flex, 2> for MatmulBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, b) = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
-        let dy = if strided(&dy).is_some() { dy } else { contiguous(dy).expect("f32 gradient") };
+        let dy = strided_gradient(dy);
         let sdy = strided(&dy).expect("f32 gradient");
         let [pa, pb] = ops.parents;
         if let (Some(node), Some(b)) = (pa, &b) {
@@ -536,16 +551,6 @@ impl Backward<Flex, 2> for MatmulBackward {
 }
 
 // ---------------------------------------------------------------- bf16 matmul on AMX
-
-/// `t` as a strided f32 matrix, or `None` for another dtype or rank, or a negative stride.
-fn strided(t: &FlexTensor) -> Option<host::Strided<'_>> {
-    let layout = t.layout();
-    let (shape, strides) = (layout.shape(), layout.strides());
-    if t.dtype() != DType::F32 || shape.num_dims() != 2 || strides.iter().any(|&s| s < 0) {
-        return None;
-    }
-    Some(host::Strided { data: t.storage::<f32>(), offset: layout.start_offset(), rows: shape[0], cols: shape[1], row_stride: strides[0] as usize, col_stride: strides[1] as usize })
-}
 
 /// Packed bf16 forms of operands, keyed by their buffer's address and their view. Each entry
 /// holds a clone of its source tensor: the buffer can then be neither freed (so its address
@@ -666,13 +671,11 @@ fn thin_weight_gradient(a: &FlexTensor, dy: &FlexTensor) -> Option<FlexTensor> {
     None
 }
 
-/// See `kernels::matmul_bf16_host_weight`.
-#[cfg(target_arch = "x86_64")]
-pub fn matmul_bf16_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: bool, w: impl FnOnce() -> Vec<f32>) -> Result<P, P> {
+/// `x · W` (`x · Wᵀ` when `transposed`) for a weight `w()` made on the host for this one
+/// product (`shape` row-major), computed by `product` from views of both: `Err(x)` unless `P`
+/// is flex's f32 primitive whose columns chain with the weight, and then `w` is never called.
+fn host_weight_product<P: 'static>(x: P, shape: [usize; 2], transposed: bool, w: impl FnOnce() -> Vec<f32>, product: impl FnOnce(&FlexTensor, host::Strided, host::Strided) -> Vec<f32>) -> Result<P, P> {
     let back = |t: FlexTensor| downcast::<FlexTensor, P>(t).unwrap_or_else(|_| unreachable!("P is FlexTensor"));
-    if !super::amx::available() {
-        return Err(x);
-    }
     let x = downcast::<P, FlexTensor>(x)?;
     let Some(sx) = strided(&x) else { return Err(back(x)) };
     let [rows, cols] = shape;
@@ -682,9 +685,24 @@ pub fn matmul_bf16_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: 
     let values = w();
     let view = host::Strided { data: &values, offset: 0, rows, cols, row_stride: cols, col_stride: 1 };
     let view = if transposed { view.t() } else { view };
-    // The input goes through the input cache: q, k and v of a quantized layer share it.
-    let y = super::amx::matmul_packed(&packed_input(&x, sx), &super::amx::PackedB::new(view));
+    let y = product(&x, sx, view);
     Ok(back(tensor(y, &[sx.rows, view.cols])))
+}
+
+/// See `kernels::matmul_host_weight`.
+pub fn matmul_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: bool, w: impl FnOnce() -> Vec<f32>) -> Result<P, P> {
+    // gemm reads the transposed view in place: no transposed copy of the weight is made.
+    host_weight_product(x, shape, transposed, w, |_, sx, view| host::matmul_strided(sx, view))
+}
+
+/// See `kernels::matmul_bf16_host_weight`.
+#[cfg(target_arch = "x86_64")]
+pub fn matmul_bf16_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: bool, w: impl FnOnce() -> Vec<f32>) -> Result<P, P> {
+    if !super::amx::available() {
+        return Err(x);
+    }
+    // The input goes through the input cache: q, k and v of a quantized layer share it.
+    host_weight_product(x, shape, transposed, w, |x, sx, view| super::amx::matmul_packed(&packed_input(x, sx), &super::amx::PackedB::new(view)))
 }
 
 #[derive(Debug)]
@@ -698,7 +716,7 @@ impl Backward<Flex, 2> for MatmulBf16Backward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, b) = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
-        let dy = if strided(&dy).is_some() { dy } else { contiguous(dy).expect("f32 gradient") };
+        let dy = strided_gradient(dy);
         let [pa, pb] = ops.parents;
         // d(a·b) = dy·bᵀ for a and aᵀ·dy for b, both bf16 products as in the forward pass; a
         // frozen b's transpose goes through the weight cache.

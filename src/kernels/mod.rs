@@ -75,6 +75,20 @@ pub fn matmul_bf16<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2>
     matmul_bf16_composed(a, b)
 }
 
+/// `x · w` (`x · wᵀ` when `transposed`) in f32 for a right operand made on the host for this
+/// one product (QLoRA's dequantized weight, `shape` row-major): gemm reads its values (or
+/// their transposed view) where they are, with no backend tensor made of them. `w` is called
+/// only when the product runs here. `Err(x)` unless `P` is flex's f32 primitive.
+pub fn matmul_host_weight<P: 'static>(x: P, shape: [usize; 2], transposed: bool, w: impl FnOnce() -> Vec<f32>) -> Result<P, P> {
+    #[cfg(feature = "flex")]
+    return flex::matmul_host_weight(x, shape, transposed, w);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (shape, transposed, w);
+        Err(x)
+    }
+}
+
 /// `x · w` (`x · wᵀ` when `transposed`) in bf16 on AMX tiles for a right operand made on the
 /// host for this one product (QLoRA's dequantized weight, `shape` row-major): `w` is called
 /// only when the product runs here, packed straight from its values and not kept. `Err(x)`
@@ -359,6 +373,28 @@ mod tests {
         // Rounding really happens: 1 + 2⁻¹⁰ is 1 in bf16.
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0 + 2f32.powi(-10)], [1, 1]), &Default::default());
         assert_eq!(matmul_bf16(x.clone(), x).into_data().to_vec::<f32>().unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn f32_product_with_a_host_weight_matches_burns_matmul() {
+        // QLoRA's two products: x · Wᵀ forward and dy · W backward, W `[out, in]` on the host;
+        // one below gemm's parallel threshold and one above it.
+        for (n, out_features, in_features) in [(37, 70, 96), (300, 200, 160)] {
+            let w = random::<Flex, 2>([out_features, in_features], 1.0);
+            let values = || w.clone().into_data().to_vec::<f32>().unwrap();
+            for (x, transposed, dense) in [(random::<Flex, 2>([n, in_features], 1.0), true, w.clone().transpose()), (random::<Flex, 2>([n, out_features], 1.0), false, w.clone())] {
+                let y = matmul_host_weight(x.clone().into_primitive().tensor(), [out_features, in_features], transposed, values).unwrap_or_else(|_| panic!("flex f32 input (transposed = {transposed})"));
+                let y = Tensor::<Flex, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(y));
+                assert_close(y, x.matmul(dense), 1e-5);
+            }
+            // A strided (transposed) input is read in place too.
+            let xt = random::<Flex, 2>([in_features, n], 1.0).transpose();
+            let y = matmul_host_weight(xt.clone().into_primitive().tensor(), [out_features, in_features], true, values).unwrap_or_else(|_| panic!("a transposed view is strided"));
+            assert_close(Tensor::<Flex, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(y)), xt.matmul(w.clone().transpose()), 1e-5);
+        }
+        // An input that does not chain with the weight is handed back, the weight never made.
+        let x = random::<Flex, 2>([5, 7], 1.0).into_primitive().tensor();
+        assert!(matmul_host_weight(x, [6, 8], true, || unreachable!("not asked for")).is_err());
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -44,18 +44,19 @@ pub fn quantized_matmul<B: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTenso
     Tensor::from_primitive(TensorPrimitive::Float(times_weight::<B>(x.into_primitive().tensor(), weight, true, &device)))
 }
 
-/// `x · Wᵀ` (`transposed`) or `x · W` with the weight dequantized for this one product: in
-/// bf16 straight on AMX tiles when that is the active precision and the CPU has them,
-/// otherwise as a dense backend tensor through [`precision::matmul_primitive`].
+/// `x · Wᵀ` (`transposed`) or `x · W` with the weight dequantized for this one product: on
+/// flex straight from the dequantized values (gemm in f32; AMX tiles in bf16 when the CPU has
+/// them), otherwise as a dense backend tensor through [`precision::matmul_primitive`].
 fn times_weight<I: Backend>(x: I::FloatTensorPrimitive, weight: &QuantizedTensor, transposed: bool, device: &I::Device) -> I::FloatTensorPrimitive {
     let [out_features, in_features] = [weight.shape[0], weight.shape[1]];
-    let x = if precision::active() == Precision::Bf16 {
-        match kernels::matmul_bf16_host_weight(x, [out_features, in_features], transposed, || weight.dequantize()) {
-            Ok(y) => return y,
-            Err(x) => x,
-        }
-    } else {
-        x
+    let host_product = match precision::active() {
+        Precision::Fp32 => kernels::matmul_host_weight(x, [out_features, in_features], transposed, || weight.dequantize()),
+        Precision::Bf16 => kernels::matmul_bf16_host_weight(x, [out_features, in_features], transposed, || weight.dequantize()),
+        Precision::Fp16 => Err(x),
+    };
+    let x = match host_product {
+        Ok(y) => return y,
+        Err(x) => x,
     };
     let dense = if transposed {
         // A contiguous `[in, out]` matrix: a transposed view of `[out, in]` measured 35 MiB
