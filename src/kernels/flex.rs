@@ -45,6 +45,16 @@ fn wrap<B: Backend, C: Backend, const D: usize>(t: Tensor<C, D>) -> Tensor<B, D>
     downcast::<Tensor<C, D>, Tensor<B, D>>(t).unwrap_or_else(|_| unreachable!("B is C"))
 }
 
+/// `t`'s autodiff primitive (node and flex value), for ops that test `B == Ad` up front.
+fn ad_primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> <Ad as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive {
+    downcast::<_, Tensor<Ad, D>>(t).unwrap_or_else(|_| unreachable!("B is Ad")).into_primitive().tensor()
+}
+
+/// `t`'s flex primitive, for ops that test `B == Flex` up front.
+fn flex_primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> FlexTensor {
+    plain(downcast::<_, Tensor<Flex, D>>(t).unwrap_or_else(|_| unreachable!("B is Flex")))
+}
+
 // ---------------------------------------------------------------- RMSNorm
 
 fn rms_forward(x: &FlexTensor, w: &FlexTensor, eps: f64) -> (FlexTensor, FlexTensor) {
@@ -301,8 +311,7 @@ fn dims2(t: &FlexTensor) -> Option<[usize; 2]> {
 #[allow(clippy::type_complexity)]
 pub fn lora_branch<B: Backend>(x: Tensor<B, 2>, base: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> Result<Tensor<B, 2>, [Tensor<B, 2>; 4]> {
     if TypeId::of::<B>() == TypeId::of::<Ad>() {
-        let ad = |t: Tensor<B, 2>| downcast::<_, Tensor<Ad, 2>>(t).unwrap_or_else(|_| unreachable!("B is Ad")).into_primitive().tensor();
-        let (xs, bases, as_, bs) = (ad(x.clone()), ad(base.clone()), ad(a.clone()), ad(b.clone()));
+        let (xs, bases, as_, bs) = (ad_primitive(x.clone()), ad_primitive(base.clone()), ad_primitive(a.clone()), ad_primitive(b.clone()));
         let nodes = [xs.node.clone(), bases.node.clone(), as_.node.clone(), bs.node.clone()];
         let Some([xp, basep, ap, bp]) = lora_branch_operands(xs.primitive.clone(), bases.primitive.clone(), as_.primitive.clone(), bs.primitive.clone()) else {
             return Err([x, base, a, b]);
@@ -317,8 +326,7 @@ pub fn lora_branch<B: Backend>(x: Tensor<B, 2>, base: Tensor<B, 2>, a: Tensor<B,
         return Ok(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
     }
     if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        let flex = |t: Tensor<B, 2>| plain(downcast::<_, Tensor<Flex, 2>>(t).unwrap_or_else(|_| unreachable!("B is Flex")));
-        let Some([xp, basep, ap, bp]) = lora_branch_operands(flex(x.clone()), flex(base.clone()), flex(a.clone()), flex(b.clone())) else {
+        let Some([xp, basep, ap, bp]) = lora_branch_operands(flex_primitive(x.clone()), flex_primitive(base.clone()), flex_primitive(a.clone()), flex_primitive(b.clone())) else {
             return Err([x, base, a, b]);
         };
         drop((x, base, a, b));
@@ -482,8 +490,7 @@ fn strided_gradient(dy: FlexTensor) -> FlexTensor {
 /// weight). The inputs back on any other backend or dtype.
 pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Result<Tensor<B, 2>, [Tensor<B, 2>; 2]> {
     if TypeId::of::<B>() == TypeId::of::<Ad>() {
-        let ad = |t: Tensor<B, 2>| downcast::<_, Tensor<Ad, 2>>(t).unwrap_or_else(|_| unreachable!("B is Ad")).into_primitive().tensor();
-        let (at, bt) = (ad(a.clone()), ad(b.clone()));
+        let (at, bt) = (ad_primitive(a.clone()), ad_primitive(b.clone()));
         let y = match (strided(&at.primitive), strided(&bt.primitive)) {
             (Some(sa), Some(sb)) if sa.cols == sb.rows => tensor(host::matmul_strided(sa, sb), &[sa.rows, sb.cols]),
             _ => return Err([a, b]),
@@ -497,8 +504,7 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Result<Tensor<B, 
         return Ok(wrap(Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out))));
     }
     if TypeId::of::<B>() == TypeId::of::<Flex>() {
-        let flex = |t: Tensor<B, 2>| plain(downcast::<_, Tensor<Flex, 2>>(t).unwrap_or_else(|_| unreachable!("B is Flex")));
-        let (ap, bp) = (flex(a.clone()), flex(b.clone()));
+        let (ap, bp) = (flex_primitive(a.clone()), flex_primitive(b.clone()));
         return match (strided(&ap), strided(&bp)) {
             (Some(sa), Some(sb)) if sa.cols == sb.rows => Ok(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(tensor(host::matmul_strided(sa, sb), &[sa.rows, sb.cols]))))),
             _ => Err([a, b]),
@@ -513,9 +519,8 @@ pub fn matmul_accumulate<B: Backend>(acc: Tensor<B, 2>, a: Tensor<B, 2>, b: Tens
     if TypeId::of::<B>() != TypeId::of::<Flex>() {
         return Err([acc, a, b]);
     }
-    let flex = |t: &Tensor<B, 2>| plain(downcast::<_, Tensor<Flex, 2>>(t.clone()).unwrap_or_else(|_| unreachable!("B is Flex")));
-    let (ap, bp) = (flex(&a), flex(&b));
-    let (Some(sa), Some(sb), Some(mut out)) = (strided(&ap), strided(&bp), contiguous(flex(&acc))) else {
+    let (ap, bp) = (flex_primitive(a.clone()), flex_primitive(b.clone()));
+    let (Some(sa), Some(sb), Some(mut out)) = (strided(&ap), strided(&bp), contiguous(flex_primitive(acc.clone()))) else {
         return Err([acc, a, b]);
     };
     if sa.cols != sb.rows || dims(&out) != [sa.rows, sb.cols] {

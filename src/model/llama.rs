@@ -276,7 +276,7 @@ impl<B: Backend> Llama<B> {
         let [b, t] = input_ids.dims();
         let hidden = self.hidden_states(input_ids, rng);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let logits = hidden.matmul(head.value.clone().transpose());
+        let logits = kernels::matmul(hidden, head.value.clone().transpose());
         logits.reshape([b, t, self.config.vocab_size])
     }
 
@@ -299,7 +299,7 @@ impl<B: Backend> Llama<B> {
         let [b, t] = input_ids.dims();
         let hidden = self.hidden_states_cached(input_ids, None, None, Some(cache));
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        hidden.matmul(head.value.clone().transpose()).reshape([b, t, self.config.vocab_size])
+        kernels::matmul(hidden, head.value.clone().transpose()).reshape([b, t, self.config.vocab_size])
     }
 
     /// The hidden states of the new tokens. On a fresh sequence (no cache, or an empty one)
