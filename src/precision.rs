@@ -110,6 +110,16 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     }
 }
 
+/// `acc + a · b` with the product in the active precision. In f32 the product is summed into
+/// acc's own buffer (on flex, when nothing else holds it); other precisions round the
+/// product's inputs, so they add a separate product.
+pub fn matmul_accumulate<B: Backend>(acc: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    match active() {
+        Precision::Fp32 => crate::kernels::matmul_accumulate(acc, a, b),
+        _ => acc + matmul(a, b),
+    }
+}
+
 /// [`matmul`] for batched products of any rank, always through Burn's own ops.
 pub fn matmul_nd<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     match active().compute_dtype() {

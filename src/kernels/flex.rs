@@ -485,15 +485,20 @@ fn strided_gradient(dy: FlexTensor) -> FlexTensor {
     if strided(&dy).is_some() { dy } else { contiguous(dy).expect("f32 gradient") }
 }
 
+/// `a · b` as a new flex tensor through [`host::matmul_strided`], or `None` unless both are
+/// strided f32 matrices that chain.
+fn product(a: host::Strided, b: host::Strided) -> Option<FlexTensor> {
+    (a.cols == b.rows).then(|| tensor(host::matmul_strided(a, b), &[a.rows, b.cols]))
+}
+
 /// On flex in f32: `a · b` through [`host::matmul_strided`] (transposed views included), with
 /// its own backward pass that keeps only what the gradients need (no input for a frozen
 /// weight). The inputs back on any other backend or dtype.
 pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Result<Tensor<B, 2>, [Tensor<B, 2>; 2]> {
     if TypeId::of::<B>() == TypeId::of::<Ad>() {
         let (at, bt) = (ad_primitive(a.clone()), ad_primitive(b.clone()));
-        let y = match (strided(&at.primitive), strided(&bt.primitive)) {
-            (Some(sa), Some(sb)) if sa.cols == sb.rows => tensor(host::matmul_strided(sa, sb), &[sa.rows, sb.cols]),
-            _ => return Err([a, b]),
+        let Some(y) = strided(&at.primitive).zip(strided(&bt.primitive)).and_then(|(sa, sb)| product(sa, sb)) else {
+            return Err([a, b]);
         };
         let (a_tracked, b_tracked) = (at.is_tracked(), bt.is_tracked());
         let out = match MatmulBackward.prepare::<NoCheckpointing>([at.node.clone(), bt.node.clone()]).compute_bound().stateful() {
@@ -505,9 +510,9 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Result<Tensor<B, 
     }
     if TypeId::of::<B>() == TypeId::of::<Flex>() {
         let (ap, bp) = (flex_primitive(a.clone()), flex_primitive(b.clone()));
-        return match (strided(&ap), strided(&bp)) {
-            (Some(sa), Some(sb)) if sa.cols == sb.rows => Ok(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(tensor(host::matmul_strided(sa, sb), &[sa.rows, sb.cols]))))),
-            _ => Err([a, b]),
+        return match strided(&ap).zip(strided(&bp)).and_then(|(sa, sb)| product(sa, sb)) {
+            Some(y) => Ok(wrap(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(y)))),
+            None => Err([a, b]),
         };
     }
     Err([a, b])
@@ -540,17 +545,16 @@ impl Backward<Flex, 2> for MatmulBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, b) = ops.state;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let dy = strided_gradient(dy);
+        let dy = strided_gradient(grads.consume::<Flex>(&ops.node));
         let sdy = strided(&dy).expect("f32 gradient");
         let [pa, pb] = ops.parents;
         if let (Some(node), Some(b)) = (pa, &b) {
             let sb = strided(b).expect("f32 operand");
-            grads.register::<Flex>(node.id, tensor(host::matmul_strided(sdy, sb.t()), &[sdy.rows, sb.rows]));
+            grads.register::<Flex>(node.id, product(sdy, sb.t()).expect("dy chains with bᵀ"));
         }
         if let (Some(node), Some(a)) = (pb, &a) {
             let sa = strided(a).expect("f32 operand");
-            grads.register::<Flex>(node.id, tensor(host::matmul_strided(sa.t(), sdy), &[sa.cols, sdy.cols]));
+            grads.register::<Flex>(node.id, product(sa.t(), sdy).expect("aᵀ chains with dy"));
         }
     }
 }
@@ -720,8 +724,7 @@ impl Backward<Flex, 2> for MatmulBf16Backward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (a, b) = ops.state;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let dy = strided_gradient(dy);
+        let dy = strided_gradient(grads.consume::<Flex>(&ops.node));
         let [pa, pb] = ops.parents;
         // d(a·b) = dy·bᵀ for a and aᵀ·dy for b, both bf16 products as in the forward pass; a
         // frozen b's transpose goes through the weight cache.

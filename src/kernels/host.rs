@@ -409,27 +409,7 @@ unsafe fn gemm_into(dst: *mut f32, a: Strided, b: Strided, accumulate: bool) {
     // SAFETY: the operands cover the matrices their strides describe (checked above); the
     // caller vouches for `dst`.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr().add(a.offset),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr().add(b.offset),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+        gemm_raw(m, n, k, dst, n, accumulate, a.data.as_ptr().add(a.offset), a.row_stride, a.col_stride, b.data.as_ptr().add(b.offset), b.row_stride, b.col_stride, parallelism);
     }
 }
 
@@ -446,6 +426,15 @@ unsafe impl Sync for Shared {}
 /// The pointers must cover the `m × k`, `k × n` and `m × n` matrices their strides describe.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, read_dst: bool, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize) {
+    unsafe { gemm_raw(m, n, k, dst, dst_rs, read_dst, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, gemm::Parallelism::None) }
+}
+
+/// The one call into gemm: [`matmul`] with the threading chosen by the caller.
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, read_dst: bool, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize, parallelism: gemm::Parallelism) {
     unsafe {
         gemm::gemm(
             m,
@@ -466,7 +455,7 @@ unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, rea
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }

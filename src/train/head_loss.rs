@@ -95,9 +95,7 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
         }
         if grad_head {
             gw = Some(match gw.take() {
-                // f32 only: other precisions round the product's inputs.
-                Some(g) if precision::active() == precision::Precision::Fp32 => kernels::matmul_accumulate(g, dlogits.transpose(), h),
-                Some(g) => g + precision::matmul(dlogits.transpose(), h),
+                Some(g) => precision::matmul_accumulate(g, dlogits.transpose(), h),
                 None => precision::matmul(dlogits.transpose(), h),
             });
         }
