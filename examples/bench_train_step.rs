@@ -1,7 +1,8 @@
 //! Training-step throughput on SmolLM2-135M-Instruct, the runner half of
 //! `../shared/reference/lora_bench.py` (PyTorch + PEFT): random token ids with labels = ids,
 //! AdamW lr 2e-4, f32; 2 warm-up steps, then the mean over STEPS steps; peak RSS from the
-//! first training step on (the model is loaded and set up before the count starts).
+//! first training step on (the model is loaded and set up before the count starts), and on a
+//! GPU the peak of device memory in use.
 //!
 //!     cargo run --release --example bench_train_step [lora|lora_all|full|qlora|qlora_all] [BATCH] [SEQ] [STEPS] [MODEL] [DEVICE]
 //!
@@ -103,8 +104,10 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
         eprintln!("forward {:.2}s, head + loss {:.2}s, backward {:.2}s", (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64());
     }
     let peak_mb = runner::memory::peak_rss_bytes().unwrap_or(0) / (1 << 20);
+    // GPU runs: the device memory in use at its peak (the trainer samples it each step).
+    let device_mb = runner::memory::peak_device_bytes().map_or(String::new(), |b| format!(", \"peak_device_mb\": {}", b / (1 << 20)));
     println!(
-        "{{\"impl\": \"runner\", \"device\": \"{kind}\", \"method\": \"{method}\", \"precision\": \"{}\", \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}}}",
+        "{{\"impl\": \"runner\", \"device\": \"{kind}\", \"method\": \"{method}\", \"precision\": \"{}\", \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}{device_mb}}}",
         precision.name(),
         (batch * seq) as f64 / dt,
         model.param_count().trainable

@@ -1,5 +1,11 @@
 //! Peak resident memory of this process (Linux): reset at the start of a trial, read at its
-//! end, so each trial reports its own high-water mark.
+//! end, so each trial reports its own high-water mark. GPU runs also sample the device's
+//! memory (see [`sample_device`]).
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::backend::Backend;
 
 /// Keeps freed memory in glibc's heap for reuse instead of handing it back to the kernel.
 /// A training step allocates and frees hundreds of activation-sized buffers (1–32 MiB);
@@ -23,6 +29,7 @@ pub fn tune_allocator() {
 /// a small trial after a large one would report the large one's peak). Best effort: a no-op
 /// where /proc/self/clear_refs is missing or not writable.
 pub fn reset_peak() {
+    DEVICE_PEAK.store(0, Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel.
     unsafe {
@@ -32,11 +39,77 @@ pub fn reset_peak() {
 }
 
 /// Peak resident set size in bytes since the last reset (or since the process started).
+/// On a GPU run this is host memory only; see [`peak_device_bytes`].
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The most device memory in use at any [`sample_device`] since the last [`reset_peak`];
+/// 0 when nothing was sampled on a GPU.
+static DEVICE_PEAK: AtomicU64 = AtomicU64::new(0);
+
+/// Memory of a GPU backend's device as its memory pool accounts for it, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Held by live tensors, with their alignment padding (PyTorch's "allocated").
+    pub in_use: u64,
+    /// Taken from the device by the pool, in use or kept for reuse (PyTorch's "reserved").
+    pub reserved: u64,
+}
+
+/// The memory of `device` after the work queued on it has run; `None` on the CPU (whose
+/// memory [`peak_rss_bytes`] covers) or when the device cannot be queried.
+pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
+    let any: &dyn Any = device;
+    // wgpu and CUDA run on one runtime crate: each device's pool is behind the client that
+    // Burn's tensors allocate through, and `B::sync` runs what Burn has queued first.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    fn usage<B: Backend, R: cubecl::Runtime>(device: &B::Device, runtime_device: &R::Device) -> Option<DeviceMemory> {
+        B::sync(device).ok()?;
+        let u = R::client(runtime_device).memory_usage().ok()?;
+        Some(DeviceMemory { in_use: u.bytes_in_use + u.bytes_padding, reserved: u.bytes_reserved })
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        return usage::<B, cubecl::wgpu::WgpuRuntime>(device, d);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        return usage::<B, cubecl::cuda::CudaRuntime>(device, d);
+    }
+    let _ = any;
+    None
+}
+
+/// Adds the device's memory in use now to the peak that [`peak_device_bytes`] reports; a
+/// no-op on the CPU. The trainer samples after each forward pass and loss (when activations
+/// peak), after the backward pass and after the update. Transient buffers inside one
+/// operation fall between samples, so this is a lower bound of the true peak.
+pub fn sample_device<B: Backend>(device: &B::Device) {
+    if let Some(m) = device_memory::<B>(device) {
+        DEVICE_PEAK.fetch_max(m.in_use, Ordering::Relaxed);
+    }
+}
+
+/// The peak of device memory in use since the last [`reset_peak`]; `None` when no GPU work
+/// was sampled (a CPU run).
+pub fn peak_device_bytes() -> Option<u64> {
+    Some(DEVICE_PEAK.load(Ordering::Relaxed)).filter(|&b| b > 0)
+}
+
+/// Frees what Burn's autodiff graph holds for operations whose tensors are gone.
+///
+/// Burn 0.21's autodiff backend registers every operation in its graph, untracked ones
+/// included, and only prunes the graph at the end of a backward pass. Inference on an autodiff
+/// model (evaluation, generation) therefore piles up graph entries, some with copies of their
+/// inputs for recomputation: about 60 MB per 24-token SmolLM2 generation. A backward pass
+/// through a one-element tensor prunes everything no longer referenced.
+pub fn release_autodiff_graph<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device) {
+    let t = burn::tensor::Tensor::<B, 1>::ones([1], device).require_grad();
+    let _ = t.sum().backward();
 }
 
 #[cfg(test)]
@@ -56,16 +129,4 @@ mod tests {
         let after = super::peak_rss_bytes().unwrap();
         assert!(after < during, "reset should lower the peak: {during} -> {after}");
     }
-}
-
-/// Frees what Burn's autodiff graph holds for operations whose tensors are gone.
-///
-/// Burn 0.21's autodiff backend registers every operation in its graph, untracked ones
-/// included, and only prunes the graph at the end of a backward pass. Inference on an autodiff
-/// model (evaluation, generation) therefore piles up graph entries, some with copies of their
-/// inputs for recomputation: about 60 MB per 24-token SmolLM2 generation. A backward pass
-/// through a one-element tensor prunes everything no longer referenced.
-pub fn release_autodiff_graph<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device) {
-    let t = burn::tensor::Tensor::<B, 1>::ones([1], device).require_grad();
-    let _ = t.sum().backward();
 }

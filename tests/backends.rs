@@ -82,3 +82,47 @@ fn flex_and_cuda_agree() {
     // differed from flex by 9.3e-3 (loss 5.78986 vs 5.78975) and the gradients by 2.4e-4.
     compare::<Autodiff<burn::backend::Cuda>>(&Default::default(), 2e-2);
 }
+
+/// Full fine-tuning steps of the tiny model, AdamW's moments on the device or offloaded to
+/// the host; returns the parameter count.
+fn train_a_few_steps<B: AutodiffBackend>(device: &B::Device, offload: bool) -> usize {
+    use runner::train::{AdamWConfig, Schedule, Trainer};
+    let opts = TinyOptions::default();
+    let mut model = Llama::<B>::random(opts.config(), 5, opts.std(), device).unwrap();
+    let a = Example::text("Device memory is sampled by the trainer.");
+    let batch = Batch::collate(&[&a, &a], 32, &ByteTokenizer).unwrap();
+    let mut trainer = Trainer::<B>::new(AdamWConfig { offload, ..Default::default() }, Schedule::default(), 0).unwrap();
+    for _ in 0..2 {
+        trainer.step(&mut model, &batch).unwrap();
+    }
+    model.param_count().total
+}
+
+/// A GPU run measures device memory; a CPU run leaves it to the process's RSS. Offloading
+/// AdamW's moments takes their 8 bytes a parameter off the device's peak.
+#[cfg(feature = "wgpu")]
+#[test]
+fn training_on_wgpu_records_its_peak_device_memory() {
+    runner::memory::reset_peak();
+    train_a_few_steps::<Autodiff<Flex>>(&Default::default(), false);
+    assert_eq!(runner::memory::peak_device_bytes(), None, "flex has no device memory to sample");
+
+    let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+    let params = train_a_few_steps::<Autodiff<burn::backend::Wgpu>>(&device, false);
+    let peak = runner::memory::peak_device_bytes().expect("a wgpu step samples device memory");
+    // Full fine-tuning with AdamW holds weights, gradients and two moments (16 bytes a
+    // parameter) at least until the update, all of them on the device.
+    let floor = 16 * params as u64;
+    eprintln!("{params} parameters; device peak {peak} bytes (floor {floor})");
+    assert!(peak >= floor, "device peak {peak} below the {floor} bytes of weights, gradients and moments");
+    assert!(peak < 50 * floor, "device peak {peak} is implausibly large for {params} parameters");
+    let now = runner::memory::device_memory::<burn::backend::Wgpu>(&device).expect("wgpu reports its memory");
+    assert!(now.reserved >= now.in_use);
+
+    runner::memory::reset_peak();
+    train_a_few_steps::<Autodiff<burn::backend::Wgpu>>(&device, true);
+    let offloaded = runner::memory::peak_device_bytes().unwrap();
+    eprintln!("offloaded moments: device peak {offloaded} bytes ({} less)", peak as i64 - offloaded as i64);
+    // Half the moments' bytes, as margin for what the pool rounds.
+    assert!(offloaded + 4 * params as u64 <= peak, "offloading saved only {} of about {} bytes", peak as i64 - offloaded as i64, 8 * params);
+}

@@ -63,6 +63,9 @@ fn quickstart_loss_falls_and_runs_are_reproducible() {
     let after: f64 = rows[0][column(&header, "eval_loss")].parse().unwrap();
     assert!(after <= 0.7 * before, "held-out loss should fall by ≥ 30%: {before} -> {after}");
     assert_eq!(rows[0][column(&header, "trial_id")].len(), 12);
+    // On the CPU the peak is the process's resident memory, and there is no device column.
+    let peak: i64 = rows[0][column(&header, "peak_mem_mb")].parse().unwrap();
+    assert!(peak > 0 && !header.iter().any(|h| h == "peak_host_mb"), "{header:?}");
 }
 
 #[test]
@@ -331,7 +334,8 @@ fn mem_prints_the_breakdown_and_the_precision_table() {
 }
 
 /// The same recipe on wgpu (Mesa lavapipe in CI): the quantized matmul's custom autodiff op
-/// is picked for `Autodiff<Wgpu>` too, gives bitsandbytes' outputs and trains.
+/// is picked for `Autodiff<Wgpu>` too, gives bitsandbytes' outputs and trains. The trial's
+/// peak memory is the device's, with the host's beside it.
 #[test]
 fn quantization_api_runs_on_wgpu() {
     let dir = tempfile::tempdir().unwrap();
@@ -339,6 +343,9 @@ fn quantization_api_runs_on_wgpu() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (header, rows) = read_csv(&dir.path().join("quant_api/trials.csv"));
     assert_eq!(rows[0][column(&header, "status")], "ok", "{}", rows[0][column(&header, "error")]);
+    let mb = |name: &str| rows[0][column(&header, name)].parse::<i64>().unwrap();
+    // The tiny model's device memory is a few MB; the process holds far more on the host.
+    assert!((0..64).contains(&mb("peak_mem_mb")) && mb("peak_host_mb") > mb("peak_mem_mb"), "device {} MB, host {} MB", mb("peak_mem_mb"), mb("peak_host_mb"));
 }
 
 #[test]

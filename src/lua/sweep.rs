@@ -332,6 +332,18 @@ fn write_trial_inputs(dir: &Path, inputs: &TrialInputs) -> std::io::Result<()> {
 }
 
 /// Runs the trial function with the host set up for trial `id`; returns its outcome and seconds.
+/// The trial's peak memory, weights included: `peak_mem_mb` is the process's resident memory
+/// on the CPU, or the device memory in use on a GPU, where the host's peak follows as
+/// `peak_host_mb` (an offloaded optimizer's moments live there).
+fn peak_memory_mb() -> Vec<(&'static str, i64)> {
+    let mb = |b: u64| (b as f64 / (1 << 20) as f64).round() as i64;
+    let host = crate::memory::peak_rss_bytes().map(mb);
+    match crate::memory::peak_device_bytes() {
+        Some(device) => [("peak_mem_mb", Some(mb(device))), ("peak_host_mb", host)].into_iter().filter_map(|(k, v)| Some((k, v?))).collect(),
+        None => host.map(|h| ("peak_mem_mb", h)).into_iter().collect(),
+    }
+}
+
 fn call_trial(lua: &Lua, trial_fn: &Function, params: Table, id: &str, dir: &Path, steps: Option<Rc<RefCell<StepsLog>>>) -> (mlua::Result<LuaValue>, f64, Vec<(PathBuf, String)>) {
     {
         let mut host = lua.app_data_mut::<SweepHost>().expect("host");
@@ -476,7 +488,7 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
         steps.borrow_mut().take_unless(|t| t != id).map_err(io)?;
         let params = params_table(lua, trial, seed)?;
         let (outcome, seconds, inputs) = call_trial(lua, trial_fn, params, id, dir, Some(steps.clone()));
-        let peak_mem_mb = crate::memory::peak_rss_bytes().map(|b| (b as f64 / (1 << 20) as f64).round());
+        let peak_mem_mb = peak_memory_mb();
         if let Err(e) = &outcome
             && crate::interrupt::state().is_some()
         {
@@ -507,9 +519,10 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
             (Some(_), true) => TrialStatus::Nonfinite,
             (Some(_), false) => TrialStatus::Failed,
         };
-        if let Some(mb) = peak_mem_mb.filter(|_| !metrics.iter().any(|(k, _)| k == "peak_mem_mb")) {
-            // Peak resident memory of the process during the trial (weights included).
-            metrics.push(("peak_mem_mb".into(), Value::Int(mb as i64)));
+        for (name, mb) in peak_mem_mb {
+            if !metrics.iter().any(|(k, _)| k == name) {
+                metrics.push((name.into(), Value::Int(mb)));
+            }
         }
         if failure.is_none() {
             eprintln!("  ok in {seconds:.1}s {}", display_row(&metrics));

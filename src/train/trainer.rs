@@ -7,6 +7,7 @@ use burn::tensor::{Int, TensorData};
 use super::head_loss::{head_nll, next_token_targets_segmented, training_loss};
 use super::optim::{AdamW, AdamWConfig, GradMap, OptimError};
 use crate::data::Batch;
+use crate::memory;
 use crate::model::init::{self, HostRng};
 use crate::model::Llama;
 use crate::precision::{self, LossScale, Precision, PrecisionError};
@@ -232,9 +233,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let targets = next_token_targets_segmented(&micro.labels, micro.segments.as_deref(), micro.batch, micro.seq);
                 let head = model.head();
                 let (micro_nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total, loss_scale);
+                // Every activation is alive here: the usual peak of a step on a GPU.
+                memory::sample_device::<B>(&model.device);
                 if micro_nll.is_finite() {
                     let g = surrogate.backward();
                     grads.accumulate(&g, |c| model.visit(c));
+                    memory::sample_device::<B>(&model.device);
                 }
                 micro_nll
             };
@@ -280,6 +284,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         report.lr = self.lr();
         self.optim.update_from(report.lr, &grads, scale / loss_scale, |u| model.visit(u));
+        memory::sample_device::<B>(&model.device);
         self.progress.step += 1;
         report.loss_scale = self.progress.loss_scale.map(|s| s.scale);
         Ok(report)
@@ -319,6 +324,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let targets = next_token_targets_segmented(&micro.labels, micro.segments.as_deref(), micro.batch, micro.seq);
         let head = model.head();
         let (nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total, loss_scale);
+        memory::sample_device::<B>(&model.device);
         if !nll.is_finite() {
             return nll;
         }
@@ -330,6 +336,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             let y = model.stage_block(&staged, i, input.clone(), Some(&mut rngs[i].clone()));
             let g = (y * Tensor::from_inner(upstream)).sum().backward();
             grads.accumulate(&g, |c| model.visit(c));
+            if i + 1 == layers {
+                // One layer's recomputed activations and the gradients so far.
+                memory::sample_device::<B>(&model.device);
+            }
             match input.grad(&g) {
                 Some(next) => upstream = next,
                 None => return nll,
