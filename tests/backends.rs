@@ -126,3 +126,36 @@ fn training_on_wgpu_records_its_peak_device_memory() {
     // Half the moments' bytes, as margin for what the pool rounds.
     assert!(offloaded + 4 * params as u64 <= peak, "offloading saved only {} of about {} bytes", peak as i64 - offloaded as i64, 8 * params);
 }
+
+/// Quantized codes kept on a GPU backend's device dequantize there to the host's values
+/// exactly (CUDA's QLoRA products use this; wgpu's take host-dequantized weights), and a
+/// quantized model's logits on wgpu agree with flex's.
+#[cfg(feature = "wgpu")]
+#[test]
+fn quantized_weights_dequantize_on_wgpu_as_on_the_host() {
+    use runner::quant::{QuantConfig, QuantDtype, QuantizedTensor};
+    type Wgpu = burn::backend::Wgpu;
+    let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+    let (rows, cols) = (48, 192);
+    let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5).collect();
+    for dtype in [QuantDtype::Nf4, QuantDtype::Fp4, QuantDtype::Int4, QuantDtype::Int8] {
+        let q = QuantizedTensor::quantize(&values, &[rows, cols], QuantConfig { dtype, block: 64, double: true }).unwrap();
+        let on_device = q.dequantize_on::<Wgpu>(&device).expect("whole words and blocks");
+        assert_eq!(on_device.into_data().to_vec::<f32>().unwrap(), q.dequantize(), "{dtype}");
+    }
+
+    let logits = |model: &Llama<Autodiff<Flex>>| -> Vec<f32> {
+        let ids = Tensor::<Autodiff<Flex>, 2, Int>::from_data(TensorData::new((0..24i64).map(|i| (i * 37) % 256).collect::<Vec<_>>(), [2, 12]), &Default::default());
+        model.forward(ids, None).into_data().to_vec::<f32>().unwrap()
+    };
+    let opts = TinyOptions::default();
+    let mut host = Llama::<Autodiff<Flex>>::random(opts.config(), 5, opts.std(), &Default::default()).unwrap();
+    runner::quant::model::quantize_model(&mut host, QuantConfig { block: 16, ..Default::default() }).unwrap();
+    let mut gpu = Llama::<Autodiff<Wgpu>>::random(opts.config(), 5, opts.std(), &device).unwrap();
+    runner::quant::model::quantize_model(&mut gpu, QuantConfig { block: 16, ..Default::default() }).unwrap();
+    let ids = Tensor::<Autodiff<Wgpu>, 2, Int>::from_data(TensorData::new((0..24i64).map(|i| (i * 37) % 256).collect::<Vec<_>>(), [2, 12]), &device);
+    let on_gpu = gpu.forward(ids, None).into_data().to_vec::<f32>().unwrap();
+    let d = max_abs_diff(&logits(&host), &on_gpu);
+    eprintln!("QLoRA base logits, flex against wgpu: max |Δ| {d:e}");
+    assert!(d < 1e-4, "logits differ by {d}");
+}

@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use super::codes;
+use super::device::DeviceCopy;
 use super::error::QuantError;
 
 /// The code book of a quantized tensor.
@@ -157,6 +158,8 @@ pub struct QuantizedTensor {
     /// 4-bit: two codes per byte, the first in the high nibble; 8-bit: one code per byte.
     pub data: Vec<u8>,
     pub scales: BlockScales,
+    /// The codes and scales kept on a GPU backend's device (see [`super::device`]).
+    pub device_copy: DeviceCopy,
 }
 
 impl QuantizedTensor {
@@ -202,7 +205,7 @@ impl QuantizedTensor {
             codes
         };
         let scales = if config.double { double_quantize(&absmax) } else { BlockScales::Plain(absmax) };
-        Ok(Self { dtype: config.dtype, block, shape: shape.to_vec(), data, scales })
+        Ok(Self { dtype: config.dtype, block, shape: shape.to_vec(), data, scales, device_copy: DeviceCopy::default() })
     }
 
     pub fn numel(&self) -> usize {

@@ -133,7 +133,7 @@ pub fn from_tensors<'a>(name: &str, expected: [usize; 2], get: impl Fn(&str) -> 
             BlockScales::Double { codes: absmax_view.2.to_vec(), nested_absmax, offset, nested_map }
         }
     };
-    Ok(Some(QuantizedTensor { dtype, block, shape: expected.to_vec(), data: packed.2.to_vec(), scales }))
+    Ok(Some(QuantizedTensor { dtype, block, shape: expected.to_vec(), data: packed.2.to_vec(), scales, device_copy: Default::default() }))
 }
 
 /// The `quantization_config` transformers writes into config.json for such a checkpoint.

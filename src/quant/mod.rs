@@ -5,6 +5,7 @@
 pub mod blockwise;
 pub mod bnb_format;
 pub mod codes;
+pub mod device;
 pub mod error;
 pub mod matmul;
 pub mod model;
