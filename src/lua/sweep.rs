@@ -331,7 +331,6 @@ fn write_trial_inputs(dir: &Path, inputs: &TrialInputs) -> std::io::Result<()> {
     write_atomic(&dir.join(".inputs.json"), &serde_json::to_vec_pretty(inputs).map_err(std::io::Error::other)?)
 }
 
-/// Runs the trial function with the host set up for trial `id`; returns its outcome and seconds.
 /// The trial's peak memory, weights included: `peak_mem_mb` is the process's resident memory
 /// on the CPU, or the device memory in use on a GPU, where the host's peak follows as
 /// `peak_host_mb` (an offloaded optimizer's moments live there).
@@ -344,6 +343,7 @@ fn peak_memory_mb() -> Vec<(&'static str, i64)> {
     }
 }
 
+/// Runs the trial function with the host set up for trial `id`; returns its outcome and seconds.
 fn call_trial(lua: &Lua, trial_fn: &Function, params: Table, id: &str, dir: &Path, steps: Option<Rc<RefCell<StepsLog>>>) -> (mlua::Result<LuaValue>, f64, Vec<(PathBuf, String)>) {
     {
         let mut host = lua.app_data_mut::<SweepHost>().expect("host");

@@ -37,8 +37,8 @@ impl PartialEq for DeviceCopy {
     }
 }
 
-/// The packed bytes as little-endian 32-bit words, where each code sits in a word, the decoded absmax of every block and the
-/// dtype's code values, on `device`.
+/// On `device`: the packed bytes as little-endian 32-bit words, where each code sits in a
+/// word, the decoded absmax of every block and the dtype's code values.
 struct ResidentCodes<B: Backend> {
     device: B::Device,
     words: Tensor<B, 1, Int>,
