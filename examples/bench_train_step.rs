@@ -10,7 +10,11 @@
 //! before attaching the same LoRA adapters as `lora` and `lora_all`.
 //!
 //! `RUNNER_BENCH_CHECKPOINTING=1` turns on activation checkpointing (the memory/speed trade);
-//! `RUNNER_BENCH_PRECISION=bf16` (or fp16) trains in mixed precision.
+//! `RUNNER_BENCH_PRECISION=bf16` (or fp16) trains in mixed precision;
+//! `RUNNER_BENCH_OFFLOAD=1` keeps AdamW's moments in host memory (GPU runs).
+//!
+//! `tflops` is the step's matrix-product arithmetic (see [`step_flops`]) over its time, for
+//! model FLOP utilisation against a device's peak.
 //!
 //! MODEL `random-smollm2` is a random model of SmolLM2-135M's shape (for machines without the
 //! weights); DEVICE is flex (default), wgpu or cuda (built with that feature).
@@ -80,7 +84,8 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
         Err(_) => Default::default(),
     };
     let options = runner::train::TrainOptions { checkpointing: std::env::var("RUNNER_BENCH_CHECKPOINTING").is_ok_and(|v| v == "1"), precision, ..Default::default() };
-    let mut trainer = Trainer::<B>::with_options(AdamWConfig { lr: 2e-4, ..Default::default() }, Schedule::default(), options, 0)?;
+    let offload = std::env::var("RUNNER_BENCH_OFFLOAD").is_ok_and(|v| v == "1");
+    let mut trainer = Trainer::<B>::with_options(AdamWConfig { lr: 2e-4, offload, ..Default::default() }, Schedule::default(), options, 0)?;
     trainer.step(&mut model, &data)?;
     trainer.step(&mut model, &data)?;
     let start = Instant::now();
@@ -106,11 +111,34 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
     let peak_mb = runner::memory::peak_rss_bytes().unwrap_or(0) / (1 << 20);
     // GPU runs: the device memory in use at its peak (the trainer samples it each step).
     let device_mb = runner::memory::peak_device_bytes().map_or(String::new(), |b| format!(", \"peak_device_mb\": {}", b / (1 << 20)));
+    let trainable = model.param_count().trainable;
+    let tflops = step_flops(&model.config, trainable, method != "full", batch, seq) / dt / 1e12;
     println!(
-        "{{\"impl\": \"runner\", \"device\": \"{kind}\", \"method\": \"{method}\", \"precision\": \"{}\", \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}{device_mb}}}",
+        "{{\"impl\": \"runner\", \"device\": \"{kind}\", \"method\": \"{method}\", \"precision\": \"{}\", \"offload\": {offload}, \"batch\": {batch}, \"seq\": {seq}, \"s_per_step\": {dt:.3}, \"tokens_per_s\": {:.1}, \"tflops\": {tflops:.3}, \"trainable\": {}, \"peak_rss_mb\": {peak_mb}{device_mb}}}",
         precision.name(),
         (batch * seq) as f64 / dt,
-        model.param_count().trainable
+        trainable
     );
     Ok(())
+}
+
+/// The matrix-product arithmetic of one training step (2 FLOPs a multiply-add), counted as
+/// model FLOPs are: attention scores over the whole `seq × seq` square (the causal half that a
+/// kernel may skip still counts), element-wise work left out. The forward pass; the gradients
+/// of the activations (the same products again); the weight gradients of the `trainable`
+/// parameters (2 FLOPs a parameter a token); and for adapters (`adapters`: the trainable
+/// parameters are extra matrices beside frozen ones), their own forward and input-gradient
+/// products, 4 more.
+fn step_flops(c: &LlamaConfig, trainable: usize, adapters: bool, batch: usize, seq: usize) -> f64 {
+    let tokens = (batch * seq) as f64;
+    let (d, ffn) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let (q, kv) = ((c.num_attention_heads * c.head_dim()) as f64, (c.num_key_value_heads * c.head_dim()) as f64);
+    let layers = c.num_hidden_layers as f64;
+    // q, k, v, o, gate, up, down.
+    let weights = (d * q + 2.0 * d * kv + q * d + 3.0 * d * ffn) * layers;
+    let head = d * c.vocab_size as f64;
+    let attention = 2.0 * 2.0 * batch as f64 * (seq * seq) as f64 * q * layers;
+    let forward = 2.0 * tokens * (weights + head) + attention;
+    let per_parameter = if adapters { 6.0 } else { 2.0 };
+    2.0 * forward + per_parameter * tokens * trainable as f64
 }

@@ -1,7 +1,8 @@
 //! The same tiny model, forward and backward, on flex and on wgpu (Mesa lavapipe in CI) or
 //! CUDA (on a machine with an NVIDIA GPU: `cargo test --release --features cuda --test
-//! backends -- --ignored`): logits and LoRA gradients agree within 1e-4 (wgpu), or within
-//! TF32 rounding (CUDA).
+//! backends -- --ignored`; `scripts/device_check.sh` runs them on a GPU machine): logits and
+//! LoRA gradients agree within 1e-4 (wgpu), or within TF32 rounding (CUDA). The device-memory
+//! and quantized-weight checks run on both GPU backends the same way.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 use burn::backend::{Autodiff, Flex};
@@ -100,62 +101,79 @@ fn train_a_few_steps<B: AutodiffBackend>(device: &B::Device, offload: bool) -> u
 
 /// A GPU run measures device memory; a CPU run leaves it to the process's RSS. Offloading
 /// AdamW's moments takes their 8 bytes a parameter off the device's peak.
-#[cfg(feature = "wgpu")]
-#[test]
-fn training_on_wgpu_records_its_peak_device_memory() {
+fn training_records_its_peak_device_memory<B: AutodiffBackend>(device: &B::Device) {
     runner::memory::reset_peak();
     train_a_few_steps::<Autodiff<Flex>>(&Default::default(), false);
     assert_eq!(runner::memory::peak_device_bytes(), None, "flex has no device memory to sample");
 
-    let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
-    let params = train_a_few_steps::<Autodiff<burn::backend::Wgpu>>(&device, false);
-    let peak = runner::memory::peak_device_bytes().expect("a wgpu step samples device memory");
+    let params = train_a_few_steps::<B>(device, false);
+    let peak = runner::memory::peak_device_bytes().expect("a GPU step samples device memory");
     // Full fine-tuning with AdamW holds weights, gradients and two moments (16 bytes a
     // parameter) at least until the update, all of them on the device.
     let floor = 16 * params as u64;
     eprintln!("{params} parameters; device peak {peak} bytes (floor {floor})");
     assert!(peak >= floor, "device peak {peak} below the {floor} bytes of weights, gradients and moments");
     assert!(peak < 50 * floor, "device peak {peak} is implausibly large for {params} parameters");
-    let now = runner::memory::device_memory::<burn::backend::Wgpu>(&device).expect("wgpu reports its memory");
+    let now = runner::memory::device_memory::<B>(device).expect("the device reports its memory");
     assert!(now.reserved >= now.in_use);
 
     runner::memory::reset_peak();
-    train_a_few_steps::<Autodiff<burn::backend::Wgpu>>(&device, true);
+    train_a_few_steps::<B>(device, true);
     let offloaded = runner::memory::peak_device_bytes().unwrap();
     eprintln!("offloaded moments: device peak {offloaded} bytes ({} less)", peak as i64 - offloaded as i64);
     // Half the moments' bytes, as margin for what the pool rounds.
     assert!(offloaded + 4 * params as u64 <= peak, "offloading saved only {} of about {} bytes", peak as i64 - offloaded as i64, 8 * params);
 }
 
-/// Quantized codes kept on a GPU backend's device dequantize there to the host's values
-/// exactly (CUDA's QLoRA products use this; wgpu's take host-dequantized weights), and a
-/// quantized model's logits on wgpu agree with flex's.
 #[cfg(feature = "wgpu")]
 #[test]
-fn quantized_weights_dequantize_on_wgpu_as_on_the_host() {
+fn training_on_wgpu_records_its_peak_device_memory() {
+    training_records_its_peak_device_memory::<Autodiff<burn::backend::Wgpu>>(&burn::backend::wgpu::WgpuDevice::DefaultDevice);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU; run with --ignored where there is one"]
+fn training_on_cuda_records_its_peak_device_memory() {
+    training_records_its_peak_device_memory::<Autodiff<burn::backend::Cuda>>(&Default::default());
+}
+
+/// Quantized codes kept on a GPU backend's device dequantize there to the host's values
+/// exactly (CUDA's QLoRA products use this; wgpu's take host-dequantized weights), and a
+/// quantized model's logits on the device agree with flex's within `tol`.
+fn quantized_weights_dequantize_on_the_device_as_on_the_host<B: AutodiffBackend>(device: &B::Device, tol: f32) {
     use runner::quant::{QuantConfig, QuantDtype, QuantizedTensor};
-    type Wgpu = burn::backend::Wgpu;
-    let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
     let (rows, cols) = (48, 192);
     let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5).collect();
     for dtype in [QuantDtype::Nf4, QuantDtype::Fp4, QuantDtype::Int4, QuantDtype::Int8] {
         let q = QuantizedTensor::quantize(&values, &[rows, cols], QuantConfig { dtype, block: 64, double: true }).unwrap();
-        let on_device = q.dequantize_on::<Wgpu>(&device).expect("whole words and blocks");
+        let on_device = q.dequantize_on::<B>(device).expect("whole words and blocks");
         assert_eq!(on_device.into_data().to_vec::<f32>().unwrap(), q.dequantize(), "{dtype}");
     }
 
-    let logits = |model: &Llama<Autodiff<Flex>>| -> Vec<f32> {
-        let ids = Tensor::<Autodiff<Flex>, 2, Int>::from_data(TensorData::new((0..24i64).map(|i| (i * 37) % 256).collect::<Vec<_>>(), [2, 12]), &Default::default());
-        model.forward(ids, None).into_data().to_vec::<f32>().unwrap()
-    };
-    let opts = TinyOptions::default();
-    let mut host = Llama::<Autodiff<Flex>>::random(opts.config(), 5, opts.std(), &Default::default()).unwrap();
-    runner::quant::model::quantize_model(&mut host, QuantConfig { block: 16, ..Default::default() }).unwrap();
-    let mut gpu = Llama::<Autodiff<Wgpu>>::random(opts.config(), 5, opts.std(), &device).unwrap();
-    runner::quant::model::quantize_model(&mut gpu, QuantConfig { block: 16, ..Default::default() }).unwrap();
-    let ids = Tensor::<Autodiff<Wgpu>, 2, Int>::from_data(TensorData::new((0..24i64).map(|i| (i * 37) % 256).collect::<Vec<_>>(), [2, 12]), &device);
-    let on_gpu = gpu.forward(ids, None).into_data().to_vec::<f32>().unwrap();
-    let d = max_abs_diff(&logits(&host), &on_gpu);
-    eprintln!("QLoRA base logits, flex against wgpu: max |Δ| {d:e}");
-    assert!(d < 1e-4, "logits differ by {d}");
+    /// The base logits of the tiny model quantized to NF4 (block 16), on backend `C`.
+    fn quantized_logits<C: AutodiffBackend>(device: &C::Device) -> Vec<f32> {
+        let opts = TinyOptions::default();
+        let mut model = Llama::<C>::random(opts.config(), 5, opts.std(), device).unwrap();
+        runner::quant::model::quantize_model(&mut model, QuantConfig { block: 16, ..Default::default() }).unwrap();
+        let ids = Tensor::<C, 2, Int>::from_data(TensorData::new((0..24i64).map(|i| (i * 37) % 256).collect::<Vec<_>>(), [2, 12]), device);
+        model.forward(ids, None).into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    }
+    let d = max_abs_diff(&quantized_logits::<Autodiff<Flex>>(&Default::default()), &quantized_logits::<B>(device));
+    eprintln!("QLoRA base logits, flex against the device: max |Δ| {d:e}");
+    assert!(d < tol, "logits differ by {d}");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn quantized_weights_dequantize_on_wgpu_as_on_the_host() {
+    quantized_weights_dequantize_on_the_device_as_on_the_host::<Autodiff<burn::backend::Wgpu>>(&burn::backend::wgpu::WgpuDevice::DefaultDevice, 1e-4);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU; run with --ignored where there is one"]
+fn quantized_weights_dequantize_on_cuda_as_on_the_host() {
+    // TF32 products, as in flex_and_cuda_agree.
+    quantized_weights_dequantize_on_the_device_as_on_the_host::<Autodiff<burn::backend::Cuda>>(&Default::default(), 2e-2);
 }
