@@ -3,7 +3,7 @@
 # SmolLM2-135M-Instruct (f32, batch 4 x 256 random tokens, AdamW): LoRA r=8 on q,v; LoRA r=8
 # on all linear layers; full fine-tuning. Then the same in bf16 mixed precision: runner's
 # `precision = "bf16"` (AMX tiles where the CPU has them) against PyTorch's CPU autocast
-# (scripts/torch_autocast_bench.py).
+# (scripts/torch_bench.py).
 #
 #   scripts/bench_train_step.sh PYTHON [LORA_BENCH_PY] [STEPS] [REPEATS]
 #
@@ -37,7 +37,7 @@ for _ in $(seq "$REPEATS"); do
   [ "${BF16:-1}" = 0 ] && continue
   for method in lora lora_all full; do
     RUNNER_BENCH_PRECISION=bf16 ./target/release/examples/bench_train_step "$method" 4 256 "$STEPS" | tee -a "$LINES"
-    "$PY" scripts/torch_autocast_bench.py "$HF" "$method" 4 256 "$STEPS" | tee -a "$LINES"
+    "$PY" scripts/torch_bench.py "$HF" "$method" bf16 cpu 4 256 "$STEPS" | tee -a "$LINES"
   done
 done
 "$PY" - "$LINES" <<'EOF_SUMMARY'

@@ -14,7 +14,7 @@
 # tests of tests/backends.rs); runner's step (random SmolLM2-135M-shaped model, batch 4 × 256,
 # 10 steps) for LoRA q,v, LoRA all-linear, full fine-tuning and QLoRA NF4 in f32, LoRA and
 # full in bf16, full with the optimizer offloaded, LoRA q,v at 16 × 512; PyTorch + PEFT
-# (scripts/torch_gpu_bench.py) on the same methods, shapes and precisions. Each command has
+# (scripts/torch_bench.py) on the same methods, shapes and precisions. Each command has
 # its own time limit, so one hang costs one line. Environment overrides, for a dry run on
 # another backend: DEVICE (cuda), BATCH/SEQ (4/256), STEPS (10), METHODS, TORCH (1; 0 skips
 # PyTorch and the tests).
@@ -61,7 +61,7 @@ run)
   torch_bench() { # METHOD PRECISION BATCH SEQ
     [ "$TORCH" = 1 ] || return 0
     echo "== pytorch $*" >&2
-    timeout 150 python3 scripts/torch_gpu_bench.py "$@" "$STEPS" 2>>"$OUT_DIR/torch.stderr" >> "$OUT_DIR/bench.jsonl" \
+    timeout 150 python3 scripts/torch_bench.py random-smollm2 "$1" "$2" cuda "$3" "$4" "$STEPS" 2>>"$OUT_DIR/torch.stderr" >> "$OUT_DIR/bench.jsonl" \
       || echo "{\"impl\": \"pytorch\", \"failed\": \"$*\"}" >> "$OUT_DIR/bench.jsonl"
   }
   for m in $METHODS; do
