@@ -12,8 +12,8 @@
 # `run` covers: flex against CUDA (logits, LoRA gradients), QLoRA's codes dequantized on the
 # device, the trainer's device-memory peak and the offloaded optimizer's saving (the ignored
 # tests of tests/backends.rs); runner's step (random SmolLM2-135M-shaped model, batch 4 × 256,
-# 10 steps) for LoRA q,v, LoRA all-linear, full fine-tuning and QLoRA NF4 in f32, LoRA and
-# full in bf16, full with the optimizer offloaded, LoRA q,v at 16 × 512; PyTorch + PEFT
+# 10 steps) for LoRA q,v, LoRA all-linear, full fine-tuning and QLoRA NF4 in f32, LoRA,
+# full and QLoRA in bf16, full with the optimizer offloaded, LoRA q,v at 16 × 512; PyTorch + PEFT
 # (scripts/torch_bench.py) on the same methods, shapes and precisions. Each command has
 # its own time limit, so one hang costs one line. Environment overrides, for a dry run on
 # another backend: DEVICE (cuda), BATCH/SEQ (4/256), STEPS (10), METHODS, TORCH (1; 0 skips
@@ -68,10 +68,10 @@ run)
     bench "$m" "$BATCH" "$SEQ"
     case $m in qlora*) ;; *) torch_bench "$m" fp32 "$BATCH" "$SEQ" ;; esac
   done
-  for m in lora full; do
+  for m in lora full qlora; do
     case " $METHODS " in *" $m "*) ;; *) continue ;; esac
     bench RUNNER_BENCH_PRECISION=bf16 "$m" "$BATCH" "$SEQ"
-    torch_bench "$m" bf16 "$BATCH" "$SEQ"
+    case $m in qlora) ;; *) torch_bench "$m" bf16 "$BATCH" "$SEQ" ;; esac
   done
   case " $METHODS " in *" full "*) bench RUNNER_BENCH_OFFLOAD=1 full "$BATCH" "$SEQ" ;; esac
   case " $METHODS " in *" lora "*)
