@@ -468,6 +468,12 @@ pub fn adamw<B: Backend>(w: Tensor<B, 1>, g: &Tensor<B, 1>, m: Tensor<B, 1>, v: 
     Ok([back(wp), back(mp), back(vp)])
 }
 
+/// On `Flex` in f32: `Σ x²` read in place; `None` on any other backend or dtype.
+pub fn sum_squares<B: Backend>(x: &Tensor<B, 1>) -> Option<f64> {
+    let t = contiguous(plain(downcast::<_, Tensor<Flex, 1>>(x.clone()).ok()?))?;
+    Some(host::sum_squares(data(&t)))
+}
+
 // ---------------------------------------------------------------- f32 matmul
 
 /// `t` as a strided f32 matrix, or `None` for another dtype or rank, or a negative stride.

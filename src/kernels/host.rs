@@ -646,6 +646,9 @@ pub struct AdamWStep {
     /// `lr / (1 − β₁ᵗ)`.
     pub(super) step_size: f32,
     pub(super) eps: f32,
+    /// What each gradient is multiplied by first (clipping, loss-scale removal): folded into
+    /// the update so that a scaled gradient is never a whole-tensor temporary.
+    pub(super) grad_scale: f32,
 }
 
 impl AdamWStep {
@@ -660,7 +663,13 @@ impl AdamWStep {
             sqrt_bias_correction2: (1.0 - beta2.powi(t)).sqrt() as f32,
             step_size: (lr / (1.0 - beta1.powi(t))) as f32,
             eps: eps as f32,
+            grad_scale: 1.0,
         }
+    }
+
+    /// The same step on gradients multiplied by `scale` first.
+    pub fn with_grad_scale(self, scale: f64) -> Self {
+        Self { grad_scale: scale as f32, ..self }
     }
 }
 
@@ -674,11 +683,25 @@ pub fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWSte
 simd_kernel! {
     fn adamw_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
         for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g * s.grad_scale;
             *m = *m * s.beta1 + g * s.one_minus_beta1;
             *v = *v * s.beta2 + g * g * s.one_minus_beta2;
             let denom = v.sqrt() / s.sqrt_bias_correction2 + s.eps;
             *w = *w * s.decay - *m / denom * s.step_size;
         }
+    }
+}
+
+/// `Σ x²` in f64: f32 sums over [`LANES`] lanes within chunks of 16 Ki values (exact enough
+/// for a gradient norm, and vectorised), the chunks' sums added in f64, in parallel.
+pub fn sum_squares(xs: &[f32]) -> f64 {
+    const CHUNK: usize = 1 << 14;
+    xs.par_chunks(CHUNK).map(|c| sum_squares_chunk(c) as f64).sum()
+}
+
+simd_kernel! {
+    fn sum_squares_chunk(xs: &[f32]) -> f32 {
+        dot(xs, xs)
     }
 }
 

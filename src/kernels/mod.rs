@@ -274,11 +274,25 @@ pub fn adamw<B: Backend>(w: Tensor<B, 1>, g: Tensor<B, 1>, m: Tensor<B, 1>, v: T
 }
 
 pub fn adamw_composed<B: Backend>(w: Tensor<B, 1>, g: Tensor<B, 1>, m: Tensor<B, 1>, v: Tensor<B, 1>, s: AdamWStep) -> [Tensor<B, 1>; 3] {
+    let g = if s.grad_scale == 1.0 { g } else { g * s.grad_scale };
     let m = m * s.beta1 + g.clone() * s.one_minus_beta1;
     let v = v * s.beta2 + g.square() * s.one_minus_beta2;
     let denom = v.clone().sqrt() / s.sqrt_bias_correction2 + s.eps;
     let w = w * s.decay - m.clone() / denom * s.step_size;
     [w, m, v]
+}
+
+/// `Σ x²` of a flat tensor, in f64 (a gradient's squared L2 norm) without a squared copy.
+pub fn sum_squares<B: Backend>(x: &Tensor<B, 1>) -> f64 {
+    #[cfg(feature = "flex")]
+    if let Some(s) = flex::sum_squares(x) {
+        return s;
+    }
+    sum_squares_composed(x)
+}
+
+pub fn sum_squares_composed<B: Backend>(x: &Tensor<B, 1>) -> f64 {
+    x.clone().square().sum().into_scalar().elem::<f64>()
 }
 
 pub fn rms_norm_composed<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
@@ -545,11 +559,32 @@ mod tests {
             let [w, g, m] = [random::<Flex, 1>([n], 1.0), random([n], 0.1), random([n], 0.01)];
             let v = random::<Flex, 1>([n], 1e-4).abs();
             let fused = adamw(w.clone(), g.clone(), m.clone(), v.clone(), step);
-            let composed = adamw_composed(w, g, m, v, step);
+            let composed = adamw_composed(w.clone(), g.clone(), m.clone(), v.clone(), step);
             for (a, b) in fused.into_iter().zip(composed) {
                 assert_close(a, b, 1e-6);
             }
+            // A gradient scale (clipping) is the same update as on the scaled gradient, fused
+            // or composed.
+            let scaled = adamw(w.clone(), g.clone(), m.clone(), v.clone(), step.with_grad_scale(0.37));
+            let composed = adamw_composed(w.clone(), g.clone(), m.clone(), v.clone(), step.with_grad_scale(0.37));
+            let reference = adamw_composed(w, g * 0.37, m, v, step);
+            for ((a, b), r) in scaled.into_iter().zip(composed).zip(reference) {
+                assert_close(a, r.clone(), 1e-6);
+                assert_close(b, r, 1e-6);
+            }
         }
+    }
+
+    #[test]
+    fn fused_sum_of_squares_matches_the_composed_ops() {
+        // Empty, one value, under a chunk, and several chunks with a remainder.
+        for n in [0, 1, 1000, 3 * (1 << 14) + 17] {
+            let x = random::<Flex, 1>([n], 1.0);
+            let (fused, composed) = (sum_squares(&x), sum_squares_composed(&x));
+            assert!((fused - composed).abs() <= 1e-5 * composed.max(1.0), "n = {n}: {fused} vs {composed}");
+        }
+        let x = Tensor::<Flex, 1>::from_data(TensorData::new(vec![3.0f32, -4.0], [2]), &Default::default());
+        assert_eq!(sum_squares(&x), 25.0);
     }
 
     #[test]

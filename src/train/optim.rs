@@ -82,7 +82,7 @@ impl<B: AutodiffBackend> GradMap<B> {
     pub fn global_norm(&self) -> f64 {
         let mut names: Vec<&String> = self.grads.keys().collect();
         names.sort();
-        let sum: f64 = names.iter().map(|n| self.grads[*n].clone().square().sum().into_scalar().elem::<f64>()).sum();
+        let sum: f64 = names.iter().map(|n| kernels::sum_squares(&self.grads[*n])).sum();
         sum.sqrt()
     }
 
@@ -207,17 +207,16 @@ impl<B: AutodiffBackend> AdamW<B> {
         if !p.trainable {
             return;
         }
-        let g = match grads {
+        let (g, grad_scale) = match grads {
             GradSource::Autodiff(grads) => match p.value.grad(grads) {
                 Some(g) => {
                     let n: usize = g.dims().iter().product();
-                    g.reshape([n])
+                    (g.reshape([n]), 1.0)
                 }
                 None => return,
             },
             GradSource::Map { map, scale } => match map.grads.get(name) {
-                Some(g) if *scale == 1.0 => g.clone(),
-                Some(g) => g.clone() * *scale,
+                Some(g) => (g.clone(), *scale),
                 None => return,
             },
         };
@@ -236,7 +235,7 @@ impl<B: AutodiffBackend> AdamW<B> {
         };
         let t = self.steps as i32;
         let weight_decay = if self.decays(name) { c.weight_decay } else { 0.0 };
-        let step = kernels::AdamWStep::new(lr, c.beta1, c.beta2, c.eps, weight_decay, t);
+        let step = kernels::AdamWStep::new(lr, c.beta1, c.beta2, c.eps, weight_decay, t).with_grad_scale(grad_scale);
         let [w, m, v] = kernels::adamw(w, g, m, v, step);
         let host = |t: Tensor<B::InnerBackend, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 moments");
         let stored = if c.offload { Moments::Host { m: host(m), v: host(v) } } else { Moments::Device { m, v } };
