@@ -15,7 +15,7 @@
 # stack's median s/step and peak RSS, and runner's speed over PyTorch's (PyTorch's s/step
 # over runner's) per pair and of the medians. On a shared or virtual machine the speed of one
 # run drifts by 10-15%, so each pair runs back to back and REPEATS pairs interleave the
-# methods. BF16=0 skips the mixed-precision half.
+# methods. BF16=0 skips the mixed-precision half; METHODS="lora full" runs only those.
 set -euo pipefail
 PY=${1:?usage: scripts/bench_train_step.sh PYTHON [LORA_BENCH_PY] [STEPS] [REPEATS]}
 REF=${2:-../shared/reference/lora_bench.py}
@@ -30,12 +30,12 @@ printf 'runner.model.load("smollm2-135m-instruct"):save_pretrained(runner.params
 HF="$TMP/model"
 LINES="$TMP/bench.jsonl"
 for _ in $(seq "$REPEATS"); do
-  for method in lora lora_all full; do
+  for method in ${METHODS:-lora lora_all full}; do
     ./target/release/examples/bench_train_step "$method" 4 256 "$STEPS" | tee -a "$LINES"
     "$PY" "$REF" "$HF" "$method" 4 256 "$STEPS" | tee -a "$LINES"
   done
   [ "${BF16:-1}" = 0 ] && continue
-  for method in lora lora_all full; do
+  for method in ${METHODS:-lora lora_all full}; do
     RUNNER_BENCH_PRECISION=bf16 ./target/release/examples/bench_train_step "$method" 4 256 "$STEPS" | tee -a "$LINES"
     "$PY" scripts/torch_bench.py "$HF" "$method" bf16 cpu 4 256 "$STEPS" | tee -a "$LINES"
   done

@@ -202,6 +202,35 @@ fn a_runaway_loop_stops_at_the_time_limit_and_is_not_recorded() {
     assert_eq!(rows[0][column(&header, "forever")], "false");
 }
 
+#[test]
+fn trials_the_recipe_no_longer_has_move_to_the_archive_with_their_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    // The grid on its own lines above the trial function: editing it keeps the other trials' ids.
+    let recipe = |xs: &str| format!("runner.sweep{{\n  name = \"s\",\n  grid = {{ x = {{ {xs} }} }},\n  trial = function(p)\n    for s = 1, 2 do runner.log{{ step = s, loss = p.x * s }} end\n    return {{ y = p.x }}\n  end,\n}}\n");
+    let path = dir.path().join("sweep.lua");
+    let run = |xs: &str| {
+        std::fs::write(&path, recipe(xs)).unwrap();
+        let out = runner_in(dir.path(), &["sweep.lua", "--results", "results"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    run("1, 2, 3, 4");
+    // Two grid values dropped: their rows and steps leave the sweep for archive/, the rest stay.
+    let err = run("1, 2");
+    assert!(err.contains("2 trial(s) of an earlier version of the recipe moved to"), "{err}");
+    assert_eq!(err.matches("done earlier, reused").count(), 2, "{err}");
+    let sweep = dir.path().join("results/s");
+    let xs = |file: &str, col: &str| {
+        let (header, rows) = read_csv(&sweep.join(file));
+        let c = column(&header, col);
+        rows.iter().map(|r| r[c].clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(xs("trials.csv", "x"), ["1", "2"]);
+    assert_eq!(xs("archive/trials.csv", "x"), ["3", "4"]);
+    assert_eq!(xs("steps.csv", "loss"), ["1", "2", "2", "4"]);
+    assert_eq!(xs("archive/steps.csv", "loss"), ["3", "6", "4", "8"]);
+}
+
 fn count_in(path: &Path, needle: &str) -> usize {
     std::fs::read_to_string(path).map(|t| t.matches(needle).count()).unwrap_or(0)
 }

@@ -2,7 +2,7 @@
 //! skip those already done, and write trials.csv and steps.csv.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
@@ -455,17 +455,27 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
     let mut trial_inputs = read_trial_inputs(dir);
     // Rows of trials this version of the recipe no longer has (an edited trial function, a
     // removed grid value) move to archive/, so trials.csv describes the current sweep only.
-    let stale = table.take_unless(|r| ids.contains(&r.trial_id)).map_err(io)?;
+    let stale: Vec<TrialRecord> = table.rows().iter().filter(|r| !ids.contains(&r.trial_id)).cloned().collect();
     if !stale.is_empty() {
+        let stale_ids: HashSet<&str> = stale.iter().map(|r| r.trial_id.as_str()).collect();
         let archive = dir.join("archive");
         let mut old = TrialsTable::open(&archive).map_err(io)?;
         let mut old_steps = StepsLog::open(&archive).map_err(io)?;
-        let moved = steps.borrow_mut().take_unless(|id| !stale.iter().any(|r| r.trial_id == id)).map_err(io)?;
+        let mut moved: HashMap<String, Vec<_>> = HashMap::new();
+        for (id, row) in steps.borrow().rows().iter().filter(|(id, _)| stale_ids.contains(id.as_str())) {
+            moved.entry(id.clone()).or_default().push(row.clone());
+        }
         for r in &stale {
-            old.record(r.clone()).map_err(io)?;
-            old_steps.extend(&r.trial_id, moved.iter().filter(|(id, _)| *id == r.trial_id).map(|(_, row)| row.clone())).map_err(io)?;
+            old.upsert(r.clone());
+            old_steps.append(&r.trial_id, moved.remove(&r.trial_id).unwrap_or_default());
             trial_inputs.remove(&r.trial_id);
         }
+        // The archive is written whole before the rows leave the sweep's own files, so that a
+        // crash in between leaves them in both places, never in neither.
+        old_steps.rewrite().map_err(io)?;
+        old.flush().map_err(io)?;
+        steps.borrow_mut().take_unless(|id| !stale_ids.contains(id)).map_err(io)?;
+        table.take_unless(|r| ids.contains(&r.trial_id)).map_err(io)?;
         eprintln!("sweep '{name}': {} trial(s) of an earlier version of the recipe moved to {}", stale.len(), archive.display());
     }
     eprintln!("sweep '{name}': {} trial(s){} -> {}", trials.len(), if mine.len() < trials.len() { format!(", {} in this shard", mine.len()) } else { String::new() }, dir.display());

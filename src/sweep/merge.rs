@@ -1,11 +1,16 @@
 //! `runner merge`: combine the results of a sweep's shards (`<sweep>/shards/I-of-N/`, one per
 //! machine or Slurm array task) into the sweep's own trials.csv and steps.csv.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::Value;
 use super::results::{StepsLog, TrialStatus, TrialsTable, WriterLock};
+
+/// One logged row of a trial's steps.
+type StepRow = Vec<(String, Value)>;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct MergeReport {
@@ -44,22 +49,41 @@ pub fn merge(sweep_dir: &Path) -> io::Result<MergeReport> {
     let mut table = TrialsTable::open(sweep_dir)?;
     let mut steps = StepsLog::open(sweep_dir)?;
     let mut report = MergeReport { shards: shards.clone(), ..Default::default() };
+    // Each taken trial's step rows, in the order it was last taken (a trial taken again
+    // moves to the end, its earlier rows replaced); `slot` finds a trial's entry.
+    let mut taken: Vec<Option<(String, Vec<StepRow>)>> = Vec::new();
+    let mut slot: HashMap<String, usize> = HashMap::new();
     for dir in &shards {
         let _shard_lock = WriterLock::acquire(dir)?;
         let from = TrialsTable::open(dir)?;
         let from_steps = StepsLog::open(dir)?;
+        let mut steps_of: HashMap<&str, Vec<StepRow>> = HashMap::new();
+        for (id, row) in from_steps.rows() {
+            steps_of.entry(id.as_str()).or_default().push(row.clone());
+        }
         for row in from.rows() {
             let keep_existing = table.find(&row.trial_id).is_some_and(|old| old.status == TrialStatus::Ok && row.status != TrialStatus::Ok);
             if keep_existing {
                 report.kept += 1;
                 continue;
             }
-            steps.take_unless(|id| id != row.trial_id)?;
-            steps.extend(&row.trial_id, from_steps.rows_of(&row.trial_id).cloned())?;
-            table.record(row.clone())?;
+            if let Some(earlier) = slot.insert(row.trial_id.clone(), taken.len()) {
+                taken[earlier] = None;
+            }
+            taken.push(Some((row.trial_id.clone(), steps_of.remove(row.trial_id.as_str()).unwrap_or_default())));
+            table.upsert(row.clone());
             report.taken += 1;
         }
     }
+    // Each file is written once, at the end: one rewrite per trial made a merge quadratic
+    // in the number of trials. Steps first, so that a crash between the two leaves a table
+    // that a repeated merge completes.
+    steps.retain(|id| !slot.contains_key(id));
+    for (id, rows) in taken.into_iter().flatten() {
+        steps.append(&id, rows);
+    }
+    steps.rewrite()?;
+    table.flush()?;
     report.trials = table.rows().len();
     Ok(report)
 }
@@ -100,5 +124,32 @@ mod tests {
         assert_eq!(r.kept, 1);
         assert_eq!(TrialsTable::open(sweep).unwrap().find("a").unwrap().status, TrialStatus::Ok);
         assert!(merge(&dir.path().join("nothing")).unwrap_err().to_string().contains("no shard results"));
+    }
+
+    #[test]
+    fn a_trial_in_two_shards_keeps_the_later_rows_and_steps_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sweep = dir.path();
+        // "a" failed in the first shard and was run again in the second; "b" only in the first.
+        for (shard, base, rows) in [("0-of-2", 10.0, vec![("a", TrialStatus::Failed, 2), ("b", TrialStatus::Ok, 1)]), ("1-of-2", 20.0, vec![("a", TrialStatus::Ok, 3)])] {
+            let d = sweep.join("shards").join(shard);
+            let mut t = TrialsTable::open(&d).unwrap();
+            let mut s = StepsLog::open(&d).unwrap();
+            for (id, status, n) in rows {
+                t.record(rec(id, status)).unwrap();
+                for step in 1..=n {
+                    s.log(id, vec![("step".into(), Value::Int(step)), ("loss".into(), Value::Num(base + step as f64))]).unwrap();
+                }
+            }
+        }
+        let r = merge(sweep).unwrap();
+        assert_eq!((r.taken, r.kept, r.trials), (3, 0, 2));
+        let table = TrialsTable::open(sweep).unwrap();
+        assert_eq!(table.rows().iter().map(|r| (r.trial_id.as_str(), r.status)).collect::<Vec<_>>(), [("a", TrialStatus::Ok), ("b", TrialStatus::Ok)]);
+        let steps = fs::read_to_string(sweep.join("steps.csv")).unwrap();
+        assert_eq!(steps, "trial_id,step,loss\nb,1,11\na,1,21\na,2,22\na,3,23\n");
+        // Merging again changes nothing.
+        merge(sweep).unwrap();
+        assert_eq!(fs::read_to_string(sweep.join("steps.csv")).unwrap(), steps);
     }
 }

@@ -184,15 +184,21 @@ impl TrialsTable {
     /// Records a trial, replacing an earlier row of the same id (a failed trial run again),
     /// so no id ever appears twice.
     pub fn record(&mut self, row: TrialRecord) -> io::Result<()> {
+        self.upsert(row);
+        self.flush()
+    }
+
+    /// [`record`](Self::record) in memory only, for many rows at once; [`flush`](Self::flush) writes them.
+    pub fn upsert(&mut self, row: TrialRecord) {
         match self.rows.iter_mut().find(|r| r.trial_id == row.trial_id) {
             Some(old) => *old = row,
             None => self.rows.push(row),
         }
-        self.flush()
     }
 
-    /// Columns: trial_id, the parameters, status, seconds, the metrics (sorted), error.
-    fn flush(&self) -> io::Result<()> {
+    /// Writes the whole table, atomically. Columns: trial_id, the parameters, status,
+    /// seconds, the metrics (sorted), error.
+    pub fn flush(&self) -> io::Result<()> {
         let mut params: Vec<String> = Vec::new();
         let mut metrics: Vec<String> = Vec::new();
         for r in &self.rows {
@@ -262,16 +268,28 @@ impl StepsLog {
     /// Removes the rows of the trials `keep` rejects (e.g. a trial about to run again, whose
     /// earlier attempt was interrupted) and returns them.
     pub fn take_unless(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<Vec<(String, Vec<(String, Value)>)>> {
-        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows).into_iter().partition(|(id, _)| keep(id));
-        self.rows = kept;
+        let taken = self.retain(keep);
         if !taken.is_empty() {
             self.rewrite()?;
         }
         Ok(taken)
     }
 
+    /// [`take_unless`](Self::take_unless) in memory only; [`rewrite`](Self::rewrite) writes.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<(String, Value)>)> {
+        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows).into_iter().partition(|(id, _)| keep(id));
+        self.rows = kept;
+        taken
+    }
+
     /// Adds many rows of one trial at once (one rewrite).
     pub fn extend(&mut self, trial_id: &str, rows: impl IntoIterator<Item = Vec<(String, Value)>>) -> io::Result<()> {
+        self.append(trial_id, rows);
+        self.rewrite()
+    }
+
+    /// [`extend`](Self::extend) in memory only; [`rewrite`](Self::rewrite) writes.
+    pub fn append(&mut self, trial_id: &str, rows: impl IntoIterator<Item = Vec<(String, Value)>>) {
         for row in rows {
             for (k, _) in &row {
                 if !self.columns.contains(k) {
@@ -280,7 +298,11 @@ impl StepsLog {
             }
             self.rows.push((trial_id.to_string(), row));
         }
-        self.rewrite()
+    }
+
+    /// Every row, as (trial id, logged values).
+    pub fn rows(&self) -> &[(String, Vec<(String, Value)>)] {
+        &self.rows
     }
 
     /// The rows logged by one trial.
@@ -339,7 +361,8 @@ impl StepsLog {
         csv_line(fields)
     }
 
-    fn rewrite(&self) -> io::Result<()> {
+    /// Writes the whole log, atomically.
+    pub fn rewrite(&self) -> io::Result<()> {
         let mut header = vec!["trial_id".to_string()];
         header.extend(self.columns.iter().cloned());
         let mut out = csv_line(header)?;
