@@ -123,7 +123,7 @@ pub fn probe<B: Backend>(kind: DeviceKind, device: &B::Device) -> Result<(), Dev
     };
     let unavailable = |reason: String| DeviceError::Unavailable { kind, reason: format!("{reason}{hint}") };
     match result {
-        Ok(Ok(sum)) if sum == 8.0 => Ok(()),
+        Ok(Ok(8.0)) => Ok(()),
         Ok(Ok(sum)) => Err(unavailable(format!("probe computed {sum}, expected 8"))),
         Ok(Err(e)) => Err(unavailable(format!("{e:?}"))),
         Err(_) => Err(unavailable(first_panic.unwrap_or_else(|| "the backend failed to initialise".into()))),

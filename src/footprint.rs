@@ -261,36 +261,6 @@ pub fn precision_table(params: u64) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smollm2_parameter_split_matches_the_model() {
-        let (proj, rest) = param_split(&LlamaConfig::smollm2_135m());
-        assert_eq!(proj + rest, 134_515_008);
-    }
-
-    #[test]
-    fn four_bit_bytes_per_parameter() {
-        let nf4 = Precision::parse("nf4", 64, true).unwrap();
-        assert!((nf4.bytes_per_param() - (0.5 + (1.0 + 4.0 / 256.0) / 64.0)).abs() < 1e-12);
-        assert_eq!(Precision::parse("int4", 64, false).unwrap().bytes_per_param(), 0.5 + 4.0 / 64.0);
-        assert!(Precision::parse("int3", 64, false).unwrap_err().to_string().contains("expected fp32, fp16, bf16, int8, int4, fp4 or nf4"));
-    }
-
-    #[test]
-    fn a_billion_parameters_at_each_precision() {
-        let t = precision_table(1_000_000_000);
-        let gb = |b: u64| b as f64 / 1e9;
-        assert_eq!(gb(t[0].1), 4.0);
-        assert_eq!(gb(t[1].1), 2.0);
-        assert!((gb(t[3].1) - 1.0625).abs() < 1e-9);
-        assert!((gb(t[5].1) - 0.5159).abs() < 1e-3);
-        assert_eq!(gb(t[0].2), 16.0);
-    }
-}
-
 /// Built-in shapes for models people size up, so that `runner mem` needs no download.
 pub fn named_shape(name: &str) -> Option<(&'static str, LlamaConfig)> {
     let base = LlamaConfig::smollm2_135m();
@@ -391,4 +361,34 @@ pub fn report(name: &str, run: &RunShape) -> String {
         out += &format!("| {label} | {:.3} | {} | {} |\n", load as f64 / f.params as f64, gb(load), gb(full));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smollm2_parameter_split_matches_the_model() {
+        let (proj, rest) = param_split(&LlamaConfig::smollm2_135m());
+        assert_eq!(proj + rest, 134_515_008);
+    }
+
+    #[test]
+    fn four_bit_bytes_per_parameter() {
+        let nf4 = Precision::parse("nf4", 64, true).unwrap();
+        assert!((nf4.bytes_per_param() - (0.5 + (1.0 + 4.0 / 256.0) / 64.0)).abs() < 1e-12);
+        assert_eq!(Precision::parse("int4", 64, false).unwrap().bytes_per_param(), 0.5 + 4.0 / 64.0);
+        assert!(Precision::parse("int3", 64, false).unwrap_err().to_string().contains("expected fp32, fp16, bf16, int8, int4, fp4 or nf4"));
+    }
+
+    #[test]
+    fn a_billion_parameters_at_each_precision() {
+        let t = precision_table(1_000_000_000);
+        let gb = |b: u64| b as f64 / 1e9;
+        assert_eq!(gb(t[0].1), 4.0);
+        assert_eq!(gb(t[1].1), 2.0);
+        assert!((gb(t[3].1) - 1.0625).abs() < 1e-9);
+        assert!((gb(t[5].1) - 0.5159).abs() < 1e-3);
+        assert_eq!(gb(t[0].2), 16.0);
+    }
 }

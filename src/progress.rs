@@ -85,7 +85,7 @@ impl Progress {
                 bar.set_message(self.message());
             }
             None => {
-                if step % self.every == 0 && self.loss.is_some() {
+                if step.is_multiple_of(self.every) && self.loss.is_some() {
                     eprintln!("{}", self.plain_line());
                 }
             }
@@ -113,7 +113,7 @@ impl Progress {
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
-        } else if self.step % self.every != 0 && self.loss.is_some() {
+        } else if !self.step.is_multiple_of(self.every) && self.loss.is_some() {
             eprintln!("{}", self.plain_line());
         }
     }

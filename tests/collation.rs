@@ -108,7 +108,7 @@ fn without_segments_packing_would_leak() {
 #[test]
 fn token_accuracy_counts_argmax_hits_on_labelled_tokens() {
     let model = model();
-    let ex = vec![Example::pair("Q: 2+2?\nA:", " 4"), Example::text("abcabcabc")];
+    let ex = [Example::pair("Q: 2+2?\nA:", " 4"), Example::text("abcabcabc")];
     let refs: Vec<&Example> = ex.iter().collect();
     let batch = Batch::collate(&refs, 48, &ByteTokenizer).unwrap();
     let logits = model.forward(input_tensor(&batch, &model.device), None);

@@ -229,10 +229,10 @@ pub fn attention<B: Backend>(q: &Tensor<B, 2>, k: &Tensor<B, 2>, v: &Tensor<B, 2
         && k.dims() == [tokens, s.kv_heads * width]
         && v.dims() == k.dims()
         && s.kv_heads > 0
-        && s.heads % s.kv_heads == 0
+        && s.heads.is_multiple_of(s.kv_heads)
         && mask_width == s.t
         && mask_rows > 0
-        && (s.batch * s.heads * s.t) % mask_rows == 0;
+        && (s.batch * s.heads * s.t).is_multiple_of(mask_rows);
     if !shapes_fit {
         return None;
     }

@@ -468,6 +468,7 @@ unsafe fn gemm_raw(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, r
 /// Query rows go in blocks of [`QUERY_BLOCK`], each against only the keys up to the last one
 /// its mask lets through: past it every probability is exactly 0 (the mask's -1e9 underflows
 /// `exp`), so a causal mask costs half the products of a full one and changes nothing.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], mask_rows: usize, s: AttentionShape, out: &mut [f32], probs: &mut [f32]) {
     let (t, hd) = (s.t, s.head_dim);
     assert!(q.len() == s.batch * t * s.q_width() && k.len() == s.batch * t * s.kv_width() && v.len() == k.len());
@@ -475,6 +476,8 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], mask_rows: usize
     let (qw, kvw) = (s.q_width(), s.kv_width());
     let out_ptr = Shared(out.as_mut_ptr());
     probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+        // Binds the whole `Shared` (which is Send), not just its raw-pointer field.
+        #[allow(clippy::redundant_locals)]
         let out_ptr = out_ptr;
         let (b, head) = (bh / s.heads, bh % s.heads);
         let (qo, kvo) = s.offsets(b, head);

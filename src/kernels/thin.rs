@@ -38,9 +38,9 @@ fn avx2() -> bool {
 /// against each row of `w`, held as one or two vectors.
 pub fn matmul(x: &[f32], w: &[f32], rank: usize, out: &mut [f32]) {
     let wd = width(rank);
-    assert!(w.len() % rank == 0);
+    assert!(w.len().is_multiple_of(rank));
     let k = w.len() / rank;
-    assert!(k > 0 && x.len() % k == 0 && x.len() / k * rank == out.len());
+    assert!(k > 0 && x.len().is_multiple_of(k) && x.len() / k * rank == out.len());
     let w = pad_columns(w, rank, wd);
     x.par_chunks(TASK_ROWS * k).zip(out.par_chunks_mut(TASK_ROWS * rank)).for_each(|(x, out)| {
         #[cfg(target_arch = "x86_64")]
@@ -65,7 +65,7 @@ pub fn matmul(x: &[f32], w: &[f32], rank: usize, out: &mut [f32]) {
 /// four rows per pass over it.
 pub fn matmul_tn(x: &[f32], h: &[f32], rank: usize, k: usize) -> Vec<f32> {
     let wd = width(rank);
-    assert!(k > 0 && x.len() % k == 0 && x.len() / k * rank == h.len());
+    assert!(k > 0 && x.len().is_multiple_of(k) && x.len() / k * rank == h.len());
     let sums = x
         .par_chunks(TASK_ROWS * k)
         .zip(h.par_chunks(TASK_ROWS * rank))
@@ -100,7 +100,7 @@ pub fn matmul_tn(x: &[f32], h: &[f32], rank: usize, k: usize) -> Vec<f32> {
 /// `[n, d]` temporary.
 pub fn low_rank_product(y: &mut [f32], h: &[f32], b: &[f32], rank: usize, scale: f32, accumulate: bool) {
     width(rank);
-    assert!(b.len() % rank == 0);
+    assert!(b.len().is_multiple_of(rank));
     let d = b.len() / rank;
     assert!(d > 0 && h.len() * d == y.len() * rank);
     y.par_chunks_mut(16 * d).zip(h.par_chunks(16 * rank)).for_each(|(y, h)| {

@@ -39,7 +39,10 @@ impl LuaBatch {
 
 /// Reader options: `skip_malformed`, `fields` (renames) and `stream` (read rows from disk as
 /// batches need them instead of loading the file).
-fn read_options(lua: &Lua, func: &'static str, opts: Option<Table>) -> mlua::Result<(ReadOptions, Vec<(String, String)>, bool)> {
+/// Field renames, (from, to).
+type Renames = Vec<(String, String)>;
+
+fn read_options(lua: &Lua, func: &'static str, opts: Option<Table>) -> mlua::Result<(ReadOptions, Renames, bool)> {
     let o = Opts::new(lua, func, opts, &["skip_malformed", "fields", "stream"])?;
     let read = ReadOptions { skip_malformed: o.bool("skip_malformed")?.unwrap_or(false) };
     let stream = o.bool("stream")?.unwrap_or(false);

@@ -117,19 +117,19 @@ impl LlamaConfig {
                 return Err(ConfigError::Zero { field, value });
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(ConfigError::Gqa {
                 heads: self.num_attention_heads,
                 kv_heads: self.num_key_value_heads,
             });
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ConfigError::HeadDim { hidden: self.hidden_size, heads: self.num_attention_heads });
         }
         if self.head_dim() == 0 {
             return Err(ConfigError::Zero { field: "head_dim", value: 0 });
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(ConfigError::OddHeadDim(self.head_dim()));
         }
         if let Some(r) = &self.rope_scaling {
@@ -181,7 +181,7 @@ impl TinyOptions {
             vocab_size: self.vocab,
             hidden_size: self.d_model,
             // Llama's ratio (8/3 · d) rounded up to a multiple of 8.
-            intermediate_size: self.ffn.unwrap_or(((self.d_model * 8 / 3) + 7) / 8 * 8),
+            intermediate_size: self.ffn.unwrap_or((self.d_model * 8 / 3).div_ceil(8) * 8),
             num_hidden_layers: self.layers,
             num_attention_heads: self.heads,
             num_key_value_heads: self.kv_heads,

@@ -376,7 +376,7 @@ impl<B: Backend> Llama<B> {
         let h = kernels::rms_norm(x.clone(), layer.post_norm_tuned.active().unwrap_or(&layer.post_attention_layernorm).value(), eps);
         let gate = layer.gate_proj.forward(h.clone(), rng.as_deref_mut());
         let up = layer.up_proj.forward(h, rng.as_deref_mut());
-        let mut mlp = layer.down_proj.forward(kernels::silu_mul(gate, up), rng.as_deref_mut());
+        let mut mlp = layer.down_proj.forward(kernels::silu_mul(gate, up), rng);
         if let Some(adapter) = layer.mlp_adapter.active() {
             mlp = adapter.forward(mlp);
         }

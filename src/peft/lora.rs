@@ -260,12 +260,12 @@ pub fn attach<B: Backend>(model: &mut Llama<B>, name: &str, config: &LoraConfig)
             return Err(PeftError::RankTooLarge { rank: config.rank, side, module: format!("layers.{i}.{t}") });
         }
     }
-    if config.init == LoraInit::Pissa {
-        if let Some(&(i, t)) = modules.iter().find(|&&(i, t)| model.layers[i].linear(t).expect("resolved target").dense().is_none()) {
-            return Err(PeftError::Invalid(format!(
-                "PiSSA initialisation rewrites the base weight, and layers.{i}.{t} is quantized; attach PiSSA before quantizing"
-            )));
-        }
+    if config.init == LoraInit::Pissa
+        && let Some(&(i, t)) = modules.iter().find(|&&(i, t)| model.layers[i].linear(t).expect("resolved target").dense().is_none())
+    {
+        return Err(PeftError::Invalid(format!(
+            "PiSSA initialisation rewrites the base weight, and layers.{i}.{t} is quantized; attach PiSSA before quantizing"
+        )));
     }
     super::begin_adapter(model, name)?;
     let device = model.device.clone();

@@ -90,7 +90,7 @@ impl QuantConfig {
     /// Checks the options against a weight with rows of `row_len` values.
     pub fn validate(&self, row_len: usize) -> Result<(), QuantError> {
         self.validate_block()?;
-        if row_len % self.block != 0 {
+        if !row_len.is_multiple_of(self.block) {
             return Err(QuantError::BadBlock(format!(
                 "block size {} does not divide the row length {row_len} (blocks must not straddle rows)",
                 self.block
@@ -104,7 +104,7 @@ impl QuantConfig {
         if self.block == 0 {
             return Err(QuantError::BadBlock("block size must be positive, got 0".into()));
         }
-        if self.dtype.bits() == 4 && self.block % 2 != 0 {
+        if self.dtype.bits() == 4 && !self.block.is_multiple_of(2) {
             return Err(QuantError::BadBlock(format!("a 4-bit block must hold an even number of values, got {}", self.block)));
         }
         Ok(())

@@ -93,7 +93,7 @@ pub fn from_tensors<'a>(name: &str, expected: [usize; 2], get: impl Fn(&str) -> 
     }
     let n = expected[0] * expected[1];
     let block = state.blocksize;
-    if block == 0 || block % 2 != 0 {
+    if block == 0 || !block.is_multiple_of(2) {
         return Err(invalid(format!("block size {block} is not a positive even number")));
     }
     let need = |key: &str| get(key).ok_or_else(|| invalid(format!("missing tensor {key}")));

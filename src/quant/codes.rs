@@ -4,7 +4,9 @@
 //! (code `i` stands for `(i - 8) / 7` and `(i - 128) / 127`); the 8-bit "dynamic" map is the
 //! one bitsandbytes uses to quantize the block constants in double quantization.
 
-/// bitsandbytes' NF4 values (quantiles of N(0, 1) scaled to [-1, 1]), in code order.
+/// bitsandbytes' NF4 values (quantiles of N(0, 1) scaled to [-1, 1]), in code order,
+/// written with the digits bitsandbytes publishes (more than an f32 holds).
+#[allow(clippy::excessive_precision)]
 pub const NF4: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,

@@ -24,6 +24,8 @@ fn ceil_log2(n: usize) -> usize {
 
 /// Sums `rows` groups of `ILP` items into `ILP` accumulators, cascading the partial sums into
 /// higher levels every `2^level_power` groups.
+// Indexed loops on purpose: they follow PyTorch's kernel step for step (its summation order).
+#[allow(clippy::needless_range_loop)]
 fn multi_row_sum<const W: usize>(items: &[[f32; W]], rows: usize) -> [[f32; W]; ILP] {
     let level_power = 4.max(ceil_log2(rows) / LEVELS);
     let level_step = 1usize << level_power;

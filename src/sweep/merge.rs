@@ -6,11 +6,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::Value;
-use super::results::{StepsLog, TrialStatus, TrialsTable, WriterLock};
-
-/// One logged row of a trial's steps.
-type StepRow = Vec<(String, Value)>;
+use super::results::{StepRow, StepsLog, TrialStatus, TrialsTable, WriterLock};
 
 #[derive(Debug, Default, PartialEq)]
 pub struct MergeReport {

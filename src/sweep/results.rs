@@ -237,10 +237,13 @@ impl TrialsTable {
 /// `steps.csv`: `trial_id` then the logged keys — `step` first when present, the rest in the
 /// order they were first seen (each row's own keys sorted), so that the file is byte-for-byte
 /// reproducible whatever order a Lua table iterates in.
+/// One logged row of a trial's steps: its keys and values.
+pub type StepRow = Vec<(String, Value)>;
+
 pub struct StepsLog {
     path: PathBuf,
     columns: Vec<String>,
-    rows: Vec<(String, Vec<(String, Value)>)>,
+    rows: Vec<(String, StepRow)>,
 }
 
 impl StepsLog {
@@ -267,7 +270,7 @@ impl StepsLog {
 
     /// Removes the rows of the trials `keep` rejects (e.g. a trial about to run again, whose
     /// earlier attempt was interrupted) and returns them.
-    pub fn take_unless(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<Vec<(String, Vec<(String, Value)>)>> {
+    pub fn take_unless(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<Vec<(String, StepRow)>> {
         let taken = self.retain(keep);
         if !taken.is_empty() {
             self.rewrite()?;
@@ -276,20 +279,20 @@ impl StepsLog {
     }
 
     /// [`take_unless`](Self::take_unless) in memory only; [`rewrite`](Self::rewrite) writes.
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<(String, Value)>)> {
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<(String, StepRow)> {
         let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows).into_iter().partition(|(id, _)| keep(id));
         self.rows = kept;
         taken
     }
 
     /// Adds many rows of one trial at once (one rewrite).
-    pub fn extend(&mut self, trial_id: &str, rows: impl IntoIterator<Item = Vec<(String, Value)>>) -> io::Result<()> {
+    pub fn extend(&mut self, trial_id: &str, rows: impl IntoIterator<Item = StepRow>) -> io::Result<()> {
         self.append(trial_id, rows);
         self.rewrite()
     }
 
     /// [`extend`](Self::extend) in memory only; [`rewrite`](Self::rewrite) writes.
-    pub fn append(&mut self, trial_id: &str, rows: impl IntoIterator<Item = Vec<(String, Value)>>) {
+    pub fn append(&mut self, trial_id: &str, rows: impl IntoIterator<Item = StepRow>) {
         for row in rows {
             for (k, _) in &row {
                 if !self.columns.contains(k) {
@@ -301,12 +304,12 @@ impl StepsLog {
     }
 
     /// Every row, as (trial id, logged values).
-    pub fn rows(&self) -> &[(String, Vec<(String, Value)>)] {
+    pub fn rows(&self) -> &[(String, StepRow)] {
         &self.rows
     }
 
     /// The rows logged by one trial.
-    pub fn rows_of<'a>(&'a self, trial_id: &'a str) -> impl Iterator<Item = &'a Vec<(String, Value)>> + 'a {
+    pub fn rows_of<'a>(&'a self, trial_id: &'a str) -> impl Iterator<Item = &'a StepRow> + 'a {
         self.rows.iter().filter(move |(id, _)| id == trial_id).map(|(_, r)| r)
     }
 
@@ -314,7 +317,7 @@ impl StepsLog {
         &self.path
     }
 
-    pub fn log(&mut self, trial_id: &str, mut row: Vec<(String, Value)>) -> io::Result<()> {
+    pub fn log(&mut self, trial_id: &str, mut row: StepRow) -> io::Result<()> {
         row.sort_by(|a, b| (a.0 != "step", &a.0).cmp(&(b.0 != "step", &b.0)));
         let mut grew = false;
         for (k, _) in &row {
@@ -353,7 +356,7 @@ impl StepsLog {
         usize::MAX
     }
 
-    fn line(&self, (trial, row): &(String, Vec<(String, Value)>)) -> io::Result<Vec<u8>> {
+    fn line(&self, (trial, row): &(String, StepRow)) -> io::Result<Vec<u8>> {
         let mut fields = vec![trial.clone()];
         for c in &self.columns {
             fields.push(row.iter().find(|(k, _)| k == c).map(|(_, v)| v.to_string()).unwrap_or_default());

@@ -263,7 +263,10 @@ pub fn find(root: &Path) -> Option<PathBuf> {
     root.join(STATE).is_file().then(|| root.to_path_buf())
 }
 
-fn read_f32_tensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, CheckpointError> {
+/// Tensors by name: shape and f32 values.
+type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+fn read_f32_tensors(path: &Path) -> Result<NamedTensors, CheckpointError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
     let invalid = |msg: String| CheckpointError::Invalid { path: path.to_path_buf(), msg };
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
