@@ -461,9 +461,10 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
         let archive = dir.join("archive");
         let mut old = TrialsTable::open(&archive).map_err(io)?;
         let mut old_steps = StepsLog::open(&archive).map_err(io)?;
+        // Taken out in memory here; the files change below, the archive's first.
         let mut moved: HashMap<String, Vec<_>> = HashMap::new();
-        for (id, row) in steps.borrow().rows().iter().filter(|(id, _)| stale_ids.contains(id.as_str())) {
-            moved.entry(id.clone()).or_default().push(row.clone());
+        for (id, row) in steps.borrow_mut().retain(|id| !stale_ids.contains(id)) {
+            moved.entry(id).or_default().push(row);
         }
         for r in &stale {
             old.upsert(r.clone());
@@ -474,7 +475,7 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
         // crash in between leaves them in both places, never in neither.
         old_steps.rewrite().map_err(io)?;
         old.flush().map_err(io)?;
-        steps.borrow_mut().take_unless(|id| !stale_ids.contains(id)).map_err(io)?;
+        steps.borrow().rewrite().map_err(io)?;
         table.take_unless(|r| ids.contains(&r.trial_id)).map_err(io)?;
         eprintln!("sweep '{name}': {} trial(s) of an earlier version of the recipe moved to {}", stale.len(), archive.display());
     }

@@ -234,12 +234,12 @@ impl TrialsTable {
     }
 }
 
-/// `steps.csv`: `trial_id` then the logged keys — `step` first when present, the rest in the
-/// order they were first seen (each row's own keys sorted), so that the file is byte-for-byte
-/// reproducible whatever order a Lua table iterates in.
 /// One logged row of a trial's steps: its keys and values.
 pub type StepRow = Vec<(String, Value)>;
 
+/// `steps.csv`: `trial_id` then the logged keys — `step` first when present, the rest in the
+/// order they were first seen (each row's own keys sorted), so that the file is byte-for-byte
+/// reproducible whatever order a Lua table iterates in.
 pub struct StepsLog {
     path: PathBuf,
     columns: Vec<String>,
