@@ -9,10 +9,20 @@ use runner::quant::{QuantConfig, QuantDtype, QuantizedTensor};
 
 fn main() -> anyhow::Result<()> {
     let (rows, cols) = (1536, 576);
-    let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     for dtype in QuantDtype::ALL {
         for double in [false, true] {
-            let q = QuantizedTensor::quantize(&values, &[rows, cols], QuantConfig { dtype, block: 64, double })?;
+            let q = QuantizedTensor::quantize(
+                &values,
+                &[rows, cols],
+                QuantConfig {
+                    dtype,
+                    block: 64,
+                    double,
+                },
+            )?;
             let mut out = vec![0.0f32; rows * cols];
             let reps = 50;
             let start = Instant::now();
@@ -20,7 +30,11 @@ fn main() -> anyhow::Result<()> {
                 q.dequantize_into(&mut out);
             }
             let dt = start.elapsed().as_secs_f64() / reps as f64;
-            println!("{dtype} double={double}: {:.2} ms per weight, {:.0} M values/s", dt * 1e3, (rows * cols) as f64 / dt / 1e6);
+            println!(
+                "{dtype} double={double}: {:.2} ms per weight, {:.0} M values/s",
+                dt * 1e3,
+                (rows * cols) as f64 / dt / 1e6
+            );
         }
     }
     Ok(())

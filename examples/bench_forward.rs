@@ -14,7 +14,10 @@ use rand::{Rng, SeedableRng};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let model_name = args.get(1).map(String::as_str).unwrap_or("smollm2-135m-instruct");
+    let model_name = args
+        .get(1)
+        .map(String::as_str)
+        .unwrap_or("smollm2-135m-instruct");
     let batch: usize = args.get(2).map_or(Ok(4), |s| s.parse())?;
     let seq: usize = args.get(3).map_or(Ok(256), |s| s.parse())?;
     let runs: usize = args.get(4).map_or(Ok(5), |s| s.parse())?;
@@ -22,7 +25,9 @@ fn main() -> anyhow::Result<()> {
     let p = runner::pretrained::load::<Flex>(model_name, &device)?;
     let vocab = p.model.config.vocab_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..vocab as i64)).collect();
+    let ids: Vec<i64> = (0..batch * seq)
+        .map(|_| rng.random_range(0..vocab as i64))
+        .collect();
     let input = Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
     let mut times = Vec::new();
     for i in 0..=runs {

@@ -26,7 +26,7 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use rand::{Rng, SeedableRng};
 
-use runner::backend::{dispatch, DeviceKind, WithBackend};
+use runner::backend::{DeviceKind, WithBackend, dispatch};
 
 use runner::data::Batch;
 use runner::model::{Llama, LlamaConfig};
@@ -37,7 +37,10 @@ use runner::train::{AdamWConfig, Schedule, Trainer};
 fn main() -> anyhow::Result<()> {
     runner::memory::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
-    let kind: DeviceKind = args.get(6).map_or(Ok(DeviceKind::Flex), |s| s.parse()).map_err(anyhow::Error::msg)?;
+    let kind: DeviceKind = args
+        .get(6)
+        .map_or(Ok(DeviceKind::Flex), |s| s.parse())
+        .map_err(anyhow::Error::msg)?;
     dispatch(kind, Bench(args))?
 }
 
@@ -50,19 +53,33 @@ impl WithBackend for Bench {
     }
 }
 
-fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKind) -> anyhow::Result<()> {
+fn bench<B: AutodiffBackend>(
+    args: &[String],
+    device: B::Device,
+    kind: DeviceKind,
+) -> anyhow::Result<()> {
     let method = args.get(1).map(String::as_str).unwrap_or("lora");
     let batch: usize = args.get(2).map_or(Ok(4), |s| s.parse())?;
     let seq: usize = args.get(3).map_or(Ok(256), |s| s.parse())?;
     let steps: usize = args.get(4).map_or(Ok(4), |s| s.parse())?;
-    let model_name = args.get(5).map(String::as_str).unwrap_or("smollm2-135m-instruct");
+    let model_name = args
+        .get(5)
+        .map(String::as_str)
+        .unwrap_or("smollm2-135m-instruct");
     let mut model = if model_name == "random-smollm2" {
         let config = LlamaConfig::smollm2_135m();
         Llama::<B>::random(config, 0, 0.02, &device)?
     } else {
         runner::pretrained::load::<B>(model_name, &device)?.model
     };
-    let lora = |targets| Method::Lora(LoraConfig { rank: 8, alpha: 16.0, targets, ..Default::default() });
+    let lora = |targets| {
+        Method::Lora(LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            targets,
+            ..Default::default()
+        })
+    };
     let spec = match method {
         "lora" | "qlora" => lora(Targets::names(&["q_proj", "v_proj"])),
         "lora_all" | "qlora_all" => lora(Targets::AllLinear),
@@ -77,15 +94,36 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
     runner::memory::reset_peak();
     let vocab = model.config.vocab_size as i64;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..vocab)).collect();
-    let data = Batch { input_ids: ids.clone(), labels: ids, batch, seq, segments: None };
+    let ids: Vec<i64> = (0..batch * seq)
+        .map(|_| rng.random_range(0..vocab))
+        .collect();
+    let data = Batch {
+        input_ids: ids.clone(),
+        labels: ids,
+        batch,
+        seq,
+        segments: None,
+    };
     let precision = match std::env::var("RUNNER_BENCH_PRECISION") {
         Ok(p) => runner::precision::Precision::parse(&p)?,
         Err(_) => Default::default(),
     };
-    let options = runner::train::TrainOptions { checkpointing: std::env::var("RUNNER_BENCH_CHECKPOINTING").is_ok_and(|v| v == "1"), precision, ..Default::default() };
+    let options = runner::train::TrainOptions {
+        checkpointing: std::env::var("RUNNER_BENCH_CHECKPOINTING").is_ok_and(|v| v == "1"),
+        precision,
+        ..Default::default()
+    };
     let offload = std::env::var("RUNNER_BENCH_OFFLOAD").is_ok_and(|v| v == "1");
-    let mut trainer = Trainer::<B>::with_options(AdamWConfig { lr: 2e-4, offload, ..Default::default() }, Schedule::default(), options, 0)?;
+    let mut trainer = Trainer::<B>::with_options(
+        AdamWConfig {
+            lr: 2e-4,
+            offload,
+            ..Default::default()
+        },
+        Schedule::default(),
+        options,
+        0,
+    )?;
     trainer.step(&mut model, &data)?;
     trainer.step(&mut model, &data)?;
     let start = Instant::now();
@@ -100,17 +138,34 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
         let _ = hidden.clone().into_data();
         let t1 = Instant::now();
         let targets = runner::train::head_loss::next_token_targets(&data.labels, batch, seq);
-        let count = targets.iter().filter(|&&t| t != runner::data::IGNORE_INDEX).count();
+        let count = targets
+            .iter()
+            .filter(|&&t| t != runner::data::IGNORE_INDEX)
+            .count();
         let head = model.head().clone();
-        let (_, surrogate) = runner::train::head_loss::training_loss(hidden, &head.value, head.trainable, &targets, count, 1.0);
+        let (_, surrogate) = runner::train::head_loss::training_loss(
+            hidden,
+            &head.value,
+            head.trainable,
+            &targets,
+            count,
+            1.0,
+        );
         let t2 = Instant::now();
         let _grads = surrogate.backward();
         let t3 = Instant::now();
-        eprintln!("forward {:.2}s, head + loss {:.2}s, backward {:.2}s", (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64());
+        eprintln!(
+            "forward {:.2}s, head + loss {:.2}s, backward {:.2}s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64()
+        );
     }
     let peak_mb = runner::memory::peak_rss_bytes().unwrap_or(0) / (1 << 20);
     // GPU runs: the device memory in use at its peak (the trainer samples it each step).
-    let device_mb = runner::memory::peak_device_bytes().map_or(String::new(), |b| format!(", \"peak_device_mb\": {}", b / (1 << 20)));
+    let device_mb = runner::memory::peak_device_bytes().map_or(String::new(), |b| {
+        format!(", \"peak_device_mb\": {}", b / (1 << 20))
+    });
     let trainable = model.param_count().trainable;
     let tflops = step_flops(&model.config, trainable, method != "full", batch, seq) / dt / 1e12;
     println!(
@@ -132,7 +187,10 @@ fn bench<B: AutodiffBackend>(args: &[String], device: B::Device, kind: DeviceKin
 fn step_flops(c: &LlamaConfig, trainable: usize, adapters: bool, batch: usize, seq: usize) -> f64 {
     let tokens = (batch * seq) as f64;
     let (d, ffn) = (c.hidden_size as f64, c.intermediate_size as f64);
-    let (q, kv) = ((c.num_attention_heads * c.head_dim()) as f64, (c.num_key_value_heads * c.head_dim()) as f64);
+    let (q, kv) = (
+        (c.num_attention_heads * c.head_dim()) as f64,
+        (c.num_key_value_heads * c.head_dim()) as f64,
+    );
     let layers = c.num_hidden_layers as f64;
     // q, k, v, o, gate, up, down.
     let weights = (d * q + 2.0 * d * kv + q * d + 3.0 * d * ffn) * layers;

@@ -2,7 +2,7 @@
 //!   cargo run --release --example mem_generate -- [plain|autodiff] [N]
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use runner::generate::{generate, GenerateOptions};
+use runner::generate::{GenerateOptions, generate};
 
 fn run<B: Backend>(n: usize, after: impl Fn()) {
     runner::memory::tune_allocator();
@@ -11,9 +11,21 @@ fn run<B: Backend>(n: usize, after: impl Fn()) {
     for i in 0..n {
         let mut pr = prompt.clone();
         pr.push(i as u32);
-        let _ = generate(&p.model, &pr, &GenerateOptions { max_new_tokens: 24, ..Default::default() }).unwrap();
+        let _ = generate(
+            &p.model,
+            &pr,
+            &GenerateOptions {
+                max_new_tokens: 24,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         after();
-        eprintln!("after {} generations: peak {} MB", i + 1, runner::memory::peak_rss_bytes().unwrap_or(0) >> 20);
+        eprintln!(
+            "after {} generations: peak {} MB",
+            i + 1,
+            runner::memory::peak_rss_bytes().unwrap_or(0) >> 20
+        );
     }
 }
 

@@ -23,7 +23,9 @@ impl FromStr for DeviceKind {
             "flex" | "cpu" => Ok(Self::Flex),
             "wgpu" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
-            other => Err(format!("unknown device '{other}' (expected flex, wgpu or cuda)")),
+            other => Err(format!(
+                "unknown device '{other}' (expected flex, wgpu or cuda)"
+            )),
         }
     }
 }
@@ -40,7 +42,9 @@ impl fmt::Display for DeviceKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("this runner was built without the `{0}` feature; rebuild with `cargo build --release --features {0}`")]
+    #[error(
+        "this runner was built without the `{0}` feature; rebuild with `cargo build --release --features {0}`"
+    )]
     NotBuilt(DeviceKind),
     #[error("device {kind} is not usable on this machine: {reason}")]
     Unavailable { kind: DeviceKind, reason: String },
@@ -106,7 +110,13 @@ pub fn probe<B: Backend>(kind: DeviceKind, device: &B::Device) -> Result<(), Dev
             if let Ok(mut m) = messages.lock() {
                 // cudarc's message lists every library name it tried: keep the sentence only.
                 let first = msg.lines().next().unwrap_or_default();
-                m.push(first.split(" - searched for").next().unwrap_or(first).to_string());
+                m.push(
+                    first
+                        .split(" - searched for")
+                        .next()
+                        .unwrap_or(first)
+                        .to_string(),
+                );
             }
         }));
     }
@@ -118,14 +128,23 @@ pub fn probe<B: Backend>(kind: DeviceKind, device: &B::Device) -> Result<(), Dev
     let first_panic = messages.lock().ok().and_then(|m| m.first().cloned());
     let hint = match kind {
         DeviceKind::Cuda => " (is there an NVIDIA GPU with its driver, libcuda, installed?)",
-        DeviceKind::Wgpu => " (is there a Vulkan/Metal driver? On Debian, Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)",
+        DeviceKind::Wgpu => {
+            " (is there a Vulkan/Metal driver? On Debian, Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)"
+        }
         DeviceKind::Flex => "",
     };
-    let unavailable = |reason: String| DeviceError::Unavailable { kind, reason: format!("{reason}{hint}") };
+    let unavailable = |reason: String| DeviceError::Unavailable {
+        kind,
+        reason: format!("{reason}{hint}"),
+    };
     match result {
         Ok(Ok(8.0)) => Ok(()),
         Ok(Ok(sum)) => Err(unavailable(format!("probe computed {sum}, expected 8"))),
         Ok(Err(e)) => Err(unavailable(format!("{e:?}"))),
-        Err(_) => Err(unavailable(first_panic.unwrap_or_else(|| "the backend failed to initialise".into()))),
+        Err(_) => {
+            Err(unavailable(first_panic.unwrap_or_else(|| {
+                "the backend failed to initialise".into()
+            })))
+        }
     }
 }

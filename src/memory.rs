@@ -67,10 +67,16 @@ pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
     // wgpu and CUDA run on one runtime crate: each device's pool is behind the client that
     // Burn's tensors allocate through, and `B::sync` runs what Burn has queued first.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    fn usage<B: Backend, R: cubecl::Runtime>(device: &B::Device, runtime_device: &R::Device) -> Option<DeviceMemory> {
+    fn usage<B: Backend, R: cubecl::Runtime>(
+        device: &B::Device,
+        runtime_device: &R::Device,
+    ) -> Option<DeviceMemory> {
         B::sync(device).ok()?;
         let u = R::client(runtime_device).memory_usage().ok()?;
-        Some(DeviceMemory { in_use: u.bytes_in_use + u.bytes_padding, reserved: u.bytes_reserved })
+        Some(DeviceMemory {
+            in_use: u.bytes_in_use + u.bytes_padding,
+            reserved: u.bytes_reserved,
+        })
     }
     #[cfg(feature = "wgpu")]
     if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
@@ -119,7 +125,9 @@ mod tests {
         // Other tests run in parallel threads of this process and allocate and free as they
         // go, so the peak is reset first and the margin is generous.
         super::reset_peak();
-        let Some(before) = super::peak_rss_bytes() else { return }; // not Linux
+        let Some(before) = super::peak_rss_bytes() else {
+            return;
+        }; // not Linux
         let big = vec![1u8; 64 << 20];
         std::hint::black_box(&big);
         let during = super::peak_rss_bytes().unwrap();
@@ -127,6 +135,9 @@ mod tests {
         drop(big);
         super::reset_peak();
         let after = super::peak_rss_bytes().unwrap();
-        assert!(after < during, "reset should lower the peak: {during} -> {after}");
+        assert!(
+            after < during,
+            "reset should lower the peak: {during} -> {after}"
+        );
     }
 }

@@ -29,7 +29,9 @@ pub enum Precision {
 pub enum PrecisionError {
     #[error("unknown precision '{0}' (expected fp32, bf16 or fp16)")]
     Unknown(String),
-    #[error("precision {0} is not supported by this device's backend (it cannot compute in {0}); use fp32 or a device that has it")]
+    #[error(
+        "precision {0} is not supported by this device's backend (it cannot compute in {0}); use fp32 or a device that has it"
+    )]
     Unsupported(&'static str),
 }
 
@@ -72,7 +74,11 @@ impl Precision {
             Self::Bf16 => DType::BF16,
             Self::Fp16 => DType::F16,
         };
-        if B::supports_dtype(device, dtype) { Ok(()) } else { Err(PrecisionError::Unsupported(self.name())) }
+        if B::supports_dtype(device, dtype) {
+            Ok(())
+        } else {
+            Err(PrecisionError::Unsupported(self.name()))
+        }
     }
 }
 
@@ -113,7 +119,11 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
 /// `acc + a · b` with the product in the active precision. In f32 the product is summed into
 /// acc's own buffer (on flex, when nothing else holds it); other precisions round the
 /// product's inputs, so they add a separate product.
-pub fn matmul_accumulate<B: Backend>(acc: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn matmul_accumulate<B: Backend>(
+    acc: Tensor<B, 2>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+) -> Tensor<B, 2> {
     match active() {
         Precision::Fp32 => crate::kernels::matmul_accumulate(acc, a, b),
         _ => acc + matmul(a, b),
@@ -130,10 +140,16 @@ pub fn matmul_nd<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -
 
 /// The same rounding on a backend's primitives, for custom autodiff operations (the
 /// quantized matmul) that do their own backward pass.
-pub fn matmul_primitive<B: Backend>(a: B::FloatTensorPrimitive, b: B::FloatTensorPrimitive) -> B::FloatTensorPrimitive {
+pub fn matmul_primitive<B: Backend>(
+    a: B::FloatTensorPrimitive,
+    b: B::FloatTensorPrimitive,
+) -> B::FloatTensorPrimitive {
     match active().compute_dtype() {
         None => B::float_matmul(a, b),
-        Some(dtype) => B::float_cast(B::float_matmul(B::float_cast(a, dtype), B::float_cast(b, dtype)), FloatDType::F32),
+        Some(dtype) => B::float_cast(
+            B::float_matmul(B::float_cast(a, dtype), B::float_cast(b, dtype)),
+            FloatDType::F32,
+        ),
     }
 }
 
@@ -149,7 +165,10 @@ pub struct LossScale {
 
 impl Default for LossScale {
     fn default() -> Self {
-        Self { scale: Self::INITIAL, clean_steps: 0 }
+        Self {
+            scale: Self::INITIAL,
+            clean_steps: 0,
+        }
     }
 }
 
@@ -190,7 +209,10 @@ mod tests {
         assert_eq!(Precision::parse("BF16").unwrap(), Precision::Bf16);
         assert_eq!(Precision::parse("half").unwrap(), Precision::Fp16);
         assert_eq!(Precision::parse("fp32").unwrap(), Precision::Fp32);
-        assert_eq!(Precision::parse("fp8").unwrap_err().to_string(), "unknown precision 'fp8' (expected fp32, bf16 or fp16)");
+        assert_eq!(
+            Precision::parse("fp8").unwrap_err().to_string(),
+            "unknown precision 'fp8' (expected fp32, bf16 or fp16)"
+        );
     }
 
     #[test]
@@ -237,7 +259,10 @@ mod tests {
         assert_eq!(s.scale, LossScale::INITIAL / 2.0);
         s.update(false);
         assert_eq!((s.scale, s.clean_steps), (LossScale::INITIAL, 0));
-        let mut low = LossScale { scale: 1.5, clean_steps: 0 };
+        let mut low = LossScale {
+            scale: 1.5,
+            clean_steps: 0,
+        };
         low.update(true);
         assert_eq!(low.scale, LossScale::MIN);
         assert!(!low.can_back_off());

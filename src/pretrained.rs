@@ -3,11 +3,11 @@
 use burn::prelude::*;
 
 use crate::hub::{self, HubError};
+use crate::model::Llama;
 use crate::model::load::gguf_llama::load_llama_gguf_quantized;
 use crate::model::load::hf_dir::load_llama_hf_dir_quantized;
 use crate::model::load::{GgufFile, LoadError};
 use crate::quant::QuantConfig;
-use crate::model::Llama;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +18,9 @@ pub enum PretrainedError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    #[error("{0}: expected a .gguf file or a Hugging Face model directory (config.json + *.safetensors)")]
+    #[error(
+        "{0}: expected a .gguf file or a Hugging Face model directory (config.json + *.safetensors)"
+    )]
     Format(String),
 }
 
@@ -29,19 +31,34 @@ pub struct Pretrained<B: Backend> {
     pub source: String,
 }
 
-pub fn load<B: Backend>(name_or_path: &str, device: &B::Device) -> Result<Pretrained<B>, PretrainedError> {
+pub fn load<B: Backend>(
+    name_or_path: &str,
+    device: &B::Device,
+) -> Result<Pretrained<B>, PretrainedError> {
     load_quantized(name_or_path, device, None)
 }
 
 /// [`load`], quantizing the projections as they are read when `quant` is given (the f32
 /// weights of the whole model never exist at once).
-pub fn load_quantized<B: Backend>(name_or_path: &str, device: &B::Device, quant: Option<QuantConfig>) -> Result<Pretrained<B>, PretrainedError> {
+pub fn load_quantized<B: Backend>(
+    name_or_path: &str,
+    device: &B::Device,
+    quant: Option<QuantConfig>,
+) -> Result<Pretrained<B>, PretrainedError> {
     let path = hub::resolve(name_or_path)?;
     let source = path.display().to_string();
     if path.is_dir() {
         let model = load_llama_hf_dir_quantized::<B>(&path, device, quant)?;
-        let tokenizer = if path.join("tokenizer.json").exists() { Some(TextTokenizer::from_hf_dir(&path)?) } else { None };
-        return Ok(Pretrained { model, tokenizer, source });
+        let tokenizer = if path.join("tokenizer.json").exists() {
+            Some(TextTokenizer::from_hf_dir(&path)?)
+        } else {
+            None
+        };
+        return Ok(Pretrained {
+            model,
+            tokenizer,
+            source,
+        });
     }
     if path.extension().is_none_or(|e| e != "gguf") {
         return Err(PretrainedError::Format(source));
@@ -49,5 +66,9 @@ pub fn load_quantized<B: Backend>(name_or_path: &str, device: &B::Device, quant:
     let file = GgufFile::open(&path).map_err(LoadError::from)?;
     let tokenizer = TextTokenizer::from_gguf(&file)?;
     let model = load_llama_gguf_quantized::<B>(&file, device, quant)?;
-    Ok(Pretrained { model, tokenizer: Some(tokenizer), source })
+    Ok(Pretrained {
+        model,
+        tokenizer: Some(tokenizer),
+        source,
+    })
 }

@@ -38,14 +38,17 @@ pub struct Progress {
 impl Progress {
     /// A bar when stderr is a terminal (and `RUNNER_PROGRESS` is not `plain`), else plain lines.
     pub fn start(total: Option<usize>) -> Self {
-        let terminal = std::io::stderr().is_terminal() && std::env::var("RUNNER_PROGRESS").map_or(true, |v| v != "plain");
+        let terminal = std::io::stderr().is_terminal()
+            && std::env::var("RUNNER_PROGRESS").map_or(true, |v| v != "plain");
         Self::with_mode(total, terminal)
     }
 
     pub fn with_mode(total: Option<usize>, terminal: bool) -> Self {
         let bar = terminal.then(|| {
             let bar = match total {
-                Some(n) => ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr()),
+                Some(n) => {
+                    ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr())
+                }
                 None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
             };
             let template = if total.is_some() {
@@ -53,11 +56,23 @@ impl Progress {
             } else {
                 "  {spinner} step {pos} {msg} [{elapsed_precise}]"
             };
-            bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
             bar
         });
         let every = total.map_or(10, |n| (n / 10).max(1));
-        Self { bar, total, started: Instant::now(), step: 0, tokens: 0, loss: None, every }
+        Self {
+            bar,
+            total,
+            started: Instant::now(),
+            step: 0,
+            tokens: 0,
+            loss: None,
+            every,
+        }
     }
 
     /// One training step finished (called by the trainer).
@@ -96,10 +111,18 @@ impl Progress {
         let elapsed = self.started.elapsed().as_secs_f64();
         let of = self.total.map_or(String::new(), |n| format!("/{n}"));
         let eta = match self.total {
-            Some(n) if self.step > 0 && n >= self.step => format!(" eta {}", duration((n - self.step) as f64 * elapsed / self.step as f64)),
+            Some(n) if self.step > 0 && n >= self.step => format!(
+                " eta {}",
+                duration((n - self.step) as f64 * elapsed / self.step as f64)
+            ),
             _ => String::new(),
         };
-        format!("  progress: step {}{of} {} elapsed {}{eta}", self.step, self.message(), duration(elapsed))
+        format!(
+            "  progress: step {}{of} {} elapsed {}{eta}",
+            self.step,
+            self.message(),
+            duration(elapsed)
+        )
     }
 
     /// Prints a line without tearing the bar.
@@ -148,7 +171,12 @@ mod tests {
         p.record(2.5, 1000);
         p.advance(4);
         let line = p.plain_line();
-        assert!(line.starts_with("  progress: step 4/40 loss 2.5000 ") && line.contains(" tok/s elapsed ") && line.contains(" eta "), "{line}");
+        assert!(
+            line.starts_with("  progress: step 4/40 loss 2.5000 ")
+                && line.contains(" tok/s elapsed ")
+                && line.contains(" eta "),
+            "{line}"
+        );
         assert_eq!(duration(3725.0), "1h02m05s");
         assert_eq!(duration(75.0), "1m15s");
     }

@@ -25,7 +25,10 @@ pub struct ArrayJob {
 
 /// Quotes a word for bash: single quotes, with `'` written as `'\''`.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -39,8 +42,14 @@ impl ArrayJob {
         if self.parallelism == Some(0) {
             return Err("--array-parallelism must be at least 1".into());
         }
-        if let Some(bad) = self.sbatch_options.iter().find(|o| !o.starts_with('-') || o.contains('\n')) {
-            return Err(format!("'{bad}' is not an sbatch option (they start with '-', e.g. --partition=gpu)"));
+        if let Some(bad) = self
+            .sbatch_options
+            .iter()
+            .find(|o| !o.starts_with('-') || o.contains('\n'))
+        {
+            return Err(format!(
+                "'{bad}' is not an sbatch option (they start with '-', e.g. --partition=gpu)"
+            ));
         }
         Ok(())
     }
@@ -56,12 +65,18 @@ impl ArrayJob {
         s.push_str("# RESULTS/<sweep>/shards/I-of-N/; afterwards `runner merge RESULTS/<sweep>` combines them.\n");
         s.push_str(&format!("#SBATCH --job-name={}\n", shell_quote(&self.name)));
         s.push_str(&format!("#SBATCH --array={array}\n"));
-        s.push_str(&format!("#SBATCH --output={}\n", self.log_dir.join("%x-%A_%a.out").display()));
+        s.push_str(&format!(
+            "#SBATCH --output={}\n",
+            self.log_dir.join("%x-%A_%a.out").display()
+        ));
         for o in &self.sbatch_options {
             s.push_str(&format!("#SBATCH {o}\n"));
         }
         s.push_str("set -euo pipefail\n");
-        s.push_str(&format!("cd {}\n", shell_quote(&self.workdir.to_string_lossy())));
+        s.push_str(&format!(
+            "cd {}\n",
+            shell_quote(&self.workdir.to_string_lossy())
+        ));
         let args: Vec<String> = self.args.iter().map(|a| shell_quote(a)).collect();
         s.push_str(&format!(
             "exec {} {} --shard \"${{SLURM_ARRAY_TASK_ID}}/{}\"\n",
@@ -96,7 +111,10 @@ mod tests {
         assert!(s.contains("#SBATCH --time=1:00:00\n"));
         assert!(s.contains("cd '/work dir'\n"));
         assert!(s.contains(r#"exec /bin/runner recipes/x.lua --set 'note=it'\''s' --shard "${SLURM_ARRAY_TASK_ID}/4""#), "{s}");
-        let bad = ArrayJob { sbatch_options: vec!["partition=gpu".into()], ..job.clone() };
+        let bad = ArrayJob {
+            sbatch_options: vec!["partition=gpu".into()],
+            ..job.clone()
+        };
         assert!(bad.validate().unwrap_err().contains("not an sbatch option"));
         assert!(ArrayJob { tasks: 0, ..job }.validate().is_err());
     }

@@ -32,23 +32,51 @@ impl TextTokenizer {
     /// no BOS added, control tokens as special added tokens — what transformers builds.
     pub fn from_gguf(f: &GgufFile) -> Result<Self, TokenizerError> {
         let path = f.path.display().to_string();
-        let err = |msg: String| TokenizerError::Build { path: path.clone(), msg };
-        let model = f.meta("tokenizer.ggml.model").and_then(|v| v.as_str()).unwrap_or("");
+        let err = |msg: String| TokenizerError::Build {
+            path: path.clone(),
+            msg,
+        };
+        let model = f
+            .meta("tokenizer.ggml.model")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         if model != "gpt2" {
-            return Err(err(format!("tokenizer.ggml.model '{model}' is not supported (only gpt2 byte-level BPE)")));
+            return Err(err(format!(
+                "tokenizer.ggml.model '{model}' is not supported (only gpt2 byte-level BPE)"
+            )));
         }
         let strings = |key: &str| -> Result<Vec<String>, TokenizerError> {
-            let arr = f.meta(key).and_then(|v| v.as_array()).ok_or_else(|| err(format!("missing {key}")))?;
-            arr.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| err(format!("{key} holds a non-string")))).collect()
+            let arr = f
+                .meta(key)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| err(format!("missing {key}")))?;
+            arr.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| err(format!("{key} holds a non-string")))
+                })
+                .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         // llama.cpp's writer omits an empty merge list.
-        let merges = if f.meta("tokenizer.ggml.merges").is_some() { strings("tokenizer.ggml.merges")? } else { Vec::new() };
-        let types: Vec<u64> = match f.meta("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+        let merges = if f.meta("tokenizer.ggml.merges").is_some() {
+            strings("tokenizer.ggml.merges")?
+        } else {
+            Vec::new()
+        };
+        let types: Vec<u64> = match f
+            .meta("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
             Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
-        let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
         let added: Vec<serde_json::Value> = tokens
             .iter()
             .enumerate()
@@ -70,13 +98,17 @@ impl TextTokenizer {
                 "vocab": vocab, "merges": merges,
             }
         });
-        let inner: tokenizers::Tokenizer = serde_json::from_value(spec).map_err(|e| err(format!("building the tokenizer: {e}")))?;
+        let inner: tokenizers::Tokenizer = serde_json::from_value(spec)
+            .map_err(|e| err(format!("building the tokenizer: {e}")))?;
         let id = |key: &str| f.meta(key).and_then(|v| v.as_u64()).map(|v| v as u32);
         Ok(Self {
             inner,
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
-            chat_template: f.meta("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from),
+            chat_template: f
+                .meta("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(String::from),
         })
     }
 
@@ -84,9 +116,17 @@ impl TextTokenizer {
     /// of `tokenizer_config.json` (or `chat_template.jinja`), falling back to config.json's ids.
     pub fn from_hf_dir(dir: &std::path::Path) -> Result<Self, TokenizerError> {
         let file = dir.join("tokenizer.json");
-        let err = |path: &std::path::Path, msg: String| TokenizerError::Build { path: path.display().to_string(), msg };
-        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| err(&file, e.to_string()))?;
-        let read_json = |name: &str| -> Option<serde_json::Value> { std::fs::read_to_string(dir.join(name)).ok().and_then(|t| serde_json::from_str(&t).ok()) };
+        let err = |path: &std::path::Path, msg: String| TokenizerError::Build {
+            path: path.display().to_string(),
+            msg,
+        };
+        let inner =
+            tokenizers::Tokenizer::from_file(&file).map_err(|e| err(&file, e.to_string()))?;
+        let read_json = |name: &str| -> Option<serde_json::Value> {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+        };
         let tk_config = read_json("tokenizer_config.json").unwrap_or(serde_json::Value::Null);
         let config = read_json("config.json").unwrap_or(serde_json::Value::Null);
         let special = |key: &str| -> Option<u32> {
@@ -97,7 +137,9 @@ impl TextTokenizer {
             };
             token.and_then(|t| inner.token_to_id(&t)).or_else(|| {
                 let v = config.get(format!("{key}_id"))?;
-                v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()).map(|i| i as u32)
+                v.as_u64()
+                    .or_else(|| v.as_array()?.first()?.as_u64())
+                    .map(|i| i as u32)
             })
         };
         let chat_template = match tk_config.get("chat_template") {
@@ -108,7 +150,12 @@ impl TextTokenizer {
                 .and_then(|t| t.get("template")?.as_str().map(String::from)),
             _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
         };
-        Ok(Self { bos: special("bos_token"), eos: special("eos_token"), chat_template, inner })
+        Ok(Self {
+            bos: special("bos_token"),
+            eos: special("eos_token"),
+            chat_template,
+            inner,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -117,12 +164,17 @@ impl TextTokenizer {
 
     /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Run(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Run(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Run(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Run(e.to_string()))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -130,12 +182,26 @@ impl TextTokenizer {
     }
 
     /// Renders `messages` (role, content) with the model's chat template.
-    pub fn apply_chat_template(&self, messages: &[(String, String)], add_generation_prompt: bool) -> Result<String, TokenizerError> {
-        let template = self.chat_template.as_deref().ok_or_else(|| TokenizerError::Template("the model has no chat template".into()))?;
+    pub fn apply_chat_template(
+        &self,
+        messages: &[(String, String)],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| TokenizerError::Template("the model has no chat template".into()))?;
         let mut env = minijinja::Environment::new();
-        env.add_template("chat", template).map_err(|e| TokenizerError::Template(e.to_string()))?;
-        let msgs: Vec<serde_json::Value> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
-        let tok = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i)).unwrap_or_default();
+        env.add_template("chat", template)
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|(r, c)| json!({"role": r, "content": c}))
+            .collect();
+        let tok = |id: Option<u32>| {
+            id.and_then(|i| self.inner.id_to_token(i))
+                .unwrap_or_default()
+        };
         env.get_template("chat")
             .and_then(|t| {
                 t.render(minijinja::context! {
@@ -190,7 +256,8 @@ impl Tokenizer {
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         match self {
-            Tokenizer::Bytes => Ok(crate::data::ByteTokenizer.decode(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())),
+            Tokenizer::Bytes => Ok(crate::data::ByteTokenizer
+                .decode(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())),
             Tokenizer::Text(t) => t.decode(ids, skip_special),
         }
     }

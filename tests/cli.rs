@@ -29,12 +29,18 @@ fn stderr(o: &Output) -> String {
 fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let header = r.headers().unwrap().iter().map(String::from).collect();
-    let rows = r.records().map(|x| x.unwrap().iter().map(String::from).collect()).collect();
+    let rows = r
+        .records()
+        .map(|x| x.unwrap().iter().map(String::from).collect())
+        .collect();
     (header, rows)
 }
 
 fn column(header: &[String], name: &str) -> usize {
-    header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+    header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
 }
 
 #[test]
@@ -48,24 +54,38 @@ fn quickstart_loss_falls_and_runs_are_reproducible() {
 
     let steps_a = std::fs::read(a.path().join("quickstart/steps.csv")).unwrap();
     let steps_b = std::fs::read(b.path().join("quickstart/steps.csv")).unwrap();
-    assert_eq!(steps_a, steps_b, "same seed must give byte-identical steps.csv");
+    assert_eq!(
+        steps_a, steps_b,
+        "same seed must give byte-identical steps.csv"
+    );
 
     let (header, rows) = read_csv(&a.path().join("quickstart/steps.csv"));
     let loss = column(&header, "loss");
     let first: f64 = rows.first().unwrap()[loss].parse().unwrap();
     let last: f64 = rows.last().unwrap()[loss].parse().unwrap();
-    assert!(last <= 0.7 * first, "training loss should fall by ≥ 30%: {first} -> {last}");
+    assert!(
+        last <= 0.7 * first,
+        "training loss should fall by ≥ 30%: {first} -> {last}"
+    );
 
     let (header, rows) = read_csv(&a.path().join("quickstart/trials.csv"));
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0][column(&header, "status")], "ok");
-    let before: f64 = rows[0][column(&header, "eval_loss_before")].parse().unwrap();
+    let before: f64 = rows[0][column(&header, "eval_loss_before")]
+        .parse()
+        .unwrap();
     let after: f64 = rows[0][column(&header, "eval_loss")].parse().unwrap();
-    assert!(after <= 0.7 * before, "held-out loss should fall by ≥ 30%: {before} -> {after}");
+    assert!(
+        after <= 0.7 * before,
+        "held-out loss should fall by ≥ 30%: {before} -> {after}"
+    );
     assert_eq!(rows[0][column(&header, "trial_id")].len(), 12);
     // On the CPU the peak is the process's resident memory, and there is no device column.
     let peak: i64 = rows[0][column(&header, "peak_mem_mb")].parse().unwrap();
-    assert!(peak > 0 && !header.iter().any(|h| h == "peak_host_mb"), "{header:?}");
+    assert!(
+        peak > 0 && !header.iter().any(|h| h == "peak_host_mb"),
+        "{header:?}"
+    );
 }
 
 #[test]
@@ -73,7 +93,11 @@ fn syntax_error_exits_2_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = runner(&[&fixture("syntax_error.lua")], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("tests/fixtures/recipes/syntax_error.lua:3:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tests/fixtures/recipes/syntax_error.lua:3:"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -105,10 +129,25 @@ fn a_failing_trial_does_not_stop_the_others() {
     let out = runner(&[&fixture("one_trial_fails.lua")], dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let (header, rows) = read_csv(&dir.path().join("one_fails/trials.csv"));
-    let (status, x, error, doubled) = (column(&header, "status"), column(&header, "x"), column(&header, "error"), column(&header, "doubled"));
-    let summary: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[x].as_str(), r[status].as_str(), r[doubled].as_str())).collect();
-    assert_eq!(summary, vec![("1", "ok", "2"), ("2", "failed", ""), ("3", "ok", "6")]);
-    assert!(rows[1][error].contains("one_trial_fails.lua:6: x = 2 is not allowed"), "{}", rows[1][error]);
+    let (status, x, error, doubled) = (
+        column(&header, "status"),
+        column(&header, "x"),
+        column(&header, "error"),
+        column(&header, "doubled"),
+    );
+    let summary: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r[x].as_str(), r[status].as_str(), r[doubled].as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("1", "ok", "2"), ("2", "failed", ""), ("3", "ok", "6")]
+    );
+    assert!(
+        rows[1][error].contains("one_trial_fails.lua:6: x = 2 is not allowed"),
+        "{}",
+        rows[1][error]
+    );
     let (header, rows) = read_csv(&dir.path().join("one_fails/steps.csv"));
     assert_eq!(header, vec!["trial_id", "step", "value"]);
     assert_eq!(rows.len(), 2);
@@ -117,7 +156,22 @@ fn a_failing_trial_does_not_stop_the_others() {
 #[test]
 fn set_values_reach_the_recipe_typed() {
     let dir = tempfile::tempdir().unwrap();
-    let out = runner(&[&fixture("params.lua"), "--set", "n=3", "--set", "lr=2e-4", "--set", "flag=true", "--set", "name=abc", "--seed", "7"], dir.path());
+    let out = runner(
+        &[
+            &fixture("params.lua"),
+            "--set",
+            "n=3",
+            "--set",
+            "lr=2e-4",
+            "--set",
+            "flag=true",
+            "--set",
+            "name=abc",
+            "--seed",
+            "7",
+        ],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (header, rows) = read_csv(&dir.path().join("params/trials.csv"));
     let get = |k: &str| rows[0][column(&header, k)].clone();
@@ -130,7 +184,22 @@ fn set_values_reach_the_recipe_typed() {
     // A trial id covers the --set values: the same recipe with another value is another trial.
     let id = get("trial_id");
     let again = tempfile::tempdir().unwrap();
-    let out = runner(&[&fixture("params.lua"), "--set", "n=4", "--set", "lr=2e-4", "--set", "flag=true", "--set", "name=abc", "--seed", "7"], again.path());
+    let out = runner(
+        &[
+            &fixture("params.lua"),
+            "--set",
+            "n=4",
+            "--set",
+            "lr=2e-4",
+            "--set",
+            "flag=true",
+            "--set",
+            "name=abc",
+            "--seed",
+            "7",
+        ],
+        again.path(),
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (header, rows) = read_csv(&again.path().join("params/trials.csv"));
     assert_ne!(rows[0][column(&header, "trial_id")], id);
@@ -146,7 +215,10 @@ fn malformed_jsonl_names_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("bad_data.lua:2: runner.data.jsonl:"), "{err}");
-    assert!(err.contains(&format!("{}:2: invalid JSON", data.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:2: invalid JSON", data.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -154,17 +226,28 @@ fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = runner(&["recipes/quickstart.lua", "--device", "tpu"], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown device 'tpu'"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown device 'tpu'"),
+        "{}",
+        stderr(&out)
+    );
     let out = runner(&["no/such/recipe.lua"], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read recipe no/such/recipe.lua"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read recipe no/such/recipe.lua"),
+        "{}",
+        stderr(&out)
+    );
     let out = runner(&["recipes/quickstart.lua", "--set", "novalue"], dir.path());
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn help_documents_every_flag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_runner")).arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in ["--set", "--device", "--results", "--seed", "Exit codes"] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
@@ -182,7 +265,10 @@ fn cuda_without_a_gpu_exits_2_with_a_clear_message() {
     let out = runner(&["recipes/quickstart.lua", "--device", "cuda"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("error: device cuda is not usable on this machine"), "{err}");
+    assert!(
+        err.contains("error: device cuda is not usable on this machine"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -200,7 +286,10 @@ fn a_killed_run_leaves_only_whole_rows() {
     let steps = dir.path().join("many_logs/steps.csv");
     // Wait until rows are being written, then kill without warning.
     for _ in 0..200 {
-        if std::fs::metadata(&steps).map(|m| m.len() > 50_000).unwrap_or(false) {
+        if std::fs::metadata(&steps)
+            .map(|m| m.len() > 50_000)
+            .unwrap_or(false)
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -208,7 +297,10 @@ fn a_killed_run_leaves_only_whole_rows() {
     child.kill().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&steps).unwrap();
-    assert!(text.len() > 50_000, "the run should have written rows before the kill");
+    assert!(
+        text.len() > 50_000,
+        "the run should have written rows before the kill"
+    );
     assert!(text.ends_with('\n'), "a partial last line was left");
     let (header, rows) = read_csv(&steps);
     assert_eq!(header, vec!["trial_id", "step", "loss", "note"]);
@@ -229,7 +321,10 @@ fn pretrained_model_api_from_lua() {
     assert_eq!(get("status"), "ok", "{}", get("error"));
     assert_eq!(get("vocab"), "128");
     // 2 layers of (q 32·32, k 32·16, v 32·16, o 32·32, MLP 3·32·64, 2 norms of 32) + embed, head, norm.
-    assert_eq!(get("total"), (2 * (1024 + 512 + 512 + 1024 + 3 * 2048 + 64) + 2 * 128 * 32 + 32).to_string());
+    assert_eq!(
+        get("total"),
+        (2 * (1024 + 512 + 512 + 1024 + 3 * 2048 + 64) + 2 * 128 * 32 + 32).to_string()
+    );
     // Windows of 8 advancing by 4 score every token but the first exactly once.
     let n: usize = get("n_tokens").parse().unwrap();
     assert_eq!(get("scored"), (n - 1).to_string());
@@ -258,34 +353,66 @@ fn adapter_api_from_lua() {
     assert_eq!(get("status"), "ok", "{}", get("error"));
     assert_eq!(get("adapters"), "2");
     // tiny_hf: d 32, q/o 32→32, k/v 32→16, MLP 32↔64, 2 layers.
-    assert_eq!(get("lora"), (2 * 2 * ((32 + 32) * 2 + (32 + 16) * 2 + (32 + 64) * 3)).to_string());
-    assert_eq!(get("dora"), (2 * (2 * (32 + 32) + 32 + 2 * (32 + 16) + 16)).to_string());
+    assert_eq!(
+        get("lora"),
+        (2 * 2 * ((32 + 32) * 2 + (32 + 16) * 2 + (32 + 64) * 3)).to_string()
+    );
+    assert_eq!(
+        get("dora"),
+        (2 * (2 * (32 + 32) + 32 + 2 * (32 + 16) + 16)).to_string()
+    );
     assert_eq!(get("ia3"), (2 * (16 + 16 + 64)).to_string());
-    assert_eq!(get("houlsby"), (2 * 2 * (32 * 8 + 8 + 8 * 32 + 32)).to_string());
-    assert_eq!(get("pfeiffer"), (2 * (32 * 8 + 8 + 8 * 32 + 32)).to_string());
+    assert_eq!(
+        get("houlsby"),
+        (2 * 2 * (32 * 8 + 8 + 8 * 32 + 32)).to_string()
+    );
+    assert_eq!(
+        get("pfeiffer"),
+        (2 * (32 * 8 + 8 + 8 * 32 + 32)).to_string()
+    );
     assert_eq!(get("prompt_tuning"), (4 * 32).to_string());
-    assert_eq!(get("prefix_tuning"), (2 * 16 + 16 * 8 + 8 + 8 * 2 * 2 * 16 + 2 * 2 * 16).to_string());
-    assert_eq!(get("bitfit"), (2 * (32 + 16 + 16 + 32 + 64 + 64 + 32)).to_string());
+    assert_eq!(
+        get("prefix_tuning"),
+        (2 * 16 + 16 * 8 + 8 + 8 * 2 * 2 * 16 + 2 * 2 * 16).to_string()
+    );
+    assert_eq!(
+        get("bitfit"),
+        (2 * (32 + 16 + 16 + 32 + 64 + 64 + 32)).to_string()
+    );
     assert_eq!(get("ln_tuning"), (2 * 2 * 32 + 32).to_string());
     assert_eq!(get("full"), get("total"));
     let peak: f64 = get("peak_mem_mb").parse().unwrap();
     assert!(peak > 1.0, "peak memory is recorded: {peak}");
     let trial = get("trial_id");
-    assert!(dir.path().join("adapters_api").join(&trial).join("lora/adapter_config.json").exists());
+    assert!(
+        dir.path()
+            .join("adapters_api")
+            .join(&trial)
+            .join("lora/adapter_config.json")
+            .exists()
+    );
 }
 
 #[test]
 fn bad_method_options_name_the_recipe_line() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = dir.path().join("m.lua");
-    std::fs::write(&recipe, "local m = runner.model.tiny{}\nm:attach(runner.peft.houlsby{ reduction_factr = 4 })\n").unwrap();
+    std::fs::write(
+        &recipe,
+        "local m = runner.model.tiny{}\nm:attach(runner.peft.houlsby{ reduction_factr = 4 })\n",
+    )
+    .unwrap();
     let out = runner(&[recipe.to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("m.lua:2: runner.peft.houlsby: unknown option 'reduction_factr' (did you mean 'reduction_factor'?)"), "{}", stderr(&out));
     std::fs::write(&recipe, "local m = runner.model.tiny{}\nm:attach(runner.peft.lora{ targets = [[model\\.layers\\.7\\..*]] })\n").unwrap();
     let out = runner(&[recipe.to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("m.lua:2: model:attach: target pattern"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("m.lua:2: model:attach: target pattern"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -296,38 +423,98 @@ fn quantization_api_from_lua() {
     let (header, rows) = read_csv(&dir.path().join("quant_api/trials.csv"));
     let get = |k: &str| rows[0][column(&header, k)].clone();
     assert_eq!(get("status"), "ok", "{}", get("error"));
-    assert_eq!(get("quantized_params"), (2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64).to_string());
+    assert_eq!(
+        get("quantized_params"),
+        (2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64).to_string()
+    );
     // Half a byte per code, plus per tensor the block codes, nested scales and the 1 KiB nested
     // map bitsandbytes stores beside every weight: heavy on this tiny model, 0.002 B on SmolLM2.
     let bpp: f64 = get("bytes_per_param").parse().unwrap();
     let blocks: [usize; 7] = [64, 32, 32, 64, 128, 128, 128];
-    let expected = (36864.0 / 2.0 + blocks.iter().map(|b| (b + 4 + 4 + 1024) as f64).sum::<f64>()) / 36864.0;
+    let expected = (36864.0 / 2.0
+        + blocks
+            .iter()
+            .map(|b| (b + 4 + 4 + 1024) as f64)
+            .sum::<f64>())
+        / 36864.0;
     assert!((bpp - expected).abs() < 1e-9, "{bpp} vs {expected}");
-    assert!(get("err_dtype").contains("quant_api.lua:") && get("err_dtype").contains("model:quantize: unsupported quantization dtype 'int3'"), "{}", get("err_dtype"));
-    assert!(get("err_block").contains("block size must be positive, got 0"), "{}", get("err_block"));
+    assert!(
+        get("err_dtype").contains("quant_api.lua:")
+            && get("err_dtype").contains("model:quantize: unsupported quantization dtype 'int3'"),
+        "{}",
+        get("err_dtype")
+    );
+    assert!(
+        get("err_block").contains("block size must be positive, got 0"),
+        "{}",
+        get("err_block")
+    );
     assert!(get("err_row").contains("layers.0.q_proj: bad quantization block: block size 48 does not divide the row length 64"), "{}", get("err_row"));
-    assert!(get("err_option").contains("model:quantize: unknown option 'blocksize'; valid options: dtype, block, double"), "{}", get("err_option"));
-    assert!(get("err_merge").contains("base weight is quantized"), "{}", get("err_merge"));
-    assert!(get("err_load").contains("runner.model.load:") && get("err_load").contains("q_proj: bad quantization block: block size 48 does not divide the row length 64"), "{}", get("err_load"));
+    assert!(
+        get("err_option").contains(
+            "model:quantize: unknown option 'blocksize'; valid options: dtype, block, double"
+        ),
+        "{}",
+        get("err_option")
+    );
+    assert!(
+        get("err_merge").contains("base weight is quantized"),
+        "{}",
+        get("err_merge")
+    );
+    assert!(
+        get("err_load").contains("runner.model.load:")
+            && get("err_load").contains(
+                "q_proj: bad quantization block: block size 48 does not divide the row length 64"
+            ),
+        "{}",
+        get("err_load")
+    );
     let w = |k: &str| get(k).parse::<f64>().unwrap();
     // SmolLM2: 106.2M projection weights at 0.516 B instead of 4 B, 28.4M other weights in f32.
-    assert!((w("mem_fp32_weights") - 513.1).abs() < 0.5, "{}", w("mem_fp32_weights"));
-    assert!((w("mem_nf4_weights") - 160.4).abs() < 0.5, "{}", w("mem_nf4_weights"));
+    assert!(
+        (w("mem_fp32_weights") - 513.1).abs() < 0.5,
+        "{}",
+        w("mem_fp32_weights")
+    );
+    assert!(
+        (w("mem_nf4_weights") - 160.4).abs() < 0.5,
+        "{}",
+        w("mem_nf4_weights")
+    );
     assert!(w("mem_obj_weights") < 0.1 && w("mem_obj_weights") > 0.0);
 }
 
 #[test]
 fn mem_prints_the_breakdown_and_the_precision_table() {
-    let mem = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_runner")).arg("mem").args(args).output().expect("runner starts");
+    let mem = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("mem")
+            .args(args)
+            .output()
+            .expect("runner starts")
+    };
     let out = mem(&["llama-3.2-1b", "--method", "lora", "--dtype", "nf4"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["Llama-3.2-1B: 1235.8M parameters", "| weights |", "| activations |", "| fp32 | 4.000 | 4.94 GB | 19.77 GB |", "| bf16 | 2.000 | 2.47 GB |", "| int8 | 1.062 |", "| nf4+dq | 0.516 | 638 MB |"] {
+    for needle in [
+        "Llama-3.2-1B: 1235.8M parameters",
+        "| weights |",
+        "| activations |",
+        "| fp32 | 4.000 | 4.94 GB | 19.77 GB |",
+        "| bf16 | 2.000 | 2.47 GB |",
+        "| int8 | 1.062 |",
+        "| nf4+dq | 0.516 | 638 MB |",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     let out = mem(&["smollm2-135m", "--dtype", "nf4", "--block", "100"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("block size 100 does not divide the row length 576"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("block size 100 does not divide the row length 576"),
+        "{}",
+        stderr(&out)
+    );
     let out = mem(&["smollm2-135m", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["estimate"]["params"], 134_515_008);
@@ -342,10 +529,20 @@ fn quantization_api_runs_on_wgpu() {
     let out = runner(&[&fixture("quant_api.lua"), "--device", "wgpu"], dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (header, rows) = read_csv(&dir.path().join("quant_api/trials.csv"));
-    assert_eq!(rows[0][column(&header, "status")], "ok", "{}", rows[0][column(&header, "error")]);
+    assert_eq!(
+        rows[0][column(&header, "status")],
+        "ok",
+        "{}",
+        rows[0][column(&header, "error")]
+    );
     let mb = |name: &str| rows[0][column(&header, name)].parse::<i64>().unwrap();
     // The tiny model's device memory is a few MB; the process holds far more on the host.
-    assert!((0..64).contains(&mb("peak_mem_mb")) && mb("peak_host_mb") > mb("peak_mem_mb"), "device {} MB, host {} MB", mb("peak_mem_mb"), mb("peak_host_mb"));
+    assert!(
+        (0..64).contains(&mb("peak_mem_mb")) && mb("peak_host_mb") > mb("peak_mem_mb"),
+        "device {} MB, host {} MB",
+        mb("peak_mem_mb"),
+        mb("peak_host_mb")
+    );
 }
 
 #[test]
@@ -355,19 +552,36 @@ fn data_and_training_loop_api_from_lua() {
     let err = stderr(&out);
     // The diverging trial fails (exit 1); the other passes every check in the recipe.
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("data_api.lua:") && err.contains("consecutive steps had a non-finite loss"), "{err}");
-    assert!(err.contains("warning: step skipped: non-finite loss or gradient"), "{err}");
+    assert!(
+        err.contains("data_api.lua:") && err.contains("consecutive steps had a non-finite loss"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: step skipped: non-finite loss or gradient"),
+        "{err}"
+    );
     let (header, rows) = read_csv(&dir.path().join("data_api/trials.csv"));
     let (case, status) = (column(&header, "case"), column(&header, "status"));
-    let statuses: Vec<(&str, &str)> = rows.iter().map(|r| (r[case].as_str(), r[status].as_str())).collect();
-    assert_eq!(statuses, [("train", "ok"), ("diverge", "nonfinite")], "{err}");
+    let statuses: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[case].as_str(), r[status].as_str()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [("train", "ok"), ("diverge", "nonfinite")],
+        "{err}"
+    );
 }
 
 /// Polls for `path` for up to 60 s.
 fn wait_for(path: &Path) {
     let start = std::time::Instant::now();
     while !path.exists() {
-        assert!(start.elapsed().as_secs() < 60, "{} never appeared", path.display());
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
@@ -382,7 +596,12 @@ fn a_process_killed_while_saving_leaves_a_loadable_checkpoint() {
     for (i, delay_ms) in [0u64, 7, 23, 41, 66, 95, 130, 3, 17, 52].iter().enumerate() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
             .current_dir(root())
-            .args([&fixture("checkpoint_loop.lua"), "--set", &set_dir, "--results"])
+            .args([
+                &fixture("checkpoint_loop.lua"),
+                "--set",
+                &set_dir,
+                "--results",
+            ])
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -394,16 +613,46 @@ fn a_process_killed_while_saving_leaves_a_loadable_checkpoint() {
         std::thread::sleep(std::time::Duration::from_millis(150 + delay_ms));
         child.kill().unwrap();
         child.wait().unwrap();
-        let out = runner(&[&fixture("checkpoint_loop.lua"), "--set", &set_dir, "--set", "check=true"], dir.path());
+        let out = runner(
+            &[
+                &fixture("checkpoint_loop.lua"),
+                "--set",
+                &set_dir,
+                "--set",
+                "check=true",
+            ],
+            dir.path(),
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(out.status.code(), Some(0), "after kill {i}: {}{text}", stderr(&out));
-        let step: u64 = text.trim().strip_prefix("loaded step ").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "after kill {i}: {}{text}",
+            stderr(&out)
+        );
+        let step: u64 = text
+            .trim()
+            .strip_prefix("loaded step ")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
         // Each run resumes where the last checkpoint left off, so steps only grow.
-        assert!(step >= last_step, "after kill {i}: step {step} < {last_step}");
+        assert!(
+            step >= last_step,
+            "after kill {i}: step {step} < {last_step}"
+        );
         last_step = step;
     }
-    assert!(last_step >= 5, "the loop should have made progress across restarts (step {last_step})");
+    assert!(
+        last_step >= 5,
+        "the loop should have made progress across restarts (step {last_step})"
+    );
     // No leftovers beyond `latest`, the kept checkpoints and at most one interrupted save.
-    let names: Vec<String> = std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().filter(|n| n.starts_with("step-")).count() <= 3, "{names:?}");
+    let names: Vec<String> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().filter(|n| n.starts_with("step-")).count() <= 3,
+        "{names:?}"
+    );
 }

@@ -20,22 +20,31 @@ mod common;
 use common::Perturb;
 
 /// Every trainable parameter's gradient, flattened in visiting order.
-struct Grads<'a>(&'a <B as burn::tensor::backend::AutodiffBackend>::Gradients, Vec<(String, Vec<f32>)>);
+struct Grads<'a>(
+    &'a <B as burn::tensor::backend::AutodiffBackend>::Gradients,
+    Vec<(String, Vec<f32>)>,
+);
 impl ParamVisitor<B> for Grads<'_> {
     fn visit1(&mut self, name: &str, p: &mut Param<B, 1>) {
         if let Some(g) = p.value.grad(self.0) {
-            self.1.push((name.into(), g.into_data().to_vec::<f32>().unwrap()));
+            self.1
+                .push((name.into(), g.into_data().to_vec::<f32>().unwrap()));
         }
     }
     fn visit2(&mut self, name: &str, p: &mut Param<B, 2>) {
         if let Some(g) = p.value.grad(self.0) {
-            self.1.push((name.into(), g.into_data().to_vec::<f32>().unwrap()));
+            self.1
+                .push((name.into(), g.into_data().to_vec::<f32>().unwrap()));
         }
     }
 }
 
 fn check(method: Method, tied: bool) {
-    let opts = TinyOptions { seed: 3, tied, ..Default::default() };
+    let opts = TinyOptions {
+        seed: 3,
+        tied,
+        ..Default::default()
+    };
     let mut model = Llama::<B>::random(opts.config(), 3, opts.std(), &Default::default()).unwrap();
     method.attach(&mut model, "default").unwrap();
     // Non-zero LoRA B, so that every adapter parameter has a gradient.
@@ -43,7 +52,10 @@ fn check(method: Method, tied: bool) {
     let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
     let b = Example::text("The quick brown fox jumps over the lazy dog.");
     let batch = Batch::collate(&[&a, &b], 64, &ByteTokenizer).unwrap();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), &Default::default());
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]),
+        &Default::default(),
+    );
 
     let reference = causal_lm_loss(model.forward(ids.clone(), None), &batch.labels);
     let ref_value = reference.clone().into_scalar() as f64;
@@ -52,28 +64,63 @@ fn check(method: Method, tied: bool) {
 
     let targets = next_token_targets(&batch.labels, batch.batch, batch.seq);
     let head = model.head().clone();
-    let count = targets.iter().filter(|&&t| t != runner::data::IGNORE_INDEX).count();
-    let (nll_sum, surrogate) = training_loss(model.hidden_states(ids.clone(), None), &head.value, head.trainable, &targets, count, 1.0);
+    let count = targets
+        .iter()
+        .filter(|&&t| t != runner::data::IGNORE_INDEX)
+        .count();
+    let (nll_sum, surrogate) = training_loss(
+        model.hidden_states(ids.clone(), None),
+        &head.value,
+        head.trainable,
+        &targets,
+        count,
+        1.0,
+    );
     let value = nll_sum / count as f64;
     let mut got = Grads(&surrogate.backward(), Vec::new());
     model.visit(&mut got);
 
-    assert!((value - ref_value).abs() < 1e-5, "loss {value} vs {ref_value}");
+    assert!(
+        (value - ref_value).abs() < 1e-5,
+        "loss {value} vs {ref_value}"
+    );
     assert_eq!(want.1.len(), got.1.len());
     assert!(!want.1.is_empty());
     for ((name, w), (_, g)) in want.1.iter().zip(&got.1) {
         let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
-        let diff = w.iter().zip(g).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-4 * scale.max(1.0), "{name}: gradients differ by {diff} (max |g| {scale})");
+        let diff = w
+            .iter()
+            .zip(g)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < 1e-4 * scale.max(1.0),
+            "{name}: gradients differ by {diff} (max |g| {scale})"
+        );
     }
     // Evaluation path: the same summed loss without gradients.
-    let r = head_nll(model.hidden_states(ids, None).inner(), head.value.clone().inner(), &targets, 1.0, false, false);
+    let r = head_nll(
+        model.hidden_states(ids, None).inner(),
+        head.value.clone().inner(),
+        &targets,
+        1.0,
+        false,
+        false,
+    );
     assert!((r.nll_sum / r.count as f64 - ref_value).abs() < 1e-5);
 }
 
 #[test]
 fn lora_gradients_match_the_plain_composition() {
-    check(Method::Lora(LoraConfig { rank: 4, alpha: 8.0, targets: Targets::AllLinear, ..Default::default() }), true);
+    check(
+        Method::Lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: Targets::AllLinear,
+            ..Default::default()
+        }),
+        true,
+    );
 }
 
 #[test]
@@ -100,19 +147,46 @@ fn head_gradients_summed_over_chunks_match_the_full_logits() {
     let scale = 1.0 / (rows - 1) as f64;
     let r = head_nll(hidden.clone(), head.clone(), &targets, scale, true, true);
 
-    let (h, w) = (Tensor::<B, 2>::from_inner(hidden).require_grad(), Tensor::<B, 2>::from_inner(head).require_grad());
+    let (h, w) = (
+        Tensor::<B, 2>::from_inner(hidden).require_grad(),
+        Tensor::<B, 2>::from_inner(head).require_grad(),
+    );
     let logp = burn::tensor::activation::log_softmax(h.clone().matmul(w.clone().transpose()), 1);
-    let picked: Vec<f32> = targets.iter().map(|&t| if t == runner::data::IGNORE_INDEX { 0.0 } else { 1.0 }).collect();
+    let picked: Vec<f32> = targets
+        .iter()
+        .map(|&t| {
+            if t == runner::data::IGNORE_INDEX {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
     let index: Vec<i64> = targets.iter().map(|&t| t.max(0)).collect();
-    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [rows, 1]), &Default::default());
+    let index =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(index, [rows, 1]), &Default::default());
     let mask = Tensor::<B, 2>::from_data(TensorData::new(picked, [rows, 1]), &Default::default());
     let nll = -(logp.gather(1, index) * mask).sum();
     let expected_nll = nll.clone().into_scalar() as f64;
     let grads = (nll * scale).backward();
-    assert!((r.nll_sum - expected_nll).abs() < 1e-3 * expected_nll.abs(), "{} vs {expected_nll}", r.nll_sum);
-    for (got, want) in [(r.grad_head.unwrap(), w.grad(&grads).unwrap()), (r.grad_hidden.unwrap(), h.grad(&grads).unwrap())] {
-        let (got, want) = (got.into_data().to_vec::<f32>().unwrap(), want.into_data().to_vec::<f32>().unwrap());
-        let diff = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(
+        (r.nll_sum - expected_nll).abs() < 1e-3 * expected_nll.abs(),
+        "{} vs {expected_nll}",
+        r.nll_sum
+    );
+    for (got, want) in [
+        (r.grad_head.unwrap(), w.grad(&grads).unwrap()),
+        (r.grad_hidden.unwrap(), h.grad(&grads).unwrap()),
+    ] {
+        let (got, want) = (
+            got.into_data().to_vec::<f32>().unwrap(),
+            want.into_data().to_vec::<f32>().unwrap(),
+        );
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-5, "gradients differ by {diff}");
     }
 }

@@ -19,7 +19,15 @@ fn first_steps_match_pytorch_adamw() {
     let device = Default::default();
     let c = [0.5f32, -2.0, 1e-3];
     let w0 = [1.0f32, -1.0, 0.25];
-    let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, offload: false, ..Default::default() };
+    let cfg = AdamWConfig {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        offload: false,
+        ..Default::default()
+    };
     let mut opt = AdamW::<B>::new(cfg.clone()).unwrap();
     let mut p = Param::new(Tensor::<B, 1>::from_floats(w0, &device), true);
     // Reference: PyTorch's AdamW written out in f64.
@@ -39,7 +47,12 @@ fn first_steps_match_pytorch_adamw() {
         }
         let got = p.value.to_data().to_vec::<f32>().unwrap();
         for i in 0..3 {
-            assert!((got[i] as f64 - w[i]).abs() < 1e-6, "step {t} [{i}]: {} vs {}", got[i], w[i]);
+            assert!(
+                (got[i] as f64 - w[i]).abs() < 1e-6,
+                "step {t} [{i}]: {} vs {}",
+                got[i],
+                w[i]
+            );
         }
     }
 }
@@ -49,14 +62,21 @@ fn first_step_moves_each_weight_by_lr_whatever_the_gradient_size() {
     // Bias-corrected Adam's first update is lr · g/|g|: the signature of eps outside the sqrt
     // and of correct bias correction (a missing correction would move by lr · 0.1/0.0316).
     let device = Default::default();
-    let cfg = AdamWConfig { lr: 0.01, weight_decay: 0.0, ..Default::default() };
+    let cfg = AdamWConfig {
+        lr: 0.01,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
     let mut opt = AdamW::<B>::new(cfg.clone()).unwrap();
     let mut p = Param::new(Tensor::<B, 1>::from_floats([0.0f32, 0.0], &device), true);
     let loss = (p.value.clone() * Tensor::<B, 1>::from_floats([1e3f32, -1e-3], &device)).sum();
     let grads = loss.backward();
     opt.update(cfg.lr, &grads, |u| One(&mut p).walk(u));
     let got = p.value.to_data().to_vec::<f32>().unwrap();
-    assert!((got[0] + 0.01).abs() < 1e-6 && (got[1] - 0.01).abs() < 1e-6, "{got:?}");
+    assert!(
+        (got[0] + 0.01).abs() < 1e-6 && (got[1] - 0.01).abs() < 1e-6,
+        "{got:?}"
+    );
 }
 
 impl One<'_> {
@@ -68,8 +88,18 @@ impl One<'_> {
 #[test]
 fn defaults_are_pytorchs() {
     let d = AdamWConfig::default();
-    assert_eq!((d.beta1, d.beta2, d.eps, d.weight_decay), (0.9, 0.999, 1e-8, 0.01));
-    assert!(AdamWConfig { lr: -1.0, ..d.clone() }.validate().is_err());
+    assert_eq!(
+        (d.beta1, d.beta2, d.eps, d.weight_decay),
+        (0.9, 0.999, 1e-8, 0.01)
+    );
+    assert!(
+        AdamWConfig {
+            lr: -1.0,
+            ..d.clone()
+        }
+        .validate()
+        .is_err()
+    );
     assert!(AdamWConfig { beta2: 1.0, ..d }.validate().is_err());
 }
 
@@ -94,12 +124,29 @@ fn offloaded_moments_train_identically() {
 type Weights = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 fn full_fine_tune(offload: bool) -> (Vec<f64>, Weights) {
-    let opts = TinyOptions { layers: 1, d_model: 32, heads: 2, kv_heads: 1, ..Default::default() };
+    let opts = TinyOptions {
+        layers: 1,
+        d_model: 32,
+        heads: 2,
+        kv_heads: 1,
+        ..Default::default()
+    };
     let mut model = Llama::<B>::random(opts.config(), 0, opts.std(), &Default::default()).unwrap();
     let ex = Example::text("abcabcabcabcabcabcabcabc");
     let batch = Batch::collate(&[&ex], 32, &ByteTokenizer).unwrap();
-    let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, offload, ..Default::default() }, Schedule::default(), 0).unwrap();
-    let losses: Vec<f64> = (0..15).map(|_| trainer.step(&mut model, &batch).unwrap().loss).collect();
+    let mut trainer = Trainer::<B>::new(
+        AdamWConfig {
+            lr: 1e-2,
+            offload,
+            ..Default::default()
+        },
+        Schedule::default(),
+        0,
+    )
+    .unwrap();
+    let losses: Vec<f64> = (0..15)
+        .map(|_| trainer.step(&mut model, &batch).unwrap().loss)
+        .collect();
     let mut snap = Snapshot::default();
     model.visit(&mut snap);
     (losses, snap.entries)
@@ -119,13 +166,25 @@ impl Two<'_> {
 fn norms_and_biases_are_not_decayed() {
     // A zero gradient leaves only the decay: w · (1 - lr · wd) for decayed parameters.
     let device = Default::default();
-    let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.5, ..Default::default() };
+    let cfg = AdamWConfig {
+        lr: 0.1,
+        weight_decay: 0.5,
+        ..Default::default()
+    };
     let mut opt = AdamW::<B>::new(cfg.clone()).unwrap();
     let mut norm = Param::new(Tensor::<B, 1>::from_floats([2.0f32, -1.0], &device), true);
     let mut proj = Param::new(Tensor::<B, 1>::from_floats([2.0f32, -1.0], &device), true);
     let loss = (norm.value.clone() * 0.0).sum() + (proj.value.clone() * 0.0).sum();
     let grads = loss.backward();
-    opt.update(cfg.lr, &grads, |u| Two("layers.0.input_layernorm", &mut norm, "layers.0.mlp.up_proj.bias_extra", &mut proj).walk(u));
+    opt.update(cfg.lr, &grads, |u| {
+        Two(
+            "layers.0.input_layernorm",
+            &mut norm,
+            "layers.0.mlp.up_proj.bias_extra",
+            &mut proj,
+        )
+        .walk(u)
+    });
     assert_eq!(norm.value.to_data().to_vec::<f32>().unwrap(), [2.0, -1.0]);
     // "bias" matches by substring too: biases are exempt.
     assert_eq!(proj.value.to_data().to_vec::<f32>().unwrap(), [2.0, -1.0]);
@@ -134,5 +193,8 @@ fn norms_and_biases_are_not_decayed() {
     let grads = (w.value.clone() * 0.0).sum().backward();
     opt.update(cfg.lr, &grads, |u| One(&mut w).walk(u));
     let got = w.value.to_data().to_vec::<f32>().unwrap();
-    assert!((got[0] - 1.9).abs() < 1e-6 && (got[1] + 0.95).abs() < 1e-6, "{got:?}");
+    assert!(
+        (got[0] - 1.9).abs() < 1e-6 && (got[1] + 0.95).abs() < 1e-6,
+        "{got:?}"
+    );
 }

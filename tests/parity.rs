@@ -15,7 +15,8 @@ fn fixtures() -> std::path::PathBuf {
 }
 
 fn expected() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+        .unwrap()
 }
 
 fn logits_of(model_path: &std::path::Path, want_key: &str) -> f32 {
@@ -26,9 +27,17 @@ fn logits_of(model_path: &std::path::Path, want_key: &str) -> f32 {
     let (b, t) = (ids.len(), ids[0].len());
     let flat: Vec<i64> = ids.into_iter().flatten().collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), &Default::default());
-    let got = p.model.forward(input, None).into_data().to_vec::<f32>().unwrap();
+    let got = p
+        .model
+        .forward(input, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     assert_eq!(got.len(), want.len());
-    got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    got.iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -49,59 +58,125 @@ fn gguf_matches_transformers_gguf_loader() {
 #[test]
 fn hf_config_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixtures().join("tiny_hf/model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny_hf/model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
     let config = std::fs::read_to_string(fixtures().join("tiny_hf/config.json")).unwrap();
-    let load = || pretrained::load::<B>(dir.path().to_str().unwrap(), &Default::default()).err().map(|e| e.to_string()).unwrap_or_default();
-    std::fs::write(dir.path().join("config.json"), config.replace("\"llama\"", "\"gpt2\"")).unwrap();
-    assert!(load().contains("config.json: model_type 'gpt2' is not supported"), "{}", load());
-    std::fs::write(dir.path().join("config.json"), config.replace("\"intermediate_size\": 64", "\"intermediate_size\": 65")).unwrap();
+    let load = || {
+        pretrained::load::<B>(dir.path().to_str().unwrap(), &Default::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"llama\"", "\"gpt2\""),
+    )
+    .unwrap();
+    assert!(
+        load().contains("config.json: model_type 'gpt2' is not supported"),
+        "{}",
+        load()
+    );
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"intermediate_size\": 64", "\"intermediate_size\": 65"),
+    )
+    .unwrap();
     let msg = load();
-    assert!(msg.contains("model.layers.0.mlp.gate_proj.weight") && msg.contains("[65, 32]"), "{msg}");
+    assert!(
+        msg.contains("model.layers.0.mlp.gate_proj.weight") && msg.contains("[65, 32]"),
+        "{msg}"
+    );
     // A missing tensor.
     std::fs::write(dir.path().join("config.json"), &config).unwrap();
     {
         let src = std::fs::read(fixtures().join("tiny_hf/model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&src).unwrap();
-        let views: Vec<(String, safetensors::tensor::TensorView)> =
-            st.tensors().into_iter().filter(|(n, _)| n != "model.norm.weight").collect();
-        std::fs::write(dir.path().join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n != "model.norm.weight")
+            .collect();
+        std::fs::write(
+            dir.path().join("model.safetensors"),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
     }
     let msg = load();
     assert!(msg.contains("missing tensor 'model.norm.weight'"), "{msg}");
     // A truncated safetensors file.
     std::fs::write(dir.path().join("config.json"), &config).unwrap();
     let bytes = std::fs::read(fixtures().join("tiny_hf/model.safetensors")).unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
     let msg = load();
-    assert!(msg.contains("model.safetensors: invalid safetensors file"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors: invalid safetensors file"),
+        "{msg}"
+    );
 }
 
 /// Rewrites the f32 fixture: every tensor through `convert` into files of `dtype`, split into
 /// `shards` files (with an index when more than one).
-fn rewrite_fixture(dir: &std::path::Path, dtype: safetensors::Dtype, shards: usize, round: impl Fn(f32) -> Vec<u8>) {
+fn rewrite_fixture(
+    dir: &std::path::Path,
+    dtype: safetensors::Dtype,
+    shards: usize,
+    round: impl Fn(f32) -> Vec<u8>,
+) {
     let src = std::fs::read(fixtures().join("tiny_hf/model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&src).unwrap();
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
     names.sort();
     let mut weight_map = serde_json::Map::new();
     for (k, chunk) in names.chunks(names.len().div_ceil(shards)).enumerate() {
-        let file = if shards == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{shards:05}.safetensors", k + 1) };
+        let file = if shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{shards:05}.safetensors", k + 1)
+        };
         let mut buffers = Vec::new();
         for name in chunk {
             let view = st.tensor(name).unwrap();
-            let bytes: Vec<u8> = view.data().chunks_exact(4).flat_map(|c| round(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
+            let bytes: Vec<u8> = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| round(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect();
             buffers.push((name.clone(), view.shape().to_vec(), bytes));
             weight_map.insert(name.clone(), serde_json::Value::String(file.clone()));
         }
-        let views: Vec<(String, safetensors::tensor::TensorView)> =
-            buffers.iter().map(|(n, shape, b)| (n.clone(), safetensors::tensor::TensorView::new(dtype, shape.clone(), b).unwrap())).collect();
-        std::fs::write(dir.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
+            .iter()
+            .map(|(n, shape, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(dtype, shape.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(
+            dir.join(&file),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
     }
     if shards > 1 {
         let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
         std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     }
-    std::fs::copy(fixtures().join("tiny_hf/config.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny_hf/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
 }
 
 fn logits_at(dir: &std::path::Path) -> Vec<f32> {
@@ -109,8 +184,15 @@ fn logits_at(dir: &std::path::Path) -> Vec<f32> {
     let ids: Vec<Vec<i64>> = serde_json::from_value(exp["input_ids"].clone()).unwrap();
     let p = pretrained::load::<B>(dir.to_str().unwrap(), &Default::default()).unwrap();
     let (b, t) = (ids.len(), ids[0].len());
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.into_iter().flatten().collect::<Vec<_>>(), [b, t]), &Default::default());
-    p.model.forward(input, None).into_data().to_vec::<f32>().unwrap()
+    let input = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.into_iter().flatten().collect::<Vec<_>>(), [b, t]),
+        &Default::default(),
+    );
+    p.model
+        .forward(input, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -129,12 +211,20 @@ fn f16_bf16_and_sharded_checkpoints_load_exactly() {
         let wide_dir = dir(&format!("{label}_as_f32"));
         let narrow = move |x: f32| -> (Vec<u8>, f32) {
             match dtype {
-                Dtype::F16 => (f16::from_f32(x).to_le_bytes().to_vec(), f16::from_f32(x).to_f32()),
-                _ => (bf16::from_f32(x).to_le_bytes().to_vec(), bf16::from_f32(x).to_f32()),
+                Dtype::F16 => (
+                    f16::from_f32(x).to_le_bytes().to_vec(),
+                    f16::from_f32(x).to_f32(),
+                ),
+                _ => (
+                    bf16::from_f32(x).to_le_bytes().to_vec(),
+                    bf16::from_f32(x).to_f32(),
+                ),
             }
         };
         rewrite_fixture(&half_dir, dtype, 1, move |x| narrow(x).0);
-        rewrite_fixture(&wide_dir, Dtype::F32, 1, move |x| narrow(x).1.to_le_bytes().to_vec());
+        rewrite_fixture(&wide_dir, Dtype::F32, 1, move |x| {
+            narrow(x).1.to_le_bytes().to_vec()
+        });
         assert_eq!(logits_at(&half_dir), logits_at(&wide_dir), "{label}");
     }
     // Three shards with an index load the same model as one file.
@@ -149,7 +239,11 @@ fn corrupted_safetensors_never_panic() {
     use rand::{Rng, SeedableRng};
     let good = std::fs::read(fixtures().join("tiny_hf/model.safetensors")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(fixtures().join("tiny_hf/config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny_hf/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     // The header (JSON) is where a parser can go wrong: corrupt bytes there, or truncate anywhere.
     let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize + 8;
@@ -168,22 +262,43 @@ fn corrupted_safetensors_never_panic() {
         }
         std::fs::write(tmp.path().join("model.safetensors"), &bytes).unwrap();
         let path = tmp.path().to_str().unwrap().to_string();
-        let result = std::panic::catch_unwind(|| pretrained::load::<B>(&path, &Default::default()).map(|_| ()));
+        let result = std::panic::catch_unwind(|| {
+            pretrained::load::<B>(&path, &Default::default()).map(|_| ())
+        });
         assert!(result.is_ok(), "round {round}: loading panicked");
     }
 }
 
 #[test]
 fn llama3_rope_scaling_matches_transformers() {
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama3_expected.json")).unwrap()).unwrap();
+    let exp: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("llama3_expected.json")).unwrap(),
+    )
+    .unwrap();
     let ids: Vec<Vec<i64>> = serde_json::from_value(exp["input_ids"].clone()).unwrap();
     let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
-    let p = pretrained::load::<B>(fixtures().join("tiny_llama3_hf").to_str().unwrap(), &Default::default()).unwrap();
+    let p = pretrained::load::<B>(
+        fixtures().join("tiny_llama3_hf").to_str().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
     assert!(p.model.config.rope_scaling.is_some());
     let t = ids[0].len();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.into_iter().flatten().collect::<Vec<_>>(), [1, t]), &Default::default());
-    let got = p.model.forward(input, None).into_data().to_vec::<f32>().unwrap();
-    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let input = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.into_iter().flatten().collect::<Vec<_>>(), [1, t]),
+        &Default::default(),
+    );
+    let got = p
+        .model
+        .forward(input, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     eprintln!("max |Δ logits| vs transformers (llama3 rope): {diff:e}");
     assert!(diff < 1e-4, "{diff}");
 }
@@ -191,14 +306,23 @@ fn llama3_rope_scaling_matches_transformers() {
 #[test]
 fn tokenizer_json_matches_transformers() {
     let tok = runner::tokenizer::TextTokenizer::from_hf_dir(&fixtures().join("tiny_hf")).unwrap();
-    assert_eq!((tok.bos, tok.eos), (tok.token_to_id("<s>"), tok.token_to_id("</s>")));
+    assert_eq!(
+        (tok.bos, tok.eos),
+        (tok.token_to_id("<s>"), tok.token_to_id("</s>"))
+    );
     assert!(tok.bos.is_some());
-    let cases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny_tokens.json")).unwrap()).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny_tokens.json")).unwrap(),
+    )
+    .unwrap();
     for case in &cases {
         let text = case["text"].as_str().unwrap();
         let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids, want, "{text:?}");
-        assert_eq!(tok.decode(&ids, true).unwrap(), case["decoded"].as_str().unwrap());
+        assert_eq!(
+            tok.decode(&ids, true).unwrap(),
+            case["decoded"].as_str().unwrap()
+        );
     }
 }

@@ -32,26 +32,43 @@ fn fixtures() -> PathBuf {
 }
 
 fn expected() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("peft/expected.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("peft/expected.json")).unwrap())
+        .unwrap()
 }
 
 fn tiny_hf() -> Llama<B> {
-    pretrained::load::<B>(fixtures().join("parity/tiny_hf").to_str().unwrap(), &Default::default()).unwrap().model
+    pretrained::load::<B>(
+        fixtures().join("parity/tiny_hf").to_str().unwrap(),
+        &Default::default(),
+    )
+    .unwrap()
+    .model
 }
 
 fn ids() -> Tensor<B, 2, Int> {
     let ids: Vec<Vec<i64>> = serde_json::from_value(expected()["input_ids"].clone()).unwrap();
     let (b, t) = (ids.len(), ids[0].len());
-    Tensor::from_data(TensorData::new(ids.into_iter().flatten().collect::<Vec<_>>(), [b, t]), &Default::default())
+    Tensor::from_data(
+        TensorData::new(ids.into_iter().flatten().collect::<Vec<_>>(), [b, t]),
+        &Default::default(),
+    )
 }
 
 fn logits(model: &Llama<B>) -> Vec<f32> {
-    model.detached().forward(ids(), None).into_data().to_vec::<f32>().unwrap()
+    model
+        .detached()
+        .forward(ids(), None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn peft_logits(key: &str) -> Vec<f32> {
@@ -61,7 +78,15 @@ fn peft_logits(key: &str) -> Vec<f32> {
 #[test]
 fn adapters_written_by_peft_reproduce_its_logits() {
     let base = logits(&tiny_hf());
-    for name in ["lora", "lora_all_rslora", "dora", "ia3", "prompt", "prefix", "prefix_proj"] {
+    for name in [
+        "lora",
+        "lora_all_rslora",
+        "dora",
+        "ia3",
+        "prompt",
+        "prefix",
+        "prefix_proj",
+    ] {
         let mut model = tiny_hf();
         load_adapter(&mut model, &fixtures().join("peft").join(name), "default").unwrap();
         let got = logits(&model);
@@ -69,7 +94,10 @@ fn adapters_written_by_peft_reproduce_its_logits() {
         eprintln!("{name}: max |Δ logits| vs PEFT = {diff:e}");
         assert!(diff < 1e-4, "{name}: {diff}");
         // The adapter really changes the model (the fixture weights are non-zero).
-        assert!(max_diff(&got, &base) > 1e-2, "{name} should change the logits");
+        assert!(
+            max_diff(&got, &base) > 1e-2,
+            "{name} should change the logits"
+        );
     }
 }
 
@@ -87,28 +115,72 @@ fn merged_lora_matches_peft_merge_and_saves_a_loadable_checkpoint() {
     // Same tensor names as the checkpoint transformers wrote.
     let names = |p: PathBuf| {
         let bytes = std::fs::read(p).unwrap();
-        let mut n: Vec<String> = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect();
+        let mut n: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect();
         n.sort();
         n
     };
-    assert_eq!(names(dir.path().join("model.safetensors")), names(fixtures().join("parity/tiny_hf/model.safetensors")));
-    let reloaded = pretrained::load::<B>(dir.path().to_str().unwrap(), &Default::default()).unwrap().model;
+    assert_eq!(
+        names(dir.path().join("model.safetensors")),
+        names(fixtures().join("parity/tiny_hf/model.safetensors"))
+    );
+    let reloaded = pretrained::load::<B>(dir.path().to_str().unwrap(), &Default::default())
+        .unwrap()
+        .model;
     assert_eq!(logits(&reloaded), merged);
 }
 
 fn all_methods() -> Vec<Method> {
-    let lora = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
     vec![
         Method::Lora(lora.clone()),
-        Method::Lora(LoraConfig { dora: true, targets: Targets::AllLinear, ..lora.clone() }),
-        Method::Lora(LoraConfig { init: LoraInit::Gaussian, rslora: true, targets: Targets::Pattern(r".*\.(q|o)_proj".into()), ..lora.clone() }),
+        Method::Lora(LoraConfig {
+            dora: true,
+            targets: Targets::AllLinear,
+            ..lora.clone()
+        }),
+        Method::Lora(LoraConfig {
+            init: LoraInit::Gaussian,
+            rslora: true,
+            targets: Targets::Pattern(r".*\.(q|o)_proj".into()),
+            ..lora.clone()
+        }),
         Method::Ia3(Ia3Config::default()),
-        Method::Bottleneck(BottleneckConfig { reduction_factor: 4, ..Default::default() }),
-        Method::Bottleneck(BottleneckConfig { placement: Placement::Pfeiffer, reduction_factor: 8, ..Default::default() }),
-        Method::Prompt(PromptConfig { num_virtual_tokens: 4, ..Default::default() }),
-        Method::Prompt(PromptConfig { num_virtual_tokens: 5, init: PromptInit::Tokens(vec![3, 9]), ..Default::default() }),
-        Method::Prefix(PrefixConfig { num_virtual_tokens: 3, ..Default::default() }),
-        Method::Prefix(PrefixConfig { num_virtual_tokens: 3, projection: Some(16), seed: 0 }),
+        Method::Bottleneck(BottleneckConfig {
+            reduction_factor: 4,
+            ..Default::default()
+        }),
+        Method::Bottleneck(BottleneckConfig {
+            placement: Placement::Pfeiffer,
+            reduction_factor: 8,
+            ..Default::default()
+        }),
+        Method::Prompt(PromptConfig {
+            num_virtual_tokens: 4,
+            ..Default::default()
+        }),
+        Method::Prompt(PromptConfig {
+            num_virtual_tokens: 5,
+            init: PromptInit::Tokens(vec![3, 9]),
+            ..Default::default()
+        }),
+        Method::Prefix(PrefixConfig {
+            num_virtual_tokens: 3,
+            ..Default::default()
+        }),
+        Method::Prefix(PrefixConfig {
+            num_virtual_tokens: 3,
+            projection: Some(16),
+            seed: 0,
+        }),
         Method::BitFit(BitFitConfig::default()),
         Method::LnTuning,
     ]
@@ -122,9 +194,17 @@ fn fresh_adapters_are_no_ops_except_soft_prompts() {
         method.attach(&mut model, "default").unwrap();
         let diff = max_diff(&logits(&model), &base);
         if matches!(method, Method::Prompt(_) | Method::Prefix(_)) {
-            assert!(diff > 1e-3, "{}: soft prompts change the outputs", method.kind());
+            assert!(
+                diff > 1e-3,
+                "{}: soft prompts change the outputs",
+                method.kind()
+            );
         } else {
-            assert!(diff < 1e-5, "{}: a fresh adapter changed the logits by {diff}", method.kind());
+            assert!(
+                diff < 1e-5,
+                "{}: a fresh adapter changed the logits by {diff}",
+                method.kind()
+            );
         }
         // Disabling the adapter gives the base model back exactly.
         peft::set_active(&mut model, None).unwrap();
@@ -136,14 +216,40 @@ fn fresh_adapters_are_no_ops_except_soft_prompts() {
 fn pissa_moves_the_top_singular_directions_into_the_adapter() {
     let mut model = tiny_hf();
     let base = logits(&model);
-    let w_before = model.layers[0].q_proj.dense().unwrap().value.clone().into_data().to_vec::<f32>().unwrap();
-    let config = LoraConfig { rank: 4, alpha: 4.0, init: LoraInit::Pissa, ..Default::default() };
+    let w_before = model.layers[0]
+        .q_proj
+        .dense()
+        .unwrap()
+        .value
+        .clone()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let config = LoraConfig {
+        rank: 4,
+        alpha: 4.0,
+        init: LoraInit::Pissa,
+        ..Default::default()
+    };
     Method::Lora(config).attach(&mut model, "default").unwrap();
     assert!(max_diff(&logits(&model), &base) < 1e-4);
-    let w_after = model.layers[0].q_proj.dense().unwrap().value.clone().into_data().to_vec::<f32>().unwrap();
+    let w_after = model.layers[0]
+        .q_proj
+        .dense()
+        .unwrap()
+        .value
+        .clone()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     // The residual keeps less of the weight than the original: the top-4 directions moved out.
-    assert!(norm(&w_after) < 0.9 * norm(&w_before), "{} vs {}", norm(&w_after), norm(&w_before));
+    assert!(
+        norm(&w_after) < 0.9 * norm(&w_before),
+        "{} vs {}",
+        norm(&w_after),
+        norm(&w_before)
+    );
 }
 
 #[test]
@@ -161,14 +267,27 @@ fn every_method_saves_and_loads_with_identical_logits() {
         let got = logits(&fresh);
         let diff = max_diff(&got, &want);
         assert!(diff < 1e-5, "{}: {diff}", method.kind());
-        assert!(max_diff(&got, &base) > 1e-3, "{}: the loaded adapter must not be a no-op", method.kind());
+        assert!(
+            max_diff(&got, &base) > 1e-3,
+            "{}: the loaded adapter must not be a no-op",
+            method.kind()
+        );
     }
 }
 
 #[test]
 fn merge_then_unmerge_restores_the_weights() {
-    let lora = LoraConfig { rank: 4, alpha: 8.0, targets: Targets::AllLinear, ..Default::default() };
-    for method in [Method::Lora(lora.clone()), Method::Lora(LoraConfig { dora: true, ..lora }), Method::Ia3(Ia3Config::default())] {
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: Targets::AllLinear,
+        ..Default::default()
+    };
+    for method in [
+        Method::Lora(lora.clone()),
+        Method::Lora(LoraConfig { dora: true, ..lora }),
+        Method::Ia3(Ia3Config::default()),
+    ] {
         let mut model = tiny_hf();
         method.attach(&mut model, "default").unwrap();
         model.visit(&mut Perturb(3));
@@ -178,15 +297,26 @@ fn merge_then_unmerge_restores_the_weights() {
         peft::merge(&mut model).unwrap();
         let merged = logits(&model);
         let diff = max_diff(&merged, &unmerged);
-        assert!(diff < 1e-4, "{}: merged vs unmerged logits {diff}", method.kind());
-        assert_eq!(peft::merge(&mut model), Err(PeftError::AlreadyMerged("default".into())));
+        assert!(
+            diff < 1e-4,
+            "{}: merged vs unmerged logits {diff}",
+            method.kind()
+        );
+        assert_eq!(
+            peft::merge(&mut model),
+            Err(PeftError::AlreadyMerged("default".into()))
+        );
         peft::unmerge(&mut model).unwrap();
         let mut after = Snapshot::default();
         model.visit(&mut after);
         let mut changed_by_merge = 0;
         for ((name, _, x), (_, _, y)) in before.entries.iter().zip(&after.entries) {
             let d = max_diff(x, y);
-            assert!(d < 1e-6, "{}: {name} differs by {d} after unmerge", method.kind());
+            assert!(
+                d < 1e-6,
+                "{}: {name} differs by {d} after unmerge",
+                method.kind()
+            );
             changed_by_merge += 1;
         }
         assert!(changed_by_merge > 0);
@@ -211,8 +341,14 @@ fn named_adapters_switch_and_disable() {
     assert_eq!(logits(&model), base);
     assert_eq!(model.param_count().trainable, 0);
     let err = peft::set_active(&mut model, Some("lroa")).unwrap_err();
-    assert_eq!(err.to_string(), "no adapter named 'lroa' (attached: lora, ia3)");
-    assert_eq!(Method::LnTuning.attach(&mut model, "lora"), Err(PeftError::AdapterExists("lora".into())));
+    assert_eq!(
+        err.to_string(),
+        "no adapter named 'lroa' (attached: lora, ia3)"
+    );
+    assert_eq!(
+        Method::LnTuning.attach(&mut model, "lora"),
+        Err(PeftError::AdapterExists("lora".into()))
+    );
     peft::remove(&mut model, "lora").unwrap();
     assert_eq!(model.adapters.len(), 1);
     assert_eq!(logits(&model), base);
@@ -222,10 +358,18 @@ fn named_adapters_switch_and_disable() {
 fn each_method_trains_only_its_own_parameters() {
     let batch = {
         let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
-        Batch::collate(&[&a, &Example::text("The quick brown fox.")], 32, &ByteTokenizer).unwrap()
+        Batch::collate(
+            &[&a, &Example::text("The quick brown fox.")],
+            32,
+            &ByteTokenizer,
+        )
+        .unwrap()
     };
     let tiny = |seed| {
-        let opts = TinyOptions { seed, ..Default::default() };
+        let opts = TinyOptions {
+            seed,
+            ..Default::default()
+        };
         Llama::<B>::random(opts.config(), seed, opts.std(), &Default::default()).unwrap()
     };
     for method in all_methods().into_iter().chain([Method::Full]) {
@@ -247,7 +391,15 @@ fn each_method_trains_only_its_own_parameters() {
             model.visit(&mut f);
             f.0
         };
-        let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, ..Default::default() }, Schedule::default(), 0).unwrap();
+        let mut trainer = Trainer::<B>::new(
+            AdamWConfig {
+                lr: 1e-2,
+                ..Default::default()
+            },
+            Schedule::default(),
+            0,
+        )
+        .unwrap();
         let first = trainer.step(&mut model, &batch).unwrap().loss;
         let mut last = first;
         for _ in 0..5 {
@@ -256,7 +408,9 @@ fn each_method_trains_only_its_own_parameters() {
         assert!(last < first, "{}: loss {first} -> {last}", method.kind());
         let mut after = Snapshot::default();
         model.visit(&mut after);
-        for (((name, _, x), (_, _, y)), t) in before.entries.iter().zip(&after.entries).zip(&trainable) {
+        for (((name, _, x), (_, _, y)), t) in
+            before.entries.iter().zip(&after.entries).zip(&trainable)
+        {
             if *t {
                 assert_ne!(x, y, "{}: {name} should train", method.kind());
             } else {
@@ -272,24 +426,43 @@ fn bad_adapter_files_are_clear_errors_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let copy = |config: &str| {
         std::fs::write(dir.path().join("adapter_config.json"), config).unwrap();
-        std::fs::copy(src.join("adapter_model.safetensors"), dir.path().join("adapter_model.safetensors")).unwrap();
+        std::fs::copy(
+            src.join("adapter_model.safetensors"),
+            dir.path().join("adapter_model.safetensors"),
+        )
+        .unwrap();
     };
     let config = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
     let try_load = || {
         let mut model = tiny_hf();
-        let err = load_adapter(&mut model, dir.path(), "default").unwrap_err().to_string();
-        assert!(model.adapters.is_empty() && model.param_count().trainable == model.param_count().total, "model changed");
+        let err = load_adapter(&mut model, dir.path(), "default")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            model.adapters.is_empty() && model.param_count().trainable == model.param_count().total,
+            "model changed"
+        );
         err
     };
     copy(&config.replace("\"r\": 4", "\"r\": 2"));
     let e = try_load();
-    assert!(e.contains("adapter_model.safetensors") && e.contains("lora_A.weight has shape [4, 32], expected [2, 32]"), "{e}");
+    assert!(
+        e.contains("adapter_model.safetensors")
+            && e.contains("lora_A.weight has shape [4, 32], expected [2, 32]"),
+        "{e}"
+    );
     copy(&config.replace("\"v_proj\"", "\"k_proj\""));
     let e = try_load();
-    assert!(e.contains("missing tensor base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"), "{e}");
+    assert!(
+        e.contains("missing tensor base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"),
+        "{e}"
+    );
     copy(&config.replace("\"LORA\"", "\"LOHA\""));
     let e = try_load();
-    assert!(e.contains("adapter_config.json: peft_type LOHA is not supported"), "{e}");
+    assert!(
+        e.contains("adapter_config.json: peft_type LOHA is not supported"),
+        "{e}"
+    );
     copy("{ not json");
     assert!(try_load().contains("adapter_config.json: invalid JSON"));
     copy(&config);
@@ -300,19 +473,58 @@ fn bad_adapter_files_are_clear_errors_and_change_nothing() {
 #[test]
 fn bad_method_options_are_clear_errors() {
     let mut model = tiny_hf();
-    let lora = |targets| Method::Lora(LoraConfig { targets, ..Default::default() });
-    let e = lora(Targets::names(&["q_prj"])).attach(&mut model, "a").unwrap_err().to_string();
-    assert!(e.contains("unknown target module 'q_prj' (did you mean 'q_proj'?)"), "{e}");
-    let e = lora(Targets::Pattern("model\\.layers\\.9\\..*".into())).attach(&mut model, "a").unwrap_err().to_string();
+    let lora = |targets| {
+        Method::Lora(LoraConfig {
+            targets,
+            ..Default::default()
+        })
+    };
+    let e = lora(Targets::names(&["q_prj"]))
+        .attach(&mut model, "a")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown target module 'q_prj' (did you mean 'q_proj'?)"),
+        "{e}"
+    );
+    let e = lora(Targets::Pattern("model\\.layers\\.9\\..*".into()))
+        .attach(&mut model, "a")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("matches no module"), "{e}");
-    let e = lora(Targets::Pattern("(".into())).attach(&mut model, "a").unwrap_err().to_string();
+    let e = lora(Targets::Pattern("(".into()))
+        .attach(&mut model, "a")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not a valid regular expression"), "{e}");
-    assert_eq!(Method::LnTuning.attach(&mut model, "bad name"), Err(PeftError::AdapterName("bad name".into())));
-    let e = Method::Bottleneck(BottleneckConfig { reduction_factor: 0, ..Default::default() }).attach(&mut model, "a").unwrap_err();
-    assert!(e.to_string().contains("reduction_factor must be in 1..=32"), "{e}");
-    Method::Prompt(PromptConfig::default()).attach(&mut model, "p").unwrap();
-    assert_eq!(peft::merge(&mut model), Err(PeftError::NotMergeable("prompt_tuning")));
-    assert!(Method::Full.attach(&mut model, "x").unwrap_err().to_string().contains("adapter 'p' is attached"));
+    assert_eq!(
+        Method::LnTuning.attach(&mut model, "bad name"),
+        Err(PeftError::AdapterName("bad name".into()))
+    );
+    let e = Method::Bottleneck(BottleneckConfig {
+        reduction_factor: 0,
+        ..Default::default()
+    })
+    .attach(&mut model, "a")
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("reduction_factor must be in 1..=32"),
+        "{e}"
+    );
+    Method::Prompt(PromptConfig::default())
+        .attach(&mut model, "p")
+        .unwrap();
+    assert_eq!(
+        peft::merge(&mut model),
+        Err(PeftError::NotMergeable("prompt_tuning"))
+    );
+    assert!(
+        Method::Full
+            .attach(&mut model, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("adapter 'p' is attached")
+    );
     assert!(model.adapters.len() == 1, "failed attaches add nothing");
 }
 
@@ -320,15 +532,32 @@ fn bad_method_options_are_clear_errors() {
 /// (tests/fixtures/peft/smollm2_counts.json) against runner's counts on a model of that shape.
 #[test]
 fn trainable_counts_match_peft_on_smollm2_shape() {
-    let counts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("peft/smollm2_counts.json")).unwrap()).unwrap();
+    let counts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("peft/smollm2_counts.json")).unwrap(),
+    )
+    .unwrap();
     let config = LlamaConfig::smollm2_135m();
     type F = Flex;
     let base = Llama::<F>::random(config, 0, 0.02, &Default::default()).unwrap();
-    let lora = |rank, targets, dora| Method::Lora(LoraConfig { rank, alpha: 16.0, targets, dora, ..Default::default() });
+    let lora = |rank, targets, dora| {
+        Method::Lora(LoraConfig {
+            rank,
+            alpha: 16.0,
+            targets,
+            dora,
+            ..Default::default()
+        })
+    };
     let cases = [
-        ("lora_qv_r8", lora(8, Targets::names(&["q_proj", "v_proj"]), false)),
+        (
+            "lora_qv_r8",
+            lora(8, Targets::names(&["q_proj", "v_proj"]), false),
+        ),
         ("lora_all_r8", lora(8, Targets::AllLinear, false)),
-        ("dora_qv_r8", lora(8, Targets::names(&["q_proj", "v_proj"]), true)),
+        (
+            "dora_qv_r8",
+            lora(8, Targets::names(&["q_proj", "v_proj"]), true),
+        ),
         ("ia3", Method::Ia3(Ia3Config::default())),
         ("prompt_20", Method::Prompt(PromptConfig::default())),
         ("prefix_20", Method::Prefix(PrefixConfig::default())),
@@ -340,9 +569,20 @@ fn trainable_counts_match_peft_on_smollm2_shape() {
         method.attach(&mut model, "default").unwrap();
         let c = model.param_count();
         let want = &counts[key];
-        eprintln!("{key}: runner {} / {} — PEFT {} / {}", c.trainable, c.total, want["trainable"], want["total"]);
-        assert_eq!(c.trainable as u64, want["trainable"].as_u64().unwrap(), "{key} trainable");
-        assert_eq!(c.total as u64, want["total"].as_u64().unwrap(), "{key} total");
+        eprintln!(
+            "{key}: runner {} / {} — PEFT {} / {}",
+            c.trainable, c.total, want["trainable"], want["total"]
+        );
+        assert_eq!(
+            c.trainable as u64,
+            want["trainable"].as_u64().unwrap(),
+            "{key} trainable"
+        );
+        assert_eq!(
+            c.total as u64,
+            want["total"].as_u64().unwrap(),
+            "{key} total"
+        );
     }
     assert_eq!(counts["lora_qv_r8"]["trainable"], 460_800);
     assert_eq!(counts["lora_all_r8"]["trainable"], 2_442_240);
@@ -351,9 +591,21 @@ fn trainable_counts_match_peft_on_smollm2_shape() {
 #[test]
 fn soft_prompts_and_adapters_work_with_the_kv_cache() {
     let methods = [
-        Method::Prompt(PromptConfig { num_virtual_tokens: 4, ..Default::default() }),
-        Method::Prefix(PrefixConfig { num_virtual_tokens: 3, projection: Some(8), seed: 0 }),
-        Method::Lora(LoraConfig { rank: 2, alpha: 4.0, dora: true, ..Default::default() }),
+        Method::Prompt(PromptConfig {
+            num_virtual_tokens: 4,
+            ..Default::default()
+        }),
+        Method::Prefix(PrefixConfig {
+            num_virtual_tokens: 3,
+            projection: Some(8),
+            seed: 0,
+        }),
+        Method::Lora(LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            dora: true,
+            ..Default::default()
+        }),
         Method::Bottleneck(BottleneckConfig::default()),
     ];
     for method in methods {
@@ -361,12 +613,23 @@ fn soft_prompts_and_adapters_work_with_the_kv_cache() {
         method.attach(&mut model, "default").unwrap();
         model.visit(&mut Perturb(11));
         let model = model.detached();
-        let full = model.forward(ids(), None).into_data().to_vec::<f32>().unwrap();
+        let full = model
+            .forward(ids(), None)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let mut cache = runner::model::llama::KvCache::new(&model.config);
         let first = model.forward_cached(ids().narrow(1, 0, 6), &mut cache);
         let rest = model.forward_cached(ids().narrow(1, 6, 4), &mut cache);
-        let cached = Tensor::cat(vec![first, rest], 1).into_data().to_vec::<f32>().unwrap();
+        let cached = Tensor::cat(vec![first, rest], 1)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let diff = max_diff(&cached, &full);
-        assert!(diff < 1e-4, "{}: cached decoding differs by {diff}", method.kind());
+        assert!(
+            diff < 1e-4,
+            "{}: cached decoding differs by {diff}",
+            method.kind()
+        );
     }
 }

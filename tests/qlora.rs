@@ -15,8 +15,8 @@ use runner::model::llama::LINEAR_TARGETS;
 use runner::model::load::load_llama_hf_dir;
 use runner::model::params::Snapshot;
 use runner::model::{Llama, TinyOptions};
-use runner::peft::lora::LoraConfig;
 use runner::peft::Targets;
+use runner::peft::lora::LoraConfig;
 use runner::quant::model::{dequantize_model, quantize_model};
 use runner::quant::{QuantConfig, QuantDtype, QuantizedTensor};
 use runner::train::{AdamWConfig, Schedule, Trainer};
@@ -29,36 +29,67 @@ fn fixtures() -> std::path::PathBuf {
 }
 
 fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-    st.tensor(name).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn expected_logits(name: &str) -> (Tensor<B, 2, Int>, Vec<f32>) {
     let bytes = std::fs::read(fixtures().join("quant/expected.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids_view = st.tensor("input_ids").unwrap();
-    let ids: Vec<i64> = ids_view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    let ids: Vec<i64> = ids_view
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     let shape = [ids_view.shape()[0], ids_view.shape()[1]];
-    (Tensor::from_data(TensorData::new(ids, shape), &Default::default()), f32s(&st, &format!("{name}.logits")))
+    (
+        Tensor::from_data(TensorData::new(ids, shape), &Default::default()),
+        f32s(&st, &format!("{name}.logits")),
+    )
 }
 
 fn logits(model: &Llama<B>, ids: Tensor<B, 2, Int>) -> Vec<f32> {
-    model.detached().forward(ids, None).into_data().to_vec::<f32>().unwrap()
+    model
+        .detached()
+        .forward(ids, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn quantized(model: &Llama<B>, layer: usize, proj: &str) -> Arc<QuantizedTensor> {
-    model.layers[layer].linear(proj).unwrap().weight.quantized().expect("quantized weight").clone()
+    model.layers[layer]
+        .linear(proj)
+        .unwrap()
+        .weight
+        .quantized()
+        .expect("quantized weight")
+        .clone()
 }
 
 #[test]
 fn bitsandbytes_checkpoints_load_with_transformers_logits() {
     for name in ["tiny_bnb_nf4", "tiny_bnb_fp4"] {
-        let model = load_llama_hf_dir::<B>(&fixtures().join("quant").join(name), &Default::default()).unwrap();
-        assert!(model.layers[0].q_proj.dense().is_none(), "{name}: projections stay quantized");
+        let model =
+            load_llama_hf_dir::<B>(&fixtures().join("quant").join(name), &Default::default())
+                .unwrap();
+        assert!(
+            model.layers[0].q_proj.dense().is_none(),
+            "{name}: projections stay quantized"
+        );
         let (ids, want) = expected_logits(name);
         let diff = max_diff(&logits(&model, ids), &want);
         eprintln!("{name}: max |Δ logits| vs transformers + bitsandbytes: {diff:e}");
@@ -73,11 +104,26 @@ fn runner_quantizes_a_checkpoint_to_the_same_bytes_as_bitsandbytes() {
     let dev = Default::default();
     let bnb = load_llama_hf_dir::<B>(&fixtures().join("quant/tiny_bnb_nf4"), &dev).unwrap();
     let mut ours = load_llama_hf_dir::<B>(&fixtures().join("quant/tiny_bf16_hf"), &dev).unwrap();
-    let summary = quantize_model(&mut ours, QuantConfig { dtype: QuantDtype::Nf4, block: 64, double: true }).unwrap();
-    assert_eq!(summary.quantized_params, 2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64);
+    let summary = quantize_model(
+        &mut ours,
+        QuantConfig {
+            dtype: QuantDtype::Nf4,
+            block: 64,
+            double: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        summary.quantized_params,
+        2 * 64 * 64 + 2 * 32 * 64 + 3 * 128 * 64
+    );
     for layer in 0..1 {
         for t in LINEAR_TARGETS {
-            assert_eq!(*quantized(&ours, layer, t), *quantized(&bnb, layer, t), "layers.{layer}.{t}");
+            assert_eq!(
+                *quantized(&ours, layer, t),
+                *quantized(&bnb, layer, t),
+                "layers.{layer}.{t}"
+            );
         }
     }
 }
@@ -85,14 +131,34 @@ fn runner_quantizes_a_checkpoint_to_the_same_bytes_as_bitsandbytes() {
 #[test]
 fn saved_4bit_checkpoint_loads_back_identically() {
     let dev = Default::default();
-    for config in [QuantConfig { dtype: QuantDtype::Nf4, block: 32, double: true }, QuantConfig { dtype: QuantDtype::Fp4, block: 64, double: false }] {
-        let mut model = load_llama_hf_dir::<B>(&fixtures().join("quant/tiny_bf16_hf"), &dev).unwrap();
+    for config in [
+        QuantConfig {
+            dtype: QuantDtype::Nf4,
+            block: 32,
+            double: true,
+        },
+        QuantConfig {
+            dtype: QuantDtype::Fp4,
+            block: 64,
+            double: false,
+        },
+    ] {
+        let mut model =
+            load_llama_hf_dir::<B>(&fixtures().join("quant/tiny_bf16_hf"), &dev).unwrap();
         quantize_model(&mut model, config).unwrap();
         let dir = tempfile::tempdir().unwrap();
         runner::model::save::save_pretrained(&model, dir.path()).unwrap();
-        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
-        assert_eq!(cfg["quantization_config"]["bnb_4bit_quant_type"], config.dtype.name());
-        assert_eq!(cfg["quantization_config"]["bnb_4bit_use_double_quant"], config.double);
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            cfg["quantization_config"]["bnb_4bit_quant_type"],
+            config.dtype.name()
+        );
+        assert_eq!(
+            cfg["quantization_config"]["bnb_4bit_use_double_quant"],
+            config.double
+        );
         let back = load_llama_hf_dir::<B>(dir.path(), &dev).unwrap();
         for layer in 0..1 {
             for t in LINEAR_TARGETS {
@@ -108,16 +174,34 @@ fn saved_4bit_checkpoint_loads_back_identically() {
 
 #[test]
 fn int_types_are_refused_by_the_bitsandbytes_writer() {
-    let mut model = load_llama_hf_dir::<B>(&fixtures().join("quant/tiny_bf16_hf"), &Default::default()).unwrap();
-    quantize_model(&mut model, QuantConfig { dtype: QuantDtype::Int8, block: 32, double: false }).unwrap();
+    let mut model =
+        load_llama_hf_dir::<B>(&fixtures().join("quant/tiny_bf16_hf"), &Default::default())
+            .unwrap();
+    quantize_model(
+        &mut model,
+        QuantConfig {
+            dtype: QuantDtype::Int8,
+            block: 32,
+            double: false,
+        },
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let e = runner::model::save::save_pretrained(&model, dir.path()).unwrap_err().to_string();
+    let e = runner::model::save::save_pretrained(&model, dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nf4 and fp4 only, not int8"), "{e}");
-    assert!(!dir.path().join("model.safetensors").exists(), "nothing half-written");
+    assert!(
+        !dir.path().join("model.safetensors").exists(),
+        "nothing half-written"
+    );
 }
 
 fn tiny() -> Llama<B> {
-    let opts = TinyOptions { seed: 3, ..Default::default() };
+    let opts = TinyOptions {
+        seed: 3,
+        ..Default::default()
+    };
     Llama::random(opts.config(), 3, opts.std(), &Default::default()).unwrap()
 }
 
@@ -128,7 +212,12 @@ fn batch() -> Batch {
 }
 
 fn lora() -> LoraConfig {
-    LoraConfig { rank: 4, alpha: 8.0, targets: Targets::names(&LINEAR_TARGETS), ..Default::default() }
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: Targets::names(&LINEAR_TARGETS),
+        ..Default::default()
+    }
 }
 
 /// The custom backward of the quantized matmul (dequantize again, multiply) gives the same
@@ -137,7 +226,11 @@ fn lora() -> LoraConfig {
 #[test]
 fn adapters_train_through_quantized_weights_like_through_dense_ones() {
     // The tiny model's MLP is 176 wide, so blocks of 16 keep rows whole.
-    let config = QuantConfig { dtype: QuantDtype::Nf4, block: 16, double: true };
+    let config = QuantConfig {
+        dtype: QuantDtype::Nf4,
+        block: 16,
+        double: true,
+    };
     let mut q = tiny();
     quantize_model(&mut q, config).unwrap();
     let mut dense = q.clone();
@@ -148,39 +241,104 @@ fn adapters_train_through_quantized_weights_like_through_dense_ones() {
     let mut losses = Vec::new();
     for model in [&mut q, &mut dense] {
         runner::peft::lora::attach(model, "default", &lora()).unwrap();
-        let mut trainer = Trainer::<B>::new(AdamWConfig { lr: 1e-2, ..Default::default() }, Schedule::default(), 0).unwrap();
-        losses.push((0..4).map(|_| trainer.step(model, &b).unwrap().loss).collect::<Vec<f64>>());
+        let mut trainer = Trainer::<B>::new(
+            AdamWConfig {
+                lr: 1e-2,
+                ..Default::default()
+            },
+            Schedule::default(),
+            0,
+        )
+        .unwrap();
+        losses.push(
+            (0..4)
+                .map(|_| trainer.step(model, &b).unwrap().loss)
+                .collect::<Vec<f64>>(),
+        );
     }
     eprintln!("quantized {:?}\ndense     {:?}", losses[0], losses[1]);
     for (a, b) in losses[0].iter().zip(&losses[1]) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
-    assert!(losses[0][3] < losses[0][0] - 0.05, "loss falls: {:?}", losses[0]);
+    assert!(
+        losses[0][3] < losses[0][0] - 0.05,
+        "loss falls: {:?}",
+        losses[0]
+    );
     let (mut sq, mut sd) = (Snapshot::default(), Snapshot::default());
     q.visit(&mut sq);
     dense.visit(&mut sd);
     let a = sq.get("layers.1.self_attn.v_proj.lora[default].A").unwrap();
     let d = sd.get("layers.1.self_attn.v_proj.lora[default].A").unwrap();
     assert!(max_diff(a, d) < 1e-5);
-    assert!(Arc::ptr_eq(&before, &quantized(&q, 1, "v_proj")), "the frozen 4-bit weight is never rewritten");
+    assert!(
+        Arc::ptr_eq(&before, &quantized(&q, 1, "v_proj")),
+        "the frozen 4-bit weight is never rewritten"
+    );
     let count = q.param_count();
-    assert_eq!(count.total, dense.param_count().total, "quantized weights still count as parameters");
+    assert_eq!(
+        count.total,
+        dense.param_count().total,
+        "quantized weights still count as parameters"
+    );
 }
 
 #[test]
 fn bad_quantization_and_merges_are_clear_errors() {
     let mut model = tiny();
-    let e = quantize_model(&mut model, QuantConfig { block: 64, ..Default::default() }).unwrap_err().to_string();
-    assert!(e.contains("layers.0.down_proj") && e.contains("block size 64 does not divide the row length 176"), "{e}");
-    assert!(model.layers.iter().all(|l| l.q_proj.dense().is_some()), "a failed quantize changes nothing");
-    quantize_model(&mut model, QuantConfig { block: 16, ..Default::default() }).unwrap();
-    let e = quantize_model(&mut model, QuantConfig { dtype: QuantDtype::Int8, block: 16, double: false }).unwrap_err().to_string();
-    assert_eq!(e, "the model is already quantized (nf4, block 16); dequantize() it first");
+    let e = quantize_model(
+        &mut model,
+        QuantConfig {
+            block: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("layers.0.down_proj")
+            && e.contains("block size 64 does not divide the row length 176"),
+        "{e}"
+    );
+    assert!(
+        model.layers.iter().all(|l| l.q_proj.dense().is_some()),
+        "a failed quantize changes nothing"
+    );
+    quantize_model(
+        &mut model,
+        QuantConfig {
+            block: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = quantize_model(
+        &mut model,
+        QuantConfig {
+            dtype: QuantDtype::Int8,
+            block: 16,
+            double: false,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "the model is already quantized (nf4, block 16); dequantize() it first"
+    );
     runner::peft::lora::attach(&mut model, "default", &lora()).unwrap();
     let e = runner::peft::merge(&mut model).unwrap_err().to_string();
-    assert!(e.contains("base weight is quantized; dequantize the model first"), "{e}");
-    let pissa = LoraConfig { init: runner::peft::lora::LoraInit::Pissa, ..lora() };
-    let e = runner::peft::lora::attach(&mut model, "p", &pissa).unwrap_err().to_string();
+    assert!(
+        e.contains("base weight is quantized; dequantize the model first"),
+        "{e}"
+    );
+    let pissa = LoraConfig {
+        init: runner::peft::lora::LoraInit::Pissa,
+        ..lora()
+    };
+    let e = runner::peft::lora::attach(&mut model, "p", &pissa)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("attach PiSSA before quantizing"), "{e}");
 }
 
@@ -199,7 +357,10 @@ fn broken_4bit_checkpoints_are_clear_errors() {
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    runner::model::save::write_safetensors_raw(&dir.path().join("model.safetensors"), &tensors).unwrap();
-    let e = load_llama_hf_dir::<B>(dir.path(), &Default::default()).unwrap_err().to_string();
+    runner::model::save::write_safetensors_raw(&dir.path().join("model.safetensors"), &tensors)
+        .unwrap();
+    let e = load_llama_hf_dir::<B>(dir.path(), &Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("model.layers.0.mlp.up_proj.weight: missing tensor model.layers.0.mlp.up_proj.weight.nested_absmax"), "{e}");
 }

@@ -15,7 +15,11 @@ fn fixture(name: &str) -> String {
 }
 
 fn runner_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner")).current_dir(dir).args(args).output().expect("runner starts")
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("runner starts")
 }
 
 /// Runs `runner ARGS --results RESULTS` from the repository root.
@@ -33,12 +37,18 @@ fn text(bytes: &[u8]) -> String {
 fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let header = r.headers().unwrap().iter().map(String::from).collect();
-    let rows = r.records().map(|x| x.unwrap().iter().map(String::from).collect()).collect();
+    let rows = r
+        .records()
+        .map(|x| x.unwrap().iter().map(String::from).collect())
+        .collect();
     (header, rows)
 }
 
 fn column(header: &[String], name: &str) -> usize {
-    header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+    header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -62,7 +72,11 @@ fn assert_each_trial_once(dir: &Path) {
     let (header, steps) = read_csv(&dir.join("steps.csv"));
     let (trial, step) = (column(&header, "trial_id"), column(&header, "step"));
     for id in ids {
-        let mut s: Vec<&str> = steps.iter().filter(|r| r[trial] == id).map(|r| r[step].as_str()).collect();
+        let mut s: Vec<&str> = steps
+            .iter()
+            .filter(|r| r[trial] == id)
+            .map(|r| r[step].as_str())
+            .collect();
         s.sort();
         assert_eq!(s, ["1", "2", "3"], "steps of trial {id}");
     }
@@ -71,27 +85,62 @@ fn assert_each_trial_once(dir: &Path) {
 #[test]
 fn a_killed_sweep_resumes_with_every_trial_once() {
     let dir = tempfile::tempdir().unwrap();
-    let args = [fixture("resume_sweep.lua"), "--set".into(), "pause=0.05".into(), "--results".into(), dir.path().display().to_string()];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runner")).current_dir(root()).args(&args).stderr(Stdio::null()).spawn().unwrap();
+    let args = [
+        fixture("resume_sweep.lua"),
+        "--set".into(),
+        "pause=0.05".into(),
+        "--results".into(),
+        dir.path().display().to_string(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root())
+        .args(&args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let trials = dir.path().join("resume/trials.csv");
     // Kill it without warning once two trials are done and the third has started logging.
-    wait_until("two finished trials", Duration::from_secs(60), || std::fs::read_to_string(&trials).map(|t| t.lines().count() >= 3).unwrap_or(false));
+    wait_until("two finished trials", Duration::from_secs(60), || {
+        std::fs::read_to_string(&trials)
+            .map(|t| t.lines().count() >= 3)
+            .unwrap_or(false)
+    });
     std::thread::sleep(Duration::from_millis(80));
     child.kill().unwrap();
     child.wait().unwrap();
     let (_, done) = read_csv(&trials);
-    assert!((2..6).contains(&done.len()), "the kill should land mid-sweep: {done:?}");
+    assert!(
+        (2..6).contains(&done.len()),
+        "the kill should land mid-sweep: {done:?}"
+    );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_runner")).current_dir(root()).args(&args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root())
+        .args(&args)
+        .output()
+        .unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert_eq!(err.matches("done earlier, reused").count(), done.len(), "{err}");
+    assert_eq!(
+        err.matches("done earlier, reused").count(),
+        done.len(),
+        "{err}"
+    );
     assert_each_trial_once(&dir.path().join("resume"));
 
     // A third run has nothing left to do; --rerun runs everything again, still once each.
-    let out = Command::new(env!("CARGO_BIN_EXE_runner")).current_dir(root()).args(&args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root())
+        .args(&args)
+        .output()
+        .unwrap();
     assert_eq!(text(&out.stderr).matches("done earlier, reused").count(), 6);
-    let out = Command::new(env!("CARGO_BIN_EXE_runner")).current_dir(root()).args(&args).arg("--rerun").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root())
+        .args(&args)
+        .arg("--rerun")
+        .output()
+        .unwrap();
     assert_eq!(text(&out.stderr).matches("done earlier, reused").count(), 0);
     assert_each_trial_once(&dir.path().join("resume"));
 }
@@ -102,7 +151,10 @@ fn a_cut_last_line_is_repaired_on_the_next_run() {
     let out = runner(&[&fixture("resume_sweep.lua")], dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let steps = dir.path().join("resume/steps.csv");
-    let mut f = std::fs::OpenOptions::new().append(true).open(&steps).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&steps)
+        .unwrap();
     f.write_all(b"deadbeef0000,4,0.2").unwrap();
     drop(f);
     let out = runner(&[&fixture("resume_sweep.lua")], dir.path());
@@ -119,7 +171,11 @@ fn grid_zip_and_random_search_combine() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let (header, rows) = read_csv(&dir.path().join("spaces/trials.csv"));
     assert_eq!(rows.len(), 2 * 2 * 3);
-    let (ratio, lr, seen) = (column(&header, "ratio"), column(&header, "lr"), column(&header, "lr_seen"));
+    let (ratio, lr, seen) = (
+        column(&header, "ratio"),
+        column(&header, "lr"),
+        column(&header, "lr_seen"),
+    );
     let mut lrs: Vec<f64> = Vec::new();
     for r in &rows {
         assert_eq!(r[ratio], "2", "zip keeps alpha = 2 rank: {r:?}");
@@ -133,7 +189,12 @@ fn grid_zip_and_random_search_combine() {
     assert_eq!(lrs.len(), 3, "three random draws: {lrs:?}");
     // The same seed draws the same values: a second run reuses every trial.
     let out = runner(&[&fixture("spaces.lua")], dir.path());
-    assert_eq!(text(&out.stderr).matches("done earlier, reused").count(), 12, "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).matches("done earlier, reused").count(),
+        12,
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -144,8 +205,14 @@ fn dry_run_prints_the_trial_table_and_writes_nothing() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}{stdout}", text(&out.stderr));
     // Rank 2 and 8 on q and v of two layers (d 64, key/value width 32): 2·r·(64+64 + 64+32).
-    assert!(stdout.contains("rank=2") && stdout.contains("896 ("), "{stdout}");
-    assert!(stdout.contains("rank=8") && stdout.contains("3584 ("), "{stdout}");
+    assert!(
+        stdout.contains("rank=2") && stdout.contains("896 ("),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rank=8") && stdout.contains("3584 ("),
+        "{stdout}"
+    );
     assert!(stdout.contains("MB at 2x"), "{stdout}");
     assert_eq!(stdout.matches("to run").count(), 2, "{stdout}");
     assert!(!results.exists(), "a dry run must not write results");
@@ -156,7 +223,10 @@ fn shards_merge_into_every_trial_once() {
     let dir = tempfile::tempdir().unwrap();
     for i in 0..4 {
         let shard = format!("{i}/4");
-        let out = runner(&[&fixture("resume_sweep.lua"), "--shard", &shard], dir.path());
+        let out = runner(
+            &[&fixture("resume_sweep.lua"), "--shard", &shard],
+            dir.path(),
+        );
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
     let sweep = dir.path().join("resume");
@@ -165,12 +235,23 @@ fn shards_merge_into_every_trial_once() {
     for _ in 0..2 {
         let out = runner_in(&root(), &["merge", sweep.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        assert!(text(&out.stdout).contains("6 trial(s)"), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains("6 trial(s)"),
+            "{}",
+            text(&out.stdout)
+        );
     }
     assert_each_trial_once(&sweep);
-    let out = runner(&[&fixture("resume_sweep.lua"), "--shard", "4/4"], dir.path());
+    let out = runner(
+        &[&fixture("resume_sweep.lua"), "--shard", "4/4"],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("expected I/N"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("expected I/N"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -179,12 +260,21 @@ fn os_execute_is_refused_without_trust() {
     let out = runner(&[&fixture("sandbox.lua")], dir.path());
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("tests/fixtures/recipes/sandbox.lua:3: os.execute is not available to recipes"), "{err}");
+    assert!(
+        err.contains(
+            "tests/fixtures/recipes/sandbox.lua:3: os.execute is not available to recipes"
+        ),
+        "{err}"
+    );
     assert!(err.contains("--trust"), "{err}");
     assert_eq!(text(&out.stdout), "before\n");
     let out = runner(&[&fixture("sandbox.lua"), "--trust"], dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("os.execute returned\ttrue"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("os.execute returned\ttrue"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -196,9 +286,18 @@ fn a_runaway_loop_stops_at_the_time_limit_and_is_not_recorded() {
     assert_eq!(out.status.code(), Some(124), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
     // The line of the loop: its condition or its body, wherever the hook fired.
-    assert!(["7", "8"].iter().any(|l| err.contains(&format!("tests/fixtures/recipes/runaway.lua:{l}: time limit reached"))), "{err}");
+    assert!(
+        ["7", "8"].iter().any(|l| err.contains(&format!(
+            "tests/fixtures/recipes/runaway.lua:{l}: time limit reached"
+        ))),
+        "{err}"
+    );
     let (header, rows) = read_csv(&dir.path().join("runaway/trials.csv"));
-    assert_eq!(rows.len(), 1, "only the finished trial is recorded: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the finished trial is recorded: {rows:?}"
+    );
     assert_eq!(rows[0][column(&header, "forever")], "false");
 }
 
@@ -206,7 +305,11 @@ fn a_runaway_loop_stops_at_the_time_limit_and_is_not_recorded() {
 fn trials_the_recipe_no_longer_has_move_to_the_archive_with_their_steps() {
     let dir = tempfile::tempdir().unwrap();
     // The grid on its own lines above the trial function: editing it keeps the other trials' ids.
-    let recipe = |xs: &str| format!("runner.sweep{{\n  name = \"s\",\n  grid = {{ x = {{ {xs} }} }},\n  trial = function(p)\n    for s = 1, 2 do runner.log{{ step = s, loss = p.x * s }} end\n    return {{ y = p.x }}\n  end,\n}}\n");
+    let recipe = |xs: &str| {
+        format!(
+            "runner.sweep{{\n  name = \"s\",\n  grid = {{ x = {{ {xs} }} }},\n  trial = function(p)\n    for s = 1, 2 do runner.log{{ step = s, loss = p.x * s }} end\n    return {{ y = p.x }}\n  end,\n}}\n"
+        )
+    };
     let path = dir.path().join("sweep.lua");
     let run = |xs: &str| {
         std::fs::write(&path, recipe(xs)).unwrap();
@@ -217,7 +320,10 @@ fn trials_the_recipe_no_longer_has_move_to_the_archive_with_their_steps() {
     run("1, 2, 3, 4");
     // Two grid values dropped: their rows and steps leave the sweep for archive/, the rest stay.
     let err = run("1, 2");
-    assert!(err.contains("2 trial(s) of an earlier version of the recipe moved to"), "{err}");
+    assert!(
+        err.contains("2 trial(s) of an earlier version of the recipe moved to"),
+        "{err}"
+    );
     assert_eq!(err.matches("done earlier, reused").count(), 2, "{err}");
     let sweep = dir.path().join("results/s");
     let xs = |file: &str, col: &str| {
@@ -232,7 +338,9 @@ fn trials_the_recipe_no_longer_has_move_to_the_archive_with_their_steps() {
 }
 
 fn count_in(path: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(path).map(|t| t.matches(needle).count()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .map(|t| t.matches(needle).count())
+        .unwrap_or(0)
 }
 
 /// Saves like vim and many IDEs: write a new file, then rename it over the old one.
@@ -254,10 +362,19 @@ impl Watched {
     }
 
     fn wait_for_runs(&self, n: usize) {
-        wait_until(&format!("run {n} of the watched recipe"), Duration::from_secs(60), || self.runs() >= n);
+        wait_until(
+            &format!("run {n} of the watched recipe"),
+            Duration::from_secs(60),
+            || self.runs() >= n,
+        );
         // Give a second, unwanted re-run the chance to show up.
         std::thread::sleep(Duration::from_millis(1200));
-        assert_eq!(self.runs(), n, "{}", std::fs::read_to_string(&self.stderr).unwrap());
+        assert_eq!(
+            self.runs(),
+            n,
+            "{}",
+            std::fs::read_to_string(&self.stderr).unwrap()
+        );
     }
 }
 
@@ -281,7 +398,11 @@ fn watch_reruns_once_per_save_and_keeps_results_through_a_syntax_error() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = dir.path().join("w.lua");
     std::fs::write(&recipe, WATCHED).unwrap();
-    std::fs::write(dir.path().join("lib.lua"), "return { f = function(x) return 2 * x end }\n").unwrap();
+    std::fs::write(
+        dir.path().join("lib.lua"),
+        "return { f = function(x) return 2 * x end }\n",
+    )
+    .unwrap();
     let (stdout, stderr) = (dir.path().join("out.txt"), dir.path().join("err.txt"));
     let child = Command::new(env!("CARGO_BIN_EXE_runner"))
         .current_dir(dir.path())
@@ -290,7 +411,11 @@ fn watch_reruns_once_per_save_and_keeps_results_through_a_syntax_error() {
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    let w = Watched { child, stdout, stderr };
+    let w = Watched {
+        child,
+        stdout,
+        stderr,
+    };
     let trials = dir.path().join("res/w/trials.csv");
     w.wait_for_runs(1);
     assert_eq!(read_csv(&trials).1.len(), 2);
@@ -304,17 +429,27 @@ fn watch_reruns_once_per_save_and_keeps_results_through_a_syntax_error() {
     assert_eq!(rows.len(), 3);
 
     // A required module is watched too; changing it changes every trial id.
-    std::fs::write(dir.path().join("lib.lua"), "return { f = function(x) return 3 * x end }\n").unwrap();
+    std::fs::write(
+        dir.path().join("lib.lua"),
+        "return { f = function(x) return 3 * x end }\n",
+    )
+    .unwrap();
     w.wait_for_runs(3);
     let (_, rows_after) = read_csv(&trials);
     let y = column(&header, "y");
-    assert_eq!(rows_after.iter().map(|r| r[y].as_str()).collect::<Vec<_>>(), ["3", "6", "9"]);
+    assert_eq!(
+        rows_after.iter().map(|r| r[y].as_str()).collect::<Vec<_>>(),
+        ["3", "6", "9"]
+    );
 
     // A syntax error: the error with file:line, the last good results stay on screen and on disk.
     rename_save(&recipe, "local lib = require \"lib\"\nlocal x = = 1\n");
     w.wait_for_runs(4);
     let err = std::fs::read_to_string(&w.stderr).unwrap();
-    assert!(err.contains("w.lua:2:") && err.contains("syntax error"), "{err}");
+    assert!(
+        err.contains("w.lua:2:") && err.contains("syntax error"),
+        "{err}"
+    );
     assert!(err.contains("watch: w.lua changed"), "{err}");
     let out = std::fs::read_to_string(&w.stdout).unwrap();
     assert!(out.contains("last good results"), "{out}");
@@ -328,9 +463,16 @@ fn watch_reruns_once_per_save_and_keeps_results_through_a_syntax_error() {
         if let Some(s) = w.child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "--watch did not stop on Ctrl-C");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "--watch did not stop on Ctrl-C"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
-    assert!(std::fs::read_to_string(&w.stderr).unwrap().contains("watch: stopped"));
+    assert!(
+        std::fs::read_to_string(&w.stderr)
+            .unwrap()
+            .contains("watch: stopped")
+    );
 }

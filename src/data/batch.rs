@@ -2,9 +2,9 @@
 
 use rand::seq::SliceRandom;
 
-use super::dataset::{DataError, Example, ExampleSource};
 #[cfg(test)]
 use super::dataset::Dataset;
+use super::dataset::{DataError, Example, ExampleSource};
 #[cfg(test)]
 use super::tokenizer::ByteTokenizer;
 use crate::model::init;
@@ -51,12 +51,20 @@ pub struct CollateOptions {
 
 impl CollateOptions {
     pub fn new(max_len: usize) -> Self {
-        Self { max_len, padding: Padding::Right, pack: false }
+        Self {
+            max_len,
+            padding: Padding::Right,
+            pack: false,
+        }
     }
 }
 
 /// One example's tokens and labels, truncated.
-fn tokenize<T: Encode + ?Sized>(ex: &Example, max_len: usize, tok: &T) -> Result<(Vec<i64>, Vec<i64>), TokenizerError> {
+fn tokenize<T: Encode + ?Sized>(
+    ex: &Example,
+    max_len: usize,
+    tok: &T,
+) -> Result<(Vec<i64>, Vec<i64>), TokenizerError> {
     let prompt = tok.encode_ids(&ex.prompt)?;
     let mut response = tok.encode_ids(&ex.response)?;
     if ex.eos
@@ -77,16 +85,28 @@ impl Batch {
     /// Collates examples with `tok`, truncating each to `max_len` tokens and right-padding to
     /// the longest. Prompt and response are tokenized separately, so the loss mask falls
     /// exactly on the response's tokens.
-    pub fn collate<T: Encode + ?Sized>(examples: &[&Example], max_len: usize, tok: &T) -> Result<Batch, TokenizerError> {
+    pub fn collate<T: Encode + ?Sized>(
+        examples: &[&Example],
+        max_len: usize,
+        tok: &T,
+    ) -> Result<Batch, TokenizerError> {
         Self::collate_with(examples, &CollateOptions::new(max_len), tok)
     }
 
-    pub fn collate_with<T: Encode + ?Sized>(examples: &[&Example], opts: &CollateOptions, tok: &T) -> Result<Batch, TokenizerError> {
+    pub fn collate_with<T: Encode + ?Sized>(
+        examples: &[&Example],
+        opts: &CollateOptions,
+        tok: &T,
+    ) -> Result<Batch, TokenizerError> {
         let mut rows = Vec::with_capacity(examples.len());
         for ex in examples {
             rows.push(tokenize(ex, opts.max_len.max(1), tok)?);
         }
-        Ok(if opts.pack { Self::pack(rows, opts.max_len.max(1)) } else { Self::pad(rows, opts.padding) })
+        Ok(if opts.pack {
+            Self::pack(rows, opts.max_len.max(1))
+        } else {
+            Self::pad(rows, opts.padding)
+        })
     }
 
     fn pad(rows: Vec<(Vec<i64>, Vec<i64>)>, padding: Padding) -> Batch {
@@ -113,7 +133,13 @@ impl Batch {
             }
         }
         let segments = (padding == Padding::Left).then_some(segments);
-        Batch { input_ids, labels, batch: n, seq, segments }
+        Batch {
+            input_ids,
+            labels,
+            batch: n,
+            seq,
+            segments,
+        }
     }
 
     fn pack(rows: Vec<(Vec<i64>, Vec<i64>)>, max_len: usize) -> Batch {
@@ -149,7 +175,13 @@ impl Batch {
             labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
             segments.extend(std::iter::repeat_n(0, pad));
         }
-        Batch { input_ids, labels, batch: bins.len(), seq, segments: Some(segments) }
+        Batch {
+            input_ids,
+            labels,
+            batch: bins.len(),
+            seq,
+            segments: Some(segments),
+        }
     }
 
     /// `k` batches of consecutive rows (sizes differ by at most one), for gradient
@@ -182,7 +214,9 @@ impl Batch {
         for b in 0..self.batch {
             for t in 1..self.seq {
                 let i = b * self.seq + t;
-                if self.labels[i] != IGNORE_INDEX && self.segments.as_ref().is_none_or(|s| s[i] == s[i - 1]) {
+                if self.labels[i] != IGNORE_INDEX
+                    && self.segments.as_ref().is_none_or(|s| s[i] == s[i - 1])
+                {
                     n += 1;
                 }
             }
@@ -192,7 +226,12 @@ impl Batch {
 
     /// The largest token id, to check against the model's vocabulary before Burn sees it.
     pub fn max_token(&self) -> i64 {
-        self.input_ids.iter().chain(self.labels.iter()).copied().max().unwrap_or(0)
+        self.input_ids
+            .iter()
+            .chain(self.labels.iter())
+            .copied()
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -214,7 +253,15 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        Self { size: 8, max_len: 256, steps: None, shuffle: true, seed: 0, skip: 0, group_by_length: false }
+        Self {
+            size: 8,
+            max_len: 256,
+            steps: None,
+            shuffle: true,
+            seed: 0,
+            skip: 0,
+            group_by_length: false,
+        }
     }
 }
 
@@ -251,7 +298,16 @@ impl Batches {
                 }
             }
         }
-        let mut it = Self { order: (0..data.len()).collect(), data, lengths, failed, opts, cursor: 0, epoch: 0, produced: 0 };
+        let mut it = Self {
+            order: (0..data.len()).collect(),
+            data,
+            lengths,
+            failed,
+            opts,
+            cursor: 0,
+            epoch: 0,
+            produced: 0,
+        };
         it.reorder();
         for _ in 0..skip {
             if it.next_indices().is_none() {
@@ -269,7 +325,10 @@ impl Batches {
     fn reorder(&mut self) {
         self.order = (0..self.data.len()).collect();
         if self.opts.shuffle {
-            self.order.shuffle(&mut init::rng_for(self.opts.seed, &format!("epoch{}", self.epoch)));
+            self.order.shuffle(&mut init::rng_for(
+                self.opts.seed,
+                &format!("epoch{}", self.epoch),
+            ));
         }
         if self.opts.group_by_length && self.lengths.len() == self.data.len() {
             let len = |i: &usize| self.lengths[*i];
@@ -333,7 +392,10 @@ mod tests {
         let b = Example::text("xyz12");
         let batch = Batch::collate(&[&a, &b], 16, &ByteTokenizer).unwrap();
         assert_eq!(batch.seq, 5);
-        assert_eq!(&batch.labels[..5], &[IGNORE_INDEX, IGNORE_INDEX, 99, 100, IGNORE_INDEX]);
+        assert_eq!(
+            &batch.labels[..5],
+            &[IGNORE_INDEX, IGNORE_INDEX, 99, 100, IGNORE_INDEX]
+        );
         assert_eq!(&batch.input_ids[..5], &[97, 98, 99, 100, 0]);
         assert_eq!(&batch.labels[5..], &[120, 121, 122, 49, 50]);
         // "cd" (both after position 0) + "yz12" (4 after the shift).
@@ -345,21 +407,55 @@ mod tests {
     fn left_padding_marks_padding_as_segment_zero() {
         let a = Example::pair("ab", "cd");
         let b = Example::text("x");
-        let batch = Batch::collate_with(&[&a, &b], &CollateOptions { padding: Padding::Left, ..CollateOptions::new(16) }, &ByteTokenizer).unwrap();
+        let batch = Batch::collate_with(
+            &[&a, &b],
+            &CollateOptions {
+                padding: Padding::Left,
+                ..CollateOptions::new(16)
+            },
+            &ByteTokenizer,
+        )
+        .unwrap();
         assert_eq!(&batch.input_ids[4..], &[0, 0, 0, 120]);
-        assert_eq!(&batch.labels[4..], &[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 120]);
-        assert_eq!(batch.segments.as_deref(), Some(&[1, 1, 1, 1, 0, 0, 0, 1][..]));
+        assert_eq!(
+            &batch.labels[4..],
+            &[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 120]
+        );
+        assert_eq!(
+            batch.segments.as_deref(),
+            Some(&[1, 1, 1, 1, 0, 0, 0, 1][..])
+        );
     }
 
     #[test]
     fn packing_fills_rows_and_never_learns_across_examples() {
-        let ex: Vec<Example> = ["aaaa", "bbb", "cc", "dddddd", "e"].iter().map(|t| Example::text(*t)).collect();
+        let ex: Vec<Example> = ["aaaa", "bbb", "cc", "dddddd", "e"]
+            .iter()
+            .map(|t| Example::text(*t))
+            .collect();
         let refs: Vec<&Example> = ex.iter().collect();
-        let batch = Batch::collate_with(&refs, &CollateOptions { pack: true, ..CollateOptions::new(8) }, &ByteTokenizer).unwrap();
+        let batch = Batch::collate_with(
+            &refs,
+            &CollateOptions {
+                pack: true,
+                ..CollateOptions::new(8)
+            },
+            &ByteTokenizer,
+        )
+        .unwrap();
         // 16 tokens in rows of 8: first-fit decreasing gives "dddddd"+"cc", "aaaa"+"bbb"+"e".
         assert_eq!((batch.batch, batch.seq), (2, 8));
-        assert_eq!(batch.input_ids, b"ddddddccaaaabbbe".iter().map(|&c| c as i64).collect::<Vec<_>>());
-        assert_eq!(batch.segments.as_deref(), Some(&[1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 2, 2, 2, 3][..]));
+        assert_eq!(
+            batch.input_ids,
+            b"ddddddccaaaabbbe"
+                .iter()
+                .map(|&c| c as i64)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            batch.segments.as_deref(),
+            Some(&[1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 2, 2, 2, 3][..])
+        );
         // The first token of every packed example carries no label: it would be "predicted"
         // from the previous example's last token.
         for (t, seg) in batch.segments.as_ref().unwrap().iter().enumerate() {
@@ -385,7 +481,10 @@ mod tests {
                 Some(255)
             }
         }
-        let ex = Example { eos: true, ..Example::pair("q", "a") };
+        let ex = Example {
+            eos: true,
+            ..Example::pair("q", "a")
+        };
         let batch = Batch::collate(&[&ex], 16, &WithEos).unwrap();
         assert_eq!(batch.input_ids, [113, 97, 255]);
         assert_eq!(batch.labels, [IGNORE_INDEX, 97, 255]);
@@ -393,10 +492,26 @@ mod tests {
 
     #[test]
     fn steps_cycle_through_epochs_deterministically() {
-        let ds = Dataset::new((0..5).map(|i| Example::text(format!("{i}"))).collect(), "mem").examples().unwrap();
-        let opts = BatchOptions { size: 2, max_len: 8, steps: Some(7), shuffle: true, seed: 3, ..Default::default() };
-        let a: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone()).collect::<Result<_, _>>().unwrap();
-        let b: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone()).collect::<Result<_, _>>().unwrap();
+        let ds = Dataset::new(
+            (0..5).map(|i| Example::text(format!("{i}"))).collect(),
+            "mem",
+        )
+        .examples()
+        .unwrap();
+        let opts = BatchOptions {
+            size: 2,
+            max_len: 8,
+            steps: Some(7),
+            shuffle: true,
+            seed: 3,
+            ..Default::default()
+        };
+        let a: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let b: Vec<Vec<Example>> = Batches::new(ds.clone(), opts.clone())
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(a.len(), 7);
         assert!(a.iter().all(|x| x.len() == 2));
         assert_eq!(a, b);
@@ -404,19 +519,61 @@ mod tests {
         let first_pass: Vec<&Example> = a.iter().flatten().take(5).collect();
         assert!(ds.iter().all(|e| first_pass.contains(&e)));
         // Skipping k batches continues exactly where an uninterrupted run would be.
-        let resumed: Vec<Vec<Example>> = Batches::new(ds.clone(), BatchOptions { skip: 4, ..opts }).collect::<Result<_, _>>().unwrap();
+        let resumed: Vec<Vec<Example>> = Batches::new(ds.clone(), BatchOptions { skip: 4, ..opts })
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(resumed, a[4..]);
-        let one_pass: Vec<Vec<Example>> = Batches::new(ds, BatchOptions { size: 2, steps: None, ..Default::default() }).collect::<Result<_, _>>().unwrap();
-        assert_eq!(one_pass.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![2, 2, 1]);
+        let one_pass: Vec<Vec<Example>> = Batches::new(
+            ds,
+            BatchOptions {
+                size: 2,
+                steps: None,
+                ..Default::default()
+            },
+        )
+        .collect::<Result<_, _>>()
+        .unwrap();
+        assert_eq!(
+            one_pass.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
     }
 
     #[test]
     fn grouping_by_length_puts_similar_lengths_together() {
-        let ds = Dataset::new((0..40).map(|i| Example::text("x".repeat(1 + (i * 7) % 40))).collect(), "mem").examples().unwrap();
-        let opts = BatchOptions { size: 4, steps: None, group_by_length: true, ..Default::default() };
-        let spread = |b: &Vec<Example>| b.iter().map(|e| e.response.len()).max().unwrap() - b.iter().map(|e| e.response.len()).min().unwrap();
-        let grouped: usize = Batches::new(ds.clone(), opts.clone()).map(|b| spread(&b.unwrap())).sum();
-        let plain: usize = Batches::new(ds, BatchOptions { group_by_length: false, ..opts }).map(|b| spread(&b.unwrap())).sum();
-        assert!(grouped * 3 < plain, "grouped spread {grouped} vs shuffled {plain}");
+        let ds = Dataset::new(
+            (0..40)
+                .map(|i| Example::text("x".repeat(1 + (i * 7) % 40)))
+                .collect(),
+            "mem",
+        )
+        .examples()
+        .unwrap();
+        let opts = BatchOptions {
+            size: 4,
+            steps: None,
+            group_by_length: true,
+            ..Default::default()
+        };
+        let spread = |b: &Vec<Example>| {
+            b.iter().map(|e| e.response.len()).max().unwrap()
+                - b.iter().map(|e| e.response.len()).min().unwrap()
+        };
+        let grouped: usize = Batches::new(ds.clone(), opts.clone())
+            .map(|b| spread(&b.unwrap()))
+            .sum();
+        let plain: usize = Batches::new(
+            ds,
+            BatchOptions {
+                group_by_length: false,
+                ..opts
+            },
+        )
+        .map(|b| spread(&b.unwrap()))
+        .sum();
+        assert!(
+            grouped * 3 < plain,
+            "grouped spread {grouped} vs shuffled {plain}"
+        );
     }
 }

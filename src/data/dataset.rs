@@ -29,11 +29,19 @@ pub struct Example {
 
 impl Example {
     pub fn text(text: impl Into<String>) -> Self {
-        Self { prompt: String::new(), response: text.into(), eos: false }
+        Self {
+            prompt: String::new(),
+            response: text.into(),
+            eos: false,
+        }
     }
 
     pub fn pair(prompt: impl Into<String>, response: impl Into<String>) -> Self {
-        Self { prompt: prompt.into(), response: response.into(), eos: false }
+        Self {
+            prompt: prompt.into(),
+            response: response.into(),
+            eos: false,
+        }
     }
 
     fn to_row(&self) -> Row {
@@ -65,10 +73,18 @@ impl Example {
             Some(other) => return Err(format!("field 'eos' must be true or false, found {other}")),
         };
         if let Some(text) = field("text")? {
-            return Ok(Example { prompt: String::new(), response: text, eos });
+            return Ok(Example {
+                prompt: String::new(),
+                response: text,
+                eos,
+            });
         }
         match (field("prompt")?, field("response")?) {
-            (Some(prompt), Some(response)) => Ok(Example { prompt, response, eos }),
+            (Some(prompt), Some(response)) => Ok(Example {
+                prompt,
+                response,
+                eos,
+            }),
             _ => {
                 let keys: Vec<&str> = row.keys().map(String::as_str).collect();
                 Err(format!(
@@ -95,14 +111,27 @@ pub struct Dataset {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: {msg}")]
-    Line { path: String, line: usize, msg: String },
+    Line {
+        path: String,
+        line: usize,
+        msg: String,
+    },
     #[error("{source_name}: row {row}: {msg}")]
-    Row { source_name: String, row: usize, msg: String },
+    Row {
+        source_name: String,
+        row: usize,
+        msg: String,
+    },
     #[error("{path}: no examples")]
     Empty { path: String },
-    #[error("split: eval must be a fraction in (0, 1) or a count below the dataset size {n} (got {eval})")]
+    #[error(
+        "split: eval must be a fraction in (0, 1) or a count below the dataset size {n} (got {eval})"
+    )]
     Split { eval: f64, n: usize },
     #[error("{0}")]
     Invalid(String),
@@ -128,7 +157,13 @@ pub enum TextUnit {
 
 impl Dataset {
     pub fn from_rows(rows: Vec<Row>, source: impl Into<String>) -> Self {
-        Self { rows: Arc::new(rows), stream: None, source: source.into(), skipped: 0, examples: OnceLock::new() }
+        Self {
+            rows: Arc::new(rows),
+            stream: None,
+            source: source.into(),
+            skipped: 0,
+            examples: OnceLock::new(),
+        }
     }
 
     /// A JSONL or CSV file read row by row as batches need them (see `stream.rs`).
@@ -158,8 +193,12 @@ impl Dataset {
 
     /// The same rows, all in memory (for Lua's map and filter, which see every row).
     pub fn in_memory(&self) -> Result<Dataset, DataError> {
-        let Some(s) = &self.stream else { return Ok(self.clone()) };
-        let rows = (0..s.len()).map(|i| s.row(i)).collect::<Result<Vec<_>, _>>()?;
+        let Some(s) = &self.stream else {
+            return Ok(self.clone());
+        };
+        let rows = (0..s.len())
+            .map(|i| s.row(i))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut ds = Self::from_rows(rows, self.source.clone());
         ds.skipped = self.skipped;
         Ok(ds)
@@ -195,13 +234,21 @@ impl Dataset {
         }
         if let Some(s) = &self.stream {
             // Every example at once (an evaluation set): read them all.
-            let out = Arc::new((0..s.len()).map(|i| s.example(i)).collect::<Result<Vec<_>, _>>()?);
+            let out = Arc::new(
+                (0..s.len())
+                    .map(|i| s.example(i))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
             let _ = self.examples.set(out.clone());
             return Ok(out);
         }
         let mut out = Vec::with_capacity(self.rows.len());
         for (i, row) in self.rows.iter().enumerate() {
-            out.push(Example::from_row(row).map_err(|msg| DataError::Row { source_name: self.source.clone(), row: i + 1, msg })?);
+            out.push(Example::from_row(row).map_err(|msg| DataError::Row {
+                source_name: self.source.clone(),
+                row: i + 1,
+                msg,
+            })?);
         }
         let out = Arc::new(out);
         let _ = self.examples.set(out.clone());
@@ -212,7 +259,10 @@ impl Dataset {
     /// naming `file:line`, or skipped and counted with `skip_malformed`.
     pub fn read_jsonl(path: &Path, opts: ReadOptions) -> Result<Self, DataError> {
         let shown = path.display().to_string();
-        let io = |source| DataError::Io { path: shown.clone(), source };
+        let io = |source| DataError::Io {
+            path: shown.clone(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         let mut rows = Vec::new();
         let mut skipped = 0;
@@ -242,8 +292,16 @@ impl Dataset {
     /// number of fields is an error naming `file:line` (or skipped, as for JSONL).
     pub fn read_csv(path: &Path, opts: ReadOptions) -> Result<Self, DataError> {
         let shown = path.display().to_string();
-        let mut reader = csv::ReaderBuilder::new().flexible(false).from_path(path).map_err(|e| csv_error(&shown, e))?;
-        let header: Vec<String> = reader.headers().map_err(|e| csv_error(&shown, e))?.iter().map(String::from).collect();
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(false)
+            .from_path(path)
+            .map_err(|e| csv_error(&shown, e))?;
+        let header: Vec<String> = reader
+            .headers()
+            .map_err(|e| csv_error(&shown, e))?
+            .iter()
+            .map(String::from)
+            .collect();
         if header.is_empty() {
             return Err(DataError::Empty { path: shown });
         }
@@ -251,8 +309,16 @@ impl Dataset {
         let mut skipped = 0;
         for record in reader.records() {
             match record {
-                Ok(r) => rows.push(header.iter().cloned().zip(r.iter().map(|f| Value::String(f.to_string()))).collect()),
-                Err(e) if opts.skip_malformed && !matches!(e.kind(), csv::ErrorKind::Io(_)) => skipped += 1,
+                Ok(r) => rows.push(
+                    header
+                        .iter()
+                        .cloned()
+                        .zip(r.iter().map(|f| Value::String(f.to_string())))
+                        .collect(),
+                ),
+                Err(e) if opts.skip_malformed && !matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                    skipped += 1
+                }
                 Err(e) => return Err(csv_error(&shown, e)),
             }
         }
@@ -262,9 +328,16 @@ impl Dataset {
     /// Reads a plain-text file into `{"text": ...}` rows, by line, paragraph or whole file.
     pub fn read_text(path: &Path, unit: TextUnit) -> Result<Self, DataError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: shown.clone(),
+            source,
+        })?;
         let pieces: Vec<String> = match unit {
-            TextUnit::Line => text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect(),
+            TextUnit::Line => text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from)
+                .collect(),
             TextUnit::Paragraph => {
                 let mut out = Vec::new();
                 let mut cur: Vec<&str> = Vec::new();
@@ -283,7 +356,10 @@ impl Dataset {
             TextUnit::File if text.trim().is_empty() => Vec::new(),
             TextUnit::File => vec![text],
         };
-        let rows = pieces.into_iter().map(|t| Row::from_iter([("text".to_string(), Value::String(t))])).collect();
+        let rows = pieces
+            .into_iter()
+            .map(|t| Row::from_iter([("text".to_string(), Value::String(t))]))
+            .collect();
         Self::finish(rows, shown, 0)
     }
 
@@ -306,26 +382,45 @@ impl Dataset {
         }
         let mut rows = Vec::with_capacity(self.len());
         for (i, row) in self.rows.iter().enumerate() {
-            rows.push(rename_row(row, pairs).map_err(|msg| DataError::Row { source_name: self.source.clone(), row: i + 1, msg })?);
+            rows.push(rename_row(row, pairs).map_err(|msg| DataError::Row {
+                source_name: self.source.clone(),
+                row: i + 1,
+                msg,
+            })?);
         }
         Ok(self.derived(rows, "fields"))
     }
 
     /// Applies `template` to every row (as it is read, when streamed); an error names the row.
-    pub fn template(&self, template: &Template, tokenizer: Option<&Tokenizer>) -> Result<Dataset, DataError> {
+    pub fn template(
+        &self,
+        template: &Template,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Result<Dataset, DataError> {
         let how = match template {
             Template::Alpaca { .. } => "alpaca",
             Template::Chat { .. } => "chat",
             Template::Text { .. } => "text",
         };
         if let Some(s) = &self.stream {
-            let ds = self.streamed(s.with_step(RowStep::Template(template.clone(), tokenizer.cloned())), how);
+            let ds = self.streamed(
+                s.with_step(RowStep::Template(template.clone(), tokenizer.cloned())),
+                how,
+            );
             ds.row(0)?;
             return Ok(ds);
         }
         let mut rows = Vec::with_capacity(self.len());
         for (i, row) in self.rows.iter().enumerate() {
-            rows.push(template.apply(row, tokenizer).map_err(|msg| DataError::Row { source_name: self.source.clone(), row: i + 1, msg })?);
+            rows.push(
+                template
+                    .apply(row, tokenizer)
+                    .map_err(|msg| DataError::Row {
+                        source_name: self.source.clone(),
+                        row: i + 1,
+                        msg,
+                    })?,
+            );
         }
         Ok(self.derived(rows, how))
     }
@@ -354,9 +449,16 @@ impl Dataset {
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut init::rng_for(seed, "split"));
         if let Some(s) = &self.stream {
-            return Ok((self.streamed(s.select(&order[n_eval..]), "train"), self.streamed(s.select(&order[..n_eval]), "eval")));
+            return Ok((
+                self.streamed(s.select(&order[n_eval..]), "train"),
+                self.streamed(s.select(&order[..n_eval]), "eval"),
+            ));
         }
-        let pick = |idx: &[usize]| idx.iter().map(|&i| self.rows[i].clone()).collect::<Vec<_>>();
+        let pick = |idx: &[usize]| {
+            idx.iter()
+                .map(|&i| self.rows[i].clone())
+                .collect::<Vec<_>>()
+        };
         Ok((
             Dataset::from_rows(pick(&order[n_eval..]), format!("{} (train)", self.source)),
             Dataset::from_rows(pick(&order[..n_eval]), format!("{} (eval)", self.source)),
@@ -366,11 +468,18 @@ impl Dataset {
 
 /// One JSONL record: a JSON object, or an error naming `file:line`.
 pub(crate) fn json_row(bytes: &[u8], shown: &str, line: usize) -> Result<Row, DataError> {
-    let err = |msg: String| DataError::Line { path: shown.to_string(), line, msg };
+    let err = |msg: String| DataError::Line {
+        path: shown.to_string(),
+        line,
+        msg,
+    };
     let text = std::str::from_utf8(bytes).map_err(|_| err("not valid UTF-8".into()))?;
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(row)) => Ok(row),
-        Ok(other) => Err(err(format!("expected a JSON object, found {}", kind(&other)))),
+        Ok(other) => Err(err(format!(
+            "expected a JSON object, found {}",
+            kind(&other)
+        ))),
         Err(e) => Err(err(format!("invalid JSON: {e}"))),
     }
 }
@@ -379,7 +488,12 @@ pub(crate) fn json_row(bytes: &[u8], shown: &str, line: usize) -> Result<Row, Da
 pub(crate) fn rename_row(row: &Row, pairs: &[(String, String)]) -> Result<Row, String> {
     let mut out = row.clone();
     for (to, from) in pairs {
-        let v = row.get(from).cloned().ok_or_else(|| format!("no field '{from}' (fields: {})", row.keys().cloned().collect::<Vec<_>>().join(", ")))?;
+        let v = row.get(from).cloned().ok_or_else(|| {
+            format!(
+                "no field '{from}' (fields: {})",
+                row.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
         out.remove(from);
         out.insert(to.clone(), v);
     }
@@ -433,13 +547,22 @@ fn kind(v: &Value) -> &'static str {
 pub(crate) fn csv_error(path: &str, e: csv::Error) -> DataError {
     let line = e.position().map(|p| p.line() as usize);
     let msg = match e.kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!("expected {expected_len} fields (as in the header), found {len}"),
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("expected {expected_len} fields (as in the header), found {len}"),
         csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
         _ => e.to_string(),
     };
     match (line, e.into_kind()) {
-        (_, csv::ErrorKind::Io(source)) => DataError::Io { path: path.to_string(), source },
-        (Some(line), _) => DataError::Line { path: path.to_string(), line, msg },
+        (_, csv::ErrorKind::Io(source)) => DataError::Io {
+            path: path.to_string(),
+            source,
+        },
+        (Some(line), _) => DataError::Line {
+            path: path.to_string(),
+            line,
+            msg,
+        },
         (None, _) => DataError::Invalid(format!("{path}: {msg}")),
     }
 }
@@ -458,9 +581,20 @@ mod tests {
     #[test]
     fn malformed_line_names_file_and_line_or_is_skipped_and_counted() {
         let f = file("{\"text\": \"ok\"}\n\n{\"text\": \"broken\n[1, 2]\n{\"text\": \"fine\"}\n");
-        let err = Dataset::read_jsonl(f.path(), ReadOptions::default()).unwrap_err().to_string();
-        assert!(err.contains(&format!("{}:3: invalid JSON", f.path().display())), "{err}");
-        let ds = Dataset::read_jsonl(f.path(), ReadOptions { skip_malformed: true }).unwrap();
+        let err = Dataset::read_jsonl(f.path(), ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{}:3: invalid JSON", f.path().display())),
+            "{err}"
+        );
+        let ds = Dataset::read_jsonl(
+            f.path(),
+            ReadOptions {
+                skip_malformed: true,
+            },
+        )
+        .unwrap();
         assert_eq!((ds.len(), ds.skipped), (2, 2));
         assert_eq!(ds.examples().unwrap()[1], Example::text("fine"));
     }
@@ -470,32 +604,70 @@ mod tests {
         let f = file("{\"question\": \"q\", \"answer\": \"a\"}\n");
         let ds = Dataset::read_jsonl(f.path(), ReadOptions::default()).unwrap();
         let err = ds.examples().unwrap_err().to_string();
-        assert!(err.contains("row 1: expected a 'text' field") && err.contains("answer, question") && err.contains(":template"), "{err}");
-        let renamed = ds.rename(&[("prompt".into(), "question".into()), ("response".into(), "answer".into())]).unwrap();
+        assert!(
+            err.contains("row 1: expected a 'text' field")
+                && err.contains("answer, question")
+                && err.contains(":template"),
+            "{err}"
+        );
+        let renamed = ds
+            .rename(&[
+                ("prompt".into(), "question".into()),
+                ("response".into(), "answer".into()),
+            ])
+            .unwrap();
         assert_eq!(renamed.examples().unwrap()[0], Example::pair("q", "a"));
-        assert!(ds.rename(&[("prompt".into(), "nope".into())]).unwrap_err().to_string().contains("no field 'nope'"));
+        assert!(
+            ds.rename(&[("prompt".into(), "nope".into())])
+                .unwrap_err()
+                .to_string()
+                .contains("no field 'nope'")
+        );
     }
 
     #[test]
     fn csv_and_text_readers() {
         let f = file("prompt,response\n\"Say \"\"hi\"\"\",hi\nx,y,z\n");
-        let err = Dataset::read_csv(f.path(), ReadOptions::default()).unwrap_err().to_string();
-        assert!(err.contains(":3: expected 2 fields (as in the header), found 3"), "{err}");
-        let ds = Dataset::read_csv(f.path(), ReadOptions { skip_malformed: true }).unwrap();
+        let err = Dataset::read_csv(f.path(), ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":3: expected 2 fields (as in the header), found 3"),
+            "{err}"
+        );
+        let ds = Dataset::read_csv(
+            f.path(),
+            ReadOptions {
+                skip_malformed: true,
+            },
+        )
+        .unwrap();
         assert_eq!((ds.len(), ds.skipped), (1, 1));
         assert_eq!(ds.examples().unwrap()[0], Example::pair("Say \"hi\"", "hi"));
 
         let t = file("first line\nsecond\n\n\nthird para\ncontinues\n");
-        assert_eq!(Dataset::read_text(t.path(), TextUnit::Line).unwrap().len(), 4);
+        assert_eq!(
+            Dataset::read_text(t.path(), TextUnit::Line).unwrap().len(),
+            4
+        );
         let paras = Dataset::read_text(t.path(), TextUnit::Paragraph).unwrap();
-        assert_eq!(paras.examples().unwrap()[1], Example::text("third para\ncontinues"));
-        assert_eq!(Dataset::read_text(t.path(), TextUnit::File).unwrap().len(), 1);
+        assert_eq!(
+            paras.examples().unwrap()[1],
+            Example::text("third para\ncontinues")
+        );
+        assert_eq!(
+            Dataset::read_text(t.path(), TextUnit::File).unwrap().len(),
+            1
+        );
         assert!(Dataset::read_text(file("\n \n").path(), TextUnit::Line).is_err());
     }
 
     #[test]
     fn split_is_deterministic_and_disjoint() {
-        let ds = Dataset::new((0..20).map(|i| Example::text(format!("{i}"))).collect(), "mem");
+        let ds = Dataset::new(
+            (0..20).map(|i| Example::text(format!("{i}"))).collect(),
+            "mem",
+        );
         let (tr, ev) = ds.split(0.25, 7).unwrap();
         let (tr2, ev2) = ds.split(0.25, 7).unwrap();
         assert_eq!((tr.len(), ev.len()), (15, 5));

@@ -6,7 +6,7 @@ pub mod stream;
 pub mod template;
 pub mod tokenizer;
 
-pub use batch::{Batch, BatchOptions, CollateOptions, Padding, IGNORE_INDEX};
+pub use batch::{Batch, BatchOptions, CollateOptions, IGNORE_INDEX, Padding};
 pub use dataset::{DataError, Dataset, Example, ExampleSource, ReadOptions, Row, TextUnit};
 pub use template::Template;
 pub use tokenizer::ByteTokenizer;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::dataset::{csv_error, json_row, DataError, Example, ReadOptions, Row};
+use super::dataset::{DataError, Example, ReadOptions, Row, csv_error, json_row};
 use super::template::Template;
 use crate::tokenizer::Tokenizer;
 
@@ -53,7 +53,10 @@ impl LineIndex {
     /// `file:line`, or skipped and counted with `skip_malformed`) and keeping only where it is.
     pub fn build(path: &Path, format: StreamFormat, opts: ReadOptions) -> Result<Self, DataError> {
         let shown = path.display().to_string();
-        let io = |source| DataError::Io { path: shown.clone(), source };
+        let io = |source| DataError::Io {
+            path: shown.clone(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let mut spans = Vec::new();
         let mut skipped = 0;
@@ -70,7 +73,11 @@ impl LineIndex {
                         break;
                     }
                     line += 1;
-                    let span = Span { offset, len: n as u32, line };
+                    let span = Span {
+                        offset,
+                        len: n as u32,
+                        line,
+                    };
                     offset += n as u64;
                     if buf.iter().all(u8::is_ascii_whitespace) {
                         continue;
@@ -83,8 +90,16 @@ impl LineIndex {
                 }
             }
             StreamFormat::Csv => {
-                let mut reader = csv::ReaderBuilder::new().flexible(false).from_path(path).map_err(|e| csv_error(&shown, e))?;
-                header = reader.headers().map_err(|e| csv_error(&shown, e))?.iter().map(String::from).collect();
+                let mut reader = csv::ReaderBuilder::new()
+                    .flexible(false)
+                    .from_path(path)
+                    .map_err(|e| csv_error(&shown, e))?;
+                header = reader
+                    .headers()
+                    .map_err(|e| csv_error(&shown, e))?
+                    .iter()
+                    .map(String::from)
+                    .collect();
                 let mut record = csv::ByteRecord::new();
                 loop {
                     let start = reader.position().clone();
@@ -98,11 +113,24 @@ impl LineIndex {
                                     skipped += 1;
                                     continue;
                                 }
-                                return Err(DataError::Line { path: shown.clone(), line: start.line() as usize, msg: format!("not valid UTF-8 ({e})") });
+                                return Err(DataError::Line {
+                                    path: shown.clone(),
+                                    line: start.line() as usize,
+                                    msg: format!("not valid UTF-8 ({e})"),
+                                });
                             }
-                            spans.push(Span { offset: start.byte(), len: (end - start.byte()) as u32, line: start.line() as u32 });
+                            spans.push(Span {
+                                offset: start.byte(),
+                                len: (end - start.byte()) as u32,
+                                line: start.line() as u32,
+                            });
                         }
-                        Err(e) if opts.skip_malformed && !matches!(e.kind(), csv::ErrorKind::Io(_)) => skipped += 1,
+                        Err(e)
+                            if opts.skip_malformed
+                                && !matches!(e.kind(), csv::ErrorKind::Io(_)) =>
+                        {
+                            skipped += 1
+                        }
                         Err(e) => return Err(csv_error(&shown, e)),
                     }
                 }
@@ -111,7 +139,15 @@ impl LineIndex {
         if spans.is_empty() {
             return Err(DataError::Empty { path: shown });
         }
-        Ok(Self { path: path.to_path_buf(), shown, format, header, spans, file, skipped })
+        Ok(Self {
+            path: path.to_path_buf(),
+            shown,
+            format,
+            header,
+            spans,
+            file,
+            skipped,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -131,20 +167,38 @@ impl LineIndex {
     pub fn row(&self, i: usize) -> Result<Row, DataError> {
         let span = self.spans[i];
         let mut buf = vec![0u8; span.len as usize];
-        self.file.read_exact_at(&mut buf, span.offset).map_err(|source| match source.kind() {
-            std::io::ErrorKind::UnexpectedEof => DataError::Line { path: self.shown.clone(), line: span.line as usize, msg: "the file changed since it was indexed (it is shorter now)".into() },
-            _ => DataError::Io { path: self.shown.clone(), source },
-        })?;
+        self.file
+            .read_exact_at(&mut buf, span.offset)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::UnexpectedEof => DataError::Line {
+                    path: self.shown.clone(),
+                    line: span.line as usize,
+                    msg: "the file changed since it was indexed (it is shorter now)".into(),
+                },
+                _ => DataError::Io {
+                    path: self.shown.clone(),
+                    source,
+                },
+            })?;
         match self.format {
             StreamFormat::Jsonl => json_row(&buf, &self.shown, span.line as usize),
             StreamFormat::Csv => {
-                let mut r = csv::ReaderBuilder::new().has_headers(false).from_reader(&buf[..]);
+                let mut r = csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .from_reader(&buf[..]);
                 let mut record = csv::StringRecord::new();
-                let changed = || DataError::Line { path: self.shown.clone(), line: span.line as usize, msg: "the file changed since it was indexed".into() };
+                let changed = || DataError::Line {
+                    path: self.shown.clone(),
+                    line: span.line as usize,
+                    msg: "the file changed since it was indexed".into(),
+                };
                 match r.read_record(&mut record) {
-                    Ok(true) if record.len() == self.header.len() => {
-                        Ok(self.header.iter().cloned().zip(record.iter().map(|f| Value::String(f.to_string()))).collect())
-                    }
+                    Ok(true) if record.len() == self.header.len() => Ok(self
+                        .header
+                        .iter()
+                        .cloned()
+                        .zip(record.iter().map(|f| Value::String(f.to_string())))
+                        .collect()),
                     Ok(_) => Err(changed()),
                     Err(e) => Err(csv_error(&self.shown, e)),
                 }
@@ -172,13 +226,23 @@ pub struct StreamedRows {
 
 impl std::fmt::Debug for StreamedRows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StreamedRows({:?}, {} rows, {} steps)", self.index, self.len(), self.steps.len())
+        write!(
+            f,
+            "StreamedRows({:?}, {} rows, {} steps)",
+            self.index,
+            self.len(),
+            self.steps.len()
+        )
     }
 }
 
 impl StreamedRows {
     pub fn new(index: LineIndex) -> Self {
-        Self { index: Arc::new(index), select: None, steps: Vec::new() }
+        Self {
+            index: Arc::new(index),
+            select: None,
+            steps: Vec::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -194,7 +258,11 @@ impl StreamedRows {
         let at = self.select.as_ref().map_or(i, |s| s[i] as usize);
         let mut row = self.index.row(at)?;
         let line = self.index.spans[at].line as usize;
-        let err = |msg: String| DataError::Line { path: self.index.shown.clone(), line, msg };
+        let err = |msg: String| DataError::Line {
+            path: self.index.shown.clone(),
+            line,
+            msg,
+        };
         for step in &self.steps {
             row = match step {
                 RowStep::Rename(pairs) => super::dataset::rename_row(&row, pairs).map_err(err)?,
@@ -207,7 +275,11 @@ impl StreamedRows {
     pub fn example(&self, i: usize) -> Result<Example, DataError> {
         let row = self.row(i)?;
         let at = self.select.as_ref().map_or(i, |s| s[i] as usize);
-        Example::from_row(&row).map_err(|msg| DataError::Line { path: self.index.shown.clone(), line: self.index.spans[at].line as usize, msg })
+        Example::from_row(&row).map_err(|msg| DataError::Line {
+            path: self.index.shown.clone(),
+            line: self.index.spans[at].line as usize,
+            msg,
+        })
     }
 
     /// The same rows with one more step.
@@ -219,8 +291,15 @@ impl StreamedRows {
 
     /// The rows at these positions of this view.
     pub fn select(&self, positions: &[usize]) -> Self {
-        let picked: Vec<u32> = positions.iter().map(|&i| self.select.as_ref().map_or(i as u32, |s| s[i])).collect();
-        Self { index: self.index.clone(), select: Some(Arc::new(picked)), steps: self.steps.clone() }
+        let picked: Vec<u32> = positions
+            .iter()
+            .map(|&i| self.select.as_ref().map_or(i as u32, |s| s[i]))
+            .collect();
+        Self {
+            index: self.index.clone(),
+            select: Some(Arc::new(picked)),
+            steps: self.steps.clone(),
+        }
     }
 }
 
@@ -237,7 +316,9 @@ mod tests {
     }
 
     fn rows(ds: &Dataset) -> Vec<Row> {
-        (0..ds.len()).map(|i| ds.row(i).unwrap().into_owned()).collect()
+        (0..ds.len())
+            .map(|i| ds.row(i).unwrap().into_owned())
+            .collect()
     }
 
     const JSONL: &str = "{\"q\": \"one\", \"a\": \"1\"}\n\n{\"q\": \"two\", \"a\": \"2\"}\r\n{\"q\": \"three\", \"a\": \"3\"}\n{\"q\": \"four\", \"a\": \"4\"}";
@@ -253,7 +334,11 @@ mod tests {
         assert_eq!(rows(&lazy), rows(&eager));
 
         // Quoted fields across lines, as the csv reader sees them.
-        let c = write(&dir, "a.csv", "q,a\none,\"1\nand more\"\ntwo,2\n\"th,ree\",3\n");
+        let c = write(
+            &dir,
+            "a.csv",
+            "q,a\none,\"1\nand more\"\ntwo,2\n\"th,ree\",3\n",
+        );
         let eager = Dataset::read_csv(&c, ReadOptions::default()).unwrap();
         let lazy = Dataset::stream(&c, StreamFormat::Csv, ReadOptions::default()).unwrap();
         assert_eq!(lazy.len(), 3);
@@ -264,12 +349,26 @@ mod tests {
     fn malformed_records_are_named_or_skipped_while_indexing() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(&dir, "bad.jsonl", "{\"q\": 1}\n[1, 2]\n{\"q\": 2}\n{oops\n");
-        let err = Dataset::stream(&p, StreamFormat::Jsonl, ReadOptions::default()).unwrap_err().to_string();
-        assert!(err.ends_with("bad.jsonl:2: expected a JSON object, found an array"), "{err}");
-        let ds = Dataset::stream(&p, StreamFormat::Jsonl, ReadOptions { skip_malformed: true }).unwrap();
+        let err = Dataset::stream(&p, StreamFormat::Jsonl, ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("bad.jsonl:2: expected a JSON object, found an array"),
+            "{err}"
+        );
+        let ds = Dataset::stream(
+            &p,
+            StreamFormat::Jsonl,
+            ReadOptions {
+                skip_malformed: true,
+            },
+        )
+        .unwrap();
         assert_eq!((ds.len(), ds.skipped), (2, 2));
         let c = write(&dir, "bad.csv", "q,a\n1,2\n3\n4,5\n");
-        let err = Dataset::stream(&c, StreamFormat::Csv, ReadOptions::default()).unwrap_err().to_string();
+        let err = Dataset::stream(&c, StreamFormat::Csv, ReadOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.csv:3: expected 2 fields"), "{err}");
         // A row changed on disk after indexing is an error naming its line, not a panic.
         let p = write(&dir, "moving.jsonl", "{\"q\": \"a\"}\n{\"q\": \"b\"}\n");
@@ -282,25 +381,58 @@ mod tests {
     #[test]
     fn renames_templates_splits_and_batches_match_the_loaded_dataset() {
         let dir = tempfile::tempdir().unwrap();
-        let text: String = (0..40).map(|i| format!("{{\"q\": \"question {i} {}\", \"a\": \"answer {i}\"}}\n", "x".repeat(i % 7))).collect();
+        let text: String = (0..40)
+            .map(|i| {
+                format!(
+                    "{{\"q\": \"question {i} {}\", \"a\": \"answer {i}\"}}\n",
+                    "x".repeat(i % 7)
+                )
+            })
+            .collect();
         let p = write(&dir, "qa.jsonl", &text);
-        let fields = [("instruction".to_string(), "q".to_string()), ("output".to_string(), "a".to_string())];
-        let prepare = |ds: Dataset| ds.rename(&fields).unwrap().template(&Template::alpaca(), None).unwrap().split(0.25, 3).unwrap();
+        let fields = [
+            ("instruction".to_string(), "q".to_string()),
+            ("output".to_string(), "a".to_string()),
+        ];
+        let prepare = |ds: Dataset| {
+            ds.rename(&fields)
+                .unwrap()
+                .template(&Template::alpaca(), None)
+                .unwrap()
+                .split(0.25, 3)
+                .unwrap()
+        };
         let (train_e, eval_e) = prepare(Dataset::read_jsonl(&p, ReadOptions::default()).unwrap());
-        let (train_s, eval_s) = prepare(Dataset::stream(&p, StreamFormat::Jsonl, ReadOptions::default()).unwrap());
+        let (train_s, eval_s) =
+            prepare(Dataset::stream(&p, StreamFormat::Jsonl, ReadOptions::default()).unwrap());
         assert!(train_s.stream.is_some() && eval_s.stream.is_some());
         assert_eq!(rows(&train_s), rows(&train_e));
         assert_eq!(eval_s.examples().unwrap(), eval_e.examples().unwrap());
         for group_by_length in [false, true] {
-            let opts = BatchOptions { size: 4, steps: Some(12), seed: 5, group_by_length, skip: 2, ..Default::default() };
-            let a: Vec<_> = Batches::new(train_e.example_source().unwrap(), opts.clone()).collect::<Result<_, _>>().unwrap();
+            let opts = BatchOptions {
+                size: 4,
+                steps: Some(12),
+                seed: 5,
+                group_by_length,
+                skip: 2,
+                ..Default::default()
+            };
+            let a: Vec<_> = Batches::new(train_e.example_source().unwrap(), opts.clone())
+                .collect::<Result<_, _>>()
+                .unwrap();
             let source = train_s.example_source().unwrap();
             assert!(matches!(source, ExampleSource::Streamed(_)));
-            let b: Vec<_> = Batches::new(source, opts).collect::<Result<_, _>>().unwrap();
+            let b: Vec<_> = Batches::new(source, opts)
+                .collect::<Result<_, _>>()
+                .unwrap();
             assert_eq!(a, b);
         }
         // A template that does not fit is an error at once, naming the first row's line.
-        let err = Dataset::stream(&p, StreamFormat::Jsonl, ReadOptions::default()).unwrap().template(&Template::alpaca(), None).unwrap_err().to_string();
+        let err = Dataset::stream(&p, StreamFormat::Jsonl, ReadOptions::default())
+            .unwrap()
+            .template(&Template::alpaca(), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("qa.jsonl:1:"), "{err}");
     }
 }

@@ -28,7 +28,11 @@ const TILE_VALUES: usize = TILE_ROWS * TILE_K;
 /// Whether this process can run AMX bf16 tiles (checked once).
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| std::env::var("RUNNER_AMX").map_or(true, |v| v != "0") && cpu_has_amx_bf16() && request_tile_permission())
+    *AVAILABLE.get_or_init(|| {
+        std::env::var("RUNNER_AMX").map_or(true, |v| v != "0")
+            && cpu_has_amx_bf16()
+            && request_tile_permission()
+    })
 }
 
 fn cpu_has_amx_bf16() -> bool {
@@ -41,7 +45,13 @@ fn request_tile_permission() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: a plain system call with integer arguments.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
 }
 
 /// f32 to bf16 bits, rounding to nearest with ties to even; NaN stays NaN.
@@ -49,7 +59,11 @@ fn request_tile_permission() -> bool {
 pub fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
-    if bits & 0x7FFF_FFFF > 0x7F80_0000 { 0x7FC0 | (bits >> 16) as u16 & 0x8000 } else { rounded }
+    if bits & 0x7FFF_FFFF > 0x7F80_0000 {
+        0x7FC0 | (bits >> 16) as u16 & 0x8000
+    } else {
+        rounded
+    }
 }
 
 #[inline(always)]
@@ -75,7 +89,11 @@ impl PackedA {
     pub fn new(a: Strided) -> Self {
         assert!(a.covers_its_data(), "bad operand");
         let k_tiles = a.cols.div_ceil(TILE_K).max(1);
-        Self { values: pack_rows(a, k_tiles), m: a.rows, k: a.cols }
+        Self {
+            values: pack_rows(a, k_tiles),
+            m: a.rows,
+            k: a.cols,
+        }
     }
 }
 
@@ -91,7 +109,11 @@ impl PackedB {
     pub fn new(b: Strided) -> Self {
         assert!(b.covers_its_data(), "bad operand");
         let k_tiles = b.rows.div_ceil(TILE_K).max(1);
-        Self { values: pack_columns(b, k_tiles), k: b.rows, n: b.cols }
+        Self {
+            values: pack_columns(b, k_tiles),
+            k: b.rows,
+            n: b.cols,
+        }
     }
 }
 
@@ -114,7 +136,19 @@ pub fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
     let n_blocks = n.div_ceil(BLOCK);
     for first in (0..n_blocks).step_by(group) {
         let blocks = first..n_blocks.min(first + group);
-        out.spare_capacity_mut()[..m * n].par_chunks_mut(BLOCK * n).enumerate().for_each(|(mb, c)| row_block(&packed_a[mb * panel..][..panel], &b.values, k_tiles, n, blocks.clone(), c));
+        out.spare_capacity_mut()[..m * n]
+            .par_chunks_mut(BLOCK * n)
+            .enumerate()
+            .for_each(|(mb, c)| {
+                row_block(
+                    &packed_a[mb * panel..][..panel],
+                    &b.values,
+                    k_tiles,
+                    n,
+                    blocks.clone(),
+                    c,
+                )
+            });
     }
     // SAFETY: the column groups cover every column block and `row_block` writes every row
     // and column of its block, so all `m · n` elements are initialised.
@@ -132,7 +166,14 @@ pub const THIN_MAX: usize = 16;
 /// the fly, on AVX-512. `None` for other shapes and layouts or without AVX-512.
 pub fn thin_transposed_matmul(u: Strided, v: Strided) -> Option<Vec<f32>> {
     let (t, r, n) = (u.rows, u.cols, v.cols);
-    if v.rows != t || r == 0 || r > THIN_MAX || v.col_stride != 1 || !v.covers_its_data() || !u.covers_its_data() || !std::arch::is_x86_feature_detected!("avx512f") {
+    if v.rows != t
+        || r == 0
+        || r > THIN_MAX
+        || v.col_stride != 1
+        || !v.covers_its_data()
+        || !u.covers_its_data()
+        || !std::arch::is_x86_feature_detected!("avx512f")
+    {
         return None;
     }
     // u rounded, each row padded to whole groups of RANK_GROUP (zeros add nothing).
@@ -153,7 +194,17 @@ pub fn thin_transposed_matmul(u: Strided, v: Strided) -> Option<Vec<f32>> {
                 // SAFETY: AVX-512 was detected above; `v` covers rows 0..t of columns
                 // first..first + cols, `thin` holds t rows of `width`, and `acc` the group's
                 // RANK_GROUP rows of THIN_COLUMNS.
-                unsafe { thin_kernel(&thin, width, group * RANK_GROUP, v, first, cols, &mut acc[group * RANK_GROUP * THIN_COLUMNS..][..RANK_GROUP * THIN_COLUMNS]) };
+                unsafe {
+                    thin_kernel(
+                        &thin,
+                        width,
+                        group * RANK_GROUP,
+                        v,
+                        first,
+                        cols,
+                        &mut acc[group * RANK_GROUP * THIN_COLUMNS..][..RANK_GROUP * THIN_COLUMNS],
+                    )
+                };
             }
             (first, acc)
         })
@@ -162,7 +213,10 @@ pub fn thin_transposed_matmul(u: Strided, v: Strided) -> Option<Vec<f32>> {
     for (first, acc) in column_groups {
         let cols = THIN_COLUMNS.min(n - first);
         for k in 0..r {
-            for (o, a) in out[k * n + first..][..cols].iter_mut().zip(&acc[k * THIN_COLUMNS..][..cols]) {
+            for (o, a) in out[k * n + first..][..cols]
+                .iter_mut()
+                .zip(&acc[k * THIN_COLUMNS..][..cols])
+            {
                 *o = from_bf16(to_bf16(*a));
             }
         }
@@ -178,7 +232,15 @@ const THIN_COLUMNS: usize = 48;
 /// `acc[k][j] += Σ_i thin[i][first_rank + k] · round_bf16(v[i][first + j])` for the group's
 /// RANK_GROUP ranks and `cols` ≤ THIN_COLUMNS columns.
 #[target_feature(enable = "avx512f")]
-unsafe fn thin_kernel(thin: &[f32], width: usize, first_rank: usize, v: Strided, first: usize, cols: usize, acc: &mut [f32]) {
+unsafe fn thin_kernel(
+    thin: &[f32],
+    width: usize,
+    first_rank: usize,
+    v: Strided,
+    first: usize,
+    cols: usize,
+    acc: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let masks: [__mmask16; 3] = std::array::from_fn(|q| {
         let lanes = cols.saturating_sub(q * 16).min(16);
@@ -196,14 +258,25 @@ unsafe fn thin_kernel(thin: &[f32], width: usize, first_rank: usize, v: Strided,
     let round = |x: __m512| -> __m512 {
         let bits = _mm512_castps_si512(x);
         let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), low_bit);
-        let rounded = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(bits, round_bias), lsb), keep_high);
+        let rounded = _mm512_and_si512(
+            _mm512_add_epi32(_mm512_add_epi32(bits, round_bias), lsb),
+            keep_high,
+        );
         let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(bits, abs_mask), infinity);
-        let quiet = _mm512_and_si512(_mm512_or_si512(bits, _mm512_set1_epi32(0x7FC0_0000)), _mm512_set1_epi32(0xFFC0_0000u32 as i32));
+        let quiet = _mm512_and_si512(
+            _mm512_or_si512(bits, _mm512_set1_epi32(0x7FC0_0000)),
+            _mm512_set1_epi32(0xFFC0_0000u32 as i32),
+        );
         _mm512_castsi512_ps(_mm512_mask_mov_epi32(rounded, nan, quiet))
     };
     for i in 0..v.rows {
-        let row = v.data.as_ptr().wrapping_add(v.offset + i * v.row_stride + first);
-        let x: [__m512; 3] = std::array::from_fn(|q| round(unsafe { _mm512_maskz_loadu_ps(masks[q], row.wrapping_add(q * 16)) }));
+        let row = v
+            .data
+            .as_ptr()
+            .wrapping_add(v.offset + i * v.row_stride + first);
+        let x: [__m512; 3] = std::array::from_fn(|q| {
+            round(unsafe { _mm512_maskz_loadu_ps(masks[q], row.wrapping_add(q * 16)) })
+        });
         let t = &thin[i * width + first_rank..][..RANK_GROUP];
         for k in 0..RANK_GROUP {
             let u = _mm512_set1_ps(t[k]);
@@ -215,7 +288,12 @@ unsafe fn thin_kernel(thin: &[f32], width: usize, first_rank: usize, v: Strided,
     for k in 0..RANK_GROUP {
         for q in 0..3 {
             let dst = &mut acc[k * THIN_COLUMNS + q * 16..][..16];
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(dst.as_ptr()), sums[k][q])) };
+            unsafe {
+                _mm512_storeu_ps(
+                    dst.as_mut_ptr(),
+                    _mm512_add_ps(_mm512_loadu_ps(dst.as_ptr()), sums[k][q]),
+                )
+            };
         }
     }
 }
@@ -226,7 +304,14 @@ const B_GROUP_BYTES: usize = 1 << 19;
 /// Rows `c` (up to 32 of the output, `n` wide), column blocks `blocks`, from their A panel
 /// and packed B.
 #[inline(never)]
-fn row_block(a_panel: &[u16], packed_b: &[u16], k_tiles: usize, n: usize, blocks: std::ops::Range<usize>, c: &mut [std::mem::MaybeUninit<f32>]) {
+fn row_block(
+    a_panel: &[u16],
+    packed_b: &[u16],
+    k_tiles: usize,
+    n: usize,
+    blocks: std::ops::Range<usize>,
+    c: &mut [std::mem::MaybeUninit<f32>],
+) {
     let rows = c.len() / n;
     let mut acc = [0f32; BLOCK * BLOCK];
     let _tiles = TileConfig::load();
@@ -234,7 +319,14 @@ fn row_block(a_panel: &[u16], packed_b: &[u16], k_tiles: usize, n: usize, blocks
         let b_panel = &packed_b[nb * k_tiles * 2 * TILE_VALUES..][..k_tiles * 2 * TILE_VALUES];
         // SAFETY: both panels hold `k_tiles` pairs of tiles, `acc` one 32 × 32 block, and
         // the tile configuration is loaded on this thread.
-        unsafe { block_kernel(a_panel.as_ptr(), b_panel.as_ptr(), k_tiles, acc.as_mut_ptr()) };
+        unsafe {
+            block_kernel(
+                a_panel.as_ptr(),
+                b_panel.as_ptr(),
+                k_tiles,
+                acc.as_mut_ptr(),
+            )
+        };
         let cols = BLOCK.min(n - nb * BLOCK);
         for r in 0..rows {
             let dst = &mut c[r * n + nb * BLOCK..][..cols];
@@ -255,7 +347,9 @@ fn pack_rows(a: Strided, k_tiles: usize) -> Vec<u16> {
 /// 32 columns, for each 32-deep slice of k, two tiles (columns 0–15 and 16–31) whose row
 /// `p` holds `(b[2p][c], b[2p+1][c])` for 16 columns `c`. Past the end is zero.
 fn pack_columns(b: Strided, k_tiles: usize) -> Vec<u16> {
-    pack(b.t(), k_tiles, |c, kk| (kk / 2) * 2 * TILE_ROWS + 2 * c + kk % 2)
+    pack(b.t(), k_tiles, |c, kk| {
+        (kk / 2) * 2 * TILE_ROWS + 2 * c + kk % 2
+    })
 }
 
 /// Packs `x` (`[lines, k]`: A's rows, or B's columns) a block of 32 lines at a time, each
@@ -263,7 +357,10 @@ fn pack_columns(b: Strided, k_tiles: usize) -> Vec<u16> {
 fn pack(x: Strided, k_tiles: usize, slot: impl Fn(usize, usize) -> usize + Sync) -> Vec<u16> {
     let blocks = x.rows.div_ceil(BLOCK);
     let mut packed = vec![0u16; blocks * k_tiles * 2 * TILE_VALUES];
-    packed.par_chunks_mut(k_tiles * 2 * TILE_VALUES).enumerate().for_each(|(block, panel)| pack_panel(x, block, panel, &slot));
+    packed
+        .par_chunks_mut(k_tiles * 2 * TILE_VALUES)
+        .enumerate()
+        .for_each(|(block, panel)| pack_panel(x, block, panel, &slot));
     packed
 }
 
@@ -320,13 +417,21 @@ struct TileConfigBytes {
 
 impl TileConfig {
     fn load() -> Self {
-        let mut cfg = TileConfigBytes { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+        let mut cfg = TileConfigBytes {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
         for t in 0..8 {
             cfg.colsb[t] = 64;
             cfg.rows[t] = TILE_ROWS as u8;
         }
         // SAFETY: AMX is available (checked by the caller) and the configuration is valid.
-        unsafe { asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg as *const TileConfigBytes, options(nostack, readonly)) };
+        unsafe {
+            asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg as *const TileConfigBytes, options(nostack, readonly))
+        };
         TileConfig
     }
 }
@@ -391,7 +496,12 @@ mod tests {
         let mut out = vec![0f32; a.rows * b.cols];
         for i in 0..a.rows {
             for j in 0..b.cols {
-                let s: f64 = (0..a.cols).map(|k| from_bf16(to_bf16(a.at(i, k))) as f64 * from_bf16(to_bf16(b.at(k, j))) as f64).sum();
+                let s: f64 = (0..a.cols)
+                    .map(|k| {
+                        from_bf16(to_bf16(a.at(i, k))) as f64
+                            * from_bf16(to_bf16(b.at(k, j))) as f64
+                    })
+                    .sum();
                 out[i * b.cols + j] = s as f32;
             }
         }
@@ -399,7 +509,14 @@ mod tests {
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0).collect()
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32
+                    / (1u32 << 24) as f32)
+                    * 2.0
+                    - 1.0
+            })
+            .collect()
     }
 
     #[test]
@@ -409,36 +526,107 @@ mod tests {
             return;
         }
         // Ranks below, at and above one group of 8; widths ragged against 16 and 48 lanes.
-        for &(t, r, n) in &[(1, 1, 1), (37, 8, 50), (300, 3, 576), (129, 12, 97), (64, 16, 48), (1030, 8, 1536)] {
+        for &(t, r, n) in &[
+            (1, 1, 1),
+            (37, 8, 50),
+            (300, 3, 576),
+            (129, 12, 97),
+            (64, 16, 48),
+            (1030, 8, 1536),
+        ] {
             let (uv, vv) = (values(t * r + 3, 5), values(t * n + 7, 6));
             // An offset and a row stride wider than the row, as a slice of a larger buffer.
-            let u = Strided { data: &uv, offset: 3, rows: t, cols: r, row_stride: r, col_stride: 1 };
-            let v = Strided { data: &vv, offset: 7, rows: t, cols: n - 1, row_stride: n, col_stride: 1 };
+            let u = Strided {
+                data: &uv,
+                offset: 3,
+                rows: t,
+                cols: r,
+                row_stride: r,
+                col_stride: 1,
+            };
+            let v = Strided {
+                data: &vv,
+                offset: 7,
+                rows: t,
+                cols: n - 1,
+                row_stride: n,
+                col_stride: 1,
+            };
             let got = thin_transposed_matmul(u, v).expect("a thin product");
             let want = reference(u.t(), v);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 // The output is rounded to bf16: within one bf16 unit of the exact sum.
-                assert!((g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6, "t={t} r={r} n={n} at {i}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6,
+                    "t={t} r={r} n={n} at {i}: {g} vs {w}"
+                );
             }
         }
         // A transposed view of u works (it is read element by element); v must have rows of
         // contiguous values, and the thin side be at most THIN_MAX wide.
         let vv = values(40 * 30, 1);
-        let v = Strided { data: &vv, offset: 0, rows: 40, cols: 30, row_stride: 30, col_stride: 1 };
+        let v = Strided {
+            data: &vv,
+            offset: 0,
+            rows: 40,
+            cols: 30,
+            row_stride: 30,
+            col_stride: 1,
+        };
         let uv = values(40 * 4, 2);
-        let u = Strided { data: &uv, offset: 0, rows: 4, cols: 40, row_stride: 40, col_stride: 1 }.t();
-        let columns = Strided { data: &vv, offset: 0, rows: 30, cols: 40, row_stride: 40, col_stride: 1 }.t();
-        assert!(thin_transposed_matmul(u, Strided { cols: 4, ..columns }).is_none(), "v's rows are not contiguous");
-        assert!(thin_transposed_matmul(v, v).is_none(), "30 is wider than THIN_MAX");
+        let u = Strided {
+            data: &uv,
+            offset: 0,
+            rows: 4,
+            cols: 40,
+            row_stride: 40,
+            col_stride: 1,
+        }
+        .t();
+        let columns = Strided {
+            data: &vv,
+            offset: 0,
+            rows: 30,
+            cols: 40,
+            row_stride: 40,
+            col_stride: 1,
+        }
+        .t();
+        assert!(
+            thin_transposed_matmul(u, Strided { cols: 4, ..columns }).is_none(),
+            "v's rows are not contiguous"
+        );
+        assert!(
+            thin_transposed_matmul(v, v).is_none(),
+            "30 is wider than THIN_MAX"
+        );
         let want = reference(u.t(), v);
         let got = thin_transposed_matmul(u, v).unwrap();
-        assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6));
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(g, w)| (g - w).abs() <= w.abs() * 2f32.powi(-7) + 1e-6)
+        );
         // NaN stays NaN; 1 + 2⁻¹⁰ rounds to 1 in both operands.
         let one = [1.0 + 2f32.powi(-10)];
-        let s = Strided { data: &one, offset: 0, rows: 1, cols: 1, row_stride: 1, col_stride: 1 };
+        let s = Strided {
+            data: &one,
+            offset: 0,
+            rows: 1,
+            cols: 1,
+            row_stride: 1,
+            col_stride: 1,
+        };
         assert_eq!(thin_transposed_matmul(s, s).unwrap(), vec![1.0]);
         let nan = [f32::NAN];
-        let s = Strided { data: &nan, offset: 0, rows: 1, cols: 1, row_stride: 1, col_stride: 1 };
+        let s = Strided {
+            data: &nan,
+            offset: 0,
+            rows: 1,
+            cols: 1,
+            row_stride: 1,
+            col_stride: 1,
+        };
         assert!(thin_transposed_matmul(s, s).unwrap()[0].is_nan());
     }
 
@@ -447,7 +635,10 @@ mod tests {
         assert_eq!(to_bf16(1.0), 0x3F80);
         // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties go to the even one, 1.
         assert_eq!(from_bf16(to_bf16(1.0 + 2f32.powi(-8))), 1.0);
-        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 * 2f32.powi(-8))), 1.0 + 2f32.powi(-6));
+        assert_eq!(
+            from_bf16(to_bf16(1.0 + 3.0 * 2f32.powi(-8))),
+            1.0 + 2f32.powi(-6)
+        );
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
         assert_eq!(from_bf16(to_bf16(-0.0)).to_bits(), (-0.0f32).to_bits());
@@ -462,17 +653,65 @@ mod tests {
             eprintln!("AMX is not available on this machine: the kernel is not exercised");
             return;
         }
-        for &(m, k, n) in &[(1, 1, 1), (33, 70, 17), (64, 32, 64), (100, 576, 40), (5, 8, 600), (40, 576, 1000)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (33, 70, 17),
+            (64, 32, 64),
+            (100, 576, 40),
+            (5, 8, 600),
+            (40, 576, 1000),
+        ] {
             let (av, bv) = (values(m * k, 1), values(k * n, 2));
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 // The same logical matrices, stored row-major or transposed.
-                let a = if ta { Strided { data: &av, offset: 0, rows: k, cols: m, row_stride: m, col_stride: 1 }.t() } else { Strided { data: &av, offset: 0, rows: m, cols: k, row_stride: k, col_stride: 1 } };
-                let b = if tb { Strided { data: &bv, offset: 0, rows: n, cols: k, row_stride: k, col_stride: 1 }.t() } else { Strided { data: &bv, offset: 0, rows: k, cols: n, row_stride: n, col_stride: 1 } };
+                let a = if ta {
+                    Strided {
+                        data: &av,
+                        offset: 0,
+                        rows: k,
+                        cols: m,
+                        row_stride: m,
+                        col_stride: 1,
+                    }
+                    .t()
+                } else {
+                    Strided {
+                        data: &av,
+                        offset: 0,
+                        rows: m,
+                        cols: k,
+                        row_stride: k,
+                        col_stride: 1,
+                    }
+                };
+                let b = if tb {
+                    Strided {
+                        data: &bv,
+                        offset: 0,
+                        rows: n,
+                        cols: k,
+                        row_stride: k,
+                        col_stride: 1,
+                    }
+                    .t()
+                } else {
+                    Strided {
+                        data: &bv,
+                        offset: 0,
+                        rows: k,
+                        cols: n,
+                        row_stride: n,
+                        col_stride: 1,
+                    }
+                };
                 let got = matmul(a, b);
                 let want = reference(a, b);
                 for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                     // The result is rounded to bf16: within one bf16 unit (2⁻⁸ relative).
-                    assert!((g - w).abs() <= w.abs() * 2f32.powi(-8) + 1e-6, "{m}x{k}x{n} ta={ta} tb={tb} [{idx}]: {g} vs {w}");
+                    assert!(
+                        (g - w).abs() <= w.abs() * 2f32.powi(-8) + 1e-6,
+                        "{m}x{k}x{n} ta={ta} tb={tb} [{idx}]: {g} vs {w}"
+                    );
                 }
             }
         }

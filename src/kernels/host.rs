@@ -65,7 +65,8 @@ fn detected_simd_level() -> SimdLevel {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return SimdLevel::Avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return SimdLevel::Avx2;
         }
     }
@@ -128,7 +129,12 @@ fn sum(xs: &[f32]) -> f32 {
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     let mut acc = [0f32; LANES];
     for (x, y) in ca.zip(cb) {
         for i in 0..LANES {
@@ -141,8 +147,18 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `Σ a·b·c`.
 #[inline(always)]
 fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
-    let (ca, cb, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder()).map(|((x, y), z)| x * y * z).sum();
+    let (ca, cb, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder())
+        .map(|((x, y), z)| x * y * z)
+        .sum();
     let mut acc = [0f32; LANES];
     for ((x, y), z) in ca.zip(cb).zip(cc) {
         for i in 0..LANES {
@@ -156,7 +172,10 @@ fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
 #[inline(always)]
 fn max(xs: &[f32]) -> f32 {
     let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
     let mut acc = [f32::NEG_INFINITY; LANES];
     for c in chunks {
         for i in 0..LANES {
@@ -183,7 +202,11 @@ simd_kernel! {
 /// inverse RMS to `inv_rms` for the backward pass.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv_rms: &mut [f32]) {
     let d = w.len();
-    y.par_chunks_mut(d).zip(inv_rms.par_iter_mut()).zip(x.par_chunks(d)).with_min_len(MIN_ROWS).for_each(|((y, inv), x)| *inv = rms_norm_row(x, w, eps, y));
+    y.par_chunks_mut(d)
+        .zip(inv_rms.par_iter_mut())
+        .zip(x.par_chunks(d))
+        .with_min_len(MIN_ROWS)
+        .for_each(|((y, inv), x)| *inv = rms_norm_row(x, w, eps, y));
 }
 
 simd_kernel! {
@@ -199,9 +222,21 @@ simd_kernel! {
 
 /// Gradients of [`rms_norm`]: `dx` always; `dw` (summed over rows) when asked for.
 /// With `g = dy·w`: `dx = r·g − x·r³·mean(g·x)`, `dw = Σ_rows dy·x·r`.
-pub fn rms_norm_backward(x: &[f32], w: &[f32], inv_rms: &[f32], dy: &[f32], dx: &mut [f32], dw: Option<&mut [f32]>) {
+pub fn rms_norm_backward(
+    x: &[f32],
+    w: &[f32],
+    inv_rms: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dw: Option<&mut [f32]>,
+) {
     let d = w.len();
-    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(inv_rms.par_iter()).with_min_len(MIN_ROWS).for_each(|(((dx, x), dy), &r)| rms_norm_backward_row(x, w, r, dy, dx));
+    dx.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(dy.par_chunks(d))
+        .zip(inv_rms.par_iter())
+        .with_min_len(MIN_ROWS)
+        .for_each(|(((dx, x), dy), &r)| rms_norm_backward_row(x, w, r, dy, dx));
     if let Some(dw) = dw {
         let partial = x
             .par_chunks(d)
@@ -247,7 +282,10 @@ simd_kernel! {
 
 /// SwiGLU's product: `silu(g) · u`.
 pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
-    out.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, g), u)| silu_mul_chunk(g, u, o));
+    out.par_chunks_mut(4096)
+        .zip(g.par_chunks(4096))
+        .zip(u.par_chunks(4096))
+        .for_each(|((o, g), u)| silu_mul_chunk(g, u, o));
 }
 
 simd_kernel! {
@@ -281,20 +319,35 @@ simd_kernel! {
 /// Softmax of each `width`-wide row of `scale · scores + mask`. The mask has `mask_rows`
 /// rows, reused cyclically (row `i` of the scores takes mask row `i % mask_rows`), so one
 /// `[t, total]` causal mask serves every batch row and head.
-pub fn masked_softmax(scores: &[f32], mask: &[f32], mask_rows: usize, width: usize, scale: f32, out: &mut [f32]) {
-    out.par_chunks_mut(width).zip(scores.par_chunks(width)).enumerate().with_min_len(MIN_ROWS).for_each(|(i, (p, s))| {
-        p.copy_from_slice(s);
-        softmax_row(p, &mask[(i % mask_rows) * width..][..width], scale);
-    });
+pub fn masked_softmax(
+    scores: &[f32],
+    mask: &[f32],
+    mask_rows: usize,
+    width: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    out.par_chunks_mut(width)
+        .zip(scores.par_chunks(width))
+        .enumerate()
+        .with_min_len(MIN_ROWS)
+        .for_each(|(i, (p, s))| {
+            p.copy_from_slice(s);
+            softmax_row(p, &mask[(i % mask_rows) * width..][..width], scale);
+        });
 }
 
 /// Gradient of [`masked_softmax`] with respect to the scores, from its output `p`:
 /// `ds = scale · p · (dp − Σ dp·p)`.
 pub fn masked_softmax_backward(p: &[f32], dp: &[f32], width: usize, scale: f32, ds: &mut [f32]) {
-    ds.par_chunks_mut(width).zip(p.par_chunks(width)).zip(dp.par_chunks(width)).with_min_len(MIN_ROWS).for_each(|((ds, p), dp)| {
-        ds.copy_from_slice(dp);
-        softmax_backward_row(ds, p, scale);
-    });
+    ds.par_chunks_mut(width)
+        .zip(p.par_chunks(width))
+        .zip(dp.par_chunks(width))
+        .with_min_len(MIN_ROWS)
+        .for_each(|((ds, p), dp)| {
+            ds.copy_from_slice(dp);
+            softmax_backward_row(ds, p, scale);
+        });
 }
 
 simd_kernel! {
@@ -332,7 +385,10 @@ impl AttentionShape {
     /// and v.
     fn offsets(&self, b: usize, head: usize) -> (usize, usize) {
         let kv_head = head / (self.heads / self.kv_heads);
-        (b * self.t * self.q_width() + head * self.head_dim, b * self.t * self.kv_width() + kv_head * self.head_dim)
+        (
+            b * self.t * self.q_width() + head * self.head_dim,
+            b * self.t * self.kv_width() + kv_head * self.head_dim,
+        )
     }
 }
 
@@ -355,11 +411,20 @@ impl Strided<'_> {
 
     /// The transpose, as a view.
     pub fn t(self) -> Self {
-        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
     }
 
     pub(super) fn covers_its_data(&self) -> bool {
-        self.rows == 0 || self.cols == 0 || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+        self.rows == 0
+            || self.cols == 0
+            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
     }
 }
 
@@ -403,13 +468,34 @@ pub fn matmul_accumulate(dst: &mut [f32], a: Strided, b: Strided) {
 /// # Safety
 /// `dst` must point to `a.rows · b.cols` writable floats, initialised if `accumulate`.
 unsafe fn gemm_into(dst: *mut f32, a: Strided, b: Strided, accumulate: bool) {
-    assert!(a.cols == b.rows && a.covers_its_data() && b.covers_its_data(), "bad matmul operands");
+    assert!(
+        a.cols == b.rows && a.covers_its_data() && b.covers_its_data(),
+        "bad matmul operands"
+    );
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let parallelism = if m * n * k >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let parallelism = if m * n * k >= PARALLEL_PRODUCT {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the operands cover the matrices their strides describe (checked above); the
     // caller vouches for `dst`.
     unsafe {
-        gemm_raw(m, n, k, dst, n, accumulate, a.data.as_ptr().add(a.offset), a.row_stride, a.col_stride, b.data.as_ptr().add(b.offset), b.row_stride, b.col_stride, parallelism);
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst,
+            n,
+            accumulate,
+            a.data.as_ptr().add(a.offset),
+            a.row_stride,
+            a.col_stride,
+            b.data.as_ptr().add(b.offset),
+            b.row_stride,
+            b.col_stride,
+            parallelism,
+        );
     }
 }
 
@@ -425,8 +511,37 @@ unsafe impl Sync for Shared {}
 /// # Safety
 /// The pointers must cover the `m × k`, `k × n` and `m × n` matrices their strides describe.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, read_dst: bool, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize) {
-    unsafe { gemm_raw(m, n, k, dst, dst_rs, read_dst, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, gemm::Parallelism::None) }
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    read_dst: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            read_dst,
+            lhs,
+            lhs_rs,
+            lhs_cs,
+            rhs,
+            rhs_rs,
+            rhs_cs,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// The one call into gemm: [`matmul`] with the threading chosen by the caller.
@@ -434,7 +549,21 @@ unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, rea
 /// # Safety
 /// As [`matmul`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, read_dst: bool, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize, parallelism: gemm::Parallelism) {
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    read_dst: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+    parallelism: gemm::Parallelism,
+) {
     unsafe {
         gemm::gemm(
             m,
@@ -469,10 +598,27 @@ unsafe fn gemm_raw(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, r
 /// its mask lets through: past it every probability is exactly 0 (the mask's -1e9 underflows
 /// `exp`), so a causal mask costs half the products of a full one and changes nothing.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], mask_rows: usize, s: AttentionShape, out: &mut [f32], probs: &mut [f32]) {
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    mask_rows: usize,
+    s: AttentionShape,
+    out: &mut [f32],
+    probs: &mut [f32],
+) {
     let (t, hd) = (s.t, s.head_dim);
-    assert!(q.len() == s.batch * t * s.q_width() && k.len() == s.batch * t * s.kv_width() && v.len() == k.len());
-    assert!(out.len() == q.len() && probs.len() == s.batch * s.heads * t * t && mask.len() == mask_rows * t);
+    assert!(
+        q.len() == s.batch * t * s.q_width()
+            && k.len() == s.batch * t * s.kv_width()
+            && v.len() == k.len()
+    );
+    assert!(
+        out.len() == q.len()
+            && probs.len() == s.batch * s.heads * t * t
+            && mask.len() == mask_rows * t
+    );
     let (qw, kvw) = (s.q_width(), s.kv_width());
     let out_ptr = Shared(out.as_mut_ptr());
     probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
@@ -484,12 +630,28 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], mask_rows: usize
         let mask_row = |i: usize| &mask[((bh * t + i) % mask_rows) * t..][..t];
         for i0 in (0..t).step_by(QUERY_BLOCK) {
             let rows = QUERY_BLOCK.min(t - i0);
-            let keys = (i0..i0 + rows).map(|i| keys_seen(mask_row(i))).max().unwrap_or(t);
+            let keys = (i0..i0 + rows)
+                .map(|i| keys_seen(mask_row(i)))
+                .max()
+                .unwrap_or(t);
             let block = &mut p[i0 * t..(i0 + rows) * t];
             // SAFETY: every slice above holds the strided matrices read here (asserted
             // lengths); this task alone writes head `head` of batch row `b` in `out`.
             unsafe {
-                matmul(rows, keys, hd, block.as_mut_ptr(), t, false, q.as_ptr().add(qo + i0 * qw), qw, 1, k.as_ptr().add(kvo), 1, kvw);
+                matmul(
+                    rows,
+                    keys,
+                    hd,
+                    block.as_mut_ptr(),
+                    t,
+                    false,
+                    q.as_ptr().add(qo + i0 * qw),
+                    qw,
+                    1,
+                    k.as_ptr().add(kvo),
+                    1,
+                    kvw,
+                );
             }
             for (r, row) in block.chunks_mut(t).enumerate() {
                 let (seen, unseen) = row.split_at_mut(keys);
@@ -497,7 +659,20 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], mask_rows: usize
                 unseen.fill(0.0);
             }
             unsafe {
-                matmul(rows, hd, keys, out_ptr.0.add(qo + i0 * qw), qw, false, block.as_ptr(), t, 1, v.as_ptr().add(kvo), kvw, 1);
+                matmul(
+                    rows,
+                    hd,
+                    keys,
+                    out_ptr.0.add(qo + i0 * qw),
+                    qw,
+                    false,
+                    block.as_ptr(),
+                    t,
+                    1,
+                    v.as_ptr().add(kvo),
+                    kvw,
+                    1,
+                );
             }
         }
     });
@@ -512,7 +687,10 @@ const MASKED: f32 = -1e8;
 /// Keys a query row attends to: up to the last one its mask lets through, or all of them
 /// when it lets none through (the softmax is then uniform, as the composed ops give).
 fn keys_seen(mask_row: &[f32]) -> usize {
-    mask_row.iter().rposition(|&m| m > MASKED).map_or(mask_row.len(), |j| j + 1)
+    mask_row
+        .iter()
+        .rposition(|&m| m > MASKED)
+        .map_or(mask_row.len(), |j| j + 1)
 }
 
 /// Gradients of [`attention`] with respect to q, k and v, from the saved probabilities and
@@ -520,13 +698,37 @@ fn keys_seen(mask_row: &[f32]) -> usize {
 /// that share a key/value head add into its gradients one after another. Each block of query
 /// rows stops at its last non-zero probability: the keys past it add exactly nothing.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], probs: &[f32], d_out: &[f32], s: AttentionShape, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    d_out: &[f32],
+    s: AttentionShape,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
     let (t, hd) = (s.t, s.head_dim);
     let rep = s.heads / s.kv_heads;
-    assert!(q.len() == s.batch * t * s.q_width() && k.len() == s.batch * t * s.kv_width() && v.len() == k.len());
-    assert!(d_out.len() == q.len() && dq.len() == q.len() && dk.len() == k.len() && dv.len() == k.len() && probs.len() == s.batch * s.heads * t * t);
+    assert!(
+        q.len() == s.batch * t * s.q_width()
+            && k.len() == s.batch * t * s.kv_width()
+            && v.len() == k.len()
+    );
+    assert!(
+        d_out.len() == q.len()
+            && dq.len() == q.len()
+            && dk.len() == k.len()
+            && dv.len() == k.len()
+            && probs.len() == s.batch * s.heads * t * t
+    );
     let (qw, kvw) = (s.q_width(), s.kv_width());
-    let (dq_ptr, dk_ptr, dv_ptr) = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
+    let (dq_ptr, dk_ptr, dv_ptr) = (
+        Shared(dq.as_mut_ptr()),
+        Shared(dk.as_mut_ptr()),
+        Shared(dv.as_mut_ptr()),
+    );
     (0..s.batch * s.kv_heads).into_par_iter().for_each(|g| {
         let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
         let (b, kv_head) = (g / s.kv_heads, g % s.kv_heads);
@@ -546,13 +748,44 @@ pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], probs: &[f32], d_out:
             for i0 in (0..t).step_by(QUERY_BLOCK) {
                 let rows = QUERY_BLOCK.min(t - i0);
                 let p = &p_head[i0 * t..(i0 + rows) * t];
-                let keys = p.chunks(t).map(|row| row.iter().rposition(|&x| x != 0.0).map_or(0, |j| j + 1)).max().unwrap_or(0).max(1);
+                let keys = p
+                    .chunks(t)
+                    .map(|row| row.iter().rposition(|&x| x != 0.0).map_or(0, |j| j + 1))
+                    .max()
+                    .unwrap_or(0)
+                    .max(1);
                 let d_o = unsafe { d_out.as_ptr().add(qo + i0 * qw) };
                 unsafe {
                     // dv += pᵀ · d_out
-                    matmul(keys, hd, rows, dv_ptr.0.add(kvo), kvw, true, p.as_ptr(), 1, t, d_o, qw, 1);
+                    matmul(
+                        keys,
+                        hd,
+                        rows,
+                        dv_ptr.0.add(kvo),
+                        kvw,
+                        true,
+                        p.as_ptr(),
+                        1,
+                        t,
+                        d_o,
+                        qw,
+                        1,
+                    );
                     // dp = d_out · vᵀ
-                    matmul(rows, keys, hd, ds.as_mut_ptr(), t, false, d_o, qw, 1, v.as_ptr().add(kvo), 1, kvw);
+                    matmul(
+                        rows,
+                        keys,
+                        hd,
+                        ds.as_mut_ptr(),
+                        t,
+                        false,
+                        d_o,
+                        qw,
+                        1,
+                        v.as_ptr().add(kvo),
+                        1,
+                        kvw,
+                    );
                 }
                 // ds = scale · p ⊙ (dp − rowsum(dp ⊙ p))
                 for (ds, p) in ds.chunks_mut(t).zip(p.chunks(t)) {
@@ -560,9 +793,35 @@ pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], probs: &[f32], d_out:
                 }
                 unsafe {
                     // dq = ds · k
-                    matmul(rows, hd, keys, dq_ptr.0.add(qo + i0 * qw), qw, false, ds.as_ptr(), t, 1, k.as_ptr().add(kvo), kvw, 1);
+                    matmul(
+                        rows,
+                        hd,
+                        keys,
+                        dq_ptr.0.add(qo + i0 * qw),
+                        qw,
+                        false,
+                        ds.as_ptr(),
+                        t,
+                        1,
+                        k.as_ptr().add(kvo),
+                        kvw,
+                        1,
+                    );
                     // dk += dsᵀ · q
-                    matmul(keys, hd, rows, dk_ptr.0.add(kvo), kvw, true, ds.as_ptr(), 1, t, q.as_ptr().add(qo + i0 * qw), qw, 1);
+                    matmul(
+                        keys,
+                        hd,
+                        rows,
+                        dk_ptr.0.add(kvo),
+                        kvw,
+                        true,
+                        ds.as_ptr(),
+                        1,
+                        t,
+                        q.as_ptr().add(qo + i0 * qw),
+                        qw,
+                        1,
+                    );
                 }
             }
         }
@@ -578,7 +837,11 @@ pub fn rope(y: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize, inverse: b
         return;
     }
     let width = y.len() / rows;
-    y.par_chunks_mut(width).zip(cos.par_chunks(head_dim)).zip(sin.par_chunks(head_dim)).with_min_len(MIN_ROWS).for_each(|((row, c), s)| rope_row(row, c, s, inverse));
+    y.par_chunks_mut(width)
+        .zip(cos.par_chunks(head_dim))
+        .zip(sin.par_chunks(head_dim))
+        .with_min_len(MIN_ROWS)
+        .for_each(|((row, c), s)| rope_row(row, c, s, inverse));
 }
 
 simd_kernel! {
@@ -608,7 +871,13 @@ simd_kernel! {
 /// ties, as `torch.argmax`) is the target. With `grad`, each row is overwritten by
 /// `scale · (softmax − onehot(target))`, the gradient of `scale · nll`; without, the rows are
 /// left as scratch. Every target must be below `vocab`.
-pub fn cross_entropy(logits: &mut [f32], vocab: usize, targets: &[usize], scale: f32, grad: bool) -> (f64, usize) {
+pub fn cross_entropy(
+    logits: &mut [f32],
+    vocab: usize,
+    targets: &[usize],
+    scale: f32,
+    grad: bool,
+) -> (f64, usize) {
     logits
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
@@ -672,7 +941,10 @@ impl AdamWStep {
 
     /// The same step on gradients multiplied by `scale` first.
     pub fn with_grad_scale(self, scale: f64) -> Self {
-        Self { grad_scale: scale as f32, ..self }
+        Self {
+            grad_scale: scale as f32,
+            ..self
+        }
     }
 }
 
@@ -680,7 +952,11 @@ impl AdamWStep {
 /// instead of a dozen whole-tensor temporaries.
 pub fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
     const CHUNK: usize = 1 << 14;
-    w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(|(((w, g), m), v)| adamw_chunk(w, g, m, v, s));
+    w.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|(((w, g), m), v)| adamw_chunk(w, g, m, v, s));
 }
 
 simd_kernel! {
@@ -699,7 +975,9 @@ simd_kernel! {
 /// for a gradient norm, and vectorised), the chunks' sums added in f64, in parallel.
 pub fn sum_squares(xs: &[f32]) -> f64 {
     const CHUNK: usize = 1 << 14;
-    xs.par_chunks(CHUNK).map(|c| sum_squares_chunk(c) as f64).sum()
+    xs.par_chunks(CHUNK)
+        .map(|c| sum_squares_chunk(c) as f64)
+        .sum()
 }
 
 simd_kernel! {
@@ -752,25 +1030,50 @@ mod tests {
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0) * 2.0 - 1.0).collect()
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                    / 16_777_216.0)
+                    * 2.0
+                    - 1.0
+            })
+            .collect()
     }
 
     #[test]
     fn cross_entropy_gives_the_loss_the_argmax_and_the_gradient() {
         let (vocab, scale) = (7, 0.25);
-        let rows = [values(vocab, 9).iter().map(|v| v * 6.0).collect::<Vec<f32>>(), vec![1.0, 3.0, 3.0, 0.0, -2.0, 1.0, 0.5]];
+        let rows = [
+            values(vocab, 9)
+                .iter()
+                .map(|v| v * 6.0)
+                .collect::<Vec<f32>>(),
+            vec![1.0, 3.0, 3.0, 0.0, -2.0, 1.0, 0.5],
+        ];
         for (row, target) in rows.iter().zip([4usize, 2]) {
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+            let lse = row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
             let mut grad = row.clone();
             let (nll, correct) = cross_entropy(&mut grad, vocab, &[target], scale, true);
             assert!((nll - (lse - row[target] as f64)).abs() < 1e-5, "{nll}");
             // Ties go to the lowest id: row 2's maximum 3.0 sits at ids 1 and 2.
-            let argmax = row.iter().enumerate().fold(0, |a, (j, &x)| if x > row[a] { j } else { a });
+            let argmax = row
+                .iter()
+                .enumerate()
+                .fold(0, |a, (j, &x)| if x > row[a] { j } else { a });
             assert_eq!(correct, usize::from(argmax == target));
             for (j, g) in grad.iter().enumerate() {
-                let expected = scale as f64 * (((row[j] as f64) - lse).exp() - f64::from(u8::from(j == target)));
-                assert!((*g as f64 - expected).abs() < 1e-6, "{j}: {g} vs {expected}");
+                let expected = scale as f64
+                    * (((row[j] as f64) - lse).exp() - f64::from(u8::from(j == target)));
+                assert!(
+                    (*g as f64 - expected).abs() < 1e-6,
+                    "{j}: {g} vs {expected}"
+                );
             }
         }
     }
@@ -782,7 +1085,10 @@ mod tests {
         let loss = |x: &[f32], w: &[f32]| {
             let (mut y, mut inv) = (vec![0.0; n * d], vec![0.0; n]);
             rms_norm(x, w, eps, &mut y, &mut inv);
-            y.iter().zip(&dy).map(|(y, g)| (*y as f64) * (*g as f64)).sum::<f64>()
+            y.iter()
+                .zip(&dy)
+                .map(|(y, g)| (*y as f64) * (*g as f64))
+                .sum::<f64>()
         };
         let (mut y, mut inv) = (vec![0.0; n * d], vec![0.0; n]);
         rms_norm(&x, &w, eps, &mut y, &mut inv);
@@ -795,11 +1101,18 @@ mod tests {
     #[test]
     fn silu_mul_backward_matches_finite_differences() {
         let n = 40;
-        let (g, u, dy) = (values(n, 4).iter().map(|v| v * 4.0).collect::<Vec<_>>(), values(n, 5), values(n, 6));
+        let (g, u, dy) = (
+            values(n, 4).iter().map(|v| v * 4.0).collect::<Vec<_>>(),
+            values(n, 5),
+            values(n, 6),
+        );
         let loss = |g: &[f32], u: &[f32]| {
             let mut o = vec![0.0; n];
             silu_mul(g, u, &mut o);
-            o.iter().zip(&dy).map(|(o, d)| (*o as f64) * (*d as f64)).sum::<f64>()
+            o.iter()
+                .zip(&dy)
+                .map(|(o, d)| (*o as f64) * (*d as f64))
+                .sum::<f64>()
         };
         let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
         silu_mul_backward(&g, &u, &dy, &mut dg, &mut du);
@@ -814,7 +1127,13 @@ mod tests {
         let mut mask = vec![0f32; 2 * width];
         mask[width + 3] = -1e9;
         mask[width + 4] = -1e9;
-        let (s, dp) = (values(rows * width, 7).iter().map(|v| v * 5.0).collect::<Vec<_>>(), values(rows * width, 8));
+        let (s, dp) = (
+            values(rows * width, 7)
+                .iter()
+                .map(|v| v * 5.0)
+                .collect::<Vec<_>>(),
+            values(rows * width, 8),
+        );
         let mut p = vec![0.0; rows * width];
         masked_softmax(&s, &mask, 2, width, scale, &mut p);
         for (i, row) in p.chunks(width).enumerate() {
@@ -826,7 +1145,10 @@ mod tests {
         let loss = |s: &[f32]| {
             let mut p = vec![0.0; rows * width];
             masked_softmax(s, &mask, 2, width, scale, &mut p);
-            p.iter().zip(&dp).map(|(p, d)| (*p as f64) * (*d as f64)).sum::<f64>()
+            p.iter()
+                .zip(&dp)
+                .map(|(p, d)| (*p as f64) * (*d as f64))
+                .sum::<f64>()
         };
         let mut ds = vec![0.0; rows * width];
         masked_softmax_backward(&p, &dp, width, scale, &mut ds);

@@ -19,14 +19,19 @@ const TASK_ROWS: usize = 128;
 
 /// The padded width of a thin row: one 8-lane vector up to rank 8, two up to 16.
 fn width(rank: usize) -> usize {
-    assert!((1..=THIN_MAX).contains(&rank), "thin rank {rank} outside 1..={THIN_MAX}");
+    assert!(
+        (1..=THIN_MAX).contains(&rank),
+        "thin rank {rank} outside 1..={THIN_MAX}"
+    );
     if rank <= 8 { 8 } else { 16 }
 }
 
 /// `w` (`[k, r]`) with zero columns appended up to `width`.
 fn pad_columns(w: &[f32], rank: usize, width: usize) -> Vec<f32> {
     let mut out = vec![0f32; w.len() / rank * width];
-    out.chunks_exact_mut(width).zip(w.chunks_exact(rank)).for_each(|(o, w)| o[..rank].copy_from_slice(w));
+    out.chunks_exact_mut(width)
+        .zip(w.chunks_exact(rank))
+        .for_each(|(o, w)| o[..rank].copy_from_slice(w));
     out
 }
 
@@ -42,22 +47,28 @@ pub fn matmul(x: &[f32], w: &[f32], rank: usize, out: &mut [f32]) {
     let k = w.len() / rank;
     assert!(k > 0 && x.len().is_multiple_of(k) && x.len() / k * rank == out.len());
     let w = pad_columns(w, rank, wd);
-    x.par_chunks(TASK_ROWS * k).zip(out.par_chunks_mut(TASK_ROWS * rank)).for_each(|(x, out)| {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
-            return unsafe {
-                if wd == 8 { x86::matmul_rows::<1>(x, &w, k, rank, out) } else { x86::matmul_rows::<2>(x, &w, k, rank, out) }
-            };
-        }
-        for (x, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(rank)) {
-            let mut acc = [0f32; THIN_MAX];
-            for (w, &a) in w.chunks_exact(wd).zip(x) {
-                acc.iter_mut().zip(w).for_each(|(acc, &w)| *acc += a * w);
+    x.par_chunks(TASK_ROWS * k)
+        .zip(out.par_chunks_mut(TASK_ROWS * rank))
+        .for_each(|(x, out)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
+                return unsafe {
+                    if wd == 8 {
+                        x86::matmul_rows::<1>(x, &w, k, rank, out)
+                    } else {
+                        x86::matmul_rows::<2>(x, &w, k, rank, out)
+                    }
+                };
             }
-            out.copy_from_slice(&acc[..rank]);
-        }
-    });
+            for (x, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(rank)) {
+                let mut acc = [0f32; THIN_MAX];
+                for (w, &a) in w.chunks_exact(wd).zip(x) {
+                    acc.iter_mut().zip(w).for_each(|(acc, &w)| *acc += a * w);
+                }
+                out.copy_from_slice(&acc[..rank]);
+            }
+        });
 }
 
 /// `xᵀ · h` (`[k, r]`) for `x` `[n, k]` and a thin `h` `[n, r]`: a thin product's weight
@@ -77,7 +88,11 @@ pub fn matmul_tn(x: &[f32], h: &[f32], rank: usize, k: usize) -> Vec<f32> {
                 if avx2() {
                     // SAFETY: the CPU has AVX2 and FMA; `x` has as many rows as `h`.
                     unsafe {
-                        if wd == 8 { x86::matmul_tn_rows::<1>(x, &h, k, &mut acc) } else { x86::matmul_tn_rows::<2>(x, &h, k, &mut acc) }
+                        if wd == 8 {
+                            x86::matmul_tn_rows::<1>(x, &h, k, &mut acc)
+                        } else {
+                            x86::matmul_tn_rows::<2>(x, &h, k, &mut acc)
+                        }
                     }
                     return acc;
                 }
@@ -90,7 +105,10 @@ pub fn matmul_tn(x: &[f32], h: &[f32], rank: usize, k: usize) -> Vec<f32> {
             },
         )
         .reduce(|| vec![0f32; k * wd], add_partials);
-    sums.chunks_exact(wd).flat_map(|row| &row[..rank]).copied().collect()
+    sums.chunks_exact(wd)
+        .flat_map(|row| &row[..rank])
+        .copied()
+        .collect()
 }
 
 /// `y = scale · h · b`, or `y += scale · h · b` with `accumulate`, for a thin `h` (`[n, r]`)
@@ -98,27 +116,36 @@ pub fn matmul_tn(x: &[f32], h: &[f32], rank: usize, k: usize) -> Vec<f32> {
 /// gradient through the down projection) in one pass over `y`. Composed, it is a product
 /// with `k = r` (a poor shape for a blocked kernel), a scaling and an addition, each a full
 /// `[n, d]` temporary.
-pub fn low_rank_product(y: &mut [f32], h: &[f32], b: &[f32], rank: usize, scale: f32, accumulate: bool) {
+pub fn low_rank_product(
+    y: &mut [f32],
+    h: &[f32],
+    b: &[f32],
+    rank: usize,
+    scale: f32,
+    accumulate: bool,
+) {
     width(rank);
     assert!(b.len().is_multiple_of(rank));
     let d = b.len() / rank;
     assert!(d > 0 && h.len() * d == y.len() * rank);
-    y.par_chunks_mut(16 * d).zip(h.par_chunks(16 * rank)).for_each(|(y, h)| {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
-            return unsafe { x86::low_rank_rows(y, h, b, rank, d, scale, accumulate) };
-        }
-        for (y, h) in y.chunks_exact_mut(d).zip(h.chunks_exact(rank)) {
-            if !accumulate {
-                y.fill(0.0);
+    y.par_chunks_mut(16 * d)
+        .zip(h.par_chunks(16 * rank))
+        .for_each(|(y, h)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
+                return unsafe { x86::low_rank_rows(y, h, b, rank, d, scale, accumulate) };
             }
-            for (&h, b) in h.iter().zip(b.chunks_exact(d)) {
-                let c = scale * h;
-                y.iter_mut().zip(b).for_each(|(y, &b)| *y += c * b);
+            for (y, h) in y.chunks_exact_mut(d).zip(h.chunks_exact(rank)) {
+                if !accumulate {
+                    y.fill(0.0);
+                }
+                for (&h, b) in h.iter().zip(b.chunks_exact(d)) {
+                    let c = scale * h;
+                    y.iter_mut().zip(b).for_each(|(y, &b)| *y += c * b);
+                }
             }
-        }
-    });
+        });
 }
 
 /// `[rows, cols]` → `[cols, rows]`, for a LoRA's small factors.
@@ -178,7 +205,13 @@ mod x86 {
 
     /// Rows of `out = x · w`; `w` is `[k, 8 · V]`, `x` `[n, k]`, `out` `[n, rank]`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn matmul_rows<const V: usize>(x: &[f32], w: &[f32], k: usize, rank: usize, out: &mut [f32]) {
+    pub unsafe fn matmul_rows<const V: usize>(
+        x: &[f32],
+        w: &[f32],
+        k: usize,
+        rank: usize,
+        out: &mut [f32],
+    ) {
         let n = out.len() / rank;
         assert!(x.len() == n * k && w.len() == k * 8 * V && rank <= 8 * V);
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
@@ -204,7 +237,13 @@ mod x86 {
             let mut acc = [_mm256_setzero_ps(); V];
             for kk in 0..k {
                 // SAFETY: as above, for one row.
-                unsafe { fma(&mut acc, _mm256_broadcast_ss(&*xp.add(i * k + kk)), &load::<V>(wp.add(kk * 8 * V))) };
+                unsafe {
+                    fma(
+                        &mut acc,
+                        _mm256_broadcast_ss(&*xp.add(i * k + kk)),
+                        &load::<V>(wp.add(kk * 8 * V)),
+                    )
+                };
             }
             // SAFETY: `rank ≤ 8 · V`.
             unsafe { store_first(&acc, &mut out[i * rank..(i + 1) * rank]) };
@@ -222,7 +261,12 @@ mod x86 {
             // SAFETY: rows i..i+4 < n of `h`, and kk < k rows of `acc`.
             unsafe {
                 let row = |r: usize| hp.add((i + r) * 8 * V);
-                let hs = [load::<V>(row(0)), load::<V>(row(1)), load::<V>(row(2)), load::<V>(row(3))];
+                let hs = [
+                    load::<V>(row(0)),
+                    load::<V>(row(1)),
+                    load::<V>(row(2)),
+                    load::<V>(row(3)),
+                ];
                 for kk in 0..k {
                     let a = ap.add(kk * 8 * V);
                     let mut sum = load::<V>(a);
@@ -251,7 +295,15 @@ mod x86 {
     /// Rows of `y (+)= scale · h · b`: four rows by sixteen columns in registers at a time,
     /// each row of `b` read once per four rows; leftover columns and rows one by one.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn low_rank_rows(y: &mut [f32], h: &[f32], b: &[f32], rank: usize, d: usize, scale: f32, accumulate: bool) {
+    pub unsafe fn low_rank_rows(
+        y: &mut [f32],
+        h: &[f32],
+        b: &[f32],
+        rank: usize,
+        d: usize,
+        scale: f32,
+        accumulate: bool,
+    ) {
         let n = y.len() / d;
         assert!(y.len() == n * d && h.len() == n * rank && b.len() == rank * d);
         let (yp, bp) = (y.as_mut_ptr(), b.as_ptr());

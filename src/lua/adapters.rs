@@ -11,35 +11,51 @@ use super::peft::LuaMethod;
 use crate::model::save::save_pretrained;
 use crate::peft::format::{load_adapter, save_adapter};
 use crate::peft::prompt::PromptInit;
-use crate::peft::{self, Method, DEFAULT_ADAPTER};
+use crate::peft::{self, DEFAULT_ADAPTER, Method};
 
 pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods: &mut M) {
     // model:attach(method[, name]) -> parameters added; the new adapter becomes the active one.
-    methods.add_method("attach", |lua, this, (method, name): (Value, Option<String>)| {
-        let spec = match &method {
-            Value::UserData(ud) => ud.borrow::<LuaMethod>().ok(),
-            _ => None,
-        };
-        let Some(spec) = spec else {
-            return Err(recipe_error(lua, format!("model:attach expects a method such as runner.peft.lora{{...}}, found {}", describe(&method))));
-        };
-        let mut method = spec.method.clone();
-        if let (Method::Prompt(c), Some(text)) = (&mut method, &spec.init_text) {
-            let ids = this.tokenizer.encode(text).map_err(|e| recipe_error(lua, format!("model:attach: prompt-tuning text: {e}")))?;
-            c.init = PromptInit::Tokens(ids);
-        }
-        let name = name.unwrap_or_else(|| DEFAULT_ADAPTER.to_string());
-        method.attach(&mut this.model.borrow_mut(), &name).map_err(|e| recipe_error(lua, format!("model:attach: {e}")))
-    });
+    methods.add_method(
+        "attach",
+        |lua, this, (method, name): (Value, Option<String>)| {
+            let spec = match &method {
+                Value::UserData(ud) => ud.borrow::<LuaMethod>().ok(),
+                _ => None,
+            };
+            let Some(spec) = spec else {
+                return Err(recipe_error(
+                    lua,
+                    format!(
+                        "model:attach expects a method such as runner.peft.lora{{...}}, found {}",
+                        describe(&method)
+                    ),
+                ));
+            };
+            let mut method = spec.method.clone();
+            if let (Method::Prompt(c), Some(text)) = (&mut method, &spec.init_text) {
+                let ids = this.tokenizer.encode(text).map_err(|e| {
+                    recipe_error(lua, format!("model:attach: prompt-tuning text: {e}"))
+                })?;
+                c.init = PromptInit::Tokens(ids);
+            }
+            let name = name.unwrap_or_else(|| DEFAULT_ADAPTER.to_string());
+            method
+                .attach(&mut this.model.borrow_mut(), &name)
+                .map_err(|e| recipe_error(lua, format!("model:attach: {e}")))
+        },
+    );
     // model:set_adapter(name) switches; model:set_adapter(nil) or model:disable_adapters() gives the base model.
     methods.add_method("set_adapter", |lua, this, name: Option<String>| {
-        peft::set_active(&mut this.model.borrow_mut(), name.as_deref()).map_err(|e| recipe_error(lua, format!("model:set_adapter: {e}")))
+        peft::set_active(&mut this.model.borrow_mut(), name.as_deref())
+            .map_err(|e| recipe_error(lua, format!("model:set_adapter: {e}")))
     });
     methods.add_method("disable_adapters", |_, this, ()| {
         peft::set_active(&mut this.model.borrow_mut(), None).expect("disabling cannot fail");
         Ok(())
     });
-    methods.add_method("active_adapter", |_, this, ()| Ok(this.model.borrow().active_adapter.clone()));
+    methods.add_method("active_adapter", |_, this, ()| {
+        Ok(this.model.borrow().active_adapter.clone())
+    });
     methods.add_method("adapters", |lua, this, ()| {
         let list = lua.create_table()?;
         for a in &this.model.borrow().adapters {
@@ -52,33 +68,60 @@ pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods:
         Ok(list)
     });
     methods.add_method("remove_adapter", |lua, this, name: String| {
-        peft::remove(&mut this.model.borrow_mut(), &name).map_err(|e| recipe_error(lua, format!("model:remove_adapter: {e}")))
+        peft::remove(&mut this.model.borrow_mut(), &name)
+            .map_err(|e| recipe_error(lua, format!("model:remove_adapter: {e}")))
     });
-    methods.add_method("merge", |lua, this, ()| peft::merge(&mut this.model.borrow_mut()).map_err(|e| recipe_error(lua, format!("model:merge: {e}"))));
-    methods.add_method("unmerge", |lua, this, ()| peft::unmerge(&mut this.model.borrow_mut()).map_err(|e| recipe_error(lua, format!("model:unmerge: {e}"))));
+    methods.add_method("merge", |lua, this, ()| {
+        peft::merge(&mut this.model.borrow_mut())
+            .map_err(|e| recipe_error(lua, format!("model:merge: {e}")))
+    });
+    methods.add_method("unmerge", |lua, this, ()| {
+        peft::unmerge(&mut this.model.borrow_mut())
+            .map_err(|e| recipe_error(lua, format!("model:unmerge: {e}")))
+    });
     methods.add_method("merge_and_unload", |lua, this, ()| {
-        peft::merge_and_unload(&mut this.model.borrow_mut()).map_err(|e| recipe_error(lua, format!("model:merge_and_unload: {e}")))
+        peft::merge_and_unload(&mut this.model.borrow_mut())
+            .map_err(|e| recipe_error(lua, format!("model:merge_and_unload: {e}")))
     });
     // model:save_adapter(dir[, name]): PEFT's adapter_config.json + adapter_model.safetensors.
-    methods.add_method("save_adapter", |lua, this, (dir, name): (String, Option<String>)| {
-        let model = this.model.borrow();
-        let name = name.or_else(|| model.active_adapter.clone()).ok_or_else(|| recipe_error(lua, "model:save_adapter: no adapter is active; name one"))?;
-        save_adapter(&model, &name, &PathBuf::from(dir)).map_err(|e| recipe_error(lua, format!("model:save_adapter: {e}")))
-    });
-    methods.add_method("load_adapter", |lua, this, (dir, name): (String, Option<String>)| {
-        let name = name.unwrap_or_else(|| DEFAULT_ADAPTER.to_string());
-        load_adapter(&mut this.model.borrow_mut(), &PathBuf::from(dir), &name).map_err(|e| recipe_error(lua, format!("model:load_adapter: {e}")))
-    });
+    methods.add_method(
+        "save_adapter",
+        |lua, this, (dir, name): (String, Option<String>)| {
+            let model = this.model.borrow();
+            let name = name
+                .or_else(|| model.active_adapter.clone())
+                .ok_or_else(|| {
+                    recipe_error(lua, "model:save_adapter: no adapter is active; name one")
+                })?;
+            save_adapter(&model, &name, &PathBuf::from(dir))
+                .map_err(|e| recipe_error(lua, format!("model:save_adapter: {e}")))
+        },
+    );
+    methods.add_method(
+        "load_adapter",
+        |lua, this, (dir, name): (String, Option<String>)| {
+            let name = name.unwrap_or_else(|| DEFAULT_ADAPTER.to_string());
+            load_adapter(&mut this.model.borrow_mut(), &PathBuf::from(dir), &name)
+                .map_err(|e| recipe_error(lua, format!("model:load_adapter: {e}")))
+        },
+    );
     // model:save_pretrained(dir): a transformers checkpoint; the active adapter is merged into a copy.
     methods.add_method("save_pretrained", |lua, this, dir: String| {
         let mut model = this.model.borrow().clone();
         if model.active_adapter.is_some() {
-            peft::merge_and_unload(&mut model).map_err(|e| recipe_error(lua, format!("model:save_pretrained: {e}")))?;
+            peft::merge_and_unload(&mut model)
+                .map_err(|e| recipe_error(lua, format!("model:save_pretrained: {e}")))?;
         } else {
-            for name in model.adapters.iter().map(|a| a.name.clone()).collect::<Vec<_>>() {
+            for name in model
+                .adapters
+                .iter()
+                .map(|a| a.name.clone())
+                .collect::<Vec<_>>()
+            {
                 peft::remove(&mut model, &name).expect("attached");
             }
         }
-        save_pretrained(&model, &PathBuf::from(dir)).map_err(|e| recipe_error(lua, format!("model:save_pretrained: {e}")))
+        save_pretrained(&model, &PathBuf::from(dir))
+            .map_err(|e| recipe_error(lua, format!("model:save_pretrained: {e}")))
     });
 }

@@ -4,14 +4,20 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use burn::tensor::backend::AutodiffBackend;
-use mlua::{Function, IntoLuaMulti, Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
+use mlua::{
+    Function, IntoLuaMulti, Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods,
+    Value,
+};
 
 use super::json_to_lua;
-use super::model::{default_seed, LuaModel};
-use super::options::{describe, recipe_error, runtime_error, Opts};
+use super::model::{LuaModel, default_seed};
+use super::options::{Opts, describe, recipe_error, runtime_error};
 use crate::data::batch::Batches;
 use crate::data::stream::StreamFormat;
-use crate::data::{Batch, BatchOptions, CollateOptions, Dataset, Example, Padding, ReadOptions, Row, Template, TextUnit, IGNORE_INDEX};
+use crate::data::{
+    Batch, BatchOptions, CollateOptions, Dataset, Example, IGNORE_INDEX, Padding, ReadOptions, Row,
+    Template, TextUnit,
+};
 use crate::progress::{Progress, ProgressSlot};
 use crate::tokenizer::Tokenizer;
 
@@ -42,9 +48,15 @@ impl LuaBatch {
 /// Field renames, (from, to).
 type Renames = Vec<(String, String)>;
 
-fn read_options(lua: &Lua, func: &'static str, opts: Option<Table>) -> mlua::Result<(ReadOptions, Renames, bool)> {
+fn read_options(
+    lua: &Lua,
+    func: &'static str,
+    opts: Option<Table>,
+) -> mlua::Result<(ReadOptions, Renames, bool)> {
     let o = Opts::new(lua, func, opts, &["skip_malformed", "fields", "stream"])?;
-    let read = ReadOptions { skip_malformed: o.bool("skip_malformed")?.unwrap_or(false) };
+    let read = ReadOptions {
+        skip_malformed: o.bool("skip_malformed")?.unwrap_or(false),
+    };
     let stream = o.bool("stream")?.unwrap_or(false);
     let mut fields = Vec::new();
     if let Some(t) = o.table("fields")? {
@@ -57,12 +69,25 @@ fn read_options(lua: &Lua, func: &'static str, opts: Option<Table>) -> mlua::Res
     Ok((read, fields, stream))
 }
 
-fn finish_read(lua: &Lua, what: &str, ds: Result<Dataset, crate::data::DataError>, fields: &[(String, String)]) -> mlua::Result<LuaDataset> {
+fn finish_read(
+    lua: &Lua,
+    what: &str,
+    ds: Result<Dataset, crate::data::DataError>,
+    fields: &[(String, String)],
+) -> mlua::Result<LuaDataset> {
     let ds = ds.map_err(|e| recipe_error(lua, format!("{what}: {e}")))?;
     if ds.skipped > 0 {
-        eprintln!("  {what}: {}: skipped {} malformed line(s)", ds.source, ds.skipped);
+        eprintln!(
+            "  {what}: {}: skipped {} malformed line(s)",
+            ds.source, ds.skipped
+        );
     }
-    let ds = if fields.is_empty() { ds } else { ds.rename(fields).map_err(|e| recipe_error(lua, format!("{what}: {e}")))? };
+    let ds = if fields.is_empty() {
+        ds
+    } else {
+        ds.rename(fields)
+            .map_err(|e| recipe_error(lua, format!("{what}: {e}")))?
+    };
     Ok(LuaDataset(ds))
 }
 
@@ -74,7 +99,11 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         lua.create_function(|lua, (path, opts): (String, Option<Table>)| {
             let (read, fields, stream) = read_options(lua, "runner.data.jsonl", opts)?;
             super::host::note_input(lua, Path::new(&path))?;
-            let ds = if stream { Dataset::stream(Path::new(&path), StreamFormat::Jsonl, read) } else { Dataset::read_jsonl(Path::new(&path), read) };
+            let ds = if stream {
+                Dataset::stream(Path::new(&path), StreamFormat::Jsonl, read)
+            } else {
+                Dataset::read_jsonl(Path::new(&path), read)
+            };
             finish_read(lua, "runner.data.jsonl", ds, &fields)
         })?,
     )?;
@@ -83,7 +112,11 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         lua.create_function(|lua, (path, opts): (String, Option<Table>)| {
             let (read, fields, stream) = read_options(lua, "runner.data.csv", opts)?;
             super::host::note_input(lua, Path::new(&path))?;
-            let ds = if stream { Dataset::stream(Path::new(&path), StreamFormat::Csv, read) } else { Dataset::read_csv(Path::new(&path), read) };
+            let ds = if stream {
+                Dataset::stream(Path::new(&path), StreamFormat::Csv, read)
+            } else {
+                Dataset::read_csv(Path::new(&path), read)
+            };
             finish_read(lua, "runner.data.csv", ds, &fields)
         })?,
     )?;
@@ -96,10 +129,19 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 None | Some("line") => TextUnit::Line,
                 Some("paragraph") => TextUnit::Paragraph,
                 Some("file") => TextUnit::File,
-                Some(other) => return Err(o.err(format!("by must be \"line\", \"paragraph\" or \"file\", got \"{other}\""))),
+                Some(other) => {
+                    return Err(o.err(format!(
+                        "by must be \"line\", \"paragraph\" or \"file\", got \"{other}\""
+                    )));
+                }
             };
             super::host::note_input(lua, Path::new(&path))?;
-            finish_read(lua, "runner.data.plaintext", Dataset::read_text(Path::new(&path), unit), &[])
+            finish_read(
+                lua,
+                "runner.data.plaintext",
+                Dataset::read_text(Path::new(&path), unit),
+                &[],
+            )
         })?,
     )?;
     // runner.data.text(path) -> the file's contents, as one string (e.g. a held-out text to score).
@@ -107,7 +149,9 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         "text",
         lua.create_function(|lua, path: String| {
             super::host::note_input(lua, Path::new(&path))?;
-            std::fs::read_to_string(&path).map_err(|e| recipe_error(lua, format!("runner.data.text: cannot read {path}: {e}")))
+            std::fs::read_to_string(&path).map_err(|e| {
+                recipe_error(lua, format!("runner.data.text: cannot read {path}: {e}"))
+            })
         })?,
     )?;
     t.set(
@@ -154,7 +198,9 @@ fn lua_to_json(v: &Value, depth: usize) -> Result<serde_json::Value, String> {
         Value::Nil => J::Null,
         Value::Boolean(b) => J::Bool(*b),
         Value::Integer(i) => J::from(*i),
-        Value::Number(x) => serde_json::Number::from_f64(*x).map(J::Number).ok_or_else(|| format!("{x} is not a finite number"))?,
+        Value::Number(x) => serde_json::Number::from_f64(*x)
+            .map(J::Number)
+            .ok_or_else(|| format!("{x} is not a finite number"))?,
         Value::String(s) => J::String(s.to_string_lossy()),
         Value::Table(t) => {
             let n = t.raw_len();
@@ -168,7 +214,12 @@ fn lua_to_json(v: &Value, depth: usize) -> Result<serde_json::Value, String> {
                 let mut out = serde_json::Map::new();
                 for pair in t.pairs::<Value, Value>() {
                     let (k, item) = pair.map_err(|e| e.to_string())?;
-                    let Value::String(k) = k else { return Err(format!("table keys must be field names, found {}", describe(&k))) };
+                    let Value::String(k) = k else {
+                        return Err(format!(
+                            "table keys must be field names, found {}",
+                            describe(&k)
+                        ));
+                    };
                     out.insert(k.to_string_lossy(), lua_to_json(&item, depth + 1)?);
                 }
                 J::Object(out)
@@ -182,12 +233,20 @@ fn lua_to_json(v: &Value, depth: usize) -> Result<serde_json::Value, String> {
 fn row_from_lua(lua: &Lua, what: &str, index: usize, v: Value) -> mlua::Result<Row> {
     let bad = |msg: String| recipe_error(lua, format!("{what}: item {index}: {msg}"));
     match v {
-        Value::String(s) => Ok(Row::from_iter([("text".to_string(), serde_json::Value::String(s.to_string_lossy()))])),
+        Value::String(s) => Ok(Row::from_iter([(
+            "text".to_string(),
+            serde_json::Value::String(s.to_string_lossy()),
+        )])),
         Value::Table(_) => match lua_to_json(&v, 0).map_err(bad)? {
             serde_json::Value::Object(row) => Ok(row),
-            _ => Err(bad("expected a table of fields such as {prompt = ..., response = ...}".into())),
+            _ => Err(bad(
+                "expected a table of fields such as {prompt = ..., response = ...}".into(),
+            )),
         },
-        other => Err(bad(format!("expected a string or a table, found {}", describe(&other)))),
+        other => Err(bad(format!(
+            "expected a string or a table, found {}",
+            describe(&other)
+        ))),
     }
 }
 
@@ -200,14 +259,33 @@ fn row_to_lua(lua: &Lua, row: &Row) -> mlua::Result<Table> {
 
 /// Reads `{size, max_len, steps, seed, shuffle, skip, group_by_length}`; with `collation`, also
 /// `{padding, pack, collate}`.
-pub fn batch_options(lua: &Lua, func: &'static str, opts: Option<Table>, default_shuffle: bool) -> mlua::Result<BatchOptions> {
+pub fn batch_options(
+    lua: &Lua,
+    func: &'static str,
+    opts: Option<Table>,
+    default_shuffle: bool,
+) -> mlua::Result<BatchOptions> {
     Ok(batch_and_collate_options(lua, func, opts, default_shuffle, false)?.0)
 }
 
 type Collation = (BatchOptions, CollateOptions, Option<Function>);
 
-fn batch_and_collate_options(lua: &Lua, func: &'static str, opts: Option<Table>, default_shuffle: bool, collation: bool) -> mlua::Result<Collation> {
-    let mut keys = vec!["size", "max_len", "steps", "seed", "shuffle", "skip", "group_by_length"];
+fn batch_and_collate_options(
+    lua: &Lua,
+    func: &'static str,
+    opts: Option<Table>,
+    default_shuffle: bool,
+    collation: bool,
+) -> mlua::Result<Collation> {
+    let mut keys = vec![
+        "size",
+        "max_len",
+        "steps",
+        "seed",
+        "shuffle",
+        "skip",
+        "group_by_length",
+    ];
     if collation {
         keys.extend(["padding", "pack", "collate"]);
     }
@@ -231,7 +309,11 @@ fn batch_and_collate_options(lua: &Lua, func: &'static str, opts: Option<Table>,
         collate.padding = match o.string("padding")?.as_deref() {
             None | Some("right") => Padding::Right,
             Some("left") => Padding::Left,
-            Some(other) => return Err(o.err(format!("padding must be \"right\" or \"left\", got \"{other}\""))),
+            Some(other) => {
+                return Err(o.err(format!(
+                    "padding must be \"right\" or \"left\", got \"{other}\""
+                )));
+            }
         };
         collate.pack = o.bool("pack")?.unwrap_or(false);
         collate_fn = match o.raw("collate")? {
@@ -240,7 +322,9 @@ fn batch_and_collate_options(lua: &Lua, func: &'static str, opts: Option<Table>,
             other => return Err(o.err(format!("collate must be a function(examples) returning {{input_ids = ..., labels = ...}}, found {}", describe(&other)))),
         };
         if collate_fn.is_some() && collate.pack {
-            return Err(o.err("pack and collate cannot be combined (a collate function lays out its own rows)"));
+            return Err(o.err(
+                "pack and collate cannot be combined (a collate function lays out its own rows)",
+            ));
         }
     }
     Ok((batch, collate, collate_fn))
@@ -257,7 +341,12 @@ fn collate_in_lua(lua: &Lua, f: &Function, examples: &[Example]) -> mlua::Result
     }
     let bad = |msg: String| recipe_error(lua, format!("collate function: {msg}"));
     let out: Value = f.call(list)?;
-    let Value::Table(out) = out else { return Err(bad(format!("must return {{input_ids = {{...}}, labels = {{...}}}}, returned {}", describe(&out)))) };
+    let Value::Table(out) = out else {
+        return Err(bad(format!(
+            "must return {{input_ids = {{...}}, labels = {{...}}}}, returned {}",
+            describe(&out)
+        )));
+    };
     let rows = |key: &str| -> mlua::Result<Option<Vec<Vec<i64>>>> {
         match out.get::<Value>(key)? {
             Value::Nil => Ok(None),
@@ -265,13 +354,25 @@ fn collate_in_lua(lua: &Lua, f: &Function, examples: &[Example]) -> mlua::Result
                 let mut rows = Vec::new();
                 for r in t.sequence_values::<Value>() {
                     match r? {
-                        Value::Table(r) => rows.push(r.sequence_values::<i64>().collect::<mlua::Result<Vec<i64>>>().map_err(|_| bad(format!("{key} must hold lists of integers")))?),
-                        other => return Err(bad(format!("{key} must be a list of rows, found {} in it", describe(&other)))),
+                        Value::Table(r) => rows.push(
+                            r.sequence_values::<i64>()
+                                .collect::<mlua::Result<Vec<i64>>>()
+                                .map_err(|_| bad(format!("{key} must hold lists of integers")))?,
+                        ),
+                        other => {
+                            return Err(bad(format!(
+                                "{key} must be a list of rows, found {} in it",
+                                describe(&other)
+                            )));
+                        }
                     }
                 }
                 Ok(Some(rows))
             }
-            other => Err(bad(format!("{key} must be a list of rows, found {}", describe(&other)))),
+            other => Err(bad(format!(
+                "{key} must be a list of rows, found {}",
+                describe(&other)
+            ))),
         }
     };
     let ids = rows("input_ids")?.ok_or_else(|| bad("the result has no input_ids".into()))?;
@@ -283,16 +384,34 @@ fn collate_in_lua(lua: &Lua, f: &Function, examples: &[Example]) -> mlua::Result
     }
     let rect = |r: &Vec<Vec<i64>>| r.len() == ids.len() && r.iter().all(|x| x.len() == seq);
     if !rect(&ids) || !rect(&labels) || segments.as_ref().is_some_and(|s| !rect(s)) {
-        return Err(bad(format!("input_ids, labels (and segments) must all be {} rows of {seq} tokens", ids.len())));
+        return Err(bad(format!(
+            "input_ids, labels (and segments) must all be {} rows of {seq} tokens",
+            ids.len()
+        )));
     }
     if labels.iter().flatten().any(|&l| l < 0 && l != IGNORE_INDEX) {
-        return Err(bad(format!("labels must be token ids or {IGNORE_INDEX} (ignored)")));
+        return Err(bad(format!(
+            "labels must be token ids or {IGNORE_INDEX} (ignored)"
+        )));
     }
     let segments = match segments {
-        Some(s) => Some(s.into_iter().flatten().map(|x| u32::try_from(x).map_err(|_| bad(format!("segment ids must be ≥ 0, found {x}")))).collect::<mlua::Result<Vec<u32>>>()?),
+        Some(s) => Some(
+            s.into_iter()
+                .flatten()
+                .map(|x| {
+                    u32::try_from(x).map_err(|_| bad(format!("segment ids must be ≥ 0, found {x}")))
+                })
+                .collect::<mlua::Result<Vec<u32>>>()?,
+        ),
         None => None,
     };
-    Ok(Batch { batch: ids.len(), seq, input_ids: ids.into_iter().flatten().collect(), labels: labels.into_iter().flatten().collect(), segments })
+    Ok(Batch {
+        batch: ids.len(),
+        seq,
+        input_ids: ids.into_iter().flatten().collect(),
+        labels: labels.into_iter().flatten().collect(),
+        segments,
+    })
 }
 
 impl UserData for LuaDataset {
@@ -300,7 +419,13 @@ impl UserData for LuaDataset {
         methods.add_method("len", |_, this, ()| Ok(this.0.len()));
         methods.add_method("skipped", |_, this, ()| Ok(this.0.skipped));
         methods.add_meta_method(MetaMethod::Len, |_, this, ()| Ok(this.0.len()));
-        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(format!("Dataset({} rows from {})", this.0.len(), this.0.source)));
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(format!(
+                "Dataset({} rows from {})",
+                this.0.len(),
+                this.0.source
+            ))
+        });
         methods.add_method("split", |lua, this, opts: Option<Table>| {
             let o = Opts::new(lua, "dataset:split", opts, &["eval", "seed"])?;
             let eval = o.num("eval")?.unwrap_or(0.1);
@@ -318,9 +443,15 @@ impl UserData for LuaDataset {
         methods.add_method("example", |lua, this, i: i64| {
             let n = this.0.len() as i64;
             if i < 1 || i > n {
-                return Err(recipe_error(lua, format!("dataset:example: index {i} is outside 1..{n}")));
+                return Err(recipe_error(
+                    lua,
+                    format!("dataset:example: index {i} is outside 1..{n}"),
+                ));
             }
-            let row = this.0.row((i - 1) as usize).map_err(|e| runtime_error(lua, format!("dataset:example: {e}")))?;
+            let row = this
+                .0
+                .row((i - 1) as usize)
+                .map_err(|e| runtime_error(lua, format!("dataset:example: {e}")))?;
             row_to_lua(lua, &row)
         });
         // dataset:template("alpaca" | "chat" | "text" | function(row) ... end, opts)
@@ -360,12 +491,17 @@ impl UserData for LuaDataset {
             Ok(LuaDataset(ds))
         });
         // dataset:map(function(row) return new_row end)
-        methods.add_method("map", |lua, this, f: Function| map_rows(lua, &this.0, &f, "dataset:map", "map").map(LuaDataset));
+        methods.add_method("map", |lua, this, f: Function| {
+            map_rows(lua, &this.0, &f, "dataset:map", "map").map(LuaDataset)
+        });
         // dataset:filter(function(row) return keep end)
         methods.add_method("filter", |lua, this, f: Function| {
             let mut rows = Vec::new();
             // Lua sees every row: a streamed dataset is read into memory first.
-            let ds = this.0.in_memory().map_err(|e| runtime_error(lua, format!("dataset:filter: {e}")))?;
+            let ds = this
+                .0
+                .in_memory()
+                .map_err(|e| runtime_error(lua, format!("dataset:filter: {e}")))?;
             for row in ds.rows.iter() {
                 let keep: Value = f.call(row_to_lua(lua, row)?)?;
                 if !matches!(keep, Value::Nil | Value::Boolean(false)) {
@@ -373,18 +509,30 @@ impl UserData for LuaDataset {
                 }
             }
             if rows.is_empty() {
-                return Err(recipe_error(lua, format!("dataset:filter: no rows of {} are left", this.0.source)));
+                return Err(recipe_error(
+                    lua,
+                    format!("dataset:filter: no rows of {} are left", this.0.source),
+                ));
             }
             Ok(LuaDataset(this.0.derived(rows, "filter")))
         });
         // `for step, batch in ds:batches{size = 8, steps = 100} do ... end`
         methods.add_method("batches", |lua, this, opts: Option<Table>| {
-            let (opts, collate, collate_fn) = batch_and_collate_options(lua, "dataset:batches", opts, true, true)?;
-            let examples = this.0.example_source().map_err(|e| recipe_error(lua, format!("dataset:batches: {e}")))?;
-            let total = opts.steps.unwrap_or_else(|| examples.len().div_ceil(opts.size.max(1)));
+            let (opts, collate, collate_fn) =
+                batch_and_collate_options(lua, "dataset:batches", opts, true, true)?;
+            let examples = this
+                .0
+                .example_source()
+                .map_err(|e| recipe_error(lua, format!("dataset:batches: {e}")))?;
+            let total = opts
+                .steps
+                .unwrap_or_else(|| examples.len().div_ceil(opts.size.max(1)));
             let mut progress = Progress::start(Some(total));
             progress.advance(opts.skip);
-            lua.set_app_data(ProgressSlot { current: Some(progress), step: opts.skip });
+            lua.set_app_data(ProgressSlot {
+                current: Some(progress),
+                step: opts.skip,
+            });
             let iter = RefCell::new((opts.skip, Batches::new(examples, opts)));
             lua.create_function(move |lua, ()| {
                 let mut state = iter.borrow_mut();
@@ -399,7 +547,15 @@ impl UserData for LuaDataset {
                             Some(f) => Some(collate_in_lua(lua, f, &examples)?),
                             None => None,
                         };
-                        (state.0, LuaBatch { examples, collate, collated }).into_lua_multi(lua)
+                        (
+                            state.0,
+                            LuaBatch {
+                                examples,
+                                collate,
+                                collated,
+                            },
+                        )
+                            .into_lua_multi(lua)
                     }
                     None => {
                         if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>()
@@ -417,12 +573,20 @@ impl UserData for LuaDataset {
 
 fn map_rows(lua: &Lua, ds: &Dataset, f: &Function, what: &str, how: &str) -> mlua::Result<Dataset> {
     // Lua sees every row: a streamed dataset is read into memory first.
-    let ds = &ds.in_memory().map_err(|e| runtime_error(lua, format!("{what}: {e}")))?;
+    let ds = &ds
+        .in_memory()
+        .map_err(|e| runtime_error(lua, format!("{what}: {e}")))?;
     let mut rows = Vec::with_capacity(ds.len());
     for (i, row) in ds.rows.iter().enumerate() {
         let out: Value = f.call(row_to_lua(lua, row)?)?;
         if out.is_nil() {
-            return Err(recipe_error(lua, format!("{what}: the function returned nil for row {} (use :filter to drop rows)", i + 1)));
+            return Err(recipe_error(
+                lua,
+                format!(
+                    "{what}: the function returned nil for row {} (use :filter to drop rows)",
+                    i + 1
+                ),
+            ));
         }
         rows.push(row_from_lua(lua, what, i + 1, out)?);
     }

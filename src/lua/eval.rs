@@ -5,9 +5,9 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
 use super::data::LuaDataset;
 use super::model::LuaModel;
-use super::options::{describe, runtime_error, Opts};
+use super::options::{Opts, describe, runtime_error};
 use crate::memory::release_autodiff_graph;
-use crate::train::gen_eval::{evaluate_generation, EarlyStopping, GenEvalOptions};
+use crate::train::gen_eval::{EarlyStopping, GenEvalOptions, evaluate_generation};
 
 pub struct LuaEarlyStopping(EarlyStopping);
 impl UserData for LuaEarlyStopping {
@@ -76,13 +76,24 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     eval.set(
         "early_stopping",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(lua, "runner.eval.early_stopping", opts, &["patience", "min_delta", "mode"])?;
+            let o = Opts::new(
+                lua,
+                "runner.eval.early_stopping",
+                opts,
+                &["patience", "min_delta", "mode"],
+            )?;
             let minimize = match o.string("mode")?.as_deref() {
                 None | Some("min") => true,
                 Some("max") => false,
-                Some(other) => return Err(o.err(format!("mode must be \"min\" or \"max\", got \"{other}\""))),
+                Some(other) => {
+                    return Err(o.err(format!("mode must be \"min\" or \"max\", got \"{other}\"")));
+                }
             };
-            Ok(LuaEarlyStopping(EarlyStopping::new(o.count("patience", 1)?.unwrap_or(3), o.num("min_delta")?.unwrap_or(0.0), minimize)))
+            Ok(LuaEarlyStopping(EarlyStopping::new(
+                o.count("patience", 1)?.unwrap_or(3),
+                o.num("min_delta")?.unwrap_or(0.0),
+                minimize,
+            )))
         })?,
     )?;
     runner.set("eval", eval)?;

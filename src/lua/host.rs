@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
-use super::options::{lua_location, recipe_error, DryRunStop};
+use super::options::{DryRunStop, lua_location, recipe_error};
 use super::sweep::{SweepHost, SweepMode};
 use crate::footprint::{self, Precision, RunShape, Training};
 use crate::model::Llama;
@@ -25,7 +25,12 @@ pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
     let libs = if trust {
         StdLib::ALL_SAFE
     } else {
-        StdLib::COROUTINE | StdLib::TABLE | StdLib::STRING | StdLib::UTF8 | StdLib::MATH | StdLib::OS
+        StdLib::COROUTINE
+            | StdLib::TABLE
+            | StdLib::STRING
+            | StdLib::UTF8
+            | StdLib::MATH
+            | StdLib::OS
     };
     let lua = Lua::new_with(libs, LuaOptions::default())?;
     if !trust {
@@ -36,7 +41,14 @@ pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
             })
         };
         let os: Table = g.get("os")?;
-        for name in ["execute", "exit", "remove", "rename", "tmpname", "setlocale"] {
+        for name in [
+            "execute",
+            "exit",
+            "remove",
+            "rename",
+            "tmpname",
+            "setlocale",
+        ] {
             os.set(name, refuse(format!("os.{name}"))?)?;
         }
         g.set("dofile", refuse("dofile".into())?)?;
@@ -82,25 +94,50 @@ pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
 pub fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Result<()> {
     let dir = recipe.parent().map(Path::to_path_buf).unwrap_or_default();
     let loaded = lua.create_table()?;
-    let fallback: Option<mlua::Function> = if trust { lua.globals().get("require")? } else { None };
+    let fallback: Option<mlua::Function> = if trust {
+        lua.globals().get("require")?
+    } else {
+        None
+    };
     let require = lua.create_function(move |lua, name: String| {
         if let Some(v) = loaded.raw_get::<Option<Value>>(name.as_str())? {
             return Ok(v);
         }
         let rel = name.replace('.', "/");
-        let candidates = [dir.join(format!("{rel}.lua")), dir.join(&rel).join("init.lua")];
+        let candidates = [
+            dir.join(format!("{rel}.lua")),
+            dir.join(&rel).join("init.lua"),
+        ];
         let Some(path) = candidates.iter().find(|p| p.is_file()) else {
             if let Some(f) = &fallback {
                 return f.call::<Value>(name.as_str());
             }
             let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            return Err(recipe_error(lua, format!("module '{name}' not found (looked for {})", tried.join(" and "))));
+            return Err(recipe_error(
+                lua,
+                format!(
+                    "module '{name}' not found (looked for {})",
+                    tried.join(" and ")
+                ),
+            ));
         };
-        let source = std::fs::read(path).map_err(|e| recipe_error(lua, format!("require '{name}': reading {}: {e}", path.display())))?;
+        let source = std::fs::read(path).map_err(|e| {
+            recipe_error(
+                lua,
+                format!("require '{name}': reading {}: {e}", path.display()),
+            )
+        })?;
         note_input(lua, path)?;
-        let value: Value = lua.load(&source[..]).set_name(format!("@{}", path.display())).call(name.as_str())?;
+        let value: Value = lua
+            .load(&source[..])
+            .set_name(format!("@{}", path.display()))
+            .call(name.as_str())?;
         // Like Lua's require: a module that returns nothing is recorded as `true`.
-        let value = if value.is_nil() { Value::Boolean(true) } else { value };
+        let value = if value.is_nil() {
+            Value::Boolean(true)
+        } else {
+            value
+        };
         loaded.raw_set(name.as_str(), value.clone())?;
         Ok(value)
     })?;
@@ -113,7 +150,8 @@ pub fn note_input(lua: &Lua, path: &Path) -> mlua::Result<()> {
         Some(mut inputs) => inputs.0.note(path),
         None => return Ok(()),
     };
-    let fingerprint = fingerprint.map_err(|e| recipe_error(lua, format!("reading {}: {e}", path.display())))?;
+    let fingerprint =
+        fingerprint.map_err(|e| recipe_error(lua, format!("reading {}: {e}", path.display())))?;
     if let Some(mut host) = lua.app_data_mut::<SweepHost>() {
         host.note_trial_input(path, fingerprint);
     }
@@ -126,23 +164,30 @@ pub fn note_model_input(lua: &Lua, name_or_path: &str) -> mlua::Result<()> {
         Ok(p) => p,
         Err(_) => PathBuf::from(name_or_path),
     };
-    if path.exists() { note_input(lua, &path) } else { Ok(()) }
+    if path.exists() {
+        note_input(lua, &path)
+    } else {
+        Ok(())
+    }
 }
 
 /// Checks Ctrl-C and `--time-limit` every 10,000 Lua instructions, so even `while true do end`
 /// stops.
 pub fn install_interrupt_hook(lua: &Lua) -> mlua::Result<()> {
-    lua.set_hook(HookTriggers::new().every_nth_instruction(10_000), |lua, debug| match crate::interrupt::state() {
-        None => Ok(VmState::Continue),
-        Some(i) => {
-            let here = match (debug.source().short_src, debug.current_line()) {
-                (Some(file), Some(line)) => Some(format!("{file}:{line}")),
-                _ => lua_location(lua),
-            };
-            let at = here.map(|l| format!("{l}: ")).unwrap_or_default();
-            Err(mlua::Error::external(InterruptedAt(format!("{at}{i}"), i)))
-        }
-    })
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(10_000),
+        |lua, debug| match crate::interrupt::state() {
+            None => Ok(VmState::Continue),
+            Some(i) => {
+                let here = match (debug.source().short_src, debug.current_line()) {
+                    (Some(file), Some(line)) => Some(format!("{file}:{line}")),
+                    _ => lua_location(lua),
+                };
+                let at = here.map(|l| format!("{l}: ")).unwrap_or_default();
+                Err(mlua::Error::external(InterruptedAt(format!("{at}{i}"), i)))
+            }
+        },
+    )
 }
 
 /// An interruption with the recipe line it happened at.
@@ -153,8 +198,16 @@ pub struct InterruptedAt(pub String, pub crate::interrupt::Interrupted);
 /// In a dry run, the first heavy operation of a trial (a training step, an evaluation,
 /// generation) stops the trial here and reports what it would train and need: trainable
 /// parameters, and the memory estimate for a step of `batch` × `seq` tokens.
-pub fn dry_run_stop<B: Backend>(lua: &Lua, model: &Llama<B>, batch: usize, seq: usize, training_step: bool) -> mlua::Result<()> {
-    let dry = lua.app_data_ref::<SweepHost>().is_some_and(|h| h.mode == SweepMode::DryRun && h.in_trial());
+pub fn dry_run_stop<B: Backend>(
+    lua: &Lua,
+    model: &Llama<B>,
+    batch: usize,
+    seq: usize,
+    training_step: bool,
+) -> mlua::Result<()> {
+    let dry = lua
+        .app_data_ref::<SweepHost>()
+        .is_some_and(|h| h.mode == SweepMode::DryRun && h.in_trial());
     if !dry {
         return Ok(());
     }
@@ -167,8 +220,22 @@ pub fn dry_run_stop<B: Backend>(lua: &Lua, model: &Llama<B>, batch: usize, seq: 
     } else {
         Training::Adapters { trainable }
     };
-    let precision = crate::quant::model::model_quant_config(model).map(Precision::Quant).unwrap_or(Precision::F32);
-    let run = RunShape { config: model.config.clone(), training, precision, batch, seq };
+    let precision = crate::quant::model::model_quant_config(model)
+        .map(Precision::Quant)
+        .unwrap_or(Precision::F32);
+    let run = RunShape {
+        config: model.config.clone(),
+        training,
+        precision,
+        batch,
+        seq,
+    };
     let estimate = footprint::estimate(&run).total();
-    Err(mlua::Error::external(DryRunStop { trainable, total, estimate_bytes: estimate, batch, seq }))
+    Err(mlua::Error::external(DryRunStop {
+        trainable,
+        total,
+        estimate_bytes: estimate,
+        batch,
+        seq,
+    }))
 }

@@ -1,8 +1,8 @@
 //! The Lua host: runs a recipe with a global `runner` table. Each submodule binds one API
 //! table and only converts and validates values; the work happens in the Rust core.
 
-pub mod data;
 mod adapters;
+pub mod data;
 pub mod eval;
 pub mod host;
 pub mod model;
@@ -65,11 +65,21 @@ pub struct RecipeFailure {
 }
 
 /// Runs a recipe file on backend `B`.
-pub fn run_recipe<B: AutodiffBackend>(opts: &RecipeOptions, device: B::Device) -> Result<RecipeReport, RecipeFailure> {
+pub fn run_recipe<B: AutodiffBackend>(
+    opts: &RecipeOptions,
+    device: B::Device,
+) -> Result<RecipeReport, RecipeFailure> {
     let files = vec![opts.path.clone()];
-    let fail = |message: String| RecipeFailure { message, traceback: None, interrupted: None, files: files.clone() };
-    let source = std::fs::read(&opts.path).map_err(|e| fail(format!("cannot read recipe {}: {e}", opts.path.display())))?;
-    let lua = host::new_lua(opts.trust).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
+    let fail = |message: String| RecipeFailure {
+        message,
+        traceback: None,
+        interrupted: None,
+        files: files.clone(),
+    };
+    let source = std::fs::read(&opts.path)
+        .map_err(|e| fail(format!("cannot read recipe {}: {e}", opts.path.display())))?;
+    let lua =
+        host::new_lua(opts.trust).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
     lua.set_app_data(DeviceData::<B>(device));
     // Trial ids depend on the recipe text and on what the command line changes: --set values
     // and the device (the seed enters each id separately).
@@ -80,7 +90,13 @@ pub fn run_recipe<B: AutodiffBackend>(opts: &RecipeOptions, device: B::Device) -
         command.push_str(&format!("\n--set {k}={v}"));
     }
     command.push_str(&format!("\n--device {}", opts.device));
-    let mut host = SweepHost::new(opts.results_dir.clone(), source.clone(), command, opts.seed, opts.sweeps);
+    let mut host = SweepHost::new(
+        opts.results_dir.clone(),
+        source.clone(),
+        command,
+        opts.seed,
+        opts.sweeps,
+    );
     // '@' makes Lua name the chunk after the file: errors read `recipes/x.lua:LINE: ...`.
     host.recipe_chunk = format!("@{}", opts.path.display());
     lua.set_app_data(host);
@@ -90,7 +106,9 @@ pub fn run_recipe<B: AutodiffBackend>(opts: &RecipeOptions, device: B::Device) -
         .and_then(|()| host::install_require(&lua, &opts.path, opts.trust))
         .and_then(|()| host::install_interrupt_hook(&lua));
     setup.map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
-    let chunk = lua.load(&source[..]).set_name(format!("@{}", opts.path.display()));
+    let chunk = lua
+        .load(&source[..])
+        .set_name(format!("@{}", opts.path.display()));
     let result = chunk.exec();
     let mut files = files.clone();
     if let Some(inputs) = lua.app_data_ref::<RecipeInputs>() {
@@ -108,7 +126,12 @@ pub fn run_recipe<B: AutodiffBackend>(opts: &RecipeOptions, device: B::Device) -
         }),
         Err(e) => {
             let parts = error_parts(&e);
-            Err(RecipeFailure { message: parts.message, traceback: parts.traceback, interrupted: crate::interrupt::state(), files })
+            Err(RecipeFailure {
+                message: parts.message,
+                traceback: parts.traceback,
+                interrupted: crate::interrupt::state(),
+                files,
+            })
         }
     }
 }
@@ -177,17 +200,37 @@ pub fn error_parts(e: &mlua::Error) -> ErrorParts {
         mlua::Error::ExternalError(err) => {
             let is_recipe_error = err.downcast_ref::<RecipeError>().is_some();
             let is_nonfinite = err.downcast_ref::<options::NonFiniteStop>().is_some();
-            ErrorParts { message: err.to_string(), traceback: None, is_recipe_error, is_nonfinite }
+            ErrorParts {
+                message: err.to_string(),
+                traceback: None,
+                is_recipe_error,
+                is_nonfinite,
+            }
         }
-        mlua::Error::SyntaxError { message, .. } => ErrorParts { message: format!("syntax error: {message}"), traceback: None, is_recipe_error: true, is_nonfinite: false },
+        mlua::Error::SyntaxError { message, .. } => ErrorParts {
+            message: format!("syntax error: {message}"),
+            traceback: None,
+            is_recipe_error: true,
+            is_nonfinite: false,
+        },
         mlua::Error::RuntimeError(msg) => {
             let (message, traceback) = match msg.split_once("\nstack traceback:") {
                 Some((m, t)) => (m.to_string(), Some(format!("stack traceback:{t}"))),
                 None => (msg.clone(), None),
             };
-            ErrorParts { message, traceback, is_recipe_error: false, is_nonfinite: false }
+            ErrorParts {
+                message,
+                traceback,
+                is_recipe_error: false,
+                is_nonfinite: false,
+            }
         }
-        other => ErrorParts { message: other.to_string(), traceback: None, is_recipe_error: false, is_nonfinite: false },
+        other => ErrorParts {
+            message: other.to_string(),
+            traceback: None,
+            is_recipe_error: false,
+            is_nonfinite: false,
+        },
     }
 }
 

@@ -6,9 +6,9 @@ use std::rc::Rc;
 use burn::tensor::backend::AutodiffBackend;
 use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
-use super::options::{describe, recipe_error, Opts};
 use super::DeviceData;
-use crate::generate::{generate, GenerateOptions};
+use super::options::{Opts, describe, recipe_error};
+use crate::generate::{GenerateOptions, generate};
 use crate::model::{Llama, TinyOptions};
 use crate::pretrained;
 use crate::tokenizer::Tokenizer;
@@ -23,7 +23,10 @@ pub struct LuaModel<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> LuaModel<B> {
     fn new(model: Llama<B>, tokenizer: Tokenizer) -> Self {
-        Self { model: Rc::new(RefCell::new(model)), tokenizer }
+        Self {
+            model: Rc::new(RefCell::new(model)),
+            tokenizer,
+        }
     }
 }
 
@@ -36,7 +39,19 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 lua,
                 "runner.model.tiny",
                 opts,
-                &["layers", "d_model", "heads", "kv_heads", "vocab", "ffn", "tied", "max_seq", "rope_theta", "init_std", "seed"],
+                &[
+                    "layers",
+                    "d_model",
+                    "heads",
+                    "kv_heads",
+                    "vocab",
+                    "ffn",
+                    "tied",
+                    "max_seq",
+                    "rope_theta",
+                    "init_std",
+                    "seed",
+                ],
             )?;
             let d = TinyOptions::default();
             let seed = match o.int("seed")? {
@@ -56,8 +71,13 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 init_std: o.num("init_std")?,
                 seed,
             };
-            let device = lua.app_data_ref::<DeviceData<B>>().expect("device registered").0.clone();
-            let model = Llama::<B>::random(tiny.config(), tiny.seed, tiny.std(), &device).map_err(|e| o.err(e))?;
+            let device = lua
+                .app_data_ref::<DeviceData<B>>()
+                .expect("device registered")
+                .0
+                .clone();
+            let model = Llama::<B>::random(tiny.config(), tiny.seed, tiny.std(), &device)
+                .map_err(|e| o.err(e))?;
             Ok(LuaModel::new(model, Tokenizer::Bytes))
         })?,
     )?;
@@ -68,13 +88,30 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
             let o = Opts::new(lua, "runner.model.load", opts, &["quantize"])?;
             let quant = match o.raw("quantize")? {
                 Value::Nil => None,
-                Value::Table(t) => Some(super::quant::quant_config(&Opts::new(lua, "runner.model.load: quantize", Some(t), super::quant::QUANT_OPTIONS)?)?),
-                other => return Err(o.err(format!("quantize must be a table such as {{dtype = \"nf4\"}}, found {}", describe(&other)))),
+                Value::Table(t) => Some(super::quant::quant_config(&Opts::new(
+                    lua,
+                    "runner.model.load: quantize",
+                    Some(t),
+                    super::quant::QUANT_OPTIONS,
+                )?)?),
+                other => {
+                    return Err(o.err(format!(
+                        "quantize must be a table such as {{dtype = \"nf4\"}}, found {}",
+                        describe(&other)
+                    )));
+                }
             };
-            let device = lua.app_data_ref::<DeviceData<B>>().expect("device registered").0.clone();
+            let device = lua
+                .app_data_ref::<DeviceData<B>>()
+                .expect("device registered")
+                .0
+                .clone();
             super::host::note_model_input(lua, &name)?;
-            let p = pretrained::load_quantized::<B>(&name, &device, quant).map_err(|e| recipe_error(lua, format!("runner.model.load: {e}")))?;
-            let tokenizer = p.tokenizer.map_or(Tokenizer::Bytes, |t| Tokenizer::Text(Rc::new(t)));
+            let p = pretrained::load_quantized::<B>(&name, &device, quant)
+                .map_err(|e| recipe_error(lua, format!("runner.model.load: {e}")))?;
+            let tokenizer = p
+                .tokenizer
+                .map_or(Tokenizer::Bytes, |t| Tokenizer::Text(Rc::new(t)));
             Ok(LuaModel::new(p.model, tokenizer))
         })?,
     )?;
@@ -89,19 +126,40 @@ pub fn default_seed(lua: &Lua) -> mlua::Result<u64> {
 
 impl<B: AutodiffBackend> UserData for LuaModel<B> {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("clone", |_, this, ()| Ok(LuaModel::new(this.model.borrow().clone(), this.tokenizer.clone())));
-        methods.add_method("encode", |lua, this, text: String| this.tokenizer.encode(&text).map_err(|e| recipe_error(lua, format!("model:encode: {e}"))));
-        methods.add_method("decode", |lua, this, (ids, skip): (Vec<u32>, Option<bool>)| {
-            this.tokenizer.decode(&ids, skip.unwrap_or(false)).map_err(|e| recipe_error(lua, format!("model:decode: {e}")))
+        methods.add_method("clone", |_, this, ()| {
+            Ok(LuaModel::new(
+                this.model.borrow().clone(),
+                this.tokenizer.clone(),
+            ))
         });
+        methods.add_method("encode", |lua, this, text: String| {
+            this.tokenizer
+                .encode(&text)
+                .map_err(|e| recipe_error(lua, format!("model:encode: {e}")))
+        });
+        methods.add_method(
+            "decode",
+            |lua, this, (ids, skip): (Vec<u32>, Option<bool>)| {
+                this.tokenizer
+                    .decode(&ids, skip.unwrap_or(false))
+                    .map_err(|e| recipe_error(lua, format!("model:decode: {e}")))
+            },
+        );
         // model:chat{ {role = "user", content = "..."}, ... } or model:chat("text"): the chat template applied.
-        methods.add_method("chat", |lua, this, (messages, add_prompt): (Value, Option<bool>)| {
-            let Tokenizer::Text(tok) = &this.tokenizer else {
-                return Err(recipe_error(lua, "model:chat: this model has no chat template (byte-level tiny model)"));
-            };
-            let messages = chat_messages(lua, messages)?;
-            tok.apply_chat_template(&messages, add_prompt.unwrap_or(true)).map_err(|e| recipe_error(lua, format!("model:chat: {e}")))
-        });
+        methods.add_method(
+            "chat",
+            |lua, this, (messages, add_prompt): (Value, Option<bool>)| {
+                let Tokenizer::Text(tok) = &this.tokenizer else {
+                    return Err(recipe_error(
+                        lua,
+                        "model:chat: this model has no chat template (byte-level tiny model)",
+                    ));
+                };
+                let messages = chat_messages(lua, messages)?;
+                tok.apply_chat_template(&messages, add_prompt.unwrap_or(true))
+                    .map_err(|e| recipe_error(lua, format!("model:chat: {e}")))
+            },
+        );
         methods.add_method("special_tokens", |lua, this, ()| {
             let t = lua.create_table()?;
             if let Tokenizer::Text(tok) = &this.tokenizer {
@@ -110,61 +168,87 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
             }
             Ok(t)
         });
-        methods.add_method("generate", |lua, this, (prompt, opts): (String, Option<Table>)| {
-            let o = Opts::new(lua, "model:generate", opts, &["max_new_tokens", "temperature", "top_p", "seed", "chat"])?;
-            let d = GenerateOptions::default();
-            let text = if o.bool("chat")?.unwrap_or(false) {
-                let Tokenizer::Text(tok) = &this.tokenizer else {
-                    return Err(o.err("chat = true needs a model with a chat template"));
+        methods.add_method(
+            "generate",
+            |lua, this, (prompt, opts): (String, Option<Table>)| {
+                let o = Opts::new(
+                    lua,
+                    "model:generate",
+                    opts,
+                    &["max_new_tokens", "temperature", "top_p", "seed", "chat"],
+                )?;
+                let d = GenerateOptions::default();
+                let text = if o.bool("chat")?.unwrap_or(false) {
+                    let Tokenizer::Text(tok) = &this.tokenizer else {
+                        return Err(o.err("chat = true needs a model with a chat template"));
+                    };
+                    tok.apply_chat_template(&[("user".into(), prompt)], true)
+                        .map_err(|e| o.err(e))?
+                } else {
+                    prompt
                 };
-                tok.apply_chat_template(&[("user".into(), prompt)], true).map_err(|e| o.err(e))?
-            } else {
-                prompt
-            };
-            let opts = GenerateOptions {
-                max_new_tokens: o.count("max_new_tokens", 0)?.unwrap_or(d.max_new_tokens),
-                temperature: o.num("temperature")?.unwrap_or(d.temperature),
-                top_p: o.num("top_p")?.unwrap_or(d.top_p),
-                seed: match o.int("seed")? {
-                    Some(s) => s as u64,
-                    None => default_seed(lua)?,
-                },
-                stop: this.tokenizer.eos().into_iter().collect(),
-            };
-            let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
-            super::host::dry_run_stop(lua, &this.model.borrow(), 1, ids.len() + opts.max_new_tokens, false)?;
-            let out = generate(&this.model.borrow(), &ids, &opts).map_err(|e| o.err(e))?;
-            crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
-            this.tokenizer.decode(&out, true).map_err(|e| o.err(e))
-        });
+                let opts = GenerateOptions {
+                    max_new_tokens: o.count("max_new_tokens", 0)?.unwrap_or(d.max_new_tokens),
+                    temperature: o.num("temperature")?.unwrap_or(d.temperature),
+                    top_p: o.num("top_p")?.unwrap_or(d.top_p),
+                    seed: match o.int("seed")? {
+                        Some(s) => s as u64,
+                        None => default_seed(lua)?,
+                    },
+                    stop: this.tokenizer.eos().into_iter().collect(),
+                };
+                let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
+                super::host::dry_run_stop(
+                    lua,
+                    &this.model.borrow(),
+                    1,
+                    ids.len() + opts.max_new_tokens,
+                    false,
+                )?;
+                let out = generate(&this.model.borrow(), &ids, &opts).map_err(|e| o.err(e))?;
+                crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
+                this.tokenizer.decode(&out, true).map_err(|e| o.err(e))
+            },
+        );
         // Log-probability of each token given the ones before it (n - 1 values).
         methods.add_method("logprobs", |lua, this, ids: Vec<u32>| {
-            let out = token_logprobs(&this.model.borrow(), &ids).map_err(|e| recipe_error(lua, format!("model:logprobs: {e}")));
+            let out = token_logprobs(&this.model.borrow(), &ids)
+                .map_err(|e| recipe_error(lua, format!("model:logprobs: {e}")));
             crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
             out
         });
-        methods.add_method("perplexity", |lua, this, (text, opts): (String, Option<Table>)| {
-            let o = Opts::new(lua, "model:perplexity", opts, &["window", "stride"])?;
-            let model = this.model.borrow();
-            let window = o.count("window", 2)?.unwrap_or(model.config.max_position_embeddings.min(1024));
-            let stride = o.count("stride", 1)?.unwrap_or(window);
-            let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
-            super::host::dry_run_stop(lua, &model, 1, window, false)?;
-            let r = perplexity(&model, &ids, window, stride).map_err(|e| o.err(e));
-            crate::memory::release_autodiff_graph::<B>(&model.device);
-            let r = r?;
-            let t = lua.create_table()?;
-            t.set("perplexity", r.perplexity)?;
-            t.set("nll", r.nll)?;
-            t.set("tokens", r.tokens)?;
-            Ok((r.perplexity, t))
-        });
+        methods.add_method(
+            "perplexity",
+            |lua, this, (text, opts): (String, Option<Table>)| {
+                let o = Opts::new(lua, "model:perplexity", opts, &["window", "stride"])?;
+                let model = this.model.borrow();
+                let window = o
+                    .count("window", 2)?
+                    .unwrap_or(model.config.max_position_embeddings.min(1024));
+                let stride = o.count("stride", 1)?.unwrap_or(window);
+                let ids = this.tokenizer.encode(&text).map_err(|e| o.err(e))?;
+                super::host::dry_run_stop(lua, &model, 1, window, false)?;
+                let r = perplexity(&model, &ids, window, stride).map_err(|e| o.err(e));
+                crate::memory::release_autodiff_graph::<B>(&model.device);
+                let r = r?;
+                let t = lua.create_table()?;
+                t.set("perplexity", r.perplexity)?;
+                t.set("nll", r.nll)?;
+                t.set("tokens", r.tokens)?;
+                Ok((r.perplexity, t))
+            },
+        );
         super::adapters::add_methods(methods);
         super::quant::add_methods(methods);
-        methods.add_method("trainable_params", |_, this, ()| Ok(this.model.borrow().param_count().trainable));
-        methods.add_method("total_params", |_, this, ()| Ok(this.model.borrow().param_count().total));
+        methods.add_method("trainable_params", |_, this, ()| {
+            Ok(this.model.borrow().param_count().trainable)
+        });
+        methods.add_method("total_params", |_, this, ()| {
+            Ok(this.model.borrow().param_count().total)
+        });
         methods.add_method("config", |lua, this, ()| {
-            let value = serde_json::to_value(&this.model.borrow().config).map_err(mlua::Error::external)?;
+            let value =
+                serde_json::to_value(&this.model.borrow().config).map_err(mlua::Error::external)?;
             super::json_to_lua(lua, &value)
         });
         methods.add_meta_method("__tostring", |_, this, ()| {
@@ -192,10 +276,19 @@ fn chat_messages(lua: &Lua, v: Value) -> mlua::Result<Vec<(String, String)>> {
             let mut out = Vec::new();
             for item in list.sequence_values::<Table>() {
                 let o = Opts::new(lua, "model:chat", Some(item?), &["role", "content"])?;
-                out.push((o.required("role", o.string("role")?)?, o.required("content", o.string("content")?)?));
+                out.push((
+                    o.required("role", o.string("role")?)?,
+                    o.required("content", o.string("content")?)?,
+                ));
             }
             Ok(out)
         }
-        other => Err(recipe_error(lua, format!("model:chat expects a string or a list of {{role=, content=}}, found {}", describe(&other)))),
+        other => Err(recipe_error(
+            lua,
+            format!(
+                "model:chat expects a string or a list of {{role=, content=}}, found {}",
+                describe(&other)
+            ),
+        )),
     }
 }

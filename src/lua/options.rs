@@ -83,7 +83,12 @@ pub struct Opts<'a> {
 
 impl<'a> Opts<'a> {
     /// Checks that `table` only has keys from `allowed`.
-    pub fn new(lua: &'a Lua, func: &'static str, table: Option<Table>, allowed: &[&str]) -> mlua::Result<Self> {
+    pub fn new(
+        lua: &'a Lua,
+        func: &'static str,
+        table: Option<Table>,
+        allowed: &[&str],
+    ) -> mlua::Result<Self> {
         let table = match table {
             Some(t) => t,
             None => lua.create_table()?,
@@ -91,14 +96,25 @@ impl<'a> Opts<'a> {
         for pair in table.pairs::<Value, Value>() {
             let (key, _) = pair?;
             let Value::String(key) = key else {
-                return Err(recipe_error(lua, format!("{func}: option keys must be names, found {}", describe(&key))));
+                return Err(recipe_error(
+                    lua,
+                    format!(
+                        "{func}: option keys must be names, found {}",
+                        describe(&key)
+                    ),
+                ));
             };
             let key = key.to_string_lossy();
             if !allowed.contains(&key.as_str()) {
-                let hint = closest(&key, allowed.iter().copied()).map(|c| format!(" (did you mean '{c}'?)")).unwrap_or_default();
+                let hint = closest(&key, allowed.iter().copied())
+                    .map(|c| format!(" (did you mean '{c}'?)"))
+                    .unwrap_or_default();
                 return Err(recipe_error(
                     lua,
-                    format!("{func}: unknown option '{key}'{hint}; valid options: {}", allowed.join(", ")),
+                    format!(
+                        "{func}: unknown option '{key}'{hint}; valid options: {}",
+                        allowed.join(", ")
+                    ),
                 ));
             }
         }

@@ -22,12 +22,17 @@ pub struct LuaMethod {
 impl UserData for LuaMethod {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("kind", |_, this, ()| Ok(this.method.kind()));
-        methods.add_meta_method("__tostring", |_, this, ()| Ok(format!("runner.peft.{}", this.method.kind())));
+        methods.add_meta_method("__tostring", |_, this, ()| {
+            Ok(format!("runner.peft.{}", this.method.kind()))
+        });
     }
 }
 
 fn method(method: Method) -> LuaMethod {
-    LuaMethod { method, init_text: None }
+    LuaMethod {
+        method,
+        init_text: None,
+    }
 }
 
 /// `targets`: a list of module names, "all-linear", or a regular expression over module
@@ -55,14 +60,25 @@ fn seed(lua: &Lua, o: &Opts) -> mlua::Result<u64> {
 }
 
 fn lora(lua: &Lua, opts: Option<Table>, func: &'static str, dora: bool) -> mlua::Result<LuaMethod> {
-    let o = Opts::new(lua, func, opts, &["rank", "alpha", "dropout", "targets", "rslora", "init", "dora", "seed"])?;
+    let o = Opts::new(
+        lua,
+        func,
+        opts,
+        &[
+            "rank", "alpha", "dropout", "targets", "rslora", "init", "dora", "seed",
+        ],
+    )?;
     let rank = o.int("rank")?.unwrap_or(8);
     if rank < 1 {
         return Err(o.err(PeftError::Rank(rank)));
     }
     let init = match o.string("init")? {
         None => LoraInit::Kaiming,
-        Some(s) => LoraInit::parse(&s).ok_or_else(|| o.err(format!("init must be \"kaiming\", \"gaussian\" or \"pissa\" (got \"{s}\")")))?,
+        Some(s) => LoraInit::parse(&s).ok_or_else(|| {
+            o.err(format!(
+                "init must be \"kaiming\", \"gaussian\" or \"pissa\" (got \"{s}\")"
+            ))
+        })?,
     };
     // Hugging Face PEFT's defaults: r = 8, lora_alpha = 8, dropout 0, q_proj + v_proj for Llama.
     let config = LoraConfig {
@@ -79,7 +95,12 @@ fn lora(lua: &Lua, opts: Option<Table>, func: &'static str, dora: bool) -> mlua:
     Ok(method(Method::Lora(config)))
 }
 
-fn bottleneck(lua: &Lua, opts: Option<Table>, func: &'static str, placement: Option<Placement>) -> mlua::Result<LuaMethod> {
+fn bottleneck(
+    lua: &Lua,
+    opts: Option<Table>,
+    func: &'static str,
+    placement: Option<Placement>,
+) -> mlua::Result<LuaMethod> {
     let mut keys = vec!["reduction_factor", "activation", "seed"];
     if placement.is_none() {
         keys.push("placement");
@@ -90,17 +111,27 @@ fn bottleneck(lua: &Lua, opts: Option<Table>, func: &'static str, placement: Opt
         None => match o.string("placement")?.as_deref() {
             None | Some("houlsby") => Placement::Houlsby,
             Some("pfeiffer") => Placement::Pfeiffer,
-            Some(other) => return Err(o.err(format!("placement must be \"houlsby\" or \"pfeiffer\" (got \"{other}\")"))),
+            Some(other) => {
+                return Err(o.err(format!(
+                    "placement must be \"houlsby\" or \"pfeiffer\" (got \"{other}\")"
+                )));
+            }
         },
     };
     let d = BottleneckConfig::default();
     let activation = match o.string("activation")? {
         None => d.activation,
-        Some(s) => Activation::parse(&s).ok_or_else(|| o.err(format!("activation must be relu, gelu, silu or tanh (got \"{s}\")")))?,
+        Some(s) => Activation::parse(&s).ok_or_else(|| {
+            o.err(format!(
+                "activation must be relu, gelu, silu or tanh (got \"{s}\")"
+            ))
+        })?,
     };
     Ok(method(Method::Bottleneck(BottleneckConfig {
         placement,
-        reduction_factor: o.count("reduction_factor", 1)?.unwrap_or(d.reduction_factor),
+        reduction_factor: o
+            .count("reduction_factor", 1)?
+            .unwrap_or(d.reduction_factor),
         activation,
         seed: seed(lua, &o)?,
     })))
@@ -108,8 +139,14 @@ fn bottleneck(lua: &Lua, opts: Option<Table>, func: &'static str, placement: Opt
 
 pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
-    t.set("lora", lua.create_function(|lua, opts: Option<Table>| lora(lua, opts, "runner.peft.lora", false))?)?;
-    t.set("dora", lua.create_function(|lua, opts: Option<Table>| lora(lua, opts, "runner.peft.dora", true))?)?;
+    t.set(
+        "lora",
+        lua.create_function(|lua, opts: Option<Table>| lora(lua, opts, "runner.peft.lora", false))?,
+    )?;
+    t.set(
+        "dora",
+        lua.create_function(|lua, opts: Option<Table>| lora(lua, opts, "runner.peft.dora", true))?,
+    )?;
     t.set(
         "ia3",
         lua.create_function(|lua, opts: Option<Table>| {
@@ -119,32 +156,72 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                 Some(list) => Targets::Names(list),
                 None => d.feedforward,
             };
-            Ok(method(Method::Ia3(Ia3Config { targets: targets(&o, d.targets)?, feedforward })))
+            Ok(method(Method::Ia3(Ia3Config {
+                targets: targets(&o, d.targets)?,
+                feedforward,
+            })))
         })?,
     )?;
-    t.set("bottleneck", lua.create_function(|lua, opts: Option<Table>| bottleneck(lua, opts, "runner.peft.bottleneck", None))?)?;
-    t.set("houlsby", lua.create_function(|lua, opts: Option<Table>| bottleneck(lua, opts, "runner.peft.houlsby", Some(Placement::Houlsby)))?)?;
-    t.set("pfeiffer", lua.create_function(|lua, opts: Option<Table>| bottleneck(lua, opts, "runner.peft.pfeiffer", Some(Placement::Pfeiffer)))?)?;
+    t.set(
+        "bottleneck",
+        lua.create_function(|lua, opts: Option<Table>| {
+            bottleneck(lua, opts, "runner.peft.bottleneck", None)
+        })?,
+    )?;
+    t.set(
+        "houlsby",
+        lua.create_function(|lua, opts: Option<Table>| {
+            bottleneck(lua, opts, "runner.peft.houlsby", Some(Placement::Houlsby))
+        })?,
+    )?;
+    t.set(
+        "pfeiffer",
+        lua.create_function(|lua, opts: Option<Table>| {
+            bottleneck(lua, opts, "runner.peft.pfeiffer", Some(Placement::Pfeiffer))
+        })?,
+    )?;
     t.set(
         "prompt_tuning",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(lua, "runner.peft.prompt_tuning", opts, &["num_virtual_tokens", "init", "text", "seed"])?;
+            let o = Opts::new(
+                lua,
+                "runner.peft.prompt_tuning",
+                opts,
+                &["num_virtual_tokens", "init", "text", "seed"],
+            )?;
             let text = o.string("text")?;
             let init = match (o.string("init")?.as_deref(), &text) {
                 (None | Some("text"), Some(_)) => PromptInit::Tokens(Vec::new()),
                 (Some("text"), None) => return Err(o.err("init = \"text\" needs text = \"...\"")),
                 (None | Some("random"), None) => PromptInit::Random,
                 (Some("sample_vocab"), None) => PromptInit::SampleVocab,
-                (Some(other), _) => return Err(o.err(format!("init must be \"random\", \"sample_vocab\" or \"text\" (got \"{other}\")"))),
+                (Some(other), _) => {
+                    return Err(o.err(format!(
+                        "init must be \"random\", \"sample_vocab\" or \"text\" (got \"{other}\")"
+                    )));
+                }
             };
-            let config = PromptConfig { num_virtual_tokens: o.count("num_virtual_tokens", 1)?.unwrap_or(20), init, init_text: text.clone(), seed: seed(lua, &o)? };
-            Ok(LuaMethod { method: Method::Prompt(config), init_text: text })
+            let config = PromptConfig {
+                num_virtual_tokens: o.count("num_virtual_tokens", 1)?.unwrap_or(20),
+                init,
+                init_text: text.clone(),
+                seed: seed(lua, &o)?,
+            };
+            Ok(LuaMethod {
+                method: Method::Prompt(config),
+                init_text: text,
+            })
         })?,
     )?;
     t.set(
         "prefix_tuning",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(lua, "runner.peft.prefix_tuning", opts, &["num_virtual_tokens", "projection", "seed"])?;
+            let o = Opts::new(
+                lua,
+                "runner.peft.prefix_tuning",
+                opts,
+                &["num_virtual_tokens", "projection", "seed"],
+            )?;
             Ok(method(Method::Prefix(PrefixConfig {
                 num_virtual_tokens: o.count("num_virtual_tokens", 1)?.unwrap_or(20),
                 projection: o.count("projection", 1)?,
@@ -156,7 +233,9 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
         "bitfit",
         lua.create_function(|lua, opts: Option<Table>| {
             let o = Opts::new(lua, "runner.peft.bitfit", opts, &["targets"])?;
-            Ok(method(Method::BitFit(BitFitConfig { targets: targets(&o, Targets::AllLinear)? })))
+            Ok(method(Method::BitFit(BitFitConfig {
+                targets: targets(&o, Targets::AllLinear)?,
+            })))
         })?,
     )?;
     t.set(

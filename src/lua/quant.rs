@@ -15,13 +15,22 @@ pub const QUANT_OPTIONS: &[&str] = &["dtype", "block", "double"];
 
 /// `{dtype = "nf4", block = 64, double = true}` (those are the defaults).
 pub fn quant_config(o: &Opts) -> mlua::Result<QuantConfig> {
-    let dtype = QuantDtype::parse(&o.string("dtype")?.unwrap_or_else(|| "nf4".into())).map_err(|e| o.err(e))?;
+    let dtype = QuantDtype::parse(&o.string("dtype")?.unwrap_or_else(|| "nf4".into()))
+        .map_err(|e| o.err(e))?;
     let block = match o.int("block")? {
-        Some(b) if b <= 0 => return Err(o.err(format!("bad quantization block: block size must be positive, got {b}"))),
+        Some(b) if b <= 0 => {
+            return Err(o.err(format!(
+                "bad quantization block: block size must be positive, got {b}"
+            )));
+        }
         Some(b) => b as usize,
         None => 64,
     };
-    Ok(QuantConfig { dtype, block, double: o.bool("double")?.unwrap_or(true) })
+    Ok(QuantConfig {
+        dtype,
+        block,
+        double: o.bool("double")?.unwrap_or(true),
+    })
 }
 
 pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods: &mut M) {
@@ -42,14 +51,16 @@ pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods:
         Ok(())
     });
     // model:quantization() -> {dtype, block, double} or nil
-    methods.add_method("quantization", |lua, this, ()| match model_quant_config(&this.model.borrow()) {
-        None => Ok(Value::Nil),
-        Some(q) => {
-            let t = lua.create_table()?;
-            t.set("dtype", q.dtype.name())?;
-            t.set("block", q.block)?;
-            t.set("double", q.double)?;
-            Ok(Value::Table(t))
+    methods.add_method("quantization", |lua, this, ()| {
+        match model_quant_config(&this.model.borrow()) {
+            None => Ok(Value::Nil),
+            Some(q) => {
+                let t = lua.create_table()?;
+                t.set("dtype", q.dtype.name())?;
+                t.set("block", q.block)?;
+                t.set("double", q.double)?;
+                Ok(Value::Table(t))
+            }
         }
     });
 }
@@ -58,7 +69,14 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     // runner.mem{model = m or "smollm2-135m", method = "lora", rank = 8, targets = {...} | "all-linear",
     //            dtype = "nf4", block = 64, double = true, batch = 4, seq = 256} -> MB by component
     let mem = lua.create_function(|lua, opts: Table| {
-        let o = Opts::new(lua, "runner.mem", Some(opts), &["model", "method", "rank", "targets", "dtype", "block", "double", "batch", "seq"])?;
+        let o = Opts::new(
+            lua,
+            "runner.mem",
+            Some(opts),
+            &[
+                "model", "method", "rank", "targets", "dtype", "block", "double", "batch", "seq",
+            ],
+        )?;
         let model = o.raw("model")?;
         let (config, model_quant) = match &model {
             Value::UserData(ud) => match ud.borrow::<LuaModel<B>>() {
@@ -68,18 +86,41 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                 }
                 Err(_) => return Err(o.err("model must be a model object or a model name/path")),
             },
-            Value::String(s) => (footprint::model_shape(&s.to_string_lossy()).map_err(|e| o.err(e))?.1, None),
-            _ => return Err(o.err("model is required: a model object or a name/path such as \"smollm2-135m\"")),
+            Value::String(s) => (
+                footprint::model_shape(&s.to_string_lossy())
+                    .map_err(|e| o.err(e))?
+                    .1,
+                None,
+            ),
+            _ => {
+                return Err(o.err(
+                    "model is required: a model object or a name/path such as \"smollm2-135m\"",
+                ));
+            }
         };
-        let targets = o.strings("targets")?.unwrap_or_else(|| vec!["q_proj".to_string(), "v_proj".to_string()]);
+        let targets = o
+            .strings("targets")?
+            .unwrap_or_else(|| vec!["q_proj".to_string(), "v_proj".to_string()]);
         let method = o.string("method")?.unwrap_or_else(|| "lora".into());
-        let training = Training::parse(&method, o.count("rank", 1)?.unwrap_or(8), &targets).map_err(|e| o.err(e))?;
+        let training = Training::parse(&method, o.count("rank", 1)?.unwrap_or(8), &targets)
+            .map_err(|e| o.err(e))?;
         let precision = match (o.string("dtype")?, model_quant) {
-            (Some(d), _) => Precision::parse(&d, o.count("block", 1)?.unwrap_or(64), o.bool("double")?.unwrap_or(true)).map_err(|e| o.err(e))?,
+            (Some(d), _) => Precision::parse(
+                &d,
+                o.count("block", 1)?.unwrap_or(64),
+                o.bool("double")?.unwrap_or(true),
+            )
+            .map_err(|e| o.err(e))?,
             (None, Some(q)) => Precision::Quant(q),
             (None, None) => Precision::F32,
         };
-        let run = RunShape { config, training, precision, batch: o.count("batch", 1)?.unwrap_or(4), seq: o.count("seq", 1)?.unwrap_or(256) };
+        let run = RunShape {
+            config,
+            training,
+            precision,
+            batch: o.count("batch", 1)?.unwrap_or(4),
+            seq: o.count("seq", 1)?.unwrap_or(256),
+        };
         run.validate().map_err(|e| o.err(e))?;
         let f = footprint::estimate(&run);
         let mb = |b: u64| b as f64 / (1u64 << 20) as f64;

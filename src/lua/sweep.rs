@@ -10,12 +10,12 @@ use std::time::Instant;
 use mlua::{Function, Lua, Table, Value as LuaValue};
 
 use super::host::RecipeInputs;
-use super::options::{describe, recipe_error, runtime_error, DryRunStop, Opts};
-use super::{error_parts, ErrorParts};
+use super::options::{DryRunStop, Opts, describe, recipe_error, runtime_error};
+use super::{ErrorParts, error_parts};
 use crate::sweep::fingerprint::unchanged;
-use crate::sweep::grid::{sha256_hex, trial_id, Trial};
-use crate::sweep::results::{write_atomic, WriterLock};
-use crate::sweep::space::{shard, Distribution, RandomSearch, SweepSpace};
+use crate::sweep::grid::{Trial, sha256_hex, trial_id};
+use crate::sweep::results::{WriterLock, write_atomic};
+use crate::sweep::space::{Distribution, RandomSearch, SweepSpace, shard};
 use crate::sweep::{StepsLog, TrialRecord, TrialStatus, TrialsTable, Value};
 
 /// What `runner.sweep` does with its trials.
@@ -76,7 +76,13 @@ pub struct SweepHost {
 }
 
 impl SweepHost {
-    pub fn new(results_dir: PathBuf, recipe_source: Vec<u8>, command_identity: String, seed: Option<u64>, settings: SweepSettings) -> Self {
+    pub fn new(
+        results_dir: PathBuf,
+        recipe_source: Vec<u8>,
+        command_identity: String,
+        seed: Option<u64>,
+        settings: SweepSettings,
+    ) -> Self {
         let mut identity = recipe_source.clone();
         identity.extend(command_identity.as_bytes());
         Self {
@@ -157,10 +163,18 @@ fn scalar_table(t: &Table, what: &str) -> Result<Vec<(String, Value)>, String> {
     for pair in t.pairs::<LuaValue, LuaValue>() {
         let (k, v) = pair.map_err(|e| e.to_string())?;
         let LuaValue::String(k) = k else {
-            return Err(format!("{what}: keys must be names, found {}", describe(&k)));
+            return Err(format!(
+                "{what}: keys must be names, found {}",
+                describe(&k)
+            ));
         };
         let k = k.to_string_lossy();
-        let v = scalar_from_lua(&v).ok_or_else(|| format!("{what}: '{k}' must be a number, string or boolean, found {}", describe(&v)))?;
+        let v = scalar_from_lua(&v).ok_or_else(|| {
+            format!(
+                "{what}: '{k}' must be a number, string or boolean, found {}",
+                describe(&v)
+            )
+        })?;
         out.push((k, v));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -190,14 +204,24 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
         "log",
         lua.create_function(|lua, row: LuaValue| {
             let LuaValue::Table(row) = row else {
-                return Err(recipe_error(lua, format!("runner.log expects a table such as {{step = 1, loss = 2.5}}, found {}", describe(&row))));
+                return Err(recipe_error(
+                    lua,
+                    format!(
+                        "runner.log expects a table such as {{step = 1, loss = 2.5}}, found {}",
+                        describe(&row)
+                    ),
+                ));
             };
             let row = scalar_table(&row, "runner.log").map_err(|e| recipe_error(lua, e))?;
-            let current = lua.app_data_ref::<SweepHost>().and_then(|h| h.current.clone());
+            let current = lua
+                .app_data_ref::<SweepHost>()
+                .and_then(|h| h.current.clone());
             match current {
                 Some((id, steps)) => {
                     print_line(lua, &format!("  [{id}] {}", display_row(&row)));
-                    steps.borrow_mut().log(&id, row).map_err(|e| runtime_error(lua, format!("runner.log: writing steps.csv: {e}")))?;
+                    steps.borrow_mut().log(&id, row).map_err(|e| {
+                        runtime_error(lua, format!("runner.log: writing steps.csv: {e}"))
+                    })?;
                 }
                 None => print_line(lua, &format!("  {}", display_row(&row))),
             }
@@ -208,17 +232,26 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     runner.set(
         "trial_dir",
         lua.create_function(|lua, ()| {
-            let dir = lua.app_data_ref::<SweepHost>().and_then(|h| h.current_dir.clone());
+            let dir = lua
+                .app_data_ref::<SweepHost>()
+                .and_then(|h| h.current_dir.clone());
             let Some(dir) = dir else {
-                return Err(recipe_error(lua, "runner.trial_dir() is only available inside a sweep trial"));
+                return Err(recipe_error(
+                    lua,
+                    "runner.trial_dir() is only available inside a sweep trial",
+                ));
             };
-            std::fs::create_dir_all(&dir).map_err(|e| runtime_error(lua, format!("runner.trial_dir: creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                runtime_error(
+                    lua,
+                    format!("runner.trial_dir: creating {}: {e}", dir.display()),
+                )
+            })?;
             Ok(dir.to_string_lossy().into_owned())
         })?,
     )?;
     runner.set("sweep", lua.create_function(run_sweep)?)
 }
-
 
 /// A list of scalars (or one scalar) for `what`.
 fn value_list(o: &Opts, what: &str, v: &LuaValue) -> mlua::Result<Vec<Value>> {
@@ -227,14 +260,24 @@ fn value_list(o: &Opts, what: &str, v: &LuaValue) -> mlua::Result<Vec<Value>> {
             let mut values = Vec::new();
             for item in list.sequence_values::<LuaValue>() {
                 let item = item?;
-                values.push(scalar_from_lua(&item).ok_or_else(|| o.err(format!("{what}: values must be numbers, strings or booleans, found {}", describe(&item))))?);
+                values.push(scalar_from_lua(&item).ok_or_else(|| {
+                    o.err(format!(
+                        "{what}: values must be numbers, strings or booleans, found {}",
+                        describe(&item)
+                    ))
+                })?);
             }
             if values.is_empty() {
                 return Err(o.err(format!("{what} is an empty list")));
             }
             Ok(values)
         }
-        other => Ok(vec![scalar_from_lua(other).ok_or_else(|| o.err(format!("{what} must be a list of values, found {}", describe(other))))?]),
+        other => Ok(vec![scalar_from_lua(other).ok_or_else(|| {
+            o.err(format!(
+                "{what} must be a list of values, found {}",
+                describe(other)
+            ))
+        })?]),
     }
 }
 
@@ -245,7 +288,10 @@ fn named_lists(o: &Opts, field: &str) -> mlua::Result<Vec<(String, Vec<Value>)>>
         for pair in g.pairs::<LuaValue, LuaValue>() {
             let (k, v) = pair?;
             let LuaValue::String(k) = k else {
-                return Err(o.err(format!("{field} keys must be parameter names, found {}", describe(&k))));
+                return Err(o.err(format!(
+                    "{field} keys must be parameter names, found {}",
+                    describe(&k)
+                )));
             };
             let k = k.to_string_lossy();
             out.push((k.clone(), value_list(o, &format!("{field}.{k}"), &v)?));
@@ -257,8 +303,15 @@ fn named_lists(o: &Opts, field: &str) -> mlua::Result<Vec<(String, Vec<Value>)>>
 
 /// `random = {budget = 8, seed = 0, space = {lr = {min = 1e-4, max = 1e-2, log = true}, rank = {4, 8}}}`
 fn random_search(lua: &Lua, o: &Opts) -> mlua::Result<Option<RandomSearch>> {
-    let Some(t) = o.table("random")? else { return Ok(None) };
-    let r = Opts::new(lua, "runner.sweep: random", Some(t), &["budget", "seed", "space"])?;
+    let Some(t) = o.table("random")? else {
+        return Ok(None);
+    };
+    let r = Opts::new(
+        lua,
+        "runner.sweep: random",
+        Some(t),
+        &["budget", "seed", "space"],
+    )?;
     let budget = r.required("budget", r.count("budget", 1)?)?;
     let seed = r.int("seed")?.unwrap_or(0) as u64;
     let space_table = r.required("space", r.table("space")?)?;
@@ -266,7 +319,10 @@ fn random_search(lua: &Lua, o: &Opts) -> mlua::Result<Option<RandomSearch>> {
     for pair in space_table.pairs::<LuaValue, LuaValue>() {
         let (k, v) = pair?;
         let LuaValue::String(k) = k else {
-            return Err(r.err(format!("space keys must be parameter names, found {}", describe(&k))));
+            return Err(r.err(format!(
+                "space keys must be parameter names, found {}",
+                describe(&k)
+            )));
         };
         let k = k.to_string_lossy();
         let range = match &v {
@@ -274,8 +330,15 @@ fn random_search(lua: &Lua, o: &Opts) -> mlua::Result<Option<RandomSearch>> {
             _ => false,
         };
         let dist = if range {
-            let LuaValue::Table(t) = v else { unreachable!() };
-            let d = Opts::new(lua, "runner.sweep: random.space", Some(t), &["min", "max", "log", "int"])?;
+            let LuaValue::Table(t) = v else {
+                unreachable!()
+            };
+            let d = Opts::new(
+                lua,
+                "runner.sweep: random.space",
+                Some(t),
+                &["min", "max", "log", "int"],
+            )?;
             Distribution::Range {
                 min: d.required("min", d.num("min")?)?,
                 max: d.required("max", d.num("max")?)?,
@@ -288,7 +351,11 @@ fn random_search(lua: &Lua, o: &Opts) -> mlua::Result<Option<RandomSearch>> {
         space.push((k, dist));
     }
     space.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Some(RandomSearch { budget, seed, space }))
+    Ok(Some(RandomSearch {
+        budget,
+        seed,
+        space,
+    }))
 }
 
 fn params_table(lua: &Lua, trial: &Trial, seed: Option<u64>) -> mlua::Result<Table> {
@@ -324,11 +391,17 @@ fn result_row(lua: &Lua, r: &TrialRecord, reused: bool) -> mlua::Result<Table> {
 type TrialInputs = BTreeMap<String, Vec<(PathBuf, String)>>;
 
 fn read_trial_inputs(dir: &Path) -> TrialInputs {
-    std::fs::read(dir.join(".inputs.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(dir.join(".inputs.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 fn write_trial_inputs(dir: &Path, inputs: &TrialInputs) -> std::io::Result<()> {
-    write_atomic(&dir.join(".inputs.json"), &serde_json::to_vec_pretty(inputs).map_err(std::io::Error::other)?)
+    write_atomic(
+        &dir.join(".inputs.json"),
+        &serde_json::to_vec_pretty(inputs).map_err(std::io::Error::other)?,
+    )
 }
 
 /// The trial's peak memory, weights included: `peak_mem_mb` is the process's resident memory
@@ -338,13 +411,23 @@ fn peak_memory_mb() -> Vec<(&'static str, i64)> {
     let mb = |b: u64| (b as f64 / (1 << 20) as f64).round() as i64;
     let host = crate::memory::peak_rss_bytes().map(mb);
     match crate::memory::peak_device_bytes() {
-        Some(device) => [("peak_mem_mb", Some(mb(device))), ("peak_host_mb", host)].into_iter().filter_map(|(k, v)| Some((k, v?))).collect(),
+        Some(device) => [("peak_mem_mb", Some(mb(device))), ("peak_host_mb", host)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect(),
         None => host.map(|h| ("peak_mem_mb", h)).into_iter().collect(),
     }
 }
 
 /// Runs the trial function with the host set up for trial `id`; returns its outcome and seconds.
-fn call_trial(lua: &Lua, trial_fn: &Function, params: Table, id: &str, dir: &Path, steps: Option<Rc<RefCell<StepsLog>>>) -> (mlua::Result<LuaValue>, f64, Vec<(PathBuf, String)>) {
+fn call_trial(
+    lua: &Lua,
+    trial_fn: &Function,
+    params: Table,
+    id: &str,
+    dir: &Path,
+    steps: Option<Rc<RefCell<StepsLog>>>,
+) -> (mlua::Result<LuaValue>, f64, Vec<(PathBuf, String)>) {
     {
         let mut host = lua.app_data_mut::<SweepHost>().expect("host");
         host.current = steps.map(|s| (id.to_string(), s));
@@ -375,19 +458,45 @@ fn call_trial(lua: &Lua, trial_fn: &Function, params: Table, id: &str, dir: &Pat
 
 fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
     let LuaValue::Table(opts) = opts else {
-        return Err(recipe_error(lua, format!("runner.sweep expects a table {{name = ..., grid = ..., trial = ...}}, found {}", describe(&opts))));
+        return Err(recipe_error(
+            lua,
+            format!(
+                "runner.sweep expects a table {{name = ..., grid = ..., trial = ...}}, found {}",
+                describe(&opts)
+            ),
+        ));
     };
-    let call_line = super::options::lua_location(lua).and_then(|l| l.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()));
-    let o = Opts::new(lua, "runner.sweep", Some(opts), &["name", "grid", "zip", "random", "trial"])?;
+    let call_line = super::options::lua_location(lua)
+        .and_then(|l| l.rsplit(':').next().and_then(|n| n.parse::<usize>().ok()));
+    let o = Opts::new(
+        lua,
+        "runner.sweep",
+        Some(opts),
+        &["name", "grid", "zip", "random", "trial"],
+    )?;
     let name = o.required("name", o.string("name")?)?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) || name.starts_with('.') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        || name.starts_with('.')
+    {
         return Err(o.err(format!("name '{name}' must be letters, digits, '_', '-' or '.' (it names a folder under the results directory)")));
     }
     let trial_fn: Function = match o.raw("trial")? {
         LuaValue::Function(f) => f,
-        other => return Err(o.err(format!("trial must be a function(p) ... end, found {}", describe(&other)))),
+        other => {
+            return Err(o.err(format!(
+                "trial must be a function(p) ... end, found {}",
+                describe(&other)
+            )));
+        }
     };
-    let space = SweepSpace { grid: named_lists(&o, "grid")?, zip: named_lists(&o, "zip")?, random: random_search(lua, &o)? };
+    let space = SweepSpace {
+        grid: named_lists(&o, "grid")?,
+        zip: named_lists(&o, "zip")?,
+        random: random_search(lua, &o)?,
+    };
     space.validate().map_err(|e| o.err(e))?;
     let trials = space.trials();
 
@@ -395,27 +504,55 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
     // trial's parameters: leave them out of the hash.
     let info = trial_fn.info();
     // Only when both are in the recipe itself (not in a required module).
-    let recipe_chunk = lua.app_data_ref::<SweepHost>().expect("host").recipe_chunk.clone();
+    let recipe_chunk = lua
+        .app_data_ref::<SweepHost>()
+        .expect("host")
+        .recipe_chunk
+        .clone();
     let skip_lines = match (call_line, info.line_defined, info.source.as_deref()) {
-        (Some(call), Some(def), Some(src)) if def > call && src == recipe_chunk && lua_location_source(lua).as_deref() == Some(src) => Some((call, def - 1)),
+        (Some(call), Some(def), Some(src))
+            if def > call
+                && src == recipe_chunk
+                && lua_location_source(lua).as_deref() == Some(src) =>
+        {
+            Some((call, def - 1))
+        }
         _ => None,
     };
-    let inputs = lua.app_data_ref::<RecipeInputs>().map(|i| i.0.describe()).unwrap_or_default();
+    let inputs = lua
+        .app_data_ref::<RecipeInputs>()
+        .map(|i| i.0.describe())
+        .unwrap_or_default();
     let (hash, seed, settings) = {
-        let mut host = lua.app_data_mut::<SweepHost>().expect("sweep host registered");
+        let mut host = lua
+            .app_data_mut::<SweepHost>()
+            .expect("sweep host registered");
         if host.sweeps_seen.contains(&name) {
-            return Err(o.err(format!("a sweep named '{name}' already ran in this recipe; give each sweep its own name")));
+            return Err(o.err(format!(
+                "a sweep named '{name}' already ran in this recipe; give each sweep its own name"
+            )));
         }
         host.sweeps_seen.push(name.clone());
         host.counts.push((name.clone(), trials.len()));
-        (host.sweep_hash(skip_lines, &inputs), host.seed, host.settings)
+        (
+            host.sweep_hash(skip_lines, &inputs),
+            host.seed,
+            host.settings,
+        )
     };
-    let ids: Vec<String> = trials.iter().map(|t| trial_id(&hash, &name, seed, t)).collect();
+    let ids: Vec<String> = trials
+        .iter()
+        .map(|t| trial_id(&hash, &name, seed, t))
+        .collect();
     let mine: Vec<(usize, Trial)> = match settings.shard {
         Some((i, n)) => shard(&trials, i, n),
         None => trials.iter().cloned().enumerate().collect(),
     };
-    let sweep_dir = lua.app_data_ref::<SweepHost>().expect("host").results_dir.join(&name);
+    let sweep_dir = lua
+        .app_data_ref::<SweepHost>()
+        .expect("host")
+        .results_dir
+        .join(&name);
     let dir = match settings.shard {
         Some((i, n)) => sweep_dir.join("shards").join(format!("{i}-of-{n}")),
         None => sweep_dir.clone(),
@@ -428,7 +565,18 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
             Ok(results)
         }
         SweepMode::Run => {
-            run_trials(lua, &name, &dir, &trial_fn, &trials, &ids, &mine, seed, settings.rerun, &results)?;
+            run_trials(
+                lua,
+                &name,
+                &dir,
+                &trial_fn,
+                &trials,
+                &ids,
+                &mine,
+                seed,
+                settings.rerun,
+                &results,
+            )?;
             Ok(results)
         }
     }
@@ -447,15 +595,36 @@ fn lua_location_source(lua: &Lua) -> Option<String> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[Trial], ids: &[String], mine: &[(usize, Trial)], seed: Option<u64>, rerun: bool, results: &Table) -> mlua::Result<()> {
-    let io = |e: std::io::Error| runtime_error(lua, format!("runner.sweep '{name}': results in {}: {e}", dir.display()));
+fn run_trials(
+    lua: &Lua,
+    name: &str,
+    dir: &Path,
+    trial_fn: &Function,
+    trials: &[Trial],
+    ids: &[String],
+    mine: &[(usize, Trial)],
+    seed: Option<u64>,
+    rerun: bool,
+    results: &Table,
+) -> mlua::Result<()> {
+    let io = |e: std::io::Error| {
+        runtime_error(
+            lua,
+            format!("runner.sweep '{name}': results in {}: {e}", dir.display()),
+        )
+    };
     let _lock = WriterLock::acquire(dir).map_err(io)?;
     let mut table = TrialsTable::open(dir).map_err(io)?;
     let steps = Rc::new(RefCell::new(StepsLog::open(dir).map_err(io)?));
     let mut trial_inputs = read_trial_inputs(dir);
     // Rows of trials this version of the recipe no longer has (an edited trial function, a
     // removed grid value) move to archive/, so trials.csv describes the current sweep only.
-    let stale: Vec<TrialRecord> = table.rows().iter().filter(|r| !ids.contains(&r.trial_id)).cloned().collect();
+    let stale: Vec<TrialRecord> = table
+        .rows()
+        .iter()
+        .filter(|r| !ids.contains(&r.trial_id))
+        .cloned()
+        .collect();
     if !stale.is_empty() {
         let stale_ids: HashSet<&str> = stale.iter().map(|r| r.trial_id.as_str()).collect();
         let archive = dir.join("archive");
@@ -476,14 +645,37 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
         old_steps.rewrite().map_err(io)?;
         old.flush().map_err(io)?;
         steps.borrow().rewrite().map_err(io)?;
-        table.take_unless(|r| ids.contains(&r.trial_id)).map_err(io)?;
-        eprintln!("sweep '{name}': {} trial(s) of an earlier version of the recipe moved to {}", stale.len(), archive.display());
+        table
+            .take_unless(|r| ids.contains(&r.trial_id))
+            .map_err(io)?;
+        eprintln!(
+            "sweep '{name}': {} trial(s) of an earlier version of the recipe moved to {}",
+            stale.len(),
+            archive.display()
+        );
     }
-    eprintln!("sweep '{name}': {} trial(s){} -> {}", trials.len(), if mine.len() < trials.len() { format!(", {} in this shard", mine.len()) } else { String::new() }, dir.display());
+    eprintln!(
+        "sweep '{name}': {} trial(s){} -> {}",
+        trials.len(),
+        if mine.len() < trials.len() {
+            format!(", {} in this shard", mine.len())
+        } else {
+            String::new()
+        },
+        dir.display()
+    );
     for (k, (index, trial)) in mine.iter().enumerate() {
         let id = &ids[*index];
-        let label = format!("trial {}/{} [{id}] {}", k + 1, mine.len(), display_row(&trial.params));
-        if let Some(done) = table.find(id).filter(|r| r.status == TrialStatus::Ok && !rerun) {
+        let label = format!(
+            "trial {}/{} [{id}] {}",
+            k + 1,
+            mine.len(),
+            display_row(&trial.params)
+        );
+        if let Some(done) = table
+            .find(id)
+            .filter(|r| r.status == TrialStatus::Ok && !rerun)
+        {
             let inputs_same = trial_inputs.get(id).is_none_or(|files| unchanged(files));
             if inputs_same {
                 eprintln!("{label}: done earlier, reused");
@@ -498,7 +690,8 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
         // Rows an interrupted or failed earlier attempt logged would otherwise appear twice.
         steps.borrow_mut().take_unless(|t| t != id).map_err(io)?;
         let params = params_table(lua, trial, seed)?;
-        let (outcome, seconds, inputs) = call_trial(lua, trial_fn, params, id, dir, Some(steps.clone()));
+        let (outcome, seconds, inputs) =
+            call_trial(lua, trial_fn, params, id, dir, Some(steps.clone()));
         let peak_mem_mb = peak_memory_mb();
         if let Err(e) = &outcome
             && crate::interrupt::state().is_some()
@@ -514,11 +707,26 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
                 Ok(m) => (m, None, None),
                 Err(msg) => (Vec::new(), Some(msg), None),
             },
-            Ok(other) => (Vec::new(), Some(format!("a trial must return a table of metrics or nil, returned {}", describe(&other))), None),
+            Ok(other) => (
+                Vec::new(),
+                Some(format!(
+                    "a trial must return a table of metrics or nil, returned {}",
+                    describe(&other)
+                )),
+                None,
+            ),
             Err(e) => {
-                let ErrorParts { message, traceback, is_recipe_error, is_nonfinite } = error_parts(&e);
+                let ErrorParts {
+                    message,
+                    traceback,
+                    is_recipe_error,
+                    is_nonfinite,
+                } = error_parts(&e);
                 nonfinite = is_nonfinite;
-                eprintln!("  trial [{id}] {}: {message}", if nonfinite { "stopped" } else { "failed" });
+                eprintln!(
+                    "  trial [{id}] {}: {message}",
+                    if nonfinite { "stopped" } else { "failed" }
+                );
                 if let Some(tb) = &traceback {
                     eprintln!("  {}", tb.replace('\n', "\n  "));
                 }
@@ -538,13 +746,26 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
         if failure.is_none() {
             eprintln!("  ok in {seconds:.1}s {}", display_row(&metrics));
         }
-        let record = TrialRecord { trial_id: id.clone(), params: trial.params.clone(), metrics, status, seconds, error: failure };
+        let record = TrialRecord {
+            trial_id: id.clone(),
+            params: trial.params.clone(),
+            metrics,
+            status,
+            seconds,
+            error: failure,
+        };
         results.push(result_row(lua, &record, false)?)?;
         table.record(record).map_err(io)?;
         // The trial's own inputs, stored with paths relative to the working folder where
         // possible (results are often committed).
         let cwd = std::env::current_dir().unwrap_or_default();
-        trial_inputs.insert(id.clone(), inputs.into_iter().map(|(p, f)| (p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p), f)).collect());
+        trial_inputs.insert(
+            id.clone(),
+            inputs
+                .into_iter()
+                .map(|(p, f)| (p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p), f))
+                .collect(),
+        );
         write_trial_inputs(dir, &trial_inputs).map_err(io)?;
         {
             let mut host = lua.app_data_mut::<SweepHost>().expect("host");
@@ -558,24 +779,75 @@ fn run_trials(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[
             return Err(e);
         }
     }
-    let rows = mine.iter().filter_map(|(i, _)| table.find(&ids[*i]).cloned()).collect();
-    lua.app_data_mut::<SweepHost>().expect("host").summaries.push(SweepSummary { name: name.to_string(), dir: dir.to_path_buf(), rows });
+    let rows = mine
+        .iter()
+        .filter_map(|(i, _)| table.find(&ids[*i]).cloned())
+        .collect();
+    lua.app_data_mut::<SweepHost>()
+        .expect("host")
+        .summaries
+        .push(SweepSummary {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            rows,
+        });
     Ok(())
 }
 
 /// `--dry-run`: the trial table, with what each trial trains and the memory it would need.
 #[allow(clippy::too_many_arguments)]
-fn dry_run(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[Trial], ids: &[String], mine: &[(usize, Trial)], seed: Option<u64>) -> mlua::Result<()> {
-    let done = if dir.join("trials.csv").is_file() { TrialsTable::open_read_only(dir).ok() } else { None };
-    println!("sweep '{name}': {} trial(s){} -> {}", trials.len(), if mine.len() < trials.len() { format!(", {} in this shard", mine.len()) } else { String::new() }, dir.display());
-    let mut lines = vec![vec!["#".to_string(), "trial_id".into(), "parameters".into(), "trainable".into(), "est. memory".into(), "state".into()]];
+fn dry_run(
+    lua: &Lua,
+    name: &str,
+    dir: &Path,
+    trial_fn: &Function,
+    trials: &[Trial],
+    ids: &[String],
+    mine: &[(usize, Trial)],
+    seed: Option<u64>,
+) -> mlua::Result<()> {
+    let done = if dir.join("trials.csv").is_file() {
+        TrialsTable::open_read_only(dir).ok()
+    } else {
+        None
+    };
+    println!(
+        "sweep '{name}': {} trial(s){} -> {}",
+        trials.len(),
+        if mine.len() < trials.len() {
+            format!(", {} in this shard", mine.len())
+        } else {
+            String::new()
+        },
+        dir.display()
+    );
+    let mut lines = vec![vec![
+        "#".to_string(),
+        "trial_id".into(),
+        "parameters".into(),
+        "trainable".into(),
+        "est. memory".into(),
+        "state".into(),
+    ]];
     for (index, trial) in mine {
         let id = &ids[*index];
         let params = params_table(lua, trial, seed)?;
         let (outcome, _, _) = call_trial(lua, trial_fn, params, id, dir, None);
         let (trainable, memory) = match &outcome {
             Err(e) => match dry_stop(e) {
-                Some(s) => (format!("{} ({:.2}%)", s.trainable, 100.0 * s.trainable as f64 / s.total.max(1) as f64), format!("{:.0} MB at {}x{}", s.estimate_bytes as f64 / (1u64 << 20) as f64, s.batch, s.seq)),
+                Some(s) => (
+                    format!(
+                        "{} ({:.2}%)",
+                        s.trainable,
+                        100.0 * s.trainable as f64 / s.total.max(1) as f64
+                    ),
+                    format!(
+                        "{:.0} MB at {}x{}",
+                        s.estimate_bytes as f64 / (1u64 << 20) as f64,
+                        s.batch,
+                        s.seq
+                    ),
+                ),
                 None if crate::interrupt::state().is_some() => return Err(e.clone()),
                 None => ("-".into(), format!("error: {}", error_parts(e).message)),
             },
@@ -586,11 +858,30 @@ fn dry_run(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[Tri
             Some(r) => format!("{} (runs again)", r.status.as_str()),
             None => "to run".to_string(),
         };
-        lines.push(vec![(index + 1).to_string(), id.clone(), display_row(&trial.params), trainable, memory, state]);
+        lines.push(vec![
+            (index + 1).to_string(),
+            id.clone(),
+            display_row(&trial.params),
+            trainable,
+            memory,
+            state,
+        ]);
     }
-    let widths: Vec<usize> = (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..lines[0].len())
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     for l in &lines {
-        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("  {}", cells.join("  ").trim_end());
     }
     Ok(())
@@ -598,7 +889,9 @@ fn dry_run(lua: &Lua, name: &str, dir: &Path, trial_fn: &Function, trials: &[Tri
 
 fn dry_stop(e: &mlua::Error) -> Option<&DryRunStop> {
     match e {
-        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => dry_stop(cause),
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            dry_stop(cause)
+        }
         mlua::Error::ExternalError(err) => err.downcast_ref::<DryRunStop>(),
         _ => None,
     }

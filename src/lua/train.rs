@@ -6,21 +6,23 @@ use std::rc::Rc;
 use burn::tensor::backend::AutodiffBackend;
 use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
-use super::data::{batch_options, LuaBatch, LuaDataset};
-use super::model::{default_seed, LuaModel};
-use super::options::{describe, nonfinite_error, recipe_error, runtime_error, Opts};
+use super::data::{LuaBatch, LuaDataset, batch_options};
+use super::model::{LuaModel, default_seed};
+use super::options::{Opts, describe, nonfinite_error, recipe_error, runtime_error};
 use super::sweep::SweepHost;
 use crate::data::batch::Batches;
 use crate::data::{Batch, Example};
-use crate::tokenizer::Tokenizer;
+use crate::memory::release_autodiff_graph;
 use crate::model::Llama;
+use crate::precision::Precision;
 use crate::progress::ProgressSlot;
+use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint;
 use crate::train::optim::default_no_decay;
-use crate::memory::release_autodiff_graph;
 use crate::train::trainer::evaluate_with;
-use crate::precision::Precision;
-use crate::train::{AdamWConfig, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer};
+use crate::train::{
+    AdamWConfig, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer,
+};
 
 pub struct LuaAdamW(pub AdamWConfig);
 impl UserData for LuaAdamW {}
@@ -36,15 +38,27 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     optim.set(
         "adamw",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(lua, "runner.optim.adamw", opts, &["lr", "betas", "eps", "weight_decay", "offload", "no_decay"])?;
+            let o = Opts::new(
+                lua,
+                "runner.optim.adamw",
+                opts,
+                &["lr", "betas", "eps", "weight_decay", "offload", "no_decay"],
+            )?;
             let d = AdamWConfig::default();
             let (beta1, beta2) = match o.table("betas")? {
                 None => (d.beta1, d.beta2),
                 Some(t) => {
-                    let pair: Vec<f64> = t.sequence_values::<f64>().collect::<mlua::Result<_>>().map_err(|_| o.err("betas must be two numbers, e.g. {0.9, 0.999}"))?;
+                    let pair: Vec<f64> = t
+                        .sequence_values::<f64>()
+                        .collect::<mlua::Result<_>>()
+                        .map_err(|_| o.err("betas must be two numbers, e.g. {0.9, 0.999}"))?;
                     match pair[..] {
                         [b1, b2] => (b1, b2),
-                        _ => return Err(o.err(format!("betas must be two numbers, found {}", pair.len()))),
+                        _ => {
+                            return Err(
+                                o.err(format!("betas must be two numbers, found {}", pair.len()))
+                            );
+                        }
                     }
                 }
             };
@@ -65,26 +79,64 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
     runner.set(
         "trainer",
         lua.create_function(|lua, opts: Table| {
-            let o = Opts::new(lua, "runner.trainer", Some(opts), &["model", "optim", "schedule", "warmup", "total_steps", "seed", "accumulate", "max_grad_norm", "max_nonfinite", "checkpointing", "precision"])?;
+            let o = Opts::new(
+                lua,
+                "runner.trainer",
+                Some(opts),
+                &[
+                    "model",
+                    "optim",
+                    "schedule",
+                    "warmup",
+                    "total_steps",
+                    "seed",
+                    "accumulate",
+                    "max_grad_norm",
+                    "max_nonfinite",
+                    "checkpointing",
+                    "precision",
+                ],
+            )?;
             let (model, tokenizer) = match o.raw("model")? {
                 Value::UserData(ud) => ud
                     .borrow::<LuaModel<B>>()
                     .map(|m| (m.model.clone(), m.tokenizer.clone()))
                     .map_err(|_| o.err("model must be a model (runner.model.*)"))?,
-                other => return Err(o.err(format!("model must be a model (runner.model.*), found {}", describe(&other)))),
+                other => {
+                    return Err(o.err(format!(
+                        "model must be a model (runner.model.*), found {}",
+                        describe(&other)
+                    )));
+                }
             };
             let optim = match o.raw("optim")? {
                 Value::Nil => AdamWConfig::default(),
-                Value::UserData(ud) => ud.borrow::<LuaAdamW>().map(|a| a.0.clone()).map_err(|_| o.err("optim must be runner.optim.adamw{...}"))?,
-                other => return Err(o.err(format!("optim must be runner.optim.adamw{{...}}, found {}", describe(&other)))),
+                Value::UserData(ud) => ud
+                    .borrow::<LuaAdamW>()
+                    .map(|a| a.0.clone())
+                    .map_err(|_| o.err("optim must be runner.optim.adamw{...}"))?,
+                other => {
+                    return Err(o.err(format!(
+                        "optim must be runner.optim.adamw{{...}}, found {}",
+                        describe(&other)
+                    )));
+                }
             };
             let kind = match o.string("schedule")?.as_deref() {
                 None | Some("constant") => ScheduleKind::Constant,
                 Some("linear") => ScheduleKind::Linear,
                 Some("cosine") => ScheduleKind::Cosine,
-                Some(other) => return Err(o.err(format!("unknown schedule '{other}' (expected constant, linear or cosine)"))),
+                Some(other) => {
+                    return Err(o.err(format!(
+                        "unknown schedule '{other}' (expected constant, linear or cosine)"
+                    )));
+                }
             };
-            let schedule = Schedule { kind, warmup: o.count("warmup", 0)?.unwrap_or(0), total: o.count("total_steps", 1)? };
+            let schedule = Schedule {
+                kind,
+                warmup: o.count("warmup", 0)?.unwrap_or(0),
+                total: o.count("total_steps", 1)?,
+            };
             let seed = match o.int("seed")? {
                 Some(s) => s as u64,
                 None => default_seed(lua)?,
@@ -100,9 +152,17 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
                     None => d.precision,
                 },
             };
-            options.precision.check::<B>(&model.borrow().device).map_err(|e| o.err(e))?;
-            let trainer = Trainer::with_options(optim, schedule, options, seed).map_err(|e| o.err(e))?;
-            Ok(LuaTrainer { model, tokenizer, trainer })
+            options
+                .precision
+                .check::<B>(&model.borrow().device)
+                .map_err(|e| o.err(e))?;
+            let trainer =
+                Trainer::with_options(optim, schedule, options, seed).map_err(|e| o.err(e))?;
+            Ok(LuaTrainer {
+                model,
+                tokenizer,
+                trainer,
+            })
         })?,
     )
 }
@@ -146,53 +206,89 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
             let keep = o.count("keep", 1)?.unwrap_or(2);
             let hash = recipe_hash(lua);
             let mut model = this.model.borrow_mut();
-            let path = checkpoint::save(std::path::Path::new(&dir), &this.trainer, &mut model, hash.as_deref(), keep)
-                .map_err(|e| runtime_error(lua, format!("trainer:save: {e}")))?;
+            let path = checkpoint::save(
+                std::path::Path::new(&dir),
+                &this.trainer,
+                &mut model,
+                hash.as_deref(),
+                keep,
+            )
+            .map_err(|e| runtime_error(lua, format!("trainer:save: {e}")))?;
             Ok(path.to_string_lossy().into_owned())
         });
         // trainer:load(dir) -> the step it resumes from; an error when there is no checkpoint.
-        methods.add_method_mut("load", |lua, this, dir: String| load_checkpoint(lua, this, &dir, false));
+        methods.add_method_mut("load", |lua, this, dir: String| {
+            load_checkpoint(lua, this, &dir, false)
+        });
         // trainer:resume(dir) -> like load, but starts from step 0 when dir has no checkpoint yet.
-        methods.add_method_mut("resume", |lua, this, dir: String| load_checkpoint(lua, this, &dir, true));
-        methods.add_method("batches_seen", |_, this, ()| Ok(this.trainer.progress.batches));
+        methods.add_method_mut("resume", |lua, this, dir: String| {
+            load_checkpoint(lua, this, &dir, true)
+        });
+        methods.add_method("batches_seen", |_, this, ()| {
+            Ok(this.trainer.progress.batches)
+        });
         methods.add_method("skipped", |_, this, ()| Ok(this.trainer.progress.skipped));
         // Returns the mean loss, and a table {loss, perplexity, tokens}.
-        methods.add_method("evaluate", |lua, this, (data, opts): (Value, Option<Table>)| {
-            let model = this.model.borrow();
-            super::host::dry_run_stop(lua, &model, 1, 256, false)?;
-            let result = match &data {
-                Value::UserData(ud) if ud.is::<LuaDataset>() => {
-                    let ds = ud.borrow::<LuaDataset>()?.0.clone();
-                    let opts = batch_options(lua, "trainer:evaluate", opts, false)?;
-                    let max_len = opts.max_len;
-                    let examples = ds.example_source().map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?;
-                    let mut batches = Vec::new();
-                    for group in Batches::new(examples, crate::data::BatchOptions { steps: None, ..opts }) {
-                        let group = group.map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?;
-                        let refs: Vec<&Example> = group.iter().collect();
-                        batches.push(Batch::collate(&refs, max_len, &this.tokenizer).map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?);
+        methods.add_method(
+            "evaluate",
+            |lua, this, (data, opts): (Value, Option<Table>)| {
+                let model = this.model.borrow();
+                super::host::dry_run_stop(lua, &model, 1, 256, false)?;
+                let result = match &data {
+                    Value::UserData(ud) if ud.is::<LuaDataset>() => {
+                        let ds = ud.borrow::<LuaDataset>()?.0.clone();
+                        let opts = batch_options(lua, "trainer:evaluate", opts, false)?;
+                        let max_len = opts.max_len;
+                        let examples = ds
+                            .example_source()
+                            .map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?;
+                        let mut batches = Vec::new();
+                        for group in Batches::new(
+                            examples,
+                            crate::data::BatchOptions {
+                                steps: None,
+                                ..opts
+                            },
+                        ) {
+                            let group = group
+                                .map_err(|e| recipe_error(lua, format!("trainer:evaluate: {e}")))?;
+                            let refs: Vec<&Example> = group.iter().collect();
+                            batches.push(Batch::collate(&refs, max_len, &this.tokenizer).map_err(
+                                |e| recipe_error(lua, format!("trainer:evaluate: {e}")),
+                            )?);
+                        }
+                        evaluate_with(&model, batches, || {
+                            release_autodiff_graph::<B>(&model.device)
+                        })
                     }
-                    evaluate_with(&model, batches, || release_autodiff_graph::<B>(&model.device))
-                }
-                Value::Table(list) => {
-                    let mut batches = Vec::new();
-                    for v in list.sequence_values::<Value>() {
-                        batches.push(as_batch(lua, "trainer:evaluate", &v?, &this.tokenizer)?);
+                    Value::Table(list) => {
+                        let mut batches = Vec::new();
+                        for v in list.sequence_values::<Value>() {
+                            batches.push(as_batch(lua, "trainer:evaluate", &v?, &this.tokenizer)?);
+                        }
+                        evaluate_with(&model, batches, || {
+                            release_autodiff_graph::<B>(&model.device)
+                        })
                     }
-                    evaluate_with(&model, batches, || release_autodiff_graph::<B>(&model.device))
+                    other => {
+                        return Err(recipe_error(
+                            lua,
+                            format!(
+                                "trainer:evaluate expects a dataset or a list of batches, found {}",
+                                describe(other)
+                            ),
+                        ));
+                    }
                 }
-                other => {
-                    return Err(recipe_error(lua, format!("trainer:evaluate expects a dataset or a list of batches, found {}", describe(other))));
-                }
-            }
-            .map_err(|e| train_error(lua, "trainer:evaluate", e))?;
-            let t = lua.create_table()?;
-            t.set("loss", result.loss)?;
-            t.set("perplexity", result.perplexity)?;
-            t.set("tokens", result.tokens)?;
-            t.set("accuracy", result.accuracy)?;
-            Ok((result.loss, t))
-        });
+                .map_err(|e| train_error(lua, "trainer:evaluate", e))?;
+                let t = lua.create_table()?;
+                t.set("loss", result.loss)?;
+                t.set("perplexity", result.perplexity)?;
+                t.set("tokens", result.tokens)?;
+                t.set("accuracy", result.accuracy)?;
+                Ok((result.loss, t))
+            },
+        );
         methods.add_method("steps", |_, this, ()| Ok(this.trainer.steps()));
         methods.add_method("lr", |_, this, ()| Ok(this.trainer.lr()));
     }
@@ -213,25 +309,43 @@ fn step_table(lua: &Lua, r: &StepReport) -> mlua::Result<Table> {
 }
 
 fn recipe_hash(lua: &Lua) -> Option<String> {
-    lua.app_data_ref::<SweepHost>().map(|h| h.recipe_hash.clone())
+    lua.app_data_ref::<SweepHost>()
+        .map(|h| h.recipe_hash.clone())
 }
 
-fn load_checkpoint<B: AutodiffBackend>(lua: &Lua, this: &mut LuaTrainer<B>, dir: &str, optional: bool) -> mlua::Result<usize> {
-    let what = if optional { "trainer:resume" } else { "trainer:load" };
+fn load_checkpoint<B: AutodiffBackend>(
+    lua: &Lua,
+    this: &mut LuaTrainer<B>,
+    dir: &str,
+    optional: bool,
+) -> mlua::Result<usize> {
+    let what = if optional {
+        "trainer:resume"
+    } else {
+        "trainer:load"
+    };
     let root = std::path::Path::new(dir);
     if optional && checkpoint::find(root).is_none() {
         return Ok(0);
     }
     let hash = recipe_hash(lua);
     let mut model = this.model.borrow_mut();
-    let report = checkpoint::load(root, &mut this.trainer, &mut model, hash.as_deref()).map_err(|e| match e {
-        checkpoint::CheckpointError::Mismatch { .. } | checkpoint::CheckpointError::NotFound(_) => recipe_error(lua, format!("{what}: {e}")),
-        _ => runtime_error(lua, format!("{what}: {e}")),
-    })?;
+    let report = checkpoint::load(root, &mut this.trainer, &mut model, hash.as_deref()).map_err(
+        |e| match e {
+            checkpoint::CheckpointError::Mismatch { .. }
+            | checkpoint::CheckpointError::NotFound(_) => recipe_error(lua, format!("{what}: {e}")),
+            _ => runtime_error(lua, format!("{what}: {e}")),
+        },
+    )?;
     for w in &report.warnings {
         eprintln!("  warning: {what}: {}: {w}", report.path.display());
     }
-    eprintln!("  resumed from {} (step {}, {} batches seen)", report.path.display(), report.state.progress.step, report.state.progress.batches);
+    eprintln!(
+        "  resumed from {} (step {}, {} batches seen)",
+        report.path.display(),
+        report.state.progress.step,
+        report.state.progress.batches
+    );
     Ok(this.trainer.steps())
 }
 
@@ -239,9 +353,18 @@ fn load_checkpoint<B: AutodiffBackend>(lua: &Lua, this: &mut LuaTrainer<B>, dir:
 fn as_batch(lua: &Lua, what: &str, v: &Value, tokenizer: &Tokenizer) -> mlua::Result<Batch> {
     match v {
         Value::UserData(ud) => {
-            let b = ud.borrow::<LuaBatch>().map_err(|_| recipe_error(lua, format!("{what} expects a batch")))?;
-            b.to_batch(tokenizer).map_err(|e| recipe_error(lua, format!("{what}: {e}")))
+            let b = ud
+                .borrow::<LuaBatch>()
+                .map_err(|_| recipe_error(lua, format!("{what} expects a batch")))?;
+            b.to_batch(tokenizer)
+                .map_err(|e| recipe_error(lua, format!("{what}: {e}")))
         }
-        other => Err(recipe_error(lua, format!("{what} expects a batch (from dataset:batches), found {}", describe(other)))),
+        other => Err(recipe_error(
+            lua,
+            format!(
+                "{what} expects a batch (from dataset:batches), found {}",
+                describe(other)
+            ),
+        )),
     }
 }

@@ -45,7 +45,8 @@ impl Llama3RopeScaling {
         } else if wavelen > low_wavelen {
             inv_freq / self.factor
         } else {
-            let smooth = (old / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor);
+            let smooth = (old / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
             (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
         }
     }
@@ -70,7 +71,9 @@ pub enum ConfigError {
     Zero { field: &'static str, value: usize },
     #[error("num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")]
     Gqa { heads: usize, kv_heads: usize },
-    #[error("hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) when head_dim is not given")]
+    #[error(
+        "hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) when head_dim is not given"
+    )]
     HeadDim { hidden: usize, heads: usize },
     #[error("head_dim ({0}) must be even for rotary embeddings")]
     OddHeadDim(usize),
@@ -81,7 +84,8 @@ pub enum ConfigError {
 impl LlamaConfig {
     /// Dimension of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// SmolLM2-135M's shape (the weights come from the hub or a random init).
@@ -117,28 +121,46 @@ impl LlamaConfig {
                 return Err(ConfigError::Zero { field, value });
             }
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(ConfigError::Gqa {
                 heads: self.num_attention_heads,
                 kv_heads: self.num_key_value_heads,
             });
         }
         if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(ConfigError::HeadDim { hidden: self.hidden_size, heads: self.num_attention_heads });
+            return Err(ConfigError::HeadDim {
+                hidden: self.hidden_size,
+                heads: self.num_attention_heads,
+            });
         }
         if self.head_dim() == 0 {
-            return Err(ConfigError::Zero { field: "head_dim", value: 0 });
+            return Err(ConfigError::Zero {
+                field: "head_dim",
+                value: 0,
+            });
         }
         if !self.head_dim().is_multiple_of(2) {
             return Err(ConfigError::OddHeadDim(self.head_dim()));
         }
         if let Some(r) = &self.rope_scaling {
-            let ok = r.factor > 0.0 && r.low_freq_factor > 0.0 && r.high_freq_factor > r.low_freq_factor && r.original_max_position_embeddings > 0;
+            let ok = r.factor > 0.0
+                && r.low_freq_factor > 0.0
+                && r.high_freq_factor > r.low_freq_factor
+                && r.original_max_position_embeddings > 0;
             if !ok {
-                return Err(ConfigError::Positive { field: "rope_scaling", value: r.factor });
+                return Err(ConfigError::Positive {
+                    field: "rope_scaling",
+                    value: r.factor,
+                });
             }
         }
-        for (field, value) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
+        for (field, value) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ConfigError::Positive { field, value });
             }
@@ -167,13 +189,26 @@ pub struct TinyOptions {
 
 impl Default for TinyOptions {
     fn default() -> Self {
-        Self { layers: 2, d_model: 64, heads: 4, kv_heads: 2, vocab: 256, ffn: None, tied: true, max_seq: 512, rope_theta: 10000.0, init_std: None, seed: 0 }
+        Self {
+            layers: 2,
+            d_model: 64,
+            heads: 4,
+            kv_heads: 2,
+            vocab: 256,
+            ffn: None,
+            tied: true,
+            max_seq: 512,
+            rope_theta: 10000.0,
+            init_std: None,
+            seed: 0,
+        }
     }
 }
 
 impl TinyOptions {
     pub fn std(&self) -> f64 {
-        self.init_std.unwrap_or(1.0 / (self.d_model.max(1) as f64).sqrt())
+        self.init_std
+            .unwrap_or(1.0 / (self.d_model.max(1) as f64).sqrt())
     }
 
     pub fn config(&self) -> LlamaConfig {
@@ -214,6 +249,12 @@ mod tests {
     fn bad_gqa_is_rejected() {
         let mut c = TinyOptions::default().config();
         c.num_key_value_heads = 3;
-        assert_eq!(c.validate(), Err(ConfigError::Gqa { heads: 4, kv_heads: 3 }));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Gqa {
+                heads: 4,
+                kv_heads: 3
+            })
+        );
     }
 }

@@ -41,10 +41,16 @@ pub fn normal_vec(rng: &mut HostRng, n: usize, std: f64) -> Vec<f32> {
 
 /// Uniform(-bound, bound) samples.
 pub fn uniform_vec(rng: &mut HostRng, n: usize, bound: f64) -> Vec<f32> {
-    (0..n).map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32).collect()
+    (0..n)
+        .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
+        .collect()
 }
 
-pub fn tensor2<B: Backend>(values: Vec<f32>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
+pub fn tensor2<B: Backend>(
+    values: Vec<f32>,
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 

@@ -11,8 +11,8 @@ use super::params::{Param, ParamVisitor};
 use crate::peft::ia3::Ia3Vector;
 use crate::peft::lora::LoraAdapter;
 use crate::peft::slots::Slots;
-use crate::quant::{matmul, QuantConfig, QuantError, QuantizedTensor};
 use crate::precision;
+use crate::quant::{QuantConfig, QuantError, QuantizedTensor, matmul};
 
 /// A projection's weight.
 #[derive(Clone, Debug)]
@@ -31,7 +31,10 @@ impl<B: Backend> Weight<B> {
     pub fn tensor(&self, device: &B::Device) -> Tensor<B, 2> {
         match self {
             Self::Dense(p) => p.value.clone(),
-            Self::Quantized(q) => Tensor::from_data(TensorData::new(q.dequantize_transposed(), [q.shape[1], q.shape[0]]), device),
+            Self::Quantized(q) => Tensor::from_data(
+                TensorData::new(q.dequantize_transposed(), [q.shape[1], q.shape[0]]),
+                device,
+            ),
         }
     }
 
@@ -65,7 +68,12 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn with_weight(weight: Weight<B>) -> Self {
-        Self { weight, lora: Slots::default(), ia3: Slots::default(), bias: Slots::default() }
+        Self {
+            weight,
+            lora: Slots::default(),
+            ia3: Slots::default(),
+            bias: Slots::default(),
+        }
     }
 
     pub fn d_in(&self) -> usize {
@@ -97,10 +105,19 @@ impl<B: Backend> Linear<B> {
     /// Replaces a dense weight by its quantized form (frozen from then on). Rows of the
     /// `[d_out, d_in]` layout must split into whole blocks.
     pub fn quantize(&mut self, config: QuantConfig) -> Result<(), QuantError> {
-        let Weight::Dense(p) = &self.weight else { return Ok(()) };
+        let Weight::Dense(p) = &self.weight else {
+            return Ok(());
+        };
         config.validate(self.d_in())?;
         let [d_in, d_out] = p.value.dims();
-        let values = p.value.clone().transpose().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| QuantError::Invalid(format!("{e:?}")))?;
+        let values = p
+            .value
+            .clone()
+            .transpose()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| QuantError::Invalid(format!("{e:?}")))?;
         let q = QuantizedTensor::quantize(&values, &[d_out, d_in], config)?;
         self.weight = Weight::Quantized(Arc::new(q));
         Ok(())

@@ -8,14 +8,22 @@ use super::config::{ConfigError, LlamaConfig};
 use super::init::{self, HostRng};
 use super::linear::Linear;
 use super::params::{Param, ParamCount, ParamVisitor};
+use crate::kernels;
+use crate::peft::AdapterInfo;
 use crate::peft::bottleneck::Bottleneck;
 use crate::peft::prompt::PrefixAdapter;
 use crate::peft::slots::Slots;
-use crate::kernels;
-use crate::peft::AdapterInfo;
 
 /// The projections LoRA and friends can target, in the order Hugging Face names them.
-pub const LINEAR_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const LINEAR_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// `(d_in, d_out)` of a projection.
 pub fn projection_shape(config: &LlamaConfig, proj: &str) -> (usize, usize) {
@@ -33,7 +41,11 @@ pub fn projection_shape(config: &LlamaConfig, proj: &str) -> (usize, usize) {
 
 /// The Hugging Face module name of a projection: `model.layers.3.self_attn.q_proj`.
 pub fn module_path(layer: usize, proj: &str) -> String {
-    let group = if matches!(proj, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
+    let group = if matches!(proj, "gate_proj" | "up_proj" | "down_proj") {
+        "mlp"
+    } else {
+        "self_attn"
+    };
     format!("model.layers.{layer}.{group}.{proj}")
 }
 
@@ -105,7 +117,11 @@ impl<B: Backend> Block<B> {
     }
 
     /// The block with an empty set of adapters.
-    pub fn new<E>(input_layernorm: Param<B, 1>, post_attention_layernorm: Param<B, 1>, mut linears: impl FnMut(&str) -> Result<Linear<B>, E>) -> Result<Self, E> {
+    pub fn new<E>(
+        input_layernorm: Param<B, 1>,
+        post_attention_layernorm: Param<B, 1>,
+        mut linears: impl FnMut(&str) -> Result<Linear<B>, E>,
+    ) -> Result<Self, E> {
         Ok(Self {
             input_layernorm,
             q_proj: linears("q_proj")?,
@@ -124,20 +140,33 @@ impl<B: Backend> Block<B> {
     }
 
     fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
-        v.visit1(&format!("{prefix}.input_layernorm.weight"), &mut self.input_layernorm);
-        self.input_norm_tuned.visit(&format!("{prefix}.input_layernorm"), "ln_tuning", v);
+        v.visit1(
+            &format!("{prefix}.input_layernorm.weight"),
+            &mut self.input_layernorm,
+        );
+        self.input_norm_tuned
+            .visit(&format!("{prefix}.input_layernorm"), "ln_tuning", v);
         for name in ["q_proj", "k_proj", "v_proj", "o_proj"] {
             let p = format!("{prefix}.self_attn.{name}");
             self.linear_mut(name).unwrap().visit(&p, v);
         }
-        self.attn_adapter.visit(&format!("{prefix}.self_attn"), "adapter", v);
-        v.visit1(&format!("{prefix}.post_attention_layernorm.weight"), &mut self.post_attention_layernorm);
-        self.post_norm_tuned.visit(&format!("{prefix}.post_attention_layernorm"), "ln_tuning", v);
+        self.attn_adapter
+            .visit(&format!("{prefix}.self_attn"), "adapter", v);
+        v.visit1(
+            &format!("{prefix}.post_attention_layernorm.weight"),
+            &mut self.post_attention_layernorm,
+        );
+        self.post_norm_tuned.visit(
+            &format!("{prefix}.post_attention_layernorm"),
+            "ln_tuning",
+            v,
+        );
         for name in ["gate_proj", "up_proj", "down_proj"] {
             let p = format!("{prefix}.mlp.{name}");
             self.linear_mut(name).unwrap().visit(&p, v);
         }
-        self.mlp_adapter.visit(&format!("{prefix}.mlp"), "adapter", v);
+        self.mlp_adapter
+            .visit(&format!("{prefix}.mlp"), "adapter", v);
     }
 
     fn activate(&mut self, name: Option<&str>) {
@@ -164,12 +193,21 @@ impl<B: Backend> Block<B> {
 impl<B: Backend> Llama<B> {
     /// A randomly initialised model: normal(0, `std`) weights (Hugging Face's Llama uses
     /// 0.02), unit norms. Every parameter is trainable until a method is attached.
-    pub fn random(config: LlamaConfig, seed: u64, std: f64, device: &B::Device) -> Result<Self, ConfigError> {
+    pub fn random(
+        config: LlamaConfig,
+        seed: u64,
+        std: f64,
+        device: &B::Device,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let (d, vocab) = (config.hidden_size, config.vocab_size);
         let mat = |name: &str, rows: usize, cols: usize| -> Tensor<B, 2> {
             let mut rng = init::rng_for(seed, name);
-            init::tensor2(init::normal_vec(&mut rng, rows * cols, std), [rows, cols], device)
+            init::tensor2(
+                init::normal_vec(&mut rng, rows * cols, std),
+                [rows, cols],
+                device,
+            )
         };
         let lin = |name: &str, d_in: usize, d_out: usize| Linear::new(mat(name, d_in, d_out), true);
         let ones = |n: usize| Param::new(Tensor::<B, 1>::ones([n], device), true);
@@ -177,17 +215,36 @@ impl<B: Backend> Llama<B> {
             .map(|i| {
                 Block::new(ones(d), ones(d), |name| {
                     let (d_in, d_out) = projection_shape(&config, name);
-                    Ok::<_, std::convert::Infallible>(lin(&format!("layers.{i}.{name}"), d_in, d_out))
+                    Ok::<_, std::convert::Infallible>(lin(
+                        &format!("layers.{i}.{name}"),
+                        d_in,
+                        d_out,
+                    ))
                 })
             })
             .collect::<Result<Vec<_>, _>>()
             .unwrap_or_else(|e| match e {});
-        let lm_head = (!config.tie_word_embeddings).then(|| Param::new(mat("lm_head", vocab, d), true));
-        Ok(Self::from_parts(config, Param::new(mat("embed_tokens", vocab, d), true), layers, ones(d), lm_head, device))
+        let lm_head =
+            (!config.tie_word_embeddings).then(|| Param::new(mat("lm_head", vocab, d), true));
+        Ok(Self::from_parts(
+            config,
+            Param::new(mat("embed_tokens", vocab, d), true),
+            layers,
+            ones(d),
+            lm_head,
+            device,
+        ))
     }
 
     /// A model from its weights, without adapters.
-    pub fn from_parts(config: LlamaConfig, embed_tokens: Param<B, 2>, layers: Vec<Block<B>>, norm: Param<B, 1>, lm_head: Option<Param<B, 2>>, device: &B::Device) -> Self {
+    pub fn from_parts(
+        config: LlamaConfig,
+        embed_tokens: Param<B, 2>,
+        layers: Vec<Block<B>>,
+        norm: Param<B, 1>,
+        lm_head: Option<Param<B, 2>>,
+        device: &B::Device,
+    ) -> Self {
         Self {
             config,
             embed_tokens,
@@ -281,31 +338,54 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The final normalised hidden states, `[batch * seq, d_model]`.
-    pub fn hidden_states(&self, input_ids: Tensor<B, 2, Int>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        rng: Option<&mut HostRng>,
+    ) -> Tensor<B, 2> {
         self.hidden_states_cached(input_ids, None, rng, None)
     }
 
     /// Hidden states of rows that hold several sequences (packing) or padding that must not
     /// be attended to (left padding): `segments[b * seq + t]` names token t's sequence, tokens
     /// attend only within their own, and positions restart at 0 with each one.
-    pub fn hidden_states_segmented(&self, input_ids: Tensor<B, 2, Int>, segments: Option<&[u32]>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+    pub fn hidden_states_segmented(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        segments: Option<&[u32]>,
+        rng: Option<&mut HostRng>,
+    ) -> Tensor<B, 2> {
         self.hidden_states_cached(input_ids, segments, rng, None)
     }
 
     /// Logits of new tokens that continue the sequence held in `cache` (generation).
     /// # Shapes
     /// - input_ids: `[batch, new]` -> logits `[batch, new, vocab]`
-    pub fn forward_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
         let [b, t] = input_ids.dims();
         let hidden = self.hidden_states_cached(input_ids, None, None, Some(cache));
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        kernels::matmul(hidden, head.value.clone().transpose()).reshape([b, t, self.config.vocab_size])
+        kernels::matmul(hidden, head.value.clone().transpose()).reshape([
+            b,
+            t,
+            self.config.vocab_size,
+        ])
     }
 
     /// The hidden states of the new tokens. On a fresh sequence (no cache, or an empty one)
     /// an active prompt-tuning adapter prepends its virtual tokens and an active prefix
     /// adapter seeds every layer's keys and values; both are dropped from the output.
-    fn hidden_states_cached(&self, input_ids: Tensor<B, 2, Int>, segments: Option<&[u32]>, mut rng: Option<&mut HostRng>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 2> {
+    fn hidden_states_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        segments: Option<&[u32]>,
+        mut rng: Option<&mut HostRng>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 2> {
         let [b, t] = input_ids.dims();
         let fresh = cache.as_ref().is_none_or(|c| c.len == 0);
         let mut own_cache = None;
@@ -349,31 +429,86 @@ impl<B: Backend> Llama<B> {
             Some(prompt) => {
                 let n = prompt.value.dims()[0];
                 let prompts = prompt.value.clone().unsqueeze::<3>().expand([b, n, d]);
-                (Tensor::cat(vec![prompts, x.reshape([b, t, d])], 1).reshape([b * (n + t), d]), n)
+                (
+                    Tensor::cat(vec![prompts, x.reshape([b, t, d])], 1).reshape([b * (n + t), d]),
+                    n,
+                )
             }
             None => (x, 0),
         }
     }
 
-    fn plan(&self, b: usize, t: usize, start: usize, virtual_tokens: usize, segments: Option<&[u32]>) -> Plan<B> {
+    fn plan(
+        &self,
+        b: usize,
+        t: usize,
+        start: usize,
+        virtual_tokens: usize,
+        segments: Option<&[u32]>,
+    ) -> Plan<B> {
         let t_all = t + virtual_tokens;
-        let layout = Layout { batch: b, t, start, virtual_tokens, segments };
+        let layout = Layout {
+            batch: b,
+            t,
+            start,
+            virtual_tokens,
+            segments,
+        };
         let rope = Rope::new(&self.config, &layout.positions(), b * t_all, &self.device);
         let mask = layout.mask::<B>(self.config.num_attention_heads, &self.device);
-        Plan { b, t, t_all, virtual_tokens, rope, mask }
+        Plan {
+            b,
+            t,
+            t_all,
+            virtual_tokens,
+            rope,
+            mask,
+        }
     }
 
     /// Decoder layer `i`.
-    fn block(&self, i: usize, x: Tensor<B, 2>, plan: &Plan<B>, mut rng: Option<&mut HostRng>, kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 2> {
+    fn block(
+        &self,
+        i: usize,
+        x: Tensor<B, 2>,
+        plan: &Plan<B>,
+        mut rng: Option<&mut HostRng>,
+        kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 2> {
         let eps = self.config.rms_norm_eps;
         let layer = &self.layers[i];
-        let h = kernels::rms_norm(x.clone(), layer.input_norm_tuned.active().unwrap_or(&layer.input_layernorm).value(), eps);
-        let mut attn = self.attention(layer, h, plan.b, plan.t_all, &plan.rope, &plan.mask, rng.as_deref_mut(), kv);
+        let h = kernels::rms_norm(
+            x.clone(),
+            layer
+                .input_norm_tuned
+                .active()
+                .unwrap_or(&layer.input_layernorm)
+                .value(),
+            eps,
+        );
+        let mut attn = self.attention(
+            layer,
+            h,
+            plan.b,
+            plan.t_all,
+            &plan.rope,
+            &plan.mask,
+            rng.as_deref_mut(),
+            kv,
+        );
         if let Some(adapter) = layer.attn_adapter.active() {
             attn = adapter.forward(attn);
         }
         let x = x + attn;
-        let h = kernels::rms_norm(x.clone(), layer.post_norm_tuned.active().unwrap_or(&layer.post_attention_layernorm).value(), eps);
+        let h = kernels::rms_norm(
+            x.clone(),
+            layer
+                .post_norm_tuned
+                .active()
+                .unwrap_or(&layer.post_attention_layernorm)
+                .value(),
+            eps,
+        );
         let gate = layer.gate_proj.forward(h.clone(), rng.as_deref_mut());
         let up = layer.up_proj.forward(h, rng.as_deref_mut());
         let mut mlp = layer.down_proj.forward(kernels::silu_mul(gate, up), rng);
@@ -385,18 +520,28 @@ impl<B: Backend> Llama<B> {
 
     /// The final norm, without the virtual tokens.
     fn finish(&self, x: Tensor<B, 2>, plan: &Plan<B>) -> Tensor<B, 2> {
-        let out = kernels::rms_norm(x, self.norm_tuned.active().unwrap_or(&self.norm).value(), self.config.rms_norm_eps);
+        let out = kernels::rms_norm(
+            x,
+            self.norm_tuned.active().unwrap_or(&self.norm).value(),
+            self.config.rms_norm_eps,
+        );
         if plan.virtual_tokens == 0 {
             return out;
         }
         let d = self.config.hidden_size;
-        out.reshape([plan.b, plan.t_all, d]).narrow(1, plan.virtual_tokens, plan.t).reshape([plan.b * plan.t, d])
+        out.reshape([plan.b, plan.t_all, d])
+            .narrow(1, plan.virtual_tokens, plan.t)
+            .reshape([plan.b * plan.t, d])
     }
 
     /// A training forward pass in stages, for activation checkpointing: the stages can be run
     /// without a graph first and recomputed one at a time with one. Prefix tuning seeds every
     /// layer's keys and values from one table, so it is not staged (`None`).
-    pub fn staged(&self, input_ids: Tensor<B, 2, Int>, segments: Option<&[u32]>) -> Option<Staged<B>> {
+    pub fn staged(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        segments: Option<&[u32]>,
+    ) -> Option<Staged<B>> {
         if self.prefix.active().is_some() {
             return None;
         }
@@ -412,7 +557,13 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Stage `i + 1`: decoder layer `i`.
-    pub fn stage_block(&self, s: &Staged<B>, i: usize, x: Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+    pub fn stage_block(
+        &self,
+        s: &Staged<B>,
+        i: usize,
+        x: Tensor<B, 2>,
+        rng: Option<&mut HostRng>,
+    ) -> Tensor<B, 2> {
         self.block(i, x, &s.plan, rng, None)
     }
 
@@ -438,15 +589,27 @@ impl<B: Backend> Llama<B> {
         kv: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 2> {
         let hd = self.config.head_dim();
-        let (h, kvh) = (self.config.num_attention_heads, self.config.num_key_value_heads);
+        let (h, kvh) = (
+            self.config.num_attention_heads,
+            self.config.num_key_value_heads,
+        );
         let scale = 1.0 / (hd as f64).sqrt();
         // Rotary embeddings on the projection's own (contiguous) layout, before heads move.
         let q = rope.apply(layer.q_proj.forward(x.clone(), rng.as_deref_mut()));
         let k = rope.apply(layer.k_proj.forward(x.clone(), rng.as_deref_mut()));
         let v = layer.v_proj.forward(x, rng.as_deref_mut());
         let Some(slot) = kv else {
-            let shape = kernels::AttentionShape { batch: b, t, heads: h, kv_heads: kvh, head_dim: hd, scale: scale as f32 };
-            return layer.o_proj.forward(kernels::attention(q, k, v, mask, shape), rng);
+            let shape = kernels::AttentionShape {
+                batch: b,
+                t,
+                heads: h,
+                kv_heads: kvh,
+                head_dim: hd,
+                scale: scale as f32,
+            };
+            return layer
+                .o_proj
+                .forward(kernels::attention(q, k, v, mask, shape), rng);
         };
         // With a cache (generation, prefix tuning): keys and values of earlier positions first.
         let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
@@ -495,7 +658,10 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     pub fn new(config: &LlamaConfig) -> Self {
-        Self { layers: vec![None; config.num_hidden_layers], len: 0 }
+        Self {
+            layers: vec![None; config.num_hidden_layers],
+            len: 0,
+        }
     }
 }
 
@@ -528,7 +694,11 @@ impl Layout<'_> {
                     let row = &seg[b * t..(b + 1) * t];
                     let mut pos = 0;
                     for i in 0..t {
-                        pos = if i > 0 && row[i] == row[i - 1] { pos + 1 } else { 0 };
+                        pos = if i > 0 && row[i] == row[i - 1] {
+                            pos + 1
+                        } else {
+                            0
+                        };
                         out.push(self.start + v + pos);
                     }
                 }
@@ -552,7 +722,9 @@ impl Layout<'_> {
                 for j in 0..total {
                     let causal = j <= start + i;
                     let same = match self.segments {
-                        Some(seg) if i >= v && j >= start + v => seg[b * self.t + i - v] == seg[b * self.t + j - start - v],
+                        Some(seg) if i >= v && j >= start + v => {
+                            seg[b * self.t + i - v] == seg[b * self.t + j - start - v]
+                        }
                         _ => true,
                     };
                     out.push(if causal && same { 0.0 } else { -1e9 });
@@ -572,7 +744,10 @@ impl Layout<'_> {
                 values.extend_from_slice(&one);
             }
         }
-        Tensor::from_data(TensorData::new(values, [self.batch * heads * t_all, total]), device)
+        Tensor::from_data(
+            TensorData::new(values, [self.batch * heads * t_all, total]),
+            device,
+        )
     }
 }
 
@@ -605,7 +780,10 @@ impl<B: Backend> Rope<B> {
                 sin.push(angle.sin() as f32);
             }
         }
-        Self { cos: Tensor::from_data(TensorData::new(cos, [rows, hd]), device), sin: Tensor::from_data(TensorData::new(sin, [rows, hd]), device) }
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [rows, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [rows, hd]), device),
+        }
     }
 
     /// # Shapes

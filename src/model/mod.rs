@@ -3,8 +3,8 @@
 pub mod config;
 pub mod init;
 pub mod linear;
-pub mod load;
 pub mod llama;
+pub mod load;
 pub mod params;
 pub mod save;
 

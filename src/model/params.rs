@@ -40,7 +40,12 @@ pub trait ParamVisitor<B: Backend> {
     fn visit1(&mut self, name: &str, param: &mut Param<B, 1>);
     fn visit2(&mut self, name: &str, param: &mut Param<B, 2>);
     /// A frozen quantized weight (`[out, in]`); most visitors have nothing to do with it.
-    fn visit_quantized(&mut self, _name: &str, _weight: &std::sync::Arc<crate::quant::QuantizedTensor>) {}
+    fn visit_quantized(
+        &mut self,
+        _name: &str,
+        _weight: &std::sync::Arc<crate::quant::QuantizedTensor>,
+    ) {
+    }
 }
 
 /// Counts parameters: all of them and the trainable ones.
@@ -94,11 +99,15 @@ impl Snapshot {
     fn push<B: Backend, const D: usize>(&mut self, name: &str, p: &Param<B, D>) {
         let data = p.value.to_data().convert::<f32>();
         let values = data.to_vec::<f32>().expect("f32 data");
-        self.entries.push((name.to_string(), p.value.dims().to_vec(), values));
+        self.entries
+            .push((name.to_string(), p.value.dims().to_vec(), values));
     }
 
     pub fn get(&self, name: &str) -> Option<&[f32]> {
-        self.entries.iter().find(|e| e.0 == name).map(|e| e.2.as_slice())
+        self.entries
+            .iter()
+            .find(|e| e.0 == name)
+            .map(|e| e.2.as_slice())
     }
 }
 

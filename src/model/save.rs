@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
-use super::linear::Weight;
-use super::llama::{module_path, LINEAR_TARGETS};
 use super::Llama;
+use super::linear::Weight;
+use super::llama::{LINEAR_TARGETS, module_path};
 use crate::quant::bnb_format::{self, RawTensor};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,31 +23,50 @@ pub enum SaveError {
 pub type HostTensor = (String, Vec<usize>, Vec<f32>);
 
 pub fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
-    let values = t.to_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+    let values = t
+        .to_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data");
     (t.dims().to_vec(), values)
 }
 
 /// `[rows, cols]` row-major -> `[cols, rows]`.
 pub fn transposed(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
     let (rows, cols) = (shape[0], shape[1]);
-    (vec![cols, rows], super::load::build::transpose(values, rows, cols))
+    (
+        vec![cols, rows],
+        super::load::build::transpose(values, rows, cols),
+    )
 }
 
 /// Writes `contents` to `path` through a temporary file in the same folder.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
-    let err = |msg: String| SaveError::Io { path: path.to_path_buf(), msg };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let err = |msg: String| SaveError::Io {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create folder: {e}")))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| err(format!("cannot write: {e}")))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| err(format!("cannot write: {e}")))?;
     std::io::Write::write_all(&mut tmp, contents).map_err(|e| err(format!("cannot write: {e}")))?;
-    tmp.as_file().sync_all().map_err(|e| err(format!("cannot write: {e}")))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| err(format!("cannot write: {e}")))?;
     // Temporary files are created private (0600); a saved model is an ordinary file.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| err(format!("cannot write: {e}")))?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| err(format!("cannot write: {e}")))?;
     }
-    tmp.persist(path).map_err(|e| err(format!("cannot write: {e}")))?;
+    tmp.persist(path)
+        .map_err(|e| err(format!("cannot write: {e}")))?;
     Ok(())
 }
 
@@ -55,7 +74,14 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
 pub fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<(), SaveError> {
     let raw: Vec<RawTensor> = tensors
         .iter()
-        .map(|(name, shape, v)| (name.clone(), safetensors::Dtype::F32, shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(name, shape, v)| {
+            (
+                name.clone(),
+                safetensors::Dtype::F32,
+                shape.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     write_safetensors_raw(path, &raw)
 }
@@ -64,11 +90,15 @@ pub fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<(), Save
 pub fn write_safetensors_raw(path: &Path, tensors: &[RawTensor]) -> Result<(), SaveError> {
     let views = tensors
         .iter()
-        .map(|(name, dtype, shape, b)| safetensors::tensor::TensorView::new(*dtype, shape.clone(), b).map(|v| (name.clone(), v)))
+        .map(|(name, dtype, shape, b)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| SaveError::Invalid(format!("{}: {e}", path.display())))?;
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    let data = safetensors::serialize(views, metadata).map_err(|e| SaveError::Invalid(format!("{}: {e}", path.display())))?;
+    let data = safetensors::serialize(views, metadata)
+        .map_err(|e| SaveError::Invalid(format!("{}: {e}", path.display())))?;
     write_atomic(path, &data)
 }
 
@@ -85,13 +115,27 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     }
     let mut tensors: Vec<RawTensor> = Vec::new();
     let f32_tensor = |name: String, (shape, values): (Vec<usize>, Vec<f32>)| -> RawTensor {
-        (name, safetensors::Dtype::F32, shape, values.iter().flat_map(|x| x.to_le_bytes()).collect())
+        (
+            name,
+            safetensors::Dtype::F32,
+            shape,
+            values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
     };
     let mut push = |t: RawTensor| tensors.push(t);
-    push(f32_tensor("model.embed_tokens.weight".into(), host(&model.embed_tokens.value)));
+    push(f32_tensor(
+        "model.embed_tokens.weight".into(),
+        host(&model.embed_tokens.value),
+    ));
     for (i, layer) in model.layers.iter().enumerate() {
-        push(f32_tensor(format!("model.layers.{i}.input_layernorm.weight"), host(&layer.input_layernorm.value)));
-        push(f32_tensor(format!("model.layers.{i}.post_attention_layernorm.weight"), host(&layer.post_attention_layernorm.value)));
+        push(f32_tensor(
+            format!("model.layers.{i}.input_layernorm.weight"),
+            host(&layer.input_layernorm.value),
+        ));
+        push(f32_tensor(
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            host(&layer.post_attention_layernorm.value),
+        ));
         for t in LINEAR_TARGETS {
             let name = format!("{}.weight", module_path(i, t));
             match &layer.linear(t).expect("known projection").weight {
@@ -100,21 +144,31 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
                     push(f32_tensor(name, transposed(&shape, &values)));
                 }
                 Weight::Quantized(q) => {
-                    for t in bnb_format::to_tensors(&name, q).map_err(|e| SaveError::Invalid(e.to_string()))? {
+                    for t in bnb_format::to_tensors(&name, q)
+                        .map_err(|e| SaveError::Invalid(e.to_string()))?
+                    {
                         push(t);
                     }
                 }
             }
         }
     }
-    push(f32_tensor("model.norm.weight".into(), host(&model.norm.value)));
+    push(f32_tensor(
+        "model.norm.weight".into(),
+        host(&model.norm.value),
+    ));
     if let Some(head) = &model.lm_head {
         push(f32_tensor("lm_head.weight".into(), host(&head.value)));
     }
     let c = &model.config;
     let mut config = serde_json::to_value(c).map_err(|e| SaveError::Invalid(e.to_string()))?;
-    let obj = config.as_object_mut().expect("a struct serializes to an object");
-    obj.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+    let obj = config
+        .as_object_mut()
+        .expect("a struct serializes to an object");
+    obj.insert(
+        "architectures".into(),
+        serde_json::json!(["LlamaForCausalLM"]),
+    );
     obj.insert("model_type".into(), serde_json::json!("llama"));
     obj.insert("hidden_act".into(), serde_json::json!("silu"));
     obj.insert("attention_bias".into(), serde_json::json!(false));
@@ -127,7 +181,10 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
         s.insert("rope_type".into(), serde_json::json!("llama3"));
     }
     if let Some(q) = crate::quant::model::model_quant_config(model) {
-        obj.insert("quantization_config".into(), bnb_format::quantization_config(q.dtype, q.double));
+        obj.insert(
+            "quantization_config".into(),
+            bnb_format::quantization_config(q.dtype, q.double),
+        );
     }
     write_safetensors_raw(&dir.join("model.safetensors"), &tensors)?;
     let text = serde_json::to_string_pretty(&config).expect("JSON");

@@ -6,11 +6,11 @@
 use burn::prelude::*;
 use burn::tensor::activation;
 
-use super::slots::Part;
 use super::PeftError;
+use super::slots::Part;
+use crate::model::Llama;
 use crate::model::init;
 use crate::model::params::{Param, ParamVisitor};
-use crate::model::Llama;
 use crate::precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +59,12 @@ pub struct BottleneckConfig {
 
 impl Default for BottleneckConfig {
     fn default() -> Self {
-        Self { placement: Placement::Houlsby, reduction_factor: 16, activation: Activation::Relu, seed: 0 }
+        Self {
+            placement: Placement::Houlsby,
+            reduction_factor: 16,
+            activation: Activation::Relu,
+            seed: 0,
+        }
     }
 }
 
@@ -83,7 +88,13 @@ impl<B: Backend> Part<B> for Bottleneck<B> {
 }
 
 impl<B: Backend> Bottleneck<B> {
-    fn new(d: usize, m: usize, activation: Activation, rng: &mut init::HostRng, device: &B::Device) -> Self {
+    fn new(
+        d: usize,
+        m: usize,
+        activation: Activation,
+        rng: &mut init::HostRng,
+        device: &B::Device,
+    ) -> Self {
         let bound = 1.0 / (d as f64).sqrt();
         let down = init::tensor2::<B>(init::uniform_vec(rng, d * m, bound), [d, m], device);
         let down_bias = init::tensor1::<B>(init::uniform_vec(rng, m, bound), device);
@@ -99,7 +110,8 @@ impl<B: Backend> Bottleneck<B> {
     /// # Shapes
     /// - h: `[n, d]` -> `[n, d]`
     pub fn forward(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
-        let z = precision::matmul(h.clone(), self.down.value.clone()) + self.down_bias.value.clone().unsqueeze();
+        let z = precision::matmul(h.clone(), self.down.value.clone())
+            + self.down_bias.value.clone().unsqueeze();
         let z = self.activation.apply(z);
         h + precision::matmul(z, self.up.value.clone()) + self.up_bias.value.clone().unsqueeze()
     }
@@ -109,10 +121,17 @@ impl<B: Backend> Bottleneck<B> {
     }
 }
 
-pub fn attach<B: Backend>(model: &mut Llama<B>, name: &str, config: &BottleneckConfig) -> Result<usize, PeftError> {
+pub fn attach<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    config: &BottleneckConfig,
+) -> Result<usize, PeftError> {
     let d = model.config.hidden_size;
     if config.reduction_factor == 0 || config.reduction_factor > d {
-        return Err(PeftError::Invalid(format!("reduction_factor must be in 1..={d} (got {})", config.reduction_factor)));
+        return Err(PeftError::Invalid(format!(
+            "reduction_factor must be in 1..={d} (got {})",
+            config.reduction_factor
+        )));
     }
     let m = d / config.reduction_factor;
     super::begin_adapter(model, name)?;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::bottleneck::{Activation, BottleneckConfig, Placement};
 use super::ia3::Ia3Config;
@@ -17,10 +17,12 @@ use super::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use super::selective::BitFitConfig;
 use super::targets::Targets;
 use super::{Method, PeftError};
+use crate::model::Llama;
 use crate::model::llama::module_path;
 use crate::model::params::{Param, ParamVisitor};
-use crate::model::save::{host, transposed, write_atomic, write_safetensors, HostTensor, SaveError};
-use crate::model::Llama;
+use crate::model::save::{
+    HostTensor, SaveError, host, transposed, write_atomic, write_safetensors,
+};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -36,11 +38,24 @@ pub enum FormatError {
 }
 
 /// Writes adapter `name` of `model` into `dir`.
-pub fn save_adapter<B: Backend>(model: &Llama<B>, name: &str, dir: &Path) -> Result<(), FormatError> {
-    let info = model.adapters.iter().find(|a| a.name == name).ok_or_else(|| PeftError::UnknownAdapter {
-        name: name.to_string(),
-        known: model.adapters.iter().map(|a| a.name.clone()).collect::<Vec<_>>().join(", "),
-    })?;
+pub fn save_adapter<B: Backend>(
+    model: &Llama<B>,
+    name: &str,
+    dir: &Path,
+) -> Result<(), FormatError> {
+    let info = model
+        .adapters
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| PeftError::UnknownAdapter {
+            name: name.to_string(),
+            known: model
+                .adapters
+                .iter()
+                .map(|a| a.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
     let c = &model.config;
     let common = |peft_type: &str| {
         json!({"peft_type": peft_type, "task_type": "CAUSAL_LM", "inference_mode": true, "base_model_name_or_path": null,
@@ -51,7 +66,9 @@ pub fn save_adapter<B: Backend>(model: &Llama<B>, name: &str, dir: &Path) -> Res
         Method::Lora(l) => {
             for (i, layer) in model.layers.iter().enumerate() {
                 for t in crate::model::llama::LINEAR_TARGETS {
-                    let Some(a) = layer.linear(t).expect("known").lora.get(name) else { continue };
+                    let Some(a) = layer.linear(t).expect("known").lora.get(name) else {
+                        continue;
+                    };
                     let key = format!("base_model.model.{}", module_path(i, t));
                     let (shape, values) = host(&a.a.value);
                     let (shape, values) = transposed(&shape, &values);
@@ -95,10 +112,20 @@ pub fn save_adapter<B: Backend>(model: &Llama<B>, name: &str, dir: &Path) -> Res
         Method::Ia3(cfg) => {
             for (i, layer) in model.layers.iter().enumerate() {
                 for t in crate::model::llama::LINEAR_TARGETS {
-                    let Some(v) = layer.linear(t).expect("known").ia3.get(name) else { continue };
+                    let Some(v) = layer.linear(t).expect("known").ia3.get(name) else {
+                        continue;
+                    };
                     let (shape, values) = host(&v.vector.value);
-                    let shape = if v.on_input { vec![1, shape[0]] } else { vec![shape[0], 1] };
-                    tensors.push((format!("base_model.model.{}.ia3_l", module_path(i, t)), shape, values));
+                    let shape = if v.on_input {
+                        vec![1, shape[0]]
+                    } else {
+                        vec![shape[0], 1]
+                    };
+                    tensors.push((
+                        format!("base_model.model.{}.ia3_l", module_path(i, t)),
+                        shape,
+                        values,
+                    ));
                 }
             }
             let mut v = common("IA3");
@@ -168,9 +195,17 @@ pub fn save_adapter<B: Backend>(model: &Llama<B>, name: &str, dir: &Path) -> Res
         }
         Method::Full => unreachable!("full fine-tuning is not an adapter"),
     };
-    config.as_object_mut().unwrap().insert("runner_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    config
+        .as_object_mut()
+        .unwrap()
+        .insert("runner_version".into(), json!(env!("CARGO_PKG_VERSION")));
     write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
-    write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&config).expect("JSON").as_bytes())?;
+    write_atomic(
+        &dir.join(CONFIG_FILE),
+        serde_json::to_string_pretty(&config)
+            .expect("JSON")
+            .as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -195,28 +230,59 @@ fn runner_tensors<B: Backend>(model: &Llama<B>, name: &str) -> Vec<HostTensor> {
         }
     }
     let mut out = Vec::new();
-    model.clone().visit(&mut Collect { marker: format!("[{name}]"), out: &mut out });
+    model.clone().visit(&mut Collect {
+        marker: format!("[{name}]"),
+        out: &mut out,
+    });
     out
 }
 
 /// Reads an adapter folder (written by runner or by PEFT) and attaches it to `model` as
 /// `name`, active. Returns the parameters added. On any error the model is unchanged.
-pub fn load_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &str) -> Result<usize, FormatError> {
+pub fn load_adapter<B: Backend>(
+    model: &mut Llama<B>,
+    dir: &Path,
+    name: &str,
+) -> Result<usize, FormatError> {
     let config_path = dir.join(CONFIG_FILE);
-    let file_err = |path: &Path, msg: String| FormatError::File { path: path.to_path_buf(), msg };
-    let text = std::fs::read_to_string(&config_path).map_err(|e| file_err(&config_path, format!("cannot read: {e}")))?;
-    let config: Value = serde_json::from_str(&text).map_err(|e| file_err(&config_path, format!("invalid JSON: {e}")))?;
+    let file_err = |path: &Path, msg: String| FormatError::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| file_err(&config_path, format!("cannot read: {e}")))?;
+    let config: Value = serde_json::from_str(&text)
+        .map_err(|e| file_err(&config_path, format!("invalid JSON: {e}")))?;
     let method = method_from_config(&config).map_err(|msg| file_err(&config_path, msg))?;
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&weights_path).map_err(|e| file_err(&weights_path, format!("cannot read: {e}")))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| file_err(&weights_path, format!("not a safetensors file: {e}")))?;
+    let bytes = std::fs::read(&weights_path)
+        .map_err(|e| file_err(&weights_path, format!("cannot read: {e}")))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| file_err(&weights_path, format!("not a safetensors file: {e}")))?;
     let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
     for (key, view) in file.tensors() {
         let values = match view.dtype() {
-            safetensors::Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-            safetensors::Dtype::F16 => view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
-            safetensors::Dtype::BF16 => view.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
-            other => return Err(file_err(&weights_path, format!("tensor {key} has dtype {other:?}; expected F32, F16 or BF16"))),
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32())
+                .collect(),
+            other => {
+                return Err(file_err(
+                    &weights_path,
+                    format!("tensor {key} has dtype {other:?}; expected F32, F16 or BF16"),
+                ));
+            }
         };
         tensors.insert(key, (view.shape().to_vec(), values));
     }
@@ -225,30 +291,68 @@ pub fn load_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &str) ->
     let added = method.attach(&mut updated, name)?;
     fill(&mut updated, name, &method, &mut tensors).map_err(|msg| file_err(&weights_path, msg))?;
     if let Some(extra) = tensors.keys().next() {
-        return Err(file_err(&weights_path, format!("unexpected tensor {extra} (not part of a {} adapter for this model)", method.kind())));
+        return Err(file_err(
+            &weights_path,
+            format!(
+                "unexpected tensor {extra} (not part of a {} adapter for this model)",
+                method.kind()
+            ),
+        ));
     }
     *model = updated;
     Ok(added)
 }
 
 fn method_from_config(v: &Value) -> Result<Method, String> {
-    let peft_type = v.get("peft_type").and_then(Value::as_str).ok_or("missing peft_type")?;
-    let num = |k: &str| v.get(k).and_then(Value::as_f64).ok_or_else(|| format!("missing or non-numeric '{k}'"));
-    let count = |k: &str| v.get(k).and_then(Value::as_u64).map(|n| n as usize).ok_or_else(|| format!("missing or non-integer '{k}'"));
+    let peft_type = v
+        .get("peft_type")
+        .and_then(Value::as_str)
+        .ok_or("missing peft_type")?;
+    let num = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("missing or non-numeric '{k}'"))
+    };
+    let count = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .map(|n| n as usize)
+            .ok_or_else(|| format!("missing or non-integer '{k}'"))
+    };
     let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let targets = |k: &str| v.get(k).and_then(Targets::from_json).ok_or_else(|| format!("missing or invalid '{k}'"));
+    let targets = |k: &str| {
+        v.get(k)
+            .and_then(Targets::from_json)
+            .ok_or_else(|| format!("missing or invalid '{k}'"))
+    };
     let unsupported = |k: &str, ok: &dyn Fn(&Value) -> bool| match v.get(k) {
         Some(x) if !ok(x) => Err(format!("'{k}' = {x} is not supported")),
         _ => Ok(()),
     };
-    let empty = |x: &Value| x.is_null() || x.as_object().is_some_and(|o| o.is_empty()) || x.as_array().is_some_and(|a| a.is_empty());
-    if v.get("task_type").and_then(Value::as_str).is_some_and(|t| t != "CAUSAL_LM") {
-        return Err(format!("task_type {} is not supported (CAUSAL_LM is)", v["task_type"]));
+    let empty = |x: &Value| {
+        x.is_null()
+            || x.as_object().is_some_and(|o| o.is_empty())
+            || x.as_array().is_some_and(|a| a.is_empty())
+    };
+    if v.get("task_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "CAUSAL_LM")
+    {
+        return Err(format!(
+            "task_type {} is not supported (CAUSAL_LM is)",
+            v["task_type"]
+        ));
     }
     unsupported("modules_to_save", &empty)?;
     Ok(match peft_type {
         "LORA" => {
-            for k in ["rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "exclude_modules"] {
+            for k in [
+                "rank_pattern",
+                "alpha_pattern",
+                "layers_to_transform",
+                "layers_pattern",
+                "exclude_modules",
+            ] {
                 unsupported(k, &empty)?;
             }
             unsupported("bias", &|x| x == "none")?;
@@ -266,25 +370,39 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
                 targets: targets("target_modules")?,
                 rslora: flag("use_rslora"),
                 // The weights come from the file; PiSSA's residual base is the caller's to supply.
-                init: if init == LoraInit::Pissa { LoraInit::Kaiming } else { init },
+                init: if init == LoraInit::Pissa {
+                    LoraInit::Kaiming
+                } else {
+                    init
+                },
                 dora: flag("use_dora"),
                 seed: 0,
             })
         }
-        "IA3" => Method::Ia3(Ia3Config { targets: targets("target_modules")?, feedforward: targets("feedforward_modules")? }),
+        "IA3" => Method::Ia3(Ia3Config {
+            targets: targets("target_modules")?,
+            feedforward: targets("feedforward_modules")?,
+        }),
         "PROMPT_TUNING" => {
             unsupported("num_transformer_submodules", &|x| x == 1)?;
             Method::Prompt(PromptConfig {
                 num_virtual_tokens: count("num_virtual_tokens")?,
                 init: PromptInit::Random,
-                init_text: v.get("prompt_tuning_init_text").and_then(Value::as_str).map(String::from),
+                init_text: v
+                    .get("prompt_tuning_init_text")
+                    .and_then(Value::as_str)
+                    .map(String::from),
                 seed: 0,
             })
         }
         "PREFIX_TUNING" => {
             unsupported("num_transformer_submodules", &|x| x == 1)?;
             // PEFT saves the projected table, so a reparameterised prefix loads as a plain one.
-            Method::Prefix(PrefixConfig { num_virtual_tokens: count("num_virtual_tokens")?, projection: None, seed: 0 })
+            Method::Prefix(PrefixConfig {
+                num_virtual_tokens: count("num_virtual_tokens")?,
+                projection: None,
+                seed: 0,
+            })
         }
         "RUNNER_BOTTLENECK" => Method::Bottleneck(BottleneckConfig {
             placement: match v.get("placement").and_then(Value::as_str) {
@@ -293,27 +411,51 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
                 other => return Err(format!("unknown placement {other:?}")),
             },
             reduction_factor: count("reduction_factor")?,
-            activation: v.get("activation").and_then(Value::as_str).and_then(Activation::parse).ok_or("missing or unknown 'activation'")?,
+            activation: v
+                .get("activation")
+                .and_then(Value::as_str)
+                .and_then(Activation::parse)
+                .ok_or("missing or unknown 'activation'")?,
             seed: 0,
         }),
-        "RUNNER_BITFIT" => Method::BitFit(BitFitConfig { targets: targets("target_modules")? }),
+        "RUNNER_BITFIT" => Method::BitFit(BitFitConfig {
+            targets: targets("target_modules")?,
+        }),
         "RUNNER_LN_TUNING" => Method::LnTuning,
-        other => return Err(format!("peft_type {other} is not supported (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING and runner's own types are)")),
+        other => {
+            return Err(format!(
+                "peft_type {other} is not supported (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING and runner's own types are)"
+            ));
+        }
     })
 }
 
 /// Copies the file's tensors into the freshly attached adapter, removing each one used.
-fn fill<B: Backend>(model: &mut Llama<B>, name: &str, method: &Method, tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<(), String> {
+fn fill<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    method: &Method,
+    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Result<(), String> {
     let device = model.device.clone();
     let mut take = |key: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
-        let (s, values) = tensors.remove(key).ok_or_else(|| format!("missing tensor {key}"))?;
+        let (s, values) = tensors
+            .remove(key)
+            .ok_or_else(|| format!("missing tensor {key}"))?;
         if s != shape {
             return Err(format!("tensor {key} has shape {s:?}, expected {shape:?}"));
         }
         Ok(values)
     };
-    let set2 = |p: &mut Param<B, 2>, values: Vec<f32>, shape: [usize; 2]| *p = Param::new(crate::model::init::tensor2(values, shape, &device), p.trainable);
-    let set1 = |p: &mut Param<B, 1>, values: Vec<f32>| *p = Param::new(crate::model::init::tensor1(values, &device), p.trainable);
+    let set2 = |p: &mut Param<B, 2>, values: Vec<f32>, shape: [usize; 2]| {
+        *p = Param::new(
+            crate::model::init::tensor2(values, shape, &device),
+            p.trainable,
+        )
+    };
+    let set1 = |p: &mut Param<B, 1>, values: Vec<f32>| {
+        *p = Param::new(crate::model::init::tensor1(values, &device), p.trainable)
+    };
     match method {
         Method::Lora(_) | Method::Ia3(_) => {
             for (i, layer) in model.layers.iter_mut().enumerate() {
@@ -324,9 +466,17 @@ fn fill<B: Backend>(model: &mut Llama<B>, name: &str, method: &Method, tensors: 
                     if let Some(a) = lin.lora.get_mut(name) {
                         let r = a.a.value.dims()[1];
                         let values = take(&format!("{key}.lora_A.weight"), &[r, d_in])?;
-                        set2(&mut a.a, crate::model::load::build::transpose(&values, r, d_in), [d_in, r]);
+                        set2(
+                            &mut a.a,
+                            crate::model::load::build::transpose(&values, r, d_in),
+                            [d_in, r],
+                        );
                         let values = take(&format!("{key}.lora_B.weight"), &[d_out, r])?;
-                        set2(&mut a.b, crate::model::load::build::transpose(&values, d_out, r), [r, d_out]);
+                        set2(
+                            &mut a.b,
+                            crate::model::load::build::transpose(&values, d_out, r),
+                            [r, d_out],
+                        );
                         if let Some(m) = &mut a.magnitude {
                             set1(m, take(&format!("{key}.lora_magnitude_vector"), &[d_out])?);
                         }
@@ -354,13 +504,20 @@ fn fill<B: Backend>(model: &mut Llama<B>, name: &str, method: &Method, tensors: 
                 take: &'a mut F,
                 error: Option<String>,
             }
-            impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> ParamVisitor<B> for Assign<'_, F> {
+            impl<B: Backend, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> ParamVisitor<B>
+                for Assign<'_, F>
+            {
                 fn visit1(&mut self, n: &str, p: &mut Param<B, 1>) {
                     if !n.contains(&self.marker) || self.error.is_some() {
                         return;
                     }
                     match (self.take)(&n.replace(&self.marker, ""), &p.value.dims()) {
-                        Ok(v) => *p = Param::new(crate::model::init::tensor1(v, &p.value.device()), p.trainable),
+                        Ok(v) => {
+                            *p = Param::new(
+                                crate::model::init::tensor1(v, &p.value.device()),
+                                p.trainable,
+                            )
+                        }
                         Err(e) => self.error = Some(e),
                     }
                 }
@@ -370,12 +527,21 @@ fn fill<B: Backend>(model: &mut Llama<B>, name: &str, method: &Method, tensors: 
                     }
                     let dims = p.value.dims();
                     match (self.take)(&n.replace(&self.marker, ""), &dims) {
-                        Ok(v) => *p = Param::new(crate::model::init::tensor2(v, dims, &p.value.device()), p.trainable),
+                        Ok(v) => {
+                            *p = Param::new(
+                                crate::model::init::tensor2(v, dims, &p.value.device()),
+                                p.trainable,
+                            )
+                        }
                         Err(e) => self.error = Some(e),
                     }
                 }
             }
-            let mut assign = Assign { marker: format!("[{name}]"), take: &mut take, error: None };
+            let mut assign = Assign {
+                marker: format!("[{name}]"),
+                take: &mut take,
+                error: None,
+            };
             model.visit(&mut assign);
             if let Some(e) = assign.error {
                 return Err(e);

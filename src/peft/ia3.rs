@@ -4,11 +4,11 @@
 
 use burn::prelude::*;
 
+use super::PeftError;
 use super::slots::Part;
 use super::targets::Targets;
-use super::PeftError;
-use crate::model::params::{Param, ParamVisitor};
 use crate::model::Llama;
+use crate::model::params::{Param, ParamVisitor};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ia3Config {
@@ -19,7 +19,10 @@ pub struct Ia3Config {
 
 impl Default for Ia3Config {
     fn default() -> Self {
-        Self { targets: Targets::names(&["k_proj", "v_proj", "down_proj"]), feedforward: Targets::names(&["down_proj"]) }
+        Self {
+            targets: Targets::names(&["k_proj", "v_proj", "down_proj"]),
+            feedforward: Targets::names(&["down_proj"]),
+        }
     }
 }
 
@@ -41,7 +44,11 @@ impl<B: Backend> Ia3Vector<B> {
     /// The vector shaped to broadcast over a `[d_in, d_out]` weight: a column or a row.
     fn weight_factor(&self) -> Tensor<B, 2> {
         let v = self.vector.value.clone();
-        if self.on_input { v.unsqueeze_dim::<2>(1) } else { v.unsqueeze::<2>() }
+        if self.on_input {
+            v.unsqueeze_dim::<2>(1)
+        } else {
+            v.unsqueeze::<2>()
+        }
     }
 
     pub fn merge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -57,12 +64,18 @@ impl<B: Backend> Ia3Vector<B> {
     }
 }
 
-pub fn attach<B: Backend>(model: &mut Llama<B>, name: &str, config: &Ia3Config) -> Result<usize, PeftError> {
+pub fn attach<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    config: &Ia3Config,
+) -> Result<usize, PeftError> {
     let layers = model.config.num_hidden_layers;
     let modules = config.targets.resolve(layers)?;
     let ff = config.feedforward.resolve(layers)?;
     if let Some(&(i, t)) = ff.iter().find(|m| !modules.contains(m)) {
-        return Err(PeftError::Invalid(format!("feedforward module layers.{i}.{t} is not among the (IA)3 targets")));
+        return Err(PeftError::Invalid(format!(
+            "feedforward module layers.{i}.{t} is not among the (IA)3 targets"
+        )));
     }
     super::begin_adapter(model, name)?;
     let device = model.device.clone();
@@ -72,7 +85,14 @@ pub fn attach<B: Backend>(model: &mut Llama<B>, name: &str, config: &Ia3Config) 
         let lin = model.layers[i].linear_mut(t).expect("resolved target");
         let n = if on_input { lin.d_in() } else { lin.d_out() };
         added += n;
-        lin.ia3.insert(name, Ia3Vector { vector: Param::new(Tensor::ones([n], &device), true), on_input, merged: false });
+        lin.ia3.insert(
+            name,
+            Ia3Vector {
+                vector: Param::new(Tensor::ones([n], &device), true),
+                on_input,
+                merged: false,
+            },
+        );
     }
     super::finish_adapter(model, name, super::Method::Ia3(config.clone()));
     Ok(added)

@@ -11,14 +11,14 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rand::Rng;
 
+use super::PeftError;
 use super::slots::Part;
 use super::targets::Targets;
-use super::PeftError;
-use crate::model::init::{self, HostRng};
-use crate::model::params::{Param, ParamVisitor};
-use crate::model::linear::Weight;
-use crate::model::Llama;
 use crate::kernels;
+use crate::model::Llama;
+use crate::model::init::{self, HostRng};
+use crate::model::linear::Weight;
+use crate::model::params::{Param, ParamVisitor};
 use crate::precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -74,7 +74,11 @@ impl Default for LoraConfig {
 
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
-        if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
     }
 
     pub fn validate(&self) -> Result<(), PeftError> {
@@ -96,7 +100,9 @@ impl LoraConfig {
 pub enum Merged<B: Backend> {
     Lora,
     /// DoRA merged as `W ← (W + s·A·B) · factor` per output column.
-    Dora { factor: Tensor<B, 1> },
+    Dora {
+        factor: Tensor<B, 1>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -125,18 +131,30 @@ impl<B: Backend> Part<B> for LoraAdapter<B> {
 impl<B: Backend> LoraAdapter<B> {
     /// A fresh adapter for a `[d_in, d_out]` weight. PiSSA also returns the residual weight
     /// that replaces the base.
-    pub fn new(weight: &Tensor<B, 2>, config: &LoraConfig, rng: &mut HostRng) -> (Self, Option<Tensor<B, 2>>) {
+    pub fn new(
+        weight: &Tensor<B, 2>,
+        config: &LoraConfig,
+        rng: &mut HostRng,
+    ) -> (Self, Option<Tensor<B, 2>>) {
         let [d_in, d_out] = weight.dims();
         let (rank, scale, device) = (config.rank, config.scale(), weight.device());
         let (a, b, residual) = match config.init {
             LoraInit::Kaiming => {
                 // kaiming_uniform_(a=√5) on a [r, d_in] weight: bound = 1/√d_in.
                 let a = init::uniform_vec(rng, d_in * rank, 1.0 / (d_in as f64).sqrt());
-                (init::tensor2::<B>(a, [d_in, rank], &device), Tensor::zeros([rank, d_out], &device), None)
+                (
+                    init::tensor2::<B>(a, [d_in, rank], &device),
+                    Tensor::zeros([rank, d_out], &device),
+                    None,
+                )
             }
             LoraInit::Gaussian => {
                 let a = init::normal_vec(rng, d_in * rank, 1.0 / rank as f64);
-                (init::tensor2::<B>(a, [d_in, rank], &device), Tensor::zeros([rank, d_out], &device), None)
+                (
+                    init::tensor2::<B>(a, [d_in, rank], &device),
+                    Tensor::zeros([rank, d_out], &device),
+                    None,
+                )
             }
             LoraInit::Pissa => {
                 let (a, b) = pissa_factors(weight, rank, scale);
@@ -145,23 +163,54 @@ impl<B: Backend> LoraAdapter<B> {
             }
         };
         let base = residual.as_ref().unwrap_or(weight);
-        let magnitude = config.dora.then(|| Param::new(column_norms(base.clone() + a.clone().matmul(b.clone()) * scale), true));
-        let adapter = Self { a: Param::new(a, true), b: Param::new(b, true), magnitude, scale, dropout: config.dropout, merged: None };
+        let magnitude = config.dora.then(|| {
+            Param::new(
+                column_norms(base.clone() + a.clone().matmul(b.clone()) * scale),
+                true,
+            )
+        });
+        let adapter = Self {
+            a: Param::new(a, true),
+            b: Param::new(b, true),
+            magnitude,
+            scale,
+            dropout: config.dropout,
+            merged: None,
+        };
         (adapter, residual)
     }
 
     /// The layer's output with this adapter, given the base output `x·W` and the weight W.
     /// # Shapes
     /// - x: `[n, d_in]`, base: `[n, d_out]`, weight: `[d_in, d_out]` -> `[n, d_out]`
-    pub fn apply(&self, x: Tensor<B, 2>, base: Tensor<B, 2>, weight: &Weight<B>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+    pub fn apply(
+        &self,
+        x: Tensor<B, 2>,
+        base: Tensor<B, 2>,
+        weight: &Weight<B>,
+        rng: Option<&mut HostRng>,
+    ) -> Tensor<B, 2> {
         let x_device = x.device();
         let dropped = match rng {
-            Some(rng) if self.dropout > 0.0 => Some(x.clone() * dropout_mask::<B>(x.dims(), self.dropout, rng, &x.device())),
+            Some(rng) if self.dropout > 0.0 => {
+                Some(x.clone() * dropout_mask::<B>(x.dims(), self.dropout, rng, &x.device()))
+            }
             _ => None,
         };
         let xd = dropped.clone().unwrap_or(x);
-        let Some(m) = &self.magnitude else { return kernels::lora_branch(xd, base, self.a.value.clone(), self.b.value.clone(), self.scale) };
-        let update = precision::matmul(precision::matmul(xd, self.a.value.clone()), self.b.value.clone()) * self.scale;
+        let Some(m) = &self.magnitude else {
+            return kernels::lora_branch(
+                xd,
+                base,
+                self.a.value.clone(),
+                self.b.value.clone(),
+                self.scale,
+            );
+        };
+        let update = precision::matmul(
+            precision::matmul(xd, self.a.value.clone()),
+            self.b.value.clone(),
+        ) * self.scale;
         // DoRA: out = x·W + (f - 1)·(x'·W) + f·s·x'·A·B with f = m / ‖W + s·A·B‖ (norm detached).
         let weight = weight.tensor(&x_device);
         let factor = (m.value.clone() / self.dense_norms(&weight)).unsqueeze::<2>();
@@ -192,7 +241,9 @@ impl<B: Backend> LoraAdapter<B> {
             }
             Some(m) => {
                 let factor = m.value.clone().detach() / column_norms(merged.clone());
-                self.merged = Some(Merged::Dora { factor: factor.clone() });
+                self.merged = Some(Merged::Dora {
+                    factor: factor.clone(),
+                });
                 merged * factor.unsqueeze::<2>()
             }
         }
@@ -216,9 +267,17 @@ fn column_norms<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 1> {
 
 /// PiSSA factors of a `[d_in, d_out]` weight: with `W = U·S·Vᵀ`, A = U_r·√(S_r/s) and
 /// B = √(S_r/s)·V_rᵀ, so that `s·A·B` is the best rank-r approximation of W.
-fn pissa_factors<B: Backend>(weight: &Tensor<B, 2>, rank: usize, scale: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+fn pissa_factors<B: Backend>(
+    weight: &Tensor<B, 2>,
+    rank: usize,
+    scale: f64,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [d_in, d_out] = weight.dims();
-    let values = weight.to_data().convert::<f64>().to_vec::<f64>().expect("f64 weight");
+    let values = weight
+        .to_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("f64 weight");
     let m = nalgebra::DMatrix::from_row_slice(d_in, d_out, &values);
     let svd = m.svd(true, true);
     let (u, vt) = (svd.u.expect("u"), svd.v_t.expect("v_t"));
@@ -237,31 +296,55 @@ fn pissa_factors<B: Backend>(weight: &Tensor<B, 2>, rank: usize, scale: f64) -> 
         }
     }
     let device = weight.device();
-    (init::tensor2(a, [d_in, rank], &device), init::tensor2(b, [rank, d_out], &device))
+    (
+        init::tensor2(a, [d_in, rank], &device),
+        init::tensor2(b, [rank, d_out], &device),
+    )
 }
 
 /// Inverted-dropout mask (kept entries scaled by 1/(1-p)), drawn on the host so that a seed
 /// gives the same masks on every backend.
-pub fn dropout_mask<B: Backend>(shape: [usize; 2], p: f64, rng: &mut HostRng, device: &B::Device) -> Tensor<B, 2> {
+pub fn dropout_mask<B: Backend>(
+    shape: [usize; 2],
+    p: f64,
+    rng: &mut HostRng,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let keep = (1.0 / (1.0 - p)) as f32;
-    let values: Vec<f32> = (0..shape[0] * shape[1]).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
+    let values: Vec<f32> = (0..shape[0] * shape[1])
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+        .collect();
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Adds a LoRA (or DoRA) adapter named `name` to every targeted projection and makes it the
 /// active adapter. Returns the number of parameters added. Nothing changes when a check fails.
-pub fn attach<B: Backend>(model: &mut Llama<B>, name: &str, config: &LoraConfig) -> Result<usize, PeftError> {
+pub fn attach<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    config: &LoraConfig,
+) -> Result<usize, PeftError> {
     config.validate()?;
     let modules = config.targets.resolve(model.config.num_hidden_layers)?;
     for &(i, t) in &modules {
         let lin = model.layers[i].linear(t).expect("resolved target");
         let side = lin.d_in().min(lin.d_out());
         if config.rank > side {
-            return Err(PeftError::RankTooLarge { rank: config.rank, side, module: format!("layers.{i}.{t}") });
+            return Err(PeftError::RankTooLarge {
+                rank: config.rank,
+                side,
+                module: format!("layers.{i}.{t}"),
+            });
         }
     }
     if config.init == LoraInit::Pissa
-        && let Some(&(i, t)) = modules.iter().find(|&&(i, t)| model.layers[i].linear(t).expect("resolved target").dense().is_none())
+        && let Some(&(i, t)) = modules.iter().find(|&&(i, t)| {
+            model.layers[i]
+                .linear(t)
+                .expect("resolved target")
+                .dense()
+                .is_none()
+        })
     {
         return Err(PeftError::Invalid(format!(
             "PiSSA initialisation rewrites the base weight, and layers.{i}.{t} is quantized; attach PiSSA before quantizing"
@@ -277,7 +360,9 @@ pub fn attach<B: Backend>(model: &mut Llama<B>, name: &str, config: &LoraConfig)
         if let (Some(w), Some(p)) = (residual, lin.dense_mut()) {
             p.value = w.detach().set_require_grad(p.trainable);
         }
-        added += adapter.a.numel() + adapter.b.numel() + adapter.magnitude.as_ref().map_or(0, |m| m.numel());
+        added += adapter.a.numel()
+            + adapter.b.numel()
+            + adapter.magnitude.as_ref().map_or(0, |m| m.numel());
         lin.lora.insert(name, adapter);
     }
     super::finish_adapter(model, name, super::Method::Lora(config.clone()));

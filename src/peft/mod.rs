@@ -16,8 +16,8 @@ pub mod targets;
 
 use burn::prelude::*;
 
-use crate::model::params::SetTrainable;
 use crate::model::Llama;
+use crate::model::params::SetTrainable;
 
 pub use targets::Targets;
 
@@ -90,13 +90,23 @@ pub enum PeftError {
     #[error("at least one target module is needed")]
     NoTargets,
     #[error("unknown target module '{name}'{hint}; valid targets: {valid}")]
-    UnknownTarget { name: String, hint: String, valid: String },
+    UnknownTarget {
+        name: String,
+        hint: String,
+        valid: String,
+    },
     #[error("target pattern is not a valid regular expression: {0}")]
     BadPattern(String),
-    #[error("target pattern '{0}' matches no module (module names look like model.layers.0.self_attn.q_proj)")]
+    #[error(
+        "target pattern '{0}' matches no module (module names look like model.layers.0.self_attn.q_proj)"
+    )]
     NoMatch(String),
     #[error("LoRA rank {rank} exceeds the smaller side ({side}) of {module}")]
-    RankTooLarge { rank: usize, side: usize, module: String },
+    RankTooLarge {
+        rank: usize,
+        side: usize,
+        module: String,
+    },
     #[error("an adapter named '{0}' is already attached")]
     AdapterExists(String),
     #[error("adapter names use letters, digits, '_' and '-' (got '{0}')")]
@@ -120,7 +130,11 @@ pub const DEFAULT_ADAPTER: &str = "default";
 
 /// Checks that `name` can be attached (called before anything changes).
 fn begin_adapter<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftError> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return Err(PeftError::AdapterName(name.to_string()));
     }
     if model.adapters.iter().any(|a| a.name == name) {
@@ -131,7 +145,11 @@ fn begin_adapter<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftErr
 
 /// Records the new adapter and makes it the active one.
 fn finish_adapter<B: Backend>(model: &mut Llama<B>, name: &str, method: Method) {
-    model.adapters.push(AdapterInfo { name: name.to_string(), method, merged: false });
+    model.adapters.push(AdapterInfo {
+        name: name.to_string(),
+        method,
+        merged: false,
+    });
     set_active(model, Some(name)).expect("just attached");
 }
 
@@ -148,14 +166,30 @@ pub fn set_active<B: Backend>(model: &mut Llama<B>, name: Option<&str>) -> Resul
 }
 
 fn find<B: Backend>(model: &Llama<B>, name: &str) -> Result<usize, PeftError> {
-    model.adapters.iter().position(|a| a.name == name).ok_or_else(|| PeftError::UnknownAdapter {
-        name: name.to_string(),
-        known: if model.adapters.is_empty() { "none".into() } else { model.adapters.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ") },
-    })
+    model
+        .adapters
+        .iter()
+        .position(|a| a.name == name)
+        .ok_or_else(|| PeftError::UnknownAdapter {
+            name: name.to_string(),
+            known: if model.adapters.is_empty() {
+                "none".into()
+            } else {
+                model
+                    .adapters
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
 }
 
 fn active_index<B: Backend>(model: &Llama<B>) -> Result<usize, PeftError> {
-    let name = model.active_adapter.clone().ok_or(PeftError::NoActiveAdapter)?;
+    let name = model
+        .active_adapter
+        .clone()
+        .ok_or(PeftError::NoActiveAdapter)?;
     find(model, &name)
 }
 
@@ -217,7 +251,9 @@ fn rewrite_weights<B: Backend>(
     for layer in &mut model.layers {
         for t in crate::model::llama::LINEAR_TARGETS {
             let lin = layer.linear_mut(t).expect("known projection");
-            let Some(weight) = lin.dense_mut() else { continue };
+            let Some(weight) = lin.dense_mut() else {
+                continue;
+            };
             let w = weight.value.clone().detach();
             let w = if let Some(a) = lin.lora.get_mut(name) {
                 lora(a, w)

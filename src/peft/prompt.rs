@@ -8,11 +8,11 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::slots::Part;
 use super::PeftError;
+use super::slots::Part;
+use crate::model::Llama;
 use crate::model::init;
 use crate::model::params::{Param, ParamVisitor};
-use crate::model::Llama;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PromptInit {
@@ -35,34 +35,57 @@ pub struct PromptConfig {
 
 impl Default for PromptConfig {
     fn default() -> Self {
-        Self { num_virtual_tokens: 20, init: PromptInit::Random, init_text: None, seed: 0 }
+        Self {
+            num_virtual_tokens: 20,
+            init: PromptInit::Random,
+            init_text: None,
+            seed: 0,
+        }
     }
 }
 
 fn check_virtual(n: usize) -> Result<(), PeftError> {
     if n == 0 {
-        return Err(PeftError::Invalid("num_virtual_tokens must be at least 1".into()));
+        return Err(PeftError::Invalid(
+            "num_virtual_tokens must be at least 1".into(),
+        ));
     }
     Ok(())
 }
 
-pub fn attach_prompt<B: Backend>(model: &mut Llama<B>, name: &str, config: &PromptConfig) -> Result<usize, PeftError> {
+pub fn attach_prompt<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    config: &PromptConfig,
+) -> Result<usize, PeftError> {
     let n = config.num_virtual_tokens;
     check_virtual(n)?;
     let (vocab, d) = (model.config.vocab_size, model.config.hidden_size);
     let mut rng = init::rng_for(config.seed, "prompt_tuning");
     let table = match &config.init {
-        PromptInit::Random => init::tensor2::<B>(init::normal_vec(&mut rng, n * d, 1.0), [n, d], &model.device),
+        PromptInit::Random => init::tensor2::<B>(
+            init::normal_vec(&mut rng, n * d, 1.0),
+            [n, d],
+            &model.device,
+        ),
         PromptInit::SampleVocab | PromptInit::Tokens(_) => {
             let ids: Vec<i64> = match &config.init {
-                PromptInit::Tokens(t) if t.is_empty() => return Err(PeftError::Invalid("the prompt-tuning init text has no tokens".into())),
+                PromptInit::Tokens(t) if t.is_empty() => {
+                    return Err(PeftError::Invalid(
+                        "the prompt-tuning init text has no tokens".into(),
+                    ));
+                }
                 PromptInit::Tokens(t) => {
                     if let Some(bad) = t.iter().find(|&&id| id as usize >= vocab) {
-                        return Err(PeftError::Invalid(format!("init token id {bad} is outside the vocabulary ({vocab})")));
+                        return Err(PeftError::Invalid(format!(
+                            "init token id {bad} is outside the vocabulary ({vocab})"
+                        )));
                     }
                     t.iter().cycle().take(n).map(|&i| i as i64).collect()
                 }
-                _ => (0..n).map(|_| rand::Rng::random_range(&mut rng, 0..vocab as i64)).collect(),
+                _ => (0..n)
+                    .map(|_| rand::Rng::random_range(&mut rng, 0..vocab as i64))
+                    .collect(),
             };
             let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &model.device);
             model.embed_tokens.value.clone().detach().select(0, ids)
@@ -84,7 +107,11 @@ pub struct PrefixConfig {
 
 impl Default for PrefixConfig {
     fn default() -> Self {
-        Self { num_virtual_tokens: 20, projection: None, seed: 0 }
+        Self {
+            num_virtual_tokens: 20,
+            projection: None,
+            seed: 0,
+        }
     }
 }
 
@@ -122,7 +149,9 @@ impl<B: Backend> PrefixAdapter<B> {
         match &self.mlp {
             None => self.embedding.value.clone(),
             Some(m) => {
-                let h = (self.embedding.value.clone().matmul(m.w1.value.clone()) + m.b1.value.clone().unsqueeze()).tanh();
+                let h = (self.embedding.value.clone().matmul(m.w1.value.clone())
+                    + m.b1.value.clone().unsqueeze())
+                .tanh();
                 h.matmul(m.w2.value.clone()) + m.b2.value.clone().unsqueeze()
             }
         }
@@ -131,17 +160,32 @@ impl<B: Backend> PrefixAdapter<B> {
     /// Keys and values of `layer`, expanded to the batch.
     /// # Shapes
     /// -> `([batch, kv_heads, virtual, head_dim], same)`
-    pub fn layer_kv(table: &Tensor<B, 2>, layer: usize, batch: usize, kv_heads: usize, head_dim: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn layer_kv(
+        table: &Tensor<B, 2>,
+        layer: usize,
+        batch: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let n = table.dims()[0];
         let kv = kv_heads * head_dim;
         let part = |block: usize| {
-            table.clone().narrow(1, block * kv, kv).reshape([1, n, kv_heads, head_dim]).swap_dims(1, 2).expand([batch, kv_heads, n, head_dim])
+            table
+                .clone()
+                .narrow(1, block * kv, kv)
+                .reshape([1, n, kv_heads, head_dim])
+                .swap_dims(1, 2)
+                .expand([batch, kv_heads, n, head_dim])
         };
         (part(2 * layer), part(2 * layer + 1))
     }
 }
 
-pub fn attach_prefix<B: Backend>(model: &mut Llama<B>, name: &str, config: &PrefixConfig) -> Result<usize, PeftError> {
+pub fn attach_prefix<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    config: &PrefixConfig,
+) -> Result<usize, PeftError> {
     let n = config.num_virtual_tokens;
     check_virtual(n)?;
     let c = &model.config;
@@ -150,20 +194,44 @@ pub fn attach_prefix<B: Backend>(model: &mut Llama<B>, name: &str, config: &Pref
     let device = model.device.clone();
     let mut rng = init::rng_for(config.seed, "prefix_tuning");
     let adapter = match config.projection {
-        None => PrefixAdapter { embedding: Param::new(init::tensor2(init::normal_vec(&mut rng, n * width, 1.0), [n, width], &device), true), mlp: None },
-        Some(0) => return Err(PeftError::Invalid("the prefix projection's hidden size must be at least 1".into())),
+        None => PrefixAdapter {
+            embedding: Param::new(
+                init::tensor2(
+                    init::normal_vec(&mut rng, n * width, 1.0),
+                    [n, width],
+                    &device,
+                ),
+                true,
+            ),
+            mlp: None,
+        },
+        Some(0) => {
+            return Err(PeftError::Invalid(
+                "the prefix projection's hidden size must be at least 1".into(),
+            ));
+        }
         Some(h) => {
             // nn.Linear's default initialisation: weights and biases uniform(±1/√fan_in).
             let linear = |rng: &mut init::HostRng, fan_in: usize, fan_out: usize| {
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                let w = init::tensor2::<B>(init::uniform_vec(rng, fan_in * fan_out, bound), [fan_in, fan_out], &device);
+                let w = init::tensor2::<B>(
+                    init::uniform_vec(rng, fan_in * fan_out, bound),
+                    [fan_in, fan_out],
+                    &device,
+                );
                 let b = init::tensor1::<B>(init::uniform_vec(rng, fan_out, bound), &device);
                 (Param::new(w, true), Param::new(b, true))
             };
-            let embedding = Param::new(init::tensor2(init::normal_vec(&mut rng, n * kv, 1.0), [n, kv], &device), true);
+            let embedding = Param::new(
+                init::tensor2(init::normal_vec(&mut rng, n * kv, 1.0), [n, kv], &device),
+                true,
+            );
             let (w1, b1) = linear(&mut rng, kv, h);
             let (w2, b2) = linear(&mut rng, h, width);
-            PrefixAdapter { embedding, mlp: Some(PrefixMlp { w1, b1, w2, b2 }) }
+            PrefixAdapter {
+                embedding,
+                mlp: Some(PrefixMlp { w1, b1, w2, b2 }),
+            }
         }
     };
     super::begin_adapter(model, name)?;

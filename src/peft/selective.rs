@@ -6,10 +6,10 @@
 
 use burn::prelude::*;
 
-use super::targets::Targets;
 use super::PeftError;
-use crate::model::params::{Param, SetTrainable};
+use super::targets::Targets;
 use crate::model::Llama;
+use crate::model::params::{Param, SetTrainable};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BitFitConfig {
@@ -18,11 +18,17 @@ pub struct BitFitConfig {
 
 impl Default for BitFitConfig {
     fn default() -> Self {
-        Self { targets: Targets::AllLinear }
+        Self {
+            targets: Targets::AllLinear,
+        }
     }
 }
 
-pub fn attach_bitfit<B: Backend>(model: &mut Llama<B>, name: &str, config: &BitFitConfig) -> Result<usize, PeftError> {
+pub fn attach_bitfit<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    config: &BitFitConfig,
+) -> Result<usize, PeftError> {
     let modules = config.targets.resolve(model.config.num_hidden_layers)?;
     super::begin_adapter(model, name)?;
     let device = model.device.clone();
@@ -30,7 +36,10 @@ pub fn attach_bitfit<B: Backend>(model: &mut Llama<B>, name: &str, config: &BitF
     for (i, t) in modules {
         let lin = model.layers[i].linear_mut(t).expect("resolved target");
         added += lin.d_out();
-        lin.bias.insert(name, Param::new(Tensor::zeros([lin.d_out()], &device), true));
+        lin.bias.insert(
+            name,
+            Param::new(Tensor::zeros([lin.d_out()], &device), true),
+        );
     }
     super::finish_adapter(model, name, super::Method::BitFit(config.clone()));
     Ok(added)
@@ -41,8 +50,12 @@ pub fn attach_ln_tuning<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<
     let copy = |p: &Param<B, 1>| Param::new(p.value.clone().detach(), true);
     let mut added = 0;
     for layer in &mut model.layers {
-        layer.input_norm_tuned.insert(name, copy(&layer.input_layernorm));
-        layer.post_norm_tuned.insert(name, copy(&layer.post_attention_layernorm));
+        layer
+            .input_norm_tuned
+            .insert(name, copy(&layer.input_layernorm));
+        layer
+            .post_norm_tuned
+            .insert(name, copy(&layer.post_attention_layernorm));
         added += 2 * layer.input_layernorm.numel();
     }
     let norm = copy(&model.norm);
@@ -56,7 +69,10 @@ pub fn attach_ln_tuning<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<
 /// since full fine-tuning trains the base itself.
 pub fn full<B: Backend>(model: &mut Llama<B>) -> Result<usize, PeftError> {
     if let Some(a) = model.adapters.first() {
-        return Err(PeftError::Invalid(format!("full fine-tuning trains the base model, but adapter '{}' is attached; merge_and_unload() or remove it first", a.name)));
+        return Err(PeftError::Invalid(format!(
+            "full fine-tuning trains the base model, but adapter '{}' is attached; merge_and_unload() or remove it first",
+            a.name
+        )));
     }
     model.visit(&mut SetTrainable(true));
     Ok(model.param_count().trainable)

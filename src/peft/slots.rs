@@ -54,7 +54,10 @@ impl<T> Slots<T> {
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut T> {
-        self.0.iter_mut().find(|n| n.name == name).map(|n| &mut n.inner)
+        self.0
+            .iter_mut()
+            .find(|n| n.name == name)
+            .map(|n| &mut n.inner)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -64,7 +67,11 @@ impl<T> Slots<T> {
     /// Adds an inactive entry (the caller activates adapters model-wide).
     pub fn insert(&mut self, name: &str, inner: T) {
         self.0.retain(|n| n.name != name);
-        self.0.push(Named { name: name.to_string(), active: false, inner });
+        self.0.push(Named {
+            name: name.to_string(),
+            active: false,
+            inner,
+        });
     }
 
     pub fn remove(&mut self, name: &str) {

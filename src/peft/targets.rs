@@ -4,7 +4,7 @@
 //! name, or "all-linear" (every projection, not the output head).
 
 use super::PeftError;
-use crate::model::llama::{module_path, LINEAR_TARGETS};
+use crate::model::llama::{LINEAR_TARGETS, module_path};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Targets {
@@ -21,7 +21,9 @@ impl Targets {
     pub fn validate(&self) -> Result<(), PeftError> {
         match self {
             Self::Names(list) if list.is_empty() => Err(PeftError::NoTargets),
-            Self::Pattern(p) => regex::Regex::new(p).map(|_| ()).map_err(|e| PeftError::BadPattern(e.to_string())),
+            Self::Pattern(p) => regex::Regex::new(p)
+                .map(|_| ())
+                .map_err(|e| PeftError::BadPattern(e.to_string())),
             _ => Ok(()),
         }
     }
@@ -33,8 +35,11 @@ impl Targets {
         match self {
             Self::AllLinear => Ok(all.collect()),
             Self::Pattern(p) => {
-                let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| PeftError::BadPattern(e.to_string()))?;
-                let picked: Vec<_> = all.filter(|&(i, t)| re.is_match(&module_path(i, t))).collect();
+                let re = regex::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| PeftError::BadPattern(e.to_string()))?;
+                let picked: Vec<_> = all
+                    .filter(|&(i, t)| re.is_match(&module_path(i, t)))
+                    .collect();
                 if picked.is_empty() {
                     return Err(PeftError::NoMatch(p.clone()));
                 }
@@ -47,11 +52,19 @@ impl Targets {
                 };
                 for name in names {
                     if !(0..layers).any(|i| LINEAR_TARGETS.iter().any(|t| matches(name, i, t))) {
-                        let hint = super::closest(name, LINEAR_TARGETS).map(|c| format!(" (did you mean '{c}'?)")).unwrap_or_default();
-                        return Err(PeftError::UnknownTarget { name: name.clone(), hint, valid: LINEAR_TARGETS.join(", ") });
+                        let hint = super::closest(name, LINEAR_TARGETS)
+                            .map(|c| format!(" (did you mean '{c}'?)"))
+                            .unwrap_or_default();
+                        return Err(PeftError::UnknownTarget {
+                            name: name.clone(),
+                            hint,
+                            valid: LINEAR_TARGETS.join(", "),
+                        });
                     }
                 }
-                Ok(all.filter(|&(i, t)| names.iter().any(|n| matches(n, i, t))).collect())
+                Ok(all
+                    .filter(|&(i, t)| names.iter().any(|n| matches(n, i, t)))
+                    .collect())
             }
         }
     }
@@ -71,7 +84,11 @@ impl Targets {
         match v {
             serde_json::Value::String(s) if s == "all-linear" => Some(Self::AllLinear),
             serde_json::Value::String(s) => Some(Self::Pattern(s.clone())),
-            serde_json::Value::Array(items) => items.iter().map(|i| i.as_str().map(String::from)).collect::<Option<Vec<_>>>().map(Self::Names),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(String::from))
+                .collect::<Option<Vec<_>>>()
+                .map(Self::Names),
             _ => None,
         }
     }

@@ -26,7 +26,12 @@ pub enum QuantDtype {
 }
 
 impl QuantDtype {
-    pub const ALL: [QuantDtype; 4] = [QuantDtype::Nf4, QuantDtype::Fp4, QuantDtype::Int4, QuantDtype::Int8];
+    pub const ALL: [QuantDtype; 4] = [
+        QuantDtype::Nf4,
+        QuantDtype::Fp4,
+        QuantDtype::Int4,
+        QuantDtype::Int8,
+    ];
 
     pub fn parse(s: &str) -> Result<Self, QuantError> {
         match s.to_ascii_lowercase().as_str() {
@@ -79,7 +84,11 @@ pub struct QuantConfig {
 
 impl Default for QuantConfig {
     fn default() -> Self {
-        Self { dtype: QuantDtype::Nf4, block: 64, double: true }
+        Self {
+            dtype: QuantDtype::Nf4,
+            block: 64,
+            double: true,
+        }
     }
 }
 
@@ -102,10 +111,15 @@ impl QuantConfig {
     /// Checks the block size on its own: positive, and even for 4-bit types.
     pub fn validate_block(&self) -> Result<(), QuantError> {
         if self.block == 0 {
-            return Err(QuantError::BadBlock("block size must be positive, got 0".into()));
+            return Err(QuantError::BadBlock(
+                "block size must be positive, got 0".into(),
+            ));
         }
         if self.dtype.bits() == 4 && !self.block.is_multiple_of(2) {
-            return Err(QuantError::BadBlock(format!("a 4-bit block must hold an even number of values, got {}", self.block)));
+            return Err(QuantError::BadBlock(format!(
+                "a 4-bit block must hold an even number of values, got {}",
+                self.block
+            )));
         }
         Ok(())
     }
@@ -133,9 +147,15 @@ impl BlockScales {
     pub fn decode(&self) -> Vec<f32> {
         match self {
             Self::Plain(v) => v.clone(),
-            Self::Double { codes, nested_absmax, offset, nested_map } => {
-                dequantize_dynamic_8bit(codes, nested_absmax, nested_map, NESTED_BLOCK).into_iter().map(|a| a + offset).collect()
-            }
+            Self::Double {
+                codes,
+                nested_absmax,
+                offset,
+                nested_map,
+            } => dequantize_dynamic_8bit(codes, nested_absmax, nested_map, NESTED_BLOCK)
+                .into_iter()
+                .map(|a| a + offset)
+                .collect(),
         }
     }
 
@@ -144,7 +164,12 @@ impl BlockScales {
     pub fn bytes(&self) -> usize {
         match self {
             Self::Plain(v) => 4 * v.len(),
-            Self::Double { codes, nested_absmax, nested_map, .. } => codes.len() + 4 * nested_absmax.len() + 4 + 4 * nested_map.len(),
+            Self::Double {
+                codes,
+                nested_absmax,
+                nested_map,
+                ..
+            } => codes.len() + 4 * nested_absmax.len() + 4 + 4 * nested_map.len(),
         }
     }
 }
@@ -166,10 +191,17 @@ impl QuantizedTensor {
     /// Quantizes row-major `values` of `shape`. The block size must be positive (and even for
     /// 4-bit types); rows need not align with blocks here (bitsandbytes quantizes the flattened
     /// tensor), but `QuantConfig::validate` asks it of model weights.
-    pub fn quantize(values: &[f32], shape: &[usize], config: QuantConfig) -> Result<Self, QuantError> {
+    pub fn quantize(
+        values: &[f32],
+        shape: &[usize],
+        config: QuantConfig,
+    ) -> Result<Self, QuantError> {
         let n: usize = shape.iter().product();
         if n != values.len() {
-            return Err(QuantError::Shape(format!("{} values for shape {shape:?}", values.len())));
+            return Err(QuantError::Shape(format!(
+                "{} values for shape {shape:?}",
+                values.len()
+            )));
         }
         config.validate_block()?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -178,21 +210,28 @@ impl QuantizedTensor {
         let book = CodeBook::new(config.dtype);
         let block = config.block;
         let full = n / block * block;
-        let mut absmax: Vec<f32> = values.chunks(block).map(|c| c.iter().fold(0.0f32, |m, v| m.max(v.abs()))).collect();
+        let mut absmax: Vec<f32> = values
+            .chunks(block)
+            .map(|c| c.iter().fold(0.0f32, |m, v| m.max(v.abs())))
+            .collect();
         let mut codes = vec![0u8; n];
-        codes.par_chunks_mut(block).zip(values.par_chunks(block)).zip(absmax.par_iter()).for_each(|((out, x), &am)| {
-            if x.len() == block {
-                let inv = 1.0f32 / am.max(1e-38);
-                for (o, v) in out.iter_mut().zip(x) {
-                    *o = book.encode((v * inv).clamp(-1.0, 1.0));
+        codes
+            .par_chunks_mut(block)
+            .zip(values.par_chunks(block))
+            .zip(absmax.par_iter())
+            .for_each(|((out, x), &am)| {
+                if x.len() == block {
+                    let inv = 1.0f32 / am.max(1e-38);
+                    for (o, v) in out.iter_mut().zip(x) {
+                        *o = book.encode((v * inv).clamp(-1.0, 1.0));
+                    }
+                } else {
+                    let am = am.max(1e-38);
+                    for (o, v) in out.iter_mut().zip(x) {
+                        *o = book.encode((v / am).clamp(-1.0, 1.0));
+                    }
                 }
-            } else {
-                let am = am.max(1e-38);
-                for (o, v) in out.iter_mut().zip(x) {
-                    *o = book.encode((v / am).clamp(-1.0, 1.0));
-                }
-            }
-        });
+            });
         // bitsandbytes stores the clamped absmax for a partial last block only.
         if full < n {
             let last = absmax.len() - 1;
@@ -200,12 +239,26 @@ impl QuantizedTensor {
         }
         let data = if config.dtype.bits() == 4 {
             let pad = book.encode(0.0);
-            codes.chunks(2).map(|p| (p[0] << 4) | p.get(1).copied().unwrap_or(pad)).collect()
+            codes
+                .chunks(2)
+                .map(|p| (p[0] << 4) | p.get(1).copied().unwrap_or(pad))
+                .collect()
         } else {
             codes
         };
-        let scales = if config.double { double_quantize(&absmax) } else { BlockScales::Plain(absmax) };
-        Ok(Self { dtype: config.dtype, block, shape: shape.to_vec(), data, scales, device_copy: DeviceCopy::default() })
+        let scales = if config.double {
+            double_quantize(&absmax)
+        } else {
+            BlockScales::Plain(absmax)
+        };
+        Ok(Self {
+            dtype: config.dtype,
+            block,
+            shape: shape.to_vec(),
+            data,
+            scales,
+            device_copy: DeviceCopy::default(),
+        })
     }
 
     pub fn numel(&self) -> usize {
@@ -213,7 +266,11 @@ impl QuantizedTensor {
     }
 
     pub fn config(&self) -> QuantConfig {
-        QuantConfig { dtype: self.dtype, block: self.block, double: matches!(self.scales, BlockScales::Double { .. }) }
+        QuantConfig {
+            dtype: self.dtype,
+            block: self.block,
+            double: matches!(self.scales, BlockScales::Double { .. }),
+        }
     }
 
     /// The f32 values, row-major.
@@ -230,20 +287,26 @@ impl QuantizedTensor {
         let block = self.block;
         if self.dtype.bits() == 4 {
             // `block` is even, so every block starts on a byte boundary.
-            out.par_chunks_mut(block).zip(absmax.par_iter()).enumerate().for_each(|(b, (o, &am))| {
-                let bytes = &self.data[b * block / 2..];
-                for (i, v) in o.iter_mut().enumerate() {
-                    let byte = bytes[i / 2];
-                    let code = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-                    *v = values[code as usize] * am;
-                }
-            });
+            out.par_chunks_mut(block)
+                .zip(absmax.par_iter())
+                .enumerate()
+                .for_each(|(b, (o, &am))| {
+                    let bytes = &self.data[b * block / 2..];
+                    for (i, v) in o.iter_mut().enumerate() {
+                        let byte = bytes[i / 2];
+                        let code = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                        *v = values[code as usize] * am;
+                    }
+                });
         } else {
-            out.par_chunks_mut(block).zip(self.data.par_chunks(block)).zip(absmax.par_iter()).for_each(|((o, c), &am)| {
-                for (v, &code) in o.iter_mut().zip(c) {
-                    *v = values[code as usize] * am;
-                }
-            });
+            out.par_chunks_mut(block)
+                .zip(self.data.par_chunks(block))
+                .zip(absmax.par_iter())
+                .for_each(|((o, c), &am)| {
+                    for (v, &code) in o.iter_mut().zip(c) {
+                        *v = values[code as usize] * am;
+                    }
+                });
         }
     }
 
@@ -255,15 +318,17 @@ impl QuantizedTensor {
         let mut out = vec![0.0f32; dense.len()];
         // Tiles of 32 output rows keep both sides' cache lines in use.
         const TILE: usize = 32;
-        out.par_chunks_mut(TILE * rows).enumerate().for_each(|(t, chunk)| {
-            let c0 = t * TILE;
-            for r in 0..rows {
-                let src = &dense[r * cols + c0..r * cols + c0 + chunk.len() / rows];
-                for (dc, v) in src.iter().enumerate() {
-                    chunk[dc * rows + r] = *v;
+        out.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                let c0 = t * TILE;
+                for r in 0..rows {
+                    let src = &dense[r * cols + c0..r * cols + c0 + chunk.len() / rows];
+                    for (dc, v) in src.iter().enumerate() {
+                        chunk[dc * rows + r] = *v;
+                    }
                 }
-            }
-        });
+            });
         out
     }
 
@@ -286,8 +351,14 @@ impl CodeBook {
         let mut order: Vec<usize> = (0..values.len()).collect();
         // Stable, so that FP4's +0 (code 0) sorts before its -0 (code 8), as in bitsandbytes.
         order.sort_by(|&a, &b| values[a].partial_cmp(&values[b]).expect("finite codes"));
-        let midpoints = order.windows(2).map(|w| (values[w[0]] + values[w[1]]) / 2.0).collect();
-        Self { midpoints, code_of_sorted: order.into_iter().map(|i| i as u8).collect() }
+        let midpoints = order
+            .windows(2)
+            .map(|w| (values[w[0]] + values[w[1]]) / 2.0)
+            .collect();
+        Self {
+            midpoints,
+            code_of_sorted: order.into_iter().map(|i| i as u8).collect(),
+        }
     }
 
     /// The code of the nearest value; a value exactly on a midpoint takes the lower code.
@@ -303,7 +374,12 @@ fn double_quantize(absmax: &[f32]) -> BlockScales {
     let centred: Vec<f32> = absmax.iter().map(|a| a - offset).collect();
     let map = codes::dynamic_map();
     let (codes, nested_absmax) = quantize_dynamic_8bit(&centred, &map, NESTED_BLOCK);
-    BlockScales::Double { codes, nested_absmax, offset, nested_map: map }
+    BlockScales::Double {
+        codes,
+        nested_absmax,
+        offset,
+        nested_map: map,
+    }
 }
 
 /// The mean as bitsandbytes gets it from PyTorch on the CPU: an f32 sum in PyTorch's
@@ -360,6 +436,15 @@ fn nearest_code_table(map: &[f32]) -> Vec<u8> {
 }
 
 /// Dequantizes codes of `quantize_dynamic_8bit`.
-pub fn dequantize_dynamic_8bit(codes: &[u8], absmax: &[f32], map: &[f32], block: usize) -> Vec<f32> {
-    codes.iter().enumerate().map(|(i, &c)| map[c as usize] * absmax[i / block]).collect()
+pub fn dequantize_dynamic_8bit(
+    codes: &[u8],
+    absmax: &[f32],
+    map: &[f32],
+    block: usize,
+) -> Vec<f32> {
+    codes
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| map[c as usize] * absmax[i / block])
+        .collect()
 }

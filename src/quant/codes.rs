@@ -57,7 +57,13 @@ fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
     (0..steps)
-        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) })
+        .map(|i| {
+            if i < halfway {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((steps - i - 1) as f32, end)
+            }
+        })
         .collect()
 }
 

@@ -26,7 +26,11 @@ impl Clone for DeviceCopy {
 impl std::fmt::Debug for DeviceCopy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let resident = self.0.lock().map(|c| c.is_some()).unwrap_or(false);
-        f.write_str(if resident { "DeviceCopy(resident)" } else { "DeviceCopy(none)" })
+        f.write_str(if resident {
+            "DeviceCopy(resident)"
+        } else {
+            "DeviceCopy(none)"
+        })
     }
 }
 
@@ -59,17 +63,28 @@ impl QuantizedTensor {
     /// value). `None` when the layout does not fit whole words and blocks (a partial last
     /// block, or a byte count not a multiple of 4); the caller dequantizes on the host then.
     pub fn dequantize_on<B: Backend>(&self, device: &B::Device) -> Option<Tensor<B, 2>> {
-        let [rows, cols] = self.shape[..] else { return None };
+        let [rows, cols] = self.shape[..] else {
+            return None;
+        };
         let resident = self.resident::<B>(device)?;
         let mask = (1i32 << self.dtype.bits()) - 1;
         let [words] = resident.words.dims();
         let [per_word] = resident.shifts.dims();
         // [words, 1] >> [1, codes per word]: every code of every word in storage order.
-        let codes = resident.words.clone().reshape([words, 1]).bitwise_right_shift(resident.shifts.clone().reshape([1, per_word])).bitwise_and_scalar(mask.elem());
+        let codes = resident
+            .words
+            .clone()
+            .reshape([words, 1])
+            .bitwise_right_shift(resident.shifts.clone().reshape([1, per_word]))
+            .bitwise_and_scalar(mask.elem());
         let n = self.numel();
         let codes = codes.reshape([n]);
         let blocks = n / self.block;
-        let values = resident.table.clone().select(0, codes).reshape([blocks, self.block]);
+        let values = resident
+            .table
+            .clone()
+            .select(0, codes)
+            .reshape([blocks, self.block]);
         Some((values * resident.absmax.clone().reshape([blocks, 1])).reshape([rows, cols]))
     }
 
@@ -79,13 +94,25 @@ impl QuantizedTensor {
             return None;
         }
         let mut slot = self.device_copy.0.lock().ok()?;
-        if let Some(r) = slot.clone().and_then(|any| any.downcast::<ResidentCodes<B>>().ok()).filter(|r| &r.device == device) {
+        if let Some(r) = slot
+            .clone()
+            .and_then(|any| any.downcast::<ResidentCodes<B>>().ok())
+            .filter(|r| &r.device == device)
+        {
             return Some(r);
         }
-        let words: Vec<i32> = self.data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let words: Vec<i32> = self
+            .data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let absmax = self.scales.decode();
         let table = self.dtype.code_values();
-        let shifts = if self.dtype.bits() == 4 { NIBBLE_SHIFTS.to_vec() } else { BYTE_SHIFTS.to_vec() };
+        let shifts = if self.dtype.bits() == 4 {
+            NIBBLE_SHIFTS.to_vec()
+        } else {
+            BYTE_SHIFTS.to_vec()
+        };
         let r = Arc::new(ResidentCodes::<B> {
             device: device.clone(),
             words: Tensor::from_data(TensorData::new(words, [self.data.len() / 4]), device),
@@ -108,12 +135,36 @@ mod tests {
     #[test]
     fn device_dequantization_equals_the_hosts() {
         let (rows, cols) = (24, 128);
-        let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5 + if i % 97 == 0 { 3.0 } else { 0.0 }).collect();
-        for dtype in [QuantDtype::Nf4, QuantDtype::Fp4, QuantDtype::Int4, QuantDtype::Int8] {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                ((i * 7919) % 1013) as f32 / 1013.0 - 0.5 + if i % 97 == 0 { 3.0 } else { 0.0 }
+            })
+            .collect();
+        for dtype in [
+            QuantDtype::Nf4,
+            QuantDtype::Fp4,
+            QuantDtype::Int4,
+            QuantDtype::Int8,
+        ] {
             for double in [false, true] {
-                let q = QuantizedTensor::quantize(&values, &[rows, cols], QuantConfig { dtype, block: 64, double }).unwrap();
-                let on_device = q.dequantize_on::<Flex>(&Default::default()).expect("whole words and blocks");
-                assert_eq!(on_device.into_data().to_vec::<f32>().unwrap(), q.dequantize(), "{dtype} double={double}");
+                let q = QuantizedTensor::quantize(
+                    &values,
+                    &[rows, cols],
+                    QuantConfig {
+                        dtype,
+                        block: 64,
+                        double,
+                    },
+                )
+                .unwrap();
+                let on_device = q
+                    .dequantize_on::<Flex>(&Default::default())
+                    .expect("whole words and blocks");
+                assert_eq!(
+                    on_device.into_data().to_vec::<f32>().unwrap(),
+                    q.dequantize(),
+                    "{dtype} double={double}"
+                );
             }
         }
     }
@@ -121,7 +172,16 @@ mod tests {
     #[test]
     fn a_partial_last_block_is_left_to_the_host() {
         let values = vec![0.25f32; 3 * 40];
-        let q = QuantizedTensor::quantize(&values, &[3, 40], QuantConfig { dtype: QuantDtype::Nf4, block: 64, double: false }).unwrap();
+        let q = QuantizedTensor::quantize(
+            &values,
+            &[3, 40],
+            QuantConfig {
+                dtype: QuantDtype::Nf4,
+                block: 64,
+                double: false,
+            },
+        )
+        .unwrap();
         assert!(q.dequantize_on::<Flex>(&Default::default()).is_none());
     }
 }

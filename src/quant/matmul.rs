@@ -9,11 +9,11 @@
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
+use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
-use burn::backend::Autodiff;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 
@@ -23,7 +23,10 @@ use crate::precision::{self, Precision};
 
 /// # Shapes
 /// - x: `[n, in]`, weight: `[out, in]` -> `[n, out]`
-pub fn quantized_matmul<B: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTensor>) -> Tensor<B, 2> {
+pub fn quantized_matmul<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: &Arc<QuantizedTensor>,
+) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     let x = match on_autodiff::<B, burn::backend::Flex>(x, weight) {
         Ok(out) => return out,
@@ -41,18 +44,36 @@ pub fn quantized_matmul<B: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTenso
     };
     // Not under autodiff (evaluation on an inner backend): nothing to keep for a backward pass.
     let device = x.device();
-    Tensor::from_primitive(TensorPrimitive::Float(times_weight::<B>(x.into_primitive().tensor(), weight, true, &device)))
+    Tensor::from_primitive(TensorPrimitive::Float(times_weight::<B>(
+        x.into_primitive().tensor(),
+        weight,
+        true,
+        &device,
+    )))
 }
 
 /// `x · Wᵀ` (`transposed`) or `x · W` with the weight dequantized for this one product: on
 /// flex straight from the dequantized values (gemm in f32; AMX tiles in bf16 when the CPU has
 /// them); on CUDA on the device, from codes kept there; otherwise as a dense tensor
 /// dequantized on the host. The last two go through [`precision::matmul_primitive`].
-fn times_weight<I: Backend>(x: I::FloatTensorPrimitive, weight: &QuantizedTensor, transposed: bool, device: &I::Device) -> I::FloatTensorPrimitive {
+fn times_weight<I: Backend>(
+    x: I::FloatTensorPrimitive,
+    weight: &QuantizedTensor,
+    transposed: bool,
+    device: &I::Device,
+) -> I::FloatTensorPrimitive {
     let [out_features, in_features] = [weight.shape[0], weight.shape[1]];
     let host_product = match precision::active() {
-        Precision::Fp32 => kernels::matmul_host_weight(x, [out_features, in_features], transposed, || weight.dequantize()),
-        Precision::Bf16 => kernels::matmul_bf16_host_weight(x, [out_features, in_features], transposed, || weight.dequantize()),
+        Precision::Fp32 => {
+            kernels::matmul_host_weight(x, [out_features, in_features], transposed, || {
+                weight.dequantize()
+            })
+        }
+        Precision::Bf16 => {
+            kernels::matmul_bf16_host_weight(x, [out_features, in_features], transposed, || {
+                weight.dequantize()
+            })
+        }
         Precision::Fp16 => Err(x),
     };
     let x = match host_product {
@@ -63,14 +84,23 @@ fn times_weight<I: Backend>(x: I::FloatTensorPrimitive, weight: &QuantizedTensor
         && let Some(w) = weight.dequantize_on::<I>(device)
     {
         let w = w.into_primitive().tensor();
-        return precision::matmul_primitive::<I>(x, if transposed { I::float_transpose(w) } else { w });
+        return precision::matmul_primitive::<I>(
+            x,
+            if transposed { I::float_transpose(w) } else { w },
+        );
     }
     let dense = if transposed {
         // A contiguous `[in, out]` matrix: a transposed view of `[out, in]` measured 35 MiB
         // more peak memory on a SmolLM2 step (4 × 256) for the same speed.
-        I::float_from_data(TensorData::new(weight.dequantize_transposed(), [in_features, out_features]), device)
+        I::float_from_data(
+            TensorData::new(weight.dequantize_transposed(), [in_features, out_features]),
+            device,
+        )
     } else {
-        I::float_from_data(TensorData::new(weight.dequantize(), [out_features, in_features]), device)
+        I::float_from_data(
+            TensorData::new(weight.dequantize(), [out_features, in_features]),
+            device,
+        )
     };
     precision::matmul_primitive::<I>(x, dense)
 }
@@ -90,12 +120,17 @@ fn dequantizes_on_device<I: Backend>() -> bool {
 
 /// Runs the custom autodiff op when `B` is `Autodiff<I>`; hands `x` back otherwise. The model
 /// code is generic over any backend, so the concrete autodiff type is recognised at run time.
-fn on_autodiff<B: Backend, I: Backend>(x: Tensor<B, 2>, weight: &Arc<QuantizedTensor>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+fn on_autodiff<B: Backend, I: Backend>(
+    x: Tensor<B, 2>,
+    weight: &Arc<QuantizedTensor>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
     if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
         return Err(x);
     }
     let x: Box<dyn Any> = Box::new(x);
-    let x = *x.downcast::<Tensor<Autodiff<I>, 2>>().expect("B is Autodiff<I>");
+    let x = *x
+        .downcast::<Tensor<Autodiff<I>, 2>>()
+        .expect("B is Autodiff<I>");
     let out: Box<dyn Any> = Box::new(autodiff_quantized_matmul::<I>(x, weight));
     Ok(*out.downcast::<Tensor<B, 2>>().expect("B is Autodiff<I>"))
 }
@@ -107,20 +142,37 @@ impl<I: Backend> Backward<I, 1> for QuantizedMatmulBackward {
     /// The weight, its device, and the precision the forward product ran in.
     type State = (Arc<QuantizedTensor>, I::Device, Precision);
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
         let (weight, device, in_precision) = ops.state;
         let _precision = precision::enter(in_precision);
         // d(x·Wᵀ)/dx applied to the output gradient: grad · W.
-        unary::<I, _>(ops.parents, ops.node, grads, |grad| times_weight::<I>(grad, &weight, false, &device));
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            times_weight::<I>(grad, &weight, false, &device)
+        });
     }
 }
 
-fn autodiff_quantized_matmul<I: Backend>(x: Tensor<Autodiff<I>, 2>, weight: &Arc<QuantizedTensor>) -> Tensor<Autodiff<I>, 2> {
+fn autodiff_quantized_matmul<I: Backend>(
+    x: Tensor<Autodiff<I>, 2>,
+    weight: &Arc<QuantizedTensor>,
+) -> Tensor<Autodiff<I>, 2> {
     let x = x.into_primitive().tensor();
     let device = I::float_device(&x.primitive);
     let forward = |x: I::FloatTensorPrimitive| times_weight::<I>(x, weight, true, &device);
-    let out = match QuantizedMatmulBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish((weight.clone(), device.clone(), precision::active()), forward(x.primitive)),
+    let out = match QuantizedMatmulBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            (weight.clone(), device.clone(), precision::active()),
+            forward(x.primitive),
+        ),
         OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -136,9 +188,15 @@ mod tests {
     type Ad = Autodiff<Flex>;
 
     fn max_relative_difference(a: Tensor<Flex, 2>, b: Tensor<Flex, 2>) -> f32 {
-        let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
+        let (a, b) = (
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap(),
+        );
         assert_eq!(a.len(), b.len());
-        a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0f32, f32::max)
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0f32, f32::max)
     }
 
     /// The quantized product against the same product on the dequantized weight through
@@ -148,15 +206,42 @@ mod tests {
         let _precision = precision::enter(precision);
         let device = Default::default();
         let (out_features, in_features) = (48, 64);
-        let values = Tensor::<Flex, 2>::random([out_features, in_features], Distribution::Uniform(-1.0, 1.0), &device).into_data().to_vec::<f32>().unwrap();
-        let weight = Arc::new(QuantizedTensor::quantize(&values, &[out_features, in_features], QuantConfig { block: 16, ..Default::default() }).unwrap());
-        let dense = Tensor::<Flex, 2>::from_data(TensorData::new(weight.dequantize(), [out_features, in_features]), &device);
-        let x = Tensor::<Flex, 2>::random([10, in_features], Distribution::Uniform(-2.0, 2.0), &device);
-        let mix = Tensor::<Flex, 2>::random([10, out_features], Distribution::Uniform(-1.0, 1.0), &device);
+        let values = Tensor::<Flex, 2>::random(
+            [out_features, in_features],
+            Distribution::Uniform(-1.0, 1.0),
+            &device,
+        )
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+        let weight = Arc::new(
+            QuantizedTensor::quantize(
+                &values,
+                &[out_features, in_features],
+                QuantConfig {
+                    block: 16,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let dense = Tensor::<Flex, 2>::from_data(
+            TensorData::new(weight.dequantize(), [out_features, in_features]),
+            &device,
+        );
+        let x =
+            Tensor::<Flex, 2>::random([10, in_features], Distribution::Uniform(-2.0, 2.0), &device);
+        let mix = Tensor::<Flex, 2>::random(
+            [10, out_features],
+            Distribution::Uniform(-1.0, 1.0),
+            &device,
+        );
 
         let xq = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
         let yq = quantized_matmul(xq.clone(), &weight);
-        let gq = (yq.clone() * Tensor::from_inner(mix.clone())).sum().backward();
+        let gq = (yq.clone() * Tensor::from_inner(mix.clone()))
+            .sum()
+            .backward();
         let xd = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
         let yd = precision::matmul(xd.clone(), Tensor::from_inner(dense.clone().transpose()));
         let gd = (yd.clone() * Tensor::from_inner(mix)).sum().backward();

@@ -4,8 +4,8 @@
 use burn::prelude::*;
 
 use super::{QuantConfig, QuantError};
-use crate::model::llama::LINEAR_TARGETS;
 use crate::model::Llama;
+use crate::model::llama::LINEAR_TARGETS;
 
 /// What quantizing changed: weight counts and bytes before and after.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -24,22 +24,36 @@ impl QuantSummary {
 /// Quantizes the projection weights in place. Checks every layer first, so a bad option
 /// changes nothing. Adapters stay as they are (in f32); a merged adapter must be unmerged
 /// first, since its update lives in the weights being quantized.
-pub fn quantize_model<B: Backend>(model: &mut Llama<B>, config: QuantConfig) -> Result<QuantSummary, QuantError> {
+pub fn quantize_model<B: Backend>(
+    model: &mut Llama<B>,
+    config: QuantConfig,
+) -> Result<QuantSummary, QuantError> {
     if let Some(a) = model.adapters.iter().find(|a| a.merged) {
-        return Err(QuantError::Invalid(format!("adapter '{}' is merged into the weights; unmerge it before quantizing", a.name)));
+        return Err(QuantError::Invalid(format!(
+            "adapter '{}' is merged into the weights; unmerge it before quantizing",
+            a.name
+        )));
     }
     if let Some(q) = model_quant_config(model) {
-        return Err(QuantError::Invalid(format!("the model is already quantized ({}, block {}); dequantize() it first", q.dtype, q.block)));
+        return Err(QuantError::Invalid(format!(
+            "the model is already quantized ({}, block {}); dequantize() it first",
+            q.dtype, q.block
+        )));
     }
     for (i, layer) in model.layers.iter().enumerate() {
         for t in LINEAR_TARGETS {
             let lin = layer.linear(t).expect("known projection");
-            config.validate(lin.d_in()).map_err(|e| QuantError::Invalid(format!("layers.{i}.{t}: {e}")))?;
+            config
+                .validate(lin.d_in())
+                .map_err(|e| QuantError::Invalid(format!("layers.{i}.{t}: {e}")))?;
         }
     }
     for layer in &mut model.layers {
         for t in LINEAR_TARGETS {
-            layer.linear_mut(t).expect("known projection").quantize(config)?;
+            layer
+                .linear_mut(t)
+                .expect("known projection")
+                .quantize(config)?;
         }
     }
     Ok(summary(model))
@@ -50,7 +64,10 @@ pub fn dequantize_model<B: Backend>(model: &mut Llama<B>) {
     let device = model.device.clone();
     for layer in &mut model.layers {
         for t in LINEAR_TARGETS {
-            layer.linear_mut(t).expect("known projection").dequantize(&device);
+            layer
+                .linear_mut(t)
+                .expect("known projection")
+                .dequantize(&device);
         }
     }
 }
@@ -60,7 +77,12 @@ pub fn summary<B: Backend>(model: &Llama<B>) -> QuantSummary {
     let mut s = QuantSummary::default();
     for layer in &model.layers {
         for t in LINEAR_TARGETS {
-            if let Some(q) = layer.linear(t).expect("known projection").weight.quantized() {
+            if let Some(q) = layer
+                .linear(t)
+                .expect("known projection")
+                .weight
+                .quantized()
+            {
                 s.quantized_params += q.numel();
                 s.dense_bytes += 4 * q.numel();
                 s.quantized_bytes += q.bytes();
@@ -72,5 +94,13 @@ pub fn summary<B: Backend>(model: &Llama<B>) -> QuantSummary {
 
 /// The quantization of the model's projections, if they are quantized (all alike).
 pub fn model_quant_config<B: Backend>(model: &Llama<B>) -> Option<QuantConfig> {
-    model.layers.iter().flat_map(|l| LINEAR_TARGETS.iter().map(move |t| l.linear(t).expect("known projection"))).find_map(|lin| lin.weight.quantized().map(|q| q.config()))
+    model
+        .layers
+        .iter()
+        .flat_map(|l| {
+            LINEAR_TARGETS
+                .iter()
+                .map(move |t| l.linear(t).expect("known projection"))
+        })
+        .find_map(|lin| lin.weight.quantized().map(|q| q.config()))
 }

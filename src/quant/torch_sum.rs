@@ -19,7 +19,11 @@ fn add<const W: usize>(a: &mut [f32; W], b: &[f32; W]) {
 }
 
 fn ceil_log2(n: usize) -> usize {
-    if n <= 1 { 0 } else { (usize::BITS - (n - 1).leading_zeros()) as usize }
+    if n <= 1 {
+        0
+    } else {
+        (usize::BITS - (n - 1).leading_zeros()) as usize
+    }
 }
 
 /// Sums `rows` groups of `ILP` items into `ILP` accumulators, cascading the partial sums into
@@ -85,7 +89,10 @@ pub fn sum_f32(values: &[f32]) -> f32 {
         return row_sum(&scalars)[0];
     }
     let n_vec = values.len() / LANES;
-    let vectors: Vec<[f32; LANES]> = values[..n_vec * LANES].chunks_exact(LANES).map(|c| c.try_into().expect("LANES values")).collect();
+    let vectors: Vec<[f32; LANES]> = values[..n_vec * LANES]
+        .chunks_exact(LANES)
+        .map(|c| c.try_into().expect("LANES values"))
+        .collect();
     let folded = row_sum(&vectors);
     let mut total = 0.0f32;
     for &v in &values[n_vec * LANES..] {

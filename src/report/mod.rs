@@ -74,8 +74,12 @@ impl SweepResults {
         let (header, rows) = read_csv(&trials_path)?;
         let pos = |name: &str| header.iter().position(|h| h == name);
         let file = trials_path.display();
-        let (Some(0), Some(status_at), Some(seconds_at)) = (pos("trial_id"), pos("status"), pos("seconds")) else {
-            bail!("{file}:1: header must start with trial_id and contain status and seconds columns");
+        let (Some(0), Some(status_at), Some(seconds_at)) =
+            (pos("trial_id"), pos("status"), pos("seconds"))
+        else {
+            bail!(
+                "{file}:1: header must start with trial_id and contain status and seconds columns"
+            );
         };
         if seconds_at != status_at + 1 {
             bail!("{file}:1: expected seconds right after status");
@@ -89,7 +93,10 @@ impl SweepResults {
         for (line, cells) in rows {
             let seconds = match cells[seconds_at].as_str() {
                 "" => None,
-                s => Some(s.parse::<f64>().with_context(|| format!("{file}:{line}: seconds {s:?} is not a number"))?),
+                s => Some(
+                    s.parse::<f64>()
+                        .with_context(|| format!("{file}:{line}: seconds {s:?} is not a number"))?,
+                ),
             };
             let metric_text = cells[seconds_at + 1..metrics_end].to_vec();
             trials.push(TrialRow {
@@ -109,7 +116,14 @@ impl SweepResults {
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| dir.display().to_string());
-        Ok(Self { name, params, metrics, trials, step_keys, steps })
+        Ok(Self {
+            name,
+            params,
+            metrics,
+            trials,
+            step_keys,
+            steps,
+        })
     }
 
     /// All column names of `trials.csv`, in file order.
@@ -129,11 +143,24 @@ impl SweepResults {
             "status" => Some(Column::Status),
             "seconds" => Some(Column::Seconds),
             "error" => Some(Column::Error),
-            _ => (self.params.iter().position(|p| p == name).map(Column::Param))
-                .or_else(|| self.metrics.iter().position(|m| m == name).map(Column::Metric)),
+            _ => (self
+                .params
+                .iter()
+                .position(|p| p == name)
+                .map(Column::Param))
+            .or_else(|| {
+                self.metrics
+                    .iter()
+                    .position(|m| m == name)
+                    .map(Column::Metric)
+            }),
         };
         found.with_context(|| {
-            format!("unknown column {name:?} in sweep {}; available: {}", self.name, self.columns().join(", "))
+            format!(
+                "unknown column {name:?} in sweep {}; available: {}",
+                self.name,
+                self.columns().join(", ")
+            )
         })
     }
 
@@ -154,7 +181,10 @@ impl SweepResults {
         match col {
             Column::TrialId => Cow::Borrowed(&trial.trial_id),
             Column::Status => Cow::Borrowed(&trial.status),
-            Column::Seconds => trial.seconds.map(|s| Cow::Owned(format!("{s}"))).unwrap_or(Cow::Borrowed("")),
+            Column::Seconds => trial
+                .seconds
+                .map(|s| Cow::Owned(format!("{s}")))
+                .unwrap_or(Cow::Borrowed("")),
             Column::Param(i) => Cow::Borrowed(&trial.params[i]),
             Column::Metric(i) => Cow::Borrowed(&trial.metric_text[i]),
             Column::Error => Cow::Borrowed(trial.error.as_deref().unwrap_or("")),
@@ -163,13 +193,24 @@ impl SweepResults {
 
     /// The trials that count: status `ok` unless `include_failed`.
     pub fn selected(&self, include_failed: bool) -> impl Iterator<Item = &TrialRow> {
-        self.trials.iter().filter(move |t| include_failed || t.is_ok())
+        self.trials
+            .iter()
+            .filter(move |t| include_failed || t.is_ok())
     }
 
     /// "rank=4 targets=qv": how legends and tables name a trial.
     pub fn param_label(&self, trial: &TrialRow) -> String {
-        let parts: Vec<String> = self.params.iter().zip(&trial.params).map(|(k, v)| format!("{k}={v}")).collect();
-        if parts.is_empty() { trial.trial_id.clone() } else { parts.join(" ") }
+        let parts: Vec<String> = self
+            .params
+            .iter()
+            .zip(&trial.params)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if parts.is_empty() {
+            trial.trial_id.clone()
+        } else {
+            parts.join(" ")
+        }
     }
 }
 
@@ -218,7 +259,11 @@ fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Record>)> {
         })?;
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         if record.len() != header.len() {
-            bail!("{file}:{line}: {} fields, but the header has {}", record.len(), header.len());
+            bail!(
+                "{file}:{line}: {} fields, but the header has {}",
+                record.len(),
+                header.len()
+            );
         }
         rows.push((line, record.iter().map(str::to_string).collect()));
     }
@@ -235,8 +280,13 @@ fn load_steps(path: &Path) -> Result<(Vec<String>, Vec<StepRow>)> {
         bail!("{file}:1: header must start with trial_id");
     }
     let step_at = header.iter().position(|h| h == "step");
-    let keys: Vec<(usize, String)> =
-        header.iter().enumerate().skip(1).filter(|(i, _)| Some(*i) != step_at).map(|(i, h)| (i, h.clone())).collect();
+    let keys: Vec<(usize, String)> = header
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(i, _)| Some(*i) != step_at)
+        .map(|(i, h)| (i, h.clone()))
+        .collect();
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut steps = Vec::with_capacity(rows.len());
     for (line, cells) in rows {
@@ -244,10 +294,15 @@ fn load_steps(path: &Path) -> Result<(Vec<String>, Vec<StepRow>)> {
         *ordinal += 1;
         let step = match step_at.map(|i| cells[i].as_str()) {
             None | Some("") => *ordinal as f64,
-            Some(s) => parse_num(s).with_context(|| format!("{file}:{line}: step {s:?} is not a number"))?,
+            Some(s) => parse_num(s)
+                .with_context(|| format!("{file}:{line}: step {s:?} is not a number"))?,
         };
         let values = keys.iter().map(|(i, _)| parse_num(&cells[*i])).collect();
-        steps.push(StepRow { trial_id: cells[0].clone(), step, values });
+        steps.push(StepRow {
+            trial_id: cells[0].clone(),
+            step,
+            values,
+        });
     }
     Ok((keys.into_iter().map(|(_, k)| k).collect(), steps))
 }
@@ -318,7 +373,10 @@ a5,20,3.3,
 
     #[test]
     fn malformed_line_names_file_and_line() {
-        let (_tmp, dir) = fixture("trial_id,rank,status,seconds,eval_loss,error\nx,1,ok,1.0,2.0,\ny,2,ok\n", None);
+        let (_tmp, dir) = fixture(
+            "trial_id,rank,status,seconds,eval_loss,error\nx,1,ok,1.0,2.0,\ny,2,ok\n",
+            None,
+        );
         let err = SweepResults::load(&dir).unwrap_err().to_string();
         assert!(err.contains("trials.csv:3:"), "{err}");
         let (_tmp, dir) = fixture(TRIALS, Some("trial_id,step,loss\na1,x,1.0\n"));
@@ -328,7 +386,10 @@ a5,20,3.3,
 
     #[test]
     fn value_order_is_first_seen_unless_all_numeric() {
-        assert_eq!(ordered_values(["qv", "all", "qv", "", "attn"]), ["qv", "all", "attn"]);
+        assert_eq!(
+            ordered_values(["qv", "all", "qv", "", "attn"]),
+            ["qv", "all", "attn"]
+        );
         assert_eq!(ordered_values(["16", "2", "4", "2"]), ["2", "4", "16"]);
     }
 }

@@ -89,29 +89,71 @@ pub struct Pivot {
 
 pub fn pivot(results: &SweepResults, spec: &PivotSpec) -> Result<Pivot> {
     if spec.rows.is_empty() {
-        bail!("a pivot needs at least one row column; available: {}", results.columns().join(", "));
+        bail!(
+            "a pivot needs at least one row column; available: {}",
+            results.columns().join(", ")
+        );
     }
-    let row_cols: Vec<Column> = spec.rows.iter().map(|r| results.column(r)).collect::<Result<_>>()?;
-    let col_col = spec.cols.as_deref().map(|c| results.column(c)).transpose()?;
+    let row_cols: Vec<Column> = spec
+        .rows
+        .iter()
+        .map(|r| results.column(r))
+        .collect::<Result<_>>()?;
+    let col_col = spec
+        .cols
+        .as_deref()
+        .map(|c| results.column(c))
+        .transpose()?;
     let value_col = results.column(&spec.value)?;
     let trials: Vec<_> = results.selected(spec.include_failed).collect();
 
     // Each row dimension is ordered on its own; rows are the combinations that occur.
-    let dim_orders: Vec<Vec<String>> =
-        row_cols.iter().map(|&c| ordered_values(trials.iter().map(|t| results.cell(t, c)).collect::<Vec<_>>().iter().map(|s| s.as_ref()))).collect();
-    let rank = |dim: usize, v: &str| dim_orders[dim].iter().position(|o| o == v).unwrap_or(usize::MAX);
+    let dim_orders: Vec<Vec<String>> = row_cols
+        .iter()
+        .map(|&c| {
+            ordered_values(
+                trials
+                    .iter()
+                    .map(|t| results.cell(t, c))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|s| s.as_ref()),
+            )
+        })
+        .collect();
+    let rank = |dim: usize, v: &str| {
+        dim_orders[dim]
+            .iter()
+            .position(|o| o == v)
+            .unwrap_or(usize::MAX)
+    };
     let mut row_keys: Vec<Vec<String>> = Vec::new();
     for t in &trials {
-        let key: Vec<String> = row_cols.iter().map(|&c| results.cell(t, c).into_owned()).collect();
+        let key: Vec<String> = row_cols
+            .iter()
+            .map(|&c| results.cell(t, c).into_owned())
+            .collect();
         if key.iter().all(|k| k.is_empty()) || row_keys.contains(&key) {
             continue;
         }
         row_keys.push(key);
     }
-    row_keys.sort_by_key(|k| k.iter().enumerate().map(|(d, v)| rank(d, v)).collect::<Vec<_>>());
+    row_keys.sort_by_key(|k| {
+        k.iter()
+            .enumerate()
+            .map(|(d, v)| rank(d, v))
+            .collect::<Vec<_>>()
+    });
 
     let col_keys = match col_col {
-        Some(c) => ordered_values(trials.iter().map(|t| results.cell(t, c)).collect::<Vec<_>>().iter().map(|s| s.as_ref())),
+        Some(c) => ordered_values(
+            trials
+                .iter()
+                .map(|t| results.cell(t, c))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|s| s.as_ref()),
+        ),
         None => vec![spec.value.clone()],
     };
 
@@ -120,7 +162,12 @@ pub fn pivot(results: &SweepResults, spec: &PivotSpec) -> Result<Pivot> {
         for (ci, col_key) in col_keys.iter().enumerate() {
             let raw: Vec<String> = trials
                 .iter()
-                .filter(|t| row_cols.iter().zip(key).all(|(&c, k)| results.cell(t, c) == k.as_str()))
+                .filter(|t| {
+                    row_cols
+                        .iter()
+                        .zip(key)
+                        .all(|(&c, k)| results.cell(t, c) == k.as_str())
+                })
                 .filter(|t| col_col.is_none_or(|c| results.cell(t, c) == col_key.as_str()))
                 .map(|t| results.cell(t, value_col).into_owned())
                 .filter(|v| !v.is_empty())
@@ -141,11 +188,16 @@ pub fn pivot(results: &SweepResults, spec: &PivotSpec) -> Result<Pivot> {
 }
 
 fn aggregate(raw: &[String], agg: Agg, value: &str) -> Result<Option<Cell>> {
-    let Some(last) = raw.last() else { return Ok(None) };
+    let Some(last) = raw.last() else {
+        return Ok(None);
+    };
     let n = raw.len();
     let integral = raw.iter().all(|s| s.trim().parse::<i64>().is_ok());
     let cell = match agg {
-        Agg::Count => CellValue::Num { x: n as f64, integral: true },
+        Agg::Count => CellValue::Num {
+            x: n as f64,
+            integral: true,
+        },
         Agg::Last => match parse_num(last) {
             Some(x) => CellValue::Num { x, integral },
             None => CellValue::Text(last.clone()),
@@ -155,7 +207,9 @@ fn aggregate(raw: &[String], agg: Agg, value: &str) -> Result<Option<Cell>> {
             for s in raw {
                 match parse_num(s) {
                     Some(x) => xs.push(x),
-                    None => bail!("column {value:?} has non-numeric value {s:?}; use the last or count aggregation"),
+                    None => bail!(
+                        "column {value:?} has non-numeric value {s:?}; use the last or count aggregation"
+                    ),
                 }
             }
             let x = match agg {
@@ -163,7 +217,10 @@ fn aggregate(raw: &[String], agg: Agg, value: &str) -> Result<Option<Cell>> {
                 Agg::Min => xs.iter().copied().fold(f64::INFINITY, f64::min),
                 _ => xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             };
-            CellValue::Num { x, integral: integral && x.fract() == 0.0 }
+            CellValue::Num {
+                x,
+                integral: integral && x.fract() == 0.0,
+            }
         }
     };
     Ok(Some(Cell { value: cell, n }))
@@ -206,7 +263,11 @@ impl Pivot {
     /// trials were aggregated when that is more than one.
     fn note(&self) -> Option<String> {
         let (lo, hi) = self.n_range();
-        let n = if lo == hi { format!("n = {hi}") } else { format!("n = {lo}–{hi}") };
+        let n = if lo == hi {
+            format!("n = {hi}")
+        } else {
+            format!("n = {lo}–{hi}")
+        };
         let how = match self.agg {
             Agg::Mean | Agg::Min | Agg::Max if hi > 1 => {
                 Some(format!("{} of {n} trials per cell", self.agg.name()))
@@ -228,15 +289,28 @@ impl Pivot {
         let mut header: Vec<String> = self.row_names.iter().map(|s| esc(s)).collect();
         header.extend(self.col_keys.iter().map(|s| esc(s)));
         let mut align: Vec<&str> = (0..self.row_names.len())
-            .map(|d| if self.row_keys.iter().all(|k| parse_num(&k[d]).is_some()) { "---:" } else { "---" })
+            .map(|d| {
+                if self.row_keys.iter().all(|k| parse_num(&k[d]).is_some()) {
+                    "---:"
+                } else {
+                    "---"
+                }
+            })
             .collect();
         align.extend(self.col_keys.iter().map(|_| "---:"));
         let mut out = String::new();
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let _ = writeln!(out, "|{}|", align.join("|"));
         for (key, row) in self.row_keys.iter().zip(&self.cells) {
-            let mut cells: Vec<String> = key.iter().map(|s| if s.is_empty() { "–".into() } else { esc(s) }).collect();
-            cells.extend(row.iter().map(|c| self.cell_text(c).map(|s| esc(&s)).unwrap_or_else(|| "–".into())));
+            let mut cells: Vec<String> = key
+                .iter()
+                .map(|s| if s.is_empty() { "–".into() } else { esc(s) })
+                .collect();
+            cells.extend(row.iter().map(|c| {
+                self.cell_text(c)
+                    .map(|s| esc(&s))
+                    .unwrap_or_else(|| "–".into())
+            }));
             let _ = writeln!(out, "| {} |", cells.join(" | "));
         }
         if let Some(note) = self.note() {
@@ -283,7 +357,9 @@ mod tests {
     #[test]
     fn pivot_markdown_exact_with_mean_of_n() {
         let (_tmp, r) = load();
-        let md = pivot(&r, &spec(&["rank"], Some("targets"), "eval_loss")).unwrap().to_markdown();
+        let md = pivot(&r, &spec(&["rank"], Some("targets"), "eval_loss"))
+            .unwrap()
+            .to_markdown();
         // rank is numeric so ascending; targets in first-seen order; a6 failed so is left out;
         // rank=4 targets=qv holds a1 and a5: (3.5 + 3.25) / 2.
         let expected = "\
@@ -312,7 +388,10 @@ Columns: targets. Cells: eval_loss, mean of n = 1–2 trials per cell.
 peak_mem_mb: mean of n = 1–2 trials per cell.
 ";
         assert_eq!(p.to_markdown(), expected);
-        assert_eq!(p.to_csv(), "targets,rank,peak_mem_mb\nqv,1,31\nqv,4,31\nall,1,41\nall,4,40\n");
+        assert_eq!(
+            p.to_csv(),
+            "targets,rank,peak_mem_mb\nqv,1,31\nqv,4,31\nall,1,41\nall,4,40\n"
+        );
     }
 
     #[test]
@@ -323,18 +402,27 @@ peak_mem_mb: mean of n = 1–2 trials per cell.
         s.agg = Agg::Count;
         let p = pivot(&r, &s).unwrap();
         // The failed trial has no eval_loss, so its cell is missing.
-        assert!(p.to_markdown().contains("| 1 | 2 | – |"), "{}", p.to_markdown());
+        assert!(
+            p.to_markdown().contains("| 1 | 2 | – |"),
+            "{}",
+            p.to_markdown()
+        );
         assert_eq!(p.to_csv().lines().nth(1), Some("1,2,"));
         let mut s = spec(&["rank"], None, "eval_loss");
         s.agg = Agg::Min;
         s.precision = Some(2);
-        assert_eq!(pivot(&r, &s).unwrap().to_csv(), "rank,eval_loss\n1,2.90\n4,2.50\n");
+        assert_eq!(
+            pivot(&r, &s).unwrap().to_csv(),
+            "rank,eval_loss\n1,2.90\n4,2.50\n"
+        );
     }
 
     #[test]
     fn unknown_column_lists_available() {
         let (_tmp, r) = load();
-        let err = pivot(&r, &spec(&["rnak"], None, "eval_loss")).unwrap_err().to_string();
+        let err = pivot(&r, &spec(&["rnak"], None, "eval_loss"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "unknown column \"rnak\" in sweep toy; available: trial_id, rank, targets, status, seconds, eval_loss, peak_mem_mb, error"

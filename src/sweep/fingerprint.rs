@@ -22,10 +22,17 @@ pub fn fingerprint(path: &Path) -> io::Result<String> {
     };
     let mut h = Sha256::new();
     if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+        let mut entries: Vec<PathBuf> = fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
         entries.sort();
         for p in entries {
-            h.update(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            h.update(
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
             h.update(file_digest(&p)?);
         }
     } else {
@@ -45,7 +52,12 @@ fn file_digest(path: &Path) -> io::Result<Vec<u8>> {
         f.read_to_end(&mut buf)?;
         h.update(&buf);
     } else {
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         h.update(mtime.to_le_bytes());
         let mut buf = vec![0u8; EDGE as usize];
         f.read_exact(&mut buf)?;
@@ -99,13 +111,18 @@ impl Inputs {
 
     /// One line per file: what a trial id hashes.
     pub fn describe(&self) -> String {
-        self.files.iter().map(|(p, f)| format!("{}={f}\n", p.display())).collect()
+        self.files
+            .iter()
+            .map(|(p, f)| format!("{}={f}\n", p.display()))
+            .collect()
     }
 }
 
 /// Whether every recorded `(path, fingerprint)` still holds.
 pub fn unchanged(recorded: &[(PathBuf, String)]) -> bool {
-    recorded.iter().all(|(p, f)| fingerprint(p).map(|now| now == *f).unwrap_or(false))
+    recorded
+        .iter()
+        .all(|(p, f)| fingerprint(p).map(|now| now == *f).unwrap_or(false))
 }
 
 #[cfg(test)]

@@ -36,7 +36,9 @@ pub fn expand_grid(grid: &[(String, Vec<Value>)]) -> Vec<Trial> {
 /// the global seed and the resolved parameters.
 pub fn trial_id(recipe_hash: &str, sweep: &str, seed: Option<u64>, trial: &Trial) -> String {
     let mut h = Sha256::new();
-    h.update(format!("recipe={recipe_hash}\nsweep={sweep:?}\nseed={seed:?}\n"));
+    h.update(format!(
+        "recipe={recipe_hash}\nsweep={sweep:?}\nseed={seed:?}\n"
+    ));
     for (k, v) in &trial.params {
         h.update(format!("{k:?}={}\n", v.canonical()));
     }
@@ -45,7 +47,10 @@ pub fn trial_id(recipe_hash: &str, sweep: &str, seed: Option<u64>, trial: &Trial
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -55,12 +60,24 @@ mod tests {
     #[test]
     fn grid_is_cartesian_and_sorted() {
         let grid = vec![
-            ("targets".to_string(), vec![Value::Str("qv".into()), Value::Str("all".into())]),
-            ("rank".to_string(), vec![Value::Int(1), Value::Int(2), Value::Int(4)]),
+            (
+                "targets".to_string(),
+                vec![Value::Str("qv".into()), Value::Str("all".into())],
+            ),
+            (
+                "rank".to_string(),
+                vec![Value::Int(1), Value::Int(2), Value::Int(4)],
+            ),
         ];
         let trials = expand_grid(&grid);
         assert_eq!(trials.len(), 6);
-        assert_eq!(trials[0].params, vec![("rank".into(), Value::Int(1)), ("targets".into(), Value::Str("qv".into()))]);
+        assert_eq!(
+            trials[0].params,
+            vec![
+                ("rank".into(), Value::Int(1)),
+                ("targets".into(), Value::Str("qv".into()))
+            ]
+        );
         assert_eq!(trials[1].params[1].1, Value::Str("all".into()));
         assert_eq!(expand_grid(&[]).len(), 1);
         assert_eq!(expand_grid(&[("x".into(), vec![])]).len(), 0);
@@ -68,7 +85,9 @@ mod tests {
 
     #[test]
     fn ids_depend_on_everything_that_matters() {
-        let t = |v| Trial { params: vec![("rank".into(), v)] };
+        let t = |v| Trial {
+            params: vec![("rank".into(), v)],
+        };
         let a = trial_id("h", "s", Some(0), &t(Value::Int(8)));
         assert_eq!(a.len(), 12);
         assert_eq!(a, trial_id("h", "s", Some(0), &t(Value::Int(8))));

@@ -25,7 +25,10 @@ pub fn shard_dirs(sweep_dir: &Path) -> io::Result<Vec<PathBuf>> {
     if !root.is_dir() {
         return Ok(Vec::new());
     }
-    let mut dirs: Vec<PathBuf> = fs::read_dir(&root)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("trials.csv").is_file()).collect();
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("trials.csv").is_file())
+        .collect();
     dirs.sort();
     Ok(dirs)
 }
@@ -44,7 +47,10 @@ pub fn merge(sweep_dir: &Path) -> io::Result<MergeReport> {
     let _lock = WriterLock::acquire(sweep_dir)?;
     let mut table = TrialsTable::open(sweep_dir)?;
     let mut steps = StepsLog::open(sweep_dir)?;
-    let mut report = MergeReport { shards: shards.clone(), ..Default::default() };
+    let mut report = MergeReport {
+        shards: shards.clone(),
+        ..Default::default()
+    };
     // Each taken trial's step rows, in the order it was last taken (a trial taken again
     // moves to the end, its earlier rows replaced); `slot` finds a trial's entry.
     let mut taken: Vec<Option<(String, Vec<StepRow>)>> = Vec::new();
@@ -58,7 +64,9 @@ pub fn merge(sweep_dir: &Path) -> io::Result<MergeReport> {
             steps_of.entry(id.as_str()).or_default().push(row.clone());
         }
         for row in from.rows() {
-            let keep_existing = table.find(&row.trial_id).is_some_and(|old| old.status == TrialStatus::Ok && row.status != TrialStatus::Ok);
+            let keep_existing = table
+                .find(&row.trial_id)
+                .is_some_and(|old| old.status == TrialStatus::Ok && row.status != TrialStatus::Ok);
             if keep_existing {
                 report.kept += 1;
                 continue;
@@ -66,7 +74,10 @@ pub fn merge(sweep_dir: &Path) -> io::Result<MergeReport> {
             if let Some(earlier) = slot.insert(row.trial_id.clone(), taken.len()) {
                 taken[earlier] = None;
             }
-            taken.push(Some((row.trial_id.clone(), steps_of.remove(row.trial_id.as_str()).unwrap_or_default())));
+            taken.push(Some((
+                row.trial_id.clone(),
+                steps_of.remove(row.trial_id.as_str()).unwrap_or_default(),
+            )));
             table.upsert(row.clone());
             report.taken += 1;
         }
@@ -90,7 +101,14 @@ mod tests {
     use crate::sweep::{TrialRecord, Value};
 
     fn rec(id: &str, status: TrialStatus) -> TrialRecord {
-        TrialRecord { trial_id: id.into(), params: vec![("rank".into(), Value::Int(1))], metrics: vec![], status, seconds: 1.0, error: None }
+        TrialRecord {
+            trial_id: id.into(),
+            params: vec![("rank".into(), Value::Int(1))],
+            metrics: vec![],
+            status,
+            seconds: 1.0,
+            error: None,
+        }
     }
 
     #[test]
@@ -102,7 +120,11 @@ mod tests {
             let mut t = TrialsTable::open(&d).unwrap();
             let mut s = StepsLog::open(&d).unwrap();
             for id in ids {
-                let status = if id == "d" { TrialStatus::Failed } else { TrialStatus::Ok };
+                let status = if id == "d" {
+                    TrialStatus::Failed
+                } else {
+                    TrialStatus::Ok
+                };
                 t.record(rec(id, status)).unwrap();
                 s.log(id, vec![("step".into(), Value::Int(1))]).unwrap();
             }
@@ -115,11 +137,22 @@ mod tests {
         assert_eq!(steps.lines().count(), 5, "{steps}");
         // A failed duplicate does not replace an ok row.
         let d = sweep.join("shards").join("2-of-3");
-        TrialsTable::open(&d).unwrap().record(rec("a", TrialStatus::Failed)).unwrap();
+        TrialsTable::open(&d)
+            .unwrap()
+            .record(rec("a", TrialStatus::Failed))
+            .unwrap();
         let r = merge(sweep).unwrap();
         assert_eq!(r.kept, 1);
-        assert_eq!(TrialsTable::open(sweep).unwrap().find("a").unwrap().status, TrialStatus::Ok);
-        assert!(merge(&dir.path().join("nothing")).unwrap_err().to_string().contains("no shard results"));
+        assert_eq!(
+            TrialsTable::open(sweep).unwrap().find("a").unwrap().status,
+            TrialStatus::Ok
+        );
+        assert!(
+            merge(&dir.path().join("nothing"))
+                .unwrap_err()
+                .to_string()
+                .contains("no shard results")
+        );
     }
 
     #[test]
@@ -127,23 +160,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sweep = dir.path();
         // "a" failed in the first shard and was run again in the second; "b" only in the first.
-        for (shard, base, rows) in [("0-of-2", 10.0, vec![("a", TrialStatus::Failed, 2), ("b", TrialStatus::Ok, 1)]), ("1-of-2", 20.0, vec![("a", TrialStatus::Ok, 3)])] {
+        for (shard, base, rows) in [
+            (
+                "0-of-2",
+                10.0,
+                vec![("a", TrialStatus::Failed, 2), ("b", TrialStatus::Ok, 1)],
+            ),
+            ("1-of-2", 20.0, vec![("a", TrialStatus::Ok, 3)]),
+        ] {
             let d = sweep.join("shards").join(shard);
             let mut t = TrialsTable::open(&d).unwrap();
             let mut s = StepsLog::open(&d).unwrap();
             for (id, status, n) in rows {
                 t.record(rec(id, status)).unwrap();
                 for step in 1..=n {
-                    s.log(id, vec![("step".into(), Value::Int(step)), ("loss".into(), Value::Num(base + step as f64))]).unwrap();
+                    s.log(
+                        id,
+                        vec![
+                            ("step".into(), Value::Int(step)),
+                            ("loss".into(), Value::Num(base + step as f64)),
+                        ],
+                    )
+                    .unwrap();
                 }
             }
         }
         let r = merge(sweep).unwrap();
         assert_eq!((r.taken, r.kept, r.trials), (3, 0, 2));
         let table = TrialsTable::open(sweep).unwrap();
-        assert_eq!(table.rows().iter().map(|r| (r.trial_id.as_str(), r.status)).collect::<Vec<_>>(), [("a", TrialStatus::Ok), ("b", TrialStatus::Ok)]);
+        assert_eq!(
+            table
+                .rows()
+                .iter()
+                .map(|r| (r.trial_id.as_str(), r.status))
+                .collect::<Vec<_>>(),
+            [("a", TrialStatus::Ok), ("b", TrialStatus::Ok)]
+        );
         let steps = fs::read_to_string(sweep.join("steps.csv")).unwrap();
-        assert_eq!(steps, "trial_id,step,loss\nb,1,11\na,1,21\na,2,22\na,3,23\n");
+        assert_eq!(
+            steps,
+            "trial_id,step,loss\nb,1,11\na,1,21\na,2,22\na,3,23\n"
+        );
         // Merging again changes nothing.
         merge(sweep).unwrap();
         assert_eq!(fs::read_to_string(sweep.join("steps.csv")).unwrap(), steps);

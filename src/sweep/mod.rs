@@ -7,6 +7,6 @@ pub mod results;
 pub mod space;
 pub mod value;
 
-pub use grid::{expand_grid, trial_id, Trial};
+pub use grid::{Trial, expand_grid, trial_id};
 pub use results::{StepsLog, TrialRecord, TrialStatus, TrialsTable};
 pub use value::Value;

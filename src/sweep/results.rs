@@ -19,7 +19,9 @@ pub enum TrialStatus {
 
 impl TrialStatus {
     pub fn parse(s: &str) -> Option<Self> {
-        [TrialStatus::Ok, TrialStatus::Failed, TrialStatus::Nonfinite].into_iter().find(|t| t.as_str() == s)
+        [TrialStatus::Ok, TrialStatus::Failed, TrialStatus::Nonfinite]
+            .into_iter()
+            .find(|t| t.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -44,7 +46,8 @@ pub struct TrialRecord {
 /// Formats one CSV record (with quoting) as a complete line.
 fn csv_line<I: IntoIterator<Item = String>>(fields: I) -> io::Result<Vec<u8>> {
     let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
-    w.write_record(fields.into_iter().collect::<Vec<_>>()).map_err(io::Error::other)?;
+    w.write_record(fields.into_iter().collect::<Vec<_>>())
+        .map_err(io::Error::other)?;
     w.into_inner().map_err(|e| io::Error::other(e.to_string()))
 }
 
@@ -53,9 +56,16 @@ fn csv_line<I: IntoIterator<Item = String>>(fields: I) -> io::Result<Vec<u8>> {
 pub fn read_records(path: &Path) -> io::Result<(Vec<String>, Vec<csv::StringRecord>, bool)> {
     let bytes = fs::read(path)?;
     let truncated = !bytes.is_empty() && !bytes.ends_with(b"\n");
-    let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(&bytes[..]);
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(&bytes[..]);
     let bad = |e: csv::Error| io::Error::other(format!("{}: {e}", path.display()));
-    let header: Vec<String> = r.headers().map_err(bad)?.iter().map(str::to_string).collect();
+    let header: Vec<String> = r
+        .headers()
+        .map_err(bad)?
+        .iter()
+        .map(str::to_string)
+        .collect();
     let mut records = Vec::new();
     for rec in r.records() {
         match rec {
@@ -91,7 +101,11 @@ impl WriterLock {
     pub fn acquire(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let path = dir.join(".lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
         match f.try_lock() {
             Ok(()) => Ok(Self(f)),
             Err(fs::TryLockError::WouldBlock) => Err(io::Error::other(format!(
@@ -136,13 +150,19 @@ impl TrialsTable {
             repaired = cut;
             let col = |name: &str| header.iter().position(|h| h == name);
             let (Some(status_col), Some(seconds_col)) = (col("status"), col("seconds")) else {
-                return Err(io::Error::other(format!("{} has no status and seconds columns; it was not written by runner", path.display())));
+                return Err(io::Error::other(format!(
+                    "{} has no status and seconds columns; it was not written by runner",
+                    path.display()
+                )));
             };
             let error_col = col("error").unwrap_or(header.len());
             for rec in records {
                 let field = |i: usize| rec.get(i).unwrap_or("");
                 let pairs = |range: std::ops::Range<usize>| -> Vec<(String, Value)> {
-                    range.filter(|&i| !field(i).is_empty()).map(|i| (header[i].clone(), Value::parse_text(field(i)))).collect()
+                    range
+                        .filter(|&i| !field(i).is_empty())
+                        .map(|i| (header[i].clone(), Value::parse_text(field(i))))
+                        .collect()
                 };
                 let status = TrialStatus::parse(field(status_col)).unwrap_or(TrialStatus::Failed);
                 rows.push(TrialRecord {
@@ -151,7 +171,9 @@ impl TrialsTable {
                     metrics: pairs(seconds_col + 1..error_col),
                     status,
                     seconds: field(seconds_col).parse().unwrap_or(0.0),
-                    error: Some(field(error_col)).filter(|e| !e.is_empty()).map(str::to_string),
+                    error: Some(field(error_col))
+                        .filter(|e| !e.is_empty())
+                        .map(str::to_string),
                 });
             }
         }
@@ -164,8 +186,13 @@ impl TrialsTable {
     }
 
     /// Removes the rows `keep` rejects and returns them (written at once).
-    pub fn take_unless(&mut self, keep: impl Fn(&TrialRecord) -> bool) -> io::Result<Vec<TrialRecord>> {
-        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows).into_iter().partition(|r| keep(r));
+    pub fn take_unless(
+        &mut self,
+        keep: impl Fn(&TrialRecord) -> bool,
+    ) -> io::Result<Vec<TrialRecord>> {
+        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows)
+            .into_iter()
+            .partition(|r| keep(r));
         self.rows = kept;
         if !taken.is_empty() {
             self.flush()?;
@@ -221,7 +248,12 @@ impl TrialsTable {
         header.push("error".to_string());
         let mut out = csv_line(header)?;
         for r in &self.rows {
-            let get = |list: &[(String, Value)], k: &str| list.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_string()).unwrap_or_default();
+            let get = |list: &[(String, Value)], k: &str| {
+                list.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default()
+            };
             let mut fields = vec![r.trial_id.clone()];
             fields.extend(params.iter().map(|k| get(&r.params, k)));
             fields.push(r.status.as_str().to_string());
@@ -251,14 +283,27 @@ impl StepsLog {
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let path = dir.join("steps.csv");
-        let mut log = Self { path, columns: Vec::new(), rows: Vec::new() };
+        let mut log = Self {
+            path,
+            columns: Vec::new(),
+            rows: Vec::new(),
+        };
         let mut repaired = false;
         if log.path.exists() {
             let (header, records, cut) = read_records(&log.path)?;
             repaired = cut;
             log.columns = header.iter().skip(1).cloned().collect();
             for rec in records {
-                let row = header.iter().enumerate().skip(1).filter_map(|(i, h)| rec.get(i).filter(|v| !v.is_empty()).map(|v| (h.clone(), Value::parse_text(v)))).collect();
+                let row = header
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .filter_map(|(i, h)| {
+                        rec.get(i)
+                            .filter(|v| !v.is_empty())
+                            .map(|v| (h.clone(), Value::parse_text(v)))
+                    })
+                    .collect();
                 log.rows.push((rec.get(0).unwrap_or("").to_string(), row));
             }
         }
@@ -270,7 +315,10 @@ impl StepsLog {
 
     /// Removes the rows of the trials `keep` rejects (e.g. a trial about to run again, whose
     /// earlier attempt was interrupted) and returns them.
-    pub fn take_unless(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<Vec<(String, StepRow)>> {
+    pub fn take_unless(
+        &mut self,
+        keep: impl Fn(&str) -> bool,
+    ) -> io::Result<Vec<(String, StepRow)>> {
         let taken = self.retain(keep);
         if !taken.is_empty() {
             self.rewrite()?;
@@ -280,13 +328,19 @@ impl StepsLog {
 
     /// [`take_unless`](Self::take_unless) in memory only; [`rewrite`](Self::rewrite) writes.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<(String, StepRow)> {
-        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows).into_iter().partition(|(id, _)| keep(id));
+        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows)
+            .into_iter()
+            .partition(|(id, _)| keep(id));
         self.rows = kept;
         taken
     }
 
     /// Adds many rows of one trial at once (one rewrite).
-    pub fn extend(&mut self, trial_id: &str, rows: impl IntoIterator<Item = StepRow>) -> io::Result<()> {
+    pub fn extend(
+        &mut self,
+        trial_id: &str,
+        rows: impl IntoIterator<Item = StepRow>,
+    ) -> io::Result<()> {
         self.append(trial_id, rows);
         self.rewrite()
     }
@@ -310,7 +364,10 @@ impl StepsLog {
 
     /// The rows logged by one trial.
     pub fn rows_of<'a>(&'a self, trial_id: &'a str) -> impl Iterator<Item = &'a StepRow> + 'a {
-        self.rows.iter().filter(move |(id, _)| id == trial_id).map(|(_, r)| r)
+        self.rows
+            .iter()
+            .filter(move |(id, _)| id == trial_id)
+            .map(|(_, r)| r)
     }
 
     pub fn path(&self) -> &Path {
@@ -359,7 +416,12 @@ impl StepsLog {
     fn line(&self, (trial, row): &(String, StepRow)) -> io::Result<Vec<u8>> {
         let mut fields = vec![trial.clone()];
         for c in &self.columns {
-            fields.push(row.iter().find(|(k, _)| k == c).map(|(_, v)| v.to_string()).unwrap_or_default());
+            fields.push(
+                row.iter()
+                    .find(|(k, _)| k == c)
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default(),
+            );
         }
         csv_line(fields)
     }
@@ -404,10 +466,16 @@ mod tests {
         .unwrap();
         let text = fs::read_to_string(t.path()).unwrap();
         let mut r = csv::Reader::from_reader(text.as_bytes());
-        assert_eq!(r.headers().unwrap(), vec!["trial_id", "rank", "status", "seconds", "loss", "error"]);
+        assert_eq!(
+            r.headers().unwrap(),
+            vec!["trial_id", "rank", "status", "seconds", "loss", "error"]
+        );
         let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
         assert_eq!(&rows[0], vec!["a", "4", "ok", "1.000", "1.5", ""]);
-        assert_eq!(&rows[1], vec!["b", "8", "failed", "0.500", "", "boom, \"bad\"\nline"]);
+        assert_eq!(
+            &rows[1],
+            vec!["b", "8", "failed", "0.500", "", "boom, \"bad\"\nline"]
+        );
         assert!(!dir.path().join("trials.csv.tmp").exists());
     }
 
@@ -415,11 +483,36 @@ mod tests {
     fn steps_log_orders_columns_and_grows() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = StepsLog::open(dir.path()).unwrap();
-        s.log("t1", vec![("loss".into(), Value::Num(2.0)), ("step".into(), Value::Int(1))]).unwrap();
-        s.log("t1", vec![("step".into(), Value::Int(2)), ("loss".into(), Value::Num(1.0))]).unwrap();
-        s.log("t1", vec![("step".into(), Value::Int(3)), ("lr".into(), Value::Num(0.1)), ("loss".into(), Value::Num(0.5))]).unwrap();
+        s.log(
+            "t1",
+            vec![
+                ("loss".into(), Value::Num(2.0)),
+                ("step".into(), Value::Int(1)),
+            ],
+        )
+        .unwrap();
+        s.log(
+            "t1",
+            vec![
+                ("step".into(), Value::Int(2)),
+                ("loss".into(), Value::Num(1.0)),
+            ],
+        )
+        .unwrap();
+        s.log(
+            "t1",
+            vec![
+                ("step".into(), Value::Int(3)),
+                ("lr".into(), Value::Num(0.1)),
+                ("loss".into(), Value::Num(0.5)),
+            ],
+        )
+        .unwrap();
         let text = fs::read_to_string(s.path()).unwrap();
-        assert_eq!(text, "trial_id,step,loss,lr\nt1,1,2,\nt1,2,1,\nt1,3,0.5,0.1\n");
+        assert_eq!(
+            text,
+            "trial_id,step,loss,lr\nt1,1,2,\nt1,2,1,\nt1,3,0.5,0.1\n"
+        );
     }
 
     #[test]
@@ -427,7 +520,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = |id: &str, status, loss: f64| TrialRecord {
             trial_id: id.into(),
-            params: vec![("rank".into(), Value::Int(4)), ("method".into(), Value::Str("lora".into()))],
+            params: vec![
+                ("rank".into(), Value::Int(4)),
+                ("method".into(), Value::Str("lora".into())),
+            ],
             metrics: vec![("loss".into(), Value::Num(loss))],
             status,
             seconds: 1.0,
@@ -443,11 +539,31 @@ mod tests {
         assert_eq!(t.find("a").unwrap(), &rec("a", TrialStatus::Ok, 1.5));
         t.record(rec("b", TrialStatus::Ok, 0.5)).unwrap();
         let t = TrialsTable::open(dir.path()).unwrap();
-        assert_eq!(t.rows().iter().map(|r| (r.trial_id.as_str(), r.status)).collect::<Vec<_>>(), vec![("a", TrialStatus::Ok), ("b", TrialStatus::Ok)]);
+        assert_eq!(
+            t.rows()
+                .iter()
+                .map(|r| (r.trial_id.as_str(), r.status))
+                .collect::<Vec<_>>(),
+            vec![("a", TrialStatus::Ok), ("b", TrialStatus::Ok)]
+        );
 
         let mut s = StepsLog::open(dir.path()).unwrap();
-        s.log("a", vec![("step".into(), Value::Int(1)), ("loss".into(), Value::Num(2.0))]).unwrap();
-        s.log("b", vec![("step".into(), Value::Int(1)), ("loss".into(), Value::Num(3.0))]).unwrap();
+        s.log(
+            "a",
+            vec![
+                ("step".into(), Value::Int(1)),
+                ("loss".into(), Value::Num(2.0)),
+            ],
+        )
+        .unwrap();
+        s.log(
+            "b",
+            vec![
+                ("step".into(), Value::Int(1)),
+                ("loss".into(), Value::Num(3.0)),
+            ],
+        )
+        .unwrap();
         drop(s);
         // A crash in the middle of appending a row.
         let path = dir.path().join("steps.csv");
@@ -455,10 +571,16 @@ mod tests {
         f.write_all(b"b,2,2.").unwrap();
         drop(f);
         let mut s = StepsLog::open(dir.path()).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "trial_id,step,loss\na,1,2\nb,1,3\n");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "trial_id,step,loss\na,1,2\nb,1,3\n"
+        );
         let taken = s.take_unless(|id| id != "b").unwrap();
         assert_eq!(taken.len(), 1);
-        assert_eq!(fs::read_to_string(&path).unwrap(), "trial_id,step,loss\na,1,2\n");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "trial_id,step,loss\na,1,2\n"
+        );
         assert_eq!(s.rows_of("a").count(), 1);
     }
 

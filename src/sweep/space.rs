@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::grid::{expand_grid, Trial};
+use super::grid::{Trial, expand_grid};
 use super::value::Value;
 
 /// How random search draws one parameter.
@@ -14,17 +14,30 @@ pub enum Distribution {
     /// One of these values, uniformly.
     Choice(Vec<Value>),
     /// Uniform in [min, max] (log-uniform with `log`), rounded to an integer with `int`.
-    Range { min: f64, max: f64, log: bool, int: bool },
+    Range {
+        min: f64,
+        max: f64,
+        log: bool,
+        int: bool,
+    },
 }
 
 impl Distribution {
     pub fn validate(&self, name: &str) -> Result<(), String> {
         match self {
-            Distribution::Choice(v) if v.is_empty() => Err(format!("random.space.{name} is an empty list")),
-            Distribution::Range { min, max, .. } if !(min.is_finite() && max.is_finite() && min <= max) => {
-                Err(format!("random.space.{name}: min ({min}) must be a finite number no larger than max ({max})"))
+            Distribution::Choice(v) if v.is_empty() => {
+                Err(format!("random.space.{name} is an empty list"))
             }
-            Distribution::Range { min, log: true, .. } if *min <= 0.0 => Err(format!("random.space.{name}: log = true needs min > 0, found {min}")),
+            Distribution::Range { min, max, .. }
+                if !(min.is_finite() && max.is_finite() && min <= max) =>
+            {
+                Err(format!(
+                    "random.space.{name}: min ({min}) must be a finite number no larger than max ({max})"
+                ))
+            }
+            Distribution::Range { min, log: true, .. } if *min <= 0.0 => Err(format!(
+                "random.space.{name}: log = true needs min > 0, found {min}"
+            )),
             _ => Ok(()),
         }
     }
@@ -34,7 +47,11 @@ impl Distribution {
             Distribution::Choice(values) => values[rng.random_range(0..values.len())].clone(),
             Distribution::Range { min, max, log, int } => {
                 let u: f64 = rng.random();
-                let x = if *log { (min.ln() + u * (max.ln() - min.ln())).exp() } else { min + u * (max - min) };
+                let x = if *log {
+                    (min.ln() + u * (max.ln() - min.ln())).exp()
+                } else {
+                    min + u * (max - min)
+                };
                 if *int {
                     Value::Int(x.round().clamp(min.ceil(), max.floor()) as i64)
                 } else {
@@ -65,17 +82,32 @@ pub struct SweepSpace {
 impl SweepSpace {
     pub fn validate(&self) -> Result<(), String> {
         let mut names: Vec<&str> = Vec::new();
-        let random_names = self.random.iter().flat_map(|r| r.space.iter().map(|(k, _)| k));
-        for name in self.grid.iter().map(|(k, _)| k).chain(self.zip.iter().map(|(k, _)| k)).chain(random_names) {
+        let random_names = self
+            .random
+            .iter()
+            .flat_map(|r| r.space.iter().map(|(k, _)| k));
+        for name in self
+            .grid
+            .iter()
+            .map(|(k, _)| k)
+            .chain(self.zip.iter().map(|(k, _)| k))
+            .chain(random_names)
+        {
             if names.contains(&name.as_str()) {
-                return Err(format!("parameter '{name}' appears in more than one of grid, zip and random"));
+                return Err(format!(
+                    "parameter '{name}' appears in more than one of grid, zip and random"
+                ));
             }
             names.push(name);
         }
         if let Some((first, values)) = self.zip.first()
             && let Some((other, o)) = self.zip.iter().find(|(_, v)| v.len() != values.len())
         {
-            return Err(format!("zip lists must have the same length: {first} has {}, {other} has {}", values.len(), o.len()));
+            return Err(format!(
+                "zip lists must have the same length: {first} has {}, {other} has {}",
+                values.len(),
+                o.len()
+            ));
         }
         if let Some(r) = &self.random {
             if r.budget == 0 {
@@ -93,14 +125,28 @@ impl SweepSpace {
     pub fn trials(&self) -> Vec<Trial> {
         let mut trials = expand_grid(&self.grid);
         if let Some((_, first)) = self.zip.first() {
-            let rows: Vec<Vec<(String, Value)>> = (0..first.len()).map(|i| self.zip.iter().map(|(k, v)| (k.clone(), v[i].clone())).collect()).collect();
+            let rows: Vec<Vec<(String, Value)>> = (0..first.len())
+                .map(|i| {
+                    self.zip
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v[i].clone()))
+                        .collect()
+                })
+                .collect();
             trials = product(trials, &rows);
         }
         if let Some(r) = &self.random {
             let mut rng = ChaCha8Rng::seed_from_u64(r.seed);
             let mut space = r.space.clone();
             space.sort_by(|a, b| a.0.cmp(&b.0));
-            let draws: Vec<Vec<(String, Value)>> = (0..r.budget).map(|_| space.iter().map(|(k, d)| (k.clone(), d.sample(&mut rng))).collect()).collect();
+            let draws: Vec<Vec<(String, Value)>> = (0..r.budget)
+                .map(|_| {
+                    space
+                        .iter()
+                        .map(|(k, d)| (k.clone(), d.sample(&mut rng)))
+                        .collect()
+                })
+                .collect();
             trials = product(trials, &draws);
         }
         let mut unique: Vec<Trial> = Vec::with_capacity(trials.len());
@@ -131,7 +177,12 @@ fn product(trials: Vec<Trial>, rows: &[Vec<(String, Value)>]) -> Vec<Trial> {
 /// The trials of shard `index` of `count`: every `count`-th trial, starting at `index`, so
 /// shards get equal shares whatever the trials' order.
 pub fn shard<T: Clone>(trials: &[T], index: usize, count: usize) -> Vec<(usize, T)> {
-    trials.iter().cloned().enumerate().filter(|(i, _)| i % count == index).collect()
+    trials
+        .iter()
+        .cloned()
+        .enumerate()
+        .filter(|(i, _)| i % count == index)
+        .collect()
 }
 
 #[cfg(test)]
@@ -145,8 +196,14 @@ mod tests {
     #[test]
     fn zip_moves_together_and_multiplies_the_grid() {
         let s = SweepSpace {
-            grid: vec![("method".into(), vec![Value::Str("lora".into()), Value::Str("dora".into())])],
-            zip: vec![("rank".into(), ints(&[4, 8])), ("alpha".into(), ints(&[8, 16]))],
+            grid: vec![(
+                "method".into(),
+                vec![Value::Str("lora".into()), Value::Str("dora".into())],
+            )],
+            zip: vec![
+                ("rank".into(), ints(&[4, 8])),
+                ("alpha".into(), ints(&[8, 16])),
+            ],
             random: None,
         };
         s.validate().unwrap();
@@ -154,7 +211,9 @@ mod tests {
         assert_eq!(t.len(), 4);
         for trial in &t {
             let get = |k: &str| trial.params.iter().find(|(n, _)| n == k).unwrap().1.clone();
-            let (Value::Int(r), Value::Int(a)) = (get("rank"), get("alpha")) else { panic!() };
+            let (Value::Int(r), Value::Int(a)) = (get("rank"), get("alpha")) else {
+                panic!()
+            };
             assert_eq!(a, 2 * r);
             let names: Vec<&str> = trial.params.iter().map(|(k, _)| k.as_str()).collect();
             assert_eq!(names, ["alpha", "method", "rank"]);
@@ -168,9 +227,25 @@ mod tests {
                 budget: 20,
                 seed,
                 space: vec![
-                    ("lr".into(), Distribution::Range { min: 1e-4, max: 1e-2, log: true, int: false }),
+                    (
+                        "lr".into(),
+                        Distribution::Range {
+                            min: 1e-4,
+                            max: 1e-2,
+                            log: true,
+                            int: false,
+                        },
+                    ),
                     ("rank".into(), Distribution::Choice(ints(&[4, 8]))),
-                    ("layers".into(), Distribution::Range { min: 1.0, max: 3.0, log: false, int: true }),
+                    (
+                        "layers".into(),
+                        Distribution::Range {
+                            min: 1.0,
+                            max: 3.0,
+                            log: false,
+                            int: true,
+                        },
+                    ),
                 ],
             }),
             ..Default::default()
@@ -190,26 +265,54 @@ mod tests {
             }
         }
         // Only two distinct points exist: twenty draws collapse to two trials.
-        let small = SweepSpace { random: Some(RandomSearch { budget: 20, seed: 0, space: vec![("rank".into(), Distribution::Choice(ints(&[4, 8])))] }), ..Default::default() };
+        let small = SweepSpace {
+            random: Some(RandomSearch {
+                budget: 20,
+                seed: 0,
+                space: vec![("rank".into(), Distribution::Choice(ints(&[4, 8])))],
+            }),
+            ..Default::default()
+        };
         assert_eq!(small.trials().len(), 2);
     }
 
     #[test]
     fn bad_spaces_are_explained() {
-        let zip = SweepSpace { zip: vec![("a".into(), ints(&[1, 2])), ("b".into(), ints(&[1]))], ..Default::default() };
+        let zip = SweepSpace {
+            zip: vec![("a".into(), ints(&[1, 2])), ("b".into(), ints(&[1]))],
+            ..Default::default()
+        };
         assert!(zip.validate().unwrap_err().contains("same length"));
-        let twice = SweepSpace { grid: vec![("a".into(), ints(&[1]))], zip: vec![("a".into(), ints(&[1]))], ..Default::default() };
+        let twice = SweepSpace {
+            grid: vec![("a".into(), ints(&[1]))],
+            zip: vec![("a".into(), ints(&[1]))],
+            ..Default::default()
+        };
         assert!(twice.validate().unwrap_err().contains("more than one"));
-        let log = Distribution::Range { min: 0.0, max: 1.0, log: true, int: false };
+        let log = Distribution::Range {
+            min: 0.0,
+            max: 1.0,
+            log: true,
+            int: false,
+        };
         assert!(log.validate("lr").unwrap_err().contains("min > 0"));
     }
 
     #[test]
     fn shards_partition_the_trials() {
         let trials: Vec<usize> = (0..10).collect();
-        let mut seen: Vec<usize> = (0..3).flat_map(|i| shard(&trials, i, 3)).map(|(_, t)| t).collect();
+        let mut seen: Vec<usize> = (0..3)
+            .flat_map(|i| shard(&trials, i, 3))
+            .map(|(_, t)| t)
+            .collect();
         seen.sort();
         assert_eq!(seen, trials);
-        assert_eq!(shard(&trials, 1, 3).iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 4, 7]);
+        assert_eq!(
+            shard(&trials, 1, 3)
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<Vec<_>>(),
+            vec![1, 4, 7]
+        );
     }
 }

@@ -15,16 +15,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::optim::HostMoments;
 use super::trainer::{Progress, ScheduleKind, Trainer};
-use crate::model::params::{Param, ParamVisitor};
-use crate::model::save::{host, write_atomic, write_safetensors, HostTensor};
 use crate::model::Llama;
+use crate::model::params::{Param, ParamVisitor};
+use crate::model::save::{HostTensor, host, write_atomic, write_safetensors};
 
 const FORMAT: u32 = 1;
 const TRAINABLE: &str = "trainable.safetensors";
@@ -55,7 +55,11 @@ pub struct RngState {
 impl RngState {
     fn of(rng: &ChaCha8Rng) -> Self {
         let seed: String = rng.get_seed().iter().map(|b| format!("{b:02x}")).collect();
-        Self { seed, stream: rng.get_stream(), word_pos: rng.get_word_pos().to_string() }
+        Self {
+            seed,
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
     }
 
     fn restore(&self) -> Option<ChaCha8Rng> {
@@ -106,11 +110,16 @@ pub struct LoadReport {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
-    move |e| CheckpointError::Io { path: path.to_path_buf(), msg: e.to_string() }
+    move |e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), CheckpointError> {
-    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(dir))
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))
 }
 
 fn step_dir_name(step: usize) -> String {
@@ -154,7 +163,13 @@ impl<B: Backend> ParamVisitor<B> for Trainables {
 
 /// Saves a checkpoint of `trainer` and `model`'s trainable parameters under `root`, keeping
 /// the newest `keep` (at least 1). Returns the checkpoint's folder.
-pub fn save<B: AutodiffBackend>(root: &Path, trainer: &Trainer<B>, model: &mut Llama<B>, recipe_hash: Option<&str>, keep: usize) -> Result<PathBuf, CheckpointError> {
+pub fn save<B: AutodiffBackend>(
+    root: &Path,
+    trainer: &Trainer<B>,
+    model: &mut Llama<B>,
+    recipe_hash: Option<&str>,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
     fs::create_dir_all(root).map_err(io_err(root))?;
     let name = step_dir_name(trainer.progress.step);
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -165,7 +180,10 @@ pub fn save<B: AutodiffBackend>(root: &Path, trainer: &Trainer<B>, model: &mut L
 
     let mut trainables = Trainables(Vec::new());
     model.visit(&mut trainables);
-    let save_err = |e: crate::model::save::SaveError| CheckpointError::Io { path: tmp.clone(), msg: e.to_string() };
+    let save_err = |e: crate::model::save::SaveError| CheckpointError::Io {
+        path: tmp.clone(),
+        msg: e.to_string(),
+    };
     write_safetensors(&tmp.join(TRAINABLE), &trainables.0).map_err(save_err)?;
     let mut moments = Vec::new();
     for (pname, HostMoments { m, v }) in trainer.optim.export_state() {
@@ -191,7 +209,9 @@ pub fn save<B: AutodiffBackend>(root: &Path, trainer: &Trainer<B>, model: &mut L
         },
         rng: RngState::of(&trainer.rng),
         recipe_hash: recipe_hash.map(String::from),
-        saved_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        saved_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     let json = serde_json::to_vec_pretty(&state).expect("serializable state");
     write_atomic(&tmp.join(STATE), &json).map_err(save_err)?;
@@ -206,7 +226,12 @@ pub fn save<B: AutodiffBackend>(root: &Path, trainer: &Trainer<B>, model: &mut L
     }
     fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
     fsync_dir(root)?;
-    write_atomic(&root.join(LATEST), format!("{name}\n").as_bytes()).map_err(|e| CheckpointError::Io { path: root.join(LATEST), msg: e.to_string() })?;
+    write_atomic(&root.join(LATEST), format!("{name}\n").as_bytes()).map_err(|e| {
+        CheckpointError::Io {
+            path: root.join(LATEST),
+            msg: e.to_string(),
+        }
+    })?;
     fsync_dir(root)?;
     if old.exists() {
         fs::remove_dir_all(&old).map_err(io_err(&old))?;
@@ -231,7 +256,9 @@ fn prune(root: &Path, current: &str, keep: usize) -> Result<(), CheckpointError>
         }
     }
     for path in doomed {
-        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
         if name == current {
             continue;
         }
@@ -268,14 +295,25 @@ type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn read_f32_tensors(path: &Path) -> Result<NamedTensors, CheckpointError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
-    let invalid = |msg: String| CheckpointError::Invalid { path: path.to_path_buf(), msg };
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
+    let invalid = |msg: String| CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| invalid(format!("not a safetensors file: {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in file.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(invalid(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
+            return Err(invalid(format!(
+                "tensor '{name}' is {:?}, expected F32",
+                view.dtype()
+            )));
         }
-        let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
@@ -293,13 +331,19 @@ impl Restore<'_> {
             return;
         }
         match self.tensors.remove(name) {
-            None => self.problems.push(format!("the model trains '{name}', which the checkpoint lacks")),
-            Some((shape, _)) if shape != p.value.dims().to_vec() => {
-                self.problems.push(format!("'{name}' is {:?} in the model but {shape:?} in the checkpoint", p.value.dims()))
-            }
+            None => self.problems.push(format!(
+                "the model trains '{name}', which the checkpoint lacks"
+            )),
+            Some((shape, _)) if shape != p.value.dims().to_vec() => self.problems.push(format!(
+                "'{name}' is {:?} in the model but {shape:?} in the checkpoint",
+                p.value.dims()
+            )),
             Some((shape, values)) => {
                 let device = p.value.device();
-                *p = Param::new(Tensor::from_data(TensorData::new(values, shape), &device), true);
+                *p = Param::new(
+                    Tensor::from_data(TensorData::new(values, shape), &device),
+                    true,
+                );
             }
         }
     }
@@ -317,45 +361,93 @@ impl<B: Backend> ParamVisitor<B> for Restore<'_> {
 /// Restores the checkpoint that `root` points at (see [`find`]) into `trainer` and `model`.
 /// The model must train the same parameters (same adapters attached) as when it was saved;
 /// nothing is changed when it does not.
-pub fn load<B: AutodiffBackend>(root: &Path, trainer: &mut Trainer<B>, model: &mut Llama<B>, recipe_hash: Option<&str>) -> Result<LoadReport, CheckpointError> {
+pub fn load<B: AutodiffBackend>(
+    root: &Path,
+    trainer: &mut Trainer<B>,
+    model: &mut Llama<B>,
+    recipe_hash: Option<&str>,
+) -> Result<LoadReport, CheckpointError> {
     let dir = find(root).ok_or_else(|| CheckpointError::NotFound(root.to_path_buf()))?;
     let state_path = dir.join(STATE);
     let text = fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid { path: state_path.clone(), msg: format!("invalid trainer state: {e}") })?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+            path: state_path.clone(),
+            msg: format!("invalid trainer state: {e}"),
+        })?;
     if state.format != FORMAT {
-        return Err(CheckpointError::Invalid { path: state_path, msg: format!("checkpoint format {} is not supported (expected {FORMAT})", state.format) });
+        return Err(CheckpointError::Invalid {
+            path: state_path,
+            msg: format!(
+                "checkpoint format {} is not supported (expected {FORMAT})",
+                state.format
+            ),
+        });
     }
-    let rng = state.rng.restore().ok_or_else(|| CheckpointError::Invalid { path: state_path.clone(), msg: "invalid RNG state".into() })?;
+    let rng = state
+        .rng
+        .restore()
+        .ok_or_else(|| CheckpointError::Invalid {
+            path: state_path.clone(),
+            msg: "invalid RNG state".into(),
+        })?;
     let mut tensors = read_f32_tensors(&dir.join(TRAINABLE))?;
     let mut moments = read_f32_tensors(&dir.join(OPTIMIZER))?;
 
     // Check everything against a copy first, so a mismatch leaves the model untouched.
     let mut probe = model.clone();
-    let mut check = Restore { tensors: &mut tensors.clone(), problems: Vec::new() };
+    let mut check = Restore {
+        tensors: &mut tensors.clone(),
+        problems: Vec::new(),
+    };
     probe.visit(&mut check);
     let mut problems = check.problems;
     if let Some(extra) = check.tensors.keys().min() {
-        problems.push(format!("the checkpoint has '{extra}', which the model does not train ({} such tensors)", check.tensors.len()));
+        problems.push(format!(
+            "the checkpoint has '{extra}', which the model does not train ({} such tensors)",
+            check.tensors.len()
+        ));
     }
     if !problems.is_empty() {
-        return Err(CheckpointError::Mismatch { path: dir, msg: format!("{} (attach the same adapters, with the same names, before loading)", problems.join("; ")) });
+        return Err(CheckpointError::Mismatch {
+            path: dir,
+            msg: format!(
+                "{} (attach the same adapters, with the same names, before loading)",
+                problems.join("; ")
+            ),
+        });
     }
     drop(probe);
-    model.visit(&mut Restore { tensors: &mut tensors, problems: Vec::new() });
+    model.visit(&mut Restore {
+        tensors: &mut tensors,
+        problems: Vec::new(),
+    });
 
-    let mut names: Vec<String> = moments.keys().filter_map(|k| k.strip_suffix(".exp_avg").map(String::from)).collect();
+    let mut names: Vec<String> = moments
+        .keys()
+        .filter_map(|k| k.strip_suffix(".exp_avg").map(String::from))
+        .collect();
     names.sort();
     let mut state_moments = Vec::with_capacity(names.len());
     for name in names {
         let m = moments.remove(&format!("{name}.exp_avg")).map(|t| t.1);
         let v = moments.remove(&format!("{name}.exp_avg_sq")).map(|t| t.1);
         match (m, v) {
-            (Some(m), Some(v)) if m.len() == v.len() => state_moments.push((name, HostMoments { m, v })),
-            _ => return Err(CheckpointError::Invalid { path: dir.join(OPTIMIZER), msg: format!("moments of '{name}' are incomplete") }),
+            (Some(m), Some(v)) if m.len() == v.len() => {
+                state_moments.push((name, HostMoments { m, v }))
+            }
+            _ => {
+                return Err(CheckpointError::Invalid {
+                    path: dir.join(OPTIMIZER),
+                    msg: format!("moments of '{name}' are incomplete"),
+                });
+            }
         }
     }
     let device = model.embed_tokens.value.clone().inner().device();
-    trainer.optim.import_state(state.optimizer_steps, state_moments, &device);
+    trainer
+        .optim
+        .import_state(state.optimizer_steps, state_moments, &device);
     trainer.progress = state.progress.clone();
     trainer.rng = rng;
 
@@ -366,11 +458,18 @@ pub fn load<B: AutodiffBackend>(root: &Path, trainer: &mut Trainer<B>, model: &m
         warnings.push("the recipe changed since this checkpoint was saved".to_string());
     }
     let s = &trainer.schedule;
-    if state.schedule.warmup != s.warmup || state.schedule.total != s.total || state.schedule.base_lr != trainer.optim.config.lr {
+    if state.schedule.warmup != s.warmup
+        || state.schedule.total != s.total
+        || state.schedule.base_lr != trainer.optim.config.lr
+    {
         warnings.push(format!(
             "the learning-rate schedule differs from the checkpoint's (lr {} warmup {} total {:?} then; lr {} warmup {} total {:?} now)",
             state.schedule.base_lr, state.schedule.warmup, state.schedule.total, trainer.optim.config.lr, s.warmup, s.total
         ));
     }
-    Ok(LoadReport { path: dir, state, warnings })
+    Ok(LoadReport {
+        path: dir,
+        state,
+        warnings,
+    })
 }

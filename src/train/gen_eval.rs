@@ -5,7 +5,7 @@ use burn::prelude::*;
 
 use super::metrics::{exact_match, rouge_l};
 use crate::data::Example;
-use crate::generate::{generate, GenerateError, GenerateOptions};
+use crate::generate::{GenerateError, GenerateOptions, generate};
 use crate::model::Llama;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -20,7 +20,11 @@ pub struct GenEvalOptions {
 
 impl Default for GenEvalOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 64, limit: None, stop: Vec::new() }
+        Self {
+            max_new_tokens: 64,
+            limit: None,
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -47,31 +51,63 @@ pub enum GenEvalError {
     #[error("no examples to score")]
     Empty,
     #[error("example {index}: {source}")]
-    Tokenizer { index: usize, source: TokenizerError },
+    Tokenizer {
+        index: usize,
+        source: TokenizerError,
+    },
     #[error("example {index}: {source}")]
     Generate { index: usize, source: GenerateError },
 }
 
 /// The generated text, cut at the first stop string.
 fn cut(text: &str, stop: &[String]) -> String {
-    let end = stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min().unwrap_or(text.len());
+    let end = stop
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+        .unwrap_or(text.len());
     text[..end].trim().to_string()
 }
 
 /// Scores every example (up to `opts.limit`); `after_each` runs after each generation (the
 /// Lua layer releases the autodiff graph's leftovers there).
-pub fn evaluate_generation<B: Backend>(model: &Llama<B>, tok: &Tokenizer, examples: &[Example], opts: &GenEvalOptions, mut after_each: impl FnMut()) -> Result<GenEvalResult, GenEvalError> {
+pub fn evaluate_generation<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tokenizer,
+    examples: &[Example],
+    opts: &GenEvalOptions,
+    mut after_each: impl FnMut(),
+) -> Result<GenEvalResult, GenEvalError> {
     let n = opts.limit.map_or(examples.len(), |l| l.min(examples.len()));
     if n == 0 {
         return Err(GenEvalError::Empty);
     }
     let model = model.detached();
-    let generation = GenerateOptions { max_new_tokens: opts.max_new_tokens, stop: tok.eos().into_iter().collect(), ..Default::default() };
+    let generation = GenerateOptions {
+        max_new_tokens: opts.max_new_tokens,
+        stop: tok.eos().into_iter().collect(),
+        ..Default::default()
+    };
     let mut predictions = Vec::with_capacity(n);
     for (index, ex) in examples[..n].iter().enumerate() {
-        let prompt = tok.encode(&ex.prompt).map_err(|source| GenEvalError::Tokenizer { index: index + 1, source })?;
-        let out = generate(&model, &prompt, &generation).map_err(|source| GenEvalError::Generate { index: index + 1, source })?;
-        let text = tok.decode(&out, true).map_err(|source| GenEvalError::Tokenizer { index: index + 1, source })?;
+        let prompt = tok
+            .encode(&ex.prompt)
+            .map_err(|source| GenEvalError::Tokenizer {
+                index: index + 1,
+                source,
+            })?;
+        let out =
+            generate(&model, &prompt, &generation).map_err(|source| GenEvalError::Generate {
+                index: index + 1,
+                source,
+            })?;
+        let text = tok
+            .decode(&out, true)
+            .map_err(|source| GenEvalError::Tokenizer {
+                index: index + 1,
+                source,
+            })?;
         after_each();
         let prediction = cut(&text, &opts.stop);
         let reference = ex.response.trim().to_string();
@@ -104,7 +140,13 @@ pub struct EarlyStopping {
 
 impl EarlyStopping {
     pub fn new(patience: usize, min_delta: f64, minimize: bool) -> Self {
-        Self { patience: patience.max(1), min_delta: min_delta.abs(), minimize, best: None, bad_evals: 0 }
+        Self {
+            patience: patience.max(1),
+            min_delta: min_delta.abs(),
+            minimize,
+            best: None,
+            bad_evals: 0,
+        }
     }
 
     /// Records one evaluation; true when training should stop. A non-finite value never
@@ -136,7 +178,10 @@ mod tests {
         assert!(!s.update(2.0));
         assert!(!s.update(1.5));
         assert!(!s.update(1.495), "within min_delta: one bad evaluation");
-        assert!(s.update(f64::NAN), "NaN is not an improvement: the second bad one stops");
+        assert!(
+            s.update(f64::NAN),
+            "NaN is not an improvement: the second bad one stops"
+        );
         assert_eq!(s.best, Some(1.5));
         let mut up = EarlyStopping::new(1, 0.0, false);
         assert!(!up.update(0.2));

@@ -42,7 +42,12 @@ pub fn next_token_targets(labels: &[i64], batch: usize, seq: usize) -> Vec<i64> 
 
 /// As [`next_token_targets`], and with segments a row is not scored on the next token when
 /// that token starts another segment (packed examples, padding).
-pub fn next_token_targets_segmented(labels: &[i64], segments: Option<&[u32]>, batch: usize, seq: usize) -> Vec<i64> {
+pub fn next_token_targets_segmented(
+    labels: &[i64],
+    segments: Option<&[u32]>,
+    batch: usize,
+    seq: usize,
+) -> Vec<i64> {
     let mut targets = vec![IGNORE_INDEX; batch * seq];
     for b in 0..batch {
         for t in 0..seq.saturating_sub(1) {
@@ -59,12 +64,25 @@ pub fn next_token_targets_segmented(labels: &[i64], segments: Option<&[u32]>, ba
 /// - hidden: `[rows, d_model]`, head: `[vocab, d_model]`, targets: `rows`
 ///
 /// `scale` multiplies the gradients (1 / count for a mean loss).
-pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &[i64], scale: f64, grad_hidden: bool, grad_head: bool) -> HeadLoss<B> {
+pub fn head_nll<B: Backend>(
+    hidden: Tensor<B, 2>,
+    head: Tensor<B, 2>,
+    targets: &[i64],
+    scale: f64,
+    grad_hidden: bool,
+    grad_head: bool,
+) -> HeadLoss<B> {
     let [rows, d] = hidden.dims();
     let device = hidden.device();
     let scored: Vec<usize> = (0..rows).filter(|&r| targets[r] != IGNORE_INDEX).collect();
     let count = scored.len();
-    let mut out = HeadLoss { nll_sum: 0.0, count, correct: 0, grad_hidden: None, grad_head: None };
+    let mut out = HeadLoss {
+        nll_sum: 0.0,
+        count,
+        correct: 0,
+        grad_hidden: None,
+        grad_head: None,
+    };
     if count == 0 {
         out.grad_hidden = grad_hidden.then(|| Tensor::zeros([rows, d], &device));
         out.grad_head = grad_head.then(|| Tensor::zeros(head.dims(), &device));
@@ -81,17 +99,30 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
     let want_grad = grad_hidden || grad_head;
     for chunk in scored.chunks(CHUNK_ROWS) {
         let n = chunk.len();
-        let row_idx = Tensor::<B, 1, Int>::from_data(TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]), &device);
+        let row_idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]),
+            &device,
+        );
         let chunk_targets: Vec<usize> = chunk.iter().map(|&r| targets[r] as usize).collect();
         let h = hidden.clone().select(0, row_idx.clone());
-        let ce = kernels::cross_entropy(precision::matmul(h.clone(), head_t.clone()), &chunk_targets, scale, want_grad);
+        let ce = kernels::cross_entropy(
+            precision::matmul(h.clone(), head_t.clone()),
+            &chunk_targets,
+            scale,
+            want_grad,
+        );
         nll.push(ce.nll);
         if evaluating {
             correct.push(ce.correct);
         }
         let Some(dlogits) = ce.dlogits else { continue };
         if let Some(g) = gh.take() {
-            gh = Some(g.select_assign(0, row_idx, precision::matmul(dlogits.clone(), head.clone()), IndexingUpdateOp::Add));
+            gh = Some(g.select_assign(
+                0,
+                row_idx,
+                precision::matmul(dlogits.clone(), head.clone()),
+                IndexingUpdateOp::Add,
+            ));
         }
         if grad_head {
             gw = Some(match gw.take() {
@@ -114,9 +145,23 @@ pub fn head_nll<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: &
 /// `nll_sum / normalizer`. The normalizer is the batch's own token count for a mean loss, or
 /// the whole batch's when this is one micro-batch of several (gradient accumulation). The
 /// gradients are multiplied by `loss_scale` (f16 loss scaling; 1 otherwise).
-pub fn training_loss<B: AutodiffBackend>(hidden: Tensor<B, 2>, head: &Tensor<B, 2>, head_trainable: bool, targets: &[i64], normalizer: usize, loss_scale: f64) -> (f64, Tensor<B, 1>) {
+pub fn training_loss<B: AutodiffBackend>(
+    hidden: Tensor<B, 2>,
+    head: &Tensor<B, 2>,
+    head_trainable: bool,
+    targets: &[i64],
+    normalizer: usize,
+    loss_scale: f64,
+) -> (f64, Tensor<B, 1>) {
     let normalizer = normalizer.max(1);
-    let r = head_nll(hidden.clone().inner(), head.clone().inner(), targets, loss_scale / normalizer as f64, true, head_trainable);
+    let r = head_nll(
+        hidden.clone().inner(),
+        head.clone().inner(),
+        targets,
+        loss_scale / normalizer as f64,
+        true,
+        head_trainable,
+    );
     let mut surrogate = (hidden * Tensor::from_inner(r.grad_hidden.expect("asked for"))).sum();
     if let Some(gw) = r.grad_head {
         surrogate = surrogate + (head.clone() * Tensor::from_inner(gw)).sum();

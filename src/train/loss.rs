@@ -11,7 +11,10 @@ use crate::data::IGNORE_INDEX;
 ///
 /// # Shapes
 /// - logits: `[batch, seq, vocab]`, labels: `batch * seq` row-major -> `[1]`
-pub fn causal_lm_nll_sum<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> (Tensor<B, 1>, usize) {
+pub fn causal_lm_nll_sum<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: &[i64],
+) -> (Tensor<B, 1>, usize) {
     let [b, t, v] = logits.dims();
     let device = logits.device();
     let n = b * (t - 1);

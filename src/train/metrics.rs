@@ -32,7 +32,11 @@ fn lcs_len(a: &[String], b: &[String]) -> usize {
     let mut cur = vec![0usize; b.len() + 1];
     for x in a {
         for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
+            cur[j + 1] = if x == y {
+                prev[j] + 1
+            } else {
+                prev[j + 1].max(cur[j])
+            };
         }
         std::mem::swap(&mut prev, &mut cur);
     }
@@ -51,13 +55,25 @@ pub fn rouge_l(reference: &str, candidate: &str) -> RougeScore {
     let reference = rouge_tokens(reference);
     let candidate = rouge_tokens(candidate);
     if reference.is_empty() || candidate.is_empty() {
-        return RougeScore { precision: 0.0, recall: 0.0, fmeasure: 0.0 };
+        return RougeScore {
+            precision: 0.0,
+            recall: 0.0,
+            fmeasure: 0.0,
+        };
     }
     let lcs = lcs_len(&reference, &candidate) as f64;
     let precision = lcs / candidate.len() as f64;
     let recall = lcs / reference.len() as f64;
-    let fmeasure = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
-    RougeScore { precision, recall, fmeasure }
+    let fmeasure = if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
+    };
+    RougeScore {
+        precision,
+        recall,
+        fmeasure,
+    }
 }
 
 /// Mean ROUGE-L F-measure over (reference, candidate) pairs, the plain average rouge-score
@@ -67,7 +83,11 @@ pub fn mean_rouge_l_f<R: AsRef<str>, C: AsRef<str>>(refs: &[R], cands: &[C]) -> 
     if refs.is_empty() || refs.len() != cands.len() {
         return None;
     }
-    let sum: f64 = refs.iter().zip(cands).map(|(r, c)| rouge_l(r.as_ref(), c.as_ref()).fmeasure).sum();
+    let sum: f64 = refs
+        .iter()
+        .zip(cands)
+        .map(|(r, c)| rouge_l(r.as_ref(), c.as_ref()).fmeasure)
+        .sum();
     Some(sum / refs.len() as f64)
 }
 
@@ -91,13 +111,19 @@ fn is_py_space(c: char) -> bool {
 /// "a", "an", "the" by a space (word = run of `\w` characters, so "theater" and "1the" stay);
 /// collapse whitespace to single spaces and trim.
 pub fn normalize_answer(s: &str) -> String {
-    let no_punct: String = s.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let no_punct: String = s
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
 
     let mut no_articles = String::with_capacity(no_punct.len());
     let mut rest = no_punct.as_str();
     while let Some(first) = rest.chars().next() {
         let word = is_word_char(first);
-        let end = rest.find(|c: char| is_word_char(c) != word).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| is_word_char(c) != word)
+            .unwrap_or(rest.len());
         let run = &rest[..end];
         if word && matches!(run, "a" | "an" | "the") {
             no_articles.push(' ');
@@ -107,7 +133,11 @@ pub fn normalize_answer(s: &str) -> String {
         rest = &rest[end..];
     }
 
-    no_articles.split(is_py_space).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" ")
+    no_articles
+        .split(is_py_space)
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// SQuAD exact match: the normalized strings are equal.
@@ -144,7 +174,11 @@ mod tests {
 
     /// Data rows (the header skipped), each split on tabs into `columns` fields.
     fn rows(tsv: &str, columns: usize) -> Vec<Vec<&str>> {
-        let rows: Vec<Vec<&str>> = tsv.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+        let rows: Vec<Vec<&str>> = tsv
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').collect())
+            .collect();
         for r in &rows {
             assert_eq!(r.len(), columns, "row {r:?}");
         }
@@ -159,9 +193,16 @@ mod tests {
             let (reference, candidate) = (unescape(r[0]), unescape(r[1]));
             let want: Vec<f64> = r[2..].iter().map(|x| x.parse().unwrap()).collect();
             let got = rouge_l(&reference, &candidate);
-            let fields = [("precision", got.precision), ("recall", got.recall), ("fmeasure", got.fmeasure)];
+            let fields = [
+                ("precision", got.precision),
+                ("recall", got.recall),
+                ("fmeasure", got.fmeasure),
+            ];
             for ((name, g), w) in fields.into_iter().zip(want) {
-                assert!((g - w).abs() <= 1e-12, "{name} {g} != {w} for {reference:?} / {candidate:?}");
+                assert!(
+                    (g - w).abs() <= 1e-12,
+                    "{name} {g} != {w} for {reference:?} / {candidate:?}"
+                );
             }
         }
     }
@@ -172,15 +213,31 @@ mod tests {
         assert!(rows.len() >= 80, "only {} rows", rows.len());
         for r in rows {
             let (reference, candidate) = (unescape(r[0]), unescape(r[1]));
-            assert_eq!(normalize_answer(&reference), unescape(r[3]), "normalize_answer({reference:?})");
-            assert_eq!(normalize_answer(&candidate), unescape(r[4]), "normalize_answer({candidate:?})");
-            assert_eq!(exact_match(&reference, &candidate), r[2] == "1", "{reference:?} / {candidate:?}");
+            assert_eq!(
+                normalize_answer(&reference),
+                unescape(r[3]),
+                "normalize_answer({reference:?})"
+            );
+            assert_eq!(
+                normalize_answer(&candidate),
+                unescape(r[4]),
+                "normalize_answer({candidate:?})"
+            );
+            assert_eq!(
+                exact_match(&reference, &candidate),
+                r[2] == "1",
+                "{reference:?} / {candidate:?}"
+            );
         }
     }
 
     #[test]
     fn empty_inputs_score_zero() {
-        let zero = RougeScore { precision: 0.0, recall: 0.0, fmeasure: 0.0 };
+        let zero = RougeScore {
+            precision: 0.0,
+            recall: 0.0,
+            fmeasure: 0.0,
+        };
         assert_eq!(rouge_l("", ""), zero);
         assert_eq!(rouge_l("a b", ""), zero);
         assert_eq!(rouge_l("", "a b"), zero);
@@ -192,7 +249,10 @@ mod tests {
         let refs = ["a b c d".to_string(), "x".to_string()];
         let cands = ["a b c d".to_string(), "y".to_string()];
         assert_eq!(mean_rouge_l_f(&refs, &cands), Some(0.5));
-        assert_eq!(mean_rouge_l_f(&["a b"], &["b"]), Some(rouge_l("a b", "b").fmeasure));
+        assert_eq!(
+            mean_rouge_l_f(&["a b"], &["b"]),
+            Some(rouge_l("a b", "b").fmeasure)
+        );
         assert_eq!(mean_rouge_l_f::<String, String>(&[], &[]), None);
         assert_eq!(mean_rouge_l_f(&refs, &cands[..1]), None);
     }
@@ -200,7 +260,10 @@ mod tests {
     #[test]
     fn normalize_answer_examples() {
         assert_eq!(normalize_answer("  The  Eiffel-Tower! "), "eiffeltower");
-        assert_eq!(normalize_answer("an apple, a pear and the plum"), "apple pear and plum");
+        assert_eq!(
+            normalize_answer("an apple, a pear and the plum"),
+            "apple pear and plum"
+        );
         assert_eq!(normalize_answer("Theater"), "theater");
         assert!(exact_match("The Beatles", "beatles"));
         assert!(!exact_match("Beatles", "The Beetles"));

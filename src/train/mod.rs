@@ -11,4 +11,7 @@ pub mod trainer;
 
 pub use optim::{AdamW, AdamWConfig, GradMap};
 pub use perplexity::{perplexity, token_logprobs};
-pub use trainer::{evaluate, input_tensor, EvalResult, Progress, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer};
+pub use trainer::{
+    EvalResult, Progress, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer,
+    evaluate, input_tensor,
+};

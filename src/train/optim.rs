@@ -28,7 +28,15 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, offload: false, no_decay: default_no_decay() }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            offload: false,
+            no_decay: default_no_decay(),
+        }
     }
 }
 
@@ -40,17 +48,52 @@ pub fn default_no_decay() -> Vec<String> {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum OptimError {
     #[error("{field} must be {what} (got {value})")]
-    Range { field: &'static str, what: &'static str, value: f64 },
+    Range {
+        field: &'static str,
+        what: &'static str,
+        value: f64,
+    },
 }
 
 impl AdamWConfig {
     pub fn validate(&self) -> Result<(), OptimError> {
-        let check = |field, ok: bool, what, value| if ok { Ok(()) } else { Err(OptimError::Range { field, what, value }) };
-        check("lr", self.lr.is_finite() && self.lr > 0.0, "a positive finite number", self.lr)?;
-        check("beta1", (0.0..1.0).contains(&self.beta1), "in [0, 1)", self.beta1)?;
-        check("beta2", (0.0..1.0).contains(&self.beta2), "in [0, 1)", self.beta2)?;
-        check("eps", self.eps.is_finite() && self.eps > 0.0, "a positive finite number", self.eps)?;
-        check("weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "a non-negative finite number", self.weight_decay)
+        let check = |field, ok: bool, what, value| {
+            if ok {
+                Ok(())
+            } else {
+                Err(OptimError::Range { field, what, value })
+            }
+        };
+        check(
+            "lr",
+            self.lr.is_finite() && self.lr > 0.0,
+            "a positive finite number",
+            self.lr,
+        )?;
+        check(
+            "beta1",
+            (0.0..1.0).contains(&self.beta1),
+            "in [0, 1)",
+            self.beta1,
+        )?;
+        check(
+            "beta2",
+            (0.0..1.0).contains(&self.beta2),
+            "in [0, 1)",
+            self.beta2,
+        )?;
+        check(
+            "eps",
+            self.eps.is_finite() && self.eps > 0.0,
+            "a positive finite number",
+            self.eps,
+        )?;
+        check(
+            "weight_decay",
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "a non-negative finite number",
+            self.weight_decay,
+        )
     }
 }
 
@@ -68,13 +111,19 @@ pub struct GradMap<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Default for GradMap<B> {
     fn default() -> Self {
-        Self { grads: HashMap::new() }
+        Self {
+            grads: HashMap::new(),
+        }
     }
 }
 
 impl<B: AutodiffBackend> GradMap<B> {
     /// Adds the gradients that `grads` holds for the trainable parameters `visit_model` walks.
-    pub fn accumulate(&mut self, grads: &B::Gradients, visit_model: impl FnOnce(&mut GradCollector<'_, B>)) {
+    pub fn accumulate(
+        &mut self,
+        grads: &B::Gradients,
+        visit_model: impl FnOnce(&mut GradCollector<'_, B>),
+    ) {
         visit_model(&mut GradCollector { map: self, grads });
     }
 
@@ -82,7 +131,10 @@ impl<B: AutodiffBackend> GradMap<B> {
     pub fn global_norm(&self) -> f64 {
         let mut names: Vec<&String> = self.grads.keys().collect();
         names.sort();
-        let sum: f64 = names.iter().map(|n| kernels::sum_squares(&self.grads[*n])).sum();
+        let sum: f64 = names
+            .iter()
+            .map(|n| kernels::sum_squares(&self.grads[*n]))
+            .sum();
         sum.sqrt()
     }
 
@@ -102,7 +154,9 @@ impl<B: AutodiffBackend> GradCollector<'_, B> {
         if !p.trainable {
             return;
         }
-        let Some(g) = p.value.grad(self.grads) else { return };
+        let Some(g) = p.value.grad(self.grads) else {
+            return;
+        };
         let n: usize = g.dims().iter().product();
         let g = g.reshape([n]);
         let sum = match self.map.grads.remove(name) {
@@ -139,45 +193,89 @@ pub struct AdamW<B: AutodiffBackend> {
 enum GradSource<'a, B: AutodiffBackend> {
     Autodiff(&'a B::Gradients),
     /// Collected (and possibly accumulated) gradients, multiplied by `scale` (clipping).
-    Map { map: &'a GradMap<B>, scale: f64 },
+    Map {
+        map: &'a GradMap<B>,
+        scale: f64,
+    },
 }
 
 impl<B: AutodiffBackend> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Result<Self, OptimError> {
         config.validate()?;
-        Ok(Self { config, steps: 0, state: HashMap::new() })
+        Ok(Self {
+            config,
+            steps: 0,
+            state: HashMap::new(),
+        })
     }
 
     /// One update, at learning rate `lr`, of every trainable parameter that `visit_model`
     /// walks and that received a gradient.
-    pub fn update(&mut self, lr: f64, grads: &B::Gradients, visit_model: impl FnOnce(&mut Updater<'_, B>)) {
+    pub fn update(
+        &mut self,
+        lr: f64,
+        grads: &B::Gradients,
+        visit_model: impl FnOnce(&mut Updater<'_, B>),
+    ) {
         self.steps += 1;
-        let mut updater = Updater { opt: self, grads: GradSource::Autodiff(grads), lr };
+        let mut updater = Updater {
+            opt: self,
+            grads: GradSource::Autodiff(grads),
+            lr,
+        };
         visit_model(&mut updater);
     }
 
     /// One update from collected gradients, each multiplied by `grad_scale` first.
-    pub fn update_from(&mut self, lr: f64, grads: &GradMap<B>, grad_scale: f64, visit_model: impl FnOnce(&mut Updater<'_, B>)) {
+    pub fn update_from(
+        &mut self,
+        lr: f64,
+        grads: &GradMap<B>,
+        grad_scale: f64,
+        visit_model: impl FnOnce(&mut Updater<'_, B>),
+    ) {
         self.steps += 1;
-        let mut updater = Updater { opt: self, grads: GradSource::Map { map: grads, scale: grad_scale }, lr };
+        let mut updater = Updater {
+            opt: self,
+            grads: GradSource::Map {
+                map: grads,
+                scale: grad_scale,
+            },
+            lr,
+        };
         visit_model(&mut updater);
     }
 
     /// Whether `name` is exempt from weight decay (a norm weight or a bias, by default).
     fn decays(&self, name: &str) -> bool {
-        !self.config.no_decay.iter().any(|pat| name.contains(pat.as_str()))
+        !self
+            .config
+            .no_decay
+            .iter()
+            .any(|pat| name.contains(pat.as_str()))
     }
 
     /// The moments of every parameter updated so far, on the host (for checkpoints).
     pub fn export_state(&self) -> Vec<(String, HostMoments)> {
-        let host = |t: &Tensor<B::InnerBackend, 1>| t.to_data().convert::<f32>().to_vec::<f32>().expect("f32 moments");
+        let host = |t: &Tensor<B::InnerBackend, 1>| {
+            t.to_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 moments")
+        };
         let mut out: Vec<(String, HostMoments)> = self
             .state
             .iter()
             .map(|(name, s)| {
                 let moments = match s {
-                    Moments::Device { m, v } => HostMoments { m: host(m), v: host(v) },
-                    Moments::Host { m, v } => HostMoments { m: m.clone(), v: v.clone() },
+                    Moments::Device { m, v } => HostMoments {
+                        m: host(m),
+                        v: host(v),
+                    },
+                    Moments::Host { m, v } => HostMoments {
+                        m: m.clone(),
+                        v: v.clone(),
+                    },
                 };
                 (name.clone(), moments)
             })
@@ -187,7 +285,12 @@ impl<B: AutodiffBackend> AdamW<B> {
     }
 
     /// Replaces the moments and the step count (resuming from a checkpoint).
-    pub fn import_state(&mut self, steps: u64, state: Vec<(String, HostMoments)>, device: &burn::tensor::Device<B::InnerBackend>) {
+    pub fn import_state(
+        &mut self,
+        steps: u64,
+        state: Vec<(String, HostMoments)>,
+        device: &burn::tensor::Device<B::InnerBackend>,
+    ) {
         self.steps = steps;
         self.state = state
             .into_iter()
@@ -196,14 +299,23 @@ impl<B: AutodiffBackend> AdamW<B> {
                     Moments::Host { m, v }
                 } else {
                     let n = m.len();
-                    Moments::Device { m: Tensor::from_data(TensorData::new(m, [n]), device), v: Tensor::from_data(TensorData::new(v, [n]), device) }
+                    Moments::Device {
+                        m: Tensor::from_data(TensorData::new(m, [n]), device),
+                        v: Tensor::from_data(TensorData::new(v, [n]), device),
+                    }
                 };
                 (name, stored)
             })
             .collect();
     }
 
-    fn update_param<const D: usize>(&mut self, name: &str, p: &mut Param<B, D>, grads: &GradSource<'_, B>, lr: f64) {
+    fn update_param<const D: usize>(
+        &mut self,
+        name: &str,
+        p: &mut Param<B, D>,
+        grads: &GradSource<'_, B>,
+        lr: f64,
+    ) {
         if !p.trainable {
             return;
         }
@@ -226,19 +338,41 @@ impl<B: AutodiffBackend> AdamW<B> {
         // Taken out of the parameter (a one-element stand-in until the update is back), so the
         // optimizer holds the only reference and can update the weights in place.
         let stand_in = Tensor::zeros([1; D], &p.value.device());
-        let w = std::mem::replace(&mut p.value, stand_in).inner().reshape([n]);
+        let w = std::mem::replace(&mut p.value, stand_in)
+            .inner()
+            .reshape([n]);
         let device = g.device();
         let (m, v) = match self.state.remove(name) {
             None => (Tensor::zeros([n], &device), Tensor::zeros([n], &device)),
             Some(Moments::Device { m, v }) => (m, v),
-            Some(Moments::Host { m, v }) => (Tensor::from_data(TensorData::new(m, [n]), &device), Tensor::from_data(TensorData::new(v, [n]), &device)),
+            Some(Moments::Host { m, v }) => (
+                Tensor::from_data(TensorData::new(m, [n]), &device),
+                Tensor::from_data(TensorData::new(v, [n]), &device),
+            ),
         };
         let t = self.steps as i32;
-        let weight_decay = if self.decays(name) { c.weight_decay } else { 0.0 };
-        let step = kernels::AdamWStep::new(lr, c.beta1, c.beta2, c.eps, weight_decay, t).with_grad_scale(grad_scale);
+        let weight_decay = if self.decays(name) {
+            c.weight_decay
+        } else {
+            0.0
+        };
+        let step = kernels::AdamWStep::new(lr, c.beta1, c.beta2, c.eps, weight_decay, t)
+            .with_grad_scale(grad_scale);
         let [w, m, v] = kernels::adamw(w, g, m, v, step);
-        let host = |t: Tensor<B::InnerBackend, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 moments");
-        let stored = if c.offload { Moments::Host { m: host(m), v: host(v) } } else { Moments::Device { m, v } };
+        let host = |t: Tensor<B::InnerBackend, 1>| {
+            t.into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 moments")
+        };
+        let stored = if c.offload {
+            Moments::Host {
+                m: host(m),
+                v: host(v),
+            }
+        } else {
+            Moments::Device { m, v }
+        };
         self.state.insert(name.to_string(), stored);
         p.value = Tensor::from_inner(w.reshape(dims)).require_grad();
     }

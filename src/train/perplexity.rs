@@ -31,7 +31,12 @@ pub enum PerplexityError {
     Interrupted(#[from] crate::interrupt::Interrupted),
 }
 
-pub fn perplexity<B: Backend>(model: &Llama<B>, ids: &[u32], window: usize, stride: usize) -> Result<Perplexity, PerplexityError> {
+pub fn perplexity<B: Backend>(
+    model: &Llama<B>,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+) -> Result<Perplexity, PerplexityError> {
     if ids.len() < 2 {
         return Err(PerplexityError::TooShort(ids.len()));
     }
@@ -52,7 +57,17 @@ pub fn perplexity<B: Backend>(model: &Llama<B>, ids: &[u32], window: usize, stri
         let end = (begin + window).min(ids.len());
         let chunk: Vec<i64> = ids[begin..end].iter().map(|&i| i as i64).collect();
         // Score positions begin+k for k ≥ 1 whose index is ≥ `scored`.
-        let labels: Vec<i64> = chunk.iter().enumerate().map(|(k, &t)| if begin + k >= scored && k >= 1 { t } else { IGNORE_INDEX }).collect();
+        let labels: Vec<i64> = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, &t)| {
+                if begin + k >= scored && k >= 1 {
+                    t
+                } else {
+                    IGNORE_INDEX
+                }
+            })
+            .collect();
         let n = chunk.len();
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(chunk, [1, n]), &model.device);
         let (sum, c) = causal_lm_nll_sum(model.forward(input, None), &labels);
@@ -65,11 +80,18 @@ pub fn perplexity<B: Backend>(model: &Llama<B>, ids: &[u32], window: usize, stri
         begin += stride;
     }
     let nll = total / count.max(1) as f64;
-    Ok(Perplexity { perplexity: nll.exp(), nll, tokens: count })
+    Ok(Perplexity {
+        perplexity: nll.exp(),
+        nll,
+        tokens: count,
+    })
 }
 
 /// `log p(ids[i] | ids[..i])` for i in 1..n, in one forward pass.
-pub fn token_logprobs<B: Backend>(model: &Llama<B>, ids: &[u32]) -> Result<Vec<f64>, PerplexityError> {
+pub fn token_logprobs<B: Backend>(
+    model: &Llama<B>,
+    ids: &[u32],
+) -> Result<Vec<f64>, PerplexityError> {
     if ids.len() < 2 {
         return Err(PerplexityError::TooShort(ids.len()));
     }
@@ -79,10 +101,27 @@ pub fn token_logprobs<B: Backend>(model: &Llama<B>, ids: &[u32]) -> Result<Vec<f
     }
     let model = model.detached();
     let n = ids.len();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]), &model.device);
-    let logits = model.forward(input, None).reshape([n, vocab]).narrow(0, 0, n - 1);
+    let input = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n]),
+        &model.device,
+    );
+    let logits = model
+        .forward(input, None)
+        .reshape([n, vocab])
+        .narrow(0, 0, n - 1);
     let logp = burn::tensor::activation::log_softmax(logits, 1);
-    let next = Tensor::<B, 2, Int>::from_data(TensorData::new(ids[1..].iter().map(|&i| i as i64).collect::<Vec<_>>(), [n - 1, 1]), &model.device);
-    let picked = logp.gather(1, next).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    let next = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(
+            ids[1..].iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [n - 1, 1],
+        ),
+        &model.device,
+    );
+    let picked = logp
+        .gather(1, next)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32");
     Ok(picked.into_iter().map(f64::from).collect())
 }

@@ -8,8 +8,8 @@ use super::head_loss::{head_nll, next_token_targets_segmented, training_loss};
 use super::optim::{AdamW, AdamWConfig, GradMap, OptimError};
 use crate::data::Batch;
 use crate::memory;
-use crate::model::init::{self, HostRng};
 use crate::model::Llama;
+use crate::model::init::{self, HostRng};
 use crate::precision::{self, LossScale, Precision, PrecisionError};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -18,12 +18,20 @@ pub enum TrainError {
     Optim(#[from] OptimError),
     #[error("token id {id} is outside the model's vocabulary (vocab_size {vocab})")]
     TokenOutOfRange { id: i64, vocab: usize },
-    #[error("the batch has no labelled tokens to learn from (sequences of one token, or all labels masked)")]
+    #[error(
+        "the batch has no labelled tokens to learn from (sequences of one token, or all labels masked)"
+    )]
     NoTargets,
     #[error("the model has no trainable parameters")]
     NothingToTrain,
-    #[error("{count} consecutive steps had a non-finite loss or gradient (last loss {loss}, at batch {batch}); stopping (max_nonfinite = {count})")]
-    NonFiniteLimit { count: usize, batch: usize, loss: f64 },
+    #[error(
+        "{count} consecutive steps had a non-finite loss or gradient (last loss {loss}, at batch {batch}); stopping (max_nonfinite = {count})"
+    )]
+    NonFiniteLimit {
+        count: usize,
+        batch: usize,
+        loss: f64,
+    },
     #[error("accumulate must be at least 1 and at most the batch size ({batch}), got {accumulate}")]
     Accumulate { accumulate: usize, batch: usize },
     #[error("evaluation got no batches")]
@@ -57,7 +65,11 @@ pub struct Schedule {
 
 impl Default for Schedule {
     fn default() -> Self {
-        Self { kind: ScheduleKind::Constant, warmup: 0, total: None }
+        Self {
+            kind: ScheduleKind::Constant,
+            warmup: 0,
+            total: None,
+        }
     }
 }
 
@@ -65,10 +77,13 @@ impl Schedule {
     pub fn validate(&self) -> Result<(), TrainError> {
         match (self.kind, self.total) {
             (ScheduleKind::Constant, _) => Ok(()),
-            (_, None) => Err(TrainError::Schedule("linear and cosine schedules need total_steps".into())),
-            (_, Some(total)) if total <= self.warmup => {
-                Err(TrainError::Schedule(format!("total_steps ({total}) must exceed warmup ({})", self.warmup)))
-            }
+            (_, None) => Err(TrainError::Schedule(
+                "linear and cosine schedules need total_steps".into(),
+            )),
+            (_, Some(total)) if total <= self.warmup => Err(TrainError::Schedule(format!(
+                "total_steps ({total}) must exceed warmup ({})",
+                self.warmup
+            ))),
             _ => Ok(()),
         }
     }
@@ -83,7 +98,9 @@ impl Schedule {
         match self.kind {
             ScheduleKind::Constant => 1.0,
             ScheduleKind::Linear => (1.0 - progress).max(0.0),
-            ScheduleKind::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())).max(0.0),
+            ScheduleKind::Cosine => {
+                (0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())).max(0.0)
+            }
         }
     }
 }
@@ -120,7 +137,13 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { accumulate: 1, max_grad_norm: None, max_nonfinite: 5, checkpointing: false, precision: Precision::Fp32 }
+        Self {
+            accumulate: 1,
+            max_grad_norm: None,
+            max_nonfinite: 5,
+            checkpointing: false,
+            precision: Precision::Fp32,
+        }
     }
 }
 
@@ -171,20 +194,38 @@ impl<B: AutodiffBackend> Trainer<B> {
         Self::with_options(optim, schedule, TrainOptions::default(), seed)
     }
 
-    pub fn with_options(optim: AdamWConfig, schedule: Schedule, options: TrainOptions, seed: u64) -> Result<Self, TrainError> {
+    pub fn with_options(
+        optim: AdamWConfig,
+        schedule: Schedule,
+        options: TrainOptions,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
         schedule.validate()?;
         if options.accumulate == 0 {
-            return Err(TrainError::Accumulate { accumulate: 0, batch: 0 });
+            return Err(TrainError::Accumulate {
+                accumulate: 0,
+                batch: 0,
+            });
         }
         if options.max_nonfinite == 0 {
-            return Err(TrainError::Invalid("max_nonfinite must be at least 1".into()));
+            return Err(TrainError::Invalid(
+                "max_nonfinite must be at least 1".into(),
+            ));
         }
         if let Some(max) = options.max_grad_norm
             && !(max.is_finite() && max > 0.0)
         {
-            return Err(TrainError::Invalid(format!("max_grad_norm must be a positive number (got {max})")));
+            return Err(TrainError::Invalid(format!(
+                "max_grad_norm must be a positive number (got {max})"
+            )));
         }
-        Ok(Self { optim: AdamW::new(optim)?, schedule, options, progress: Progress::default(), rng: init::rng_for(seed, "dropout") })
+        Ok(Self {
+            optim: AdamW::new(optim)?,
+            schedule,
+            options,
+            progress: Progress::default(),
+            rng: init::rng_for(seed, "dropout"),
+        })
     }
 
     /// Updates taken.
@@ -207,7 +248,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let k = self.options.accumulate;
         if k > batch.batch {
-            return Err(TrainError::Accumulate { accumulate: k, batch: batch.batch });
+            return Err(TrainError::Accumulate {
+                accumulate: k,
+                batch: batch.batch,
+            });
         }
         self.options.precision.check::<B>(&model.device)?;
         let _precision = precision::enter(self.options.precision);
@@ -229,10 +273,26 @@ impl<B: AutodiffBackend> Trainer<B> {
             let micro_nll = if self.options.checkpointing && checkpointable(model) {
                 self.checkpointed_micro_step(model, &micro, total, loss_scale, &mut grads)
             } else {
-                let hidden = model.hidden_states_segmented(input_tensor(&micro, &model.device), micro.segments.as_deref(), Some(&mut self.rng));
-                let targets = next_token_targets_segmented(&micro.labels, micro.segments.as_deref(), micro.batch, micro.seq);
+                let hidden = model.hidden_states_segmented(
+                    input_tensor(&micro, &model.device),
+                    micro.segments.as_deref(),
+                    Some(&mut self.rng),
+                );
+                let targets = next_token_targets_segmented(
+                    &micro.labels,
+                    micro.segments.as_deref(),
+                    micro.batch,
+                    micro.seq,
+                );
                 let head = model.head();
-                let (micro_nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total, loss_scale);
+                let (micro_nll, surrogate) = training_loss(
+                    hidden,
+                    &head.value,
+                    head.trainable,
+                    &targets,
+                    total,
+                    loss_scale,
+                );
                 // Every activation is alive here: the usual peak of a step on a GPU.
                 memory::sample_device::<B>(&model.device);
                 if micro_nll.is_finite() {
@@ -249,8 +309,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         self.progress.batches += 1;
         let loss = nll / total as f64;
-        let grad_norm = if loss.is_finite() { grads.global_norm() / loss_scale } else { f64::NAN };
-        let mut report = StepReport { loss, grad_norm, lr: 0.0, tokens: batch.batch * batch.seq, target_tokens: total, skipped: false, loss_scale: None };
+        let grad_norm = if loss.is_finite() {
+            grads.global_norm() / loss_scale
+        } else {
+            f64::NAN
+        };
+        let mut report = StepReport {
+            loss,
+            grad_norm,
+            lr: 0.0,
+            tokens: batch.batch * batch.seq,
+            target_tokens: total,
+            skipped: false,
+            loss_scale: None,
+        };
         if !grad_norm.is_finite() {
             self.progress.skipped += 1;
             report.skipped = true;
@@ -268,7 +340,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             if !backed_off {
                 self.progress.consecutive_nonfinite += 1;
                 if self.progress.consecutive_nonfinite >= self.options.max_nonfinite {
-                    return Err(TrainError::NonFiniteLimit { count: self.progress.consecutive_nonfinite, batch: self.progress.batches, loss });
+                    return Err(TrainError::NonFiniteLimit {
+                        count: self.progress.consecutive_nonfinite,
+                        batch: self.progress.batches,
+                        loss,
+                    });
                 }
             }
             return Ok(report);
@@ -283,7 +359,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             None => 1.0,
         };
         report.lr = self.lr();
-        self.optim.update_from(report.lr, &grads, scale / loss_scale, |u| model.visit(u));
+        self.optim
+            .update_from(report.lr, &grads, scale / loss_scale, |u| model.visit(u));
         memory::sample_device::<B>(&model.device);
         self.progress.step += 1;
         report.loss_scale = self.progress.loss_scale.map(|s| s.scale);
@@ -305,9 +382,21 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// dropout RNG as it was) and differentiated with respect to its input, the upstream
     /// gradient flowing down. Returns the micro-batch's summed NLL; its gradients are added
     /// to `grads`.
-    fn checkpointed_micro_step(&mut self, model: &mut Llama<B>, micro: &Batch, total: usize, loss_scale: f64, grads: &mut GradMap<B>) -> f64 {
+    fn checkpointed_micro_step(
+        &mut self,
+        model: &mut Llama<B>,
+        micro: &Batch,
+        total: usize,
+        loss_scale: f64,
+        grads: &mut GradMap<B>,
+    ) -> f64 {
         let frozen = model.detached();
-        let staged = frozen.staged(input_tensor(micro, &model.device), micro.segments.as_deref()).expect("prefix tuning is not staged");
+        let staged = frozen
+            .staged(
+                input_tensor(micro, &model.device),
+                micro.segments.as_deref(),
+            )
+            .expect("prefix tuning is not staged");
         let layers = model.config.num_hidden_layers;
         let mut inputs = Vec::with_capacity(layers);
         let mut rngs = Vec::with_capacity(layers);
@@ -321,18 +410,36 @@ impl<B: AutodiffBackend> Trainer<B> {
 
         let last = x.detach().require_grad();
         let hidden = model.stage_finish(&staged, last.clone());
-        let targets = next_token_targets_segmented(&micro.labels, micro.segments.as_deref(), micro.batch, micro.seq);
+        let targets = next_token_targets_segmented(
+            &micro.labels,
+            micro.segments.as_deref(),
+            micro.batch,
+            micro.seq,
+        );
         let head = model.head();
-        let (nll, surrogate) = training_loss(hidden, &head.value, head.trainable, &targets, total, loss_scale);
+        let (nll, surrogate) = training_loss(
+            hidden,
+            &head.value,
+            head.trainable,
+            &targets,
+            total,
+            loss_scale,
+        );
         memory::sample_device::<B>(&model.device);
         if !nll.is_finite() {
             return nll;
         }
         let g = surrogate.backward();
-        let Some(mut upstream) = last.grad(&g) else { return nll };
+        let Some(mut upstream) = last.grad(&g) else {
+            return nll;
+        };
         grads.accumulate(&g, |c| model.visit(c));
         for i in (0..layers).rev() {
-            let input = inputs.pop().expect("one input per layer").detach().require_grad();
+            let input = inputs
+                .pop()
+                .expect("one input per layer")
+                .detach()
+                .require_grad();
             let y = model.stage_block(&staged, i, input.clone(), Some(&mut rngs[i].clone()));
             let g = (y * Tensor::from_inner(upstream)).sum().backward();
             grads.accumulate(&g, |c| model.visit(c));
@@ -357,21 +464,44 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 /// Mean loss over batches without dropout and without building an autodiff graph.
-pub fn evaluate<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = Batch>) -> Result<EvalResult, TrainError> {
+pub fn evaluate<B: Backend>(
+    model: &Llama<B>,
+    batches: impl IntoIterator<Item = Batch>,
+) -> Result<EvalResult, TrainError> {
     evaluate_with(model, batches, || {})
 }
 
 /// [`evaluate`], calling `after_batch` after each batch (to release the autodiff graph's
 /// leftovers; see `memory::release_autodiff_graph`).
-pub fn evaluate_with<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<Item = Batch>, mut after_batch: impl FnMut()) -> Result<EvalResult, TrainError> {
+pub fn evaluate_with<B: Backend>(
+    model: &Llama<B>,
+    batches: impl IntoIterator<Item = Batch>,
+    mut after_batch: impl FnMut(),
+) -> Result<EvalResult, TrainError> {
     let model = model.detached();
     let (mut total, mut tokens, mut seen, mut correct) = (0.0f64, 0usize, 0usize, 0usize);
     for batch in batches {
         crate::interrupt::check()?;
         check_batch(&model, &batch)?;
-        let hidden = model.hidden_states_segmented(input_tensor(&batch, &model.device), batch.segments.as_deref(), None);
-        let targets = next_token_targets_segmented(&batch.labels, batch.segments.as_deref(), batch.batch, batch.seq);
-        let r = head_nll(hidden, model.head().value.clone(), &targets, 1.0, false, false);
+        let hidden = model.hidden_states_segmented(
+            input_tensor(&batch, &model.device),
+            batch.segments.as_deref(),
+            None,
+        );
+        let targets = next_token_targets_segmented(
+            &batch.labels,
+            batch.segments.as_deref(),
+            batch.batch,
+            batch.seq,
+        );
+        let r = head_nll(
+            hidden,
+            model.head().value.clone(),
+            &targets,
+            1.0,
+            false,
+            false,
+        );
         total += r.nll_sum;
         tokens += r.count;
         correct += r.correct;
@@ -385,7 +515,12 @@ pub fn evaluate_with<B: Backend>(model: &Llama<B>, batches: impl IntoIterator<It
         return Err(TrainError::NoTargets);
     }
     let loss = total / tokens as f64;
-    Ok(EvalResult { loss, perplexity: loss.exp(), tokens, accuracy: correct as f64 / tokens as f64 })
+    Ok(EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        accuracy: correct as f64 / tokens as f64,
+    })
 }
 
 /// Rejects what Burn would panic on or silently mis-handle.
@@ -400,8 +535,17 @@ pub fn check_batch<B: Backend>(model: &Llama<B>, batch: &Batch) -> Result<(), Tr
     {
         return Err(TrainError::TokenOutOfRange { id: min, vocab });
     }
-    if batch.input_ids.len() != batch.batch * batch.seq || batch.labels.len() != batch.input_ids.len() || batch.segments.as_ref().is_some_and(|s| s.len() != batch.input_ids.len()) {
-        return Err(TrainError::Invalid(format!("a batch of {}×{} needs that many input ids, labels and segments", batch.batch, batch.seq)));
+    if batch.input_ids.len() != batch.batch * batch.seq
+        || batch.labels.len() != batch.input_ids.len()
+        || batch
+            .segments
+            .as_ref()
+            .is_some_and(|s| s.len() != batch.input_ids.len())
+    {
+        return Err(TrainError::Invalid(format!(
+            "a batch of {}×{} needs that many input ids, labels and segments",
+            batch.batch, batch.seq
+        )));
     }
     if batch.seq < 2 || batch.target_tokens() == 0 {
         return Err(TrainError::NoTargets);
@@ -410,7 +554,10 @@ pub fn check_batch<B: Backend>(model: &Llama<B>, batch: &Batch) -> Result<(), Tr
 }
 
 pub fn input_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), device)
+    Tensor::from_data(
+        TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]),
+        device,
+    )
 }
 
 #[cfg(test)]
@@ -419,14 +566,30 @@ mod tests {
 
     #[test]
     fn schedules_follow_hugging_face() {
-        let s = Schedule { kind: ScheduleKind::Cosine, warmup: 10, total: Some(110) };
+        let s = Schedule {
+            kind: ScheduleKind::Cosine,
+            warmup: 10,
+            total: Some(110),
+        };
         assert_eq!(s.factor(0), 0.0);
         assert_eq!(s.factor(5), 0.5);
         assert_eq!(s.factor(10), 1.0);
         assert!((s.factor(60) - 0.5).abs() < 1e-12);
         assert!(s.factor(110).abs() < 1e-12);
-        let l = Schedule { kind: ScheduleKind::Linear, warmup: 0, total: Some(100) };
+        let l = Schedule {
+            kind: ScheduleKind::Linear,
+            warmup: 0,
+            total: Some(100),
+        };
         assert!((l.factor(25) - 0.75).abs() < 1e-12);
-        assert!(Schedule { kind: ScheduleKind::Linear, warmup: 5, total: None }.validate().is_err());
+        assert!(
+            Schedule {
+                kind: ScheduleKind::Linear,
+                warmup: 5,
+                total: None
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -26,4 +26,3 @@ impl<Bk: Backend> ParamVisitor<Bk> for Perturb {
         }
     }
 }
-

@@ -10,7 +10,7 @@ use super::LoadError;
 use crate::model::config::LlamaConfig;
 use crate::model::init;
 use crate::model::linear::{Linear, Weight};
-use crate::model::llama::{module_path, projection_shape, Block, Llama, LINEAR_TARGETS};
+use crate::model::llama::{Block, LINEAR_TARGETS, Llama, module_path, projection_shape};
 use crate::model::params::Param;
 use crate::quant::{QuantConfig, QuantizedTensor};
 
@@ -23,56 +23,102 @@ pub trait WeightSource {
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError>;
     /// A projection stored quantized (bitsandbytes 4-bit), if the source holds it so;
     /// `shape` is `[out, in]`.
-    fn load_quantized(&self, _name: &str, _shape: [usize; 2]) -> Result<Option<crate::quant::QuantizedTensor>, LoadError> {
+    fn load_quantized(
+        &self,
+        _name: &str,
+        _shape: [usize; 2],
+    ) -> Result<Option<crate::quant::QuantizedTensor>, LoadError> {
         Ok(None)
     }
 }
 
-pub fn build_llama<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, device: &B::Device) -> Result<Llama<B>, LoadError> {
+pub fn build_llama<B: Backend, S: WeightSource>(
+    config: LlamaConfig,
+    src: &S,
+    device: &B::Device,
+) -> Result<Llama<B>, LoadError> {
     build_llama_quantized(config, src, device, None)
 }
 
 /// Like [`build_llama`], quantizing each projection as soon as it is read when `quant` is
 /// given, so the f32 weights of the whole model never exist at once (QLoRA's loading).
 /// Projections stored quantized are kept as stored.
-pub fn build_llama_quantized<B: Backend, S: WeightSource>(config: LlamaConfig, src: &S, device: &B::Device, quant: Option<QuantConfig>) -> Result<Llama<B>, LoadError> {
-    config.validate().map_err(|source| LoadError::Config { path: src.path(), source })?;
+pub fn build_llama_quantized<B: Backend, S: WeightSource>(
+    config: LlamaConfig,
+    src: &S,
+    device: &B::Device,
+    quant: Option<QuantConfig>,
+) -> Result<Llama<B>, LoadError> {
+    config.validate().map_err(|source| LoadError::Config {
+        path: src.path(),
+        source,
+    })?;
     if let Some(q) = quant {
         for proj in LINEAR_TARGETS {
             let (d_in, _) = projection_shape(&config, proj);
-            q.validate(d_in).map_err(|e| LoadError::File { path: src.path(), msg: format!("{proj}: {e}") })?;
+            q.validate(d_in).map_err(|e| LoadError::File {
+                path: src.path(),
+                msg: format!("{proj}: {e}"),
+            })?;
         }
     }
     let (d, vocab) = (config.hidden_size, config.vocab_size);
-    let norm = |name: &str| -> Result<Param<B, 1>, LoadError> { Ok(Param::new(init::tensor1::<B>(src.load(name, &[d])?, device), true)) };
+    let norm = |name: &str| -> Result<Param<B, 1>, LoadError> {
+        Ok(Param::new(
+            init::tensor1::<B>(src.load(name, &[d])?, device),
+            true,
+        ))
+    };
     let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear<B>, LoadError> {
         if let Some(q) = src.load_quantized(name, [d_out, d_in])? {
             return Ok(Linear::with_weight(Weight::Quantized(Arc::new(q))));
         }
         let stored = src.load(name, &[d_out, d_in])?;
         if let Some(q) = quant {
-            let q = QuantizedTensor::quantize(&stored, &[d_out, d_in], q).map_err(|e| LoadError::File { path: src.path(), msg: format!("{name}: {e}") })?;
+            let q = QuantizedTensor::quantize(&stored, &[d_out, d_in], q).map_err(|e| {
+                LoadError::File {
+                    path: src.path(),
+                    msg: format!("{name}: {e}"),
+                }
+            })?;
             return Ok(Linear::with_weight(Weight::Quantized(Arc::new(q))));
         }
         let w = transpose(&stored, d_out, d_in);
-        Ok(Linear::new(init::tensor2::<B>(w, [d_in, d_out], device), true))
+        Ok(Linear::new(
+            init::tensor2::<B>(w, [d_in, d_out], device),
+            true,
+        ))
     };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-        layers.push(Block::new(norm(&n("input_layernorm"))?, norm(&n("post_attention_layernorm"))?, |proj| {
-            let (d_in, d_out) = projection_shape(&config, proj);
-            linear(&format!("{}.weight", module_path(i, proj)), d_in, d_out)
-        })?);
+        layers.push(Block::new(
+            norm(&n("input_layernorm"))?,
+            norm(&n("post_attention_layernorm"))?,
+            |proj| {
+                let (d_in, d_out) = projection_shape(&config, proj);
+                linear(&format!("{}.weight", module_path(i, proj)), d_in, d_out)
+            },
+        )?);
     }
     let embed = src.load("model.embed_tokens.weight", &[vocab, d])?;
     let lm_head = if config.tie_word_embeddings {
         None
     } else {
-        Some(Param::new(init::tensor2::<B>(src.load("lm_head.weight", &[vocab, d])?, [vocab, d], device), true))
+        Some(Param::new(
+            init::tensor2::<B>(src.load("lm_head.weight", &[vocab, d])?, [vocab, d], device),
+            true,
+        ))
     };
     let embed = Param::new(init::tensor2::<B>(embed, [vocab, d], device), true);
-    Ok(Llama::from_parts(config, embed, layers, norm("model.norm.weight")?, lm_head, device))
+    Ok(Llama::from_parts(
+        config,
+        embed,
+        layers,
+        norm("model.norm.weight")?,
+        lm_head,
+        device,
+    ))
 }
 
 /// Row-major `[rows][cols]` -> `[cols][rows]`.

@@ -14,11 +14,18 @@ const MAX_DIMS: u32 = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
     #[error("{path}: tensor '{tensor}': {msg}")]
-    Tensor { path: PathBuf, tensor: String, msg: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        msg: String,
+    },
 }
 
 /// A metadata value.
@@ -96,7 +103,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, msg: impl Into<String>) -> GgufError {
-        GgufError::Format { path: self.path.to_path_buf(), msg: msg.into() }
+        GgufError::Format {
+            path: self.path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
 
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
@@ -116,16 +126,21 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, what)?[0])
     }
     fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self, what: &str) -> Result<u64, GgufError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let len = self.u64(what)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what} is not valid UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.err(format!("{what} is not valid UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<MetaValue, GgufError> {
@@ -133,11 +148,17 @@ impl<'a> Cursor<'a> {
         Ok(match ty {
             0 => MetaValue::U64(self.u8(&what)? as u64),
             1 => MetaValue::I64(self.u8(&what)? as i8 as i64),
-            2 => MetaValue::U64(u16::from_le_bytes(self.take(2, &what)?.try_into().unwrap()) as u64),
-            3 => MetaValue::I64(i16::from_le_bytes(self.take(2, &what)?.try_into().unwrap()) as i64),
+            2 => {
+                MetaValue::U64(u16::from_le_bytes(self.take(2, &what)?.try_into().unwrap()) as u64)
+            }
+            3 => {
+                MetaValue::I64(i16::from_le_bytes(self.take(2, &what)?.try_into().unwrap()) as i64)
+            }
             4 => MetaValue::U64(self.u32(&what)? as u64),
             5 => MetaValue::I64(self.u32(&what)? as i32 as i64),
-            6 => MetaValue::F64(f32::from_le_bytes(self.take(4, &what)?.try_into().unwrap()) as f64),
+            6 => {
+                MetaValue::F64(f32::from_le_bytes(self.take(4, &what)?.try_into().unwrap()) as f64)
+            }
             7 => match self.u8(&what)? {
                 0 => MetaValue::Bool(false),
                 1 => MetaValue::Bool(true),
@@ -154,7 +175,9 @@ impl<'a> Cursor<'a> {
                 // and rejecting it here avoids a huge allocation.
                 let remaining = (self.buf.len() - self.pos) as u64;
                 if count > remaining {
-                    return Err(self.err(format!("{what}: array claims {count} elements but only {remaining} bytes remain")));
+                    return Err(self.err(format!(
+                        "{what}: array claims {count} elements but only {remaining} bytes remain"
+                    )));
                 }
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
@@ -172,7 +195,10 @@ impl<'a> Cursor<'a> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; a file changed under us while loading is the user's race.
         let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
@@ -180,13 +206,19 @@ impl GgufFile {
     }
 
     fn parse(path: &Path, bytes: memmap2::Mmap) -> Result<Self, GgufError> {
-        let mut c = Cursor { buf: &bytes, pos: 0, path };
+        let mut c = Cursor {
+            buf: &bytes,
+            pos: 0,
+            path,
+        };
         if c.take(4, "magic")? != MAGIC {
             return Err(c.err("not a GGUF file (bad magic)"));
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(c.err(format!("unsupported GGUF version {version} (expected 2 or 3)")));
+            return Err(c.err(format!(
+                "unsupported GGUF version {version} (expected 2 or 3)"
+            )));
         }
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
@@ -205,19 +237,29 @@ impl GgufFile {
         }
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
-            Some(v) => v.as_u64().ok_or_else(|| c.err("general.alignment is not an integer"))?,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| c.err("general.alignment is not an integer"))?,
         };
         if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(c.err(format!("general.alignment must be a power of two (got {alignment})")));
+            return Err(c.err(format!(
+                "general.alignment must be a power of two (got {alignment})"
+            )));
         }
         let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..n_tensors {
             let name = c.string("tensor name")?;
-            let terr = |msg: String| GgufError::Tensor { path: path.to_path_buf(), tensor: name.clone(), msg };
+            let terr = |msg: String| GgufError::Tensor {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                msg,
+            };
             let n_dims = c.u32("tensor dims")?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(terr(format!("has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+                return Err(terr(format!(
+                    "has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -225,32 +267,59 @@ impl GgufFile {
             }
             let ty = c.u32("tensor type")?;
             let offset = c.u64("tensor offset")?;
-            let dtype = GgmlType::from_id(ty).ok_or_else(|| terr(format!("unknown or unsupported ggml type {ty}")))?;
-            let numel = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| terr(format!("dims {dims:?} overflow")))?;
+            let dtype = GgmlType::from_id(ty)
+                .ok_or_else(|| terr(format!("unknown or unsupported ggml type {ty}")))?;
+            let numel = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| terr(format!("dims {dims:?} overflow")))?;
             if numel == 0 {
                 return Err(terr(format!("has an empty shape {dims:?}")));
             }
             let (block, block_bytes) = dtype.block();
             if dims[0] % block as u64 != 0 {
-                return Err(terr(format!("first dimension {} is not a multiple of the {dtype:?} block size {block}", dims[0])));
+                return Err(terr(format!(
+                    "first dimension {} is not a multiple of the {dtype:?} block size {block}",
+                    dims[0]
+                )));
             }
-            let size = (numel / block as u64).checked_mul(block_bytes as u64).ok_or_else(|| terr("byte size overflows".into()))?;
+            let size = (numel / block as u64)
+                .checked_mul(block_bytes as u64)
+                .ok_or_else(|| terr("byte size overflows".into()))?;
             if offset % alignment != 0 {
-                return Err(terr(format!("offset {offset} is not aligned to {alignment}")));
+                return Err(terr(format!(
+                    "offset {offset} is not aligned to {alignment}"
+                )));
             }
             if !seen.insert(name.clone()) {
                 return Err(terr("appears twice in the tensor table".into()));
             }
-            tensors.push(TensorInfo { name, dims, dtype, offset, size });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                dtype,
+                offset,
+                size,
+            });
         }
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
         let file_len = bytes.len() as u64;
         for t in &mut tensors {
-            let terr = |msg: String| GgufError::Tensor { path: path.to_path_buf(), tensor: t.name.clone(), msg };
-            let start = data_start.checked_add(t.offset).ok_or_else(|| terr("offset overflows".into()))?;
-            let end = start.checked_add(t.size).ok_or_else(|| terr("offset overflows".into()))?;
+            let terr = |msg: String| GgufError::Tensor {
+                path: path.to_path_buf(),
+                tensor: t.name.clone(),
+                msg,
+            };
+            let start = data_start
+                .checked_add(t.offset)
+                .ok_or_else(|| terr("offset overflows".into()))?;
+            let end = start
+                .checked_add(t.size)
+                .ok_or_else(|| terr("offset overflows".into()))?;
             if end > file_len {
-                return Err(terr(format!("data [{start}, {end}) runs past the end of the file ({file_len} bytes): truncated file?")));
+                return Err(terr(format!(
+                    "data [{start}, {end}) runs past the end of the file ({file_len} bytes): truncated file?"
+                )));
             }
             t.offset = start;
         }
@@ -265,7 +334,13 @@ impl GgufFile {
                 });
             }
         }
-        Ok(Self { path: path.to_path_buf(), version, metadata, tensors, bytes })
+        Ok(Self {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            bytes,
+        })
     }
 
     pub fn meta(&self, key: &str) -> Option<&MetaValue> {
@@ -338,23 +413,52 @@ pub(crate) mod tests {
     #[test]
     fn reads_metadata_and_tensors() {
         let bytes = build(
-            &[("general.architecture", 8, [&4u64.to_le_bytes()[..], b"test"].concat()), ("n", 4, 7u32.to_le_bytes().to_vec())],
-            &[("a", vec![2, 3], (0..6).map(|i| i as f32).collect()), ("b", vec![4], vec![1.0, 2.0, 3.0, 4.0])],
+            &[
+                (
+                    "general.architecture",
+                    8,
+                    [&4u64.to_le_bytes()[..], b"test"].concat(),
+                ),
+                ("n", 4, 7u32.to_le_bytes().to_vec()),
+            ],
+            &[
+                ("a", vec![2, 3], (0..6).map(|i| i as f32).collect()),
+                ("b", vec![4], vec![1.0, 2.0, 3.0, 4.0]),
+            ],
         );
         let f = parse_bytes(&bytes).unwrap();
-        assert_eq!(f.meta("general.architecture").unwrap().as_str(), Some("test"));
+        assert_eq!(
+            f.meta("general.architecture").unwrap().as_str(),
+            Some("test")
+        );
         assert_eq!(f.meta("n").unwrap().as_u64(), Some(7));
-        assert_eq!(f.dequantize(f.tensor("a").unwrap()), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert_eq!(f.dequantize(f.tensor("b").unwrap()), vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            f.dequantize(f.tensor("a").unwrap()),
+            vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        );
+        assert_eq!(
+            f.dequantize(f.tensor("b").unwrap()),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
     }
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
-        let bytes = build(&[("k", 8, [&3u64.to_le_bytes()[..], b"abc"].concat())], &[("w", vec![8], vec![0.5; 8])]);
+        let bytes = build(
+            &[("k", 8, [&3u64.to_le_bytes()[..], b"abc"].concat())],
+            &[("w", vec![8], vec![0.5; 8])],
+        );
         for len in 0..bytes.len() {
-            let err = parse_bytes(&bytes[..len]).err().unwrap_or_else(|| panic!("length {len} parsed"));
+            let err = parse_bytes(&bytes[..len])
+                .err()
+                .unwrap_or_else(|| panic!("length {len} parsed"));
             let msg = err.to_string();
-            assert!(msg.contains("truncated") || msg.contains("bad magic") || msg.contains("more than the file"), "{len}: {msg}");
+            assert!(
+                msg.contains("truncated")
+                    || msg.contains("bad magic")
+                    || msg.contains("more than the file"),
+                "{len}: {msg}"
+            );
         }
     }
 
@@ -385,20 +489,50 @@ pub(crate) mod tests {
         v[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         cases.push((v, "more than the file can hold"));
         for (bytes, want) in cases {
-            let msg = parse_bytes(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
+            let msg = parse_bytes(&bytes)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(msg.contains(want), "want '{want}', got '{msg}'");
         }
         // Alignment 0.
-        let bytes = build(&[("general.alignment", 4, 0u32.to_le_bytes().to_vec())], &[("w", vec![8], vec![0.5; 8])]);
-        assert!(parse_bytes(&bytes).err().unwrap().to_string().contains("power of two"));
+        let bytes = build(
+            &[("general.alignment", 4, 0u32.to_le_bytes().to_vec())],
+            &[("w", vec![8], vec![0.5; 8])],
+        );
+        assert!(
+            parse_bytes(&bytes)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("power of two")
+        );
         // Duplicate tensor names and overlapping data.
-        let bytes = build(&[], &[("w", vec![8], vec![0.5; 8]), ("w", vec![8], vec![0.5; 8])]);
-        assert!(parse_bytes(&bytes).err().unwrap().to_string().contains("tensor 'w': appears twice"));
-        let mut bytes = build(&[], &[("a", vec![16], vec![0.5; 16]), ("b", vec![8], vec![0.5; 8])]);
+        let bytes = build(
+            &[],
+            &[("w", vec![8], vec![0.5; 8]), ("w", vec![8], vec![0.5; 8])],
+        );
+        assert!(
+            parse_bytes(&bytes)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("tensor 'w': appears twice")
+        );
+        let mut bytes = build(
+            &[],
+            &[("a", vec![16], vec![0.5; 16]), ("b", vec![8], vec![0.5; 8])],
+        );
         // Point b's offset (the last 8 bytes of its table entry) at a's data.
         let b_off_at = tensor_table + (8 + 1 + 4 + 8 + 4 + 8) + (8 + 1 + 4 + 8 + 4);
         bytes[b_off_at..b_off_at + 8].copy_from_slice(&32u64.to_le_bytes());
-        assert!(parse_bytes(&bytes).err().unwrap().to_string().contains("overlaps tensor 'a'"));
+        assert!(
+            parse_bytes(&bytes)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("overlaps tensor 'a'")
+        );
     }
 }
 
@@ -412,15 +546,25 @@ mod fuzz {
     #[test]
     fn corrupted_files_never_panic() {
         let good = build(
-            &[("general.architecture", 8, [&5u64.to_le_bytes()[..], b"llama"].concat()), ("list", 9, {
-                let mut v = 4u32.to_le_bytes().to_vec();
-                v.extend(3u64.to_le_bytes());
-                for x in [1u32, 2, 3] {
-                    v.extend(x.to_le_bytes());
-                }
-                v
-            })],
-            &[("a", vec![4, 2], vec![1.0; 8]), ("b", vec![8], vec![2.0; 8])],
+            &[
+                (
+                    "general.architecture",
+                    8,
+                    [&5u64.to_le_bytes()[..], b"llama"].concat(),
+                ),
+                ("list", 9, {
+                    let mut v = 4u32.to_le_bytes().to_vec();
+                    v.extend(3u64.to_le_bytes());
+                    for x in [1u32, 2, 3] {
+                        v.extend(x.to_le_bytes());
+                    }
+                    v
+                }),
+            ],
+            &[
+                ("a", vec![4, 2], vec![1.0; 8]),
+                ("b", vec![8], vec![2.0; 8]),
+            ],
         );
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         for round in 0..3000 {
@@ -433,7 +577,8 @@ mod fuzz {
                     2 => bytes.insert(at, rng.random()),
                     _ => {
                         let end = (at + 8).min(bytes.len());
-                        let big = [u64::MAX, 1 << 40, 1 << 62, 0][rng.random_range(0..4)].to_le_bytes();
+                        let big =
+                            [u64::MAX, 1 << 40, 1 << 62, 0][rng.random_range(0..4)].to_le_bytes();
                         bytes[at..end].copy_from_slice(&big[..end - at]);
                     }
                 }
@@ -441,7 +586,14 @@ mod fuzz {
                     break;
                 }
             }
-            let result = std::panic::catch_unwind(|| parse_bytes(&bytes).map(|f| f.tensors.iter().map(|t| f.dequantize(t).len()).sum::<usize>()));
+            let result = std::panic::catch_unwind(|| {
+                parse_bytes(&bytes).map(|f| {
+                    f.tensors
+                        .iter()
+                        .map(|t| f.dequantize(t).len())
+                        .sum::<usize>()
+                })
+            });
             assert!(result.is_ok(), "round {round}: the parser panicked");
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 
-use super::build::{build_llama_quantized, WeightSource};
+use super::build::{WeightSource, build_llama_quantized};
 use super::gguf::{GgufError, GgufFile};
 use crate::model::config::{ConfigError, LlamaConfig};
 use crate::model::llama::Llama;
@@ -22,7 +22,12 @@ pub enum LoadError {
     #[error("{path}: missing tensor '{tensor}'")]
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{path}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
-    Shape { path: PathBuf, tensor: String, expected: Vec<u64>, found: Vec<u64> },
+    Shape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
     #[error("{path}: invalid model config: {source}")]
     Config { path: PathBuf, source: ConfigError },
     #[error("{path}: {msg}")]
@@ -31,19 +36,36 @@ pub enum LoadError {
 
 /// The Llama config stored in a GGUF file's `llama.*` metadata.
 pub fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
-    let arch = f.meta("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let arch = f
+        .meta("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     if arch != "llama" {
-        return Err(LoadError::Arch { path: f.path.clone(), arch: arch.to_string() });
+        return Err(LoadError::Arch {
+            path: f.path.clone(),
+            arch: arch.to_string(),
+        });
     }
-    let missing = |key: &str| LoadError::MissingMeta { path: f.path.clone(), key: key.to_string() };
-    let int = |key: &str| f.meta(key).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| missing(key));
+    let missing = |key: &str| LoadError::MissingMeta {
+        path: f.path.clone(),
+        key: key.to_string(),
+    };
+    let int = |key: &str| {
+        f.meta(key)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| missing(key))
+    };
     let heads = int("llama.attention.head_count")?;
     let hidden = int("llama.embedding_length")?;
     let vocab = match int("llama.vocab_size") {
         Ok(v) => v,
         Err(_) => match f.meta("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(tokens) => tokens.len(),
-            None => f.tensor("token_embd.weight").map(|t| t.dims[1] as usize).ok_or_else(|| missing("llama.vocab_size"))?,
+            None => f
+                .tensor("token_embd.weight")
+                .map(|t| t.dims[1] as usize)
+                .ok_or_else(|| missing("llama.vocab_size"))?,
         },
     };
     let config = LlamaConfig {
@@ -54,28 +76,52 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         num_attention_heads: heads,
         num_key_value_heads: int("llama.attention.head_count_kv").unwrap_or(heads),
         head_dim: int("llama.attention.key_length").ok(),
-        rms_norm_eps: f.meta("llama.attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()).unwrap_or(1e-5),
-        rope_theta: f.meta("llama.rope.freq_base").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+        rms_norm_eps: f
+            .meta("llama.attention.layer_norm_rms_epsilon")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-5),
+        rope_theta: f
+            .meta("llama.rope.freq_base")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10000.0),
         max_position_embeddings: int("llama.context_length").unwrap_or(2048),
         tie_word_embeddings: f.tensor("output.weight").is_none(),
         rope_scaling: None,
     };
     if f.tensor("rope_freqs.weight").is_some() {
-        return Err(LoadError::File { path: f.path.clone(), msg: "rope_freqs.weight (Llama 3.1 rope scaling in GGUF) is not supported yet".into() });
+        return Err(LoadError::File {
+            path: f.path.clone(),
+            msg: "rope_freqs.weight (Llama 3.1 rope scaling in GGUF) is not supported yet".into(),
+        });
     }
-    config.validate().map_err(|source| LoadError::Config { path: f.path.clone(), source })?;
+    config.validate().map_err(|source| LoadError::Config {
+        path: f.path.clone(),
+        source,
+    })?;
     Ok(config)
 }
 
 /// Builds the model on `device`, dequantizing one tensor at a time into f32.
-pub fn load_llama_gguf<B: Backend>(f: &GgufFile, device: &B::Device) -> Result<Llama<B>, LoadError> {
+pub fn load_llama_gguf<B: Backend>(
+    f: &GgufFile,
+    device: &B::Device,
+) -> Result<Llama<B>, LoadError> {
     load_llama_gguf_quantized(f, device, None)
 }
 
 /// [`load_llama_gguf`], quantizing the projections while loading when `quant` is given.
-pub fn load_llama_gguf_quantized<B: Backend>(f: &GgufFile, device: &B::Device, quant: Option<crate::quant::QuantConfig>) -> Result<Llama<B>, LoadError> {
+pub fn load_llama_gguf_quantized<B: Backend>(
+    f: &GgufFile,
+    device: &B::Device,
+    quant: Option<crate::quant::QuantConfig>,
+) -> Result<Llama<B>, LoadError> {
     let config = config_from_gguf(f)?;
-    build_llama_quantized(config.clone(), &GgufWeights { file: f, config }, device, quant)
+    build_llama_quantized(
+        config.clone(),
+        &GgufWeights { file: f, config },
+        device,
+        quant,
+    )
 }
 
 /// A GGUF file seen through Hugging Face names and layouts.
@@ -125,11 +171,19 @@ impl WeightSource for GgufWeights<'_> {
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
         let (gname, heads) = self.gguf_name(name);
         let f = self.file;
-        let t = f.tensor(&gname).ok_or_else(|| LoadError::MissingTensor { path: f.path.clone(), tensor: gname.clone() })?;
+        let t = f.tensor(&gname).ok_or_else(|| LoadError::MissingTensor {
+            path: f.path.clone(),
+            tensor: gname.clone(),
+        })?;
         // GGUF lists dimensions fastest-first: the reverse of PyTorch's shape.
         let expected: Vec<u64> = shape.iter().rev().map(|&x| x as u64).collect();
         if t.dims != expected {
-            return Err(LoadError::Shape { path: f.path.clone(), tensor: gname, expected, found: t.dims.clone() });
+            return Err(LoadError::Shape {
+                path: f.path.clone(),
+                tensor: gname,
+                expected,
+                found: t.dims.clone(),
+            });
         }
         let w = f.dequantize(t);
         Ok(match heads {
@@ -168,7 +222,13 @@ mod tests {
         // One head of dim 4, d_in 1: HF rows [a0 a1 b0 b1] (halves a, b) are stored by llama.cpp
         // as [a0 b0 a1 b1].
         let gguf = [10.0, 20.0, 11.0, 21.0];
-        assert_eq!(unpermute_rope_rows(&gguf, 1, 1), vec![10.0, 11.0, 20.0, 21.0]);
-        assert_eq!(super::super::build::transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(
+            unpermute_rope_rows(&gguf, 1, 1),
+            vec![10.0, 11.0, 20.0, 21.0]
+        );
+        assert_eq!(
+            super::super::build::transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
+            vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
     }
 }

@@ -8,10 +8,10 @@ use burn::prelude::*;
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
-use super::build::{build_llama_quantized, WeightSource};
 use super::LoadError;
-use crate::model::config::LlamaConfig;
+use super::build::{WeightSource, build_llama_quantized};
 use crate::model::Llama;
+use crate::model::config::LlamaConfig;
 
 /// Model types whose checkpoints are this decoder (Mistral without sliding windows is the same network).
 const SUPPORTED: [&str; 2] = ["llama", "mistral"];
@@ -19,27 +19,51 @@ const SUPPORTED: [&str; 2] = ["llama", "mistral"];
 /// Reads config.json, accepting both `rope_theta` and transformers 5's `rope_parameters`.
 pub fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
     let path = dir.join("config.json");
-    let err = |msg: String| LoadError::File { path: path.clone(), msg };
+    let err = |msg: String| LoadError::File {
+        path: path.clone(),
+        msg,
+    };
     let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-    let obj = v.as_object_mut().ok_or_else(|| err("expected a JSON object".into()))?;
-    let model_type = obj.get("model_type").and_then(|t| t.as_str()).unwrap_or("").to_string();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| err("expected a JSON object".into()))?;
+    let model_type = obj
+        .get("model_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("")
+        .to_string();
     if !SUPPORTED.contains(&model_type.as_str()) {
-        return Err(err(format!("model_type '{model_type}' is not supported (supported: {})", SUPPORTED.join(", "))));
+        return Err(err(format!(
+            "model_type '{model_type}' is not supported (supported: {})",
+            SUPPORTED.join(", ")
+        )));
     }
     // transformers 4 writes `rope_theta` and `rope_scaling`; transformers 5 one `rope_parameters`.
-    let rope = obj.remove("rope_parameters").or_else(|| obj.remove("rope_scaling")).unwrap_or(serde_json::Value::Null);
+    let rope = obj
+        .remove("rope_parameters")
+        .or_else(|| obj.remove("rope_scaling"))
+        .unwrap_or(serde_json::Value::Null);
     if !obj.contains_key("rope_theta")
         && let Some(theta) = rope.get("rope_theta")
     {
         obj.insert("rope_theta".into(), theta.clone());
     }
-    match rope.get("rope_type").or_else(|| rope.get("type")).and_then(|t| t.as_str()) {
+    match rope
+        .get("rope_type")
+        .or_else(|| rope.get("type"))
+        .and_then(|t| t.as_str())
+    {
         None | Some("default") => {}
         Some("llama3") => {
             obj.insert("rope_scaling".into(), rope.clone());
         }
-        Some(kind) => return Err(err(format!("rope scaling '{kind}' is not supported yet (supported: default, llama3)"))),
+        Some(kind) => {
+            return Err(err(format!(
+                "rope scaling '{kind}' is not supported yet (supported: default, llama3)"
+            )));
+        }
     }
     serde_json::from_value(v).map_err(|e| err(format!("not a Llama config: {e}")))
 }
@@ -63,40 +87,70 @@ impl SafetensorsDir {
     pub fn open(dir: &Path) -> Result<Self, LoadError> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
-            let err = |msg: String| LoadError::File { path: index_path.clone(), msg };
+            let err = |msg: String| LoadError::File {
+                path: index_path.clone(),
+                msg,
+            };
             let text = std::fs::read_to_string(&index_path).map_err(|e| err(e.to_string()))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| err("no weight_map".into()))?;
-            let mut files: Vec<PathBuf> = map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| err("no weight_map".into()))?;
+            let mut files: Vec<PathBuf> = map
+                .values()
+                .filter_map(|f| f.as_str())
+                .map(|f| dir.join(f))
+                .collect();
             files.sort();
             files.dedup();
             files
         } else {
             let single = dir.join("model.safetensors");
             if !single.exists() {
-                return Err(LoadError::File { path: dir.to_path_buf(), msg: "no model.safetensors or model.safetensors.index.json".into() });
+                return Err(LoadError::File {
+                    path: dir.to_path_buf(),
+                    msg: "no model.safetensors or model.safetensors.index.json".into(),
+                });
             }
             vec![single]
         };
         let mut maps = HashMap::new();
         let mut index = HashMap::new();
         for file in files {
-            let err = |msg: String| LoadError::File { path: file.clone(), msg };
+            let err = |msg: String| LoadError::File {
+                path: file.clone(),
+                msg,
+            };
             let f = std::fs::File::open(&file).map_err(|e| err(format!("cannot open: {e}")))?;
             // SAFETY: read-only map of a file we do not modify.
             let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| err(e.to_string()))?;
             // `deserialize` validates the header against the file (offsets in bounds, no gaps).
-            let st = SafeTensors::deserialize(&map).map_err(|e| err(format!("invalid safetensors file: {e}")))?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| err(format!("invalid safetensors file: {e}")))?;
             for (name, view) in st.tensors() {
                 let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
-                let entry = Entry { file: file.clone(), dtype: view.dtype(), shape: view.shape().to_vec(), bytes: start..start + view.data().len() };
+                let entry = Entry {
+                    file: file.clone(),
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    bytes: start..start + view.data().len(),
+                };
                 if let Some(other) = index.insert(name.clone(), entry) {
-                    return Err(err(format!("tensor '{name}' also appears in {}", other.file.display())));
+                    return Err(err(format!(
+                        "tensor '{name}' also appears in {}",
+                        other.file.display()
+                    )));
                 }
             }
             maps.insert(file, map);
         }
-        Ok(Self { dir: dir.to_path_buf(), maps, index })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            maps,
+            index,
+        })
     }
 }
 
@@ -109,13 +163,34 @@ impl WeightSource for SafetensorsDir {
         self.index.contains_key(name)
     }
 
-    fn load_quantized(&self, name: &str, shape: [usize; 2]) -> Result<Option<crate::quant::QuantizedTensor>, LoadError> {
-        let get = |key: &str| self.index.get(key).map(|e| (e.dtype, e.shape.clone(), &self.maps[&e.file][e.bytes.clone()]));
-        crate::quant::bnb_format::from_tensors(name, shape, get).map_err(|e| LoadError::File { path: self.dir.clone(), msg: e.to_string() })
+    fn load_quantized(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+    ) -> Result<Option<crate::quant::QuantizedTensor>, LoadError> {
+        let get = |key: &str| {
+            self.index.get(key).map(|e| {
+                (
+                    e.dtype,
+                    e.shape.clone(),
+                    &self.maps[&e.file][e.bytes.clone()],
+                )
+            })
+        };
+        crate::quant::bnb_format::from_tensors(name, shape, get).map_err(|e| LoadError::File {
+            path: self.dir.clone(),
+            msg: e.to_string(),
+        })
     }
 
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
-        let entry = self.index.get(name).ok_or_else(|| LoadError::MissingTensor { path: self.dir.clone(), tensor: name.into() })?;
+        let entry = self
+            .index
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                path: self.dir.clone(),
+                tensor: name.into(),
+            })?;
         let file = &entry.file;
         if entry.shape != shape {
             return Err(LoadError::Shape {
@@ -127,20 +202,43 @@ impl WeightSource for SafetensorsDir {
         }
         let data = &self.maps[file][entry.bytes.clone()];
         Ok(match entry.dtype {
-            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => return Err(LoadError::File { path: file.clone(), msg: format!("tensor '{name}' has dtype {other:?}; f32, f16 and bf16 are supported") }),
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(LoadError::File {
+                    path: file.clone(),
+                    msg: format!(
+                        "tensor '{name}' has dtype {other:?}; f32, f16 and bf16 are supported"
+                    ),
+                });
+            }
         })
     }
 }
 
-pub fn load_llama_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, LoadError> {
+pub fn load_llama_hf_dir<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Llama<B>, LoadError> {
     load_llama_hf_dir_quantized(dir, device, None)
 }
 
 /// [`load_llama_hf_dir`], quantizing the projections while loading when `quant` is given.
-pub fn load_llama_hf_dir_quantized<B: Backend>(dir: &Path, device: &B::Device, quant: Option<crate::quant::QuantConfig>) -> Result<Llama<B>, LoadError> {
+pub fn load_llama_hf_dir_quantized<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    quant: Option<crate::quant::QuantConfig>,
+) -> Result<Llama<B>, LoadError> {
     let mut config = read_config(dir)?;
     let src = SafetensorsDir::open(dir)?;
     // Some checkpoints tie the head without saying so: no lm_head tensor means tied.

@@ -7,5 +7,5 @@ pub mod gguf_llama;
 pub mod hf_dir;
 
 pub use gguf::{GgufError, GgufFile};
-pub use gguf_llama::{config_from_gguf, load_llama_gguf, LoadError};
+pub use gguf_llama::{LoadError, config_from_gguf, load_llama_gguf};
 pub use hf_dir::load_llama_hf_dir;
