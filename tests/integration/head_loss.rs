@@ -16,8 +16,8 @@ use runner::train::loss::causal_lm_loss;
 
 type B = Autodiff<Flex>;
 
-mod common;
-use common::Perturb;
+
+use crate::common::Perturb;
 
 /// Every trainable parameter's gradient, flattened in visiting order.
 struct Grads<'a>(

@@ -22,8 +22,8 @@ use runner::peft::{self, Method, PeftError, Targets};
 use runner::pretrained;
 use runner::train::{AdamWConfig, Schedule, Trainer};
 
-mod common;
-use common::Perturb;
+
+use crate::common::Perturb;
 
 type B = Autodiff<Flex>;
 

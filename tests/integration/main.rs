@@ -1,0 +1,20 @@
+//! All integration tests, one binary: linking the crate once instead of once per file.
+
+mod common;
+
+mod backends;
+mod cli;
+mod collation;
+mod generate;
+mod head_loss;
+mod lora_core;
+mod optim;
+mod parity;
+mod peft_methods;
+mod qlora;
+mod quant;
+mod slurm;
+mod smollm2;
+mod streaming;
+mod sweeps;
+mod train_loop;
