@@ -105,7 +105,7 @@ fn bench<B: AutodiffBackend>(
         segments: None,
     };
     let precision = match std::env::var("RUNNER_BENCH_PRECISION") {
-        Ok(p) => runner::precision::Precision::parse(&p)?,
+        Ok(p) => runner::kernels::precision::Precision::parse(&p)?,
         Err(_) => Default::default(),
     };
     let options = runner::train::TrainOptions {

@@ -13,7 +13,6 @@ pub mod lua;
 pub mod memory;
 pub mod model;
 pub mod peft;
-pub mod precision;
 pub mod pretrained;
 pub mod progress;
 pub mod quant;

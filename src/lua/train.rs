@@ -12,9 +12,9 @@ use super::options::{Opts, describe, nonfinite_error, recipe_error, runtime_erro
 use super::sweep::SweepHost;
 use crate::data::batch::Batches;
 use crate::data::{Batch, Example};
+use crate::kernels::precision::Precision;
 use crate::memory::release_autodiff_graph;
 use crate::model::Llama;
-use crate::precision::Precision;
 use crate::progress::ProgressSlot;
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint;

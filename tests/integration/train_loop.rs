@@ -9,11 +9,11 @@ use burn::prelude::*;
 
 use runner::data::batch::Batches;
 use runner::data::{Batch, BatchOptions, ByteTokenizer, Dataset, Example};
+use runner::kernels::precision::{LossScale, Precision};
 use runner::model::params::{Param, ParamVisitor, Snapshot};
 use runner::model::{Llama, TinyOptions};
 use runner::peft::Targets;
 use runner::peft::lora::LoraConfig;
-use runner::precision::{LossScale, Precision};
 use runner::train::checkpoint::{self, CheckpointError};
 use runner::train::{
     AdamWConfig, Progress, Schedule, ScheduleKind, TrainError, TrainOptions, Trainer,
