@@ -36,7 +36,7 @@ pub fn transposed(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
     let (rows, cols) = (shape[0], shape[1]);
     (
         vec![cols, rows],
-        super::load::build::transpose(values, rows, cols),
+        crate::kernels::thin::transpose(values, rows, cols),
     )
 }
 
