@@ -87,7 +87,7 @@ fn bench<B: AutodiffBackend>(
         other => anyhow::bail!("unknown method {other} (lora, lora_all, full, qlora, qlora_all)"),
     };
     if method.starts_with("qlora") {
-        runner::quant::model::quantize_model(&mut model, runner::quant::QuantConfig::default())?;
+        runner::model::quantize::quantize_model(&mut model, runner::quant::QuantConfig::default())?;
     }
     spec.attach(&mut model, "default")?;
     // Peak memory of training only: memory that loading (and quantizing) freed is handed back.

@@ -220,7 +220,7 @@ pub fn dry_run_stop<B: Backend>(
     } else {
         Training::Adapters { trainable }
     };
-    let precision = crate::quant::model::model_quant_config(model)
+    let precision = crate::model::quantize::model_quant_config(model)
         .map(Precision::Quant)
         .unwrap_or(Precision::F32);
     let run = RunShape {

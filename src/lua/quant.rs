@@ -7,7 +7,7 @@ use mlua::{Lua, Table, UserDataMethods, Value};
 use super::model::LuaModel;
 use super::options::Opts;
 use crate::footprint::{self, Precision, RunShape, Training};
-use crate::quant::model::{dequantize_model, model_quant_config, quantize_model};
+use crate::model::quantize::{dequantize_model, model_quant_config, quantize_model};
 use crate::quant::{QuantConfig, QuantDtype};
 
 /// The options of `model:quantize{...}` and of `runner.model.load(name, {quantize = {...}})`.

@@ -180,7 +180,7 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     } else if let Some(s) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) {
         s.insert("rope_type".into(), serde_json::json!("llama3"));
     }
-    if let Some(q) = crate::quant::model::model_quant_config(model) {
+    if let Some(q) = crate::model::quantize::model_quant_config(model) {
         obj.insert(
             "quantization_config".into(),
             bnb_format::quantization_config(q.dtype, q.double),

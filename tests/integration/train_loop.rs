@@ -640,7 +640,7 @@ fn mixed_precision_tracks_fp32_for_lora() {
 fn mixed_precision_tracks_fp32_for_qlora_and_full_fine_tuning() {
     // The quantized matmul's own backward rounds in the precision its forward ran in.
     let mut qlora = model_with_lora(0.0);
-    runner::quant::model::quantize_model(
+    runner::model::quantize::quantize_model(
         &mut qlora,
         runner::quant::QuantConfig {
             block: 16,
