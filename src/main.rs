@@ -128,7 +128,7 @@ fn tokenize(a: &TokenizeArgs) -> anyhow::Result<String> {
 
 /// `runner mem`: the memory estimate of a run, from the model's shape.
 fn mem(a: &cli::MemArgs) -> anyhow::Result<String> {
-    use runner::footprint::{Precision, RunShape, Training, estimate, model_shape, report};
+    use runner::footprint::{RunShape, Training, WeightStorage, estimate, model_shape, report};
     let (name, config) = model_shape(&a.model)?;
     let targets: Vec<String> = a.targets.split(',').map(|t| t.trim().to_string()).collect();
     let method = if a.method == "qlora" {
@@ -142,7 +142,7 @@ fn mem(a: &cli::MemArgs) -> anyhow::Result<String> {
     } else {
         a.dtype.as_str()
     };
-    let precision = Precision::parse(dtype, a.block, !a.no_double)?;
+    let precision = WeightStorage::parse(dtype, a.block, !a.no_double)?;
     let run = RunShape {
         config,
         training,
