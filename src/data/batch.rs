@@ -4,7 +4,8 @@ use rand::seq::SliceRandom;
 
 #[cfg(test)]
 use super::dataset::Dataset;
-use super::dataset::{DataError, Example, ExampleSource};
+use super::dataset::ExampleSource;
+use super::row::{DataError, Example};
 #[cfg(test)]
 use super::tokenizer::ByteTokenizer;
 use crate::model::init;

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::dataset::Row;
+use super::row::Row;
 use crate::tokenizer::Tokenizer;
 
 /// The Stanford Alpaca prompt, with and without an input.
