@@ -19,6 +19,5 @@ pub mod quant;
 pub mod report;
 pub mod slurm;
 pub mod sweep;
-pub mod tokenizer;
 pub mod train;
 pub mod watch;

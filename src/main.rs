@@ -97,10 +97,10 @@ fn tokenize(a: &TokenizeArgs) -> anyhow::Result<String> {
     use anyhow::Context;
     let path = runner::hub::resolve(&a.model)?;
     let tok = if path.is_dir() {
-        runner::tokenizer::TextTokenizer::from_hf_dir(&path)?
+        runner::data::tokenizer::TextTokenizer::from_hf_dir(&path)?
     } else {
         let file = runner::model::load::GgufFile::open(&path)?;
-        runner::tokenizer::TextTokenizer::from_gguf(&file)?
+        runner::data::tokenizer::TextTokenizer::from_gguf(&file)?
     };
     if a.decode {
         let ids: Vec<u32> = a

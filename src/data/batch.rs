@@ -8,8 +8,8 @@ use super::dataset::ExampleSource;
 use super::row::{DataError, Example};
 #[cfg(test)]
 use super::tokenizer::ByteTokenizer;
+use super::tokenizer::{Encode, TokenizerError};
 use crate::model::init;
-use crate::tokenizer::{Encode, TokenizerError};
 
 /// Label of positions that carry no loss (prompt and padding), as in PyTorch.
 pub const IGNORE_INDEX: i64 = -100;

@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::row::{DataError, Example, ReadOptions, Row, csv_error, json_row, rename_row};
 use super::stream::{LineIndex, RowStep, StreamFormat, StreamedRows};
 use super::template::Template;
+use super::tokenizer::Tokenizer;
 use crate::model::init;
-use crate::tokenizer::Tokenizer;
 
 #[derive(Clone, Debug)]
 pub struct Dataset {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::row::{DataError, Example, ReadOptions, Row, csv_error, json_row, rename_row};
 use super::template::Template;
-use crate::tokenizer::Tokenizer;
+use super::tokenizer::Tokenizer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamFormat {

@@ -14,12 +14,12 @@ use super::model::{LuaModel, default_seed};
 use super::options::{Opts, describe, recipe_error, runtime_error};
 use crate::data::batch::Batches;
 use crate::data::stream::StreamFormat;
+use crate::data::tokenizer::Tokenizer;
 use crate::data::{
     Batch, BatchOptions, CollateOptions, Dataset, Example, IGNORE_INDEX, Padding, ReadOptions, Row,
     Template, TextUnit,
 };
 use crate::progress::{Progress, ProgressSlot};
-use crate::tokenizer::Tokenizer;
 
 #[derive(Clone)]
 pub struct LuaDataset(pub Dataset);
