@@ -20,4 +20,5 @@ pub mod report;
 pub mod slurm;
 pub mod sweep;
 pub mod train;
+pub mod util;
 pub mod watch;

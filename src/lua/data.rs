@@ -483,7 +483,7 @@ impl UserData for LuaDataset {
                     (Template::Chat { messages: o.string("messages")?.unwrap_or_else(|| "messages".into()) }, Some(tok))
                 }
                 other => {
-                    let hint = crate::peft::closest(other, ["alpaca", "chat", "text"]).map(|c| format!(" (did you mean \"{c}\"?)")).unwrap_or_default();
+                    let hint = crate::util::closest(other, ["alpaca", "chat", "text"]).map(|c| format!(" (did you mean \"{c}\"?)")).unwrap_or_default();
                     return Err(recipe_error(lua, format!("dataset:template: unknown template \"{other}\"{hint}; expected \"alpaca\", \"chat\", \"text\" or a function")));
                 }
             };
