@@ -4,13 +4,15 @@
 Usage:
     python3 scripts/deps.py            # modules, what each uses, cycles between them
     python3 scripts/deps.py --files    # also cycles between files inside one top-level module
+    python3 scripts/deps.py --tests    # count test code too
 
 Reads src/**/*.rs (standard library only). A top-level module is a file or folder
 directly under src/; src/main.rs and src/cli.rs are the binary and left out, src/lib.rs
 only declares modules. Dependencies are the paths that start with `crate::`, `super::`
 or `self::`, in `use` trees (grouped ones too) and inline in code; `super::` is
 resolved against the module it is written in, inline `mod x { }` blocks included.
-Comments and string literals are ignored.
+Comments and string literals are ignored, and so is test code (`#[cfg(test)]` modules and
+`use` items) unless --tests is given: a test may drive a file through the layers above it.
 
 With --files, an edge from a folder's mod.rs to a file below it is not counted:
 declaring and re-exporting children is structure, not a dependency.
@@ -34,7 +36,12 @@ NOISE = re.compile(
     r"|b?'(?:\\.|[^'\\])'",
     re.S,
 )
-TOKEN = re.compile(r"\bmod\s+(\w+)\s*\{|[{}]|(?<![\w$])(?:crate|super|self)(?=\s*::)")
+TEST = r"#\[cfg\(test\)\]\s*"
+TOKEN = re.compile(
+    rf"(?P<test_use>{TEST}use\s)"
+    rf"|(?P<test>{TEST})?\bmod\s+(?P<mod>\w+)\s*\{{"
+    r"|[{}]|(?<![\w$])(?:crate|super|self)(?=\s*::)"
+)
 
 
 def blank(text):
@@ -91,26 +98,30 @@ def resolve(segments, here):
     return path + [s for s in rest if s not in ("self", "*")]
 
 
-def references(path, modules):
+def references(path, modules, tests):
     """Yields (absolute module path, line) for each crate-local path in one file."""
     text = blank(path.read_text())
     here = list(modules[path])
-    stack = []  # (brace depth at which an inline module closes)
-    depth = 0
+    stack = []  # (brace depth at which an inline module closes, whether it is test code)
+    depth, skip_to = 0, 0
     for m in TOKEN.finditer(text):
         tok = m.group(0)
-        if m.group(1):
+        test_code = m.start() < skip_to or any(test for _, test in stack)
+        if m.group("test_use"):
+            if not tests:
+                skip_to = text.index(";", m.end())
+        elif m.group("mod"):
             depth += 1
-            here.append(m.group(1))
-            stack.append(depth)
+            here.append(m.group("mod"))
+            stack.append((depth, bool(m.group("test")) and not tests))
         elif tok == "{":
             depth += 1
         elif tok == "}":
-            if stack and stack[-1] == depth:
+            if stack and stack[-1][0] == depth:
                 stack.pop()
                 here.pop()
             depth -= 1
-        else:
+        elif not test_code:
             line = text.count("\n", 0, m.start()) + 1
             for segments in parse_tree(text, m.start())[0]:
                 yield resolve(segments, here), line
@@ -179,7 +190,7 @@ def main():
     file_graph, file_where = {}, {}
     for path in files:
         source = modules[path][0]
-        for target, line in references(path, modules):
+        for target, line in references(path, modules, "--tests" in sys.argv[1:]):
             if not target or target[0] not in top:
                 continue
             if target[0] != source:
