@@ -87,7 +87,7 @@ fn bench<B: AutodiffBackend>(
         other => anyhow::bail!("unknown method {other} (lora, lora_all, full, qlora, qlora_all)"),
     };
     if method.starts_with("qlora") {
-        runner::quant::model::quantize_model(&mut model, runner::quant::QuantConfig::default())?;
+        runner::model::quantize::quantize_model(&mut model, runner::quant::QuantConfig::default())?;
     }
     spec.attach(&mut model, "default")?;
     // Peak memory of training only: memory that loading (and quantizing) freed is handed back.
@@ -105,7 +105,7 @@ fn bench<B: AutodiffBackend>(
         segments: None,
     };
     let precision = match std::env::var("RUNNER_BENCH_PRECISION") {
-        Ok(p) => runner::precision::Precision::parse(&p)?,
+        Ok(p) => runner::kernels::precision::Precision::parse(&p)?,
         Err(_) => Default::default(),
     };
     let options = runner::train::TrainOptions {

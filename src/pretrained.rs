@@ -2,13 +2,13 @@
 
 use burn::prelude::*;
 
+use crate::data::tokenizer::{TextTokenizer, TokenizerError};
 use crate::hub::{self, HubError};
 use crate::model::Llama;
 use crate::model::load::gguf_llama::load_llama_gguf_quantized;
 use crate::model::load::hf_dir::load_llama_hf_dir_quantized;
 use crate::model::load::{GgufFile, LoadError};
 use crate::quant::QuantConfig;
-use crate::tokenizer::{TextTokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainedError {

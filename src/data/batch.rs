@@ -4,11 +4,12 @@ use rand::seq::SliceRandom;
 
 #[cfg(test)]
 use super::dataset::Dataset;
-use super::dataset::{DataError, Example, ExampleSource};
+use super::dataset::ExampleSource;
+use super::row::{DataError, Example};
 #[cfg(test)]
 use super::tokenizer::ByteTokenizer;
+use super::tokenizer::{Encode, TokenizerError};
 use crate::model::init;
-use crate::tokenizer::{Encode, TokenizerError};
 
 /// Label of positions that carry no loss (prompt and padding), as in PyTorch.
 pub const IGNORE_INDEX: i64 = -100;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::dataset::{DataError, Example, ReadOptions, Row, csv_error, json_row};
+use super::row::{DataError, Example, ReadOptions, Row, csv_error, json_row, rename_row};
 use super::template::Template;
-use crate::tokenizer::Tokenizer;
+use super::tokenizer::Tokenizer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamFormat {
@@ -265,7 +265,7 @@ impl StreamedRows {
         };
         for step in &self.steps {
             row = match step {
-                RowStep::Rename(pairs) => super::dataset::rename_row(&row, pairs).map_err(err)?,
+                RowStep::Rename(pairs) => rename_row(&row, pairs).map_err(err)?,
                 RowStep::Template(t, tok) => t.apply(&row, tok.as_ref()).map_err(err)?,
             };
         }

@@ -2,8 +2,8 @@
 
 use serde_json::Value;
 
-use super::dataset::Row;
-use crate::tokenizer::Tokenizer;
+use super::row::Row;
+use super::tokenizer::Tokenizer;
 
 /// The Stanford Alpaca prompt, with and without an input.
 const ALPACA_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";

@@ -1,5 +1,11 @@
-//! Byte-level tokenization: every UTF-8 byte is one token id (0..=255). Enough to train the
-//! tiny models; real BPE tokenizers come with pretrained models.
+//! Tokenizers. Byte-level: every UTF-8 byte is one token id (0..=255), enough to train the
+//! tiny models. Real ones through the `tokenizers` crate: built from GGUF metadata
+//! (gpt2-style byte-level BPE) the way transformers converts it, or read from a Hugging Face
+//! directory, plus the model's chat template.
+
+use serde_json::json;
+
+use crate::model::load::GgufFile;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ByteTokenizer;
@@ -15,6 +21,272 @@ impl ByteTokenizer {
     pub fn decode(&self, ids: &[i64]) -> String {
         let bytes: Vec<u8> = ids.iter().filter_map(|&i| u8::try_from(i).ok()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: {msg}")]
+    Build { path: String, msg: String },
+    #[error("tokenizer: {0}")]
+    Run(String),
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub chat_template: Option<String>,
+}
+
+/// GGUF token types: 3 = control, 4 = user-defined; both become special added tokens.
+const CONTROL: u64 = 3;
+const USER_DEFINED: u64 = 4;
+
+impl TextTokenizer {
+    /// Builds the tokenizer in `tokenizer.ggml.*`: BPE without unknown token or byte fallback,
+    /// ByteLevel pre-tokenizer (GPT-2 regex, no prefix space) and decoder, no normalizer,
+    /// no BOS added, control tokens as special added tokens — what transformers builds.
+    pub fn from_gguf(f: &GgufFile) -> Result<Self, TokenizerError> {
+        let path = f.path.display().to_string();
+        let err = |msg: String| TokenizerError::Build {
+            path: path.clone(),
+            msg,
+        };
+        let model = f
+            .meta("tokenizer.ggml.model")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if model != "gpt2" {
+            return Err(err(format!(
+                "tokenizer.ggml.model '{model}' is not supported (only gpt2 byte-level BPE)"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>, TokenizerError> {
+            let arr = f
+                .meta(key)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| err(format!("missing {key}")))?;
+            arr.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| err(format!("{key} holds a non-string")))
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        // llama.cpp's writer omits an empty merge list.
+        let merges = if f.meta("tokenizer.ggml.merges").is_some() {
+            strings("tokenizer.ggml.merges")?
+        } else {
+            Vec::new()
+        };
+        let types: Vec<u64> = match f
+            .meta("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
+            Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
+        let added: Vec<serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| matches!(types.get(*i), Some(&CONTROL) | Some(&USER_DEFINED)))
+            .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+            .collect();
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            }
+        });
+        let inner: tokenizers::Tokenizer = serde_json::from_value(spec)
+            .map_err(|e| err(format!("building the tokenizer: {e}")))?;
+        let id = |key: &str| f.meta(key).and_then(|v| v.as_u64()).map(|v| v as u32);
+        Ok(Self {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            chat_template: f
+                .meta("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(String::from),
+        })
+    }
+
+    /// `tokenizer.json` of a Hugging Face directory, with the special tokens and chat template
+    /// of `tokenizer_config.json` (or `chat_template.jinja`), falling back to config.json's ids.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Self, TokenizerError> {
+        let file = dir.join("tokenizer.json");
+        let err = |path: &std::path::Path, msg: String| TokenizerError::Build {
+            path: path.display().to_string(),
+            msg,
+        };
+        let inner =
+            tokenizers::Tokenizer::from_file(&file).map_err(|e| err(&file, e.to_string()))?;
+        let read_json = |name: &str| -> Option<serde_json::Value> {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+        };
+        let tk_config = read_json("tokenizer_config.json").unwrap_or(serde_json::Value::Null);
+        let config = read_json("config.json").unwrap_or(serde_json::Value::Null);
+        let special = |key: &str| -> Option<u32> {
+            let token = match tk_config.get(key) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(v) => v.get("content").and_then(|c| c.as_str()).map(String::from),
+                None => None,
+            };
+            token.and_then(|t| inner.token_to_id(&t)).or_else(|| {
+                let v = config.get(format!("{key}_id"))?;
+                v.as_u64()
+                    .or_else(|| v.as_array()?.first()?.as_u64())
+                    .map(|i| i as u32)
+            })
+        };
+        let chat_template = match tk_config.get("chat_template") {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(String::from)),
+            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        };
+        Ok(Self {
+            bos: special("bos_token"),
+            eos: special("eos_token"),
+            chat_template,
+            inner,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Run(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Run(e.to_string()))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Renders `messages` (role, content) with the model's chat template.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[(String, String)],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| TokenizerError::Template("the model has no chat template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", template)
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|(r, c)| json!({"role": r, "content": c}))
+            .collect();
+        let tok = |id: Option<u32>| {
+            id.and_then(|i| self.inner.id_to_token(i))
+                .unwrap_or_default()
+        };
+        env.get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => msgs,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => tok(self.bos),
+                    eos_token => tok(self.eos),
+                })
+            })
+            .map_err(|e| TokenizerError::Template(e.to_string()))
+    }
+}
+
+/// Text to token ids, as collation needs it.
+pub trait Encode {
+    fn encode_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError>;
+    /// The end-of-sequence id appended to responses that ask for it.
+    fn eos_id(&self) -> Option<i64> {
+        None
+    }
+}
+
+impl Encode for ByteTokenizer {
+    fn encode_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
+        Ok(self.encode(text))
+    }
+}
+
+impl Encode for Tokenizer {
+    fn encode_ids(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
+        Ok(self.encode(text)?.into_iter().map(i64::from).collect())
+    }
+    fn eos_id(&self) -> Option<i64> {
+        self.eos().map(i64::from)
+    }
+}
+
+/// The tokenizer a model comes with: bytes for the tiny random models, BPE for real ones.
+#[derive(Clone)]
+pub enum Tokenizer {
+    Bytes,
+    Text(std::rc::Rc<TextTokenizer>),
+}
+
+impl Tokenizer {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        match self {
+            Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Tokenizer::Text(t) => t.encode(text),
+        }
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        match self {
+            Tokenizer::Bytes => {
+                Ok(ByteTokenizer.decode(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()))
+            }
+            Tokenizer::Text(t) => t.decode(ids, skip_special),
+        }
+    }
+
+    pub fn eos(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Bytes => None,
+            Tokenizer::Text(t) => t.eos,
+        }
     }
 }
 

@@ -1016,7 +1016,7 @@ fn thin_weight_gradient(a: &FlexTensor, dy: &FlexTensor) -> Option<FlexTensor> {
         // (dyᵀ·a)ᵀ: the result is as small as the thin side, so the transpose costs nothing.
         let t = thin_transposed_matmul(sd, sa)?;
         return Some(tensor(
-            crate::model::load::build::transpose(&t, sd.cols, sa.cols),
+            thin::transpose(&t, sd.cols, sa.cols),
             &[sa.cols, sd.cols],
         ));
     }

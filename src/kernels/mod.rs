@@ -13,13 +13,12 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
-use crate::precision;
-
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod host;
+pub mod precision;
 pub mod thin;
 
 pub use host::{AdamWStep, AttentionShape};

@@ -148,13 +148,14 @@ pub fn low_rank_product(
         });
 }
 
-/// `[rows, cols]` → `[cols, rows]`, for a LoRA's small factors.
+/// Row-major `[rows, cols]` → `[cols, rows]`: a LoRA's small factors, and weights stored in
+/// PyTorch's `[out, in]` layout.
 pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(x.len(), rows * cols);
     let mut out = vec![0f32; x.len()];
-    for (i, row) in x.chunks_exact(cols).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            out[j * rows + i] = v;
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
         }
     }
     out

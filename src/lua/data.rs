@@ -14,12 +14,12 @@ use super::model::{LuaModel, default_seed};
 use super::options::{Opts, describe, recipe_error, runtime_error};
 use crate::data::batch::Batches;
 use crate::data::stream::StreamFormat;
+use crate::data::tokenizer::Tokenizer;
 use crate::data::{
     Batch, BatchOptions, CollateOptions, Dataset, Example, IGNORE_INDEX, Padding, ReadOptions, Row,
     Template, TextUnit,
 };
 use crate::progress::{Progress, ProgressSlot};
-use crate::tokenizer::Tokenizer;
 
 #[derive(Clone)]
 pub struct LuaDataset(pub Dataset);
@@ -483,7 +483,7 @@ impl UserData for LuaDataset {
                     (Template::Chat { messages: o.string("messages")?.unwrap_or_else(|| "messages".into()) }, Some(tok))
                 }
                 other => {
-                    let hint = crate::peft::closest(other, ["alpaca", "chat", "text"]).map(|c| format!(" (did you mean \"{c}\"?)")).unwrap_or_default();
+                    let hint = crate::util::closest(other, ["alpaca", "chat", "text"]).map(|c| format!(" (did you mean \"{c}\"?)")).unwrap_or_default();
                     return Err(recipe_error(lua, format!("dataset:template: unknown template \"{other}\"{hint}; expected \"alpaca\", \"chat\", \"text\" or a function")));
                 }
             };

@@ -9,7 +9,7 @@ use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
 use super::options::{DryRunStop, lua_location, recipe_error};
 use super::sweep::{SweepHost, SweepMode};
-use crate::footprint::{self, Precision, RunShape, Training};
+use crate::footprint::{self, RunShape, Training, WeightStorage};
 use crate::model::Llama;
 use crate::sweep::fingerprint::Inputs;
 
@@ -220,9 +220,9 @@ pub fn dry_run_stop<B: Backend>(
     } else {
         Training::Adapters { trainable }
     };
-    let precision = crate::quant::model::model_quant_config(model)
-        .map(Precision::Quant)
-        .unwrap_or(Precision::F32);
+    let precision = crate::model::quantize::model_quant_config(model)
+        .map(WeightStorage::Quant)
+        .unwrap_or(WeightStorage::F32);
     let run = RunShape {
         config: model.config.clone(),
         training,

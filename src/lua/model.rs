@@ -8,10 +8,10 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
 use super::DeviceData;
 use super::options::{Opts, describe, recipe_error};
+use crate::data::tokenizer::Tokenizer;
 use crate::generate::{GenerateOptions, generate};
 use crate::model::{Llama, TinyOptions};
 use crate::pretrained;
-use crate::tokenizer::Tokenizer;
 use crate::train::perplexity::perplexity;
 use crate::train::token_logprobs;
 

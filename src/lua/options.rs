@@ -4,7 +4,7 @@
 
 use mlua::{Lua, Table, Value};
 
-use crate::peft::closest;
+use crate::util::closest;
 
 /// A recipe mistake (bad option, bad value). It stops the run with exit code 2, even inside a
 /// trial, because every trial of the recipe would hit it.

@@ -6,8 +6,8 @@ use mlua::{Lua, Table, UserDataMethods, Value};
 
 use super::model::LuaModel;
 use super::options::Opts;
-use crate::footprint::{self, Precision, RunShape, Training};
-use crate::quant::model::{dequantize_model, model_quant_config, quantize_model};
+use crate::footprint::{self, RunShape, Training, WeightStorage};
+use crate::model::quantize::{dequantize_model, model_quant_config, quantize_model};
 use crate::quant::{QuantConfig, QuantDtype};
 
 /// The options of `model:quantize{...}` and of `runner.model.load(name, {quantize = {...}})`.
@@ -105,14 +105,14 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
         let training = Training::parse(&method, o.count("rank", 1)?.unwrap_or(8), &targets)
             .map_err(|e| o.err(e))?;
         let precision = match (o.string("dtype")?, model_quant) {
-            (Some(d), _) => Precision::parse(
+            (Some(d), _) => WeightStorage::parse(
                 &d,
                 o.count("block", 1)?.unwrap_or(64),
                 o.bool("double")?.unwrap_or(true),
             )
             .map_err(|e| o.err(e))?,
-            (None, Some(q)) => Precision::Quant(q),
-            (None, None) => Precision::F32,
+            (None, Some(q)) => WeightStorage::Quant(q),
+            (None, None) => WeightStorage::F32,
         };
         let run = RunShape {
             config,

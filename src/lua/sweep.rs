@@ -13,10 +13,11 @@ use super::host::RecipeInputs;
 use super::options::{DryRunStop, Opts, describe, recipe_error, runtime_error};
 use super::{ErrorParts, error_parts};
 use crate::sweep::fingerprint::unchanged;
-use crate::sweep::grid::{Trial, sha256_hex, trial_id};
-use crate::sweep::results::{WriterLock, write_atomic};
+use crate::sweep::grid::{Trial, trial_id};
+use crate::sweep::results::WriterLock;
 use crate::sweep::space::{Distribution, RandomSearch, SweepSpace, shard};
 use crate::sweep::{StepsLog, TrialRecord, TrialStatus, TrialsTable, Value};
+use crate::util::{sha256_hex, write_atomic};
 
 /// What `runner.sweep` does with its trials.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -402,6 +403,7 @@ fn write_trial_inputs(dir: &Path, inputs: &TrialInputs) -> std::io::Result<()> {
         &dir.join(".inputs.json"),
         &serde_json::to_vec_pretty(inputs).map_err(std::io::Error::other)?,
     )
+    .map_err(std::io::Error::from)
 }
 
 /// The trial's peak memory, weights included: `peak_mem_mb` is the process's resident memory

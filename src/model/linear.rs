@@ -8,10 +8,10 @@ use burn::prelude::*;
 
 use super::init::HostRng;
 use super::params::{Param, ParamVisitor};
+use crate::kernels::precision;
 use crate::peft::ia3::Ia3Vector;
 use crate::peft::lora::LoraAdapter;
 use crate::peft::slots::Slots;
-use crate::precision;
 use crate::quant::{QuantConfig, QuantError, QuantizedTensor, matmul};
 
 /// A projection's weight.

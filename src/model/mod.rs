@@ -6,6 +6,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod params;
+pub mod quantize;
 pub mod save;
 
 pub use config::{LlamaConfig, TinyOptions};

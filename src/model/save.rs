@@ -36,11 +36,11 @@ pub fn transposed(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
     let (rows, cols) = (shape[0], shape[1]);
     (
         vec![cols, rows],
-        super::load::build::transpose(values, rows, cols),
+        crate::kernels::thin::transpose(values, rows, cols),
     )
 }
 
-/// Writes `contents` to `path` through a temporary file in the same folder.
+/// [`crate::util::write_atomic`], creating the folder first.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
     let err = |msg: String| SaveError::Io {
         path: path.to_path_buf(),
@@ -51,23 +51,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create folder: {e}")))?;
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| err(format!("cannot write: {e}")))?;
-    std::io::Write::write_all(&mut tmp, contents).map_err(|e| err(format!("cannot write: {e}")))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| err(format!("cannot write: {e}")))?;
-    // Temporary files are created private (0600); a saved model is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| err(format!("cannot write: {e}")))?;
-    }
-    tmp.persist(path)
-        .map_err(|e| err(format!("cannot write: {e}")))?;
-    Ok(())
+    crate::util::write_atomic(path, contents).map_err(|e| err(format!("cannot write: {e}")))
 }
 
 /// An f32 safetensors file with `{"format": "pt"}` metadata, as PyTorch writers make.
@@ -180,7 +164,7 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     } else if let Some(s) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) {
         s.insert("rope_type".into(), serde_json::json!("llama3"));
     }
-    if let Some(q) = crate::quant::model::model_quant_config(model) {
+    if let Some(q) = crate::model::quantize::model_quant_config(model) {
         obj.insert(
             "quantization_config".into(),
             bnb_format::quantization_config(q.dtype, q.double),

@@ -8,10 +8,10 @@ use burn::tensor::activation;
 
 use super::PeftError;
 use super::slots::Part;
+use crate::kernels::precision;
 use crate::model::Llama;
 use crate::model::init;
 use crate::model::params::{Param, ParamVisitor};
-use crate::precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {

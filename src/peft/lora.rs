@@ -15,11 +15,11 @@ use super::PeftError;
 use super::slots::Part;
 use super::targets::Targets;
 use crate::kernels;
+use crate::kernels::precision;
 use crate::model::Llama;
 use crate::model::init::{self, HostRng};
 use crate::model::linear::Weight;
 use crate::model::params::{Param, ParamVisitor};
-use crate::precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum LoraInit {

@@ -18,6 +18,8 @@ use burn::prelude::*;
 
 use crate::model::Llama;
 use crate::model::params::SetTrainable;
+// For targets.rs's did-you-mean.
+use crate::util::closest;
 
 pub use targets::Targets;
 
@@ -299,14 +301,4 @@ pub fn remove<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<(), PeftEr
         set_active(model, None)?;
     }
     Ok(())
-}
-
-/// Closest candidate by edit distance, if it is close enough to be a plausible typo.
-pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }

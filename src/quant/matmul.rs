@@ -19,7 +19,7 @@ use burn::tensor::TensorPrimitive;
 
 use super::QuantizedTensor;
 use crate::kernels;
-use crate::precision::{self, Precision};
+use crate::kernels::precision::{self, Precision};
 
 /// # Shapes
 /// - x: `[n, in]`, weight: `[out, in]` -> `[n, out]`

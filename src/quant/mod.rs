@@ -8,7 +8,6 @@ pub mod codes;
 pub mod device;
 pub mod error;
 pub mod matmul;
-pub mod model;
 pub mod torch_sum;
 
 pub use blockwise::{BlockScales, QuantConfig, QuantDtype, QuantizedTensor};

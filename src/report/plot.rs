@@ -4,7 +4,6 @@
 //! Text is drawn with Noto Sans embedded in the binary (the `ttf-noto-sans` crate) through
 //! plotters' `ab_glyph` feature, so no system fonts or fontconfig are needed.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -15,6 +14,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::table::format_number;
 use super::{Column, SweepResults, TrialRow, ordered_values, parse_num};
+use crate::util::WriteStep;
 
 /// Pixel size of the PNG (and the SVG's view box).
 pub const WIDTH: u32 = 1200;
@@ -506,23 +506,22 @@ fn render(fig: &Figure, out_dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     Ok(vec![png_path, svg_path])
 }
 
-/// Temporary file in the same folder, then rename: a crash never leaves half a plot.
+/// [`crate::util::write_atomic`] (a crash never leaves half a plot), with this module's
+/// messages.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".plot-").suffix(".tmp");
-    // tempfile's default 0600 would leave the plots unreadable to anyone else.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(())
+    crate::util::write_atomic(path, bytes).map_err(|e| match e.step {
+        WriteStep::Create => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            anyhow::Error::new(e.source).context(format!(
+                "cannot create a temporary file in {}",
+                dir.display()
+            ))
+        }
+        WriteStep::Write => {
+            anyhow::Error::new(e.source).context(format!("cannot write {}", path.display()))
+        }
+        WriteStep::Rename => anyhow!("cannot write {}: {}", path.display(), e.source),
+    })
 }
 
 /// About `target` round ticks (1, 2 or 5 times a power of ten) covering lo..hi.

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::util::hex;
+
 /// Files up to this size are hashed whole; larger ones (model weights) by size, modification
 /// time and their first and last mebibyte, which is quick and still catches a replaced file.
 const HASH_WHOLE_LIMIT: u64 = 64 << 20;
@@ -67,10 +69,6 @@ fn file_digest(path: &Path) -> io::Result<Vec<u8>> {
         h.update(&buf);
     }
     Ok(h.finalize().to_vec())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The files a recipe has read so far, in first-read order, each with its fingerprint when

@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use super::value::Value;
+use crate::util::hex;
 
 /// One point of a sweep: parameter names (sorted) and their values.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,15 +43,7 @@ pub fn trial_id(recipe_hash: &str, sweep: &str, seed: Option<u64>, trial: &Trial
     for (k, v) in &trial.params {
         h.update(format!("{k:?}={}\n", v.canonical()));
     }
-    let digest = h.finalize();
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&h.finalize()[..6])
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::value::Value;
+use crate::util::write_atomic;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrialStatus {
@@ -79,18 +80,6 @@ pub fn read_records(path: &Path) -> io::Result<(Vec<String>, Vec<csv::StringReco
         records.pop();
     }
     Ok((header, records, truncated))
-}
-
-/// Writes `contents` to `path` through a temporary file in the same folder, so readers see
-/// either the old file or the new one, never a mix.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("csv.tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)
 }
 
 /// Holds `dir/.lock` for as long as it lives: one writer per results folder, so two runs of
@@ -262,7 +251,7 @@ impl TrialsTable {
             fields.push(r.error.clone().unwrap_or_default());
             out.extend(csv_line(fields)?);
         }
-        write_atomic(&self.path, &out)
+        write_atomic(&self.path, &out).map_err(io::Error::from)
     }
 }
 
@@ -434,7 +423,7 @@ impl StepsLog {
         for r in &self.rows {
             out.extend(self.line(r)?);
         }
-        write_atomic(&self.path, &out)
+        write_atomic(&self.path, &out).map_err(io::Error::from)
     }
 }
 

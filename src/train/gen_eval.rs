@@ -5,9 +5,9 @@ use burn::prelude::*;
 
 use super::metrics::{exact_match, rouge_l};
 use crate::data::Example;
+use crate::data::tokenizer::{Tokenizer, TokenizerError};
 use crate::generate::{GenerateError, GenerateOptions, generate};
 use crate::model::Llama;
-use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenEvalOptions {

@@ -14,7 +14,7 @@ use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
 use crate::data::IGNORE_INDEX;
 use crate::kernels;
-use crate::precision;
+use crate::kernels::precision;
 
 /// Rows per chunk: 256 × 49,152 f32 logits are 48 MiB.
 const CHUNK_ROWS: usize = 256;

@@ -7,10 +7,10 @@ use burn::tensor::{Int, TensorData};
 use super::head_loss::{head_nll, next_token_targets_segmented, training_loss};
 use super::optim::{AdamW, AdamWConfig, GradMap, OptimError};
 use crate::data::Batch;
+use crate::kernels::precision::{self, LossScale, Precision, PrecisionError};
 use crate::memory;
 use crate::model::Llama;
 use crate::model::init::{self, HostRng};
-use crate::precision::{self, LossScale, Precision, PrecisionError};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TrainError {

@@ -255,7 +255,7 @@ fn quantized_weights_dequantize_on_the_device_as_on_the_host<B: AutodiffBackend>
     fn quantized_logits<C: AutodiffBackend>(device: &C::Device) -> Vec<f32> {
         let opts = TinyOptions::default();
         let mut model = Llama::<C>::random(opts.config(), 5, opts.std(), device).unwrap();
-        runner::quant::model::quantize_model(
+        runner::model::quantize::quantize_model(
             &mut model,
             QuantConfig {
                 block: 16,

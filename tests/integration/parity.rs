@@ -305,7 +305,8 @@ fn llama3_rope_scaling_matches_transformers() {
 
 #[test]
 fn tokenizer_json_matches_transformers() {
-    let tok = runner::tokenizer::TextTokenizer::from_hf_dir(&fixtures().join("tiny_hf")).unwrap();
+    let tok =
+        runner::data::tokenizer::TextTokenizer::from_hf_dir(&fixtures().join("tiny_hf")).unwrap();
     assert_eq!(
         (tok.bos, tok.eos),
         (tok.token_to_id("<s>"), tok.token_to_id("</s>"))

@@ -9,11 +9,11 @@ use burn::prelude::*;
 
 use runner::data::batch::Batches;
 use runner::data::{Batch, BatchOptions, ByteTokenizer, Dataset, Example};
+use runner::kernels::precision::{LossScale, Precision};
 use runner::model::params::{Param, ParamVisitor, Snapshot};
 use runner::model::{Llama, TinyOptions};
 use runner::peft::Targets;
 use runner::peft::lora::LoraConfig;
-use runner::precision::{LossScale, Precision};
 use runner::train::checkpoint::{self, CheckpointError};
 use runner::train::{
     AdamWConfig, Progress, Schedule, ScheduleKind, TrainError, TrainOptions, Trainer,
@@ -640,7 +640,7 @@ fn mixed_precision_tracks_fp32_for_lora() {
 fn mixed_precision_tracks_fp32_for_qlora_and_full_fine_tuning() {
     // The quantized matmul's own backward rounds in the precision its forward ran in.
     let mut qlora = model_with_lora(0.0);
-    runner::quant::model::quantize_model(
+    runner::model::quantize::quantize_model(
         &mut qlora,
         runner::quant::QuantConfig {
             block: 16,

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use burn::prelude::*;
 
 use super::LoadError;
+// Re-exported for the adapter file formats, which read PyTorch layouts too.
+pub use crate::kernels::thin::transpose;
 use crate::model::config::LlamaConfig;
 use crate::model::init;
 use crate::model::linear::{Linear, Weight};
@@ -119,15 +121,4 @@ pub fn build_llama_quantized<B: Backend, S: WeightSource>(
         lm_head,
         device,
     ))
-}
-
-/// Row-major `[rows][cols]` -> `[cols][rows]`.
-pub fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = w[r * cols + c];
-        }
-    }
-    out
 }

@@ -227,7 +227,7 @@ mod tests {
             vec![10.0, 11.0, 20.0, 21.0]
         );
         assert_eq!(
-            super::super::build::transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
+            crate::kernels::thin::transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
             vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
         );
     }

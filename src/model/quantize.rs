@@ -3,9 +3,9 @@
 
 use burn::prelude::*;
 
-use super::{QuantConfig, QuantError};
-use crate::model::Llama;
-use crate::model::llama::LINEAR_TARGETS;
+use super::Llama;
+use super::llama::LINEAR_TARGETS;
+use crate::quant::{QuantConfig, QuantError};
 
 /// What quantizing changed: weight counts and bytes before and after.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
