@@ -285,6 +285,67 @@ fn archive_stale(
     Ok(())
 }
 
+/// The row of a trial that ran for `seconds` and gave `result`, with its peak memory among
+/// the metrics, and the error to end the sweep with after recording it (a recipe mistake).
+/// An interrupted trial gives `Err`: it is not recorded.
+fn trial_record<E>(
+    trial: &Trial,
+    id: &str,
+    result: Result<Vec<(String, Value)>, TrialFailure<E>>,
+    seconds: f64,
+) -> Result<(TrialRecord, Option<E>), E> {
+    let peak_mem_mb = peak_memory_mb();
+    let (mut metrics, status, error, abort) = match result {
+        Ok(metrics) => (metrics, TrialStatus::Ok, None, None),
+        Err(TrialFailure {
+            kind,
+            message,
+            traceback,
+        }) => {
+            let (status, abort, raised) = match kind {
+                FailureKind::Interrupted(e) => {
+                    // Stopped from outside: not recorded, so it runs again next time.
+                    eprintln!("  trial [{id}] stopped: {message}");
+                    return Err(e);
+                }
+                FailureKind::Invalid => (TrialStatus::Failed, None, false),
+                FailureKind::Failed => (TrialStatus::Failed, None, true),
+                FailureKind::Nonfinite => (TrialStatus::Nonfinite, None, true),
+                FailureKind::Abort(e) => (TrialStatus::Failed, Some(e), true),
+            };
+            if raised {
+                let verb = if status == TrialStatus::Nonfinite {
+                    "stopped"
+                } else {
+                    "failed"
+                };
+                eprintln!("  trial [{id}] {verb}: {message}");
+                if let Some(tb) = &traceback {
+                    eprintln!("  {}", tb.replace('\n', "\n  "));
+                }
+            }
+            (Vec::new(), status, Some(message), abort)
+        }
+    };
+    for (name, mb) in peak_mem_mb {
+        if !metrics.iter().any(|(k, _)| k == name) {
+            metrics.push((name.into(), Value::Int(mb)));
+        }
+    }
+    if error.is_none() {
+        eprintln!("  ok in {seconds:.1}s {}", display_row(&metrics));
+    }
+    let record = TrialRecord {
+        trial_id: id.to_string(),
+        params: trial.params.clone(),
+        metrics,
+        status,
+        seconds,
+        error,
+    };
+    Ok((record, abort))
+}
+
 impl Sweep {
     /// Runs this run's share of the trials through `run_trial`, skipping those done earlier,
     /// and records each in trials.csv; `before_trial` runs before each trial's memory peak is
@@ -297,14 +358,12 @@ impl Sweep {
         mut run_trial: impl FnMut(TrialRun<'_>) -> TrialOutcome<E>,
     ) -> Result<Vec<SweepRow>, SweepError<E>> {
         let dir = &self.dir;
-        let _lock = WriterLock::acquire(dir).map_err(SweepError::Results)?;
-        let mut table = TrialsTable::open(dir).map_err(SweepError::Results)?;
-        let steps = Rc::new(RefCell::new(
-            StepsLog::open(dir).map_err(SweepError::Results)?,
-        ));
+        let io = SweepError::Results;
+        let _lock = WriterLock::acquire(dir).map_err(io)?;
+        let mut table = TrialsTable::open(dir).map_err(io)?;
+        let steps = Rc::new(RefCell::new(StepsLog::open(dir).map_err(io)?));
         let mut trial_inputs = read_trial_inputs(dir);
-        archive_stale(self, &mut table, &mut steps.borrow_mut(), &mut trial_inputs)
-            .map_err(SweepError::Results)?;
+        archive_stale(self, &mut table, &mut steps.borrow_mut(), &mut trial_inputs).map_err(io)?;
         eprintln!("{}", self.headline());
         let mut rows = Vec::with_capacity(self.mine.len());
         for (k, &index) in self.mine.iter().enumerate() {
@@ -335,10 +394,7 @@ impl Sweep {
                 eprintln!("{label}");
             }
             // Rows an interrupted or failed earlier attempt logged would otherwise appear twice.
-            steps
-                .borrow_mut()
-                .take_unless(|t| t != id)
-                .map_err(SweepError::Results)?;
+            steps.borrow_mut().take_unless(|t| t != id).map_err(io)?;
             before_trial();
             crate::memory::reset_peak();
             let started = Instant::now();
@@ -352,75 +408,23 @@ impl Sweep {
                 },
             });
             let seconds = started.elapsed().as_secs_f64();
-            let peak_mem_mb = peak_memory_mb();
-            let (mut metrics, status, error, abort) = match outcome.result {
-                Ok(metrics) => (metrics, TrialStatus::Ok, None, None),
-                Err(TrialFailure {
-                    kind,
-                    message,
-                    traceback,
-                }) => {
-                    let (status, abort, raised) = match kind {
-                        FailureKind::Interrupted(e) => {
-                            // Stopped from outside: the trial is not recorded, and runs again
-                            // next time.
-                            eprintln!("  trial [{id}] stopped: {message}");
-                            return Err(SweepError::Stopped(e));
-                        }
-                        FailureKind::Invalid => (TrialStatus::Failed, None, false),
-                        FailureKind::Failed => (TrialStatus::Failed, None, true),
-                        FailureKind::Nonfinite => (TrialStatus::Nonfinite, None, true),
-                        FailureKind::Abort(e) => (TrialStatus::Failed, Some(e), true),
-                    };
-                    if raised {
-                        eprintln!(
-                            "  trial [{id}] {}: {message}",
-                            if status == TrialStatus::Nonfinite {
-                                "stopped"
-                            } else {
-                                "failed"
-                            }
-                        );
-                        if let Some(tb) = &traceback {
-                            eprintln!("  {}", tb.replace('\n', "\n  "));
-                        }
-                    }
-                    (Vec::new(), status, Some(message), abort)
-                }
-            };
-            for (name, mb) in peak_mem_mb {
-                if !metrics.iter().any(|(k, _)| k == name) {
-                    metrics.push((name.into(), Value::Int(mb)));
-                }
-            }
-            if error.is_none() {
-                eprintln!("  ok in {seconds:.1}s {}", display_row(&metrics));
-            }
-            let record = TrialRecord {
-                trial_id: id.clone(),
-                params: trial.params.clone(),
-                metrics,
-                status,
-                seconds,
-                error,
-            };
+            let (record, abort) =
+                trial_record(trial, id, outcome.result, seconds).map_err(SweepError::Stopped)?;
+            let status = record.status;
             rows.push(SweepRow {
                 record: record.clone(),
                 reused: false,
             });
-            table.record(record).map_err(SweepError::Results)?;
+            table.record(record).map_err(io)?;
             // The trial's own inputs, stored with paths relative to the working folder where
             // possible (results are often committed).
             let cwd = std::env::current_dir().unwrap_or_default();
-            trial_inputs.insert(
-                id.clone(),
-                outcome
-                    .inputs
-                    .into_iter()
-                    .map(|(p, f)| (p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p), f))
-                    .collect(),
-            );
-            write_trial_inputs(dir, &trial_inputs).map_err(SweepError::Results)?;
+            let inputs = outcome
+                .inputs
+                .into_iter()
+                .map(|(p, f)| (p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p), f));
+            trial_inputs.insert(id.clone(), inputs.collect());
+            write_trial_inputs(dir, &trial_inputs).map_err(io)?;
             counts.run += 1;
             if status != TrialStatus::Ok {
                 counts.failed += 1;
