@@ -39,7 +39,7 @@ pub struct Sweep {
 
 impl Sweep {
     /// The sweep `name` under `results_dir`, its trial ids made from `hash` (what every id
-    /// of the sweep starts from) and `seed`; `shard` (index, count) keeps every count-th
+    /// of the sweep starts from) and `seed`; `shard_of` (index, count) keeps every count-th
     /// trial from index on, with results in `shards/I-of-N/`.
     pub fn new(
         results_dir: &Path,
