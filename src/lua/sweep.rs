@@ -1,23 +1,21 @@
 //! `runner.sweep` and `runner.log`: run the trials of a sweep (grid, zip, random search),
 //! skip those already done, and write trials.csv and steps.csv.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::time::Instant;
 
 use mlua::{Function, Lua, Table, Value as LuaValue};
 
 use super::host::RecipeInputs;
 use super::options::{DryRunStop, Opts, describe, recipe_error, runtime_error};
 use super::{ErrorParts, error_parts};
-use crate::sweep::fingerprint::unchanged;
-use crate::sweep::grid::{Trial, trial_id};
-use crate::sweep::results::WriterLock;
-use crate::sweep::space::{Distribution, RandomSearch, SweepSpace, shard};
-use crate::sweep::{StepsLog, TrialRecord, TrialStatus, TrialsTable, Value};
-use crate::util::{sha256_hex, write_atomic};
+use crate::sweep::grid::Trial;
+use crate::sweep::run::{
+    DryRunCells, FailureKind, Sweep, SweepError, TrialCounts, TrialFailure, TrialLog, TrialOutcome,
+    TrialRun, display_row,
+};
+use crate::sweep::space::{Distribution, RandomSearch, SweepSpace};
+use crate::sweep::{TrialRecord, Value};
+use crate::util::sha256_hex;
 
 /// What `runner.sweep` does with its trials.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,7 +67,8 @@ pub struct SweepHost {
     pub counts: Vec<(String, usize)>,
     pub summaries: Vec<SweepSummary>,
     sweeps_seen: Vec<String>,
-    current: Option<(String, Rc<RefCell<StepsLog>>)>,
+    /// Where the running trial's `runner.log` rows go.
+    current: Option<TrialLog>,
     /// `results/<sweep>/<trial-id>/` of the running trial.
     current_dir: Option<PathBuf>,
     /// Files first read by the running trial, with their fingerprints.
@@ -182,16 +181,6 @@ fn scalar_table(t: &Table, what: &str) -> Result<Vec<(String, Value)>, String> {
     Ok(out)
 }
 
-fn display_row(row: &[(String, Value)]) -> String {
-    row.iter()
-        .map(|(k, v)| match v {
-            Value::Num(x) => format!("{k}={x:.4}"),
-            other => format!("{k}={other}"),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// A log line, printed above the progress bar when one is showing.
 fn print_line(lua: &Lua, line: &str) {
     match lua.app_data_ref::<crate::progress::ProgressSlot>() {
@@ -218,9 +207,12 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                 .app_data_ref::<SweepHost>()
                 .and_then(|h| h.current.clone());
             match current {
-                Some((id, steps)) => {
-                    print_line(lua, &format!("  [{id}] {}", display_row(&row)));
-                    steps.borrow_mut().log(&id, row).map_err(|e| {
+                Some(log) => {
+                    print_line(
+                        lua,
+                        &format!("  [{}] {}", log.trial_id(), display_row(&row)),
+                    );
+                    log.log(row).map_err(|e| {
                         runtime_error(lua, format!("runner.log: writing steps.csv: {e}"))
                     })?;
                 }
@@ -388,63 +380,22 @@ fn result_row(lua: &Lua, r: &TrialRecord, reused: bool) -> mlua::Result<Table> {
     Ok(row)
 }
 
-/// Which files each trial read itself (`.inputs.json`), to re-run a trial whose data changed.
-type TrialInputs = BTreeMap<String, Vec<(PathBuf, String)>>;
-
-fn read_trial_inputs(dir: &Path) -> TrialInputs {
-    std::fs::read(dir.join(".inputs.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn write_trial_inputs(dir: &Path, inputs: &TrialInputs) -> std::io::Result<()> {
-    write_atomic(
-        &dir.join(".inputs.json"),
-        &serde_json::to_vec_pretty(inputs).map_err(std::io::Error::other)?,
-    )
-    .map_err(std::io::Error::from)
-}
-
-/// The trial's peak memory, weights included: `peak_mem_mb` is the process's resident memory
-/// on the CPU, or the device memory in use on a GPU, where the host's peak follows as
-/// `peak_host_mb` (an offloaded optimizer's moments live there).
-fn peak_memory_mb() -> Vec<(&'static str, i64)> {
-    let mb = |b: u64| (b as f64 / (1 << 20) as f64).round() as i64;
-    let host = crate::memory::peak_rss_bytes().map(mb);
-    match crate::memory::peak_device_bytes() {
-        Some(device) => [("peak_mem_mb", Some(mb(device))), ("peak_host_mb", host)]
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v?)))
-            .collect(),
-        None => host.map(|h| ("peak_mem_mb", h)).into_iter().collect(),
-    }
-}
-
-/// Runs the trial function with the host set up for trial `id`; returns its outcome and seconds.
+/// Runs the trial function with the host set up for the trial whose folder is `dir`; returns
+/// its outcome and the files it read.
 fn call_trial(
     lua: &Lua,
     trial_fn: &Function,
     params: Table,
-    id: &str,
-    dir: &Path,
-    steps: Option<Rc<RefCell<StepsLog>>>,
-) -> (mlua::Result<LuaValue>, f64, Vec<(PathBuf, String)>) {
+    dir: PathBuf,
+    log: Option<TrialLog>,
+) -> (mlua::Result<LuaValue>, Vec<(PathBuf, String)>) {
     {
         let mut host = lua.app_data_mut::<SweepHost>().expect("host");
-        host.current = steps.map(|s| (id.to_string(), s));
-        host.current_dir = Some(dir.join(id));
+        host.current = log;
+        host.current_dir = Some(dir);
         host.trial_inputs = Some(Vec::new());
     }
-    // Free what earlier trials left for Lua's garbage collector (models, optimizer states)
-    // before this one starts, so memory does not pile up across a sweep and the peak below is
-    // this trial's own.
-    let _ = lua.gc_collect();
-    let _ = lua.gc_collect();
-    crate::memory::reset_peak();
-    let started = Instant::now();
     let outcome = trial_fn.call::<LuaValue>(params);
-    let seconds = started.elapsed().as_secs_f64();
     // A loop left early (early stopping, an error) leaves its progress bar behind.
     if let Some(mut slot) = lua.remove_app_data::<crate::progress::ProgressSlot>()
         && let Some(mut p) = slot.current.take()
@@ -455,7 +406,74 @@ fn call_trial(
     host.current = None;
     host.current_dir = None;
     let inputs = host.trial_inputs.take().unwrap_or_default();
-    (outcome, seconds, inputs)
+    (outcome, inputs)
+}
+
+/// Frees what earlier trials left for Lua's garbage collector (models, optimizer states)
+/// before the next one starts, so memory does not pile up across a sweep and the peak the
+/// engine measures is that trial's own.
+fn free_earlier_trials(lua: &Lua) {
+    let _ = lua.gc_collect();
+    let _ = lua.gc_collect();
+}
+
+/// One trial of `runner.sweep` for the engine: the trial function's result as metrics, or
+/// its error as a failure of the matching kind.
+fn run_trial(
+    lua: &Lua,
+    trial_fn: &Function,
+    seed: Option<u64>,
+    run: TrialRun<'_>,
+) -> TrialOutcome<mlua::Error> {
+    let params = match params_table(lua, run.trial, seed) {
+        Ok(p) => p,
+        // Only Lua running out of memory: stop the sweep, as a recipe error would.
+        Err(e) => {
+            let message = error_parts(&e).message;
+            return TrialOutcome::failed(FailureKind::Abort(e), message);
+        }
+    };
+    let (outcome, inputs) = call_trial(lua, trial_fn, params, run.dir, Some(run.log));
+    let invalid = |message| TrialFailure {
+        kind: FailureKind::Invalid,
+        message,
+        traceback: None,
+    };
+    let result = match outcome {
+        Ok(LuaValue::Nil) => Ok(Vec::new()),
+        Ok(LuaValue::Table(t)) => scalar_table(&t, "trial result").map_err(invalid),
+        Ok(other) => Err(invalid(format!(
+            "a trial must return a table of metrics or nil, returned {}",
+            describe(&other)
+        ))),
+        Err(e) => Err(trial_failure(e)),
+    };
+    TrialOutcome { result, inputs }
+}
+
+/// A trial's error: an interruption stops the sweep unrecorded, a recipe mistake stops it
+/// after recording the trial, a non-finite stop is its own status, the rest fail the trial.
+fn trial_failure(e: mlua::Error) -> TrialFailure<mlua::Error> {
+    let ErrorParts {
+        message,
+        traceback,
+        is_recipe_error,
+        is_nonfinite,
+    } = error_parts(&e);
+    let kind = if crate::interrupt::state().is_some() {
+        FailureKind::Interrupted(e)
+    } else if is_nonfinite {
+        FailureKind::Nonfinite
+    } else if is_recipe_error {
+        FailureKind::Abort(e)
+    } else {
+        FailureKind::Failed
+    };
+    TrialFailure {
+        kind,
+        message,
+        traceback,
+    }
 }
 
 fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
@@ -525,7 +543,7 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
         .app_data_ref::<RecipeInputs>()
         .map(|i| i.0.describe())
         .unwrap_or_default();
-    let (hash, seed, settings) = {
+    let (hash, seed, settings, results_dir) = {
         let mut host = lua
             .app_data_mut::<SweepHost>()
             .expect("sweep host registered");
@@ -540,45 +558,27 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
             host.sweep_hash(skip_lines, &inputs),
             host.seed,
             host.settings,
+            host.results_dir.clone(),
         )
     };
-    let ids: Vec<String> = trials
-        .iter()
-        .map(|t| trial_id(&hash, &name, seed, t))
-        .collect();
-    let mine: Vec<(usize, Trial)> = match settings.shard {
-        Some((i, n)) => shard(&trials, i, n),
-        None => trials.iter().cloned().enumerate().collect(),
-    };
-    let sweep_dir = lua
-        .app_data_ref::<SweepHost>()
-        .expect("host")
-        .results_dir
-        .join(&name);
-    let dir = match settings.shard {
-        Some((i, n)) => sweep_dir.join("shards").join(format!("{i}-of-{n}")),
-        None => sweep_dir.clone(),
-    };
+    let sweep = Sweep::new(
+        &results_dir,
+        &name,
+        &hash,
+        seed,
+        trials,
+        settings.shard,
+        settings.rerun,
+    );
     let results = lua.create_table()?;
     match settings.mode {
         SweepMode::Count => Ok(results),
         SweepMode::DryRun => {
-            dry_run(lua, &name, &dir, &trial_fn, &trials, &ids, &mine, seed)?;
+            dry_run(lua, &sweep, &trial_fn)?;
             Ok(results)
         }
         SweepMode::Run => {
-            run_trials(
-                lua,
-                &name,
-                &dir,
-                &trial_fn,
-                &trials,
-                &ids,
-                &mine,
-                seed,
-                settings.rerun,
-                &results,
-            )?;
+            run_trials(lua, &sweep, &trial_fn, &results)?;
             Ok(results)
         }
     }
@@ -596,245 +596,51 @@ fn lua_location_source(lua: &Lua) -> Option<String> {
     None
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_trials(
-    lua: &Lua,
-    name: &str,
-    dir: &Path,
-    trial_fn: &Function,
-    trials: &[Trial],
-    ids: &[String],
-    mine: &[(usize, Trial)],
-    seed: Option<u64>,
-    rerun: bool,
-    results: &Table,
-) -> mlua::Result<()> {
-    let io = |e: std::io::Error| {
-        runtime_error(
-            lua,
-            format!("runner.sweep '{name}': results in {}: {e}", dir.display()),
-        )
-    };
-    let _lock = WriterLock::acquire(dir).map_err(io)?;
-    let mut table = TrialsTable::open(dir).map_err(io)?;
-    let steps = Rc::new(RefCell::new(StepsLog::open(dir).map_err(io)?));
-    let mut trial_inputs = read_trial_inputs(dir);
-    // Rows of trials this version of the recipe no longer has (an edited trial function, a
-    // removed grid value) move to archive/, so trials.csv describes the current sweep only.
-    let stale: Vec<TrialRecord> = table
-        .rows()
-        .iter()
-        .filter(|r| !ids.contains(&r.trial_id))
-        .cloned()
-        .collect();
-    if !stale.is_empty() {
-        let stale_ids: HashSet<&str> = stale.iter().map(|r| r.trial_id.as_str()).collect();
-        let archive = dir.join("archive");
-        let mut old = TrialsTable::open(&archive).map_err(io)?;
-        let mut old_steps = StepsLog::open(&archive).map_err(io)?;
-        // Taken out in memory here; the files change below, the archive's first.
-        let mut moved: HashMap<String, Vec<_>> = HashMap::new();
-        for (id, row) in steps.borrow_mut().retain(|id| !stale_ids.contains(id)) {
-            moved.entry(id).or_default().push(row);
-        }
-        for r in &stale {
-            old.upsert(r.clone());
-            old_steps.append(&r.trial_id, moved.remove(&r.trial_id).unwrap_or_default());
-            trial_inputs.remove(&r.trial_id);
-        }
-        // The archive is written whole before the rows leave the sweep's own files, so that a
-        // crash in between leaves them in both places, never in neither.
-        old_steps.rewrite().map_err(io)?;
-        old.flush().map_err(io)?;
-        steps.borrow().rewrite().map_err(io)?;
-        table
-            .take_unless(|r| ids.contains(&r.trial_id))
-            .map_err(io)?;
-        eprintln!(
-            "sweep '{name}': {} trial(s) of an earlier version of the recipe moved to {}",
-            stale.len(),
-            archive.display()
-        );
-    }
-    eprintln!(
-        "sweep '{name}': {} trial(s){} -> {}",
-        trials.len(),
-        if mine.len() < trials.len() {
-            format!(", {} in this shard", mine.len())
-        } else {
-            String::new()
-        },
-        dir.display()
+fn run_trials(lua: &Lua, sweep: &Sweep, trial_fn: &Function, results: &Table) -> mlua::Result<()> {
+    let mut counts = TrialCounts::default();
+    let outcome = sweep.run(
+        &mut counts,
+        || free_earlier_trials(lua),
+        |run| run_trial(lua, trial_fn, sweep.seed, run),
     );
-    for (k, (index, trial)) in mine.iter().enumerate() {
-        let id = &ids[*index];
-        let label = format!(
-            "trial {}/{} [{id}] {}",
-            k + 1,
-            mine.len(),
-            display_row(&trial.params)
-        );
-        if let Some(done) = table
-            .find(id)
-            .filter(|r| r.status == TrialStatus::Ok && !rerun)
-        {
-            let inputs_same = trial_inputs.get(id).is_none_or(|files| unchanged(files));
-            if inputs_same {
-                eprintln!("{label}: done earlier, reused");
-                results.push(result_row(lua, done, true)?)?;
-                lua.app_data_mut::<SweepHost>().expect("host").trials_reused += 1;
-                continue;
-            }
-            eprintln!("{label}: a file it read changed; running it again");
-        } else {
-            eprintln!("{label}");
-        }
-        // Rows an interrupted or failed earlier attempt logged would otherwise appear twice.
-        steps.borrow_mut().take_unless(|t| t != id).map_err(io)?;
-        let params = params_table(lua, trial, seed)?;
-        let (outcome, seconds, inputs) =
-            call_trial(lua, trial_fn, params, id, dir, Some(steps.clone()));
-        let peak_mem_mb = peak_memory_mb();
-        if let Err(e) = &outcome
-            && crate::interrupt::state().is_some()
-        {
-            // Stopped from outside: the trial is not recorded, and runs again next time.
-            eprintln!("  trial [{id}] stopped: {}", error_parts(e).message);
-            return Err(e.clone());
-        }
-        let mut nonfinite = false;
-        let (mut metrics, failure, abort) = match outcome {
-            Ok(LuaValue::Nil) => (Vec::new(), None, None),
-            Ok(LuaValue::Table(t)) => match scalar_table(&t, "trial result") {
-                Ok(m) => (m, None, None),
-                Err(msg) => (Vec::new(), Some(msg), None),
-            },
-            Ok(other) => (
-                Vec::new(),
-                Some(format!(
-                    "a trial must return a table of metrics or nil, returned {}",
-                    describe(&other)
-                )),
-                None,
-            ),
-            Err(e) => {
-                let ErrorParts {
-                    message,
-                    traceback,
-                    is_recipe_error,
-                    is_nonfinite,
-                } = error_parts(&e);
-                nonfinite = is_nonfinite;
-                eprintln!(
-                    "  trial [{id}] {}: {message}",
-                    if nonfinite { "stopped" } else { "failed" }
-                );
-                if let Some(tb) = &traceback {
-                    eprintln!("  {}", tb.replace('\n', "\n  "));
-                }
-                (Vec::new(), Some(message), is_recipe_error.then_some(e))
-            }
-        };
-        let status = match (&failure, nonfinite) {
-            (None, _) => TrialStatus::Ok,
-            (Some(_), true) => TrialStatus::Nonfinite,
-            (Some(_), false) => TrialStatus::Failed,
-        };
-        for (name, mb) in peak_mem_mb {
-            if !metrics.iter().any(|(k, _)| k == name) {
-                metrics.push((name.into(), Value::Int(mb)));
-            }
-        }
-        if failure.is_none() {
-            eprintln!("  ok in {seconds:.1}s {}", display_row(&metrics));
-        }
-        let record = TrialRecord {
-            trial_id: id.clone(),
-            params: trial.params.clone(),
-            metrics,
-            status,
-            seconds,
-            error: failure,
-        };
-        results.push(result_row(lua, &record, false)?)?;
-        table.record(record).map_err(io)?;
-        // The trial's own inputs, stored with paths relative to the working folder where
-        // possible (results are often committed).
-        let cwd = std::env::current_dir().unwrap_or_default();
-        trial_inputs.insert(
-            id.clone(),
-            inputs
-                .into_iter()
-                .map(|(p, f)| (p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p), f))
-                .collect(),
-        );
-        write_trial_inputs(dir, &trial_inputs).map_err(io)?;
-        {
-            let mut host = lua.app_data_mut::<SweepHost>().expect("host");
-            host.trials_run += 1;
-            if status != TrialStatus::Ok {
-                host.trials_failed += 1;
-            }
-        }
-        if let Some(e) = abort {
-            // A recipe mistake would fail every remaining trial the same way: stop here.
-            return Err(e);
-        }
+    {
+        let mut host = lua.app_data_mut::<SweepHost>().expect("host");
+        host.trials_run += counts.run;
+        host.trials_failed += counts.failed;
+        host.trials_reused += counts.reused;
     }
-    let rows = mine
-        .iter()
-        .filter_map(|(i, _)| table.find(&ids[*i]).cloned())
-        .collect();
+    let rows = outcome.map_err(|e| match e {
+        SweepError::Results(e) => runtime_error(
+            lua,
+            format!(
+                "runner.sweep '{}': results in {}: {e}",
+                sweep.name,
+                sweep.dir.display()
+            ),
+        ),
+        SweepError::Stopped(e) => e,
+    })?;
+    for row in &rows {
+        results.push(result_row(lua, &row.record, row.reused)?)?;
+    }
     lua.app_data_mut::<SweepHost>()
         .expect("host")
         .summaries
         .push(SweepSummary {
-            name: name.to_string(),
-            dir: dir.to_path_buf(),
-            rows,
+            name: sweep.name.clone(),
+            dir: sweep.dir.clone(),
+            rows: rows.into_iter().map(|r| r.record).collect(),
         });
     Ok(())
 }
 
 /// `--dry-run`: the trial table, with what each trial trains and the memory it would need.
-#[allow(clippy::too_many_arguments)]
-fn dry_run(
-    lua: &Lua,
-    name: &str,
-    dir: &Path,
-    trial_fn: &Function,
-    trials: &[Trial],
-    ids: &[String],
-    mine: &[(usize, Trial)],
-    seed: Option<u64>,
-) -> mlua::Result<()> {
-    let done = if dir.join("trials.csv").is_file() {
-        TrialsTable::open_read_only(dir).ok()
-    } else {
-        None
-    };
-    println!(
-        "sweep '{name}': {} trial(s){} -> {}",
-        trials.len(),
-        if mine.len() < trials.len() {
-            format!(", {} in this shard", mine.len())
-        } else {
-            String::new()
-        },
-        dir.display()
-    );
-    let mut lines = vec![vec![
-        "#".to_string(),
-        "trial_id".into(),
-        "parameters".into(),
-        "trainable".into(),
-        "est. memory".into(),
-        "state".into(),
-    ]];
-    for (index, trial) in mine {
-        let id = &ids[*index];
-        let params = params_table(lua, trial, seed)?;
-        let (outcome, _, _) = call_trial(lua, trial_fn, params, id, dir, None);
+fn dry_run(lua: &Lua, sweep: &Sweep, trial_fn: &Function) -> mlua::Result<()> {
+    sweep.dry_run(|trial, _id, dir| {
+        let params = params_table(lua, trial, sweep.seed)?;
+        free_earlier_trials(lua);
+        crate::memory::reset_peak();
+        let (outcome, _) = call_trial(lua, trial_fn, params, dir, None);
         let (trainable, memory) = match &outcome {
             Err(e) => match dry_stop(e) {
                 Some(s) => (
@@ -855,38 +661,8 @@ fn dry_run(
             },
             Ok(_) => ("-".into(), "- (no training step)".into()),
         };
-        let state = match done.as_ref().and_then(|t| t.find(id)) {
-            Some(r) if r.status == TrialStatus::Ok => "done (reused)".to_string(),
-            Some(r) => format!("{} (runs again)", r.status.as_str()),
-            None => "to run".to_string(),
-        };
-        lines.push(vec![
-            (index + 1).to_string(),
-            id.clone(),
-            display_row(&trial.params),
-            trainable,
-            memory,
-            state,
-        ]);
-    }
-    let widths: Vec<usize> = (0..lines[0].len())
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for l in &lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("  {}", cells.join("  ").trim_end());
-    }
-    Ok(())
+        Ok(DryRunCells { trainable, memory })
+    })
 }
 
 fn dry_stop(e: &mlua::Error) -> Option<&DryRunStop> {

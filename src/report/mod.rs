@@ -4,32 +4,13 @@
 pub mod plot;
 pub mod table;
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// One row of `trials.csv`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrialRow {
-    pub trial_id: String,
-    /// `ok`, `failed`, `nonfinite`, ...
-    pub status: String,
-    pub seconds: Option<f64>,
-    /// Aligned with [`SweepResults::params`]; the raw cell, empty when missing.
-    pub params: Vec<String>,
-    /// Aligned with [`SweepResults::metrics`]; `None` when missing or not a number.
-    pub metrics: Vec<Option<f64>>,
-    /// Aligned with [`SweepResults::metrics`]; the raw cells, for text metrics such as
-    /// generated answers.
-    pub metric_text: Vec<String>,
-    pub error: Option<String>,
-}
-
-impl TrialRow {
-    pub fn is_ok(&self) -> bool {
-        self.status == "ok"
-    }
-}
+use crate::sweep::results::TrialColumns;
+use crate::sweep::{TrialRecord, TrialStatus, Value};
 
 /// One row of `steps.csv`.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,9 +38,11 @@ pub enum Column {
 pub struct SweepResults {
     /// The folder's name, e.g. `lora_rank_sweep`.
     pub name: String,
+    /// The parameter columns of trials.csv, in file order.
     pub params: Vec<String>,
+    /// The metric columns of trials.csv, in file order.
     pub metrics: Vec<String>,
-    pub trials: Vec<TrialRow>,
+    pub trials: Vec<TrialRecord>,
     /// Logged keys of `steps.csv` other than `trial_id` and `step`.
     pub step_keys: Vec<String>,
     pub steps: Vec<StepRow>,
@@ -89,25 +72,21 @@ impl SweepResults {
         let params = header[1..status_at].to_vec();
         let metrics = header[seconds_at + 1..metrics_end].to_vec();
 
+        let columns = TrialColumns {
+            status: status_at,
+            seconds: seconds_at,
+            error: metrics_end,
+        };
         let mut trials = Vec::with_capacity(rows.len());
         for (line, cells) in rows {
-            let seconds = match cells[seconds_at].as_str() {
-                "" => None,
-                s => Some(
-                    s.parse::<f64>()
-                        .with_context(|| format!("{file}:{line}: seconds {s:?} is not a number"))?,
-                ),
-            };
-            let metric_text = cells[seconds_at + 1..metrics_end].to_vec();
-            trials.push(TrialRow {
-                trial_id: cells[0].clone(),
-                status: cells[status_at].clone(),
-                seconds,
-                params: cells[1..status_at].to_vec(),
-                metrics: metric_text.iter().map(|s| parse_num(s)).collect(),
-                metric_text,
-                error: error_at.map(|i| cells[i].clone()).filter(|e| !e.is_empty()),
-            });
+            let seconds = cells[seconds_at].as_str();
+            if !seconds.is_empty() {
+                seconds.parse::<f64>().with_context(|| {
+                    format!("{file}:{line}: seconds {seconds:?} is not a number")
+                })?;
+            }
+            let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
+            trials.push(columns.record(&header, &cells, cell_value));
         }
 
         let (step_keys, steps) = load_steps(&dir.join("steps.csv"))?;
@@ -175,42 +154,61 @@ impl SweepResults {
         }
     }
 
-    /// The raw cell of `col` for `trial`; empty when missing.
-    pub fn cell<'a>(&self, trial: &'a TrialRow, col: Column) -> std::borrow::Cow<'a, str> {
-        use std::borrow::Cow;
+    /// The cell of `col` for `trial`, as the file has it; empty when missing.
+    pub fn cell<'a>(&self, trial: &'a TrialRecord, col: Column) -> Cow<'a, str> {
+        let named = |list: &'a [(String, Value)], name: &str| match list
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+        {
+            Some(Value::Str(s)) => Cow::Borrowed(s.as_str()),
+            Some(v) => Cow::Owned(v.to_string()),
+            None => Cow::Borrowed(""),
+        };
         match col {
             Column::TrialId => Cow::Borrowed(&trial.trial_id),
-            Column::Status => Cow::Borrowed(&trial.status),
-            Column::Seconds => trial
-                .seconds
-                .map(|s| Cow::Owned(format!("{s}")))
-                .unwrap_or(Cow::Borrowed("")),
-            Column::Param(i) => Cow::Borrowed(&trial.params[i]),
-            Column::Metric(i) => Cow::Borrowed(&trial.metric_text[i]),
+            Column::Status => Cow::Borrowed(trial.status.as_str()),
+            Column::Seconds => Cow::Owned(format!("{}", trial.seconds)),
+            Column::Param(i) => named(&trial.params, &self.params[i]),
+            Column::Metric(i) => named(&trial.metrics, &self.metrics[i]),
             Column::Error => Cow::Borrowed(trial.error.as_deref().unwrap_or("")),
         }
     }
 
+    /// Metric `i` of `trial` as a number; `None` when missing or not a number.
+    pub fn metric(&self, trial: &TrialRecord, i: usize) -> Option<f64> {
+        parse_num(&self.cell(trial, Column::Metric(i)))
+    }
+
     /// The trials that count: status `ok` unless `include_failed`.
-    pub fn selected(&self, include_failed: bool) -> impl Iterator<Item = &TrialRow> {
+    pub fn selected(&self, include_failed: bool) -> impl Iterator<Item = &TrialRecord> {
         self.trials
             .iter()
-            .filter(move |t| include_failed || t.is_ok())
+            .filter(move |t| include_failed || t.status == TrialStatus::Ok)
     }
 
     /// "rank=4 targets=qv": how legends and tables name a trial.
-    pub fn param_label(&self, trial: &TrialRow) -> String {
+    pub fn param_label(&self, trial: &TrialRecord) -> String {
         let parts: Vec<String> = self
             .params
             .iter()
-            .zip(&trial.params)
-            .map(|(k, v)| format!("{k}={v}"))
+            .enumerate()
+            .map(|(i, k)| format!("{k}={}", self.cell(trial, Column::Param(i))))
             .collect();
         if parts.is_empty() {
             trial.trial_id.clone()
         } else {
             parts.join(" ")
         }
+    }
+}
+
+/// A cell of trials.csv as a value that writes back as the same text, so tables and legends
+/// show what the file says (`0.30` and `1e-4` stay as written, as text).
+fn cell_value(s: &str) -> Value {
+    match Value::parse_text(s) {
+        v if v.to_string() == s => v,
+        _ => Value::Str(s.to_string()),
     }
 }
 
@@ -354,7 +352,10 @@ a5,20,3.3,
         assert_eq!(r.params, ["rank", "targets"]);
         assert_eq!(r.metrics, ["eval_loss", "peak_mem_mb"]);
         assert_eq!(r.trials.len(), 6);
-        assert_eq!(r.trials[0].metrics, [Some(3.5), Some(30.0)]);
+        assert_eq!(
+            [r.metric(&r.trials[0], 0), r.metric(&r.trials[0], 1)],
+            [Some(3.5), Some(30.0)]
+        );
         assert_eq!(r.trials[5].error.as_deref(), Some("boom, bang"));
         assert_eq!(r.selected(false).count(), 5);
         assert_eq!(r.step_keys, ["loss", "lr"]);

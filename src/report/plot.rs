@@ -13,7 +13,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::table::format_number;
-use super::{Column, SweepResults, TrialRow, ordered_values, parse_num};
+use super::{Column, SweepResults, ordered_values, parse_num};
+use crate::sweep::TrialRecord;
 use crate::util::WriteStep;
 
 /// Pixel size of the PNG (and the SVG's view box).
@@ -160,7 +161,7 @@ fn step_figure(results: &SweepResults, opts: &PlotOptions) -> Option<Figure> {
         .step_keys
         .iter()
         .position(|k| *k == opts.step_metric)?;
-    let trials: Vec<&TrialRow> = results
+    let trials: Vec<&TrialRecord> = results
         .selected(opts.include_failed)
         .filter(|t| {
             results
@@ -170,12 +171,19 @@ fn step_figure(results: &SweepResults, opts: &PlotOptions) -> Option<Figure> {
         })
         .collect();
     let orders: Vec<Vec<String>> = (0..results.params.len())
-        .map(|i| ordered_values(trials.iter().map(|t| t.params[i].as_str())))
+        .map(|i| {
+            let cells: Vec<_> = trials
+                .iter()
+                .map(|t| results.cell(t, Column::Param(i)))
+                .collect();
+            ordered_values(cells.iter().map(|c| c.as_ref()))
+        })
         .collect();
-    let rank = |i: usize, t: &TrialRow| {
+    let rank = |i: usize, t: &TrialRecord| {
+        let cell = results.cell(t, Column::Param(i));
         orders[i]
             .iter()
-            .position(|o| *o == t.params[i])
+            .position(|o| *o == cell)
             .unwrap_or(usize::MAX)
     };
 
@@ -184,7 +192,7 @@ fn step_figure(results: &SweepResults, opts: &PlotOptions) -> Option<Figure> {
     let shade_by = default_x(results, &trials)
         .and_then(|x| results.params.iter().position(|p| *p == x))
         .filter(|_| results.params.len() >= 2 && trials.len() > PALETTE.len());
-    let hue_key = |t: &TrialRow| -> Vec<usize> {
+    let hue_key = |t: &TrialRecord| -> Vec<usize> {
         (0..results.params.len())
             .filter(|&i| Some(i) != shade_by)
             .map(|i| rank(i, t))
@@ -196,7 +204,7 @@ fn step_figure(results: &SweepResults, opts: &PlotOptions) -> Option<Figure> {
 
     // Legend in hue-then-shade order, or in parameter order (numeric ascending where
     // numeric); either way not in run order.
-    let mut ordered: Vec<(Vec<usize>, &TrialRow)> = trials
+    let mut ordered: Vec<(Vec<usize>, &TrialRecord)> = trials
         .iter()
         .map(|t| match shade_by {
             Some(x) => ([hue_key(t), vec![rank(x, t)]].concat(), *t),
@@ -238,7 +246,7 @@ fn step_figure(results: &SweepResults, opts: &PlotOptions) -> Option<Figure> {
 }
 
 /// How many distinct non-empty values `col` takes, and whether they are all numbers.
-fn profile(results: &SweepResults, trials: &[&TrialRow], col: Column) -> (usize, bool) {
+fn profile(results: &SweepResults, trials: &[&TrialRecord], col: Column) -> (usize, bool) {
     let vals = ordered_values(
         trials
             .iter()
@@ -255,7 +263,7 @@ fn profile(results: &SweepResults, trials: &[&TrialRow], col: Column) -> (usize,
 
 /// The first numeric parameter, else the first parameter; one that varies is preferred,
 /// since a constant x makes an empty plot.
-fn default_x(results: &SweepResults, trials: &[&TrialRow]) -> Option<String> {
+fn default_x(results: &SweepResults, trials: &[&TrialRecord]) -> Option<String> {
     let prof: Vec<(usize, bool)> = (0..results.params.len())
         .map(|i| profile(results, trials, Column::Param(i)))
         .collect();
@@ -272,7 +280,7 @@ fn metric_figure(
     results: &SweepResults,
     opts: &PlotOptions,
 ) -> Result<Option<(Figure, String, String)>> {
-    let trials: Vec<&TrialRow> = results.selected(opts.include_failed).collect();
+    let trials: Vec<&TrialRecord> = results.selected(opts.include_failed).collect();
     let x = match &opts.x {
         Some(x) => x.clone(),
         None => match default_x(results, &trials) {
@@ -310,7 +318,7 @@ fn metric_figure(
             .filter(|&c| c != x_col && profile(results, &trials, c).0 > 1)
             .collect(),
     };
-    let series_label = |t: &TrialRow| -> String {
+    let series_label = |t: &TrialRecord| -> String {
         series_cols
             .iter()
             .map(|&c| format!("{}={}", results.column_name(c), results.cell(t, c)))

@@ -1,9 +1,10 @@
-//! Sweeps: grid expansion, trial ids, and the CSV results they write.
+//! Sweeps: grid expansion, trial ids, running the trials, and the CSV results they write.
 
 pub mod fingerprint;
 pub mod grid;
 pub mod merge;
 pub mod results;
+pub mod run;
 pub mod space;
 pub mod value;
 

@@ -44,6 +44,45 @@ pub struct TrialRecord {
     pub error: Option<String>,
 }
 
+/// Where a trials.csv header keeps each part of a row: the parameters between `trial_id` and
+/// `status`, then `seconds`, the metrics, and `error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrialColumns {
+    pub status: usize,
+    pub seconds: usize,
+    /// The error column, or the header's length when the file has none.
+    pub error: usize,
+}
+
+impl TrialColumns {
+    /// One row of trials.csv as a record: empty cells are left out, `value` reads the others;
+    /// an unknown status counts as failed.
+    pub fn record(
+        &self,
+        header: &[String],
+        cells: &[&str],
+        value: impl Fn(&str) -> Value,
+    ) -> TrialRecord {
+        let field = |i: usize| cells.get(i).copied().unwrap_or("");
+        let pairs = |range: std::ops::Range<usize>| -> Vec<(String, Value)> {
+            range
+                .filter(|&i| !field(i).is_empty())
+                .map(|i| (header[i].clone(), value(field(i))))
+                .collect()
+        };
+        TrialRecord {
+            trial_id: field(0).to_string(),
+            params: pairs(1..self.status),
+            metrics: pairs(self.seconds + 1..self.error),
+            status: TrialStatus::parse(field(self.status)).unwrap_or(TrialStatus::Failed),
+            seconds: field(self.seconds).parse().unwrap_or(0.0),
+            error: Some(field(self.error))
+                .filter(|e| !e.is_empty())
+                .map(str::to_string),
+        }
+    }
+}
+
 /// Formats one CSV record (with quoting) as a complete line.
 fn csv_line<I: IntoIterator<Item = String>>(fields: I) -> io::Result<Vec<u8>> {
     let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
@@ -144,26 +183,14 @@ impl TrialsTable {
                     path.display()
                 )));
             };
-            let error_col = col("error").unwrap_or(header.len());
+            let columns = TrialColumns {
+                status: status_col,
+                seconds: seconds_col,
+                error: col("error").unwrap_or(header.len()),
+            };
             for rec in records {
-                let field = |i: usize| rec.get(i).unwrap_or("");
-                let pairs = |range: std::ops::Range<usize>| -> Vec<(String, Value)> {
-                    range
-                        .filter(|&i| !field(i).is_empty())
-                        .map(|i| (header[i].clone(), Value::parse_text(field(i))))
-                        .collect()
-                };
-                let status = TrialStatus::parse(field(status_col)).unwrap_or(TrialStatus::Failed);
-                rows.push(TrialRecord {
-                    trial_id: field(0).to_string(),
-                    params: pairs(1..status_col),
-                    metrics: pairs(seconds_col + 1..error_col),
-                    status,
-                    seconds: field(seconds_col).parse().unwrap_or(0.0),
-                    error: Some(field(error_col))
-                        .filter(|e| !e.is_empty())
-                        .map(str::to_string),
-                });
+                let cells: Vec<&str> = rec.iter().collect();
+                rows.push(columns.record(&header, &cells, Value::parse_text));
             }
         }
         Ok((Self { path, rows }, repaired))

@@ -16,5 +16,6 @@ mod quant;
 mod slurm;
 mod smollm2;
 mod streaming;
+mod sweep_engine;
 mod sweeps;
 mod train_loop;
