@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 
+use super::adapters::ia3::Ia3Vector;
+use super::adapters::lora::LoraAdapter;
+use super::adapters::slots::Slots;
 use super::init::HostRng;
 use super::params::{Param, ParamVisitor};
-use crate::peft::ia3::Ia3Vector;
-use crate::peft::lora::LoraAdapter;
-use crate::peft::slots::Slots;
 use crate::precision;
 use crate::quant::{QuantConfig, QuantError, QuantizedTensor, matmul};
 

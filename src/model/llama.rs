@@ -4,15 +4,15 @@
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 
+use super::adapters::AdapterInfo;
+use super::adapters::bottleneck::Bottleneck;
+use super::adapters::prompt::PrefixAdapter;
+use super::adapters::slots::Slots;
 use super::config::{ConfigError, LlamaConfig};
 use super::init::{self, HostRng};
 use super::linear::Linear;
 use super::params::{Param, ParamCount, ParamVisitor};
 use crate::kernels;
-use crate::peft::AdapterInfo;
-use crate::peft::bottleneck::Bottleneck;
-use crate::peft::prompt::PrefixAdapter;
-use crate::peft::slots::Slots;
 
 /// The projections LoRA and friends can target, in the order Hugging Face names them.
 pub const LINEAR_TARGETS: [&str; 7] = [

@@ -62,7 +62,7 @@ pub fn save_adapter<B: Backend>(
                "revision": null, "auto_mapping": null, "modules_to_save": null})
     };
     let mut tensors: Vec<HostTensor> = Vec::new();
-    let mut config = match &info.method {
+    let mut config = match Method::of(info) {
         Method::Lora(l) => {
             for (i, layer) in model.layers.iter().enumerate() {
                 for t in crate::model::llama::LINEAR_TARGETS {

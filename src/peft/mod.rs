@@ -4,6 +4,10 @@
 //! only the active adapter trains. `set_active(None)` gives back the base model (an RLHF
 //! reference model), `set_active(Some(name))` switches. LoRA, DoRA and (IA)3 can be merged
 //! into the base weights and unmerged again.
+//!
+//! The adapter layers themselves live in `model::adapters`; this module keeps the methods'
+//! settings, builds those layers from them, and records each attached adapter in the model's
+//! list with its [`Method`] (see `model::adapters` for why the list stays on the model).
 
 pub mod bottleneck;
 pub mod format;
@@ -11,12 +15,17 @@ pub mod ia3;
 pub mod lora;
 pub mod prompt;
 pub mod selective;
-pub mod slots;
 pub mod targets;
+
+use std::any::Any;
+use std::sync::Arc;
 
 use burn::prelude::*;
 
 use crate::model::Llama;
+use crate::model::adapters::ia3::Ia3Vector;
+use crate::model::adapters::lora::LoraAdapter;
+use crate::model::adapters::{AdapterInfo, AdapterMethod};
 use crate::model::params::SetTrainable;
 
 pub use targets::Targets;
@@ -69,14 +78,20 @@ impl Method {
     fn mergeable(&self) -> bool {
         matches!(self, Self::Lora(_) | Self::Ia3(_))
     }
+
+    /// The method of an attached adapter.
+    pub fn of(info: &AdapterInfo) -> &Method {
+        let method: &dyn Any = &*info.method;
+        method
+            .downcast_ref()
+            .expect("adapters are attached through peft::Method")
+    }
 }
 
-/// An adapter attached to a model.
-#[derive(Clone, Debug)]
-pub struct AdapterInfo {
-    pub name: String,
-    pub method: Method,
-    pub merged: bool,
+impl AdapterMethod for Method {
+    fn kind(&self) -> &'static str {
+        Method::kind(self)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -147,7 +162,7 @@ fn begin_adapter<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftErr
 fn finish_adapter<B: Backend>(model: &mut Llama<B>, name: &str, method: Method) {
     model.adapters.push(AdapterInfo {
         name: name.to_string(),
-        method,
+        method: Arc::new(method),
         merged: false,
     });
     set_active(model, Some(name)).expect("just attached");
@@ -198,8 +213,9 @@ fn active_index<B: Backend>(model: &Llama<B>) -> Result<usize, PeftError> {
 pub fn merge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
     let idx = active_index(model)?;
     let info = &model.adapters[idx];
-    if !info.method.mergeable() {
-        return Err(PeftError::NotMergeable(info.method.kind()));
+    let method = Method::of(info);
+    if !method.mergeable() {
+        return Err(PeftError::NotMergeable(method.kind()));
     }
     if info.merged {
         return Err(PeftError::AlreadyMerged(info.name.clone()));
@@ -245,8 +261,8 @@ fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), Peft
 fn rewrite_weights<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
-    lora: impl Fn(&mut lora::LoraAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
-    ia3: impl Fn(&mut ia3::Ia3Vector<B>, Tensor<B, 2>) -> Tensor<B, 2>,
+    lora: impl Fn(&mut LoraAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
+    ia3: impl Fn(&mut Ia3Vector<B>, Tensor<B, 2>) -> Tensor<B, 2>,
 ) {
     for layer in &mut model.layers {
         for t in crate::model::llama::LINEAR_TARGETS {

@@ -16,7 +16,6 @@ use runner::train::loss::causal_lm_loss;
 
 type B = Autodiff<Flex>;
 
-
 use crate::common::Perturb;
 
 /// Every trainable parameter's gradient, flattened in visiting order.

@@ -22,7 +22,6 @@ use runner::peft::{self, Method, PeftError, Targets};
 use runner::pretrained;
 use runner::train::{AdamWConfig, Schedule, Trainer};
 
-
 use crate::common::Perturb;
 
 type B = Autodiff<Flex>;
