@@ -44,7 +44,7 @@ pub fn attach<B: Backend>(
     let mut added = 0;
     for (i, t) in modules {
         let on_input = ff.contains(&(i, t));
-        let lin = model.layers[i].linear_mut(t).expect("resolved target");
+        let lin = model.layers[i].proj_mut(t);
         let n = if on_input { lin.d_in() } else { lin.d_out() };
         added += n;
         lin.ia3.insert(name, Ia3Vector::ones(n, on_input, &device));

@@ -176,7 +176,7 @@ pub fn attach<B: Backend>(
     config.validate()?;
     let modules = config.targets.resolve(model.config.num_hidden_layers)?;
     for &(i, t) in &modules {
-        let lin = model.layers[i].linear(t).expect("resolved target");
+        let lin = model.layers[i].proj(t);
         let side = lin.d_in().min(lin.d_out());
         if config.rank > side {
             return Err(PeftError::RankTooLarge {
@@ -187,13 +187,9 @@ pub fn attach<B: Backend>(
         }
     }
     if config.init == LoraInit::Pissa
-        && let Some(&(i, t)) = modules.iter().find(|&&(i, t)| {
-            model.layers[i]
-                .linear(t)
-                .expect("resolved target")
-                .dense()
-                .is_none()
-        })
+        && let Some(&(i, t)) = modules
+            .iter()
+            .find(|&&(i, t)| model.layers[i].proj(t).dense().is_none())
     {
         return Err(PeftError::Invalid(format!(
             "PiSSA initialisation rewrites the base weight, and layers.{i}.{t} is quantized; attach PiSSA before quantizing"
@@ -203,7 +199,7 @@ pub fn attach<B: Backend>(
     let device = model.device.clone();
     let mut added = 0;
     for &(i, t) in &modules {
-        let lin = model.layers[i].linear_mut(t).expect("resolved target");
+        let lin = model.layers[i].proj_mut(t);
         let mut rng = init::rng_for(config.seed, &format!("lora.layers.{i}.{t}"));
         let (adapter, residual) = new_adapter(&lin.weight.tensor(&device), config, &mut rng);
         if let (Some(w), Some(p)) = (residual, lin.dense_mut()) {

@@ -26,6 +26,7 @@ use crate::model::Llama;
 use crate::model::adapters::ia3::Ia3Vector;
 use crate::model::adapters::lora::LoraAdapter;
 use crate::model::adapters::{AdapterInfo, AdapterMethod};
+use crate::model::llama::Proj;
 use crate::model::params::SetTrainable;
 
 pub use targets::Targets;
@@ -243,8 +244,8 @@ pub fn unmerge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
 /// adapter's update rounded away, and unmerging could not restore it.
 fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftError> {
     for (i, layer) in model.layers.iter().enumerate() {
-        for t in crate::model::llama::LINEAR_TARGETS {
-            let lin = layer.linear(t).expect("known projection");
+        for t in Proj::ALL {
+            let lin = layer.proj(t);
             let carries = lin.lora.get(name).is_some() || lin.ia3.get(name).is_some();
             if carries && lin.dense().is_none() {
                 return Err(PeftError::Invalid(format!(
@@ -265,8 +266,8 @@ fn rewrite_weights<B: Backend>(
     ia3: impl Fn(&mut Ia3Vector<B>, Tensor<B, 2>) -> Tensor<B, 2>,
 ) {
     for layer in &mut model.layers {
-        for t in crate::model::llama::LINEAR_TARGETS {
-            let lin = layer.linear_mut(t).expect("known projection");
+        for t in Proj::ALL {
+            let lin = layer.proj_mut(t);
             let Some(weight) = lin.dense_mut() else {
                 continue;
             };
