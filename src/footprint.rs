@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::model::LlamaConfig;
-use crate::model::llama::{LINEAR_TARGETS, projection_shape};
+use crate::model::llama::{LINEAR_TARGETS, Proj, projection_shape};
 use crate::quant::{QuantConfig, QuantDtype, QuantError};
 
 /// How the frozen projection weights are stored (not the type matmuls compute in, which is
@@ -79,8 +79,8 @@ impl WeightStorage {
 pub enum Training {
     /// Inference only: no gradients, no optimizer, no saved activations.
     Inference,
-    /// LoRA of `rank` on the named projections (`q_proj`, ...).
-    Lora { rank: usize, targets: Vec<String> },
+    /// LoRA of `rank` on these projections.
+    Lora { rank: usize, targets: Vec<Proj> },
     /// Every parameter.
     Full,
     /// Some other method (adapters, prompts, (IA)3, BitFit...) with this many trainable
@@ -92,20 +92,21 @@ pub enum Training {
 impl Training {
     /// `lora` (of `rank` on `targets`: projection names, or `all-linear`), `full`, or `none`.
     pub fn parse(method: &str, rank: usize, targets: &[String]) -> Result<Self, String> {
-        let targets: Vec<String> = if targets == ["all-linear"] {
-            LINEAR_TARGETS.iter().map(|t| t.to_string()).collect()
+        let targets: Vec<Proj> = if targets == ["all-linear"] {
+            Proj::ALL.to_vec()
         } else {
-            targets.to_vec()
+            targets
+                .iter()
+                .map(|t| {
+                    Proj::parse(t).ok_or_else(|| {
+                        format!(
+                            "unknown target '{t}' (projections: {}, or all-linear)",
+                            LINEAR_TARGETS.join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?
         };
-        if let Some(bad) = targets
-            .iter()
-            .find(|t| !LINEAR_TARGETS.contains(&t.as_str()))
-        {
-            return Err(format!(
-                "unknown target '{bad}' (projections: {}, or all-linear)",
-                LINEAR_TARGETS.join(", ")
-            ));
-        }
         match method {
             "lora" => Ok(Self::Lora { rank, targets }),
             "full" => Ok(Self::Full),
@@ -130,7 +131,7 @@ impl RunShape {
     /// Checks a quantized precision against every projection's rows.
     pub fn validate(&self) -> Result<(), QuantError> {
         if let WeightStorage::Quant(q) = self.precision {
-            for t in LINEAR_TARGETS {
+            for t in Proj::ALL {
                 q.validate(projection_shape(&self.config, t).0)
                     .map_err(|e| QuantError::Invalid(format!("{t}: {e}")))?;
             }
@@ -184,8 +185,8 @@ pub const RUNTIME_BYTES: u64 = 30 << 20;
 
 /// Parameter counts: projections (the quantizable part) and the rest.
 pub fn param_split(c: &LlamaConfig) -> (u64, u64) {
-    let proj: usize = LINEAR_TARGETS
-        .iter()
+    let proj: usize = Proj::ALL
+        .into_iter()
         .map(|t| projection_shape(c, t))
         .map(|(i, o)| i * o)
         .sum::<usize>()
@@ -205,7 +206,7 @@ pub fn estimate(run: &RunShape) -> Footprint {
         Training::Lora { rank, targets } => {
             let per_layer: usize = targets
                 .iter()
-                .map(|t| projection_shape(c, t))
+                .map(|&t| projection_shape(c, t))
                 .map(|(i, o)| rank * (i + o))
                 .sum();
             let n = (per_layer * c.num_hidden_layers) as u64;
@@ -250,22 +251,22 @@ pub fn activation_floats(run: &RunShape) -> u64 {
     let kv = (c.num_key_value_heads * c.head_dim()) as u64;
     let f = c.intermediate_size as u64;
     let s = (run.batch * c.num_attention_heads * run.seq * run.seq) as u64;
-    let trains = |proj: &str| match &run.training {
+    let trains = |proj: Proj| match &run.training {
         Training::Full | Training::Adapters { .. } => true,
-        Training::Lora { targets, .. } => targets.iter().any(|t| t == proj),
+        Training::Lora { targets, .. } => targets.contains(&proj),
         Training::Inference => false,
     };
     let mut per_layer = 2 * n * d + n * d + 2 * n * kv + s + 2 * n * f;
-    if trains("q_proj") || trains("k_proj") || trains("v_proj") {
+    if trains(Proj::Q) || trains(Proj::K) || trains(Proj::V) {
         per_layer += n * d;
     }
-    if trains("o_proj") {
+    if trains(Proj::O) {
         per_layer += n * d;
     }
-    if trains("gate_proj") || trains("up_proj") {
+    if trains(Proj::Gate) || trains(Proj::Up) {
         per_layer += n * d;
     }
-    if trains("down_proj") {
+    if trains(Proj::Down) {
         per_layer += n * f;
     }
     if run.training == Training::Full {
@@ -385,7 +386,10 @@ pub fn report(name: &str, run: &RunShape) -> String {
     let (proj, _) = param_split(&run.config);
     let training = match &run.training {
         Training::Inference => "inference".to_string(),
-        Training::Lora { rank, targets } => format!("LoRA r={rank} on {}", targets.join(",")),
+        Training::Lora { rank, targets } => {
+            let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+            format!("LoRA r={rank} on {}", names.join(","))
+        }
         Training::Full => "full fine-tuning (AdamW)".to_string(),
         Training::Adapters { trainable } => format!("{trainable} trainable parameters"),
     };

@@ -61,7 +61,7 @@ pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods:
         for a in &this.model.borrow().adapters {
             let t = lua.create_table()?;
             t.set("name", a.name.clone())?;
-            t.set("method", a.method.kind())?;
+            t.set("method", Method::of(a).kind())?;
             t.set("merged", a.merged)?;
             list.push(t)?;
         }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 
+use super::adapters::ia3::Ia3Vector;
+use super::adapters::lora::LoraAdapter;
+use super::adapters::slots::Slots;
 use super::init::HostRng;
 use super::params::{Param, ParamVisitor};
 use crate::kernels::precision;
-use crate::peft::ia3::Ia3Vector;
-use crate::peft::lora::LoraAdapter;
-use crate::peft::slots::Slots;
 use crate::quant::{QuantConfig, QuantError, QuantizedTensor, matmul};
 
 /// A projection's weight.

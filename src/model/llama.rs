@@ -4,48 +4,105 @@
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 
+use super::adapters::AdapterInfo;
+use super::adapters::bottleneck::Bottleneck;
+use super::adapters::prompt::PrefixAdapter;
+use super::adapters::slots::Slots;
 use super::config::{ConfigError, LlamaConfig};
 use super::init::{self, HostRng};
 use super::linear::Linear;
 use super::params::{Param, ParamCount, ParamVisitor};
 use crate::kernels;
-use crate::peft::AdapterInfo;
-use crate::peft::bottleneck::Bottleneck;
-use crate::peft::prompt::PrefixAdapter;
-use crate::peft::slots::Slots;
 
-/// The projections LoRA and friends can target, in the order Hugging Face names them.
+/// One of a decoder layer's seven projections. Names (`q_proj`, ...) are parsed where they
+/// come in (target lists, adapter files, recipes) and printed by `Display`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    /// Every projection, in the order Hugging Face names them.
+    pub const ALL: [Proj; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// The Hugging Face name: `q_proj`, ..., `down_proj`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Whether it belongs to the MLP (else to attention).
+    pub fn is_mlp(self) -> bool {
+        matches!(self, Self::Gate | Self::Up | Self::Down)
+    }
+}
+
+impl std::fmt::Display for Proj {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Proj {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// The names of the projections LoRA and friends can target, in the order Hugging Face names
+/// them.
 pub const LINEAR_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
+    Proj::Q.name(),
+    Proj::K.name(),
+    Proj::V.name(),
+    Proj::O.name(),
+    Proj::Gate.name(),
+    Proj::Up.name(),
+    Proj::Down.name(),
 ];
 
 /// `(d_in, d_out)` of a projection.
-pub fn projection_shape(config: &LlamaConfig, proj: &str) -> (usize, usize) {
+pub fn projection_shape(config: &LlamaConfig, proj: Proj) -> (usize, usize) {
     let (d, ffn) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim();
     let kv = config.num_key_value_heads * config.head_dim();
     match proj {
-        "q_proj" => (d, q),
-        "k_proj" | "v_proj" => (d, kv),
-        "o_proj" => (q, d),
-        "down_proj" => (ffn, d),
-        _ => (d, ffn),
+        Proj::Q => (d, q),
+        Proj::K | Proj::V => (d, kv),
+        Proj::O => (q, d),
+        Proj::Down => (ffn, d),
+        Proj::Gate | Proj::Up => (d, ffn),
     }
 }
 
 /// The Hugging Face module name of a projection: `model.layers.3.self_attn.q_proj`.
-pub fn module_path(layer: usize, proj: &str) -> String {
-    let group = if matches!(proj, "gate_proj" | "up_proj" | "down_proj") {
-        "mlp"
-    } else {
-        "self_attn"
-    };
+pub fn module_path(layer: usize, proj: Proj) -> String {
+    let group = if proj.is_mlp() { "mlp" } else { "self_attn" };
     format!("model.layers.{layer}.{group}.{proj}")
 }
 
@@ -90,48 +147,55 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
+    pub fn proj(&self, proj: Proj) -> &Linear<B> {
+        match proj {
+            Proj::Q => &self.q_proj,
+            Proj::K => &self.k_proj,
+            Proj::V => &self.v_proj,
+            Proj::O => &self.o_proj,
+            Proj::Gate => &self.gate_proj,
+            Proj::Up => &self.up_proj,
+            Proj::Down => &self.down_proj,
+        }
+    }
+
+    pub fn proj_mut(&mut self, proj: Proj) -> &mut Linear<B> {
+        match proj {
+            Proj::Q => &mut self.q_proj,
+            Proj::K => &mut self.k_proj,
+            Proj::V => &mut self.v_proj,
+            Proj::O => &mut self.o_proj,
+            Proj::Gate => &mut self.gate_proj,
+            Proj::Up => &mut self.up_proj,
+            Proj::Down => &mut self.down_proj,
+        }
+    }
+
+    /// The projection named `name` (`q_proj`, ...), if there is one.
     pub fn linear(&self, name: &str) -> Option<&Linear<B>> {
-        Some(match name {
-            "q_proj" => &self.q_proj,
-            "k_proj" => &self.k_proj,
-            "v_proj" => &self.v_proj,
-            "o_proj" => &self.o_proj,
-            "gate_proj" => &self.gate_proj,
-            "up_proj" => &self.up_proj,
-            "down_proj" => &self.down_proj,
-            _ => return None,
-        })
+        Proj::parse(name).map(|p| self.proj(p))
     }
 
     pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
-        Some(match name {
-            "q_proj" => &mut self.q_proj,
-            "k_proj" => &mut self.k_proj,
-            "v_proj" => &mut self.v_proj,
-            "o_proj" => &mut self.o_proj,
-            "gate_proj" => &mut self.gate_proj,
-            "up_proj" => &mut self.up_proj,
-            "down_proj" => &mut self.down_proj,
-            _ => return None,
-        })
+        Proj::parse(name).map(|p| self.proj_mut(p))
     }
 
     /// The block with an empty set of adapters.
     pub fn new<E>(
         input_layernorm: Param<B, 1>,
         post_attention_layernorm: Param<B, 1>,
-        mut linears: impl FnMut(&str) -> Result<Linear<B>, E>,
+        mut linears: impl FnMut(Proj) -> Result<Linear<B>, E>,
     ) -> Result<Self, E> {
         Ok(Self {
             input_layernorm,
-            q_proj: linears("q_proj")?,
-            k_proj: linears("k_proj")?,
-            v_proj: linears("v_proj")?,
-            o_proj: linears("o_proj")?,
+            q_proj: linears(Proj::Q)?,
+            k_proj: linears(Proj::K)?,
+            v_proj: linears(Proj::V)?,
+            o_proj: linears(Proj::O)?,
             post_attention_layernorm,
-            gate_proj: linears("gate_proj")?,
-            up_proj: linears("up_proj")?,
-            down_proj: linears("down_proj")?,
+            gate_proj: linears(Proj::Gate)?,
+            up_proj: linears(Proj::Up)?,
+            down_proj: linears(Proj::Down)?,
             attn_adapter: Slots::default(),
             mlp_adapter: Slots::default(),
             input_norm_tuned: Slots::default(),
@@ -146,9 +210,9 @@ impl<B: Backend> Block<B> {
         );
         self.input_norm_tuned
             .visit(&format!("{prefix}.input_layernorm"), "ln_tuning", v);
-        for name in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            let p = format!("{prefix}.self_attn.{name}");
-            self.linear_mut(name).unwrap().visit(&p, v);
+        for proj in [Proj::Q, Proj::K, Proj::V, Proj::O] {
+            let p = format!("{prefix}.self_attn.{proj}");
+            self.proj_mut(proj).visit(&p, v);
         }
         self.attn_adapter
             .visit(&format!("{prefix}.self_attn"), "adapter", v);
@@ -161,17 +225,17 @@ impl<B: Backend> Block<B> {
             "ln_tuning",
             v,
         );
-        for name in ["gate_proj", "up_proj", "down_proj"] {
-            let p = format!("{prefix}.mlp.{name}");
-            self.linear_mut(name).unwrap().visit(&p, v);
+        for proj in [Proj::Gate, Proj::Up, Proj::Down] {
+            let p = format!("{prefix}.mlp.{proj}");
+            self.proj_mut(proj).visit(&p, v);
         }
         self.mlp_adapter
             .visit(&format!("{prefix}.mlp"), "adapter", v);
     }
 
     fn activate(&mut self, name: Option<&str>) {
-        for t in LINEAR_TARGETS {
-            self.linear_mut(t).unwrap().activate(name);
+        for proj in Proj::ALL {
+            self.proj_mut(proj).activate(name);
         }
         self.attn_adapter.activate(name);
         self.mlp_adapter.activate(name);
@@ -180,8 +244,8 @@ impl<B: Backend> Block<B> {
     }
 
     fn remove_adapter(&mut self, name: &str) {
-        for t in LINEAR_TARGETS {
-            self.linear_mut(t).unwrap().remove_adapter(name);
+        for proj in Proj::ALL {
+            self.proj_mut(proj).remove_adapter(name);
         }
         self.attn_adapter.remove(name);
         self.mlp_adapter.remove(name);
@@ -213,10 +277,10 @@ impl<B: Backend> Llama<B> {
         let ones = |n: usize| Param::new(Tensor::<B, 1>::ones([n], device), true);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                Block::new(ones(d), ones(d), |name| {
-                    let (d_in, d_out) = projection_shape(&config, name);
+                Block::new(ones(d), ones(d), |proj| {
+                    let (d_in, d_out) = projection_shape(&config, proj);
                     Ok::<_, std::convert::Infallible>(lin(
-                        &format!("layers.{i}.{name}"),
+                        &format!("layers.{i}.{proj}"),
                         d_in,
                         d_out,
                     ))

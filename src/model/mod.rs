@@ -1,5 +1,6 @@
 //! The Llama-architecture decoder and its building blocks.
 
+pub mod adapters;
 pub mod config;
 pub mod init;
 pub mod linear;

@@ -8,7 +8,7 @@ use burn::prelude::*;
 
 use super::Llama;
 use super::linear::Weight;
-use super::llama::{LINEAR_TARGETS, module_path};
+use super::llama::{Proj, module_path};
 use crate::quant::bnb_format::{self, RawTensor};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +120,9 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
             format!("model.layers.{i}.post_attention_layernorm.weight"),
             host(&layer.post_attention_layernorm.value),
         ));
-        for t in LINEAR_TARGETS {
+        for t in Proj::ALL {
             let name = format!("{}.weight", module_path(i, t));
-            match &layer.linear(t).expect("known projection").weight {
+            match &layer.proj(t).weight {
                 Weight::Dense(p) => {
                     let (shape, values) = host(&p.value);
                     push(f32_tensor(name, transposed(&shape, &values)));

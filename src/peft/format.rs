@@ -18,7 +18,7 @@ use super::selective::BitFitConfig;
 use super::targets::Targets;
 use super::{Method, PeftError};
 use crate::model::Llama;
-use crate::model::llama::module_path;
+use crate::model::llama::{Proj, module_path};
 use crate::model::params::{Param, ParamVisitor};
 use crate::model::save::{
     HostTensor, SaveError, host, transposed, write_atomic, write_safetensors,
@@ -62,11 +62,11 @@ pub fn save_adapter<B: Backend>(
                "revision": null, "auto_mapping": null, "modules_to_save": null})
     };
     let mut tensors: Vec<HostTensor> = Vec::new();
-    let mut config = match &info.method {
+    let mut config = match Method::of(info) {
         Method::Lora(l) => {
             for (i, layer) in model.layers.iter().enumerate() {
-                for t in crate::model::llama::LINEAR_TARGETS {
-                    let Some(a) = layer.linear(t).expect("known").lora.get(name) else {
+                for t in Proj::ALL {
+                    let Some(a) = layer.proj(t).lora.get(name) else {
                         continue;
                     };
                     let key = format!("base_model.model.{}", module_path(i, t));
@@ -111,8 +111,8 @@ pub fn save_adapter<B: Backend>(
         }
         Method::Ia3(cfg) => {
             for (i, layer) in model.layers.iter().enumerate() {
-                for t in crate::model::llama::LINEAR_TARGETS {
-                    let Some(v) = layer.linear(t).expect("known").ia3.get(name) else {
+                for t in Proj::ALL {
+                    let Some(v) = layer.proj(t).ia3.get(name) else {
                         continue;
                     };
                     let (shape, values) = host(&v.vector.value);
@@ -459,8 +459,8 @@ fn fill<B: Backend>(
     match method {
         Method::Lora(_) | Method::Ia3(_) => {
             for (i, layer) in model.layers.iter_mut().enumerate() {
-                for t in crate::model::llama::LINEAR_TARGETS {
-                    let lin = layer.linear_mut(t).expect("known");
+                for t in Proj::ALL {
+                    let lin = layer.proj_mut(t);
                     let (d_in, d_out) = (lin.d_in(), lin.d_out());
                     let key = format!("base_model.model.{}", module_path(i, t));
                     if let Some(a) = lin.lora.get_mut(name) {
@@ -468,13 +468,13 @@ fn fill<B: Backend>(
                         let values = take(&format!("{key}.lora_A.weight"), &[r, d_in])?;
                         set2(
                             &mut a.a,
-                            crate::model::load::build::transpose(&values, r, d_in),
+                            crate::kernels::thin::transpose(&values, r, d_in),
                             [d_in, r],
                         );
                         let values = take(&format!("{key}.lora_B.weight"), &[d_out, r])?;
                         set2(
                             &mut a.b,
-                            crate::model::load::build::transpose(&values, d_out, r),
+                            crate::kernels::thin::transpose(&values, d_out, r),
                             [r, d_out],
                         );
                         if let Some(m) = &mut a.magnitude {

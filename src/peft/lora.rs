@@ -1,25 +1,19 @@
 //! LoRA (Hu et al. 2021): `y = x·W + s·(x·A)·B`, with `s = alpha / r` (or `alpha / √r` for
 //! rsLoRA), and DoRA (Liu et al. 2024), which rescales each output column of `W + s·A·B` to a
-//! learned magnitude.
+//! learned magnitude. The branch itself is the model's [`LoraAdapter`]; this module holds the
+//! method's settings and builds the branch from them.
 //!
 //! Initialisations as in Hugging Face PEFT: A kaiming-uniform (a = √5) and B zero (default), A
 //! normal(0, 1/r) and B zero ("gaussian"), or PiSSA: A and B from the top-r singular triplets
-//! of W, which keeps only the residual. With B = 0 a fresh adapter leaves the model unchanged;
-//! the dense update `A·B` is formed only for DoRA's norm and for merging.
+//! of W, which keeps only the residual. With B = 0 a fresh adapter leaves the model unchanged.
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
-use rand::Rng;
 
 use super::PeftError;
-use super::slots::Part;
 use super::targets::Targets;
-use crate::kernels;
-use crate::kernels::precision;
 use crate::model::Llama;
+use crate::model::adapters::lora::LoraAdapter;
 use crate::model::init::{self, HostRng};
-use crate::model::linear::Weight;
-use crate::model::params::{Param, ParamVisitor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum LoraInit {
@@ -95,174 +89,44 @@ impl LoraConfig {
     }
 }
 
-/// What merging changed in the base weight, so that unmerging can undo it.
-#[derive(Clone, Debug)]
-pub enum Merged<B: Backend> {
-    Lora,
-    /// DoRA merged as `W ← (W + s·A·B) · factor` per output column.
-    Dora {
-        factor: Tensor<B, 1>,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct LoraAdapter<B: Backend> {
-    /// `[d_in, r]` (PEFT's `lora_A.weight` transposed)
-    pub a: Param<B, 2>,
-    /// `[r, d_out]` (PEFT's `lora_B.weight` transposed)
-    pub b: Param<B, 2>,
-    /// DoRA's magnitude `[d_out]` (PEFT's `lora_magnitude_vector`).
-    pub magnitude: Option<Param<B, 1>>,
-    pub scale: f64,
-    pub dropout: f64,
-    pub merged: Option<Merged<B>>,
-}
-
-impl<B: Backend> Part<B> for LoraAdapter<B> {
-    fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
-        v.visit2(&format!("{prefix}.A"), &mut self.a);
-        v.visit2(&format!("{prefix}.B"), &mut self.b);
-        if let Some(m) = &mut self.magnitude {
-            v.visit1(&format!("{prefix}.magnitude"), m);
-        }
-    }
-}
-
-impl<B: Backend> LoraAdapter<B> {
-    /// A fresh adapter for a `[d_in, d_out]` weight. PiSSA also returns the residual weight
-    /// that replaces the base.
-    pub fn new(
-        weight: &Tensor<B, 2>,
-        config: &LoraConfig,
-        rng: &mut HostRng,
-    ) -> (Self, Option<Tensor<B, 2>>) {
-        let [d_in, d_out] = weight.dims();
-        let (rank, scale, device) = (config.rank, config.scale(), weight.device());
-        let (a, b, residual) = match config.init {
-            LoraInit::Kaiming => {
-                // kaiming_uniform_(a=√5) on a [r, d_in] weight: bound = 1/√d_in.
-                let a = init::uniform_vec(rng, d_in * rank, 1.0 / (d_in as f64).sqrt());
-                (
-                    init::tensor2::<B>(a, [d_in, rank], &device),
-                    Tensor::zeros([rank, d_out], &device),
-                    None,
-                )
-            }
-            LoraInit::Gaussian => {
-                let a = init::normal_vec(rng, d_in * rank, 1.0 / rank as f64);
-                (
-                    init::tensor2::<B>(a, [d_in, rank], &device),
-                    Tensor::zeros([rank, d_out], &device),
-                    None,
-                )
-            }
-            LoraInit::Pissa => {
-                let (a, b) = pissa_factors(weight, rank, scale);
-                let residual = weight.clone() - a.clone().matmul(b.clone()) * scale;
-                (a, b, Some(residual))
-            }
-        };
-        let base = residual.as_ref().unwrap_or(weight);
-        let magnitude = config.dora.then(|| {
-            Param::new(
-                column_norms(base.clone() + a.clone().matmul(b.clone()) * scale),
-                true,
+/// A fresh adapter for a `[d_in, d_out]` weight. PiSSA also returns the residual weight that
+/// replaces the base.
+fn new_adapter<B: Backend>(
+    weight: &Tensor<B, 2>,
+    config: &LoraConfig,
+    rng: &mut HostRng,
+) -> (LoraAdapter<B>, Option<Tensor<B, 2>>) {
+    let [d_in, d_out] = weight.dims();
+    let (rank, scale, device) = (config.rank, config.scale(), weight.device());
+    let (a, b, residual) = match config.init {
+        LoraInit::Kaiming => {
+            // kaiming_uniform_(a=√5) on a [r, d_in] weight: bound = 1/√d_in.
+            let a = init::uniform_vec(rng, d_in * rank, 1.0 / (d_in as f64).sqrt());
+            (
+                init::tensor2::<B>(a, [d_in, rank], &device),
+                Tensor::zeros([rank, d_out], &device),
+                None,
             )
-        });
-        let adapter = Self {
-            a: Param::new(a, true),
-            b: Param::new(b, true),
-            magnitude,
-            scale,
-            dropout: config.dropout,
-            merged: None,
-        };
-        (adapter, residual)
-    }
-
-    /// The layer's output with this adapter, given the base output `x·W` and the weight W.
-    /// # Shapes
-    /// - x: `[n, d_in]`, base: `[n, d_out]`, weight: `[d_in, d_out]` -> `[n, d_out]`
-    pub fn apply(
-        &self,
-        x: Tensor<B, 2>,
-        base: Tensor<B, 2>,
-        weight: &Weight<B>,
-        rng: Option<&mut HostRng>,
-    ) -> Tensor<B, 2> {
-        let x_device = x.device();
-        let dropped = match rng {
-            Some(rng) if self.dropout > 0.0 => {
-                Some(x.clone() * dropout_mask::<B>(x.dims(), self.dropout, rng, &x.device()))
-            }
-            _ => None,
-        };
-        let xd = dropped.clone().unwrap_or(x);
-        let Some(m) = &self.magnitude else {
-            return kernels::lora_branch(
-                xd,
-                base,
-                self.a.value.clone(),
-                self.b.value.clone(),
-                self.scale,
-            );
-        };
-        let update = precision::matmul(
-            precision::matmul(xd, self.a.value.clone()),
-            self.b.value.clone(),
-        ) * self.scale;
-        // DoRA: out = x·W + (f - 1)·(x'·W) + f·s·x'·A·B with f = m / ‖W + s·A·B‖ (norm detached).
-        let weight = weight.tensor(&x_device);
-        let factor = (m.value.clone() / self.dense_norms(&weight)).unsqueeze::<2>();
-        let xw_dropped = match dropped {
-            Some(xd) => precision::matmul(xd, weight.clone()),
-            None => base.clone(),
-        };
-        base + xw_dropped * (factor.clone() - 1.0) + update * factor
-    }
-
-    /// `s·A·B`, `[d_in, d_out]`.
-    pub fn delta(&self) -> Tensor<B, 2> {
-        self.a.value.clone().matmul(self.b.value.clone()) * self.scale
-    }
-
-    /// Column norms of `W + s·A·B`, detached (DoRA treats the norm as a constant).
-    fn dense_norms(&self, weight: &Tensor<B, 2>) -> Tensor<B, 1> {
-        column_norms((weight.clone() + self.delta()).detach())
-    }
-
-    /// Merges into `weight` and returns the new weight.
-    pub fn merge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
-        let merged = weight.clone() + self.delta();
-        match &self.magnitude {
-            None => {
-                self.merged = Some(Merged::Lora);
-                merged
-            }
-            Some(m) => {
-                let factor = m.value.clone().detach() / column_norms(merged.clone());
-                self.merged = Some(Merged::Dora {
-                    factor: factor.clone(),
-                });
-                merged * factor.unsqueeze::<2>()
-            }
         }
-    }
-
-    /// Undoes `merge`.
-    pub fn unmerge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self.merged.take() {
-            None => weight,
-            Some(Merged::Lora) => weight - self.delta(),
-            Some(Merged::Dora { factor }) => weight / factor.unsqueeze::<2>() - self.delta(),
+        LoraInit::Gaussian => {
+            let a = init::normal_vec(rng, d_in * rank, 1.0 / rank as f64);
+            (
+                init::tensor2::<B>(a, [d_in, rank], &device),
+                Tensor::zeros([rank, d_out], &device),
+                None,
+            )
         }
+        LoraInit::Pissa => {
+            let (a, b) = pissa_factors(weight, rank, scale);
+            let residual = weight.clone() - a.clone().matmul(b.clone()) * scale;
+            (a, b, Some(residual))
+        }
+    };
+    let mut adapter = LoraAdapter::new(a, b, scale, config.dropout);
+    if config.dora {
+        adapter = adapter.with_dora(residual.as_ref().unwrap_or(weight));
     }
-}
-
-/// ‖W[:, j]‖ for each output column j of a `[d_in, d_out]` weight.
-fn column_norms<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 1> {
-    let d_out = w.dims()[1];
-    w.square().sum_dim(0).sqrt().reshape([d_out])
+    (adapter, residual)
 }
 
 /// PiSSA factors of a `[d_in, d_out]` weight: with `W = U·S·Vᵀ`, A = U_r·√(S_r/s) and
@@ -302,21 +166,6 @@ fn pissa_factors<B: Backend>(
     )
 }
 
-/// Inverted-dropout mask (kept entries scaled by 1/(1-p)), drawn on the host so that a seed
-/// gives the same masks on every backend.
-pub fn dropout_mask<B: Backend>(
-    shape: [usize; 2],
-    p: f64,
-    rng: &mut HostRng,
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let values: Vec<f32> = (0..shape[0] * shape[1])
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
-
 /// Adds a LoRA (or DoRA) adapter named `name` to every targeted projection and makes it the
 /// active adapter. Returns the number of parameters added. Nothing changes when a check fails.
 pub fn attach<B: Backend>(
@@ -327,7 +176,7 @@ pub fn attach<B: Backend>(
     config.validate()?;
     let modules = config.targets.resolve(model.config.num_hidden_layers)?;
     for &(i, t) in &modules {
-        let lin = model.layers[i].linear(t).expect("resolved target");
+        let lin = model.layers[i].proj(t);
         let side = lin.d_in().min(lin.d_out());
         if config.rank > side {
             return Err(PeftError::RankTooLarge {
@@ -338,13 +187,9 @@ pub fn attach<B: Backend>(
         }
     }
     if config.init == LoraInit::Pissa
-        && let Some(&(i, t)) = modules.iter().find(|&&(i, t)| {
-            model.layers[i]
-                .linear(t)
-                .expect("resolved target")
-                .dense()
-                .is_none()
-        })
+        && let Some(&(i, t)) = modules
+            .iter()
+            .find(|&&(i, t)| model.layers[i].proj(t).dense().is_none())
     {
         return Err(PeftError::Invalid(format!(
             "PiSSA initialisation rewrites the base weight, and layers.{i}.{t} is quantized; attach PiSSA before quantizing"
@@ -354,15 +199,13 @@ pub fn attach<B: Backend>(
     let device = model.device.clone();
     let mut added = 0;
     for &(i, t) in &modules {
-        let lin = model.layers[i].linear_mut(t).expect("resolved target");
+        let lin = model.layers[i].proj_mut(t);
         let mut rng = init::rng_for(config.seed, &format!("lora.layers.{i}.{t}"));
-        let (adapter, residual) = LoraAdapter::new(&lin.weight.tensor(&device), config, &mut rng);
+        let (adapter, residual) = new_adapter(&lin.weight.tensor(&device), config, &mut rng);
         if let (Some(w), Some(p)) = (residual, lin.dense_mut()) {
             p.value = w.detach().set_require_grad(p.trainable);
         }
-        added += adapter.a.numel()
-            + adapter.b.numel()
-            + adapter.magnitude.as_ref().map_or(0, |m| m.numel());
+        added += adapter.numel();
         lin.lora.insert(name, adapter);
     }
     super::finish_adapter(model, name, super::Method::Lora(config.clone()));

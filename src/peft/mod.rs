@@ -4,6 +4,10 @@
 //! only the active adapter trains. `set_active(None)` gives back the base model (an RLHF
 //! reference model), `set_active(Some(name))` switches. LoRA, DoRA and (IA)3 can be merged
 //! into the base weights and unmerged again.
+//!
+//! The adapter layers themselves live in `model::adapters`; this module keeps the methods'
+//! settings, builds those layers from them, and records each attached adapter in the model's
+//! list with its [`Method`] (see `model::adapters` for why the list stays on the model).
 
 pub mod bottleneck;
 pub mod format;
@@ -11,12 +15,18 @@ pub mod ia3;
 pub mod lora;
 pub mod prompt;
 pub mod selective;
-pub mod slots;
 pub mod targets;
+
+use std::any::Any;
+use std::sync::Arc;
 
 use burn::prelude::*;
 
 use crate::model::Llama;
+use crate::model::adapters::ia3::Ia3Vector;
+use crate::model::adapters::lora::LoraAdapter;
+use crate::model::adapters::{AdapterInfo, AdapterMethod};
+use crate::model::llama::Proj;
 use crate::model::params::SetTrainable;
 // For targets.rs's did-you-mean.
 use crate::util::closest;
@@ -71,14 +81,20 @@ impl Method {
     fn mergeable(&self) -> bool {
         matches!(self, Self::Lora(_) | Self::Ia3(_))
     }
+
+    /// The method of an attached adapter.
+    pub fn of(info: &AdapterInfo) -> &Method {
+        let method: &dyn Any = &*info.method;
+        method
+            .downcast_ref()
+            .expect("adapters are attached through peft::Method")
+    }
 }
 
-/// An adapter attached to a model.
-#[derive(Clone, Debug)]
-pub struct AdapterInfo {
-    pub name: String,
-    pub method: Method,
-    pub merged: bool,
+impl AdapterMethod for Method {
+    fn kind(&self) -> &'static str {
+        Method::kind(self)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -149,7 +165,7 @@ fn begin_adapter<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftErr
 fn finish_adapter<B: Backend>(model: &mut Llama<B>, name: &str, method: Method) {
     model.adapters.push(AdapterInfo {
         name: name.to_string(),
-        method,
+        method: Arc::new(method),
         merged: false,
     });
     set_active(model, Some(name)).expect("just attached");
@@ -200,8 +216,9 @@ fn active_index<B: Backend>(model: &Llama<B>) -> Result<usize, PeftError> {
 pub fn merge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
     let idx = active_index(model)?;
     let info = &model.adapters[idx];
-    if !info.method.mergeable() {
-        return Err(PeftError::NotMergeable(info.method.kind()));
+    let method = Method::of(info);
+    if !method.mergeable() {
+        return Err(PeftError::NotMergeable(method.kind()));
     }
     if info.merged {
         return Err(PeftError::AlreadyMerged(info.name.clone()));
@@ -229,8 +246,8 @@ pub fn unmerge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
 /// adapter's update rounded away, and unmerging could not restore it.
 fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftError> {
     for (i, layer) in model.layers.iter().enumerate() {
-        for t in crate::model::llama::LINEAR_TARGETS {
-            let lin = layer.linear(t).expect("known projection");
+        for t in Proj::ALL {
+            let lin = layer.proj(t);
             let carries = lin.lora.get(name).is_some() || lin.ia3.get(name).is_some();
             if carries && lin.dense().is_none() {
                 return Err(PeftError::Invalid(format!(
@@ -247,12 +264,12 @@ fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), Peft
 fn rewrite_weights<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
-    lora: impl Fn(&mut lora::LoraAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
-    ia3: impl Fn(&mut ia3::Ia3Vector<B>, Tensor<B, 2>) -> Tensor<B, 2>,
+    lora: impl Fn(&mut LoraAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
+    ia3: impl Fn(&mut Ia3Vector<B>, Tensor<B, 2>) -> Tensor<B, 2>,
 ) {
     for layer in &mut model.layers {
-        for t in crate::model::llama::LINEAR_TARGETS {
-            let lin = layer.linear_mut(t).expect("known projection");
+        for t in Proj::ALL {
+            let lin = layer.proj_mut(t);
             let Some(weight) = lin.dense_mut() else {
                 continue;
             };

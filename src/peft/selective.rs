@@ -34,7 +34,7 @@ pub fn attach_bitfit<B: Backend>(
     let device = model.device.clone();
     let mut added = 0;
     for (i, t) in modules {
-        let lin = model.layers[i].linear_mut(t).expect("resolved target");
+        let lin = model.layers[i].proj_mut(t);
         added += lin.d_out();
         lin.bias.insert(
             name,

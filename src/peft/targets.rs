@@ -4,7 +4,7 @@
 //! name, or "all-linear" (every projection, not the output head).
 
 use super::PeftError;
-use crate::model::llama::{LINEAR_TARGETS, module_path};
+use crate::model::llama::{LINEAR_TARGETS, Proj, module_path};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Targets {
@@ -29,9 +29,9 @@ impl Targets {
     }
 
     /// The `(layer, projection)` pairs selected in a model of `layers` blocks, in model order.
-    pub fn resolve(&self, layers: usize) -> Result<Vec<(usize, &'static str)>, PeftError> {
+    pub fn resolve(&self, layers: usize) -> Result<Vec<(usize, Proj)>, PeftError> {
         self.validate()?;
-        let all = (0..layers).flat_map(|i| LINEAR_TARGETS.iter().map(move |t| (i, *t)));
+        let all = (0..layers).flat_map(|i| Proj::ALL.into_iter().map(move |t| (i, t)));
         match self {
             Self::AllLinear => Ok(all.collect()),
             Self::Pattern(p) => {
@@ -46,12 +46,12 @@ impl Targets {
                 Ok(picked)
             }
             Self::Names(names) => {
-                let matches = |name: &str, i: usize, t: &str| {
+                let matches = |name: &str, i: usize, t: Proj| {
                     let path = module_path(i, t);
                     path == name || path.ends_with(&format!(".{name}"))
                 };
                 for name in names {
-                    if !(0..layers).any(|i| LINEAR_TARGETS.iter().any(|t| matches(name, i, t))) {
+                    if !(0..layers).any(|i| Proj::ALL.into_iter().any(|t| matches(name, i, t))) {
                         let hint = super::closest(name, LINEAR_TARGETS)
                             .map(|c| format!(" (did you mean '{c}'?)"))
                             .unwrap_or_default();

@@ -8,11 +8,11 @@ use burn::prelude::*;
 
 use super::LoadError;
 // Re-exported for the adapter file formats, which read PyTorch layouts too.
-pub use crate::kernels::thin::transpose;
+use crate::kernels::thin::transpose;
 use crate::model::config::LlamaConfig;
 use crate::model::init;
 use crate::model::linear::{Linear, Weight};
-use crate::model::llama::{Block, LINEAR_TARGETS, Llama, module_path, projection_shape};
+use crate::model::llama::{Block, Llama, Proj, module_path, projection_shape};
 use crate::model::params::Param;
 use crate::quant::{QuantConfig, QuantizedTensor};
 
@@ -56,7 +56,7 @@ pub fn build_llama_quantized<B: Backend, S: WeightSource>(
         source,
     })?;
     if let Some(q) = quant {
-        for proj in LINEAR_TARGETS {
+        for proj in Proj::ALL {
             let (d_in, _) = projection_shape(&config, proj);
             q.validate(d_in).map_err(|e| LoadError::File {
                 path: src.path(),

@@ -79,7 +79,7 @@ impl<T> Slots<T> {
     }
 
     /// Visits each entry's parameters as `{prefix}.{kind}[{adapter}]{suffix}`: the brackets
-    /// mark the adapter name unambiguously (see `format::save_adapter`).
+    /// mark the adapter name unambiguously (see `peft::format::save_adapter`).
     pub fn visit<B: Backend, V: ParamVisitor<B>>(&mut self, prefix: &str, kind: &str, v: &mut V)
     where
         T: Part<B>,
