@@ -118,7 +118,16 @@ impl<'de> MapAccess<'de> for Entries<'_> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        seed.deserialize(self.value.take().expect("a key before its value"))
+        let value = self.value.take().expect("a key before its value");
+        let key = value.key.clone();
+        // Messages from a type's own visitor do not name the key; ours start with it.
+        seed.deserialize(value).map_err(|e| {
+            if e.0.starts_with(&key) {
+                e
+            } else {
+                DeError(format!("{key}: {}", e.0))
+            }
+        })
     }
 }
 
@@ -258,13 +267,11 @@ impl<'de> de::Deserializer<'de> for ValueDe {
             None => String::new(),
         };
         let s = self.string(&choices)?;
-        if !variants.contains(&s.as_str()) {
-            return Err(DeError(format!(
-                "{} must be {choices} (got \"{s}\")",
-                self.key
-            )));
-        }
-        visitor.visit_enum(UnitVariant(s))
+        // Any failure of a unit variant is an unknown name (serde's aliases are accepted too).
+        let key = self.key;
+        visitor
+            .visit_enum(UnitVariant(s.clone()))
+            .map_err(|_| DeError(format!("{key} must be {choices} (got \"{s}\")")))
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -461,9 +468,15 @@ mod tests {
             "{err}"
         );
         let err = read("return {alpha = 'x'}").unwrap_err();
-        assert!(err.contains("f: alpha must be a number, found \"x\""), "{err}");
+        assert!(
+            err.contains("f: alpha must be a number, found \"x\""),
+            "{err}"
+        );
         let err = read("return {rank = -1}").unwrap_err();
-        assert!(err.contains("rank must be an integer ≥ 0 (got -1)"), "{err}");
+        assert!(
+            err.contains("rank must be an integer ≥ 0 (got -1)"),
+            "{err}"
+        );
         let err = read("return {rank = 1.5}").unwrap_err();
         assert!(err.contains("rank must be an integer, found 1.5"), "{err}");
         let err = read("return {names = {'a', 3}}").unwrap_err();

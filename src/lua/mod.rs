@@ -2,6 +2,7 @@
 //! table and only converts and validates values; the work happens in the Rust core.
 
 mod adapters;
+mod config;
 pub mod data;
 pub mod eval;
 pub mod host;

@@ -3,14 +3,15 @@
 
 use mlua::{Lua, Table, UserData, Value};
 
+use super::config::from_table;
 use super::model::default_seed;
-use super::options::Opts;
-use crate::peft::bottleneck::{Activation, BottleneckConfig, Placement};
+use super::options::{Opts, recipe_error};
+use crate::peft::bottleneck::{BottleneckConfig, Placement};
 use crate::peft::ia3::Ia3Config;
-use crate::peft::lora::{LoraConfig, LoraInit};
+use crate::peft::lora::LoraConfig;
 use crate::peft::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use crate::peft::selective::BitFitConfig;
-use crate::peft::{Method, PeftError, Targets};
+use crate::peft::{Method, Targets};
 
 /// A validated method, ready for `model:attach`. Prompt tuning initialised from a text keeps
 /// the text here; the model's tokenizer turns it into ids when attaching.
@@ -35,63 +36,17 @@ fn method(method: Method) -> LuaMethod {
     }
 }
 
-/// `targets`: a list of module names, "all-linear", or a regular expression over module
-/// names such as `model.layers.0.self_attn.q_proj`.
-fn targets(o: &Opts, default: Targets) -> mlua::Result<Targets> {
-    let t = match o.raw("targets")? {
-        Value::Nil => default,
-        Value::String(s) if s.to_string_lossy() == "all-linear" => Targets::AllLinear,
-        Value::String(s) => Targets::Pattern(s.to_string_lossy()),
-        _ => match o.strings("targets")? {
-            Some(list) if list.len() == 1 && list[0] == "all-linear" => Targets::AllLinear,
-            Some(list) => Targets::Names(list),
-            None => default,
-        },
-    };
-    t.validate().map_err(|e| o.err(e))?;
-    Ok(t)
-}
-
-fn seed(lua: &Lua, o: &Opts) -> mlua::Result<u64> {
-    match o.int("seed")? {
-        Some(s) => Ok(s as u64),
-        None => default_seed(lua),
-    }
+/// `seed` defaults to the recipe's seed (`--seed`, or `runner.seed`), not the config's 0.
+fn seed_fill(lua: &Lua) -> mlua::Result<(&'static str, Value)> {
+    Ok(("seed", Value::Integer(default_seed(lua)? as i64)))
 }
 
 fn lora(lua: &Lua, opts: Option<Table>, func: &'static str, dora: bool) -> mlua::Result<LuaMethod> {
-    let o = Opts::new(
-        lua,
-        func,
-        opts,
-        &[
-            "rank", "alpha", "dropout", "targets", "rslora", "init", "dora", "seed",
-        ],
-    )?;
-    let rank = o.int("rank")?.unwrap_or(8);
-    if rank < 1 {
-        return Err(o.err(PeftError::Rank(rank)));
-    }
-    let init = match o.string("init")? {
-        None => LoraInit::Kaiming,
-        Some(s) => LoraInit::parse(&s).ok_or_else(|| {
-            o.err(format!(
-                "init must be \"kaiming\", \"gaussian\" or \"pissa\" (got \"{s}\")"
-            ))
-        })?,
-    };
-    // Hugging Face PEFT's defaults: r = 8, lora_alpha = 8, dropout 0, q_proj + v_proj for Llama.
-    let config = LoraConfig {
-        rank: rank as usize,
-        alpha: o.num("alpha")?.unwrap_or(8.0),
-        dropout: o.num("dropout")?.unwrap_or(0.0),
-        targets: targets(&o, Targets::names(&["q_proj", "v_proj"]))?,
-        rslora: o.bool("rslora")?.unwrap_or(false),
-        init,
-        dora: o.bool("dora")?.unwrap_or(dora),
-        seed: seed(lua, &o)?,
-    };
-    config.validate().map_err(|e| o.err(e))?;
+    let fill = [seed_fill(lua)?, ("dora", Value::Boolean(dora))];
+    let config: LoraConfig = from_table(lua, func, opts, &fill, &[])?;
+    config
+        .validate()
+        .map_err(|e| recipe_error(lua, format!("{func}: {e}")))?;
     Ok(method(Method::Lora(config)))
 }
 
@@ -101,40 +56,24 @@ fn bottleneck(
     func: &'static str,
     placement: Option<Placement>,
 ) -> mlua::Result<LuaMethod> {
-    let mut keys = vec!["reduction_factor", "activation", "seed"];
-    if placement.is_none() {
-        keys.push("placement");
+    let mut config: BottleneckConfig = match placement {
+        // houlsby{} and pfeiffer{} fix the placement: it is not one of their options.
+        Some(_) => from_table(lua, func, opts, &[seed_fill(lua)?], &["placement"])?,
+        None => from_table(lua, func, opts, &[seed_fill(lua)?], &[])?,
+    };
+    if let Some(p) = placement {
+        config.placement = p;
     }
-    let o = Opts::new(lua, func, opts, &keys)?;
-    let placement = match placement {
-        Some(p) => p,
-        None => match o.string("placement")?.as_deref() {
-            None | Some("houlsby") => Placement::Houlsby,
-            Some("pfeiffer") => Placement::Pfeiffer,
-            Some(other) => {
-                return Err(o.err(format!(
-                    "placement must be \"houlsby\" or \"pfeiffer\" (got \"{other}\")"
-                )));
-            }
-        },
-    };
-    let d = BottleneckConfig::default();
-    let activation = match o.string("activation")? {
-        None => d.activation,
-        Some(s) => Activation::parse(&s).ok_or_else(|| {
-            o.err(format!(
-                "activation must be relu, gelu, silu or tanh (got \"{s}\")"
-            ))
-        })?,
-    };
-    Ok(method(Method::Bottleneck(BottleneckConfig {
-        placement,
-        reduction_factor: o
-            .count("reduction_factor", 1)?
-            .unwrap_or(d.reduction_factor),
-        activation,
-        seed: seed(lua, &o)?,
-    })))
+    Ok(method(Method::Bottleneck(config)))
+}
+
+/// A config whose only checks are its targets'.
+fn checked_targets(lua: &Lua, func: &str, targets: &[&Targets]) -> mlua::Result<()> {
+    for t in targets {
+        t.validate()
+            .map_err(|e| recipe_error(lua, format!("{func}: {e}")))?;
+    }
+    Ok(())
 }
 
 pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
@@ -150,16 +89,10 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     t.set(
         "ia3",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(lua, "runner.peft.ia3", opts, &["targets", "feedforward"])?;
-            let d = Ia3Config::default();
-            let feedforward = match o.strings("feedforward")? {
-                Some(list) => Targets::Names(list),
-                None => d.feedforward,
-            };
-            Ok(method(Method::Ia3(Ia3Config {
-                targets: targets(&o, d.targets)?,
-                feedforward,
-            })))
+            let func = "runner.peft.ia3";
+            let config: Ia3Config = from_table(lua, func, opts, &[], &[])?;
+            checked_targets(lua, func, &[&config.targets, &config.feedforward])?;
+            Ok(method(Method::Ia3(config)))
         })?,
     )?;
     t.set(
@@ -202,10 +135,15 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                 }
             };
             let config = PromptConfig {
-                num_virtual_tokens: o.count("num_virtual_tokens", 1)?.unwrap_or(20),
+                num_virtual_tokens: o
+                    .count("num_virtual_tokens", 1)?
+                    .unwrap_or(PromptConfig::default().num_virtual_tokens),
                 init,
                 init_text: text.clone(),
-                seed: seed(lua, &o)?,
+                seed: match o.int("seed")? {
+                    Some(s) => s as u64,
+                    None => default_seed(lua)?,
+                },
             };
             Ok(LuaMethod {
                 method: Method::Prompt(config),
@@ -216,26 +154,21 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     t.set(
         "prefix_tuning",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(
-                lua,
-                "runner.peft.prefix_tuning",
-                opts,
-                &["num_virtual_tokens", "projection", "seed"],
-            )?;
-            Ok(method(Method::Prefix(PrefixConfig {
-                num_virtual_tokens: o.count("num_virtual_tokens", 1)?.unwrap_or(20),
-                projection: o.count("projection", 1)?,
-                seed: seed(lua, &o)?,
-            })))
+            let func = "runner.peft.prefix_tuning";
+            let config: PrefixConfig = from_table(lua, func, opts, &[seed_fill(lua)?], &[])?;
+            config
+                .validate()
+                .map_err(|e| recipe_error(lua, format!("{func}: {e}")))?;
+            Ok(method(Method::Prefix(config)))
         })?,
     )?;
     t.set(
         "bitfit",
         lua.create_function(|lua, opts: Option<Table>| {
-            let o = Opts::new(lua, "runner.peft.bitfit", opts, &["targets"])?;
-            Ok(method(Method::BitFit(BitFitConfig {
-                targets: targets(&o, Targets::AllLinear)?,
-            })))
+            let func = "runner.peft.bitfit";
+            let config: BitFitConfig = from_table(lua, func, opts, &[], &[])?;
+            checked_targets(lua, func, &[&config.targets])?;
+            Ok(method(Method::BitFit(config)))
         })?,
     )?;
     t.set(
@@ -253,4 +186,164 @@ pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
         })?,
     )?;
     runner.set("peft", t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peft::bottleneck::BottleneckConfig;
+    use crate::peft::prompt::PrefixConfig;
+    use crate::peft::selective::BitFitConfig;
+
+    /// `runner.peft` alone, with `runner.seed` set as `--seed 7` would.
+    fn lua() -> Lua {
+        let lua = Lua::new();
+        let runner = lua.create_table().unwrap();
+        runner.set("seed", 7).unwrap();
+        register(&lua, &runner).unwrap();
+        lua.globals().set("runner", runner).unwrap();
+        lua
+    }
+
+    fn method_of(lua: &Lua, code: &str) -> Result<Method, String> {
+        let ud: mlua::AnyUserData = lua.load(code).eval().map_err(|e| e.to_string())?;
+        let m = ud.borrow::<LuaMethod>().unwrap();
+        Ok(m.method.clone())
+    }
+
+    #[test]
+    fn lua_defaults_are_the_config_defaults() {
+        let lua = lua();
+        let seeded = 7;
+        assert_eq!(
+            method_of(&lua, "return runner.peft.lora{}").unwrap(),
+            Method::Lora(LoraConfig {
+                seed: seeded,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.dora{}").unwrap(),
+            Method::Lora(LoraConfig {
+                seed: seeded,
+                dora: true,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.ia3{}").unwrap(),
+            Method::Ia3(Ia3Config::default())
+        );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.bottleneck{}").unwrap(),
+            Method::Bottleneck(BottleneckConfig {
+                seed: seeded,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.pfeiffer{}").unwrap(),
+            Method::Bottleneck(BottleneckConfig {
+                seed: seeded,
+                placement: Placement::Pfeiffer,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.prefix_tuning{}").unwrap(),
+            Method::Prefix(PrefixConfig {
+                seed: seeded,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.bitfit{}").unwrap(),
+            Method::BitFit(BitFitConfig::default())
+        );
+        let Method::Prompt(p) = method_of(&lua, "return runner.peft.prompt_tuning{}").unwrap()
+        else {
+            panic!("prompt tuning")
+        };
+        assert_eq!(
+            p.num_virtual_tokens,
+            PromptConfig::default().num_virtual_tokens
+        );
+    }
+
+    /// PEFT's `LoraConfig`: r 8, lora_alpha 8, dropout 0, q_proj and v_proj.
+    #[test]
+    fn lora_defaults_are_pefts() {
+        let d = LoraConfig::default();
+        assert_eq!((d.rank, d.alpha, d.dropout), (8, 8.0, 0.0));
+        assert_eq!(d.targets, Targets::names(&["q_proj", "v_proj"]));
+    }
+
+    #[test]
+    fn options_are_read_and_checked() {
+        let lua = lua();
+        let m = method_of(
+            &lua,
+            "return runner.peft.lora{rank = 4, alpha = 16, targets = 'all-linear', init = 'gaussian', seed = 3}",
+        )
+        .unwrap();
+        let Method::Lora(c) = m else { panic!() };
+        assert_eq!(
+            (c.rank, c.alpha, c.targets, c.init, c.seed),
+            (
+                4,
+                16.0,
+                Targets::AllLinear,
+                crate::peft::lora::LoraInit::Gaussian,
+                3
+            )
+        );
+        let Method::Lora(c) = method_of(
+            &lua,
+            "return runner.peft.lora{init = 'default', targets = {'q_proj'}}",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.targets, Targets::names(&["q_proj"]));
+        let Method::Bottleneck(b) =
+            method_of(&lua, "return runner.peft.houlsby{activation = 'swish'}").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(b.activation, crate::peft::bottleneck::Activation::Silu);
+        for (code, want) in [
+            (
+                "return runner.peft.lora{rnak = 4}",
+                "runner.peft.lora: unknown option 'rnak' (did you mean 'rank'?)",
+            ),
+            (
+                "return runner.peft.lora{rank = 0}",
+                "runner.peft.lora: LoRA rank must be a positive integer (got 0)",
+            ),
+            (
+                "return runner.peft.lora{init = 'xavier'}",
+                "runner.peft.lora: init must be \"kaiming\", \"gaussian\" or \"pissa\" (got \"xavier\")",
+            ),
+            (
+                "return runner.peft.lora{targets = 3}",
+                "runner.peft.lora: targets: invalid type: integer `3`, expected \"all-linear\", a pattern, or a list of module names",
+            ),
+            (
+                "return runner.peft.houlsby{placement = 'pfeiffer'}",
+                "runner.peft.houlsby: unknown option 'placement'",
+            ),
+            (
+                "return runner.peft.bottleneck{activation = 'elu'}",
+                "activation must be \"relu\", \"gelu\", \"silu\" or \"tanh\" (got \"elu\")",
+            ),
+            (
+                "return runner.peft.prefix_tuning{num_virtual_tokens = 0}",
+                "num_virtual_tokens must be at least 1",
+            ),
+            ("return runner.peft.ia3{targets = {}}", "runner.peft.ia3: "),
+        ] {
+            let err = method_of(&lua, code).unwrap_err();
+            assert!(err.contains(want), "{code}: {err}");
+        }
+    }
 }

@@ -11,13 +11,15 @@ use crate::model::init;
 
 pub use crate::model::adapters::bottleneck::Activation;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Placement {
     Houlsby,
     Pfeiffer,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BottleneckConfig {
     pub placement: Placement,
     /// Bottleneck width = d_model / reduction_factor.

@@ -10,7 +10,9 @@ use super::targets::Targets;
 use crate::model::Llama;
 use crate::model::adapters::ia3::Ia3Vector;
 
-#[derive(Clone, Debug, PartialEq)]
+/// PEFT's `IA3Config` defaults for Llama: k, v and down projections, down's input rescaled.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Ia3Config {
     pub targets: Targets,
     /// Targets whose input (not output) is rescaled; a subset of `targets`.

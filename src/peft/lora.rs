@@ -15,9 +15,11 @@ use crate::model::Llama;
 use crate::model::adapters::lora::LoraAdapter;
 use crate::model::init::{self, HostRng};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LoraInit {
     /// A kaiming-uniform(a = √5), B = 0 (PEFT's `init_lora_weights=True`).
+    #[serde(alias = "default")]
     Kaiming,
     /// A normal(0, 1/r), B = 0.
     Gaussian,
@@ -36,7 +38,10 @@ impl LoraInit {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Read from a recipe's `runner.peft.lora{...}` by its field names; missing fields take
+/// `Default`, which is PEFT's `LoraConfig` (r 8, lora_alpha 8, dropout 0, q_proj + v_proj).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoraConfig {
     pub rank: usize,
     pub alpha: f64,
@@ -55,7 +60,7 @@ impl Default for LoraConfig {
     fn default() -> Self {
         Self {
             rank: 8,
-            alpha: 16.0,
+            alpha: 8.0,
             dropout: 0.0,
             targets: Targets::names(&["q_proj", "v_proj"]),
             rslora: false,

@@ -45,6 +45,16 @@ impl Default for PromptConfig {
     }
 }
 
+impl PrefixConfig {
+    pub fn validate(&self) -> Result<(), PeftError> {
+        check_virtual(self.num_virtual_tokens)?;
+        if self.projection == Some(0) {
+            return Err(PeftError::Invalid("projection must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
 fn check_virtual(n: usize) -> Result<(), PeftError> {
     if n == 0 {
         return Err(PeftError::Invalid(
@@ -98,7 +108,8 @@ pub fn attach_prompt<B: Backend>(
     Ok(n * d)
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PrefixConfig {
     pub num_virtual_tokens: usize,
     /// Width of the reparameterisation MLP's hidden layer; `None`: a plain table.

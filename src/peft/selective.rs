@@ -11,7 +11,8 @@ use super::targets::Targets;
 use crate::model::Llama;
 use crate::model::params::{Param, SetTrainable};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BitFitConfig {
     pub targets: Targets,
 }

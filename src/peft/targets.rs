@@ -69,6 +69,17 @@ impl Targets {
         }
     }
 
+    /// As a recipe writes them: "all-linear", a pattern, or a list of names (`{"all-linear"}`
+    /// counts as "all-linear"). A single string is a regular expression over module names.
+    fn from_recipe(one: Option<String>, many: Option<Vec<String>>) -> Self {
+        match (one, many) {
+            (Some(s), _) if s == "all-linear" => Self::AllLinear,
+            (Some(s), _) => Self::Pattern(s),
+            (None, Some(list)) if list.len() == 1 && list[0] == "all-linear" => Self::AllLinear,
+            (None, list) => Self::Names(list.unwrap_or_default()),
+        }
+    }
+
     /// The names PEFT's adapter_config.json lists for these targets.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
@@ -91,5 +102,31 @@ impl Targets {
                 .map(Self::Names),
             _ => None,
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Targets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TargetsVisitor;
+        impl<'de> serde::de::Visitor<'de> for TargetsVisitor {
+            type Value = Targets;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"all-linear\", a pattern, or a list of module names")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Targets, E> {
+                Ok(Targets::from_recipe(Some(s.to_string()), None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Targets, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(Targets::from_recipe(None, Some(names)))
+            }
+        }
+        d.deserialize_any(TargetsVisitor)
     }
 }

@@ -6,14 +6,16 @@ use burn::prelude::*;
 use burn::tensor::activation;
 
 use super::slots::Part;
+use crate::kernels::precision;
 use crate::model::init;
 use crate::model::params::{Param, ParamVisitor};
-use crate::kernels::precision;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Activation {
     Relu,
     Gelu,
+    #[serde(alias = "swish")]
     Silu,
     Tanh,
 }

@@ -8,10 +8,10 @@ use rand::Rng;
 
 use super::slots::Part;
 use crate::kernels;
+use crate::kernels::precision;
 use crate::model::init::HostRng;
 use crate::model::linear::Weight;
 use crate::model::params::{Param, ParamVisitor};
-use crate::kernels::precision;
 
 /// What merging changed in the base weight, so that unmerging can undo it.
 #[derive(Clone, Debug)]
