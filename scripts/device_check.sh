@@ -26,11 +26,12 @@ case "${1:-}" in
 prepare)
   set -e
   cargo build --release --features wgpu,cuda --example bench_train_step
-  test_bin=$(cargo test --release --features wgpu,cuda --test backends --no-run 2>&1 | grep -o 'target/release/deps/backends-[0-9a-f]*' | tail -1)
-  [ -n "$test_bin" ] || { echo "no backends test binary was built" >&2; exit 1; }
+  # The integration tests are one binary; `run` selects the backend tests by name.
+  test_bin=$(cargo test --release --features wgpu,cuda --test integration --no-run 2>&1 | grep -o 'target/release/deps/integration-[0-9a-f]*' | tail -1)
+  [ -n "$test_bin" ] || { echo "no integration test binary was built" >&2; exit 1; }
   mkdir -p "$BIN"
   for f in target/release/examples/bench_train_step "$test_bin"; do
-    strip -o "$BIN/$(basename "$f" | sed 's/-[0-9a-f]*$//')" "$f"
+    strip -o "$BIN/$(basename "$f" | sed 's/-[0-9a-f]*$//; s/^integration$/backends/')" "$f"
   done
   xz -f -T2 "$BIN/bench_train_step" "$BIN/backends"
   ls -l "$BIN"
@@ -49,7 +50,7 @@ run)
   (nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true) > "$OUT_DIR/gpu.txt"
   if [ "$TORCH" = 1 ]; then
     echo "== tests (ignored ones: CUDA)" | tee "$OUT_DIR/tests.txt"
-    timeout 240 /tmp/device-bin/backends --ignored --test-threads 1 --nocapture 2>&1 | tee -a "$OUT_DIR/tests.txt"
+    timeout 240 /tmp/device-bin/backends backends:: --ignored --test-threads 1 --nocapture 2>&1 | tee -a "$OUT_DIR/tests.txt"
   fi
   bench() { # [VAR=VALUE...] METHOD BATCH SEQ: runner's step, on one JSON line
     echo "== runner $*" >&2

@@ -322,7 +322,7 @@ mod tests {
             ),
             (
                 "return runner.peft.lora{init = 'xavier'}",
-                "runner.peft.lora: init must be \"kaiming\", \"gaussian\" or \"pissa\" (got \"xavier\")",
+                "runner.peft.lora: init must be \"default\", \"kaiming\", \"gaussian\" or \"pissa\" (got \"xavier\")",
             ),
             (
                 "return runner.peft.lora{targets = 3}",
