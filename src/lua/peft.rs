@@ -334,7 +334,7 @@ mod tests {
             ),
             (
                 "return runner.peft.bottleneck{activation = 'elu'}",
-                "activation must be \"relu\", \"gelu\", \"silu\" or \"tanh\" (got \"elu\")",
+                "activation must be \"relu\", \"gelu\", \"silu\", \"swish\" or \"tanh\" (got \"elu\")",
             ),
             (
                 "return runner.peft.prefix_tuning{num_virtual_tokens = 0}",

@@ -201,6 +201,10 @@ fn training_records_its_peak_device_memory<B: AutodiffBackend>(device: &B::Devic
 #[cfg(feature = "wgpu")]
 #[test]
 fn training_on_wgpu_records_its_peak_device_memory() {
+    // The device-memory peak is process-wide; sweeps in other tests reset it.
+    if !crate::common::in_own_process("backends::training_on_wgpu_records_its_peak_device_memory") {
+        return;
+    }
     training_records_its_peak_device_memory::<Autodiff<burn::backend::Wgpu>>(
         &burn::backend::wgpu::WgpuDevice::DefaultDevice,
     );
@@ -210,6 +214,10 @@ fn training_on_wgpu_records_its_peak_device_memory() {
 #[test]
 #[ignore = "needs an NVIDIA GPU; run with --ignored where there is one"]
 fn training_on_cuda_records_its_peak_device_memory() {
+    // The device-memory peak is process-wide; sweeps in other tests reset it.
+    if !crate::common::in_own_process("backends::training_on_cuda_records_its_peak_device_memory") {
+        return;
+    }
     training_records_its_peak_device_memory::<Autodiff<burn::backend::Cuda>>(&Default::default());
 }
 

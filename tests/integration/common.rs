@@ -26,3 +26,29 @@ impl<Bk: Backend> ParamVisitor<Bk> for Perturb {
         }
     }
 }
+
+/// Runs test `name` (its path inside this binary, e.g. `streaming::a_test`) alone in a fresh
+/// process of this test binary and fails if it fails there. For tests that measure
+/// process-wide state (peak resident memory, the device-memory peak), which the other tests
+/// running on parallel threads of one binary would disturb. Returns true inside that process,
+/// where the caller runs its body; false in the caller's own process, where it returns.
+pub fn in_own_process(name: &str) -> bool {
+    const CHILD: &str = "RUNNER_TEST_IN_OWN_PROCESS";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--include-ignored", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("running the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} in its own process:\n{stdout}\n{stderr}"
+    );
+    eprint!("{stderr}");
+    false
+}

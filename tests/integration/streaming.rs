@@ -13,6 +13,12 @@ use runner::memory::{peak_rss_bytes, reset_peak};
 
 #[test]
 fn a_large_file_streams_in_a_fraction_of_its_size_and_trains_the_same() {
+    // It measures the process's peak memory.
+    if !crate::common::in_own_process(
+        "streaming::a_large_file_streams_in_a_fraction_of_its_size_and_trains_the_same",
+    ) {
+        return;
+    }
     // 200,000 rows, about 37 MiB.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.jsonl");
