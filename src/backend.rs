@@ -95,7 +95,7 @@ pub fn dispatch<W: WithBackend>(kind: DeviceKind, work: W) -> Result<W::Output, 
 /// Runs a tiny computation on the device. Burn panics when a device cannot be initialised
 /// (no Vulkan driver, no CUDA library or GPU), sometimes in a runtime thread of its own; the
 /// panics are caught here, silenced, and their first message returned as the reason.
-pub fn probe<B: Backend>(kind: DeviceKind, device: &B::Device) -> Result<(), DeviceError> {
+pub(crate) fn probe<B: Backend>(kind: DeviceKind, device: &B::Device) -> Result<(), DeviceError> {
     let messages = Arc::new(Mutex::new(Vec::<String>::new()));
     let previous = std::panic::take_hook();
     {

@@ -44,7 +44,7 @@ impl WeightStorage {
         })
     }
 
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         match self {
             Self::F32 => "fp32".into(),
             Self::F16 => "fp16".into(),
@@ -57,7 +57,7 @@ impl WeightStorage {
     /// Bytes per stored weight, block constants included: 4-bit codes are half a byte, each
     /// block adds a 4-byte absmax, or with double quantization one byte plus a 4-byte scale
     /// per 256 blocks.
-    pub fn bytes_per_param(&self) -> f64 {
+    pub(crate) fn bytes_per_param(&self) -> f64 {
         match self {
             Self::F32 => 4.0,
             Self::F16 | Self::Bf16 => 2.0,
@@ -165,7 +165,7 @@ impl Footprint {
     }
 
     /// Each component by name, then the total: the rows of every report.
-    pub fn components(&self) -> [(&'static str, u64); 7] {
+    pub(crate) fn components(&self) -> [(&'static str, u64); 7] {
         [
             ("weights", self.weights),
             ("adapters", self.adapters),
@@ -181,10 +181,10 @@ impl Footprint {
 /// Bytes of the runner process besides the model: measured on this machine as the resident
 /// size of a sweep trial with nothing loaded (10 MB), and with SmolLM2 loaded minus its weights
 /// (27 MB, mostly the tokenizer).
-pub const RUNTIME_BYTES: u64 = 30 << 20;
+pub(crate) const RUNTIME_BYTES: u64 = 30 << 20;
 
 /// Parameter counts: projections (the quantizable part) and the rest.
-pub fn param_split(c: &LlamaConfig) -> (u64, u64) {
+pub(crate) fn param_split(c: &LlamaConfig) -> (u64, u64) {
     let proj: usize = Proj::ALL
         .into_iter()
         .map(|t| projection_shape(c, t))
@@ -244,7 +244,7 @@ pub fn estimate(run: &RunShape) -> Footprint {
 /// multiply (2·N·d). Once per step: the final norm's input and output (2·N·d), one chunk of
 /// the head's logits, turned into their gradient in place (256 rows × vocab), and one layer's
 /// worth of activation gradients in flight during the backward pass.
-pub fn activation_floats(run: &RunShape) -> u64 {
+pub(crate) fn activation_floats(run: &RunShape) -> u64 {
     let c = &run.config;
     let n = (run.batch * run.seq) as u64;
     let d = c.hidden_size as u64;
@@ -279,7 +279,7 @@ pub fn activation_floats(run: &RunShape) -> u64 {
 /// The rule-of-thumb table: bytes to hold `params` parameters at each precision, and what
 /// full fine-tuning with AdamW needs on top (f32 gradients and two f32 moments: 12 bytes per
 /// parameter) — activations excluded.
-pub fn precision_table(params: u64) -> Vec<(String, u64, u64)> {
+pub(crate) fn precision_table(params: u64) -> Vec<(String, u64, u64)> {
     let rows = [
         WeightStorage::F32,
         WeightStorage::F16,
@@ -309,7 +309,7 @@ pub fn precision_table(params: u64) -> Vec<(String, u64, u64)> {
 }
 
 /// Built-in shapes for models people size up, so that `runner mem` needs no download.
-pub fn named_shape(name: &str) -> Option<(&'static str, LlamaConfig)> {
+pub(crate) fn named_shape(name: &str) -> Option<(&'static str, LlamaConfig)> {
     let base = LlamaConfig::smollm2_135m();
     match name.to_ascii_lowercase().as_str() {
         "smollm2-135m" | "smollm2-135m-instruct" => Some(("SmolLM2-135M", base)),

@@ -55,7 +55,7 @@ pub fn set_time_limit(limit: Duration) {
 }
 
 /// What stopped the run, if anything.
-pub fn state() -> Option<Interrupted> {
+pub(crate) fn state() -> Option<Interrupted> {
     match STATE.load(Ordering::Relaxed) {
         CTRL_C => return Some(Interrupted::CtrlC),
         TIME_LIMIT => return Some(Interrupted::TimeLimit),
@@ -70,7 +70,7 @@ pub fn state() -> Option<Interrupted> {
 }
 
 /// `Err` once the run should stop.
-pub fn check() -> Result<(), Interrupted> {
+pub(crate) fn check() -> Result<(), Interrupted> {
     match state() {
         Some(i) => Err(i),
         None => Ok(()),

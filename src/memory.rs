@@ -94,7 +94,7 @@ pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
 /// no-op on the CPU. The trainer samples after each forward pass and loss (when activations
 /// peak), after the backward pass and after the update. Transient buffers inside one
 /// operation fall between samples, so this is a lower bound of the true peak.
-pub fn sample_device<B: Backend>(device: &B::Device) {
+pub(crate) fn sample_device<B: Backend>(device: &B::Device) {
     if let Some(m) = device_memory::<B>(device) {
         DEVICE_PEAK.fetch_max(m.in_use, Ordering::Relaxed);
     }
@@ -113,7 +113,9 @@ pub fn peak_device_bytes() -> Option<u64> {
 /// model (evaluation, generation) therefore piles up graph entries, some with copies of their
 /// inputs for recomputation: about 60 MB per 24-token SmolLM2 generation. A backward pass
 /// through a one-element tensor prunes everything no longer referenced.
-pub fn release_autodiff_graph<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device) {
+pub(crate) fn release_autodiff_graph<B: burn::tensor::backend::AutodiffBackend>(
+    device: &B::Device,
+) {
     let t = burn::tensor::Tensor::<B, 1>::ones([1], device).require_grad();
     let _ = t.sum().backward();
 }

@@ -40,7 +40,7 @@ pub fn load<B: Backend>(
 
 /// [`load`], quantizing the projections as they are read when `quant` is given (the f32
 /// weights of the whole model never exist at once).
-pub fn load_quantized<B: Backend>(
+pub(crate) fn load_quantized<B: Backend>(
     name_or_path: &str,
     device: &B::Device,
     quant: Option<QuantConfig>,

@@ -9,14 +9,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// The progress of the loop that is running, shared by the batch iterator (which knows the
 /// step), the trainer (loss and tokens) and `runner.log` (lines printed above the bar).
 #[derive(Default)]
-pub struct ProgressSlot {
+pub(crate) struct ProgressSlot {
     pub current: Option<Progress>,
     /// The step the batch iterator handed out last.
     pub step: usize,
 }
 
 impl ProgressSlot {
-    pub fn println(&self, line: &str) {
+    pub(crate) fn println(&self, line: &str) {
         match &self.current {
             Some(p) => p.println(line),
             None => eprintln!("{line}"),
@@ -24,7 +24,7 @@ impl ProgressSlot {
     }
 }
 
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     total: Option<usize>,
     started: Instant,
@@ -37,13 +37,13 @@ pub struct Progress {
 
 impl Progress {
     /// A bar when stderr is a terminal (and `RUNNER_PROGRESS` is not `plain`), else plain lines.
-    pub fn start(total: Option<usize>) -> Self {
+    pub(crate) fn start(total: Option<usize>) -> Self {
         let terminal = std::io::stderr().is_terminal()
             && std::env::var("RUNNER_PROGRESS").map_or(true, |v| v != "plain");
         Self::with_mode(total, terminal)
     }
 
-    pub fn with_mode(total: Option<usize>, terminal: bool) -> Self {
+    pub(crate) fn with_mode(total: Option<usize>, terminal: bool) -> Self {
         let bar = terminal.then(|| {
             let bar = match total {
                 Some(n) => {
@@ -76,7 +76,7 @@ impl Progress {
     }
 
     /// One training step finished (called by the trainer).
-    pub fn record(&mut self, loss: f64, tokens: usize) {
+    pub(crate) fn record(&mut self, loss: f64, tokens: usize) {
         self.loss = Some(loss);
         self.tokens += tokens;
     }
@@ -92,7 +92,7 @@ impl Progress {
     }
 
     /// The loop moved to `step` (called by the batch iterator).
-    pub fn advance(&mut self, step: usize) {
+    pub(crate) fn advance(&mut self, step: usize) {
         self.step = step;
         match &self.bar {
             Some(bar) => {
@@ -107,7 +107,7 @@ impl Progress {
         }
     }
 
-    pub fn plain_line(&self) -> String {
+    pub(crate) fn plain_line(&self) -> String {
         let elapsed = self.started.elapsed().as_secs_f64();
         let of = self.total.map_or(String::new(), |n| format!("/{n}"));
         let eta = match self.total {
@@ -126,14 +126,14 @@ impl Progress {
     }
 
     /// Prints a line without tearing the bar.
-    pub fn println(&self, line: &str) {
+    pub(crate) fn println(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
         }
     }
 
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         } else if !self.step.is_multiple_of(self.every) && self.loss.is_some() {

@@ -24,7 +24,7 @@ pub struct ArrayJob {
 }
 
 /// Quotes a word for bash: single quotes, with `'` written as `'\''`.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c))

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 /// The step of [`write_atomic`] that failed, so callers can word their own messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteStep {
+pub(crate) enum WriteStep {
     /// Creating the temporary file next to the target.
     Create,
     /// Writing the contents or syncing them to disk.
@@ -19,7 +19,7 @@ pub enum WriteStep {
 }
 
 #[derive(Debug)]
-pub struct WriteError {
+pub(crate) struct WriteError {
     pub step: WriteStep,
     pub source: io::Error,
 }
@@ -49,7 +49,7 @@ impl From<WriteError> for io::Error {
 /// the new one, whole: a temporary file in the same folder, synced, renamed over `path`,
 /// then the folder synced so the rename itself survives. The folder must exist. The file
 /// gets an ordinary file's permissions (0666 less the umask), not a temporary file's 0600.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), WriteError> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), WriteError> {
     let fail = |step: WriteStep| move |source: io::Error| WriteError { step, source };
     let dir = path
         .parent()
@@ -89,17 +89,20 @@ fn sync_folder(dir: &Path) -> io::Result<()> {
 }
 
 /// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The SHA-256 digest of `bytes`, in lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
 /// Closest candidate by edit distance, if it is close enough to be a plausible typo.
-pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::levenshtein(name, c), c))

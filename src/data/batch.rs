@@ -187,7 +187,7 @@ impl Batch {
 
     /// `k` batches of consecutive rows (sizes differ by at most one), for gradient
     /// accumulation. `k` must be between 1 and the number of rows.
-    pub fn split(&self, k: usize) -> Vec<Batch> {
+    pub(crate) fn split(&self, k: usize) -> Vec<Batch> {
         let k = k.clamp(1, self.batch.max(1));
         let (base, extra) = (self.batch / k, self.batch % k);
         let mut out = Vec::with_capacity(k);
@@ -210,7 +210,7 @@ impl Batch {
     /// Tokens that carry loss after the one-position shift.
     /// A token whose segment differs from the one before it starts a sequence and is never
     /// predicted (from padding or from another example).
-    pub fn target_tokens(&self) -> usize {
+    pub(crate) fn target_tokens(&self) -> usize {
         let mut n = 0;
         for b in 0..self.batch {
             for t in 1..self.seq {
@@ -226,7 +226,7 @@ impl Batch {
     }
 
     /// The largest token id, to check against the model's vocabulary before Burn sees it.
-    pub fn max_token(&self) -> i64 {
+    pub(crate) fn max_token(&self) -> i64 {
         self.input_ids
             .iter()
             .chain(self.labels.iter())

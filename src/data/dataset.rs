@@ -38,7 +38,7 @@ pub enum TextUnit {
 }
 
 impl Dataset {
-    pub fn from_rows(rows: Vec<Row>, source: impl Into<String>) -> Self {
+    pub(crate) fn from_rows(rows: Vec<Row>, source: impl Into<String>) -> Self {
         Self {
             rows: Arc::new(rows),
             stream: None,
@@ -66,7 +66,7 @@ impl Dataset {
     }
 
     /// Row `i` (0-based): borrowed from memory, or read now from a streamed file.
-    pub fn row(&self, i: usize) -> Result<std::borrow::Cow<'_, Row>, DataError> {
+    pub(crate) fn row(&self, i: usize) -> Result<std::borrow::Cow<'_, Row>, DataError> {
         match &self.stream {
             Some(s) => s.row(i).map(std::borrow::Cow::Owned),
             None => Ok(std::borrow::Cow::Borrowed(&self.rows[i])),
@@ -74,7 +74,7 @@ impl Dataset {
     }
 
     /// The same rows, all in memory (for Lua's map and filter, which see every row).
-    pub fn in_memory(&self) -> Result<Dataset, DataError> {
+    pub(crate) fn in_memory(&self) -> Result<Dataset, DataError> {
         let Some(s) = &self.stream else {
             return Ok(self.clone());
         };
@@ -101,7 +101,7 @@ impl Dataset {
         ds
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.stream.as_ref().map_or(self.rows.len(), |s| s.len())
     }
 
@@ -172,7 +172,7 @@ impl Dataset {
 
     /// Reads a CSV file with a header row; every field is a string. A row with the wrong
     /// number of fields is an error naming `file:line` (or skipped, as for JSONL).
-    pub fn read_csv(path: &Path, opts: ReadOptions) -> Result<Self, DataError> {
+    pub(crate) fn read_csv(path: &Path, opts: ReadOptions) -> Result<Self, DataError> {
         let shown = path.display().to_string();
         let mut reader = csv::ReaderBuilder::new()
             .flexible(false)
@@ -208,7 +208,7 @@ impl Dataset {
     }
 
     /// Reads a plain-text file into `{"text": ...}` rows, by line, paragraph or whole file.
-    pub fn read_text(path: &Path, unit: TextUnit) -> Result<Self, DataError> {
+    pub(crate) fn read_text(path: &Path, unit: TextUnit) -> Result<Self, DataError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
             path: shown.clone(),
@@ -255,7 +255,7 @@ impl Dataset {
     }
 
     /// Renames fields: each `(to, from)` pair makes `from`'s value available as `to`.
-    pub fn rename(&self, pairs: &[(String, String)]) -> Result<Dataset, DataError> {
+    pub(crate) fn rename(&self, pairs: &[(String, String)]) -> Result<Dataset, DataError> {
         if let Some(s) = &self.stream {
             // Checked on the first row now; the others as they are read.
             let ds = self.streamed(s.with_step(RowStep::Rename(pairs.to_vec())), "fields");
@@ -308,7 +308,7 @@ impl Dataset {
     }
 
     /// A dataset of new rows computed from this one's (templates, maps, filters).
-    pub fn derived(&self, rows: Vec<Row>, how: &str) -> Dataset {
+    pub(crate) fn derived(&self, rows: Vec<Row>, how: &str) -> Dataset {
         let mut ds = Dataset::from_rows(rows, format!("{} ({how})", self.source));
         ds.skipped = self.skipped;
         ds
@@ -362,7 +362,7 @@ impl From<Arc<Vec<Example>>> for ExampleSource {
 }
 
 impl ExampleSource {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             ExampleSource::Memory(v) => v.len(),
             ExampleSource::Streamed(s) => s.len(),
@@ -373,7 +373,7 @@ impl ExampleSource {
         self.len() == 0
     }
 
-    pub fn get(&self, i: usize) -> Result<Example, DataError> {
+    pub(crate) fn get(&self, i: usize) -> Result<Example, DataError> {
         match self {
             ExampleSource::Memory(v) => Ok(v[i].clone()),
             ExampleSource::Streamed(s) => s.example(i),

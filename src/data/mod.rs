@@ -1,10 +1,10 @@
 //! Examples, their readers, tokenization and batching.
 
 pub mod batch;
-pub mod dataset;
-pub mod row;
+pub(crate) mod dataset;
+pub(crate) mod row;
 pub mod stream;
-pub mod template;
+pub(crate) mod template;
 pub mod tokenizer;
 
 pub use batch::{Batch, BatchOptions, CollateOptions, IGNORE_INDEX, Padding};

@@ -49,7 +49,7 @@ impl Example {
     }
 
     /// `{"text"}` or `{"prompt", "response"[, "eos"]}`; anything else needs a template.
-    pub fn from_row(row: &Row) -> Result<Example, String> {
+    pub(crate) fn from_row(row: &Row) -> Result<Example, String> {
         let field = |k: &str| -> Result<Option<String>, String> {
             match row.get(k) {
                 None | Some(Value::Null) => Ok(None),

@@ -51,7 +51,11 @@ impl std::fmt::Debug for LineIndex {
 impl LineIndex {
     /// Reads the file once, checking every record (a malformed one is an error naming
     /// `file:line`, or skipped and counted with `skip_malformed`) and keeping only where it is.
-    pub fn build(path: &Path, format: StreamFormat, opts: ReadOptions) -> Result<Self, DataError> {
+    pub(crate) fn build(
+        path: &Path,
+        format: StreamFormat,
+        opts: ReadOptions,
+    ) -> Result<Self, DataError> {
         let shown = path.display().to_string();
         let io = |source| DataError::Io {
             path: shown.clone(),
@@ -150,7 +154,7 @@ impl LineIndex {
         })
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.spans.len()
     }
 
@@ -164,7 +168,7 @@ impl LineIndex {
 
     /// Record `i` (0-based), read and parsed now. The file changing under a running job
     /// shows up here as an error naming the line.
-    pub fn row(&self, i: usize) -> Result<Row, DataError> {
+    pub(crate) fn row(&self, i: usize) -> Result<Row, DataError> {
         let span = self.spans[i];
         let mut buf = vec![0u8; span.len as usize];
         self.file
@@ -237,7 +241,7 @@ impl std::fmt::Debug for StreamedRows {
 }
 
 impl StreamedRows {
-    pub fn new(index: LineIndex) -> Self {
+    pub(crate) fn new(index: LineIndex) -> Self {
         Self {
             index: Arc::new(index),
             select: None,
@@ -245,7 +249,7 @@ impl StreamedRows {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.select.as_ref().map_or(self.index.len(), |s| s.len())
     }
 
@@ -254,7 +258,7 @@ impl StreamedRows {
     }
 
     /// Row `i` of this view (0-based), with every step applied.
-    pub fn row(&self, i: usize) -> Result<Row, DataError> {
+    pub(crate) fn row(&self, i: usize) -> Result<Row, DataError> {
         let at = self.select.as_ref().map_or(i, |s| s[i] as usize);
         let mut row = self.index.row(at)?;
         let line = self.index.spans[at].line as usize;
@@ -272,7 +276,7 @@ impl StreamedRows {
         Ok(row)
     }
 
-    pub fn example(&self, i: usize) -> Result<Example, DataError> {
+    pub(crate) fn example(&self, i: usize) -> Result<Example, DataError> {
         let row = self.row(i)?;
         let at = self.select.as_ref().map_or(i, |s| s[i] as usize);
         Example::from_row(&row).map_err(|msg| DataError::Line {
@@ -283,14 +287,14 @@ impl StreamedRows {
     }
 
     /// The same rows with one more step.
-    pub fn with_step(&self, step: RowStep) -> Self {
+    pub(crate) fn with_step(&self, step: RowStep) -> Self {
         let mut s = self.clone();
         s.steps.push(step);
         s
     }
 
     /// The rows at these positions of this view.
-    pub fn select(&self, positions: &[usize]) -> Self {
+    pub(crate) fn select(&self, positions: &[usize]) -> Self {
         let picked: Vec<u32> = positions
             .iter()
             .map(|&i| self.select.as_ref().map_or(i as u32, |s| s[i]))

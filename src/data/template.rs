@@ -89,7 +89,7 @@ fn messages(row: &Row, field: &str) -> Result<Vec<(String, String)>, String> {
 
 impl Template {
     /// The example row (`prompt`, `response`, `eos`) for one input row.
-    pub fn apply(&self, row: &Row, tokenizer: Option<&Tokenizer>) -> Result<Row, String> {
+    pub(crate) fn apply(&self, row: &Row, tokenizer: Option<&Tokenizer>) -> Result<Row, String> {
         match self {
             Template::Alpaca {
                 instruction,

@@ -13,12 +13,12 @@ pub struct ByteTokenizer;
 impl ByteTokenizer {
     pub const VOCAB: usize = 256;
 
-    pub fn encode(&self, text: &str) -> Vec<i64> {
+    pub(crate) fn encode(&self, text: &str) -> Vec<i64> {
         text.bytes().map(i64::from).collect()
     }
 
     /// Lossy for ids that do not form valid UTF-8; ids above 255 are skipped.
-    pub fn decode(&self, ids: &[i64]) -> String {
+    pub(crate) fn decode(&self, ids: &[i64]) -> String {
         let bytes: Vec<u8> = ids.iter().filter_map(|&i| u8::try_from(i).ok()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
@@ -266,14 +266,14 @@ pub enum Tokenizer {
 }
 
 impl Tokenizer {
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         match self {
             Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
             Tokenizer::Text(t) => t.encode(text),
         }
     }
 
-    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+    pub(crate) fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         match self {
             Tokenizer::Bytes => {
                 Ok(ByteTokenizer.decode(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()))
@@ -282,7 +282,7 @@ impl Tokenizer {
         }
     }
 
-    pub fn eos(&self) -> Option<u32> {
+    pub(crate) fn eos(&self) -> Option<u32> {
         match self {
             Tokenizer::Bytes => None,
             Tokenizer::Text(t) => t.eos,

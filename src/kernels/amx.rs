@@ -11,7 +11,7 @@
 //! once per process; without AMX (or with `RUNNER_AMX=0`) [`available`] is false and callers
 //! take the composed path.
 
-pub use super::host::Strided;
+pub(crate) use super::host::Strided;
 use std::arch::asm;
 use std::sync::OnceLock;
 
@@ -26,7 +26,7 @@ const BLOCK: usize = 32;
 const TILE_VALUES: usize = TILE_ROWS * TILE_K;
 
 /// Whether this process can run AMX bf16 tiles (checked once).
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         std::env::var("RUNNER_AMX").map_or(true, |v| v != "0")
@@ -56,7 +56,7 @@ fn request_tile_permission() -> bool {
 
 /// f32 to bf16 bits, rounding to nearest with ties to even; NaN stays NaN.
 #[inline(always)]
-pub fn to_bf16(x: f32) -> u16 {
+pub(crate) fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
     if bits & 0x7FFF_FFFF > 0x7F80_0000 {
@@ -67,26 +67,27 @@ pub fn to_bf16(x: f32) -> u16 {
 }
 
 #[inline(always)]
-pub fn from_bf16(b: u16) -> f32 {
+pub(crate) fn from_bf16(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
 /// `round_bf16(round_bf16(a) · round_bf16(b))`, `[a.rows, b.cols]` row-major. Panics when
 /// AMX is not [`available`] or the shapes do not chain.
-pub fn matmul(a: Strided, b: Strided) -> Vec<f32> {
+#[cfg(test)]
+pub(crate) fn matmul(a: Strided, b: Strided) -> Vec<f32> {
     matmul_packed(&PackedA::new(a), &PackedB::new(b))
 }
 
 /// The left-hand operand in tile order, bf16 (one input feeding several products, as the
 /// hidden states feed q, k and v, is packed once).
-pub struct PackedA {
+pub(crate) struct PackedA {
     values: Vec<u16>,
     m: usize,
     k: usize,
 }
 
 impl PackedA {
-    pub fn new(a: Strided) -> Self {
+    pub(crate) fn new(a: Strided) -> Self {
         assert!(a.covers_its_data(), "bad operand");
         let k_tiles = a.cols.div_ceil(TILE_K).max(1);
         Self {
@@ -99,14 +100,14 @@ impl PackedA {
 
 /// The right-hand operand in tile order, bf16: packed once, it serves any number of
 /// products (a frozen weight across steps).
-pub struct PackedB {
+pub(crate) struct PackedB {
     values: Vec<u16>,
     k: usize,
     n: usize,
 }
 
 impl PackedB {
-    pub fn new(b: Strided) -> Self {
+    pub(crate) fn new(b: Strided) -> Self {
         assert!(b.covers_its_data(), "bad operand");
         let k_tiles = b.rows.div_ceil(TILE_K).max(1);
         Self {
@@ -118,7 +119,7 @@ impl PackedB {
 }
 
 /// [`matmul`] on packed operands.
-pub fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
+pub(crate) fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
     assert!(available(), "AMX is not available");
     assert!(a.k == b.k, "the operands do not chain");
     let (m, k, n) = (a.m, a.k, b.n);
@@ -157,14 +158,14 @@ pub fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
 }
 
 /// The widest thin side [`thin_transposed_matmul`] takes (LoRA ranks up to 16).
-pub const THIN_MAX: usize = 16;
+pub(crate) const THIN_MAX: usize = 16;
 
 /// `round_bf16(round_bf16(u)ᵀ · round_bf16(v))` with f32 accumulation, `[u.cols, v.cols]`
 /// row-major, for a thin `u` (`[t, r]`, r ≤ [`THIN_MAX`]) against a tall `v` (`[t, n]`, rows
 /// of contiguous values): the weight gradient of a low-rank factor (LoRA's `hᵀ·dy` and
 /// `dhᵀ·x`). Tiles would first pack the whole tall operand; this reads it once, rounding on
 /// the fly, on AVX-512. `None` for other shapes and layouts or without AVX-512.
-pub fn thin_transposed_matmul(u: Strided, v: Strided) -> Option<Vec<f32>> {
+pub(crate) fn thin_transposed_matmul(u: Strided, v: Strided) -> Option<Vec<f32>> {
     let (t, r, n) = (u.rows, u.cols, v.cols);
     if v.rows != t
         || r == 0

@@ -75,7 +75,11 @@ fn rms_forward(x: &FlexTensor, w: &FlexTensor, eps: f64) -> (FlexTensor, FlexTen
     (tensor(y, &shape), tensor(inv, &[n]))
 }
 
-pub fn rms_norm<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, 2>> {
+pub(crate) fn rms_norm<B: Backend>(
+    x: &Tensor<B, 2>,
+    w: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<Tensor<B, 2>> {
     if let (Ok(x), Ok(w)) = (
         downcast::<_, Tensor<Ad, 2>>(x.clone()),
         downcast::<_, Tensor<Ad, 1>>(w.clone()),
@@ -147,7 +151,7 @@ fn silu_mul_forward(g: &FlexTensor, u: &FlexTensor) -> FlexTensor {
     tensor(out, &dims(g))
 }
 
-pub fn silu_mul<B: Backend>(g: &Tensor<B, 2>, u: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+pub(crate) fn silu_mul<B: Backend>(g: &Tensor<B, 2>, u: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     if let (Ok(g), Ok(u)) = (
         downcast::<_, Tensor<Ad, 2>>(g.clone()),
         downcast::<_, Tensor<Ad, 2>>(u.clone()),
@@ -220,7 +224,7 @@ fn softmax_forward(s: &FlexTensor, mask: &FlexTensor, scale: f64) -> FlexTensor 
     tensor(out, &shape)
 }
 
-pub fn masked_softmax<B: Backend>(
+pub(crate) fn masked_softmax<B: Backend>(
     scores: &Tensor<B, 2>,
     mask: &Tensor<B, 2>,
     scale: f64,
@@ -310,7 +314,7 @@ fn attention_forward(
     )
 }
 
-pub fn attention<B: Backend>(
+pub(crate) fn attention<B: Backend>(
     q: &Tensor<B, 2>,
     k: &Tensor<B, 2>,
     v: &Tensor<B, 2>,
@@ -464,7 +468,7 @@ fn dims2(t: &FlexTensor) -> Option<[usize; 2]> {
 /// On flex in f32: `base + scale · (x · a) · b` written over `base`'s buffer, with its own
 /// backward pass. The inputs back on any other backend, dtype or shape.
 #[allow(clippy::type_complexity)]
-pub fn lora_branch<B: Backend>(
+pub(crate) fn lora_branch<B: Backend>(
     x: Tensor<B, 2>,
     base: Tensor<B, 2>,
     a: Tensor<B, 2>,
@@ -588,7 +592,7 @@ fn rope_apply(y: FlexTensor, cos: &FlexTensor, sin: &FlexTensor, inverse: bool) 
     tensor(values, &shape)
 }
 
-pub fn rope<B: Backend>(
+pub(crate) fn rope<B: Backend>(
     y: &Tensor<B, 2>,
     cos: &Tensor<B, 2>,
     sin: &Tensor<B, 2>,
@@ -656,7 +660,7 @@ impl Backward<Flex, 1> for RopeBackward {
 /// On `Flex`: the summed NLL, the argmax hits and, with `grad`, the logits' gradient written
 /// over the logits' own buffer. Hands the logits back on any other backend or dtype.
 #[allow(clippy::type_complexity)]
-pub fn cross_entropy<B: Backend>(
+pub(crate) fn cross_entropy<B: Backend>(
     logits: Tensor<B, 2>,
     targets: &[usize],
     scale: f64,
@@ -687,7 +691,7 @@ pub fn cross_entropy<B: Backend>(
 /// On `Flex`: the new weights and moments, updated in place where nothing else holds them;
 /// the inputs back on any other backend or dtype.
 #[allow(clippy::type_complexity)]
-pub fn adamw<B: Backend>(
+pub(crate) fn adamw<B: Backend>(
     w: Tensor<B, 1>,
     g: &Tensor<B, 1>,
     m: Tensor<B, 1>,
@@ -724,7 +728,7 @@ pub fn adamw<B: Backend>(
 }
 
 /// On `Flex` in f32: `Σ x²` read in place; `None` on any other backend or dtype.
-pub fn sum_squares<B: Backend>(x: &Tensor<B, 1>) -> Option<f64> {
+pub(crate) fn sum_squares<B: Backend>(x: &Tensor<B, 1>) -> Option<f64> {
     let t = contiguous(plain(downcast::<_, Tensor<Flex, 1>>(x.clone()).ok()?))?;
     Some(host::sum_squares(data(&t)))
 }
@@ -766,7 +770,7 @@ fn product(a: host::Strided, b: host::Strided) -> Option<FlexTensor> {
 /// On flex in f32: `a · b` through [`host::matmul_strided`] (transposed views included), with
 /// its own backward pass that keeps only what the gradients need (no input for a frozen
 /// weight). The inputs back on any other backend or dtype.
-pub fn matmul<B: Backend>(
+pub(crate) fn matmul<B: Backend>(
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>, [Tensor<B, 2>; 2]> {
@@ -815,7 +819,7 @@ pub fn matmul<B: Backend>(
 
 /// On `Flex` in f32: `acc + a · b`, summed into acc's own buffer when nothing else holds it.
 /// The inputs back on any other backend (autodiff included) or dtype.
-pub fn matmul_accumulate<B: Backend>(
+pub(crate) fn matmul_accumulate<B: Backend>(
     acc: Tensor<B, 2>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
@@ -962,7 +966,7 @@ fn transposed(t: &FlexTensor) -> FlexTensor {
 
 /// A bf16 matmul on AMX tiles; `None` without AMX (or off x86-64), for other dtypes and
 /// backends. Operands keep their layout (transposed views are read in place).
-pub fn matmul_bf16<B: Backend>(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+pub(crate) fn matmul_bf16<B: Backend>(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     #[cfg(target_arch = "x86_64")]
     {
         if !super::amx::available() {
@@ -1059,7 +1063,7 @@ fn host_weight_product<P: 'static>(
 }
 
 /// See `kernels::matmul_host_weight`.
-pub fn matmul_host_weight<P: 'static>(
+pub(crate) fn matmul_host_weight<P: 'static>(
     x: P,
     shape: [usize; 2],
     transposed: bool,
@@ -1073,7 +1077,7 @@ pub fn matmul_host_weight<P: 'static>(
 
 /// See `kernels::matmul_bf16_host_weight`.
 #[cfg(target_arch = "x86_64")]
-pub fn matmul_bf16_host_weight<P: 'static>(
+pub(crate) fn matmul_bf16_host_weight<P: 'static>(
     x: P,
     shape: [usize; 2],
     transposed: bool,

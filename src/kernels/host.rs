@@ -40,14 +40,14 @@ macro_rules! simd_kernel {
 
 /// The widest vector code [`simd_kernel`]s may run here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SimdLevel {
+pub(crate) enum SimdLevel {
     Baseline,
     Avx2,
     Avx512,
 }
 
 /// What this CPU allows, unless `RUNNER_SIMD=baseline|avx2` asks for less (to compare them).
-pub fn simd_level() -> SimdLevel {
+pub(crate) fn simd_level() -> SimdLevel {
     static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
         let cap = match std::env::var("RUNNER_SIMD").as_deref() {
@@ -79,7 +79,7 @@ fn detected_simd_level() -> SimdLevel {
 /// below 1e-7 on that interval), and `2^n` built from the exponent bits. Inputs below -87
 /// (including the mask's -1e9) give exactly 0; inputs above 88 saturate at `f32::MAX`-ish.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -104,7 +104,7 @@ pub fn exp(x: f32) -> f32 {
 
 /// `1 / (1 + e^-x)`.
 #[inline(always)]
-pub fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
@@ -200,7 +200,7 @@ simd_kernel! {
 
 /// RMSNorm of each `d`-wide row: `y = x / sqrt(mean(x²) + eps) · w`. Writes the per-row
 /// inverse RMS to `inv_rms` for the backward pass.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv_rms: &mut [f32]) {
+pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], inv_rms: &mut [f32]) {
     let d = w.len();
     y.par_chunks_mut(d)
         .zip(inv_rms.par_iter_mut())
@@ -222,7 +222,7 @@ simd_kernel! {
 
 /// Gradients of [`rms_norm`]: `dx` always; `dw` (summed over rows) when asked for.
 /// With `g = dy·w`: `dx = r·g − x·r³·mean(g·x)`, `dw = Σ_rows dy·x·r`.
-pub fn rms_norm_backward(
+pub(crate) fn rms_norm_backward(
     x: &[f32],
     w: &[f32],
     inv_rms: &[f32],
@@ -281,7 +281,7 @@ simd_kernel! {
 }
 
 /// SwiGLU's product: `silu(g) · u`.
-pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+pub(crate) fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(4096)
         .zip(g.par_chunks(4096))
         .zip(u.par_chunks(4096))
@@ -297,7 +297,7 @@ simd_kernel! {
 }
 
 /// Gradients of [`silu_mul`]: `dg = dy·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dy·g·σ(g)`.
-pub fn silu_mul_backward(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+pub(crate) fn silu_mul_backward(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
     dg.par_chunks_mut(4096)
         .zip(du.par_chunks_mut(4096))
         .zip(g.par_chunks(4096))
@@ -319,7 +319,7 @@ simd_kernel! {
 /// Softmax of each `width`-wide row of `scale · scores + mask`. The mask has `mask_rows`
 /// rows, reused cyclically (row `i` of the scores takes mask row `i % mask_rows`), so one
 /// `[t, total]` causal mask serves every batch row and head.
-pub fn masked_softmax(
+pub(crate) fn masked_softmax(
     scores: &[f32],
     mask: &[f32],
     mask_rows: usize,
@@ -339,7 +339,13 @@ pub fn masked_softmax(
 
 /// Gradient of [`masked_softmax`] with respect to the scores, from its output `p`:
 /// `ds = scale · p · (dp − Σ dp·p)`.
-pub fn masked_softmax_backward(p: &[f32], dp: &[f32], width: usize, scale: f32, ds: &mut [f32]) {
+pub(crate) fn masked_softmax_backward(
+    p: &[f32],
+    dp: &[f32],
+    width: usize,
+    scale: f32,
+    ds: &mut [f32],
+) {
     ds.par_chunks_mut(width)
         .zip(p.par_chunks(width))
         .zip(dp.par_chunks(width))
@@ -365,7 +371,7 @@ simd_kernel! {
 /// `scale`. Queries are `[batch·t, heads·head_dim]` and keys/values `[batch·t,
 /// kv_heads·head_dim]`, the projections' own layouts, so no transposes are needed.
 #[derive(Clone, Copy, Debug)]
-pub struct AttentionShape {
+pub(crate) struct AttentionShape {
     pub batch: usize,
     pub t: usize,
     pub heads: usize,
@@ -394,7 +400,7 @@ impl AttentionShape {
 
 /// A read-only strided matrix: element `(i, j)` is `data[offset + i·row_stride + j·col_stride]`.
 #[derive(Clone, Copy)]
-pub struct Strided<'a> {
+pub(crate) struct Strided<'a> {
     pub data: &'a [f32],
     pub offset: usize,
     pub rows: usize,
@@ -410,7 +416,7 @@ impl Strided<'_> {
     }
 
     /// The transpose, as a view.
-    pub fn t(self) -> Self {
+    pub(crate) fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -435,7 +441,7 @@ const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
 /// `a · b` into a new row-major `[m, n]` buffer that gemm writes once. Burn's flex matmul
 /// zero-fills its output, then copies it again into a realigned allocation: two extra passes
 /// over every product (and fresh pages to fault in for the copy).
-pub fn matmul_strided(a: Strided, b: Strided) -> Vec<f32> {
+pub(crate) fn matmul_strided(a: Strided, b: Strided) -> Vec<f32> {
     let (m, n) = (a.rows, b.cols);
     if a.cols == 0 || m == 0 || n == 0 {
         assert!(a.cols == b.rows, "bad matmul operands");
@@ -455,7 +461,7 @@ pub fn matmul_strided(a: Strided, b: Strided) -> Vec<f32> {
 
 /// `dst += a · b`, `dst` row-major `[m, n]`: a gradient summed over chunks in place instead
 /// of a new product and an addition per chunk.
-pub fn matmul_accumulate(dst: &mut [f32], a: Strided, b: Strided) {
+pub(crate) fn matmul_accumulate(dst: &mut [f32], a: Strided, b: Strided) {
     assert_eq!(dst.len(), a.rows * b.cols, "bad matmul destination");
     if a.cols > 0 && !dst.is_empty() {
         // SAFETY: `dst` holds the `m·n` output.
@@ -598,7 +604,7 @@ unsafe fn gemm_raw(
 /// its mask lets through: past it every probability is exactly 0 (the mask's -1e9 underflows
 /// `exp`), so a causal mask costs half the products of a full one and changes nothing.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+pub(crate) fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -698,7 +704,7 @@ fn keys_seen(mask_row: &[f32]) -> usize {
 /// that share a key/value head add into its gradients one after another. Each block of query
 /// rows stops at its last non-zero probability: the keys past it add exactly nothing.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+pub(crate) fn attention_backward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -831,7 +837,7 @@ pub fn attention_backward(
 /// Rotary position embedding in the rotate-half layout, in place: every `head_dim` slice of a
 /// row of `y` is rotated by that row's angles (`cos`, `sin`: one `head_dim` row per row of
 /// `y`). With `inverse`, applies the transpose instead (the backward pass).
-pub fn rope(y: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize, inverse: bool) {
+pub(crate) fn rope(y: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize, inverse: bool) {
     let rows = cos.len() / head_dim;
     if rows == 0 {
         return;
@@ -871,7 +877,7 @@ simd_kernel! {
 /// ties, as `torch.argmax`) is the target. With `grad`, each row is overwritten by
 /// `scale · (softmax − onehot(target))`, the gradient of `scale · nll`; without, the rows are
 /// left as scratch. Every target must be below `vocab`.
-pub fn cross_entropy(
+pub(crate) fn cross_entropy(
     logits: &mut [f32],
     vocab: usize,
     targets: &[usize],
@@ -906,7 +912,7 @@ simd_kernel! {
 
 /// One AdamW step's constants (PyTorch's `torch.optim.AdamW` update), derived in f64.
 #[derive(Clone, Copy, Debug)]
-pub struct AdamWStep {
+pub(crate) struct AdamWStep {
     pub(super) beta1: f32,
     pub(super) one_minus_beta1: f32,
     pub(super) beta2: f32,
@@ -925,7 +931,14 @@ pub struct AdamWStep {
 
 impl AdamWStep {
     /// The constants of step `t` (counted from 1).
-    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, t: i32) -> Self {
+    pub(crate) fn new(
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        t: i32,
+    ) -> Self {
         Self {
             beta1: beta1 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
@@ -940,7 +953,7 @@ impl AdamWStep {
     }
 
     /// The same step on gradients multiplied by `scale` first.
-    pub fn with_grad_scale(self, scale: f64) -> Self {
+    pub(crate) fn with_grad_scale(self, scale: f64) -> Self {
         Self {
             grad_scale: scale as f32,
             ..self
@@ -950,7 +963,7 @@ impl AdamWStep {
 
 /// AdamW on flat buffers, in place: the weights `w` and the moments `m`, `v`, in one pass
 /// instead of a dozen whole-tensor temporaries.
-pub fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+pub(crate) fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
     const CHUNK: usize = 1 << 14;
     w.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
@@ -973,7 +986,7 @@ simd_kernel! {
 
 /// `Σ x²` in f64: f32 sums over [`LANES`] lanes within chunks of 16 Ki values (exact enough
 /// for a gradient norm, and vectorised), the chunks' sums added in f64, in parallel.
-pub fn sum_squares(xs: &[f32]) -> f64 {
+pub(crate) fn sum_squares(xs: &[f32]) -> f64 {
     const CHUNK: usize = 1 << 14;
     xs.par_chunks(CHUNK)
         .map(|c| sum_squares_chunk(c) as f64)

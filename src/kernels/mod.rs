@@ -14,14 +14,14 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
 #[cfg(target_arch = "x86_64")]
-pub mod amx;
+pub(crate) mod amx;
 #[cfg(feature = "flex")]
 mod flex;
-pub mod host;
+pub(crate) mod host;
 pub mod precision;
-pub mod thin;
+pub(crate) mod thin;
 
-pub use host::{AdamWStep, AttentionShape};
+pub(crate) use host::{AdamWStep, AttentionShape};
 
 /// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.
 pub(crate) fn downcast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
@@ -40,7 +40,7 @@ pub(crate) fn downcast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
 /// what the gradients need; elsewhere Burn's matmul.
 /// # Shapes
 /// - a: `[m, k]`, b: `[k, n]` -> `[m, n]`
-pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     let [a, b] = match flex::matmul(a, b) {
         Ok(out) => return out,
@@ -53,7 +53,7 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
 /// shared; elsewhere composed.
 /// # Shapes
 /// - acc: `[m, n]`, a: `[m, k]`, b: `[k, n]` -> `[m, n]`
-pub fn matmul_accumulate<B: Backend>(
+pub(crate) fn matmul_accumulate<B: Backend>(
     acc: Tensor<B, 2>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
@@ -70,7 +70,7 @@ pub fn matmul_accumulate<B: Backend>(
 /// returned in f32. On flex it runs on AMX tiles when the CPU has them.
 /// # Shapes
 /// - a: `[m, k]`, b: `[k, n]` -> `[m, n]`
-pub fn matmul_bf16<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+pub(crate) fn matmul_bf16<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     if let Some(out) = flex::matmul_bf16(&a, &b) {
         return out;
@@ -82,7 +82,7 @@ pub fn matmul_bf16<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2>
 /// one product (QLoRA's dequantized weight, `shape` row-major): gemm reads its values (or
 /// their transposed view) where they are, with no backend tensor made of them. `w` is called
 /// only when the product runs here. `Err(x)` unless `P` is flex's f32 primitive.
-pub fn matmul_host_weight<P: 'static>(
+pub(crate) fn matmul_host_weight<P: 'static>(
     x: P,
     shape: [usize; 2],
     transposed: bool,
@@ -101,7 +101,7 @@ pub fn matmul_host_weight<P: 'static>(
 /// host for this one product (QLoRA's dequantized weight, `shape` row-major): `w` is called
 /// only when the product runs here, packed straight from its values and not kept. `Err(x)`
 /// unless `P` is flex's f32 primitive and the CPU has AMX.
-pub fn matmul_bf16_host_weight<P: 'static>(
+pub(crate) fn matmul_bf16_host_weight<P: 'static>(
     x: P,
     shape: [usize; 2],
     transposed: bool,
@@ -116,7 +116,7 @@ pub fn matmul_bf16_host_weight<P: 'static>(
     }
 }
 
-pub fn matmul_bf16_composed<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+pub(crate) fn matmul_bf16_composed<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     use burn::tensor::FloatDType;
     a.cast(FloatDType::BF16)
         .matmul(b.cast(FloatDType::BF16))
@@ -126,7 +126,11 @@ pub fn matmul_bf16_composed<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Ten
 /// RMSNorm of each row.
 /// # Shapes
 /// - x: `[n, d]`, weight: `[d]` -> `[n, d]`
-pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+pub(crate) fn rms_norm<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     if let Some(out) = flex::rms_norm(&x, weight, eps) {
         return out;
@@ -137,7 +141,7 @@ pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) ->
 /// `silu(gate) · up`, SwiGLU's product.
 /// # Shapes
 /// - gate, up: `[n, f]` -> `[n, f]`
-pub fn silu_mul<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
+pub(crate) fn silu_mul<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     if let Some(out) = flex::silu_mul(&gate, &up) {
         return out;
@@ -152,7 +156,7 @@ pub fn silu_mul<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2
 /// products' inputs, see [`precision::matmul`]).
 /// # Shapes
 /// - x: `[n, k]`, base: `[n, d]`, a: `[k, r]`, b: `[r, d]` -> `[n, d]`
-pub fn lora_branch<B: Backend>(
+pub(crate) fn lora_branch<B: Backend>(
     x: Tensor<B, 2>,
     base: Tensor<B, 2>,
     a: Tensor<B, 2>,
@@ -171,7 +175,7 @@ pub fn lora_branch<B: Backend>(
     lora_branch_composed(x, base, a, b, scale)
 }
 
-pub fn lora_branch_composed<B: Backend>(
+pub(crate) fn lora_branch_composed<B: Backend>(
     x: Tensor<B, 2>,
     base: Tensor<B, 2>,
     a: Tensor<B, 2>,
@@ -185,7 +189,7 @@ pub fn lora_branch_composed<B: Backend>(
 /// rows repeat over the scores' rows (one `[t, width]` mask serves every head).
 /// # Shapes
 /// - scores: `[rows, width]`, mask: `[rows / k, width]` -> `[rows, width]`
-pub fn masked_softmax<B: Backend>(
+pub(crate) fn masked_softmax<B: Backend>(
     scores: Tensor<B, 2>,
     mask: &Tensor<B, 2>,
     scale: f64,
@@ -203,7 +207,7 @@ pub fn masked_softmax<B: Backend>(
 /// # Shapes
 /// - q: `[batch * t, heads * head_dim]`, k, v: `[batch * t, kv_heads * head_dim]`
 /// - mask: `[batch * heads * t / k, t]` -> `[batch * t, heads * head_dim]`
-pub fn attention<B: Backend>(
+pub(crate) fn attention<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
     v: Tensor<B, 2>,
@@ -217,7 +221,7 @@ pub fn attention<B: Backend>(
     attention_composed(q, k, v, mask, shape)
 }
 
-pub fn attention_composed<B: Backend>(
+pub(crate) fn attention_composed<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
     v: Tensor<B, 2>,
@@ -249,7 +253,11 @@ pub fn attention_composed<B: Backend>(
 /// Rotary position embedding (rotate-half layout) of a projection's output, per token.
 /// # Shapes
 /// - y: `[n, heads * head_dim]`, cos, sin: `[n, head_dim]` -> `[n, heads * head_dim]`
-pub fn rope<B: Backend>(y: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 2> {
+pub(crate) fn rope<B: Backend>(
+    y: Tensor<B, 2>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     if let Some(out) = flex::rope(&y, cos, sin) {
         return out;
@@ -257,7 +265,7 @@ pub fn rope<B: Backend>(y: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>)
     rope_composed(y, cos, sin)
 }
 
-pub fn rope_composed<B: Backend>(
+pub(crate) fn rope_composed<B: Backend>(
     y: Tensor<B, 2>,
     cos: &Tensor<B, 2>,
     sin: &Tensor<B, 2>,
@@ -277,7 +285,7 @@ pub fn rope_composed<B: Backend>(
 }
 
 /// Cross-entropy of a chunk of logits against `targets` (each below the vocabulary size).
-pub struct CrossEntropy<B: Backend> {
+pub(crate) struct CrossEntropy<B: Backend> {
     /// `[1]`: the summed negative log-likelihood.
     pub nll: Tensor<B, 1>,
     /// `[1]`: rows whose most likely token (lowest id on ties) is the target.
@@ -291,7 +299,7 @@ pub struct CrossEntropy<B: Backend> {
 /// - logits: `[rows, vocab]`, targets: `rows`
 ///
 /// On flex one pass per row, reusing the logits' buffer for the gradient; elsewhere composed.
-pub fn cross_entropy<B: Backend>(
+pub(crate) fn cross_entropy<B: Backend>(
     logits: Tensor<B, 2>,
     targets: &[usize],
     scale: f64,
@@ -312,7 +320,7 @@ pub fn cross_entropy<B: Backend>(
     cross_entropy_composed(logits, targets, scale, grad)
 }
 
-pub fn cross_entropy_composed<B: Backend>(
+pub(crate) fn cross_entropy_composed<B: Backend>(
     logits: Tensor<B, 2>,
     targets: &[usize],
     scale: f64,
@@ -358,7 +366,7 @@ pub fn cross_entropy_composed<B: Backend>(
 /// One AdamW step of a flat parameter: the new weights, first and second moments.
 /// # Shapes
 /// - w, g, m, v: `[n]` -> three `[n]`
-pub fn adamw<B: Backend>(
+pub(crate) fn adamw<B: Backend>(
     w: Tensor<B, 1>,
     g: Tensor<B, 1>,
     m: Tensor<B, 1>,
@@ -373,7 +381,7 @@ pub fn adamw<B: Backend>(
     adamw_composed(w, g, m, v, s)
 }
 
-pub fn adamw_composed<B: Backend>(
+pub(crate) fn adamw_composed<B: Backend>(
     w: Tensor<B, 1>,
     g: Tensor<B, 1>,
     m: Tensor<B, 1>,
@@ -393,7 +401,7 @@ pub fn adamw_composed<B: Backend>(
 }
 
 /// `Σ x²` of a flat tensor, in f64 (a gradient's squared L2 norm) without a squared copy.
-pub fn sum_squares<B: Backend>(x: &Tensor<B, 1>) -> f64 {
+pub(crate) fn sum_squares<B: Backend>(x: &Tensor<B, 1>) -> f64 {
     #[cfg(feature = "flex")]
     if let Some(s) = flex::sum_squares(x) {
         return s;
@@ -401,11 +409,11 @@ pub fn sum_squares<B: Backend>(x: &Tensor<B, 1>) -> f64 {
     sum_squares_composed(x)
 }
 
-pub fn sum_squares_composed<B: Backend>(x: &Tensor<B, 1>) -> f64 {
+pub(crate) fn sum_squares_composed<B: Backend>(x: &Tensor<B, 1>) -> f64 {
     x.clone().square().sum().into_scalar().elem::<f64>()
 }
 
-pub fn rms_norm_composed<B: Backend>(
+pub(crate) fn rms_norm_composed<B: Backend>(
     x: Tensor<B, 2>,
     weight: &Tensor<B, 1>,
     eps: f64,
@@ -414,11 +422,11 @@ pub fn rms_norm_composed<B: Backend>(
     x * inv_rms * weight.clone().unsqueeze::<2>()
 }
 
-pub fn silu_mul_composed<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
+pub(crate) fn silu_mul_composed<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
     silu(gate) * up
 }
 
-pub fn masked_softmax_composed<B: Backend>(
+pub(crate) fn masked_softmax_composed<B: Backend>(
     scores: Tensor<B, 2>,
     mask: &Tensor<B, 2>,
     scale: f64,

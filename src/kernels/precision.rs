@@ -63,12 +63,12 @@ impl Precision {
     }
 
     /// Whether the loss needs scaling to keep small gradients representable (f16 only).
-    pub fn needs_loss_scaling(self) -> bool {
+    pub(crate) fn needs_loss_scaling(self) -> bool {
         self == Self::Fp16
     }
 
     /// An error when `B` cannot compute in this type on `device`.
-    pub fn check<B: Backend>(self, device: &B::Device) -> Result<(), PrecisionError> {
+    pub(crate) fn check<B: Backend>(self, device: &B::Device) -> Result<(), PrecisionError> {
         let dtype = match self {
             Self::Fp32 => return Ok(()),
             Self::Bf16 => DType::BF16,
@@ -88,7 +88,7 @@ thread_local! {
 
 /// Restores the previous precision when dropped.
 #[must_use = "the precision applies until the guard is dropped"]
-pub struct PrecisionGuard(Precision);
+pub(crate) struct PrecisionGuard(Precision);
 
 impl Drop for PrecisionGuard {
     fn drop(&mut self) {
@@ -97,18 +97,18 @@ impl Drop for PrecisionGuard {
 }
 
 /// Makes matmuls on this thread compute in `precision` until the guard is dropped.
-pub fn enter(precision: Precision) -> PrecisionGuard {
+pub(crate) fn enter(precision: Precision) -> PrecisionGuard {
     PrecisionGuard(ACTIVE.with(|a| a.replace(precision)))
 }
 
 /// The precision matmuls on this thread compute in now.
-pub fn active() -> Precision {
+pub(crate) fn active() -> Precision {
     ACTIVE.with(Cell::get)
 }
 
 /// `a · b` in the active precision, returned in f32 (bf16 on the CPU's AMX tiles when it
 /// has them).
-pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+pub(crate) fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
     match active() {
         Precision::Fp32 => crate::kernels::matmul(a, b),
         Precision::Bf16 => crate::kernels::matmul_bf16(a, b),
@@ -119,7 +119,7 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
 /// `acc + a · b` with the product in the active precision. In f32 the product is summed into
 /// acc's own buffer (on flex, when nothing else holds it); other precisions round the
 /// product's inputs, so they add a separate product.
-pub fn matmul_accumulate<B: Backend>(
+pub(crate) fn matmul_accumulate<B: Backend>(
     acc: Tensor<B, 2>,
     a: Tensor<B, 2>,
     b: Tensor<B, 2>,
@@ -131,7 +131,10 @@ pub fn matmul_accumulate<B: Backend>(
 }
 
 /// [`matmul`] for batched products of any rank, always through Burn's own ops.
-pub fn matmul_nd<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+pub(crate) fn matmul_nd<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+) -> Tensor<B, D> {
     match active().compute_dtype() {
         None => a.matmul(b),
         Some(dtype) => a.cast(dtype).matmul(b.cast(dtype)).cast(FloatDType::F32),
@@ -140,7 +143,7 @@ pub fn matmul_nd<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -
 
 /// The same rounding on a backend's primitives, for custom autodiff operations (the
 /// quantized matmul) that do their own backward pass.
-pub fn matmul_primitive<B: Backend>(
+pub(crate) fn matmul_primitive<B: Backend>(
     a: B::FloatTensorPrimitive,
     b: B::FloatTensorPrimitive,
 ) -> B::FloatTensorPrimitive {
@@ -173,13 +176,13 @@ impl Default for LossScale {
 }
 
 impl LossScale {
-    pub const INITIAL: f64 = 65536.0;
-    pub const GROWTH_INTERVAL: usize = 2000;
+    pub(crate) const INITIAL: f64 = 65536.0;
+    pub(crate) const GROWTH_INTERVAL: usize = 2000;
     /// Below this the scale stops shrinking: an overflow then is the model's own, not f16's.
     pub const MIN: f64 = 1.0;
 
     /// Records a step; `overflowed` when its gradients were not finite.
-    pub fn update(&mut self, overflowed: bool) {
+    pub(crate) fn update(&mut self, overflowed: bool) {
         if overflowed {
             self.scale = (self.scale * 0.5).max(Self::MIN);
             self.clean_steps = 0;
@@ -193,7 +196,7 @@ impl LossScale {
     }
 
     /// Whether the scale can still shrink (an overflow is then f16's, not a diverging run).
-    pub fn can_back_off(&self) -> bool {
+    pub(crate) fn can_back_off(&self) -> bool {
         self.scale > Self::MIN
     }
 }

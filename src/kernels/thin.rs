@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::host::{SimdLevel, add_partials, simd_level};
 
 /// Widest rank these kernels take: a thin row is held in at most two 8-lane vectors.
-pub const THIN_MAX: usize = 16;
+pub(crate) const THIN_MAX: usize = 16;
 
 /// Rows per rayon task: the per-task `[k, width]` partial sums of [`matmul_tn`] stay few.
 const TASK_ROWS: usize = 128;
@@ -41,7 +41,7 @@ fn avx2() -> bool {
 
 /// `out = x · w` for `x` `[n, k]` and a thin `w` (`[k, r]`): four rows of `x` at a time
 /// against each row of `w`, held as one or two vectors.
-pub fn matmul(x: &[f32], w: &[f32], rank: usize, out: &mut [f32]) {
+pub(crate) fn matmul(x: &[f32], w: &[f32], rank: usize, out: &mut [f32]) {
     let wd = width(rank);
     assert!(w.len().is_multiple_of(rank));
     let k = w.len() / rank;
@@ -74,7 +74,7 @@ pub fn matmul(x: &[f32], w: &[f32], rank: usize, out: &mut [f32]) {
 /// `xᵀ · h` (`[k, r]`) for `x` `[n, k]` and a thin `h` `[n, r]`: a thin product's weight
 /// gradient. Each task sums its rows' outer products into its own `[k, width]` buffer,
 /// four rows per pass over it.
-pub fn matmul_tn(x: &[f32], h: &[f32], rank: usize, k: usize) -> Vec<f32> {
+pub(crate) fn matmul_tn(x: &[f32], h: &[f32], rank: usize, k: usize) -> Vec<f32> {
     let wd = width(rank);
     assert!(k > 0 && x.len().is_multiple_of(k) && x.len() / k * rank == h.len());
     let sums = x
@@ -116,7 +116,7 @@ pub fn matmul_tn(x: &[f32], h: &[f32], rank: usize, k: usize) -> Vec<f32> {
 /// gradient through the down projection) in one pass over `y`. Composed, it is a product
 /// with `k = r` (a poor shape for a blocked kernel), a scaling and an addition, each a full
 /// `[n, d]` temporary.
-pub fn low_rank_product(
+pub(crate) fn low_rank_product(
     y: &mut [f32],
     h: &[f32],
     b: &[f32],
@@ -150,7 +150,7 @@ pub fn low_rank_product(
 
 /// Row-major `[rows, cols]` → `[cols, rows]`: a LoRA's small factors, and weights stored in
 /// PyTorch's `[out, in]` layout.
-pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(x.len(), rows * cols);
     let mut out = vec![0f32; x.len()];
     for r in 0..rows {
@@ -206,7 +206,7 @@ mod x86 {
 
     /// Rows of `out = x · w`; `w` is `[k, 8 · V]`, `x` `[n, k]`, `out` `[n, rank]`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn matmul_rows<const V: usize>(
+    pub(crate) unsafe fn matmul_rows<const V: usize>(
         x: &[f32],
         w: &[f32],
         k: usize,
@@ -253,7 +253,12 @@ mod x86 {
 
     /// `acc += xᵀ · h` over rows; `h` is `[n, 8 · V]`, `x` `[n, k]`, `acc` `[k, 8 · V]`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn matmul_tn_rows<const V: usize>(x: &[f32], h: &[f32], k: usize, acc: &mut [f32]) {
+    pub(crate) unsafe fn matmul_tn_rows<const V: usize>(
+        x: &[f32],
+        h: &[f32],
+        k: usize,
+        acc: &mut [f32],
+    ) {
         let n = h.len() / (8 * V);
         assert!(x.len() == n * k && acc.len() == k * 8 * V);
         let (xp, hp, ap) = (x.as_ptr(), h.as_ptr(), acc.as_mut_ptr());
@@ -296,7 +301,7 @@ mod x86 {
     /// Rows of `y (+)= scale · h · b`: four rows by sixteen columns in registers at a time,
     /// each row of `b` read once per four rows; leftover columns and rows one by one.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn low_rank_rows(
+    pub(crate) unsafe fn low_rank_rows(
         y: &mut [f32],
         h: &[f32],
         b: &[f32],

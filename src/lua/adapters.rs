@@ -13,7 +13,7 @@ use crate::peft::format::{load_adapter, save_adapter};
 use crate::peft::prompt::PromptInit;
 use crate::peft::{self, DEFAULT_ADAPTER, Method};
 
-pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods: &mut M) {
+pub(crate) fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods: &mut M) {
     // model:attach(method[, name]) -> parameters added; the new adapter becomes the active one.
     methods.add_method(
         "attach",

@@ -22,11 +22,11 @@ use crate::data::{
 use crate::progress::{Progress, ProgressSlot};
 
 #[derive(Clone)]
-pub struct LuaDataset(pub Dataset);
+pub(crate) struct LuaDataset(pub Dataset);
 
 /// Examples drawn for one step; the trainer tokenizes them with its model's tokenizer, or a
 /// collate function written in Lua has already turned them into a batch.
-pub struct LuaBatch {
+pub(crate) struct LuaBatch {
     pub examples: Vec<Example>,
     pub collate: CollateOptions,
     pub collated: Option<Batch>,
@@ -34,7 +34,7 @@ pub struct LuaBatch {
 
 impl LuaBatch {
     /// The batch, tokenized with `tok` unless the recipe collated it itself.
-    pub fn to_batch(&self, tok: &Tokenizer) -> Result<Batch, String> {
+    pub(crate) fn to_batch(&self, tok: &Tokenizer) -> Result<Batch, String> {
         if let Some(b) = &self.collated {
             return Ok(b.clone());
         }
@@ -91,7 +91,7 @@ fn finish_read(
     Ok(LuaDataset(ds))
 }
 
-pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
     // runner.data.jsonl(path, {skip_malformed = false, fields = {prompt = "question", ...}})
     t.set(
@@ -259,7 +259,7 @@ fn row_to_lua(lua: &Lua, row: &Row) -> mlua::Result<Table> {
 
 /// Reads `{size, max_len, steps, seed, shuffle, skip, group_by_length}`; with `collation`, also
 /// `{padding, pack, collate}`.
-pub fn batch_options(
+pub(crate) fn batch_options(
     lua: &Lua,
     func: &'static str,
     opts: Option<Table>,

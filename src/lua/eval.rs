@@ -9,7 +9,7 @@ use super::options::{Opts, describe, runtime_error};
 use crate::memory::release_autodiff_graph;
 use crate::train::gen_eval::{EarlyStopping, GenEvalOptions, evaluate_generation};
 
-pub struct LuaEarlyStopping(EarlyStopping);
+pub(crate) struct LuaEarlyStopping(EarlyStopping);
 impl UserData for LuaEarlyStopping {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method_mut("update", |_, this, v: f64| Ok(this.0.update(v)));
@@ -18,7 +18,7 @@ impl UserData for LuaEarlyStopping {
     }
 }
 
-pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let eval = lua.create_table()?;
     // runner.eval.generation(model, dataset, {max_new_tokens, limit, stop, save}) ->
     // {exact_match, rouge_l, n, predictions = {{prompt, reference, prediction}, ...}}

@@ -15,13 +15,13 @@ use crate::sweep::fingerprint::Inputs;
 
 /// The files a recipe has read: the recipe, required modules, data and models.
 #[derive(Default)]
-pub struct RecipeInputs(pub Inputs);
+pub(crate) struct RecipeInputs(pub Inputs);
 
 /// A new Lua state for a recipe. Without `trust` it has Lua's safe libraries only: of `io`
 /// only `io.write` (to stdout); no `os.execute`, `os.remove`, `os.exit`..., no `dofile` or
 /// `loadfile`, no C modules; `load` accepts source text only. Files are read through
 /// runner's own API. With `trust` the full standard library is there (still without `debug`).
-pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
+pub(crate) fn new_lua(trust: bool) -> mlua::Result<Lua> {
     let libs = if trust {
         StdLib::ALL_SAFE
     } else {
@@ -91,7 +91,7 @@ pub fn new_lua(trust: bool) -> mlua::Result<Lua> {
 /// `require "name"`: `name.lua` (dots are folders) or `name/init.lua` beside the recipe,
 /// loaded once, named by its path in errors, and recorded as an input of the recipe. With
 /// `--trust`, names not found there fall back to Lua's own `require`.
-pub fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Result<()> {
+pub(crate) fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Result<()> {
     let dir = recipe.parent().map(Path::to_path_buf).unwrap_or_default();
     let loaded = lua.create_table()?;
     let fallback: Option<mlua::Function> = if trust {
@@ -145,7 +145,7 @@ pub fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Result<()
 }
 
 /// Records a file the recipe reads (for trial ids and `--watch`).
-pub fn note_input(lua: &Lua, path: &Path) -> mlua::Result<()> {
+pub(crate) fn note_input(lua: &Lua, path: &Path) -> mlua::Result<()> {
     let fingerprint = match lua.app_data_mut::<RecipeInputs>() {
         Some(mut inputs) => inputs.0.note(path),
         None => return Ok(()),
@@ -159,7 +159,7 @@ pub fn note_input(lua: &Lua, path: &Path) -> mlua::Result<()> {
 }
 
 /// Records a model given by name or path (a cached name resolves to its file).
-pub fn note_model_input(lua: &Lua, name_or_path: &str) -> mlua::Result<()> {
+pub(crate) fn note_model_input(lua: &Lua, name_or_path: &str) -> mlua::Result<()> {
     let path = match crate::hub::resolve(name_or_path) {
         Ok(p) => p,
         Err(_) => PathBuf::from(name_or_path),
@@ -173,7 +173,7 @@ pub fn note_model_input(lua: &Lua, name_or_path: &str) -> mlua::Result<()> {
 
 /// Checks Ctrl-C and `--time-limit` every 10,000 Lua instructions, so even `while true do end`
 /// stops.
-pub fn install_interrupt_hook(lua: &Lua) -> mlua::Result<()> {
+pub(crate) fn install_interrupt_hook(lua: &Lua) -> mlua::Result<()> {
     lua.set_hook(
         HookTriggers::new().every_nth_instruction(10_000),
         |lua, debug| match crate::interrupt::state() {
@@ -193,12 +193,12 @@ pub fn install_interrupt_hook(lua: &Lua) -> mlua::Result<()> {
 /// An interruption with the recipe line it happened at.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct InterruptedAt(pub String, pub crate::interrupt::Interrupted);
+pub(crate) struct InterruptedAt(pub String, pub crate::interrupt::Interrupted);
 
 /// In a dry run, the first heavy operation of a trial (a training step, an evaluation,
 /// generation) stops the trial here and reports what it would train and need: trainable
 /// parameters, and the memory estimate for a step of `batch` × `seq` tokens.
-pub fn dry_run_stop<B: Backend>(
+pub(crate) fn dry_run_stop<B: Backend>(
     lua: &Lua,
     model: &Llama<B>,
     batch: usize,

@@ -3,15 +3,15 @@
 
 mod adapters;
 mod config;
-pub mod data;
-pub mod eval;
-pub mod host;
-pub mod model;
-pub mod options;
-pub mod peft;
-pub mod quant;
-pub mod sweep;
-pub mod train;
+pub(crate) mod data;
+pub(crate) mod eval;
+pub(crate) mod host;
+pub(crate) mod model;
+pub(crate) mod options;
+pub(crate) mod peft;
+pub(crate) mod quant;
+pub(crate) mod sweep;
+pub(crate) mod train;
 
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ use options::RecipeError;
 pub use sweep::{SweepHost, SweepMode, SweepSettings, SweepSummary};
 
 /// The device every tensor of this recipe lives on.
-pub struct DeviceData<B: AutodiffBackend>(pub B::Device);
+pub(crate) struct DeviceData<B: AutodiffBackend>(pub B::Device);
 
 #[derive(Clone, Debug)]
 pub struct RecipeOptions {
@@ -178,7 +178,7 @@ fn parse_param(lua: &Lua, v: &str) -> mlua::Result<mlua::Value> {
 
 /// An mlua error taken apart: the message a person reads first, the Lua traceback, and
 /// whether it is a recipe mistake (exit code 2) rather than a failure of the work.
-pub struct ErrorParts {
+pub(crate) struct ErrorParts {
     pub message: String,
     pub traceback: Option<String>,
     pub is_recipe_error: bool,
@@ -186,7 +186,7 @@ pub struct ErrorParts {
     pub is_nonfinite: bool,
 }
 
-pub fn error_parts(e: &mlua::Error) -> ErrorParts {
+pub(crate) fn error_parts(e: &mlua::Error) -> ErrorParts {
     match e {
         mlua::Error::CallbackError { traceback, cause } => {
             let mut inner = error_parts(cause);
@@ -236,7 +236,7 @@ pub fn error_parts(e: &mlua::Error) -> ErrorParts {
 }
 
 /// Converts JSON (e.g. a serialised config) into Lua tables.
-pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value> {
+pub(crate) fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value> {
     use serde_json::Value as J;
     Ok(match v {
         J::Null => mlua::Value::Nil,

@@ -16,7 +16,7 @@ use crate::train::perplexity::perplexity;
 use crate::train::token_logprobs;
 
 /// A model shared between the recipe and the trainers that update it, with its tokenizer.
-pub struct LuaModel<B: AutodiffBackend> {
+pub(crate) struct LuaModel<B: AutodiffBackend> {
     pub model: Rc<RefCell<Llama<B>>>,
     pub tokenizer: Tokenizer,
 }
@@ -30,7 +30,7 @@ impl<B: AutodiffBackend> LuaModel<B> {
     }
 }
 
-pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
     t.set(
         "tiny",
@@ -119,7 +119,7 @@ pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<(
 }
 
 /// `runner.seed` (from `--seed`), the default of every seed option.
-pub fn default_seed(lua: &Lua) -> mlua::Result<u64> {
+pub(crate) fn default_seed(lua: &Lua) -> mlua::Result<u64> {
     let runner: Table = lua.globals().get("runner")?;
     Ok(runner.get::<Option<i64>>("seed")?.unwrap_or(0) as u64)
 }

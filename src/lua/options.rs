@@ -10,10 +10,10 @@ use crate::util::closest;
 /// trial, because every trial of the recipe would hit it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct RecipeError(pub String);
+pub(crate) struct RecipeError(pub String);
 
 /// `recipe.lua:LINE` of the innermost Lua frame calling into Rust, if any.
-pub fn lua_location(lua: &Lua) -> Option<String> {
+pub(crate) fn lua_location(lua: &Lua) -> Option<String> {
     for level in 1..32 {
         let found = lua.inspect_stack(level, |d| {
             let src = d.source();
@@ -33,7 +33,7 @@ pub fn lua_location(lua: &Lua) -> Option<String> {
 }
 
 /// A recipe error, prefixed with the recipe location that caused it.
-pub fn recipe_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
+pub(crate) fn recipe_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
     let msg = match lua_location(lua) {
         Some(loc) => format!("{loc}: {msg}"),
         None => msg.to_string(),
@@ -43,7 +43,7 @@ pub fn recipe_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
 
 /// A failure that is not the recipe's fault (a non-finite loss, an I/O error): it fails the
 /// trial it happens in, with the recipe location.
-pub fn runtime_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
+pub(crate) fn runtime_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
     match lua_location(lua) {
         Some(loc) => mlua::Error::RuntimeError(format!("{loc}: {msg}")),
         None => mlua::Error::RuntimeError(msg.to_string()),
@@ -53,7 +53,7 @@ pub fn runtime_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
 /// A dry run stops each trial at its first heavy operation with what it would train.
 #[derive(Debug, thiserror::Error)]
 #[error("dry run: stopped before the first step")]
-pub struct DryRunStop {
+pub(crate) struct DryRunStop {
     pub trainable: u64,
     pub total: u64,
     pub estimate_bytes: u64,
@@ -64,10 +64,10 @@ pub struct DryRunStop {
 /// Training stopped after too many non-finite steps: the trial ends with status `nonfinite`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct NonFiniteStop(pub String);
+pub(crate) struct NonFiniteStop(pub String);
 
 /// A [`NonFiniteStop`], prefixed with the recipe location.
-pub fn nonfinite_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
+pub(crate) fn nonfinite_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
     let msg = match lua_location(lua) {
         Some(loc) => format!("{loc}: {msg}"),
         None => msg.to_string(),
@@ -75,7 +75,7 @@ pub fn nonfinite_error(lua: &Lua, msg: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::external(NonFiniteStop(msg))
 }
 
-pub struct Opts<'a> {
+pub(crate) struct Opts<'a> {
     lua: &'a Lua,
     func: &'static str,
     table: Table,
@@ -83,7 +83,7 @@ pub struct Opts<'a> {
 
 impl<'a> Opts<'a> {
     /// Checks that `table` only has keys from `allowed`.
-    pub fn new(
+    pub(crate) fn new(
         lua: &'a Lua,
         func: &'static str,
         table: Option<Table>,
@@ -125,7 +125,7 @@ impl<'a> Opts<'a> {
         self.table.raw_get(key)
     }
 
-    pub fn err(&self, msg: impl std::fmt::Display) -> mlua::Error {
+    pub(crate) fn err(&self, msg: impl std::fmt::Display) -> mlua::Error {
         recipe_error(self.lua, format!("{}: {msg}", self.func))
     }
 
@@ -133,7 +133,7 @@ impl<'a> Opts<'a> {
         self.err(format!("{key} must be {want}, found {}", describe(got)))
     }
 
-    pub fn int(&self, key: &str) -> mlua::Result<Option<i64>> {
+    pub(crate) fn int(&self, key: &str) -> mlua::Result<Option<i64>> {
         match self.value(key)? {
             Value::Nil => Ok(None),
             Value::Integer(i) => Ok(Some(i)),
@@ -143,7 +143,7 @@ impl<'a> Opts<'a> {
     }
 
     /// A non-negative integer, or `min` and above.
-    pub fn count(&self, key: &str, min: i64) -> mlua::Result<Option<usize>> {
+    pub(crate) fn count(&self, key: &str, min: i64) -> mlua::Result<Option<usize>> {
         match self.int(key)? {
             None => Ok(None),
             Some(i) if i >= min => Ok(Some(i as usize)),
@@ -151,7 +151,7 @@ impl<'a> Opts<'a> {
         }
     }
 
-    pub fn num(&self, key: &str) -> mlua::Result<Option<f64>> {
+    pub(crate) fn num(&self, key: &str) -> mlua::Result<Option<f64>> {
         match self.value(key)? {
             Value::Nil => Ok(None),
             Value::Integer(i) => Ok(Some(i as f64)),
@@ -160,7 +160,7 @@ impl<'a> Opts<'a> {
         }
     }
 
-    pub fn string(&self, key: &str) -> mlua::Result<Option<String>> {
+    pub(crate) fn string(&self, key: &str) -> mlua::Result<Option<String>> {
         match self.value(key)? {
             Value::Nil => Ok(None),
             Value::String(s) => Ok(Some(s.to_string_lossy())),
@@ -168,7 +168,7 @@ impl<'a> Opts<'a> {
         }
     }
 
-    pub fn bool(&self, key: &str) -> mlua::Result<Option<bool>> {
+    pub(crate) fn bool(&self, key: &str) -> mlua::Result<Option<bool>> {
         match self.value(key)? {
             Value::Nil => Ok(None),
             Value::Boolean(b) => Ok(Some(b)),
@@ -177,7 +177,7 @@ impl<'a> Opts<'a> {
     }
 
     /// A list of strings, or one string.
-    pub fn strings(&self, key: &str) -> mlua::Result<Option<Vec<String>>> {
+    pub(crate) fn strings(&self, key: &str) -> mlua::Result<Option<Vec<String>>> {
         match self.value(key)? {
             Value::Nil => Ok(None),
             Value::String(s) => Ok(Some(vec![s.to_string_lossy()])),
@@ -195,7 +195,7 @@ impl<'a> Opts<'a> {
         }
     }
 
-    pub fn table(&self, key: &str) -> mlua::Result<Option<Table>> {
+    pub(crate) fn table(&self, key: &str) -> mlua::Result<Option<Table>> {
         match self.value(key)? {
             Value::Nil => Ok(None),
             Value::Table(t) => Ok(Some(t)),
@@ -203,17 +203,17 @@ impl<'a> Opts<'a> {
         }
     }
 
-    pub fn required<T>(&self, key: &str, v: Option<T>) -> mlua::Result<T> {
+    pub(crate) fn required<T>(&self, key: &str, v: Option<T>) -> mlua::Result<T> {
         v.ok_or_else(|| self.err(format!("missing required option '{key}'")))
     }
 
-    pub fn raw(&self, key: &str) -> mlua::Result<Value> {
+    pub(crate) fn raw(&self, key: &str) -> mlua::Result<Value> {
         self.value(key)
     }
 }
 
 /// A short description of a Lua value for messages.
-pub fn describe(v: &Value) -> String {
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::Nil => "nil".into(),
         Value::Boolean(b) => b.to_string(),

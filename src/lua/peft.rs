@@ -15,7 +15,7 @@ use crate::peft::{Method, Targets};
 
 /// A validated method, ready for `model:attach`. Prompt tuning initialised from a text keeps
 /// the text here; the model's tokenizer turns it into ids when attaching.
-pub struct LuaMethod {
+pub(crate) struct LuaMethod {
     pub method: Method,
     pub init_text: Option<String>,
 }
@@ -76,7 +76,7 @@ fn checked_targets(lua: &Lua, func: &str, targets: &[&Targets]) -> mlua::Result<
     Ok(())
 }
 
-pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let t = lua.create_table()?;
     t.set(
         "lora",

@@ -11,10 +11,10 @@ use crate::model::quantize::{dequantize_model, model_quant_config, quantize_mode
 use crate::quant::{QuantConfig, QuantDtype};
 
 /// The options of `model:quantize{...}` and of `runner.model.load(name, {quantize = {...}})`.
-pub const QUANT_OPTIONS: &[&str] = &["dtype", "block", "double"];
+pub(crate) const QUANT_OPTIONS: &[&str] = &["dtype", "block", "double"];
 
 /// `{dtype = "nf4", block = 64, double = true}` (those are the defaults).
-pub fn quant_config(o: &Opts) -> mlua::Result<QuantConfig> {
+pub(crate) fn quant_config(o: &Opts) -> mlua::Result<QuantConfig> {
     let dtype = QuantDtype::parse(&o.string("dtype")?.unwrap_or_else(|| "nf4".into()))
         .map_err(|e| o.err(e))?;
     let block = match o.int("block")? {
@@ -33,7 +33,7 @@ pub fn quant_config(o: &Opts) -> mlua::Result<QuantConfig> {
     })
 }
 
-pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods: &mut M) {
+pub(crate) fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods: &mut M) {
     // model:quantize{dtype = "nf4", block = 64, double = true} -> {quantized_params, bytes, bytes_per_param, dense_bytes}
     methods.add_method("quantize", |lua, this, opts: Option<Table>| {
         let o = Opts::new(lua, "model:quantize", opts, QUANT_OPTIONS)?;
@@ -65,7 +65,7 @@ pub fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(methods:
     });
 }
 
-pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     // runner.mem{model = m or "smollm2-135m", method = "lora", rank = 8, targets = {...} | "all-linear",
     //            dtype = "nf4", block = 64, double = true, batch = 4, seq = 256} -> MB by component
     let mem = lua.create_function(|lua, opts: Table| {

@@ -76,7 +76,7 @@ pub struct SweepHost {
 }
 
 impl SweepHost {
-    pub fn new(
+    pub(crate) fn new(
         results_dir: PathBuf,
         recipe_source: Vec<u8>,
         command_identity: String,
@@ -106,12 +106,12 @@ impl SweepHost {
         }
     }
 
-    pub fn in_trial(&self) -> bool {
+    pub(crate) fn in_trial(&self) -> bool {
         self.trial_inputs.is_some()
     }
 
     /// A file read while a trial runs belongs to that trial's inputs.
-    pub fn note_trial_input(&mut self, path: &Path, fingerprint: String) {
+    pub(crate) fn note_trial_input(&mut self, path: &Path, fingerprint: String) {
         if let Some(list) = self.trial_inputs.as_mut() {
             let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
             if !list.iter().any(|(p, _)| *p == path) {
@@ -138,7 +138,7 @@ impl SweepHost {
     }
 }
 
-pub fn scalar_from_lua(v: &LuaValue) -> Option<Value> {
+pub(crate) fn scalar_from_lua(v: &LuaValue) -> Option<Value> {
     match v {
         LuaValue::Integer(i) => Some(Value::Int(*i)),
         LuaValue::Number(x) => Some(Value::Num(*x)),
@@ -189,7 +189,7 @@ fn print_line(lua: &Lua, line: &str) {
     }
 }
 
-pub fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     runner.set(
         "log",
         lua.create_function(|lua, row: LuaValue| {

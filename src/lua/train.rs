@@ -24,16 +24,16 @@ use crate::train::{
     AdamWConfig, Schedule, ScheduleKind, StepReport, TrainError, TrainOptions, Trainer,
 };
 
-pub struct LuaAdamW(pub AdamWConfig);
+pub(crate) struct LuaAdamW(pub AdamWConfig);
 impl UserData for LuaAdamW {}
 
-pub struct LuaTrainer<B: AutodiffBackend> {
+pub(crate) struct LuaTrainer<B: AutodiffBackend> {
     model: Rc<RefCell<Llama<B>>>,
     tokenizer: Tokenizer,
     trainer: Trainer<B>,
 }
 
-pub fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let optim = lua.create_table()?;
     optim.set(
         "adamw",

@@ -36,7 +36,7 @@ pub struct Llama3RopeScaling {
 impl Llama3RopeScaling {
     /// Rescales one rotary inverse frequency as transformers' `_compute_llama3_parameters` does:
     /// long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
-    pub fn scale(&self, inv_freq: f64) -> f64 {
+    pub(crate) fn scale(&self, inv_freq: f64) -> f64 {
         let old = self.original_max_position_embeddings as f64;
         let (low_wavelen, high_wavelen) = (old / self.low_freq_factor, old / self.high_freq_factor);
         let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
@@ -107,7 +107,7 @@ impl LlamaConfig {
     }
 
     /// Checks every value Burn would otherwise panic on.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),

@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// The one random-number generator type used for weights and dropout masks.
-pub type HostRng = ChaCha8Rng;
+pub(crate) type HostRng = ChaCha8Rng;
 
 pub fn rng(seed: u64) -> HostRng {
     ChaCha8Rng::seed_from_u64(seed)
@@ -40,7 +40,7 @@ pub fn normal_vec(rng: &mut HostRng, n: usize, std: f64) -> Vec<f32> {
 }
 
 /// Uniform(-bound, bound) samples.
-pub fn uniform_vec(rng: &mut HostRng, n: usize, bound: f64) -> Vec<f32> {
+pub(crate) fn uniform_vec(rng: &mut HostRng, n: usize, bound: f64) -> Vec<f32> {
     (0..n)
         .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
         .collect()

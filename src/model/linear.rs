@@ -28,7 +28,7 @@ pub enum Weight<B: Backend> {
 impl<B: Backend> Weight<B> {
     /// The weight as a `[d_in, d_out]` tensor: the dense parameter, or a dequantized copy
     /// (detached: quantized weights are never trained).
-    pub fn tensor(&self, device: &B::Device) -> Tensor<B, 2> {
+    pub(crate) fn tensor(&self, device: &B::Device) -> Tensor<B, 2> {
         match self {
             Self::Dense(p) => p.value.clone(),
             Self::Quantized(q) => Tensor::from_data(
@@ -38,7 +38,7 @@ impl<B: Backend> Weight<B> {
         }
     }
 
-    pub fn dense(&self) -> Option<&Param<B, 2>> {
+    pub(crate) fn dense(&self) -> Option<&Param<B, 2>> {
         match self {
             Self::Dense(p) => Some(p),
             Self::Quantized(_) => None,
@@ -63,11 +63,11 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    pub fn new(weight: Tensor<B, 2>, trainable: bool) -> Self {
+    pub(crate) fn new(weight: Tensor<B, 2>, trainable: bool) -> Self {
         Self::with_weight(Weight::Dense(Param::new(weight, trainable)))
     }
 
-    pub fn with_weight(weight: Weight<B>) -> Self {
+    pub(crate) fn with_weight(weight: Weight<B>) -> Self {
         Self {
             weight,
             lora: Slots::default(),
@@ -76,14 +76,14 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    pub fn d_in(&self) -> usize {
+    pub(crate) fn d_in(&self) -> usize {
         match &self.weight {
             Weight::Dense(p) => p.value.dims()[0],
             Weight::Quantized(q) => q.shape[1],
         }
     }
 
-    pub fn d_out(&self) -> usize {
+    pub(crate) fn d_out(&self) -> usize {
         match &self.weight {
             Weight::Dense(p) => p.value.dims()[1],
             Weight::Quantized(q) => q.shape[0],
@@ -95,7 +95,7 @@ impl<B: Backend> Linear<B> {
         self.weight.dense()
     }
 
-    pub fn dense_mut(&mut self) -> Option<&mut Param<B, 2>> {
+    pub(crate) fn dense_mut(&mut self) -> Option<&mut Param<B, 2>> {
         match &mut self.weight {
             Weight::Dense(p) => Some(p),
             Weight::Quantized(_) => None,
@@ -104,7 +104,7 @@ impl<B: Backend> Linear<B> {
 
     /// Replaces a dense weight by its quantized form (frozen from then on). Rows of the
     /// `[d_out, d_in]` layout must split into whole blocks.
-    pub fn quantize(&mut self, config: QuantConfig) -> Result<(), QuantError> {
+    pub(crate) fn quantize(&mut self, config: QuantConfig) -> Result<(), QuantError> {
         let Weight::Dense(p) = &self.weight else {
             return Ok(());
         };
@@ -124,7 +124,7 @@ impl<B: Backend> Linear<B> {
     }
 
     /// Replaces a quantized weight by its dequantized values (a frozen dense weight).
-    pub fn dequantize(&mut self, device: &B::Device) {
+    pub(crate) fn dequantize(&mut self, device: &B::Device) {
         if let Weight::Quantized(_) = &self.weight {
             self.weight = Weight::Dense(Param::new(self.weight.tensor(device), false));
         }
@@ -134,7 +134,7 @@ impl<B: Backend> Linear<B> {
     /// - x: `[n, d_in]` -> `[n, d_out]`
     ///
     /// `rng` is `Some` in training (LoRA dropout is drawn from it) and `None` in evaluation.
-    pub fn forward(&self, x: Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+    pub(crate) fn forward(&self, x: Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
         let ia3 = self.ia3.active().filter(|v| !v.merged);
         let x = match ia3 {
             Some(v) if v.on_input => x * v.vector.value.clone().unsqueeze(),
@@ -157,7 +157,7 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    pub fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+    pub(crate) fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
         match &mut self.weight {
             Weight::Dense(p) => v.visit2(&format!("{prefix}.weight"), p),
             Weight::Quantized(q) => v.visit_quantized(&format!("{prefix}.weight"), q),

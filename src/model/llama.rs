@@ -29,7 +29,7 @@ pub enum Proj {
 
 impl Proj {
     /// Every projection, in the order Hugging Face names them.
-    pub const ALL: [Proj; 7] = [
+    pub(crate) const ALL: [Proj; 7] = [
         Self::Q,
         Self::K,
         Self::V,
@@ -40,7 +40,7 @@ impl Proj {
     ];
 
     /// The Hugging Face name: `q_proj`, ..., `down_proj`.
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Self::Q => "q_proj",
             Self::K => "k_proj",
@@ -52,12 +52,12 @@ impl Proj {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.name() == name)
     }
 
     /// Whether it belongs to the MLP (else to attention).
-    pub fn is_mlp(self) -> bool {
+    pub(crate) fn is_mlp(self) -> bool {
         matches!(self, Self::Gate | Self::Up | Self::Down)
     }
 }
@@ -87,7 +87,7 @@ pub const LINEAR_TARGETS: [&str; 7] = [
 ];
 
 /// `(d_in, d_out)` of a projection.
-pub fn projection_shape(config: &LlamaConfig, proj: Proj) -> (usize, usize) {
+pub(crate) fn projection_shape(config: &LlamaConfig, proj: Proj) -> (usize, usize) {
     let (d, ffn) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim();
     let kv = config.num_key_value_heads * config.head_dim();
@@ -101,7 +101,7 @@ pub fn projection_shape(config: &LlamaConfig, proj: Proj) -> (usize, usize) {
 }
 
 /// The Hugging Face module name of a projection: `model.layers.3.self_attn.q_proj`.
-pub fn module_path(layer: usize, proj: Proj) -> String {
+pub(crate) fn module_path(layer: usize, proj: Proj) -> String {
     let group = if proj.is_mlp() { "mlp" } else { "self_attn" };
     format!("model.layers.{layer}.{group}.{proj}")
 }
@@ -147,7 +147,7 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
-    pub fn proj(&self, proj: Proj) -> &Linear<B> {
+    pub(crate) fn proj(&self, proj: Proj) -> &Linear<B> {
         match proj {
             Proj::Q => &self.q_proj,
             Proj::K => &self.k_proj,
@@ -159,7 +159,7 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    pub fn proj_mut(&mut self, proj: Proj) -> &mut Linear<B> {
+    pub(crate) fn proj_mut(&mut self, proj: Proj) -> &mut Linear<B> {
         match proj {
             Proj::Q => &mut self.q_proj,
             Proj::K => &mut self.k_proj,
@@ -181,7 +181,7 @@ impl<B: Backend> Block<B> {
     }
 
     /// The block with an empty set of adapters.
-    pub fn new<E>(
+    pub(crate) fn new<E>(
         input_layernorm: Param<B, 1>,
         post_attention_layernorm: Param<B, 1>,
         mut linears: impl FnMut(Proj) -> Result<Linear<B>, E>,
@@ -301,7 +301,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// A model from its weights, without adapters.
-    pub fn from_parts(
+    pub(crate) fn from_parts(
         config: LlamaConfig,
         embed_tokens: Param<B, 2>,
         layers: Vec<Block<B>>,
@@ -601,7 +601,7 @@ impl<B: Backend> Llama<B> {
     /// A training forward pass in stages, for activation checkpointing: the stages can be run
     /// without a graph first and recomputed one at a time with one. Prefix tuning seeds every
     /// layer's keys and values from one table, so it is not staged (`None`).
-    pub fn staged(
+    pub(crate) fn staged(
         &self,
         input_ids: Tensor<B, 2, Int>,
         segments: Option<&[u32]>,
@@ -616,12 +616,12 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Stage 0: the embedded input (with virtual tokens).
-    pub fn stage_embed(&self, s: &Staged<B>) -> Tensor<B, 2> {
+    pub(crate) fn stage_embed(&self, s: &Staged<B>) -> Tensor<B, 2> {
         self.embed(s.input_ids.clone(), true).0
     }
 
     /// Stage `i + 1`: decoder layer `i`.
-    pub fn stage_block(
+    pub(crate) fn stage_block(
         &self,
         s: &Staged<B>,
         i: usize,
@@ -632,7 +632,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// The last stage: final norm, virtual tokens dropped; the hidden states of `hidden_states`.
-    pub fn stage_finish(&self, s: &Staged<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn stage_finish(&self, s: &Staged<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.finish(x, &s.plan)
     }
 
@@ -707,7 +707,7 @@ struct Plan<B: Backend> {
 }
 
 /// A forward pass split into stages (see [`Llama::staged`]).
-pub struct Staged<B: Backend> {
+pub(crate) struct Staged<B: Backend> {
     input_ids: Tensor<B, 2, Int>,
     plan: Plan<B>,
 }

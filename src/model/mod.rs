@@ -1,7 +1,7 @@
 //! The Llama-architecture decoder and its building blocks.
 
-pub mod adapters;
-pub mod config;
+pub(crate) mod adapters;
+pub(crate) mod config;
 pub mod init;
 pub mod linear;
 pub mod llama;

@@ -19,7 +19,7 @@ impl<B: Backend, const D: usize> Param<B, D> {
         Self { value, trainable }
     }
 
-    pub fn value(&self) -> &Tensor<B, D> {
+    pub(crate) fn value(&self) -> &Tensor<B, D> {
         &self.value
     }
 
@@ -28,7 +28,7 @@ impl<B: Backend, const D: usize> Param<B, D> {
     }
 
     /// Changes whether the parameter is trained; detaches it from any graph either way.
-    pub fn set_trainable(&mut self, trainable: bool) {
+    pub(crate) fn set_trainable(&mut self, trainable: bool) {
         self.trainable = trainable;
         self.value = self.value.clone().detach().set_require_grad(trainable);
     }
@@ -77,7 +77,7 @@ impl ParamCount {
 }
 
 /// Sets every parameter's trainable flag to one value (freeze or unfreeze a whole model).
-pub struct SetTrainable(pub bool);
+pub(crate) struct SetTrainable(pub bool);
 
 impl<B: Backend> ParamVisitor<B> for SetTrainable {
     fn visit1(&mut self, _name: &str, p: &mut Param<B, 1>) {

@@ -16,7 +16,7 @@ pub struct QuantSummary {
 }
 
 impl QuantSummary {
-    pub fn bytes_per_param(&self) -> f64 {
+    pub(crate) fn bytes_per_param(&self) -> f64 {
         self.quantized_bytes as f64 / self.quantized_params.max(1) as f64
     }
 }
@@ -73,7 +73,7 @@ pub fn dequantize_model<B: Backend>(model: &mut Llama<B>) {
 }
 
 /// Counts the quantized projections and their storage.
-pub fn summary<B: Backend>(model: &Llama<B>) -> QuantSummary {
+pub(crate) fn summary<B: Backend>(model: &Llama<B>) -> QuantSummary {
     let mut s = QuantSummary::default();
     for layer in &model.layers {
         for t in LINEAR_TARGETS {
@@ -93,7 +93,7 @@ pub fn summary<B: Backend>(model: &Llama<B>) -> QuantSummary {
 }
 
 /// The quantization of the model's projections, if they are quantized (all alike).
-pub fn model_quant_config<B: Backend>(model: &Llama<B>) -> Option<QuantConfig> {
+pub(crate) fn model_quant_config<B: Backend>(model: &Llama<B>) -> Option<QuantConfig> {
     model
         .layers
         .iter()

@@ -20,9 +20,9 @@ pub enum SaveError {
 }
 
 /// One tensor to write: name, PyTorch shape, row-major f32 values.
-pub type HostTensor = (String, Vec<usize>, Vec<f32>);
+pub(crate) type HostTensor = (String, Vec<usize>, Vec<f32>);
 
-pub fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+pub(crate) fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
     let values = t
         .to_data()
         .convert::<f32>()
@@ -32,7 +32,7 @@ pub fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> (Vec<usize>, Vec<f3
 }
 
 /// `[rows, cols]` row-major -> `[cols, rows]`.
-pub fn transposed(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
+pub(crate) fn transposed(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
     let (rows, cols) = (shape[0], shape[1]);
     (
         vec![cols, rows],
@@ -55,7 +55,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
 }
 
 /// An f32 safetensors file with `{"format": "pt"}` metadata, as PyTorch writers make.
-pub fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<(), SaveError> {
+pub(crate) fn write_safetensors(path: &Path, tensors: &[HostTensor]) -> Result<(), SaveError> {
     let raw: Vec<RawTensor> = tensors
         .iter()
         .map(|(name, shape, v)| {

@@ -9,7 +9,7 @@ use crate::model::Llama;
 use crate::model::adapters::bottleneck::Bottleneck;
 use crate::model::init;
 
-pub use crate::model::adapters::bottleneck::Activation;
+pub(crate) use crate::model::adapters::bottleneck::Activation;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,7 +39,7 @@ impl Default for BottleneckConfig {
     }
 }
 
-pub fn attach<B: Backend>(
+pub(crate) fn attach<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
     config: &BottleneckConfig,

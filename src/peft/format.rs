@@ -24,8 +24,8 @@ use crate::model::save::{
     HostTensor, SaveError, host, transposed, write_atomic, write_safetensors,
 };
 
-pub const CONFIG_FILE: &str = "adapter_config.json";
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+pub(crate) const CONFIG_FILE: &str = "adapter_config.json";
+pub(crate) const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {

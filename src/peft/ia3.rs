@@ -28,7 +28,7 @@ impl Default for Ia3Config {
     }
 }
 
-pub fn attach<B: Backend>(
+pub(crate) fn attach<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
     config: &Ia3Config,

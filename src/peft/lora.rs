@@ -27,17 +27,6 @@ pub enum LoraInit {
     Pissa,
 }
 
-impl LoraInit {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "kaiming" | "default" => Some(Self::Kaiming),
-            "gaussian" => Some(Self::Gaussian),
-            "pissa" => Some(Self::Pissa),
-            _ => None,
-        }
-    }
-}
-
 /// Read from a recipe's `runner.peft.lora{...}` by its field names; missing fields take
 /// `Default`, which is PEFT's `LoraConfig` (r 8, lora_alpha 8, dropout 0, q_proj + v_proj).
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -72,7 +61,7 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
-    pub fn scale(&self) -> f64 {
+    pub(crate) fn scale(&self) -> f64 {
         if self.rslora {
             self.alpha / (self.rank as f64).sqrt()
         } else {
@@ -80,7 +69,7 @@ impl LoraConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), PeftError> {
+    pub(crate) fn validate(&self) -> Result<(), PeftError> {
         if self.rank == 0 {
             return Err(PeftError::Rank(0));
         }

@@ -15,7 +15,7 @@ pub mod ia3;
 pub mod lora;
 pub mod prompt;
 pub mod selective;
-pub mod targets;
+pub(crate) mod targets;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -83,7 +83,7 @@ impl Method {
     }
 
     /// The method of an attached adapter.
-    pub fn of(info: &AdapterInfo) -> &Method {
+    pub(crate) fn of(info: &AdapterInfo) -> &Method {
         let method: &dyn Any = &*info.method;
         method
             .downcast_ref()
@@ -144,7 +144,7 @@ pub enum PeftError {
 }
 
 /// The default adapter name, as in PEFT.
-pub const DEFAULT_ADAPTER: &str = "default";
+pub(crate) const DEFAULT_ADAPTER: &str = "default";
 
 /// Checks that `name` can be attached (called before anything changes).
 fn begin_adapter<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftError> {

@@ -46,7 +46,7 @@ impl Default for PromptConfig {
 }
 
 impl PrefixConfig {
-    pub fn validate(&self) -> Result<(), PeftError> {
+    pub(crate) fn validate(&self) -> Result<(), PeftError> {
         check_virtual(self.num_virtual_tokens)?;
         if self.projection == Some(0) {
             return Err(PeftError::Invalid("projection must be at least 1".into()));
@@ -64,7 +64,7 @@ fn check_virtual(n: usize) -> Result<(), PeftError> {
     Ok(())
 }
 
-pub fn attach_prompt<B: Backend>(
+pub(crate) fn attach_prompt<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
     config: &PromptConfig,
@@ -127,7 +127,7 @@ impl Default for PrefixConfig {
     }
 }
 
-pub fn attach_prefix<B: Backend>(
+pub(crate) fn attach_prefix<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
     config: &PrefixConfig,

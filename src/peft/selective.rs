@@ -25,7 +25,7 @@ impl Default for BitFitConfig {
     }
 }
 
-pub fn attach_bitfit<B: Backend>(
+pub(crate) fn attach_bitfit<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
     config: &BitFitConfig,
@@ -46,7 +46,10 @@ pub fn attach_bitfit<B: Backend>(
     Ok(added)
 }
 
-pub fn attach_ln_tuning<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<usize, PeftError> {
+pub(crate) fn attach_ln_tuning<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+) -> Result<usize, PeftError> {
     super::begin_adapter(model, name)?;
     let copy = |p: &Param<B, 1>| Param::new(p.value.clone().detach(), true);
     let mut added = 0;
@@ -68,7 +71,7 @@ pub fn attach_ln_tuning<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<
 
 /// Every base parameter trainable. Adapters must be removed (or merged and unloaded) first,
 /// since full fine-tuning trains the base itself.
-pub fn full<B: Backend>(model: &mut Llama<B>) -> Result<usize, PeftError> {
+pub(crate) fn full<B: Backend>(model: &mut Llama<B>) -> Result<usize, PeftError> {
     if let Some(a) = model.adapters.first() {
         return Err(PeftError::Invalid(format!(
             "full fine-tuning trains the base model, but adapter '{}' is attached; merge_and_unload() or remove it first",

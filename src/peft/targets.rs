@@ -18,7 +18,7 @@ impl Targets {
         Self::Names(names.iter().map(|s| s.to_string()).collect())
     }
 
-    pub fn validate(&self) -> Result<(), PeftError> {
+    pub(crate) fn validate(&self) -> Result<(), PeftError> {
         match self {
             Self::Names(list) if list.is_empty() => Err(PeftError::NoTargets),
             Self::Pattern(p) => regex::Regex::new(p)
@@ -29,7 +29,7 @@ impl Targets {
     }
 
     /// The `(layer, projection)` pairs selected in a model of `layers` blocks, in model order.
-    pub fn resolve(&self, layers: usize) -> Result<Vec<(usize, Proj)>, PeftError> {
+    pub(crate) fn resolve(&self, layers: usize) -> Result<Vec<(usize, Proj)>, PeftError> {
         self.validate()?;
         let all = (0..layers).flat_map(|i| Proj::ALL.into_iter().map(move |t| (i, t)));
         match self {
@@ -81,7 +81,7 @@ impl Targets {
     }
 
     /// The names PEFT's adapter_config.json lists for these targets.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         match self {
             Self::Names(list) => serde_json::json!(list),
             Self::Pattern(p) => serde_json::json!(p),
@@ -91,7 +91,7 @@ impl Targets {
 
     /// PEFT's `target_modules`: a list of names, or a string that is a regular expression
     /// (or "all-linear").
-    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+    pub(crate) fn from_json(v: &serde_json::Value) -> Option<Self> {
         match v {
             serde_json::Value::String(s) if s == "all-linear" => Some(Self::AllLinear),
             serde_json::Value::String(s) => Some(Self::Pattern(s.clone())),

@@ -52,7 +52,7 @@ impl QuantDtype {
         }
     }
 
-    pub fn bits(self) -> usize {
+    pub(crate) fn bits(self) -> usize {
         if self == Self::Int8 { 8 } else { 4 }
     }
 
@@ -109,7 +109,7 @@ impl QuantConfig {
     }
 
     /// Checks the block size on its own: positive, and even for 4-bit types.
-    pub fn validate_block(&self) -> Result<(), QuantError> {
+    pub(crate) fn validate_block(&self) -> Result<(), QuantError> {
         if self.block == 0 {
             return Err(QuantError::BadBlock(
                 "block size must be positive, got 0".into(),
@@ -161,7 +161,7 @@ impl BlockScales {
 
     /// Bytes these scales take in memory (the shared nested map is counted once per tensor, as
     /// bitsandbytes stores it).
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         match self {
             Self::Plain(v) => 4 * v.len(),
             Self::Double {
@@ -261,11 +261,11 @@ impl QuantizedTensor {
         })
     }
 
-    pub fn numel(&self) -> usize {
+    pub(crate) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
-    pub fn config(&self) -> QuantConfig {
+    pub(crate) fn config(&self) -> QuantConfig {
         QuantConfig {
             dtype: self.dtype,
             block: self.block,

@@ -10,10 +10,10 @@ use super::blockwise::NESTED_BLOCK;
 use super::{BlockScales, QuantDtype, QuantError, QuantizedTensor};
 
 /// One tensor as stored: name, dtype, shape, little-endian bytes.
-pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+pub(crate) type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
 
 /// A stored tensor as read back: dtype, shape, bytes.
-pub type RawView<'a> = (Dtype, Vec<usize>, &'a [u8]);
+pub(crate) type RawView<'a> = (Dtype, Vec<usize>, &'a [u8]);
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct QuantStateJson {
@@ -48,7 +48,7 @@ fn f32_values(name: &str, view: &RawView) -> Result<Vec<f32>, QuantError> {
 }
 
 /// The tensors that store `q` under `name` (the weight's name, `...q_proj.weight`).
-pub fn to_tensors(name: &str, q: &QuantizedTensor) -> Result<Vec<RawTensor>, QuantError> {
+pub(crate) fn to_tensors(name: &str, q: &QuantizedTensor) -> Result<Vec<RawTensor>, QuantError> {
     if !matches!(q.dtype, QuantDtype::Nf4 | QuantDtype::Fp4) {
         return Err(QuantError::Invalid(format!(
             "{name}: transformers' bitsandbytes 4-bit format has nf4 and fp4 only, not {}; dequantize() before saving",
@@ -125,7 +125,7 @@ pub fn to_tensors(name: &str, q: &QuantizedTensor) -> Result<Vec<RawTensor>, Qua
 
 /// Reads the bitsandbytes weight stored under `name`, if there is one; `get` looks tensors up
 /// by name. `expected` is the `[out, in]` shape the model needs.
-pub fn from_tensors<'a>(
+pub(crate) fn from_tensors<'a>(
     name: &str,
     expected: [usize; 2],
     get: impl Fn(&str) -> Option<RawView<'a>>,
@@ -242,7 +242,7 @@ pub fn from_tensors<'a>(
 }
 
 /// The `quantization_config` transformers writes into config.json for such a checkpoint.
-pub fn quantization_config(dtype: QuantDtype, double: bool) -> serde_json::Value {
+pub(crate) fn quantization_config(dtype: QuantDtype, double: bool) -> serde_json::Value {
     serde_json::json!({
         "quant_method": "bitsandbytes",
         "load_in_4bit": true,

@@ -7,7 +7,7 @@
 /// bitsandbytes' NF4 values (quantiles of N(0, 1) scaled to [-1, 1]), in code order,
 /// written with the digits bitsandbytes publishes (more than an f32 holds).
 #[allow(clippy::excessive_precision)]
-pub const NF4: [f32; 16] = [
+pub(crate) const NF4: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
     -0.525_073_051_452_636_7,
@@ -30,7 +30,7 @@ pub const NF4: [f32; 16] = [
 /// codes 8..15 are the same values negated (code 8, "-0", is +0.0 in bitsandbytes' table).
 const FP4_TWELFTHS: [f32; 8] = [0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0];
 
-pub fn fp4() -> [f32; 16] {
+pub(crate) fn fp4() -> [f32; 16] {
     let mut v = [0.0f32; 16];
     for (i, t) in FP4_TWELFTHS.iter().enumerate() {
         v[i] = t / 12.0;
@@ -40,12 +40,12 @@ pub fn fp4() -> [f32; 16] {
 }
 
 /// Symmetric signed 4-bit grid: code `i` stands for `(i - 8) / 7`; code 0 (-8/7) is never produced.
-pub fn int4() -> [f32; 16] {
+pub(crate) fn int4() -> [f32; 16] {
     std::array::from_fn(|i| (i as f32 - 8.0) / 7.0)
 }
 
 /// Symmetric signed 8-bit grid: code `i` stands for `(i - 128) / 127`; code 0 is never produced.
-pub fn int8() -> Vec<f32> {
+pub(crate) fn int8() -> Vec<f32> {
     (0..256).map(|i| (i as f32 - 128.0) / 127.0).collect()
 }
 

@@ -23,7 +23,7 @@ use crate::kernels::precision::{self, Precision};
 
 /// # Shapes
 /// - x: `[n, in]`, weight: `[out, in]` -> `[n, out]`
-pub fn quantized_matmul<B: Backend>(
+pub(crate) fn quantized_matmul<B: Backend>(
     x: Tensor<B, 2>,
     weight: &Arc<QuantizedTensor>,
 ) -> Tensor<B, 2> {

@@ -3,12 +3,12 @@
 //! that trains adapters through them.
 
 pub mod blockwise;
-pub mod bnb_format;
+pub(crate) mod bnb_format;
 pub mod codes;
-pub mod device;
-pub mod error;
-pub mod matmul;
+pub(crate) mod device;
+pub(crate) mod error;
+pub(crate) mod matmul;
 pub mod torch_sum;
 
 pub use blockwise::{BlockScales, QuantConfig, QuantDtype, QuantizedTensor};
-pub use error::QuantError;
+pub(crate) use error::QuantError;

@@ -25,7 +25,7 @@ pub struct StepRow {
 
 /// A column of `trials.csv`, resolved by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Column {
+pub(crate) enum Column {
     TrialId,
     Status,
     Seconds,
@@ -106,7 +106,7 @@ impl SweepResults {
     }
 
     /// All column names of `trials.csv`, in file order.
-    pub fn columns(&self) -> Vec<String> {
+    pub(crate) fn columns(&self) -> Vec<String> {
         let mut out = vec!["trial_id".to_string()];
         out.extend(self.params.iter().cloned());
         out.extend(["status".to_string(), "seconds".to_string()]);
@@ -116,7 +116,7 @@ impl SweepResults {
     }
 
     /// Resolves a column by name; the error lists the available columns.
-    pub fn column(&self, name: &str) -> Result<Column> {
+    pub(crate) fn column(&self, name: &str) -> Result<Column> {
         let found = match name {
             "trial_id" => Some(Column::TrialId),
             "status" => Some(Column::Status),
@@ -143,7 +143,7 @@ impl SweepResults {
         })
     }
 
-    pub fn column_name(&self, col: Column) -> &str {
+    pub(crate) fn column_name(&self, col: Column) -> &str {
         match col {
             Column::TrialId => "trial_id",
             Column::Status => "status",
@@ -155,7 +155,7 @@ impl SweepResults {
     }
 
     /// The cell of `col` for `trial`, as the file has it; empty when missing.
-    pub fn cell<'a>(&self, trial: &'a TrialRecord, col: Column) -> Cow<'a, str> {
+    pub(crate) fn cell<'a>(&self, trial: &'a TrialRecord, col: Column) -> Cow<'a, str> {
         let named = |list: &'a [(String, Value)], name: &str| match list
             .iter()
             .find(|(k, _)| k == name)
@@ -181,14 +181,14 @@ impl SweepResults {
     }
 
     /// The trials that count: status `ok` unless `include_failed`.
-    pub fn selected(&self, include_failed: bool) -> impl Iterator<Item = &TrialRecord> {
+    pub(crate) fn selected(&self, include_failed: bool) -> impl Iterator<Item = &TrialRecord> {
         self.trials
             .iter()
             .filter(move |t| include_failed || t.status == TrialStatus::Ok)
     }
 
     /// "rank=4 targets=qv": how legends and tables name a trial.
-    pub fn param_label(&self, trial: &TrialRecord) -> String {
+    pub(crate) fn param_label(&self, trial: &TrialRecord) -> String {
         let parts: Vec<String> = self
             .params
             .iter()
@@ -309,7 +309,7 @@ fn load_steps(path: &Path) -> Result<(Vec<String>, Vec<StepRow>)> {
 pub(crate) mod tests {
     use super::*;
 
-    pub const TRIALS: &str = "\
+    pub(crate) const TRIALS: &str = "\
 trial_id,rank,targets,status,seconds,eval_loss,peak_mem_mb,error
 a1,4,qv,ok,3.0,3.5,30,
 a2,1,qv,ok,3.1,3.8,31,
@@ -318,7 +318,7 @@ a4,1,all,ok,3.3,2.9,41,
 a5,4,qv,ok,3.0,3.25,32,
 a6,1,all,failed,0.5,,,\"boom, bang\"
 ";
-    pub const STEPS: &str = "\
+    pub(crate) const STEPS: &str = "\
 trial_id,step,loss,lr
 a1,10,4.0,0.1
 a1,20,3.6,
@@ -333,7 +333,10 @@ a5,20,3.3,
 ";
 
     /// A sweep folder in a temporary directory, named `toy`.
-    pub fn fixture(trials: &str, steps: Option<&str>) -> (tempfile::TempDir, std::path::PathBuf) {
+    pub(crate) fn fixture(
+        trials: &str,
+        steps: Option<&str>,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("toy");
         std::fs::create_dir(&dir).unwrap();

@@ -18,8 +18,8 @@ use crate::sweep::TrialRecord;
 use crate::util::WriteStep;
 
 /// Pixel size of the PNG (and the SVG's view box).
-pub const WIDTH: u32 = 1200;
-pub const HEIGHT: u32 = 720;
+pub(crate) const WIDTH: u32 = 1200;
+pub(crate) const HEIGHT: u32 = 720;
 const FONT: &str = "sans-serif";
 // Font sizes in plotters' units (the SVG gets them divided by 1.24).
 const TITLE_PX: f64 = 30.0;

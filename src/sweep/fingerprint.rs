@@ -74,13 +74,13 @@ fn file_digest(path: &Path) -> io::Result<Vec<u8>> {
 /// The files a recipe has read so far, in first-read order, each with its fingerprint when
 /// first read.
 #[derive(Clone, Debug, Default)]
-pub struct Inputs {
+pub(crate) struct Inputs {
     files: Vec<(PathBuf, String)>,
 }
 
 impl Inputs {
     /// Records a file (once); returns its fingerprint.
-    pub fn note(&mut self, path: &Path) -> io::Result<String> {
+    pub(crate) fn note(&mut self, path: &Path) -> io::Result<String> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         if let Some((_, f)) = self.files.iter().find(|(p, _)| *p == path) {
             return Ok(f.clone());
@@ -90,25 +90,23 @@ impl Inputs {
         Ok(f)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.files.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
-    pub fn files(&self) -> impl Iterator<Item = &Path> {
+    pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|(p, _)| p.as_path())
     }
 
     /// The files noted since the first `since`, with their fingerprints.
-    pub fn since(&self, since: usize) -> &[(PathBuf, String)] {
+    #[cfg(test)]
+    pub(crate) fn since(&self, since: usize) -> &[(PathBuf, String)] {
         &self.files[since.min(self.files.len())..]
     }
 
     /// One line per file: what a trial id hashes.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.files
             .iter()
             .map(|(p, f)| format!("{}={f}\n", p.display()))
@@ -117,7 +115,7 @@ impl Inputs {
 }
 
 /// Whether every recorded `(path, fingerprint)` still holds.
-pub fn unchanged(recorded: &[(PathBuf, String)]) -> bool {
+pub(crate) fn unchanged(recorded: &[(PathBuf, String)]) -> bool {
     recorded
         .iter()
         .all(|(p, f)| fingerprint(p).map(|now| now == *f).unwrap_or(false))

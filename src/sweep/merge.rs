@@ -20,7 +20,7 @@ pub struct MergeReport {
 }
 
 /// The shard folders of a sweep, in name order.
-pub fn shard_dirs(sweep_dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn shard_dirs(sweep_dir: &Path) -> io::Result<Vec<PathBuf>> {
     let root = sweep_dir.join("shards");
     if !root.is_dir() {
         return Ok(Vec::new());

@@ -1,12 +1,12 @@
 //! Sweeps: grid expansion, trial ids, running the trials, and the CSV results they write.
 
 pub mod fingerprint;
-pub mod grid;
+pub(crate) mod grid;
 pub mod merge;
 pub mod results;
 pub mod run;
-pub mod space;
-pub mod value;
+pub(crate) mod space;
+pub(crate) mod value;
 
 pub use grid::{Trial, expand_grid, trial_id};
 pub use results::{StepsLog, TrialRecord, TrialStatus, TrialsTable};

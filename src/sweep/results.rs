@@ -19,7 +19,7 @@ pub enum TrialStatus {
 }
 
 impl TrialStatus {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [TrialStatus::Ok, TrialStatus::Failed, TrialStatus::Nonfinite]
             .into_iter()
             .find(|t| t.as_str() == s)
@@ -47,7 +47,7 @@ pub struct TrialRecord {
 /// Where a trials.csv header keeps each part of a row: the parameters between `trial_id` and
 /// `status`, then `seconds`, the metrics, and `error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrialColumns {
+pub(crate) struct TrialColumns {
     pub status: usize,
     pub seconds: usize,
     /// The error column, or the header's length when the file has none.
@@ -57,7 +57,7 @@ pub struct TrialColumns {
 impl TrialColumns {
     /// One row of trials.csv as a record: empty cells are left out, `value` reads the others;
     /// an unknown status counts as failed.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         header: &[String],
         cells: &[&str],
@@ -93,7 +93,7 @@ fn csv_line<I: IntoIterator<Item = String>>(fields: I) -> io::Result<Vec<u8>> {
 
 /// The header and records of a CSV file. A file that does not end in a newline lost the end
 /// of its last record (a crash mid-write): that record is dropped and `true` returned.
-pub fn read_records(path: &Path) -> io::Result<(Vec<String>, Vec<csv::StringRecord>, bool)> {
+pub(crate) fn read_records(path: &Path) -> io::Result<(Vec<String>, Vec<csv::StringRecord>, bool)> {
     let bytes = fs::read(path)?;
     let truncated = !bytes.is_empty() && !bytes.ends_with(b"\n");
     let mut r = csv::ReaderBuilder::new()
@@ -155,7 +155,7 @@ impl TrialsTable {
     /// Opens `dir/trials.csv`, keeping the rows already there (a sweep resumes), or starts
     /// an empty one. A partial last line (a crash while appending, or a copy cut short) is
     /// dropped and the file rewritten whole.
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    pub(crate) fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let (table, repaired) = Self::load(dir)?;
         if repaired || !table.path.exists() {
@@ -197,12 +197,12 @@ impl TrialsTable {
     }
 
     /// The recorded row of a trial.
-    pub fn find(&self, trial_id: &str) -> Option<&TrialRecord> {
+    pub(crate) fn find(&self, trial_id: &str) -> Option<&TrialRecord> {
         self.rows.iter().find(|r| r.trial_id == trial_id)
     }
 
     /// Removes the rows `keep` rejects and returns them (written at once).
-    pub fn take_unless(
+    pub(crate) fn take_unless(
         &mut self,
         keep: impl Fn(&TrialRecord) -> bool,
     ) -> io::Result<Vec<TrialRecord>> {
@@ -226,13 +226,13 @@ impl TrialsTable {
 
     /// Records a trial, replacing an earlier row of the same id (a failed trial run again),
     /// so no id ever appears twice.
-    pub fn record(&mut self, row: TrialRecord) -> io::Result<()> {
+    pub(crate) fn record(&mut self, row: TrialRecord) -> io::Result<()> {
         self.upsert(row);
         self.flush()
     }
 
     /// [`record`](Self::record) in memory only, for many rows at once; [`flush`](Self::flush) writes them.
-    pub fn upsert(&mut self, row: TrialRecord) {
+    pub(crate) fn upsert(&mut self, row: TrialRecord) {
         match self.rows.iter_mut().find(|r| r.trial_id == row.trial_id) {
             Some(old) => *old = row,
             None => self.rows.push(row),
@@ -241,7 +241,7 @@ impl TrialsTable {
 
     /// Writes the whole table, atomically. Columns: trial_id, the parameters, status,
     /// seconds, the metrics (sorted), error.
-    pub fn flush(&self) -> io::Result<()> {
+    pub(crate) fn flush(&self) -> io::Result<()> {
         let mut params: Vec<String> = Vec::new();
         let mut metrics: Vec<String> = Vec::new();
         for r in &self.rows {
@@ -283,7 +283,7 @@ impl TrialsTable {
 }
 
 /// One logged row of a trial's steps: its keys and values.
-pub type StepRow = Vec<(String, Value)>;
+pub(crate) type StepRow = Vec<(String, Value)>;
 
 /// `steps.csv`: `trial_id` then the logged keys — `step` first when present, the rest in the
 /// order they were first seen (each row's own keys sorted), so that the file is byte-for-byte
@@ -331,7 +331,7 @@ impl StepsLog {
 
     /// Removes the rows of the trials `keep` rejects (e.g. a trial about to run again, whose
     /// earlier attempt was interrupted) and returns them.
-    pub fn take_unless(
+    pub(crate) fn take_unless(
         &mut self,
         keep: impl Fn(&str) -> bool,
     ) -> io::Result<Vec<(String, StepRow)>> {
@@ -343,7 +343,7 @@ impl StepsLog {
     }
 
     /// [`take_unless`](Self::take_unless) in memory only; [`rewrite`](Self::rewrite) writes.
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<(String, StepRow)> {
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<(String, StepRow)> {
         let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rows)
             .into_iter()
             .partition(|(id, _)| keep(id));
@@ -362,7 +362,7 @@ impl StepsLog {
     }
 
     /// [`extend`](Self::extend) in memory only; [`rewrite`](Self::rewrite) writes.
-    pub fn append(&mut self, trial_id: &str, rows: impl IntoIterator<Item = StepRow>) {
+    pub(crate) fn append(&mut self, trial_id: &str, rows: impl IntoIterator<Item = StepRow>) {
         for row in rows {
             for (k, _) in &row {
                 if !self.columns.contains(k) {
@@ -390,7 +390,7 @@ impl StepsLog {
         &self.path
     }
 
-    pub fn log(&mut self, trial_id: &str, mut row: StepRow) -> io::Result<()> {
+    pub(crate) fn log(&mut self, trial_id: &str, mut row: StepRow) -> io::Result<()> {
         row.sort_by(|a, b| (a.0 != "step", &a.0).cmp(&(b.0 != "step", &b.0)));
         let mut grew = false;
         for (k, _) in &row {
@@ -443,7 +443,7 @@ impl StepsLog {
     }
 
     /// Writes the whole log, atomically.
-    pub fn rewrite(&self) -> io::Result<()> {
+    pub(crate) fn rewrite(&self) -> io::Result<()> {
         let mut header = vec!["trial_id".to_string()];
         header.extend(self.columns.iter().cloned());
         let mut out = csv_line(header)?;

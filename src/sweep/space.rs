@@ -10,7 +10,7 @@ use super::value::Value;
 
 /// How random search draws one parameter.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Distribution {
+pub(crate) enum Distribution {
     /// One of these values, uniformly.
     Choice(Vec<Value>),
     /// Uniform in [min, max] (log-uniform with `log`), rounded to an integer with `int`.
@@ -23,7 +23,7 @@ pub enum Distribution {
 }
 
 impl Distribution {
-    pub fn validate(&self, name: &str) -> Result<(), String> {
+    pub(crate) fn validate(&self, name: &str) -> Result<(), String> {
         match self {
             Distribution::Choice(v) if v.is_empty() => {
                 Err(format!("random.space.{name} is an empty list"))
@@ -64,7 +64,7 @@ impl Distribution {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct RandomSearch {
+pub(crate) struct RandomSearch {
     pub budget: usize,
     pub seed: u64,
     /// Parameter name → distribution, sorted by name so the draws do not depend on table order.
@@ -72,7 +72,7 @@ pub struct RandomSearch {
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct SweepSpace {
+pub(crate) struct SweepSpace {
     pub grid: Vec<(String, Vec<Value>)>,
     /// Lists of equal length whose i-th values form one point.
     pub zip: Vec<(String, Vec<Value>)>,
@@ -80,7 +80,7 @@ pub struct SweepSpace {
 }
 
 impl SweepSpace {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let mut names: Vec<&str> = Vec::new();
         let random_names = self
             .random
@@ -122,7 +122,7 @@ impl SweepSpace {
 
     /// Every trial, in a fixed order: grid points (last name fastest), each with every zip row,
     /// each with every random draw. Repeated points (random choices can repeat) appear once.
-    pub fn trials(&self) -> Vec<Trial> {
+    pub(crate) fn trials(&self) -> Vec<Trial> {
         let mut trials = expand_grid(&self.grid);
         if let Some((_, first)) = self.zip.first() {
             let rows: Vec<Vec<(String, Value)>> = (0..first.len())
@@ -176,7 +176,7 @@ fn product(trials: Vec<Trial>, rows: &[Vec<(String, Value)>]) -> Vec<Trial> {
 
 /// The trials of shard `index` of `count`: every `count`-th trial, starting at `index`, so
 /// shards get equal shares whatever the trials' order.
-pub fn shard<T: Clone>(trials: &[T], index: usize, count: usize) -> Vec<(usize, T)> {
+pub(crate) fn shard<T: Clone>(trials: &[T], index: usize, count: usize) -> Vec<(usize, T)> {
     trials
         .iter()
         .cloned()

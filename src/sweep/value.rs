@@ -25,7 +25,7 @@ impl fmt::Display for Value {
 
 impl Value {
     /// A value read back from CSV: integers, then floats, then booleans, else text.
-    pub fn parse_text(s: &str) -> Value {
+    pub(crate) fn parse_text(s: &str) -> Value {
         if let Ok(i) = s.parse::<i64>() {
             return Value::Int(i);
         }
@@ -40,7 +40,7 @@ impl Value {
     }
 
     /// Canonical form for hashing: the type is part of it, so `1` and `"1"` differ.
-    pub fn canonical(&self) -> String {
+    pub(crate) fn canonical(&self) -> String {
         match self {
             Value::Int(i) => format!("i:{i}"),
             Value::Num(x) => format!("n:{x:?}"),

@@ -10,7 +10,7 @@ use crate::generate::{GenerateError, GenerateOptions, generate};
 use crate::model::Llama;
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct GenEvalOptions {
+pub(crate) struct GenEvalOptions {
     pub max_new_tokens: usize,
     /// Score at most this many examples (the first ones, in order).
     pub limit: Option<usize>,
@@ -29,7 +29,7 @@ impl Default for GenEvalOptions {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Prediction {
+pub(crate) struct Prediction {
     pub prompt: String,
     pub reference: String,
     pub prediction: String,
@@ -38,7 +38,7 @@ pub struct Prediction {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct GenEvalResult {
+pub(crate) struct GenEvalResult {
     /// Fraction of exact matches.
     pub exact_match: f64,
     /// Mean ROUGE-L F-measure.
@@ -47,7 +47,7 @@ pub struct GenEvalResult {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum GenEvalError {
+pub(crate) enum GenEvalError {
     #[error("no examples to score")]
     Empty,
     #[error("example {index}: {source}")]
@@ -72,7 +72,7 @@ fn cut(text: &str, stop: &[String]) -> String {
 
 /// Scores every example (up to `opts.limit`); `after_each` runs after each generation (the
 /// Lua layer releases the autodiff graph's leftovers there).
-pub fn evaluate_generation<B: Backend>(
+pub(crate) fn evaluate_generation<B: Backend>(
     model: &Llama<B>,
     tok: &Tokenizer,
     examples: &[Example],
@@ -129,7 +129,7 @@ pub fn evaluate_generation<B: Backend>(
 
 /// Stops training when a metric has not improved by `min_delta` for `patience` evaluations.
 #[derive(Clone, Debug, PartialEq)]
-pub struct EarlyStopping {
+pub(crate) struct EarlyStopping {
     pub patience: usize,
     pub min_delta: f64,
     /// Lower is better (a loss) or higher is better (an accuracy).
@@ -139,7 +139,7 @@ pub struct EarlyStopping {
 }
 
 impl EarlyStopping {
-    pub fn new(patience: usize, min_delta: f64, minimize: bool) -> Self {
+    pub(crate) fn new(patience: usize, min_delta: f64, minimize: bool) -> Self {
         Self {
             patience: patience.max(1),
             min_delta: min_delta.abs(),
@@ -151,7 +151,7 @@ impl EarlyStopping {
 
     /// Records one evaluation; true when training should stop. A non-finite value never
     /// counts as an improvement.
-    pub fn update(&mut self, value: f64) -> bool {
+    pub(crate) fn update(&mut self, value: f64) -> bool {
         let improved = value.is_finite()
             && match self.best {
                 None => true,

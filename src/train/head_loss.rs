@@ -42,7 +42,7 @@ pub fn next_token_targets(labels: &[i64], batch: usize, seq: usize) -> Vec<i64> 
 
 /// As [`next_token_targets`], and with segments a row is not scored on the next token when
 /// that token starts another segment (packed examples, padding).
-pub fn next_token_targets_segmented(
+pub(crate) fn next_token_targets_segmented(
     labels: &[i64],
     segments: Option<&[u32]>,
     batch: usize,

@@ -11,7 +11,7 @@ use crate::data::IGNORE_INDEX;
 ///
 /// # Shapes
 /// - logits: `[batch, seq, vocab]`, labels: `batch * seq` row-major -> `[1]`
-pub fn causal_lm_nll_sum<B: Backend>(
+pub(crate) fn causal_lm_nll_sum<B: Backend>(
     logits: Tensor<B, 3>,
     labels: &[i64],
 ) -> (Tensor<B, 1>, usize) {

@@ -8,7 +8,7 @@
 
 /// ROUGE-L precision, recall and F-measure of one candidate against one reference.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RougeScore {
+pub(crate) struct RougeScore {
     pub precision: f64,
     pub recall: f64,
     pub fmeasure: f64,
@@ -51,7 +51,7 @@ fn lcs_len(a: &[String], b: &[String]) -> usize {
 /// punctuation only, or only non-ASCII characters) all three are 0, including when both are
 /// empty; F is 0 when the LCS is 0. The arithmetic is done in the same order as the Python so
 /// the results are the same doubles.
-pub fn rouge_l(reference: &str, candidate: &str) -> RougeScore {
+pub(crate) fn rouge_l(reference: &str, candidate: &str) -> RougeScore {
     let reference = rouge_tokens(reference);
     let candidate = rouge_tokens(candidate);
     if reference.is_empty() || candidate.is_empty() {
@@ -79,7 +79,8 @@ pub fn rouge_l(reference: &str, candidate: &str) -> RougeScore {
 /// Mean ROUGE-L F-measure over (reference, candidate) pairs, the plain average rouge-score
 /// users report. `None` when the slices are empty or of different lengths (a mismatch means
 /// the caller paired the wrong lists; a mean of nothing is undefined).
-pub fn mean_rouge_l_f<R: AsRef<str>, C: AsRef<str>>(refs: &[R], cands: &[C]) -> Option<f64> {
+#[cfg(test)]
+pub(crate) fn mean_rouge_l_f<R: AsRef<str>, C: AsRef<str>>(refs: &[R], cands: &[C]) -> Option<f64> {
     if refs.is_empty() || refs.len() != cands.len() {
         return None;
     }
@@ -110,7 +111,7 @@ fn is_py_space(c: char) -> bool {
 /// `string.punctuation`, so "don't" → "dont", "U.S." → "us"); replace the whole words
 /// "a", "an", "the" by a space (word = run of `\w` characters, so "theater" and "1the" stay);
 /// collapse whitespace to single spaces and trim.
-pub fn normalize_answer(s: &str) -> String {
+pub(crate) fn normalize_answer(s: &str) -> String {
     let no_punct: String = s
         .to_lowercase()
         .chars()
@@ -141,7 +142,7 @@ pub fn normalize_answer(s: &str) -> String {
 }
 
 /// SQuAD exact match: the normalized strings are equal.
-pub fn exact_match(reference: &str, candidate: &str) -> bool {
+pub(crate) fn exact_match(reference: &str, candidate: &str) -> bool {
     normalize_answer(reference) == normalize_answer(candidate)
 }
 

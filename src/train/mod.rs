@@ -1,11 +1,11 @@
 //! Losses, the optimizer and the training/evaluation steps.
 
 pub mod checkpoint;
-pub mod gen_eval;
+pub(crate) mod gen_eval;
 pub mod head_loss;
 pub mod loss;
-pub mod metrics;
-pub mod optim;
+pub(crate) mod metrics;
+pub(crate) mod optim;
 pub mod perplexity;
 pub mod trainer;
 

@@ -41,7 +41,7 @@ impl Default for AdamWConfig {
 }
 
 /// Norm weights (`input_layernorm`, `post_attention_layernorm`, `norm`) and biases.
-pub fn default_no_decay() -> Vec<String> {
+pub(crate) fn default_no_decay() -> Vec<String> {
     vec!["norm".into(), "bias".into()]
 }
 
@@ -119,7 +119,7 @@ impl<B: AutodiffBackend> Default for GradMap<B> {
 
 impl<B: AutodiffBackend> GradMap<B> {
     /// Adds the gradients that `grads` holds for the trainable parameters `visit_model` walks.
-    pub fn accumulate(
+    pub(crate) fn accumulate(
         &mut self,
         grads: &B::Gradients,
         visit_model: impl FnOnce(&mut GradCollector<'_, B>),
@@ -128,7 +128,7 @@ impl<B: AutodiffBackend> GradMap<B> {
     }
 
     /// The L2 norm of all gradients together (PyTorch's `clip_grad_norm_` total norm), in f64.
-    pub fn global_norm(&self) -> f64 {
+    pub(crate) fn global_norm(&self) -> f64 {
         let mut names: Vec<&String> = self.grads.keys().collect();
         names.sort();
         let sum: f64 = names
@@ -144,7 +144,7 @@ impl<B: AutodiffBackend> GradMap<B> {
 }
 
 /// The visitor behind [`GradMap::accumulate`].
-pub struct GradCollector<'a, B: AutodiffBackend> {
+pub(crate) struct GradCollector<'a, B: AutodiffBackend> {
     map: &'a mut GradMap<B>,
     grads: &'a B::Gradients,
 }
@@ -227,7 +227,7 @@ impl<B: AutodiffBackend> AdamW<B> {
     }
 
     /// One update from collected gradients, each multiplied by `grad_scale` first.
-    pub fn update_from(
+    pub(crate) fn update_from(
         &mut self,
         lr: f64,
         grads: &GradMap<B>,
@@ -285,7 +285,7 @@ impl<B: AutodiffBackend> AdamW<B> {
     }
 
     /// Replaces the moments and the step count (resuming from a checkpoint).
-    pub fn import_state(
+    pub(crate) fn import_state(
         &mut self,
         steps: u64,
         state: Vec<(String, HostMoments)>,

@@ -74,7 +74,7 @@ impl Default for Schedule {
 }
 
 impl Schedule {
-    pub fn validate(&self) -> Result<(), TrainError> {
+    pub(crate) fn validate(&self) -> Result<(), TrainError> {
         match (self.kind, self.total) {
             (ScheduleKind::Constant, _) => Ok(()),
             (_, None) => Err(TrainError::Schedule(
@@ -89,7 +89,7 @@ impl Schedule {
     }
 
     /// Multiplier of the base learning rate at update `s`.
-    pub fn factor(&self, s: usize) -> f64 {
+    pub(crate) fn factor(&self, s: usize) -> f64 {
         if s < self.warmup {
             return s as f64 / self.warmup.max(1) as f64;
         }
@@ -234,7 +234,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// The learning rate the next update will use.
-    pub fn lr(&self) -> f64 {
+    pub(crate) fn lr(&self) -> f64 {
         self.optim.config.lr * self.schedule.factor(self.progress.step)
     }
 
@@ -473,7 +473,7 @@ pub fn evaluate<B: Backend>(
 
 /// [`evaluate`], calling `after_batch` after each batch (to release the autodiff graph's
 /// leftovers; see `memory::release_autodiff_graph`).
-pub fn evaluate_with<B: Backend>(
+pub(crate) fn evaluate_with<B: Backend>(
     model: &Llama<B>,
     batches: impl IntoIterator<Item = Batch>,
     mut after_batch: impl FnMut(),
@@ -524,7 +524,7 @@ pub fn evaluate_with<B: Backend>(
 }
 
 /// Rejects what Burn would panic on or silently mis-handle.
-pub fn check_batch<B: Backend>(model: &Llama<B>, batch: &Batch) -> Result<(), TrainError> {
+pub(crate) fn check_batch<B: Backend>(model: &Llama<B>, batch: &Batch) -> Result<(), TrainError> {
     let vocab = model.config.vocab_size;
     let max = batch.max_token();
     if max >= vocab as i64 {

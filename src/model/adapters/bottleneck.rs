@@ -21,7 +21,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "relu" => Self::Relu,
             "gelu" => Self::Gelu,
@@ -62,7 +62,7 @@ impl<B: Backend> Part<B> for Bottleneck<B> {
 
 impl<B: Backend> Bottleneck<B> {
     /// A fresh adapter of width `d` with an `m`-wide bottleneck, drawn from `rng`.
-    pub fn new(
+    pub(crate) fn new(
         d: usize,
         m: usize,
         activation: Activation,
@@ -83,14 +83,14 @@ impl<B: Backend> Bottleneck<B> {
 
     /// # Shapes
     /// - h: `[n, d]` -> `[n, d]`
-    pub fn forward(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn forward(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
         let z = precision::matmul(h.clone(), self.down.value.clone())
             + self.down_bias.value.clone().unsqueeze();
         let z = self.activation.apply(z);
         h + precision::matmul(z, self.up.value.clone()) + self.up_bias.value.clone().unsqueeze()
     }
 
-    pub fn numel(&self) -> usize {
+    pub(crate) fn numel(&self) -> usize {
         self.down.numel() + self.down_bias.numel() + self.up.numel() + self.up_bias.numel()
     }
 }

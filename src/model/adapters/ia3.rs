@@ -22,7 +22,7 @@ impl<B: Backend> Part<B> for Ia3Vector<B> {
 
 impl<B: Backend> Ia3Vector<B> {
     /// A trainable vector of `n` ones, rescaling the input (`on_input`) or the output.
-    pub fn ones(n: usize, on_input: bool, device: &B::Device) -> Self {
+    pub(crate) fn ones(n: usize, on_input: bool, device: &B::Device) -> Self {
         Self {
             vector: Param::new(Tensor::ones([n], device), true),
             on_input,
@@ -40,12 +40,12 @@ impl<B: Backend> Ia3Vector<B> {
         }
     }
 
-    pub fn merge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn merge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
         self.merged = true;
         weight * self.weight_factor()
     }
 
-    pub fn unmerge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn unmerge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
         if !std::mem::take(&mut self.merged) {
             return weight;
         }

@@ -49,7 +49,7 @@ impl<B: Backend> Part<B> for LoraAdapter<B> {
 impl<B: Backend> LoraAdapter<B> {
     /// A trainable LoRA branch from its initial factors: `a` `[d_in, r]`, `b` `[r, d_out]`,
     /// scaled by `scale`, with inverted dropout `dropout` on its input in training.
-    pub fn new(a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64, dropout: f64) -> Self {
+    pub(crate) fn new(a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64, dropout: f64) -> Self {
         Self {
             a: Param::new(a, true),
             b: Param::new(b, true),
@@ -62,7 +62,7 @@ impl<B: Backend> LoraAdapter<B> {
 
     /// Makes it a DoRA branch over the base weight `base` (`[d_in, d_out]`): the trainable
     /// magnitude starts at the column norms of `base + s·A·B`.
-    pub fn with_dora(mut self, base: &Tensor<B, 2>) -> Self {
+    pub(crate) fn with_dora(mut self, base: &Tensor<B, 2>) -> Self {
         let (a, b) = (self.a.value.clone(), self.b.value.clone());
         self.magnitude = Some(Param::new(
             column_norms(base.clone() + a.matmul(b) * self.scale),
@@ -72,14 +72,14 @@ impl<B: Backend> LoraAdapter<B> {
     }
 
     /// Parameters in the branch.
-    pub fn numel(&self) -> usize {
+    pub(crate) fn numel(&self) -> usize {
         self.a.numel() + self.b.numel() + self.magnitude.as_ref().map_or(0, |m| m.numel())
     }
 
     /// The layer's output with this adapter, given the base output `x·W` and the weight W.
     /// # Shapes
     /// - x: `[n, d_in]`, base: `[n, d_out]`, weight: `[d_in, d_out]` -> `[n, d_out]`
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         x: Tensor<B, 2>,
         base: Tensor<B, 2>,
@@ -118,7 +118,7 @@ impl<B: Backend> LoraAdapter<B> {
     }
 
     /// `s·A·B`, `[d_in, d_out]`.
-    pub fn delta(&self) -> Tensor<B, 2> {
+    pub(crate) fn delta(&self) -> Tensor<B, 2> {
         self.a.value.clone().matmul(self.b.value.clone()) * self.scale
     }
 
@@ -128,7 +128,7 @@ impl<B: Backend> LoraAdapter<B> {
     }
 
     /// Merges into `weight` and returns the new weight.
-    pub fn merge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn merge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
         let merged = weight.clone() + self.delta();
         match &self.magnitude {
             None => {
@@ -146,7 +146,7 @@ impl<B: Backend> LoraAdapter<B> {
     }
 
     /// Undoes `merge`.
-    pub fn unmerge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn unmerge(&mut self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
         match self.merged.take() {
             None => weight,
             Some(Merged::Lora) => weight - self.delta(),
@@ -163,7 +163,7 @@ fn column_norms<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 1> {
 
 /// Inverted-dropout mask (kept entries scaled by 1/(1-p)), drawn on the host so that a seed
 /// gives the same masks on every backend.
-pub fn dropout_mask<B: Backend>(
+pub(crate) fn dropout_mask<B: Backend>(
     shape: [usize; 2],
     p: f64,
     rng: &mut HostRng,

@@ -13,11 +13,11 @@
 //! `Llama` API as it was (no wrapper type around the model) with no import from `model` into
 //! `peft`.
 
-pub mod bottleneck;
-pub mod ia3;
-pub mod lora;
-pub mod prompt;
-pub mod slots;
+pub(crate) mod bottleneck;
+pub(crate) mod ia3;
+pub(crate) mod lora;
+pub(crate) mod prompt;
+pub(crate) mod slots;
 
 use std::any::Any;
 use std::fmt::Debug;

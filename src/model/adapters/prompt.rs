@@ -39,7 +39,7 @@ impl<B: Backend> Part<B> for PrefixAdapter<B> {
 
 impl<B: Backend> PrefixAdapter<B> {
     /// The key/value table, `[virtual, layers·2·kv_dim]`.
-    pub fn table(&self) -> Tensor<B, 2> {
+    pub(crate) fn table(&self) -> Tensor<B, 2> {
         match &self.mlp {
             None => self.embedding.value.clone(),
             Some(m) => {
@@ -54,7 +54,7 @@ impl<B: Backend> PrefixAdapter<B> {
     /// Keys and values of `layer`, expanded to the batch.
     /// # Shapes
     /// -> `([batch, kv_heads, virtual, head_dim], same)`
-    pub fn layer_kv(
+    pub(crate) fn layer_kv(
         table: &Tensor<B, 2>,
         layer: usize,
         batch: usize,

@@ -7,7 +7,7 @@ use burn::prelude::*;
 use crate::model::params::{Param, ParamVisitor, SetTrainable};
 
 /// The parameters of one adapter at one place of the model.
-pub trait Part<B: Backend> {
+pub(crate) trait Part<B: Backend> {
     fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V);
 }
 
@@ -49,11 +49,11 @@ impl<T> Slots<T> {
         self.0.iter_mut().find(|n| n.active).map(|n| &mut n.inner)
     }
 
-    pub fn get(&self, name: &str) -> Option<&T> {
+    pub(crate) fn get(&self, name: &str) -> Option<&T> {
         self.0.iter().find(|n| n.name == name).map(|n| &n.inner)
     }
 
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut T> {
         self.0
             .iter_mut()
             .find(|n| n.name == name)
@@ -65,7 +65,7 @@ impl<T> Slots<T> {
     }
 
     /// Adds an inactive entry (the caller activates adapters model-wide).
-    pub fn insert(&mut self, name: &str, inner: T) {
+    pub(crate) fn insert(&mut self, name: &str, inner: T) {
         self.0.retain(|n| n.name != name);
         self.0.push(Named {
             name: name.to_string(),
@@ -74,14 +74,18 @@ impl<T> Slots<T> {
         });
     }
 
-    pub fn remove(&mut self, name: &str) {
+    pub(crate) fn remove(&mut self, name: &str) {
         self.0.retain(|n| n.name != name);
     }
 
     /// Visits each entry's parameters as `{prefix}.{kind}[{adapter}]{suffix}`: the brackets
     /// mark the adapter name unambiguously (see `peft::format::save_adapter`).
-    pub fn visit<B: Backend, V: ParamVisitor<B>>(&mut self, prefix: &str, kind: &str, v: &mut V)
-    where
+    pub(crate) fn visit<B: Backend, V: ParamVisitor<B>>(
+        &mut self,
+        prefix: &str,
+        kind: &str,
+        v: &mut V,
+    ) where
         T: Part<B>,
     {
         for n in &mut self.0 {
@@ -90,7 +94,7 @@ impl<T> Slots<T> {
     }
 
     /// Makes `name` the active entry (none when `None`); only the active entry trains.
-    pub fn activate<B: Backend>(&mut self, name: Option<&str>)
+    pub(crate) fn activate<B: Backend>(&mut self, name: Option<&str>)
     where
         T: Part<B>,
     {

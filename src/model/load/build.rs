@@ -18,7 +18,7 @@ use crate::quant::{QuantConfig, QuantizedTensor};
 
 /// Weights by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`), row-major in
 /// PyTorch's shape, as f32.
-pub trait WeightSource {
+pub(crate) trait WeightSource {
     fn path(&self) -> PathBuf;
     fn has(&self, name: &str) -> bool;
     /// The tensor's values; `shape` is the PyTorch shape it must have.
@@ -34,18 +34,10 @@ pub trait WeightSource {
     }
 }
 
-pub fn build_llama<B: Backend, S: WeightSource>(
-    config: LlamaConfig,
-    src: &S,
-    device: &B::Device,
-) -> Result<Llama<B>, LoadError> {
-    build_llama_quantized(config, src, device, None)
-}
-
-/// Like [`build_llama`], quantizing each projection as soon as it is read when `quant` is
-/// given, so the f32 weights of the whole model never exist at once (QLoRA's loading).
+/// Builds the model from `src`, quantizing each projection as soon as it is read when `quant`
+/// is given, so the f32 weights of the whole model never exist at once (QLoRA's loading).
 /// Projections stored quantized are kept as stored.
-pub fn build_llama_quantized<B: Backend, S: WeightSource>(
+pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
     config: LlamaConfig,
     src: &S,
     device: &B::Device,

@@ -13,7 +13,7 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
-    pub fn from_id(id: u32) -> Option<Self> {
+    pub(crate) fn from_id(id: u32) -> Option<Self> {
         Some(match id {
             0 => Self::F32,
             1 => Self::F16,
@@ -26,7 +26,7 @@ impl GgmlType {
     }
 
     /// (elements per block, bytes per block)
-    pub fn block(self) -> (usize, usize) {
+    pub(crate) fn block(self) -> (usize, usize) {
         match self {
             Self::F32 => (1, 4),
             Self::F16 | Self::BF16 => (1, 2),
@@ -42,7 +42,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// `raw` holds exactly `numel / block * block_bytes` bytes (checked by the reader).
-pub fn dequantize(ty: GgmlType, raw: &[u8], numel: usize) -> Vec<f32> {
+pub(crate) fn dequantize(ty: GgmlType, raw: &[u8], numel: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(numel);
     match ty {
         GgmlType::F32 => out.extend(

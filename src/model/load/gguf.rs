@@ -40,14 +40,14 @@ pub enum MetaValue {
 }
 
 impl MetaValue {
-    pub fn as_u64(&self) -> Option<u64> {
+    pub(crate) fn as_u64(&self) -> Option<u64> {
         match self {
             MetaValue::U64(v) => Some(*v),
             MetaValue::I64(v) if *v >= 0 => Some(*v as u64),
             _ => None,
         }
     }
-    pub fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match self {
             MetaValue::F64(v) => Some(*v),
             MetaValue::U64(v) => Some(*v as f64),
@@ -55,13 +55,13 @@ impl MetaValue {
             _ => None,
         }
     }
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             MetaValue::Str(s) => Some(s),
             _ => None,
         }
     }
-    pub fn as_array(&self) -> Option<&[MetaValue]> {
+    pub(crate) fn as_array(&self) -> Option<&[MetaValue]> {
         match self {
             MetaValue::Array(a) => Some(a),
             _ => None,
@@ -81,7 +81,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn numel(&self) -> u64 {
+    pub(crate) fn numel(&self) -> u64 {
         self.dims.iter().product()
     }
 }
@@ -343,16 +343,16 @@ impl GgufFile {
         })
     }
 
-    pub fn meta(&self, key: &str) -> Option<&MetaValue> {
+    pub(crate) fn meta(&self, key: &str) -> Option<&MetaValue> {
         self.metadata.get(key)
     }
 
-    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+    pub(crate) fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
     /// The tensor's values as f32, in GGUF element order (dims[0] fastest).
-    pub fn dequantize(&self, info: &TensorInfo) -> Vec<f32> {
+    pub(crate) fn dequantize(&self, info: &TensorInfo) -> Vec<f32> {
         let raw = &self.bytes[info.offset as usize..(info.offset + info.size) as usize];
         dequant::dequantize(info.dtype, raw, info.numel() as usize)
     }
@@ -363,7 +363,10 @@ pub(crate) mod tests {
     use super::*;
 
     /// Builds a GGUF v3 file in memory: metadata as (key, type, encoded value) and F32 tensors.
-    pub fn build(meta: &[(&str, u32, Vec<u8>)], tensors: &[(&str, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
+    pub(crate) fn build(
+        meta: &[(&str, u32, Vec<u8>)],
+        tensors: &[(&str, Vec<u64>, Vec<f32>)],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend(MAGIC);
         out.extend(3u32.to_le_bytes());
@@ -404,7 +407,7 @@ pub(crate) mod tests {
         out
     }
 
-    pub fn parse_bytes(bytes: &[u8]) -> Result<GgufFile, GgufError> {
+    pub(crate) fn parse_bytes(bytes: &[u8]) -> Result<GgufFile, GgufError> {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, bytes).unwrap();
         GgufFile::open(f.path())

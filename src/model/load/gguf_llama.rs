@@ -35,7 +35,7 @@ pub enum LoadError {
 }
 
 /// The Llama config stored in a GGUF file's `llama.*` metadata.
-pub fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
+pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     let arch = f
         .meta("general.architecture")
         .and_then(|v| v.as_str())
@@ -101,16 +101,9 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     Ok(config)
 }
 
-/// Builds the model on `device`, dequantizing one tensor at a time into f32.
-pub fn load_llama_gguf<B: Backend>(
-    f: &GgufFile,
-    device: &B::Device,
-) -> Result<Llama<B>, LoadError> {
-    load_llama_gguf_quantized(f, device, None)
-}
-
-/// [`load_llama_gguf`], quantizing the projections while loading when `quant` is given.
-pub fn load_llama_gguf_quantized<B: Backend>(
+/// Builds the model on `device`, dequantizing one tensor at a time into f32, and quantizing the
+/// projections while loading when `quant` is given.
+pub(crate) fn load_llama_gguf_quantized<B: Backend>(
     f: &GgufFile,
     device: &B::Device,
     quant: Option<crate::quant::QuantConfig>,
@@ -196,7 +189,7 @@ impl WeightSource for GgufWeights<'_> {
 /// llama.cpp's converter interleaves each head's rows for its rotary kernel
 /// (`w.reshape(heads, 2, hd/2, in).swapaxes(1, 2)`); this undoes it, giving the rotate-half
 /// layout of Hugging Face checkpoints.
-pub fn unpermute_rope_rows(w: &[f32], n_heads: usize, d_in: usize) -> Vec<f32> {
+pub(crate) fn unpermute_rope_rows(w: &[f32], n_heads: usize, d_in: usize) -> Vec<f32> {
     let rows = w.len() / d_in;
     let hd = rows / n_heads;
     let half = hd / 2;

@@ -17,7 +17,7 @@ use crate::model::config::LlamaConfig;
 const SUPPORTED: [&str; 2] = ["llama", "mistral"];
 
 /// Reads config.json, accepting both `rope_theta` and transformers 5's `rope_parameters`.
-pub fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
+pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
     let path = dir.join("config.json");
     let err = |msg: String| LoadError::File {
         path: path.clone(),
@@ -77,14 +77,14 @@ struct Entry {
 }
 
 /// The safetensors files of a directory and which file holds which tensor.
-pub struct SafetensorsDir {
+pub(crate) struct SafetensorsDir {
     dir: PathBuf,
     maps: HashMap<PathBuf, memmap2::Mmap>,
     index: HashMap<String, Entry>,
 }
 
 impl SafetensorsDir {
-    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, LoadError> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
             let err = |msg: String| LoadError::File {
@@ -234,7 +234,7 @@ pub fn load_llama_hf_dir<B: Backend>(
 }
 
 /// [`load_llama_hf_dir`], quantizing the projections while loading when `quant` is given.
-pub fn load_llama_hf_dir_quantized<B: Backend>(
+pub(crate) fn load_llama_hf_dir_quantized<B: Backend>(
     dir: &Path,
     device: &B::Device,
     quant: Option<crate::quant::QuantConfig>,
