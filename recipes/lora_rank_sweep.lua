@@ -3,7 +3,6 @@
 --   runner recipes/lora_rank_sweep.lua [--set steps=N]
 -- Results: results/lora_rank_sweep/trials.csv (one row per rank × targets).
 
-local fit = require "lib.fit"
 local steps = runner.params.steps or 100
 local data = runner.data.jsonl("data/quickstart.jsonl"):split{ eval = 0.1, seed = 0 }
 local base = runner.model.tiny{ layers = 2, d_model = 64, heads = 4, kv_heads = 2, vocab = 256, seed = 0 }
@@ -25,9 +24,11 @@ runner.sweep{
       optim = runner.optim.adamw{ lr = 1e-2 },
       schedule = "cosine", warmup = 10, total_steps = steps,
     }
-    local metrics, eval = fit(trainer, data, { steps = steps, size = 16, max_len = 64, seed = p.seed, log_every = 25, before = false })
-    metrics.perplexity = eval.perplexity
-    metrics.trainable = model:trainable_params()
-    return metrics
+    for step, batch in data.train:batches{ size = 16, max_len = 64, steps = steps, seed = p.seed } do
+      local loss = trainer:step(batch)
+      if step % 25 == 0 then runner.log{ step = step, loss = loss } end
+    end
+    local eval_loss, eval = trainer:evaluate(data.eval)
+    return { eval_loss = eval_loss, perplexity = eval.perplexity, trainable = model:trainable_params() }
   end,
 }
