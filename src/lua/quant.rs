@@ -14,9 +14,13 @@ use crate::quant::{QuantConfig, QuantDtype};
 pub(crate) const QUANT_OPTIONS: &[&str] = &["dtype", "block", "double"];
 
 /// `{dtype = "nf4", block = 64, double = true}` (those are the defaults).
+/// Options left out take `QuantConfig::default()` (NF4, block 64, double quantization).
 pub(crate) fn quant_config(o: &Opts) -> mlua::Result<QuantConfig> {
-    let dtype = QuantDtype::parse(&o.string("dtype")?.unwrap_or_else(|| "nf4".into()))
-        .map_err(|e| o.err(e))?;
+    let d = QuantConfig::default();
+    let dtype = match o.string("dtype")? {
+        Some(s) => QuantDtype::parse(&s).map_err(|e| o.err(e))?,
+        None => d.dtype,
+    };
     let block = match o.int("block")? {
         Some(b) if b <= 0 => {
             return Err(o.err(format!(
@@ -24,12 +28,12 @@ pub(crate) fn quant_config(o: &Opts) -> mlua::Result<QuantConfig> {
             )));
         }
         Some(b) => b as usize,
-        None => 64,
+        None => d.block,
     };
     Ok(QuantConfig {
         dtype,
         block,
-        double: o.bool("double")?.unwrap_or(true),
+        double: o.bool("double")?.unwrap_or(d.double),
     })
 }
 
