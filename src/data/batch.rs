@@ -15,7 +15,7 @@ use crate::model::init;
 pub const IGNORE_INDEX: i64 = -100;
 
 /// Token id used for padding (its positions carry no loss and, with segments, no attention).
-const PAD_ID: i64 = 0;
+pub(crate) const PAD_ID: i64 = 0;
 
 /// A padded batch on the host, row-major `[batch, seq]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,7 +110,7 @@ impl Batch {
         })
     }
 
-    fn pad(rows: Vec<(Vec<i64>, Vec<i64>)>, padding: Padding) -> Batch {
+    pub(super) fn pad(rows: Vec<(Vec<i64>, Vec<i64>)>, padding: Padding) -> Batch {
         let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(1);
         let n = rows.len();
         let mut input_ids = Vec::with_capacity(n * seq);

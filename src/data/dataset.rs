@@ -1,14 +1,15 @@
 //! Datasets: rows of named fields read from JSONL, CSV or plain text, turned into
 //! prompt/response examples by a template (or already in that shape).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
-use super::row::{DataError, Example, ReadOptions, Row, csv_error, json_row, rename_row};
+use super::row::{
+    DataError, Example, ReadOptions, Row, csv_error, json_row, jsonl_lines, rename_row,
+};
 use super::stream::{LineIndex, RowStep, StreamFormat, StreamedRows};
 use super::template::Template;
 use super::tokenizer::Tokenizer;
@@ -141,32 +142,16 @@ impl Dataset {
     /// naming `file:line`, or skipped and counted with `skip_malformed`.
     pub fn read_jsonl(path: &Path, opts: ReadOptions) -> Result<Self, DataError> {
         let shown = path.display().to_string();
-        let io = |source| DataError::Io {
-            path: shown.clone(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
         let mut rows = Vec::new();
         let mut skipped = 0;
-        let mut reader = BufReader::new(file);
-        let mut buf = Vec::new();
-        let mut line = 0;
-        loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
-                break;
-            }
-            line += 1;
-            if buf.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let parsed = json_row(&buf, &shown, line);
-            match parsed {
+        jsonl_lines(path, &shown, |bytes, line| {
+            match json_row(bytes, &shown, line) {
                 Ok(row) => rows.push(row),
                 Err(_) if opts.skip_malformed => skipped += 1,
                 Err(e) => return Err(e),
             }
-        }
+            Ok(())
+        })?;
         Self::finish(rows, shown, skipped)
     }
 

@@ -140,6 +140,34 @@ pub(crate) fn json_row(bytes: &[u8], shown: &str, line: usize) -> Result<Row, Da
     }
 }
 
+/// Calls `each` with every non-blank line of a JSONL file and its 1-based line number.
+pub(crate) fn jsonl_lines(
+    path: &std::path::Path,
+    shown: &str,
+    mut each: impl FnMut(&[u8], usize) -> Result<(), DataError>,
+) -> Result<(), DataError> {
+    use std::io::BufRead;
+    let io = |source| DataError::Io {
+        path: shown.to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut line = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+            return Ok(());
+        }
+        line += 1;
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        each(&buf, line)?;
+    }
+}
+
 /// A row with each `(to, from)` field renamed.
 pub(crate) fn rename_row(row: &Row, pairs: &[(String, String)]) -> Result<Row, String> {
     let mut out = row.clone();
@@ -156,7 +184,7 @@ pub(crate) fn rename_row(row: &Row, pairs: &[(String, String)]) -> Result<Row, S
     Ok(out)
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(super) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
