@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests.
 
+use std::path::Path;
+
 use burn::prelude::*;
 
 use runner::model::init;
@@ -51,4 +53,23 @@ pub fn in_own_process(name: &str) -> bool {
     );
     eprint!("{stderr}");
     false
+}
+
+/// The header and rows of a CSV results file.
+pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|x| x.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+/// The position of column `name` in `header`.
+pub fn column(header: &[String], name: &str) -> usize {
+    header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
 }
