@@ -74,7 +74,7 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), WriteErro
 
 /// Makes a rename in `dir` durable. Filesystems that cannot sync a folder say so with
 /// EINVAL or ENOTSUP; there the rename is as durable as they make it.
-fn sync_folder(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_folder(dir: &Path) -> io::Result<()> {
     match File::open(dir).and_then(|d| d.sync_all()) {
         Err(e)
             if matches!(

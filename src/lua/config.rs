@@ -15,7 +15,7 @@ use serde::de::{
     VariantAccess, Visitor,
 };
 
-use super::options::{Opts, describe};
+use super::options::{Opts, describe, integer, number};
 
 /// Reads `T` from an option table of `func` (e.g. `runner.peft.lora`). `fill` supplies values
 /// for keys the recipe left out whose default is not the struct's (the recipe's seed);
@@ -147,11 +147,7 @@ impl ValueDe {
     }
 
     fn integer(&self) -> Result<i64, DeError> {
-        match self.value {
-            Value::Integer(i) => Ok(i),
-            Value::Number(x) if x.fract() == 0.0 && x.is_finite() => Ok(x as i64),
-            _ => Err(self.wrong("an integer")),
-        }
+        integer(&self.value).ok_or_else(|| self.wrong("an integer"))
     }
 
     fn unsigned(&self) -> Result<u64, DeError> {
@@ -161,11 +157,7 @@ impl ValueDe {
     }
 
     fn number(&self) -> Result<f64, DeError> {
-        match self.value {
-            Value::Integer(i) => Ok(i as f64),
-            Value::Number(x) => Ok(x),
-            _ => Err(self.wrong("a number")),
-        }
+        number(&self.value).ok_or_else(|| self.wrong("a number"))
     }
 
     fn string(&self, want: &str) -> Result<String, DeError> {

@@ -136,9 +136,9 @@ impl<'a> Opts<'a> {
     pub(crate) fn int(&self, key: &str) -> mlua::Result<Option<i64>> {
         match self.value(key)? {
             Value::Nil => Ok(None),
-            Value::Integer(i) => Ok(Some(i)),
-            Value::Number(x) if x.fract() == 0.0 && x.is_finite() => Ok(Some(x as i64)),
-            other => Err(self.wrong(key, "an integer", &other)),
+            other => integer(&other)
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "an integer", &other)),
         }
     }
 
@@ -154,9 +154,9 @@ impl<'a> Opts<'a> {
     pub(crate) fn num(&self, key: &str) -> mlua::Result<Option<f64>> {
         match self.value(key)? {
             Value::Nil => Ok(None),
-            Value::Integer(i) => Ok(Some(i as f64)),
-            Value::Number(x) => Ok(Some(x)),
-            other => Err(self.wrong(key, "a number", &other)),
+            other => number(&other)
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a number", &other)),
         }
     }
 
@@ -209,6 +209,24 @@ impl<'a> Opts<'a> {
 
     pub(crate) fn raw(&self, key: &str) -> mlua::Result<Value> {
         self.value(key)
+    }
+}
+
+/// An integer option's value: a Lua integer, or a float with no fractional part.
+pub(crate) fn integer(v: &Value) -> Option<i64> {
+    match *v {
+        Value::Integer(i) => Some(i),
+        Value::Number(x) if x.fract() == 0.0 && x.is_finite() => Some(x as i64),
+        _ => None,
+    }
+}
+
+/// A number option's value: a Lua integer or float.
+pub(crate) fn number(v: &Value) -> Option<f64> {
+    match *v {
+        Value::Integer(i) => Some(i as f64),
+        Value::Number(x) => Some(x),
+        _ => None,
     }
 }
 

@@ -56,11 +56,13 @@ fn bottleneck(
     func: &'static str,
     placement: Option<Placement>,
 ) -> mlua::Result<LuaMethod> {
-    let mut config: BottleneckConfig = match placement {
-        // houlsby{} and pfeiffer{} fix the placement: it is not one of their options.
-        Some(_) => from_table(lua, func, opts, &[seed_fill(lua)?], &["placement"])?,
-        None => from_table(lua, func, opts, &[seed_fill(lua)?], &[])?,
+    // houlsby{} and pfeiffer{} fix the placement: it is not one of their options.
+    let exclude: &[&str] = if placement.is_some() {
+        &["placement"]
+    } else {
+        &[]
     };
+    let mut config: BottleneckConfig = from_table(lua, func, opts, &[seed_fill(lua)?], exclude)?;
     if let Some(p) = placement {
         config.placement = p;
     }

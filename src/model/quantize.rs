@@ -4,7 +4,7 @@
 use burn::prelude::*;
 
 use super::Llama;
-use super::llama::LINEAR_TARGETS;
+use super::llama::Proj;
 use crate::quant::{QuantConfig, QuantError};
 
 /// What quantizing changed: weight counts and bytes before and after.
@@ -41,19 +41,16 @@ pub fn quantize_model<B: Backend>(
         )));
     }
     for (i, layer) in model.layers.iter().enumerate() {
-        for t in LINEAR_TARGETS {
-            let lin = layer.linear(t).expect("known projection");
+        for t in Proj::ALL {
+            let lin = layer.proj(t);
             config
                 .validate(lin.d_in())
                 .map_err(|e| QuantError::Invalid(format!("layers.{i}.{t}: {e}")))?;
         }
     }
     for layer in &mut model.layers {
-        for t in LINEAR_TARGETS {
-            layer
-                .linear_mut(t)
-                .expect("known projection")
-                .quantize(config)?;
+        for t in Proj::ALL {
+            layer.proj_mut(t).quantize(config)?;
         }
     }
     Ok(summary(model))
@@ -63,11 +60,8 @@ pub fn quantize_model<B: Backend>(
 pub fn dequantize_model<B: Backend>(model: &mut Llama<B>) {
     let device = model.device.clone();
     for layer in &mut model.layers {
-        for t in LINEAR_TARGETS {
-            layer
-                .linear_mut(t)
-                .expect("known projection")
-                .dequantize(&device);
+        for t in Proj::ALL {
+            layer.proj_mut(t).dequantize(&device);
         }
     }
 }
@@ -76,13 +70,8 @@ pub fn dequantize_model<B: Backend>(model: &mut Llama<B>) {
 pub(crate) fn summary<B: Backend>(model: &Llama<B>) -> QuantSummary {
     let mut s = QuantSummary::default();
     for layer in &model.layers {
-        for t in LINEAR_TARGETS {
-            if let Some(q) = layer
-                .linear(t)
-                .expect("known projection")
-                .weight
-                .quantized()
-            {
+        for t in Proj::ALL {
+            if let Some(q) = layer.proj(t).weight.quantized() {
                 s.quantized_params += q.numel();
                 s.dense_bytes += 4 * q.numel();
                 s.quantized_bytes += q.bytes();
@@ -97,10 +86,6 @@ pub(crate) fn model_quant_config<B: Backend>(model: &Llama<B>) -> Option<QuantCo
     model
         .layers
         .iter()
-        .flat_map(|l| {
-            LINEAR_TARGETS
-                .iter()
-                .map(move |t| l.linear(t).expect("known projection"))
-        })
+        .flat_map(|l| Proj::ALL.into_iter().map(move |t| l.proj(t)))
         .find_map(|lin| lin.weight.quantized().map(|q| q.config()))
 }

@@ -117,9 +117,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), CheckpointError> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(dir))
+    crate::util::sync_folder(dir).map_err(io_err(dir))
 }
 
 fn step_dir_name(step: usize) -> String {
@@ -214,8 +212,8 @@ pub fn save<B: AutodiffBackend>(
             .map_or(0, |d| d.as_secs()),
     };
     let json = serde_json::to_vec_pretty(&state).expect("serializable state");
+    // write_atomic syncs the folder it writes in.
     write_atomic(&tmp.join(STATE), &json).map_err(save_err)?;
-    fsync_dir(&tmp)?;
 
     let dest = root.join(&name);
     let old = root.join(format!(".{name}.old-{}", std::process::id()));
@@ -232,7 +230,6 @@ pub fn save<B: AutodiffBackend>(
             msg: e.to_string(),
         }
     })?;
-    fsync_dir(root)?;
     if old.exists() {
         fs::remove_dir_all(&old).map_err(io_err(&old))?;
     }
