@@ -271,21 +271,14 @@ impl Default for BatchOptions {
 /// one pass (the last group may be smaller).
 pub struct Batches {
     data: ExampleSource,
-    /// Each example's length in bytes, for `group_by_length` (read once for a streamed source).
-    lengths: Vec<usize>,
     /// An error met while measuring the examples, returned by the first `next`.
     failed: Option<DataError>,
-    opts: BatchOptions,
-    order: Vec<usize>,
-    cursor: usize,
-    epoch: u64,
-    produced: usize,
+    order: BatchOrder,
 }
 
 impl Batches {
     pub fn new(data: impl Into<ExampleSource>, opts: BatchOptions) -> Self {
         let data = data.into();
-        let skip = opts.skip;
         let mut failed = None;
         let mut lengths = Vec::new();
         if opts.group_by_length {
@@ -299,44 +292,17 @@ impl Batches {
                 }
             }
         }
-        let mut it = Self {
-            order: (0..data.len()).collect(),
+        let order = BatchOrder::new(data.len(), lengths, opts);
+        Self {
             data,
-            lengths,
             failed,
-            opts,
-            cursor: 0,
-            epoch: 0,
-            produced: 0,
-        };
-        it.reorder();
-        for _ in 0..skip {
-            if it.next_indices().is_none() {
-                break;
-            }
+            order,
         }
-        it
     }
 
     /// Batches produced so far, skipped ones included.
     pub fn produced(&self) -> usize {
-        self.produced
-    }
-
-    fn reorder(&mut self) {
-        self.order = (0..self.data.len()).collect();
-        if self.opts.shuffle {
-            self.order.shuffle(&mut init::rng_for(
-                self.opts.seed,
-                &format!("epoch{}", self.epoch),
-            ));
-        }
-        if self.opts.group_by_length && self.lengths.len() == self.data.len() {
-            let len = |i: &usize| self.lengths[*i];
-            for window in self.order.chunks_mut(self.opts.size.max(1) * 50) {
-                window.sort_by_key(|i| std::cmp::Reverse(len(i)));
-            }
-        }
+        self.order.produced
     }
 }
 
@@ -346,17 +312,71 @@ impl Iterator for Batches {
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.failed.take() {
-            self.opts.steps = Some(0);
+            self.order.opts.steps = Some(0);
             return Some(Err(e));
         }
-        let picked = self.next_indices()?;
+        let picked = self.order.next()?;
         Some(picked.iter().map(|&i| self.data.get(i)).collect())
     }
 }
 
-impl Batches {
-    fn next_indices(&mut self) -> Option<Vec<usize>> {
-        let n = self.data.len();
+/// Which items each batch takes, by index: the order (shuffled per pass, grouped by length
+/// when asked) shared by every kind of data that is batched.
+pub(crate) struct BatchOrder {
+    n: usize,
+    /// Each item's length, for `group_by_length` (empty when not grouping).
+    lengths: Vec<usize>,
+    opts: BatchOptions,
+    order: Vec<usize>,
+    cursor: usize,
+    epoch: u64,
+    produced: usize,
+}
+
+impl BatchOrder {
+    /// Over `n` items, the first `opts.skip` batches already passed over.
+    pub(crate) fn new(n: usize, lengths: Vec<usize>, opts: BatchOptions) -> Self {
+        let skip = opts.skip;
+        let mut it = Self {
+            n,
+            lengths,
+            opts,
+            order: Vec::new(),
+            cursor: 0,
+            epoch: 0,
+            produced: 0,
+        };
+        it.reorder();
+        for _ in 0..skip {
+            if it.next().is_none() {
+                break;
+            }
+        }
+        it
+    }
+
+    fn reorder(&mut self) {
+        self.order = (0..self.n).collect();
+        if self.opts.shuffle {
+            self.order.shuffle(&mut init::rng_for(
+                self.opts.seed,
+                &format!("epoch{}", self.epoch),
+            ));
+        }
+        if self.opts.group_by_length && self.lengths.len() == self.n {
+            let len = |i: &usize| self.lengths[*i];
+            for window in self.order.chunks_mut(self.opts.size.max(1) * 50) {
+                window.sort_by_key(|i| std::cmp::Reverse(len(i)));
+            }
+        }
+    }
+}
+
+impl Iterator for BatchOrder {
+    type Item = Vec<usize>;
+
+    fn next(&mut self) -> Option<Vec<usize>> {
+        let n = self.n;
         if n == 0 || self.opts.size == 0 {
             return None;
         }

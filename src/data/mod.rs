@@ -2,9 +2,7 @@
 
 pub mod batch;
 pub(crate) mod dataset;
-// Reward-model and DPO trainers (and the Lua binding) are to use it; only tests do yet.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) mod pairs;
+pub mod pairs;
 pub(crate) mod row;
 pub mod stream;
 pub(crate) mod template;

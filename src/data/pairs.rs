@@ -283,7 +283,7 @@ fn render<T: ChatTemplate + ?Sized>(
 
 /// Which end of an over-long prompt+completion sequence `max_length` keeps.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub(crate) enum TruncationMode {
+pub enum TruncationMode {
     #[default]
     KeepStart,
     KeepEnd,
@@ -291,14 +291,14 @@ pub(crate) enum TruncationMode {
 
 /// Lengths in tokens, as TRL's DPOConfig; `None` does not truncate.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct PairOptions {
+pub struct PairOptions {
     /// The prompt keeps its last tokens, next to the completions.
-    pub(crate) max_prompt_length: Option<usize>,
+    pub max_prompt_length: Option<usize>,
     /// Completions keep their first tokens.
-    pub(crate) max_completion_length: Option<usize>,
+    pub max_completion_length: Option<usize>,
     /// Each prompt+completion sequence, cut by `truncation_mode` when collated.
-    pub(crate) max_length: Option<usize>,
-    pub(crate) truncation_mode: TruncationMode,
+    pub max_length: Option<usize>,
+    pub truncation_mode: TruncationMode,
 }
 
 impl Default for PairOptions {
@@ -358,11 +358,11 @@ impl PairOptions {
 /// A pair as token ids, truncated by `max_prompt_length` and `max_completion_length`
 /// (`max_length` applies when collated, per sequence).
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct TokenizedPair {
-    pub(crate) prompt_ids: Vec<i64>,
-    pub(crate) chosen_ids: Vec<i64>,
-    pub(crate) rejected_ids: Vec<i64>,
-    pub(crate) margin: Option<f64>,
+pub struct TokenizedPair {
+    pub prompt_ids: Vec<i64>,
+    pub chosen_ids: Vec<i64>,
+    pub rejected_ids: Vec<i64>,
+    pub margin: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -370,6 +370,18 @@ pub(crate) struct TokenizedPairs {
     pub(crate) pairs: Vec<TokenizedPair>,
     /// Pairs dropped because a completion would have kept no token.
     pub(crate) truncated_away: usize,
+}
+
+impl TokenizedPairs {
+    /// Drops the pairs whose chosen or rejected sequence is longer than `max` tokens and
+    /// returns how many (a reward model's data is filtered, not truncated, as TRL's
+    /// `RewardTrainer` does).
+    pub(crate) fn drop_longer(&mut self, max: usize) -> usize {
+        let before = self.pairs.len();
+        self.pairs
+            .retain(|p| p.prompt_ids.len() + p.chosen_ids.len().max(p.rejected_ids.len()) <= max);
+        before - self.pairs.len()
+    }
 }
 
 /// The completion's ids: those after the prompt's in the joint encoding, then EOS if asked.
@@ -539,14 +551,14 @@ impl PairSet {
 /// prompt+rejected ones. Labels hold completion tokens and `IGNORE_INDEX` on prompt and
 /// padding, so summed log-probs cover the completions only.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct PairBatch {
-    pub(crate) batch: Batch,
+pub struct PairBatch {
+    pub batch: Batch,
     /// One per pair, when the pairs have margins.
-    pub(crate) margins: Option<Vec<f64>>,
+    pub margins: Option<Vec<f64>>,
 }
 
 impl PairBatch {
-    pub(crate) fn collate(pairs: &[&TokenizedPair], opts: &PairOptions) -> PairBatch {
+    pub fn collate(pairs: &[&TokenizedPair], opts: &PairOptions) -> PairBatch {
         let rows = pairs
             .iter()
             .map(|p| opts.sequence(&p.prompt_ids, &p.chosen_ids))
@@ -562,12 +574,60 @@ impl PairBatch {
         }
     }
 
-    pub(crate) fn pairs(&self) -> usize {
+    pub fn pairs(&self) -> usize {
         self.batch.batch / 2
     }
 
+    /// `k` batches of consecutive pairs (sizes differ by at most one), each with its chosen
+    /// rows first, for gradient accumulation. `k` must be between 1 and the number of pairs.
+    pub(crate) fn split(&self, k: usize) -> Vec<PairBatch> {
+        let n = self.pairs();
+        let k = k.clamp(1, n.max(1));
+        let seq = self.batch.seq;
+        let (base, extra) = (n / k, n % k);
+        let mut out = Vec::with_capacity(k);
+        let mut first = 0;
+        for i in 0..k {
+            let m = base + usize::from(i < extra);
+            let rows = (first..first + m).chain(n + first..n + first + m);
+            let (mut ids, mut labels) = (Vec::new(), Vec::new());
+            for r in rows {
+                ids.extend_from_slice(&self.batch.input_ids[r * seq..(r + 1) * seq]);
+                labels.extend_from_slice(&self.batch.labels[r * seq..(r + 1) * seq]);
+            }
+            out.push(PairBatch {
+                batch: Batch {
+                    input_ids: ids,
+                    labels,
+                    batch: 2 * m,
+                    seq,
+                    segments: None,
+                },
+                margins: self.margins.as_ref().map(|v| v[first..first + m].to_vec()),
+            });
+            first += m;
+        }
+        out
+    }
+
+    /// Each row's length without its right padding: completions end every sequence, so the
+    /// last labelled token is the last token.
+    pub(crate) fn lengths(&self) -> Vec<usize> {
+        let seq = self.batch.seq;
+        (0..self.batch.batch)
+            .map(|r| {
+                let labels = &self.batch.labels[r * seq..(r + 1) * seq];
+                labels
+                    .iter()
+                    .rposition(|&l| l != IGNORE_INDEX)
+                    .map_or(0, |i| i + 1)
+            })
+            .collect()
+    }
+
     /// 1 on completion tokens, 0 on prompt and padding, row-major like the ids.
-    pub(crate) fn completion_mask(&self) -> Vec<u8> {
+    #[cfg(test)]
+    fn completion_mask(&self) -> Vec<u8> {
         self.batch
             .labels
             .iter()

@@ -230,7 +230,7 @@ fn lua_to_json(v: &Value, depth: usize) -> Result<serde_json::Value, String> {
 }
 
 /// A string (plain text) or a table of fields.
-fn row_from_lua(lua: &Lua, what: &str, index: usize, v: Value) -> mlua::Result<Row> {
+pub(crate) fn row_from_lua(lua: &Lua, what: &str, index: usize, v: Value) -> mlua::Result<Row> {
     let bad = |msg: String| recipe_error(lua, format!("{what}: item {index}: {msg}"));
     match v {
         Value::String(s) => Ok(Row::from_iter([(

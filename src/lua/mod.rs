@@ -9,6 +9,7 @@ pub(crate) mod host;
 pub(crate) mod model;
 pub(crate) mod options;
 pub(crate) mod peft;
+mod preference;
 pub(crate) mod quant;
 pub(crate) mod sweep;
 pub(crate) mod train;
@@ -157,6 +158,8 @@ fn register<B: AutodiffBackend>(lua: &Lua) -> mlua::Result<()> {
     quant::register::<B>(lua, &runner)?;
     data::register::<B>(lua, &runner)?;
     train::register::<B>(lua, &runner)?;
+    preference::register(lua, &runner)?;
+    preference::register_trainers::<B>(lua, &runner)?;
     eval::register::<B>(lua, &runner)?;
     sweep::register(lua, &runner)
 }

@@ -240,6 +240,7 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
         );
         super::adapters::add_methods(methods);
         super::quant::add_methods(methods);
+        super::preference::add_model_methods(methods);
         methods.add_method("trainable_params", |_, this, ()| {
             Ok(this.model.borrow().param_count().trainable)
         });

@@ -79,85 +79,8 @@ pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::R
     runner.set(
         "trainer",
         lua.create_function(|lua, opts: Table| {
-            let o = Opts::new(
-                lua,
-                "runner.trainer",
-                Some(opts),
-                &[
-                    "model",
-                    "optim",
-                    "schedule",
-                    "warmup",
-                    "total_steps",
-                    "seed",
-                    "accumulate",
-                    "max_grad_norm",
-                    "max_nonfinite",
-                    "checkpointing",
-                    "precision",
-                ],
-            )?;
-            let (model, tokenizer) = match o.raw("model")? {
-                Value::UserData(ud) => ud
-                    .borrow::<LuaModel<B>>()
-                    .map(|m| (m.model.clone(), m.tokenizer.clone()))
-                    .map_err(|_| o.err("model must be a model (runner.model.*)"))?,
-                other => {
-                    return Err(o.err(format!(
-                        "model must be a model (runner.model.*), found {}",
-                        describe(&other)
-                    )));
-                }
-            };
-            let optim = match o.raw("optim")? {
-                Value::Nil => AdamWConfig::default(),
-                Value::UserData(ud) => ud
-                    .borrow::<LuaAdamW>()
-                    .map(|a| a.0.clone())
-                    .map_err(|_| o.err("optim must be runner.optim.adamw{...}"))?,
-                other => {
-                    return Err(o.err(format!(
-                        "optim must be runner.optim.adamw{{...}}, found {}",
-                        describe(&other)
-                    )));
-                }
-            };
-            let kind = match o.string("schedule")?.as_deref() {
-                None | Some("constant") => ScheduleKind::Constant,
-                Some("linear") => ScheduleKind::Linear,
-                Some("cosine") => ScheduleKind::Cosine,
-                Some(other) => {
-                    return Err(o.err(format!(
-                        "unknown schedule '{other}' (expected constant, linear or cosine)"
-                    )));
-                }
-            };
-            let schedule = Schedule {
-                kind,
-                warmup: o.count("warmup", 0)?.unwrap_or(0),
-                total: o.count("total_steps", 1)?,
-            };
-            let seed = match o.int("seed")? {
-                Some(s) => s as u64,
-                None => default_seed(lua)?,
-            };
-            let d = TrainOptions::default();
-            let options = TrainOptions {
-                accumulate: o.count("accumulate", 1)?.unwrap_or(d.accumulate),
-                max_grad_norm: o.num("max_grad_norm")?,
-                max_nonfinite: o.count("max_nonfinite", 1)?.unwrap_or(d.max_nonfinite),
-                checkpointing: o.bool("checkpointing")?.unwrap_or(d.checkpointing),
-                precision: match o.string("precision")? {
-                    Some(p) => Precision::parse(&p).map_err(|e| o.err(e))?,
-                    None => d.precision,
-                },
-            };
-            options
-                .precision
-                .check::<B>(&model.borrow().device)
-                .map_err(|e| o.err(e))?;
-            let trainer =
-                Trainer::with_options(optim, schedule, options, seed).map_err(|e| o.err(e))?;
+            let o = Opts::new(lua, "runner.trainer", Some(opts), TRAINER_KEYS)?;
+            let (model, tokenizer, trainer) = trainer_from_opts::<B>(lua, &o)?;
             Ok(LuaTrainer {
                 model,
                 tokenizer,
@@ -167,7 +90,91 @@ pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::R
     )
 }
 
-fn train_error(lua: &Lua, what: &str, e: TrainError) -> mlua::Error {
+/// The options every trainer takes (`runner.trainer`, `runner.dpo`, `runner.reward_trainer`).
+pub(crate) const TRAINER_KEYS: &[&str] = &[
+    "model",
+    "optim",
+    "schedule",
+    "warmup",
+    "total_steps",
+    "seed",
+    "accumulate",
+    "max_grad_norm",
+    "max_nonfinite",
+    "checkpointing",
+    "precision",
+];
+
+/// The model (shared with the recipe's model object), its tokenizer and a trainer built from
+/// the [`TRAINER_KEYS`] options of `o`.
+pub(crate) fn trainer_from_opts<B: AutodiffBackend>(
+    lua: &Lua,
+    o: &Opts,
+) -> mlua::Result<(Rc<RefCell<Llama<B>>>, Tokenizer, Trainer<B>)> {
+    let (model, tokenizer) = match o.raw("model")? {
+        Value::UserData(ud) => ud
+            .borrow::<LuaModel<B>>()
+            .map(|m| (m.model.clone(), m.tokenizer.clone()))
+            .map_err(|_| o.err("model must be a model (runner.model.*)"))?,
+        other => {
+            return Err(o.err(format!(
+                "model must be a model (runner.model.*), found {}",
+                describe(&other)
+            )));
+        }
+    };
+    let optim = match o.raw("optim")? {
+        Value::Nil => AdamWConfig::default(),
+        Value::UserData(ud) => ud
+            .borrow::<LuaAdamW>()
+            .map(|a| a.0.clone())
+            .map_err(|_| o.err("optim must be runner.optim.adamw{...}"))?,
+        other => {
+            return Err(o.err(format!(
+                "optim must be runner.optim.adamw{{...}}, found {}",
+                describe(&other)
+            )));
+        }
+    };
+    let kind = match o.string("schedule")?.as_deref() {
+        None | Some("constant") => ScheduleKind::Constant,
+        Some("linear") => ScheduleKind::Linear,
+        Some("cosine") => ScheduleKind::Cosine,
+        Some(other) => {
+            return Err(o.err(format!(
+                "unknown schedule '{other}' (expected constant, linear or cosine)"
+            )));
+        }
+    };
+    let schedule = Schedule {
+        kind,
+        warmup: o.count("warmup", 0)?.unwrap_or(0),
+        total: o.count("total_steps", 1)?,
+    };
+    let seed = match o.int("seed")? {
+        Some(s) => s as u64,
+        None => default_seed(lua)?,
+    };
+    let d = TrainOptions::default();
+    let options = TrainOptions {
+        accumulate: o.count("accumulate", 1)?.unwrap_or(d.accumulate),
+        max_grad_norm: o.num("max_grad_norm")?,
+        max_nonfinite: o.count("max_nonfinite", 1)?.unwrap_or(d.max_nonfinite),
+        checkpointing: o.bool("checkpointing")?.unwrap_or(d.checkpointing),
+        precision: match o.string("precision")? {
+            Some(p) => Precision::parse(&p).map_err(|e| o.err(e))?,
+            None => d.precision,
+        },
+    };
+    options
+        .precision
+        .check::<B>(&model.borrow().device)
+        .map_err(|e| o.err(e))?;
+    let trainer = Trainer::with_options(optim, schedule, options, seed).map_err(|e| o.err(e))?;
+    Ok((model, tokenizer, trainer))
+}
+
+pub(crate) fn train_error(lua: &Lua, what: &str, e: TrainError) -> mlua::Error {
     match e {
         // Numerical trouble fails the trial; everything else is a recipe mistake.
         TrainError::NonFiniteLimit { .. } => nonfinite_error(lua, format!("{what}: {e}")),
@@ -200,30 +207,7 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
             let info = step_table(lua, &report)?;
             Ok((report.loss, info))
         });
-        // trainer:save(dir, {keep = 2}) -> the checkpoint's folder.
-        methods.add_method("save", |lua, this, (dir, opts): (String, Option<Table>)| {
-            let o = Opts::new(lua, "trainer:save", opts, &["keep"])?;
-            let keep = o.count("keep", 1)?.unwrap_or(2);
-            let hash = recipe_hash(lua);
-            let mut model = this.model.borrow_mut();
-            let path = checkpoint::save(
-                std::path::Path::new(&dir),
-                &this.trainer,
-                &mut model,
-                hash.as_deref(),
-                keep,
-            )
-            .map_err(|e| runtime_error(lua, format!("trainer:save: {e}")))?;
-            Ok(path.to_string_lossy().into_owned())
-        });
-        // trainer:load(dir) -> the step it resumes from; an error when there is no checkpoint.
-        methods.add_method_mut("load", |lua, this, dir: String| {
-            load_checkpoint(lua, this, &dir, false)
-        });
-        // trainer:resume(dir) -> like load, but starts from step 0 when dir has no checkpoint yet.
-        methods.add_method_mut("resume", |lua, this, dir: String| {
-            load_checkpoint(lua, this, &dir, true)
-        });
+        add_checkpoint_methods(methods);
         methods.add_method("batches_seen", |_, this, ()| {
             Ok(this.trainer.progress.batches)
         });
@@ -294,7 +278,7 @@ impl<B: AutodiffBackend> UserData for LuaTrainer<B> {
     }
 }
 
-fn step_table(lua: &Lua, r: &StepReport) -> mlua::Result<Table> {
+pub(crate) fn step_table(lua: &Lua, r: &StepReport) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("loss", r.loss)?;
     t.set("grad_norm", r.grad_norm)?;
@@ -313,9 +297,61 @@ fn recipe_hash(lua: &Lua) -> Option<String> {
         .map(|h| h.recipe_hash.clone())
 }
 
-fn load_checkpoint<B: AutodiffBackend>(
+/// A recipe object that owns a [`Trainer`] over a shared model: it gets `:save`, `:load` and
+/// `:resume` for checkpoints.
+pub(crate) trait WithTrainer<B: AutodiffBackend> {
+    fn model(&self) -> &Rc<RefCell<Llama<B>>>;
+    fn trainer(&self) -> &Trainer<B>;
+    fn trainer_mut(&mut self) -> &mut Trainer<B>;
+}
+
+impl<B: AutodiffBackend> WithTrainer<B> for LuaTrainer<B> {
+    fn model(&self) -> &Rc<RefCell<Llama<B>>> {
+        &self.model
+    }
+    fn trainer(&self) -> &Trainer<B> {
+        &self.trainer
+    }
+    fn trainer_mut(&mut self) -> &mut Trainer<B> {
+        &mut self.trainer
+    }
+}
+
+pub(crate) fn add_checkpoint_methods<B, T, M>(methods: &mut M)
+where
+    B: AutodiffBackend,
+    T: WithTrainer<B> + UserData + 'static,
+    M: UserDataMethods<T>,
+{
+    // trainer:save(dir, {keep = 2}) -> the checkpoint's folder.
+    methods.add_method("save", |lua, this, (dir, opts): (String, Option<Table>)| {
+        let o = Opts::new(lua, "trainer:save", opts, &["keep"])?;
+        let keep = o.count("keep", 1)?.unwrap_or(2);
+        let hash = recipe_hash(lua);
+        let mut model = this.model().borrow_mut();
+        let path = checkpoint::save(
+            std::path::Path::new(&dir),
+            this.trainer(),
+            &mut model,
+            hash.as_deref(),
+            keep,
+        )
+        .map_err(|e| runtime_error(lua, format!("trainer:save: {e}")))?;
+        Ok(path.to_string_lossy().into_owned())
+    });
+    // trainer:load(dir) -> the step it resumes from; an error when there is no checkpoint.
+    methods.add_method_mut("load", |lua, this, dir: String| {
+        load_checkpoint(lua, this, &dir, false)
+    });
+    // trainer:resume(dir) -> like load, but starts from step 0 when dir has no checkpoint yet.
+    methods.add_method_mut("resume", |lua, this, dir: String| {
+        load_checkpoint(lua, this, &dir, true)
+    });
+}
+
+fn load_checkpoint<B: AutodiffBackend, T: WithTrainer<B>>(
     lua: &Lua,
-    this: &mut LuaTrainer<B>,
+    this: &mut T,
     dir: &str,
     optional: bool,
 ) -> mlua::Result<usize> {
@@ -329,8 +365,9 @@ fn load_checkpoint<B: AutodiffBackend>(
         return Ok(0);
     }
     let hash = recipe_hash(lua);
-    let mut model = this.model.borrow_mut();
-    let report = checkpoint::load(root, &mut this.trainer, &mut model, hash.as_deref()).map_err(
+    let model = this.model().clone();
+    let mut model = model.borrow_mut();
+    let report = checkpoint::load(root, this.trainer_mut(), &mut model, hash.as_deref()).map_err(
         |e| match e {
             checkpoint::CheckpointError::Mismatch { .. }
             | checkpoint::CheckpointError::NotFound(_) => recipe_error(lua, format!("{what}: {e}")),
@@ -346,7 +383,7 @@ fn load_checkpoint<B: AutodiffBackend>(
         report.state.progress.step,
         report.state.progress.batches
     );
-    Ok(this.trainer.steps())
+    Ok(this.trainer().steps())
 }
 
 /// Tokenizes a batch's examples with the model's tokenizer.

@@ -141,6 +141,11 @@ pub struct Llama<B: Backend> {
     pub prompt: Slots<Param<B, 2>>,
     /// Prefix tuning's per-layer keys and values.
     pub prefix: Slots<PrefixAdapter<B>>,
+    /// A sequence-classification head, `[labels, d_model]` (transformers'
+    /// `LlamaForSequenceClassification.score`, no bias): a reward model's scalar head.
+    pub score: Option<Param<B, 2>>,
+    /// Each adapter's own trained copy of `score` (PEFT's `modules_to_save`).
+    pub score_tuned: Slots<Param<B, 2>>,
     /// Attached adapters in the order they were added, and the active one.
     pub adapters: Vec<AdapterInfo>,
     pub active_adapter: Option<String>,
@@ -319,6 +324,8 @@ impl<B: Backend> Llama<B> {
             norm_tuned: Slots::default(),
             prompt: Slots::default(),
             prefix: Slots::default(),
+            score: None,
+            score_tuned: Slots::default(),
             adapters: Vec::new(),
             active_adapter: None,
         }
@@ -332,6 +339,7 @@ impl<B: Backend> Llama<B> {
         self.norm_tuned.activate(name);
         self.prompt.activate(name);
         self.prefix.activate(name);
+        self.score_tuned.activate(name);
     }
 
     pub(crate) fn remove_adapter_parts(&mut self, name: &str) {
@@ -341,6 +349,7 @@ impl<B: Backend> Llama<B> {
         self.norm_tuned.remove(name);
         self.prompt.remove(name);
         self.prefix.remove(name);
+        self.score_tuned.remove(name);
     }
 
     /// Visits every parameter in a fixed order with its Hugging Face-style name.
@@ -356,6 +365,10 @@ impl<B: Backend> Llama<B> {
         }
         self.prompt.visit("prompt", "embeddings", v);
         self.prefix.visit("prefix", "encoder", v);
+        if let Some(score) = &mut self.score {
+            v.visit2("score.weight", score);
+        }
+        self.score_tuned.visit("score", "modules_to_save", v);
     }
 
     /// The output head, `[vocab, d_model]`: its own weight, or the embedding when tied.

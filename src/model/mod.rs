@@ -9,6 +9,7 @@ pub mod load;
 pub mod params;
 pub mod quantize;
 pub mod save;
+pub mod score;
 
 pub use config::{LlamaConfig, TinyOptions};
 pub use llama::Llama;

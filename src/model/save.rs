@@ -144,15 +144,23 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     if let Some(head) = &model.lm_head {
         push(f32_tensor("lm_head.weight".into(), host(&head.value)));
     }
+    if let Some(score) = &model.score {
+        push(f32_tensor("score.weight".into(), host(&score.value)));
+    }
     let c = &model.config;
     let mut config = serde_json::to_value(c).map_err(|e| SaveError::Invalid(e.to_string()))?;
     let obj = config
         .as_object_mut()
         .expect("a struct serializes to an object");
-    obj.insert(
-        "architectures".into(),
-        serde_json::json!(["LlamaForCausalLM"]),
-    );
+    let architecture = if model.score.is_some() {
+        // One label: transformers reads `num_labels` from `id2label`.
+        obj.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
+        obj.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
+        "LlamaForSequenceClassification"
+    } else {
+        "LlamaForCausalLM"
+    };
+    obj.insert("architectures".into(), serde_json::json!([architecture]));
     obj.insert("model_type".into(), serde_json::json!("llama"));
     obj.insert("hidden_act".into(), serde_json::json!("silu"));
     obj.insert("attention_bias".into(), serde_json::json!(false));

@@ -26,6 +26,8 @@ use crate::model::save::{
 
 pub(crate) const CONFIG_FILE: &str = "adapter_config.json";
 pub(crate) const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// Where PEFT saves a sequence-classification adapter's copy of the head (`modules_to_save`).
+const SCORE_KEY: &str = "base_model.model.score.weight";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -195,10 +197,15 @@ pub fn save_adapter<B: Backend>(
         }
         Method::Full => unreachable!("full fine-tuning is not an adapter"),
     };
-    config
-        .as_object_mut()
-        .unwrap()
-        .insert("runner_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    let o = config.as_object_mut().unwrap();
+    if let Some(score) = model.score_tuned.get(name) {
+        // A reward model's adapter carries its trained head, as PEFT saves a SEQ_CLS model.
+        let (shape, values) = host(&score.value);
+        tensors.push((SCORE_KEY.into(), shape, values));
+        o.insert("task_type".into(), json!("SEQ_CLS"));
+        o.insert("modules_to_save".into(), json!(["score"]));
+    }
+    o.insert("runner_version".into(), json!(env!("CARGO_PKG_VERSION")));
     write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
     write_atomic(
         &dir.join(CONFIG_FILE),
@@ -223,7 +230,8 @@ fn runner_tensors<B: Backend>(model: &Llama<B>, name: &str) -> Vec<HostTensor> {
             }
         }
         fn visit2(&mut self, n: &str, p: &mut Param<B, 2>) {
-            if n.contains(&self.marker) {
+            // The score head's copy is saved under PEFT's name for every method.
+            if n.contains(&self.marker) && !n.starts_with("score.") {
                 let (shape, values) = host(&p.value);
                 self.out.push((n.replace(&self.marker, ""), shape, values));
             }
@@ -290,6 +298,12 @@ pub fn load_adapter<B: Backend>(
     let mut updated = model.clone();
     let added = method.attach(&mut updated, name)?;
     fill(&mut updated, name, &method, &mut tensors).map_err(|msg| file_err(&weights_path, msg))?;
+    if tensors.contains_key(SCORE_KEY) && updated.score.is_none() {
+        return Err(file_err(
+            &weights_path,
+            "the adapter carries a reward model's score head, but the model has none (model:add_score_head() adds one)".into(),
+        ));
+    }
     if let Some(extra) = tensors.keys().next() {
         return Err(file_err(
             &weights_path,
@@ -334,16 +348,25 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
             || x.as_object().is_some_and(|o| o.is_empty())
             || x.as_array().is_some_and(|a| a.is_empty())
     };
+    let seq_cls = v.get("task_type").and_then(Value::as_str) == Some("SEQ_CLS");
     if v.get("task_type")
         .and_then(Value::as_str)
-        .is_some_and(|t| t != "CAUSAL_LM")
+        .is_some_and(|t| t != "CAUSAL_LM" && t != "SEQ_CLS")
     {
         return Err(format!(
-            "task_type {} is not supported (CAUSAL_LM is)",
+            "task_type {} is not supported (CAUSAL_LM and SEQ_CLS are)",
             v["task_type"]
         ));
     }
-    unsupported("modules_to_save", &empty)?;
+    // A reward model's adapter saves its head (PEFT lists `classifier` too, for other
+    // architectures' head names); nothing else may be saved whole.
+    let heads_only = |x: &Value| {
+        empty(x)
+            || (seq_cls
+                && x.as_array()
+                    .is_some_and(|a| a.iter().all(|m| m == "score" || m == "classifier")))
+    };
+    unsupported("modules_to_save", &heads_only)?;
     Ok(match peft_type {
         "LORA" => {
             for k in [
@@ -522,7 +545,8 @@ fn fill<B: Backend>(
                     }
                 }
                 fn visit2(&mut self, n: &str, p: &mut Param<B, 2>) {
-                    if !n.contains(&self.marker) || self.error.is_some() {
+                    if !n.contains(&self.marker) || n.starts_with("score.") || self.error.is_some()
+                    {
                         return;
                     }
                     let dims = p.value.dims();
@@ -548,6 +572,13 @@ fn fill<B: Backend>(
             }
         }
         Method::Full => unreachable!("full fine-tuning is not an adapter"),
+    }
+    if let Some(score) = model.score_tuned.get_mut(name) {
+        let shape: [usize; 2] = score.value.dims();
+        let values = take(SCORE_KEY, &shape).map_err(|e| {
+            format!("{e}: the model is a reward model, and its adapters carry the score head")
+        })?;
+        set2(score, values, shape);
     }
     Ok(())
 }

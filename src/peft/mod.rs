@@ -163,6 +163,12 @@ fn begin_adapter<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftErr
 
 /// Records the new adapter and makes it the active one.
 fn finish_adapter<B: Backend>(model: &mut Llama<B>, name: &str, method: Method) {
+    // A reward model's head trains with every method, as its own copy per adapter (PEFT puts
+    // `score` in `modules_to_save` for sequence classification).
+    if let Some(score) = &model.score {
+        let copy = crate::model::params::Param::new(score.value.clone().detach(), true);
+        model.score_tuned.insert(name, copy);
+    }
     model.adapters.push(AdapterInfo {
         name: name.to_string(),
         method: Arc::new(method),

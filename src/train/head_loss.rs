@@ -168,3 +168,101 @@ pub fn training_loss<B: AutodiffBackend>(
     }
     (r.nll_sum, surrogate)
 }
+
+/// Per-sequence sums over the labelled rows of a `[batch, seq]` batch (flattened row-major):
+/// the negative log-likelihood, the number of labelled rows, and the sum of every logit of
+/// those rows (for a mean-logit metric); with gradients when asked for.
+pub struct SequenceNll<B: Backend> {
+    pub nll: Vec<f64>,
+    pub tokens: Vec<usize>,
+    pub logit_sums: Vec<f64>,
+    /// `[rows, d_model]`: the gradient of `Σ_s weight_s · nll_s`.
+    pub grad_hidden: Option<Tensor<B, 2>>,
+    /// `[vocab, d_model]`
+    pub grad_head: Option<Tensor<B, 2>>,
+}
+
+/// The head's summed NLL per sequence (log-probs of the labelled tokens are `-nll`), in
+/// chunks that never cross a sequence, so each chunk's gradient takes its sequence's weight
+/// (`weights[s]`, 1 when `None`) in the one pass: what a preference loss needs, whose
+/// gradient with respect to each sequence's log-prob differs per sequence.
+/// # Shapes
+/// - hidden: `[batch * seq, d_model]`, head: `[vocab, d_model]`, targets: `batch * seq`
+#[allow(clippy::too_many_arguments)]
+pub fn sequence_nll<B: Backend>(
+    hidden: Tensor<B, 2>,
+    head: Tensor<B, 2>,
+    targets: &[i64],
+    seq: usize,
+    weights: Option<&[f64]>,
+    grad_hidden: bool,
+    grad_head: bool,
+) -> SequenceNll<B> {
+    let [rows, d] = hidden.dims();
+    let device = hidden.device();
+    let sequences = rows / seq.max(1);
+    let head_t = head.clone().transpose();
+    let mut gh = grad_hidden.then(|| Tensor::<B, 2>::zeros([rows, d], &device));
+    let mut gw: Option<Tensor<B, 2>> = None;
+    let mut out = SequenceNll {
+        nll: vec![0.0; sequences],
+        tokens: vec![0; sequences],
+        logit_sums: vec![0.0; sequences],
+        grad_hidden: None,
+        grad_head: None,
+    };
+    let want_grad = grad_hidden || grad_head;
+    // Σ_v logits[r, v] = hidden[r] · Σ_v head[v]: the logit sums without the logits.
+    let head_colsum = head.clone().sum_dim(0).reshape([d, 1]);
+    for s in 0..sequences {
+        let scored: Vec<usize> = (s * seq..(s + 1) * seq)
+            .filter(|&r| targets[r] != IGNORE_INDEX)
+            .collect();
+        out.tokens[s] = scored.len();
+        let weight = weights.map_or(1.0, |w| w[s]);
+        for chunk in scored.chunks(CHUNK_ROWS) {
+            let n = chunk.len();
+            let row_idx = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]),
+                &device,
+            );
+            let chunk_targets: Vec<usize> = chunk.iter().map(|&r| targets[r] as usize).collect();
+            let h = hidden.clone().select(0, row_idx.clone());
+            let ce = kernels::cross_entropy(
+                precision::matmul(h.clone(), head_t.clone()),
+                &chunk_targets,
+                weight,
+                want_grad,
+            );
+            out.nll[s] += ce.nll.into_scalar().elem::<f64>();
+            out.logit_sums[s] += h
+                .clone()
+                .matmul(head_colsum.clone())
+                .sum()
+                .into_scalar()
+                .elem::<f64>();
+            let Some(dlogits) = ce.dlogits else { continue };
+            if let Some(g) = gh.take() {
+                gh = Some(g.select_assign(
+                    0,
+                    row_idx,
+                    precision::matmul(dlogits.clone(), head.clone()),
+                    IndexingUpdateOp::Add,
+                ));
+            }
+            if grad_head {
+                gw = Some(match gw.take() {
+                    Some(g) => precision::matmul_accumulate(g, dlogits.transpose(), h),
+                    None => precision::matmul(dlogits.transpose(), h),
+                });
+            }
+        }
+    }
+    out.grad_hidden = gh;
+    out.grad_head = if grad_head {
+        Some(gw.unwrap_or_else(|| Tensor::zeros(head.dims(), &device)))
+    } else {
+        None
+    };
+    out
+}

@@ -1,12 +1,16 @@
 //! Losses, the optimizer and the training/evaluation steps.
 
 pub mod checkpoint;
+pub mod dpo;
 pub(crate) mod gen_eval;
 pub mod head_loss;
 pub mod loss;
 pub(crate) mod metrics;
 pub(crate) mod optim;
 pub mod perplexity;
+#[cfg(all(test, feature = "flex"))]
+mod preference_tests;
+pub mod reward;
 pub mod trainer;
 
 pub use optim::{AdamW, AdamWConfig, GradMap};

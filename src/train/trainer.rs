@@ -243,15 +243,83 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// update and is counted; too many in a row end training with an error.
     pub fn step(&mut self, model: &mut Llama<B>, batch: &Batch) -> Result<StepReport, TrainError> {
         check_batch(model, batch)?;
-        if self.progress.step == 0 && model.param_count().trainable == 0 {
-            return Err(TrainError::NothingToTrain);
-        }
         let k = self.options.accumulate;
         if k > batch.batch {
             return Err(TrainError::Accumulate {
                 accumulate: k,
                 batch: batch.batch,
             });
+        }
+        let total = batch.target_tokens();
+        let tokens = batch.batch * batch.seq;
+        self.step_with(model, tokens, total, |this, model, loss_scale, grads| {
+            let mut nll = 0.0;
+            for micro in batch.split(k) {
+                // Before each micro-batch (cheap), so a long accumulated step stops promptly.
+                crate::interrupt::check()?;
+                if micro.target_tokens() == 0 {
+                    continue;
+                }
+                let micro_nll = if this.options.checkpointing && checkpointable(model) {
+                    this.checkpointed_micro_step(model, &micro, total, loss_scale, grads)
+                } else {
+                    let hidden = model.hidden_states_segmented(
+                        input_tensor(&micro, &model.device),
+                        micro.segments.as_deref(),
+                        Some(&mut this.rng),
+                    );
+                    let targets = next_token_targets_segmented(
+                        &micro.labels,
+                        micro.segments.as_deref(),
+                        micro.batch,
+                        micro.seq,
+                    );
+                    let head = model.head();
+                    let (micro_nll, surrogate) = training_loss(
+                        hidden,
+                        &head.value,
+                        head.trainable,
+                        &targets,
+                        total,
+                        loss_scale,
+                    );
+                    // Every activation is alive here: the usual peak of a step on a GPU.
+                    memory::sample_device::<B>(&model.device);
+                    if micro_nll.is_finite() {
+                        let g = surrogate.backward();
+                        grads.accumulate(&g, |c| model.visit(c));
+                        memory::sample_device::<B>(&model.device);
+                    }
+                    micro_nll
+                };
+                nll += micro_nll;
+                if !micro_nll.is_finite() {
+                    break;
+                }
+            }
+            Ok(nll / total as f64)
+        })
+    }
+
+    /// What every objective's step shares (next-token, preference, reward): the guard against
+    /// training nothing, mixed precision and f16 loss scaling around `objective`, which runs
+    /// forward and backward, adds its gradients (of the loss times the loss scale) to the map
+    /// and returns the loss; then the global norm, the skip of a non-finite step, clipping and
+    /// the AdamW update. `tokens` and `target_tokens` are reported as they are.
+    pub(crate) fn step_with(
+        &mut self,
+        model: &mut Llama<B>,
+        tokens: usize,
+        target_tokens: usize,
+        objective: impl FnOnce(
+            &mut Self,
+            &mut Llama<B>,
+            f64,
+            &mut GradMap<B>,
+        ) -> Result<f64, TrainError>,
+    ) -> Result<StepReport, TrainError> {
+        if self.progress.step == 0 && model.param_count().trainable == 0 {
+            return Err(TrainError::NothingToTrain);
         }
         self.options.precision.check::<B>(&model.device)?;
         let _precision = precision::enter(self.options.precision);
@@ -261,54 +329,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.progress.loss_scale = Some(LossScale::default());
         }
         let loss_scale = self.progress.loss_scale.map_or(1.0, |s| s.scale);
-        let total = batch.target_tokens();
         let mut grads = GradMap::<B>::default();
-        let mut nll = 0.0;
-        for micro in batch.split(k) {
-            // Before each micro-batch (cheap), so a long accumulated step stops promptly.
-            crate::interrupt::check()?;
-            if micro.target_tokens() == 0 {
-                continue;
-            }
-            let micro_nll = if self.options.checkpointing && checkpointable(model) {
-                self.checkpointed_micro_step(model, &micro, total, loss_scale, &mut grads)
-            } else {
-                let hidden = model.hidden_states_segmented(
-                    input_tensor(&micro, &model.device),
-                    micro.segments.as_deref(),
-                    Some(&mut self.rng),
-                );
-                let targets = next_token_targets_segmented(
-                    &micro.labels,
-                    micro.segments.as_deref(),
-                    micro.batch,
-                    micro.seq,
-                );
-                let head = model.head();
-                let (micro_nll, surrogate) = training_loss(
-                    hidden,
-                    &head.value,
-                    head.trainable,
-                    &targets,
-                    total,
-                    loss_scale,
-                );
-                // Every activation is alive here: the usual peak of a step on a GPU.
-                memory::sample_device::<B>(&model.device);
-                if micro_nll.is_finite() {
-                    let g = surrogate.backward();
-                    grads.accumulate(&g, |c| model.visit(c));
-                    memory::sample_device::<B>(&model.device);
-                }
-                micro_nll
-            };
-            nll += micro_nll;
-            if !micro_nll.is_finite() {
-                break;
-            }
-        }
+        let loss = objective(self, model, loss_scale, &mut grads)?;
         self.progress.batches += 1;
-        let loss = nll / total as f64;
         let grad_norm = if loss.is_finite() {
             grads.global_norm() / loss_scale
         } else {
@@ -318,8 +341,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             loss,
             grad_norm,
             lr: 0.0,
-            tokens: batch.batch * batch.seq,
-            target_tokens: total,
+            tokens,
+            target_tokens,
             skipped: false,
             loss_scale: None,
         };

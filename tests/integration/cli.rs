@@ -328,6 +328,23 @@ fn missing_model_is_a_recipe_error() {
 }
 
 #[test]
+fn preference_api_from_lua() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("preference_api.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("preference_api/trials.csv"));
+    let get = |k: &str| rows[0][column(&header, k)].clone();
+    assert_eq!(get("status"), "ok", "{}", get("error"));
+    assert!(get("reward_accuracy").parse::<f64>().unwrap() >= 0.9);
+    // TRL's metric names reach steps.csv as they are.
+    let (header, steps) = read_csv(&dir.path().join("preference_api/steps.csv"));
+    let margins = column(&header, "rewards/margins");
+    assert_eq!(steps.len(), 40);
+    let last: f64 = steps[39][margins].parse().unwrap();
+    assert!(last > 0.0, "{last}");
+}
+
+#[test]
 fn adapter_api_from_lua() {
     let dir = tempfile::tempdir().unwrap();
     let out = runner(&[&fixture("adapters_api.lua")], dir.path());

@@ -105,12 +105,23 @@ pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
         ))
     };
     let embed = Param::new(init::tensor2::<B>(embed, [vocab, d], device), true);
-    Ok(Llama::from_parts(
+    // A reward model (`LlamaForSequenceClassification` with one label) carries `score`.
+    let score = if src.has("score.weight") {
+        Some(Param::new(
+            init::tensor2::<B>(src.load("score.weight", &[1, d])?, [1, d], device),
+            true,
+        ))
+    } else {
+        None
+    };
+    let mut model = Llama::from_parts(
         config,
         embed,
         layers,
         norm("model.norm.weight")?,
         lm_head,
         device,
-    ))
+    );
+    model.score = score;
+    Ok(model)
 }

@@ -1,0 +1,678 @@
+//! `runner.data.pairs`, `runner.dpo`, `runner.reward_trainer`, and the reward-model methods of
+//! a model object (`model:add_score_head`, `model:reward`).
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+
+use burn::tensor::backend::AutodiffBackend;
+use mlua::{IntoLuaMulti, Lua, MetaMethod, Table, UserData, UserDataMethods, Value};
+
+use super::model::{LuaModel, default_seed};
+use super::options::{Opts, describe, recipe_error, runtime_error};
+use super::train::{
+    TRAINER_KEYS, WithTrainer, add_checkpoint_methods, step_table, train_error, trainer_from_opts,
+};
+use crate::data::batch::{BatchOptions, BatchOrder};
+use crate::data::pairs::{PairBatch, PairOptions, PairSet, PreferencePair, TruncationMode};
+use crate::data::row::ReadOptions;
+use crate::data::tokenizer::Tokenizer;
+use crate::model::Llama;
+use crate::progress::{Progress, ProgressSlot};
+use crate::train::dpo::{DpoConfig, DpoLoss, DpoMetrics, DpoTrainer};
+use crate::train::reward::{RewardConfig, RewardMetrics, RewardTrainer, pair_rewards};
+use crate::train::{StepReport, Trainer};
+
+/// Preference pairs (`runner.data.pairs`).
+#[derive(Clone)]
+pub(crate) struct LuaPairs(pub PairSet);
+
+/// One batch of pairs, tokenized by the trainer that takes it.
+pub(crate) struct LuaPairChunk(Vec<PreferencePair>);
+
+pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+    let data: Table = runner.get("data")?;
+    // runner.data.pairs(path | {rows}, {skip_malformed = false})
+    data.set(
+        "pairs",
+        lua.create_function(|lua, (src, opts): (Value, Option<Table>)| {
+            let o = Opts::new(lua, "runner.data.pairs", opts, &["skip_malformed"])?;
+            let read = ReadOptions {
+                skip_malformed: o.bool("skip_malformed")?.unwrap_or(false),
+            };
+            let set = match &src {
+                Value::String(path) => {
+                    let path = path.to_string_lossy();
+                    super::host::note_input(lua, Path::new(&path))?;
+                    PairSet::read_jsonl(Path::new(&path), read)
+                }
+                Value::Table(list) => {
+                    let mut rows = Vec::new();
+                    for (i, v) in list.sequence_values::<Value>().enumerate() {
+                        rows.push(super::data::row_from_lua(lua, "runner.data.pairs", i + 1, v?)?);
+                    }
+                    PairSet::from_rows(&rows, "runner.data.pairs")
+                }
+                other => {
+                    return Err(o.err(format!(
+                        "expects a JSONL path or a list of {{prompt, chosen, rejected}} rows, found {}",
+                        describe(other)
+                    )));
+                }
+            }
+            .map_err(|e| recipe_error(lua, format!("runner.data.pairs: {e}")))?;
+            Ok(LuaPairs(set))
+        })?,
+    )?;
+    Ok(())
+}
+
+impl UserData for LuaPairs {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("len", |_, this, ()| Ok(this.0.pairs.len()));
+        methods.add_meta_method(MetaMethod::Len, |_, this, ()| Ok(this.0.pairs.len()));
+        methods.add_method("skipped", |_, this, ()| Ok(this.0.skipped));
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(format!(
+                "Pairs({} from {})",
+                this.0.pairs.len(),
+                this.0.source
+            ))
+        });
+        // `for step, batch in pairs:batches{size = 4, steps = 100} do ... end`
+        methods.add_method("batches", |lua, this, opts: Option<Table>| {
+            let o = Opts::new(
+                lua,
+                "pairs:batches",
+                opts,
+                &["size", "steps", "shuffle", "seed", "skip"],
+            )?;
+            let opts = BatchOptions {
+                size: o.count("size", 1)?.unwrap_or(4),
+                steps: o.count("steps", 1)?,
+                shuffle: o.bool("shuffle")?.unwrap_or(true),
+                seed: match o.int("seed")? {
+                    Some(s) => s as u64,
+                    None => default_seed(lua)?,
+                },
+                skip: o.count("skip", 0)?.unwrap_or(0),
+                ..BatchOptions::default()
+            };
+            let total = opts
+                .steps
+                .unwrap_or_else(|| this.0.pairs.len().div_ceil(opts.size));
+            let skip = opts.skip;
+            let mut progress = Progress::start(Some(total));
+            progress.advance(skip);
+            lua.set_app_data(ProgressSlot {
+                current: Some(progress),
+                step: skip,
+            });
+            let pairs = this.0.pairs.clone();
+            let order = RefCell::new((skip, BatchOrder::new(pairs.len(), Vec::new(), opts)));
+            lua.create_function(move |lua, ()| {
+                let mut state = order.borrow_mut();
+                match state.1.next() {
+                    Some(picked) => {
+                        state.0 += 1;
+                        if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>() {
+                            slot.step = state.0;
+                        }
+                        let chunk =
+                            LuaPairChunk(picked.iter().map(|&i| pairs[i].clone()).collect());
+                        (state.0, chunk).into_lua_multi(lua)
+                    }
+                    None => {
+                        if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>()
+                            && let Some(mut p) = slot.current.take()
+                        {
+                            p.finish();
+                        }
+                        Ok(mlua::MultiValue::new())
+                    }
+                }
+            })
+        });
+    }
+}
+
+impl UserData for LuaPairChunk {
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("size", |_, this| Ok(this.0.len()));
+    }
+}
+
+/// The keys of `runner.dpo` beyond the trainer's.
+const DPO_KEYS: &[&str] = &[
+    "ref",
+    "ref_adapter",
+    "beta",
+    "loss",
+    "label_smoothing",
+    "precompute_ref_log_probs",
+    "max_length",
+    "max_prompt_length",
+    "max_completion_length",
+    "truncation_mode",
+];
+
+const REWARD_KEYS: &[&str] = &["center_rewards_coefficient", "max_length"];
+
+fn keys(extra: &[&'static str]) -> Vec<&'static str> {
+    TRAINER_KEYS.iter().chain(extra).copied().collect()
+}
+
+/// `max_length`, `max_prompt_length`, `max_completion_length` (a number, or `false` for no
+/// limit) and `truncation_mode`, TRL's defaults otherwise.
+fn pair_options(o: &Opts) -> mlua::Result<PairOptions> {
+    let d = PairOptions::default();
+    let limit = |key: &str, default: Option<usize>| -> mlua::Result<Option<usize>> {
+        match o.raw(key)? {
+            Value::Boolean(false) => Ok(None),
+            Value::Nil => Ok(default),
+            _ => o.count(key, 1),
+        }
+    };
+    Ok(PairOptions {
+        max_length: limit("max_length", d.max_length)?,
+        max_prompt_length: limit("max_prompt_length", d.max_prompt_length)?,
+        max_completion_length: limit("max_completion_length", d.max_completion_length)?,
+        truncation_mode: match o.string("truncation_mode")?.as_deref() {
+            None | Some("keep_start") => TruncationMode::KeepStart,
+            Some("keep_end") => TruncationMode::KeepEnd,
+            Some(other) => {
+                return Err(o.err(format!(
+                    "truncation_mode must be \"keep_start\" or \"keep_end\", got \"{other}\""
+                )));
+            }
+        },
+    })
+}
+
+/// A batch of pairs from a Lua value, tokenized and collated; `None` when every pair was
+/// truncated away. Returns the number dropped too.
+fn collate(
+    lua: &Lua,
+    what: &str,
+    v: &Value,
+    tokenizer: &Tokenizer,
+    opts: &PairOptions,
+    drop_longer: Option<usize>,
+) -> mlua::Result<(Option<PairBatch>, usize)> {
+    let pairs = match v {
+        Value::UserData(ud) => ud
+            .borrow::<LuaPairChunk>()
+            .map(|c| c.0.clone())
+            .map_err(|_| recipe_error(lua, format!("{what} expects a batch of pairs")))?,
+        other => {
+            return Err(recipe_error(
+                lua,
+                format!(
+                    "{what} expects a batch of pairs (from pairs:batches), found {}",
+                    describe(other)
+                ),
+            ));
+        }
+    };
+    let set = PairSet {
+        pairs,
+        source: what.to_string(),
+        skipped: 0,
+    };
+    let mut tokenized = set
+        .tokenize(tokenizer, opts)
+        .map_err(|e| recipe_error(lua, format!("{what}: {e}")))?;
+    let mut dropped = tokenized.truncated_away;
+    if let Some(max) = drop_longer {
+        dropped += tokenized.drop_longer(max);
+    }
+    if tokenized.pairs.is_empty() {
+        return Ok((None, dropped));
+    }
+    let refs: Vec<_> = tokenized.pairs.iter().collect();
+    Ok((Some(PairBatch::collate(&refs, opts)), dropped))
+}
+
+/// Every pair of a dataset as batches of `size`, in order.
+fn eval_batches(
+    lua: &Lua,
+    what: &str,
+    pairs: &PairSet,
+    size: usize,
+    tokenizer: &Tokenizer,
+    opts: &PairOptions,
+    drop_longer: Option<usize>,
+) -> mlua::Result<(Vec<PairBatch>, usize)> {
+    let mut tokenized = pairs
+        .tokenize(tokenizer, opts)
+        .map_err(|e| recipe_error(lua, format!("{what}: {e}")))?;
+    let mut dropped = tokenized.truncated_away;
+    if let Some(max) = drop_longer {
+        dropped += tokenized.drop_longer(max);
+    }
+    let refs: Vec<_> = tokenized.pairs.iter().collect();
+    Ok((
+        refs.chunks(size.max(1))
+            .map(|c| PairBatch::collate(c, opts))
+            .collect(),
+        dropped,
+    ))
+}
+
+fn pairs_arg(lua: &Lua, what: &str, v: &Value) -> mlua::Result<PairSet> {
+    match v {
+        Value::UserData(ud) if ud.is::<LuaPairs>() => Ok(ud.borrow::<LuaPairs>()?.0.clone()),
+        other => Err(recipe_error(
+            lua,
+            format!(
+                "{what} expects pairs (runner.data.pairs), found {}",
+                describe(other)
+            ),
+        )),
+    }
+}
+
+fn note_dropped(lua: &Lua, what: &str, dropped: usize, why: &str) {
+    if dropped == 0 {
+        return;
+    }
+    let line = format!("  note: {what}: {dropped} pair(s) dropped ({why})");
+    match lua.app_data_mut::<ProgressSlot>() {
+        Some(slot) => slot.println(&line),
+        None => eprintln!("{line}"),
+    }
+}
+
+fn record_progress(lua: &Lua, report: &StepReport) {
+    if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>() {
+        let step = slot.step;
+        if let Some(p) = slot.current.as_mut() {
+            p.record(report.loss, report.tokens);
+            p.advance(step);
+        }
+    }
+}
+
+fn metrics_table(lua: &Lua, named: &[(&str, f64)]) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    for (k, v) in named {
+        t.set(*k, *v)?;
+    }
+    Ok(t)
+}
+
+pub(crate) struct LuaDpo<B: AutodiffBackend> {
+    model: Rc<RefCell<Llama<B>>>,
+    tokenizer: Tokenizer,
+    dpo: DpoTrainer<B>,
+    pair_opts: PairOptions,
+}
+
+impl<B: AutodiffBackend> WithTrainer<B> for LuaDpo<B> {
+    fn model(&self) -> &Rc<RefCell<Llama<B>>> {
+        &self.model
+    }
+    fn trainer(&self) -> &Trainer<B> {
+        &self.dpo.trainer
+    }
+    fn trainer_mut(&mut self) -> &mut Trainer<B> {
+        &mut self.dpo.trainer
+    }
+}
+
+pub(crate) struct LuaReward<B: AutodiffBackend> {
+    model: Rc<RefCell<Llama<B>>>,
+    tokenizer: Tokenizer,
+    reward: RewardTrainer<B>,
+    max_length: Option<usize>,
+}
+
+impl<B: AutodiffBackend> WithTrainer<B> for LuaReward<B> {
+    fn model(&self) -> &Rc<RefCell<Llama<B>>> {
+        &self.model
+    }
+    fn trainer(&self) -> &Trainer<B> {
+        &self.reward.trainer
+    }
+    fn trainer_mut(&mut self) -> &mut Trainer<B> {
+        &mut self.reward.trainer
+    }
+}
+
+/// A reward model's pairs are filtered by length, never truncated.
+fn untruncated() -> PairOptions {
+    PairOptions {
+        max_prompt_length: None,
+        max_completion_length: None,
+        max_length: None,
+        truncation_mode: TruncationMode::KeepStart,
+    }
+}
+
+pub(crate) fn register_trainers<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::Result<()> {
+    runner.set(
+        "dpo",
+        lua.create_function(|lua, opts: Table| {
+            let allowed = keys(DPO_KEYS);
+            let o = Opts::new(lua, "runner.dpo", Some(opts), &allowed)?;
+            let (model, tokenizer, trainer) = trainer_from_opts::<B>(lua, &o)?;
+            if trainer.options.checkpointing {
+                return Err(o.err("checkpointing (activation recomputation) is not supported by DPO yet"));
+            }
+            let d = DpoConfig::default();
+            let loss = match o.string("loss")? {
+                None => d.loss,
+                Some(name) => DpoLoss::parse(&name).ok_or_else(|| {
+                    let hint = crate::util::closest(&name, DpoLoss::NAMES)
+                        .map(|c| format!(" (did you mean \"{c}\"?)"))
+                        .unwrap_or_default();
+                    o.err(format!(
+                        "unknown loss \"{name}\"{hint}; expected one of {}",
+                        DpoLoss::NAMES.join(", ")
+                    ))
+                })?,
+            };
+            let config = DpoConfig {
+                beta: o.num("beta")?.unwrap_or(d.beta),
+                loss,
+                label_smoothing: o.num("label_smoothing")?.unwrap_or(d.label_smoothing),
+                cache_reference: o.bool("precompute_ref_log_probs")?.unwrap_or(d.cache_reference),
+            };
+            let reference = match o.raw("ref")? {
+                Value::Nil => None,
+                Value::UserData(ud) => {
+                    let m = ud
+                        .borrow::<LuaModel<B>>()
+                        .map_err(|_| o.err("ref must be a model (runner.model.*)"))?;
+                    if Rc::ptr_eq(&m.model, &model) {
+                        return Err(o.err("ref is the policy itself; leave ref out to use the policy with adapters disabled"));
+                    }
+                    let r = m.model.borrow().clone();
+                    Some(r)
+                }
+                other => {
+                    return Err(o.err(format!(
+                        "ref must be a model (runner.model.*), found {}",
+                        describe(&other)
+                    )));
+                }
+            };
+            let pair_opts = pair_options(&o)?;
+            let ref_adapter = o.string("ref_adapter")?;
+            let dpo = DpoTrainer::with_reference(
+                trainer,
+                config,
+                &model.borrow(),
+                reference,
+                ref_adapter.as_deref(),
+            )
+            .map_err(|e| o.err(e))?;
+            Ok(LuaDpo {
+                model,
+                tokenizer,
+                dpo,
+                pair_opts,
+            })
+        })?,
+    )?;
+    runner.set(
+        "reward_trainer",
+        lua.create_function(|lua, opts: Table| {
+            let allowed = keys(REWARD_KEYS);
+            let o = Opts::new(lua, "runner.reward_trainer", Some(opts), &allowed)?;
+            let (model, tokenizer, trainer) = trainer_from_opts::<B>(lua, &o)?;
+            if trainer.options.checkpointing {
+                return Err(o.err("checkpointing (activation recomputation) is not supported by the reward trainer yet"));
+            }
+            let config = RewardConfig {
+                center_rewards_coefficient: o.num("center_rewards_coefficient")?,
+            };
+            let max_length = match o.raw("max_length")? {
+                Value::Boolean(false) => None,
+                Value::Nil => Some(1024),
+                _ => o.count("max_length", 1)?,
+            };
+            let reward =
+                RewardTrainer::new(trainer, config, &model.borrow()).map_err(|e| o.err(e))?;
+            Ok(LuaReward {
+                model,
+                tokenizer,
+                reward,
+                max_length,
+            })
+        })?,
+    )?;
+    Ok(())
+}
+
+fn eval_size(lua: &Lua, what: &'static str, opts: Option<Table>) -> mlua::Result<usize> {
+    let o = Opts::new(lua, what, opts, &["size"])?;
+    Ok(o.count("size", 1)?.unwrap_or(8))
+}
+
+impl<B: AutodiffBackend> UserData for LuaDpo<B> {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // dpo:step(batch) -> loss, {loss, grad_norm, lr, ..., ["rewards/chosen"] = ...}
+        methods.add_method_mut("step", |lua, this, batch: Value| {
+            let (batch, dropped) =
+                collate(lua, "dpo:step", &batch, &this.tokenizer, &this.pair_opts, None)?;
+            note_dropped(lua, "dpo:step", dropped, "a completion would be truncated to nothing");
+            let Some(batch) = batch else {
+                return Err(recipe_error(lua, "dpo:step: every pair of the batch was truncated away (raise max_length or lower max_prompt_length)"));
+            };
+            super::host::dry_run_stop(lua, &this.model.borrow(), batch.batch.batch, batch.batch.seq, true)?;
+            let mut model = this.model.borrow_mut();
+            let report = this
+                .dpo
+                .step(&mut model, &batch)
+                .map_err(|e| train_error(lua, "dpo:step", e))?;
+            record_progress(lua, &report.step);
+            let t = step_table(lua, &report.step)?;
+            for (k, v) in report.metrics.named().iter().skip(1) {
+                t.set(*k, *v)?;
+            }
+            Ok((report.step.loss, t))
+        });
+        // dpo:evaluate(pairs, {size = 8}) -> loss, the metrics table (TRL's names)
+        methods.add_method_mut(
+            "evaluate",
+            |lua, this, (data, opts): (Value, Option<Table>)| {
+                let pairs = pairs_arg(lua, "dpo:evaluate", &data)?;
+                let size = eval_size(lua, "dpo:evaluate", opts)?;
+                let (batches, dropped) = eval_batches(
+                    lua,
+                    "dpo:evaluate",
+                    &pairs,
+                    size,
+                    &this.tokenizer,
+                    &this.pair_opts,
+                    None,
+                )?;
+                note_dropped(
+                    lua,
+                    "dpo:evaluate",
+                    dropped,
+                    "a completion would be truncated to nothing",
+                );
+                let model = this.model.borrow();
+                super::host::dry_run_stop(lua, &model, 2 * size, 256, false)?;
+                let m: DpoMetrics = this
+                    .dpo
+                    .evaluate(&model, batches)
+                    .map_err(|e| train_error(lua, "dpo:evaluate", e))?;
+                let t = metrics_table(lua, &m.named())?;
+                t.set("pairs", m.pairs)?;
+                Ok((m.loss, t))
+            },
+        );
+        add_checkpoint_methods(methods);
+        methods.add_method("steps", |_, this, ()| Ok(this.dpo.trainer.steps()));
+        methods.add_method("batches_seen", |_, this, ()| {
+            Ok(this.dpo.trainer.progress.batches)
+        });
+    }
+}
+
+impl<B: AutodiffBackend> UserData for LuaReward<B> {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // rt:step(batch) -> loss, {loss, grad_norm, lr, accuracy, margin, ...}
+        methods.add_method_mut("step", |lua, this, batch: Value| {
+            let (batch, dropped) = collate(
+                lua,
+                "reward_trainer:step",
+                &batch,
+                &this.tokenizer,
+                &untruncated(),
+                this.max_length,
+            )?;
+            note_dropped(
+                lua,
+                "reward_trainer:step",
+                dropped,
+                "longer than max_length",
+            );
+            let Some(batch) = batch else {
+                return Err(recipe_error(
+                    lua,
+                    "reward_trainer:step: every pair of the batch is longer than max_length",
+                ));
+            };
+            super::host::dry_run_stop(
+                lua,
+                &this.model.borrow(),
+                batch.batch.batch,
+                batch.batch.seq,
+                true,
+            )?;
+            let mut model = this.model.borrow_mut();
+            let report = this
+                .reward
+                .step(&mut model, &batch)
+                .map_err(|e| train_error(lua, "reward_trainer:step", e))?;
+            record_progress(lua, &report.step);
+            let t = step_table(lua, &report.step)?;
+            for (k, v) in report.metrics.named().iter().skip(1) {
+                t.set(*k, *v)?;
+            }
+            Ok((report.step.loss, t))
+        });
+        // rt:evaluate(pairs, {size = 8}) -> accuracy, the metrics table
+        methods.add_method(
+            "evaluate",
+            |lua, this, (data, opts): (Value, Option<Table>)| {
+                let pairs = pairs_arg(lua, "reward_trainer:evaluate", &data)?;
+                let size = eval_size(lua, "reward_trainer:evaluate", opts)?;
+                let (batches, dropped) = eval_batches(
+                    lua,
+                    "reward_trainer:evaluate",
+                    &pairs,
+                    size,
+                    &this.tokenizer,
+                    &untruncated(),
+                    this.max_length,
+                )?;
+                note_dropped(
+                    lua,
+                    "reward_trainer:evaluate",
+                    dropped,
+                    "longer than max_length",
+                );
+                let model = this.model.borrow();
+                super::host::dry_run_stop(lua, &model, 2 * size, 256, false)?;
+                let m: RewardMetrics = this
+                    .reward
+                    .evaluate(&model, batches)
+                    .map_err(|e| train_error(lua, "reward_trainer:evaluate", e))?;
+                let t = metrics_table(lua, &m.named())?;
+                t.set("pairs", m.pairs)?;
+                Ok((m.accuracy, t))
+            },
+        );
+        add_checkpoint_methods(methods);
+        methods.add_method("steps", |_, this, ()| Ok(this.reward.trainer.steps()));
+        methods.add_method("batches_seen", |_, this, ()| {
+            Ok(this.reward.trainer.progress.batches)
+        });
+    }
+}
+
+/// `model:add_score_head{seed = }` and `model:reward(items)`.
+pub(crate) fn add_model_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(
+    methods: &mut M,
+) {
+    methods.add_method("add_score_head", |lua, this, opts: Option<Table>| {
+        let o = Opts::new(lua, "model:add_score_head", opts, &["seed"])?;
+        let seed = match o.int("seed")? {
+            Some(s) => s as u64,
+            None => default_seed(lua)?,
+        };
+        this.model
+            .borrow_mut()
+            .add_score_head(seed)
+            .map_err(|e| o.err(e))
+    });
+    methods.add_method("has_score_head", |_, this, ()| {
+        Ok(this.model.borrow().score_head().is_some())
+    });
+    // model:reward(items) -> one score per item: a text (scored whole), or a
+    // {prompt, completion} / {prompt, chosen} table.
+    methods.add_method("reward", |lua, this, items: Table| {
+        let mut pairs = Vec::new();
+        for (i, v) in items.sequence_values::<Value>().enumerate() {
+            let (prompt, completion) = match v? {
+                Value::String(s) => (String::new(), s.to_string_lossy()),
+                Value::Table(t) => {
+                    let prompt: Option<String> = t.get("prompt")?;
+                    let completion: Option<String> = t.get("completion")?;
+                    let completion = match completion {
+                        Some(c) => Some(c),
+                        None => t.get::<Option<String>>("chosen")?,
+                    };
+                    match completion {
+                        Some(c) => (prompt.unwrap_or_default(), c),
+                        None => {
+                            return Err(recipe_error(lua, format!("model:reward: item {} needs a 'completion' (and optionally a 'prompt')", i + 1)));
+                        }
+                    }
+                }
+                other => {
+                    return Err(recipe_error(lua, format!("model:reward: item {} must be a text or a {{prompt, completion}} table, found {}", i + 1, describe(&other))));
+                }
+            };
+            if completion.is_empty() {
+                return Err(recipe_error(lua, format!("model:reward: item {} is empty", i + 1)));
+            }
+            // Scored as the chosen side of a pair; the rejected side is the same text.
+            pairs.push(PreferencePair {
+                prompt: crate::data::pairs::Turns::Text(prompt),
+                chosen: crate::data::pairs::Turns::Text(completion.clone()),
+                rejected: crate::data::pairs::Turns::Text(completion),
+                margin: None,
+            });
+        }
+        if pairs.is_empty() {
+            return Err(recipe_error(lua, "model:reward: the list is empty"));
+        }
+        let set = PairSet {
+            pairs,
+            source: "model:reward".into(),
+            skipped: 0,
+        };
+        let opts = untruncated();
+        let tokenized = set
+            .tokenize(&this.tokenizer, &opts)
+            .map_err(|e| recipe_error(lua, format!("model:reward: {e}")))?;
+        let model = this.model.borrow().detached();
+        let out = lua.create_table()?;
+        for chunk in tokenized.pairs.chunks(8) {
+            let refs: Vec<_> = chunk.iter().collect();
+            let batch = PairBatch::collate(&refs, &opts);
+            let rewards = pair_rewards(&model, &batch)
+                .map_err(|e| runtime_error(lua, format!("model:reward: {e}")))?;
+            for r in &rewards[..chunk.len()] {
+                out.push(*r)?;
+            }
+        }
+        Ok(out)
+    });
+}
