@@ -7,9 +7,9 @@
 --   runner recipes/dpo.lua [--set steps=N] [--set sft_steps=N]
 -- The sweep runs loss type x beta; results/dpo/trials.csv holds one row per pair.
 
-local sft_steps = runner.params.sft_steps or 100
-local steps = runner.params.steps or 60
-local limit = runner.params.limit or 100
+local sft_steps = runner.params.sft_steps or 60
+local steps = runner.params.steps or 30
+local limit = runner.params.limit or 50
 local base = runner.model.load("smollm2-135m-instruct")
 local train = runner.data.pairs("data/prefs/tasks_train.jsonl")
 local heldout = runner.data.pairs("data/prefs/tasks_heldout.jsonl")

@@ -21,7 +21,7 @@ use crate::model::Llama;
 use crate::progress::{Progress, ProgressSlot};
 use crate::train::dpo::{DpoConfig, DpoLoss, DpoMetrics, DpoTrainer};
 use crate::train::reward::{RewardConfig, RewardMetrics, RewardTrainer, pair_rewards};
-use crate::train::{StepReport, Trainer};
+use crate::train::{StepReport, TrainError, Trainer};
 
 /// Preference pairs (`runner.data.pairs`).
 #[derive(Clone)]
@@ -450,149 +450,182 @@ fn eval_size(lua: &Lua, what: &'static str, opts: Option<Table>) -> mlua::Result
     Ok(o.count("size", 1)?.unwrap_or(8))
 }
 
+/// What `dpo` and `reward_trainer` objects share in Lua: `:step`, `:evaluate`, checkpoints
+/// and counters; they differ in how pairs are cut and in what they compute.
+trait PairTrainer<B: AutodiffBackend>: WithTrainer<B> + UserData + 'static {
+    const STEP: &'static str;
+    const EVALUATE: &'static str;
+    /// Why a pair can be dropped while tokenizing, for the note.
+    const DROPPED: &'static str;
+    fn tokenizer(&self) -> &Tokenizer;
+    fn pair_options(&self) -> PairOptions;
+    fn drop_longer(&self) -> Option<usize>;
+    /// The step's report and its metrics by TRL's names.
+    fn run_step(
+        &mut self,
+        model: &mut Llama<B>,
+        batch: &PairBatch,
+    ) -> Result<(StepReport, Vec<(&'static str, f64)>), TrainError>;
+    /// The value `:evaluate` returns first, the metrics, and the number of pairs.
+    fn run_evaluate(
+        &mut self,
+        model: &Llama<B>,
+        batches: Vec<PairBatch>,
+    ) -> Result<(f64, Vec<(&'static str, f64)>, usize), TrainError>;
+}
+
+impl<B: AutodiffBackend> PairTrainer<B> for LuaDpo<B> {
+    const STEP: &'static str = "dpo:step";
+    const EVALUATE: &'static str = "dpo:evaluate";
+    const DROPPED: &'static str = "a completion would be truncated to nothing";
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn pair_options(&self) -> PairOptions {
+        self.pair_opts
+    }
+    fn drop_longer(&self) -> Option<usize> {
+        None
+    }
+    fn run_step(
+        &mut self,
+        model: &mut Llama<B>,
+        batch: &PairBatch,
+    ) -> Result<(StepReport, Vec<(&'static str, f64)>), TrainError> {
+        let r = self.dpo.step(model, batch)?;
+        Ok((r.step, r.metrics.named().to_vec()))
+    }
+    fn run_evaluate(
+        &mut self,
+        model: &Llama<B>,
+        batches: Vec<PairBatch>,
+    ) -> Result<(f64, Vec<(&'static str, f64)>, usize), TrainError> {
+        let m: DpoMetrics = self.dpo.evaluate(model, batches)?;
+        Ok((m.loss, m.named().to_vec(), m.pairs))
+    }
+}
+
+impl<B: AutodiffBackend> PairTrainer<B> for LuaReward<B> {
+    const STEP: &'static str = "reward_trainer:step";
+    const EVALUATE: &'static str = "reward_trainer:evaluate";
+    const DROPPED: &'static str = "longer than max_length";
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn pair_options(&self) -> PairOptions {
+        untruncated()
+    }
+    fn drop_longer(&self) -> Option<usize> {
+        self.max_length
+    }
+    fn run_step(
+        &mut self,
+        model: &mut Llama<B>,
+        batch: &PairBatch,
+    ) -> Result<(StepReport, Vec<(&'static str, f64)>), TrainError> {
+        let r = self.reward.step(model, batch)?;
+        Ok((r.step, r.metrics.named().to_vec()))
+    }
+    fn run_evaluate(
+        &mut self,
+        model: &Llama<B>,
+        batches: Vec<PairBatch>,
+    ) -> Result<(f64, Vec<(&'static str, f64)>, usize), TrainError> {
+        let m: RewardMetrics = self.reward.evaluate(model, batches)?;
+        Ok((m.accuracy, m.named().to_vec(), m.pairs))
+    }
+}
+
+fn add_pair_trainer_methods<B, T, M>(methods: &mut M)
+where
+    B: AutodiffBackend,
+    T: PairTrainer<B>,
+    M: UserDataMethods<T>,
+{
+    // :step(batch) -> loss, {loss, grad_norm, lr, ..., and the metrics by TRL's names}
+    methods.add_method_mut("step", |lua, this, batch: Value| {
+        let opts = this.pair_options();
+        let (batch, dropped) = collate(
+            lua,
+            T::STEP,
+            &batch,
+            this.tokenizer(),
+            &opts,
+            this.drop_longer(),
+        )?;
+        note_dropped(lua, T::STEP, dropped, T::DROPPED);
+        let Some(batch) = batch else {
+            return Err(recipe_error(
+                lua,
+                format!(
+                    "{}: every pair of the batch was dropped ({})",
+                    T::STEP,
+                    T::DROPPED
+                ),
+            ));
+        };
+        let model = this.model().clone();
+        super::host::dry_run_stop(
+            lua,
+            &model.borrow(),
+            batch.batch.batch,
+            batch.batch.seq,
+            true,
+        )?;
+        let (report, metrics) = this
+            .run_step(&mut model.borrow_mut(), &batch)
+            .map_err(|e| train_error(lua, T::STEP, e))?;
+        record_progress(lua, &report);
+        let t = step_table(lua, &report)?;
+        for (k, v) in metrics.iter().skip(1) {
+            t.set(*k, *v)?;
+        }
+        Ok((report.loss, t))
+    });
+    // :evaluate(pairs, {size = 8}) -> the headline value (DPO: loss; reward: accuracy), the
+    // metrics table with `pairs`
+    methods.add_method_mut(
+        "evaluate",
+        |lua, this, (data, opts): (Value, Option<Table>)| {
+            let pairs = pairs_arg(lua, T::EVALUATE, &data)?;
+            let size = eval_size(lua, T::EVALUATE, opts)?;
+            let cut = this.pair_options();
+            let (batches, dropped) = eval_batches(
+                lua,
+                T::EVALUATE,
+                &pairs,
+                size,
+                this.tokenizer(),
+                &cut,
+                this.drop_longer(),
+            )?;
+            note_dropped(lua, T::EVALUATE, dropped, T::DROPPED);
+            let model = this.model().clone();
+            super::host::dry_run_stop(lua, &model.borrow(), 2 * size, 256, false)?;
+            let (headline, metrics, n) = this
+                .run_evaluate(&model.borrow(), batches)
+                .map_err(|e| train_error(lua, T::EVALUATE, e))?;
+            let t = metrics_table(lua, &metrics)?;
+            t.set("pairs", n)?;
+            Ok((headline, t))
+        },
+    );
+    add_checkpoint_methods(methods);
+    methods.add_method("steps", |_, this, ()| Ok(this.trainer().steps()));
+    methods.add_method("batches_seen", |_, this, ()| {
+        Ok(this.trainer().progress.batches)
+    });
+}
+
 impl<B: AutodiffBackend> UserData for LuaDpo<B> {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        // dpo:step(batch) -> loss, {loss, grad_norm, lr, ..., ["rewards/chosen"] = ...}
-        methods.add_method_mut("step", |lua, this, batch: Value| {
-            let (batch, dropped) =
-                collate(lua, "dpo:step", &batch, &this.tokenizer, &this.pair_opts, None)?;
-            note_dropped(lua, "dpo:step", dropped, "a completion would be truncated to nothing");
-            let Some(batch) = batch else {
-                return Err(recipe_error(lua, "dpo:step: every pair of the batch was truncated away (raise max_length or lower max_prompt_length)"));
-            };
-            super::host::dry_run_stop(lua, &this.model.borrow(), batch.batch.batch, batch.batch.seq, true)?;
-            let mut model = this.model.borrow_mut();
-            let report = this
-                .dpo
-                .step(&mut model, &batch)
-                .map_err(|e| train_error(lua, "dpo:step", e))?;
-            record_progress(lua, &report.step);
-            let t = step_table(lua, &report.step)?;
-            for (k, v) in report.metrics.named().iter().skip(1) {
-                t.set(*k, *v)?;
-            }
-            Ok((report.step.loss, t))
-        });
-        // dpo:evaluate(pairs, {size = 8}) -> loss, the metrics table (TRL's names)
-        methods.add_method_mut(
-            "evaluate",
-            |lua, this, (data, opts): (Value, Option<Table>)| {
-                let pairs = pairs_arg(lua, "dpo:evaluate", &data)?;
-                let size = eval_size(lua, "dpo:evaluate", opts)?;
-                let (batches, dropped) = eval_batches(
-                    lua,
-                    "dpo:evaluate",
-                    &pairs,
-                    size,
-                    &this.tokenizer,
-                    &this.pair_opts,
-                    None,
-                )?;
-                note_dropped(
-                    lua,
-                    "dpo:evaluate",
-                    dropped,
-                    "a completion would be truncated to nothing",
-                );
-                let model = this.model.borrow();
-                super::host::dry_run_stop(lua, &model, 2 * size, 256, false)?;
-                let m: DpoMetrics = this
-                    .dpo
-                    .evaluate(&model, batches)
-                    .map_err(|e| train_error(lua, "dpo:evaluate", e))?;
-                let t = metrics_table(lua, &m.named())?;
-                t.set("pairs", m.pairs)?;
-                Ok((m.loss, t))
-            },
-        );
-        add_checkpoint_methods(methods);
-        methods.add_method("steps", |_, this, ()| Ok(this.dpo.trainer.steps()));
-        methods.add_method("batches_seen", |_, this, ()| {
-            Ok(this.dpo.trainer.progress.batches)
-        });
+        add_pair_trainer_methods(methods);
     }
 }
 
 impl<B: AutodiffBackend> UserData for LuaReward<B> {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        // rt:step(batch) -> loss, {loss, grad_norm, lr, accuracy, margin, ...}
-        methods.add_method_mut("step", |lua, this, batch: Value| {
-            let (batch, dropped) = collate(
-                lua,
-                "reward_trainer:step",
-                &batch,
-                &this.tokenizer,
-                &untruncated(),
-                this.max_length,
-            )?;
-            note_dropped(
-                lua,
-                "reward_trainer:step",
-                dropped,
-                "longer than max_length",
-            );
-            let Some(batch) = batch else {
-                return Err(recipe_error(
-                    lua,
-                    "reward_trainer:step: every pair of the batch is longer than max_length",
-                ));
-            };
-            super::host::dry_run_stop(
-                lua,
-                &this.model.borrow(),
-                batch.batch.batch,
-                batch.batch.seq,
-                true,
-            )?;
-            let mut model = this.model.borrow_mut();
-            let report = this
-                .reward
-                .step(&mut model, &batch)
-                .map_err(|e| train_error(lua, "reward_trainer:step", e))?;
-            record_progress(lua, &report.step);
-            let t = step_table(lua, &report.step)?;
-            for (k, v) in report.metrics.named().iter().skip(1) {
-                t.set(*k, *v)?;
-            }
-            Ok((report.step.loss, t))
-        });
-        // rt:evaluate(pairs, {size = 8}) -> accuracy, the metrics table
-        methods.add_method(
-            "evaluate",
-            |lua, this, (data, opts): (Value, Option<Table>)| {
-                let pairs = pairs_arg(lua, "reward_trainer:evaluate", &data)?;
-                let size = eval_size(lua, "reward_trainer:evaluate", opts)?;
-                let (batches, dropped) = eval_batches(
-                    lua,
-                    "reward_trainer:evaluate",
-                    &pairs,
-                    size,
-                    &this.tokenizer,
-                    &untruncated(),
-                    this.max_length,
-                )?;
-                note_dropped(
-                    lua,
-                    "reward_trainer:evaluate",
-                    dropped,
-                    "longer than max_length",
-                );
-                let model = this.model.borrow();
-                super::host::dry_run_stop(lua, &model, 2 * size, 256, false)?;
-                let m: RewardMetrics = this
-                    .reward
-                    .evaluate(&model, batches)
-                    .map_err(|e| train_error(lua, "reward_trainer:evaluate", e))?;
-                let t = metrics_table(lua, &m.named())?;
-                t.set("pairs", m.pairs)?;
-                Ok((m.accuracy, t))
-            },
-        );
-        add_checkpoint_methods(methods);
-        methods.add_method("steps", |_, this, ()| Ok(this.reward.trainer.steps()));
-        methods.add_method("batches_seen", |_, this, ()| {
-            Ok(this.reward.trainer.progress.batches)
-        });
+        add_pair_trainer_methods(methods);
     }
 }
 

@@ -189,7 +189,7 @@ pub fn set_active<B: Backend>(model: &mut Llama<B>, name: Option<&str>) -> Resul
     Ok(())
 }
 
-fn find<B: Backend>(model: &Llama<B>, name: &str) -> Result<usize, PeftError> {
+pub(crate) fn find<B: Backend>(model: &Llama<B>, name: &str) -> Result<usize, PeftError> {
     model
         .adapters
         .iter()

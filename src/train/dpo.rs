@@ -302,17 +302,9 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
             return Err(TrainError::NothingToTrain);
         }
         if let Some(name) = ref_adapter {
-            let Some(info) = model.adapters.iter().find(|a| a.name == name) else {
-                return Err(TrainError::Invalid(format!(
-                    "no adapter named '{name}' to use as the reference (attached: {})",
-                    model
-                        .adapters
-                        .iter()
-                        .map(|a| a.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            };
+            let index = crate::peft::find(model, name)
+                .map_err(|e| TrainError::Invalid(format!("ref_adapter: {e}")))?;
+            let info = &model.adapters[index];
             if model.active_adapter.as_deref() == Some(name) || info.merged || reference.is_some() {
                 return Err(TrainError::Invalid(format!(
                     "the reference adapter '{name}' must be attached, not merged, and not the adapter being trained (and not given with ref)"
