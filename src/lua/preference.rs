@@ -450,6 +450,9 @@ fn eval_size(lua: &Lua, what: &'static str, opts: Option<Table>) -> mlua::Result
     Ok(o.count("size", 1)?.unwrap_or(8))
 }
 
+/// Metrics by TRL's names, in TRL's order.
+type Named = Vec<(&'static str, f64)>;
+
 /// What `dpo` and `reward_trainer` objects share in Lua: `:step`, `:evaluate`, checkpoints
 /// and counters; they differ in how pairs are cut and in what they compute.
 trait PairTrainer<B: AutodiffBackend>: WithTrainer<B> + UserData + 'static {
@@ -465,13 +468,13 @@ trait PairTrainer<B: AutodiffBackend>: WithTrainer<B> + UserData + 'static {
         &mut self,
         model: &mut Llama<B>,
         batch: &PairBatch,
-    ) -> Result<(StepReport, Vec<(&'static str, f64)>), TrainError>;
+    ) -> Result<(StepReport, Named), TrainError>;
     /// The value `:evaluate` returns first, the metrics, and the number of pairs.
     fn run_evaluate(
         &mut self,
         model: &Llama<B>,
         batches: Vec<PairBatch>,
-    ) -> Result<(f64, Vec<(&'static str, f64)>, usize), TrainError>;
+    ) -> Result<(f64, Named, usize), TrainError>;
 }
 
 impl<B: AutodiffBackend> PairTrainer<B> for LuaDpo<B> {
@@ -491,7 +494,7 @@ impl<B: AutodiffBackend> PairTrainer<B> for LuaDpo<B> {
         &mut self,
         model: &mut Llama<B>,
         batch: &PairBatch,
-    ) -> Result<(StepReport, Vec<(&'static str, f64)>), TrainError> {
+    ) -> Result<(StepReport, Named), TrainError> {
         let r = self.dpo.step(model, batch)?;
         Ok((r.step, r.metrics.named().to_vec()))
     }
@@ -499,7 +502,7 @@ impl<B: AutodiffBackend> PairTrainer<B> for LuaDpo<B> {
         &mut self,
         model: &Llama<B>,
         batches: Vec<PairBatch>,
-    ) -> Result<(f64, Vec<(&'static str, f64)>, usize), TrainError> {
+    ) -> Result<(f64, Named, usize), TrainError> {
         let m: DpoMetrics = self.dpo.evaluate(model, batches)?;
         Ok((m.loss, m.named().to_vec(), m.pairs))
     }
@@ -522,7 +525,7 @@ impl<B: AutodiffBackend> PairTrainer<B> for LuaReward<B> {
         &mut self,
         model: &mut Llama<B>,
         batch: &PairBatch,
-    ) -> Result<(StepReport, Vec<(&'static str, f64)>), TrainError> {
+    ) -> Result<(StepReport, Named), TrainError> {
         let r = self.reward.step(model, batch)?;
         Ok((r.step, r.metrics.named().to_vec()))
     }
@@ -530,7 +533,7 @@ impl<B: AutodiffBackend> PairTrainer<B> for LuaReward<B> {
         &mut self,
         model: &Llama<B>,
         batches: Vec<PairBatch>,
-    ) -> Result<(f64, Vec<(&'static str, f64)>, usize), TrainError> {
+    ) -> Result<(f64, Named, usize), TrainError> {
         let m: RewardMetrics = self.reward.evaluate(model, batches)?;
         Ok((m.accuracy, m.named().to_vec(), m.pairs))
     }

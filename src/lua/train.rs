@@ -105,12 +105,15 @@ pub(crate) const TRAINER_KEYS: &[&str] = &[
     "precision",
 ];
 
+/// The model (shared with the recipe's model object), its tokenizer and a trainer.
+pub(crate) type TrainerParts<B> = (Rc<RefCell<Llama<B>>>, Tokenizer, Trainer<B>);
+
 /// The model (shared with the recipe's model object), its tokenizer and a trainer built from
 /// the [`TRAINER_KEYS`] options of `o`.
 pub(crate) fn trainer_from_opts<B: AutodiffBackend>(
     lua: &Lua,
     o: &Opts,
-) -> mlua::Result<(Rc<RefCell<Llama<B>>>, Tokenizer, Trainer<B>)> {
+) -> mlua::Result<TrainerParts<B>> {
     let (model, tokenizer) = match o.raw("model")? {
         Value::UserData(ud) => ud
             .borrow::<LuaModel<B>>()
