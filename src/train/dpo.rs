@@ -396,6 +396,8 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
     ) -> Result<DpoMetrics, TrainError> {
         let policy = model.detached();
         let mut values = PairValues::default();
+        // The reference and the policy in the compute type training uses.
+        let _precision = precision::enter(self.trainer.options.precision);
         for batch in batches {
             crate::interrupt::check()?;
             check_batch(&policy, &batch.batch)?;
@@ -406,7 +408,6 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
                 &policy,
                 &batch,
             )?;
-            let _precision = precision::enter(self.trainer.options.precision);
             let logps = sequence_logps(&policy, &batch);
             values.extend(pair_values(&self.config, &logps, &refs, batch.pairs()));
             memory::release_autodiff_graph::<B>(&model.device);
