@@ -8,12 +8,14 @@ use crate::model::Llama;
 use crate::model::init;
 use crate::model::llama::KvCache;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// 0 means greedy decoding.
     pub temperature: f64,
     pub top_p: f64,
+    /// Sample among the `top_k` most likely tokens only; 0 keeps them all.
+    pub top_k: usize,
     pub seed: u64,
     /// Generation stops after any of these tokens (it is included in the output).
     pub stop: Vec<u32>,
@@ -25,6 +27,7 @@ impl Default for GenerateOptions {
             max_new_tokens: 64,
             temperature: 0.0,
             top_p: 1.0,
+            top_k: 0,
             seed: 0,
             stop: Vec::new(),
         }
@@ -49,12 +52,30 @@ pub fn generate<B: Backend>(
     prompt: &[u32],
     opts: &GenerateOptions,
 ) -> Result<Vec<u32>, GenerateError> {
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
+    let mut out = generate_batch(model, &[prompt.to_vec()], opts, |_, _| false)?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// The new tokens that follow each prompt, generated together with one KV cache: shorter
+/// prompts are padded on the left (padding is never attended to, and positions count from
+/// each prompt's first token), so at temperature 0 every row gets the tokens it would get
+/// alone. Row `i` samples from its own stream (seed + i), so a row's draws do not depend on
+/// the other rows. A row ends at a `stop` token (kept) or when `done(i, tokens)` says so
+/// (stop strings); finished rows ride along until every row is done.
+pub fn generate_batch<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    mut done: impl FnMut(usize, &[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>, GenerateError> {
     let vocab = model.config.vocab_size;
-    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
-        return Err(GenerateError::TokenOutOfRange { id, vocab });
+    for prompt in prompts {
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            return Err(GenerateError::TokenOutOfRange { id, vocab });
+        }
     }
     if !(opts.temperature >= 0.0 && opts.top_p > 0.0 && opts.top_p <= 1.0) {
         return Err(GenerateError::Sampling {
@@ -62,30 +83,55 @@ pub fn generate<B: Backend>(
             top_p: opts.top_p,
         });
     }
+    let rows = prompts.len();
+    let mut out = vec![Vec::new(); rows];
+    if rows == 0 {
+        return Ok(out);
+    }
     let model = model.detached();
-    let mut cache = KvCache::new(&model.config);
-    let mut rng = init::rng_for(opts.seed, "generate");
-    let mut input: Vec<i64> = prompt.iter().map(|&i| i as i64).collect();
-    let mut out = Vec::new();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let left_pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut cache = if left_pad.iter().any(|&p| p > 0) {
+        KvCache::with_left_padding(&model.config, left_pad.clone())
+    } else {
+        KvCache::new(&model.config)
+    };
+    let mut rngs: Vec<_> = (0..rows)
+        .map(|i| init::rng_for(opts.seed.wrapping_add(i as u64), "generate"))
+        .collect();
+    // Padding columns hold token 0; the mask keeps them out of every row's attention.
+    let mut input: Vec<i64> = Vec::with_capacity(rows * longest);
+    for (prompt, &pad) in prompts.iter().zip(&left_pad) {
+        input.extend(std::iter::repeat_n(0, pad));
+        input.extend(prompt.iter().map(|&i| i as i64));
+    }
+    let mut width = longest;
+    let mut finished = vec![false; rows];
     for _ in 0..opts.max_new_tokens {
         crate::interrupt::check()?;
-        let n = input.len();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, n]), &model.device);
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(input, [rows, width]), &model.device);
         let logits = model
-            .forward_cached(ids, &mut cache)
-            .narrow(1, n - 1, 1)
-            .reshape([vocab]);
-        let logits = logits
+            .forward_cached_last(ids, &mut cache)
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()
             .expect("f32 logits");
-        let next = pick(&logits, opts, &mut rng);
-        out.push(next);
-        if opts.stop.contains(&next) {
+        input = Vec::with_capacity(rows);
+        for (i, row) in logits.chunks(vocab).enumerate() {
+            if finished[i] {
+                input.push(out[i].last().copied().unwrap_or(0) as i64);
+                continue;
+            }
+            let next = pick(row, opts, &mut rngs[i]);
+            out[i].push(next);
+            input.push(next as i64);
+            finished[i] = opts.stop.contains(&next) || done(i, &out[i]);
+        }
+        if finished.iter().all(|&f| f) {
             break;
         }
-        input = vec![next as i64];
+        width = 1;
     }
     Ok(out)
 }
@@ -109,8 +155,12 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut init::HostRng) -> u32 
         .enumerate()
         .map(|(i, &x)| (i, ((x as f64 - max) / opts.temperature).exp()))
         .collect();
-    let total: f64 = probs.iter().map(|p| p.1).sum();
     probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+    // As transformers' processors: temperature, then top-k, then top-p on what is left.
+    if opts.top_k > 0 {
+        probs.truncate(opts.top_k);
+    }
+    let total: f64 = probs.iter().map(|p| p.1).sum();
     // Nucleus: the smallest prefix whose mass reaches top_p.
     let mut kept = 0.0;
     let mut cut = probs.len();

@@ -53,6 +53,7 @@ impl WithBackend for Generate {
             top_p: a.top_p,
             seed: a.seed,
             stop: tokenizer.eos.into_iter().collect(),
+            ..Default::default()
         };
         let ids = runner::generate::generate(&p.model, &prompt, &opts)?;
         Ok(tokenizer.decode(&ids, true)?)

@@ -175,7 +175,14 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
                     lua,
                     "model:generate",
                     opts,
-                    &["max_new_tokens", "temperature", "top_p", "seed", "chat"],
+                    &[
+                        "max_new_tokens",
+                        "temperature",
+                        "top_p",
+                        "top_k",
+                        "seed",
+                        "chat",
+                    ],
                 )?;
                 let d = GenerateOptions::default();
                 let text = if o.bool("chat")?.unwrap_or(false) {
@@ -191,6 +198,7 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
                     max_new_tokens: o.count("max_new_tokens", 0)?.unwrap_or(d.max_new_tokens),
                     temperature: o.num("temperature")?.unwrap_or(d.temperature),
                     top_p: o.num("top_p")?.unwrap_or(d.top_p),
+                    top_k: o.count("top_k", 0)?.unwrap_or(d.top_k),
                     seed: match o.int("seed")? {
                         Some(s) => s as u64,
                         None => default_seed(lua)?,

@@ -453,6 +453,26 @@ impl<B: Backend> Llama<B> {
         ])
     }
 
+    /// Logits of the last new token of each row only (generation: the head is applied to
+    /// one row per sequence, never to every prompt position).
+    /// # Shapes
+    /// - input_ids: `[batch, new]` -> logits `[batch, vocab]`
+    pub fn forward_cached_last(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let [b, t] = input_ids.dims();
+        let d = self.config.hidden_size;
+        let hidden = self
+            .hidden_states_cached(input_ids, None, None, Some(cache))
+            .reshape([b, t, d])
+            .narrow(1, t - 1, 1)
+            .reshape([b, d]);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        kernels::matmul(hidden, head.value.clone().transpose())
+    }
+
     /// The hidden states of the new tokens. On a fresh sequence (no cache, or an empty one)
     /// an active prompt-tuning adapter prepends its virtual tokens and an active prefix
     /// adapter seeds every layer's keys and values; both are dropped from the output.
@@ -484,7 +504,19 @@ impl<B: Backend> Llama<B> {
         };
         let start = cache.as_ref().map_or(0, |c| c.len);
         let (mut x, virtual_tokens) = self.embed(input_ids, fresh);
-        let plan = self.plan(b, t, start, virtual_tokens, segments);
+        let padding = match cache.as_deref_mut() {
+            Some(c) if !c.left_pad.is_empty() => {
+                if fresh {
+                    c.pad_begin = start + virtual_tokens;
+                }
+                Some(Padding {
+                    left: c.left_pad.clone(),
+                    begin: c.pad_begin,
+                })
+            }
+            _ => None,
+        };
+        let plan = self.plan(b, t, start, virtual_tokens, segments, padding.as_ref());
         for i in 0..self.layers.len() {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = self.block(i, x, &plan, rng.as_deref_mut(), kv);
@@ -522,6 +554,7 @@ impl<B: Backend> Llama<B> {
         start: usize,
         virtual_tokens: usize,
         segments: Option<&[u32]>,
+        padding: Option<&Padding>,
     ) -> Plan<B> {
         let t_all = t + virtual_tokens;
         let layout = Layout {
@@ -530,6 +563,7 @@ impl<B: Backend> Llama<B> {
             start,
             virtual_tokens,
             segments,
+            padding,
         };
         let rope = Rope::new(&self.config, &layout.positions(), b * t_all, &self.device);
         let mask = layout.mask::<B>(self.config.num_attention_heads, &self.device);
@@ -624,7 +658,7 @@ impl<B: Backend> Llama<B> {
         }
         let [b, t] = input_ids.dims();
         let virtual_tokens = self.prompt.active().map_or(0, |p| p.value.dims()[0]);
-        let plan = self.plan(b, t, 0, virtual_tokens, segments);
+        let plan = self.plan(b, t, 0, virtual_tokens, segments, None);
         Some(Staged { input_ids, plan })
     }
 
@@ -731,6 +765,11 @@ pub(crate) struct Staged<B: Backend> {
 pub struct KvCache<B: Backend> {
     pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     pub len: usize,
+    /// Left padding of each batch row (batched generation), empty when none.
+    left_pad: Vec<usize>,
+    /// The column where each row's padding starts, set by the first pass: after a prefix
+    /// adapter's positions and prompt tuning's virtual tokens.
+    pad_begin: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -738,6 +777,18 @@ impl<B: Backend> KvCache<B> {
         Self {
             layers: vec![None; config.num_hidden_layers],
             len: 0,
+            left_pad: Vec::new(),
+            pad_begin: 0,
+        }
+    }
+
+    /// A cache for a batch whose row `b` starts with `left_pad[b]` padding tokens: they are
+    /// never attended to, and positions count from each row's first real token (as
+    /// transformers derives `position_ids` from the attention mask).
+    pub fn with_left_padding(config: &LlamaConfig, left_pad: Vec<usize>) -> Self {
+        Self {
+            left_pad,
+            ..Self::new(config)
         }
     }
 }
@@ -751,6 +802,32 @@ struct Layout<'a> {
     start: usize,
     virtual_tokens: usize,
     segments: Option<&'a [u32]>,
+    padding: Option<&'a Padding>,
+}
+
+/// Left padding of a batch: row `b` has `left[b]` padding columns from column `begin`.
+struct Padding {
+    left: Vec<usize>,
+    begin: usize,
+}
+
+impl Padding {
+    fn masks(&self, row: usize, column: usize) -> bool {
+        (self.begin..self.begin + self.left[row]).contains(&column)
+    }
+
+    /// A column's position: real tokens count as if the padding were not there; padding
+    /// columns take position 0 (they are never attended to).
+    fn position(&self, row: usize, column: usize) -> usize {
+        let pad = self.left[row];
+        if column < self.begin {
+            column
+        } else if column < self.begin + pad {
+            0
+        } else {
+            column - pad
+        }
+    }
 }
 
 impl Layout<'_> {
@@ -764,6 +841,10 @@ impl Layout<'_> {
         let (v, t) = (self.virtual_tokens, self.t);
         let mut out = Vec::with_capacity(self.batch * self.t_all());
         for b in 0..self.batch {
+            if let Some(p) = self.padding {
+                out.extend((0..v + t).map(|i| p.position(b, self.start + i)));
+                continue;
+            }
             out.extend((0..v).map(|i| self.start + i));
             match self.segments {
                 None => out.extend((0..t).map(|i| self.start + v + i)),
@@ -786,10 +867,11 @@ impl Layout<'_> {
 
     /// Additive mask, `-1e9` where a token may not attend: later positions always; with
     /// segments, also other segments' tokens (the cached and virtual positions are shared by
-    /// all). Each batch row's block is repeated for its `heads` score blocks; without segments
+    /// all); with left padding, the row's padding columns. Each batch row's block is repeated for its `heads` score blocks; without segments
     /// the one shared block is returned and the kernels repeat it.
     /// # Shapes
     /// -> `[batch * heads * t_all, start + t_all]`, or `[t_all, start + t_all]` without segments
+    ///    or padding
     fn mask<B: Backend>(&self, heads: usize, device: &B::Device) -> Tensor<B, 2> {
         let (t_all, start, v) = (self.t_all(), self.start, self.virtual_tokens);
         let total = start + t_all;
@@ -804,14 +886,15 @@ impl Layout<'_> {
                         }
                         _ => true,
                     };
-                    out.push(if causal && same { 0.0 } else { -1e9 });
+                    let padded = self.padding.is_some_and(|p| p.masks(b, j));
+                    out.push(if causal && same && !padded { 0.0 } else { -1e9 });
                 }
             }
             out
         };
         // Without segments every (batch row, head) has the same mask: one block, which the
         // attention kernels cycle over the score rows.
-        if self.segments.is_none() {
+        if self.segments.is_none() && self.padding.is_none() {
             return Tensor::from_data(TensorData::new(block(0), [t_all, total]), device);
         }
         let mut values = Vec::with_capacity(self.batch * heads * t_all * total);

@@ -266,6 +266,68 @@ pub enum Reference<B: Backend> {
     Frozen(Box<Llama<B>>),
 }
 
+impl<B: Backend> Reference<B> {
+    /// Where reference log-probs come from: `ref_adapter` when named (attached, not merged,
+    /// not the active one), else `reference` when given, else the policy with adapters
+    /// disabled, else (no adapter: full fine-tuning) a frozen snapshot of the policy now.
+    pub fn resolve(
+        model: &Llama<B>,
+        reference: Option<Llama<B>>,
+        ref_adapter: Option<&str>,
+    ) -> Result<Self, TrainError> {
+        if let Some(name) = ref_adapter {
+            let index = crate::peft::find(model, name)
+                .map_err(|e| TrainError::Invalid(format!("ref_adapter: {e}")))?;
+            let info = &model.adapters[index];
+            if model.active_adapter.as_deref() == Some(name) || info.merged || reference.is_some() {
+                return Err(TrainError::Invalid(format!(
+                    "the reference adapter '{name}' must be attached, not merged, and not the adapter being trained (and not given with ref)"
+                )));
+            }
+            return Ok(Reference::Adapter(name.to_string()));
+        }
+        Ok(match reference {
+            Some(r) => {
+                if r.config.vocab_size != model.config.vocab_size {
+                    return Err(TrainError::Invalid(format!(
+                        "the reference model's vocabulary ({}) differs from the policy's ({})",
+                        r.config.vocab_size, model.config.vocab_size
+                    )));
+                }
+                Reference::Frozen(Box::new(r.detached()))
+            }
+            None if model.adapters.is_empty() => Reference::Frozen(Box::new(model.detached())),
+            None => {
+                if let Some(a) = model.adapters.iter().find(|a| a.merged) {
+                    return Err(TrainError::Invalid(format!(
+                        "adapter '{}' is merged into the base weights, so disabling adapters would not give the reference model; unmerge it or pass ref = <a model>",
+                        a.name
+                    )));
+                }
+                Reference::AdaptersDisabled
+            }
+        })
+    }
+
+    /// The reference as a model without a graph: the policy with the right adapter (or none)
+    /// active, or the frozen model. Clones share the weights.
+    pub fn model(&self, policy: &Llama<B>) -> Llama<B> {
+        match self {
+            Reference::AdaptersDisabled => {
+                let mut base = policy.detached();
+                base.activate_slots(None);
+                base
+            }
+            Reference::Adapter(name) => {
+                let mut other = policy.detached();
+                other.activate_slots(Some(name));
+                other
+            }
+            Reference::Frozen(r) => (**r).clone(),
+        }
+    }
+}
+
 pub struct DpoTrainer<B: AutodiffBackend> {
     pub trainer: Trainer<B>,
     pub config: DpoConfig,
@@ -301,47 +363,10 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
         if model.param_count().trainable == 0 {
             return Err(TrainError::NothingToTrain);
         }
-        if let Some(name) = ref_adapter {
-            let index = crate::peft::find(model, name)
-                .map_err(|e| TrainError::Invalid(format!("ref_adapter: {e}")))?;
-            let info = &model.adapters[index];
-            if model.active_adapter.as_deref() == Some(name) || info.merged || reference.is_some() {
-                return Err(TrainError::Invalid(format!(
-                    "the reference adapter '{name}' must be attached, not merged, and not the adapter being trained (and not given with ref)"
-                )));
-            }
-            return Ok(Self {
-                trainer,
-                config,
-                reference: Reference::Adapter(name.to_string()),
-                cache: HashMap::new(),
-            });
-        }
-        let reference = match reference {
-            Some(r) => {
-                if r.config.vocab_size != model.config.vocab_size {
-                    return Err(TrainError::Invalid(format!(
-                        "the reference model's vocabulary ({}) differs from the policy's ({})",
-                        r.config.vocab_size, model.config.vocab_size
-                    )));
-                }
-                Reference::Frozen(Box::new(r.detached()))
-            }
-            None if model.adapters.is_empty() => Reference::Frozen(Box::new(model.detached())),
-            None => {
-                if let Some(a) = model.adapters.iter().find(|a| a.merged) {
-                    return Err(TrainError::Invalid(format!(
-                        "adapter '{}' is merged into the base weights, so disabling adapters would not give the reference model; unmerge it or pass ref = <a model>",
-                        a.name
-                    )));
-                }
-                Reference::AdaptersDisabled
-            }
-        };
         Ok(Self {
             trainer,
             config,
-            reference,
+            reference: Reference::resolve(model, reference, ref_adapter)?,
             cache: HashMap::new(),
         })
     }
@@ -505,22 +530,10 @@ fn reference_logps<B: AutodiffBackend>(
     {
         return Ok(hit);
     }
-    let logps = match reference {
-        Reference::AdaptersDisabled => {
-            let mut base = model.detached();
-            base.activate_slots(None);
-            sequence_logps(&base, batch).logps
-        }
-        Reference::Adapter(name) => {
-            let mut other = model.detached();
-            other.activate_slots(Some(name));
-            sequence_logps(&other, batch).logps
-        }
-        Reference::Frozen(r) => {
-            check_batch(r, b)?;
-            sequence_logps(r, batch).logps
-        }
-    };
+    if let Reference::Frozen(r) = reference {
+        check_batch(r, b)?;
+    }
+    let logps = sequence_logps(&reference.model(model), batch).logps;
     if config.cache_reference {
         cache.extend(keys.into_iter().zip(logps.iter().copied()));
     }

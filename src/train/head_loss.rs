@@ -266,3 +266,106 @@ pub fn sequence_nll<B: Backend>(
     };
     out
 }
+
+/// Per-token log-probabilities of the labelled rows, at a sampling temperature, and the
+/// gradient of `Σ_r weight_r · logp_r`: what a policy-gradient loss needs, whose gradient with
+/// respect to each token's log-prob differs per token (PPO's clipped ratio, GRPO's advantage).
+pub struct TokenLogps<B: Backend> {
+    /// One per row; 0 for rows without a target.
+    pub logps: Vec<f64>,
+    /// `[rows, d_model]`
+    pub grad_hidden: Option<Tensor<B, 2>>,
+    /// `[vocab, d_model]`
+    pub grad_head: Option<Tensor<B, 2>>,
+}
+
+/// Log-probs `log softmax(h·Wᵀ / temperature)[target]` of the rows with a target (as TRL
+/// scores completions: logits divided by the sampling temperature), in chunks of at most
+/// [`CHUNK_ROWS`] rows. The gradient with respect to the logits of row r is
+/// `weight_r · (onehot − softmax) / temperature` (weights 1 when `None`).
+/// # Shapes
+/// - hidden: `[rows, d_model]`, head: `[vocab, d_model]`, targets: `rows`
+pub fn token_logps<B: Backend>(
+    hidden: Tensor<B, 2>,
+    head: Tensor<B, 2>,
+    targets: &[i64],
+    temperature: f64,
+    weights: Option<&[f64]>,
+    grad_hidden: bool,
+    grad_head: bool,
+) -> TokenLogps<B> {
+    let [rows, d] = hidden.dims();
+    let device = hidden.device();
+    let scored: Vec<usize> = (0..rows).filter(|&r| targets[r] != IGNORE_INDEX).collect();
+    let head_t = head.clone().transpose();
+    let mut gh = grad_hidden.then(|| Tensor::<B, 2>::zeros([rows, d], &device));
+    let mut gw: Option<Tensor<B, 2>> = None;
+    let mut logps = vec![0.0; rows];
+    let inv_t = 1.0 / temperature;
+    for chunk in scored.chunks(CHUNK_ROWS) {
+        let n = chunk.len();
+        let row_idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(chunk.iter().map(|&r| r as i64).collect::<Vec<_>>(), [n]),
+            &device,
+        );
+        let target_idx = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(
+                chunk.iter().map(|&r| targets[r]).collect::<Vec<_>>(),
+                [n, 1],
+            ),
+            &device,
+        );
+        let h = hidden.clone().select(0, row_idx.clone());
+        let z = precision::matmul(h.clone(), head_t.clone()) * inv_t;
+        let max = z.clone().max_dim(1);
+        let e = (z.clone() - max.clone()).exp();
+        let sum = e.clone().sum_dim(1);
+        let picked = z.gather(1, target_idx.clone()) - sum.clone().log() - max;
+        let values = picked
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .expect("f64");
+        for (&r, v) in chunk.iter().zip(values) {
+            logps[r] = v;
+        }
+        if !(grad_hidden || grad_head) {
+            continue;
+        }
+        // d(w·logp)/dz = w·(onehot − softmax)/T, here as −(w/T)·(softmax − onehot).
+        let scale: Vec<f32> = chunk
+            .iter()
+            .map(|&r| (-weights.map_or(1.0, |w| w[r]) * inv_t) as f32)
+            .collect();
+        let scale = Tensor::<B, 2>::from_data(TensorData::new(scale, [n, 1]), &device);
+        let dlogits = (e * sum.recip()).scatter(
+            1,
+            target_idx,
+            Tensor::full([n, 1], -1.0, &device),
+            IndexingUpdateOp::Add,
+        ) * scale;
+        if let Some(g) = gh.take() {
+            gh = Some(g.select_assign(
+                0,
+                row_idx,
+                precision::matmul(dlogits.clone(), head.clone()),
+                IndexingUpdateOp::Add,
+            ));
+        }
+        if grad_head {
+            gw = Some(match gw.take() {
+                Some(g) => precision::matmul_accumulate(g, dlogits.transpose(), h),
+                None => precision::matmul(dlogits.transpose(), h),
+            });
+        }
+    }
+    TokenLogps {
+        logps,
+        grad_hidden: gh,
+        grad_head: if grad_head {
+            Some(gw.unwrap_or_else(|| Tensor::zeros(head.dims(), &device)))
+        } else {
+            None
+        },
+    }
+}

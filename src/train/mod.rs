@@ -11,6 +11,7 @@ pub mod perplexity;
 #[cfg(all(test, feature = "flex"))]
 mod preference_tests;
 pub mod reward;
+pub mod rl;
 pub mod trainer;
 
 pub use optim::{AdamW, AdamWConfig, GradMap};
