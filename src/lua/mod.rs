@@ -11,6 +11,7 @@ pub(crate) mod options;
 pub(crate) mod peft;
 mod preference;
 pub(crate) mod quant;
+mod rl;
 pub(crate) mod sweep;
 pub(crate) mod train;
 
@@ -160,6 +161,7 @@ fn register<B: AutodiffBackend>(lua: &Lua) -> mlua::Result<()> {
     train::register::<B>(lua, &runner)?;
     preference::register(lua, &runner)?;
     preference::register_trainers::<B>(lua, &runner)?;
+    rl::register_trainers::<B>(lua, &runner)?;
     eval::register::<B>(lua, &runner)?;
     sweep::register(lua, &runner)
 }

@@ -195,6 +195,27 @@ impl<'a> Opts<'a> {
         }
     }
 
+    /// One of `names`, parsed by `parse`; an unknown name is an error with a did-you-mean hint.
+    pub(crate) fn choice<T>(
+        &self,
+        key: &str,
+        names: &[&str],
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> mlua::Result<Option<T>> {
+        let Some(name) = self.string(key)? else {
+            return Ok(None);
+        };
+        parse(&name).map(Some).ok_or_else(|| {
+            let hint = closest(&name, names.iter().copied())
+                .map(|c| format!(" (did you mean \"{c}\"?)"))
+                .unwrap_or_default();
+            self.err(format!(
+                "unknown {key} \"{name}\"{hint}; expected one of {}",
+                names.join(", ")
+            ))
+        })
+    }
+
     pub(crate) fn table(&self, key: &str) -> mlua::Result<Option<Table>> {
         match self.value(key)? {
             Value::Nil => Ok(None),

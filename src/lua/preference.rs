@@ -283,7 +283,7 @@ fn note_dropped(lua: &Lua, what: &str, dropped: usize, why: &str) {
     }
 }
 
-fn record_progress(lua: &Lua, report: &StepReport) {
+pub(crate) fn record_progress(lua: &Lua, report: &StepReport) {
     if let Some(mut slot) = lua.app_data_mut::<ProgressSlot>() {
         let step = slot.step;
         if let Some(p) = slot.current.as_mut() {
@@ -357,7 +357,9 @@ pub(crate) fn register_trainers<B: AutodiffBackend>(lua: &Lua, runner: &Table) -
             let o = Opts::new(lua, "runner.dpo", Some(opts), &allowed)?;
             let (model, tokenizer, trainer) = trainer_from_opts::<B>(lua, &o)?;
             if trainer.options.checkpointing {
-                return Err(o.err("checkpointing (activation recomputation) is not supported by DPO yet"));
+                return Err(
+                    o.err("checkpointing (activation recomputation) is not supported by DPO yet")
+                );
             }
             let d = DpoConfig::default();
             let loss = match o.string("loss")? {
@@ -376,27 +378,11 @@ pub(crate) fn register_trainers<B: AutodiffBackend>(lua: &Lua, runner: &Table) -
                 beta: o.num("beta")?.unwrap_or(d.beta),
                 loss,
                 label_smoothing: o.num("label_smoothing")?.unwrap_or(d.label_smoothing),
-                cache_reference: o.bool("precompute_ref_log_probs")?.unwrap_or(d.cache_reference),
+                cache_reference: o
+                    .bool("precompute_ref_log_probs")?
+                    .unwrap_or(d.cache_reference),
             };
-            let reference = match o.raw("ref")? {
-                Value::Nil => None,
-                Value::UserData(ud) => {
-                    let m = ud
-                        .borrow::<LuaModel<B>>()
-                        .map_err(|_| o.err("ref must be a model (runner.model.*)"))?;
-                    if Rc::ptr_eq(&m.model, &model) {
-                        return Err(o.err("ref is the policy itself; leave ref out to use the policy with adapters disabled"));
-                    }
-                    let r = m.model.borrow().clone();
-                    Some(r)
-                }
-                other => {
-                    return Err(o.err(format!(
-                        "ref must be a model (runner.model.*), found {}",
-                        describe(&other)
-                    )));
-                }
-            };
+            let reference = reference_opt(&o, &model)?;
             let pair_opts = pair_options(&o)?;
             let ref_adapter = o.string("ref_adapter")?;
             let dpo = DpoTrainer::with_reference(
@@ -443,6 +429,33 @@ pub(crate) fn register_trainers<B: AutodiffBackend>(lua: &Lua, runner: &Table) -
         })?,
     )?;
     Ok(())
+}
+
+/// The `ref` option of the trainers that compare with a reference model: a model object
+/// other than the policy, or nil.
+pub(crate) fn reference_opt<B: AutodiffBackend>(
+    o: &Opts,
+    policy: &Rc<RefCell<Llama<B>>>,
+) -> mlua::Result<Option<Llama<B>>> {
+    match o.raw("ref")? {
+        Value::Nil => Ok(None),
+        Value::UserData(ud) => {
+            let m = ud
+                .borrow::<LuaModel<B>>()
+                .map_err(|_| o.err("ref must be a model (runner.model.*)"))?;
+            if Rc::ptr_eq(&m.model, policy) {
+                return Err(o.err(
+                    "ref is the policy itself; leave ref out to use the policy with adapters disabled",
+                ));
+            }
+            let r = m.model.borrow().clone();
+            Ok(Some(r))
+        }
+        other => Err(o.err(format!(
+            "ref must be a model (runner.model.*), found {}",
+            describe(&other)
+        ))),
+    }
 }
 
 fn eval_size(lua: &Lua, what: &'static str, opts: Option<Table>) -> mlua::Result<usize> {

@@ -49,6 +49,7 @@ impl Default for GrpoConfig {
                 epsilon_low: 0.2,
                 epsilon_high: 0.2,
                 beta: 0.0,
+                bias_correction_kl: true,
                 max_completion_length: 256,
             },
             scale_rewards: ScaleRewards::Group,

@@ -364,6 +364,9 @@ pub struct GrpoObjective {
     pub epsilon_high: f64,
     /// KL coefficient (k3 estimator); 0 leaves the reference out.
     pub beta: f64,
+    /// Weight each token's KL by its importance ratio `ρ` (TRL's `use_bias_correction_kl`,
+    /// on by default there): the KL is then estimated under the policy that sampled.
+    pub bias_correction_kl: bool,
     pub max_completion_length: usize,
 }
 
@@ -371,7 +374,8 @@ pub struct GrpoObjective {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GrpoLossValue {
     pub loss: f64,
-    /// Mean per-token KL (k3) to the reference over the tokens; 0 when β = 0.
+    /// Mean per-token KL (k3, times ρ with the bias correction) to the reference over the
+    /// tokens; 0 when β = 0.
     pub kl: f64,
     /// Tokens with ρ < 1 − ε_low and a negative advantage (`clip_ratio/low_mean`).
     pub clip_low: f64,
@@ -383,7 +387,8 @@ pub struct GrpoLossValue {
     pub grad: Vec<Vec<f64>>,
 }
 
-/// GRPO's loss: per token `−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) + β·k3`, averaged as
+/// GRPO's loss: per token `−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) + β·k3` (`β·ρ·k3` with
+/// the bias correction), averaged as
 /// `objective.loss` says. `tokens_in_step` is DAPO's normaliser: the completion tokens of the
 /// whole optimiser step (more than `logps` holds when this is one micro-batch of several).
 pub fn grpo_loss(
@@ -416,9 +421,20 @@ pub fn grpo_loss(
             if objective.beta != 0.0
                 && let Some(r) = ref_logps
             {
-                l += objective.beta * KlEstimator::K3.kl(p[t], r[s][t]);
-                d += objective.beta * KlEstimator::K3.dkl_dlogp(p[t], r[s][t]);
-                kl_sum += KlEstimator::K3.kl(p[t], r[s][t]);
+                let (kl, dkl) = (
+                    KlEstimator::K3.kl(p[t], r[s][t]),
+                    KlEstimator::K3.dkl_dlogp(p[t], r[s][t]),
+                );
+                // With the correction: ρ·kl, whose derivative is ρ·kl + ρ·dkl (dρ/dlogp = ρ).
+                let (kl, dkl) = if objective.bias_correction_kl {
+                    let ratio = (p[t] - o[t]).exp();
+                    (ratio * kl, ratio * (kl + dkl))
+                } else {
+                    (kl, dkl)
+                };
+                l += objective.beta * kl;
+                d += objective.beta * dkl;
+                kl_sum += kl;
             }
             total += weight * l;
             g.push(weight * d);

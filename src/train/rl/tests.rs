@@ -238,6 +238,7 @@ fn grpo_config(beta: f64, loss: GrpoLoss) -> GrpoConfig {
             epsilon_low: 0.2,
             epsilon_high: 0.2,
             beta,
+            bias_correction_kl: true,
             max_completion_length: 4,
         },
         seed: 3,
@@ -589,10 +590,15 @@ fn grpo_formulas_match_trl() {
             epsilon_low: c["epsilon_low"].as_f64().unwrap(),
             epsilon_high: c["epsilon_high"].as_f64().unwrap(),
             beta: c["beta"].as_f64().unwrap(),
+            bias_correction_kl: c["use_bias_correction_kl"].as_bool().unwrap(),
             max_completion_length: c["max_completion_length"].as_u64().unwrap() as usize,
         };
         let logps = get("logps");
-        let tokens = logps.iter().map(Vec::len).sum();
+        // DAPO's normaliser: the generation batch's tokens per optimiser step.
+        let per_step = |k: &str| c[k].as_f64().unwrap();
+        let tokens = (per_step("num_items_in_batch") / per_step("num_processes")
+            * per_step("gradient_accumulation_steps")
+            / per_step("steps_per_generation")) as usize;
         let refs = get("ref_logps");
         let v = math::grpo_loss(
             &objective,
