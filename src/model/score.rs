@@ -74,6 +74,15 @@ impl<B: Backend> Llama<B> {
         );
         Ok(last.matmul(head.transpose()).reshape([b]))
     }
+
+    /// The score head applied at every position (a value model's per-token values).
+    /// # Shapes
+    /// - hidden: `[rows, d_model]` (from [`Llama::hidden_states`]) -> `[rows]`
+    pub fn token_scores(&self, hidden: Tensor<B, 2>) -> Result<Tensor<B, 1>, ScoreError> {
+        let head = self.score_head().ok_or(ScoreError::NoHead)?.value.clone();
+        let [rows, _] = hidden.dims();
+        Ok(hidden.matmul(head.transpose()).reshape([rows]))
+    }
 }
 
 /// Row of each sequence's last token in the `[batch * seq]` flattening.

@@ -27,7 +27,7 @@ use crate::model::adapters::ia3::Ia3Vector;
 use crate::model::adapters::lora::LoraAdapter;
 use crate::model::adapters::{AdapterInfo, AdapterMethod};
 use crate::model::llama::Proj;
-use crate::model::params::SetTrainable;
+use crate::model::params::{ParamVisitor, SetTrainable};
 // For targets.rs's did-you-mean.
 use crate::util::closest;
 
@@ -186,6 +186,28 @@ pub fn set_active<B: Backend>(model: &mut Llama<B>, name: Option<&str>) -> Resul
     model.visit(&mut SetTrainable(false));
     model.activate_slots(name);
     model.active_adapter = name.map(String::from);
+    Ok(())
+}
+
+/// Marks adapter `name`'s parameters trainable besides the active adapter's, without
+/// activating it: PPO updates its policy and value adapters in one optimizer step.
+/// `set_active` undoes it.
+pub fn also_train<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<(), PeftError> {
+    find(model, name)?;
+    struct Mark(String);
+    impl<B: Backend> ParamVisitor<B> for Mark {
+        fn visit1(&mut self, n: &str, p: &mut crate::model::params::Param<B, 1>) {
+            if n.contains(&self.0) {
+                p.trainable = true;
+            }
+        }
+        fn visit2(&mut self, n: &str, p: &mut crate::model::params::Param<B, 2>) {
+            if n.contains(&self.0) {
+                p.trainable = true;
+            }
+        }
+    }
+    model.visit(&mut Mark(format!("[{name}]")));
     Ok(())
 }
 

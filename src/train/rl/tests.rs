@@ -635,3 +635,154 @@ fn grpo_formulas_match_trl() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// PPO: policy, value and reference on one base.
+
+fn ppo_model() -> Llama<Ad> {
+    let mut model = tiny::<Ad>();
+    model.add_score_head(1).unwrap();
+    for name in ["value", "policy"] {
+        Method::Lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: Targets::AllLinear,
+            ..LoraConfig::default()
+        })
+        .attach(&mut model, name)
+        .unwrap();
+    }
+    model
+}
+
+fn ppo(model: &Llama<Ad>, lr: f64) -> super::ppo::PpoTrainer<Ad> {
+    let config = super::ppo::PpoConfig {
+        response_length: 4,
+        temperature: 1.0,
+        seed: 5,
+        ..Default::default()
+    };
+    super::ppo::PpoTrainer::new(trainer(lr, 1), config, model, "value", None).unwrap()
+}
+
+fn letter_score(_: &Llama<Ad>, b: &Completions) -> Result<Vec<f64>, crate::train::TrainError> {
+    Ok(letter_reward(b).into_iter().map(|r| r[0]).collect())
+}
+
+fn ppo_prompts() -> Vec<Vec<u32>> {
+    (0..8u32).map(|i| vec![1 + i, 20 + i, 40 - i]).collect()
+}
+
+#[test]
+fn ppo_kl_is_exactly_zero_while_the_policy_is_the_reference() {
+    let mut model = ppo_model();
+    let mut ppo = ppo(&model, 1e-2);
+    let r = ppo
+        .step(&mut model, &ppo_prompts(), |_, _| false, letter_score)
+        .unwrap();
+    assert_eq!(r.metrics.kl, 0.0);
+    assert_eq!(r.metrics.non_score_reward, 0.0);
+    // The first epoch starts on-policy: the ratio is 1 before any update, so the first
+    // minibatch clips nothing; later epochs move.
+    assert!(r.metrics.ratio > 0.0);
+    let r = ppo
+        .step(&mut model, &ppo_prompts(), |_, _| false, letter_score)
+        .unwrap();
+    assert!(r.metrics.kl != 0.0, "the policy moved");
+}
+
+fn run_ppo(steps: usize) -> Vec<f64> {
+    let mut model = ppo_model();
+    let mut ppo = ppo(&model, 2e-2);
+    (0..steps)
+        .map(|_| {
+            ppo.step(&mut model, &ppo_prompts(), |_, _| false, letter_score)
+                .unwrap()
+                .metrics
+                .scores
+        })
+        .collect()
+}
+
+#[test]
+fn ppo_raises_a_scripted_reward_deterministically() {
+    let scores = run_ppo(30);
+    let start = scores[..3].iter().sum::<f64>() / 3.0;
+    let end = scores[scores.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(end > 0.5 && end > start + 0.4, "{scores:?}");
+    assert_eq!(scores, run_ppo(30), "same seed, same run");
+}
+
+#[test]
+fn ppo_trains_the_policy_and_value_adapters_together_and_nothing_else() {
+    let mut model = ppo_model();
+    let before = |m: &Llama<Ad>| {
+        struct All(Vec<(String, Vec<f32>)>);
+        impl crate::model::params::ParamVisitor<Ad> for All {
+            fn visit1(&mut self, n: &str, p: &mut crate::model::params::Param<Ad, 1>) {
+                self.0.push((n.into(), p.value.to_data().to_vec().unwrap()));
+            }
+            fn visit2(&mut self, n: &str, p: &mut crate::model::params::Param<Ad, 2>) {
+                self.0.push((n.into(), p.value.to_data().to_vec().unwrap()));
+            }
+        }
+        let mut all = All(Vec::new());
+        m.clone().visit(&mut all);
+        all.0
+    };
+    let start = before(&model);
+    let mut ppo = ppo(&model, 1e-2);
+    ppo.step(&mut model, &ppo_prompts(), |_, _| false, letter_score)
+        .unwrap();
+    let end = before(&model);
+    let changed: Vec<&str> = start
+        .iter()
+        .zip(&end)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0.as_str())
+        .collect();
+    assert!(
+        changed.iter().any(|n| n.contains("[policy]")),
+        "{changed:?}"
+    );
+    assert!(
+        changed
+            .iter()
+            .any(|n| n.contains("[value]") && n.contains("score")),
+        "{changed:?}"
+    );
+    assert!(
+        changed
+            .iter()
+            .any(|n| n.contains("[value]") && n.contains("lora")),
+        "{changed:?}"
+    );
+    assert!(
+        changed
+            .iter()
+            .all(|n| n.contains("[policy]") || n.contains("[value]")),
+        "the base and other adapters are frozen: {changed:?}"
+    );
+    assert_eq!(model.active_adapter.as_deref(), Some("policy"));
+    // A value adapter without a score head is refused.
+    let mut plain = tiny::<Ad>();
+    for name in ["value", "policy"] {
+        lora_named(&mut plain, name);
+    }
+    let e =
+        super::ppo::PpoTrainer::new(trainer(1e-2, 1), Default::default(), &plain, "value", None)
+            .err()
+            .unwrap();
+    assert!(e.to_string().contains("no score head"), "{e}");
+}
+
+fn lora_named(model: &mut Llama<Ad>, name: &str) {
+    Method::Lora(LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: Targets::AllLinear,
+        ..LoraConfig::default()
+    })
+    .attach(model, name)
+    .unwrap();
+}
