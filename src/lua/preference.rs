@@ -645,6 +645,48 @@ impl<B: AutodiffBackend> UserData for LuaReward<B> {
     }
 }
 
+/// The score of each pair's chosen side (text, untruncated, tokenized as reward-model
+/// training does), eight at a time.
+pub(crate) fn score_pairs<B: burn::prelude::Backend>(
+    model: &Llama<B>,
+    tokenizer: &Tokenizer,
+    pairs: Vec<PreferencePair>,
+) -> Result<Vec<f64>, String> {
+    let n = pairs.len();
+    let set = PairSet {
+        pairs,
+        source: "scores".into(),
+        skipped: 0,
+    };
+    let opts = untruncated();
+    let tokenized = set.tokenize(tokenizer, &opts).map_err(|e| e.to_string())?;
+    if tokenized.pairs.len() != n {
+        return Err(format!(
+            "{} of {n} texts could not be scored (empty after tokenization)",
+            n - tokenized.pairs.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(tokenized.pairs.len());
+    for chunk in tokenized.pairs.chunks(8) {
+        let refs: Vec<_> = chunk.iter().collect();
+        let batch = PairBatch::collate(&refs, &opts);
+        let rewards = pair_rewards(model, &batch).map_err(|e| e.to_string())?;
+        out.extend_from_slice(&rewards[..chunk.len()]);
+    }
+    Ok(out)
+}
+
+/// A prompt and completion scored by a reward model: the completion is the chosen side of a
+/// pair whose rejected side is the same text.
+pub(crate) fn scoring_pair(prompt: &str, completion: &str) -> PreferencePair {
+    PreferencePair {
+        prompt: crate::data::pairs::Turns::Text(prompt.to_string()),
+        chosen: crate::data::pairs::Turns::Text(completion.to_string()),
+        rejected: crate::data::pairs::Turns::Text(completion.to_string()),
+        margin: None,
+    }
+}
+
 /// `model:add_score_head{seed = }` and `model:reward(items)`.
 pub(crate) fn add_model_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(
     methods: &mut M,
@@ -691,37 +733,15 @@ pub(crate) fn add_model_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<
             if completion.is_empty() {
                 return Err(recipe_error(lua, format!("model:reward: item {} is empty", i + 1)));
             }
-            // Scored as the chosen side of a pair; the rejected side is the same text.
-            pairs.push(PreferencePair {
-                prompt: crate::data::pairs::Turns::Text(prompt),
-                chosen: crate::data::pairs::Turns::Text(completion.clone()),
-                rejected: crate::data::pairs::Turns::Text(completion),
-                margin: None,
-            });
+            pairs.push(scoring_pair(&prompt, &completion));
         }
         if pairs.is_empty() {
             return Err(recipe_error(lua, "model:reward: the list is empty"));
         }
-        let set = PairSet {
-            pairs,
-            source: "model:reward".into(),
-            skipped: 0,
-        };
-        let opts = untruncated();
-        let tokenized = set
-            .tokenize(&this.tokenizer, &opts)
-            .map_err(|e| recipe_error(lua, format!("model:reward: {e}")))?;
         let model = this.model.borrow().detached();
-        let out = lua.create_table()?;
-        for chunk in tokenized.pairs.chunks(8) {
-            let refs: Vec<_> = chunk.iter().collect();
-            let batch = PairBatch::collate(&refs, &opts);
-            let rewards = pair_rewards(&model, &batch)
-                .map_err(|e| runtime_error(lua, format!("model:reward: {e}")))?;
-            for r in &rewards[..chunk.len()] {
-                out.push(*r)?;
-            }
-        }
+        let rewards = score_pairs(&model, &this.tokenizer, pairs)
+            .map_err(|e| runtime_error(lua, format!("model:reward: {e}")))?;
+        let out = lua.create_sequence_from(rewards)?;
         Ok(out)
     });
 }

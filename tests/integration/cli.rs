@@ -345,6 +345,29 @@ fn preference_api_from_lua() {
 }
 
 #[test]
+fn rl_api_from_lua() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner(&[&fixture("rl_api.lua")], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (header, rows) = read_csv(&dir.path().join("rl_api/trials.csv"));
+    let get = |k: &str| {
+        rows[0][column(&header, k)]
+            .parse::<f64>()
+            .unwrap_or(f64::NAN)
+    };
+    assert!(get("grpo_end") > get("grpo_start") + 0.4, "{rows:?}");
+    assert!(get("ppo_end") > get("ppo_start") + 0.4, "{rows:?}");
+    // TRL's metric names reach steps.csv as they are.
+    let (header, steps) = read_csv(&dir.path().join("rl_api/steps.csv"));
+    let kl = column(&header, "objective/kl");
+    assert_eq!(steps.len(), 80);
+    assert_eq!(
+        steps[40][kl], "0",
+        "PPO's first iteration: policy = reference"
+    );
+}
+
+#[test]
 fn adapter_api_from_lua() {
     let dir = tempfile::tempdir().unwrap();
     let out = runner(&[&fixture("adapters_api.lua")], dir.path());
