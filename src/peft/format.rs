@@ -297,7 +297,13 @@ pub fn load_adapter<B: Backend>(
     // Attach to a copy (tensors are shared, not copied) so that a bad file changes nothing.
     let mut updated = model.clone();
     let added = method.attach(&mut updated, name)?;
-    fill(&mut updated, name, &method, &mut tensors).map_err(|msg| file_err(&weights_path, msg))?;
+    // A causal-LM adapter (an SFT policy) loaded into a model with a score head keeps the copy
+    // of the base head that attaching gave it (PPO's policy beside its value and reward
+    // adapters); a reward model's adapter must bring its head.
+    let seq_cls = config.get("task_type").and_then(Value::as_str) == Some("SEQ_CLS");
+    let head_in_file = tensors.contains_key(SCORE_KEY) || seq_cls;
+    fill(&mut updated, name, &method, &mut tensors, head_in_file)
+        .map_err(|msg| file_err(&weights_path, msg))?;
     if tensors.contains_key(SCORE_KEY) && updated.score.is_none() {
         return Err(file_err(
             &weights_path,
@@ -453,12 +459,14 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
     })
 }
 
-/// Copies the file's tensors into the freshly attached adapter, removing each one used.
+/// Copies the file's tensors into the freshly attached adapter, removing each one used; the
+/// adapter's copy of the score head too when `head_in_file`.
 fn fill<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
     method: &Method,
     tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    head_in_file: bool,
 ) -> Result<(), String> {
     let device = model.device.clone();
     let mut take = |key: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
@@ -573,7 +581,7 @@ fn fill<B: Backend>(
         }
         Method::Full => unreachable!("full fine-tuning is not an adapter"),
     }
-    if let Some(score) = model.score_tuned.get_mut(name) {
+    if let Some(score) = model.score_tuned.get_mut(name).filter(|_| head_in_file) {
         let shape: [usize; 2] = score.value.dims();
         let values = take(SCORE_KEY, &shape).map_err(|e| {
             format!("{e}: the model is a reward model, and its adapters carry the score head")

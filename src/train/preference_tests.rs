@@ -455,6 +455,37 @@ fn reward_model_scores_loss_and_gradients_match_transformers_and_trl() {
     crate::peft::format::load_adapter(&mut reloaded, dir.path(), "default").unwrap();
     assert_eq!(scores(&reloaded), lora_scores);
 
+    // A causal-LM adapter (an SFT policy, no head in its file) loads beside it and keeps the
+    // base head's copy; a SEQ_CLS adapter whose file lacks the head is refused.
+    let causal = root("tests/fixtures/peft/lora");
+    let mut beside = reloaded.clone();
+    crate::peft::format::load_adapter(&mut beside, &causal, "policy").unwrap();
+    let head = |m: &Llama<Ad>| {
+        m.score_head()
+            .unwrap()
+            .value
+            .to_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(head(&beside), head(&base));
+    let no_head = tempfile::tempdir().unwrap();
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(causal.join(file), no_head.path().join(file)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(no_head.path().join("adapter_config.json")).unwrap();
+    std::fs::write(
+        no_head.path().join("adapter_config.json"),
+        cfg.replace("\"CAUSAL_LM\"", "\"SEQ_CLS\""),
+    )
+    .unwrap();
+    let e = crate::peft::format::load_adapter(&mut beside, no_head.path(), "rm").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("missing tensor base_model.model.score.weight"),
+        "{e}"
+    );
+
     // A reward model saved whole loads as one, with the same scores.
     let full = tempfile::tempdir().unwrap();
     crate::model::save::save_pretrained(&base, full.path()).unwrap();

@@ -9,8 +9,9 @@
 //! adapter's per-token values without a graph, form per-token rewards
 //! `−kl_coef·kl` with the score added at the last token, GAE advantages (whitened) and
 //! returns, then `num_ppo_epochs` passes over shuffled minibatches, one optimizer step each,
-//! on `loss = policy_loss + vf_coef · value_loss` (clipped both; one AdamW over the policy
-//! and value adapters, clipped jointly by gradient norm, as TRL's policy-and-value wrapper).
+//! on `loss = policy_loss + vf_coef · value_loss` (clipped both), one AdamW over the policy
+//! and value adapters as TRL's policy-and-value wrapper (TRL clips no gradients in PPO;
+//! `max_grad_norm`, when set, clips the two adapters' joint norm).
 //!
 //! Differences from TRL, deliberate: the score sits on the last completion token (TRL's lands
 //! one position later when the completion is shorter than the batch's longest, see
