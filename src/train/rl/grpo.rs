@@ -71,7 +71,7 @@ impl GrpoConfig {
                 "num_generations must be at least 2 (advantages compare completions of one prompt), got {}",
                 self.num_generations
             ))
-        } else if !(self.temperature > 0.0) {
+        } else if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             Some(format!("temperature must be > 0, got {}", self.temperature))
         } else if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             Some(format!("top_p must be in (0, 1], got {}", self.top_p))

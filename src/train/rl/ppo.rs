@@ -111,7 +111,7 @@ impl PpoConfig {
             Some("kl_coef and vf_coef must be ≥ 0".to_string())
         } else if self.adaptive_kl.is_some_and(|(t, h)| !(t > 0.0 && h > 0.0)) {
             Some("the adaptive KL target and horizon must be > 0".to_string())
-        } else if !(self.temperature > 0.0) {
+        } else if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             Some(format!("temperature must be > 0, got {}", self.temperature))
         } else if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             Some(format!("top_p must be in (0, 1], got {}", self.top_p))

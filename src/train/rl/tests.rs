@@ -570,7 +570,7 @@ fn grpo_formulas_match_trl() {
             })
             .collect();
         close_all(
-            &[rewards.clone()],
+            std::slice::from_ref(&rewards),
             &[vec1(&c["rewards"])],
             "weighted rewards",
         );
