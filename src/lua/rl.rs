@@ -416,7 +416,7 @@ pub(crate) fn register_trainers<B: AutodiffBackend>(lua: &Lua, runner: &Table) -
 
 /// The prompts of a step: strings, or rows with a `prompt` string (the row goes to the
 /// reward functions as their third argument).
-fn prompts_arg(lua: &Lua, what: &str, v: &Value) -> mlua::Result<Vec<(String, Value)>> {
+fn prompts_arg(lua: &Lua, what: &str, v: &Value) -> mlua::Result<Vec<StepPrompt>> {
     let Value::Table(list) = v else {
         return Err(recipe_error(
             lua,
@@ -463,30 +463,56 @@ fn prompts_arg(lua: &Lua, what: &str, v: &Value) -> mlua::Result<Vec<(String, Va
     Ok(out)
 }
 
+/// A prompt's text and the value it came from (a string, or a row for the reward functions).
+type StepPrompt = (String, Value);
+
+/// A step's prompts (see [`prompts_arg`]) and their token ids; in a dry run, stops after
+/// checking that `copies` completions of each, `new_tokens` long, fit in memory.
+fn step_prompts<B: AutodiffBackend>(
+    lua: &Lua,
+    what: &str,
+    prompts: &Value,
+    tokenizer: &Tokenizer,
+    model: &Llama<B>,
+    copies: usize,
+    new_tokens: usize,
+) -> mlua::Result<(Vec<StepPrompt>, Vec<Vec<u32>>)> {
+    let prompts = prompts_arg(lua, what, prompts)?;
+    let mut ids = Vec::with_capacity(prompts.len());
+    for (text, _) in &prompts {
+        ids.push(
+            tokenizer
+                .encode(text)
+                .map_err(|e| recipe_error(lua, format!("{what}: {e}")))?,
+        );
+    }
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    super::host::dry_run_stop(
+        lua,
+        model,
+        prompts.len() * copies,
+        longest + new_tokens,
+        true,
+    )?;
+    Ok((prompts, ids))
+}
+
 impl<B: AutodiffBackend> UserData for LuaGrpo<B> {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         // :step(prompts) -> loss, {loss, grad_norm, lr, ..., reward, reward_std, kl, ...,
         // completions = {texts}}
         methods.add_method_mut("step", |lua, this, prompts: Value| {
             const WHAT: &str = "grpo:step";
-            let prompts = prompts_arg(lua, WHAT, &prompts)?;
-            let mut ids = Vec::with_capacity(prompts.len());
-            for (text, _) in &prompts {
-                ids.push(
-                    this.tokenizer
-                        .encode(text)
-                        .map_err(|e| recipe_error(lua, format!("{WHAT}: {e}")))?,
-                );
-            }
             let g = this.grpo.config.num_generations;
-            let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
             let model = this.model.clone();
-            super::host::dry_run_stop(
+            let (prompts, ids) = step_prompts(
                 lua,
+                WHAT,
+                &prompts,
+                &this.tokenizer,
                 &model.borrow(),
-                prompts.len() * g,
-                longest + this.grpo.config.objective.max_completion_length,
-                true,
+                g,
+                this.grpo.config.objective.max_completion_length,
             )?;
             let tokenizer = this.tokenizer.clone();
             let stop = this.stop.clone();
@@ -545,19 +571,15 @@ impl<B: AutodiffBackend> UserData for LuaPpo<B> {
         // ..., completions = {texts}, scores = {numbers}}
         methods.add_method_mut("step", |lua, this, prompts: Value| {
             const WHAT: &str = "ppo:step";
-            let prompts = prompts_arg(lua, WHAT, &prompts)?;
-            let mut ids = Vec::with_capacity(prompts.len());
-            for (text, _) in &prompts {
-                ids.push(this.tokenizer.encode(text).map_err(|e| recipe_error(lua, format!("{WHAT}: {e}")))?);
-            }
-            let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
             let model = this.model.clone();
-            super::host::dry_run_stop(
+            let (prompts, ids) = step_prompts(
                 lua,
+                WHAT,
+                &prompts,
+                &this.tokenizer,
                 &model.borrow(),
-                prompts.len(),
-                longest + this.ppo.config.response_length,
-                true,
+                1,
+                this.ppo.config.response_length,
             )?;
             let tokenizer = this.tokenizer.clone();
             let stop = this.stop.clone();

@@ -19,6 +19,35 @@ use crate::kernels::precision;
 /// Rows per chunk: 256 × 49,152 f32 logits are 48 MiB.
 const CHUNK_ROWS: usize = 256;
 
+/// Adds one chunk's share to the gradients with respect to the hidden states (`gh`, scattered
+/// to the chunk's rows) and, when `grad_head`, to the head (`gw`, which the first chunk starts).
+/// # Shapes
+/// - dlogits: `[n, vocab]`, head: `[vocab, d_model]`, h: the chunk's hidden rows `[n, d_model]`
+fn add_chunk_grads<B: Backend>(
+    gh: &mut Option<Tensor<B, 2>>,
+    gw: &mut Option<Tensor<B, 2>>,
+    grad_head: bool,
+    row_idx: Tensor<B, 1, Int>,
+    dlogits: Tensor<B, 2>,
+    head: &Tensor<B, 2>,
+    h: Tensor<B, 2>,
+) {
+    if let Some(g) = gh.take() {
+        *gh = Some(g.select_assign(
+            0,
+            row_idx,
+            precision::matmul(dlogits.clone(), head.clone()),
+            IndexingUpdateOp::Add,
+        ));
+    }
+    if grad_head {
+        *gw = Some(match gw.take() {
+            Some(g) => precision::matmul_accumulate(g, dlogits.transpose(), h),
+            None => precision::matmul(dlogits.transpose(), h),
+        });
+    }
+}
+
 /// Summed negative log-likelihood over the labelled rows, their number, and (when asked for)
 /// the gradient of `nll_sum * scale` with respect to the hidden states and the head.
 pub struct HeadLoss<B: Backend> {
@@ -116,20 +145,7 @@ pub fn head_nll<B: Backend>(
             correct.push(ce.correct);
         }
         let Some(dlogits) = ce.dlogits else { continue };
-        if let Some(g) = gh.take() {
-            gh = Some(g.select_assign(
-                0,
-                row_idx,
-                precision::matmul(dlogits.clone(), head.clone()),
-                IndexingUpdateOp::Add,
-            ));
-        }
-        if grad_head {
-            gw = Some(match gw.take() {
-                Some(g) => precision::matmul_accumulate(g, dlogits.transpose(), h),
-                None => precision::matmul(dlogits.transpose(), h),
-            });
-        }
+        add_chunk_grads(&mut gh, &mut gw, grad_head, row_idx, dlogits, &head, h);
     }
     out.nll_sum = Tensor::cat(nll, 0).sum().into_scalar().elem::<f64>();
     if !correct.is_empty() {
@@ -242,20 +258,7 @@ pub fn sequence_nll<B: Backend>(
                 .into_scalar()
                 .elem::<f64>();
             let Some(dlogits) = ce.dlogits else { continue };
-            if let Some(g) = gh.take() {
-                gh = Some(g.select_assign(
-                    0,
-                    row_idx,
-                    precision::matmul(dlogits.clone(), head.clone()),
-                    IndexingUpdateOp::Add,
-                ));
-            }
-            if grad_head {
-                gw = Some(match gw.take() {
-                    Some(g) => precision::matmul_accumulate(g, dlogits.transpose(), h),
-                    None => precision::matmul(dlogits.transpose(), h),
-                });
-            }
+            add_chunk_grads(&mut gh, &mut gw, grad_head, row_idx, dlogits, &head, h);
         }
     }
     out.grad_hidden = gh;
@@ -344,20 +347,7 @@ pub fn token_logps<B: Backend>(
             Tensor::full([n, 1], -1.0, &device),
             IndexingUpdateOp::Add,
         ) * scale;
-        if let Some(g) = gh.take() {
-            gh = Some(g.select_assign(
-                0,
-                row_idx,
-                precision::matmul(dlogits.clone(), head.clone()),
-                IndexingUpdateOp::Add,
-            ));
-        }
-        if grad_head {
-            gw = Some(match gw.take() {
-                Some(g) => precision::matmul_accumulate(g, dlogits.transpose(), h),
-                None => precision::matmul(dlogits.transpose(), h),
-            });
-        }
+        add_chunk_grads(&mut gh, &mut gw, grad_head, row_idx, dlogits, &head, h);
     }
     TokenLogps {
         logps,

@@ -16,7 +16,7 @@ use super::math::{
     GrpoLoss, GrpoLossValue, GrpoObjective, ScaleRewards, group_advantages, grpo_loss,
 };
 use super::policy::backward_through_logps;
-use super::rollout::{Completions, RolloutOptions, completion_logps, sample};
+use super::rollout::{Completions, completion_logps, rollout_seed, sample};
 use crate::generate::GenerateOptions;
 use crate::model::Llama;
 use crate::train::dpo::Reference;
@@ -206,19 +206,14 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
     }
 
     /// The sampling settings of this step's rollout (a new seed each step).
-    fn rollout_options(&self) -> RolloutOptions {
-        RolloutOptions {
-            generate: GenerateOptions {
-                max_new_tokens: self.config.objective.max_completion_length,
-                temperature: self.config.temperature,
-                top_p: self.config.top_p,
-                top_k: self.config.top_k,
-                seed: self
-                    .config
-                    .seed
-                    .wrapping_add(self.rollouts.wrapping_mul(1_000_003)),
-                stop: self.config.eos.clone(),
-            },
+    fn rollout_options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.config.objective.max_completion_length,
+            temperature: self.config.temperature,
+            top_p: self.config.top_p,
+            top_k: self.config.top_k,
+            seed: rollout_seed(self.config.seed, self.rollouts),
+            stop: self.config.eos.clone(),
         }
     }
 
@@ -252,10 +247,7 @@ impl<B: AutodiffBackend> GrpoTrainer<B> {
             .collect();
         let opts = self.rollout_options();
         self.rollouts += 1;
-        let batch = sample(model, &repeated, &opts, stop).map_err(|e| match e {
-            crate::generate::GenerateError::Interrupted(i) => TrainError::Interrupted(i),
-            other => TrainError::Invalid(other.to_string()),
-        })?;
+        let batch = sample(model, &repeated, &opts, stop)?;
         let ref_logps = match &self.reference {
             Some(r) => Some(completion_logps(
                 &r.model(model),

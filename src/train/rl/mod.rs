@@ -12,4 +12,4 @@ mod tests;
 pub use grpo::{GrpoConfig, GrpoMetrics, GrpoReport, GrpoTrainer};
 pub use math::{GrpoLoss, GrpoObjective, KlEstimator, ScaleRewards};
 pub use ppo::{PpoConfig, PpoMetrics, PpoReport, PpoTrainer};
-pub use rollout::{Completions, RolloutOptions};
+pub use rollout::Completions;

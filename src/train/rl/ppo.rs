@@ -30,7 +30,7 @@ use super::math::{
     AdaptiveKl, KlEstimator, gae, ppo_policy_loss, ppo_token_rewards, ppo_value_loss, whiten,
 };
 use super::policy::backward_through_logps;
-use super::rollout::{Completions, RolloutOptions, completion_logps, sample};
+use super::rollout::{Completions, completion_logps, rollout_seed, sample};
 use crate::generate::GenerateOptions;
 use crate::memory;
 use crate::model::Llama;
@@ -260,19 +260,15 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
         self.kl.value
     }
 
-    fn rollout_options(&self) -> RolloutOptions {
-        RolloutOptions {
-            generate: GenerateOptions {
-                max_new_tokens: self.config.response_length,
-                temperature: self.config.temperature,
-                top_p: self.config.top_p,
-                top_k: self.config.top_k,
-                seed: self
-                    .config
-                    .seed
-                    .wrapping_add(self.iterations.wrapping_mul(1_000_003)),
-                stop: self.config.eos.clone(),
-            },
+    /// The sampling settings of this iteration's rollout (a new seed each iteration).
+    fn rollout_options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.config.response_length,
+            temperature: self.config.temperature,
+            top_p: self.config.top_p,
+            top_k: self.config.top_k,
+            seed: rollout_seed(self.config.seed, self.iterations),
+            stop: self.config.eos.clone(),
         }
     }
 
@@ -301,10 +297,7 @@ impl<B: AutodiffBackend> PpoTrainer<B> {
             .map_err(|e| TrainError::Invalid(e.to_string()))?;
         let opts = self.rollout_options();
         self.iterations += 1;
-        let batch = sample(model, prompts, &opts, stop).map_err(|e| match e {
-            crate::generate::GenerateError::Interrupted(i) => TrainError::Interrupted(i),
-            other => TrainError::Invalid(other.to_string()),
-        })?;
+        let batch = sample(model, prompts, &opts, stop)?;
         let t = self.config.temperature;
         let logps = completion_logps(model, &batch, t);
         let ref_logps = completion_logps(&self.reference.model(model), &batch, t);

@@ -8,6 +8,7 @@ use burn::tensor::TensorData;
 use crate::data::IGNORE_INDEX;
 use crate::generate::{GenerateError, GenerateOptions, generate_batch};
 use crate::model::Llama;
+use crate::train::TrainError;
 use crate::train::head_loss::token_logps;
 
 /// Prompts and their completions, as token ids.
@@ -88,32 +89,35 @@ impl Completions {
     }
 }
 
-/// Sampling settings of a rollout.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RolloutOptions {
-    /// Temperature, top-p, top-k, `max_new_tokens` (the completion length limit), seed, and
-    /// the stop tokens (EOS).
-    pub generate: GenerateOptions,
+/// The seed of rollout number `step`: each step samples afresh, and a run is reproducible.
+pub(crate) fn rollout_seed(seed: u64, step: u64) -> u64 {
+    seed.wrapping_add(step.wrapping_mul(1_000_003))
 }
 
-/// Samples one completion per prompt (prompts repeat for a group). `stop(i, tokens)` ends row
-/// `i` early (stop strings, checked on the decoded text by the caller).
+/// Samples one completion per prompt (prompts repeat for a group) with `opts` (temperature,
+/// top-p, top-k, `max_new_tokens` as the length limit, the EOS tokens as `stop`).
+/// `stop(i, tokens)` ends row `i` early (stop strings, checked on the decoded text by the
+/// caller).
 pub fn sample<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
-    opts: &RolloutOptions,
+    opts: &GenerateOptions,
     stop: impl FnMut(usize, &[u32]) -> bool,
-) -> Result<Completions, GenerateError> {
+) -> Result<Completions, TrainError> {
     let mut stopped = vec![false; prompts.len()];
     let mut stop = stop;
-    let completions = generate_batch(model, prompts, &opts.generate, |i, tokens| {
+    let completions = generate_batch(model, prompts, opts, |i, tokens| {
         stopped[i] = stop(i, tokens);
         stopped[i]
+    })
+    .map_err(|e| match e {
+        GenerateError::Interrupted(i) => TrainError::Interrupted(i),
+        other => TrainError::Invalid(other.to_string()),
     })?;
     let ended = completions
         .iter()
         .zip(&stopped)
-        .map(|(c, &s)| s || c.last().is_some_and(|t| opts.generate.stop.contains(t)))
+        .map(|(c, &s)| s || c.last().is_some_and(|t| opts.stop.contains(t)))
         .collect();
     Ok(Completions {
         prompts: prompts.to_vec(),
