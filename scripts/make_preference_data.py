@@ -3,8 +3,10 @@
 (no outside source), in TRL's standard preference format: one JSON object per line with the
 string fields "prompt", "chosen" and "rejected".
 
-    data/prefs/tasks_train.jsonl     600 pairs: every row of data/instruct.jsonl; chosen is its
-                                     output, rejected a plausible wrong answer of the same form
+    data/prefs/tasks_train.jsonl    1500 pairs: every row of data/instruct.jsonl (the first 600
+                                     lines); chosen is its output, rejected a plausible wrong
+                                     answer of the same form; then 75 new task instances per
+                                     family (900 lines), none with a held-out prompt or answer
     data/prefs/tasks_heldout.jsonl   100 pairs: new task instances (8-9 per family) whose prompts
                                      are in neither data/instruct.jsonl nor any train file
     data/prefs/style_train.jsonl     300 pairs: 25 instruct.jsonl rows per family; chosen is the
@@ -38,6 +40,8 @@ OUT_DIR = os.path.join("data", "prefs")
 N_STYLE_TRAIN = 25  # per family
 N_STYLE_HELDOUT = 5  # per family
 N_TASKS_HELDOUT = 100  # 8 or 9 per family
+N_TASKS_EXTRA = 75  # new train instances per family, after the instruct.jsonl rows
+EXTRA_SEED = 20261206  # their own stream: the other files stay as they were
 
 # The two prompts of runner's `alpaca` template (src/data/template.rs), verbatim.
 ALPACA_WITH_INPUT = (
@@ -382,7 +386,48 @@ def build():
         assert not prompts & train_prompts and not prompts & instruct_prompts
     assert not heldout["tasks_heldout.jsonl"] & heldout["style_heldout.jsonl"]
     assert len(tasks_train) >= 600 and len(style_train) >= 300
+
+    # More train pairs, appended after the shuffled instruct.jsonl rows from a stream of their
+    # own: new prompts whose answers are none of the held-out answers (the table families
+    # reuse instruct.jsonl's countries, words and nouns under other templates).
+    rng = random.Random(EXTRA_SEED)
+    taken = seen_keys | {key for key in heldout_keys(files)}
+    heldout_answers = {pair["chosen"] for name in ("tasks_heldout.jsonl", "style_heldout.jsonl")
+                       for _, pair in files[name][1]}
+    extra = []
+    for name, gen, _ in mtd.FAMILIES:
+        n, rounds = 0, 0
+        while n < N_TASKS_EXTRA and rounds < 50:  # table families draw each entry once a call
+            rounds += 1
+            for ins, inp, out in gen(rng, CANDIDATES.get(name, 40 * N_TASKS_EXTRA)):
+                if (ins, inp) in taken or out in heldout_answers:
+                    continue
+                taken.add((ins, inp))
+                pair = pair_of(ins, inp, out, REJECTERS[name](rng, ins, inp, out))
+                check_pair("tasks", name, pair)
+                extra.append((name, pair))
+                n += 1
+                if n == N_TASKS_EXTRA:
+                    break
+        assert n == N_TASKS_EXTRA, (name, n)
+    rng.shuffle(extra)
+    tasks_train.extend(extra)
+    prompts = [pair["prompt"] for _, pair in tasks_train]
+    assert len(set(prompts)) == len(prompts)
+    assert not set(prompts) & (heldout["tasks_heldout.jsonl"] | heldout["style_heldout.jsonl"])
     return files
+
+
+def heldout_keys(files):
+    """(instruction, input) of every held-out prompt, recovered from the rendered prompt."""
+    for name in ("tasks_heldout.jsonl", "style_heldout.jsonl"):
+        for _, pair in files[name][1]:
+            body = pair["prompt"].split("### Instruction:\n", 1)[1]
+            body = body[: -len("\n\n### Response:\n")]
+            if "\n\n### Input:\n" in body:
+                yield tuple(body.split("\n\n### Input:\n", 1))
+            else:
+                yield (body, "")
 
 
 def main():
@@ -402,7 +447,7 @@ def main():
             counts[fam] = counts.get(fam, 0) + 1
         per = ", ".join(f"{fam} {counts.get(fam, 0)}" for fam in FAMILY_NAMES)
         print(f"wrote {OUT_DIR}/{name}: {len(rows)} pairs, {size} bytes ({per})")
-    assert total < 400_000, total
+    assert total < 800_000, total
     print(f"total {total} bytes")
 
 

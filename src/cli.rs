@@ -300,6 +300,36 @@ pub struct RecipeArgs {
     /// read and write files only through runner's API.
     #[arg(long)]
     pub trust: bool,
+
+    /// Memory the recipe's own Lua values (tables, strings) may use, e.g. 512M or 4G; a recipe
+    /// that needs more stops with an error at its line. Model weights and data loaded through
+    /// runner's API do not count.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    pub lua_memory: u64,
+}
+
+/// Parses `4G`, `512M`, `64K` or a number of bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("'{s}' is not a size (e.g. 512M, 4G)");
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], t[i..].to_ascii_uppercase()),
+        None => (t, String::new()),
+    };
+    let scale: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    let bytes = n * scale as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {

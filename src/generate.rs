@@ -68,6 +68,7 @@ pub fn generate_batch<B: Backend>(
     opts: &GenerateOptions,
     mut done: impl FnMut(usize, &[u32]) -> bool,
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
+    let _working = crate::interrupt::working();
     let vocab = model.config.vocab_size;
     for prompt in prompts {
         if prompt.is_empty() {

@@ -198,6 +198,12 @@ fn print_result<W: WithBackend<Output = anyhow::Result<String>>>(
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends runner quietly, as it ends `cat`, instead of a panic in
+    // println! (Rust ignores SIGPIPE by default).
+    // SAFETY: setting a signal's disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     runner::memory::tune_allocator();
     let cli = Cli::parse();
     let args = match cli.command {
@@ -245,6 +251,7 @@ fn recipe_options(
         results_dir: common.results.clone(),
         device: common.device,
         trust: common.trust,
+        lua_memory: common.lua_memory,
         sweeps,
     }
 }
@@ -260,6 +267,7 @@ fn run(args: RunArgs) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     runner::interrupt::install_ctrl_c();
+    runner::interrupt::start_watchdog();
     if let Some(limit) = args.time_limit {
         runner::interrupt::set_time_limit(limit);
     }

@@ -50,6 +50,8 @@ impl From<WriteError> for io::Error {
 /// then the folder synced so the rename itself survives. The folder must exist. The file
 /// gets an ordinary file's permissions (0666 less the umask), not a temporary file's 0600.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), WriteError> {
+    // A write in progress finishes before the watchdog may end the process.
+    let _working = crate::interrupt::working();
     let fail = |step: WriteStep| move |source: io::Error| WriteError { step, source };
     let dir = path
         .parent()

@@ -3,6 +3,8 @@
 //! `--watch`), the instruction hook that stops runaway loops, and the dry-run stop.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::backend::Backend;
 use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
@@ -21,7 +23,10 @@ pub(crate) struct RecipeInputs(pub Inputs);
 /// only `io.write` (to stdout); no `os.execute`, `os.remove`, `os.exit`..., no `dofile` or
 /// `loadfile`, no C modules; `load` accepts source text only. Files are read through
 /// runner's own API. With `trust` the full standard library is there (still without `debug`).
-pub(crate) fn new_lua(trust: bool) -> mlua::Result<Lua> {
+///
+/// The recipe's own values may use `memory_limit` bytes; past that an allocation fails with a
+/// Lua memory error, reported by [`memory_error_message`].
+pub(crate) fn new_lua(trust: bool, memory_limit: u64) -> mlua::Result<Lua> {
     let libs = if trust {
         StdLib::ALL_SAFE
     } else {
@@ -33,6 +38,9 @@ pub(crate) fn new_lua(trust: bool) -> mlua::Result<Lua> {
             | StdLib::OS
     };
     let lua = Lua::new_with(libs, LuaOptions::default())?;
+    lua.set_memory_limit(usize::try_from(memory_limit).unwrap_or(usize::MAX))?;
+    MEMORY_LIMIT.store(memory_limit, Ordering::Relaxed);
+    *LAST_LINE.lock().unwrap_or_else(|e| e.into_inner()) = None;
     if !trust {
         let g = lua.globals();
         let refuse = |name: String| {
@@ -89,8 +97,10 @@ pub(crate) fn new_lua(trust: bool) -> mlua::Result<Lua> {
 }
 
 /// `require "name"`: `name.lua` (dots are folders) or `name/init.lua` beside the recipe,
-/// loaded once, named by its path in errors, and recorded as an input of the recipe. With
-/// `--trust`, names not found there fall back to Lua's own `require`.
+/// loaded once, named by its path in errors, and recorded as an input of the recipe. Without
+/// `--trust` a name is dot-separated plain names and the file must lie inside the recipe's
+/// folder tree once symlinks are resolved; with `--trust`, names not found there fall back to
+/// Lua's own `require`.
 pub(crate) fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Result<()> {
     let dir = recipe.parent().map(Path::to_path_buf).unwrap_or_default();
     let loaded = lua.create_table()?;
@@ -102,6 +112,22 @@ pub(crate) fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Re
     let require = lua.create_function(move |lua, name: String| {
         if let Some(v) = loaded.raw_get::<Option<Value>>(name.as_str())? {
             return Ok(v);
+        }
+        let plain = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !trust && !name.split('.').all(plain) {
+            return Err(recipe_error(
+                lua,
+                format!(
+                    "require '{name}': a module name is dot-separated names of letters, digits, \
+                     '_' or '-' (a module beside the recipe, or in a folder under it); pass \
+                     --trust to load modules from elsewhere"
+                ),
+            ));
         }
         let rel = name.replace('.', "/");
         let candidates = [
@@ -121,6 +147,9 @@ pub(crate) fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Re
                 ),
             ));
         };
+        if !trust {
+            confine(path, &dir).map_err(|e| recipe_error(lua, format!("require '{name}': {e}")))?;
+        }
         let source = std::fs::read(path).map_err(|e| {
             recipe_error(
                 lua,
@@ -142,6 +171,28 @@ pub(crate) fn install_require(lua: &Lua, recipe: &Path, trust: bool) -> mlua::Re
         Ok(value)
     })?;
     lua.globals().set("require", require)
+}
+
+/// `Err` unless `path`, with symlinks resolved, lies inside `dir`'s tree.
+fn confine(path: &Path, dir: &Path) -> Result<(), String> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let real =
+        |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("resolving {}: {e}", p.display()));
+    let (real_path, real_dir) = (real(path)?, real(dir)?);
+    if real_path.starts_with(&real_dir) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} resolves to {}, outside the recipe's folder {}; pass --trust to allow it",
+            path.display(),
+            real_path.display(),
+            real_dir.display()
+        ))
+    }
 }
 
 /// Records a file the recipe reads (for trial ids and `--watch`).
@@ -171,20 +222,51 @@ pub(crate) fn note_model_input(lua: &Lua, name_or_path: &str) -> mlua::Result<()
     }
 }
 
-/// Checks Ctrl-C and `--time-limit` every 10,000 Lua instructions, so even `while true do end`
-/// stops.
+/// The recipe line the instruction hook saw last, for errors that carry no position (a Lua
+/// memory error is raised inside the allocator, where no line is known).
+static LAST_LINE: Mutex<Option<String>> = Mutex::new(None);
+/// The `--lua-memory` limit of the running recipe, in bytes.
+static MEMORY_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// The message of a Lua memory error: the limit, and the line the recipe was last seen at.
+pub(crate) fn memory_error_message() -> String {
+    let near = LAST_LINE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .map(|l| format!("{l}: "))
+        .unwrap_or_default();
+    let mib = MEMORY_LIMIT.load(Ordering::Relaxed) as f64 / (1u64 << 20) as f64;
+    format!(
+        "{near}the recipe's Lua values (tables, strings) reached the memory limit of {mib:.0} MiB; \
+         a loop that keeps growing a string or table? (raise the limit with --lua-memory)"
+    )
+}
+
+/// Checks Ctrl-C and `--time-limit` every 10,000 Lua instructions, in every coroutine (a hook
+/// set on the main thread alone would not reach `coroutine.wrap`), so even `while true do end`
+/// stops; and notes the line it is at, for errors that have none. Loops the hook cannot reach
+/// are the watchdog's (`interrupt::start_watchdog`).
 pub(crate) fn install_interrupt_hook(lua: &Lua) -> mlua::Result<()> {
-    lua.set_hook(
+    lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(10_000),
-        |lua, debug| match crate::interrupt::state() {
-            None => Ok(VmState::Continue),
-            Some(i) => {
-                let here = match (debug.source().short_src, debug.current_line()) {
-                    (Some(file), Some(line)) => Some(format!("{file}:{line}")),
-                    _ => lua_location(lua),
-                };
-                let at = here.map(|l| format!("{l}: ")).unwrap_or_default();
-                Err(mlua::Error::external(InterruptedAt(format!("{at}{i}"), i)))
+        |lua, debug| {
+            let here = match (debug.source().short_src, debug.current_line()) {
+                (Some(file), Some(line)) => Some(format!("{file}:{line}")),
+                _ => None,
+            };
+            if here.is_some() {
+                *LAST_LINE.lock().unwrap_or_else(|e| e.into_inner()) = here.clone();
+            }
+            match crate::interrupt::state() {
+                None => Ok(VmState::Continue),
+                Some(i) => {
+                    let at = here
+                        .or_else(|| lua_location(lua))
+                        .map(|l| format!("{l}: "))
+                        .unwrap_or_default();
+                    Err(mlua::Error::external(InterruptedAt(format!("{at}{i}"), i)))
+                }
             }
         },
     )

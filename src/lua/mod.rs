@@ -39,6 +39,8 @@ pub struct RecipeOptions {
     pub device: DeviceKind,
     /// `--trust`: the full Lua standard library (files, processes).
     pub trust: bool,
+    /// Bytes the recipe's Lua values may use (`--lua-memory`).
+    pub lua_memory: u64,
     pub sweeps: SweepSettings,
 }
 
@@ -81,8 +83,8 @@ pub fn run_recipe<B: AutodiffBackend>(
     };
     let source = std::fs::read(&opts.path)
         .map_err(|e| fail(format!("cannot read recipe {}: {e}", opts.path.display())))?;
-    let lua =
-        host::new_lua(opts.trust).map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
+    let lua = host::new_lua(opts.trust, opts.lua_memory)
+        .map_err(|e| fail(format!("setting up the Lua host: {e}")))?;
     lua.set_app_data(DeviceData::<B>(device));
     // Trial ids depend on the recipe text and on what the command line changes: --set values
     // and the device (the seed enters each id separately).
@@ -112,7 +114,10 @@ pub fn run_recipe<B: AutodiffBackend>(
     let chunk = lua
         .load(&source[..])
         .set_name(format!("@{}", opts.path.display()));
-    let result = chunk.exec();
+    let result = {
+        let _running = crate::interrupt::recipe_running();
+        chunk.exec()
+    };
     let mut files = files.clone();
     if let Some(inputs) = lua.app_data_ref::<RecipeInputs>() {
         files.extend(inputs.0.files().map(|p| p.to_path_buf()));
@@ -213,6 +218,12 @@ pub(crate) fn error_parts(e: &mlua::Error) -> ErrorParts {
                 is_nonfinite,
             }
         }
+        mlua::Error::MemoryError(_) => ErrorParts {
+            message: host::memory_error_message(),
+            traceback: None,
+            is_recipe_error: true,
+            is_nonfinite: false,
+        },
         mlua::Error::SyntaxError { message, .. } => ErrorParts {
             message: format!("syntax error: {message}"),
             traceback: None,

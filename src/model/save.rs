@@ -42,6 +42,8 @@ pub(crate) fn transposed(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f3
 
 /// [`crate::util::write_atomic`], creating the folder first.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), SaveError> {
+    // A write in progress finishes before the watchdog may end the process.
+    let _working = crate::interrupt::working();
     let err = |msg: String| SaveError::Io {
         path: path.to_path_buf(),
         msg,

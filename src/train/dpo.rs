@@ -378,6 +378,7 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
         model: &mut Llama<B>,
         batch: &PairBatch,
     ) -> Result<DpoReport, TrainError> {
+        let _working = crate::interrupt::working();
         check_batch(model, &batch.batch)?;
         let n = batch.pairs();
         let k = self.trainer.options.accumulate;
@@ -419,6 +420,7 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
         model: &Llama<B>,
         batches: impl IntoIterator<Item = PairBatch>,
     ) -> Result<DpoMetrics, TrainError> {
+        let _working = crate::interrupt::working();
         let policy = model.detached();
         let mut values = PairValues::default();
         // The reference and the policy in the compute type training uses.

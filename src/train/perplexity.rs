@@ -37,6 +37,7 @@ pub fn perplexity<B: Backend>(
     window: usize,
     stride: usize,
 ) -> Result<Perplexity, PerplexityError> {
+    let _working = crate::interrupt::working();
     if ids.len() < 2 {
         return Err(PerplexityError::TooShort(ids.len()));
     }

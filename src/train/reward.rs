@@ -171,6 +171,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         model: &mut Llama<B>,
         batch: &PairBatch,
     ) -> Result<RewardReport, TrainError> {
+        let _working = crate::interrupt::working();
         check_batch(model, &batch.batch)?;
         let n = batch.pairs();
         let k = self.trainer.options.accumulate;
@@ -215,6 +216,7 @@ impl<B: AutodiffBackend> RewardTrainer<B> {
         model: &Llama<B>,
         batches: impl IntoIterator<Item = PairBatch>,
     ) -> Result<RewardMetrics, TrainError> {
+        let _working = crate::interrupt::working();
         let model_d = model.detached();
         let _precision = precision::enter(self.trainer.options.precision);
         let mut parts = Vec::new();

@@ -242,6 +242,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// the summed gradients (clipped when asked). A non-finite loss or gradient skips the
     /// update and is counted; too many in a row end training with an error.
     pub fn step(&mut self, model: &mut Llama<B>, batch: &Batch) -> Result<StepReport, TrainError> {
+        let _working = crate::interrupt::working();
         check_batch(model, batch)?;
         let k = self.options.accumulate;
         if k > batch.batch {
@@ -501,6 +502,7 @@ pub(crate) fn evaluate_with<B: Backend>(
     batches: impl IntoIterator<Item = Batch>,
     mut after_batch: impl FnMut(),
 ) -> Result<EvalResult, TrainError> {
+    let _working = crate::interrupt::working();
     let model = model.detached();
     let (mut total, mut tokens, mut seen, mut correct) = (0.0f64, 0usize, 0usize, 0usize);
     for batch in batches {

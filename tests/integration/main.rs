@@ -13,6 +13,7 @@ mod parity;
 mod peft_methods;
 mod qlora;
 mod quant;
+mod reliability;
 mod slurm;
 mod smollm2;
 mod streaming;

@@ -1,0 +1,199 @@
+//! The holes a hostile user found, each closed: limits recipe code cannot bypass, the Lua
+//! memory cap, `require` confined to the recipe's folder, writes confined to the results
+//! folder, and no panics on broken pipes or huge durations.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    format!("tests/fixtures/recipes/{name}")
+}
+
+fn runner_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("runner starts")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Each loop the instruction hook cannot reach (or whose stop it swallows) still ends at
+/// --time-limit + 1 s, with the time limit's exit code.
+#[test]
+fn loops_that_dodge_the_hook_still_stop_at_the_time_limit() {
+    for how in ["coroutine", "pcall", "gc", "pattern"] {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().display().to_string();
+        let started = Instant::now();
+        let out = runner_in(
+            &root(),
+            &[
+                &fixture("runaway_bypass.lua"),
+                "--set",
+                &format!("how={how}"),
+                "--time-limit",
+                "1s",
+                "--results",
+                &results,
+            ],
+        );
+        let took = started.elapsed();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(124), "{how}: {err}");
+        assert!(err.contains("time limit reached"), "{how}: {err}");
+        // 1 s limit + 1 s grace, plus process start and the watchdog's poll on a machine
+        // busy with the other tests.
+        assert!(took < Duration::from_millis(3_500), "{how} took {took:?}");
+        assert!(took >= Duration::from_secs(1), "{how} took {took:?}");
+    }
+}
+
+#[test]
+fn the_lua_memory_cap_stops_a_growing_table_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().display().to_string();
+    let out = runner_in(
+        &root(),
+        &[
+            &fixture("lua_memory.lua"),
+            "--lua-memory",
+            "64M",
+            "--results",
+            &results,
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    // The loop's lines: the hook saw one of them last.
+    assert!(
+        ["4", "5", "6"].iter().any(|l| err.contains(&format!(
+            "tests/fixtures/recipes/lua_memory.lua:{l}: the recipe's Lua values"
+        ))),
+        "{err}"
+    );
+    assert!(err.contains("memory limit of 64 MiB"), "{err}");
+    assert!(err.contains("--lua-memory"), "{err}");
+}
+
+/// A recipe folder with a module inside, one outside, and a symlink pointing out.
+fn recipe_tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = dir.path().join("recipes");
+    std::fs::create_dir_all(inner.join("lib")).unwrap();
+    std::fs::write(inner.join("lib/helper.lua"), "return { x = 41 }\n").unwrap();
+    std::fs::write(dir.path().join("outside.lua"), "return { x = 7 }\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside.lua"), inner.join("link.lua")).unwrap();
+    dir
+}
+
+fn run_require(dir: &Path, module: &str, trust: bool) -> Output {
+    let recipe = dir.join("recipes/r.lua");
+    std::fs::write(&recipe, format!("print(require({module:?}).x + 1)\n")).unwrap();
+    let mut args = vec!["recipes/r.lua", "--results", "results"];
+    if trust {
+        args.push("--trust");
+    }
+    runner_in(dir, &args)
+}
+
+#[test]
+fn require_stays_inside_the_recipe_folder_unless_trusted() {
+    let dir = recipe_tree();
+    let out = run_require(dir.path(), "lib.helper", false);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "42\n");
+
+    let outside = dir.path().join("outside").display().to_string();
+    for (module, says) in [
+        (outside.as_str(), "a module name is dot-separated names"),
+        ("..outside", "a module name is dot-separated names"),
+        ("link", "outside the recipe's folder"),
+    ] {
+        let out = run_require(dir.path(), module, false);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{module}: {err}");
+        assert!(err.contains("recipes/r.lua:1: require"), "{module}: {err}");
+        assert!(
+            err.contains(says) && err.contains("--trust"),
+            "{module}: {err}"
+        );
+    }
+    // With --trust the symlink is followed.
+    let out = run_require(dir.path(), "link", true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "8\n");
+}
+
+/// Reads the first line of `runner ARGS` and closes the pipe: runner must end without a panic
+/// (killed by SIGPIPE like any Unix filter, never exit 101).
+fn first_line_then_close(args: &[&str]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    let _ = stdout.read(&mut first).unwrap();
+    drop(stdout);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert_ne!(status.code(), Some(101), "{args:?}: {err}");
+}
+
+#[test]
+fn a_closed_pipe_ends_output_without_a_panic() {
+    // A table long enough to fill the pipe after the reader has gone.
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("trial_id,status,x,y\n");
+    for i in 0..50_000 {
+        csv.push_str(&format!("t{i},ok,{i},{}\n", i * 2));
+    }
+    std::fs::write(dir.path().join("trials.csv"), csv).unwrap();
+    first_line_then_close(&[
+        "table",
+        dir.path().to_str().unwrap(),
+        "--rows",
+        "x",
+        "--value",
+        "y",
+    ]);
+}
+
+#[test]
+fn a_huge_time_limit_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runner_in(
+        &root(),
+        &[
+            &fixture("runaway.lua"),
+            "--time-limit",
+            "18446744073709551615s",
+            "--results",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("longer than a year"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
