@@ -68,7 +68,7 @@ pub struct SweepHost {
     pub summaries: Vec<SweepSummary>,
     sweeps_seen: Vec<String>,
     /// Where the running trial's `runner.log` rows go.
-    current: Option<TrialLog>,
+    pub(crate) current: Option<TrialLog>,
     /// `results/<sweep>/<trial-id>/` of the running trial.
     current_dir: Option<PathBuf>,
     /// Files first read by the running trial, with their fingerprints.
@@ -203,6 +203,12 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                 ));
             };
             let row = scalar_table(&row, "runner.log").map_err(|e| recipe_error(lua, e))?;
+            if row.iter().any(|(k, _)| k == "trial_id") {
+                return Err(recipe_error(
+                    lua,
+                    "runner.log: 'trial_id' is steps.csv's own column; log it under another name",
+                ));
+            }
             let current = lua
                 .app_data_ref::<SweepHost>()
                 .and_then(|h| h.current.clone());
@@ -441,7 +447,11 @@ fn run_trial(
     };
     let result = match outcome {
         Ok(LuaValue::Nil) => Ok(Vec::new()),
-        Ok(LuaValue::Table(t)) => scalar_table(&t, "trial result").map_err(invalid),
+        Ok(LuaValue::Table(t)) => scalar_table(&t, "trial result")
+            .and_then(|m| {
+                crate::sweep::results::check_metric_names(&run.trial.params, &m).map(|()| m)
+            })
+            .map_err(invalid),
         Ok(other) => Err(invalid(format!(
             "a trial must return a table of metrics or nil, returned {}",
             describe(&other)

@@ -386,7 +386,16 @@ fn load_checkpoint<B: AutodiffBackend, T: WithTrainer<B>>(
         report.state.progress.step,
         report.state.progress.batches
     );
-    Ok(this.trainer().steps())
+    let step = this.trainer().steps();
+    // The trial's rows up to this step, from an earlier attempt, stay in steps.csv.
+    let log = lua
+        .app_data_ref::<super::sweep::SweepHost>()
+        .and_then(|h| h.current.clone());
+    if let Some(log) = log {
+        log.resumed_from(step)
+            .map_err(|e| runtime_error(lua, format!("{what}: writing steps.csv: {e}")))?;
+    }
+    Ok(step)
 }
 
 /// Tokenizes a batch's examples with the model's tokenizer.

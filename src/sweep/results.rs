@@ -285,6 +285,33 @@ impl TrialsTable {
 /// One logged row of a trial's steps: its keys and values.
 pub(crate) type StepRow = Vec<(String, Value)>;
 
+/// The columns trials.csv writes itself; a metric of the same name would duplicate them.
+pub(crate) const TRIAL_COLUMNS: [&str; 4] = ["trial_id", "status", "seconds", "error"];
+
+/// `Err` naming the first metric that would collide with a column of trials.csv: one it
+/// writes itself, or a parameter of the trial.
+pub(crate) fn check_metric_names(
+    params: &[(String, Value)],
+    metrics: &[(String, Value)],
+) -> Result<(), String> {
+    for (name, _) in metrics {
+        if TRIAL_COLUMNS.contains(&name.as_str()) {
+            return Err(format!(
+                "a trial cannot return a metric named '{name}': trials.csv writes that column \
+                 itself ({}); rename it",
+                TRIAL_COLUMNS.join(", ")
+            ));
+        }
+        if params.iter().any(|(p, _)| p == name) {
+            return Err(format!(
+                "a trial cannot return a metric named '{name}': it is a parameter of the \
+                 sweep, and trials.csv has one column per name; rename it"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `steps.csv`: `trial_id` then the logged keys — `step` first when present, the rest in the
 /// order they were first seen (each row's own keys sorted), so that the file is byte-for-byte
 /// reproducible whatever order a Lua table iterates in.
@@ -292,6 +319,10 @@ pub struct StepsLog {
     path: PathBuf,
     columns: Vec<String>,
     rows: Vec<(String, StepRow)>,
+    /// A trial running again whose earlier attempt's rows are still in the file, undecided:
+    /// kept up to the step it resumes from (see [`resumed_from`](Self::resumed_from)), or
+    /// dropped once it logs without resuming, or ends.
+    provisional: Option<String>,
 }
 
 impl StepsLog {
@@ -303,6 +334,7 @@ impl StepsLog {
             path,
             columns: Vec::new(),
             rows: Vec::new(),
+            provisional: None,
         };
         let mut repaired = false;
         if log.path.exists() {
@@ -351,6 +383,58 @@ impl StepsLog {
         taken
     }
 
+    /// A trial starts (again): rows an earlier, unrecorded attempt logged stay until the trial
+    /// shows whether it resumes from a checkpoint.
+    pub(crate) fn begin_trial(&mut self, trial_id: &str) {
+        self.provisional = self
+            .rows
+            .iter()
+            .any(|(id, _)| id == trial_id)
+            .then(|| trial_id.to_string());
+    }
+
+    /// The trial resumed from a checkpoint at `step`: its earlier attempt's rows are kept up
+    /// to the first one logged past that step, so its loss curve stays whole; the rest go
+    /// (the trial logs them again).
+    pub(crate) fn resumed_from(&mut self, trial_id: &str, step: usize) -> io::Result<()> {
+        if self.provisional.as_deref() != Some(trial_id) {
+            return Ok(());
+        }
+        self.provisional = None;
+        let past = |row: &StepRow| {
+            row.iter().any(|(k, v)| {
+                k == "step"
+                    && match v {
+                        Value::Int(i) => *i > step as i64,
+                        Value::Num(x) => *x > step as f64,
+                        _ => false,
+                    }
+            })
+        };
+        let Some(cut) = self
+            .rows
+            .iter()
+            .position(|(id, row)| id == trial_id && past(row))
+        else {
+            return Ok(());
+        };
+        let mut index = 0;
+        self.rows.retain(|(id, _)| {
+            index += 1;
+            index <= cut || id != trial_id
+        });
+        self.rewrite()
+    }
+
+    /// Drops an earlier attempt's rows that are still undecided (the trial started over).
+    pub(crate) fn settle(&mut self, trial_id: &str) -> io::Result<()> {
+        if self.provisional.as_deref() != Some(trial_id) {
+            return Ok(());
+        }
+        self.provisional = None;
+        self.take_unless(|t| t != trial_id).map(|_| ())
+    }
+
     /// Adds many rows of one trial at once (one rewrite).
     pub fn extend(
         &mut self,
@@ -391,6 +475,7 @@ impl StepsLog {
     }
 
     pub(crate) fn log(&mut self, trial_id: &str, mut row: StepRow) -> io::Result<()> {
+        self.settle(trial_id)?;
         row.sort_by(|a, b| (a.0 != "step", &a.0).cmp(&(b.0 != "step", &b.0)));
         let mut grew = false;
         for (k, _) in &row {

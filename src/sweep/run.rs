@@ -105,6 +105,11 @@ impl TrialLog {
     pub fn log(&self, row: StepRow) -> io::Result<()> {
         self.steps.borrow_mut().log(&self.trial_id, row)
     }
+
+    /// The trial resumed from a checkpoint at `step`: see [`StepsLog::resumed_from`].
+    pub fn resumed_from(&self, step: usize) -> io::Result<()> {
+        self.steps.borrow_mut().resumed_from(&self.trial_id, step)
+    }
 }
 
 /// What the closure gets for one trial.
@@ -393,8 +398,9 @@ impl Sweep {
             } else {
                 eprintln!("{label}");
             }
-            // Rows an interrupted or failed earlier attempt logged would otherwise appear twice.
-            steps.borrow_mut().take_unless(|t| t != id).map_err(io)?;
+            // Rows an interrupted or failed earlier attempt logged: kept up to the checkpoint
+            // the trial resumes from, else dropped (they would appear twice).
+            steps.borrow_mut().begin_trial(id);
             before_trial();
             crate::memory::reset_peak();
             let started = Instant::now();
@@ -408,6 +414,7 @@ impl Sweep {
                 },
             });
             let seconds = started.elapsed().as_secs_f64();
+            steps.borrow_mut().settle(id).map_err(io)?;
             let (record, abort) =
                 trial_record(trial, id, outcome.result, seconds).map_err(SweepError::Stopped)?;
             let status = record.status;

@@ -197,3 +197,78 @@ fn a_huge_time_limit_is_an_error_not_a_panic() {
     assert!(err.contains("longer than a year"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// trials.csv without the columns that measure the run (time, memory), which differ between
+/// any two runs.
+fn trials_without_timings(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&i| !["seconds", "peak_mem_mb"].contains(&header[i]))
+        .collect();
+    let pick = |line: &str| {
+        let fields: Vec<&str> = line.split(',').collect();
+        keep.iter().map(|&i| fields[i]).collect::<Vec<_>>().join(",")
+    };
+    std::iter::once(pick(&header.join(",")))
+        .chain(lines.map(pick))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A sweep whose trials checkpoint and resume, killed without warning at seeded random
+/// moments and run again until it finishes, ends with the trials and the steps of a run that
+/// was never killed: no trial twice, no step row lost or repeated.
+#[test]
+fn a_sweep_killed_at_random_moments_ends_as_if_never_killed() {
+    let run = |results: &Path| -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
+        cmd.current_dir(root()).args([
+            &fixture("resume_checkpoints.lua"),
+            "--set",
+            "pause=0.05",
+            "--results",
+            results.to_str().unwrap(),
+        ]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
+    };
+    let whole = tempfile::tempdir().unwrap();
+    assert!(run(whole.path()).status().unwrap().success());
+
+    let killed = tempfile::tempdir().unwrap();
+    let mut state: u64 = 0x5eed_2026;
+    let mut kills = 0;
+    let mut finished = false;
+    for _ in 0..60 {
+        // A 64-bit LCG (Knuth's MMIX constants): seeded, so a failure reproduces.
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(40 + (state >> 33) % 400);
+        let mut child = run(killed.path()).spawn().unwrap();
+        std::thread::sleep(delay);
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            finished = true;
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(finished, "never finished in 60 tries");
+    assert!(kills >= 3, "only {kills} kills landed: the test proves little");
+    let (a, b) = (whole.path().join("ckpt"), killed.path().join("ckpt"));
+    assert_eq!(
+        std::fs::read_to_string(a.join("steps.csv")).unwrap(),
+        std::fs::read_to_string(b.join("steps.csv")).unwrap(),
+        "steps.csv after {kills} kills"
+    );
+    assert_eq!(
+        trials_without_timings(&a.join("trials.csv")),
+        trials_without_timings(&b.join("trials.csv")),
+        "trials.csv after {kills} kills"
+    );
+}
