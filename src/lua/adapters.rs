@@ -93,7 +93,8 @@ pub(crate) fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(m
                 .ok_or_else(|| {
                     recipe_error(lua, "model:save_adapter: no adapter is active; name one")
                 })?;
-            save_adapter(&model, &name, &PathBuf::from(dir))
+            let dir = super::host::write_path(lua, "model:save_adapter", &dir)?;
+            save_adapter(&model, &name, &dir)
                 .map_err(|e| recipe_error(lua, format!("model:save_adapter: {e}")))
         },
     );
@@ -107,6 +108,7 @@ pub(crate) fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(m
     );
     // model:save_pretrained(dir): a transformers checkpoint; the active adapter is merged into a copy.
     methods.add_method("save_pretrained", |lua, this, dir: String| {
+        let dir = super::host::write_path(lua, "model:save_pretrained", &dir)?;
         let mut model = this.model.borrow().clone();
         if model.active_adapter.is_some() {
             peft::merge_and_unload(&mut model)
@@ -121,7 +123,7 @@ pub(crate) fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(m
                 peft::remove(&mut model, &name).expect("attached");
             }
         }
-        save_pretrained(&model, &PathBuf::from(dir))
+        save_pretrained(&model, &dir)
             .map_err(|e| recipe_error(lua, format!("model:save_pretrained: {e}")))
     });
 }

@@ -43,7 +43,10 @@ pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::R
                 limit: o.count("limit", 1)?,
                 stop: o.strings("stop")?.unwrap_or_default(),
             };
-            let save = o.string("save")?;
+            let save = match o.string("save")? {
+                Some(p) => Some(super::host::write_path(lua, "runner.eval.generation: save", &p)?),
+                None => None,
+            };
             super::host::dry_run_stop(lua, &model.borrow(), 1, 256, false)?;
             let device = model.borrow().device.clone();
             let result = evaluate_generation(&model.borrow(), &tokenizer, &examples, &opts, || release_autodiff_graph::<B>(&device)).map_err(|e| o.err(e))?;
@@ -54,7 +57,7 @@ pub(crate) fn register<B: AutodiffBackend>(lua: &Lua, runner: &Table) -> mlua::R
                     lines.push_str(&row.to_string());
                     lines.push('\n');
                 }
-                crate::model::save::write_atomic(std::path::Path::new(&path), lines.as_bytes()).map_err(|e| runtime_error(lua, format!("runner.eval.generation: {e}")))?;
+                crate::model::save::write_atomic(&path, lines.as_bytes()).map_err(|e| runtime_error(lua, format!("runner.eval.generation: {e}")))?;
             }
             let t = lua.create_table()?;
             t.set("exact_match", result.exact_match)?;

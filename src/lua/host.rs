@@ -195,6 +195,83 @@ fn confine(path: &Path, dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Where runner's own API may write: under the results folder, anywhere with `--trust`.
+pub(crate) struct WriteRule {
+    pub results: PathBuf,
+    pub trust: bool,
+}
+
+/// The path runner's API writes `path` to, or a recipe error when it lies outside the
+/// results folder (`..`, an absolute path elsewhere, or a symlink out of it) and the recipe
+/// is not trusted. Relative paths are relative to the working folder, as everywhere else
+/// (`runner.trial_dir()` returns such a path).
+pub(crate) fn write_path(lua: &Lua, what: &str, path: &str) -> mlua::Result<PathBuf> {
+    let wanted = PathBuf::from(path);
+    let Some(rule) = lua.app_data_ref::<WriteRule>() else {
+        return Ok(wanted);
+    };
+    if rule.trust {
+        return Ok(wanted);
+    }
+    let inside = |p: &Path, root: &Path| {
+        let (p, root) = (lexical_absolute(p), lexical_absolute(root));
+        p.starts_with(&root) && p != root
+    };
+    // The path as written, then with symlinks resolved as far as the path exists.
+    let mut ok = inside(&wanted, &rule.results);
+    if ok && let Ok(results) = std::fs::canonicalize(&rule.results) {
+        let mut existing = lexical_absolute(&wanted);
+        let mut rest = Vec::new();
+        // symlink_metadata: a dangling link is something that exists (and leads out).
+        while std::fs::symlink_metadata(&existing).is_err() {
+            match (existing.file_name(), existing.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        ok = match std::fs::canonicalize(&existing) {
+            Ok(mut real) => {
+                real.extend(rest.iter().rev());
+                real.starts_with(&results) && real != results
+            }
+            // A link that leads nowhere: its target is not known to be inside.
+            Err(_) => false,
+        };
+    }
+    if ok {
+        Ok(wanted)
+    } else {
+        Err(recipe_error(
+            lua,
+            format!(
+                "{what}: {path} is outside the results folder {}; recipes write only under it \
+                 (runner.trial_dir() is a trial's own folder) unless --trust is given",
+                rule.results.display()
+            ),
+        ))
+    }
+}
+
+/// `p` made absolute against the working folder, with `.` and `..` removed by their names.
+fn lexical_absolute(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Records a file the recipe reads (for trial ids and `--watch`).
 pub(crate) fn note_input(lua: &Lua, path: &Path) -> mlua::Result<()> {
     let fingerprint = match lua.app_data_mut::<RecipeInputs>() {

@@ -106,6 +106,10 @@ pub fn run_recipe<B: AutodiffBackend>(
     host.recipe_chunk = format!("@{}", opts.path.display());
     lua.set_app_data(host);
     lua.set_app_data(RecipeInputs::default());
+    lua.set_app_data(host::WriteRule {
+        results: opts.results_dir.clone(),
+        trust: opts.trust,
+    });
     let setup = install(&lua, opts)
         .and_then(|()| register::<B>(&lua))
         .and_then(|()| host::install_require(&lua, &opts.path, opts.trust))

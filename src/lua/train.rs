@@ -330,16 +330,11 @@ where
     methods.add_method("save", |lua, this, (dir, opts): (String, Option<Table>)| {
         let o = Opts::new(lua, "trainer:save", opts, &["keep"])?;
         let keep = o.count("keep", 1)?.unwrap_or(2);
+        let dir = super::host::write_path(lua, "trainer:save", &dir)?;
         let hash = recipe_hash(lua);
         let mut model = this.model().borrow_mut();
-        let path = checkpoint::save(
-            std::path::Path::new(&dir),
-            this.trainer(),
-            &mut model,
-            hash.as_deref(),
-            keep,
-        )
-        .map_err(|e| runtime_error(lua, format!("trainer:save: {e}")))?;
+        let path = checkpoint::save(&dir, this.trainer(), &mut model, hash.as_deref(), keep)
+            .map_err(|e| runtime_error(lua, format!("trainer:save: {e}")))?;
         Ok(path.to_string_lossy().into_owned())
     });
     // trainer:load(dir) -> the step it resumes from; an error when there is no checkpoint.

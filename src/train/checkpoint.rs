@@ -135,10 +135,27 @@ fn step_dirs(root: &Path) -> Vec<(usize, PathBuf)> {
         .flatten()
         .flatten()
         .filter_map(|e| Some((step_of(&e.file_name().to_string_lossy())?, e.path())))
-        .filter(|(_, p)| p.join(STATE).is_file())
+        .filter(|(_, p)| is_checkpoint(p))
         .collect();
     out.sort();
     out
+}
+
+/// True when `dir` is a checkpoint runner wrote, checked before anything is loaded from it or
+/// deleted: its state file parses as this format, and it holds nothing but runner's three
+/// files (a folder named `step-N` with anything of the user's in it is left alone).
+fn is_checkpoint(dir: &Path) -> bool {
+    let state_ok = fs::read(dir.join(STATE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<TrainerState>(&b).ok())
+        .is_some_and(|s| s.format == FORMAT);
+    let only_ours = fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().all(|e| {
+            let n = e.file_name();
+            [TRAINABLE, OPTIMIZER, STATE].iter().any(|ours| n == *ours)
+        })
+    });
+    state_ok && only_ours
 }
 
 /// Collects the trainable parameters as host tensors.
@@ -238,20 +255,14 @@ pub fn save<B: AutodiffBackend>(
 }
 
 /// Removes all but the newest `keep` checkpoints (never `current`), and temporary folders
-/// that an interrupted save or prune left behind. A checkpoint is renamed to a hidden name
-/// before it is deleted, so a kill mid-delete never leaves a half-deleted `step-N` that
-/// nothing would clean up; `step-N` folders without a state file (from older versions
-/// killed mid-delete) are removed too.
+/// that an interrupted save or prune left behind. Only folders [`is_checkpoint`] accepts
+/// count and are deleted: a `step-N` folder of the user's beside them is never touched. A
+/// checkpoint is renamed to a hidden name before it is deleted, so a kill mid-delete leaves
+/// a hidden folder the next prune removes, never a half-deleted `step-N`.
 fn prune(root: &Path, current: &str, keep: usize) -> Result<(), CheckpointError> {
     let dirs = step_dirs(root);
     let excess = dirs.len().saturating_sub(keep);
-    let mut doomed: Vec<PathBuf> = dirs.into_iter().take(excess).map(|(_, p)| p).collect();
-    for entry in fs::read_dir(root).map_err(io_err(root))?.flatten() {
-        let n = entry.file_name().to_string_lossy().into_owned();
-        if step_of(&n).is_some() && !entry.path().join(STATE).is_file() {
-            doomed.push(entry.path());
-        }
-    }
+    let doomed: Vec<PathBuf> = dirs.into_iter().take(excess).map(|(_, p)| p).collect();
     for path in doomed {
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;

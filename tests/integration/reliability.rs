@@ -209,7 +209,10 @@ fn trials_without_timings(path: &Path) -> String {
         .collect();
     let pick = |line: &str| {
         let fields: Vec<&str> = line.split(',').collect();
-        keep.iter().map(|&i| fields[i]).collect::<Vec<_>>().join(",")
+        keep.iter()
+            .map(|&i| fields[i])
+            .collect::<Vec<_>>()
+            .join(",")
     };
     std::iter::once(pick(&header.join(",")))
         .chain(lines.map(pick))
@@ -259,7 +262,10 @@ fn a_sweep_killed_at_random_moments_ends_as_if_never_killed() {
         kills += 1;
     }
     assert!(finished, "never finished in 60 tries");
-    assert!(kills >= 3, "only {kills} kills landed: the test proves little");
+    assert!(
+        kills >= 3,
+        "only {kills} kills landed: the test proves little"
+    );
     let (a, b) = (whole.path().join("ckpt"), killed.path().join("ckpt"));
     assert_eq!(
         std::fs::read_to_string(a.join("steps.csv")).unwrap(),
@@ -271,4 +277,65 @@ fn a_sweep_killed_at_random_moments_ends_as_if_never_killed() {
         trials_without_timings(&b.join("trials.csv")),
         "trials.csv after {kills} kills"
     );
+}
+
+/// runner's API writes under the results folder only, unless --trust: `..`, an absolute path
+/// elsewhere and a symlink out of the folder are refused, and nothing is written there.
+#[test]
+fn the_api_writes_only_under_the_results_folder_unless_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(dir.path().join("results")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.path().join("results/link")).unwrap();
+    let recipe = dir.path().join("w.lua");
+    let save = |call: &str, target: &str, trust: bool| {
+        std::fs::write(
+            &recipe,
+            format!(
+                "local model = runner.model.tiny{{ layers = 1, d_model = 32, heads = 2, kv_heads = 1, vocab = 256 }}\n\
+                 model:attach(runner.peft.lora{{ rank = 2 }})\n\
+                 local trainer = runner.trainer{{ model = model }}\n\
+                 local target = {target:?}\n\
+                 {call}\n\
+                 print('wrote')\n"
+            ),
+        )
+        .unwrap();
+        let mut args = vec!["w.lua", "--results", "results"];
+        if trust {
+            args.push("--trust");
+        }
+        runner_in(dir.path(), &args)
+    };
+    let absolute = outside.join("a").display().to_string();
+    for call in [
+        "model:save_adapter(target)",
+        "model:save_pretrained(target)",
+        "trainer:save(target)",
+    ] {
+        for target in [
+            "results/../outside/a",
+            absolute.as_str(),
+            "results/link/a",
+            "results",
+        ] {
+            let out = save(call, target, false);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{call} {target}: {err}");
+            assert!(
+                err.contains("w.lua:5:") && err.contains("is outside the results folder"),
+                "{call} {target}: {err}"
+            );
+            assert!(err.contains("--trust"), "{err}");
+        }
+        assert!(!outside.exists(), "{call} wrote outside");
+        let out = save(call, "results/inside/a", false);
+        assert_eq!(out.status.code(), Some(0), "{call}: {}", text(&out.stderr));
+        assert!(dir.path().join("results/inside/a").is_dir(), "{call}");
+        let out = save(call, "results/../outside/a", true);
+        assert_eq!(out.status.code(), Some(0), "{call}: {}", text(&out.stderr));
+        assert!(outside.join("a").is_dir(), "{call}");
+        std::fs::remove_dir_all(&outside).unwrap();
+        std::fs::remove_dir_all(dir.path().join("results/inside")).unwrap();
+    }
 }

@@ -409,24 +409,37 @@ fn checkpoints_are_pruned_and_latest_wins() {
         checkpoint::find(dir.path()).unwrap(),
         dir.path().join("step-00000004")
     );
-    // A folder half-deleted by a kill during pruning (state file gone, weights left) and a
-    // hidden leftover are both cleaned up by the next save, and never loaded.
-    let half = dir.path().join("step-00000002");
-    std::fs::create_dir(&half).unwrap();
-    std::fs::write(half.join("optimizer.safetensors"), b"partial").unwrap();
+    // A `step-N` folder runner cannot verify as its own (no state file: the user's, or one
+    // from an old version killed mid-delete) is never loaded and never deleted; a hidden
+    // leftover of an interrupted prune is cleaned up by the next save.
+    let foreign = dir.path().join("step-00000002");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("optimizer.safetensors"), b"partial").unwrap();
+    std::fs::write(foreign.join("notes.txt"), b"the user's").unwrap();
     std::fs::create_dir(dir.path().join(".step-00000001.old-1-pruned")).unwrap();
     assert_eq!(
         checkpoint::find(dir.path()).unwrap(),
         dir.path().join("step-00000004")
     );
     t.step(&mut model, &batch).unwrap();
-    checkpoint::save(dir.path(), &t, &mut model, None, 2).unwrap();
+    checkpoint::save(dir.path(), &t, &mut model, None, 1).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["latest", "step-00000004", "step-00000005"]);
+    assert_eq!(names, ["latest", "step-00000002", "step-00000005"]);
+    assert_eq!(
+        std::fs::read(foreign.join("notes.txt")).unwrap(),
+        b"the user's"
+    );
+    // A runner checkpoint the user added a file to is theirs now: kept, and not loaded.
+    std::fs::write(dir.path().join("step-00000005/mine.txt"), b"x").unwrap();
+    std::fs::remove_file(dir.path().join("latest")).unwrap();
+    assert!(checkpoint::find(dir.path()).is_none());
+    t.step(&mut model, &batch).unwrap();
+    checkpoint::save(dir.path(), &t, &mut model, None, 1).unwrap();
+    assert!(dir.path().join("step-00000005/mine.txt").exists());
 }
 
 #[test]
