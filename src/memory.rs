@@ -38,6 +38,18 @@ pub fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// Memory this machine can still give a process, in bytes: the kernel's `MemAvailable` plus
+/// free swap. `None` where /proc/meminfo is missing (then nothing is refused for size).
+pub fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+}
+
 /// Peak resident set size in bytes since the last reset (or since the process started).
 /// On a GPU run this is host memory only; see [`peak_device_bytes`].
 pub fn peak_rss_bytes() -> Option<u64> {

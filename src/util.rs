@@ -91,6 +91,21 @@ pub(crate) fn sync_folder(dir: &Path) -> io::Result<()> {
 }
 
 /// Lowercase hex of `bytes`.
+/// `n` bytes for people: 1.5 GB, 12.0 TB (decimal units, as `runner mem` prints).
+pub(crate) fn human_bytes(n: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit + 1 == units.len() && value >= 1000.0 {
+        return format!("{n:.1e} B");
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -79,6 +79,20 @@ pub enum ConfigError {
     OddHeadDim(usize),
     #[error("{field} must be a positive finite number (got {value})")]
     Positive { field: &'static str, value: f64 },
+    #[error(
+        "a model of this shape needs about {} for its weights alone ({layers} layers, \
+         hidden size {hidden}, vocabulary {vocab}), more than the {} of memory this machine \
+         has available; check the model's size settings",
+        crate::util::human_bytes(*need),
+        crate::util::human_bytes(*available)
+    )]
+    TooLarge {
+        need: f64,
+        available: f64,
+        layers: usize,
+        hidden: usize,
+        vocab: usize,
+    },
 }
 
 impl LlamaConfig {
@@ -103,6 +117,43 @@ impl LlamaConfig {
             max_position_embeddings: 8192,
             tie_word_embeddings: true,
             rope_scaling: None,
+        }
+    }
+
+    /// Bytes of the weights, computed in floating point so that no size overflows: the
+    /// embeddings, head and norms in f32 and the projections at `projection_bytes` per weight
+    /// (4 in f32; about 0.56 in NF4 with its block scales).
+    pub fn weight_bytes(&self, projection_bytes: f64) -> f64 {
+        let (d, vocab, ffn) = (
+            self.hidden_size as f64,
+            self.vocab_size as f64,
+            self.intermediate_size as f64,
+        );
+        let hd = self.head_dim() as f64;
+        let (h, kv) = (
+            self.num_attention_heads as f64,
+            self.num_key_value_heads as f64,
+        );
+        let per_layer = d * h * hd * 2.0 + d * kv * hd * 2.0 + 3.0 * d * ffn;
+        let heads = if self.tie_word_embeddings { 1.0 } else { 2.0 };
+        let f32_params = heads * vocab * d + (2.0 * self.num_hidden_layers as f64 + 1.0) * d;
+        f32_params * 4.0 + self.num_hidden_layers as f64 * per_layer * projection_bytes
+    }
+
+    /// `Err` when the weights alone (see [`weight_bytes`](Self::weight_bytes)) exceed the
+    /// memory this machine has available: refused before anything is allocated, where
+    /// allocating would abort the process or push the machine into swap.
+    pub(crate) fn check_fits(&self, projection_bytes: f64) -> Result<(), ConfigError> {
+        let need = self.weight_bytes(projection_bytes);
+        match crate::memory::available_bytes() {
+            Some(available) if need > available as f64 => Err(ConfigError::TooLarge {
+                need,
+                available: available as f64,
+                layers: self.num_hidden_layers,
+                hidden: self.hidden_size,
+                vocab: self.vocab_size,
+            }),
+            _ => Ok(()),
         }
     }
 

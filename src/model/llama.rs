@@ -269,6 +269,7 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        config.check_fits(4.0)?;
         let (d, vocab) = (config.hidden_size, config.vocab_size);
         let mat = |name: &str, rows: usize, cols: usize| -> Tensor<B, 2> {
             let mut rng = init::rng_for(seed, name);

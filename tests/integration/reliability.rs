@@ -339,3 +339,54 @@ fn the_api_writes_only_under_the_results_folder_unless_trusted() {
         std::fs::remove_dir_all(dir.path().join("results/inside")).unwrap();
     }
 }
+
+/// Model sizes no machine holds are refused before anything is allocated, with exit 2: from
+/// `runner.model.tiny`, and from a Hugging Face config through `model.load`, `generate` and
+/// `perplexity`.
+#[test]
+fn absurd_model_sizes_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |recipe: &str| {
+        std::fs::write(dir.path().join("m.lua"), recipe).unwrap();
+        runner_in(dir.path(), &["m.lua", "--results", "results"])
+    };
+    let refused = |out: Output, what: &str| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(
+            err.contains("for its weights alone") && err.contains("memory this machine has"),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            err.matches("for its weights alone").count(),
+            1,
+            "{what}: {err}"
+        );
+    };
+    for opts in [
+        "layers = 1e9",
+        "d_model = 1e6, heads = 1, kv_heads = 1",
+        "vocab = 1e11",
+    ] {
+        let started = Instant::now();
+        refused(run(&format!("runner.model.tiny{{ {opts} }}\n")), opts);
+        assert!(started.elapsed() < Duration::from_secs(10), "{opts}");
+    }
+    let out = run("runner.model.tiny{}:save_pretrained('results/hf')\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let config = dir.path().join("results/hf/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["num_hidden_layers"] = serde_json::json!(1_000_000_000u64);
+    std::fs::write(&config, json.to_string()).unwrap();
+    refused(run("runner.model.load('results/hf')\n"), "model.load");
+    std::fs::write(dir.path().join("t.txt"), "some text to score").unwrap();
+    refused(
+        runner_in(dir.path(), &["generate", "results/hf", "--prompt", "hi"]),
+        "generate",
+    );
+    refused(
+        runner_in(dir.path(), &["perplexity", "results/hf", "--file", "t.txt"]),
+        "perplexity",
+    );
+}

@@ -43,10 +43,16 @@ pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
     device: &B::Device,
     quant: Option<QuantConfig>,
 ) -> Result<Llama<B>, LoadError> {
-    config.validate().map_err(|source| LoadError::Config {
-        path: src.path(),
-        source,
-    })?;
+    let projection_bytes = quant.map_or(4.0, |q| {
+        crate::footprint::WeightStorage::Quant(q).bytes_per_param()
+    });
+    config
+        .validate()
+        .and_then(|()| config.check_fits(projection_bytes))
+        .map_err(|error| LoadError::Config {
+            path: src.path(),
+            error,
+        })?;
     if let Some(q) = quant {
         for proj in Proj::ALL {
             let (d_in, _) = projection_shape(&config, proj);

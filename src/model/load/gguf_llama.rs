@@ -28,8 +28,10 @@ pub enum LoadError {
         expected: Vec<u64>,
         found: Vec<u64>,
     },
-    #[error("{path}: invalid model config: {source}")]
-    Config { path: PathBuf, source: ConfigError },
+    // Not `source`: the message already holds the config error, and a source would print it
+    // twice in an error chain.
+    #[error("{path}: invalid model config: {error}")]
+    Config { path: PathBuf, error: ConfigError },
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
 }
@@ -94,9 +96,9 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
             msg: "rope_freqs.weight (Llama 3.1 rope scaling in GGUF) is not supported yet".into(),
         });
     }
-    config.validate().map_err(|source| LoadError::Config {
+    config.validate().map_err(|error| LoadError::Config {
         path: f.path.clone(),
-        source,
+        error,
     })?;
     Ok(config)
 }
