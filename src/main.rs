@@ -530,6 +530,9 @@ fn slurm(a: &cli::SlurmArgs) -> anyhow::Result<String> {
 
 fn merge(a: &cli::MergeArgs) -> anyhow::Result<String> {
     let r = runner::sweep::merge::merge(&a.dir)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(format!(
         "merged {} shard(s) into {}: {} trial(s) ({} row(s) taken, {} kept because the sweep already had them ok)",
         r.shards.len(),

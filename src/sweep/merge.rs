@@ -1,7 +1,7 @@
 //! `runner merge`: combine the results of a sweep's shards (`<sweep>/shards/I-of-N/`, one per
 //! machine or Slurm array task) into the sweep's own trials.csv and steps.csv.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,76 @@ pub struct MergeReport {
     pub kept: usize,
     /// Trials in the merged trials.csv.
     pub trials: usize,
+    /// What looks incomplete but can be right (a shard missing from its set, shard sets of
+    /// different sizes): printed, the merge goes ahead.
+    pub warnings: Vec<String>,
+}
+
+/// A row's metrics without the memory it measured, which differs between two runs of the
+/// same trial.
+fn results_of(r: &super::TrialRecord) -> Vec<&(String, super::Value)> {
+    let mut m: Vec<_> = r
+        .metrics
+        .iter()
+        .filter(|(k, _)| !k.starts_with("peak_"))
+        .collect();
+    m.sort_by(|a, b| a.0.cmp(&b.0));
+    m
+}
+
+/// `I-of-N` as a shard folder names it: `Some((i, n))` with `i < n`.
+fn shard_of(name: &str) -> Option<(usize, usize)> {
+    let (i, n) = name.split_once("-of-")?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(i) || !digits(n) {
+        return None;
+    }
+    let (i, n) = (i.parse().ok()?, n.parse().ok()?);
+    (i < n).then_some((i, n))
+}
+
+/// Refuses folders that cannot be shards, and warns when a set of shards is incomplete.
+fn check_shard_names(shards: &[PathBuf]) -> io::Result<Vec<String>> {
+    let mut sets: HashMap<usize, BTreeSet<usize>> = HashMap::new();
+    for dir in shards {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let Some((i, n)) = shard_of(&name) else {
+            return Err(io::Error::other(format!(
+                "{} is not a shard folder: shards are named I-of-N with 0 <= I < N (as \
+                 --shard I/N writes them); move it out of shards/",
+                dir.display()
+            )));
+        };
+        sets.entry(n).or_default().insert(i);
+    }
+    let mut warnings = Vec::new();
+    let mut sizes: Vec<usize> = sets.keys().copied().collect();
+    sizes.sort();
+    if sizes.len() > 1 {
+        warnings.push(format!(
+            "shards of different splits ({}): fine if the sweep was re-split, but check that \
+             they come from the same recipe",
+            sizes
+                .iter()
+                .map(|n| format!("N={n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for n in sizes {
+        let missing: Vec<String> = (0..n)
+            .filter(|i| !sets[&n].contains(i))
+            .map(|i| format!("{i}-of-{n}"))
+            .collect();
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "shard(s) {} missing: the merged results lack their trials (run them, then \
+                 merge again)",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// The shard folders of a sweep, in name order.
@@ -44,13 +114,28 @@ pub fn merge(sweep_dir: &Path) -> io::Result<MergeReport> {
             sweep_dir.display()
         )));
     }
+    let warnings = check_shard_names(&shards)?;
     let _lock = WriterLock::acquire(sweep_dir)?;
     let mut table = TrialsTable::open(sweep_dir)?;
     let mut steps = StepsLog::open(sweep_dir)?;
     let mut report = MergeReport {
         shards: shards.clone(),
+        warnings,
         ..Default::default()
     };
+    // The parameter names every shard must share with the sweep: a shard of another version
+    // of the recipe has other columns, and its trials do not belong here.
+    let param_names = |r: &super::TrialRecord| -> Vec<String> {
+        let mut names: Vec<String> = r.params.iter().map(|(k, _)| k.clone()).collect();
+        names.sort();
+        names
+    };
+    let mut expected: Option<(Vec<String>, PathBuf)> = table
+        .rows()
+        .first()
+        .map(|r| (param_names(r), sweep_dir.join("trials.csv")));
+    // Where each taken ok row came from, to name both files when two disagree.
+    let mut ok_from: HashMap<String, PathBuf> = HashMap::new();
     // Each taken trial's step rows, in the order it was last taken (a trial taken again
     // moves to the end, its earlier rows replaced); `slot` finds a trial's entry.
     let mut taken: Vec<Option<(String, Vec<StepRow>)>> = Vec::new();
@@ -64,6 +149,42 @@ pub fn merge(sweep_dir: &Path) -> io::Result<MergeReport> {
             steps_of.entry(id.as_str()).or_default().push(row.clone());
         }
         for row in from.rows() {
+            let names = param_names(row);
+            match &expected {
+                Some((want, first)) if *want != names => {
+                    return Err(io::Error::other(format!(
+                        "{} has parameters ({}) that {} does not ({}): a shard of another \
+                         version of the recipe? Nothing was merged",
+                        dir.join("trials.csv").display(),
+                        names.join(", "),
+                        first.display(),
+                        want.join(", ")
+                    )));
+                }
+                Some(_) => {}
+                None => expected = Some((names, dir.join("trials.csv"))),
+            }
+            if let Some(old) = table.find(&row.trial_id)
+                && old.status == TrialStatus::Ok
+                && row.status == TrialStatus::Ok
+                && results_of(old) != results_of(row)
+            {
+                let other = ok_from
+                    .get(&row.trial_id)
+                    .cloned()
+                    .unwrap_or_else(|| sweep_dir.join("trials.csv"));
+                return Err(io::Error::other(format!(
+                    "trial {} is ok in both {} and {} with different metrics; runner cannot \
+                     tell which is right (remove one, or run it again with --rerun). Nothing \
+                     was merged",
+                    row.trial_id,
+                    other.display(),
+                    dir.join("trials.csv").display()
+                )));
+            }
+            if row.status == TrialStatus::Ok {
+                ok_from.insert(row.trial_id.clone(), dir.join("trials.csv"));
+            }
             let keep_existing = table
                 .find(&row.trial_id)
                 .is_some_and(|old| old.status == TrialStatus::Ok && row.status != TrialStatus::Ok);
@@ -153,6 +274,66 @@ mod tests {
                 .to_string()
                 .contains("no shard results")
         );
+    }
+
+    fn shard(sweep: &Path, name: &str, rows: &[(&str, &str, i64)]) {
+        let d = sweep.join("shards").join(name);
+        let mut t = TrialsTable::open(&d).unwrap();
+        for (id, param, loss) in rows {
+            t.record(TrialRecord {
+                trial_id: (*id).into(),
+                params: vec![((*param).into(), Value::Int(1))],
+                metrics: vec![
+                    ("loss".into(), Value::Int(*loss)),
+                    ("peak_mem_mb".into(), Value::Int(100 + loss)),
+                ],
+                status: TrialStatus::Ok,
+                seconds: 1.0,
+                error: None,
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_right_is_refused_and_what_is_incomplete_is_said() {
+        // Folders that are not shards.
+        for bad in ["abc", "5-of-3", "1-of-", "-1-of-2"] {
+            let dir = tempfile::tempdir().unwrap();
+            shard(dir.path(), "0-of-2", &[("a", "rank", 1)]);
+            shard(dir.path(), bad, &[("b", "rank", 1)]);
+            let err = merge(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("is not a shard folder"), "{bad}: {err}");
+            assert!(!dir.path().join("trials.csv").exists(), "{bad}");
+        }
+        // A shard of another version of the recipe (other parameters).
+        let dir = tempfile::tempdir().unwrap();
+        shard(dir.path(), "0-of-2", &[("a", "rank", 1)]);
+        shard(dir.path(), "1-of-2", &[("b", "alpha", 1)]);
+        let err = merge(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another version of the recipe"), "{err}");
+        assert!(TrialsTable::open(dir.path()).unwrap().rows().is_empty());
+        // One trial ok twice with different metrics; the same metrics (and another peak
+        // memory) are one trial run twice, and merge.
+        let dir = tempfile::tempdir().unwrap();
+        shard(dir.path(), "0-of-2", &[("a", "rank", 1)]);
+        shard(dir.path(), "1-of-2", &[("a", "rank", 2)]);
+        let err = merge(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("trial a is ok in both"), "{err}");
+        assert!(err.contains("0-of-2") && err.contains("1-of-2"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        shard(dir.path(), "0-of-2", &[("a", "rank", 1), ("b", "rank", 3)]);
+        shard(dir.path(), "1-of-2", &[("a", "rank", 1)]);
+        let r = merge(dir.path()).unwrap();
+        assert_eq!((r.trials, r.warnings.len()), (2, 0), "{:?}", r.warnings);
+        // A missing shard is merged with a warning naming it.
+        let dir = tempfile::tempdir().unwrap();
+        shard(dir.path(), "0-of-3", &[("a", "rank", 1)]);
+        shard(dir.path(), "2-of-3", &[("c", "rank", 1)]);
+        let r = merge(dir.path()).unwrap();
+        assert_eq!(r.trials, 2);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("1-of-3 missing"), "{:?}", r.warnings);
     }
 
     #[test]
