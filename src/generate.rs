@@ -40,6 +40,10 @@ pub enum GenerateError {
     EmptyPrompt,
     #[error("token id {id} is outside the vocabulary ({vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error(
+        "a prompt of {len} tokens leaves no room under the model's max_position_embeddings ({max})"
+    )]
+    TooLong { len: usize, max: usize },
     #[error("temperature must be ≥ 0 and top_p in (0, 1] (got {temperature}, {top_p})")]
     Sampling { temperature: f64, top_p: f64 },
     #[error(transparent)]
@@ -106,9 +110,14 @@ pub fn generate_batch<B: Backend>(
         input.extend(std::iter::repeat_n(0, pad));
         input.extend(prompt.iter().map(|&i| i as i64));
     }
+    // Positions past the model's table are not generated: the last one ends every row.
+    let max = model.config.max_position_embeddings;
+    if longest >= max {
+        return Err(GenerateError::TooLong { len: longest, max });
+    }
     let mut width = longest;
     let mut finished = vec![false; rows];
-    for _ in 0..opts.max_new_tokens {
+    for _ in 0..opts.max_new_tokens.min(max - longest) {
         crate::interrupt::check()?;
         let ids =
             Tensor::<B, 2, Int>::from_data(TensorData::new(input, [rows, width]), &model.device);

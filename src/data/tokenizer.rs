@@ -187,7 +187,11 @@ impl TextTokenizer {
             .inner
             .encode(text, false)
             .map_err(|e| TokenizerError::Run(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        let ids = enc.get_ids().to_vec();
+        if ids.is_empty() && !text.trim().is_empty() {
+            warn_empty_encoding(text);
+        }
+        Ok(ids)
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
@@ -287,6 +291,20 @@ impl Tokenizer {
             Tokenizer::Bytes => None,
             Tokenizer::Text(t) => t.eos,
         }
+    }
+}
+
+/// Says once per run that a tokenizer dropped a whole text: its vocabulary does not cover the
+/// text and it has no unknown token, so the example would train on nothing.
+fn warn_empty_encoding(text: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let sample: String = text.chars().take(40).collect();
+        eprintln!(
+            "warning: the tokenizer turned a non-empty text into no tokens (\"{sample}\"): its \
+             vocabulary does not cover it and it has no unknown token; such examples train on \
+             nothing (said once)"
+        );
     }
 }
 

@@ -25,6 +25,11 @@ pub enum TrainError {
     #[error("the model has no trainable parameters")]
     NothingToTrain,
     #[error(
+        "a sequence of {len} tokens is longer than the model's max_position_embeddings ({max}); \
+         shorten it (max_len) or give the model more positions (max_seq)"
+    )]
+    TooLong { len: usize, max: usize },
+    #[error(
         "{count} consecutive steps had a non-finite loss or gradient (last loss {loss}, at batch {batch}); stopping (max_nonfinite = {count})"
     )]
     NonFiniteLimit {
@@ -575,7 +580,31 @@ pub(crate) fn check_batch<B: Backend>(model: &Llama<B>, batch: &Batch) -> Result
     if batch.seq < 2 || batch.target_tokens() == 0 {
         return Err(TrainError::NoTargets);
     }
+    let max = model.config.max_position_embeddings;
+    let len = longest_sequence(batch);
+    if len > max {
+        return Err(TrainError::TooLong { len, max });
+    }
     Ok(())
+}
+
+/// The most positions any sequence of the batch uses: the padded length, or with packing the
+/// longest segment (positions restart with each).
+fn longest_sequence(batch: &Batch) -> usize {
+    let Some(segments) = &batch.segments else {
+        return batch.seq;
+    };
+    let mut longest = 0;
+    for row in segments.chunks(batch.seq.max(1)) {
+        let mut run = 0;
+        for (i, &s) in row.iter().enumerate() {
+            run = if i > 0 && s == row[i - 1] { run + 1 } else { 1 };
+            if s != 0 {
+                longest = longest.max(run);
+            }
+        }
+    }
+    longest
 }
 
 pub fn input_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 2, Int> {

@@ -145,3 +145,27 @@ fn perplexity_and_logprobs_agree_with_the_loss() {
     let disjoint = perplexity(&model, &ids, 16, 16).unwrap();
     assert_eq!(disjoint.tokens, ids.len() - 1 - (ids.len() - 1) / 16);
 }
+
+/// Generation never goes past the model's positions: a prompt that fills them is refused, and
+/// a shorter one gets only the positions left.
+#[test]
+fn generation_stops_at_max_position_embeddings() {
+    let o = TinyOptions {
+        seed: 3,
+        max_seq: 16,
+        ..Default::default()
+    };
+    let model = Llama::<B>::random(o.config(), 3, o.std(), &Default::default()).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 50,
+        stop: vec![],
+        ..Default::default()
+    };
+    let out = generate(&model, &[104, 101, 108, 108, 111], &opts).unwrap();
+    assert_eq!(out.len(), 11);
+    let err = generate(&model, &[7; 16], &opts).unwrap_err();
+    assert!(
+        matches!(err, GenerateError::TooLong { len: 16, max: 16 }),
+        "{err}"
+    );
+}

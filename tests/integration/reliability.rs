@@ -390,3 +390,77 @@ fn absurd_model_sizes_are_refused_before_allocating() {
         "perplexity",
     );
 }
+
+/// A data file that is missing is a recipe mistake, as the docs say: every trial would hit
+/// it, so the sweep stops with exit 2 after recording the trial that hit it.
+#[test]
+fn a_missing_data_file_inside_a_trial_stops_the_sweep_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("md.lua"),
+        "runner.sweep{\n  name = \"md\",\n  grid = { x = { 1, 2 } },\n  trial = function(p)\n    runner.data.jsonl(\"no/such/file.jsonl\")\n    return { y = p.x }\n  end,\n}\n",
+    )
+    .unwrap();
+    let out = runner_in(dir.path(), &["md.lua", "--results", "results"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("md.lua:5: runner.data.jsonl: cannot read no/such/file.jsonl"),
+        "{err}"
+    );
+    let trials = std::fs::read_to_string(dir.path().join("results/md/trials.csv")).unwrap();
+    assert_eq!(
+        trials.lines().count(),
+        2,
+        "one trial recorded, then stop: {trials}"
+    );
+    assert!(trials.contains(",failed,"), "{trials}");
+}
+
+/// A sequence longer than the model's positions is refused, not trained past its rotary
+/// table (generation's limit is tested in generate.rs).
+#[test]
+fn sequences_past_max_seq_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = |max_len: usize| {
+        format!(
+            "local model = runner.model.tiny{{ max_seq = 16 }}\n\
+             model:attach(runner.peft.lora{{ rank = 2 }})\n\
+             local trainer = runner.trainer{{ model = model }}\n\
+             local data = runner.data.examples{{ string.rep('abc ', 20) }}\n\
+             for _, batch in data:batches{{ size = 1, max_len = {max_len}, steps = 1 }} do trainer:step(batch) end\n"
+        )
+    };
+    std::fs::write(dir.path().join("s.lua"), recipe(64)).unwrap();
+    let out = runner_in(dir.path(), &["s.lua", "--results", "results"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("s.lua:5: trainer:step: a sequence of 64 tokens is longer than the model's max_position_embeddings (16)"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("s.lua"), recipe(16)).unwrap();
+    let out = runner_in(dir.path(), &["s.lua", "--results", "results"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// A tokenizer that drops a whole text (no vocabulary for it, no unknown token) says so.
+#[test]
+fn a_tokenizer_that_drops_a_text_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,"end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,"vocab":{"a":0,"b":1},"merges":[]}}"#,
+    )
+    .unwrap();
+    let tk = dir.path().to_str().unwrap();
+    let out = runner_in(dir.path(), &["tokenize", tk, "xyz"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("turned a non-empty text into no tokens (\"xyz\")"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = runner_in(dir.path(), &["tokenize", tk, "ab"]);
+    assert_eq!(text(&out.stderr), "");
+}
