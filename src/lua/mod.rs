@@ -4,6 +4,7 @@
 mod adapters;
 mod config;
 pub(crate) mod data;
+mod declaration;
 pub(crate) mod eval;
 pub(crate) mod host;
 pub(crate) mod model;

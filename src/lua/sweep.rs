@@ -120,22 +120,45 @@ impl SweepHost {
         }
     }
 
-    /// The hash every trial id of a sweep starts from: the recipe text without the lines that
-    /// declare the sweep's values (from the `runner.sweep` call up to its trial function, so
-    /// adding a rank to the grid keeps the other trials' ids), the command line's --set and
-    /// --device, and the fingerprints of every file read so far.
-    fn sweep_hash(&self, skip_lines: Option<(usize, usize)>, inputs: &str) -> String {
+    /// The hash every trial id of a sweep starts from: the recipe text without the part that
+    /// declares the sweep's values (the `runner.sweep{...}` call except its trial function,
+    /// see [`super::declaration`], so adding a rank to the grid keeps the other trials' ids),
+    /// the command line's --set and --device, and the fingerprints of every file read so far.
+    /// `declaration` is the call's line and the trial function's first line, when both are
+    /// in the recipe itself.
+    fn sweep_hash(&self, declaration: Option<(usize, Option<usize>)>, inputs: &str) -> String {
         let text = String::from_utf8_lossy(&self.recipe_source);
-        let mut masked = String::with_capacity(text.len());
-        for (i, line) in text.split('\n').enumerate() {
-            let n = i + 1;
-            if !skip_lines.is_some_and(|(a, b)| (a..=b).contains(&n)) {
-                masked.push_str(line);
-            }
+        let text = match declaration {
+            Some((call, def)) => super::declaration::mask_sweep_declaration(&text, call)
+                // Read by lines when the call cannot be read: from the call to the line
+                // before the trial function.
+                .unwrap_or_else(|| match def {
+                    Some(def) if def > call => mask_lines(&text, call, def - 1),
+                    _ => text.into_owned(),
+                }),
+            None => text.into_owned(),
+        };
+        let mut masked = String::with_capacity(text.len() + 1);
+        for line in text.split('\n') {
+            masked.push_str(line);
             masked.push('\n');
         }
         sha256_hex(format!("{masked}{}\ninputs:\n{inputs}", self.command_identity).as_bytes())
     }
+}
+
+/// `text` with the contents of lines `first..=last` (1-based) removed, their breaks kept.
+fn mask_lines(text: &str, first: usize, last: usize) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if !(first..=last).contains(&(i + 1)) {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 pub(crate) fn scalar_from_lua(v: &LuaValue) -> Option<Value> {
@@ -530,8 +553,8 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
     space.validate().map_err(|e| o.err(e))?;
     let trials = space.trials();
 
-    // The lines from the call to the trial function declare values that are part of each
-    // trial's parameters: leave them out of the hash.
+    // The call's values (name, grid...) are part of each trial's parameters: leave them out
+    // of the hash.
     let info = trial_fn.info();
     // Only when both are in the recipe itself (not in a required module).
     let recipe_chunk = lua
@@ -539,13 +562,11 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
         .expect("host")
         .recipe_chunk
         .clone();
-    let skip_lines = match (call_line, info.line_defined, info.source.as_deref()) {
-        (Some(call), Some(def), Some(src))
-            if def > call
-                && src == recipe_chunk
-                && lua_location_source(lua).as_deref() == Some(src) =>
+    let declaration = match (call_line, info.source.as_deref()) {
+        (Some(call), Some(src))
+            if src == recipe_chunk && lua_location_source(lua).as_deref() == Some(src) =>
         {
-            Some((call, def - 1))
+            Some((call, info.line_defined))
         }
         _ => None,
     };
@@ -565,7 +586,7 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
         host.sweeps_seen.push(name.clone());
         host.counts.push((name.clone(), trials.len()));
         (
-            host.sweep_hash(skip_lines, &inputs),
+            host.sweep_hash(declaration, &inputs),
             host.seed,
             host.settings,
             host.results_dir.clone(),

@@ -464,3 +464,28 @@ fn a_tokenizer_that_drops_a_text_warns() {
     let out = runner_in(dir.path(), &["tokenize", tk, "ab"]);
     assert_eq!(text(&out.stderr), "");
 }
+
+/// Trial ids do not depend on how the sweep call is laid out: with the whole header on one
+/// line, adding a grid value keeps the other trials' ids (they are reused, not rerun).
+#[test]
+fn a_one_line_sweep_header_keeps_ids_when_a_grid_value_is_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |ranks: &str| {
+        std::fs::write(
+            dir.path().join("one.lua"),
+            format!(
+                "runner.sweep{{ name = \"m\", grid = {{ rank = {{ {ranks} }} }}, trial = function(p)\n  return {{ y = p.rank * 2 }}\nend }}\n"
+            ),
+        )
+        .unwrap();
+        let out = runner_in(dir.path(), &["one.lua", "--results", "results"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    run("1, 2");
+    let err = run("1, 2, 4");
+    assert_eq!(err.matches("done earlier, reused").count(), 2, "{err}");
+    let trials = std::fs::read_to_string(dir.path().join("results/m/trials.csv")).unwrap();
+    assert_eq!(trials.lines().count(), 4, "{trials}");
+    assert!(!dir.path().join("results/m/archive").exists());
+}
