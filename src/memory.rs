@@ -50,6 +50,15 @@ pub fn available_bytes() -> Option<u64> {
     Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
 }
 
+/// Resident set size now, in bytes (Linux; `None` elsewhere).
+pub fn current_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
 /// Peak resident set size in bytes since the last reset (or since the process started).
 /// On a GPU run this is host memory only; see [`peak_device_bytes`].
 pub fn peak_rss_bytes() -> Option<u64> {

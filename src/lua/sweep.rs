@@ -440,10 +440,25 @@ fn call_trial(
 
 /// Frees what earlier trials left for Lua's garbage collector (models, optimizer states)
 /// before the next one starts, so memory does not pile up across a sweep and the peak the
-/// engine measures is that trial's own.
+/// engine measures is that trial's own. A full collection costs time in proportion to the
+/// Lua heap, which grows with a sweep's results, so it runs only when the process has grown
+/// since the last one: after trials that built nothing big (a sweep of thousands of small
+/// trials) it would make the sweep quadratic for nothing.
 fn free_earlier_trials(lua: &Lua) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AFTER_LAST: AtomicU64 = AtomicU64::new(0);
+    const GROWTH: u64 = 16 << 20;
+    let rss = crate::memory::current_rss_bytes();
+    if let Some(now) = rss
+        && now < AFTER_LAST.load(Ordering::Relaxed) + GROWTH
+    {
+        return;
+    }
     let _ = lua.gc_collect();
     let _ = lua.gc_collect();
+    if let Some(after) = crate::memory::current_rss_bytes() {
+        AFTER_LAST.store(after, Ordering::Relaxed);
+    }
 }
 
 /// One trial of `runner.sweep` for the engine: the trial function's result as metrics, or

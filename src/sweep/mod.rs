@@ -2,6 +2,7 @@
 
 pub mod fingerprint;
 pub(crate) mod grid;
+mod journal;
 pub mod merge;
 pub mod results;
 pub mod run;

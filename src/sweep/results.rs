@@ -1,8 +1,10 @@
 //! The CSV files a sweep writes: `trials.csv` (one row per trial) and `steps.csv` (every
 //! logged row). Rows are only ever written whole: trials.csv is replaced atomically
-//! (temporary file, fsync, rename) after each trial; steps.csv is appended one complete line
-//! per write, and replaced atomically when a new column appears.
+//! (temporary file, fsync, rename) when the journal is compacted into it (see
+//! [`super::journal`]); steps.csv is appended one complete line per write, and replaced
+//! atomically when a new column appears.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -149,12 +151,16 @@ impl WriterLock {
 pub struct TrialsTable {
     path: PathBuf,
     rows: Vec<TrialRecord>,
+    /// Row index by trial id.
+    index: HashMap<String, usize>,
 }
 
 impl TrialsTable {
-    /// Opens `dir/trials.csv`, keeping the rows already there (a sweep resumes), or starts
-    /// an empty one. A partial last line (a crash while appending, or a copy cut short) is
-    /// dropped and the file rewritten whole.
+    /// Opens `dir/trials.csv`, keeping the rows already there (a sweep resumes) and the
+    /// trials its journal holds, or starts an empty one. A partial last line (a crash while
+    /// writing, or a copy cut short) is dropped and the file rewritten whole, as it is when
+    /// the journal had rows (the journal itself is cleared by the sweep, which also keeps
+    /// the inputs it holds).
     pub(crate) fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let (table, repaired) = Self::load(dir)?;
@@ -164,7 +170,8 @@ impl TrialsTable {
         Ok(table)
     }
 
-    /// The table as it is on disk, changing nothing (for `--dry-run`).
+    /// The table as it is on disk (trials.csv and the journal), changing nothing (for
+    /// `--dry-run`).
     pub fn open_read_only(dir: &Path) -> io::Result<Self> {
         Ok(Self::load(dir)?.0)
     }
@@ -193,12 +200,32 @@ impl TrialsTable {
                 rows.push(columns.record(&header, &cells, Value::parse_text));
             }
         }
-        Ok((Self { path, rows }, repaired))
+        let mut table = Self {
+            path,
+            rows,
+            index: HashMap::new(),
+        };
+        table.reindex();
+        let journal = super::journal::read(dir)?;
+        let journaled = !journal.is_empty();
+        for entry in journal {
+            table.upsert(entry.record);
+        }
+        Ok((table, repaired || journaled))
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.trial_id.clone(), i))
+            .collect();
     }
 
     /// The recorded row of a trial.
     pub(crate) fn find(&self, trial_id: &str) -> Option<&TrialRecord> {
-        self.rows.iter().find(|r| r.trial_id == trial_id)
+        self.index.get(trial_id).map(|&i| &self.rows[i])
     }
 
     /// Removes the rows `keep` rejects and returns them (written at once).
@@ -210,6 +237,7 @@ impl TrialsTable {
             .into_iter()
             .partition(|r| keep(r));
         self.rows = kept;
+        self.reindex();
         if !taken.is_empty() {
             self.flush()?;
         }
@@ -226,6 +254,7 @@ impl TrialsTable {
 
     /// Records a trial, replacing an earlier row of the same id (a failed trial run again),
     /// so no id ever appears twice.
+    #[cfg(test)]
     pub(crate) fn record(&mut self, row: TrialRecord) -> io::Result<()> {
         self.upsert(row);
         self.flush()
@@ -233,9 +262,12 @@ impl TrialsTable {
 
     /// [`record`](Self::record) in memory only, for many rows at once; [`flush`](Self::flush) writes them.
     pub(crate) fn upsert(&mut self, row: TrialRecord) {
-        match self.rows.iter_mut().find(|r| r.trial_id == row.trial_id) {
-            Some(old) => *old = row,
-            None => self.rows.push(row),
+        match self.index.get(&row.trial_id) {
+            Some(&i) => self.rows[i] = row,
+            None => {
+                self.index.insert(row.trial_id.clone(), self.rows.len());
+                self.rows.push(row);
+            }
         }
     }
 
@@ -319,6 +351,8 @@ pub struct StepsLog {
     path: PathBuf,
     columns: Vec<String>,
     rows: Vec<(String, StepRow)>,
+    /// The trials that have rows, so that asking costs nothing however long the log.
+    with_rows: HashSet<String>,
     /// A trial running again whose earlier attempt's rows are still in the file, undecided:
     /// kept up to the step it resumes from (see [`resumed_from`](Self::resumed_from)), or
     /// dropped once it logs without resuming, or ends.
@@ -334,6 +368,7 @@ impl StepsLog {
             path,
             columns: Vec::new(),
             rows: Vec::new(),
+            with_rows: HashSet::new(),
             provisional: None,
         };
         let mut repaired = false;
@@ -354,6 +389,7 @@ impl StepsLog {
                     .collect();
                 log.rows.push((rec.get(0).unwrap_or("").to_string(), row));
             }
+            log.with_rows = log.rows.iter().map(|(id, _)| id.clone()).collect();
         }
         if repaired || !log.path.exists() {
             log.rewrite()?;
@@ -380,6 +416,9 @@ impl StepsLog {
             .into_iter()
             .partition(|(id, _)| keep(id));
         self.rows = kept;
+        for (id, _) in &taken {
+            self.with_rows.remove(id);
+        }
         taken
     }
 
@@ -387,9 +426,8 @@ impl StepsLog {
     /// shows whether it resumes from a checkpoint.
     pub(crate) fn begin_trial(&mut self, trial_id: &str) {
         self.provisional = self
-            .rows
-            .iter()
-            .any(|(id, _)| id == trial_id)
+            .with_rows
+            .contains(trial_id)
             .then(|| trial_id.to_string());
     }
 
@@ -453,6 +491,7 @@ impl StepsLog {
                     self.columns.push(k.clone());
                 }
             }
+            self.with_rows.insert(trial_id.to_string());
             self.rows.push((trial_id.to_string(), row));
         }
     }
@@ -489,6 +528,7 @@ impl StepsLog {
             columns.sort_by_key(|c| (c != "step", self.first_seen(c)));
             self.columns = columns;
         }
+        self.with_rows.insert(trial_id.to_string());
         self.rows.push((trial_id.to_string(), row));
         if grew {
             self.rewrite()

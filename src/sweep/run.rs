@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use super::fingerprint::unchanged;
 use super::grid::{Trial, trial_id};
+use super::journal::{self, Journal};
 use super::results::{StepRow, StepsLog, TrialRecord, TrialStatus, TrialsTable, WriterLock};
 use super::space::shard;
 use super::value::Value;
@@ -251,7 +252,7 @@ fn archive_stale(
     steps: &mut StepsLog,
     trial_inputs: &mut TrialInputs,
 ) -> io::Result<()> {
-    let ids = &sweep.ids;
+    let ids: HashSet<&String> = sweep.ids.iter().collect();
     let stale: Vec<TrialRecord> = table
         .rows()
         .iter()
@@ -365,12 +366,52 @@ impl Sweep {
         let dir = &self.dir;
         let io = SweepError::Results;
         let _lock = WriterLock::acquire(dir).map_err(io)?;
+        // trials.csv with what the journal of an interrupted run holds, compacted.
         let mut table = TrialsTable::open(dir).map_err(io)?;
-        let steps = Rc::new(RefCell::new(StepsLog::open(dir).map_err(io)?));
         let mut trial_inputs = read_trial_inputs(dir);
+        let journaled = journal::read(dir).map_err(io)?;
+        if !journaled.is_empty() {
+            for entry in journaled {
+                trial_inputs.insert(entry.record.trial_id, entry.inputs);
+            }
+            write_trial_inputs(dir, &trial_inputs).map_err(io)?;
+            journal::clear(dir).map_err(io)?;
+        }
+        let steps = Rc::new(RefCell::new(StepsLog::open(dir).map_err(io)?));
         archive_stale(self, &mut table, &mut steps.borrow_mut(), &mut trial_inputs).map_err(io)?;
         eprintln!("{}", self.headline());
+        let mut books = Books {
+            journal: Journal::open(dir).map_err(io)?,
+            compacted: Instant::now(),
+            table,
+            trial_inputs,
+        };
         let mut rows = Vec::with_capacity(self.mine.len());
+        let result = self.run_each(
+            counts,
+            &mut books,
+            &steps,
+            &mut rows,
+            &mut before_trial,
+            &mut run_trial,
+        );
+        // However the run ends, the journal goes into trials.csv and .inputs.json.
+        let compacted = books.compact(dir).map_err(io);
+        result.and(compacted)?;
+        Ok(rows)
+    }
+
+    fn run_each<E>(
+        &self,
+        counts: &mut TrialCounts,
+        books: &mut Books,
+        steps: &Rc<RefCell<StepsLog>>,
+        rows: &mut Vec<SweepRow>,
+        before_trial: &mut impl FnMut(),
+        run_trial: &mut impl FnMut(TrialRun<'_>) -> TrialOutcome<E>,
+    ) -> Result<(), SweepError<E>> {
+        let dir = &self.dir;
+        let io = SweepError::Results;
         for (k, &index) in self.mine.iter().enumerate() {
             let trial = &self.trials[index];
             let id = &self.ids[index];
@@ -380,11 +421,15 @@ impl Sweep {
                 self.mine.len(),
                 display_row(&trial.params)
             );
-            if let Some(done) = table
+            if let Some(done) = books
+                .table
                 .find(id)
                 .filter(|r| r.status == TrialStatus::Ok && !self.rerun)
             {
-                let inputs_same = trial_inputs.get(id).is_none_or(|files| unchanged(files));
+                let inputs_same = books
+                    .trial_inputs
+                    .get(id)
+                    .is_none_or(|files| unchanged(files));
                 if inputs_same {
                     eprintln!("{label}: done earlier, reused");
                     rows.push(SweepRow {
@@ -422,16 +467,15 @@ impl Sweep {
                 record: record.clone(),
                 reused: false,
             });
-            table.record(record).map_err(io)?;
             // The trial's own inputs, stored with paths relative to the working folder where
             // possible (results are often committed).
             let cwd = std::env::current_dir().unwrap_or_default();
-            let inputs = outcome
+            let inputs: Vec<_> = outcome
                 .inputs
                 .into_iter()
-                .map(|(p, f)| (p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p), f));
-            trial_inputs.insert(id.clone(), inputs.collect());
-            write_trial_inputs(dir, &trial_inputs).map_err(io)?;
+                .map(|(p, f)| (p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p), f))
+                .collect();
+            books.record(dir, record, inputs).map_err(io)?;
             counts.run += 1;
             if status != TrialStatus::Ok {
                 counts.failed += 1;
@@ -441,7 +485,52 @@ impl Sweep {
                 return Err(SweepError::Stopped(e));
             }
         }
-        Ok(rows)
+        Ok(())
+    }
+}
+
+/// How stale trials.csv may get while a sweep runs (the journal has every trial at once).
+const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a running sweep keeps of its trials: the table and inputs in memory, and the journal
+/// that has each trial on disk the moment it ends.
+struct Books {
+    table: TrialsTable,
+    trial_inputs: TrialInputs,
+    journal: Journal,
+    compacted: Instant,
+}
+
+impl Books {
+    /// Records a finished trial: one journal line (the same cost at every trial); trials.csv
+    /// and `.inputs.json` follow every few seconds, and when the run ends.
+    fn record(
+        &mut self,
+        dir: &Path,
+        record: TrialRecord,
+        inputs: Vec<(PathBuf, String)>,
+    ) -> io::Result<()> {
+        self.journal.append(&journal::Entry {
+            record: record.clone(),
+            inputs: inputs.clone(),
+        })?;
+        self.trial_inputs.insert(record.trial_id.clone(), inputs);
+        self.table.upsert(record);
+        if self.compacted.elapsed() >= COMPACT_EVERY {
+            self.compact(dir)?;
+            self.journal = Journal::open(dir)?;
+            self.compacted = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes the journal's trials into trials.csv and `.inputs.json` (each replaced whole),
+    /// then empties it. A crash in between leaves trials in both places, which replays
+    /// harmlessly.
+    fn compact(&self, dir: &Path) -> io::Result<()> {
+        self.table.flush()?;
+        write_trial_inputs(dir, &self.trial_inputs)?;
+        journal::clear(dir)
     }
 }
 

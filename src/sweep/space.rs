@@ -149,9 +149,11 @@ impl SweepSpace {
                 .collect();
             trials = product(trials, &draws);
         }
+        // Duplicates (a value listed twice) run once; a set keeps this linear.
+        let mut seen = std::collections::HashSet::with_capacity(trials.len());
         let mut unique: Vec<Trial> = Vec::with_capacity(trials.len());
         for t in trials {
-            if !unique.contains(&t) {
+            if seen.insert(format!("{:?}", t.params)) {
                 unique.push(t);
             }
         }
