@@ -54,22 +54,13 @@ impl WeightStorage {
         }
     }
 
-    /// Bytes per stored weight, block constants included: 4-bit codes are half a byte, each
-    /// block adds a 4-byte absmax, or with double quantization one byte plus a 4-byte scale
-    /// per 256 blocks.
+    /// Bytes per stored weight, block constants included (see
+    /// [`QuantConfig::bytes_per_weight`](crate::quant::QuantConfig::bytes_per_weight)).
     pub(crate) fn bytes_per_param(&self) -> f64 {
         match self {
             Self::F32 => 4.0,
             Self::F16 | Self::Bf16 => 2.0,
-            Self::Quant(q) => {
-                let code = q.dtype.bits() as f64 / 8.0;
-                let scale = if q.double {
-                    (1.0 + 4.0 / 256.0) / q.block as f64
-                } else {
-                    4.0 / q.block as f64
-                };
-                code + scale
-            }
+            Self::Quant(q) => q.bytes_per_weight(),
         }
     }
 }

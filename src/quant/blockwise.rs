@@ -82,6 +82,21 @@ pub struct QuantConfig {
     pub double: bool,
 }
 
+impl QuantConfig {
+    /// Bytes per stored weight, block constants included: 4-bit codes are half a byte, each
+    /// block adds a 4-byte absmax, or with double quantization one byte plus a 4-byte scale
+    /// per 256 blocks.
+    pub fn bytes_per_weight(&self) -> f64 {
+        let code = self.dtype.bits() as f64 / 8.0;
+        let scale = if self.double {
+            (1.0 + 4.0 / 256.0) / self.block as f64
+        } else {
+            4.0 / self.block as f64
+        };
+        code + scale
+    }
+}
+
 impl Default for QuantConfig {
     fn default() -> Self {
         Self {

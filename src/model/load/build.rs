@@ -43,9 +43,7 @@ pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
     device: &B::Device,
     quant: Option<QuantConfig>,
 ) -> Result<Llama<B>, LoadError> {
-    let projection_bytes = quant.map_or(4.0, |q| {
-        crate::footprint::WeightStorage::Quant(q).bytes_per_param()
-    });
+    let projection_bytes = quant.map_or(4.0, |q| q.bytes_per_weight());
     config
         .validate()
         .and_then(|()| config.check_fits(projection_bytes))
