@@ -10,6 +10,7 @@
 -- score of the policy's greedy answers before and after PPO, and their exact match.
 --   runner recipes/rlhf_pipeline.lua [--set sft_steps=N] [--set rm_steps=N] [--set ppo_steps=N]
 
+local sft = require "lib.sft"
 local sft_steps = runner.params.sft_steps or 60
 local rm_steps = runner.params.rm_steps or 100
 local ppo_steps = runner.params.ppo_steps or 40
@@ -19,25 +20,7 @@ local heldout = runner.data.jsonl("data/prefs/tasks_heldout.jsonl")
 local train_prompts = runner.data.jsonl("data/prefs/tasks_train.jsonl")
 local gen = { max_new_tokens = 24, stop = { "\n" } }
 
-local sft = runner.sweep{
-  name = "rlhf_sft",
-  trial = function(p)
-    local model = base:clone()
-    model:attach(runner.peft.lora{ rank = 8, alpha = 16, targets = "all-linear" })
-    local trainer = runner.trainer{
-      model = model, optim = runner.optim.adamw{ lr = 1e-3 },
-      schedule = "cosine", warmup = math.min(10, sft_steps - 1), total_steps = sft_steps, max_grad_norm = 1.0, seed = p.seed,
-    }
-    local data = runner.data.jsonl("data/instruct.jsonl"):template("alpaca")
-    for step, batch in data:batches{ size = 8, max_len = 256, steps = sft_steps, seed = p.seed } do
-      local loss = trainer:step(batch)
-      if step % 10 == 0 or step == 1 then runner.log{ step = step, loss = loss } end
-    end
-    local dir = runner.trial_dir() .. "/adapter"
-    model:save_adapter(dir)
-    return { adapter = dir, exact_match = runner.eval.generation(model, heldout, gen).exact_match }
-  end,
-}
+local sft_adapter = sft(base, { name = "rlhf_sft", steps = sft_steps, eval = heldout, gen = gen })
 
 local rm = runner.sweep{
   name = "rlhf_reward",
@@ -85,8 +68,8 @@ runner.sweep{
     model:add_score_head{ seed = p.seed }
     model:load_adapter(rm[1].adapter, "reward")
     model:load_adapter(rm[1].adapter, "value")
-    model:load_adapter(sft[1].adapter, "sft")
-    model:load_adapter(sft[1].adapter, "policy")
+    model:load_adapter(sft_adapter, "sft")
+    model:load_adapter(sft_adapter, "policy")
     local reward_before, em_before = heldout_reward(model)
     local ppo = runner.ppo{
       model = model, value_adapter = "value", reward_adapter = "reward", ref_adapter = "sft",
