@@ -1,14 +1,15 @@
 -- DPO on SmolLM2-135M-Instruct, starting from an SFT adapter: first a LoRA adapter is
 -- instruction-tuned on data/instruct.jsonl (the sweep dpo_sft, run once); then each trial loads
 -- it twice, as the policy that trains and as the frozen reference (TRL's ref_adapter_name),
--- and runs DPO on data/prefs/tasks_train.jsonl. Scored on the 100 held-out pairs of
+-- and runs DPO on the 1,500 pairs of data/prefs/tasks_train.jsonl. Scored on the 100 held-out pairs of
 -- data/prefs/tasks_heldout.jsonl (prompts it never saw): TRL's rewards/accuracies and margins,
 -- and exact match of greedy answers against the chosen ones, before and after DPO.
 --   runner recipes/dpo.lua [--set steps=N] [--set sft_steps=N]
 -- The sweep runs loss type x beta; results/dpo/trials.csv holds one row per pair.
 
+local sft = require "lib.sft"
 local sft_steps = runner.params.sft_steps or 60
-local steps = runner.params.steps or 30
+local steps = runner.params.steps or 120
 local limit = runner.params.limit or 50
 local base = runner.model.load("smollm2-135m-instruct")
 local train = runner.data.pairs("data/prefs/tasks_train.jsonl")
@@ -18,30 +19,11 @@ local heldout_answers = runner.data.jsonl("data/prefs/tasks_heldout.jsonl")
   :map(function(r) return { prompt = r.prompt, response = r.chosen } end)
 local gen = { max_new_tokens = 16, limit = limit, stop = { "\n" } }
 
-local sft = runner.sweep{
-  name = "dpo_sft",
-  trial = function(p)
-    local model = base:clone()
-    model:attach(runner.peft.lora{ rank = 8, alpha = 16, targets = "all-linear" })
-    local trainer = runner.trainer{
-      model = model, optim = runner.optim.adamw{ lr = 1e-3 },
-      schedule = "cosine", warmup = 10, total_steps = sft_steps, max_grad_norm = 1.0, seed = p.seed,
-    }
-    local data = runner.data.jsonl("data/instruct.jsonl"):template("alpaca")
-    for step, batch in data:batches{ size = 8, max_len = 256, steps = sft_steps, seed = p.seed } do
-      local loss = trainer:step(batch)
-      if step % 10 == 0 or step == 1 then runner.log{ step = step, loss = loss } end
-    end
-    local dir = runner.trial_dir() .. "/adapter"
-    model:save_adapter(dir)
-    return { adapter = dir, exact_match = runner.eval.generation(model, heldout_answers, gen).exact_match }
-  end,
-}
-local sft_adapter = sft[1].adapter
+local sft_adapter, em_sft = sft(base, { name = "dpo_sft", steps = sft_steps, eval = heldout_answers, gen = gen })
 
 runner.sweep{
   name = "dpo",
-  grid = { loss = { "sigmoid", "ipo", "hinge", "robust" }, beta = { 0.1, 0.5 } },
+  grid = { loss = { "sigmoid", "robust" }, beta = { 0.1, 0.5 } },
   trial = function(p)
     local model = base:clone()
     model:load_adapter(sft_adapter, "reference")
@@ -54,7 +36,6 @@ runner.sweep{
       precompute_ref_log_probs = true, seed = p.seed,
     }
     local _, before = dpo:evaluate(heldout, { size = 16 })
-    local em_before = sft[1].exact_match
     for step, batch in train:batches{ size = 8, steps = steps, seed = p.seed } do
       local loss, info = dpo:step(batch)
       if step % 5 == 0 or step == 1 then
@@ -69,7 +50,7 @@ runner.sweep{
     return {
       accuracies_before = before["rewards/accuracies"], accuracies = after["rewards/accuracies"],
       margins = after["rewards/margins"], heldout_loss = after.loss,
-      exact_match_sft = em_before, exact_match = em,
+      exact_match_sft = em_sft, exact_match = em,
     }
   end,
 }

@@ -1,12 +1,16 @@
--- A reward model on SmolLM2-135M-Instruct: a one-label score head (transformers'
--- LlamaForSequenceClassification layout) trained with LoRA on the preference pairs of
--- data/prefs/tasks_train.jsonl (right answer over a plausible wrong one), scored on the 100
--- held-out pairs of data/prefs/tasks_heldout.jsonl, whose prompts it never saw.
---   runner recipes/reward_model.lua [--set steps=N] [--set rank=R]
+-- A reward model on SmolLM2-135M-Instruct, initialised from the SFT model as InstructGPT and
+-- TRL's examples do: an SFT adapter (sweep reward_sft, run once) is merged into the base, then
+-- a one-label score head (transformers' LlamaForSequenceClassification layout) and a LoRA
+-- adapter train on the 1,500 preference pairs of data/prefs/tasks_train.jsonl (right answer
+-- over a plausible wrong one), scored on the 100 held-out pairs of
+-- data/prefs/tasks_heldout.jsonl, whose prompts and answers it never saw.
+--   runner recipes/reward_model.lua [--set steps=N] [--set rank=R] [--set sft_steps=N]
 -- Results: results/reward_model/ (trials.csv, steps.csv, the adapter with its head).
 
-local steps = runner.params.steps or 150
+local steps = runner.params.steps or 200
+local sft = require "lib.sft"
 local base = runner.model.load("smollm2-135m-instruct")
+local sft_adapter = sft(base, { name = "reward_sft", steps = runner.params.sft_steps or 60 })
 local train = runner.data.pairs("data/prefs/tasks_train.jsonl")
 local heldout = runner.data.pairs("data/prefs/tasks_heldout.jsonl")
 
@@ -15,6 +19,8 @@ runner.sweep{
   grid = { rank = { runner.params.rank or 8 } },
   trial = function(p)
     local model = base:clone()
+    model:load_adapter(sft_adapter, "sft")
+    model:merge_and_unload()
     model:add_score_head{ seed = p.seed }
     model:attach(runner.peft.lora{ rank = p.rank, alpha = 2 * p.rank, targets = "all-linear" })
     local rt = runner.reward_trainer{
