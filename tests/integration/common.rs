@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use burn::prelude::*;
 
@@ -72,4 +73,28 @@ pub fn column(header: &[String], name: &str) -> usize {
         .iter()
         .position(|h| h == name)
         .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
+/// The repository root, where the recipes and fixtures are.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A recipe of `tests/fixtures/recipes/`, relative to the root.
+pub fn fixture(name: &str) -> String {
+    format!("tests/fixtures/recipes/{name}")
+}
+
+/// Runs the runner binary with `args` in `dir`.
+pub fn runner_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("runner starts")
+}
+
+/// Bytes of a process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }

@@ -2,30 +2,11 @@
 //! memory cap, `require` confined to the recipe's folder, writes confined to the results
 //! folder, and no panics on broken pipes or huge durations.
 
+use crate::common::{fixture, root, runner_in, text};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> String {
-    format!("tests/fixtures/recipes/{name}")
-}
-
-fn runner_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("runner starts")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Each loop the instruction hook cannot reach (or whose stop it swallows) still ends at
 /// --time-limit + 1 s, with the time limit's exit code.

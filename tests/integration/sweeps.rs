@@ -1,27 +1,11 @@
 //! The experiment runner end to end: resumable sweeps, grid/zip/random spaces, --dry-run,
 //! shards and merge, the sandbox, --time-limit, and --watch.
 
-use crate::common::{column, read_csv};
+use crate::common::{column, fixture, read_csv, root, runner_in, text};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> String {
-    format!("tests/fixtures/recipes/{name}")
-}
-
-fn runner_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("runner starts")
-}
 
 /// Runs `runner ARGS --results RESULTS` from the repository root.
 fn runner(args: &[&str], results: &Path) -> Output {
@@ -29,10 +13,6 @@ fn runner(args: &[&str], results: &Path) -> Output {
     let results = results.to_str().unwrap();
     all.extend(["--results", results]);
     runner_in(&root(), &all)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
