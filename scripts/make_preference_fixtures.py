@@ -140,7 +140,7 @@ def dpo_trainer(loss_type, beta, label_smoothing, loss_weights=None):
     return trainer
 
 
-def hand_dpo(batch, loss_type, beta, ls, policy_fn, ref_fn):
+def hand_dpo(batch, loss_type, beta, ls, policy_fn, ref_fn, sft_weight=0.0):
     """Independent recomputation from plain transformers logits (not recorded, only compared)."""
     ids, mask, comp = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
 
@@ -150,6 +150,9 @@ def hand_dpo(batch, loss_type, beta, ls, policy_fn, ref_fn):
         return (lp * comp[:, 1:]).sum(1)
 
     pol = seq_logps(policy_fn)
+    n = len(PAIRS)
+    # The sft term: mean NLL over every chosen completion token of the batch.
+    nll = -pol[:n].sum() / comp[:n, 1:].sum()
     with torch.no_grad():
         ref = seq_logps(ref_fn)
     n = len(PAIRS)
@@ -166,7 +169,7 @@ def hand_dpo(batch, loss_type, beta, ls, policy_fn, ref_fn):
         losses = torch.relu(1 - beta * d)
     elif loss_type == "robust":
         losses = (-(1 - ls) * F.logsigmoid(beta * d) + ls * F.logsigmoid(-beta * d)) / (1 - 2 * ls)
-    loss = losses.mean()
+    loss = losses.mean() + sft_weight * nll
     metrics = {
         "rewards/chosen": (beta * cr).mean().item(),
         "rewards/rejected": (beta * rr).mean().item(),
@@ -175,7 +178,7 @@ def hand_dpo(batch, loss_type, beta, ls, policy_fn, ref_fn):
         "logps/chosen": pol[:n].mean().item(),
         "logps/rejected": pol[n:].mean().item(),
     }
-    return loss, metrics, pol.detach(), ref
+    return loss, metrics, pol.detach(), ref, nll.item()
 
 
 DPO_CASES = {
@@ -186,6 +189,9 @@ DPO_CASES = {
     "hinge": ("hinge", 0.1, 0.0, ["hinge"], None),
     "robust": ("robust", 0.1, 0.1, ["robust"], None),
     "sigmoid_beta05": ("sigmoid", 0.5, 0.0, ["sigmoid"], None),
+    # RPO: the preference loss plus the chosen tokens' NLL (older TRL's rpo_alpha).
+    "sigmoid_sft": ("sigmoid", 0.1, 0.0, ["sigmoid", "sft"], [1.0, 1.0]),
+    "ipo_sft": ("ipo", 0.1, 0.0, ["ipo", "sft"], [1.0, 0.5]),
 }
 
 dpo = {
@@ -218,7 +224,8 @@ for name, (loss_type, beta, ls, trl_types, trl_weights) in DPO_CASES.items():
     grads = {adapter_key(n): nested(p.grad) for n, p in model.named_parameters() if p.requires_grad}
     assert set(grads) == set(ADAPTER_SD), sorted(set(grads) ^ set(ADAPTER_SD))
     metrics = logged_metrics(trainer)
-    case = {"loss_type": loss_type, "beta": beta, "label_smoothing": ls}
+    sft_weight = trl_weights[trl_types.index("sft")] if "sft" in trl_types else 0.0
+    case = {"loss_type": loss_type, "beta": beta, "label_smoothing": ls, "sft_weight": sft_weight}
     if loss_type == "ipo":
         case["ipo_divides_logratios_by_completion_length"] = True
         case["logged_logps_are_length_averaged"] = False
@@ -235,7 +242,8 @@ for name, (loss_type, beta, ls, trl_types, trl_weights) in DPO_CASES.items():
         with model.disable_adapter():
             return model(**kw)
 
-    h_loss, h_metrics, h_pol, h_ref = hand_dpo(batch, loss_type, beta, ls, model, ref_fn)
+    h_loss, h_metrics, h_pol, h_ref, h_nll = hand_dpo(batch, loss_type, beta, ls, model, ref_fn, sft_weight)
+    case["nll_loss"] = h_nll
     h_loss.backward()
     assert abs(h_loss.item() - loss.item()) < 1e-5 * max(1, abs(loss.item())), (name, h_loss.item(), loss.item())
     for k, v in h_metrics.items():
@@ -277,7 +285,10 @@ dpo["notes"] = (
     "Other logged metrics: entropy = mean per-token entropy of the policy over all completion tokens; "
     "logits/chosen, logits/rejected = mean over completion tokens of the mean logit over the vocabulary at the "
     "position predicting that token; mean_token_accuracy = fraction of chosen completion tokens that are the "
-    "argmax; num_tokens = sum of the attention mask (all 6 sequences)."
+    "argmax; num_tokens = sum of the attention mask (all 6 sequences). "
+    "Cases *_sft add TRL 1.16's 'sft' loss with its weight (sft_weight): the mean NLL over every chosen "
+    "completion token of the batch (RPO; older TRL's rpo_alpha). nll_loss (every case) is that mean NLL, "
+    "recomputed by hand because TRL 1.16 does not log it."
 )
 with open(os.path.join(OUT, "dpo.json"), "w") as f:
     json.dump(dpo, f, separators=(",", ":"))

@@ -148,6 +148,8 @@ const DPO_KEYS: &[&str] = &[
     "ref_adapter",
     "beta",
     "loss",
+    "loss_weights",
+    "rpo_alpha",
     "label_smoothing",
     "precompute_ref_log_probs",
     "max_length",
@@ -155,6 +157,71 @@ const DPO_KEYS: &[&str] = &[
     "max_completion_length",
     "truncation_mode",
 ];
+
+/// `loss` (one name, or a list as TRL 1.16 takes it: at most one preference loss and
+/// optionally `"sft"`), `loss_weights` (one per name, default 1) and `rpo_alpha` (older TRL's
+/// spelling of the sft weight): the preference loss, its weight, and the sft weight.
+fn dpo_losses(o: &Opts) -> mlua::Result<(DpoLoss, f64, f64)> {
+    let names = o.strings("loss")?.unwrap_or_else(|| vec!["sigmoid".into()]);
+    if names.is_empty() {
+        return Err(o.err("loss must name at least one loss"));
+    }
+    let weights = match o.raw("loss_weights")? {
+        mlua::Value::Nil => vec![1.0; names.len()],
+        mlua::Value::Table(t) => {
+            let mut out = Vec::new();
+            for v in t.sequence_values::<mlua::Value>() {
+                let v = v?;
+                out.push(
+                    super::options::number(&v)
+                        .filter(|w| w.is_finite())
+                        .ok_or_else(|| o.err("loss_weights must be a list of finite numbers"))?,
+                );
+            }
+            out
+        }
+        _ => return Err(o.err("loss_weights must be a list of numbers, one per loss")),
+    };
+    if weights.len() != names.len() {
+        return Err(o.err(format!(
+            "loss_weights has {} entries but loss names {}",
+            weights.len(),
+            names.len()
+        )));
+    }
+    let (mut preference, mut sft) = (None, None);
+    for (name, w) in names.iter().zip(weights) {
+        if name == "sft" {
+            if sft.replace(w).is_some() {
+                return Err(o.err("loss names \"sft\" twice"));
+            }
+            continue;
+        }
+        let loss = DpoLoss::parse(name).ok_or_else(|| {
+            let all: Vec<&str> = DpoLoss::NAMES.iter().copied().chain(["sft"]).collect();
+            let hint = crate::util::closest(name, all.iter().copied())
+                .map(|c| format!(" (did you mean \"{c}\"?)"))
+                .unwrap_or_default();
+            o.err(format!(
+                "unknown loss \"{name}\"{hint}; expected one of {}",
+                all.join(", ")
+            ))
+        })?;
+        if preference.replace((loss, w)).is_some() {
+            return Err(o.err(
+                "loss may name one preference loss (sigmoid, ipo, hinge or robust), plus \"sft\"",
+            ));
+        }
+    }
+    if let Some(alpha) = o.num("rpo_alpha")? {
+        if sft.is_some() {
+            return Err(o.err("give the sft weight once: rpo_alpha, or \"sft\" in loss"));
+        }
+        sft = Some(alpha);
+    }
+    let (loss, loss_weight) = preference.unwrap_or((DpoLoss::Sigmoid, 0.0));
+    Ok((loss, loss_weight, sft.unwrap_or(0.0)))
+}
 
 const REWARD_KEYS: &[&str] = &["center_rewards_coefficient", "max_length"];
 
@@ -362,22 +429,13 @@ pub(crate) fn register_trainers<B: AutodiffBackend>(lua: &Lua, runner: &Table) -
                 );
             }
             let d = DpoConfig::default();
-            let loss = match o.string("loss")? {
-                None => d.loss,
-                Some(name) => DpoLoss::parse(&name).ok_or_else(|| {
-                    let hint = crate::util::closest(&name, DpoLoss::NAMES)
-                        .map(|c| format!(" (did you mean \"{c}\"?)"))
-                        .unwrap_or_default();
-                    o.err(format!(
-                        "unknown loss \"{name}\"{hint}; expected one of {}",
-                        DpoLoss::NAMES.join(", ")
-                    ))
-                })?,
-            };
+            let (loss, loss_weight, sft_weight) = dpo_losses(&o)?;
             let config = DpoConfig {
                 beta: o.num("beta")?.unwrap_or(d.beta),
                 loss,
                 label_smoothing: o.num("label_smoothing")?.unwrap_or(d.label_smoothing),
+                loss_weight,
+                sft_weight,
                 cache_reference: o
                     .bool("precompute_ref_log_probs")?
                     .unwrap_or(d.cache_reference),

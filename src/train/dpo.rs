@@ -12,7 +12,11 @@
 //! - hinge: `relu(1 − βδ)`;
 //! - IPO: `(δ − 1/(2β))²`;
 //!
-//! averaged over the batch's pairs. The implicit rewards are `β(π − π_ref)`.
+//! averaged over the batch's pairs, times `loss_weight`. With `sft_weight` > 0 the loss adds
+//! that times the mean negative log-likelihood of the chosen completions' tokens (RPO, Pang
+//! et al. 2024; TRL 1.16's `loss_type=[…, "sft"]` with `loss_weights`, older TRL's
+//! `rpo_alpha`): it keeps DPO from lowering the chosen answers' probability while it widens
+//! the margin. The implicit rewards are `β(π − π_ref)`.
 //!
 //! The head's log-probs are summed per sequence in chunks that never hold the whole
 //! `[tokens × vocab]` logits (`head_loss::sequence_nll`); the loss's gradient with respect to
@@ -67,6 +71,11 @@ pub struct DpoConfig {
     pub loss: DpoLoss,
     /// ε of cDPO (sigmoid) and robust DPO; 0 elsewhere.
     pub label_smoothing: f64,
+    /// Weight of the preference loss (TRL's `loss_weights` entry for it).
+    pub loss_weight: f64,
+    /// Weight of the chosen completions' mean token NLL (TRL's `"sft"` loss weight,
+    /// `rpo_alpha`); 0 leaves it out.
+    pub sft_weight: f64,
     /// Keep each sequence's reference log-prob once computed, so that every pair's reference
     /// pass runs once per dataset (TRL's `precompute_ref_log_probs`).
     pub cache_reference: bool,
@@ -78,6 +87,8 @@ impl Default for DpoConfig {
             beta: 0.1,
             loss: DpoLoss::Sigmoid,
             label_smoothing: 0.0,
+            loss_weight: 1.0,
+            sft_weight: 0.0,
             cache_reference: false,
         }
     }
@@ -90,6 +101,21 @@ impl DpoConfig {
                 "beta must be a positive number (got {})",
                 self.beta
             )));
+        }
+        for (name, w) in [
+            ("the preference loss's weight", self.loss_weight),
+            ("the sft loss's weight", self.sft_weight),
+        ] {
+            if !w.is_finite() {
+                return Err(TrainError::Invalid(format!(
+                    "{name} must be a finite number (got {w})"
+                )));
+            }
+        }
+        if self.loss_weight == 0.0 && self.sft_weight == 0.0 {
+            return Err(TrainError::Invalid(
+                "every loss weight is 0, so nothing would train".into(),
+            ));
         }
         let ls = self.label_smoothing;
         match self.loss {
@@ -170,6 +196,9 @@ pub struct PairValues {
     pub logit_sum_rejected: f64,
     pub logit_count_chosen: usize,
     pub logit_count_rejected: usize,
+    /// Summed NLL of the chosen completions' tokens, and their number.
+    pub chosen_nll: f64,
+    pub chosen_tokens: usize,
 }
 
 impl PairValues {
@@ -183,6 +212,23 @@ impl PairValues {
         self.logit_sum_rejected += other.logit_sum_rejected;
         self.logit_count_chosen += other.logit_count_chosen;
         self.logit_count_rejected += other.logit_count_rejected;
+        self.chosen_nll += other.chosen_nll;
+        self.chosen_tokens += other.chosen_tokens;
+    }
+
+    /// Mean NLL per chosen completion token.
+    fn nll_loss(&self) -> f64 {
+        self.chosen_nll / self.chosen_tokens.max(1) as f64
+    }
+
+    /// The objective: the weighted mean preference loss plus the weighted chosen-token NLL.
+    fn total_loss(&self, config: &DpoConfig) -> f64 {
+        let n = self.loss.len().max(1) as f64;
+        let mut loss = config.loss_weight * self.loss.iter().sum::<f64>() / n;
+        if config.sft_weight != 0.0 {
+            loss += config.sft_weight * self.nll_loss();
+        }
+        loss
     }
 }
 
@@ -199,6 +245,9 @@ pub struct DpoMetrics {
     pub logps_rejected: f64,
     pub logits_chosen: f64,
     pub logits_rejected: f64,
+    /// Mean NLL per chosen completion token (what the `sft` term minimises; TRL < 1.0 logged
+    /// it as `nll_loss` with `rpo_alpha`).
+    pub nll_loss: f64,
     pub pairs: usize,
 }
 
@@ -215,7 +264,7 @@ impl DpoMetrics {
             .collect();
         let logit_mean = |sum: f64, count: usize| sum / (count * vocab).max(1) as f64;
         Self {
-            loss: mean(&mut v.loss.iter().copied()),
+            loss: v.total_loss(config),
             rewards_chosen: mean(&mut chosen.iter().copied()),
             rewards_rejected: mean(&mut rejected.iter().copied()),
             rewards_accuracies: mean(
@@ -226,12 +275,13 @@ impl DpoMetrics {
             logps_rejected: mean(&mut v.policy_rejected.iter().copied()),
             logits_chosen: logit_mean(v.logit_sum_chosen, v.logit_count_chosen),
             logits_rejected: logit_mean(v.logit_sum_rejected, v.logit_count_rejected),
+            nll_loss: v.nll_loss(),
             pairs: n,
         }
     }
 
-    /// `(TRL's metric name, value)`, in TRL's order.
-    pub fn named(&self) -> [(&'static str, f64); 9] {
+    /// `(TRL's metric name, value)`, in TRL's order, then `nll_loss`.
+    pub fn named(&self) -> [(&'static str, f64); 10] {
         [
             ("loss", self.loss),
             ("rewards/chosen", self.rewards_chosen),
@@ -242,6 +292,7 @@ impl DpoMetrics {
             ("logps/rejected", self.logps_rejected),
             ("logits/chosen", self.logits_chosen),
             ("logits/rejected", self.logits_rejected),
+            ("nll_loss", self.nll_loss),
         ]
     }
 }
@@ -390,6 +441,7 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
         }
         let tokens = batch.batch.batch * batch.batch.seq;
         let target_tokens = batch.batch.target_tokens();
+        let chosen_tokens = chosen_target_tokens(batch);
         let mut values = PairValues::default();
         let (config, reference, cache) = (&self.config, &self.reference, &mut self.cache);
         let step = self.trainer.step_with(
@@ -400,14 +452,19 @@ impl<B: AutodiffBackend> DpoTrainer<B> {
                 for micro in batch.split(k) {
                     crate::interrupt::check()?;
                     let refs = reference_logps(config, reference, cache, &*model, &micro)?;
-                    let v = policy_step(config, model, &micro, refs, n, loss_scale, grads)?;
+                    let scale = StepScale {
+                        pairs: n,
+                        chosen_tokens,
+                        loss_scale,
+                    };
+                    let v = policy_step(config, model, &micro, refs, scale, grads)?;
                     let finite = v.loss.iter().all(|l| l.is_finite());
                     values.extend(v);
                     if !finite {
                         break;
                     }
                 }
-                Ok(values.loss.iter().sum::<f64>() / n as f64)
+                Ok(values.total_loss(config))
             },
         )?;
         let metrics = DpoMetrics::of(&self.config, &values, model.config.vocab_size);
@@ -459,15 +516,12 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend>(
 ) -> Result<(DpoMetrics, super::GradMap<B>), TrainError> {
     let mut grads = super::GradMap::default();
     let refs = reference_logps(&dpo.config, &dpo.reference, &mut dpo.cache, model, batch)?;
-    let values = policy_step(
-        &dpo.config,
-        model,
-        batch,
-        refs,
-        batch.pairs(),
-        1.0,
-        &mut grads,
-    )?;
+    let scale = StepScale {
+        pairs: batch.pairs(),
+        chosen_tokens: chosen_target_tokens(batch),
+        loss_scale: 1.0,
+    };
+    let values = policy_step(&dpo.config, model, batch, refs, scale, &mut grads)?;
     Ok((
         DpoMetrics::of(&dpo.config, &values, model.config.vocab_size),
         grads,
@@ -569,22 +623,44 @@ fn pair_values(config: &DpoConfig, policy: &SequenceLogps, refs: &[f64], m: usiz
         v.logit_sum_rejected += policy.logit_sums[m + i];
         v.logit_count_chosen += policy.tokens[i];
         v.logit_count_rejected += policy.tokens[m + i];
+        v.chosen_nll -= pc;
+        v.chosen_tokens += policy.tokens[i];
     }
     v
 }
 
+/// The number of scored tokens in the chosen completions of a batch (its first half of rows).
+fn chosen_target_tokens(batch: &PairBatch) -> usize {
+    let b = &batch.batch;
+    let rows = batch.pairs() * b.seq;
+    next_token_targets(&b.labels, b.batch, b.seq)[..rows]
+        .iter()
+        .filter(|&&t| t != crate::data::IGNORE_INDEX)
+        .count()
+}
+
+/// What a micro-batch's gradient is a share of: the step's pairs (the preference loss is
+/// their mean), the step's chosen completion tokens (the sft term is their mean), and the
+/// trainer's loss scale.
+#[derive(Clone, Copy)]
+struct StepScale {
+    pairs: usize,
+    chosen_tokens: usize,
+    loss_scale: f64,
+}
+
 /// Forward and backward of one micro-batch of `m` pairs: the gradient of its share of the
-/// mean loss over all `n` pairs of the step, times `loss_scale`, is added to `grads`.
+/// step's loss (see [`StepScale`]), times the loss scale, is added to `grads`.
 /// Dropout is off, as TRL's `disable_dropout` default has it.
 fn policy_step<B: AutodiffBackend>(
     config: &DpoConfig,
     model: &mut Llama<B>,
     micro: &PairBatch,
     refs: Vec<f64>,
-    n: usize,
-    loss_scale: f64,
+    scale: StepScale,
     grads: &mut super::GradMap<B>,
 ) -> Result<PairValues, TrainError> {
+    let (n, loss_scale) = (scale.pairs, scale.loss_scale);
     let b = &micro.batch;
     let m = micro.pairs();
     let hidden = model.hidden_states(input_tensor(b, &model.device), None);
@@ -610,13 +686,23 @@ fn policy_step<B: AutodiffBackend>(
     // dLoss/dlogp of each row; the loss is the mean over the step's n pairs.
     let mut dlogp = vec![0.0; 2 * m];
     for i in 0..m {
-        let d = pair_loss(config, delta(config, &logps, &refs, m, i)).1 * loss_scale / n as f64;
+        let d = config.loss_weight
+            * pair_loss(config, delta(config, &logps, &refs, m, i)).1
+            * loss_scale
+            / n as f64;
         dlogp[i] = d;
         dlogp[m + i] = -d;
     }
     for (s, d) in dlogp.iter_mut().enumerate() {
         if config.loss.per_token() {
             *d /= tokens[s].max(1) as f64;
+        }
+    }
+    // The sft term, −w·Σ logp_chosen / T, adds −w/T to each chosen row's derivative.
+    if config.sft_weight != 0.0 {
+        let per_token = config.sft_weight * loss_scale / scale.chosen_tokens.max(1) as f64;
+        for d in &mut dlogp[..m] {
+            *d -= per_token;
         }
     }
     // logp = −nll, so the weight of each sequence's NLL gradient is −dLoss/dlogp.
@@ -662,7 +748,7 @@ mod tests {
             beta,
             loss,
             label_smoothing: ls,
-            cache_reference: false,
+            ..DpoConfig::default()
         }
     }
 
