@@ -23,6 +23,11 @@ pub struct LlamaConfig {
     /// Llama 3.1-style frequency-dependent rope scaling (`rope_type = "llama3"`); `None` is plain RoPE.
     #[serde(default)]
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Per-frequency divisors of the rotary inverse frequencies (one per pair of head
+    /// dimensions), as GGUF stores rope scaling in `rope_freqs.weight` when they match no
+    /// Llama 3 scaling; not part of transformers' config.
+    #[serde(skip)]
+    pub rope_freq_factors: Option<Vec<f64>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,6 +122,7 @@ impl LlamaConfig {
             max_position_embeddings: 8192,
             tie_word_embeddings: true,
             rope_scaling: None,
+            rope_freq_factors: None,
         }
     }
 
@@ -277,6 +283,7 @@ impl TinyOptions {
             max_position_embeddings: self.max_seq,
             tie_word_embeddings: self.tied,
             rope_scaling: None,
+            rope_freq_factors: None,
         }
     }
 }

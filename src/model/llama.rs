@@ -929,7 +929,11 @@ impl<B: Backend> Rope<B> {
         let inv_freq: Vec<f64> = (0..hd)
             .map(|i| {
                 let f = 1.0 / config.rope_theta.powf((2 * (i % half)) as f64 / hd as f64);
-                config.rope_scaling.as_ref().map_or(f, |s| s.scale(f))
+                let f = config.rope_scaling.as_ref().map_or(f, |s| s.scale(f));
+                config
+                    .rope_freq_factors
+                    .as_ref()
+                    .map_or(f, |factors| f / factors[i % half])
             })
             .collect();
         let mut cos = Vec::with_capacity(rows * hd);

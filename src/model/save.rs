@@ -150,6 +150,11 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
         push(f32_tensor("score.weight".into(), host(&score.value)));
     }
     let c = &model.config;
+    if c.rope_freq_factors.is_some() {
+        return Err(SaveError::Invalid(
+            "the model's rope frequency factors (GGUF rope_freqs.weight) match no Llama 3 rope scaling, and transformers' config.json cannot hold them".into(),
+        ));
+    }
     let mut config = serde_json::to_value(c).map_err(|e| SaveError::Invalid(e.to_string()))?;
     let obj = config
         .as_object_mut()

@@ -269,6 +269,85 @@ fn corrupted_safetensors_never_panic() {
     }
 }
 
+/// The largest |Δ| between the logits of the model at `path` on `ids` and `want`, with the
+/// loaded model for further checks.
+fn logit_diff(
+    path: &std::path::Path,
+    ids: Vec<Vec<i64>>,
+    want: &[f32],
+) -> (f32, pretrained::Pretrained<B>) {
+    let p = pretrained::load::<B>(path.to_str().unwrap(), &Default::default()).unwrap();
+    let (b, t) = (ids.len(), ids[0].len());
+    let flat: Vec<i64> = ids.into_iter().flatten().collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), &Default::default());
+    let got = p
+        .model
+        .forward(input, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    (diff, p)
+}
+
+fn kquant_fixtures() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kquant")
+}
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn gguf_k_quants_match_transformers_gguf_loader() {
+    // Q2_K, Q3_K, Q4_K, Q5_K and Q6_K tensors (scripts/make_kquant_fixtures.py).
+    let exp = json(&kquant_fixtures().join("kquant_expected.json"));
+    let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
+    let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
+    let (diff, _) = logit_diff(&kquant_fixtures().join("tiny_kquant.gguf"), ids, &want);
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    eprintln!("max |Δ logits| vs transformers (K-quant GGUF): {diff:e} (largest logit {scale})");
+    assert!(diff < 1e-4 * scale.max(1.0), "{diff}");
+}
+
+#[test]
+fn gguf_rope_freqs_match_transformers_llama3_scaling() {
+    // The Llama 3.1 fixture as llama.cpp's converter writes it: rope_freqs.weight, with and
+    // without the scaling's metadata.
+    let exp = json(&fixtures().join("llama3_expected.json"));
+    let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
+    for (file, recognised) in [
+        ("llama3_freqs_meta.gguf", true),
+        ("llama3_freqs.gguf", false),
+    ] {
+        let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
+        let (diff, p) = logit_diff(&kquant_fixtures().join(file), ids, &want);
+        eprintln!("{file}: max |Δ logits| vs transformers (llama3 rope): {diff:e}");
+        assert!(diff < 1e-4, "{file}: {diff}");
+        let c = &p.model.config;
+        let out = tempfile::tempdir().unwrap();
+        let saved = runner::model::save::save_pretrained(&p.model, out.path());
+        if recognised {
+            // The metadata names the scaling: the config holds it as transformers does.
+            let s = c.rope_scaling.as_ref().expect("llama3 scaling recognised");
+            assert_eq!((s.factor, s.original_max_position_embeddings), (8.0, 16));
+            assert!(c.rope_freq_factors.is_none());
+            saved.unwrap();
+        } else {
+            // Without it (the converter writes none) the divisors are used as they are, and
+            // a transformers config cannot hold them.
+            assert!(c.rope_scaling.is_none() && c.rope_freq_factors.is_some());
+            let err = saved.unwrap_err().to_string();
+            assert!(err.contains("rope frequency factors"), "{err}");
+        }
+    }
+}
+
 #[test]
 fn llama3_rope_scaling_matches_transformers() {
     let exp: serde_json::Value = serde_json::from_str(

@@ -1,6 +1,9 @@
-//! ggml tensor types and their dequantization to f32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+//! ggml tensor types and their dequantization to f32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1, and
+//! the K-quants Q2_K to Q8_K of [`super::kquant`]).
 
 use half::{bf16, f16};
+
+use super::kquant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GgmlType {
@@ -9,6 +12,12 @@ pub enum GgmlType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
     BF16,
 }
 
@@ -20,6 +29,12 @@ impl GgmlType {
             2 => Self::Q4_0,
             3 => Self::Q4_1,
             8 => Self::Q8_0,
+            10 => Self::Q2K,
+            11 => Self::Q3K,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            15 => Self::Q8K,
             30 => Self::BF16,
             _ => return None,
         })
@@ -33,8 +48,55 @@ impl GgmlType {
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
             Self::Q8_0 => (32, 34),
+            Self::Q2K => (kquant::QK_K, 84),
+            Self::Q3K => (kquant::QK_K, 110),
+            Self::Q4K => (kquant::QK_K, 144),
+            Self::Q5K => (kquant::QK_K, 176),
+            Self::Q6K => (kquant::QK_K, 210),
+            Self::Q8K => (kquant::QK_K, 292),
         }
     }
+
+    /// ggml's name for the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q2K => "Q2_K",
+            Self::Q3K => "Q3_K",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+            Self::Q8K => "Q8_K",
+        }
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The first block whose scale is not finite, as (block index, scale): ggml refuses such
+/// data (`ggml_validate_row_data`), and dequantizing it would spread NaN through the model.
+pub(crate) fn first_bad_block(ty: GgmlType, raw: &[u8]) -> Option<(usize, f32)> {
+    let (_, block_bytes) = ty.block();
+    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        return None;
+    }
+    raw.chunks_exact(block_bytes)
+        .enumerate()
+        .find_map(|(i, blk)| {
+            kquant::super_scales(ty, blk)
+                .into_iter()
+                .find(|s| !s.is_finite())
+                .map(|s| (i, s))
+        })
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -82,6 +144,22 @@ pub(crate) fn dequantize(ty: GgmlType, raw: &[u8], numel: usize) -> Vec<f32> {
                 out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
             }
         }
+        GgmlType::Q2K => raw.chunks_exact(84).for_each(|b| kquant::q2_k(b, &mut out)),
+        GgmlType::Q3K => raw
+            .chunks_exact(110)
+            .for_each(|b| kquant::q3_k(b, &mut out)),
+        GgmlType::Q4K => raw
+            .chunks_exact(144)
+            .for_each(|b| kquant::q4_k(b, &mut out)),
+        GgmlType::Q5K => raw
+            .chunks_exact(176)
+            .for_each(|b| kquant::q5_k(b, &mut out)),
+        GgmlType::Q6K => raw
+            .chunks_exact(210)
+            .for_each(|b| kquant::q6_k(b, &mut out)),
+        GgmlType::Q8K => raw
+            .chunks_exact(292)
+            .for_each(|b| kquant::q8_k(b, &mut out)),
     }
     debug_assert_eq!(out.len(), numel);
     out

@@ -279,7 +279,7 @@ impl GgufFile {
             let (block, block_bytes) = dtype.block();
             if dims[0] % block as u64 != 0 {
                 return Err(terr(format!(
-                    "first dimension {} is not a multiple of the {dtype:?} block size {block}",
+                    "first dimension {} is not a multiple of the {dtype} block size {block}",
                     dims[0]
                 )));
             }
@@ -351,10 +351,23 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The tensor's values as f32, in GGUF element order (dims[0] fastest).
-    pub(crate) fn dequantize(&self, info: &TensorInfo) -> Vec<f32> {
+    /// The tensor's values as f32, in GGUF element order (dims[0] fastest). A block whose
+    /// scale is NaN or infinite is an error naming the tensor and the block.
+    pub(crate) fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         let raw = &self.bytes[info.offset as usize..(info.offset + info.size) as usize];
-        dequant::dequantize(info.dtype, raw, info.numel() as usize)
+        if let Some((block, scale)) = dequant::first_bad_block(info.dtype, raw) {
+            return Err(GgufError::Tensor {
+                path: self.path.clone(),
+                tensor: info.name.clone(),
+                msg: format!(
+                    "{} block {block} (weights {} to {}) has the scale {scale}: corrupt data",
+                    info.dtype,
+                    block * info.dtype.block().0,
+                    (block + 1) * info.dtype.block().0 - 1
+                ),
+            });
+        }
+        Ok(dequant::dequantize(info.dtype, raw, info.numel() as usize))
     }
 }
 
@@ -436,11 +449,11 @@ pub(crate) mod tests {
         );
         assert_eq!(f.meta("n").unwrap().as_u64(), Some(7));
         assert_eq!(
-            f.dequantize(f.tensor("a").unwrap()),
+            f.dequantize(f.tensor("a").unwrap()).unwrap(),
             vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
         );
         assert_eq!(
-            f.dequantize(f.tensor("b").unwrap()),
+            f.dequantize(f.tensor("b").unwrap()).unwrap(),
             vec![1.0, 2.0, 3.0, 4.0]
         );
     }
@@ -593,7 +606,7 @@ mod fuzz {
                 parse_bytes(&bytes).map(|f| {
                     f.tensors
                         .iter()
-                        .map(|t| f.dequantize(t).len())
+                        .map(|t| f.dequantize(t).map_or(0, |w| w.len()))
                         .sum::<usize>()
                 })
             });

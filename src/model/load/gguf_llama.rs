@@ -70,7 +70,7 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
                 .ok_or_else(|| missing("llama.vocab_size"))?,
         },
     };
-    let config = LlamaConfig {
+    let mut config = LlamaConfig {
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: int("llama.feed_forward_length")?,
@@ -89,17 +89,15 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         max_position_embeddings: int("llama.context_length").unwrap_or(2048),
         tie_word_embeddings: f.tensor("output.weight").is_none(),
         rope_scaling: None,
+        rope_freq_factors: None,
     };
-    if f.tensor("rope_freqs.weight").is_some() {
-        return Err(LoadError::File {
-            path: f.path.clone(),
-            msg: "rope_freqs.weight (Llama 3.1 rope scaling in GGUF) is not supported yet".into(),
-        });
-    }
     config.validate().map_err(|error| LoadError::Config {
         path: f.path.clone(),
         error,
     })?;
+    if let Some(t) = f.tensor("rope_freqs.weight") {
+        rope_freqs(f, t, &mut config)?;
+    }
     Ok(config)
 }
 
@@ -180,12 +178,68 @@ impl WeightSource for GgufWeights<'_> {
                 found: t.dims.clone(),
             });
         }
-        let w = f.dequantize(t);
+        let w = f.dequantize(t)?;
         Ok(match heads {
             Some(n) => unpermute_rope_rows(&w, n, shape[1]),
             None => w,
         })
     }
+}
+
+/// Llama 3.1-style rope scaling as GGUF stores it: `rope_freqs.weight`, one divisor per
+/// rotary frequency (llama.cpp divides each angle by it). When the divisors are those of a
+/// Llama 3 scaling (the factor from `llama.rope.scaling.factor`, else 8, 16 or 32; frequency
+/// factors 1 and 4; the original context from the metadata, else 8192), the config gets that
+/// scaling, which transformers' config can hold; otherwise the divisors themselves.
+fn rope_freqs(
+    f: &GgufFile,
+    t: &super::gguf::TensorInfo,
+    config: &mut LlamaConfig,
+) -> Result<(), LoadError> {
+    let half = config.head_dim() / 2;
+    let bad = |msg: String| LoadError::File {
+        path: f.path.clone(),
+        msg: format!("tensor 'rope_freqs.weight': {msg}"),
+    };
+    let factors: Vec<f64> = f.dequantize(t)?.into_iter().map(f64::from).collect();
+    if factors.len() != half {
+        return Err(bad(format!(
+            "has {} entries, expected {half} (half the head dimension)",
+            factors.len()
+        )));
+    }
+    if let Some(x) = factors.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+        return Err(bad(format!(
+            "holds {x}; every divisor must be a positive number"
+        )));
+    }
+    let meta_f64 = |key: &str| f.meta(key).and_then(|v| v.as_f64());
+    let original =
+        meta_f64("llama.rope.scaling.original_context_length").unwrap_or(8192.0) as usize;
+    let candidates: Vec<f64> = match meta_f64("llama.rope.scaling.factor") {
+        Some(factor) => vec![factor],
+        None => vec![8.0, 16.0, 32.0],
+    };
+    let hd = config.head_dim();
+    for factor in candidates {
+        let scaling = crate::model::config::Llama3RopeScaling {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: original,
+        };
+        let matches = factors.iter().enumerate().all(|(i, &stored)| {
+            let inv = 1.0 / config.rope_theta.powf((2 * i) as f64 / hd as f64);
+            let divisor = inv / scaling.scale(inv);
+            (divisor - stored).abs() <= 1e-5 * divisor
+        });
+        if matches {
+            config.rope_scaling = Some(scaling);
+            return Ok(());
+        }
+    }
+    config.rope_freq_factors = Some(factors);
+    Ok(())
 }
 
 /// llama.cpp's converter interleaves each head's rows for its rotary kernel
