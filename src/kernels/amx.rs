@@ -8,8 +8,9 @@
 //!
 //! Tile instructions are written as inline assembly: Rust's AMX intrinsics are not stable.
 //! Linux hands out the tile registers only after `arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked
-//! once per process; without AMX (or with `RUNNER_AMX=0`) [`available`] is false and callers
-//! take the composed path.
+//! once per process. Without AMX (or with `RUNNER_AMX=0`) a CPU with AVX512_BF16 runs the
+//! same packed products with `vdpbf16ps` ([`super::dpbf16`]); with neither, [`available`] is
+//! false and callers take the composed path.
 
 pub(crate) use super::host::Strided;
 use std::arch::asm;
@@ -25,14 +26,35 @@ const BLOCK: usize = 32;
 /// bf16 values in one packed tile (16 rows of 64 bytes).
 const TILE_VALUES: usize = TILE_ROWS * TILE_K;
 
-/// Whether this process can run AMX bf16 tiles (checked once).
-pub(crate) fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        std::env::var("RUNNER_AMX").map_or(true, |v| v != "0")
+/// Which instructions run the packed bf16 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    /// AMX tiles.
+    Tiles,
+    /// AVX512_BF16's `vdpbf16ps` ([`super::dpbf16`]).
+    DotBf16,
+}
+
+/// The unit this process runs packed bf16 products on, if any (checked once).
+pub(crate) fn unit() -> Option<Unit> {
+    static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
+    *UNIT.get_or_init(|| {
+        if std::env::var("RUNNER_AMX").map_or(true, |v| v != "0")
             && cpu_has_amx_bf16()
             && request_tile_permission()
+        {
+            Some(Unit::Tiles)
+        } else if super::dpbf16::available() {
+            Some(Unit::DotBf16)
+        } else {
+            None
+        }
     })
+}
+
+/// Whether packed bf16 products run on this machine (AMX tiles or `vdpbf16ps`).
+pub(crate) fn available() -> bool {
+    unit().is_some()
 }
 
 fn cpu_has_amx_bf16() -> bool {
@@ -120,7 +142,7 @@ impl PackedB {
 
 /// [`matmul`] on packed operands.
 pub(crate) fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
-    assert!(available(), "AMX is not available");
+    let unit = unit().expect("no bf16 matrix unit (AMX or AVX512_BF16)");
     assert!(a.k == b.k, "the operands do not chain");
     let (m, k, n) = (a.m, a.k, b.n);
     if m == 0 || n == 0 {
@@ -142,6 +164,7 @@ pub(crate) fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
             .enumerate()
             .for_each(|(mb, c)| {
                 row_block(
+                    unit,
                     &packed_a[mb * panel..][..panel],
                     &b.values,
                     k_tiles,
@@ -306,6 +329,7 @@ const B_GROUP_BYTES: usize = 1 << 19;
 /// and packed B.
 #[inline(never)]
 fn row_block(
+    unit: Unit,
     a_panel: &[u16],
     packed_b: &[u16],
     k_tiles: usize,
@@ -315,19 +339,17 @@ fn row_block(
 ) {
     let rows = c.len() / n;
     let mut acc = [0f32; BLOCK * BLOCK];
-    let _tiles = TileConfig::load();
+    let _tiles = (unit == Unit::Tiles).then(TileConfig::load);
     for nb in blocks {
         let b_panel = &packed_b[nb * k_tiles * 2 * TILE_VALUES..][..k_tiles * 2 * TILE_VALUES];
-        // SAFETY: both panels hold `k_tiles` pairs of tiles, `acc` one 32 × 32 block, and
-        // the tile configuration is loaded on this thread.
-        unsafe {
-            block_kernel(
-                a_panel.as_ptr(),
-                b_panel.as_ptr(),
-                k_tiles,
-                acc.as_mut_ptr(),
-            )
-        };
+        let (a, b, out) = (a_panel.as_ptr(), b_panel.as_ptr(), acc.as_mut_ptr());
+        // SAFETY: both panels hold `k_tiles` pairs of tiles and `acc` one 32 × 32 block;
+        // for tiles the configuration is loaded on this thread, and `vdpbf16ps` was
+        // detected when the unit was chosen.
+        match unit {
+            Unit::Tiles => unsafe { block_kernel(a, b, k_tiles, out) },
+            Unit::DotBf16 => unsafe { super::dpbf16::block_kernel(a, b, k_tiles, out) },
+        }
         let cols = BLOCK.min(n - nb * BLOCK);
         for r in 0..rows {
             let dst = &mut c[r * n + nb * BLOCK..][..cols];
@@ -651,7 +673,9 @@ mod tests {
     #[test]
     fn matches_the_bf16_reference_on_ragged_and_transposed_shapes() {
         if !available() {
-            eprintln!("AMX is not available on this machine: the kernel is not exercised");
+            eprintln!(
+                "no bf16 matrix unit (AMX or AVX512_BF16) on this machine: the packed kernels are not exercised"
+            );
             return;
         }
         for &(m, k, n) in &[

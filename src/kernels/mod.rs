@@ -15,6 +15,7 @@ use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
+pub(crate) mod dpbf16;
 #[cfg(feature = "flex")]
 mod flex;
 pub(crate) mod host;
@@ -22,6 +23,20 @@ pub mod precision;
 pub(crate) mod thin;
 
 pub(crate) use host::{AdamWStep, AttentionShape};
+
+/// Whether bf16 products on `B` run slower than f32 would: the CPU backend on a CPU with
+/// neither AMX nor AVX512_BF16, where bf16 is rounded f32 arithmetic (2.6× slower than f32
+/// for a LoRA step before `vdpbf16ps` was used, docs/performance.md).
+pub(crate) fn bf16_is_slow<B: Backend>() -> bool {
+    fn device_type<B: Backend>() -> TypeId {
+        TypeId::of::<B::Device>()
+    }
+    #[cfg(feature = "flex")]
+    if device_type::<B>() == device_type::<burn::backend::Flex>() {
+        return !amx::available();
+    }
+    false
+}
 
 /// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.
 pub(crate) fn downcast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
@@ -514,7 +529,9 @@ mod tests {
     #[test]
     fn amx_bf16_matmul_matches_the_composed_ops_in_values_and_gradients() {
         if !amx::available() {
-            eprintln!("AMX is not available on this machine: the bf16 kernel is not exercised");
+            eprintln!(
+                "no bf16 matrix unit (AMX or AVX512_BF16) on this machine: the packed kernels are not exercised"
+            );
             return;
         }
         // Both operands tracked, a transposed view as the weight (the output head's case), and
@@ -640,7 +657,9 @@ mod tests {
     #[test]
     fn amx_product_with_a_host_weight_matches_the_composed_ops() {
         if !amx::available() {
-            eprintln!("AMX is not available on this machine: the bf16 kernel is not exercised");
+            eprintln!(
+                "no bf16 matrix unit (AMX or AVX512_BF16) on this machine: the packed kernels are not exercised"
+            );
             return;
         }
         // QLoRA's two products: x · Wᵀ forward and dy · W backward, W `[out, in]` on the host.

@@ -75,6 +75,14 @@ impl Precision {
             Self::Fp16 => DType::F16,
         };
         if B::supports_dtype(device, dtype) {
+            if self == Self::Bf16 && crate::kernels::bf16_is_slow::<B>() {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "warning: this CPU has neither AMX nor AVX512_BF16, so bf16 products are rounded f32 arithmetic and run slower than precision = \"fp32\""
+                    )
+                });
+            }
             Ok(())
         } else {
             Err(PrecisionError::Unsupported(self.name()))
