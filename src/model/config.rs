@@ -28,6 +28,10 @@ pub struct LlamaConfig {
     /// Llama 3 scaling; not part of transformers' config.
     #[serde(skip)]
     pub rope_freq_factors: Option<Vec<f64>>,
+    /// Mistral's sliding-window attention: a token attends to itself and the `window − 1`
+    /// positions before it; `None` attends to every earlier position.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +127,7 @@ impl LlamaConfig {
             tie_word_embeddings: true,
             rope_scaling: None,
             rope_freq_factors: None,
+            sliding_window: None,
         }
     }
 
@@ -284,6 +289,7 @@ impl TinyOptions {
             tie_word_embeddings: self.tied,
             rope_scaling: None,
             rope_freq_factors: None,
+            sliding_window: None,
         }
     }
 }

@@ -565,6 +565,7 @@ impl<B: Backend> Llama<B> {
             virtual_tokens,
             segments,
             padding,
+            window: self.config.sliding_window,
         };
         let rope = Rope::new(&self.config, &layout.positions(), b * t_all, &self.device);
         let mask = layout.mask::<B>(self.config.num_attention_heads, &self.device);
@@ -804,6 +805,8 @@ struct Layout<'a> {
     virtual_tokens: usize,
     segments: Option<&'a [u32]>,
     padding: Option<&'a Padding>,
+    /// Mistral's sliding window, over columns (cache positions) as transformers counts it.
+    window: Option<usize>,
 }
 
 /// Left padding of a batch: row `b` has `left[b]` padding columns from column `begin`.
@@ -866,8 +869,8 @@ impl Layout<'_> {
         out
     }
 
-    /// Additive mask, `-1e9` where a token may not attend: later positions always; with
-    /// segments, also other segments' tokens (the cached and virtual positions are shared by
+    /// Additive mask, `-1e9` where a token may not attend: later positions always, and with a
+    /// sliding window of `w` the columns `w` or more before it; with segments, also other segments' tokens (the cached and virtual positions are shared by
     /// all); with left padding, the row's padding columns. Each batch row's block is repeated for its `heads` score blocks; without segments
     /// the one shared block is returned and the kernels repeat it.
     /// # Shapes
@@ -880,7 +883,7 @@ impl Layout<'_> {
             let mut out = Vec::with_capacity(t_all * total);
             for i in 0..t_all {
                 for j in 0..total {
-                    let causal = j <= start + i;
+                    let causal = j <= start + i && self.window.is_none_or(|w| start + i < j + w);
                     let same = match self.segments {
                         Some(seg) if i >= v && j >= start + v => {
                             seg[b * self.t + i - v] == seg[b * self.t + j - start - v]

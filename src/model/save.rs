@@ -159,16 +159,23 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     let obj = config
         .as_object_mut()
         .expect("a struct serializes to an object");
+    // A sliding window is Mistral's: transformers' Llama would ignore it.
+    let (model_type, family) = if c.sliding_window.is_some() {
+        ("mistral", "Mistral")
+    } else {
+        obj.remove("sliding_window");
+        ("llama", "Llama")
+    };
     let architecture = if model.score.is_some() {
         // One label: transformers reads `num_labels` from `id2label`.
         obj.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
         obj.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
-        "LlamaForSequenceClassification"
+        format!("{family}ForSequenceClassification")
     } else {
-        "LlamaForCausalLM"
+        format!("{family}ForCausalLM")
     };
     obj.insert("architectures".into(), serde_json::json!([architecture]));
-    obj.insert("model_type".into(), serde_json::json!("llama"));
+    obj.insert("model_type".into(), serde_json::json!(model_type));
     obj.insert("hidden_act".into(), serde_json::json!("silu"));
     obj.insert("attention_bias".into(), serde_json::json!(false));
     obj.insert("mlp_bias".into(), serde_json::json!(false));

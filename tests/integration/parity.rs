@@ -406,3 +406,32 @@ fn tokenizer_json_matches_transformers() {
         );
     }
 }
+
+#[test]
+fn mistral_sliding_window_matches_transformers_in_logits_and_cached_generation() {
+    // scripts/make_mistral_fixtures.py: window 5, sequences of 14 tokens, and a greedy
+    // continuation whose KV cache runs past the window.
+    let exp = json(&fixtures().join("mistral_expected.json"));
+    let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
+    let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
+    let (diff, p) = logit_diff(&fixtures().join("tiny_mistral_hf"), ids, &want);
+    eprintln!("max |Δ logits| vs transformers (Mistral, sliding window 5): {diff:e}");
+    assert_eq!(p.model.config.sliding_window, Some(5));
+    assert!(diff < 1e-4, "{diff}");
+    let prompt: Vec<u32> = serde_json::from_value(exp["prompt"].clone()).unwrap();
+    let greedy: Vec<u32> = serde_json::from_value(exp["greedy"].clone()).unwrap();
+    let opts = runner::generate::GenerateOptions {
+        max_new_tokens: greedy.len(),
+        ..Default::default()
+    };
+    let got = runner::generate::generate(&p.model, &prompt, &opts).unwrap();
+    assert_eq!(got, greedy);
+    // Saved, it is a Mistral checkpoint again (transformers' Llama would drop the window).
+    let out = tempfile::tempdir().unwrap();
+    runner::model::save::save_pretrained(&p.model, out.path()).unwrap();
+    let saved = json(&out.path().join("config.json"));
+    assert_eq!(saved["model_type"], "mistral");
+    assert_eq!(saved["sliding_window"], 5);
+    let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
+    assert!(logit_diff(out.path(), ids, &want).0 < 1e-4);
+}

@@ -90,6 +90,7 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         tie_word_embeddings: f.tensor("output.weight").is_none(),
         rope_scaling: None,
         rope_freq_factors: None,
+        sliding_window: None,
     };
     config.validate().map_err(|error| LoadError::Config {
         path: f.path.clone(),

@@ -13,7 +13,8 @@ use super::build::{WeightSource, build_llama_quantized};
 use crate::model::Llama;
 use crate::model::config::LlamaConfig;
 
-/// Model types whose checkpoints are this decoder (Mistral without sliding windows is the same network).
+/// Model types whose checkpoints are this decoder (Mistral is Llama with an optional sliding
+/// attention window).
 const SUPPORTED: [&str; 2] = ["llama", "mistral"];
 
 /// Reads config.json, accepting both `rope_theta` and transformers 5's `rope_parameters`.
@@ -39,6 +40,16 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
             "model_type '{model_type}' is not supported (supported: {})",
             SUPPORTED.join(", ")
         )));
+    }
+    // Only Mistral's attention reads `sliding_window`.
+    if model_type != "mistral" {
+        obj.remove("sliding_window");
+    }
+    if obj
+        .get("sliding_window")
+        .is_some_and(|w| w.as_u64() == Some(0))
+    {
+        return Err(err("sliding_window must be at least 1 (or null)".into()));
     }
     // transformers 4 writes `rope_theta` and `rope_scaling`; transformers 5 one `rope_parameters`.
     let rope = obj
