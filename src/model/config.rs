@@ -32,6 +32,63 @@ pub struct LlamaConfig {
     /// positions before it; `None` attends to every earlier position.
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Biases on q, k, v and o (transformers' Llama `attention_bias`).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Biases on gate, up and down (transformers' Llama `mlp_bias`).
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Which family's checkpoint this is: the differences from Llama are data here (which
+    /// projections carry biases, q/k norms), not separate model code.
+    #[serde(skip)]
+    pub family: Family,
+}
+
+/// A decoder family that shares Llama's network, with its differences.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    #[default]
+    Llama,
+    /// An optional sliding attention window (`sliding_window`).
+    Mistral,
+    /// Biases on q, k and v.
+    Qwen2,
+    /// An RMSNorm over each head of q and of k, before the rotary embedding.
+    Qwen3,
+}
+
+impl Family {
+    pub const MODEL_TYPES: [&'static str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+
+    pub fn parse(model_type: &str) -> Option<Self> {
+        Some(match model_type {
+            "llama" => Self::Llama,
+            "mistral" => Self::Mistral,
+            "qwen2" => Self::Qwen2,
+            "qwen3" => Self::Qwen3,
+            _ => return None,
+        })
+    }
+
+    /// `config.json`'s `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The prefix of transformers' class names (`Qwen2ForCausalLM`).
+    pub fn class_prefix(self) -> &'static str {
+        match self {
+            Self::Llama => "Llama",
+            Self::Mistral => "Mistral",
+            Self::Qwen2 => "Qwen2",
+            Self::Qwen3 => "Qwen3",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,6 +162,21 @@ pub enum ConfigError {
 }
 
 impl LlamaConfig {
+    /// Whether projection `proj` carries a bias.
+    pub(crate) fn has_bias(&self, proj: crate::model::llama::Proj) -> bool {
+        use crate::model::llama::Proj;
+        match self.family {
+            Family::Qwen2 => matches!(proj, Proj::Q | Proj::K | Proj::V),
+            _ if proj.is_mlp() => self.mlp_bias,
+            _ => self.attention_bias,
+        }
+    }
+
+    /// Whether q and k are normalised per head (Qwen3).
+    pub(crate) fn qk_norm(&self) -> bool {
+        self.family == Family::Qwen3
+    }
+
     /// Dimension of one attention head.
     pub fn head_dim(&self) -> usize {
         self.head_dim
@@ -128,6 +200,9 @@ impl LlamaConfig {
             rope_scaling: None,
             rope_freq_factors: None,
             sliding_window: None,
+            attention_bias: false,
+            mlp_bias: false,
+            family: Family::Llama,
         }
     }
 
@@ -290,6 +365,9 @@ impl TinyOptions {
             rope_scaling: None,
             rope_freq_factors: None,
             sliding_window: None,
+            attention_bias: false,
+            mlp_bias: false,
+            family: Family::Llama,
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct Linear<B: Backend> {
     pub ia3: Slots<Ia3Vector<B>>,
     /// BitFit biases, `[d_out]`.
     pub bias: Slots<Param<B, 1>>,
+    /// The checkpoint's own bias, `[d_out]` (Qwen2's q, k and v; Llama's `attention_bias`).
+    pub base_bias: Option<Param<B, 1>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -73,6 +75,7 @@ impl<B: Backend> Linear<B> {
             lora: Slots::default(),
             ia3: Slots::default(),
             bias: Slots::default(),
+            base_bias: None,
         }
     }
 
@@ -144,6 +147,10 @@ impl<B: Backend> Linear<B> {
             Weight::Dense(p) => precision::matmul(x.clone(), p.value.clone()),
             Weight::Quantized(q) => matmul::quantized_matmul(x.clone(), q),
         };
+        let base = match &self.base_bias {
+            Some(b) => base + b.value.clone().unsqueeze(),
+            None => base,
+        };
         let mut out = match self.lora.active().filter(|l| l.merged.is_none()) {
             Some(lora) => lora.apply(x, base, &self.weight, rng),
             None => base,
@@ -161,6 +168,9 @@ impl<B: Backend> Linear<B> {
         match &mut self.weight {
             Weight::Dense(p) => v.visit2(&format!("{prefix}.weight"), p),
             Weight::Quantized(q) => v.visit_quantized(&format!("{prefix}.weight"), q),
+        }
+        if let Some(b) = &mut self.base_bias {
+            v.visit1(&format!("{prefix}.bias"), b);
         }
         self.lora.visit(prefix, "lora", v);
         self.ia3.visit(prefix, "ia3_l", v);

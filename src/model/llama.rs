@@ -123,6 +123,9 @@ pub struct Block<B: Backend> {
     /// LN tuning's trained copies of the two norm weights.
     pub input_norm_tuned: Slots<Param<B, 1>>,
     pub post_norm_tuned: Slots<Param<B, 1>>,
+    /// Qwen3's RMSNorm weights over each head of q and of k, `[head_dim]`.
+    pub q_norm: Option<Param<B, 1>>,
+    pub k_norm: Option<Param<B, 1>>,
 }
 
 #[derive(Clone, Debug)]
@@ -205,6 +208,8 @@ impl<B: Backend> Block<B> {
             mlp_adapter: Slots::default(),
             input_norm_tuned: Slots::default(),
             post_norm_tuned: Slots::default(),
+            q_norm: None,
+            k_norm: None,
         })
     }
 
@@ -218,6 +223,12 @@ impl<B: Backend> Block<B> {
         for proj in [Proj::Q, Proj::K, Proj::V, Proj::O] {
             let p = format!("{prefix}.self_attn.{proj}");
             self.proj_mut(proj).visit(&p, v);
+        }
+        if let Some(w) = &mut self.q_norm {
+            v.visit1(&format!("{prefix}.self_attn.q_norm.weight"), w);
+        }
+        if let Some(w) = &mut self.k_norm {
+            v.visit1(&format!("{prefix}.self_attn.k_norm.weight"), w);
         }
         self.attn_adapter
             .visit(&format!("{prefix}.self_attn"), "adapter", v);
@@ -707,9 +718,21 @@ impl<B: Backend> Llama<B> {
             self.config.num_key_value_heads,
         );
         let scale = 1.0 / (hd as f64).sqrt();
-        // Rotary embeddings on the projection's own (contiguous) layout, before heads move.
-        let q = rope.apply(layer.q_proj.forward(x.clone(), rng.as_deref_mut()));
-        let k = rope.apply(layer.k_proj.forward(x.clone(), rng.as_deref_mut()));
+        // Rotary embeddings on the projection's own (contiguous) layout, before heads move;
+        // Qwen3 first normalises each head of q and k.
+        let eps = self.config.rms_norm_eps;
+        let per_head = |y: Tensor<B, 2>, norm: &Option<Param<B, 1>>, heads: usize| match norm {
+            Some(w) => {
+                let n = y.dims()[0];
+                kernels::rms_norm(y.reshape([n * heads, hd]), w.value(), eps)
+                    .reshape([n, heads * hd])
+            }
+            None => y,
+        };
+        let q = layer.q_proj.forward(x.clone(), rng.as_deref_mut());
+        let q = rope.apply(per_head(q, &layer.q_norm, h));
+        let k = layer.k_proj.forward(x.clone(), rng.as_deref_mut());
+        let k = rope.apply(per_head(k, &layer.k_norm, kvh));
         let v = layer.v_proj.forward(x, rng.as_deref_mut());
         let Some(slot) = kv else {
             let shape = kernels::AttentionShape {

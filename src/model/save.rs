@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 
 use super::Llama;
+use super::config::Family;
 use super::linear::Weight;
 use super::llama::{Proj, module_path};
 use crate::quant::bnb_format::{self, RawTensor};
@@ -122,7 +123,21 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
             format!("model.layers.{i}.post_attention_layernorm.weight"),
             host(&layer.post_attention_layernorm.value),
         ));
+        for (name, norm) in [("q_norm", &layer.q_norm), ("k_norm", &layer.k_norm)] {
+            if let Some(w) = norm {
+                push(f32_tensor(
+                    format!("model.layers.{i}.self_attn.{name}.weight"),
+                    host(&w.value),
+                ));
+            }
+        }
         for t in Proj::ALL {
+            if let Some(b) = &layer.proj(t).base_bias {
+                push(f32_tensor(
+                    format!("{}.bias", module_path(i, t)),
+                    host(&b.value),
+                ));
+            }
             let name = format!("{}.weight", module_path(i, t));
             match &layer.proj(t).weight {
                 Weight::Dense(p) => {
@@ -160,12 +175,15 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
         .as_object_mut()
         .expect("a struct serializes to an object");
     // A sliding window is Mistral's: transformers' Llama would ignore it.
-    let (model_type, family) = if c.sliding_window.is_some() {
-        ("mistral", "Mistral")
-    } else {
-        obj.remove("sliding_window");
-        ("llama", "Llama")
+    let family = match c.family {
+        Family::Llama if c.sliding_window.is_some() => Family::Mistral,
+        f => f,
     };
+    if c.sliding_window.is_none() {
+        obj.remove("sliding_window");
+    }
+    let model_type = family.model_type();
+    let family = family.class_prefix();
     let architecture = if model.score.is_some() {
         // One label: transformers reads `num_labels` from `id2label`.
         obj.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
@@ -177,8 +195,7 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     obj.insert("architectures".into(), serde_json::json!([architecture]));
     obj.insert("model_type".into(), serde_json::json!(model_type));
     obj.insert("hidden_act".into(), serde_json::json!("silu"));
-    obj.insert("attention_bias".into(), serde_json::json!(false));
-    obj.insert("mlp_bias".into(), serde_json::json!(false));
+
     obj.insert("torch_dtype".into(), serde_json::json!("float32"));
     obj.insert("head_dim".into(), serde_json::json!(c.head_dim()));
     if c.rope_scaling.is_none() {

@@ -435,3 +435,66 @@ fn mistral_sliding_window_matches_transformers_in_logits_and_cached_generation()
     let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
     assert!(logit_diff(out.path(), ids, &want).0 < 1e-4);
 }
+
+#[test]
+fn qwen2_and_qwen3_match_transformers_and_peft() {
+    // scripts/make_qwen_fixtures.py: Qwen2 (biases on q, k, v; tied head) and Qwen3 (q/k
+    // norms per head; head_dim 16 with hidden 32 and 4 heads), each with a PEFT LoRA adapter.
+    let exp = json(&fixtures().join("qwen_expected.json"));
+    for family in ["qwen2", "qwen3"] {
+        let e = &exp[family];
+        let ids = || serde_json::from_value::<Vec<Vec<i64>>>(e["input_ids"].clone()).unwrap();
+        let want: Vec<f32> = serde_json::from_value(e["logits"].clone()).unwrap();
+        let dir = fixtures().join(format!("tiny_{family}_hf"));
+        let (diff, p) = logit_diff(&dir, ids(), &want);
+        eprintln!("{family}: max |Δ logits| vs transformers: {diff:e}");
+        assert!(diff < 1e-4, "{family}: {diff}");
+        // LoRA r=4 on the default targets trains as many parameters as PEFT's.
+        let mut model = p.model.clone();
+        let config = runner::peft::lora::LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..Default::default()
+        };
+        runner::peft::lora::attach(&mut model, "default", &config).unwrap();
+        assert_eq!(
+            model.param_count().trainable as u64,
+            e["lora_r4_trainable"].as_u64().unwrap(),
+            "{family}"
+        );
+        // PEFT's adapter loads with PEFT's logits; saved by runner and reloaded, the same.
+        let mut adapted = p.model.clone();
+        let lora_dir = fixtures().join(format!("tiny_{family}_lora"));
+        runner::peft::format::load_adapter(&mut adapted, &lora_dir, "default").unwrap();
+        let want: Vec<f32> = serde_json::from_value(e["lora_logits"].clone()).unwrap();
+        let got = forward_flat(&adapted, ids());
+        let diff = max_abs_diff(&got, &want);
+        eprintln!("{family}: max |Δ logits| vs PEFT with the adapter: {diff:e}");
+        assert!(diff < 1e-4, "{family} adapter: {diff}");
+        // A merged, saved model is the family's checkpoint again.
+        let out = tempfile::tempdir().unwrap();
+        runner::peft::merge_and_unload(&mut adapted).unwrap();
+        runner::model::save::save_pretrained(&adapted, out.path()).unwrap();
+        assert_eq!(json(&out.path().join("config.json"))["model_type"], family);
+        assert!(logit_diff(out.path(), ids(), &want).0 < 1e-4);
+    }
+}
+
+fn forward_flat(model: &runner::model::Llama<B>, ids: Vec<Vec<i64>>) -> Vec<f32> {
+    let (b, t) = (ids.len(), ids[0].len());
+    let flat: Vec<i64> = ids.into_iter().flatten().collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), &Default::default());
+    model
+        .forward(input, None)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

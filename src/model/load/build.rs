@@ -87,17 +87,33 @@ pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
             true,
         ))
     };
+    let vector = |name: &str, len: usize| -> Result<Param<B, 1>, LoadError> {
+        Ok(Param::new(
+            init::tensor1::<B>(src.load(name, &[len])?, device),
+            true,
+        ))
+    };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-        layers.push(Block::new(
+        let mut block = Block::new(
             norm(&n("input_layernorm"))?,
             norm(&n("post_attention_layernorm"))?,
             |proj| {
                 let (d_in, d_out) = projection_shape(&config, proj);
-                linear(&format!("{}.weight", module_path(i, proj)), d_in, d_out)
+                let mut l = linear(&format!("{}.weight", module_path(i, proj)), d_in, d_out)?;
+                if config.has_bias(proj) {
+                    l.base_bias = Some(vector(&format!("{}.bias", module_path(i, proj)), d_out)?);
+                }
+                Ok::<_, LoadError>(l)
             },
-        )?);
+        )?;
+        if config.qk_norm() {
+            let hd = config.head_dim();
+            block.q_norm = Some(vector(&n("self_attn.q_norm"), hd)?);
+            block.k_norm = Some(vector(&n("self_attn.k_norm"), hd)?);
+        }
+        layers.push(block);
     }
     let embed = src.load("model.embed_tokens.weight", &[vocab, d])?;
     let lm_head = if config.tie_word_embeddings {

@@ -91,6 +91,9 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         rope_scaling: None,
         rope_freq_factors: None,
         sliding_window: None,
+        attention_bias: false,
+        mlp_bias: false,
+        family: crate::model::config::Family::Llama,
     };
     config.validate().map_err(|error| LoadError::Config {
         path: f.path.clone(),

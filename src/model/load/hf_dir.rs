@@ -13,9 +13,7 @@ use super::build::{WeightSource, build_llama_quantized};
 use crate::model::Llama;
 use crate::model::config::LlamaConfig;
 
-/// Model types whose checkpoints are this decoder (Mistral is Llama with an optional sliding
-/// attention window).
-const SUPPORTED: [&str; 2] = ["llama", "mistral"];
+use crate::model::config::Family;
 
 /// Reads config.json, accepting both `rope_theta` and transformers 5's `rope_parameters`.
 pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
@@ -35,15 +33,27 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
         .and_then(|t| t.as_str())
         .unwrap_or("")
         .to_string();
-    if !SUPPORTED.contains(&model_type.as_str()) {
+    let Some(family) = Family::parse(&model_type) else {
         return Err(err(format!(
             "model_type '{model_type}' is not supported (supported: {})",
-            SUPPORTED.join(", ")
+            Family::MODEL_TYPES.join(", ")
         )));
+    };
+    // Qwen's configs name a window that only layers past `max_window_layers` use, and only
+    // with `use_sliding_window`; Llama has none.
+    if matches!(family, Family::Qwen2 | Family::Qwen3)
+        && obj.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true)
+    {
+        return Err(err(
+            "use_sliding_window (Qwen's per-layer sliding windows) is not supported yet".into(),
+        ));
     }
-    // Only Mistral's attention reads `sliding_window`.
-    if model_type != "mistral" {
+    if family != Family::Mistral {
         obj.remove("sliding_window");
+    }
+    if family == Family::Qwen2 {
+        // Qwen2's q, k and v always have biases; its config has no attention_bias.
+        obj.remove("attention_bias");
     }
     if obj
         .get("sliding_window")
@@ -76,7 +86,10 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
             )));
         }
     }
-    serde_json::from_value(v).map_err(|e| err(format!("not a Llama config: {e}")))
+    let mut config: LlamaConfig =
+        serde_json::from_value(v).map_err(|e| err(format!("not a Llama config: {e}")))?;
+    config.family = family;
+    Ok(config)
 }
 
 /// Where one tensor's bytes are, found when the headers are parsed (once per file).
