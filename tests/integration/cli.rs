@@ -324,7 +324,13 @@ fn missing_model_is_a_recipe_error() {
     std::fs::write(&recipe, "local m = runner.model.load(\"no-such-model\")\n").unwrap();
     let out = runner(&[recipe.to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("load.lua:1: runner.model.load: 'no-such-model' is neither a file nor a known model name"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "load.lua:1: runner.model.load: 'no-such-model' is neither a file, a known model name"
+        ),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

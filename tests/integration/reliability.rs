@@ -242,7 +242,11 @@ fn a_sweep_killed_at_random_moments_ends_as_if_never_killed() {
         child.wait().unwrap();
         kills += 1;
     }
-    assert!(finished, "never finished in 60 tries");
+    if !finished {
+        // A loaded machine can be too slow for any run to end within the delays; the last
+        // run then goes on to the end unkilled, which is what a user does.
+        assert!(run(killed.path()).status().unwrap().success());
+    }
     assert!(
         kills >= 3,
         "only {kills} kills landed: the test proves little"
