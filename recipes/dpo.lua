@@ -11,6 +11,10 @@ local sft = require "lib.sft"
 local sft_steps = runner.params.sft_steps or 60
 local steps = runner.params.steps or 120
 local limit = runner.params.limit or 50
+-- Weight of the chosen answers' NLL beside the DPO loss (RPO; TRL's loss = {"sigmoid", "sft"}):
+-- without it the chosen answers' probability falls with the rejected ones' and greedy answers
+-- degenerate; 0 turns it off.
+local rpo_alpha = runner.params.rpo_alpha or 0.5
 local base = runner.model.load("smollm2-135m-instruct")
 local train = runner.data.pairs("data/prefs/tasks_train.jsonl")
 local heldout = runner.data.pairs("data/prefs/tasks_heldout.jsonl")
@@ -23,7 +27,8 @@ local sft_adapter, em_sft = sft(base, { name = "dpo_sft", steps = sft_steps, eva
 
 runner.sweep{
   name = "dpo",
-  grid = { loss = { "sigmoid", "robust" }, beta = { 0.1, 0.5 } },
+  grid = { loss = runner.params.losses and { runner.params.losses } or { "sigmoid", "robust" },
+           beta = runner.params.beta and { runner.params.beta } or { 0.1, 0.5 } },
   trial = function(p)
     local model = base:clone()
     model:load_adapter(sft_adapter, "reference")
@@ -31,6 +36,7 @@ runner.sweep{
     local dpo = runner.dpo{
       model = model, ref_adapter = "reference",
       loss = p.loss, beta = p.beta, label_smoothing = p.loss == "robust" and 0.1 or nil,
+      rpo_alpha = rpo_alpha,
       optim = runner.optim.adamw{ lr = 5e-4 },
       schedule = "cosine", warmup = 5, total_steps = steps, max_grad_norm = 1.0,
       precompute_ref_log_probs = true, seed = p.seed,
@@ -41,7 +47,7 @@ runner.sweep{
       if step % 5 == 0 or step == 1 then
         runner.log{ step = step, loss = loss, ["rewards/accuracies"] = info["rewards/accuracies"],
                     ["rewards/margins"] = info["rewards/margins"], ["logps/chosen"] = info["logps/chosen"],
-                    ["logps/rejected"] = info["logps/rejected"] }
+                    ["logps/rejected"] = info["logps/rejected"], nll_loss = info.nll_loss }
       end
     end
     local _, after = dpo:evaluate(heldout, { size = 16 })

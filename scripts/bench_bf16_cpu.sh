@@ -21,7 +21,7 @@ cargo build --release --example bench_train_step --bin runner >/dev/null
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 printf 'runner.model.load("smollm2-135m-instruct"):save_pretrained(runner.params.out)\n' > "$TMP/save.lua"
-./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" >/dev/null
+./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" --trust >/dev/null
 BENCH=./target/release/examples/bench_train_step
 echo "# runner f32"; $BENCH "$METHOD" 4 256 "$STEPS"
 echo "# runner bf16, no matrix unit"; RUNNER_BF16_DOT=0 RUNNER_BENCH_PRECISION=bf16 $BENCH "$METHOD" 4 256 "$STEPS"

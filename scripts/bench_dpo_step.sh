@@ -20,7 +20,7 @@ cargo build --release --example bench_dpo_step --bin runner >/dev/null
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 printf 'runner.model.load("smollm2-135m-instruct"):save_pretrained(runner.params.out)\n' > "$TMP/save.lua"
-./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" >/dev/null
+./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" --trust >/dev/null
 LINES="$TMP/bench.jsonl"
 for _ in $(seq "$REPEATS"); do
   ./target/release/examples/bench_dpo_step "$PAIRS" "$SEQ" "$STEPS" | tee -a "$LINES"

@@ -19,7 +19,7 @@ cargo build --release --example bench_generate --bin runner >/dev/null
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 printf 'runner.model.load("smollm2-135m-instruct"):save_pretrained(runner.params.out)\n' > "$TMP/save.lua"
-./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" >/dev/null
+./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" --trust >/dev/null
 LINES="$TMP/bench.jsonl"
 ./target/release/examples/bench_generate "$BATCH" "$PROMPT" "$NEW" "$REPEATS" | tee -a "$LINES"
 "$PY" scripts/bench_generate_hf.py "$TMP/model" "$BATCH" "$PROMPT" "$NEW" "$REPEATS" | tee -a "$LINES"

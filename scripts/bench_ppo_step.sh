@@ -20,7 +20,7 @@ cargo build --release --example bench_ppo_step --bin runner >/dev/null
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 printf 'runner.model.load("smollm2-135m-instruct"):save_pretrained(runner.params.out)\n' > "$TMP/save.lua"
-./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" >/dev/null
+./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" --trust >/dev/null
 LINES="$TMP/bench.jsonl"
 ./target/release/examples/bench_ppo_step "$BATCH" "$PROMPT" "$RESPONSE" | tee -a "$LINES"
 for mode in lora full; do

@@ -26,7 +26,7 @@ cargo build --release --features wgpu,cuda --example bench_train_step --bin runn
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 printf 'runner.model.load("smollm2-135m-instruct"):save_pretrained(runner.params.out)\n' > "$TMP/save.lua"
-./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" >/dev/null
+./target/release/runner "$TMP/save.lua" --set out="$TMP/model" --results "$TMP/results" --trust >/dev/null
 HF="$TMP/model"
 LINES="$TMP/bench.jsonl"
 for _ in $(seq "$REPEATS"); do
