@@ -6,7 +6,13 @@
 BASE_DIR is a Hugging Face model directory, ADAPTER_DIR what runner's save_adapter wrote,
 EXPECTED_JSON a fixture holding "input_ids" and the logits under KEY (under FAMILY first when
 given, as tests/fixtures/parity/qwen_expected.json nests them). Prints the largest |difference|
-and exits 1 above 1e-4.
+and exits 1 above 1e-4. For the Qwen fixtures, runner re-saves PEFT's adapter first:
+
+    printf 'local m = runner.model.load("tests/fixtures/parity/tiny_qwen2_hf")\n
+    m:load_adapter("tests/fixtures/parity/tiny_qwen2_lora")\n m:save_adapter(runner.params.out)\n' > save.lua
+    runner save.lua --set out=DIR --trust
+    /some/venv/bin/python scripts/check_adapter_in_peft.py tests/fixtures/parity/tiny_qwen2_hf DIR \
+        tests/fixtures/parity/qwen_expected.json lora_logits qwen2
 """
 import json
 import sys

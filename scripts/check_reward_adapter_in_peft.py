@@ -5,7 +5,7 @@ score head) from its own tensors:
 
     printf 'local m = runner.model.load("tests/fixtures/preference/tiny_reward_hf")\\n
     m:load_adapter("tests/fixtures/preference/reward_lora")\\n m:save_adapter(runner.params.out)\\n' > save.lua
-    runner save.lua --set out=DIR
+    runner save.lua --set out=DIR --trust   # DIR outside --results: allowed with --trust
     /some/venv/bin/python scripts/check_reward_adapter_in_peft.py DIR
 
 (needs torch, transformers, peft). Prints PEFT's scores beside the fixture's and exits 1 when

@@ -45,15 +45,19 @@ pub(crate) unsafe fn block_kernel(a: *const u16, b: *const u16, k_tiles: usize, 
             for p in 0..16 {
                 let (b0, b1): (__m512bh, __m512bh) = unsafe {
                     (
-                        std::mem::transmute(_mm512_loadu_si512(b_tile.add(p * 32).cast())),
-                        std::mem::transmute(_mm512_loadu_si512(
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            b_tile.add(p * 32).cast(),
+                        )),
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
                             b_tile.add(TILE_VALUES + p * 32).cast(),
                         )),
                     )
                 };
                 for (r, row) in c.iter_mut().enumerate() {
                     let pair = unsafe { a_tile.add(r * 32 + 2 * p).cast::<i32>().read_unaligned() };
-                    let a: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(pair)) };
+                    let a: __m512bh = unsafe {
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair))
+                    };
                     row[0] = _mm512_dpbf16_ps(row[0], a, b0);
                     row[1] = _mm512_dpbf16_ps(row[1], a, b1);
                 }

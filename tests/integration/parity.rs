@@ -23,21 +23,7 @@ fn logits_of(model_path: &std::path::Path, want_key: &str) -> f32 {
     let exp = expected();
     let ids: Vec<Vec<i64>> = serde_json::from_value(exp["input_ids"].clone()).unwrap();
     let want: Vec<f32> = serde_json::from_value(exp[want_key].clone()).unwrap();
-    let p = pretrained::load::<B>(model_path.to_str().unwrap(), &Default::default()).unwrap();
-    let (b, t) = (ids.len(), ids[0].len());
-    let flat: Vec<i64> = ids.into_iter().flatten().collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), &Default::default());
-    let got = p
-        .model
-        .forward(input, None)
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    logit_diff(model_path, ids, &want).0
 }
 
 #[test]
@@ -277,21 +263,7 @@ fn logit_diff(
     want: &[f32],
 ) -> (f32, pretrained::Pretrained<B>) {
     let p = pretrained::load::<B>(path.to_str().unwrap(), &Default::default()).unwrap();
-    let (b, t) = (ids.len(), ids[0].len());
-    let flat: Vec<i64> = ids.into_iter().flatten().collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), &Default::default());
-    let got = p
-        .model
-        .forward(input, None)
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
-    assert_eq!(got.len(), want.len());
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let diff = max_abs_diff(&forward_flat(&p.model, ids), want);
     (diff, p)
 }
 
@@ -350,34 +322,11 @@ fn gguf_rope_freqs_match_transformers_llama3_scaling() {
 
 #[test]
 fn llama3_rope_scaling_matches_transformers() {
-    let exp: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("llama3_expected.json")).unwrap(),
-    )
-    .unwrap();
-    let ids: Vec<Vec<i64>> = serde_json::from_value(exp["input_ids"].clone()).unwrap();
+    let exp = json(&fixtures().join("llama3_expected.json"));
+    let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
     let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
-    let p = pretrained::load::<B>(
-        fixtures().join("tiny_llama3_hf").to_str().unwrap(),
-        &Default::default(),
-    )
-    .unwrap();
+    let (diff, p) = logit_diff(&fixtures().join("tiny_llama3_hf"), ids, &want);
     assert!(p.model.config.rope_scaling.is_some());
-    let t = ids[0].len();
-    let input = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(ids.into_iter().flatten().collect::<Vec<_>>(), [1, t]),
-        &Default::default(),
-    );
-    let got = p
-        .model
-        .forward(input, None)
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
-    let diff = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
     eprintln!("max |Δ logits| vs transformers (llama3 rope): {diff:e}");
     assert!(diff < 1e-4, "{diff}");
 }
