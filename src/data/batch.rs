@@ -211,8 +211,13 @@ impl Batch {
     /// A token whose segment differs from the one before it starts a sequence and is never
     /// predicted (from padding or from another example).
     pub(crate) fn target_tokens(&self) -> usize {
+        self.target_tokens_in_rows(0..self.batch)
+    }
+
+    /// [`Batch::target_tokens`] of rows `rows` only (a preference batch's chosen half).
+    pub(crate) fn target_tokens_in_rows(&self, rows: std::ops::Range<usize>) -> usize {
         let mut n = 0;
-        for b in 0..self.batch {
+        for b in rows {
             for t in 1..self.seq {
                 let i = b * self.seq + t;
                 if self.labels[i] != IGNORE_INDEX

@@ -24,7 +24,7 @@ const TILE_K: usize = 32;
 /// A block of C computed by one pass over k: 2 × 2 tiles.
 const BLOCK: usize = 32;
 /// bf16 values in one packed tile (16 rows of 64 bytes).
-const TILE_VALUES: usize = TILE_ROWS * TILE_K;
+pub(super) const TILE_VALUES: usize = TILE_ROWS * TILE_K;
 
 /// Which instructions run the packed bf16 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

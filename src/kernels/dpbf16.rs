@@ -11,8 +11,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-/// bf16 values in one packed tile (16 lines × 32), as [`super::amx`] lays them out.
-const TILE_VALUES: usize = 16 * 32;
+use super::amx::TILE_VALUES;
 /// Rows of the block computed together: 8 rows × 2 vectors of 16 columns = 16 accumulators.
 const ROWS: usize = 8;
 
@@ -24,6 +23,13 @@ pub(crate) fn available() -> bool {
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     })
+}
+
+/// 32 bf16 values, as `vdpbf16ps` takes them.
+#[inline(always)]
+fn bf16x32(v: __m512i) -> __m512bh {
+    // SAFETY: both are 512-bit vectors of plain bits.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
 }
 
 /// One 32 × 32 block of C over all of k, `acc` row-major with a row stride of 32 floats:
@@ -43,21 +49,15 @@ pub(crate) unsafe fn block_kernel(a: *const u16, b: *const u16, k_tiles: usize, 
             let a_tile = unsafe { a.add((2 * kt + half) * TILE_VALUES + first * 32) };
             let b_tile = unsafe { b.add(2 * kt * TILE_VALUES) };
             for p in 0..16 {
-                let (b0, b1): (__m512bh, __m512bh) = unsafe {
+                let (b0, b1) = unsafe {
                     (
-                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                            b_tile.add(p * 32).cast(),
-                        )),
-                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                            b_tile.add(TILE_VALUES + p * 32).cast(),
-                        )),
+                        bf16x32(_mm512_loadu_si512(b_tile.add(p * 32).cast())),
+                        bf16x32(_mm512_loadu_si512(b_tile.add(TILE_VALUES + p * 32).cast())),
                     )
                 };
                 for (r, row) in c.iter_mut().enumerate() {
                     let pair = unsafe { a_tile.add(r * 32 + 2 * p).cast::<i32>().read_unaligned() };
-                    let a: __m512bh = unsafe {
-                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair))
-                    };
+                    let a = bf16x32(_mm512_set1_epi32(pair));
                     row[0] = _mm512_dpbf16_ps(row[0], a, b0);
                     row[1] = _mm512_dpbf16_ps(row[1], a, b1);
                 }

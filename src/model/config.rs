@@ -172,6 +172,14 @@ impl LlamaConfig {
         }
     }
 
+    /// The rotary inverse frequency of dimension pair `pair` before any scaling:
+    /// `θ^(−2·pair / head_dim)`.
+    pub(crate) fn rope_base_inv_freq(&self, pair: usize) -> f64 {
+        1.0 / self
+            .rope_theta
+            .powf((2 * pair) as f64 / self.head_dim() as f64)
+    }
+
     /// Whether q and k are normalised per head (Qwen3).
     pub(crate) fn qk_norm(&self) -> bool {
         self.family == Family::Qwen3

@@ -954,7 +954,7 @@ impl<B: Backend> Rope<B> {
         let half = hd / 2;
         let inv_freq: Vec<f64> = (0..hd)
             .map(|i| {
-                let f = 1.0 / config.rope_theta.powf((2 * (i % half)) as f64 / hd as f64);
+                let f = config.rope_base_inv_freq(i % half);
                 let f = config.rope_scaling.as_ref().map_or(f, |s| s.scale(f));
                 config
                     .rope_freq_factors

@@ -631,12 +631,7 @@ fn pair_values(config: &DpoConfig, policy: &SequenceLogps, refs: &[f64], m: usiz
 
 /// The number of scored tokens in the chosen completions of a batch (its first half of rows).
 fn chosen_target_tokens(batch: &PairBatch) -> usize {
-    let b = &batch.batch;
-    let rows = batch.pairs() * b.seq;
-    next_token_targets(&b.labels, b.batch, b.seq)[..rows]
-        .iter()
-        .filter(|&&t| t != crate::data::IGNORE_INDEX)
-        .count()
+    batch.batch.target_tokens_in_rows(0..batch.pairs())
 }
 
 /// What a micro-batch's gradient is a share of: the step's pairs (the preference loss is

@@ -5,6 +5,7 @@
 //! and quantized-weight checks run on both GPU backends the same way.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
+use crate::common::max_abs_diff;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -90,14 +91,6 @@ fn forward_backward<B: AutodiffBackend>(device: &B::Device) -> (Vec<f32>, f32, V
         }
     }
     (logits_host, loss_host, g)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// `tol`: the largest |Δ| allowed in logits and gradients.

@@ -2,6 +2,7 @@
 //! a tiny random Llama (GQA, untied head) as a safetensors directory, and the same weights
 //! as a GGUF file in six ggml types with llama.cpp's q/k layout, each loaded by transformers.
 
+use crate::common::max_abs_diff;
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
@@ -21,8 +22,7 @@ fn expected() -> serde_json::Value {
 
 fn logits_of(model_path: &std::path::Path, want_key: &str) -> f32 {
     let exp = expected();
-    let ids: Vec<Vec<i64>> = serde_json::from_value(exp["input_ids"].clone()).unwrap();
-    let want: Vec<f32> = serde_json::from_value(exp[want_key].clone()).unwrap();
+    let (ids, want) = ids_and_logits(&exp, want_key);
     logit_diff(model_path, ids, &want).0
 }
 
@@ -275,12 +275,19 @@ fn json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// A fixture's input ids and the logits stored under `key`.
+fn ids_and_logits(exp: &serde_json::Value, key: &str) -> (Vec<Vec<i64>>, Vec<f32>) {
+    (
+        serde_json::from_value(exp["input_ids"].clone()).unwrap(),
+        serde_json::from_value(exp[key].clone()).unwrap(),
+    )
+}
+
 #[test]
 fn gguf_k_quants_match_transformers_gguf_loader() {
     // Q2_K, Q3_K, Q4_K, Q5_K and Q6_K tensors (scripts/make_kquant_fixtures.py).
     let exp = json(&kquant_fixtures().join("kquant_expected.json"));
-    let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
-    let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
+    let (ids, want) = ids_and_logits(&exp, "logits");
     let (diff, _) = logit_diff(&kquant_fixtures().join("tiny_kquant.gguf"), ids, &want);
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     eprintln!("max |Δ logits| vs transformers (K-quant GGUF): {diff:e} (largest logit {scale})");
@@ -292,13 +299,12 @@ fn gguf_rope_freqs_match_transformers_llama3_scaling() {
     // The Llama 3.1 fixture as llama.cpp's converter writes it: rope_freqs.weight, with and
     // without the scaling's metadata.
     let exp = json(&fixtures().join("llama3_expected.json"));
-    let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
+    let (ids, want) = ids_and_logits(&exp, "logits");
     for (file, recognised) in [
         ("llama3_freqs_meta.gguf", true),
         ("llama3_freqs.gguf", false),
     ] {
-        let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
-        let (diff, p) = logit_diff(&kquant_fixtures().join(file), ids, &want);
+        let (diff, p) = logit_diff(&kquant_fixtures().join(file), ids.clone(), &want);
         eprintln!("{file}: max |Δ logits| vs transformers (llama3 rope): {diff:e}");
         assert!(diff < 1e-4, "{file}: {diff}");
         let c = &p.model.config;
@@ -323,8 +329,7 @@ fn gguf_rope_freqs_match_transformers_llama3_scaling() {
 #[test]
 fn llama3_rope_scaling_matches_transformers() {
     let exp = json(&fixtures().join("llama3_expected.json"));
-    let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
-    let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
+    let (ids, want) = ids_and_logits(&exp, "logits");
     let (diff, p) = logit_diff(&fixtures().join("tiny_llama3_hf"), ids, &want);
     assert!(p.model.config.rope_scaling.is_some());
     eprintln!("max |Δ logits| vs transformers (llama3 rope): {diff:e}");
@@ -361,9 +366,8 @@ fn mistral_sliding_window_matches_transformers_in_logits_and_cached_generation()
     // scripts/make_mistral_fixtures.py: window 5, sequences of 14 tokens, and a greedy
     // continuation whose KV cache runs past the window.
     let exp = json(&fixtures().join("mistral_expected.json"));
-    let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
-    let want: Vec<f32> = serde_json::from_value(exp["logits"].clone()).unwrap();
-    let (diff, p) = logit_diff(&fixtures().join("tiny_mistral_hf"), ids, &want);
+    let (ids, want) = ids_and_logits(&exp, "logits");
+    let (diff, p) = logit_diff(&fixtures().join("tiny_mistral_hf"), ids.clone(), &want);
     eprintln!("max |Δ logits| vs transformers (Mistral, sliding window 5): {diff:e}");
     assert_eq!(p.model.config.sliding_window, Some(5));
     assert!(diff < 1e-4, "{diff}");
@@ -381,7 +385,6 @@ fn mistral_sliding_window_matches_transformers_in_logits_and_cached_generation()
     let saved = json(&out.path().join("config.json"));
     assert_eq!(saved["model_type"], "mistral");
     assert_eq!(saved["sliding_window"], 5);
-    let ids = serde_json::from_value(exp["input_ids"].clone()).unwrap();
     assert!(logit_diff(out.path(), ids, &want).0 < 1e-4);
 }
 
@@ -438,12 +441,4 @@ fn forward_flat(model: &runner::model::Llama<B>, ids: Vec<Vec<i64>>) -> Vec<f32>
         .into_data()
         .to_vec::<f32>()
         .unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }

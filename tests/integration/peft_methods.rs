@@ -2,6 +2,7 @@
 //! (scripts/make_peft_fixtures.py), save/load round trips, merge/unmerge, named adapters, and
 //! trainable-parameter counts on SmolLM2-135M's shape against PEFT's own counts.
 
+use crate::common::max_abs_diff;
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
@@ -62,14 +63,6 @@ fn logits(model: &Llama<B>) -> Vec<f32> {
         .unwrap()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn peft_logits(key: &str) -> Vec<f32> {
     serde_json::from_value(expected()[key].clone()).unwrap()
 }
@@ -89,12 +82,12 @@ fn adapters_written_by_peft_reproduce_its_logits() {
         let mut model = tiny_hf();
         load_adapter(&mut model, &fixtures().join("peft").join(name), "default").unwrap();
         let got = logits(&model);
-        let diff = max_diff(&got, &peft_logits(name));
+        let diff = max_abs_diff(&got, &peft_logits(name));
         eprintln!("{name}: max |Δ logits| vs PEFT = {diff:e}");
         assert!(diff < 1e-4, "{name}: {diff}");
         // The adapter really changes the model (the fixture weights are non-zero).
         assert!(
-            max_diff(&got, &base) > 1e-2,
+            max_abs_diff(&got, &base) > 1e-2,
             "{name} should change the logits"
         );
     }
@@ -107,7 +100,7 @@ fn merged_lora_matches_peft_merge_and_saves_a_loadable_checkpoint() {
     peft::merge_and_unload(&mut model).unwrap();
     assert!(model.adapters.is_empty());
     let merged = logits(&model);
-    let diff = max_diff(&merged, &peft_logits("lora_merged"));
+    let diff = max_abs_diff(&merged, &peft_logits("lora_merged"));
     assert!(diff < 1e-4, "{diff}");
     let dir = tempfile::tempdir().unwrap();
     save_pretrained(&model, dir.path()).unwrap();
@@ -191,7 +184,7 @@ fn fresh_adapters_are_no_ops_except_soft_prompts() {
     for method in all_methods() {
         let mut model = tiny_hf();
         method.attach(&mut model, "default").unwrap();
-        let diff = max_diff(&logits(&model), &base);
+        let diff = max_abs_diff(&logits(&model), &base);
         if matches!(method, Method::Prompt(_) | Method::Prefix(_)) {
             assert!(
                 diff > 1e-3,
@@ -231,7 +224,7 @@ fn pissa_moves_the_top_singular_directions_into_the_adapter() {
         ..Default::default()
     };
     Method::Lora(config).attach(&mut model, "default").unwrap();
-    assert!(max_diff(&logits(&model), &base) < 1e-4);
+    assert!(max_abs_diff(&logits(&model), &base) < 1e-4);
     let w_after = model.layers[0]
         .q_proj
         .dense()
@@ -264,10 +257,10 @@ fn every_method_saves_and_loads_with_identical_logits() {
         let base = logits(&fresh);
         load_adapter(&mut fresh, dir.path(), "loaded").unwrap();
         let got = logits(&fresh);
-        let diff = max_diff(&got, &want);
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{}: {diff}", method.kind());
         assert!(
-            max_diff(&got, &base) > 1e-3,
+            max_abs_diff(&got, &base) > 1e-3,
             "{}: the loaded adapter must not be a no-op",
             method.kind()
         );
@@ -295,7 +288,7 @@ fn merge_then_unmerge_restores_the_weights() {
         let unmerged = logits(&model);
         peft::merge(&mut model).unwrap();
         let merged = logits(&model);
-        let diff = max_diff(&merged, &unmerged);
+        let diff = max_abs_diff(&merged, &unmerged);
         assert!(
             diff < 1e-4,
             "{}: merged vs unmerged logits {diff}",
@@ -310,7 +303,7 @@ fn merge_then_unmerge_restores_the_weights() {
         model.visit(&mut after);
         let mut changed_by_merge = 0;
         for ((name, _, x), (_, _, y)) in before.entries.iter().zip(&after.entries) {
-            let d = max_diff(x, y);
+            let d = max_abs_diff(x, y);
             assert!(
                 d < 1e-6,
                 "{}: {name} differs by {d} after unmerge",
@@ -319,7 +312,7 @@ fn merge_then_unmerge_restores_the_weights() {
             changed_by_merge += 1;
         }
         assert!(changed_by_merge > 0);
-        assert!(max_diff(&logits(&model), &unmerged) < 1e-5);
+        assert!(max_abs_diff(&logits(&model), &unmerged) < 1e-5);
     }
 }
 
@@ -330,9 +323,9 @@ fn named_adapters_switch_and_disable() {
     load_adapter(&mut model, &fixtures().join("peft/lora"), "lora").unwrap();
     load_adapter(&mut model, &fixtures().join("peft/ia3"), "ia3").unwrap();
     assert_eq!(model.active_adapter.as_deref(), Some("ia3"));
-    assert!(max_diff(&logits(&model), &peft_logits("ia3")) < 1e-4);
+    assert!(max_abs_diff(&logits(&model), &peft_logits("ia3")) < 1e-4);
     peft::set_active(&mut model, Some("lora")).unwrap();
-    assert!(max_diff(&logits(&model), &peft_logits("lora")) < 1e-4);
+    assert!(max_abs_diff(&logits(&model), &peft_logits("lora")) < 1e-4);
     // Only the active adapter trains.
     let c = model.param_count();
     assert_eq!(c.trainable, 2 * (4 * 32 + 32 * 4) + 2 * (4 * 32 + 16 * 4));
@@ -624,7 +617,7 @@ fn soft_prompts_and_adapters_work_with_the_kv_cache() {
             .into_data()
             .to_vec::<f32>()
             .unwrap();
-        let diff = max_diff(&cached, &full);
+        let diff = max_abs_diff(&cached, &full);
         assert!(
             diff < 1e-4,
             "{}: cached decoding differs by {diff}",

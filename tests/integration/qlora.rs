@@ -3,6 +3,7 @@
 //! checkpoints round-trip exactly, and adapters train through frozen quantized weights with
 //! the same gradients as through the dequantized dense weights.
 
+use crate::common::max_abs_diff;
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
@@ -62,14 +63,6 @@ fn logits(model: &Llama<B>, ids: Tensor<B, 2, Int>) -> Vec<f32> {
         .unwrap()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn quantized(model: &Llama<B>, layer: usize, proj: &str) -> Arc<QuantizedTensor> {
     model.layers[layer]
         .linear(proj)
@@ -91,7 +84,7 @@ fn bitsandbytes_checkpoints_load_with_transformers_logits() {
             "{name}: projections stay quantized"
         );
         let (ids, want) = expected_logits(name);
-        let diff = max_diff(&logits(&model, ids), &want);
+        let diff = max_abs_diff(&logits(&model, ids), &want);
         eprintln!("{name}: max |Δ logits| vs transformers + bitsandbytes: {diff:e}");
         assert!(diff < 1e-4, "{name}: {diff}");
     }
@@ -270,7 +263,7 @@ fn adapters_train_through_quantized_weights_like_through_dense_ones() {
     dense.visit(&mut sd);
     let a = sq.get("layers.1.self_attn.v_proj.lora[default].A").unwrap();
     let d = sd.get("layers.1.self_attn.v_proj.lora[default].A").unwrap();
-    assert!(max_diff(a, d) < 1e-5);
+    assert!(max_abs_diff(a, d) < 1e-5);
     assert!(
         Arc::ptr_eq(&before, &quantized(&q, 1, "v_proj")),
         "the frozen 4-bit weight is never rewritten"

@@ -82,24 +82,38 @@ impl std::fmt::Display for GgmlType {
     }
 }
 
+/// A block's scales that ggml checks (`d`, and `dmin` or `m` where the type has one; 0
+/// stands in for a missing one and for the float types, which have none).
+fn block_scales(ty: GgmlType, blk: &[u8]) -> [f32; 2] {
+    use GgmlType::*;
+    match ty {
+        F32 | F16 | BF16 => [0.0; 2],
+        Q4_0 | Q8_0 => [f16_at(blk, 0), 0.0],
+        Q4_1 | Q4K | Q5K => [f16_at(blk, 0), f16_at(blk, 2)],
+        Q2K => [f16_at(blk, 80), f16_at(blk, 82)],
+        Q3K => [f16_at(blk, 108), 0.0],
+        Q6K => [f16_at(blk, 208), 0.0],
+        Q8K => [f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]), 0.0],
+    }
+}
+
 /// The first block whose scale is not finite, as (block index, scale): ggml refuses such
 /// data (`ggml_validate_row_data`), and dequantizing it would spread NaN through the model.
 pub(crate) fn first_bad_block(ty: GgmlType, raw: &[u8]) -> Option<(usize, f32)> {
-    let (_, block_bytes) = ty.block();
     if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         return None;
     }
-    raw.chunks_exact(block_bytes)
+    raw.chunks_exact(ty.block().1)
         .enumerate()
         .find_map(|(i, blk)| {
-            kquant::super_scales(ty, blk)
+            block_scales(ty, blk)
                 .into_iter()
                 .find(|s| !s.is_finite())
                 .map(|s| (i, s))
         })
 }
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -144,22 +158,23 @@ pub(crate) fn dequantize(ty: GgmlType, raw: &[u8], numel: usize) -> Vec<f32> {
                 out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
             }
         }
-        GgmlType::Q2K => raw.chunks_exact(84).for_each(|b| kquant::q2_k(b, &mut out)),
-        GgmlType::Q3K => raw
-            .chunks_exact(110)
-            .for_each(|b| kquant::q3_k(b, &mut out)),
-        GgmlType::Q4K => raw
-            .chunks_exact(144)
-            .for_each(|b| kquant::q4_k(b, &mut out)),
-        GgmlType::Q5K => raw
-            .chunks_exact(176)
-            .for_each(|b| kquant::q5_k(b, &mut out)),
-        GgmlType::Q6K => raw
-            .chunks_exact(210)
-            .for_each(|b| kquant::q6_k(b, &mut out)),
-        GgmlType::Q8K => raw
-            .chunks_exact(292)
-            .for_each(|b| kquant::q8_k(b, &mut out)),
+        GgmlType::Q2K
+        | GgmlType::Q3K
+        | GgmlType::Q4K
+        | GgmlType::Q5K
+        | GgmlType::Q6K
+        | GgmlType::Q8K => {
+            let block: fn(&[u8], &mut Vec<f32>) = match ty {
+                GgmlType::Q2K => kquant::q2_k,
+                GgmlType::Q3K => kquant::q3_k,
+                GgmlType::Q4K => kquant::q4_k,
+                GgmlType::Q5K => kquant::q5_k,
+                GgmlType::Q6K => kquant::q6_k,
+                _ => kquant::q8_k,
+            };
+            raw.chunks_exact(ty.block().1)
+                .for_each(|b| block(b, &mut out));
+        }
     }
     debug_assert_eq!(out.len(), numel);
     out

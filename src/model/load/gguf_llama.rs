@@ -224,7 +224,6 @@ fn rope_freqs(
         Some(factor) => vec![factor],
         None => vec![8.0, 16.0, 32.0],
     };
-    let hd = config.head_dim();
     for factor in candidates {
         let scaling = crate::model::config::Llama3RopeScaling {
             factor,
@@ -233,7 +232,7 @@ fn rope_freqs(
             original_max_position_embeddings: original,
         };
         let matches = factors.iter().enumerate().all(|(i, &stored)| {
-            let inv = 1.0 / config.rope_theta.powf((2 * i) as f64 / hd as f64);
+            let inv = config.rope_base_inv_freq(i);
             let divisor = inv / scaling.scale(inv);
             (divisor - stored).abs() <= 1e-5 * divisor
         });

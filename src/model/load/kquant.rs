@@ -3,14 +3,10 @@
 //! f16 super-block factors. Layouts and arithmetic are those of ggml's `block_q*_K` structs
 //! and `dequantize_row_q*_K` (f32 products in the same order, so results equal gguf-py's).
 
-use half::f16;
+use super::dequant::f16_at;
 
 /// Weights per super-block (ggml's `QK_K`).
 pub(crate) const QK_K: usize = 256;
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
 
 /// Scale and min of sub-block `j` (0..8) from the 12 packed bytes of Q4_K and Q5_K: 6 bits
 /// each, the upper two bits of the last four stored in the high bits of the first eight bytes.
@@ -157,22 +153,6 @@ pub(crate) fn q6_k(blk: &[u8], out: &mut Vec<f32>) {
 pub(crate) fn q8_k(blk: &[u8], out: &mut Vec<f32>) {
     let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
     out.extend(blk[4..260].iter().map(|&q| d * (q as i8) as f32));
-}
-
-/// The block's super-block scales (`d`, and `dmin` where the type has one), for the check
-/// that they are finite, as ggml's `ggml_validate_row_data` does.
-pub(crate) fn super_scales(ty: super::dequant::GgmlType, blk: &[u8]) -> [f32; 2] {
-    use super::dequant::GgmlType::*;
-    match ty {
-        Q2K => [f16_at(blk, 80), f16_at(blk, 82)],
-        Q3K => [f16_at(blk, 108), 0.0],
-        Q4K | Q5K => [f16_at(blk, 0), f16_at(blk, 2)],
-        Q6K => [f16_at(blk, 208), 0.0],
-        Q8K => [f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]), 0.0],
-        Q4_0 | Q8_0 => [f16_at(blk, 0), 0.0],
-        Q4_1 => [f16_at(blk, 0), f16_at(blk, 2)],
-        F32 | F16 | BF16 => [0.0, 0.0],
-    }
 }
 
 #[cfg(test)]
