@@ -46,6 +46,23 @@ pub enum Command {
     Slurm(SlurmArgs),
     /// Combine a sweep's shard results (`<sweep>/shards/*`) into its trials.csv and steps.csv.
     Merge(MergeArgs),
+    /// Serve a live results page over a results folder: trial tables, curves, pivot tables,
+    /// updated as sweeps run. Read-only; localhost unless --host says otherwise.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The results folder (the one recipes write into with --results); it may not exist yet.
+    #[arg(default_value = "results")]
+    pub dir: PathBuf,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on. Anything but a loopback address lets other machines read the
+    /// results (a warning says so); prefer an SSH tunnel.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -255,6 +272,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub watch: bool,
 
+    /// Also serve the live results page over the results folder while the recipe runs (and
+    /// after, until Ctrl-C): `--serve` listens on 127.0.0.1:8080, `--serve=PORT` or
+    /// `--serve=HOST:PORT` elsewhere.
+    #[arg(long, value_name = "[HOST:]PORT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "8080", value_parser = parse_serve_address)]
+    pub serve: Option<(String, u16)>,
+
     /// Print each sweep's trial table (parameters, trainable parameters, estimated memory)
     /// without training: each trial stops at its first training step.
     #[arg(long)]
@@ -330,6 +354,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     Ok(bytes as u64)
+}
+
+/// `8080` (on 127.0.0.1) or `HOST:PORT`.
+fn parse_serve_address(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h.trim_matches(['[', ']']).to_string(), p),
+        None => ("127.0.0.1".to_string(), s),
+    };
+    let port = port
+        .parse()
+        .map_err(|_| format!("'{s}' is not a port or HOST:PORT (e.g. 8080, 0.0.0.0:8080)"))?;
+    Ok((host, port))
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {

@@ -18,6 +18,7 @@ pub mod pretrained;
 pub(crate) mod progress;
 pub mod quant;
 pub mod report;
+pub mod serve;
 pub mod slurm;
 pub mod sweep;
 pub mod train;

@@ -216,6 +216,7 @@ fn main() -> ExitCode {
         Some(Command::Plot(args)) => return print_text(plot(&args)),
         Some(Command::Slurm(args)) => return print_text(slurm(&args)),
         Some(Command::Merge(args)) => return print_text(merge(&args)),
+        Some(Command::Serve(args)) => return serve(&args),
         Some(Command::Models) => {
             let models = runner::hub::cached_models();
             println!("cache: {}", runner::hub::cache_dir().display());
@@ -294,11 +295,79 @@ fn run(args: RunArgs) -> ExitCode {
             rerun: args.rerun,
         },
     );
+    let serving = match &args.serve {
+        Some((host, port)) => match start_server(&opts.results_dir, host, *port) {
+            Ok(url) => Some(url),
+            Err(code) => return code,
+        },
+        None => None,
+    };
     if args.watch {
         return watch(opts);
     }
     let (code, _, _) = run_once(&opts);
+    if let Some(url) = serving {
+        let stop = runner::interrupt::ctrl_c_flag();
+        if !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("run finished; still serving the results at {url} (Ctrl-C stops)");
+        }
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     code
+}
+
+/// `--serve`: the results page on a thread of its own for as long as the process runs.
+fn start_server(dir: &std::path::Path, host: &str, port: u16) -> Result<String, ExitCode> {
+    let server = runner::serve::Server::bind(dir, host, port).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let url = server.url();
+    eprintln!("serving the results in {} at {url}", dir.display());
+    std::thread::Builder::new()
+        .name("serve".into())
+        .spawn(move || {
+            if let Err(e) = server.run(runner::interrupt::ctrl_c_flag()) {
+                eprintln!("error: the results page stopped: {e:#}");
+            }
+        })
+        .expect("starting a thread");
+    Ok(url)
+}
+
+/// `runner serve`: the live results page until Ctrl-C.
+fn serve(a: &cli::ServeArgs) -> ExitCode {
+    runner::interrupt::install_ctrl_c();
+    let server = match runner::serve::Server::bind(&a.dir, &a.host, a.port) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if !a.dir.is_dir() {
+        eprintln!(
+            "note: {} does not exist yet; sweeps appear on the page as they start",
+            a.dir.display()
+        );
+    }
+    println!(
+        "serving the results in {} at {} (Ctrl-C stops)",
+        a.dir.display(),
+        server.url()
+    );
+    match server.run(runner::interrupt::ctrl_c_flag()) {
+        Ok(()) => {
+            eprintln!("serve: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the recipe once; returns the exit code and what `--watch` needs (the files it read,

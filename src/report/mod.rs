@@ -49,44 +49,39 @@ pub struct SweepResults {
 }
 
 impl SweepResults {
+    /// Reads `dir`'s trials.csv and steps.csv, with the trials of a running sweep's journal
+    /// laid over trials.csv (which it lags by a few seconds), so a running sweep reads as it is.
     pub fn load(dir: &Path) -> Result<Self> {
         let trials_path = dir.join("trials.csv");
-        if !trials_path.is_file() {
+        let journaled = crate::sweep::results::journaled_trials(dir)
+            .with_context(|| format!("cannot read the journal in {}", dir.display()))?;
+        let (mut params, mut metrics, mut trials) = if trials_path.is_file() {
+            read_trials(&trials_path)?
+        } else if !journaled.is_empty() {
+            (Vec::new(), Vec::new(), Vec::new())
+        } else {
             bail!("no trials.csv in {}; run the recipe first", dir.display());
-        }
-        let (header, rows) = read_csv(&trials_path)?;
-        let pos = |name: &str| header.iter().position(|h| h == name);
-        let file = trials_path.display();
-        let (Some(0), Some(status_at), Some(seconds_at)) =
-            (pos("trial_id"), pos("status"), pos("seconds"))
-        else {
-            bail!(
-                "{file}:1: header must start with trial_id and contain status and seconds columns"
-            );
         };
-        if seconds_at != status_at + 1 {
-            bail!("{file}:1: expected seconds right after status");
-        }
-        let error_at = pos("error").filter(|&i| i == header.len() - 1);
-        let metrics_end = error_at.unwrap_or(header.len());
-        let params = header[1..status_at].to_vec();
-        let metrics = header[seconds_at + 1..metrics_end].to_vec();
-
-        let columns = TrialColumns {
-            status: status_at,
-            seconds: seconds_at,
-            error: metrics_end,
-        };
-        let mut trials = Vec::with_capacity(rows.len());
-        for (line, cells) in rows {
-            let seconds = cells[seconds_at].as_str();
-            if !seconds.is_empty() {
-                seconds.parse::<f64>().with_context(|| {
-                    format!("{file}:{line}: seconds {seconds:?} is not a number")
-                })?;
+        for record in journaled {
+            let text = |list: Vec<(String, Value)>, names: &mut Vec<String>| {
+                list.into_iter()
+                    .map(|(k, v)| {
+                        if !names.contains(&k) {
+                            names.push(k.clone());
+                        }
+                        (k, cell_value(&v.to_string()))
+                    })
+                    .collect()
+            };
+            let record = TrialRecord {
+                params: text(record.params, &mut params),
+                metrics: text(record.metrics, &mut metrics),
+                ..record
+            };
+            match trials.iter().position(|t| t.trial_id == record.trial_id) {
+                Some(i) => trials[i] = record,
+                None => trials.push(record),
             }
-            let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
-            trials.push(columns.record(&header, &cells, cell_value));
         }
 
         let (step_keys, steps) = load_steps(&dir.join("steps.csv"))?;
@@ -105,7 +100,6 @@ impl SweepResults {
         })
     }
 
-    /// All column names of `trials.csv`, in file order.
     pub(crate) fn columns(&self) -> Vec<String> {
         let mut out = vec!["trial_id".to_string()];
         out.extend(self.params.iter().cloned());
@@ -212,6 +206,43 @@ fn cell_value(s: &str) -> Value {
     }
 }
 
+/// The parameter names, metric names and rows of a trials.csv.
+fn read_trials(path: &Path) -> Result<(Vec<String>, Vec<String>, Vec<TrialRecord>)> {
+    let (header, rows) = read_csv(path, false)?;
+    let pos = |name: &str| header.iter().position(|h| h == name);
+    let file = path.display();
+    let (Some(0), Some(status_at), Some(seconds_at)) =
+        (pos("trial_id"), pos("status"), pos("seconds"))
+    else {
+        bail!("{file}:1: header must start with trial_id and contain status and seconds columns");
+    };
+    if seconds_at != status_at + 1 {
+        bail!("{file}:1: expected seconds right after status");
+    }
+    let error_at = pos("error").filter(|&i| i == header.len() - 1);
+    let metrics_end = error_at.unwrap_or(header.len());
+    let params = header[1..status_at].to_vec();
+    let metrics = header[seconds_at + 1..metrics_end].to_vec();
+
+    let columns = TrialColumns {
+        status: status_at,
+        seconds: seconds_at,
+        error: metrics_end,
+    };
+    let mut trials = Vec::with_capacity(rows.len());
+    for (line, cells) in rows {
+        let seconds = cells[seconds_at].as_str();
+        if !seconds.is_empty() {
+            seconds
+                .parse::<f64>()
+                .with_context(|| format!("{file}:{line}: seconds {seconds:?} is not a number"))?;
+        }
+        let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
+        trials.push(columns.record(&header, &cells, cell_value));
+    }
+    Ok((params, metrics, trials))
+}
+
 pub(crate) fn parse_num(s: &str) -> Option<f64> {
     s.trim().parse::<f64>().ok()
 }
@@ -235,14 +266,19 @@ pub(crate) fn ordered_values<'a, I: IntoIterator<Item = &'a str>>(values: I) -> 
 type Record = (u64, Vec<String>);
 
 /// Header plus records; every record must have the header's width, so a torn or
-/// hand-edited row is reported by file and line.
-fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Record>)> {
+/// hand-edited row is reported by file and line. With `live_tail`, a last line without its
+/// newline is a row being appended right now (steps.csv of a running sweep) and is left out.
+fn read_csv(path: &Path, live_tail: bool) -> Result<(Vec<String>, Vec<Record>)> {
     let file = path.display();
+    let mut bytes = std::fs::read(path).with_context(|| format!("cannot open {file}"))?;
+    if live_tail && !bytes.ends_with(b"\n") {
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(whole);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
-        .from_path(path)
-        .with_context(|| format!("cannot open {file}"))?;
+        .from_reader(&bytes[..]);
     let header: Vec<String> = reader
         .headers()
         .with_context(|| format!("{file}:1: cannot read header"))?
@@ -273,7 +309,11 @@ fn load_steps(path: &Path) -> Result<(Vec<String>, Vec<StepRow>)> {
         return Ok((Vec::new(), Vec::new()));
     }
     let file = path.display();
-    let (header, rows) = read_csv(path)?;
+    let (header, rows) = read_csv(path, true)?;
+    if header.is_empty() {
+        // Created, its header not yet written.
+        return Ok((Vec::new(), Vec::new()));
+    }
     if header.first().map(String::as_str) != Some("trial_id") {
         bail!("{file}:1: header must start with trial_id");
     }
@@ -386,6 +426,53 @@ a5,20,3.3,
         let (_tmp, dir) = fixture(TRIALS, Some("trial_id,step,loss\na1,x,1.0\n"));
         let err = SweepResults::load(&dir).unwrap_err().to_string();
         assert!(err.contains("steps.csv:2:"), "{err}");
+    }
+
+    /// A journal line as the sweep writes it: `<length> <checksum> <json>`.
+    fn journal_line(trial: &str, params: &[(&str, &str)], metrics: &[(&str, &str)]) -> String {
+        let json = serde_json::json!({
+            "trial_id": trial, "params": params, "metrics": metrics, "status": "ok",
+            "seconds": 1.5, "error": null, "inputs": [],
+        })
+        .to_string();
+        let sum = &crate::util::sha256_hex(json.as_bytes())[..16];
+        format!("{} {sum} {json}\n", json.len())
+    }
+
+    #[test]
+    fn a_running_sweeps_journal_is_laid_over_trials_csv() {
+        let (_tmp, dir) = fixture(TRIALS, Some(STEPS));
+        let journal = [
+            journal_line(
+                "a6",
+                &[("rank", "1"), ("targets", "all")],
+                &[("eval_loss", "2.75")],
+            ),
+            journal_line("a7", &[("rank", "8"), ("targets", "qv")], &[("acc", "0.5")]),
+        ]
+        .concat();
+        std::fs::write(dir.join(".trials.journal"), journal).unwrap();
+        let r = SweepResults::load(&dir).unwrap();
+        assert_eq!(r.trials.len(), 7);
+        assert_eq!(r.trials[5].status, TrialStatus::Ok);
+        assert_eq!(r.cell(&r.trials[5], Column::Metric(0)), "2.75");
+        assert_eq!(r.metrics, ["eval_loss", "peak_mem_mb", "acc"]);
+        assert_eq!(r.cell(&r.trials[6], r.column("acc").unwrap()), "0.5");
+
+        // The first trials of a sweep are in the journal before trials.csv exists.
+        std::fs::remove_file(dir.join("trials.csv")).unwrap();
+        let r = SweepResults::load(&dir).unwrap();
+        assert_eq!(r.params, ["rank", "targets"]);
+        assert_eq!(r.trials.len(), 2);
+    }
+
+    #[test]
+    fn a_steps_line_being_written_is_left_out() {
+        let (_tmp, dir) = fixture(TRIALS, Some(&format!("{STEPS}a5,30,3.")));
+        let r = SweepResults::load(&dir).unwrap();
+        assert_eq!(r.steps.len(), 10);
+        let (_tmp, dir) = fixture(TRIALS, Some("trial_id,st"));
+        assert!(SweepResults::load(&dir).unwrap().steps.is_empty());
     }
 
     #[test]

@@ -275,6 +275,31 @@ fn default_x(results: &SweepResults, trials: &[&TrialRecord]) -> Option<String> 
         .map(|i| results.params[i].clone())
 }
 
+/// The y axis of the metric figure when none is named: `eval_loss`, else the first numeric
+/// metric besides the bookkeeping ones, preferring one that varies.
+fn default_y(results: &SweepResults, trials: &[&TrialRecord]) -> Option<String> {
+    if results.metrics.iter().any(|m| m == "eval_loss") {
+        return Some("eval_loss".into());
+    }
+    let candidates: Vec<(usize, (usize, bool))> = (0..results.metrics.len())
+        .filter(|&i| !["seconds", "peak_mem_mb"].contains(&results.metrics[i].as_str()))
+        .map(|i| (i, profile(results, trials, Column::Metric(i))))
+        .filter(|(_, (_, numeric))| *numeric)
+        .collect();
+    candidates
+        .iter()
+        .find(|(_, (n, _))| *n > 1)
+        .or(candidates.first())
+        .map(|(i, _)| results.metrics[*i].clone())
+}
+
+/// The parameter and metric `runner plot` puts on the metric figure's x and y axes when none
+/// are named (the live page starts from the same view).
+pub fn default_axes(results: &SweepResults) -> (Option<String>, Option<String>) {
+    let trials: Vec<&TrialRecord> = results.selected(false).collect();
+    (default_x(results, &trials), default_y(results, &trials))
+}
+
 /// The metric-against-parameter figure with the x and y column names it used.
 fn metric_figure(
     results: &SweepResults,
@@ -288,25 +313,9 @@ fn metric_figure(
             None => return Ok(None),
         },
     };
-    let y = match &opts.y {
-        Some(y) => y.clone(),
-        None if results.metrics.iter().any(|m| m == "eval_loss") => "eval_loss".into(),
-        None => {
-            // The first numeric metric besides the bookkeeping ones, preferring one that varies.
-            let candidates: Vec<(usize, (usize, bool))> = (0..results.metrics.len())
-                .filter(|&i| !["seconds", "peak_mem_mb"].contains(&results.metrics[i].as_str()))
-                .map(|i| (i, profile(results, &trials, Column::Metric(i))))
-                .filter(|(_, (_, numeric))| *numeric)
-                .collect();
-            match candidates
-                .iter()
-                .find(|(_, (n, _))| *n > 1)
-                .or(candidates.first())
-            {
-                Some((i, _)) => results.metrics[*i].clone(),
-                None => return Ok(None),
-            }
-        }
+    let y = match opts.y.clone().or_else(|| default_y(results, &trials)) {
+        Some(y) => y,
+        None => return Ok(None),
     };
     let x_col = results.column(&x)?;
     let y_col = results.column(&y)?;

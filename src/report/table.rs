@@ -332,6 +332,31 @@ impl Pivot {
         }
         String::from_utf8(w.into_inner().expect("writing to memory")).expect("CSV of UTF-8 strings")
     }
+
+    /// The same table for the live page: `header`, `rows` of cell texts (`null` where no trial
+    /// falls), the number of row-label columns, the note and the Markdown.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut header = self.row_names.clone();
+        header.extend(self.col_keys.iter().cloned());
+        let rows: Vec<Vec<Option<String>>> = self
+            .row_keys
+            .iter()
+            .zip(&self.cells)
+            .map(|(key, row)| {
+                key.iter()
+                    .map(|k| Some(k.clone()))
+                    .chain(row.iter().map(|c| self.cell_text(c)))
+                    .collect()
+            })
+            .collect();
+        serde_json::json!({
+            "header": header,
+            "label_columns": self.row_names.len(),
+            "rows": rows,
+            "note": self.note(),
+            "markdown": self.to_markdown(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,16 @@ pub(crate) fn read_records(path: &Path) -> io::Result<(Vec<String>, Vec<csv::Str
     Ok((header, records, truncated))
 }
 
+/// The trials of `dir`'s journal, in order: the finished trials of a running sweep that are
+/// not yet compacted into trials.csv (it lags by a few seconds). Readers that show a sweep
+/// while it runs lay these over trials.csv.
+pub fn journaled_trials(dir: &Path) -> io::Result<Vec<TrialRecord>> {
+    Ok(super::journal::read(dir)?
+        .into_iter()
+        .map(|e| e.record)
+        .collect())
+}
+
 /// Holds `dir/.lock` for as long as it lives: one writer per results folder, so two runs of
 /// the same sweep cannot interleave rows.
 pub struct WriterLock(#[allow(dead_code)] File);

@@ -14,6 +14,7 @@ mod peft_methods;
 mod qlora;
 mod quant;
 mod reliability;
+mod serve;
 mod slurm;
 mod smollm2;
 mod streaming;
