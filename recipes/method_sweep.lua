@@ -22,6 +22,7 @@ local methods = {
   lora_all      = { lr = 1e-3, spec = function() return runner.peft.lora{ rank = rank, alpha = 2 * rank, targets = "all-linear" } end },
   rslora_all    = { lr = 1e-3, spec = function() return runner.peft.lora{ rank = rank, alpha = 2 * rank, targets = "all-linear", rslora = true } end },
   pissa_all     = { lr = 1e-3, spec = function() return runner.peft.lora{ rank = rank, alpha = rank, targets = "all-linear", init = "pissa" } end },
+  lokr_all      = { lr = 1e-3, spec = function() return runner.peft.lokr{ rank = rank, alpha = 2 * rank, targets = "all-linear" } end },
   dora          = { lr = 1e-3, spec = function() return runner.peft.dora{ rank = rank, alpha = 2 * rank } end },
   ia3           = { lr = 3e-3, spec = function() return runner.peft.ia3{} end },
   houlsby       = { lr = 1e-3, spec = function() return runner.peft.houlsby{ reduction_factor = 16 } end },
@@ -53,7 +54,7 @@ runner.sweep{
     end
     local after = trainer:evaluate(data.eval, { size = 8, max_len = 64 })
     if p.method ~= "full" then model:save_adapter(runner.trial_dir() .. "/adapter") end
-    local lora_family = p.method:find("lora") or p.method == "dora" or p.method == "pissa_all"
+    local lora_family = p.method:find("lora") or p.method:find("lokr") or p.method == "dora" or p.method == "pissa_all"
     return {
       rank = lora_family and rank or "",
       lr = m.lr,

@@ -8,6 +8,7 @@ use super::model::default_seed;
 use super::options::{Opts, recipe_error};
 use crate::peft::bottleneck::{BottleneckConfig, Placement};
 use crate::peft::ia3::Ia3Config;
+use crate::peft::lokr::LokrConfig;
 use crate::peft::lora::LoraConfig;
 use crate::peft::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use crate::peft::selective::BitFitConfig;
@@ -95,6 +96,17 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
             let config: Ia3Config = from_table(lua, func, opts, &[], &[])?;
             checked_targets(lua, func, &[&config.targets, &config.feedforward])?;
             Ok(method(Method::Ia3(config)))
+        })?,
+    )?;
+    t.set(
+        "lokr",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let func = "runner.peft.lokr";
+            let config: LokrConfig = from_table(lua, func, opts, &[seed_fill(lua)?], &[])?;
+            config
+                .validate()
+                .map_err(|e| recipe_error(lua, format!("{func}: {e}")))?;
+            Ok(method(Method::Lokr(config)))
         })?,
     )?;
     t.set(
@@ -235,6 +247,24 @@ mod tests {
         assert_eq!(
             method_of(&lua, "return runner.peft.ia3{}").unwrap(),
             Method::Ia3(Ia3Config::default())
+        );
+        assert_eq!(
+            method_of(
+                &lua,
+                "return runner.peft.lokr{decompose_both = true, init = 'lycoris'}"
+            )
+            .unwrap(),
+            Method::Lokr(LokrConfig {
+                seed: seeded,
+                decompose_both: true,
+                init: crate::peft::lokr::LokrInit::Lycoris,
+                ..Default::default()
+            })
+        );
+        let err = method_of(&lua, "return runner.peft.lokr{rank_dropout = 1.5}").unwrap_err();
+        assert!(
+            err.to_string().contains("rank_dropout must be in [0, 1)"),
+            "{err}"
         );
         assert_eq!(
             method_of(&lua, "return runner.peft.bottleneck{}").unwrap(),

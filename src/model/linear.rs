@@ -7,6 +7,7 @@ use std::sync::Arc;
 use burn::prelude::*;
 
 use super::adapters::ia3::Ia3Vector;
+use super::adapters::kron::KronAdapter;
 use super::adapters::lora::LoraAdapter;
 use super::adapters::slots::Slots;
 use super::init::HostRng;
@@ -58,6 +59,8 @@ pub struct Linear<B: Backend> {
     pub weight: Weight<B>,
     pub lora: Slots<LoraAdapter<B>>,
     pub ia3: Slots<Ia3Vector<B>>,
+    /// LoKr's Kronecker-product updates.
+    pub kron: Slots<KronAdapter<B>>,
     /// BitFit biases, `[d_out]`.
     pub bias: Slots<Param<B, 1>>,
     /// The checkpoint's own bias, `[d_out]` (Qwen2's q, k and v; Llama's `attention_bias`).
@@ -74,6 +77,7 @@ impl<B: Backend> Linear<B> {
             weight,
             lora: Slots::default(),
             ia3: Slots::default(),
+            kron: Slots::default(),
             bias: Slots::default(),
             base_bias: None,
         }
@@ -153,7 +157,13 @@ impl<B: Backend> Linear<B> {
         };
         let mut out = match self.lora.active().filter(|l| l.merged.is_none()) {
             Some(lora) => lora.apply(x, base, &self.weight, rng),
-            None => base,
+            None => match self.kron.active().filter(|k| !k.merged) {
+                Some(kron) => match kron.forward(x, rng) {
+                    Some(delta) => base + delta,
+                    None => base,
+                },
+                None => base,
+            },
         };
         if let Some(b) = self.bias.active() {
             out = out + b.value.clone().unsqueeze();
@@ -174,18 +184,21 @@ impl<B: Backend> Linear<B> {
         }
         self.lora.visit(prefix, "lora", v);
         self.ia3.visit(prefix, "ia3_l", v);
+        self.kron.visit(prefix, "lokr", v);
         self.bias.visit(prefix, "bias", v);
     }
 
     pub(crate) fn activate(&mut self, name: Option<&str>) {
         self.lora.activate(name);
         self.ia3.activate(name);
+        self.kron.activate(name);
         self.bias.activate(name);
     }
 
     pub(crate) fn remove_adapter(&mut self, name: &str) {
         self.lora.remove(name);
         self.ia3.remove(name);
+        self.kron.remove(name);
         self.bias.remove(name);
     }
 }

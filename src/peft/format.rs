@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::bottleneck::{Activation, BottleneckConfig, Placement};
 use super::ia3::Ia3Config;
+use super::lokr::{LokrConfig, LokrInit};
 use super::lora::{LoraConfig, LoraInit};
 use super::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use super::selective::BitFitConfig;
@@ -138,6 +139,36 @@ pub fn save_adapter<B: Backend>(
             o.insert("init_ia3_weights".into(), json!(true));
             v
         }
+        Method::Lokr(l) => {
+            tensors = runner_tensors(model, name, PEFT_PREFIX);
+            let mut v = common("LOKR");
+            let init = match l.init {
+                LokrInit::Peft => json!(true),
+                LokrInit::Lycoris => json!("lycoris"),
+                LokrInit::Random => json!(false),
+            };
+            let o = v.as_object_mut().unwrap();
+            for (k, x) in [
+                ("r", json!(l.rank)),
+                ("alpha", json!(l.alpha)),
+                ("rank_dropout", json!(l.rank_dropout)),
+                ("module_dropout", json!(l.module_dropout)),
+                ("use_effective_conv2d", json!(false)),
+                ("decompose_both", json!(l.decompose_both)),
+                ("decompose_factor", json!(l.decompose_factor)),
+                ("rank_dropout_scale", json!(l.rank_dropout_scale)),
+                ("target_modules", l.targets.to_json()),
+                ("init_weights", init),
+                ("layers_to_transform", json!(null)),
+                ("layers_pattern", json!(null)),
+                ("rank_pattern", json!({})),
+                ("alpha_pattern", json!({})),
+                ("exclude_modules", json!(null)),
+            ] {
+                o.insert(k.into(), x);
+            }
+            v
+        }
         Method::Prompt(p) => {
             let (shape, values) = host(&model.prompt.get(name).expect("attached").value);
             tensors.push(("prompt_embeddings".into(), shape, values));
@@ -183,16 +214,16 @@ pub fn save_adapter<B: Backend>(
             v
         }
         Method::Bottleneck(b) => {
-            tensors = runner_tensors(model, name);
+            tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_BOTTLENECK", "placement": match b.placement { Placement::Houlsby => "houlsby", Placement::Pfeiffer => "pfeiffer" },
                    "reduction_factor": b.reduction_factor, "activation": format!("{:?}", b.activation).to_lowercase()})
         }
         Method::BitFit(b) => {
-            tensors = runner_tensors(model, name);
+            tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_BITFIT", "target_modules": b.targets.to_json()})
         }
         Method::LnTuning => {
-            tensors = runner_tensors(model, name);
+            tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_LN_TUNING"})
         }
         Method::Full => unreachable!("full fine-tuning is not an adapter"),
@@ -216,30 +247,38 @@ pub fn save_adapter<B: Backend>(
     Ok(())
 }
 
-/// The adapter's parameters under runner's own names, with the `[name]` marker removed.
-fn runner_tensors<B: Backend>(model: &Llama<B>, name: &str) -> Vec<HostTensor> {
+/// What PEFT puts before the model's own parameter names (`layers.0.self_attn.q_proj`).
+const PEFT_PREFIX: &str = "base_model.model.model.";
+
+/// The adapter's parameters under the model's own names with the `[name]` marker removed,
+/// after `key_prefix`.
+fn runner_tensors<B: Backend>(model: &Llama<B>, name: &str, key_prefix: &str) -> Vec<HostTensor> {
     struct Collect<'a> {
         marker: String,
+        prefix: &'a str,
         out: &'a mut Vec<HostTensor>,
     }
     impl<B: Backend> ParamVisitor<B> for Collect<'_> {
         fn visit1(&mut self, n: &str, p: &mut Param<B, 1>) {
             if n.contains(&self.marker) {
                 let (shape, values) = host(&p.value);
-                self.out.push((n.replace(&self.marker, ""), shape, values));
+                let key = format!("{}{}", self.prefix, n.replace(&self.marker, ""));
+                self.out.push((key, shape, values));
             }
         }
         fn visit2(&mut self, n: &str, p: &mut Param<B, 2>) {
             // The score head's copy is saved under PEFT's name for every method.
             if n.contains(&self.marker) && !n.starts_with("score.") {
                 let (shape, values) = host(&p.value);
-                self.out.push((n.replace(&self.marker, ""), shape, values));
+                let key = format!("{}{}", self.prefix, n.replace(&self.marker, ""));
+                self.out.push((key, shape, values));
             }
         }
     }
     let mut out = Vec::new();
     model.clone().visit(&mut Collect {
         marker: format!("[{name}]"),
+        prefix: key_prefix,
         out: &mut out,
     });
     out
@@ -408,6 +447,39 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
                 seed: 0,
             })
         }
+        "LOKR" => {
+            for k in [
+                "rank_pattern",
+                "alpha_pattern",
+                "layers_to_transform",
+                "layers_pattern",
+                "exclude_modules",
+            ] {
+                unsupported(k, &empty)?;
+            }
+            Method::Lokr(LokrConfig {
+                rank: count("r")?,
+                alpha: num("alpha")?,
+                targets: targets("target_modules")?,
+                decompose_both: flag("decompose_both"),
+                decompose_factor: v
+                    .get("decompose_factor")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(-1),
+                rank_dropout: v.get("rank_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+                rank_dropout_scale: flag("rank_dropout_scale"),
+                module_dropout: v
+                    .get("module_dropout")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0),
+                init: match v.get("init_weights") {
+                    Some(Value::String(s)) if s == "lycoris" => LokrInit::Lycoris,
+                    Some(Value::Bool(false)) => LokrInit::Random,
+                    _ => LokrInit::Peft,
+                },
+                seed: 0,
+            })
+        }
         "IA3" => Method::Ia3(Ia3Config {
             targets: targets("target_modules")?,
             feedforward: targets("feedforward_modules")?,
@@ -453,7 +525,7 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
         "RUNNER_LN_TUNING" => Method::LnTuning,
         other => {
             return Err(format!(
-                "peft_type {other} is not supported (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING and runner's own types are)"
+                "peft_type {other} is not supported (LORA, LOKR, IA3, PROMPT_TUNING, PREFIX_TUNING and runner's own types are)"
             ));
         }
     })
@@ -529,9 +601,10 @@ fn fill<B: Backend>(
             let shape: [usize; 2] = p.embedding.value.dims();
             set2(&mut p.embedding, take("prompt_embeddings", &shape)?, shape);
         }
-        Method::Bottleneck(_) | Method::BitFit(_) | Method::LnTuning => {
+        Method::Lokr(_) | Method::Bottleneck(_) | Method::BitFit(_) | Method::LnTuning => {
             struct Assign<'a, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> {
                 marker: String,
+                prefix: &'static str,
                 take: &'a mut F,
                 error: Option<String>,
             }
@@ -542,7 +615,8 @@ fn fill<B: Backend>(
                     if !n.contains(&self.marker) || self.error.is_some() {
                         return;
                     }
-                    match (self.take)(&n.replace(&self.marker, ""), &p.value.dims()) {
+                    let key = format!("{}{}", self.prefix, n.replace(&self.marker, ""));
+                    match (self.take)(&key, &p.value.dims()) {
                         Ok(v) => {
                             *p = Param::new(
                                 crate::model::init::tensor1(v, &p.value.device()),
@@ -558,7 +632,8 @@ fn fill<B: Backend>(
                         return;
                     }
                     let dims = p.value.dims();
-                    match (self.take)(&n.replace(&self.marker, ""), &dims) {
+                    let key = format!("{}{}", self.prefix, n.replace(&self.marker, ""));
+                    match (self.take)(&key, &dims) {
                         Ok(v) => {
                             *p = Param::new(
                                 crate::model::init::tensor2(v, dims, &p.value.device()),
@@ -571,6 +646,12 @@ fn fill<B: Backend>(
             }
             let mut assign = Assign {
                 marker: format!("[{name}]"),
+                // LoKr's keys are PEFT's; runner's own types keep the model's names.
+                prefix: if matches!(method, Method::Lokr(_)) {
+                    PEFT_PREFIX
+                } else {
+                    ""
+                },
                 take: &mut take,
                 error: None,
             };

@@ -12,6 +12,7 @@
 pub mod bottleneck;
 pub mod format;
 pub mod ia3;
+pub mod lokr;
 pub mod lora;
 pub mod prompt;
 pub mod selective;
@@ -24,6 +25,7 @@ use burn::prelude::*;
 
 use crate::model::Llama;
 use crate::model::adapters::ia3::Ia3Vector;
+use crate::model::adapters::kron::KronAdapter;
 use crate::model::adapters::lora::LoraAdapter;
 use crate::model::adapters::{AdapterInfo, AdapterMethod};
 use crate::model::llama::Proj;
@@ -38,6 +40,7 @@ pub use targets::Targets;
 pub enum Method {
     Lora(lora::LoraConfig),
     Ia3(ia3::Ia3Config),
+    Lokr(lokr::LokrConfig),
     Bottleneck(bottleneck::BottleneckConfig),
     Prompt(prompt::PromptConfig),
     Prefix(prompt::PrefixConfig),
@@ -53,6 +56,7 @@ impl Method {
         match self {
             Self::Lora(c) => lora::attach(model, name, c),
             Self::Ia3(c) => ia3::attach(model, name, c),
+            Self::Lokr(c) => lokr::attach(model, name, c),
             Self::Bottleneck(c) => bottleneck::attach(model, name, c),
             Self::Prompt(c) => prompt::attach_prompt(model, name, c),
             Self::Prefix(c) => prompt::attach_prefix(model, name, c),
@@ -68,6 +72,7 @@ impl Method {
             Self::Lora(c) if c.dora => "dora",
             Self::Lora(_) => "lora",
             Self::Ia3(_) => "ia3",
+            Self::Lokr(_) => "lokr",
             Self::Bottleneck(c) if c.placement == bottleneck::Placement::Pfeiffer => "pfeiffer",
             Self::Bottleneck(_) => "houlsby",
             Self::Prompt(_) => "prompt_tuning",
@@ -79,7 +84,7 @@ impl Method {
     }
 
     fn mergeable(&self) -> bool {
-        matches!(self, Self::Lora(_) | Self::Ia3(_))
+        matches!(self, Self::Lora(_) | Self::Ia3(_) | Self::Lokr(_))
     }
 
     /// The method of an attached adapter.
@@ -133,7 +138,7 @@ pub enum PeftError {
     UnknownAdapter { name: String, known: String },
     #[error("no adapter is active")]
     NoActiveAdapter,
-    #[error("{0} adapters cannot be merged into the base weights (LoRA, DoRA and (IA)3 can)")]
+    #[error("{0} adapters cannot be merged into the base weights (LoRA, DoRA, LoKr and (IA)3 can)")]
     NotMergeable(&'static str),
     #[error("adapter '{0}' is already merged")]
     AlreadyMerged(String),
@@ -253,7 +258,13 @@ pub fn merge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
     }
     let name = info.name.clone();
     refuse_quantized(model, &name)?;
-    rewrite_weights(model, &name, |a, w| a.merge(w), |v, w| v.merge(w));
+    rewrite_weights(
+        model,
+        &name,
+        |a, w| a.merge(w),
+        |v, w| v.merge(w),
+        |k, w| k.merge(w),
+    );
     model.adapters[idx].merged = true;
     Ok(())
 }
@@ -265,7 +276,13 @@ pub fn unmerge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
         return Err(PeftError::NotMerged(model.adapters[idx].name.clone()));
     }
     let name = model.adapters[idx].name.clone();
-    rewrite_weights(model, &name, |a, w| a.unmerge(w), |v, w| v.unmerge(w));
+    rewrite_weights(
+        model,
+        &name,
+        |a, w| a.unmerge(w),
+        |v, w| v.unmerge(w),
+        |k, w| k.unmerge(w),
+    );
     model.adapters[idx].merged = false;
     Ok(())
 }
@@ -276,7 +293,9 @@ fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), Peft
     for (i, layer) in model.layers.iter().enumerate() {
         for t in Proj::ALL {
             let lin = layer.proj(t);
-            let carries = lin.lora.get(name).is_some() || lin.ia3.get(name).is_some();
+            let carries = lin.lora.get(name).is_some()
+                || lin.ia3.get(name).is_some()
+                || lin.kron.get(name).is_some();
             if carries && lin.dense().is_none() {
                 return Err(PeftError::Invalid(format!(
                     "cannot merge adapter '{name}' into layers.{i}.{t}: its base weight is quantized; dequantize the model first (model:dequantize())"
@@ -287,13 +306,14 @@ fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), Peft
     Ok(())
 }
 
-/// Replaces the weight of every projection that carries adapter `name` (LoRA/DoRA or (IA)3)
-/// by what `lora` or `ia3` makes of it.
+/// Replaces the weight of every projection that carries adapter `name` (LoRA/DoRA, (IA)3 or
+/// LoKr) by what `lora`, `ia3` or `kron` makes of it.
 fn rewrite_weights<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
     lora: impl Fn(&mut LoraAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
     ia3: impl Fn(&mut Ia3Vector<B>, Tensor<B, 2>) -> Tensor<B, 2>,
+    kron: impl Fn(&mut KronAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
 ) {
     for layer in &mut model.layers {
         for t in Proj::ALL {
@@ -306,6 +326,8 @@ fn rewrite_weights<B: Backend>(
                 lora(a, w)
             } else if let Some(v) = lin.ia3.get_mut(name) {
                 ia3(v, w)
+            } else if let Some(k) = lin.kron.get_mut(name) {
+                kron(k, w)
             } else {
                 continue;
             };

@@ -16,6 +16,7 @@ use runner::model::{Llama, LlamaConfig, TinyOptions};
 use runner::peft::bottleneck::{BottleneckConfig, Placement};
 use runner::peft::format::{load_adapter, save_adapter};
 use runner::peft::ia3::Ia3Config;
+use runner::peft::lokr::LokrConfig;
 use runner::peft::lora::{LoraConfig, LoraInit};
 use runner::peft::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use runner::peft::selective::BitFitConfig;
@@ -93,6 +94,71 @@ fn adapters_written_by_peft_reproduce_its_logits() {
     }
 }
 
+fn lokr_expected() -> serde_json::Value {
+    let path = fixtures().join("peft/lokr_expected.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// LoKr adapters PEFT wrote (scripts/make_lokr_fixtures.py): both factors low-rank, and full
+/// factors split by `decompose_factor`; PEFT's logits, PEFT's merge, and the file runner
+/// writes back has PEFT's keys, shapes and settings.
+#[test]
+fn lokr_adapters_written_by_peft_reproduce_its_logits_and_merge() {
+    let expected = lokr_expected();
+    let want = |key: &str| -> Vec<f32> { serde_json::from_value(expected[key].clone()).unwrap() };
+    let base = logits(&tiny_hf());
+    for name in ["lokr", "lokr_factor"] {
+        let dir = fixtures().join("peft").join(name);
+        let mut model = tiny_hf();
+        load_adapter(&mut model, &dir, "default").unwrap();
+        let got = logits(&model);
+        let diff = max_abs_diff(&got, &want(name));
+        eprintln!("{name}: max |Δ logits| vs PEFT = {diff:e}");
+        assert!(diff < 1e-4, "{name}: {diff}");
+        assert!(max_abs_diff(&got, &base) > 1e-2, "{name} changes nothing");
+
+        // Saved again: the same tensors under the same names, and the same settings.
+        let out = tempfile::tempdir().unwrap();
+        save_adapter(&model, "default", out.path()).unwrap();
+        let tensors = |d: &std::path::Path| {
+            let bytes = std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let mut v: Vec<(String, Vec<usize>, Vec<u8>)> = st
+                .tensors()
+                .into_iter()
+                .map(|(k, t)| (k, t.shape().to_vec(), t.data().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(tensors(out.path()), tensors(&dir), "{name}: tensors");
+        let config = |d: &std::path::Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(d.join("adapter_config.json")).unwrap())
+                .unwrap()
+        };
+        let (ours, theirs) = (config(out.path()), config(&dir));
+        for key in [
+            "peft_type",
+            "r",
+            "alpha",
+            "decompose_both",
+            "decompose_factor",
+            "init_weights",
+        ] {
+            match (ours[key].as_f64(), theirs[key].as_f64()) {
+                // PEFT writes alpha 4 where runner writes 4.0.
+                (Some(a), Some(b)) => assert_eq!(a, b, "{name}: {key}"),
+                _ => assert_eq!(ours[key], theirs[key], "{name}: {key}"),
+            }
+        }
+    }
+    let mut model = tiny_hf();
+    load_adapter(&mut model, &fixtures().join("peft/lokr"), "default").unwrap();
+    peft::merge_and_unload(&mut model).unwrap();
+    let diff = max_abs_diff(&logits(&model), &want("lokr_merged"));
+    assert!(diff < 1e-4, "merged: {diff}");
+}
+
 #[test]
 fn merged_lora_matches_peft_merge_and_saves_a_loadable_checkpoint() {
     let mut model = tiny_hf();
@@ -146,6 +212,13 @@ fn all_methods() -> Vec<Method> {
             ..lora.clone()
         }),
         Method::Ia3(Ia3Config::default()),
+        Method::Lokr(LokrConfig {
+            rank: 2,
+            alpha: 4.0,
+            decompose_both: true,
+            targets: Targets::AllLinear,
+            ..Default::default()
+        }),
         Method::Bottleneck(BottleneckConfig {
             reduction_factor: 4,
             ..Default::default()
@@ -279,6 +352,12 @@ fn merge_then_unmerge_restores_the_weights() {
         Method::Lora(lora.clone()),
         Method::Lora(LoraConfig { dora: true, ..lora }),
         Method::Ia3(Ia3Config::default()),
+        Method::Lokr(LokrConfig {
+            rank: 2,
+            decompose_both: true,
+            targets: Targets::AllLinear,
+            ..Default::default()
+        }),
     ] {
         let mut model = tiny_hf();
         method.attach(&mut model, "default").unwrap();
@@ -574,6 +653,45 @@ fn trainable_counts_match_peft_on_smollm2_shape() {
             c.total as u64,
             want["total"].as_u64().unwrap(),
             "{key} total"
+        );
+    }
+    let lokr_counts = &lokr_expected()["smollm2_counts"];
+    let lokr = |rank, alpha, targets, decompose_both, decompose_factor| {
+        Method::Lokr(LokrConfig {
+            rank,
+            alpha,
+            targets,
+            decompose_both,
+            decompose_factor,
+            ..Default::default()
+        })
+    };
+    let qv = || Targets::names(&["q_proj", "v_proj"]);
+    for (key, method) in [
+        ("lokr_qv_r8", lokr(8, 8.0, qv(), false, -1)),
+        ("lokr_all_r8", lokr(8, 8.0, Targets::AllLinear, false, -1)),
+        (
+            "lokr_all_r4_both",
+            lokr(4, 8.0, Targets::AllLinear, true, -1),
+        ),
+        ("lokr_qv_r16_factor8", lokr(16, 8.0, qv(), false, 8)),
+    ] {
+        let mut model = base.clone();
+        method.attach(&mut model, "default").unwrap();
+        let c = model.param_count();
+        eprintln!(
+            "{key}: runner {} — PEFT {}",
+            c.trainable, lokr_counts[key]["trainable"]
+        );
+        assert_eq!(
+            c.trainable as u64,
+            lokr_counts[key]["trainable"].as_u64().unwrap(),
+            "{key}"
+        );
+        assert_eq!(
+            c.total as u64,
+            lokr_counts[key]["total"].as_u64().unwrap(),
+            "{key}"
         );
     }
     assert_eq!(counts["lora_qv_r8"]["trainable"], 460_800);

@@ -15,6 +15,7 @@
 
 pub(crate) mod bottleneck;
 pub(crate) mod ia3;
+pub(crate) mod kron;
 pub(crate) mod lora;
 pub(crate) mod prompt;
 pub(crate) mod slots;
