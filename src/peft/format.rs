@@ -362,6 +362,16 @@ pub fn load_adapter<B: Backend>(
     Ok(added)
 }
 
+/// LoRA's and LoKr's per-module settings, which runner does not read: a file that uses them
+/// is refused rather than loaded wrong.
+const PER_MODULE_KEYS: [&str; 5] = [
+    "rank_pattern",
+    "alpha_pattern",
+    "layers_to_transform",
+    "layers_pattern",
+    "exclude_modules",
+];
+
 fn method_from_config(v: &Value) -> Result<Method, String> {
     let peft_type = v
         .get("peft_type")
@@ -414,13 +424,7 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
     unsupported("modules_to_save", &heads_only)?;
     Ok(match peft_type {
         "LORA" => {
-            for k in [
-                "rank_pattern",
-                "alpha_pattern",
-                "layers_to_transform",
-                "layers_pattern",
-                "exclude_modules",
-            ] {
+            for k in PER_MODULE_KEYS {
                 unsupported(k, &empty)?;
             }
             unsupported("bias", &|x| x == "none")?;
@@ -448,13 +452,7 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
             })
         }
         "LOKR" => {
-            for k in [
-                "rank_pattern",
-                "alpha_pattern",
-                "layers_to_transform",
-                "layers_pattern",
-                "exclude_modules",
-            ] {
+            for k in PER_MODULE_KEYS {
                 unsupported(k, &empty)?;
             }
             Method::Lokr(LokrConfig {
