@@ -225,7 +225,7 @@ impl WeightSource for SafetensorsDir {
             });
         }
         let data = &self.maps[file][entry.bytes.clone()];
-        Ok(match entry.dtype {
+        let values = match entry.dtype {
             Dtype::F32 => data
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -246,7 +246,28 @@ impl WeightSource for SafetensorsDir {
                     ),
                 });
             }
-        })
+        };
+        self.release(entry);
+        Ok(values)
+    }
+}
+
+impl SafetensorsDir {
+    /// Drops a converted tensor's pages from this process. They are clean pages of a read-only
+    /// file map, read back from the file if touched again; without this every page read stays
+    /// mapped until the load ends, so a checkpoint loaded into a smaller quantized model would
+    /// still occupy its full size in resident memory (and in the measured peak).
+    fn release(&self, entry: &Entry) {
+        let map = &self.maps[&entry.file];
+        // SAFETY: a shared, read-only file mapping: MADV_DONTNEED only drops cached pages and
+        // never loses data (the file is not written through this map).
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                entry.bytes.start,
+                entry.bytes.len(),
+            )
+        };
     }
 }
 
