@@ -364,9 +364,7 @@ fn broken_4bit_checkpoints_are_clear_errors() {
 /// into NF4 depends on this to fit: its bf16 file alone is 13 GB.
 #[test]
 fn a_checkpoint_does_not_stay_resident_while_it_loads() {
-    if !crate::common::in_own_process(
-        "qlora::a_checkpoint_does_not_stay_resident_while_it_loads",
-    ) {
+    if !crate::common::in_own_process("qlora::a_checkpoint_does_not_stay_resident_while_it_loads") {
         return;
     }
     let config = runner::model::LlamaConfig {
