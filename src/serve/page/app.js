@@ -141,7 +141,8 @@ async function loadSweep() {
   state.data = data;
   const ids = data.trials.map((t) => t.trial_id);
   const added = ids.filter((id) => !state.known.has(id));
-  if (state.autoSelect) state.selected = new Set(ids);
+  // Until the reader picks, the latest trials' curves are drawn (all of a small sweep).
+  if (state.autoSelect) state.selected = new Set(ids.slice(-MAX_AUTO_CURVES));
   if (!state.stepKey || !data.step_keys.includes(state.stepKey)) {
     state.stepKey = data.step_keys.includes("loss") ? "loss" : (data.step_keys[0] || null);
   }
@@ -230,10 +231,22 @@ function matcher(filter, cols) {
   return (t) => tests.every((f) => f(t));
 }
 
+// A trial's colour follows its position in trials.csv, so it stays put as rows are sorted.
+let colorIndex = { data: null, map: new Map() };
 function colorOf(id) {
-  const i = state.data.trials.findIndex((t) => t.trial_id === id);
-  return PALETTE[(i < 0 ? 0 : i) % PALETTE.length];
+  if (colorIndex.data !== state.data) {
+    colorIndex = { data: state.data, map: new Map(state.data.trials.map((t, i) => [t.trial_id, i])) };
+  }
+  const i = colorIndex.map.get(id) ?? 0;
+  return PALETTE[i % PALETTE.length];
 }
+
+// More rows than this are not put in the page at once (a 10,000-trial sweep would take
+// seconds per redraw); the filter and sorting reach the others.
+const MAX_ROWS = 2000;
+// Curves drawn without the reader choosing, and at most at once.
+const MAX_AUTO_CURVES = 50;
+const MAX_CURVES = 200;
 
 function visibleTrials() {
   const d = state.data;
@@ -273,7 +286,7 @@ function renderTable(added) {
   table.tHead.replaceChildren(head);
   const rows = visibleTrials();
   const body = document.createElement("tbody");
-  for (const t of rows) {
+  for (const t of rows.slice(0, MAX_ROWS)) {
     const tr = document.createElement("tr");
     tr.dataset.trial = t.trial_id;
     tr.className = t.status + (added.has(t.trial_id) ? " new" : "");
@@ -312,7 +325,10 @@ function renderTable(added) {
     body.append(tr);
   }
   table.tBodies[0].replaceWith(body);
-  $("shown").textContent = rows.length === d.trials.length ? "" : `${rows.length} of ${d.trials.length} shown`;
+  const shown = Math.min(rows.length, MAX_ROWS);
+  $("shown").textContent = shown === d.trials.length ? ""
+    : shown < rows.length ? `first ${shown} of ${rows.length}${rows.length < d.trials.length ? ` matching (of ${d.trials.length})` : ""}; filter or sort to see others`
+    : `${rows.length} of ${d.trials.length} shown`;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -422,7 +438,7 @@ async function renderCurves() {
   if (!d) return;
   $("step-key").value = state.stepKey || "";
   if (!state.stepKey) return empty(box, "This sweep logged no steps (steps.csv).");
-  const ids = d.trials.map((t) => t.trial_id).filter((id) => state.selected.has(id));
+  const ids = d.trials.map((t) => t.trial_id).filter((id) => state.selected.has(id)).slice(-MAX_CURVES);
   if (!ids.length) return empty(box, "Tick trials in the table to draw their curves.");
   let curves;
   try {
@@ -609,7 +625,7 @@ function wire() {
   $("filter").addEventListener("input", (e) => { state.filter = e.target.value; renderTable(new Set()); });
   $("select-all").onclick = () => {
     state.autoSelect = false;
-    visibleTrials().forEach((t) => state.selected.add(t.trial_id));
+    visibleTrials().slice(0, MAX_CURVES).forEach((t) => state.selected.add(t.trial_id));
     writeHash(); renderTable(new Set()); renderCurves();
   };
   $("select-none").onclick = () => {
