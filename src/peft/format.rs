@@ -102,14 +102,10 @@ pub fn save_adapter<B: Backend>(
                 ("init_lora_weights", init),
                 ("bias", json!("none")),
                 ("fan_in_fan_out", json!(false)),
-                ("layers_to_transform", json!(null)),
-                ("layers_pattern", json!(null)),
-                ("rank_pattern", json!({})),
-                ("alpha_pattern", json!({})),
-                ("exclude_modules", json!(null)),
             ] {
                 o.insert(k.into(), x);
             }
+            no_per_module_settings(o);
             v
         }
         Method::Ia3(cfg) => {
@@ -159,14 +155,10 @@ pub fn save_adapter<B: Backend>(
                 ("rank_dropout_scale", json!(l.rank_dropout_scale)),
                 ("target_modules", l.targets.to_json()),
                 ("init_weights", init),
-                ("layers_to_transform", json!(null)),
-                ("layers_pattern", json!(null)),
-                ("rank_pattern", json!({})),
-                ("alpha_pattern", json!({})),
-                ("exclude_modules", json!(null)),
             ] {
                 o.insert(k.into(), x);
             }
+            no_per_module_settings(o);
             v
         }
         Method::Prompt(p) => {
@@ -371,6 +363,19 @@ const PER_MODULE_KEYS: [&str; 5] = [
     "layers_pattern",
     "exclude_modules",
 ];
+
+/// Writes [`PER_MODULE_KEYS`] as PEFT does when they are unused: the two patterns as empty
+/// maps, the rest null.
+fn no_per_module_settings(o: &mut serde_json::Map<String, Value>) {
+    for k in PER_MODULE_KEYS {
+        let unused = if matches!(k, "rank_pattern" | "alpha_pattern") {
+            json!({})
+        } else {
+            json!(null)
+        };
+        o.insert(k.into(), unused);
+    }
+}
 
 fn method_from_config(v: &Value) -> Result<Method, String> {
     let peft_type = v

@@ -24,9 +24,6 @@ use std::sync::Arc;
 use burn::prelude::*;
 
 use crate::model::Llama;
-use crate::model::adapters::ia3::Ia3Vector;
-use crate::model::adapters::kron::KronAdapter;
-use crate::model::adapters::lora::LoraAdapter;
 use crate::model::adapters::{AdapterInfo, AdapterMethod};
 use crate::model::llama::Proj;
 use crate::model::params::{ParamVisitor, SetTrainable};
@@ -258,13 +255,7 @@ pub fn merge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
     }
     let name = info.name.clone();
     refuse_quantized(model, &name)?;
-    rewrite_weights(
-        model,
-        &name,
-        |a, w| a.merge(w),
-        |v, w| v.merge(w),
-        |k, w| k.merge(w),
-    );
+    rewrite_weights(model, &name, true);
     model.adapters[idx].merged = true;
     Ok(())
 }
@@ -276,13 +267,7 @@ pub fn unmerge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
         return Err(PeftError::NotMerged(model.adapters[idx].name.clone()));
     }
     let name = model.adapters[idx].name.clone();
-    rewrite_weights(
-        model,
-        &name,
-        |a, w| a.unmerge(w),
-        |v, w| v.unmerge(w),
-        |k, w| k.unmerge(w),
-    );
+    rewrite_weights(model, &name, false);
     model.adapters[idx].merged = false;
     Ok(())
 }
@@ -306,15 +291,9 @@ fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), Peft
     Ok(())
 }
 
-/// Replaces the weight of every projection that carries adapter `name` (LoRA/DoRA, (IA)3 or
-/// LoKr) by what `lora`, `ia3` or `kron` makes of it.
-fn rewrite_weights<B: Backend>(
-    model: &mut Llama<B>,
-    name: &str,
-    lora: impl Fn(&mut LoraAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
-    ia3: impl Fn(&mut Ia3Vector<B>, Tensor<B, 2>) -> Tensor<B, 2>,
-    kron: impl Fn(&mut KronAdapter<B>, Tensor<B, 2>) -> Tensor<B, 2>,
-) {
+/// Merges (`merge`) or unmerges adapter `name` into the weight of every projection that
+/// carries it (LoRA/DoRA, (IA)3 or LoKr).
+fn rewrite_weights<B: Backend>(model: &mut Llama<B>, name: &str, merge: bool) {
     for layer in &mut model.layers {
         for t in Proj::ALL {
             let lin = layer.proj_mut(t);
@@ -323,11 +302,11 @@ fn rewrite_weights<B: Backend>(
             };
             let w = weight.value.clone().detach();
             let w = if let Some(a) = lin.lora.get_mut(name) {
-                lora(a, w)
+                if merge { a.merge(w) } else { a.unmerge(w) }
             } else if let Some(v) = lin.ia3.get_mut(name) {
-                ia3(v, w)
+                if merge { v.merge(w) } else { v.unmerge(w) }
             } else if let Some(k) = lin.kron.get_mut(name) {
-                kron(k, w)
+                if merge { k.merge(w) } else { k.unmerge(w) }
             } else {
                 continue;
             };

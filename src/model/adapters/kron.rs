@@ -82,9 +82,8 @@ impl<B: Backend> KronAdapter<B> {
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 2>,
-        rng: Option<&mut HostRng>,
+        mut rng: Option<&mut HostRng>,
     ) -> Option<Tensor<B, 2>> {
-        let mut rng = rng;
         if let Some(r) = rng.as_deref_mut()
             && self.module_dropout > 0.0
             && r.random::<f64>() < self.module_dropout
