@@ -150,6 +150,7 @@ fn bench<B: AutodiffBackend>(
             &targets,
             count,
             1.0,
+            model.config.final_logit_softcapping,
         );
         let t2 = Instant::now();
         let _grads = surrogate.backward();

@@ -441,6 +441,37 @@ pub(crate) fn silu_mul_composed<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>
     silu(gate) * up
 }
 
+/// GeGLU's `gelu(gate) · up` with GELU's tanh approximation (PyTorch's
+/// `gelu(approximate="tanh")`, Gemma's `gelu_pytorch_tanh`). Composed ops on every backend.
+pub(crate) fn gelu_tanh_mul<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = (gate.clone() + gate.clone().powi_scalar(3) * 0.044715) * k;
+    gate * (inner.tanh() + 1.0) * 0.5 * up
+}
+
+/// Soft-capping, `cap · tanh(x / cap)`: values stay within ±cap (Gemma 2's logits and
+/// attention scores).
+pub(crate) fn soft_cap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
+    (x / cap).tanh() * cap
+}
+
+/// [`masked_softmax`] of soft-capped scores: `softmax(cap · tanh(scale · scores / cap) + mask)`,
+/// as transformers' Gemma 2 attention orders them. Composed ops.
+/// # Shapes
+/// - scores: `[rows, width]`, mask: `[rows / k, width]` -> `[rows, width]`
+pub(crate) fn soft_capped_masked_softmax<B: Backend>(
+    scores: Tensor<B, 2>,
+    mask: &Tensor<B, 2>,
+    scale: f64,
+    cap: f64,
+) -> Tensor<B, 2> {
+    let repeats = scores.dims()[0] / mask.dims()[0];
+    softmax(
+        soft_cap(scores * scale, cap) + mask.clone().repeat_dim(0, repeats),
+        1,
+    )
+}
+
 pub(crate) fn masked_softmax_composed<B: Backend>(
     scores: Tensor<B, 2>,
     mask: &Tensor<B, 2>,

@@ -38,10 +38,40 @@ pub struct LlamaConfig {
     /// Biases on gate, up and down (transformers' Llama `mlp_bias`).
     #[serde(default)]
     pub mlp_bias: bool,
+    /// Which layers use `sliding_window` (transformers' `layer_types`); `None`: every layer
+    /// does (Mistral).
+    #[serde(default)]
+    pub layer_types: Option<Vec<LayerType>>,
+    /// Rotary base of the sliding-window layers (Gemma 3's `rope_local_base_freq`); they use
+    /// no rope scaling. `None`: every layer uses `rope_theta`.
+    #[serde(default, rename = "rope_local_base_freq")]
+    pub rope_local_theta: Option<f64>,
+    /// Linear rope scaling (`rope_type = "linear"`): the inverse frequencies divided by this
+    /// factor, on every layer but Gemma 3's sliding ones.
+    #[serde(skip)]
+    pub rope_linear_factor: Option<f64>,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`
+    /// (Gemma).
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Attention scores soft-capped as `c · tanh(s / c)` before the mask (Gemma 2).
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Output logits soft-capped as `c · tanh(z / c)` (Gemma 2).
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
     /// Which family's checkpoint this is: the differences from Llama are data here (which
     /// projections carry biases, q/k norms), not separate model code.
     #[serde(skip)]
     pub family: Family,
+}
+
+/// The attention of one layer: within the sliding window, or over every earlier position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerType {
+    SlidingAttention,
+    FullAttention,
 }
 
 /// A decoder family that shares Llama's network, with its differences.
@@ -55,10 +85,24 @@ pub enum Family {
     Qwen2,
     /// An RMSNorm over each head of q and of k, before the rotary embedding.
     Qwen3,
+    /// GeGLU, RMSNorm weights stored as `w` and applied as `1 + w`, the embedding scaled by
+    /// √hidden, a norm after attention and after the MLP as well as before each, alternating
+    /// sliding-window layers, soft-capped attention scores and logits.
+    Gemma2,
+    /// Gemma 2 without the soft-capping, with Qwen3's q/k norms, and a local rotary base for
+    /// its sliding layers (`gemma3_text`).
+    Gemma3,
 }
 
 impl Family {
-    pub const MODEL_TYPES: [&'static str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+    pub const MODEL_TYPES: [&'static str; 6] = [
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma2",
+        "gemma3_text",
+    ];
 
     pub fn parse(model_type: &str) -> Option<Self> {
         Some(match model_type {
@@ -66,6 +110,8 @@ impl Family {
             "mistral" => Self::Mistral,
             "qwen2" => Self::Qwen2,
             "qwen3" => Self::Qwen3,
+            "gemma2" => Self::Gemma2,
+            "gemma3_text" => Self::Gemma3,
             _ => return None,
         })
     }
@@ -77,6 +123,8 @@ impl Family {
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Gemma2 => "gemma2",
+            Self::Gemma3 => "gemma3_text",
         }
     }
 
@@ -87,7 +135,22 @@ impl Family {
             Self::Mistral => "Mistral",
             Self::Qwen2 => "Qwen2",
             Self::Qwen3 => "Qwen3",
+            Self::Gemma2 => "Gemma2",
+            Self::Gemma3 => "Gemma3",
         }
+    }
+
+    /// Gemma's: norm weights applied as `1 + w`, embeddings scaled by √hidden, GeGLU, and
+    /// a norm after attention and after the MLP.
+    pub(crate) fn is_gemma(self) -> bool {
+        matches!(self, Self::Gemma2 | Self::Gemma3)
+    }
+
+    /// What a stored norm weight is offset by in the network: Gemma stores `w` and applies
+    /// `1 + w` (computed in f32, as transformers does), so runner adds it when loading and
+    /// takes it off when saving.
+    pub(crate) fn norm_offset(self) -> f32 {
+        if self.is_gemma() { 1.0 } else { 0.0 }
     }
 }
 
@@ -141,6 +204,8 @@ pub enum ConfigError {
         "hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) when head_dim is not given"
     )]
     HeadDim { hidden: usize, heads: usize },
+    #[error("layer_types names {types} layers but the model has {layers} (num_hidden_layers)")]
+    LayerTypes { types: usize, layers: usize },
     #[error("head_dim ({0}) must be even for rotary embeddings")]
     OddHeadDim(usize),
     #[error("{field} must be a positive finite number (got {value})")]
@@ -180,9 +245,55 @@ impl LlamaConfig {
             .powf((2 * pair) as f64 / self.head_dim() as f64)
     }
 
-    /// Whether q and k are normalised per head (Qwen3).
+    /// The rotary inverse frequency of dimension pair `pair`, with the model's scaling; `local`
+    /// for a sliding-window layer with its own base (Gemma 3's `rope_local_base_freq`), which
+    /// is not scaled.
+    pub(crate) fn rope_inv_freq(&self, pair: usize, local: bool) -> f64 {
+        let hd = self.head_dim() as f64;
+        if let Some(theta) = self.rope_local_theta.filter(|_| local) {
+            return 1.0 / theta.powf((2 * pair) as f64 / hd);
+        }
+        let mut f = self.rope_base_inv_freq(pair);
+        if let Some(s) = &self.rope_scaling {
+            f = s.scale(f);
+        }
+        if let Some(factor) = self.rope_linear_factor {
+            f /= factor;
+        }
+        match &self.rope_freq_factors {
+            Some(factors) => f / factors[pair],
+            None => f,
+        }
+    }
+
+    /// Whether q and k are normalised per head (Qwen3, Gemma 3).
     pub(crate) fn qk_norm(&self) -> bool {
-        self.family == Family::Qwen3
+        matches!(self.family, Family::Qwen3 | Family::Gemma3)
+    }
+
+    /// Whether layer `layer` attends within `sliding_window` only.
+    pub(crate) fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window.is_some()
+            && self
+                .layer_types
+                .as_ref()
+                .is_none_or(|types| types.get(layer) == Some(&LayerType::SlidingAttention))
+    }
+
+    /// The attention scores' scale: `query_pre_attn_scalar^-1/2` (Gemma), else `head_dim^-1/2`.
+    pub(crate) fn attention_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim() as f64)
+            .sqrt()
+    }
+
+    /// The factor token embeddings are multiplied by: √hidden for Gemma (rounded to f32, as
+    /// transformers makes it a tensor of the weights' type), else 1.
+    pub(crate) fn embed_scale(&self) -> Option<f32> {
+        self.family
+            .is_gemma()
+            .then(|| (self.hidden_size as f64).sqrt() as f32)
     }
 
     /// Dimension of one attention head.
@@ -210,6 +321,12 @@ impl LlamaConfig {
             sliding_window: None,
             attention_bias: false,
             mlp_bias: false,
+            layer_types: None,
+            rope_local_theta: None,
+            rope_linear_factor: None,
+            query_pre_attn_scalar: None,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
             family: Family::Llama,
         }
     }
@@ -303,12 +420,33 @@ impl LlamaConfig {
             }
         }
         for (field, value) in [
-            ("rms_norm_eps", self.rms_norm_eps),
-            ("rope_theta", self.rope_theta),
+            ("rms_norm_eps", Some(self.rms_norm_eps)),
+            ("rope_theta", Some(self.rope_theta)),
+            ("rope_local_base_freq", self.rope_local_theta),
+            ("rope_scaling.factor", self.rope_linear_factor),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
         ] {
-            if !(value.is_finite() && value > 0.0) {
+            if let Some(value) = value
+                && !(value.is_finite() && value > 0.0)
+            {
                 return Err(ConfigError::Positive { field, value });
             }
+        }
+        if let Some(types) = &self.layer_types
+            && types.len() != self.num_hidden_layers
+        {
+            return Err(ConfigError::LayerTypes {
+                types: types.len(),
+                layers: self.num_hidden_layers,
+            });
+        }
+        if self.sliding_window == Some(0) {
+            return Err(ConfigError::Zero {
+                field: "sliding_window",
+                value: 0,
+            });
         }
         Ok(())
     }
@@ -375,6 +513,12 @@ impl TinyOptions {
             sliding_window: None,
             attention_bias: false,
             mlp_bias: false,
+            layer_types: None,
+            rope_local_theta: None,
+            rope_linear_factor: None,
+            query_pre_attn_scalar: None,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
             family: Family::Llama,
         }
     }

@@ -8,7 +8,7 @@ use super::adapters::AdapterInfo;
 use super::adapters::bottleneck::Bottleneck;
 use super::adapters::prompt::PrefixAdapter;
 use super::adapters::slots::Slots;
-use super::config::{ConfigError, LlamaConfig};
+use super::config::{ConfigError, Family, LlamaConfig};
 use super::init::{self, HostRng};
 use super::linear::Linear;
 use super::params::{Param, ParamCount, ParamVisitor};
@@ -113,7 +113,9 @@ pub struct Block<B: Backend> {
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
-    pub post_attention_layernorm: Param<B, 1>,
+    /// The norm before the MLP: Hugging Face's `post_attention_layernorm` in Llama,
+    /// `pre_feedforward_layernorm` in Gemma.
+    pub mlp_norm: Param<B, 1>,
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
@@ -126,6 +128,13 @@ pub struct Block<B: Backend> {
     /// Qwen3's RMSNorm weights over each head of q and of k, `[head_dim]`.
     pub q_norm: Option<Param<B, 1>>,
     pub k_norm: Option<Param<B, 1>>,
+    /// Gemma's norms of the attention and MLP outputs, before each residual sum (Hugging
+    /// Face's `post_attention_layernorm` and `post_feedforward_layernorm` there).
+    pub attn_out_norm: Option<Param<B, 1>>,
+    pub mlp_out_norm: Option<Param<B, 1>>,
+    /// LN tuning's trained copies of those two.
+    pub attn_out_norm_tuned: Slots<Param<B, 1>>,
+    pub mlp_out_norm_tuned: Slots<Param<B, 1>>,
 }
 
 #[derive(Clone, Debug)]
@@ -191,7 +200,7 @@ impl<B: Backend> Block<B> {
     /// The block with an empty set of adapters.
     pub(crate) fn new<E>(
         input_layernorm: Param<B, 1>,
-        post_attention_layernorm: Param<B, 1>,
+        mlp_norm: Param<B, 1>,
         mut linears: impl FnMut(Proj) -> Result<Linear<B>, E>,
     ) -> Result<Self, E> {
         Ok(Self {
@@ -200,7 +209,7 @@ impl<B: Backend> Block<B> {
             k_proj: linears(Proj::K)?,
             v_proj: linears(Proj::V)?,
             o_proj: linears(Proj::O)?,
-            post_attention_layernorm,
+            mlp_norm,
             gate_proj: linears(Proj::Gate)?,
             up_proj: linears(Proj::Up)?,
             down_proj: linears(Proj::Down)?,
@@ -210,6 +219,10 @@ impl<B: Backend> Block<B> {
             post_norm_tuned: Slots::default(),
             q_norm: None,
             k_norm: None,
+            attn_out_norm: None,
+            mlp_out_norm: None,
+            attn_out_norm_tuned: Slots::default(),
+            mlp_out_norm_tuned: Slots::default(),
         })
     }
 
@@ -232,21 +245,37 @@ impl<B: Backend> Block<B> {
         }
         self.attn_adapter
             .visit(&format!("{prefix}.self_attn"), "adapter", v);
-        v.visit1(
-            &format!("{prefix}.post_attention_layernorm.weight"),
-            &mut self.post_attention_layernorm,
-        );
-        self.post_norm_tuned.visit(
+        // Hugging Face's names: Gemma's layers have four norms, Llama's two.
+        let mlp_norm = if self.attn_out_norm.is_some() {
+            "pre_feedforward_layernorm"
+        } else {
+            "post_attention_layernorm"
+        };
+        if let Some(w) = &mut self.attn_out_norm {
+            v.visit1(&format!("{prefix}.post_attention_layernorm.weight"), w);
+        }
+        self.attn_out_norm_tuned.visit(
             &format!("{prefix}.post_attention_layernorm"),
             "ln_tuning",
             v,
         );
+        v.visit1(&format!("{prefix}.{mlp_norm}.weight"), &mut self.mlp_norm);
+        self.post_norm_tuned
+            .visit(&format!("{prefix}.{mlp_norm}"), "ln_tuning", v);
         for proj in [Proj::Gate, Proj::Up, Proj::Down] {
             let p = format!("{prefix}.mlp.{proj}");
             self.proj_mut(proj).visit(&p, v);
         }
         self.mlp_adapter
             .visit(&format!("{prefix}.mlp"), "adapter", v);
+        if let Some(w) = &mut self.mlp_out_norm {
+            v.visit1(&format!("{prefix}.post_feedforward_layernorm.weight"), w);
+        }
+        self.mlp_out_norm_tuned.visit(
+            &format!("{prefix}.post_feedforward_layernorm"),
+            "ln_tuning",
+            v,
+        );
     }
 
     fn activate(&mut self, name: Option<&str>) {
@@ -257,6 +286,8 @@ impl<B: Backend> Block<B> {
         self.mlp_adapter.activate(name);
         self.input_norm_tuned.activate(name);
         self.post_norm_tuned.activate(name);
+        self.attn_out_norm_tuned.activate(name);
+        self.mlp_out_norm_tuned.activate(name);
     }
 
     fn remove_adapter(&mut self, name: &str) {
@@ -267,6 +298,8 @@ impl<B: Backend> Block<B> {
         self.mlp_adapter.remove(name);
         self.input_norm_tuned.remove(name);
         self.post_norm_tuned.remove(name);
+        self.attn_out_norm_tuned.remove(name);
+        self.mlp_out_norm_tuned.remove(name);
     }
 }
 
@@ -421,9 +454,18 @@ impl<B: Backend> Llama<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, rng: Option<&mut HostRng>) -> Tensor<B, 3> {
         let [b, t] = input_ids.dims();
         let hidden = self.hidden_states(input_ids, rng);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let logits = kernels::matmul(hidden, head.value.clone().transpose());
-        logits.reshape([b, t, self.config.vocab_size])
+        self.logits(hidden).reshape([b, t, self.config.vocab_size])
+    }
+
+    /// The head applied to final hidden states, with Gemma 2's soft-capping.
+    /// # Shapes
+    /// - hidden: `[rows, d_model]` -> `[rows, vocab]`
+    pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        let logits = kernels::matmul(hidden, self.head().value.clone().transpose());
+        match self.config.final_logit_softcapping {
+            Some(cap) => kernels::soft_cap(logits, cap),
+            None => logits,
+        }
     }
 
     /// The final normalised hidden states, `[batch * seq, d_model]`.
@@ -457,12 +499,7 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 3> {
         let [b, t] = input_ids.dims();
         let hidden = self.hidden_states_cached(input_ids, None, None, Some(cache));
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        kernels::matmul(hidden, head.value.clone().transpose()).reshape([
-            b,
-            t,
-            self.config.vocab_size,
-        ])
+        self.logits(hidden).reshape([b, t, self.config.vocab_size])
     }
 
     /// Logits of the last new token of each row only (generation: the head is applied to
@@ -481,8 +518,7 @@ impl<B: Backend> Llama<B> {
             .reshape([b, t, d])
             .narrow(1, t - 1, 1)
             .reshape([b, d]);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        kernels::matmul(hidden, head.value.clone().transpose())
+        self.logits(hidden)
     }
 
     /// The hidden states of the new tokens. On a fresh sequence (no cache, or an empty one)
@@ -544,9 +580,16 @@ impl<B: Backend> Llama<B> {
     fn embed(&self, input_ids: Tensor<B, 2, Int>, fresh: bool) -> (Tensor<B, 2>, usize) {
         let [b, t] = input_ids.dims();
         let ids = input_ids.reshape([b * t]);
-        let x = self.embed_tokens.value.clone().select(0, ids);
+        let mut x = self.embed_tokens.value.clone().select(0, ids);
         let d = self.config.hidden_size;
-        match fresh.then(|| self.prompt.active()).flatten() {
+        // Gemma scales embeddings by √d: Gemma 2 every input row (virtual tokens too, as
+        // transformers scales `inputs_embeds`), Gemma 3 in the token lookup only.
+        let scale = self.config.embed_scale();
+        let scale_inputs = self.config.family == Family::Gemma2;
+        if let Some(s) = scale.filter(|_| !scale_inputs) {
+            x = x * s;
+        }
+        let (x, n) = match fresh.then(|| self.prompt.active()).flatten() {
             Some(prompt) => {
                 let n = prompt.value.dims()[0];
                 let prompts = prompt.value.clone().unsqueeze::<3>().expand([b, n, d]);
@@ -556,6 +599,10 @@ impl<B: Backend> Llama<B> {
                 )
             }
             None => (x, 0),
+        };
+        match scale.filter(|_| scale_inputs) {
+            Some(s) => (x * s, n),
+            None => (x, n),
         }
     }
 
@@ -576,17 +623,29 @@ impl<B: Backend> Llama<B> {
             virtual_tokens,
             segments,
             padding,
-            window: self.config.sliding_window,
         };
-        let rope = Rope::new(&self.config, &layout.positions(), b * t_all, &self.device);
-        let mask = layout.mask::<B>(self.config.num_attention_heads, &self.device);
+        let c = &self.config;
+        let (positions, rows, heads) = (layout.positions(), b * t_all, c.num_attention_heads);
+        let layers = 0..c.num_hidden_layers;
+        let rope = Rope::new(c, &positions, rows, false, &self.device);
+        let full = layers.clone().any(|i| !c.is_sliding(i)).then(|| Attend {
+            rope: rope.clone(),
+            mask: layout.mask::<B>(heads, None, &self.device),
+        });
+        let sliding = layers.into_iter().any(|i| c.is_sliding(i)).then(|| Attend {
+            rope: match c.rope_local_theta {
+                Some(_) => Rope::new(c, &positions, rows, true, &self.device),
+                None => rope,
+            },
+            mask: layout.mask::<B>(heads, c.sliding_window, &self.device),
+        });
         Plan {
             b,
             t,
             t_all,
             virtual_tokens,
-            rope,
-            mask,
+            full,
+            sliding,
         }
     }
 
@@ -601,6 +660,7 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 2> {
         let eps = self.config.rms_norm_eps;
         let layer = &self.layers[i];
+        let attend = plan.attend(&self.config, i);
         let h = kernels::rms_norm(
             x.clone(),
             layer
@@ -615,11 +675,21 @@ impl<B: Backend> Llama<B> {
             h,
             plan.b,
             plan.t_all,
-            &plan.rope,
-            &plan.mask,
+            &attend.rope,
+            &attend.mask,
             rng.as_deref_mut(),
             kv,
         );
+        // Gemma normalises each sub-block's output before the residual sum.
+        let out_norm =
+            |y: Tensor<B, 2>, w: &Option<Param<B, 1>>, tuned: &Slots<Param<B, 1>>| match tuned
+                .active()
+                .or(w.as_ref())
+            {
+                Some(w) => kernels::rms_norm(y, w.value(), eps),
+                None => y,
+            };
+        attn = out_norm(attn, &layer.attn_out_norm, &layer.attn_out_norm_tuned);
         if let Some(adapter) = layer.attn_adapter.active() {
             attn = adapter.forward(attn);
         }
@@ -629,13 +699,19 @@ impl<B: Backend> Llama<B> {
             layer
                 .post_norm_tuned
                 .active()
-                .unwrap_or(&layer.post_attention_layernorm)
+                .unwrap_or(&layer.mlp_norm)
                 .value(),
             eps,
         );
         let gate = layer.gate_proj.forward(h.clone(), rng.as_deref_mut());
         let up = layer.up_proj.forward(h, rng.as_deref_mut());
-        let mut mlp = layer.down_proj.forward(kernels::silu_mul(gate, up), rng);
+        let act = if self.config.family.is_gemma() {
+            kernels::gelu_tanh_mul(gate, up)
+        } else {
+            kernels::silu_mul(gate, up)
+        };
+        let mut mlp = layer.down_proj.forward(act, rng);
+        mlp = out_norm(mlp, &layer.mlp_out_norm, &layer.mlp_out_norm_tuned);
         if let Some(adapter) = layer.mlp_adapter.active() {
             mlp = adapter.forward(mlp);
         }
@@ -717,7 +793,7 @@ impl<B: Backend> Llama<B> {
             self.config.num_attention_heads,
             self.config.num_key_value_heads,
         );
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = self.config.attention_scale();
         // Rotary embeddings on the projection's own (contiguous) layout, before heads move;
         // Qwen3 first normalises each head of q and k.
         let eps = self.config.rms_norm_eps;
@@ -734,7 +810,8 @@ impl<B: Backend> Llama<B> {
         let k = layer.k_proj.forward(x.clone(), rng.as_deref_mut());
         let k = rope.apply(per_head(k, &layer.k_norm, kvh));
         let v = layer.v_proj.forward(x, rng.as_deref_mut());
-        let Some(slot) = kv else {
+        let softcap = self.config.attn_logit_softcapping;
+        if kv.is_none() && softcap.is_none() {
             let shape = kernels::AttentionShape {
                 batch: b,
                 t,
@@ -746,36 +823,63 @@ impl<B: Backend> Llama<B> {
             return layer
                 .o_proj
                 .forward(kernels::attention(q, k, v, mask, shape), rng);
-        };
-        // With a cache (generation, prefix tuning): keys and values of earlier positions first.
+        }
+        // With a cache (generation, prefix tuning): keys and values of earlier positions
+        // first. Soft-capped scores (Gemma 2) take this composed path too.
         let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
         let (q, mut k, mut v) = (heads(q, h), heads(k, kvh), heads(v, kvh));
-        if let Some((k_past, v_past)) = slot.take() {
-            k = Tensor::cat(vec![k_past, k], 2);
-            v = Tensor::cat(vec![v_past, v], 2);
+        if let Some(slot) = kv {
+            if let Some((k_past, v_past)) = slot.take() {
+                k = Tensor::cat(vec![k_past, k], 2);
+                v = Tensor::cat(vec![v_past, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
         }
-        *slot = Some((k.clone(), v.clone()));
         let total = k.dims()[2];
         // Grouped-query attention without repeating keys and values: the query heads that
         // share a key/value head are stacked along the rows of one matmul. Rows are (b, head, t).
         let rep = h / kvh;
         let q = q.reshape([b, kvh, rep * t, hd]);
         let scores = q.matmul(k.swap_dims(2, 3)).reshape([b * h * t, total]);
-        let probs = kernels::masked_softmax(scores, mask, scale).reshape([b, kvh, rep * t, total]);
+        let probs = match softcap {
+            Some(cap) => kernels::soft_capped_masked_softmax(scores, mask, scale, cap),
+            None => kernels::masked_softmax(scores, mask, scale),
+        }
+        .reshape([b, kvh, rep * t, total]);
         let out = probs.matmul(v).reshape([b, h, t, hd]);
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
         layer.o_proj.forward(out, rng)
     }
 }
 
-/// What every layer of one forward pass shares: shapes, rotary tables and the mask.
+/// What every layer of one forward pass shares: shapes, and the rotary tables and mask of
+/// the full-attention layers and of the sliding-window ones (each built when a layer uses it).
 struct Plan<B: Backend> {
     b: usize,
     t: usize,
     t_all: usize,
     virtual_tokens: usize,
+    full: Option<Attend<B>>,
+    sliding: Option<Attend<B>>,
+}
+
+/// A layer's rotary tables and attention mask.
+struct Attend<B: Backend> {
     rope: Rope<B>,
     mask: Tensor<B, 2>,
+}
+
+impl<B: Backend> Plan<B> {
+    fn attend(&self, config: &LlamaConfig, layer: usize) -> &Attend<B> {
+        let attend = if config.is_sliding(layer) {
+            &self.sliding
+        } else {
+            &self.full
+        };
+        attend
+            .as_ref()
+            .expect("the plan holds every layer type of the model")
+    }
 }
 
 /// A forward pass split into stages (see [`Llama::staged`]).
@@ -828,8 +932,6 @@ struct Layout<'a> {
     virtual_tokens: usize,
     segments: Option<&'a [u32]>,
     padding: Option<&'a Padding>,
-    /// Mistral's sliding window, over columns (cache positions) as transformers counts it.
-    window: Option<usize>,
 }
 
 /// Left padding of a batch: row `b` has `left[b]` padding columns from column `begin`.
@@ -899,14 +1001,21 @@ impl Layout<'_> {
     /// # Shapes
     /// -> `[batch * heads * t_all, start + t_all]`, or `[t_all, start + t_all]` without segments
     ///    or padding
-    fn mask<B: Backend>(&self, heads: usize, device: &B::Device) -> Tensor<B, 2> {
+    ///
+    /// The window counts columns (cache positions), as transformers does.
+    fn mask<B: Backend>(
+        &self,
+        heads: usize,
+        window: Option<usize>,
+        device: &B::Device,
+    ) -> Tensor<B, 2> {
         let (t_all, start, v) = (self.t_all(), self.start, self.virtual_tokens);
         let total = start + t_all;
         let block = |b: usize| -> Vec<f32> {
             let mut out = Vec::with_capacity(t_all * total);
             for i in 0..t_all {
                 for j in 0..total {
-                    let causal = j <= start + i && self.window.is_none_or(|w| start + i < j + w);
+                    let causal = j <= start + i && window.is_none_or(|w| start + i < j + w);
                     let same = match self.segments {
                         Some(seg) if i >= v && j >= start + v => {
                             seg[b * self.t + i - v] == seg[b * self.t + j - start - v]
@@ -941,6 +1050,7 @@ impl Layout<'_> {
 /// Rotary position embedding in the rotate-half layout: the first half of each head pairs
 /// with the second half (Hugging Face), not interleaved pairs (Burn's built-in). One cos/sin
 /// row per token, shared by every head ([`kernels::rope`]).
+#[derive(Clone)]
 struct Rope<B: Backend> {
     /// `[batch * t, head_dim]`.
     cos: Tensor<B, 2>,
@@ -949,18 +1059,18 @@ struct Rope<B: Backend> {
 
 impl<B: Backend> Rope<B> {
     /// Tables for `rows` tokens (row-major over batch and sequence) at `positions`.
-    fn new(config: &LlamaConfig, positions: &[usize], rows: usize, device: &B::Device) -> Self {
+    /// `local`: the tables of Gemma 3's sliding-window layers (their own base, no scaling).
+    fn new(
+        config: &LlamaConfig,
+        positions: &[usize],
+        rows: usize,
+        local: bool,
+        device: &B::Device,
+    ) -> Self {
         let hd = config.head_dim();
         let half = hd / 2;
         let inv_freq: Vec<f64> = (0..hd)
-            .map(|i| {
-                let f = config.rope_base_inv_freq(i % half);
-                let f = config.rope_scaling.as_ref().map_or(f, |s| s.scale(f));
-                config
-                    .rope_freq_factors
-                    .as_ref()
-                    .map_or(f, |factors| f / factors[i % half])
-            })
+            .map(|i| config.rope_inv_freq(i % half, local))
             .collect();
         let mut cos = Vec::with_capacity(rows * hd);
         let mut sin = Vec::with_capacity(rows * hd);

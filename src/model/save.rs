@@ -109,26 +109,34 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
             values.iter().flat_map(|x| x.to_le_bytes()).collect(),
         )
     };
+    // Gemma stores a norm weight as `w` and applies `1 + w`; runner holds `1 + w`.
+    let offset = model.config.family.norm_offset();
+    let norm_tensor = |name: String, w: &crate::model::params::Param<B, 1>| {
+        let (shape, values) = host(&w.value);
+        f32_tensor(name, (shape, values.iter().map(|v| v - offset).collect()))
+    };
     let mut push = |t: RawTensor| tensors.push(t);
     push(f32_tensor(
         "model.embed_tokens.weight".into(),
         host(&model.embed_tokens.value),
     ));
     for (i, layer) in model.layers.iter().enumerate() {
-        push(f32_tensor(
-            format!("model.layers.{i}.input_layernorm.weight"),
-            host(&layer.input_layernorm.value),
-        ));
-        push(f32_tensor(
-            format!("model.layers.{i}.post_attention_layernorm.weight"),
-            host(&layer.post_attention_layernorm.value),
-        ));
-        for (name, norm) in [("q_norm", &layer.q_norm), ("k_norm", &layer.k_norm)] {
-            if let Some(w) = norm {
-                push(f32_tensor(
-                    format!("model.layers.{i}.self_attn.{name}.weight"),
-                    host(&w.value),
-                ));
+        let mlp_norm = if layer.attn_out_norm.is_some() {
+            "pre_feedforward_layernorm"
+        } else {
+            "post_attention_layernorm"
+        };
+        let norms = [
+            ("input_layernorm", Some(&layer.input_layernorm)),
+            (mlp_norm, Some(&layer.mlp_norm)),
+            ("post_attention_layernorm", layer.attn_out_norm.as_ref()),
+            ("post_feedforward_layernorm", layer.mlp_out_norm.as_ref()),
+            ("self_attn.q_norm", layer.q_norm.as_ref()),
+            ("self_attn.k_norm", layer.k_norm.as_ref()),
+        ];
+        for (name, w) in norms {
+            if let Some(w) = w {
+                push(norm_tensor(format!("model.layers.{i}.{name}.weight"), w));
             }
         }
         for t in Proj::ALL {
@@ -154,10 +162,7 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
             }
         }
     }
-    push(f32_tensor(
-        "model.norm.weight".into(),
-        host(&model.norm.value),
-    ));
+    push(norm_tensor("model.norm.weight".into(), &model.norm));
     if let Some(head) = &model.lm_head {
         push(f32_tensor("lm_head.weight".into(), host(&head.value)));
     }
@@ -194,14 +199,28 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     };
     obj.insert("architectures".into(), serde_json::json!([architecture]));
     obj.insert("model_type".into(), serde_json::json!(model_type));
-    obj.insert("hidden_act".into(), serde_json::json!("silu"));
-
+    if c.family.is_gemma() {
+        // Explicit nulls stay: Gemma 2's config defaults the soft-capping to 30 and 50.
+        obj.insert(
+            "hidden_activation".into(),
+            serde_json::json!("gelu_pytorch_tanh"),
+        );
+    } else {
+        obj.insert("hidden_act".into(), serde_json::json!("silu"));
+        obj.retain(|_, v| !v.is_null());
+    }
     obj.insert("torch_dtype".into(), serde_json::json!("float32"));
     obj.insert("head_dim".into(), serde_json::json!(c.head_dim()));
     if c.rope_scaling.is_none() {
         obj.remove("rope_scaling");
     } else if let Some(s) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) {
         s.insert("rope_type".into(), serde_json::json!("llama3"));
+    }
+    if let Some(factor) = c.rope_linear_factor {
+        obj.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "linear", "factor": factor}),
+        );
     }
     if let Some(q) = crate::model::quantize::model_quant_config(model) {
         obj.insert(

@@ -99,7 +99,13 @@ pub(crate) fn attach_prompt<B: Backend>(
                     .collect(),
             };
             let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &model.device);
-            model.embed_tokens.value.clone().detach().select(0, ids)
+            let rows = model.embed_tokens.value.clone().detach().select(0, ids);
+            // PEFT reads the rows through the model's input embedding: Gemma 3's scales them
+            // (and the model then leaves virtual tokens unscaled); Gemma 2's does not.
+            match model.config.embed_scale() {
+                Some(s) if model.config.family == crate::model::config::Family::Gemma3 => rows * s,
+                _ => rows,
+            }
         }
     };
     super::begin_adapter(model, name)?;

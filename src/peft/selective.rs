@@ -57,10 +57,17 @@ pub(crate) fn attach_ln_tuning<B: Backend>(
         layer
             .input_norm_tuned
             .insert(name, copy(&layer.input_layernorm));
-        layer
-            .post_norm_tuned
-            .insert(name, copy(&layer.post_attention_layernorm));
+        layer.post_norm_tuned.insert(name, copy(&layer.mlp_norm));
         added += 2 * layer.input_layernorm.numel();
+        // Gemma's norms of the sub-blocks' outputs, as PEFT's LN tuning targets them too.
+        if let Some(w) = &layer.attn_out_norm {
+            added += w.numel();
+            layer.attn_out_norm_tuned.insert(name, copy(w));
+        }
+        if let Some(w) = &layer.mlp_out_norm {
+            added += w.numel();
+            layer.mlp_out_norm_tuned.insert(name, copy(w));
+        }
     }
     let norm = copy(&model.norm);
     added += norm.numel();

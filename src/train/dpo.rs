@@ -548,6 +548,7 @@ fn sequence_logps<B: Backend>(model: &Llama<B>, batch: &PairBatch) -> SequenceLo
         None,
         false,
         false,
+        model.config.final_logit_softcapping,
     );
     finish_logps(r.nll, r.tokens, r.logit_sums)
 }
@@ -670,6 +671,7 @@ fn policy_step<B: AutodiffBackend>(
         None,
         !head.trainable,
         false,
+        model.config.final_logit_softcapping,
     );
     let tokens = first.tokens.clone();
     let logps = finish_logps(first.nll, first.tokens, first.logit_sums);
@@ -711,6 +713,7 @@ fn policy_step<B: AutodiffBackend>(
             Some(&weights),
             true,
             true,
+            model.config.final_logit_softcapping,
         );
         (second.grad_hidden.expect("asked for"), second.grad_head)
     } else {

@@ -48,6 +48,33 @@ fn add_chunk_grads<B: Backend>(
     }
 }
 
+/// A chunk's logits `h·Wᵀ`, soft-capped when the model caps them (Gemma 2's
+/// `final_logit_softcapping`), and for a capped chunk the derivative of the cap,
+/// `1 − tanh²(z / c)`, that the gradient with respect to the logits is multiplied by.
+fn chunk_logits<B: Backend>(
+    h: Tensor<B, 2>,
+    head_t: Tensor<B, 2>,
+    softcap: Option<f64>,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let z = precision::matmul(h, head_t);
+    match softcap {
+        None => (z, None),
+        Some(cap) => {
+            let capped = kernels::soft_cap(z, cap);
+            let slope = (capped.clone() / cap).powi_scalar(2).neg() + 1.0;
+            (capped, Some(slope))
+        }
+    }
+}
+
+/// The gradient with respect to the raw logits from the one with respect to the capped ones.
+fn through_cap<B: Backend>(dlogits: Tensor<B, 2>, slope: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
+    match slope {
+        Some(s) => dlogits * s,
+        None => dlogits,
+    }
+}
+
 /// Summed negative log-likelihood over the labelled rows, their number, and (when asked for)
 /// the gradient of `nll_sum * scale` with respect to the hidden states and the head.
 pub struct HeadLoss<B: Backend> {
@@ -92,7 +119,8 @@ pub(crate) fn next_token_targets_segmented(
 /// # Shapes
 /// - hidden: `[rows, d_model]`, head: `[vocab, d_model]`, targets: `rows`
 ///
-/// `scale` multiplies the gradients (1 / count for a mean loss).
+/// `scale` multiplies the gradients (1 / count for a mean loss); `softcap` is the model's
+/// final logit soft-capping.
 pub fn head_nll<B: Backend>(
     hidden: Tensor<B, 2>,
     head: Tensor<B, 2>,
@@ -100,6 +128,7 @@ pub fn head_nll<B: Backend>(
     scale: f64,
     grad_hidden: bool,
     grad_head: bool,
+    softcap: Option<f64>,
 ) -> HeadLoss<B> {
     let [rows, d] = hidden.dims();
     let device = hidden.device();
@@ -134,17 +163,14 @@ pub fn head_nll<B: Backend>(
         );
         let chunk_targets: Vec<usize> = chunk.iter().map(|&r| targets[r] as usize).collect();
         let h = hidden.clone().select(0, row_idx.clone());
-        let ce = kernels::cross_entropy(
-            precision::matmul(h.clone(), head_t.clone()),
-            &chunk_targets,
-            scale,
-            want_grad,
-        );
+        let (z, slope) = chunk_logits(h.clone(), head_t.clone(), softcap);
+        let ce = kernels::cross_entropy(z, &chunk_targets, scale, want_grad);
         nll.push(ce.nll);
         if evaluating {
             correct.push(ce.correct);
         }
         let Some(dlogits) = ce.dlogits else { continue };
+        let dlogits = through_cap(dlogits, slope);
         add_chunk_grads(&mut gh, &mut gw, grad_head, row_idx, dlogits, &head, h);
     }
     out.nll_sum = Tensor::cat(nll, 0).sum().into_scalar().elem::<f64>();
@@ -168,6 +194,7 @@ pub fn training_loss<B: AutodiffBackend>(
     targets: &[i64],
     normalizer: usize,
     loss_scale: f64,
+    softcap: Option<f64>,
 ) -> (f64, Tensor<B, 1>) {
     let normalizer = normalizer.max(1);
     let r = head_nll(
@@ -177,6 +204,7 @@ pub fn training_loss<B: AutodiffBackend>(
         loss_scale / normalizer as f64,
         true,
         head_trainable,
+        softcap,
     );
     let mut surrogate = (hidden * Tensor::from_inner(r.grad_hidden.expect("asked for"))).sum();
     if let Some(gw) = r.grad_head {
@@ -213,6 +241,7 @@ pub fn sequence_nll<B: Backend>(
     weights: Option<&[f64]>,
     grad_hidden: bool,
     grad_head: bool,
+    softcap: Option<f64>,
 ) -> SequenceNll<B> {
     let [rows, d] = hidden.dims();
     let device = hidden.device();
@@ -244,20 +273,17 @@ pub fn sequence_nll<B: Backend>(
             );
             let chunk_targets: Vec<usize> = chunk.iter().map(|&r| targets[r] as usize).collect();
             let h = hidden.clone().select(0, row_idx.clone());
-            let ce = kernels::cross_entropy(
-                precision::matmul(h.clone(), head_t.clone()),
-                &chunk_targets,
-                weight,
-                want_grad,
-            );
+            let (z, slope) = chunk_logits(h.clone(), head_t.clone(), softcap);
+            // Capped logits do not sum through the head's column sums.
+            let logit_sum = match softcap {
+                Some(_) => z.clone().sum(),
+                None => h.clone().matmul(head_colsum.clone()).sum(),
+            };
+            let ce = kernels::cross_entropy(z, &chunk_targets, weight, want_grad);
             out.nll[s] += ce.nll.into_scalar().elem::<f64>();
-            out.logit_sums[s] += h
-                .clone()
-                .matmul(head_colsum.clone())
-                .sum()
-                .into_scalar()
-                .elem::<f64>();
+            out.logit_sums[s] += logit_sum.into_scalar().elem::<f64>();
             let Some(dlogits) = ce.dlogits else { continue };
+            let dlogits = through_cap(dlogits, slope);
             add_chunk_grads(&mut gh, &mut gw, grad_head, row_idx, dlogits, &head, h);
         }
     }
@@ -285,9 +311,12 @@ pub struct TokenLogps<B: Backend> {
 /// Log-probs `log softmax(h·Wᵀ / temperature)[target]` of the rows with a target (as TRL
 /// scores completions: logits divided by the sampling temperature), in chunks of at most
 /// [`CHUNK_ROWS`] rows. The gradient with respect to the logits of row r is
-/// `weight_r · (onehot − softmax) / temperature` (weights 1 when `None`).
+/// `weight_r · (onehot − softmax) / temperature` (weights 1 when `None`). With `softcap`, the
+/// logits are capped before the temperature divides them, as transformers' Gemma 2 returns
+/// capped logits to the sampler.
 /// # Shapes
 /// - hidden: `[rows, d_model]`, head: `[vocab, d_model]`, targets: `rows`
+#[allow(clippy::too_many_arguments)]
 pub fn token_logps<B: Backend>(
     hidden: Tensor<B, 2>,
     head: Tensor<B, 2>,
@@ -296,6 +325,7 @@ pub fn token_logps<B: Backend>(
     weights: Option<&[f64]>,
     grad_hidden: bool,
     grad_head: bool,
+    softcap: Option<f64>,
 ) -> TokenLogps<B> {
     let [rows, d] = hidden.dims();
     let device = hidden.device();
@@ -319,7 +349,8 @@ pub fn token_logps<B: Backend>(
             &device,
         );
         let h = hidden.clone().select(0, row_idx.clone());
-        let z = precision::matmul(h.clone(), head_t.clone()) * inv_t;
+        let (z, slope) = chunk_logits(h.clone(), head_t.clone(), softcap);
+        let z = z * inv_t;
         let max = z.clone().max_dim(1);
         let e = (z.clone() - max.clone()).exp();
         let sum = e.clone().sum_dim(1);
@@ -347,6 +378,7 @@ pub fn token_logps<B: Backend>(
             Tensor::full([n, 1], -1.0, &device),
             IndexingUpdateOp::Add,
         ) * scale;
+        let dlogits = through_cap(dlogits, slope);
         add_chunk_grads(&mut gh, &mut gw, grad_head, row_idx, dlogits, &head, h);
     }
     TokenLogps {

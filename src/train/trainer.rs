@@ -288,6 +288,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         &targets,
                         total,
                         loss_scale,
+                        model.config.final_logit_softcapping,
                     );
                     // Every activation is alive here: the usual peak of a step on a GPU.
                     memory::sample_device::<B>(&model.device);
@@ -453,6 +454,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             &targets,
             total,
             loss_scale,
+            model.config.final_logit_softcapping,
         );
         memory::sample_device::<B>(&model.device);
         if !nll.is_finite() {
@@ -531,6 +533,7 @@ pub(crate) fn evaluate_with<B: Backend>(
             1.0,
             false,
             false,
+            model.config.final_logit_softcapping,
         );
         total += r.nll_sum;
         tokens += r.count;

@@ -38,13 +38,17 @@ impl ParamVisitor<B> for Grads<'_> {
     }
 }
 
-fn check(method: Method, tied: bool) {
+/// `softcap`: Gemma 2's final logit soft-capping, set on the model so that its plain forward
+/// pass (the reference) caps too.
+fn check(method: Method, tied: bool, softcap: Option<f64>) {
     let opts = TinyOptions {
         seed: 3,
         tied,
         ..Default::default()
     };
-    let mut model = Llama::<B>::random(opts.config(), 3, opts.std(), &Default::default()).unwrap();
+    let mut config = opts.config();
+    config.final_logit_softcapping = softcap;
+    let mut model = Llama::<B>::random(config, 3, opts.std(), &Default::default()).unwrap();
     method.attach(&mut model, "default").unwrap();
     // Non-zero LoRA B, so that every adapter parameter has a gradient.
     model.visit(&mut Perturb(1));
@@ -74,6 +78,7 @@ fn check(method: Method, tied: bool) {
         &targets,
         count,
         1.0,
+        softcap,
     );
     let value = nll_sum / count as f64;
     let mut got = Grads(&surrogate.backward(), Vec::new());
@@ -105,6 +110,7 @@ fn check(method: Method, tied: bool) {
         1.0,
         false,
         false,
+        softcap,
     );
     assert!((r.nll_sum / r.count as f64 - ref_value).abs() < 1e-5);
 }
@@ -119,18 +125,47 @@ fn lora_gradients_match_the_plain_composition() {
             ..Default::default()
         }),
         true,
+        None,
     );
 }
 
 #[test]
 fn full_fine_tuning_gradients_match_with_tied_and_untied_heads() {
-    check(Method::Full, true);
-    check(Method::Full, false);
+    check(Method::Full, true, None);
+    check(Method::Full, false, None);
 }
 
 #[test]
 fn prompt_tuning_gradients_match() {
-    check(Method::Prompt(Default::default()), true);
+    check(Method::Prompt(Default::default()), true, None);
+}
+
+#[test]
+fn soft_capped_logits_give_the_loss_and_gradients_of_the_plain_composition() {
+    // A cap of 1.5 bites: the tiny model's raw logits reach beyond it.
+    let opts = TinyOptions {
+        seed: 3,
+        tied: false,
+        ..Default::default()
+    };
+    let raw = Llama::<B>::random(opts.config(), 3, opts.std(), &Default::default()).unwrap();
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new((0..32i64).map(|i| i * 7 % 256).collect::<Vec<_>>(), [1, 32]),
+        &Default::default(),
+    );
+    let max = raw.forward(ids, None).abs().max().into_scalar();
+    assert!(max > 3.0, "raw logits reach {max}");
+    check(Method::Full, false, Some(1.5));
+    check(
+        Method::Lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: Targets::AllLinear,
+            ..Default::default()
+        }),
+        true,
+        Some(1.5),
+    );
 }
 
 /// More rows than one chunk (and a masked row): the head's gradient is summed over chunks,
@@ -144,7 +179,15 @@ fn head_gradients_summed_over_chunks_match_the_full_logits() {
     let mut targets: Vec<i64> = (0..rows as i64).map(|r| (r * 7) % vocab as i64).collect();
     targets[5] = runner::data::IGNORE_INDEX;
     let scale = 1.0 / (rows - 1) as f64;
-    let r = head_nll(hidden.clone(), head.clone(), &targets, scale, true, true);
+    let r = head_nll(
+        hidden.clone(),
+        head.clone(),
+        &targets,
+        scale,
+        true,
+        true,
+        None,
+    );
 
     let (h, w) = (
         Tensor::<B, 2>::from_inner(hidden).require_grad(),

@@ -442,3 +442,81 @@ fn forward_flat(model: &runner::model::Llama<B>, ids: Vec<Vec<i64>>) -> Vec<f32>
         .to_vec::<f32>()
         .unwrap()
 }
+
+#[test]
+fn gemma2_and_gemma3_match_transformers_peft_and_cached_generation() {
+    // scripts/make_gemma_fixtures.py: GeGLU, `1 + w` norms, four norms per layer, √d embedding
+    // scale, query_pre_attn_scalar, sliding-window layers beside full ones (window 4 on 14
+    // tokens); Gemma 2 with soft-capped scores and logits, Gemma 3 with q/k norms, a local
+    // rope base and linear rope scaling on its full layers.
+    let exp = json(&fixtures().join("gemma_expected.json"));
+    for (family, model_type) in [("gemma2", "gemma2"), ("gemma3", "gemma3_text")] {
+        let e = &exp[family];
+        let ids = || serde_json::from_value::<Vec<Vec<i64>>>(e["input_ids"].clone()).unwrap();
+        let want: Vec<f32> = serde_json::from_value(e["logits"].clone()).unwrap();
+        let dir = fixtures().join(format!("tiny_{family}_hf"));
+        let (diff, p) = logit_diff(&dir, ids(), &want);
+        eprintln!("{family}: max |Δ logits| vs transformers: {diff:e}");
+        assert!(diff < 1e-4, "{family}: {diff}");
+        // Greedy decoding with the KV cache, past the window, gives transformers' tokens.
+        let prompt: Vec<u32> = serde_json::from_value(e["prompt"].clone()).unwrap();
+        let greedy: Vec<u32> = serde_json::from_value(e["greedy"].clone()).unwrap();
+        let opts = runner::generate::GenerateOptions {
+            max_new_tokens: greedy.len(),
+            ..Default::default()
+        };
+        let got = runner::generate::generate(&p.model, &prompt, &opts).unwrap();
+        assert_eq!(got, greedy, "{family}");
+        // LoRA r=4 on the default targets trains as many parameters as PEFT's.
+        let mut model = p.model.clone();
+        let config = runner::peft::lora::LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..Default::default()
+        };
+        runner::peft::lora::attach(&mut model, "default", &config).unwrap();
+        assert_eq!(
+            model.param_count().trainable as u64,
+            e["lora_r4_trainable"].as_u64().unwrap(),
+            "{family}"
+        );
+        // PEFT's adapter loads with PEFT's logits.
+        let mut adapted = p.model.clone();
+        let lora_dir = fixtures().join(format!("tiny_{family}_lora"));
+        runner::peft::format::load_adapter(&mut adapted, &lora_dir, "default").unwrap();
+        let want: Vec<f32> = serde_json::from_value(e["lora_logits"].clone()).unwrap();
+        let diff = max_abs_diff(&forward_flat(&adapted, ids()), &want);
+        eprintln!("{family}: max |Δ logits| vs PEFT with the adapter: {diff:e}");
+        assert!(diff < 1e-4, "{family} adapter: {diff}");
+        // Merged and saved, it is the family's checkpoint again, with the same logits.
+        let out = tempfile::tempdir().unwrap();
+        runner::peft::merge_and_unload(&mut adapted).unwrap();
+        runner::model::save::save_pretrained(&adapted, out.path()).unwrap();
+        assert_eq!(
+            json(&out.path().join("config.json"))["model_type"],
+            model_type
+        );
+        assert!(logit_diff(out.path(), ids(), &want).0 < 1e-4);
+    }
+}
+
+#[test]
+fn qwen_and_gemma_gguf_files_match_transformers() {
+    // scripts/make_gguf_family_fixtures.py: llama.cpp's layout for each family (q/k rows not
+    // permuted, Gemma's norms stored as 1 + w, Qwen2's q/k/v biases, Qwen3's and Gemma 3's q/k
+    // norms), F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors; the reference is transformers on the
+    // dequantized weights, which its own GGUF loader reproduces where it can read the file.
+    let exp = json(&fixtures().join("gguf_families_expected.json"));
+    for (arch, model_type) in [
+        ("qwen2", "qwen2"),
+        ("qwen3", "qwen3"),
+        ("gemma2", "gemma2"),
+        ("gemma3", "gemma3_text"),
+    ] {
+        let (ids, want) = ids_and_logits(&exp[arch], "logits");
+        let (diff, p) = logit_diff(&fixtures().join(format!("tiny_{arch}.gguf")), ids, &want);
+        eprintln!("{arch}: max |Δ logits| vs transformers on the dequantized weights: {diff:e}");
+        assert!(diff < 1e-4, "{arch}: {diff}");
+        assert_eq!(p.model.config.family.model_type(), model_type);
+    }
+}

@@ -61,12 +61,16 @@ pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
         }
     }
     let (d, vocab) = (config.hidden_size, config.vocab_size);
-    let norm = |name: &str| -> Result<Param<B, 1>, LoadError> {
-        Ok(Param::new(
-            init::tensor1::<B>(src.load(name, &[d])?, device),
-            true,
-        ))
+    // Gemma stores a norm weight as `w` and applies `1 + w` (in f32, as runner adds it here).
+    let offset = config.family.norm_offset();
+    let norm_of = |name: &str, len: usize| -> Result<Param<B, 1>, LoadError> {
+        let mut w = src.load(name, &[len])?;
+        if offset != 0.0 {
+            w.iter_mut().for_each(|v| *v += offset);
+        }
+        Ok(Param::new(init::tensor1::<B>(w, device), true))
     };
+    let norm = |name: &str| norm_of(name, d);
     let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear<B>, LoadError> {
         if let Some(q) = src.load_quantized(name, [d_out, d_in])? {
             return Ok(Linear::with_weight(Weight::Quantized(Arc::new(q))));
@@ -96,22 +100,28 @@ pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-        let mut block = Block::new(
-            norm(&n("input_layernorm"))?,
-            norm(&n("post_attention_layernorm"))?,
-            |proj| {
-                let (d_in, d_out) = projection_shape(&config, proj);
-                let mut l = linear(&format!("{}.weight", module_path(i, proj)), d_in, d_out)?;
-                if config.has_bias(proj) {
-                    l.base_bias = Some(vector(&format!("{}.bias", module_path(i, proj)), d_out)?);
-                }
-                Ok::<_, LoadError>(l)
-            },
-        )?;
+        let gemma = config.family.is_gemma();
+        let mlp_norm = if gemma {
+            "pre_feedforward_layernorm"
+        } else {
+            "post_attention_layernorm"
+        };
+        let mut block = Block::new(norm(&n("input_layernorm"))?, norm(&n(mlp_norm))?, |proj| {
+            let (d_in, d_out) = projection_shape(&config, proj);
+            let mut l = linear(&format!("{}.weight", module_path(i, proj)), d_in, d_out)?;
+            if config.has_bias(proj) {
+                l.base_bias = Some(vector(&format!("{}.bias", module_path(i, proj)), d_out)?);
+            }
+            Ok::<_, LoadError>(l)
+        })?;
         if config.qk_norm() {
             let hd = config.head_dim();
-            block.q_norm = Some(vector(&n("self_attn.q_norm"), hd)?);
-            block.k_norm = Some(vector(&n("self_attn.k_norm"), hd)?);
+            block.q_norm = Some(norm_of(&n("self_attn.q_norm"), hd)?);
+            block.k_norm = Some(norm_of(&n("self_attn.k_norm"), hd)?);
+        }
+        if gemma {
+            block.attn_out_norm = Some(norm(&n("post_attention_layernorm"))?);
+            block.mlp_out_norm = Some(norm(&n("post_feedforward_layernorm"))?);
         }
         layers.push(block);
     }

@@ -1,6 +1,8 @@
-//! Maps a llama-architecture GGUF file onto `Llama`: config from metadata, tensors by
-//! llama.cpp's names, q/k rows restored from llama.cpp's interleaved rotary layout to Hugging
-//! Face's rotate-half layout, projections transposed to `[d_in, d_out]`.
+//! Maps a GGUF file of a supported architecture (llama, qwen2, qwen3, gemma2, gemma3) onto
+//! `Llama`: config from the `<arch>.*` metadata, tensors by llama.cpp's names, llama's q/k
+//! rows restored from llama.cpp's interleaved rotary layout to Hugging Face's rotate-half
+//! layout (the other families are stored unpermuted), Gemma's norms from llama.cpp's `1 + w`
+//! back to Hugging Face's `w`, projections transposed to `[d_in, d_out]`.
 
 use std::path::PathBuf;
 
@@ -8,14 +10,16 @@ use burn::prelude::*;
 
 use super::build::{WeightSource, build_llama_quantized};
 use super::gguf::{GgufError, GgufFile};
-use crate::model::config::{ConfigError, LlamaConfig};
+use crate::model::config::{ConfigError, Family, LayerType, LlamaConfig};
 use crate::model::llama::Llama;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("{path}: architecture '{arch}' is not supported (expected llama)")]
+    #[error(
+        "{path}: architecture '{arch}' is not supported (supported: llama, qwen2, qwen3, gemma2, gemma3)"
+    )]
     Arch { path: PathBuf, arch: String },
     #[error("{path}: missing metadata '{key}'")]
     MissingMeta { path: PathBuf, key: String },
@@ -36,65 +40,85 @@ pub enum LoadError {
     File { path: PathBuf, msg: String },
 }
 
-/// The Llama config stored in a GGUF file's `llama.*` metadata.
+/// The family of a GGUF file's `general.architecture`.
+fn family_of(arch: &str) -> Option<Family> {
+    Some(match arch {
+        "llama" => Family::Llama,
+        "qwen2" => Family::Qwen2,
+        "qwen3" => Family::Qwen3,
+        "gemma2" => Family::Gemma2,
+        "gemma3" => Family::Gemma3,
+        _ => return None,
+    })
+}
+
+/// The config stored in a GGUF file's `<arch>.*` metadata, with what llama.cpp derives
+/// rather than stores for Gemma: the sliding-window layer pattern (every other layer for
+/// Gemma 2, five of every six for Gemma 3), the local rotary base of Gemma 3 (10,000), and
+/// the attention scale (`head_dim`, except hidden/heads for the 27B models).
 pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     let arch = f
         .meta("general.architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("");
-    if arch != "llama" {
+    let Some(family) = family_of(arch) else {
         return Err(LoadError::Arch {
             path: f.path.clone(),
             arch: arch.to_string(),
         });
-    }
+    };
     let missing = |key: &str| LoadError::MissingMeta {
         path: f.path.clone(),
-        key: key.to_string(),
+        key: format!("{arch}.{key}"),
     };
+    let meta = |key: &str| f.meta(&format!("{arch}.{key}"));
     let int = |key: &str| {
-        f.meta(key)
+        meta(key)
             .and_then(|v| v.as_u64())
             .map(|v| v as usize)
             .ok_or_else(|| missing(key))
     };
-    let heads = int("llama.attention.head_count")?;
-    let hidden = int("llama.embedding_length")?;
-    let vocab = match int("llama.vocab_size") {
+    let float = |key: &str| meta(key).and_then(|v| v.as_f64());
+    let heads = int("attention.head_count")?;
+    let hidden = int("embedding_length")?;
+    let vocab = match int("vocab_size") {
         Ok(v) => v,
         Err(_) => match f.meta("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(tokens) => tokens.len(),
             None => f
                 .tensor("token_embd.weight")
                 .map(|t| t.dims[1] as usize)
-                .ok_or_else(|| missing("llama.vocab_size"))?,
+                .ok_or_else(|| missing("vocab_size"))?,
         },
     };
     let mut config = LlamaConfig {
         vocab_size: vocab,
         hidden_size: hidden,
-        intermediate_size: int("llama.feed_forward_length")?,
-        num_hidden_layers: int("llama.block_count")?,
+        intermediate_size: int("feed_forward_length")?,
+        num_hidden_layers: int("block_count")?,
         num_attention_heads: heads,
-        num_key_value_heads: int("llama.attention.head_count_kv").unwrap_or(heads),
-        head_dim: int("llama.attention.key_length").ok(),
-        rms_norm_eps: f
-            .meta("llama.attention.layer_norm_rms_epsilon")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1e-5),
-        rope_theta: f
-            .meta("llama.rope.freq_base")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(10000.0),
-        max_position_embeddings: int("llama.context_length").unwrap_or(2048),
+        num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
+        head_dim: int("attention.key_length").ok(),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        rope_theta: float("rope.freq_base").unwrap_or(10000.0),
+        max_position_embeddings: int("context_length").unwrap_or(2048),
         tie_word_embeddings: f.tensor("output.weight").is_none(),
         rope_scaling: None,
         rope_freq_factors: None,
         sliding_window: None,
         attention_bias: false,
         mlp_bias: false,
-        family: crate::model::config::Family::Llama,
+        layer_types: None,
+        rope_local_theta: None,
+        rope_linear_factor: None,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        family,
     };
+    if family.is_gemma() {
+        gemma_settings(f, arch, &mut config)?;
+    }
     config.validate().map_err(|error| LoadError::Config {
         path: f.path.clone(),
         error,
@@ -103,6 +127,52 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         rope_freqs(f, t, &mut config)?;
     }
     Ok(config)
+}
+
+/// What llama.cpp stores or derives for Gemma 2 and 3 (see [`config_from_gguf`]).
+fn gemma_settings(f: &GgufFile, arch: &str, c: &mut LlamaConfig) -> Result<(), LoadError> {
+    let meta = |key: &str| f.meta(&format!("{arch}.{key}"));
+    c.sliding_window = meta("attention.sliding_window")
+        .and_then(|v| v.as_u64())
+        .map(|w| w as usize);
+    let gemma2 = c.family == Family::Gemma2;
+    c.layer_types = Some(
+        (0..c.num_hidden_layers)
+            .map(|i| {
+                let sliding = if gemma2 { i % 2 == 0 } else { (i + 1) % 6 != 0 };
+                if sliding {
+                    LayerType::SlidingAttention
+                } else {
+                    LayerType::FullAttention
+                }
+            })
+            .collect(),
+    );
+    c.attn_logit_softcapping = meta("attn_logit_softcapping").and_then(|v| v.as_f64());
+    c.final_logit_softcapping = meta("final_logit_softcapping").and_then(|v| v.as_f64());
+    // llama.cpp's LLM_TYPE_27B (46 layers for Gemma 2, 62 for Gemma 3) scales by hidden/heads.
+    let is_27b = c.num_hidden_layers == if gemma2 { 46 } else { 62 };
+    c.query_pre_attn_scalar = Some(if is_27b {
+        (c.hidden_size / c.num_attention_heads) as f64
+    } else {
+        c.head_dim() as f64
+    });
+    if !gemma2 {
+        c.rope_local_theta = Some(10_000.0);
+        match meta("rope.scaling.type").and_then(|v| v.as_str()) {
+            None | Some("none") => {}
+            Some("linear") => {
+                c.rope_linear_factor = meta("rope.scaling.factor").and_then(|v| v.as_f64());
+            }
+            Some(kind) => {
+                return Err(LoadError::File {
+                    path: f.path.clone(),
+                    msg: format!("rope scaling '{kind}' is not supported for gemma3"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds the model on `device`, dequantizing one tensor at a time into f32, and quantizing the
@@ -128,7 +198,8 @@ struct GgufWeights<'a> {
 }
 
 impl GgufWeights<'_> {
-    /// llama.cpp's name for a Hugging Face tensor name, and the heads to un-permute (q, k).
+    /// llama.cpp's name for a Hugging Face tensor name, and the heads to un-permute (llama's
+    /// q and k weights: llama.cpp's converter permutes only those).
     fn gguf_name(&self, hf: &str) -> (String, Option<usize>) {
         let c = &self.config;
         match hf {
@@ -138,19 +209,32 @@ impl GgufWeights<'_> {
             _ => {
                 let rest = hf.strip_prefix("model.layers.").unwrap_or(hf);
                 let (layer, part) = rest.split_once('.').unwrap_or(("?", rest));
-                let (short, heads) = match part {
-                    "input_layernorm.weight" => ("attn_norm", None),
-                    "post_attention_layernorm.weight" => ("ffn_norm", None),
-                    "self_attn.q_proj.weight" => ("attn_q", Some(c.num_attention_heads)),
-                    "self_attn.k_proj.weight" => ("attn_k", Some(c.num_key_value_heads)),
-                    "self_attn.v_proj.weight" => ("attn_v", None),
-                    "self_attn.o_proj.weight" => ("attn_output", None),
-                    "mlp.gate_proj.weight" => ("ffn_gate", None),
-                    "mlp.up_proj.weight" => ("ffn_up", None),
-                    "mlp.down_proj.weight" => ("ffn_down", None),
-                    other => (other, None),
+                let (module, kind) = part.rsplit_once('.').unwrap_or((part, "weight"));
+                let gemma = c.family.is_gemma();
+                let short = match module {
+                    "input_layernorm" => "attn_norm",
+                    // Gemma's norm of the attention output; Llama's norm before the MLP.
+                    "post_attention_layernorm" if gemma => "post_attention_norm",
+                    "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
+                    "post_feedforward_layernorm" => "post_ffw_norm",
+                    "self_attn.q_norm" => "attn_q_norm",
+                    "self_attn.k_norm" => "attn_k_norm",
+                    "self_attn.q_proj" => "attn_q",
+                    "self_attn.k_proj" => "attn_k",
+                    "self_attn.v_proj" => "attn_v",
+                    "self_attn.o_proj" => "attn_output",
+                    "mlp.gate_proj" => "ffn_gate",
+                    "mlp.up_proj" => "ffn_up",
+                    "mlp.down_proj" => "ffn_down",
+                    other => other,
                 };
-                (format!("blk.{layer}.{short}.weight"), heads)
+                let permuted = c.family == Family::Llama && kind == "weight";
+                let heads = match short {
+                    "attn_q" if permuted => Some(c.num_attention_heads),
+                    "attn_k" if permuted => Some(c.num_key_value_heads),
+                    _ => None,
+                };
+                (format!("blk.{layer}.{short}.{kind}"), heads)
             }
         }
     }
@@ -182,7 +266,12 @@ impl WeightSource for GgufWeights<'_> {
                 found: t.dims.clone(),
             });
         }
-        let w = f.dequantize(t)?;
+        let mut w = f.dequantize(t)?;
+        // llama.cpp's converter stores Gemma's norm weights as `1 + w`.
+        let offset = self.config.family.norm_offset();
+        if offset != 0.0 && name.ends_with("norm.weight") {
+            w.iter_mut().for_each(|v| *v -= offset);
+        }
         Ok(match heads {
             Some(n) => unpermute_rope_rows(&w, n, shape[1]),
             None => w,

@@ -39,17 +39,18 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
             Family::MODEL_TYPES.join(", ")
         )));
     };
-    // Qwen's configs name a window that only layers past `max_window_layers` use, and only
-    // with `use_sliding_window`; Llama has none.
-    if matches!(family, Family::Qwen2 | Family::Qwen3)
-        && obj.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true)
-    {
-        return Err(err(
-            "use_sliding_window (Qwen's per-layer sliding windows) is not supported yet".into(),
-        ));
-    }
-    if family != Family::Mistral {
-        obj.remove("sliding_window");
+    sliding_layers(family, obj).map_err(err)?;
+    if family.is_gemma() {
+        let act = obj
+            .get("hidden_activation")
+            .or_else(|| obj.get("hidden_act"))
+            .and_then(|a| a.as_str())
+            .unwrap_or("gelu_pytorch_tanh");
+        if act != "gelu_pytorch_tanh" {
+            return Err(err(format!(
+                "hidden_activation '{act}' is not supported for {model_type} (supported: gelu_pytorch_tanh)"
+            )));
+        }
     }
     if family == Family::Qwen2 {
         // Qwen2's q, k and v always have biases; its config has no attention_bias.
@@ -61,16 +62,43 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
     {
         return Err(err("sliding_window must be at least 1 (or null)".into()));
     }
-    // transformers 4 writes `rope_theta` and `rope_scaling`; transformers 5 one `rope_parameters`.
-    let rope = obj
+    // transformers 4 writes `rope_theta` and `rope_scaling`; transformers 5 one `rope_parameters`,
+    // per layer type where they differ (Gemma 3: `full_attention` and `sliding_attention`).
+    let mut rope = obj
         .remove("rope_parameters")
         .or_else(|| obj.remove("rope_scaling"))
         .unwrap_or(serde_json::Value::Null);
+    if let Some(local) = rope.get("sliding_attention").cloned() {
+        if let Some(kind) = local.get("rope_type").and_then(|t| t.as_str())
+            && kind != "default"
+        {
+            return Err(err(format!(
+                "rope scaling '{kind}' on the sliding-window layers is not supported yet"
+            )));
+        }
+        if let Some(theta) = local.get("rope_theta") {
+            obj.insert("rope_local_base_freq".into(), theta.clone());
+        }
+        rope = rope
+            .get("full_attention")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+    }
     if !obj.contains_key("rope_theta")
         && let Some(theta) = rope.get("rope_theta")
     {
         obj.insert("rope_theta".into(), theta.clone());
     }
+    if family == Family::Gemma3 {
+        // transformers' defaults for Gemma 3: 1e6 globally, 1e4 on the sliding layers.
+        obj.entry("rope_theta")
+            .or_insert(serde_json::json!(1_000_000.0));
+        obj.entry("rope_local_base_freq")
+            .or_insert(serde_json::json!(10_000.0));
+    } else {
+        obj.remove("rope_local_base_freq");
+    }
+    let mut linear_factor = None;
     match rope
         .get("rope_type")
         .or_else(|| rope.get("type"))
@@ -80,16 +108,100 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
         Some("llama3") => {
             obj.insert("rope_scaling".into(), rope.clone());
         }
+        Some("linear") => {
+            linear_factor = Some(
+                rope.get("factor")
+                    .and_then(|f| f.as_f64())
+                    .ok_or_else(|| err("linear rope scaling without a factor".into()))?,
+            );
+        }
         Some(kind) => {
             return Err(err(format!(
-                "rope scaling '{kind}' is not supported yet (supported: default, llama3)"
+                "rope scaling '{kind}' is not supported yet (supported: default, linear, llama3)"
             )));
         }
     }
     let mut config: LlamaConfig =
         serde_json::from_value(v).map_err(|e| err(format!("not a Llama config: {e}")))?;
     config.family = family;
+    config.rope_linear_factor = linear_factor;
     Ok(config)
+}
+
+/// Which layers attend within `sliding_window`, as `layer_types` (transformers 5 writes it;
+/// older configs imply it): Mistral's window is on every layer; Qwen's only with
+/// `use_sliding_window`, from layer `max_window_layers` on; Gemma 2 alternates, starting with
+/// a sliding layer; Gemma 3 has one full layer in every `sliding_window_pattern` (6). Llama
+/// has none.
+fn sliding_layers(
+    family: Family,
+    obj: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
+    let layers = obj
+        .get("num_hidden_layers")
+        .and_then(|n| n.as_u64())
+        .unwrap_or(0) as usize;
+    let int = |obj: &serde_json::Map<String, serde_json::Value>, key: &str, default: usize| {
+        obj.get(key)
+            .and_then(|v| v.as_u64())
+            .map_or(default, |v| v as usize)
+    };
+    let implied: Option<Vec<bool>> = match family {
+        Family::Llama => {
+            obj.remove("sliding_window");
+            obj.remove("layer_types");
+            return Ok(());
+        }
+        Family::Mistral => return Ok(()),
+        Family::Qwen2 | Family::Qwen3 => {
+            if obj.get("use_sliding_window").and_then(|v| v.as_bool()) != Some(true) {
+                obj.remove("sliding_window");
+                obj.remove("layer_types");
+                return Ok(());
+            }
+            let from = int(obj, "max_window_layers", 28);
+            Some((0..layers).map(|i| i >= from).collect())
+        }
+        Family::Gemma2 => Some((0..layers).map(|i| i % 2 == 0).collect()),
+        Family::Gemma3 => {
+            let pattern = int(
+                obj,
+                "sliding_window_pattern",
+                int(obj, "_sliding_window_pattern", 6),
+            )
+            .max(1);
+            Some((0..layers).map(|i| (i + 1) % pattern != 0).collect())
+        }
+    };
+    if obj.get("sliding_window").is_some_and(|w| w.is_null()) {
+        obj.remove("layer_types");
+        return Ok(());
+    }
+    if !obj.contains_key("layer_types")
+        && let Some(sliding) = implied
+    {
+        let types: Vec<&str> = sliding
+            .iter()
+            .map(|&s| {
+                if s {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        obj.insert("layer_types".into(), serde_json::json!(types));
+    }
+    if let Some(types) = obj.get("layer_types").and_then(|t| t.as_array())
+        && let Some(bad) = types
+            .iter()
+            .find(|t| !matches!(t.as_str(), Some("sliding_attention" | "full_attention")))
+    {
+        return Err(format!(
+            "layer_types entry {bad} is not supported (supported: sliding_attention, full_attention)"
+        ));
+    }
+    Ok(())
 }
 
 /// Where one tensor's bytes are, found when the headers are parsed (once per file).

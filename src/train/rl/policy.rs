@@ -37,6 +37,7 @@ pub(crate) fn backward_through_logps<B: AutodiffBackend, T>(
         None,
         !head.trainable,
         false,
+        model.config.final_logit_softcapping,
     );
     let logps = batch.per_completion(&first.logps, width);
     let (loss, dlogp, extra) = objective(&logps);
@@ -59,6 +60,7 @@ pub(crate) fn backward_through_logps<B: AutodiffBackend, T>(
             Some(&weights),
             true,
             true,
+            model.config.final_logit_softcapping,
         );
         (second.grad_hidden.expect("asked for"), second.grad_head)
     } else {

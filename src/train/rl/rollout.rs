@@ -147,6 +147,7 @@ pub fn completion_logps<B: Backend>(
         None,
         false,
         false,
+        model.config.final_logit_softcapping,
     );
     batch.per_completion(&r.logps, width)
 }
