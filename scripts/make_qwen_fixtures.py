@@ -60,3 +60,30 @@ expected["versions"] = {"torch": torch.__version__.split("+")[0],
                         "peft": __import__("peft").__version__}
 with open(os.path.join(OUT, "qwen_expected.json"), "w") as f:
     json.dump(expected, f)
+
+# Qwen's per-layer sliding windows (its own seed: the fixtures above stay as they are): with
+# use_sliding_window, layers from max_window_layers on attend within the window (4 tokens on 14).
+torch.manual_seed(150)
+cfg = Qwen2Config(**{**common, "num_hidden_layers": 3}, rope_theta=10000.0, tie_word_embeddings=True,
+                  use_sliding_window=True, sliding_window=4, max_window_layers=1)
+model = Qwen2ForCausalLM(cfg).eval()
+assert model.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+window_dir = os.path.join(OUT, "tiny_qwen2_window_hf")
+model.save_pretrained(window_dir, safe_serialization=True)
+# transformers 4 wrote no layer_types: runner must derive them from max_window_layers.
+with open(os.path.join(window_dir, "config.json")) as f:
+    saved = json.load(f)
+saved.pop("layer_types")
+with open(os.path.join(window_dir, "config.json"), "w") as f:
+    json.dump(saved, f, indent=2)
+long_ids = torch.tensor([[1, 17, 42, 99, 3, 64, 5, 127, 0, 88, 23, 54, 9, 31]])
+with torch.no_grad():
+    windowed = model(input_ids=long_ids).logits
+    model.config.layer_types = ["full_attention"] * 3
+    unwindowed = model(input_ids=long_ids).logits
+assert (windowed - unwindowed).abs().max() > 1e-2, "the window should change the logits"
+with open(os.path.join(OUT, "qwen_window_expected.json"), "w") as f:
+    json.dump({"input_ids": long_ids.tolist(), "logits": [round(x, 7) for x in windowed.flatten().tolist()]}, f)

@@ -272,7 +272,7 @@ impl LlamaConfig {
     }
 
     /// Whether layer `layer` attends within `sliding_window` only.
-    pub(crate) fn is_sliding(&self, layer: usize) -> bool {
+    pub fn is_sliding(&self, layer: usize) -> bool {
         self.sliding_window.is_some()
             && self
                 .layer_types

@@ -216,6 +216,15 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     } else if let Some(s) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) {
         s.insert("rope_type".into(), serde_json::json!("llama3"));
     }
+    // Qwen's window applies only with `use_sliding_window`, from `max_window_layers` on.
+    if matches!(c.family, Family::Qwen2 | Family::Qwen3) && c.sliding_window.is_some() {
+        let first = (0..c.num_hidden_layers).find(|&i| c.is_sliding(i));
+        obj.insert("use_sliding_window".into(), serde_json::json!(true));
+        obj.insert(
+            "max_window_layers".into(),
+            serde_json::json!(first.unwrap_or(c.num_hidden_layers)),
+        );
+    }
     if let Some(factor) = c.rope_linear_factor {
         obj.insert(
             "rope_scaling".into(),

@@ -520,3 +520,27 @@ fn qwen_and_gemma_gguf_files_match_transformers() {
         assert_eq!(p.model.config.family.model_type(), model_type);
     }
 }
+
+#[test]
+fn qwen_sliding_windows_apply_from_max_window_layers() {
+    // scripts/make_qwen_fixtures.py: use_sliding_window with max_window_layers 1, window 4 on
+    // 14 tokens, and a config without layer_types (as transformers 4 wrote it).
+    let exp = json(&fixtures().join("qwen_window_expected.json"));
+    let (ids, want) = ids_and_logits(&exp, "logits");
+    let (diff, p) = logit_diff(&fixtures().join("tiny_qwen2_window_hf"), ids, &want);
+    eprintln!("max |Δ logits| vs transformers (Qwen2, windows from layer 1): {diff:e}");
+    let c = &p.model.config;
+    assert_eq!(
+        (0..3).map(|i| c.is_sliding(i)).collect::<Vec<_>>(),
+        [false, true, true]
+    );
+    assert!(diff < 1e-4, "{diff}");
+    // Saved, the windows stay where they were.
+    let out = tempfile::tempdir().unwrap();
+    runner::model::save::save_pretrained(&p.model, out.path()).unwrap();
+    let saved = json(&out.path().join("config.json"));
+    assert_eq!(saved["use_sliding_window"], true);
+    assert_eq!(saved["max_window_layers"], 1);
+    let (ids, _) = ids_and_logits(&exp, "logits");
+    assert!(logit_diff(out.path(), ids, &want).0 < 1e-4);
+}
