@@ -143,3 +143,42 @@ expected["versions"] = {"torch": torch.__version__.split("+")[0],
                         "gguf": gguf.__version__ if hasattr(gguf, "__version__") else "unknown"}
 with open(os.path.join(OUT, "gguf_families_expected.json"), "w") as f:
     json.dump(expected, f)
+
+# Pre-tokenizers: a byte-level BPE vocabulary learned here, written as GGUF tokenizers whose
+# `tokenizer.ggml.pre` names GPT-2's, Qwen2's and Llama 3's split patterns (digits grouped
+# whole, one at a time, three at a time; a space before a digit kept apart by the latter two). transformers' GGUF tokenizer is the reference.
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer
+
+corpus = [" ".join(json.loads(line).values())
+          for line in open(os.path.join(OUT, os.pardir, os.pardir, os.pardir, "data", "instruct.jsonl"))]
+bpe = Tokenizer(models.BPE())
+bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                      special_tokens=["<|endoftext|>"]))
+spec = json.loads(bpe.to_str())
+vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
+merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+texts = ["What is 12345 + 678?", "Line one\n\n  Line two\r\nend", "It's 2024, they'll say: 3.14159!",
+         "  leading spaces and trailing   ", "Sort: 9, 10, 100, 1000"]
+tokenizers_expected = {"texts": texts}
+for pre in ["gpt-2", "qwen2", "llama-bpe"]:
+    path = os.path.join(OUT, f"tokenizer_{pre}.gguf")
+    w = gguf.GGUFWriter(path, "qwen2")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_merges(merges)
+    w.add_token_types([3 if t == "<|endoftext|>" else 1 for t, _ in vocab])
+    w.add_eos_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = AutoTokenizer.from_pretrained(OUT, gguf_file=os.path.basename(path))
+    tokenizers_expected[pre] = [tok.encode(t, add_special_tokens=False) for t in texts]
+    print(pre, [len(ids) for ids in tokenizers_expected[pre]])
+for a, b in [("gpt-2", "qwen2"), ("gpt-2", "llama-bpe"), ("qwen2", "llama-bpe")]:
+    assert tokenizers_expected[a] != tokenizers_expected[b], f"{a} and {b} should split differently"
+with open(os.path.join(OUT, "gguf_tokenizers_expected.json"), "w") as f:
+    json.dump(tokenizers_expected, f)

@@ -41,6 +41,20 @@ pub struct TextTokenizer {
     pub chat_template: Option<String>,
 }
 
+/// The split pattern of a GGUF tokenizer's `tokenizer.ggml.pre`, for the pre-tokenizers whose
+/// pattern is not GPT-2's (the byte-level default): Llama 3's (digits three at a time) and
+/// Qwen2's (one at a time), under the names llama.cpp writes, as transformers' GGUF loader
+/// maps them.
+fn gguf_split_pattern(pre: &str) -> Option<&'static str> {
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
+        "qwen2" | "deepseek-r1-qwen" => Some(QWEN2),
+        _ => None,
+    }
+}
+
 /// GGUF token types: 3 = control, 4 = user-defined; both become special added tokens.
 const CONTROL: u64 = 3;
 const USER_DEFINED: u64 = 4;
@@ -102,13 +116,22 @@ impl TextTokenizer {
             .filter(|(i, _)| matches!(types.get(*i), Some(&CONTROL) | Some(&USER_DEFINED)))
             .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
             .collect();
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let pre = f.meta("tokenizer.ggml.pre").and_then(|v| v.as_str());
+        let pre_tokenizer = match pre.and_then(gguf_split_pattern) {
+            Some(pattern) => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+            ]}),
+            None => byte_level,
+        };
         let spec = json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
             "added_tokens": added,
             "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "pre_tokenizer": pre_tokenizer,
             "post_processor": null,
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {
@@ -318,5 +341,28 @@ mod tests {
         let ids = t.encode("héllo");
         assert_eq!(ids.len(), 6);
         assert_eq!(t.decode(&ids), "héllo");
+    }
+
+    #[test]
+    fn gguf_pre_tokenizers_split_as_transformers_does() {
+        // scripts/make_gguf_family_fixtures.py: one learned byte-level vocabulary written with
+        // `tokenizer.ggml.pre` gpt-2, qwen2 and llama-bpe; transformers' GGUF tokenizer ids.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+        let exp: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("gguf_tokenizers_expected.json")).unwrap(),
+        )
+        .unwrap();
+        let texts: Vec<String> = serde_json::from_value(exp["texts"].clone()).unwrap();
+        for pre in ["gpt-2", "qwen2", "llama-bpe"] {
+            let file = crate::model::load::gguf::GgufFile::open(
+                &dir.join(format!("tokenizer_{pre}.gguf")),
+            )
+            .unwrap();
+            let tok = TextTokenizer::from_gguf(&file).unwrap();
+            let want: Vec<Vec<u32>> = serde_json::from_value(exp[pre].clone()).unwrap();
+            for (text, want) in texts.iter().zip(want) {
+                assert_eq!(tok.encode(text).unwrap(), want, "{pre}: {text:?}");
+            }
+        }
     }
 }

@@ -216,6 +216,10 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
     } else if let Some(s) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) {
         s.insert("rope_type".into(), serde_json::json!("llama3"));
     }
+    // transformers' Gemma configs type it as an integer.
+    if let Some(v) = c.query_pre_attn_scalar.filter(|v| v.fract() == 0.0) {
+        obj.insert("query_pre_attn_scalar".into(), serde_json::json!(v as u64));
+    }
     // Qwen's window applies only with `use_sliding_window`, from `max_window_layers` on.
     if matches!(c.family, Family::Qwen2 | Family::Qwen3) && c.sliding_window.is_some() {
         let first = (0..c.num_hidden_layers).find(|&i| c.is_sliding(i));
