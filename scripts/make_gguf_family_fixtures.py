@@ -182,3 +182,44 @@ for a, b in [("gpt-2", "qwen2"), ("gpt-2", "llama-bpe"), ("qwen2", "llama-bpe")]
     assert tokenizers_expected[a] != tokenizers_expected[b], f"{a} and {b} should split differently"
 with open(os.path.join(OUT, "gguf_tokenizers_expected.json"), "w") as f:
     json.dump(tokenizers_expected, f)
+
+# SentencePiece vocabularies (`tokenizer.ggml.model = llama`), as Llama 2, Phi-3 and Gemma files
+# carry them: no merges stored, byte-fallback tokens, a score per token. One vocabulary learned
+# here, written under three architectures whose pipelines differ (Metaspace with a prefix;
+# Phi-3's normalizer; Gemma's spaces, position-ordered merges and runs of spaces stored as
+# spaces). transformers' GGUF tokenizer is the reference.
+from tokenizers import SentencePieceBPETokenizer
+
+spm = SentencePieceBPETokenizer()
+spm.train_from_iterator(corpus, vocab_size=700, min_frequency=2, special_tokens=[])
+pieces = [t for t, _ in sorted(spm.get_vocab().items(), key=lambda kv: kv[1])]
+spm_texts = ["What is 12345 + 678?", "  two leading spaces, and   three inside", "Line one\nLine two",
+             "café déjà vu", "Think: <think> done", "plural of puppy is puppies"]
+spm_expected = {"texts": spm_texts}
+for arch in ["llama", "phi3", "gemma2"]:
+    if arch == "gemma2":
+        head = [("<pad>", 3), ("<eos>", 3), ("<bos>", 3), ("<unk>", 2)]
+    else:
+        head = [("<unk>", 2), ("<s>", 3), ("</s>", 3)]
+    table = head + [(f"<0x{b:02X}>", 6) for b in range(256)] + [("<think>", 4), ("  ", 1), ("   ", 1)]
+    table += [(p, 1) for p in pieces if p not in {t for t, _ in table}]
+    path = os.path.join(OUT, f"tokenizer_spm_{arch}.gguf")
+    w = gguf.GGUFWriter(path, arch)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([t for t, _ in table])
+    w.add_token_types([k for _, k in table])
+    w.add_token_scores([0.0 if k != 1 else -float(i) for i, (_, k) in enumerate(table)])
+    ids = {t: i for i, (t, _) in enumerate(table)}
+    w.add_bos_token_id(ids["<bos>" if arch == "gemma2" else "<s>"])
+    w.add_eos_token_id(ids["<eos>" if arch == "gemma2" else "</s>"])
+    w.add_unk_token_id(ids["<unk>"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = AutoTokenizer.from_pretrained(OUT, gguf_file=os.path.basename(path))
+    spm_expected[arch] = [tok.encode(t, add_special_tokens=False) for t in spm_texts]
+    spm_expected[arch + "_decoded"] = [tok.decode(tok.encode(t, add_special_tokens=False)) for t in spm_texts]
+    print(arch, [len(i) for i in spm_expected[arch]], spm_expected[arch + "_decoded"][1])
+with open(os.path.join(OUT, "gguf_spm_tokenizers_expected.json"), "w") as f:
+    json.dump(spm_expected, f)

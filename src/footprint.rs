@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::model::LlamaConfig;
-use crate::model::llama::{LINEAR_TARGETS, Proj, projection_shape};
+use crate::model::llama::{Proj, projection_shape};
 use crate::quant::{QuantConfig, QuantDtype, QuantError};
 
 /// How the frozen projection weights are stored (not the type matmuls compute in, which is
@@ -92,7 +92,7 @@ impl Training {
                     Proj::parse(t).ok_or_else(|| {
                         format!(
                             "unknown target '{t}' (projections: {}, or all-linear)",
-                            LINEAR_TARGETS.join(", ")
+                            Proj::ALL.map(|p| p.name()).join(", ")
                         )
                     })
                 })
@@ -122,7 +122,7 @@ impl RunShape {
     /// Checks a quantized precision against every projection's rows.
     pub fn validate(&self) -> Result<(), QuantError> {
         if let WeightStorage::Quant(q) = self.precision {
-            for t in Proj::ALL {
+            for &t in self.config.projections() {
                 q.validate(projection_shape(&self.config, t).0)
                     .map_err(|e| QuantError::Invalid(format!("{t}: {e}")))?;
             }
@@ -176,9 +176,10 @@ pub(crate) const RUNTIME_BYTES: u64 = 30 << 20;
 
 /// Parameter counts: projections (the quantizable part) and the rest.
 pub(crate) fn param_split(c: &LlamaConfig) -> (u64, u64) {
-    let proj: usize = Proj::ALL
-        .into_iter()
-        .map(|t| projection_shape(c, t))
+    let proj: usize = c
+        .projections()
+        .iter()
+        .map(|&t| projection_shape(c, t))
         .map(|(i, o)| i * o)
         .sum::<usize>()
         * c.num_hidden_layers;
@@ -195,8 +196,10 @@ pub fn estimate(run: &RunShape) -> Footprint {
     let (adapter_params, trained) = match &run.training {
         Training::Inference => (0, 0),
         Training::Lora { rank, targets } => {
+            // "all-linear" names every kind; a layer has only its family's.
             let per_layer: usize = targets
                 .iter()
+                .filter(|t| c.projections().contains(t))
                 .map(|&t| projection_shape(c, t))
                 .map(|(i, o)| rank * (i + o))
                 .sum();

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub(crate) mod dataset;
+pub(crate) mod gguf_tokenizer;
 pub mod pairs;
 pub(crate) mod row;
 pub mod stream;

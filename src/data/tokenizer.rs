@@ -41,105 +41,17 @@ pub struct TextTokenizer {
     pub chat_template: Option<String>,
 }
 
-/// The split pattern of a GGUF tokenizer's `tokenizer.ggml.pre`, for the pre-tokenizers whose
-/// pattern is not GPT-2's (the byte-level default): Llama 3's (digits three at a time) and
-/// Qwen2's (one at a time), under the names llama.cpp writes, as transformers' GGUF loader
-/// maps them.
-fn gguf_split_pattern(pre: &str) -> Option<&'static str> {
-    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
-        "qwen2" | "deepseek-r1-qwen" => Some(QWEN2),
-        _ => None,
-    }
-}
-
-/// GGUF token types: 3 = control, 4 = user-defined; both become special added tokens.
-const CONTROL: u64 = 3;
-const USER_DEFINED: u64 = 4;
-
 impl TextTokenizer {
-    /// Builds the tokenizer in `tokenizer.ggml.*`: BPE without unknown token or byte fallback,
-    /// ByteLevel pre-tokenizer (GPT-2 regex, no prefix space) and decoder, no normalizer,
-    /// no BOS added, control tokens as special added tokens — what transformers builds.
+    /// Builds the tokenizer in `tokenizer.ggml.*` as transformers' GGUF loader does
+    /// ([`super::gguf_tokenizer`]): byte-level BPE, or SentencePiece as BPE with byte
+    /// fallback; no BOS added, control tokens as special added tokens.
     pub fn from_gguf(f: &GgufFile) -> Result<Self, TokenizerError> {
         let path = f.path.display().to_string();
         let err = |msg: String| TokenizerError::Build {
             path: path.clone(),
             msg,
         };
-        let model = f
-            .meta("tokenizer.ggml.model")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        if model != "gpt2" {
-            return Err(err(format!(
-                "tokenizer.ggml.model '{model}' is not supported (only gpt2 byte-level BPE)"
-            )));
-        }
-        let strings = |key: &str| -> Result<Vec<String>, TokenizerError> {
-            let arr = f
-                .meta(key)
-                .and_then(|v| v.as_array())
-                .ok_or_else(|| err(format!("missing {key}")))?;
-            arr.iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(String::from)
-                        .ok_or_else(|| err(format!("{key} holds a non-string")))
-                })
-                .collect()
-        };
-        let tokens = strings("tokenizer.ggml.tokens")?;
-        // llama.cpp's writer omits an empty merge list.
-        let merges = if f.meta("tokenizer.ggml.merges").is_some() {
-            strings("tokenizer.ggml.merges")?
-        } else {
-            Vec::new()
-        };
-        let types: Vec<u64> = match f
-            .meta("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-        {
-            Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
-        };
-        let vocab: serde_json::Map<String, serde_json::Value> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), json!(i)))
-            .collect();
-        let added: Vec<serde_json::Value> = tokens
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| matches!(types.get(*i), Some(&CONTROL) | Some(&USER_DEFINED)))
-            .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
-            .collect();
-        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-        let pre = f.meta("tokenizer.ggml.pre").and_then(|v| v.as_str());
-        let pre_tokenizer = match pre.and_then(gguf_split_pattern) {
-            Some(pattern) => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-            ]}),
-            None => byte_level,
-        };
-        let spec = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre_tokenizer,
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {
-                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges,
-            }
-        });
+        let spec = super::gguf_tokenizer::spec(f).map_err(&err)?;
         let inner: tokenizers::Tokenizer = serde_json::from_value(spec)
             .map_err(|e| err(format!("building the tokenizer: {e}")))?;
         let id = |key: &str| f.meta(key).and_then(|v| v.as_u64()).map(|v| v as u32);
@@ -362,6 +274,36 @@ mod tests {
             let want: Vec<Vec<u32>> = serde_json::from_value(exp[pre].clone()).unwrap();
             for (text, want) in texts.iter().zip(want) {
                 assert_eq!(tok.encode(text).unwrap(), want, "{pre}: {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn gguf_sentencepiece_vocabularies_tokenize_as_transformers_does() {
+        // scripts/make_gguf_family_fixtures.py: one learned SentencePiece vocabulary (byte
+        // fallback, user-defined `<think>`, runs of spaces) under the llama, phi3 and gemma2
+        // pipelines; transformers' GGUF tokenizer's ids and decoded text.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+        let exp: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("gguf_spm_tokenizers_expected.json")).unwrap(),
+        )
+        .unwrap();
+        let texts: Vec<String> = serde_json::from_value(exp["texts"].clone()).unwrap();
+        for arch in ["llama", "phi3", "gemma2"] {
+            let path = dir.join(format!("tokenizer_spm_{arch}.gguf"));
+            let file = crate::model::load::gguf::GgufFile::open(&path).unwrap();
+            let tok = TextTokenizer::from_gguf(&file).unwrap();
+            let want: Vec<Vec<u32>> = serde_json::from_value(exp[arch].clone()).unwrap();
+            let decoded: Vec<String> =
+                serde_json::from_value(exp[format!("{arch}_decoded")].clone()).unwrap();
+            for ((text, want), decoded) in texts.iter().zip(want).zip(decoded) {
+                let ids = tok.encode(text).unwrap();
+                assert_eq!(ids, want, "{arch}: {text:?}");
+                assert_eq!(
+                    tok.decode(&ids, false).unwrap(),
+                    decoded,
+                    "{arch}: {text:?}"
+                );
             }
         }
     }

@@ -60,6 +60,14 @@ pub struct LlamaConfig {
     /// Output logits soft-capped as `c · tanh(z / c)` (Gemma 2).
     #[serde(default)]
     pub final_logit_softcapping: Option<f64>,
+    /// The special tokens' ids as config.json gives them (a number or a list), written back
+    /// when saving: transformers' defaults for some families lie outside a small vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<serde_json::Value>,
     /// Which family's checkpoint this is: the differences from Llama are data here (which
     /// projections carry biases, q/k norms), not separate model code.
     #[serde(skip)]
@@ -92,6 +100,9 @@ pub enum Family {
     /// Gemma 2 without the soft-capping, with Qwen3's q/k norms, and a local rotary base for
     /// its sliding layers (`gemma3_text`).
     Gemma3,
+    /// q, k, v in one projection and gate, up in another (`qkv_proj`, `gate_up_proj`), and an
+    /// optional sliding window on every layer.
+    Phi3,
 }
 
 impl Family {
@@ -112,6 +123,7 @@ impl Family {
             "qwen3" => Self::Qwen3,
             "gemma2" => Self::Gemma2,
             "gemma3_text" => Self::Gemma3,
+            "phi3" => Self::Phi3,
             _ => return None,
         })
     }
@@ -125,6 +137,7 @@ impl Family {
             Self::Qwen3 => "qwen3",
             Self::Gemma2 => "gemma2",
             Self::Gemma3 => "gemma3_text",
+            Self::Phi3 => "phi3",
         }
     }
 
@@ -137,6 +150,7 @@ impl Family {
             Self::Qwen3 => "Qwen3",
             Self::Gemma2 => "Gemma2",
             Self::Gemma3 => "Gemma3",
+            Self::Phi3 => "Phi3",
         }
     }
 
@@ -266,6 +280,16 @@ impl LlamaConfig {
         }
     }
 
+    /// The projections of each layer: q, k, v, o, gate, up, down, or Phi-3's fused four.
+    pub(crate) fn projections(&self) -> &'static [crate::model::llama::Proj] {
+        use crate::model::llama::Proj;
+        if self.family == Family::Phi3 {
+            &Proj::FUSED
+        } else {
+            &Proj::SEPARATE
+        }
+    }
+
     /// Whether q and k are normalised per head (Qwen3, Gemma 3).
     pub(crate) fn qk_norm(&self) -> bool {
         matches!(self.family, Family::Qwen3 | Family::Gemma3)
@@ -327,6 +351,9 @@ impl LlamaConfig {
             query_pre_attn_scalar: None,
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
             family: Family::Llama,
         }
     }
@@ -519,6 +546,9 @@ impl TinyOptions {
             query_pre_attn_scalar: None,
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
             family: Family::Llama,
         }
     }

@@ -14,8 +14,9 @@ use super::linear::Linear;
 use super::params::{Param, ParamCount, ParamVisitor};
 use crate::kernels;
 
-/// One of a decoder layer's seven projections. Names (`q_proj`, ...) are parsed where they
-/// come in (target lists, adapter files, recipes) and printed by `Display`.
+/// One of a decoder layer's projections: q, k, v, o, gate, up, down, or Phi-3's fused qkv
+/// and gate_up. Names (`q_proj`, ...) are parsed where they come in (target lists, adapter
+/// files, recipes) and printed by `Display`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Proj {
     Q,
@@ -25,11 +26,29 @@ pub enum Proj {
     Gate,
     Up,
     Down,
+    /// q, k and v in one product, output columns in that order (Phi-3's `qkv_proj`).
+    Qkv,
+    /// gate and up in one product, gate's columns first (Phi-3's `gate_up_proj`).
+    GateUp,
 }
 
 impl Proj {
-    /// Every projection, in the order Hugging Face names them.
-    pub(crate) const ALL: [Proj; 7] = [
+    /// Every kind of projection, for parsing names.
+    pub(crate) const ALL: [Proj; 9] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+        Self::Qkv,
+        Self::GateUp,
+    ];
+
+    /// A layer's projections with q, k, v and gate, up separate, in the order Hugging Face
+    /// names them.
+    pub(crate) const SEPARATE: [Proj; 7] = [
         Self::Q,
         Self::K,
         Self::V,
@@ -38,6 +57,9 @@ impl Proj {
         Self::Up,
         Self::Down,
     ];
+
+    /// Phi-3's projections: q, k, v fused, and gate, up fused.
+    pub(crate) const FUSED: [Proj; 4] = [Self::Qkv, Self::O, Self::GateUp, Self::Down];
 
     /// The Hugging Face name: `q_proj`, ..., `down_proj`.
     pub(crate) const fn name(self) -> &'static str {
@@ -49,6 +71,8 @@ impl Proj {
             Self::Gate => "gate_proj",
             Self::Up => "up_proj",
             Self::Down => "down_proj",
+            Self::Qkv => "qkv_proj",
+            Self::GateUp => "gate_up_proj",
         }
     }
 
@@ -58,7 +82,7 @@ impl Proj {
 
     /// Whether it belongs to the MLP (else to attention).
     pub(crate) fn is_mlp(self) -> bool {
-        matches!(self, Self::Gate | Self::Up | Self::Down)
+        matches!(self, Self::Gate | Self::Up | Self::Down | Self::GateUp)
     }
 }
 
@@ -74,8 +98,9 @@ impl serde::Serialize for Proj {
     }
 }
 
-/// The names of the projections LoRA and friends can target, in the order Hugging Face names
-/// them.
+/// The names of the projections LoRA and friends can target in a layer with separate
+/// projections (every family but Phi-3, whose layers name theirs `qkv_proj`, `o_proj`,
+/// `gate_up_proj` and `down_proj`), in the order Hugging Face names them.
 pub const LINEAR_TARGETS: [&str; 7] = [
     Proj::Q.name(),
     Proj::K.name(),
@@ -97,6 +122,8 @@ pub(crate) fn projection_shape(config: &LlamaConfig, proj: Proj) -> (usize, usiz
         Proj::O => (q, d),
         Proj::Down => (ffn, d),
         Proj::Gate | Proj::Up => (d, ffn),
+        Proj::Qkv => (d, q + 2 * kv),
+        Proj::GateUp => (d, 2 * ffn),
     }
 }
 
@@ -109,16 +136,11 @@ pub(crate) fn module_path(layer: usize, proj: Proj) -> String {
 #[derive(Clone, Debug)]
 pub struct Block<B: Backend> {
     pub input_layernorm: Param<B, 1>,
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub o_proj: Linear<B>,
+    /// The layer's projections ([`LlamaConfig::projections`]), in Hugging Face's order.
+    pub projections: Vec<(Proj, Linear<B>)>,
     /// The norm before the MLP: Hugging Face's `post_attention_layernorm` in Llama,
     /// `pre_feedforward_layernorm` in Gemma.
     pub mlp_norm: Param<B, 1>,
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
     /// Bottleneck adapters after the attention block (Houlsby) and after the MLP.
     pub attn_adapter: Slots<Bottleneck<B>>,
     pub mlp_adapter: Slots<Bottleneck<B>>,
@@ -164,55 +186,60 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
+    /// The projection `proj`, if the layer has it (Phi-3's has no separate q, k, v, gate, up).
+    pub(crate) fn try_proj(&self, proj: Proj) -> Option<&Linear<B>> {
+        self.projections
+            .iter()
+            .find(|(p, _)| *p == proj)
+            .map(|(_, l)| l)
+    }
+
+    /// The projection `proj`, which callers take from the layer's own list.
     pub(crate) fn proj(&self, proj: Proj) -> &Linear<B> {
-        match proj {
-            Proj::Q => &self.q_proj,
-            Proj::K => &self.k_proj,
-            Proj::V => &self.v_proj,
-            Proj::O => &self.o_proj,
-            Proj::Gate => &self.gate_proj,
-            Proj::Up => &self.up_proj,
-            Proj::Down => &self.down_proj,
-        }
+        self.try_proj(proj)
+            .unwrap_or_else(|| panic!("the layer has no {proj} (see LlamaConfig::projections)"))
     }
 
     pub(crate) fn proj_mut(&mut self, proj: Proj) -> &mut Linear<B> {
-        match proj {
-            Proj::Q => &mut self.q_proj,
-            Proj::K => &mut self.k_proj,
-            Proj::V => &mut self.v_proj,
-            Proj::O => &mut self.o_proj,
-            Proj::Gate => &mut self.gate_proj,
-            Proj::Up => &mut self.up_proj,
-            Proj::Down => &mut self.down_proj,
-        }
+        self.projections
+            .iter_mut()
+            .find(|(p, _)| *p == proj)
+            .map(|(_, l)| l)
+            .unwrap_or_else(|| panic!("the layer has no {proj} (see LlamaConfig::projections)"))
+    }
+
+    /// The kinds of projection the layer has.
+    pub(crate) fn kinds(&self) -> impl Iterator<Item = Proj> + '_ {
+        self.projections.iter().map(|(p, _)| *p)
     }
 
     /// The projection named `name` (`q_proj`, ...), if there is one.
     pub fn linear(&self, name: &str) -> Option<&Linear<B>> {
-        Proj::parse(name).map(|p| self.proj(p))
+        Proj::parse(name).and_then(|p| self.try_proj(p))
     }
 
     pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
-        Proj::parse(name).map(|p| self.proj_mut(p))
+        let proj = Proj::parse(name)?;
+        self.projections
+            .iter_mut()
+            .find(|(p, _)| *p == proj)
+            .map(|(_, l)| l)
     }
 
-    /// The block with an empty set of adapters.
+    /// The block with an empty set of adapters and the projections `kinds`.
     pub(crate) fn new<E>(
         input_layernorm: Param<B, 1>,
         mlp_norm: Param<B, 1>,
+        kinds: &[Proj],
         mut linears: impl FnMut(Proj) -> Result<Linear<B>, E>,
     ) -> Result<Self, E> {
         Ok(Self {
             input_layernorm,
-            q_proj: linears(Proj::Q)?,
-            k_proj: linears(Proj::K)?,
-            v_proj: linears(Proj::V)?,
-            o_proj: linears(Proj::O)?,
+            projections: kinds
+                .iter()
+                .map(|&p| Ok((p, linears(p)?)))
+                .collect::<Result<_, E>>()?,
             mlp_norm,
-            gate_proj: linears(Proj::Gate)?,
-            up_proj: linears(Proj::Up)?,
-            down_proj: linears(Proj::Down)?,
             attn_adapter: Slots::default(),
             mlp_adapter: Slots::default(),
             input_norm_tuned: Slots::default(),
@@ -233,9 +260,8 @@ impl<B: Backend> Block<B> {
         );
         self.input_norm_tuned
             .visit(&format!("{prefix}.input_layernorm"), "ln_tuning", v);
-        for proj in [Proj::Q, Proj::K, Proj::V, Proj::O] {
-            let p = format!("{prefix}.self_attn.{proj}");
-            self.proj_mut(proj).visit(&p, v);
+        for (proj, linear) in self.projections.iter_mut().filter(|(p, _)| !p.is_mlp()) {
+            linear.visit(&format!("{prefix}.self_attn.{proj}"), v);
         }
         if let Some(w) = &mut self.q_norm {
             v.visit1(&format!("{prefix}.self_attn.q_norm.weight"), w);
@@ -262,9 +288,8 @@ impl<B: Backend> Block<B> {
         v.visit1(&format!("{prefix}.{mlp_norm}.weight"), &mut self.mlp_norm);
         self.post_norm_tuned
             .visit(&format!("{prefix}.{mlp_norm}"), "ln_tuning", v);
-        for proj in [Proj::Gate, Proj::Up, Proj::Down] {
-            let p = format!("{prefix}.mlp.{proj}");
-            self.proj_mut(proj).visit(&p, v);
+        for (proj, linear) in self.projections.iter_mut().filter(|(p, _)| p.is_mlp()) {
+            linear.visit(&format!("{prefix}.mlp.{proj}"), v);
         }
         self.mlp_adapter
             .visit(&format!("{prefix}.mlp"), "adapter", v);
@@ -279,8 +304,8 @@ impl<B: Backend> Block<B> {
     }
 
     fn activate(&mut self, name: Option<&str>) {
-        for proj in Proj::ALL {
-            self.proj_mut(proj).activate(name);
+        for (_, linear) in &mut self.projections {
+            linear.activate(name);
         }
         self.attn_adapter.activate(name);
         self.mlp_adapter.activate(name);
@@ -291,8 +316,8 @@ impl<B: Backend> Block<B> {
     }
 
     fn remove_adapter(&mut self, name: &str) {
-        for proj in Proj::ALL {
-            self.proj_mut(proj).remove_adapter(name);
+        for (_, linear) in &mut self.projections {
+            linear.remove_adapter(name);
         }
         self.attn_adapter.remove(name);
         self.mlp_adapter.remove(name);
@@ -327,7 +352,7 @@ impl<B: Backend> Llama<B> {
         let ones = |n: usize| Param::new(Tensor::<B, 1>::ones([n], device), true);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                Block::new(ones(d), ones(d), |proj| {
+                Block::new(ones(d), ones(d), config.projections(), |proj| {
                     let (d_in, d_out) = projection_shape(&config, proj);
                     Ok::<_, std::convert::Infallible>(lin(
                         &format!("layers.{i}.{proj}"),
@@ -703,14 +728,25 @@ impl<B: Backend> Llama<B> {
                 .value(),
             eps,
         );
-        let gate = layer.gate_proj.forward(h.clone(), rng.as_deref_mut());
-        let up = layer.up_proj.forward(h, rng.as_deref_mut());
+        let (gate, up) = match layer.try_proj(Proj::GateUp) {
+            Some(gate_up) => {
+                let y = gate_up.forward(h, rng.as_deref_mut());
+                let ffn = self.config.intermediate_size;
+                (y.clone().narrow(1, 0, ffn), y.narrow(1, ffn, ffn))
+            }
+            None => (
+                layer
+                    .proj(Proj::Gate)
+                    .forward(h.clone(), rng.as_deref_mut()),
+                layer.proj(Proj::Up).forward(h, rng.as_deref_mut()),
+            ),
+        };
         let act = if self.config.family.is_gemma() {
             kernels::gelu_tanh_mul(gate, up)
         } else {
             kernels::silu_mul(gate, up)
         };
-        let mut mlp = layer.down_proj.forward(act, rng);
+        let mut mlp = layer.proj(Proj::Down).forward(act, rng);
         mlp = out_norm(mlp, &layer.mlp_out_norm, &layer.mlp_out_norm_tuned);
         if let Some(adapter) = layer.mlp_adapter.active() {
             mlp = adapter.forward(mlp);
@@ -805,11 +841,24 @@ impl<B: Backend> Llama<B> {
             }
             None => y,
         };
-        let q = layer.q_proj.forward(x.clone(), rng.as_deref_mut());
+        let (q, k, v) = match layer.try_proj(Proj::Qkv) {
+            Some(qkv) => {
+                let y = qkv.forward(x, rng.as_deref_mut());
+                let (qw, kw) = (h * hd, kvh * hd);
+                (
+                    y.clone().narrow(1, 0, qw),
+                    y.clone().narrow(1, qw, kw),
+                    y.narrow(1, qw + kw, kw),
+                )
+            }
+            None => (
+                layer.proj(Proj::Q).forward(x.clone(), rng.as_deref_mut()),
+                layer.proj(Proj::K).forward(x.clone(), rng.as_deref_mut()),
+                layer.proj(Proj::V).forward(x, rng.as_deref_mut()),
+            ),
+        };
         let q = rope.apply(per_head(q, &layer.q_norm, h));
-        let k = layer.k_proj.forward(x.clone(), rng.as_deref_mut());
         let k = rope.apply(per_head(k, &layer.k_norm, kvh));
-        let v = layer.v_proj.forward(x, rng.as_deref_mut());
         let softcap = self.config.attn_logit_softcapping;
         if kv.is_none() && softcap.is_none() {
             let shape = kernels::AttentionShape {
@@ -821,7 +870,7 @@ impl<B: Backend> Llama<B> {
                 scale: scale as f32,
             };
             return layer
-                .o_proj
+                .proj(Proj::O)
                 .forward(kernels::attention(q, k, v, mask, shape), rng);
         }
         // With a cache (generation, prefix tuning): keys and values of earlier positions
@@ -848,7 +897,7 @@ impl<B: Backend> Llama<B> {
         .reshape([b, kvh, rep * t, total]);
         let out = probs.matmul(v).reshape([b, h, t, hd]);
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
-        layer.o_proj.forward(out, rng)
+        layer.proj(Proj::O).forward(out, rng)
     }
 }
 

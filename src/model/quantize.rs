@@ -4,7 +4,6 @@
 use burn::prelude::*;
 
 use super::Llama;
-use super::llama::Proj;
 use crate::quant::{QuantConfig, QuantError};
 
 /// What quantizing changed: weight counts and bytes before and after.
@@ -41,16 +40,15 @@ pub fn quantize_model<B: Backend>(
         )));
     }
     for (i, layer) in model.layers.iter().enumerate() {
-        for t in Proj::ALL {
-            let lin = layer.proj(t);
+        for (t, lin) in &layer.projections {
             config
                 .validate(lin.d_in())
                 .map_err(|e| QuantError::Invalid(format!("layers.{i}.{t}: {e}")))?;
         }
     }
     for layer in &mut model.layers {
-        for t in Proj::ALL {
-            layer.proj_mut(t).quantize(config)?;
+        for (_, lin) in &mut layer.projections {
+            lin.quantize(config)?;
         }
     }
     Ok(summary(model))
@@ -60,8 +58,8 @@ pub fn quantize_model<B: Backend>(
 pub fn dequantize_model<B: Backend>(model: &mut Llama<B>) {
     let device = model.device.clone();
     for layer in &mut model.layers {
-        for t in Proj::ALL {
-            layer.proj_mut(t).dequantize(&device);
+        for (_, lin) in &mut layer.projections {
+            lin.dequantize(&device);
         }
     }
 }
@@ -70,8 +68,8 @@ pub fn dequantize_model<B: Backend>(model: &mut Llama<B>) {
 pub(crate) fn summary<B: Backend>(model: &Llama<B>) -> QuantSummary {
     let mut s = QuantSummary::default();
     for layer in &model.layers {
-        for t in Proj::ALL {
-            if let Some(q) = layer.proj(t).weight.quantized() {
+        for (_, lin) in &layer.projections {
+            if let Some(q) = lin.weight.quantized() {
                 s.quantized_params += q.numel();
                 s.dense_bytes += 4 * q.numel();
                 s.quantized_bytes += q.bytes();
@@ -86,6 +84,6 @@ pub(crate) fn model_quant_config<B: Backend>(model: &Llama<B>) -> Option<QuantCo
     model
         .layers
         .iter()
-        .flat_map(|l| Proj::ALL.into_iter().map(move |t| l.proj(t)))
+        .flat_map(|l| l.projections.iter().map(|(_, lin)| lin))
         .find_map(|lin| lin.weight.quantized().map(|q| q.config()))
 }

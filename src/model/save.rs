@@ -9,7 +9,7 @@ use burn::prelude::*;
 use super::Llama;
 use super::config::Family;
 use super::linear::Weight;
-use super::llama::{Proj, module_path};
+use super::llama::module_path;
 use crate::quant::bnb_format::{self, RawTensor};
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +139,7 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
                 push(norm_tensor(format!("model.layers.{i}.{name}.weight"), w));
             }
         }
-        for t in Proj::ALL {
+        for t in layer.kinds().collect::<Vec<_>>() {
             if let Some(b) = &layer.proj(t).base_bias {
                 push(f32_tensor(
                     format!("{}.bias", module_path(i, t)),

@@ -19,7 +19,7 @@ use super::selective::BitFitConfig;
 use super::targets::Targets;
 use super::{Method, PeftError};
 use crate::model::Llama;
-use crate::model::llama::{Proj, module_path};
+use crate::model::llama::module_path;
 use crate::model::params::{Param, ParamVisitor};
 use crate::model::save::{
     HostTensor, SaveError, host, transposed, write_atomic, write_safetensors,
@@ -68,7 +68,7 @@ pub fn save_adapter<B: Backend>(
     let mut config = match Method::of(info) {
         Method::Lora(l) => {
             for (i, layer) in model.layers.iter().enumerate() {
-                for t in Proj::ALL {
+                for t in layer.kinds() {
                     let Some(a) = layer.proj(t).lora.get(name) else {
                         continue;
                     };
@@ -96,7 +96,7 @@ pub fn save_adapter<B: Backend>(
                 ("r", json!(l.rank)),
                 ("lora_alpha", json!(l.alpha)),
                 ("lora_dropout", json!(l.dropout)),
-                ("target_modules", l.targets.to_json()),
+                ("target_modules", l.targets.to_json(c.projections())),
                 ("use_rslora", json!(l.rslora)),
                 ("use_dora", json!(l.dora)),
                 ("init_lora_weights", init),
@@ -110,7 +110,7 @@ pub fn save_adapter<B: Backend>(
         }
         Method::Ia3(cfg) => {
             for (i, layer) in model.layers.iter().enumerate() {
-                for t in Proj::ALL {
+                for t in layer.kinds() {
                     let Some(v) = layer.proj(t).ia3.get(name) else {
                         continue;
                     };
@@ -129,8 +129,14 @@ pub fn save_adapter<B: Backend>(
             }
             let mut v = common("IA3");
             let o = v.as_object_mut().unwrap();
-            o.insert("target_modules".into(), cfg.targets.to_json());
-            o.insert("feedforward_modules".into(), cfg.feedforward.to_json());
+            o.insert(
+                "target_modules".into(),
+                cfg.targets.to_json(c.projections()),
+            );
+            o.insert(
+                "feedforward_modules".into(),
+                cfg.feedforward.to_json(c.projections()),
+            );
             o.insert("fan_in_fan_out".into(), json!(false));
             o.insert("init_ia3_weights".into(), json!(true));
             v
@@ -153,7 +159,7 @@ pub fn save_adapter<B: Backend>(
                 ("decompose_both", json!(l.decompose_both)),
                 ("decompose_factor", json!(l.decompose_factor)),
                 ("rank_dropout_scale", json!(l.rank_dropout_scale)),
-                ("target_modules", l.targets.to_json()),
+                ("target_modules", l.targets.to_json(c.projections())),
                 ("init_weights", init),
             ] {
                 o.insert(k.into(), x);
@@ -212,7 +218,7 @@ pub fn save_adapter<B: Backend>(
         }
         Method::BitFit(b) => {
             tensors = runner_tensors(model, name, "");
-            json!({"peft_type": "RUNNER_BITFIT", "target_modules": b.targets.to_json()})
+            json!({"peft_type": "RUNNER_BITFIT", "target_modules": b.targets.to_json(c.projections())})
         }
         Method::LnTuning => {
             tensors = runner_tensors(model, name, "");
@@ -565,8 +571,8 @@ fn fill<B: Backend>(
     match method {
         Method::Lora(_) | Method::Ia3(_) => {
             for (i, layer) in model.layers.iter_mut().enumerate() {
-                for t in Proj::ALL {
-                    let lin = layer.proj_mut(t);
+                for (t, lin) in &mut layer.projections {
+                    let t = *t;
                     let (d_in, d_out) = (lin.d_in(), lin.d_out());
                     let key = format!("base_model.model.{}", module_path(i, t));
                     if let Some(a) = lin.lora.get_mut(name) {

@@ -33,9 +33,9 @@ pub(crate) fn attach<B: Backend>(
     name: &str,
     config: &Ia3Config,
 ) -> Result<usize, PeftError> {
-    let layers = model.config.num_hidden_layers;
-    let modules = config.targets.resolve(layers)?;
-    let ff = config.feedforward.resolve(layers)?;
+    let (layers, kinds) = (model.config.num_hidden_layers, model.config.projections());
+    let modules = config.targets.resolve(layers, kinds)?;
+    let ff = config.feedforward.resolve(layers, kinds)?;
     if let Some(&(i, t)) = ff.iter().find(|m| !modules.contains(m)) {
         return Err(PeftError::Invalid(format!(
             "feedforward module layers.{i}.{t} is not among the (IA)3 targets"

@@ -193,7 +193,9 @@ pub(crate) fn attach<B: Backend>(
     config: &LokrConfig,
 ) -> Result<usize, PeftError> {
     config.validate()?;
-    let modules = config.targets.resolve(model.config.num_hidden_layers)?;
+    let modules = config
+        .targets
+        .resolve(model.config.num_hidden_layers, model.config.projections())?;
     super::begin_adapter(model, name)?;
     let device = model.device.clone();
     let mut added = 0;

@@ -168,7 +168,9 @@ pub fn attach<B: Backend>(
     config: &LoraConfig,
 ) -> Result<usize, PeftError> {
     config.validate()?;
-    let modules = config.targets.resolve(model.config.num_hidden_layers)?;
+    let modules = config
+        .targets
+        .resolve(model.config.num_hidden_layers, model.config.projections())?;
     for &(i, t) in &modules {
         let lin = model.layers[i].proj(t);
         let side = lin.d_in().min(lin.d_out());

@@ -25,7 +25,6 @@ use burn::prelude::*;
 
 use crate::model::Llama;
 use crate::model::adapters::{AdapterInfo, AdapterMethod};
-use crate::model::llama::Proj;
 use crate::model::params::{ParamVisitor, SetTrainable};
 // For targets.rs's did-you-mean.
 use crate::util::closest;
@@ -276,8 +275,7 @@ pub fn unmerge<B: Backend>(model: &mut Llama<B>) -> Result<(), PeftError> {
 /// adapter's update rounded away, and unmerging could not restore it.
 fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), PeftError> {
     for (i, layer) in model.layers.iter().enumerate() {
-        for t in Proj::ALL {
-            let lin = layer.proj(t);
+        for (t, lin) in &layer.projections {
             let carries = lin.lora.get(name).is_some()
                 || lin.ia3.get(name).is_some()
                 || lin.kron.get(name).is_some();
@@ -295,8 +293,7 @@ fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), Peft
 /// carries it (LoRA/DoRA, (IA)3 or LoKr).
 fn rewrite_weights<B: Backend>(model: &mut Llama<B>, name: &str, merge: bool) {
     for layer in &mut model.layers {
-        for t in Proj::ALL {
-            let lin = layer.proj_mut(t);
+        for (_, lin) in &mut layer.projections {
             let Some(weight) = lin.dense_mut() else {
                 continue;
             };

@@ -30,7 +30,9 @@ pub(crate) fn attach_bitfit<B: Backend>(
     name: &str,
     config: &BitFitConfig,
 ) -> Result<usize, PeftError> {
-    let modules = config.targets.resolve(model.config.num_hidden_layers)?;
+    let modules = config
+        .targets
+        .resolve(model.config.num_hidden_layers, model.config.projections())?;
     super::begin_adapter(model, name)?;
     let device = model.device.clone();
     let mut added = 0;

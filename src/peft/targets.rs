@@ -4,7 +4,7 @@
 //! name, or "all-linear" (every projection, not the output head).
 
 use super::PeftError;
-use crate::model::llama::{LINEAR_TARGETS, Proj, module_path};
+use crate::model::llama::{Proj, module_path};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Targets {
@@ -28,10 +28,15 @@ impl Targets {
         }
     }
 
-    /// The `(layer, projection)` pairs selected in a model of `layers` blocks, in model order.
-    pub(crate) fn resolve(&self, layers: usize) -> Result<Vec<(usize, Proj)>, PeftError> {
+    /// The `(layer, projection)` pairs selected in a model of `layers` blocks whose layers have
+    /// the projections `kinds`, in model order.
+    pub(crate) fn resolve(
+        &self,
+        layers: usize,
+        kinds: &[Proj],
+    ) -> Result<Vec<(usize, Proj)>, PeftError> {
         self.validate()?;
-        let all = (0..layers).flat_map(|i| Proj::ALL.into_iter().map(move |t| (i, t)));
+        let all = (0..layers).flat_map(|i| kinds.iter().map(move |&t| (i, t)));
         match self {
             Self::AllLinear => Ok(all.collect()),
             Self::Pattern(p) => {
@@ -51,14 +56,15 @@ impl Targets {
                     path == name || path.ends_with(&format!(".{name}"))
                 };
                 for name in names {
-                    if !(0..layers).any(|i| Proj::ALL.into_iter().any(|t| matches(name, i, t))) {
-                        let hint = super::closest(name, LINEAR_TARGETS)
+                    if !(0..layers).any(|i| kinds.iter().any(|&t| matches(name, i, t))) {
+                        let valid: Vec<&str> = kinds.iter().map(|t| t.name()).collect();
+                        let hint = super::closest(name, valid.iter().copied())
                             .map(|c| format!(" (did you mean '{c}'?)"))
                             .unwrap_or_default();
                         return Err(PeftError::UnknownTarget {
                             name: name.clone(),
                             hint,
-                            valid: LINEAR_TARGETS.join(", "),
+                            valid: valid.join(", "),
                         });
                     }
                 }
@@ -80,12 +86,15 @@ impl Targets {
         }
     }
 
-    /// The names PEFT's adapter_config.json lists for these targets.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
+    /// The names PEFT's adapter_config.json lists for these targets, in a model whose layers
+    /// have the projections `kinds`.
+    pub(crate) fn to_json(&self, kinds: &[Proj]) -> serde_json::Value {
         match self {
             Self::Names(list) => serde_json::json!(list),
             Self::Pattern(p) => serde_json::json!(p),
-            Self::AllLinear => serde_json::json!(LINEAR_TARGETS),
+            Self::AllLinear => {
+                serde_json::json!(kinds.iter().map(|t| t.name()).collect::<Vec<_>>())
+            }
         }
     }
 

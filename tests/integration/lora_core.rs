@@ -312,7 +312,8 @@ fn detached_models_build_no_graph() {
     );
     assert!(
         detached.layers[0]
-            .q_proj
+            .linear("q_proj")
+            .unwrap()
             .dense()
             .unwrap()
             .value

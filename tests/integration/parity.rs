@@ -480,6 +480,19 @@ fn gemma2_and_gemma3_match_transformers_peft_and_cached_generation() {
             e["lora_r4_trainable"].as_u64().unwrap(),
             "{family}"
         );
+        // LN tuning trains Gemma's four norms a layer and the final one, as PEFT's does, and
+        // starts from the model's own values (unchanged logits).
+        let mut ln = p.model.clone();
+        runner::peft::Method::LnTuning
+            .attach(&mut ln, "ln")
+            .unwrap();
+        let c = &ln.config;
+        assert_eq!(
+            ln.param_count().trainable,
+            (4 * c.num_hidden_layers + 1) * c.hidden_size
+        );
+        let base = forward_flat(&p.model, ids());
+        assert!(max_abs_diff(&forward_flat(&ln, ids()), &base) < 1e-6);
         // PEFT's adapter loads with PEFT's logits.
         let mut adapted = p.model.clone();
         let lora_dir = fixtures().join(format!("tiny_{family}_lora"));
@@ -542,5 +555,56 @@ fn qwen_sliding_windows_apply_from_max_window_layers() {
     assert_eq!(saved["use_sliding_window"], true);
     assert_eq!(saved["max_window_layers"], 1);
     let (ids, _) = ids_and_logits(&exp, "logits");
+    assert!(logit_diff(out.path(), ids, &want).0 < 1e-4);
+}
+
+#[test]
+fn phi3_fused_projections_match_transformers_peft_and_gguf() {
+    // scripts/make_phi3_fixtures.py: qkv_proj and gate_up_proj, a window of 4 on every layer,
+    // a PEFT LoRA adapter on both fused projections, and the model as llama.cpp's GGUF.
+    let exp = json(&fixtures().join("phi3_expected.json"));
+    let (ids, want) = ids_and_logits(&exp, "logits");
+    let (diff, p) = logit_diff(&fixtures().join("tiny_phi3_hf"), ids.clone(), &want);
+    eprintln!("phi3: max |Δ logits| vs transformers: {diff:e}");
+    assert!(diff < 1e-4, "{diff}");
+    let (gguf_diff, _) = logit_diff(&fixtures().join("tiny_phi3.gguf"), ids.clone(), &want);
+    eprintln!("phi3 GGUF: max |Δ logits| vs transformers: {gguf_diff:e}");
+    assert!(gguf_diff < 1e-4, "{gguf_diff}");
+    // LoRA on the fused projections trains PEFT's count: one A per fused projection.
+    let lora = |targets: &[&str]| runner::peft::lora::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: runner::peft::Targets::names(targets),
+        ..Default::default()
+    };
+    let mut model = p.model.clone();
+    runner::peft::lora::attach(&mut model, "default", &lora(&["qkv_proj", "gate_up_proj"]))
+        .unwrap();
+    assert_eq!(
+        model.param_count().trainable as u64,
+        exp["lora_r4_trainable"].as_u64().unwrap()
+    );
+    // Llama's names are not Phi-3's: the error says which are.
+    let err = runner::peft::lora::attach(&mut p.model.clone(), "x", &lora(&["q_proj"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("qkv_proj, o_proj, gate_up_proj, down_proj"),
+        "{err}"
+    );
+    // PEFT's adapter loads with PEFT's logits; merged and saved, a Phi-3 checkpoint again.
+    let mut adapted = p.model.clone();
+    runner::peft::format::load_adapter(&mut adapted, &fixtures().join("tiny_phi3_lora"), "default")
+        .unwrap();
+    let want: Vec<f32> = serde_json::from_value(exp["lora_logits"].clone()).unwrap();
+    let diff = max_abs_diff(&forward_flat(&adapted, ids.clone()), &want);
+    eprintln!("phi3: max |Δ logits| vs PEFT with the adapter: {diff:e}");
+    assert!(diff < 1e-4, "{diff}");
+    let out = tempfile::tempdir().unwrap();
+    runner::peft::merge_and_unload(&mut adapted).unwrap();
+    runner::model::save::save_pretrained(&adapted, out.path()).unwrap();
+    let saved = json(&out.path().join("config.json"));
+    assert_eq!(saved["model_type"], "phi3");
+    assert_eq!(saved["sliding_window"], 4);
     assert!(logit_diff(out.path(), ids, &want).0 < 1e-4);
 }

@@ -282,7 +282,8 @@ fn pissa_moves_the_top_singular_directions_into_the_adapter() {
     let mut model = tiny_hf();
     let base = logits(&model);
     let w_before = model.layers[0]
-        .q_proj
+        .linear("q_proj")
+        .unwrap()
         .dense()
         .unwrap()
         .value
@@ -299,7 +300,8 @@ fn pissa_moves_the_top_singular_directions_into_the_adapter() {
     Method::Lora(config).attach(&mut model, "default").unwrap();
     assert!(max_abs_diff(&logits(&model), &base) < 1e-4);
     let w_after = model.layers[0]
-        .q_proj
+        .linear("q_proj")
+        .unwrap()
         .dense()
         .unwrap()
         .value

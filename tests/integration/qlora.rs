@@ -80,7 +80,7 @@ fn bitsandbytes_checkpoints_load_with_transformers_logits() {
             load_llama_hf_dir::<B>(&fixtures().join("quant").join(name), &Default::default())
                 .unwrap();
         assert!(
-            model.layers[0].q_proj.dense().is_none(),
+            model.layers[0].linear("q_proj").unwrap().dense().is_none(),
             "{name}: projections stay quantized"
         );
         let (ids, want) = expected_logits(name);
@@ -228,7 +228,10 @@ fn adapters_train_through_quantized_weights_like_through_dense_ones() {
     quantize_model(&mut q, config).unwrap();
     let mut dense = q.clone();
     dequantize_model(&mut dense);
-    assert!(matches!(dense.layers[1].v_proj.weight, Weight::Dense(_)));
+    assert!(matches!(
+        dense.layers[1].linear("v_proj").unwrap().weight,
+        Weight::Dense(_)
+    ));
     let before = quantized(&q, 1, "v_proj");
     let b = batch();
     let mut losses = Vec::new();
@@ -294,7 +297,10 @@ fn bad_quantization_and_merges_are_clear_errors() {
         "{e}"
     );
     assert!(
-        model.layers.iter().all(|l| l.q_proj.dense().is_some()),
+        model
+            .layers
+            .iter()
+            .all(|l| l.linear("q_proj").unwrap().dense().is_some()),
         "a failed quantize changes nothing"
     );
     quantize_model(

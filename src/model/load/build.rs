@@ -12,7 +12,7 @@ use crate::kernels::thin::transpose;
 use crate::model::config::LlamaConfig;
 use crate::model::init;
 use crate::model::linear::{Linear, Weight};
-use crate::model::llama::{Block, Llama, Proj, module_path, projection_shape};
+use crate::model::llama::{Block, Llama, module_path, projection_shape};
 use crate::model::params::Param;
 use crate::quant::{QuantConfig, QuantizedTensor};
 
@@ -52,7 +52,7 @@ pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
             error,
         })?;
     if let Some(q) = quant {
-        for proj in Proj::ALL {
+        for &proj in config.projections() {
             let (d_in, _) = projection_shape(&config, proj);
             q.validate(d_in).map_err(|e| LoadError::File {
                 path: src.path(),
@@ -106,7 +106,8 @@ pub(crate) fn build_llama_quantized<B: Backend, S: WeightSource>(
         } else {
             "post_attention_layernorm"
         };
-        let mut block = Block::new(norm(&n("input_layernorm"))?, norm(&n(mlp_norm))?, |proj| {
+        let (input_norm, mlp_norm) = (norm(&n("input_layernorm"))?, norm(&n(mlp_norm))?);
+        let mut block = Block::new(input_norm, mlp_norm, config.projections(), |proj| {
             let (d_in, d_out) = projection_shape(&config, proj);
             let mut l = linear(&format!("{}.weight", module_path(i, proj)), d_in, d_out)?;
             if config.has_bias(proj) {

@@ -47,6 +47,12 @@ impl MetaValue {
             _ => None,
         }
     }
+    pub(crate) fn as_bool(&self) -> Option<bool> {
+        match self {
+            MetaValue::Bool(v) => Some(*v),
+            _ => None,
+        }
+    }
     pub(crate) fn as_f64(&self) -> Option<f64> {
         match self {
             MetaValue::F64(v) => Some(*v),

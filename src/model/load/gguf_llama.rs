@@ -1,4 +1,4 @@
-//! Maps a GGUF file of a supported architecture (llama, qwen2, qwen3, gemma2, gemma3) onto
+//! Maps a GGUF file of a supported architecture (llama, qwen2, qwen3, gemma2, gemma3, phi3) onto
 //! `Llama`: config from the `<arch>.*` metadata, tensors by llama.cpp's names, llama's q/k
 //! rows restored from llama.cpp's interleaved rotary layout to Hugging Face's rotate-half
 //! layout (the other families are stored unpermuted), Gemma's norms from llama.cpp's `1 + w`
@@ -18,7 +18,7 @@ pub enum LoadError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error(
-        "{path}: architecture '{arch}' is not supported (supported: llama, qwen2, qwen3, gemma2, gemma3)"
+        "{path}: architecture '{arch}' is not supported (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3)"
     )]
     Arch { path: PathBuf, arch: String },
     #[error("{path}: missing metadata '{key}'")]
@@ -48,6 +48,7 @@ fn family_of(arch: &str) -> Option<Family> {
         "qwen3" => Family::Qwen3,
         "gemma2" => Family::Gemma2,
         "gemma3" => Family::Gemma3,
+        "phi3" => Family::Phi3,
         _ => return None,
     })
 }
@@ -79,6 +80,11 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
             .ok_or_else(|| missing(key))
     };
     let float = |key: &str| meta(key).and_then(|v| v.as_f64());
+    let token_id = |kind: &str| {
+        f.meta(&format!("tokenizer.ggml.{kind}_token_id"))
+            .and_then(|v| v.as_u64())
+            .map(serde_json::Value::from)
+    };
     let heads = int("attention.head_count")?;
     let hidden = int("embedding_length")?;
     let vocab = match int("vocab_size") {
@@ -114,10 +120,30 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         query_pre_attn_scalar: None,
         attn_logit_softcapping: None,
         final_logit_softcapping: None,
+        bos_token_id: token_id("bos"),
+        eos_token_id: token_id("eos"),
+        pad_token_id: token_id("padding"),
         family,
     };
     if family.is_gemma() {
         gemma_settings(f, arch, &mut config)?;
+    }
+    if family == Family::Phi3 {
+        // Every layer's window; rotary embeddings over part of a head are not supported.
+        config.sliding_window = meta("attention.sliding_window")
+            .and_then(|v| v.as_u64())
+            .map(|w| w as usize);
+        if let Some(dims) = int("rope.dimension_count").ok()
+            && dims != config.head_dim()
+        {
+            return Err(LoadError::File {
+                path: f.path.clone(),
+                msg: format!(
+                    "phi3.rope.dimension_count {dims} is not the head dimension {} (rotary embeddings on part of each head are not supported yet)",
+                    config.head_dim()
+                ),
+            });
+        }
     }
     config.validate().map_err(|error| LoadError::Config {
         path: f.path.clone(),
@@ -223,6 +249,9 @@ impl GgufWeights<'_> {
                     "self_attn.k_proj" => "attn_k",
                     "self_attn.v_proj" => "attn_v",
                     "self_attn.o_proj" => "attn_output",
+                    // Phi-3's fused projections: llama.cpp keeps gate and up in `ffn_up`.
+                    "self_attn.qkv_proj" => "attn_qkv",
+                    "mlp.gate_up_proj" => "ffn_up",
                     "mlp.gate_proj" => "ffn_gate",
                     "mlp.up_proj" => "ffn_up",
                     "mlp.down_proj" => "ffn_down",

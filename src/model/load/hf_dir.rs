@@ -84,6 +84,17 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
             .cloned()
             .unwrap_or(serde_json::Value::Null);
     }
+    // Phi-3 rotates a fraction of each head when `partial_rotary_factor` < 1 (Phi-4-mini).
+    let partial = obj
+        .get("partial_rotary_factor")
+        .or_else(|| rope.get("partial_rotary_factor"))
+        .and_then(|f| f.as_f64())
+        .unwrap_or(1.0);
+    if partial != 1.0 {
+        return Err(err(format!(
+            "partial_rotary_factor {partial} (rotary embeddings on part of each head) is not supported yet"
+        )));
+    }
     if !obj.contains_key("rope_theta")
         && let Some(theta) = rope.get("rope_theta")
     {
@@ -152,7 +163,7 @@ fn sliding_layers(
             obj.remove("layer_types");
             return Ok(());
         }
-        Family::Mistral => return Ok(()),
+        Family::Mistral | Family::Phi3 => return Ok(()),
         Family::Qwen2 | Family::Qwen3 => {
             if obj.get("use_sliding_window").and_then(|v| v.as_bool()) != Some(true) {
                 obj.remove("sliding_window");
