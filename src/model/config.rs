@@ -329,17 +329,37 @@ impl LlamaConfig {
     /// SmolLM2-135M's shape (the weights come from the hub or a random init).
     pub fn smollm2_135m() -> Self {
         Self {
-            vocab_size: 49152,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            num_hidden_layers: 30,
-            num_attention_heads: 9,
-            num_key_value_heads: 3,
-            head_dim: None,
             rms_norm_eps: 1e-5,
             rope_theta: 100000.0,
             max_position_embeddings: 8192,
             tie_word_embeddings: true,
+            ..Self::plain(49152, 576, 1536, 30, 9, 3)
+        }
+    }
+
+    /// A Llama of this shape (vocabulary, hidden size, MLP width, layers, heads, key/value
+    /// heads) with config.json's defaults and none of the options: no biases, rope scaling,
+    /// windows or other family's differences.
+    pub(crate) fn plain(
+        vocab: usize,
+        hidden: usize,
+        ffn: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Self {
+        Self {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: ffn,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim: None,
+            rms_norm_eps: default_rms_eps(),
+            rope_theta: default_rope_theta(),
+            max_position_embeddings: default_max_pos(),
+            tie_word_embeddings: false,
             rope_scaling: None,
             rope_freq_factors: None,
             sliding_window: None,
@@ -523,33 +543,19 @@ impl TinyOptions {
 
     pub fn config(&self) -> LlamaConfig {
         LlamaConfig {
-            vocab_size: self.vocab,
-            hidden_size: self.d_model,
-            // Llama's ratio (8/3 · d) rounded up to a multiple of 8.
-            intermediate_size: self.ffn.unwrap_or((self.d_model * 8 / 3).div_ceil(8) * 8),
-            num_hidden_layers: self.layers,
-            num_attention_heads: self.heads,
-            num_key_value_heads: self.kv_heads,
-            head_dim: None,
             rms_norm_eps: 1e-5,
             rope_theta: self.rope_theta,
             max_position_embeddings: self.max_seq,
             tie_word_embeddings: self.tied,
-            rope_scaling: None,
-            rope_freq_factors: None,
-            sliding_window: None,
-            attention_bias: false,
-            mlp_bias: false,
-            layer_types: None,
-            rope_local_theta: None,
-            rope_linear_factor: None,
-            query_pre_attn_scalar: None,
-            attn_logit_softcapping: None,
-            final_logit_softcapping: None,
-            bos_token_id: None,
-            eos_token_id: None,
-            pad_token_id: None,
-            family: Family::Llama,
+            ..LlamaConfig::plain(
+                self.vocab,
+                self.d_model,
+                // Llama's ratio (8/3 · d) rounded up to a multiple of 8.
+                self.ffn.unwrap_or((self.d_model * 8 / 3).div_ceil(8) * 8),
+                self.layers,
+                self.heads,
+                self.kv_heads,
+            )
         }
     }
 }

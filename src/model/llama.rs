@@ -200,11 +200,15 @@ impl<B: Backend> Block<B> {
             .unwrap_or_else(|| panic!("the layer has no {proj} (see LlamaConfig::projections)"))
     }
 
-    pub(crate) fn proj_mut(&mut self, proj: Proj) -> &mut Linear<B> {
+    fn try_proj_mut(&mut self, proj: Proj) -> Option<&mut Linear<B>> {
         self.projections
             .iter_mut()
             .find(|(p, _)| *p == proj)
             .map(|(_, l)| l)
+    }
+
+    pub(crate) fn proj_mut(&mut self, proj: Proj) -> &mut Linear<B> {
+        self.try_proj_mut(proj)
             .unwrap_or_else(|| panic!("the layer has no {proj} (see LlamaConfig::projections)"))
     }
 
@@ -219,11 +223,7 @@ impl<B: Backend> Block<B> {
     }
 
     pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
-        let proj = Proj::parse(name)?;
-        self.projections
-            .iter_mut()
-            .find(|(p, _)| *p == proj)
-            .map(|(_, l)| l)
+        Proj::parse(name).and_then(|p| self.try_proj_mut(p))
     }
 
     /// The block with an empty set of adapters and the projections `kinds`.
@@ -831,7 +831,7 @@ impl<B: Backend> Llama<B> {
         );
         let scale = self.config.attention_scale();
         // Rotary embeddings on the projection's own (contiguous) layout, before heads move;
-        // Qwen3 first normalises each head of q and k.
+        // Qwen3 and Gemma 3 first normalise each head of q and k.
         let eps = self.config.rms_norm_eps;
         let per_head = |y: Tensor<B, 2>, norm: &Option<Param<B, 1>>, heads: usize| match norm {
             Some(w) => {

@@ -33,20 +33,27 @@ pub(crate) fn changed(
 }
 
 /// Starts the thread that sends the names of changed sweeps (a JSON list) to `tx`; it runs
-/// for the rest of the process.
+/// for the rest of the process. The first snapshot is taken here, before the caller serves
+/// anything: taken by the thread, it could come after a change a page was already told of
+/// the state before (a loaded machine can start a thread late), and that change would never
+/// be reported.
 pub(crate) fn spawn(folder: Arc<ResultsFolder>, tx: broadcast::Sender<Arc<str>>) {
+    let first = folder.snapshot();
     std::thread::Builder::new()
         .name("serve-changes".into())
-        .spawn(move || follow(&folder, &tx))
+        .spawn(move || follow(&folder, &tx, first))
         .expect("starting a thread");
 }
 
-fn follow(folder: &ResultsFolder, tx: &broadcast::Sender<Arc<str>>) {
+fn follow(
+    folder: &ResultsFolder,
+    tx: &broadcast::Sender<Arc<str>>,
+    mut last: BTreeMap<String, Signature>,
+) {
     let (event_tx, events) = mpsc::channel();
     // Without a watcher (inotify limits reached), the poll alone keeps the page current.
     let mut watcher: Option<RecommendedWatcher> = notify::recommended_watcher(event_tx).ok();
     let mut watched: Vec<std::path::PathBuf> = Vec::new();
-    let mut last = folder.snapshot();
     loop {
         // Watch the root and every sweep folder (not recursively: trial folders hold
         // checkpoints whose writes do not concern the page).

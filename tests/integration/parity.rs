@@ -401,35 +401,47 @@ fn qwen2_and_qwen3_match_transformers_and_peft() {
         let (diff, p) = logit_diff(&dir, ids(), &want);
         eprintln!("{family}: max |Δ logits| vs transformers: {diff:e}");
         assert!(diff < 1e-4, "{family}: {diff}");
-        // LoRA r=4 on the default targets trains as many parameters as PEFT's.
-        let mut model = p.model.clone();
-        let config = runner::peft::lora::LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            ..Default::default()
-        };
-        runner::peft::lora::attach(&mut model, "default", &config).unwrap();
-        assert_eq!(
-            model.param_count().trainable as u64,
-            e["lora_r4_trainable"].as_u64().unwrap(),
-            "{family}"
-        );
-        // PEFT's adapter loads with PEFT's logits; saved by runner and reloaded, the same.
-        let mut adapted = p.model.clone();
-        let lora_dir = fixtures().join(format!("tiny_{family}_lora"));
-        runner::peft::format::load_adapter(&mut adapted, &lora_dir, "default").unwrap();
-        let want: Vec<f32> = serde_json::from_value(e["lora_logits"].clone()).unwrap();
-        let got = forward_flat(&adapted, ids());
-        let diff = max_abs_diff(&got, &want);
-        eprintln!("{family}: max |Δ logits| vs PEFT with the adapter: {diff:e}");
-        assert!(diff < 1e-4, "{family} adapter: {diff}");
-        // A merged, saved model is the family's checkpoint again.
-        let out = tempfile::tempdir().unwrap();
-        runner::peft::merge_and_unload(&mut adapted).unwrap();
-        runner::model::save::save_pretrained(&adapted, out.path()).unwrap();
-        assert_eq!(json(&out.path().join("config.json"))["model_type"], family);
-        assert!(logit_diff(out.path(), ids(), &want).0 < 1e-4);
+        let saved = check_lora_against_peft(&p.model, e, family);
+        assert_eq!(saved["model_type"], family);
     }
+}
+
+/// LoRA r=4 on the default targets trains PEFT's count (`lora_r4_trainable` of the family's
+/// fixture `e`); PEFT's adapter `tiny_<family>_lora` loads with PEFT's logits; merged and
+/// saved, the model reloads with those logits. Returns the saved config.json.
+fn check_lora_against_peft(
+    model: &runner::model::Llama<B>,
+    e: &serde_json::Value,
+    family: &str,
+) -> serde_json::Value {
+    let ids = || serde_json::from_value::<Vec<Vec<i64>>>(e["input_ids"].clone()).unwrap();
+    let mut with_lora = model.clone();
+    let config = runner::peft::lora::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
+    runner::peft::lora::attach(&mut with_lora, "default", &config).unwrap();
+    assert_eq!(
+        with_lora.param_count().trainable as u64,
+        e["lora_r4_trainable"].as_u64().unwrap(),
+        "{family}"
+    );
+    let mut adapted = model.clone();
+    let lora_dir = fixtures().join(format!("tiny_{family}_lora"));
+    runner::peft::format::load_adapter(&mut adapted, &lora_dir, "default").unwrap();
+    let want: Vec<f32> = serde_json::from_value(e["lora_logits"].clone()).unwrap();
+    let diff = max_abs_diff(&forward_flat(&adapted, ids()), &want);
+    eprintln!("{family}: max |Δ logits| vs PEFT with the adapter: {diff:e}");
+    assert!(diff < 1e-4, "{family} adapter: {diff}");
+    let out = tempfile::tempdir().unwrap();
+    runner::peft::merge_and_unload(&mut adapted).unwrap();
+    runner::model::save::save_pretrained(&adapted, out.path()).unwrap();
+    assert!(
+        logit_diff(out.path(), ids(), &want).0 < 1e-4,
+        "{family} saved"
+    );
+    json(&out.path().join("config.json"))
 }
 
 fn forward_flat(model: &runner::model::Llama<B>, ids: Vec<Vec<i64>>) -> Vec<f32> {
@@ -467,19 +479,6 @@ fn gemma2_and_gemma3_match_transformers_peft_and_cached_generation() {
         };
         let got = runner::generate::generate(&p.model, &prompt, &opts).unwrap();
         assert_eq!(got, greedy, "{family}");
-        // LoRA r=4 on the default targets trains as many parameters as PEFT's.
-        let mut model = p.model.clone();
-        let config = runner::peft::lora::LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            ..Default::default()
-        };
-        runner::peft::lora::attach(&mut model, "default", &config).unwrap();
-        assert_eq!(
-            model.param_count().trainable as u64,
-            e["lora_r4_trainable"].as_u64().unwrap(),
-            "{family}"
-        );
         // LN tuning trains Gemma's four norms a layer and the final one, as PEFT's does, and
         // starts from the model's own values (unchanged logits).
         let mut ln = p.model.clone();
@@ -493,23 +492,10 @@ fn gemma2_and_gemma3_match_transformers_peft_and_cached_generation() {
         );
         let base = forward_flat(&p.model, ids());
         assert!(max_abs_diff(&forward_flat(&ln, ids()), &base) < 1e-6);
-        // PEFT's adapter loads with PEFT's logits.
-        let mut adapted = p.model.clone();
-        let lora_dir = fixtures().join(format!("tiny_{family}_lora"));
-        runner::peft::format::load_adapter(&mut adapted, &lora_dir, "default").unwrap();
-        let want: Vec<f32> = serde_json::from_value(e["lora_logits"].clone()).unwrap();
-        let diff = max_abs_diff(&forward_flat(&adapted, ids()), &want);
-        eprintln!("{family}: max |Δ logits| vs PEFT with the adapter: {diff:e}");
-        assert!(diff < 1e-4, "{family} adapter: {diff}");
-        // Merged and saved, it is the family's checkpoint again, with the same logits.
-        let out = tempfile::tempdir().unwrap();
-        runner::peft::merge_and_unload(&mut adapted).unwrap();
-        runner::model::save::save_pretrained(&adapted, out.path()).unwrap();
-        let saved = json(&out.path().join("config.json"));
+        let saved = check_lora_against_peft(&p.model, e, family);
         assert_eq!(saved["model_type"], model_type);
         // transformers' config refuses a float here.
         assert_eq!(saved["query_pre_attn_scalar"], 24);
-        assert!(logit_diff(out.path(), ids(), &want).0 < 1e-4);
     }
 }
 

@@ -119,6 +119,23 @@ fn replace(path: &Path, text: &str) {
     fs::rename(&tmp, path).unwrap();
 }
 
+/// Reads the event stream until `needle` arrives; fails after 20 s, whether the stream ends or
+/// only keep-alive comments come.
+fn read_until(events: &mut BufReader<TcpStream>, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in 20 s: {seen:?}"
+        );
+        assert!(
+            events.read_line(&mut seen).unwrap() > 0,
+            "events ended: {seen:?}"
+        );
+    }
+}
+
 const TRIALS: &str = "trial_id,x,status,seconds,score\nt1,1,ok,0.5,10\nt2,2,ok,0.5,20\n";
 
 #[test]
@@ -164,20 +181,14 @@ fn serve_refuses_paths_outside_the_folder_and_survives_corrupt_files() {
     )
     .unwrap();
     let mut events = BufReader::new(events);
-    let mut seen = String::new();
-    while !seen.contains("event: hello") {
-        events.read_line(&mut seen).unwrap();
-    }
+    read_until(&mut events, "event: hello");
 
     // A corrupt trials.csv: the API names file and line, the log says it, the server goes on.
     replace(
         &results.join("s/trials.csv"),
         "trial_id,x,status,seconds,score\nt1,1,ok,0.5,10\nt2,2,ok,0.5\n",
     );
-    let mut seen = String::new();
-    while !seen.contains("data: [\"s\"]") {
-        assert!(events.read_line(&mut seen).unwrap() > 0, "events ended");
-    }
+    read_until(&mut events, "data: [\"s\"]");
     let (status, body) = get_json(&addr, "/api/sweeps/s");
     assert_eq!(status, 422);
     let msg = body["error"].as_str().unwrap();

@@ -98,32 +98,23 @@ pub(crate) fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         },
     };
     let mut config = LlamaConfig {
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: int("feed_forward_length")?,
-        num_hidden_layers: int("block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
         head_dim: int("attention.key_length").ok(),
         rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         rope_theta: float("rope.freq_base").unwrap_or(10000.0),
         max_position_embeddings: int("context_length").unwrap_or(2048),
         tie_word_embeddings: f.tensor("output.weight").is_none(),
-        rope_scaling: None,
-        rope_freq_factors: None,
-        sliding_window: None,
-        attention_bias: false,
-        mlp_bias: false,
-        layer_types: None,
-        rope_local_theta: None,
-        rope_linear_factor: None,
-        query_pre_attn_scalar: None,
-        attn_logit_softcapping: None,
-        final_logit_softcapping: None,
         bos_token_id: token_id("bos"),
         eos_token_id: token_id("eos"),
         pad_token_id: token_id("padding"),
         family,
+        ..LlamaConfig::plain(
+            vocab,
+            hidden,
+            int("feed_forward_length")?,
+            int("block_count")?,
+            heads,
+            int("attention.head_count_kv").unwrap_or(heads),
+        )
     };
     if family.is_gemma() {
         gemma_settings(f, arch, &mut config)?;

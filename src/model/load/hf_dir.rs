@@ -39,6 +39,20 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
             Family::MODEL_TYPES.join(", ")
         )));
     };
+    if family.is_gemma() {
+        // transformers' defaults for what an older config may leave out.
+        let mut defaults = vec![
+            ("sliding_window", serde_json::json!(4096)),
+            ("query_pre_attn_scalar", serde_json::json!(256)),
+        ];
+        if family == Family::Gemma2 {
+            defaults.push(("attn_logit_softcapping", serde_json::json!(50.0)));
+            defaults.push(("final_logit_softcapping", serde_json::json!(30.0)));
+        }
+        for (key, value) in defaults {
+            obj.entry(key).or_insert(value);
+        }
+    }
     sliding_layers(family, obj).map_err(err)?;
     if family.is_gemma() {
         let act = obj
