@@ -139,15 +139,15 @@ pub fn save_pretrained<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), S
                 push(norm_tensor(format!("model.layers.{i}.{name}.weight"), w));
             }
         }
-        for t in layer.kinds().collect::<Vec<_>>() {
-            if let Some(b) = &layer.proj(t).base_bias {
+        for &(t, ref lin) in &layer.projections {
+            if let Some(b) = &lin.base_bias {
                 push(f32_tensor(
                     format!("{}.bias", module_path(i, t)),
                     host(&b.value),
                 ));
             }
             let name = format!("{}.weight", module_path(i, t));
-            match &layer.proj(t).weight {
+            match &lin.weight {
                 Weight::Dense(p) => {
                     let (shape, values) = host(&p.value);
                     push(f32_tensor(name, transposed(&shape, &values)));

@@ -115,18 +115,18 @@ fn check(method: Method, tied: bool, softcap: Option<f64>) {
     assert!((r.nll_sum / r.count as f64 - ref_value).abs() < 1e-5);
 }
 
+fn lora_all_linear() -> Method {
+    Method::Lora(LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: Targets::AllLinear,
+        ..Default::default()
+    })
+}
+
 #[test]
 fn lora_gradients_match_the_plain_composition() {
-    check(
-        Method::Lora(LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            targets: Targets::AllLinear,
-            ..Default::default()
-        }),
-        true,
-        None,
-    );
+    check(lora_all_linear(), true, None);
 }
 
 #[test]
@@ -156,16 +156,7 @@ fn soft_capped_logits_give_the_loss_and_gradients_of_the_plain_composition() {
     let max = raw.forward(ids, None).abs().max().into_scalar();
     assert!(max > 3.0, "raw logits reach {max}");
     check(Method::Full, false, Some(1.5));
-    check(
-        Method::Lora(LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            targets: Targets::AllLinear,
-            ..Default::default()
-        }),
-        true,
-        Some(1.5),
-    );
+    check(lora_all_linear(), true, Some(1.5));
 }
 
 /// More rows than one chunk (and a masked row): the head's gradient is summed over chunks,

@@ -371,14 +371,7 @@ fn mistral_sliding_window_matches_transformers_in_logits_and_cached_generation()
     eprintln!("max |Δ logits| vs transformers (Mistral, sliding window 5): {diff:e}");
     assert_eq!(p.model.config.sliding_window, Some(5));
     assert!(diff < 1e-4, "{diff}");
-    let prompt: Vec<u32> = serde_json::from_value(exp["prompt"].clone()).unwrap();
-    let greedy: Vec<u32> = serde_json::from_value(exp["greedy"].clone()).unwrap();
-    let opts = runner::generate::GenerateOptions {
-        max_new_tokens: greedy.len(),
-        ..Default::default()
-    };
-    let got = runner::generate::generate(&p.model, &prompt, &opts).unwrap();
-    assert_eq!(got, greedy);
+    assert_greedy_continuation(&p.model, &exp);
     // Saved, it is a Mistral checkpoint again (transformers' Llama would drop the window).
     let out = tempfile::tempdir().unwrap();
     runner::model::save::save_pretrained(&p.model, out.path()).unwrap();
@@ -404,6 +397,21 @@ fn qwen2_and_qwen3_match_transformers_and_peft() {
         let saved = check_lora_against_peft(&p.model, e, family);
         assert_eq!(saved["model_type"], family);
     }
+}
+
+/// Greedy decoding through the KV cache from the fixture's `prompt` gives its `greedy` tokens
+/// (transformers', generated past the model's sliding window).
+fn assert_greedy_continuation(model: &runner::model::Llama<B>, e: &serde_json::Value) {
+    let prompt: Vec<u32> = serde_json::from_value(e["prompt"].clone()).unwrap();
+    let greedy: Vec<u32> = serde_json::from_value(e["greedy"].clone()).unwrap();
+    let opts = runner::generate::GenerateOptions {
+        max_new_tokens: greedy.len(),
+        ..Default::default()
+    };
+    assert_eq!(
+        runner::generate::generate(model, &prompt, &opts).unwrap(),
+        greedy
+    );
 }
 
 /// LoRA r=4 on the default targets trains PEFT's count (`lora_r4_trainable` of the family's
@@ -471,14 +479,7 @@ fn gemma2_and_gemma3_match_transformers_peft_and_cached_generation() {
         eprintln!("{family}: max |Δ logits| vs transformers: {diff:e}");
         assert!(diff < 1e-4, "{family}: {diff}");
         // Greedy decoding with the KV cache, past the window, gives transformers' tokens.
-        let prompt: Vec<u32> = serde_json::from_value(e["prompt"].clone()).unwrap();
-        let greedy: Vec<u32> = serde_json::from_value(e["greedy"].clone()).unwrap();
-        let opts = runner::generate::GenerateOptions {
-            max_new_tokens: greedy.len(),
-            ..Default::default()
-        };
-        let got = runner::generate::generate(&p.model, &prompt, &opts).unwrap();
-        assert_eq!(got, greedy, "{family}");
+        assert_greedy_continuation(&p.model, e);
         // LN tuning trains Gemma's four norms a layer and the final one, as PEFT's does, and
         // starts from the model's own values (unchanged logits).
         let mut ln = p.model.clone();

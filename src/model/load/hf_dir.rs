@@ -52,9 +52,6 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
         for (key, value) in defaults {
             obj.entry(key).or_insert(value);
         }
-    }
-    sliding_layers(family, obj).map_err(err)?;
-    if family.is_gemma() {
         let act = obj
             .get("hidden_activation")
             .or_else(|| obj.get("hidden_act"))
@@ -66,6 +63,7 @@ pub(crate) fn read_config(dir: &Path) -> Result<LlamaConfig, LoadError> {
             )));
         }
     }
+    sliding_layers(family, obj).map_err(err)?;
     if family == Family::Qwen2 {
         // Qwen2's q, k and v always have biases; its config has no attention_bias.
         obj.remove("attention_bias");
