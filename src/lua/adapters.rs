@@ -32,11 +32,38 @@ pub(crate) fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(m
                 ));
             };
             let mut method = spec.method.clone();
-            if let (Method::Prompt(c), Some(text)) = (&mut method, &spec.init_text) {
+            let prompt = match &mut method {
+                Method::Prompt(c) => Some(c),
+                Method::Warp(w) => Some(&mut w.prompt),
+                _ => None,
+            };
+            if let (Some(c), Some(text)) = (prompt, &spec.init_text) {
                 let ids = this.tokenizer.encode(text).map_err(|e| {
                     recipe_error(lua, format!("model:attach: prompt-tuning text: {e}"))
                 })?;
                 c.init = PromptInit::Tokens(ids);
+            }
+            if let Method::Warp(w) = &mut method {
+                // Each label word must be one token: its row of the head is the verbalizer.
+                w.labels.clear();
+                for word in &w.label_words {
+                    let ids = this.tokenizer.encode(word).map_err(|e| {
+                        recipe_error(lua, format!("model:attach: WARP label {word:?}: {e}"))
+                    })?;
+                    match ids[..] {
+                        [id] => w.labels.push(id),
+                        _ => {
+                            return Err(recipe_error(
+                                lua,
+                                format!(
+                                    "model:attach: WARP label {word:?} is {} tokens ({ids:?}); each label must be one token of the model's vocabulary (a leading space often helps: \" {}\")",
+                                    ids.len(),
+                                    word.trim()
+                                ),
+                            ));
+                        }
+                    }
+                }
             }
             let name = name.unwrap_or_else(|| DEFAULT_ADAPTER.to_string());
             method

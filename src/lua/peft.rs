@@ -6,7 +6,11 @@ use mlua::{Lua, Table, UserData, Value};
 use super::config::from_table;
 use super::model::default_seed;
 use super::options::{Opts, recipe_error};
+use crate::peft::adamix::AdaMixConfig;
 use crate::peft::bottleneck::{BottleneckConfig, Placement};
+use crate::peft::compacter::CompacterConfig;
+use crate::peft::krona::KronaConfig;
+use crate::peft::warp::WarpConfig;
 use crate::peft::ia3::Ia3Config;
 use crate::peft::lokr::LokrConfig;
 use crate::peft::lora::LoraConfig;
@@ -28,6 +32,33 @@ impl UserData for LuaMethod {
             Ok(format!("runner.peft.{}", this.method.kind()))
         });
     }
+}
+
+/// Prompt tuning's options (WARP's prompts take them too).
+fn prompt_config(lua: &Lua, o: &Opts) -> mlua::Result<PromptConfig> {
+    let text = o.string("text")?;
+    let init = match (o.string("init")?.as_deref(), &text) {
+        (None | Some("text"), Some(_)) => PromptInit::Tokens(Vec::new()),
+        (Some("text"), None) => return Err(o.err("init = \"text\" needs text = \"...\"")),
+        (None | Some("random"), None) => PromptInit::Random,
+        (Some("sample_vocab"), None) => PromptInit::SampleVocab,
+        (Some(other), _) => {
+            return Err(o.err(format!(
+                "init must be \"random\", \"sample_vocab\" or \"text\" (got \"{other}\")"
+            )));
+        }
+    };
+    Ok(PromptConfig {
+        num_virtual_tokens: o
+            .count("num_virtual_tokens", 1)?
+            .unwrap_or(PromptConfig::default().num_virtual_tokens),
+        init,
+        init_text: text,
+        seed: match o.int("seed")? {
+            Some(s) => s as u64,
+            None => default_seed(lua)?,
+        },
+    })
 }
 
 fn method(method: Method) -> LuaMethod {
@@ -70,6 +101,19 @@ fn bottleneck(
     Ok(method(Method::Bottleneck(config)))
 }
 
+/// Compacter (Houlsby placement) and Compacter++ (Pfeiffer): the placement is fixed by the name.
+fn compacter(
+    lua: &Lua,
+    opts: Option<Table>,
+    func: &'static str,
+    placement: Placement,
+) -> mlua::Result<LuaMethod> {
+    let mut config: CompacterConfig =
+        from_table(lua, func, opts, &[seed_fill(lua)?], &["placement"])?;
+    config.placement = placement;
+    Ok(method(Method::Compacter(config)))
+}
+
 /// A config whose only checks are its targets'.
 fn checked_targets(lua: &Lua, func: &str, targets: &[&Targets]) -> mlua::Result<()> {
     for t in targets {
@@ -110,6 +154,40 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
         })?,
     )?;
     t.set(
+        "krona",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let func = "runner.peft.krona";
+            let config: KronaConfig = from_table(lua, func, opts, &[seed_fill(lua)?], &[])?;
+            config
+                .validate()
+                .map_err(|e| recipe_error(lua, format!("{func}: {e}")))?;
+            Ok(method(Method::Krona(config)))
+        })?,
+    )?;
+    t.set(
+        "compacter",
+        lua.create_function(|lua, opts: Option<Table>| {
+            compacter(lua, opts, "runner.peft.compacter", Placement::Houlsby)
+        })?,
+    )?;
+    t.set(
+        "compacter_pp",
+        lua.create_function(|lua, opts: Option<Table>| {
+            compacter(lua, opts, "runner.peft.compacter_pp", Placement::Pfeiffer)
+        })?,
+    )?;
+    t.set(
+        "adamix",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let func = "runner.peft.adamix";
+            let config: AdaMixConfig = from_table(lua, func, opts, &[seed_fill(lua)?], &[])?;
+            config
+                .validate()
+                .map_err(|e| recipe_error(lua, format!("{func}: {e}")))?;
+            Ok(method(Method::AdaMix(config)))
+        })?,
+    )?;
+    t.set(
         "bottleneck",
         lua.create_function(|lua, opts: Option<Table>| {
             bottleneck(lua, opts, "runner.peft.bottleneck", None)
@@ -136,32 +214,36 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                 opts,
                 &["num_virtual_tokens", "init", "text", "seed"],
             )?;
-            let text = o.string("text")?;
-            let init = match (o.string("init")?.as_deref(), &text) {
-                (None | Some("text"), Some(_)) => PromptInit::Tokens(Vec::new()),
-                (Some("text"), None) => return Err(o.err("init = \"text\" needs text = \"...\"")),
-                (None | Some("random"), None) => PromptInit::Random,
-                (Some("sample_vocab"), None) => PromptInit::SampleVocab,
-                (Some(other), _) => {
-                    return Err(o.err(format!(
-                        "init must be \"random\", \"sample_vocab\" or \"text\" (got \"{other}\")"
-                    )));
-                }
-            };
-            let config = PromptConfig {
-                num_virtual_tokens: o
-                    .count("num_virtual_tokens", 1)?
-                    .unwrap_or(PromptConfig::default().num_virtual_tokens),
-                init,
-                init_text: text.clone(),
-                seed: match o.int("seed")? {
-                    Some(s) => s as u64,
-                    None => default_seed(lua)?,
-                },
-            };
+            let config = prompt_config(lua, &o)?;
             Ok(LuaMethod {
+                init_text: config.init_text.clone(),
                 method: Method::Prompt(config),
-                init_text: text,
+            })
+        })?,
+    )?;
+    t.set(
+        "warp",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let o = Opts::new(
+                lua,
+                "runner.peft.warp",
+                opts,
+                &["labels", "num_virtual_tokens", "init", "text", "seed"],
+            )?;
+            let label_words = o
+                .strings("labels")?
+                .ok_or_else(|| o.err("labels = {...} is required: one label word per class"))?;
+            let mut prompt = prompt_config(lua, &o)?;
+            if o.raw("num_virtual_tokens")?.is_nil() {
+                prompt.num_virtual_tokens = 8;
+            }
+            Ok(LuaMethod {
+                init_text: prompt.init_text.clone(),
+                method: Method::Warp(WarpConfig {
+                    prompt,
+                    labels: Vec::new(),
+                    label_words,
+                }),
             })
         })?,
     )?;

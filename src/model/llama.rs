@@ -5,8 +5,9 @@ use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 
 use super::adapters::AdapterInfo;
-use super::adapters::bottleneck::Bottleneck;
-use super::adapters::prompt::PrefixAdapter;
+use super::adapters::bottleneck::{AdapterContext, Bottleneck, PhmRules};
+use super::adapters::kron::KronParallel;
+use super::adapters::prompt::{PrefixAdapter, Verbalizer};
 use super::adapters::slots::Slots;
 use super::config::{ConfigError, Family, LlamaConfig};
 use super::init::{self, HostRng};
@@ -144,6 +145,8 @@ pub struct Block<B: Backend> {
     /// Bottleneck adapters after the attention block (Houlsby) and after the MLP.
     pub attn_adapter: Slots<Bottleneck<B>>,
     pub mlp_adapter: Slots<Bottleneck<B>>,
+    /// KronA^B_res beside the MLP block.
+    pub mlp_parallel: Slots<KronParallel<B>>,
     /// LN tuning's trained copies of the two norm weights.
     pub input_norm_tuned: Slots<Param<B, 1>>,
     pub post_norm_tuned: Slots<Param<B, 1>>,
@@ -175,6 +178,10 @@ pub struct Llama<B: Backend> {
     pub prompt: Slots<Param<B, 2>>,
     /// Prefix tuning's per-layer keys and values.
     pub prefix: Slots<PrefixAdapter<B>>,
+    /// Compacter's rule matrices, shared by the adapter's every layer.
+    pub phm_rules: Slots<PhmRules<B>>,
+    /// WARP's learned output embeddings of its label words.
+    pub verbalizer: Slots<Verbalizer<B>>,
     /// A sequence-classification head, `[labels, d_model]` (transformers'
     /// `LlamaForSequenceClassification.score`, no bias): a reward model's scalar head.
     pub score: Option<Param<B, 2>>,
@@ -242,6 +249,7 @@ impl<B: Backend> Block<B> {
             mlp_norm,
             attn_adapter: Slots::default(),
             mlp_adapter: Slots::default(),
+            mlp_parallel: Slots::default(),
             input_norm_tuned: Slots::default(),
             post_norm_tuned: Slots::default(),
             q_norm: None,
@@ -293,6 +301,8 @@ impl<B: Backend> Block<B> {
         }
         self.mlp_adapter
             .visit(&format!("{prefix}.mlp"), "adapter", v);
+        self.mlp_parallel
+            .visit(&format!("{prefix}.mlp"), "krona", v);
         if let Some(w) = &mut self.mlp_out_norm {
             v.visit1(&format!("{prefix}.post_feedforward_layernorm.weight"), w);
         }
@@ -309,6 +319,7 @@ impl<B: Backend> Block<B> {
         }
         self.attn_adapter.activate(name);
         self.mlp_adapter.activate(name);
+        self.mlp_parallel.activate(name);
         self.input_norm_tuned.activate(name);
         self.post_norm_tuned.activate(name);
         self.attn_out_norm_tuned.activate(name);
@@ -321,6 +332,7 @@ impl<B: Backend> Block<B> {
         }
         self.attn_adapter.remove(name);
         self.mlp_adapter.remove(name);
+        self.mlp_parallel.remove(name);
         self.input_norm_tuned.remove(name);
         self.post_norm_tuned.remove(name);
         self.attn_out_norm_tuned.remove(name);
@@ -394,6 +406,8 @@ impl<B: Backend> Llama<B> {
             norm_tuned: Slots::default(),
             prompt: Slots::default(),
             prefix: Slots::default(),
+            phm_rules: Slots::default(),
+            verbalizer: Slots::default(),
             score: None,
             score_tuned: Slots::default(),
             adapters: Vec::new(),
@@ -409,6 +423,8 @@ impl<B: Backend> Llama<B> {
         self.norm_tuned.activate(name);
         self.prompt.activate(name);
         self.prefix.activate(name);
+        self.phm_rules.activate(name);
+        self.verbalizer.activate(name);
         self.score_tuned.activate(name);
     }
 
@@ -419,6 +435,8 @@ impl<B: Backend> Llama<B> {
         self.norm_tuned.remove(name);
         self.prompt.remove(name);
         self.prefix.remove(name);
+        self.phm_rules.remove(name);
+        self.verbalizer.remove(name);
         self.score_tuned.remove(name);
     }
 
@@ -435,15 +453,23 @@ impl<B: Backend> Llama<B> {
         }
         self.prompt.visit("prompt", "embeddings", v);
         self.prefix.visit("prefix", "encoder", v);
+        self.phm_rules.visit("compacter", "phm_rules", v);
+        self.verbalizer.visit("lm_head", "verbalizer", v);
         if let Some(score) = &mut self.score {
             v.visit2("score.weight", score);
         }
         self.score_tuned.visit("score", "modules_to_save", v);
     }
 
-    /// The output head, `[vocab, d_model]`: its own weight, or the embedding when tied.
-    pub fn head(&self) -> &Param<B, 2> {
-        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    /// The output head, `[vocab, d_model]`: its own weight, or the embedding when tied; with
+    /// an active WARP adapter, its label words' rows replaced by the learned ones (trainable
+    /// then, through those rows).
+    pub fn head(&self) -> Param<B, 2> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).clone();
+        match self.verbalizer.active() {
+            Some(v) => Param::new(v.apply(head.value), true),
+            None => head,
+        }
     }
 
     pub fn param_count(&self) -> ParamCount {
@@ -486,7 +512,7 @@ impl<B: Backend> Llama<B> {
     /// # Shapes
     /// - hidden: `[rows, d_model]` -> `[rows, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let logits = kernels::matmul(hidden, self.head().value.clone().transpose());
+        let logits = kernels::matmul(hidden, self.head().value.transpose());
         match self.config.final_logit_softcapping {
             Some(cap) => kernels::soft_cap(logits, cap),
             None => logits,
@@ -716,7 +742,11 @@ impl<B: Backend> Llama<B> {
             };
         attn = out_norm(attn, &layer.attn_out_norm, &layer.attn_out_norm_tuned);
         if let Some(adapter) = layer.attn_adapter.active() {
-            attn = adapter.forward(attn);
+            let mut ctx = AdapterContext {
+                rules: self.phm_rules.active(),
+                rng: rng.as_deref_mut(),
+            };
+            attn = adapter.forward(attn, &mut ctx);
         }
         let x = x + attn;
         let h = kernels::rms_norm(
@@ -728,6 +758,10 @@ impl<B: Backend> Llama<B> {
                 .value(),
             eps,
         );
+        let parallel = layer
+            .mlp_parallel
+            .active()
+            .map(|k| k.forward(h.clone(), rng.as_deref_mut()));
         let (gate, up) = match layer.try_proj(Proj::GateUp) {
             Some(gate_up) => {
                 let y = gate_up.forward(h, rng.as_deref_mut());
@@ -746,10 +780,17 @@ impl<B: Backend> Llama<B> {
         } else {
             kernels::silu_mul(gate, up)
         };
-        let mut mlp = layer.proj(Proj::Down).forward(act, rng);
+        let mut mlp = layer.proj(Proj::Down).forward(act, rng.as_deref_mut());
+        if let Some(p) = parallel {
+            mlp = mlp + p;
+        }
         mlp = out_norm(mlp, &layer.mlp_out_norm, &layer.mlp_out_norm_tuned);
         if let Some(adapter) = layer.mlp_adapter.active() {
-            mlp = adapter.forward(mlp);
+            let mut ctx = AdapterContext {
+                rules: self.phm_rules.active(),
+                rng,
+            };
+            mlp = adapter.forward(mlp, &mut ctx);
         }
         x + mlp
     }

@@ -11,7 +11,7 @@ use crate::model::init;
 
 pub(crate) use crate::model::adapters::bottleneck::Activation;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Placement {
     Houlsby,
@@ -44,29 +44,47 @@ pub(crate) fn attach<B: Backend>(
     name: &str,
     config: &BottleneckConfig,
 ) -> Result<usize, PeftError> {
+    let m = width(model.config.hidden_size, config.reduction_factor)?;
+    super::begin_adapter(model, name)?;
     let d = model.config.hidden_size;
-    if config.reduction_factor == 0 || config.reduction_factor > d {
+    let device = model.device.clone();
+    let added = insert(model, name, config.placement, |label| {
+        let mut rng = init::rng_for(config.seed, &format!("bottleneck.{label}"));
+        Bottleneck::new(d, m, config.activation, &mut rng, &device)
+    });
+    super::finish_adapter(model, name, super::Method::Bottleneck(config.clone()));
+    Ok(added)
+}
+
+/// The bottleneck width `d / reduction_factor`, checked.
+pub(crate) fn width(d: usize, reduction_factor: usize) -> Result<usize, PeftError> {
+    if reduction_factor == 0 || reduction_factor > d {
         return Err(PeftError::Invalid(format!(
-            "reduction_factor must be in 1..={d} (got {})",
-            config.reduction_factor
+            "reduction_factor must be in 1..={d} (got {reduction_factor})"
         )));
     }
-    let m = d / config.reduction_factor;
-    super::begin_adapter(model, name)?;
-    let device = model.device.clone();
+    Ok(d / reduction_factor)
+}
+
+/// Puts an adapter from `build` after each layer's attention block (Houlsby only) and MLP,
+/// under `name`; `build` gets the place (`layers.3.attn`, `layers.3.mlp`) for its generator.
+/// Returns the parameters added.
+pub(crate) fn insert<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    placement: Placement,
+    mut build: impl FnMut(&str) -> Bottleneck<B>,
+) -> usize {
     let mut added = 0;
     for (i, layer) in model.layers.iter_mut().enumerate() {
-        if config.placement == Placement::Houlsby {
-            let mut rng = init::rng_for(config.seed, &format!("bottleneck.layers.{i}.attn"));
-            let a = Bottleneck::new(d, m, config.activation, &mut rng, &device);
+        if placement == Placement::Houlsby {
+            let a = build(&format!("layers.{i}.attn"));
             added += a.numel();
             layer.attn_adapter.insert(name, a);
         }
-        let mut rng = init::rng_for(config.seed, &format!("bottleneck.layers.{i}.mlp"));
-        let a = Bottleneck::new(d, m, config.activation, &mut rng, &device);
+        let a = build(&format!("layers.{i}.mlp"));
         added += a.numel();
         layer.mlp_adapter.insert(name, a);
     }
-    super::finish_adapter(model, name, super::Method::Bottleneck(config.clone()));
-    Ok(added)
+    added
 }

@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use super::bottleneck::{Activation, BottleneckConfig, Placement};
 use super::ia3::Ia3Config;
+use super::krona::KronaConfig;
 use super::lokr::{LokrConfig, LokrInit};
+use super::warp::WarpConfig;
 use super::lora::{LoraConfig, LoraInit};
 use super::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use super::selective::BitFitConfig;
@@ -216,6 +218,24 @@ pub fn save_adapter<B: Backend>(
             json!({"peft_type": "RUNNER_BOTTLENECK", "placement": match b.placement { Placement::Houlsby => "houlsby", Placement::Pfeiffer => "pfeiffer" },
                    "reduction_factor": b.reduction_factor, "activation": format!("{:?}", b.activation).to_lowercase()})
         }
+        Method::Krona(k) => {
+            tensors = runner_tensors(model, name, "");
+            json!({"peft_type": "RUNNER_KRONA", "placement": k.placement, "scale": k.scale,
+                   "target_modules": k.targets.to_json(c.projections())})
+        }
+        Method::Compacter(cfg) => {
+            tensors = runner_tensors(model, name, "");
+            json!({"peft_type": "RUNNER_COMPACTER", "config": cfg})
+        }
+        Method::AdaMix(cfg) => {
+            tensors = runner_tensors(model, name, "");
+            json!({"peft_type": "RUNNER_ADAMIX", "config": cfg})
+        }
+        Method::Warp(w) => {
+            tensors = runner_tensors(model, name, "");
+            json!({"peft_type": "RUNNER_WARP", "num_virtual_tokens": w.prompt.num_virtual_tokens,
+                   "labels": w.labels, "label_words": w.label_words})
+        }
         Method::BitFit(b) => {
             tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_BITFIT", "target_modules": b.targets.to_json(c.projections())})
@@ -383,6 +403,12 @@ fn no_per_module_settings(o: &mut serde_json::Map<String, Value>) {
     }
 }
 
+/// A runner method's settings, stored whole under "config".
+fn embedded_config<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+    serde_json::from_value(v.get("config").cloned().unwrap_or_default())
+        .map_err(|e| format!("'config': {e}"))
+}
+
 fn method_from_config(v: &Value) -> Result<Method, String> {
     let peft_type = v
         .get("peft_type")
@@ -532,6 +558,31 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
             targets: targets("target_modules")?,
         }),
         "RUNNER_LN_TUNING" => Method::LnTuning,
+        "RUNNER_KRONA" => Method::Krona(KronaConfig {
+            placement: serde_json::from_value(v.get("placement").cloned().unwrap_or_default())
+                .map_err(|e| format!("'placement': {e}"))?,
+            targets: targets("target_modules")?,
+            scale: num("scale")?,
+            seed: 0,
+        }),
+        "RUNNER_COMPACTER" => Method::Compacter(embedded_config(v)?),
+        "RUNNER_ADAMIX" => Method::AdaMix(embedded_config(v)?),
+        "RUNNER_WARP" => {
+            let labels: Vec<u32> =
+                serde_json::from_value(v.get("labels").cloned().unwrap_or_default())
+                    .map_err(|e| format!("'labels': {e}"))?;
+            Method::Warp(WarpConfig {
+                prompt: PromptConfig {
+                    num_virtual_tokens: count("num_virtual_tokens")?,
+                    ..Default::default()
+                },
+                label_words: serde_json::from_value(
+                    v.get("label_words").cloned().unwrap_or_default(),
+                )
+                .unwrap_or_default(),
+                labels,
+            })
+        }
         other => {
             return Err(format!(
                 "peft_type {other} is not supported (LORA, LOKR, IA3, PROMPT_TUNING, PREFIX_TUNING and runner's own types are)"
@@ -610,7 +661,14 @@ fn fill<B: Backend>(
             let shape: [usize; 2] = p.embedding.value.dims();
             set2(&mut p.embedding, take("prompt_embeddings", &shape)?, shape);
         }
-        Method::Lokr(_) | Method::Bottleneck(_) | Method::BitFit(_) | Method::LnTuning => {
+        Method::Lokr(_)
+        | Method::Krona(_)
+        | Method::Bottleneck(_)
+        | Method::Compacter(_)
+        | Method::AdaMix(_)
+        | Method::Warp(_)
+        | Method::BitFit(_)
+        | Method::LnTuning => {
             struct Assign<'a, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> {
                 marker: String,
                 prefix: &'static str,

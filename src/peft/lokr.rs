@@ -120,7 +120,7 @@ pub(crate) fn factorization(dimension: usize, factor: i64) -> (usize, usize) {
 }
 
 /// A `[rows, cols]` matrix as `kaiming_uniform_(a=√5)` fills it (bound 1/√cols), or zeros.
-fn matrix<B: Backend>(
+pub(crate) fn matrix<B: Backend>(
     rows: usize,
     cols: usize,
     zero: bool,

@@ -9,14 +9,18 @@
 //! settings, builds those layers from them, and records each attached adapter in the model's
 //! list with its [`Method`] (see `model::adapters` for why the list stays on the model).
 
+pub mod adamix;
 pub mod bottleneck;
+pub mod compacter;
 pub mod format;
 pub mod ia3;
+pub mod krona;
 pub mod lokr;
 pub mod lora;
 pub mod prompt;
 pub mod selective;
 pub(crate) mod targets;
+pub mod warp;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -37,8 +41,12 @@ pub enum Method {
     Lora(lora::LoraConfig),
     Ia3(ia3::Ia3Config),
     Lokr(lokr::LokrConfig),
+    Krona(krona::KronaConfig),
     Bottleneck(bottleneck::BottleneckConfig),
+    Compacter(compacter::CompacterConfig),
+    AdaMix(adamix::AdaMixConfig),
     Prompt(prompt::PromptConfig),
+    Warp(warp::WarpConfig),
     Prefix(prompt::PrefixConfig),
     BitFit(selective::BitFitConfig),
     LnTuning,
@@ -53,8 +61,12 @@ impl Method {
             Self::Lora(c) => lora::attach(model, name, c),
             Self::Ia3(c) => ia3::attach(model, name, c),
             Self::Lokr(c) => lokr::attach(model, name, c),
+            Self::Krona(c) => krona::attach(model, name, c),
             Self::Bottleneck(c) => bottleneck::attach(model, name, c),
+            Self::Compacter(c) => compacter::attach(model, name, c),
+            Self::AdaMix(c) => adamix::attach(model, name, c),
             Self::Prompt(c) => prompt::attach_prompt(model, name, c),
+            Self::Warp(c) => warp::attach(model, name, c),
             Self::Prefix(c) => prompt::attach_prefix(model, name, c),
             Self::BitFit(c) => selective::attach_bitfit(model, name, c),
             Self::LnTuning => selective::attach_ln_tuning(model, name),
@@ -69,9 +81,15 @@ impl Method {
             Self::Lora(_) => "lora",
             Self::Ia3(_) => "ia3",
             Self::Lokr(_) => "lokr",
+            Self::Krona(c) if c.placement == krona::KronaPlacement::Ffn => "krona_bres",
+            Self::Krona(_) => "krona",
             Self::Bottleneck(c) if c.placement == bottleneck::Placement::Pfeiffer => "pfeiffer",
             Self::Bottleneck(_) => "houlsby",
+            Self::Compacter(c) if c.placement == bottleneck::Placement::Pfeiffer => "compacter_pp",
+            Self::Compacter(_) => "compacter",
+            Self::AdaMix(_) => "adamix",
             Self::Prompt(_) => "prompt_tuning",
+            Self::Warp(_) => "warp",
             Self::Prefix(_) => "prefix_tuning",
             Self::BitFit(_) => "bitfit",
             Self::LnTuning => "ln_tuning",
@@ -81,6 +99,7 @@ impl Method {
 
     fn mergeable(&self) -> bool {
         matches!(self, Self::Lora(_) | Self::Ia3(_) | Self::Lokr(_))
+            || matches!(self, Self::Krona(c) if c.placement == krona::KronaPlacement::Projections)
     }
 
     /// The method of an attached adapter.
@@ -134,7 +153,7 @@ pub enum PeftError {
     UnknownAdapter { name: String, known: String },
     #[error("no adapter is active")]
     NoActiveAdapter,
-    #[error("{0} adapters cannot be merged into the base weights (LoRA, DoRA, LoKr and (IA)3 can)")]
+    #[error("{0} adapters cannot be merged into the base weights (LoRA, DoRA, LoKr, KronA and (IA)3 can)")]
     NotMergeable(&'static str),
     #[error("adapter '{0}' is already merged")]
     AlreadyMerged(String),
@@ -232,6 +251,16 @@ pub(crate) fn find<B: Backend>(model: &Llama<B>, name: &str) -> Result<usize, Pe
         })
 }
 
+/// The method of the active adapter, if one is active.
+pub fn active_method<B: Backend>(model: &Llama<B>) -> Option<&Method> {
+    let name = model.active_adapter.as_deref()?;
+    model
+        .adapters
+        .iter()
+        .find(|a| a.name == name)
+        .map(Method::of)
+}
+
 fn active_index<B: Backend>(model: &Llama<B>) -> Result<usize, PeftError> {
     let name = model
         .active_adapter
@@ -290,7 +319,7 @@ fn refuse_quantized<B: Backend>(model: &Llama<B>, name: &str) -> Result<(), Peft
 }
 
 /// Merges (`merge`) or unmerges adapter `name` into the weight of every projection that
-/// carries it (LoRA/DoRA, (IA)3 or LoKr).
+/// carries it (LoRA/DoRA, (IA)3, or a Kronecker update: LoKr, KronA).
 fn rewrite_weights<B: Backend>(model: &mut Llama<B>, name: &str, merge: bool) {
     for layer in &mut model.layers {
         for (_, lin) in &mut layer.projections {

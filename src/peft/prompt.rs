@@ -69,6 +69,20 @@ pub(crate) fn attach_prompt<B: Backend>(
     name: &str,
     config: &PromptConfig,
 ) -> Result<usize, PeftError> {
+    let table = prompt_table(model, config)?;
+    let added = table.dims().iter().product();
+    super::begin_adapter(model, name)?;
+    model.prompt.insert(name, Param::new(table, true));
+    super::finish_adapter(model, name, super::Method::Prompt(config.clone()));
+    Ok(added)
+}
+
+/// A fresh `[virtual, d_model]` table of virtual token embeddings, initialised as `config`
+/// says.
+pub(crate) fn prompt_table<B: Backend>(
+    model: &Llama<B>,
+    config: &PromptConfig,
+) -> Result<Tensor<B, 2>, PeftError> {
     let n = config.num_virtual_tokens;
     check_virtual(n)?;
     let (vocab, d) = (model.config.vocab_size, model.config.hidden_size);
@@ -108,10 +122,7 @@ pub(crate) fn attach_prompt<B: Backend>(
             }
         }
     };
-    super::begin_adapter(model, name)?;
-    model.prompt.insert(name, Param::new(table, true));
-    super::finish_adapter(model, name, super::Method::Prompt(config.clone()));
-    Ok(n * d)
+    Ok(table)
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]

@@ -258,6 +258,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let total = batch.target_tokens();
         let tokens = batch.batch * batch.seq;
+        let consistency = super::consistency::weight(model);
         self.step_with(model, tokens, total, |this, model, loss_scale, grads| {
             let mut nll = 0.0;
             for micro in batch.split(k) {
@@ -266,7 +267,21 @@ impl<B: AutodiffBackend> Trainer<B> {
                 if micro.target_tokens() == 0 {
                     continue;
                 }
-                let micro_nll = if this.options.checkpointing && checkpointable(model) {
+                let micro_nll = if let Some(lambda) = consistency {
+                    let (micro_nll, surrogate) = super::consistency::consistency_loss(
+                        model,
+                        &micro,
+                        lambda,
+                        total,
+                        loss_scale,
+                        &mut this.rng,
+                    );
+                    if micro_nll.is_finite() {
+                        let g = surrogate.backward();
+                        grads.accumulate(&g, |c| model.visit(c));
+                    }
+                    micro_nll
+                } else if this.options.checkpointing && checkpointable(model) {
                     this.checkpointed_micro_step(model, &micro, total, loss_scale, grads)
                 } else {
                     let hidden = model.hidden_states_segmented(

@@ -13,7 +13,11 @@ use runner::data::{Batch, ByteTokenizer, Example};
 use runner::model::params::{Param, ParamVisitor, Snapshot};
 use runner::model::save::save_pretrained;
 use runner::model::{Llama, LlamaConfig, TinyOptions};
+use runner::peft::adamix::{AdaMixConfig, Share};
 use runner::peft::bottleneck::{BottleneckConfig, Placement};
+use runner::peft::compacter::CompacterConfig;
+use runner::peft::krona::{KronaConfig, KronaPlacement};
+use runner::peft::warp::WarpConfig;
 use runner::peft::format::{load_adapter, save_adapter};
 use runner::peft::ia3::Ia3Config;
 use runner::peft::lokr::LokrConfig;
@@ -249,6 +253,53 @@ fn all_methods() -> Vec<Method> {
         Method::BitFit(BitFitConfig::default()),
         Method::LnTuning,
     ]
+    .into_iter()
+    .chain(additive_methods())
+    .collect()
+}
+
+/// KronA, Compacter, AdaMix and WARP on the tiny model (hidden 32).
+fn additive_methods() -> Vec<Method> {
+    vec![
+        Method::Krona(KronaConfig {
+            targets: Targets::AllLinear,
+            scale: 2.0,
+            ..Default::default()
+        }),
+        Method::Krona(KronaConfig {
+            placement: KronaPlacement::Ffn,
+            ..Default::default()
+        }),
+        Method::Compacter(CompacterConfig {
+            reduction_factor: 2,
+            ..Default::default()
+        }),
+        Method::Compacter(CompacterConfig {
+            placement: Placement::Pfeiffer,
+            reduction_factor: 4,
+            ..Default::default()
+        }),
+        Method::AdaMix(AdaMixConfig {
+            reduction_factor: 4,
+            ..Default::default()
+        }),
+        Method::AdaMix(AdaMixConfig {
+            placement: Placement::Pfeiffer,
+            reduction_factor: 4,
+            experts: 2,
+            share: Share::None,
+            consistency: 0.0,
+            ..Default::default()
+        }),
+        Method::Warp(WarpConfig {
+            prompt: PromptConfig {
+                num_virtual_tokens: 3,
+                ..Default::default()
+            },
+            labels: vec![3, 7],
+            label_words: Vec::new(),
+        }),
+    ]
 }
 
 #[test]
@@ -258,7 +309,17 @@ fn fresh_adapters_are_no_ops_except_soft_prompts() {
         let mut model = tiny_hf();
         method.attach(&mut model, "default").unwrap();
         let diff = max_abs_diff(&logits(&model), &base);
-        if matches!(method, Method::Prompt(_) | Method::Prefix(_)) {
+        if matches!(method, Method::Compacter(_)) {
+            // Compacter starts near the identity: its rules are drawn at a scale of 1e-4.
+            assert!(
+                diff > 0.0 && diff < 1e-3,
+                "{}: a fresh Compacter moved the logits by {diff}",
+                method.kind()
+            );
+        } else if matches!(
+            method,
+            Method::Prompt(_) | Method::Prefix(_) | Method::Warp(_)
+        ) {
             assert!(
                 diff > 1e-3,
                 "{}: soft prompts change the outputs",
@@ -357,6 +418,10 @@ fn merge_then_unmerge_restores_the_weights() {
         Method::Lokr(LokrConfig {
             rank: 2,
             decompose_both: true,
+            targets: Targets::AllLinear,
+            ..Default::default()
+        }),
+        Method::Krona(KronaConfig {
             targets: Targets::AllLinear,
             ..Default::default()
         }),
@@ -481,14 +546,22 @@ fn each_method_trains_only_its_own_parameters() {
         assert!(last < first, "{}: loss {first} -> {last}", method.kind());
         let mut after = Snapshot::default();
         model.visit(&mut after);
+        let mut experts_trained = 0;
         for (((name, _, x), (_, _, y)), t) in
             before.entries.iter().zip(&after.entries).zip(&trainable)
         {
-            if *t {
+            if *t && name.contains(".experts.") {
+                // AdaMix routes each pass through one expert drawn at random: in six steps an
+                // expert may never be drawn, and then it has no gradient.
+                experts_trained += usize::from(x != y);
+            } else if *t {
                 assert_ne!(x, y, "{}: {name} should train", method.kind());
             } else {
                 assert_eq!(x, y, "{}: {name} is frozen", method.kind());
             }
+        }
+        if matches!(method, Method::AdaMix(_)) {
+            assert!(experts_trained > 0, "no AdaMix expert trained");
         }
     }
 }
@@ -719,7 +792,9 @@ fn soft_prompts_and_adapters_work_with_the_kv_cache() {
             ..Default::default()
         }),
         Method::Bottleneck(BottleneckConfig::default()),
-    ];
+    ]
+    .into_iter()
+    .chain(additive_methods());
     for method in methods {
         let mut model = tiny_hf();
         method.attach(&mut model, "default").unwrap();
@@ -743,5 +818,129 @@ fn soft_prompts_and_adapters_work_with_the_kv_cache() {
             "{}: cached decoding differs by {diff}",
             method.kind()
         );
+    }
+}
+
+/// Each new method's trainable count against its paper's formula, on the tiny model (hidden
+/// 32, MLP 64, 2 layers; q, k, v, o are 32->32, 32->16, 32->16, 32->32).
+#[test]
+fn additive_methods_count_their_papers_parameters() {
+    let (d, layers) = (32usize, 2usize);
+    let count = |method: Method| {
+        let mut model = tiny_hf();
+        let added = method.attach(&mut model, "default").unwrap();
+        assert_eq!(added, model.param_count().trainable, "{}", method.kind());
+        added
+    };
+    // KronA: A [a1, a2] and B [b1, b2] with a1·b1 = d_out and a2·b2 = d_in, the factors
+    // nearest √d: 32 = 4·8 and 16 = 4·4. q (32->32): 4·4 + 8·8; v (32->16): 4·4 + 4·8.
+    assert_eq!(
+        count(Method::Krona(KronaConfig::default())),
+        layers * ((4 * 4 + 8 * 8) + (4 * 4 + 4 * 8))
+    );
+    // KronA^B_res: one d->d Kronecker pair and the residual scale per layer.
+    assert_eq!(
+        count(Method::Krona(KronaConfig {
+            placement: KronaPlacement::Ffn,
+            ..Default::default()
+        })),
+        layers * (4 * 4 + 8 * 8 + 1)
+    );
+    // Compacter: per PHM layer d_in -> d_out, n·(d_in/n + d_out/n) = d_in + d_out for the
+    // rank-one factors plus d_out bias; rules 2·n³ for the whole model.
+    let (n, m) = (4usize, 8usize);
+    let phm_adapter = (d + m + m) + (m + d + d);
+    assert_eq!(
+        count(Method::Compacter(CompacterConfig {
+            reduction_factor: 4,
+            ..Default::default()
+        })),
+        layers * 2 * phm_adapter + 2 * n * n * n
+    );
+    assert_eq!(
+        count(Method::Compacter(CompacterConfig {
+            placement: Placement::Pfeiffer,
+            reduction_factor: 4,
+            ..Default::default()
+        })),
+        layers * phm_adapter + 2 * n * n * n
+    );
+    // AdaMix: M down experts (d·m + m each) and one shared up projection (m·d + d).
+    let experts = 4;
+    assert_eq!(
+        count(Method::AdaMix(AdaMixConfig {
+            reduction_factor: 4,
+            ..Default::default()
+        })),
+        layers * 2 * (experts * (d * m + m) + (m * d + d))
+    );
+    // WARP: the prompt and one output embedding per label.
+    assert_eq!(
+        count(Method::Warp(WarpConfig {
+            prompt: PromptConfig {
+                num_virtual_tokens: 5,
+                ..Default::default()
+            },
+            labels: vec![3, 7, 11],
+            label_words: Vec::new(),
+        })),
+        5 * d + 3 * d
+    );
+}
+
+/// A dense PHM weight is Σ R_i ⊗ B_i; the rules are one set per adapter, shared by every
+/// layer: changing one rule entry changes every layer's adapter output.
+#[test]
+fn compacter_rules_are_shared_across_layers() {
+    let mut model = tiny_hf();
+    Method::Compacter(CompacterConfig {
+        reduction_factor: 4,
+        ..Default::default()
+    })
+    .attach(&mut model, "default")
+    .unwrap();
+    let mut names = Vec::new();
+    struct Names<'a>(&'a mut Vec<String>);
+    impl<Bk: Backend> ParamVisitor<Bk> for Names<'_> {
+        fn visit1(&mut self, n: &str, p: &mut Param<Bk, 1>) {
+            if p.trainable {
+                self.0.push(n.to_string())
+            }
+        }
+        fn visit2(&mut self, n: &str, p: &mut Param<Bk, 2>) {
+            if p.trainable {
+                self.0.push(n.to_string())
+            }
+        }
+    }
+    model.visit(&mut Names(&mut names));
+    let rules: Vec<&String> = names.iter().filter(|n| n.contains("phm_rules")).collect();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(names.iter().any(|n| n == "layers.1.mlp.adapter[default].up.phm_t"), "{names:?}");
+}
+
+/// WARP's verbalizer replaces exactly its label words' rows of the output head.
+#[test]
+fn warp_replaces_only_its_label_rows() {
+    let mut model = tiny_hf();
+    let head_before = model.head().value.into_data().to_vec::<f32>().unwrap();
+    Method::Warp(WarpConfig {
+        prompt: PromptConfig {
+            num_virtual_tokens: 2,
+            ..Default::default()
+        },
+        labels: vec![3, 7],
+        label_words: Vec::new(),
+    })
+    .attach(&mut model, "default")
+    .unwrap();
+    // A fresh verbalizer is the label words' own rows.
+    assert_eq!(model.head().value.into_data().to_vec::<f32>().unwrap(), head_before);
+    model.visit(&mut Perturb(5));
+    let head = model.head().value.into_data().to_vec::<f32>().unwrap();
+    let d = 32;
+    for row in 0..head.len() / d {
+        let same = head[row * d..(row + 1) * d] == head_before[row * d..(row + 1) * d];
+        assert_eq!(same, row != 3 && row != 7, "row {row}");
     }
 }

@@ -144,6 +144,38 @@ impl<B: Backend> KronAdapter<B> {
     }
 }
 
+/// KronA^B_res (Edalati et al.): a Kronecker adapter beside the MLP block, reading the MLP's
+/// input `h` and adding `s·h·(A ⊗ B) + γ·h` to its output, with a learned residual scale `γ`
+/// (`[1]`).
+#[derive(Clone, Debug)]
+pub struct KronParallel<B: Backend> {
+    pub kron: KronAdapter<B>,
+    pub residual: Param<B, 1>,
+}
+
+impl<B: Backend> Part<B> for KronParallel<B> {
+    fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+        self.kron.visit(prefix, v);
+        v.visit1(&format!("{prefix}_residual"), &mut self.residual);
+    }
+}
+
+impl<B: Backend> KronParallel<B> {
+    /// # Shapes
+    /// - h: `[tokens, d]` -> `[tokens, d]`
+    pub(crate) fn forward(&self, h: Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+        let residual = h.clone() * self.residual.value.clone().unsqueeze();
+        match self.kron.forward(h, rng) {
+            Some(y) => y + residual,
+            None => residual,
+        }
+    }
+
+    pub(crate) fn numel(&self) -> usize {
+        self.kron.numel() + self.residual.numel()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

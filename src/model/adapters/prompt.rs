@@ -74,3 +74,40 @@ impl<B: Backend> PrefixAdapter<B> {
         (part(2 * layer), part(2 * layer + 1))
     }
 }
+
+/// WARP's verbalizer: learned output embeddings `rows` `[labels, d_model]` that replace the
+/// head's rows of the label words `ids`.
+#[derive(Clone, Debug)]
+pub struct Verbalizer<B: Backend> {
+    pub ids: Vec<u32>,
+    pub rows: Param<B, 2>,
+}
+
+impl<B: Backend> Part<B> for Verbalizer<B> {
+    fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+        v.visit2(prefix, &mut self.rows);
+    }
+}
+
+impl<B: Backend> Verbalizer<B> {
+    /// `head` with the label words' rows replaced: `head + P·(rows − P·head)` for the 0/1
+    /// selection `P` `[vocab, labels]`, so the gradient reaches `rows` and nothing else.
+    /// # Shapes
+    /// - head: `[vocab, d_model]` -> `[vocab, d_model]`
+    pub(crate) fn apply(&self, head: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [vocab, _] = head.dims();
+        let k = self.ids.len();
+        let device = head.device();
+        let mut select = vec![0f32; vocab * k];
+        for (j, &id) in self.ids.iter().enumerate() {
+            select[id as usize * k + j] = 1.0;
+        }
+        let select = Tensor::<B, 2>::from_data(TensorData::new(select, [vocab, k]), &device);
+        let ids = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(self.ids.iter().map(|&i| i as i64).collect(), [k]),
+            &device,
+        );
+        let old = head.clone().detach().select(0, ids);
+        head + select.matmul(self.rows.value.clone() - old)
+    }
+}
