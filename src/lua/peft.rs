@@ -9,7 +9,10 @@ use super::options::{Opts, recipe_error};
 use crate::peft::adamix::AdaMixConfig;
 use crate::peft::bottleneck::{BottleneckConfig, Placement};
 use crate::peft::compacter::CompacterConfig;
+use crate::peft::format::read_prompt_table;
+use crate::peft::intrinsic::{IntrinsicConfig, IntrinsicInit};
 use crate::peft::krona::KronaConfig;
+use crate::train::intrinsic::{SubspaceConfig, fit_subspace};
 use crate::peft::warp::WarpConfig;
 use crate::peft::ia3::Ia3Config;
 use crate::peft::lokr::LokrConfig;
@@ -185,6 +188,76 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                 .validate()
                 .map_err(|e| recipe_error(lua, format!("{func}: {e}")))?;
             Ok(method(Method::AdaMix(config)))
+        })?,
+    )?;
+    t.set(
+        "intrinsic_prompt",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let o = Opts::new(lua, "runner.peft.intrinsic_prompt", opts, &["subspace", "init"])?;
+            let subspace = o
+                .string("subspace")?
+                .ok_or_else(|| o.err("subspace = DIR is required (a folder written by runner.peft.fit_intrinsic_subspace)"))?;
+            let init = match o.string("init")?.as_deref() {
+                None | Some("mean") => IntrinsicInit::Mean,
+                Some("zero") => IntrinsicInit::Zero,
+                Some(other) => {
+                    return Err(o.err(format!("init must be \"mean\" or \"zero\" (got \"{other}\")")));
+                }
+            };
+            Ok(method(Method::Intrinsic(IntrinsicConfig {
+                subspace: Some(std::path::PathBuf::from(subspace)),
+                init,
+                ..Default::default()
+            })))
+        })?,
+    )?;
+    // runner.peft.fit_intrinsic_subspace{prompts = {dir, ...}, out = DIR, dim = 5, ...}
+    // -> {loss = final reconstruction error, losses = {...}}
+    t.set(
+        "fit_intrinsic_subspace",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let func = "runner.peft.fit_intrinsic_subspace";
+            let o = Opts::new(lua, func, opts.clone(), &["prompts", "out", "dim", "hidden", "steps", "lr", "seed"])?;
+            let dirs = o
+                .strings("prompts")?
+                .ok_or_else(|| o.err("prompts = {DIR, ...} is required: prompt-tuning adapters of several tasks"))?;
+            let out = o.string("out")?.ok_or_else(|| o.err("out = DIR is required"))?;
+            let out = super::host::write_path(lua, func, &out)?;
+            // The numeric settings go through the config struct's own checks.
+            let rest = lua.create_table()?;
+            for k in ["dim", "hidden", "steps", "lr", "seed"] {
+                rest.set(k, o.raw(k)?)?;
+            }
+            let rest = Some(rest);
+            let config: SubspaceConfig = from_table(lua, func, rest, &[seed_fill(lua)?], &[])?;
+            let mut prompts = Vec::new();
+            let mut shape: Option<Vec<usize>> = None;
+            for dir in &dirs {
+                let path = std::path::PathBuf::from(dir);
+                let (s, v) = read_prompt_table(&path).map_err(|e| o.err(e))?;
+                if let Some(first) = &shape
+                    && *first != s
+                {
+                    return Err(o.err(format!(
+                        "{dir}: its prompt is {s:?}, but the first one's is {first:?}: every prompt needs the same shape"
+                    )));
+                }
+                shape = Some(s);
+                prompts.push(v);
+            }
+            let shape = shape.ok_or_else(|| o.err("prompts is empty"))?;
+            type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
+            let (subspace, losses) =
+                fit_subspace::<Cpu>(&prompts, [shape[0], shape[1]], &config, &Default::default())
+                    .map_err(|e| o.err(e))?;
+            let last = *losses.last().expect("at least one step");
+            subspace
+                .write(&out, serde_json::json!({"sources": dirs, "reconstruction_mse": last, "steps": config.steps, "lr": config.lr}))
+                .map_err(|e| o.err(e))?;
+            let result = lua.create_table()?;
+            result.set("loss", last)?;
+            result.set("losses", losses)?;
+            Ok(result)
         })?,
     )?;
     t.set(
@@ -382,6 +455,58 @@ mod tests {
             p.num_virtual_tokens,
             PromptConfig::default().num_virtual_tokens
         );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.krona{}").unwrap(),
+            Method::Krona(KronaConfig {
+                seed: seeded,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.compacter_pp{reduction_factor = 24}").unwrap(),
+            Method::Compacter(CompacterConfig {
+                seed: seeded,
+                placement: Placement::Pfeiffer,
+                reduction_factor: 24,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            method_of(&lua, "return runner.peft.adamix{}").unwrap(),
+            Method::AdaMix(AdaMixConfig {
+                seed: seeded,
+                ..Default::default()
+            })
+        );
+        let Method::Warp(w) = method_of(&lua, "return runner.peft.warp{labels = {' yes', ' no'}}")
+            .unwrap()
+        else {
+            panic!("warp")
+        };
+        assert_eq!(w.label_words, [" yes", " no"]);
+        assert_eq!(w.prompt.num_virtual_tokens, 8);
+    }
+
+    #[test]
+    fn new_method_options_are_checked() {
+        let lua = lua();
+        for (code, want) in [
+            ("return runner.peft.warp{}", "labels = {...} is required"),
+            (
+                "return runner.peft.compacter{placement = 'pfeiffer'}",
+                "placement",
+            ),
+            ("return runner.peft.krona{scale = -1}", "KronA scale must be a positive"),
+            (
+                "return runner.peft.krona{placement = 'mlp'}",
+                "placement",
+            ),
+            ("return runner.peft.adamix{experts = 0}", "at least one expert"),
+            ("return runner.peft.adamix{share = 'left'}", "share"),
+        ] {
+            let e = method_of(&lua, code).unwrap_err();
+            assert!(e.contains(want), "{code}: {e}");
+        }
     }
 
     /// PEFT's `LoraConfig`: r 8, lora_alpha 8, dropout 0, q_proj and v_proj.

@@ -7,7 +7,7 @@ use burn::tensor::{Int, TensorData};
 use super::adapters::AdapterInfo;
 use super::adapters::bottleneck::{AdapterContext, Bottleneck, PhmRules};
 use super::adapters::kron::KronParallel;
-use super::adapters::prompt::{PrefixAdapter, Verbalizer};
+use super::adapters::prompt::{IntrinsicPrompt, PrefixAdapter, Verbalizer};
 use super::adapters::slots::Slots;
 use super::config::{ConfigError, Family, LlamaConfig};
 use super::init::{self, HostRng};
@@ -176,6 +176,8 @@ pub struct Llama<B: Backend> {
     pub norm_tuned: Slots<Param<B, 1>>,
     /// Prompt tuning's virtual token embeddings, `[virtual, d_model]`.
     pub prompt: Slots<Param<B, 2>>,
+    /// Intrinsic prompt tuning's prompts, rebuilt from an intrinsic vector.
+    pub intrinsic: Slots<IntrinsicPrompt<B>>,
     /// Prefix tuning's per-layer keys and values.
     pub prefix: Slots<PrefixAdapter<B>>,
     /// Compacter's rule matrices, shared by the adapter's every layer.
@@ -405,6 +407,7 @@ impl<B: Backend> Llama<B> {
             device: device.clone(),
             norm_tuned: Slots::default(),
             prompt: Slots::default(),
+            intrinsic: Slots::default(),
             prefix: Slots::default(),
             phm_rules: Slots::default(),
             verbalizer: Slots::default(),
@@ -422,6 +425,7 @@ impl<B: Backend> Llama<B> {
         }
         self.norm_tuned.activate(name);
         self.prompt.activate(name);
+        self.intrinsic.activate(name);
         self.prefix.activate(name);
         self.phm_rules.activate(name);
         self.verbalizer.activate(name);
@@ -434,6 +438,7 @@ impl<B: Backend> Llama<B> {
         }
         self.norm_tuned.remove(name);
         self.prompt.remove(name);
+        self.intrinsic.remove(name);
         self.prefix.remove(name);
         self.phm_rules.remove(name);
         self.verbalizer.remove(name);
@@ -452,6 +457,7 @@ impl<B: Backend> Llama<B> {
             v.visit2("lm_head.weight", head);
         }
         self.prompt.visit("prompt", "embeddings", v);
+        self.intrinsic.visit("prompt", "intrinsic", v);
         self.prefix.visit("prefix", "encoder", v);
         self.phm_rules.visit("compacter", "phm_rules", v);
         self.verbalizer.visit("lm_head", "verbalizer", v);
@@ -626,6 +632,15 @@ impl<B: Backend> Llama<B> {
         self.finish(x, &plan)
     }
 
+    /// The active adapter's virtual token embeddings, `[virtual, d_model]`: prompt tuning's
+    /// (and WARP's) table, or intrinsic prompt tuning's rebuilt prompt.
+    pub(crate) fn virtual_prompt(&self) -> Option<Tensor<B, 2>> {
+        match self.prompt.active() {
+            Some(p) => Some(p.value.clone()),
+            None => self.intrinsic.active().map(IntrinsicPrompt::table),
+        }
+    }
+
     /// The embedded input, `[batch * (virtual + seq), d_model]`, with an active prompt-tuning
     /// adapter's virtual tokens first on a fresh sequence; and the number of virtual tokens.
     fn embed(&self, input_ids: Tensor<B, 2, Int>, fresh: bool) -> (Tensor<B, 2>, usize) {
@@ -640,10 +655,10 @@ impl<B: Backend> Llama<B> {
         if let Some(s) = scale.filter(|_| !scale_inputs) {
             x = x * s;
         }
-        let (x, n) = match fresh.then(|| self.prompt.active()).flatten() {
+        let (x, n) = match fresh.then(|| self.virtual_prompt()).flatten() {
             Some(prompt) => {
-                let n = prompt.value.dims()[0];
-                let prompts = prompt.value.clone().unsqueeze::<3>().expand([b, n, d]);
+                let n = prompt.dims()[0];
+                let prompts = prompt.unsqueeze::<3>().expand([b, n, d]);
                 (
                     Tensor::cat(vec![prompts, x.reshape([b, t, d])], 1).reshape([b * (n + t), d]),
                     n,
@@ -823,7 +838,7 @@ impl<B: Backend> Llama<B> {
             return None;
         }
         let [b, t] = input_ids.dims();
-        let virtual_tokens = self.prompt.active().map_or(0, |p| p.value.dims()[0]);
+        let virtual_tokens = self.virtual_prompt().map_or(0, |p| p.dims()[0]);
         let plan = self.plan(b, t, 0, virtual_tokens, segments, None);
         Some(Staged { input_ids, plan })
     }

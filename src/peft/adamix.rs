@@ -4,8 +4,7 @@
 //! learn), and the trainer adds a consistency term between two passes with different routes
 //! (`consistency`, the weight λ of a symmetric KL between their next-token distributions; see
 //! `train::consistency`). For inference the experts are merged by averaging their weights
-//! into one adapter ("adaptation merging"): evaluation, generation and `merge_experts` use the
-//! average. The paper shares the up projection among the experts by default ("adaptation
+//! into one adapter ("adaptation merging"): evaluation and generation use the average. The paper shares the up projection among the experts by default ("adaptation
 //! module sharing"), and so does runner (`share = "up"`; "down" or "none" also).
 
 use burn::prelude::*;

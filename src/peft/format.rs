@@ -231,6 +231,10 @@ pub fn save_adapter<B: Backend>(
             tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_ADAMIX", "config": cfg})
         }
+        Method::Intrinsic(cfg) => {
+            tensors = runner_tensors(model, name, "");
+            json!({"peft_type": "RUNNER_INTRINSIC_PROMPT", "config": cfg})
+        }
         Method::Warp(w) => {
             tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_WARP", "num_virtual_tokens": w.prompt.num_virtual_tokens,
@@ -263,6 +267,58 @@ pub fn save_adapter<B: Backend>(
             .as_bytes(),
     )?;
     Ok(())
+}
+
+/// The virtual token table `[virtual, d_model]` of a prompt-tuning adapter folder (PEFT's or
+/// runner's).
+pub fn read_prompt_table(dir: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
+    let path = dir.join(WEIGHTS_FILE);
+    let mut tensors = read_f32_tensors(&path).map_err(|m| format!("{}: {m}", path.display()))?;
+    tensors
+        .remove("prompt_embeddings")
+        .filter(|(shape, _)| shape.len() == 2)
+        .ok_or_else(|| {
+            format!(
+                "{}: no prompt_embeddings [virtual, d_model] tensor: not a prompt-tuning adapter",
+                path.display()
+            )
+        })
+}
+
+/// Every tensor of a safetensors file as f32 (from F32, F16 or BF16), by name.
+pub(crate) fn read_f32_tensors(
+    path: &Path,
+) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("not a safetensors file: {e}"))?;
+    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    for (key, view) in file.tensors() {
+        let values = match view.dtype() {
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32())
+                .collect(),
+            other => {
+                return Err(format!(
+                    "tensor {key} has dtype {other:?}; expected F32, F16 or BF16"
+                ));
+            }
+        };
+        tensors.insert(key, (view.shape().to_vec(), values));
+    }
+    Ok(tensors)
 }
 
 /// What PEFT puts before the model's own parameter names (`layers.0.self_attn.q_proj`).
@@ -320,37 +376,7 @@ pub fn load_adapter<B: Backend>(
         .map_err(|e| file_err(&config_path, format!("invalid JSON: {e}")))?;
     let method = method_from_config(&config).map_err(|msg| file_err(&config_path, msg))?;
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&weights_path)
-        .map_err(|e| file_err(&weights_path, format!("cannot read: {e}")))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| file_err(&weights_path, format!("not a safetensors file: {e}")))?;
-    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
-    for (key, view) in file.tensors() {
-        let values = match view.dtype() {
-            safetensors::Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            safetensors::Dtype::F16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())
-                .collect(),
-            safetensors::Dtype::BF16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32())
-                .collect(),
-            other => {
-                return Err(file_err(
-                    &weights_path,
-                    format!("tensor {key} has dtype {other:?}; expected F32, F16 or BF16"),
-                ));
-            }
-        };
-        tensors.insert(key, (view.shape().to_vec(), values));
-    }
+    let mut tensors = read_f32_tensors(&weights_path).map_err(|m| file_err(&weights_path, m))?;
     // Attach to a copy (tensors are shared, not copied) so that a bad file changes nothing.
     let mut updated = model.clone();
     let added = method.attach(&mut updated, name)?;
@@ -567,6 +593,7 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
         }),
         "RUNNER_COMPACTER" => Method::Compacter(embedded_config(v)?),
         "RUNNER_ADAMIX" => Method::AdaMix(embedded_config(v)?),
+        "RUNNER_INTRINSIC_PROMPT" => Method::Intrinsic(embedded_config(v)?),
         "RUNNER_WARP" => {
             let labels: Vec<u32> =
                 serde_json::from_value(v.get("labels").cloned().unwrap_or_default())
@@ -667,6 +694,7 @@ fn fill<B: Backend>(
         | Method::Compacter(_)
         | Method::AdaMix(_)
         | Method::Warp(_)
+        | Method::Intrinsic(_)
         | Method::BitFit(_)
         | Method::LnTuning => {
             struct Assign<'a, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> {

@@ -14,6 +14,7 @@ pub mod bottleneck;
 pub mod compacter;
 pub mod format;
 pub mod ia3;
+pub mod intrinsic;
 pub mod krona;
 pub mod lokr;
 pub mod lora;
@@ -47,6 +48,7 @@ pub enum Method {
     AdaMix(adamix::AdaMixConfig),
     Prompt(prompt::PromptConfig),
     Warp(warp::WarpConfig),
+    Intrinsic(intrinsic::IntrinsicConfig),
     Prefix(prompt::PrefixConfig),
     BitFit(selective::BitFitConfig),
     LnTuning,
@@ -67,6 +69,7 @@ impl Method {
             Self::AdaMix(c) => adamix::attach(model, name, c),
             Self::Prompt(c) => prompt::attach_prompt(model, name, c),
             Self::Warp(c) => warp::attach(model, name, c),
+            Self::Intrinsic(c) => intrinsic::attach(model, name, c),
             Self::Prefix(c) => prompt::attach_prefix(model, name, c),
             Self::BitFit(c) => selective::attach_bitfit(model, name, c),
             Self::LnTuning => selective::attach_ln_tuning(model, name),
@@ -90,6 +93,7 @@ impl Method {
             Self::AdaMix(_) => "adamix",
             Self::Prompt(_) => "prompt_tuning",
             Self::Warp(_) => "warp",
+            Self::Intrinsic(_) => "intrinsic_prompt",
             Self::Prefix(_) => "prefix_tuning",
             Self::BitFit(_) => "bitfit",
             Self::LnTuning => "ln_tuning",

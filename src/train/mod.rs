@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub(crate) mod consistency;
+pub mod intrinsic;
 pub mod dpo;
 pub(crate) mod gen_eval;
 pub mod head_loss;

@@ -500,7 +500,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // Last, the embedding stage: a trained embedding (full fine-tuning) or soft prompt gets
         // the gradient that reached the first layer's input.
-        if model.embed_tokens.trainable || model.prompt.active().is_some() {
+        if model.embed_tokens.trainable || model.virtual_prompt().is_some() {
             let embedded = model.stage_embed(&staged);
             let g = (embedded * Tensor::from_inner(upstream)).sum().backward();
             grads.accumulate(&g, |c| model.visit(c));

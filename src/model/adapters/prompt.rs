@@ -111,3 +111,38 @@ impl<B: Backend> Verbalizer<B> {
         head + select.matmul(self.rows.value.clone() - old)
     }
 }
+
+/// Intrinsic prompt tuning's prompt: `[virtual, d_model]` rebuilt from an intrinsic vector
+/// `z` `[1, dim]` by a frozen two-layer decoder, `tanh(z·W1 + b1)·W2 + b2`.
+#[derive(Clone, Debug)]
+pub struct IntrinsicPrompt<B: Backend> {
+    pub z: Param<B, 2>,
+    /// `[dim, hidden]`, `[hidden]`, `[hidden, virtual·d_model]`, `[virtual·d_model]`.
+    pub w1: Param<B, 2>,
+    pub b1: Param<B, 1>,
+    pub w2: Param<B, 2>,
+    pub b2: Param<B, 1>,
+    pub virtual_tokens: usize,
+}
+
+impl<B: Backend> Part<B> for IntrinsicPrompt<B> {
+    fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+        v.visit2(&format!("{prefix}.z"), &mut self.z);
+        v.visit2(&format!("{prefix}.decoder.w1"), &mut self.w1);
+        v.visit1(&format!("{prefix}.decoder.b1"), &mut self.b1);
+        v.visit2(&format!("{prefix}.decoder.w2"), &mut self.w2);
+        v.visit1(&format!("{prefix}.decoder.b2"), &mut self.b2);
+    }
+}
+
+impl<B: Backend> IntrinsicPrompt<B> {
+    /// The virtual token embeddings, `[virtual, d_model]`.
+    pub(crate) fn table(&self) -> Tensor<B, 2> {
+        let h = (self.z.value.clone().matmul(self.w1.value.clone())
+            + self.b1.value.clone().unsqueeze())
+        .tanh();
+        let flat = h.matmul(self.w2.value.clone()) + self.b2.value.clone().unsqueeze();
+        let d = flat.dims()[1] / self.virtual_tokens;
+        flat.reshape([self.virtual_tokens, d])
+    }
+}
