@@ -12,6 +12,7 @@ use crate::peft::compacter::CompacterConfig;
 use crate::peft::format::read_prompt_table;
 use crate::peft::intrinsic::{IntrinsicConfig, IntrinsicInit};
 use crate::peft::krona::KronaConfig;
+use crate::peft::late::LadderConfig;
 use crate::train::intrinsic::{SubspaceConfig, fit_subspace};
 use crate::peft::warp::WarpConfig;
 use crate::peft::ia3::Ia3Config;
@@ -258,6 +259,21 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
             result.set("loss", last)?;
             result.set("losses", losses)?;
             Ok(result)
+        })?,
+    )?;
+    t.set(
+        "ladder",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let func = "runner.peft.ladder";
+            let config: LadderConfig = from_table(lua, func, opts, &[seed_fill(lua)?], &[])?;
+            Ok(method(Method::Ladder(config)))
+        })?,
+    )?;
+    t.set(
+        "attention_fusion",
+        lua.create_function(|lua, opts: Option<Table>| {
+            Opts::new(lua, "runner.peft.attention_fusion", opts, &[])?;
+            Ok(method(Method::AttentionFusion))
         })?,
     )?;
     t.set(

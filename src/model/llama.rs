@@ -7,6 +7,7 @@ use burn::tensor::{Int, TensorData};
 use super::adapters::AdapterInfo;
 use super::adapters::bottleneck::{AdapterContext, Bottleneck, PhmRules};
 use super::adapters::kron::KronParallel;
+use super::adapters::late::{AttentionFusion, LadderSide};
 use super::adapters::prompt::{IntrinsicPrompt, PrefixAdapter, Verbalizer};
 use super::adapters::slots::Slots;
 use super::config::{ConfigError, Family, LlamaConfig};
@@ -184,6 +185,9 @@ pub struct Llama<B: Backend> {
     pub phm_rules: Slots<PhmRules<B>>,
     /// WARP's learned output embeddings of its label words.
     pub verbalizer: Slots<Verbalizer<B>>,
+    /// Ladder Side-Tuning's side networks and AttentionFusion's modules, beside the layers.
+    pub ladder: Slots<LadderSide<B>>,
+    pub fusion: Slots<AttentionFusion<B>>,
     /// A sequence-classification head, `[labels, d_model]` (transformers'
     /// `LlamaForSequenceClassification.score`, no bias): a reward model's scalar head.
     pub score: Option<Param<B, 2>>,
@@ -263,7 +267,7 @@ impl<B: Backend> Block<B> {
         })
     }
 
-    fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+    pub(crate) fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
         v.visit1(
             &format!("{prefix}.input_layernorm.weight"),
             &mut self.input_layernorm,
@@ -411,6 +415,8 @@ impl<B: Backend> Llama<B> {
             prefix: Slots::default(),
             phm_rules: Slots::default(),
             verbalizer: Slots::default(),
+            ladder: Slots::default(),
+            fusion: Slots::default(),
             score: None,
             score_tuned: Slots::default(),
             adapters: Vec::new(),
@@ -429,6 +435,8 @@ impl<B: Backend> Llama<B> {
         self.prefix.activate(name);
         self.phm_rules.activate(name);
         self.verbalizer.activate(name);
+        self.ladder.activate(name);
+        self.fusion.activate(name);
         self.score_tuned.activate(name);
     }
 
@@ -442,6 +450,8 @@ impl<B: Backend> Llama<B> {
         self.prefix.remove(name);
         self.phm_rules.remove(name);
         self.verbalizer.remove(name);
+        self.ladder.remove(name);
+        self.fusion.remove(name);
         self.score_tuned.remove(name);
     }
 
@@ -461,6 +471,8 @@ impl<B: Backend> Llama<B> {
         self.prefix.visit("prefix", "encoder", v);
         self.phm_rules.visit("compacter", "phm_rules", v);
         self.verbalizer.visit("lm_head", "verbalizer", v);
+        self.ladder.visit("ladder", "lst", v);
+        self.fusion.visit("fusion", "attention_fusion", v);
         if let Some(score) = &mut self.score {
             v.visit2("score.weight", score);
         }
@@ -473,7 +485,11 @@ impl<B: Backend> Llama<B> {
     pub fn head(&self) -> Param<B, 2> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).clone();
         match self.verbalizer.active() {
-            Some(v) => Param::new(v.apply(head.value), true),
+            // Not `Param::new`, which would detach it from the rows it is computed from.
+            Some(v) => Param {
+                value: v.apply(head.value),
+                trainable: true,
+            },
             None => head,
         }
     }
@@ -622,12 +638,48 @@ impl<B: Backend> Llama<B> {
             _ => None,
         };
         let plan = self.plan(b, t, start, virtual_tokens, segments, padding.as_ref());
+        let ladder = self.ladder.active();
+        let fusion = self.fusion.active();
+        // The side network's own plan (its heads are narrower) and cache.
+        let side_plan = ladder.map(|l| l.side.plan(b, t, start, 0, segments, padding.as_ref()));
+        // Taken out of the main cache for the pass, and put back after it.
+        let mut side_cache = match (ladder, cache.as_deref_mut()) {
+            (Some(l), Some(c)) => Some(c.side.take().unwrap_or_else(|| {
+                Box::new(KvCache {
+                    left_pad: c.left_pad.clone(),
+                    pad_begin: c.pad_begin,
+                    len: c.len,
+                    ..KvCache::new(&l.side.config)
+                })
+            })),
+            _ => None,
+        };
+        let mut side = ladder.map(|l| l.start(x.clone()));
+        let mut states = fusion.map(|_| vec![x.clone()]);
         for i in 0..self.layers.len() {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = self.block(i, x, &plan, rng.as_deref_mut(), kv);
+            if let (Some(l), Some(s), Some(p)) = (ladder, side.take(), &side_plan) {
+                let kv = side_cache.as_deref_mut().map(|c| &mut c.layers[i]);
+                let input = l.mix(i, x.clone(), s);
+                side = Some(l.side.block(i, input, p, rng.as_deref_mut(), kv));
+            }
+            if let Some(states) = &mut states {
+                states.push(x.clone());
+            }
+        }
+        if let (Some(l), Some(s)) = (ladder, side) {
+            x = x + l.finish(s);
+        }
+        if let (Some(f), Some(states)) = (fusion, &states) {
+            x = f.fuse(states, self.config.rms_norm_eps);
         }
         if let Some(c) = cache {
             c.len += plan.t_all;
+            if let Some(mut side) = side_cache {
+                side.len += plan.t_all;
+                c.side = Some(side);
+            }
         }
         self.finish(x, &plan)
     }
@@ -834,13 +886,22 @@ impl<B: Backend> Llama<B> {
         input_ids: Tensor<B, 2, Int>,
         segments: Option<&[u32]>,
     ) -> Option<Staged<B>> {
-        if self.prefix.active().is_some() {
+        if !self.stageable() {
             return None;
         }
         let [b, t] = input_ids.dims();
         let virtual_tokens = self.virtual_prompt().map_or(0, |p| p.dims()[0]);
         let plan = self.plan(b, t, 0, virtual_tokens, segments, None);
         Some(Staged { input_ids, plan })
+    }
+
+    /// Whether [`Llama::staged`] covers the active adapter: not prefix tuning, which feeds
+    /// every layer from one table, nor the adapters that read every layer's output (Ladder
+    /// Side-Tuning, AttentionFusion), which build no graph through the layers anyway.
+    pub fn stageable(&self) -> bool {
+        self.prefix.active().is_none()
+            && self.ladder.active().is_none()
+            && self.fusion.active().is_none()
     }
 
     /// Stage 0: the embedded input (with virtual tokens).
@@ -1004,6 +1065,8 @@ pub struct KvCache<B: Backend> {
     /// The column where each row's padding starts, set by the first pass: after a prefix
     /// adapter's positions and prompt tuning's virtual tokens.
     pad_begin: usize,
+    /// A Ladder Side-Tuning side network's own keys and values.
+    side: Option<Box<KvCache<B>>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -1013,6 +1076,7 @@ impl<B: Backend> KvCache<B> {
             len: 0,
             left_pad: Vec::new(),
             pad_begin: 0,
+            side: None,
         }
     }
 

@@ -231,6 +231,14 @@ pub fn save_adapter<B: Backend>(
             tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_ADAMIX", "config": cfg})
         }
+        Method::Ladder(cfg) => {
+            tensors = runner_tensors(model, name, "");
+            json!({"peft_type": "RUNNER_LADDER", "config": cfg})
+        }
+        Method::AttentionFusion => {
+            tensors = runner_tensors(model, name, "");
+            json!({"peft_type": "RUNNER_ATTENTION_FUSION"})
+        }
         Method::Intrinsic(cfg) => {
             tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_INTRINSIC_PROMPT", "config": cfg})
@@ -594,6 +602,8 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
         "RUNNER_COMPACTER" => Method::Compacter(embedded_config(v)?),
         "RUNNER_ADAMIX" => Method::AdaMix(embedded_config(v)?),
         "RUNNER_INTRINSIC_PROMPT" => Method::Intrinsic(embedded_config(v)?),
+        "RUNNER_LADDER" => Method::Ladder(embedded_config(v)?),
+        "RUNNER_ATTENTION_FUSION" => Method::AttentionFusion,
         "RUNNER_WARP" => {
             let labels: Vec<u32> =
                 serde_json::from_value(v.get("labels").cloned().unwrap_or_default())
@@ -695,6 +705,8 @@ fn fill<B: Backend>(
         | Method::AdaMix(_)
         | Method::Warp(_)
         | Method::Intrinsic(_)
+        | Method::Ladder(_)
+        | Method::AttentionFusion
         | Method::BitFit(_)
         | Method::LnTuning => {
             struct Assign<'a, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> {

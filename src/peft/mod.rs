@@ -16,6 +16,7 @@ pub mod format;
 pub mod ia3;
 pub mod intrinsic;
 pub mod krona;
+pub mod late;
 pub mod lokr;
 pub mod lora;
 pub mod prompt;
@@ -49,6 +50,8 @@ pub enum Method {
     Prompt(prompt::PromptConfig),
     Warp(warp::WarpConfig),
     Intrinsic(intrinsic::IntrinsicConfig),
+    Ladder(late::LadderConfig),
+    AttentionFusion,
     Prefix(prompt::PrefixConfig),
     BitFit(selective::BitFitConfig),
     LnTuning,
@@ -70,6 +73,8 @@ impl Method {
             Self::Prompt(c) => prompt::attach_prompt(model, name, c),
             Self::Warp(c) => warp::attach(model, name, c),
             Self::Intrinsic(c) => intrinsic::attach(model, name, c),
+            Self::Ladder(c) => late::attach_ladder(model, name, c),
+            Self::AttentionFusion => late::attach_fusion(model, name),
             Self::Prefix(c) => prompt::attach_prefix(model, name, c),
             Self::BitFit(c) => selective::attach_bitfit(model, name, c),
             Self::LnTuning => selective::attach_ln_tuning(model, name),
@@ -94,6 +99,8 @@ impl Method {
             Self::Prompt(_) => "prompt_tuning",
             Self::Warp(_) => "warp",
             Self::Intrinsic(_) => "intrinsic_prompt",
+            Self::Ladder(_) => "ladder",
+            Self::AttentionFusion => "attention_fusion",
             Self::Prefix(_) => "prefix_tuning",
             Self::BitFit(_) => "bitfit",
             Self::LnTuning => "ln_tuning",

@@ -414,10 +414,10 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 /// Activation checkpointing covers every method but prefix tuning, which feeds every layer
-/// from one table (the layers would each need that table's gradient); it trains with the
-/// plain pass.
+/// from one table (the layers would each need that table's gradient), and the adapters that
+/// read every layer's output (`Llama::stageable`); they train with the plain pass.
 pub fn checkpointable<B: Backend>(model: &Llama<B>) -> bool {
-    model.prefix.active().is_none()
+    model.stageable()
 }
 
 impl<B: AutodiffBackend> Trainer<B> {

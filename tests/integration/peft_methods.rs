@@ -17,6 +17,7 @@ use runner::peft::adamix::{AdaMixConfig, Share};
 use runner::peft::bottleneck::{BottleneckConfig, Placement};
 use runner::peft::compacter::CompacterConfig;
 use runner::peft::krona::{KronaConfig, KronaPlacement};
+use runner::peft::late::LadderConfig;
 use runner::peft::warp::WarpConfig;
 use runner::peft::format::{load_adapter, save_adapter};
 use runner::peft::ia3::Ia3Config;
@@ -299,6 +300,11 @@ fn additive_methods() -> Vec<Method> {
             labels: vec![3, 7],
             label_words: Vec::new(),
         }),
+        Method::Ladder(LadderConfig {
+            reduction_factor: 2,
+            ..Default::default()
+        }),
+        Method::AttentionFusion,
     ]
 }
 
@@ -886,6 +892,19 @@ fn additive_methods_count_their_papers_parameters() {
         })),
         5 * d + 3 * d
     );
+    // Ladder Side-Tuning at r = 2: side layers of width 16 with 4 heads of 4 (2 KV heads),
+    // MLP 32; downs from the embeddings and each layer, 32 -> 16; a gate per layer; up 16 -> 32.
+    let (ds, fs) = (16, 32);
+    let side_layer = ds * ds + 2 * ds * 8 + ds * ds + 3 * ds * fs + 2 * ds;
+    assert_eq!(
+        count(Method::Ladder(LadderConfig {
+            reduction_factor: 2,
+            ..Default::default()
+        })),
+        layers * side_layer + (layers + 1) * d * ds + layers + ds * d
+    );
+    // AttentionFusion: the query, one bias per representation (embeddings and each layer), the gate.
+    assert_eq!(count(Method::AttentionFusion), d + (layers + 1) + d);
 }
 
 /// A dense PHM weight is Σ R_i ⊗ B_i; the rules are one set per adapter, shared by every
@@ -943,4 +962,70 @@ fn warp_replaces_only_its_label_rows() {
         let same = head[row * d..(row + 1) * d] == head_before[row * d..(row + 1) * d];
         assert_eq!(same, row != 3 && row != 7, "row {row}");
     }
+}
+
+/// Intrinsic prompt tuning: a subspace fitted to three tasks' prompts reconstructs them, an
+/// intrinsic prompt at a source prompt's code gives that prompt's logits, only the intrinsic
+/// vector trains, and the adapter (decoder included) saves and loads without the subspace.
+#[test]
+fn intrinsic_prompts_rebuild_their_sources_and_train_only_the_vector() {
+    use runner::model::init;
+    use runner::peft::intrinsic::IntrinsicConfig;
+    use runner::train::intrinsic::{SubspaceConfig, fit_subspace};
+    let (n, d, dim) = (4usize, 32usize, 3usize);
+    let prompts: Vec<Vec<f32>> = (0..3)
+        .map(|s| init::normal_vec(&mut init::rng(100 + s), n * d, 0.5))
+        .collect();
+    let config = SubspaceConfig {
+        dim,
+        hidden: 32,
+        steps: 1500,
+        lr: 3e-3,
+        seed: 0,
+    };
+    let (subspace, losses) =
+        fit_subspace::<B>(&prompts, [n, d], &config, &Default::default()).unwrap();
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(last < first / 100.0, "reconstruction error {first} -> {last}");
+    let dir = tempfile::tempdir().unwrap();
+    subspace.write(dir.path(), serde_json::json!({})).unwrap();
+
+    // The source prompt itself, as a prompt-tuning adapter.
+    let mut plain = tiny_hf();
+    Method::Prompt(PromptConfig {
+        num_virtual_tokens: n,
+        ..Default::default()
+    })
+    .attach(&mut plain, "default")
+    .unwrap();
+    plain.prompt.0[0].inner.value = init::tensor2(prompts[1].clone(), [n, d], &Default::default());
+
+    let mut model = tiny_hf();
+    let added = Method::Intrinsic(IntrinsicConfig {
+        subspace: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .attach(&mut model, "default")
+    .unwrap();
+    assert_eq!((added, model.param_count().trainable), (dim, dim));
+    // z = the encoder's code of source prompt 1.
+    let (_, enc_w) = &subspace.tensors["encoder.weight"];
+    let (_, enc_b) = &subspace.tensors["encoder.bias"];
+    let code: Vec<f32> = (0..dim)
+        .map(|j| enc_b[j] + (0..n * d).map(|i| prompts[1][i] * enc_w[i * dim + j]).sum::<f32>())
+        .collect();
+    let z = &mut model.intrinsic.0[0].inner.z;
+    z.value = init::tensor2(code, [1, dim], &Default::default()).require_grad();
+    let diff = max_abs_diff(&logits(&model), &logits(&plain));
+    assert!(diff < 2e-2, "the rebuilt prompt's logits differ by {diff}");
+    assert!(max_abs_diff(&logits(&model), &logits(&tiny_hf())) > 1e-2);
+
+    // Saved with its decoder; loads into a fresh model with no subspace at hand.
+    let saved = tempfile::tempdir().unwrap();
+    save_adapter(&model, "default", saved.path()).unwrap();
+    drop(dir);
+    let mut fresh = tiny_hf();
+    load_adapter(&mut fresh, saved.path(), "ipt").unwrap();
+    assert_eq!(logits(&fresh), logits(&model));
+    assert_eq!(fresh.param_count().trainable, dim);
 }

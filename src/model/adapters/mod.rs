@@ -16,6 +16,7 @@
 pub(crate) mod bottleneck;
 pub(crate) mod ia3;
 pub(crate) mod kron;
+pub(crate) mod late;
 pub(crate) mod lora;
 pub(crate) mod prompt;
 pub(crate) mod slots;

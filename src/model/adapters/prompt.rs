@@ -133,6 +133,10 @@ impl<B: Backend> Part<B> for IntrinsicPrompt<B> {
         v.visit2(&format!("{prefix}.decoder.w2"), &mut self.w2);
         v.visit1(&format!("{prefix}.decoder.b2"), &mut self.b2);
     }
+
+    fn visit_trainable<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+        v.visit2(&format!("{prefix}.z"), &mut self.z);
+    }
 }
 
 impl<B: Backend> IntrinsicPrompt<B> {

@@ -9,6 +9,12 @@ use crate::model::params::{Param, ParamVisitor, SetTrainable};
 /// The parameters of one adapter at one place of the model.
 pub(crate) trait Part<B: Backend> {
     fn visit<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V);
+
+    /// The parameters that train while the adapter is active: all of them, unless the part
+    /// carries frozen tensors of its own (intrinsic prompt tuning's decoder).
+    fn visit_trainable<V: ParamVisitor<B>>(&mut self, prefix: &str, v: &mut V) {
+        self.visit(prefix, v);
+    }
 }
 
 impl<B: Backend> Part<B> for Param<B, 1> {
@@ -100,7 +106,7 @@ impl<T> Slots<T> {
     {
         for n in &mut self.0 {
             n.active = Some(n.name.as_str()) == name;
-            n.inner.visit("", &mut SetTrainable(n.active));
+            n.inner.visit_trainable("", &mut SetTrainable(n.active));
         }
     }
 }
