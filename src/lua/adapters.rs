@@ -98,6 +98,15 @@ pub(crate) fn add_methods<B: AutodiffBackend, M: UserDataMethods<LuaModel<B>>>(m
         peft::remove(&mut this.model.borrow_mut(), &name)
             .map_err(|e| recipe_error(lua, format!("model:remove_adapter: {e}")))
     });
+    // model:lets_select() -> the layers a LeTS adapter keeps (0-based), after its search.
+    methods.add_method("lets_select", |lua, this, ()| {
+        peft::lets::select(&mut this.model.borrow_mut())
+            .map_err(|e| recipe_error(lua, format!("model:lets_select: {e}")))
+    });
+    // model:lets_gates() -> each layer's gate σ(β) while a LeTS adapter searches.
+    methods.add_method("lets_gates", |_, this, ()| {
+        Ok(peft::lets::gates(&this.model.borrow()))
+    });
     methods.add_method("merge", |lua, this, ()| {
         peft::merge(&mut this.model.borrow_mut())
             .map_err(|e| recipe_error(lua, format!("model:merge: {e}")))

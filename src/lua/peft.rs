@@ -10,17 +10,18 @@ use crate::peft::adamix::AdaMixConfig;
 use crate::peft::bottleneck::{BottleneckConfig, Placement};
 use crate::peft::compacter::CompacterConfig;
 use crate::peft::format::read_prompt_table;
+use crate::peft::ia3::Ia3Config;
 use crate::peft::intrinsic::{IntrinsicConfig, IntrinsicInit};
 use crate::peft::krona::KronaConfig;
 use crate::peft::late::LadderConfig;
-use crate::train::intrinsic::{SubspaceConfig, fit_subspace};
-use crate::peft::warp::WarpConfig;
-use crate::peft::ia3::Ia3Config;
+use crate::peft::lets::LetsConfig;
 use crate::peft::lokr::LokrConfig;
 use crate::peft::lora::LoraConfig;
 use crate::peft::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use crate::peft::selective::BitFitConfig;
+use crate::peft::warp::WarpConfig;
 use crate::peft::{Method, Targets};
+use crate::train::intrinsic::{SubspaceConfig, fit_subspace};
 
 /// A validated method, ready for `model:attach`. Prompt tuning initialised from a text keeps
 /// the text here; the model's tokenizer turns it into ids when attaching.
@@ -277,6 +278,14 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
         })?,
     )?;
     t.set(
+        "lets",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let func = "runner.peft.lets";
+            let config: LetsConfig = from_table(lua, func, opts, &[], &["selected"])?;
+            Ok(method(Method::Lets(config)))
+        })?,
+    )?;
+    t.set(
         "bottleneck",
         lua.create_function(|lua, opts: Option<Table>| {
             bottleneck(lua, opts, "runner.peft.bottleneck", None)
@@ -479,7 +488,11 @@ mod tests {
             })
         );
         assert_eq!(
-            method_of(&lua, "return runner.peft.compacter_pp{reduction_factor = 24}").unwrap(),
+            method_of(
+                &lua,
+                "return runner.peft.compacter_pp{reduction_factor = 24}"
+            )
+            .unwrap(),
             Method::Compacter(CompacterConfig {
                 seed: seeded,
                 placement: Placement::Pfeiffer,
@@ -494,8 +507,8 @@ mod tests {
                 ..Default::default()
             })
         );
-        let Method::Warp(w) = method_of(&lua, "return runner.peft.warp{labels = {' yes', ' no'}}")
-            .unwrap()
+        let Method::Warp(w) =
+            method_of(&lua, "return runner.peft.warp{labels = {' yes', ' no'}}").unwrap()
         else {
             panic!("warp")
         };
@@ -512,12 +525,15 @@ mod tests {
                 "return runner.peft.compacter{placement = 'pfeiffer'}",
                 "placement",
             ),
-            ("return runner.peft.krona{scale = -1}", "KronA scale must be a positive"),
             (
-                "return runner.peft.krona{placement = 'mlp'}",
-                "placement",
+                "return runner.peft.krona{scale = -1}",
+                "KronA scale must be a positive",
             ),
-            ("return runner.peft.adamix{experts = 0}", "at least one expert"),
+            ("return runner.peft.krona{placement = 'mlp'}", "placement"),
+            (
+                "return runner.peft.adamix{experts = 0}",
+                "at least one expert",
+            ),
             ("return runner.peft.adamix{share = 'left'}", "share"),
         ] {
             let e = method_of(&lua, code).unwrap_err();

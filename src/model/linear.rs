@@ -63,6 +63,8 @@ pub struct Linear<B: Backend> {
     pub kron: Slots<KronAdapter<B>>,
     /// BitFit biases, `[d_out]`.
     pub bias: Slots<Param<B, 1>>,
+    /// LeTS's task-specific full update `ΔW` `[d_in, d_out]` (the shared weight stays as it is).
+    pub delta: Slots<Param<B, 2>>,
     /// The checkpoint's own bias, `[d_out]` (Qwen2's q, k and v; Llama's `attention_bias`).
     pub base_bias: Option<Param<B, 1>>,
 }
@@ -79,6 +81,7 @@ impl<B: Backend> Linear<B> {
             ia3: Slots::default(),
             kron: Slots::default(),
             bias: Slots::default(),
+            delta: Slots::default(),
             base_bias: None,
         }
     }
@@ -140,8 +143,21 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// - x: `[n, d_in]` -> `[n, d_out]`
     ///
-    /// `rng` is `Some` in training (LoRA dropout is drawn from it) and `None` in evaluation.
-    pub(crate) fn forward(&self, x: Tensor<B, 2>, rng: Option<&mut HostRng>) -> Tensor<B, 2> {
+    /// `rng` is `Some` in training (LoRA dropout is drawn from it) and `None` in evaluation;
+    /// `gate` (`[1]`) scales LeTS's update while its layers are being selected.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        rng: Option<&mut HostRng>,
+        gate: Option<Tensor<B, 1>>,
+    ) -> Tensor<B, 2> {
+        let delta = self.delta.active().map(|dw| {
+            let y = precision::matmul(x.clone(), dw.value.clone());
+            match gate {
+                Some(g) => y * g.unsqueeze(),
+                None => y,
+            }
+        });
         let ia3 = self.ia3.active().filter(|v| !v.merged);
         let x = match ia3 {
             Some(v) if v.on_input => x * v.vector.value.clone().unsqueeze(),
@@ -168,6 +184,9 @@ impl<B: Backend> Linear<B> {
         if let Some(b) = self.bias.active() {
             out = out + b.value.clone().unsqueeze();
         }
+        if let Some(d) = delta {
+            out = out + d;
+        }
         match ia3 {
             Some(v) if !v.on_input => out * v.vector.value.clone().unsqueeze(),
             _ => out,
@@ -186,6 +205,7 @@ impl<B: Backend> Linear<B> {
         self.ia3.visit(prefix, "ia3_l", v);
         self.kron.visit(prefix, "lokr", v);
         self.bias.visit(prefix, "bias", v);
+        self.delta.visit(prefix, "lets_delta", v);
     }
 
     pub(crate) fn activate(&mut self, name: Option<&str>) {
@@ -193,6 +213,7 @@ impl<B: Backend> Linear<B> {
         self.ia3.activate(name);
         self.kron.activate(name);
         self.bias.activate(name);
+        self.delta.activate(name);
     }
 
     pub(crate) fn remove_adapter(&mut self, name: &str) {
@@ -200,5 +221,6 @@ impl<B: Backend> Linear<B> {
         self.ia3.remove(name);
         self.kron.remove(name);
         self.bias.remove(name);
+        self.delta.remove(name);
     }
 }

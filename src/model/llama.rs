@@ -148,6 +148,9 @@ pub struct Block<B: Backend> {
     pub mlp_adapter: Slots<Bottleneck<B>>,
     /// KronA^B_res beside the MLP block.
     pub mlp_parallel: Slots<KronParallel<B>>,
+    /// LeTS's layer gate `β` (`[1]`) while layers are being selected: the layer's updates are
+    /// scaled by `σ(β)`.
+    pub lets_gate: Slots<Param<B, 1>>,
     /// LN tuning's trained copies of the two norm weights.
     pub input_norm_tuned: Slots<Param<B, 1>>,
     pub post_norm_tuned: Slots<Param<B, 1>>,
@@ -207,6 +210,20 @@ impl<B: Backend> Block<B> {
             .map(|(_, l)| l)
     }
 
+    /// `lin` (one of this layer's projections) applied to `x`, with LeTS's gate.
+    pub(crate) fn run(
+        &self,
+        lin: &Linear<B>,
+        x: Tensor<B, 2>,
+        rng: Option<&mut HostRng>,
+    ) -> Tensor<B, 2> {
+        let gate = self
+            .lets_gate
+            .active()
+            .map(|g| burn::tensor::activation::sigmoid(g.value.clone()));
+        lin.forward(x, rng, gate)
+    }
+
     /// The projection `proj`, which callers take from the layer's own list.
     pub(crate) fn proj(&self, proj: Proj) -> &Linear<B> {
         self.try_proj(proj)
@@ -256,6 +273,7 @@ impl<B: Backend> Block<B> {
             attn_adapter: Slots::default(),
             mlp_adapter: Slots::default(),
             mlp_parallel: Slots::default(),
+            lets_gate: Slots::default(),
             input_norm_tuned: Slots::default(),
             post_norm_tuned: Slots::default(),
             q_norm: None,
@@ -309,6 +327,7 @@ impl<B: Backend> Block<B> {
             .visit(&format!("{prefix}.mlp"), "adapter", v);
         self.mlp_parallel
             .visit(&format!("{prefix}.mlp"), "krona", v);
+        self.lets_gate.visit(prefix, "lets_gate", v);
         if let Some(w) = &mut self.mlp_out_norm {
             v.visit1(&format!("{prefix}.post_feedforward_layernorm.weight"), w);
         }
@@ -326,6 +345,7 @@ impl<B: Backend> Block<B> {
         self.attn_adapter.activate(name);
         self.mlp_adapter.activate(name);
         self.mlp_parallel.activate(name);
+        self.lets_gate.activate(name);
         self.input_norm_tuned.activate(name);
         self.post_norm_tuned.activate(name);
         self.attn_out_norm_tuned.activate(name);
@@ -339,6 +359,7 @@ impl<B: Backend> Block<B> {
         self.attn_adapter.remove(name);
         self.mlp_adapter.remove(name);
         self.mlp_parallel.remove(name);
+        self.lets_gate.remove(name);
         self.input_norm_tuned.remove(name);
         self.post_norm_tuned.remove(name);
         self.attn_out_norm_tuned.remove(name);
@@ -831,15 +852,13 @@ impl<B: Backend> Llama<B> {
             .map(|k| k.forward(h.clone(), rng.as_deref_mut()));
         let (gate, up) = match layer.try_proj(Proj::GateUp) {
             Some(gate_up) => {
-                let y = gate_up.forward(h, rng.as_deref_mut());
+                let y = layer.run(gate_up, h, rng.as_deref_mut());
                 let ffn = self.config.intermediate_size;
                 (y.clone().narrow(1, 0, ffn), y.narrow(1, ffn, ffn))
             }
             None => (
-                layer
-                    .proj(Proj::Gate)
-                    .forward(h.clone(), rng.as_deref_mut()),
-                layer.proj(Proj::Up).forward(h, rng.as_deref_mut()),
+                layer.run(layer.proj(Proj::Gate), h.clone(), rng.as_deref_mut()),
+                layer.run(layer.proj(Proj::Up), h, rng.as_deref_mut()),
             ),
         };
         let act = if self.config.family.is_gemma() {
@@ -847,7 +866,7 @@ impl<B: Backend> Llama<B> {
         } else {
             kernels::silu_mul(gate, up)
         };
-        let mut mlp = layer.proj(Proj::Down).forward(act, rng.as_deref_mut());
+        let mut mlp = layer.run(layer.proj(Proj::Down), act, rng.as_deref_mut());
         if let Some(p) = parallel {
             mlp = mlp + p;
         }
@@ -960,7 +979,7 @@ impl<B: Backend> Llama<B> {
         };
         let (q, k, v) = match layer.try_proj(Proj::Qkv) {
             Some(qkv) => {
-                let y = qkv.forward(x, rng.as_deref_mut());
+                let y = layer.run(qkv, x, rng.as_deref_mut());
                 let (qw, kw) = (h * hd, kvh * hd);
                 (
                     y.clone().narrow(1, 0, qw),
@@ -969,9 +988,9 @@ impl<B: Backend> Llama<B> {
                 )
             }
             None => (
-                layer.proj(Proj::Q).forward(x.clone(), rng.as_deref_mut()),
-                layer.proj(Proj::K).forward(x.clone(), rng.as_deref_mut()),
-                layer.proj(Proj::V).forward(x, rng.as_deref_mut()),
+                layer.run(layer.proj(Proj::Q), x.clone(), rng.as_deref_mut()),
+                layer.run(layer.proj(Proj::K), x.clone(), rng.as_deref_mut()),
+                layer.run(layer.proj(Proj::V), x, rng.as_deref_mut()),
             ),
         };
         let q = rope.apply(per_head(q, &layer.q_norm, h));
@@ -986,9 +1005,8 @@ impl<B: Backend> Llama<B> {
                 head_dim: hd,
                 scale: scale as f32,
             };
-            return layer
-                .proj(Proj::O)
-                .forward(kernels::attention(q, k, v, mask, shape), rng);
+            let out = kernels::attention(q, k, v, mask, shape);
+            return layer.run(layer.proj(Proj::O), out, rng);
         }
         // With a cache (generation, prefix tuning): keys and values of earlier positions
         // first. Soft-capped scores (Gemma 2) take this composed path too.
@@ -1014,7 +1032,7 @@ impl<B: Backend> Llama<B> {
         .reshape([b, kvh, rep * t, total]);
         let out = probs.matmul(v).reshape([b, h, t, hd]);
         let out = out.swap_dims(1, 2).reshape([b * t, h * hd]);
-        layer.proj(Proj::O).forward(out, rng)
+        layer.run(layer.proj(Proj::O), out, rng)
     }
 }
 

@@ -56,7 +56,9 @@ impl Default for AdaMixConfig {
 impl AdaMixConfig {
     pub(crate) fn validate(&self) -> Result<(), PeftError> {
         if self.experts == 0 {
-            return Err(PeftError::Invalid("AdaMix needs at least one expert".into()));
+            return Err(PeftError::Invalid(
+                "AdaMix needs at least one expert".into(),
+            ));
         }
         if !(self.consistency.is_finite() && self.consistency >= 0.0) {
             return Err(PeftError::Invalid(format!(

@@ -56,7 +56,11 @@ fn glorot<B: Backend>(
 ) -> Param<B, 2> {
     let bound = (6.0 / (fans.0 + fans.1) as f64).sqrt();
     Param::new(
-        init::tensor2(init::uniform_vec(rng, rows * cols, bound), [rows, cols], device),
+        init::tensor2(
+            init::uniform_vec(rng, rows * cols, bound),
+            [rows, cols],
+            device,
+        ),
         true,
     )
 }

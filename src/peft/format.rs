@@ -14,11 +14,11 @@ use super::bottleneck::{Activation, BottleneckConfig, Placement};
 use super::ia3::Ia3Config;
 use super::krona::KronaConfig;
 use super::lokr::{LokrConfig, LokrInit};
-use super::warp::WarpConfig;
 use super::lora::{LoraConfig, LoraInit};
 use super::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use super::selective::BitFitConfig;
 use super::targets::Targets;
+use super::warp::WarpConfig;
 use super::{Method, PeftError};
 use crate::model::Llama;
 use crate::model::llama::module_path;
@@ -234,6 +234,10 @@ pub fn save_adapter<B: Backend>(
         Method::Ladder(cfg) => {
             tensors = runner_tensors(model, name, "");
             json!({"peft_type": "RUNNER_LADDER", "config": cfg})
+        }
+        Method::Lets(cfg) => {
+            tensors = runner_tensors(model, name, "");
+            json!({"peft_type": "RUNNER_LETS", "config": cfg})
         }
         Method::AttentionFusion => {
             tensors = runner_tensors(model, name, "");
@@ -604,6 +608,7 @@ fn method_from_config(v: &Value) -> Result<Method, String> {
         "RUNNER_INTRINSIC_PROMPT" => Method::Intrinsic(embedded_config(v)?),
         "RUNNER_LADDER" => Method::Ladder(embedded_config(v)?),
         "RUNNER_ATTENTION_FUSION" => Method::AttentionFusion,
+        "RUNNER_LETS" => Method::Lets(embedded_config(v)?),
         "RUNNER_WARP" => {
             let labels: Vec<u32> =
                 serde_json::from_value(v.get("labels").cloned().unwrap_or_default())
@@ -707,6 +712,7 @@ fn fill<B: Backend>(
         | Method::Intrinsic(_)
         | Method::Ladder(_)
         | Method::AttentionFusion
+        | Method::Lets(_)
         | Method::BitFit(_)
         | Method::LnTuning => {
             struct Assign<'a, F: FnMut(&str, &[usize]) -> Result<Vec<f32>, String>> {

@@ -79,18 +79,25 @@ impl Subspace {
 
     /// Reads a subspace folder, checking every shape against its config.
     pub fn read(dir: &Path) -> Result<Self, PeftError> {
-        let bad = |path: &Path, msg: String| PeftError::Invalid(format!("{}: {msg}", path.display()));
+        let bad =
+            |path: &Path, msg: String| PeftError::Invalid(format!("{}: {msg}", path.display()));
         let cfg_path = dir.join(SUBSPACE_CONFIG);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, format!("cannot read: {e}")))?;
-        let cfg: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(&cfg_path, format!("invalid JSON: {e}")))?;
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| bad(&cfg_path, format!("cannot read: {e}")))?;
+        let cfg: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| bad(&cfg_path, format!("invalid JSON: {e}")))?;
         let get = |k: &str| {
             cfg.get(k)
                 .and_then(serde_json::Value::as_u64)
                 .map(|v| v as usize)
                 .ok_or_else(|| bad(&cfg_path, format!("missing or non-integer '{k}'")))
         };
-        let (dim, hidden, n, d) = (get("dim")?, get("hidden")?, get("num_virtual_tokens")?, get("d_model")?);
+        let (dim, hidden, n, d) = (
+            get("dim")?,
+            get("hidden")?,
+            get("num_virtual_tokens")?,
+            get("d_model")?,
+        );
         let weights = dir.join(SUBSPACE_WEIGHTS);
         let tensors = super::format::read_f32_tensors(&weights).map_err(|m| bad(&weights, m))?;
         let s = Self {
@@ -109,7 +116,10 @@ impl Subspace {
         ] {
             let (got, _) = s.tensor(name).map_err(|e| bad(&weights, e.to_string()))?;
             if *got != shape {
-                return Err(bad(&weights, format!("{name} has shape {got:?}, expected {shape:?}")));
+                return Err(bad(
+                    &weights,
+                    format!("{name} has shape {got:?}, expected {shape:?}"),
+                ));
             }
         }
         Ok(s)
@@ -150,7 +160,8 @@ pub(crate) fn attach<B: Backend>(
 ) -> Result<usize, PeftError> {
     let d = model.config.hidden_size;
     let device = model.device.clone();
-    let frozen2 = |v: Vec<f32>, shape: [usize; 2]| Param::new(init::tensor2::<B>(v, shape, &device), false);
+    let frozen2 =
+        |v: Vec<f32>, shape: [usize; 2]| Param::new(init::tensor2::<B>(v, shape, &device), false);
     let frozen1 = |v: Vec<f32>| Param::new(init::tensor1::<B>(v, &device), false);
     let (mut config, prompt) = match &config.subspace {
         Some(dir) => {

@@ -17,11 +17,11 @@
 use burn::prelude::*;
 
 use super::PeftError;
+use crate::model::Llama;
 use crate::model::adapters::late::{AttentionFusion, LadderSide};
 use crate::model::config::LlamaConfig;
 use crate::model::init;
 use crate::model::params::Param;
-use crate::model::Llama;
 
 /// `runner.peft.ladder{...}`: the paper's reduction factor 8 and gate temperature 0.1.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -47,7 +47,12 @@ impl Default for LadderConfig {
 fn side_config(c: &LlamaConfig, r: usize) -> Result<LlamaConfig, PeftError> {
     let d = c.hidden_size;
     let hd = c.head_dim();
-    if r == 0 || !d.is_multiple_of(r) || !hd.is_multiple_of(r) || (hd / r) % 2 != 0 || !c.intermediate_size.is_multiple_of(r) {
+    if r == 0
+        || !d.is_multiple_of(r)
+        || !hd.is_multiple_of(r)
+        || (hd / r) % 2 != 0
+        || !c.intermediate_size.is_multiple_of(r)
+    {
         return Err(PeftError::Invalid(format!(
             "reduction_factor {r} must divide the hidden size {d}, the MLP width {} and the head width {hd}, leaving an even head width",
             c.intermediate_size
@@ -108,7 +113,10 @@ pub(crate) fn attach_ladder<B: Backend>(
     Ok(added)
 }
 
-pub(crate) fn attach_fusion<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<usize, PeftError> {
+pub(crate) fn attach_fusion<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+) -> Result<usize, PeftError> {
     let (d, layers) = (model.config.hidden_size, model.config.num_hidden_layers);
     let device = model.device.clone();
     let fusion = AttentionFusion {

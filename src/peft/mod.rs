@@ -17,6 +17,7 @@ pub mod ia3;
 pub mod intrinsic;
 pub mod krona;
 pub mod late;
+pub mod lets;
 pub mod lokr;
 pub mod lora;
 pub mod prompt;
@@ -52,6 +53,7 @@ pub enum Method {
     Intrinsic(intrinsic::IntrinsicConfig),
     Ladder(late::LadderConfig),
     AttentionFusion,
+    Lets(lets::LetsConfig),
     Prefix(prompt::PrefixConfig),
     BitFit(selective::BitFitConfig),
     LnTuning,
@@ -75,6 +77,7 @@ impl Method {
             Self::Intrinsic(c) => intrinsic::attach(model, name, c),
             Self::Ladder(c) => late::attach_ladder(model, name, c),
             Self::AttentionFusion => late::attach_fusion(model, name),
+            Self::Lets(c) => lets::attach(model, name, c),
             Self::Prefix(c) => prompt::attach_prefix(model, name, c),
             Self::BitFit(c) => selective::attach_bitfit(model, name, c),
             Self::LnTuning => selective::attach_ln_tuning(model, name),
@@ -101,6 +104,7 @@ impl Method {
             Self::Intrinsic(_) => "intrinsic_prompt",
             Self::Ladder(_) => "ladder",
             Self::AttentionFusion => "attention_fusion",
+            Self::Lets(_) => "lets",
             Self::Prefix(_) => "prefix_tuning",
             Self::BitFit(_) => "bitfit",
             Self::LnTuning => "ln_tuning",
@@ -164,7 +168,9 @@ pub enum PeftError {
     UnknownAdapter { name: String, known: String },
     #[error("no adapter is active")]
     NoActiveAdapter,
-    #[error("{0} adapters cannot be merged into the base weights (LoRA, DoRA, LoKr, KronA and (IA)3 can)")]
+    #[error(
+        "{0} adapters cannot be merged into the base weights (LoRA, DoRA, LoKr, KronA and (IA)3 can)"
+    )]
     NotMergeable(&'static str),
     #[error("adapter '{0}' is already merged")]
     AlreadyMerged(String),

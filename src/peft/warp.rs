@@ -33,7 +33,9 @@ pub(crate) fn attach<B: Backend>(
 ) -> Result<usize, PeftError> {
     let vocab = model.config.vocab_size;
     if config.labels.is_empty() {
-        return Err(PeftError::Invalid("WARP needs at least one label word".into()));
+        return Err(PeftError::Invalid(
+            "WARP needs at least one label word".into(),
+        ));
     }
     if let Some(bad) = config.labels.iter().find(|&&id| id as usize >= vocab) {
         return Err(PeftError::Invalid(format!(

@@ -34,8 +34,12 @@ pub(crate) fn consistency_loss<B: AutodiffBackend>(
     rng: &mut HostRng,
 ) -> (f64, Tensor<B, 1>) {
     let device = model.device.clone();
-    let targets =
-        next_token_targets_segmented(&micro.labels, micro.segments.as_deref(), micro.batch, micro.seq);
+    let targets = next_token_targets_segmented(
+        &micro.labels,
+        micro.segments.as_deref(),
+        micro.batch,
+        micro.seq,
+    );
     let rows: Vec<i64> = (0..targets.len())
         .filter(|&r| targets[r] != IGNORE_INDEX)
         .map(|r| r as i64)

@@ -85,7 +85,9 @@ pub fn fit_subspace<B: AutodiffBackend>(
         )));
     }
     if config.dim == 0 || config.hidden == 0 || config.steps == 0 {
-        return Err(PeftError::Invalid("dim, hidden and steps must be at least 1".into()));
+        return Err(PeftError::Invalid(
+            "dim, hidden and steps must be at least 1".into(),
+        ));
     }
     let t = prompts.len();
     let x = init::tensor2::<B>(prompts.concat(), [t, flat], device);
@@ -93,7 +95,11 @@ pub fn fit_subspace<B: AutodiffBackend>(
     // nn.Linear's default initialisation: uniform(±1/√fan_in) for weights and biases.
     let mut linear = |fan_in: usize, fan_out: usize| {
         let bound = 1.0 / (fan_in as f64).sqrt();
-        let w = init::tensor2::<B>(init::uniform_vec(&mut rng, fan_in * fan_out, bound), [fan_in, fan_out], device);
+        let w = init::tensor2::<B>(
+            init::uniform_vec(&mut rng, fan_in * fan_out, bound),
+            [fan_in, fan_out],
+            device,
+        );
         let b = init::tensor1::<B>(init::uniform_vec(&mut rng, fan_out, bound), device);
         (Param::new(w, true), Param::new(b, true))
     };
@@ -125,10 +131,16 @@ pub fn fit_subspace<B: AutodiffBackend>(
     let codes = ae.encode(x).detach();
     let mean_code = codes.mean_dim(0);
     let host = |t: Tensor<B, 2>| -> (Vec<usize>, Vec<f32>) {
-        (t.dims().to_vec(), t.into_data().convert::<f32>().to_vec().expect("f32"))
+        (
+            t.dims().to_vec(),
+            t.into_data().convert::<f32>().to_vec().expect("f32"),
+        )
     };
     let host1 = |t: Tensor<B, 1>| -> (Vec<usize>, Vec<f32>) {
-        (t.dims().to_vec(), t.into_data().convert::<f32>().to_vec().expect("f32"))
+        (
+            t.dims().to_vec(),
+            t.into_data().convert::<f32>().to_vec().expect("f32"),
+        )
     };
     let mut tensors = HashMap::new();
     tensors.insert("encoder.weight".into(), host(ae.enc_w.value.clone()));

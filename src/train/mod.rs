@@ -2,10 +2,10 @@
 
 pub mod checkpoint;
 pub(crate) mod consistency;
-pub mod intrinsic;
 pub mod dpo;
 pub(crate) mod gen_eval;
 pub mod head_loss;
+pub mod intrinsic;
 pub mod loss;
 pub(crate) mod metrics;
 pub(crate) mod optim;

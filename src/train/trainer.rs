@@ -261,12 +261,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let consistency = super::consistency::weight(model);
         self.step_with(model, tokens, total, |this, model, loss_scale, grads| {
             let mut nll = 0.0;
-            for micro in batch.split(k) {
+            for (m, micro) in batch.split(k).into_iter().enumerate() {
+                let first = m == 0;
                 // Before each micro-batch (cheap), so a long accumulated step stops promptly.
                 crate::interrupt::check()?;
                 if micro.target_tokens() == 0 {
                     continue;
                 }
+                let lets_selecting = crate::peft::lets::penalty(model).is_some();
                 let micro_nll = if let Some(lambda) = consistency {
                     let (micro_nll, surrogate) = super::consistency::consistency_loss(
                         model,
@@ -281,7 +283,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         grads.accumulate(&g, |c| model.visit(c));
                     }
                     micro_nll
-                } else if this.options.checkpointing && checkpointable(model) {
+                } else if this.options.checkpointing && checkpointable(model) && !lets_selecting {
                     this.checkpointed_micro_step(model, &micro, total, loss_scale, grads)
                 } else {
                     let hidden = model.hidden_states_segmented(
@@ -296,7 +298,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         micro.seq,
                     );
                     let head = model.head();
-                    let (micro_nll, surrogate) = training_loss(
+                    let (micro_nll, mut surrogate) = training_loss(
                         hidden,
                         &head.value,
                         head.trainable,
@@ -305,6 +307,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                         loss_scale,
                         model.config.final_logit_softcapping,
                     );
+                    // LeTS's gate penalty while it selects layers, once per step.
+                    if let Some(p) = crate::peft::lets::penalty(model).filter(|_| first) {
+                        surrogate = surrogate + p * loss_scale;
+                    }
                     // Every activation is alive here: the usual peak of a step on a GPU.
                     memory::sample_device::<B>(&model.device);
                     if micro_nll.is_finite() {

@@ -16,15 +16,16 @@ use runner::model::{Llama, LlamaConfig, TinyOptions};
 use runner::peft::adamix::{AdaMixConfig, Share};
 use runner::peft::bottleneck::{BottleneckConfig, Placement};
 use runner::peft::compacter::CompacterConfig;
-use runner::peft::krona::{KronaConfig, KronaPlacement};
-use runner::peft::late::LadderConfig;
-use runner::peft::warp::WarpConfig;
 use runner::peft::format::{load_adapter, save_adapter};
 use runner::peft::ia3::Ia3Config;
+use runner::peft::krona::{KronaConfig, KronaPlacement};
+use runner::peft::late::LadderConfig;
+use runner::peft::lets::LetsConfig;
 use runner::peft::lokr::LokrConfig;
 use runner::peft::lora::{LoraConfig, LoraInit};
 use runner::peft::prompt::{PrefixConfig, PromptConfig, PromptInit};
 use runner::peft::selective::BitFitConfig;
+use runner::peft::warp::WarpConfig;
 use runner::peft::{self, Method, PeftError, Targets};
 use runner::pretrained;
 use runner::train::{AdamWConfig, Schedule, Trainer};
@@ -305,6 +306,10 @@ fn additive_methods() -> Vec<Method> {
             ..Default::default()
         }),
         Method::AttentionFusion,
+        Method::Lets(LetsConfig {
+            budget: 1,
+            ..Default::default()
+        }),
     ]
 }
 
@@ -905,6 +910,80 @@ fn additive_methods_count_their_papers_parameters() {
     );
     // AttentionFusion: the query, one bias per representation (embeddings and each layer), the gate.
     assert_eq!(count(Method::AttentionFusion), d + (layers + 1) + d);
+    // LeTS while selecting: a full update of every projection of every layer, and a gate each.
+    let layer_weights = d * d + 2 * d * 16 + d * d + 3 * d * 64;
+    assert_eq!(
+        count(Method::Lets(LetsConfig {
+            budget: 1,
+            ..Default::default()
+        })),
+        layers * (layer_weights + 1)
+    );
+}
+
+/// LeTS: the penalty, heavier on lower layers, closes their gates first; selecting keeps
+/// the budget's layers with the outputs unchanged, and only their updates train afterwards.
+#[test]
+fn lets_selects_the_layers_it_tunes() {
+    let batch = {
+        let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
+        Batch::collate(
+            &[&a, &Example::text("The quick brown fox.")],
+            32,
+            &ByteTokenizer,
+        )
+        .unwrap()
+    };
+    let mut model = tiny_hf();
+    let config = LetsConfig {
+        budget: 1,
+        penalty: 5.0,
+        ..Default::default()
+    };
+    Method::Lets(config).attach(&mut model, "default").unwrap();
+    let mut trainer = Trainer::<B>::new(
+        AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
+        Schedule::default(),
+        0,
+    )
+    .unwrap();
+    for _ in 0..8 {
+        trainer.step(&mut model, &batch).unwrap();
+    }
+    let gates = peft::lets::gates(&model);
+    assert_eq!(gates.len(), 2);
+    assert!(gates[0] < gates[1] && gates[1] < 0.5, "{gates:?}");
+    // Selection drops layer 0's update; with it zeroed first, the kept layer's update (its
+    // gate folded in) leaves the outputs as they were.
+    for (_, lin) in &mut model.layers[0].projections {
+        let dw = &mut lin.delta.0[0].inner;
+        dw.value = dw.value.zeros_like().require_grad();
+    }
+    let before = logits(&model);
+    let selected = peft::lets::select(&mut model).unwrap();
+    assert_eq!(selected, vec![1]);
+    let diff = max_abs_diff(&logits(&model), &before);
+    assert!(diff < 1e-5, "selecting moved the logits by {diff}");
+    assert_eq!(model.param_count().trainable, d_layer_weights());
+    assert!(peft::lets::gates(&model).is_empty());
+    let e = peft::lets::select(&mut model).unwrap_err().to_string();
+    assert!(e.contains("already selected layers [1]"), "{e}");
+    // The selection is saved with the adapter.
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&model, "default", dir.path()).unwrap();
+    let mut fresh = tiny_hf();
+    load_adapter(&mut fresh, dir.path(), "default").unwrap();
+    assert_eq!(logits(&fresh), logits(&model));
+    assert_eq!(fresh.param_count().trainable, d_layer_weights());
+}
+
+/// One tiny-model layer's projection weights (hidden 32, MLP 64, k and v 16 wide).
+fn d_layer_weights() -> usize {
+    let d = 32;
+    d * d + 2 * d * 16 + d * d + 3 * d * 64
 }
 
 /// A dense PHM weight is Σ R_i ⊗ B_i; the rules are one set per adapter, shared by every
@@ -935,7 +1014,12 @@ fn compacter_rules_are_shared_across_layers() {
     model.visit(&mut Names(&mut names));
     let rules: Vec<&String> = names.iter().filter(|n| n.contains("phm_rules")).collect();
     assert_eq!(rules.len(), 2, "{rules:?}");
-    assert!(names.iter().any(|n| n == "layers.1.mlp.adapter[default].up.phm_t"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "layers.1.mlp.adapter[default].up.phm_t"),
+        "{names:?}"
+    );
 }
 
 /// WARP's verbalizer replaces exactly its label words' rows of the output head.
@@ -954,7 +1038,10 @@ fn warp_replaces_only_its_label_rows() {
     .attach(&mut model, "default")
     .unwrap();
     // A fresh verbalizer is the label words' own rows.
-    assert_eq!(model.head().value.into_data().to_vec::<f32>().unwrap(), head_before);
+    assert_eq!(
+        model.head().value.into_data().to_vec::<f32>().unwrap(),
+        head_before
+    );
     model.visit(&mut Perturb(5));
     let head = model.head().value.into_data().to_vec::<f32>().unwrap();
     let d = 32;
@@ -986,7 +1073,10 @@ fn intrinsic_prompts_rebuild_their_sources_and_train_only_the_vector() {
     let (subspace, losses) =
         fit_subspace::<B>(&prompts, [n, d], &config, &Default::default()).unwrap();
     let (first, last) = (losses[0], *losses.last().unwrap());
-    assert!(last < first / 100.0, "reconstruction error {first} -> {last}");
+    assert!(
+        last < first / 100.0,
+        "reconstruction error {first} -> {last}"
+    );
     let dir = tempfile::tempdir().unwrap();
     subspace.write(dir.path(), serde_json::json!({})).unwrap();
 
@@ -1012,7 +1102,12 @@ fn intrinsic_prompts_rebuild_their_sources_and_train_only_the_vector() {
     let (_, enc_w) = &subspace.tensors["encoder.weight"];
     let (_, enc_b) = &subspace.tensors["encoder.bias"];
     let code: Vec<f32> = (0..dim)
-        .map(|j| enc_b[j] + (0..n * d).map(|i| prompts[1][i] * enc_w[i * dim + j]).sum::<f32>())
+        .map(|j| {
+            enc_b[j]
+                + (0..n * d)
+                    .map(|i| prompts[1][i] * enc_w[i * dim + j])
+                    .sum::<f32>()
+        })
         .collect();
     let z = &mut model.intrinsic.0[0].inner.z;
     z.value = init::tensor2(code, [1, dim], &Default::default()).require_grad();

@@ -8,9 +8,9 @@ use burn::tensor::activation;
 use rand::Rng;
 
 use super::slots::Part;
-use crate::model::init::HostRng;
 use crate::kernels::precision;
 use crate::model::init;
+use crate::model::init::HostRng;
 use crate::model::params::{Param, ParamVisitor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,7 +48,10 @@ impl Activation {
 #[derive(Clone, Debug)]
 pub enum Projection<B: Backend> {
     /// A dense matrix (Houlsby, Pfeiffer).
-    Dense { weight: Param<B, 2>, bias: Param<B, 1> },
+    Dense {
+        weight: Param<B, 2>,
+        bias: Param<B, 1>,
+    },
     /// Compacter's parameterised hypercomplex multiplication:
     /// `W = Σ_i R_i ⊗ (s_i·t_iᵀ)`, with `n` rule matrices `R_i` `[n, n]` shared by every layer
     /// (the model holds them, [`PhmRules`]) and rank-one `s_i` `[d_in/n]`, `t_i` `[d_out/n]`
@@ -122,12 +125,19 @@ impl<B: Backend> Projection<B> {
 
     /// The matrix and bias this pass uses. `rule` is the PHM rule set `[n·n, n]`; `pick`
     /// chooses an expert in training (`None`: their average).
-    fn weights(&self, rule: Option<&Param<B, 2>>, pick: Option<usize>) -> (Tensor<B, 2>, Tensor<B, 1>) {
+    fn weights(
+        &self,
+        rule: Option<&Param<B, 2>>,
+        pick: Option<usize>,
+    ) -> (Tensor<B, 2>, Tensor<B, 1>) {
         match self {
             Self::Dense { weight, bias } => (weight.value.clone(), bias.value.clone()),
             Self::Phm { s, t, bias } => {
                 let rule = rule.expect("a PHM projection's adapter has rules");
-                (phm_matrix(&rule.value, &s.value, &t.value), bias.value.clone())
+                (
+                    phm_matrix(&rule.value, &s.value, &t.value),
+                    bias.value.clone(),
+                )
             }
             Self::Experts { weights, biases } => match pick {
                 Some(j) => (weights[j].value.clone(), biases[j].value.clone()),
@@ -203,7 +213,10 @@ impl<B: Backend> Bottleneck<B> {
         let rules = ctx.rules;
         let mut pick = |p: &Projection<B>| {
             let n = p.experts();
-            ctx.rng.as_deref_mut().filter(|_| n > 1).map(|r| r.random_range(0..n))
+            ctx.rng
+                .as_deref_mut()
+                .filter(|_| n > 1)
+                .map(|r| r.random_range(0..n))
         };
         let (down_pick, up_pick) = (pick(&self.down), pick(&self.up));
         let (w, b) = self.down.weights(rules.map(|r| &r.down), down_pick);

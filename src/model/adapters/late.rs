@@ -56,8 +56,14 @@ impl<B: Backend> LadderSide<B> {
     }
 
     /// The gated input of side layer `i` from backbone layer `i`'s output and the state.
-    pub(crate) fn mix(&self, i: usize, backbone: Tensor<B, 2>, state: Tensor<B, 2>) -> Tensor<B, 2> {
-        let mu = sigmoid(self.gates.value.clone().narrow(0, i, 1) / self.temperature).unsqueeze::<2>();
+    pub(crate) fn mix(
+        &self,
+        i: usize,
+        backbone: Tensor<B, 2>,
+        state: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let mu =
+            sigmoid(self.gates.value.clone().narrow(0, i, 1) / self.temperature).unsqueeze::<2>();
         let down = backbone.matmul(self.downs[i + 1].value.clone());
         down * mu.clone() + state * (mu.neg() + 1.0)
     }
