@@ -225,6 +225,42 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
             crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
             out
         });
+        // model:classify(prompts, labels) -> for each prompt, the 1-based index of the label
+        // word (each one token) that the model ranks highest as the next token.
+        methods.add_method(
+            "classify",
+            |lua, this, (prompts, labels): (Vec<String>, Vec<String>)| {
+                let err = |m: String| recipe_error(lua, format!("model:classify: {m}"));
+                let mut label_ids = Vec::new();
+                for word in &labels {
+                    match this.tokenizer.encode(word).map_err(|e| err(e.to_string()))?[..] {
+                        [id] => label_ids.push(id),
+                        ref ids => {
+                            return Err(err(format!(
+                                "label {word:?} is {} tokens; each label must be one token",
+                                ids.len()
+                            )));
+                        }
+                    }
+                }
+                if label_ids.len() < 2 {
+                    return Err(err("give at least two labels".into()));
+                }
+                let mut ids = Vec::with_capacity(prompts.len());
+                for (i, p) in prompts.iter().enumerate() {
+                    let t = this.tokenizer.encode(p).map_err(|e| err(e.to_string()))?;
+                    if t.is_empty() {
+                        return Err(err(format!("prompt {} is empty", i + 1)));
+                    }
+                    ids.push(t);
+                }
+                let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+                super::host::dry_run_stop(lua, &this.model.borrow(), 1, longest, false)?;
+                let picks = crate::train::classify::classify(&this.model.borrow(), &ids, &label_ids);
+                crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
+                Ok(picks.into_iter().map(|j| j + 1).collect::<Vec<_>>())
+            },
+        );
         methods.add_method(
             "perplexity",
             |lua, this, (text, opts): (String, Option<Table>)| {

@@ -272,6 +272,15 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
             Ok(dir.to_string_lossy().into_owned())
         })?,
     )?;
+    // runner.results_dir(): the results folder (--results), where runner's API may write.
+    runner.set(
+        "results_dir",
+        lua.create_function(|lua, ()| {
+            Ok(lua
+                .app_data_ref::<super::host::WriteRule>()
+                .map(|r| r.results.to_string_lossy().into_owned()))
+        })?,
+    )?;
     runner.set("sweep", lua.create_function(run_sweep)?)
 }
 

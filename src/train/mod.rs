@@ -1,6 +1,7 @@
 //! Losses, the optimizer and the training/evaluation steps.
 
 pub mod checkpoint;
+pub mod classify;
 pub(crate) mod consistency;
 pub mod dpo;
 pub(crate) mod gen_eval;
