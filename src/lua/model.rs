@@ -233,7 +233,11 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
                 let err = |m: String| recipe_error(lua, format!("model:classify: {m}"));
                 let mut label_ids = Vec::new();
                 for word in &labels {
-                    match this.tokenizer.encode(word).map_err(|e| err(e.to_string()))?[..] {
+                    match this
+                        .tokenizer
+                        .encode(word)
+                        .map_err(|e| err(e.to_string()))?[..]
+                    {
                         [id] => label_ids.push(id),
                         ref ids => {
                             return Err(err(format!(
@@ -256,7 +260,8 @@ impl<B: AutodiffBackend> UserData for LuaModel<B> {
                 }
                 let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
                 super::host::dry_run_stop(lua, &this.model.borrow(), 1, longest, false)?;
-                let picks = crate::train::classify::classify(&this.model.borrow(), &ids, &label_ids);
+                let picks =
+                    crate::train::classify::classify(&this.model.borrow(), &ids, &label_ids);
                 crate::memory::release_autodiff_graph::<B>(&this.model.borrow().device);
                 Ok(picks.into_iter().map(|j| j + 1).collect::<Vec<_>>())
             },

@@ -668,6 +668,44 @@ fn bad_method_options_are_clear_errors() {
         e.to_string().contains("reduction_factor must be in 1..=32"),
         "{e}"
     );
+    for (method, want) in [
+        (
+            Method::Compacter(CompacterConfig {
+                reduction_factor: 5,
+                ..Default::default()
+            }),
+            "phm_dim 4 must divide the hidden size 32 and the bottleneck width 6",
+        ),
+        (
+            Method::Ladder(LadderConfig {
+                reduction_factor: 3,
+                ..Default::default()
+            }),
+            "reduction_factor 3 must divide the hidden size 32",
+        ),
+        (
+            Method::Lets(LetsConfig {
+                budget: 3,
+                ..Default::default()
+            }),
+            "budget must be in 1..=2 layers (got 3)",
+        ),
+        (
+            Method::Warp(WarpConfig {
+                prompt: PromptConfig::default(),
+                labels: vec![5, 5],
+                label_words: Vec::new(),
+            }),
+            "two labels have the same first token",
+        ),
+        (
+            Method::Intrinsic(Default::default()),
+            "intrinsic prompt tuning needs subspace = DIR",
+        ),
+    ] {
+        let e = method.attach(&mut model, "a").unwrap_err().to_string();
+        assert!(e.contains(want), "{}: {e}", method.kind());
+    }
     Method::Prompt(PromptConfig::default())
         .attach(&mut model, "p")
         .unwrap();
@@ -1123,4 +1161,94 @@ fn intrinsic_prompts_rebuild_their_sources_and_train_only_the_vector() {
     load_adapter(&mut fresh, saved.path(), "ipt").unwrap();
     assert_eq!(logits(&fresh), logits(&model));
     assert_eq!(fresh.param_count().trainable, dim);
+}
+
+/// AdaMix's consistency term is a symmetric KL between two routes: with one expert both routes
+/// are the same network, the term and its gradient vanish, and a step equals the plain step;
+/// with four experts it changes the update.
+#[test]
+fn adamix_consistency_vanishes_when_routes_agree() {
+    let batch = {
+        let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
+        Batch::collate(
+            &[&a, &Example::text("The quick brown fox.")],
+            32,
+            &ByteTokenizer,
+        )
+        .unwrap()
+    };
+    let after_steps = |experts: usize, consistency: f64| {
+        let mut model = tiny_hf();
+        Method::AdaMix(AdaMixConfig {
+            reduction_factor: 4,
+            experts,
+            consistency,
+            ..Default::default()
+        })
+        .attach(&mut model, "default")
+        .unwrap();
+        let mut trainer = Trainer::<B>::new(
+            AdamWConfig {
+                lr: 1e-2,
+                ..Default::default()
+            },
+            Schedule::default(),
+            0,
+        )
+        .unwrap();
+        let losses: Vec<f64> = (0..3)
+            .map(|_| trainer.step(&mut model, &batch).unwrap().loss)
+            .collect();
+        (losses, logits(&model))
+    };
+    let (plain_losses, plain) = after_steps(1, 0.0);
+    let (losses, with_term) = after_steps(1, 1.0);
+    for (a, b) in plain_losses.iter().zip(&losses) {
+        assert!((a - b).abs() < 1e-5, "{plain_losses:?} vs {losses:?}");
+    }
+    let diff = max_abs_diff(&plain, &with_term);
+    assert!(
+        diff < 1e-4,
+        "one expert: the consistency term changed the model by {diff}"
+    );
+    let (_, routed_plain) = after_steps(4, 0.0);
+    let (_, routed_term) = after_steps(4, 1.0);
+    assert!(max_abs_diff(&routed_plain, &routed_term) > 1e-4);
+}
+
+/// `classify` picks, for each prompt, the label whose token has the highest next-token logit.
+#[test]
+fn classify_ranks_the_label_tokens_after_each_prompt() {
+    let mut model = tiny_hf();
+    Method::Warp(WarpConfig {
+        prompt: PromptConfig {
+            num_virtual_tokens: 2,
+            ..Default::default()
+        },
+        labels: vec![3, 7, 11],
+        label_words: Vec::new(),
+    })
+    .attach(&mut model, "default")
+    .unwrap();
+    model.visit(&mut Perturb(9));
+    let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 2], vec![1], vec![8, 8, 8, 8, 4]];
+    let labels = [3u32, 7, 11];
+    let picks = runner::train::classify::classify(&model, &prompts, &labels);
+    for (p, pick) in prompts.iter().zip(&picks) {
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(p.iter().map(|&i| i as i64).collect(), [1, p.len()]),
+            &Default::default(),
+        );
+        let vocab = model.config.vocab_size;
+        let all = model
+            .forward(ids, None)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let last = &all[(p.len() - 1) * vocab..];
+        let want = (0..3)
+            .max_by(|&a, &b| last[labels[a] as usize].total_cmp(&last[labels[b] as usize]))
+            .unwrap();
+        assert_eq!(*pick, want, "{p:?}");
+    }
 }
