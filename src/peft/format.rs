@@ -297,14 +297,15 @@ pub fn read_prompt_table(dir: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
         })
 }
 
+/// Host tensors by name: shape and f32 values.
+pub(crate) type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Every tensor of a safetensors file as f32 (from F32, F16 or BF16), by name.
-pub(crate) fn read_f32_tensors(
-    path: &Path,
-) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, String> {
+pub(crate) fn read_f32_tensors(path: &Path) -> Result<NamedTensors, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("not a safetensors file: {e}"))?;
-    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    let mut tensors = NamedTensors::new();
     for (key, view) in file.tensors() {
         let values = match view.dtype() {
             safetensors::Dtype::F32 => view

@@ -10,7 +10,6 @@
 //! `encoder.bias`, `decoder.w1`, `decoder.b1`, `decoder.w2`, `decoder.b2`, `mean_code`
 //! `[1, dim]`) and `subspace.json` (shapes, sources, the final reconstruction error).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -63,7 +62,7 @@ impl Default for IntrinsicConfig {
 /// A fitted subspace in host memory.
 #[derive(Clone, Debug)]
 pub struct Subspace {
-    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub tensors: super::format::NamedTensors,
     pub dim: usize,
     pub hidden: usize,
     pub num_virtual_tokens: usize,

@@ -50,7 +50,7 @@ fn side_config(c: &LlamaConfig, r: usize) -> Result<LlamaConfig, PeftError> {
     if r == 0
         || !d.is_multiple_of(r)
         || !hd.is_multiple_of(r)
-        || (hd / r) % 2 != 0
+        || !(hd / r).is_multiple_of(2)
         || !c.intermediate_size.is_multiple_of(r)
     {
         return Err(PeftError::Invalid(format!(
