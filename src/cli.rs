@@ -42,6 +42,9 @@ pub enum Command {
     Table(TableArgs),
     /// Draw a sweep's results (PNG and SVG): loss curves, and a metric against a parameter.
     Plot(PlotArgs),
+    /// Subspace similarity φ(i, j) between the same LoRA factor of two saved adapters (the LoRA
+    /// paper's Figures 3 and 4), printed as CSV and drawn as a heatmap.
+    Similarity(SimilarityArgs),
     /// Write an sbatch job-array script that runs a recipe's trials as shards on Slurm.
     Slurm(SlurmArgs),
     /// Combine a sweep's shard results (`<sweep>/shards/*`) into its trials.csv and steps.csv.
@@ -108,6 +111,28 @@ pub struct PlotArgs {
     /// The column of steps.csv the curves show.
     #[arg(long, default_value = "loss")]
     pub step_metric: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimilarityArgs {
+    /// Two adapter folders (PEFT's LoRA format), e.g. two ranks or two seeds.
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// The module, e.g. model.layers.10.self_attn.q_proj.
+    #[arg(long)]
+    pub module: String,
+    /// Which factor: A (its right-singular vectors) or B (its left-singular vectors).
+    #[arg(long, default_value = "A")]
+    pub side: String,
+    /// Keep only φ(i, j) with i, j up to this (the paper shows the top 8 directions of a rank-64 adapter).
+    #[arg(long)]
+    pub max: Option<usize>,
+    /// Where to draw the heatmap (similarity.png and .svg); none drawn without it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also compute φ between Gaussian matrices of the same shapes (Figure 4's baseline).
+    #[arg(long)]
+    pub random: bool,
 }
 
 #[derive(Args, Debug, Clone)]

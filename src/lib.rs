@@ -2,6 +2,7 @@
 //!
 //! The Rust core (model, methods, data, training, sweeps) is usable without Lua; `lua` binds it.
 
+pub mod analysis;
 pub mod backend;
 pub mod data;
 pub mod footprint;

@@ -214,6 +214,7 @@ fn main() -> ExitCode {
         Some(Command::Mem(args)) => return print_text(mem(&args)),
         Some(Command::Table(args)) => return print_text(table(&args)),
         Some(Command::Plot(args)) => return print_text(plot(&args)),
+        Some(Command::Similarity(args)) => return print_text(similarity(&args)),
         Some(Command::Slurm(args)) => return print_text(slurm(&args)),
         Some(Command::Merge(args)) => return print_text(merge(&args)),
         Some(Command::Serve(args)) => return serve(&args),
@@ -638,6 +639,80 @@ fn table(a: &cli::TableArgs) -> anyhow::Result<String> {
         "csv" => Ok(p.to_csv().trim_end().to_string()),
         other => anyhow::bail!("unknown format '{other}' (markdown or csv)"),
     }
+}
+
+fn similarity(a: &cli::SimilarityArgs) -> anyhow::Result<String> {
+    use runner::analysis::subspace::{Side, adapter_similarity};
+    use runner::report::heatmap::{Heatmap, write_heatmap};
+    let side = Side::parse(&a.side)
+        .ok_or_else(|| anyhow::anyhow!("--side must be A or B (got {})", a.side))?;
+    let s =
+        adapter_similarity(&a.a, &a.b, &a.module, side, a.random).map_err(anyhow::Error::msg)?;
+    let cut = |m: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+        let n = a.max.unwrap_or(usize::MAX);
+        m.into_iter()
+            .take(n)
+            .map(|row| row.into_iter().take(n).collect())
+            .collect()
+    };
+    let phi = cut(s.phi);
+    let random = s.random.map(cut);
+    let csv = |m: &[Vec<f64>]| {
+        let cols = m.first().map_or(0, Vec::len);
+        let mut out = format!(
+            "i,{}\n",
+            (1..=cols)
+                .map(|j| j.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        for (i, row) in m.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
+            out.push_str(&format!("{},{}\n", i + 1, cells.join(",")));
+        }
+        out
+    };
+    let mut text = csv(&phi);
+    if let Some(r) = &random {
+        text.push_str("\n# the same between Gaussian matrices of these shapes\n");
+        text.push_str(&csv(r));
+    }
+    if let Some(out) = &a.out {
+        // The last two parts of the path: a trial's `<id>/adapter` says which trial.
+        let name = |p: &std::path::Path| {
+            let parts: Vec<String> = p
+                .components()
+                .rev()
+                .take(2)
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            parts.into_iter().rev().collect::<Vec<_>>().join("/")
+        };
+        let mut maps = vec![(
+            "similarity",
+            phi,
+            format!("{} vs {}", name(&a.a), name(&a.b)),
+        )];
+        if let Some(r) = random {
+            maps.push((
+                "similarity_random",
+                r,
+                "Gaussian matrices of the same shapes".into(),
+            ));
+        }
+        for (stem, values, what) in maps {
+            let map = Heatmap {
+                title: format!("φ(i, j), {} of {}: {what}", a.side.to_uppercase(), a.module),
+                values,
+                row_label: format!("i (directions of {})", name(&a.a)),
+                col_label: format!("j (directions of {})", name(&a.b)),
+            };
+            for f in write_heatmap(&map, out, stem)? {
+                text.push_str(&format!("wrote {}\n", f.display()));
+            }
+        }
+    }
+    Ok(text.trim_end().to_string())
 }
 
 fn plot(a: &cli::PlotArgs) -> anyhow::Result<String> {

@@ -2,6 +2,7 @@
 //! table and only converts and validates values; the work happens in the Rust core.
 
 mod adapters;
+mod analysis;
 mod config;
 pub(crate) mod data;
 mod declaration;
@@ -166,6 +167,7 @@ fn register<B: AutodiffBackend>(lua: &Lua) -> mlua::Result<()> {
     let runner: Table = lua.globals().get("runner")?;
     model::register::<B>(lua, &runner)?;
     peft::register(lua, &runner)?;
+    analysis::register(lua, &runner)?;
     quant::register::<B>(lua, &runner)?;
     data::register::<B>(lua, &runner)?;
     train::register::<B>(lua, &runner)?;

@@ -1,6 +1,7 @@
 //! Reading a finished sweep's `trials.csv` / `steps.csv` back for reporting: pivot tables
 //! (`table`) and figures (`plot`).
 
+pub mod heatmap;
 pub mod plot;
 pub mod table;
 

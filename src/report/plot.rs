@@ -489,22 +489,40 @@ fn shade(c: RGBColor, t: f64) -> RGBColor {
     RGBColor(mix(c.0), mix(c.1), mix(c.2))
 }
 
-fn font(size: f64) -> TextStyle<'static> {
+pub(crate) fn font(size: f64) -> TextStyle<'static> {
     (FONT, size).into_font().color(&BLACK)
 }
 
-fn render(fig: &Figure, out_dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+/// Something drawn the same way on the SVG and the PNG backend.
+pub(crate) trait Picture {
+    fn draw_on<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+impl Picture for Figure {
+    fn draw_on<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        draw(root, self)
+    }
+}
+
+/// Writes `{stem}.png` and `{stem}.svg` into `out_dir` (each atomically).
+pub(crate) fn render(fig: &impl Picture, out_dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+    register_font()?;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, fig)?;
+        fig.draw_on(&root)?;
         root.present()
             .map_err(|e| anyhow!("drawing {stem}.svg: {e}"))?;
     }
     let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
-        draw(&root, fig)?;
+        fig.draw_on(&root)?;
         root.present()
             .map_err(|e| anyhow!("drawing {stem}.png: {e}"))?;
     }
