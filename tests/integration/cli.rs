@@ -731,3 +731,94 @@ fn hub_ids_load_from_the_hugging_face_cache_offline() {
         "{err}"
     );
 }
+
+/// `runner similarity` between two saved LoRA adapters: an adapter against itself is 1 on the
+/// diagonal, the heatmaps are written, and a module that is not there is named in the error.
+#[test]
+fn similarity_compares_two_saved_adapters() {
+    use burn::backend::{Autodiff, Flex};
+    use runner::model::{Llama, TinyOptions};
+    use runner::peft::lora::LoraConfig;
+    use runner::peft::{Method, Targets};
+    type B = Autodiff<Flex>;
+    let dir = tempfile::tempdir().unwrap();
+    let save = |seed: u64, rank: usize, name: &str| {
+        let opts = TinyOptions::default();
+        let mut model =
+            Llama::<B>::random(opts.config(), 0, opts.std(), &Default::default()).unwrap();
+        Method::Lora(LoraConfig {
+            rank,
+            alpha: rank as f64,
+            targets: Targets::AllLinear,
+            seed,
+            ..Default::default()
+        })
+        .attach(&mut model, "default")
+        .unwrap();
+        let path = dir.path().join(name);
+        runner::peft::format::save_adapter(&model, "default", &path).unwrap();
+        path
+    };
+    let (r4, r8) = (save(1, 4, "r4"), save(2, 8, "r8"));
+    let run = |a: &Path, b: &Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("similarity")
+            .arg(a)
+            .arg(b)
+            .args(extra)
+            .output()
+            .expect("runner starts")
+    };
+    let out_dir = dir.path().join("plots");
+    let out = run(
+        &r4,
+        &r4,
+        &[
+            "--module",
+            "model.layers.0.self_attn.q_proj",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .take(4)
+        .map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    for (i, row) in rows.iter().enumerate() {
+        assert!((row[i] - 1.0).abs() < 1e-5, "{text}");
+    }
+    assert!(out_dir.join("similarity.png").is_file());
+    // Rank 4 against rank 8: 4 rows of 8, and the Gaussian baseline after them.
+    let out = run(
+        &r4,
+        &r8,
+        &[
+            "--module",
+            "model.layers.1.mlp.up_proj",
+            "--side",
+            "B",
+            "--random",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("i,1,2,3,4,5,6,7,8\n"), "{text}");
+    assert!(
+        text.contains("# the same between Gaussian matrices"),
+        "{text}"
+    );
+    let out = run(&r4, &r8, &["--module", "model.layers.9.self_attn.q_proj"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains(
+            "no LoRA factor base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
