@@ -81,7 +81,8 @@ pub struct TableArgs {
     /// The metric in the cells.
     #[arg(long)]
     pub value: String,
-    /// How trials that share a cell (e.g. several seeds) combine: mean, min, max, count, last.
+    /// How trials that share a cell (e.g. several seeds) combine: mean, mean_std (mean ± sample
+    /// standard deviation), min, max, count, last.
     #[arg(long, default_value = "mean")]
     pub agg: String,
     /// Decimal places of the cells.

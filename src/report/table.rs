@@ -18,6 +18,8 @@ pub enum Agg {
     Count,
     /// The value of the cell's last trial in file order (text allowed).
     Last,
+    /// The mean and the sample standard deviation, `m ± s` (seeds of one setting).
+    MeanStd,
 }
 
 impl FromStr for Agg {
@@ -29,7 +31,10 @@ impl FromStr for Agg {
             "max" => Agg::Max,
             "count" => Agg::Count,
             "last" => Agg::Last,
-            _ => bail!("unknown aggregation {s:?}; expected mean, min, max, count or last"),
+            "mean_std" | "mean±std" => Agg::MeanStd,
+            _ => {
+                bail!("unknown aggregation {s:?}; expected mean, mean_std, min, max, count or last")
+            }
         })
     }
 }
@@ -42,6 +47,7 @@ impl Agg {
             Agg::Max => "max",
             Agg::Count => "count",
             Agg::Last => "last",
+            Agg::MeanStd => "mean ± sample std",
         }
     }
 }
@@ -64,6 +70,7 @@ pub struct PivotSpec {
 #[derive(Clone, Debug, PartialEq)]
 enum CellValue {
     Num { x: f64, integral: bool },
+    MeanStd { mean: f64, std: f64 },
     Text(String),
 }
 
@@ -202,7 +209,7 @@ fn aggregate(raw: &[String], agg: Agg, value: &str) -> Result<Option<Cell>> {
             Some(x) => CellValue::Num { x, integral },
             None => CellValue::Text(last.clone()),
         },
-        Agg::Mean | Agg::Min | Agg::Max => {
+        Agg::Mean | Agg::Min | Agg::Max | Agg::MeanStd => {
             let mut xs = Vec::with_capacity(n);
             for s in raw {
                 match parse_num(s) {
@@ -212,8 +219,23 @@ fn aggregate(raw: &[String], agg: Agg, value: &str) -> Result<Option<Cell>> {
                     ),
                 }
             }
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            if agg == Agg::MeanStd {
+                let var = if n > 1 {
+                    xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+                } else {
+                    0.0
+                };
+                return Ok(Some(Cell {
+                    value: CellValue::MeanStd {
+                        mean,
+                        std: var.sqrt(),
+                    },
+                    n,
+                }));
+            }
             let x = match agg {
-                Agg::Mean => xs.iter().sum::<f64>() / n as f64,
+                Agg::Mean => mean,
                 Agg::Min => xs.iter().copied().fold(f64::INFINITY, f64::min),
                 _ => xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             };
@@ -250,6 +272,11 @@ impl Pivot {
     fn cell_text(&self, cell: &Option<Cell>) -> Option<String> {
         cell.as_ref().map(|c| match &c.value {
             CellValue::Num { x, integral } => format_number(*x, *integral, self.precision),
+            CellValue::MeanStd { mean, std } => format!(
+                "{} ± {}",
+                format_number(*mean, false, self.precision),
+                format_number(*std, false, self.precision)
+            ),
             CellValue::Text(s) => s.clone(),
         })
     }
@@ -269,7 +296,7 @@ impl Pivot {
             format!("n = {lo}–{hi}")
         };
         let how = match self.agg {
-            Agg::Mean | Agg::Min | Agg::Max if hi > 1 => {
+            Agg::Mean | Agg::Min | Agg::Max | Agg::MeanStd if hi > 1 => {
                 Some(format!("{} of {n} trials per cell", self.agg.name()))
             }
             Agg::Last if hi > 1 => Some(format!("last of {n} trials per cell")),
@@ -396,6 +423,24 @@ mod tests {
 Columns: targets. Cells: eval_loss, mean of n = 1–2 trials per cell.
 ";
         assert_eq!(md, expected);
+    }
+
+    #[test]
+    fn mean_and_sample_std_per_cell() {
+        let (_tmp, r) = load();
+        let s = PivotSpec {
+            agg: Agg::MeanStd,
+            precision: Some(3),
+            ..spec(&["rank"], Some("targets"), "eval_loss")
+        };
+        let md = pivot(&r, &s).unwrap().to_markdown();
+        // rank=4 targets=qv: 3.5 and 3.25, mean 3.375, sample std 0.25/√2 = 0.177; one trial: ± 0.
+        assert!(md.contains("| 4 | 3.375 ± 0.177 | 2.500 ± 0.000 |"), "{md}");
+        assert!(
+            md.contains("mean ± sample std of n = 1–2 trials per cell"),
+            "{md}"
+        );
+        assert_eq!("mean_std".parse::<Agg>().unwrap(), Agg::MeanStd);
     }
 
     #[test]
