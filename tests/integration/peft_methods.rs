@@ -198,6 +198,30 @@ fn merged_lora_matches_peft_merge_and_saves_a_loadable_checkpoint() {
     assert_eq!(logits(&reloaded), merged);
 }
 
+/// A two-row batch: a question with its answer, and a plain sentence.
+fn qa_batch() -> Batch {
+    let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
+    Batch::collate(
+        &[&a, &Example::text("The quick brown fox.")],
+        32,
+        &ByteTokenizer,
+    )
+    .unwrap()
+}
+
+/// AdamW at 1e-2, a constant schedule.
+fn trainer() -> Trainer<B> {
+    Trainer::<B>::new(
+        AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
+        Schedule::default(),
+        0,
+    )
+    .unwrap()
+}
+
 fn all_methods() -> Vec<Method> {
     let lora = LoraConfig {
         rank: 4,
@@ -505,15 +529,7 @@ fn named_adapters_switch_and_disable() {
 
 #[test]
 fn each_method_trains_only_its_own_parameters() {
-    let batch = {
-        let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
-        Batch::collate(
-            &[&a, &Example::text("The quick brown fox.")],
-            32,
-            &ByteTokenizer,
-        )
-        .unwrap()
-    };
+    let batch = qa_batch();
     let tiny = |seed| {
         let opts = TinyOptions {
             seed,
@@ -540,15 +556,7 @@ fn each_method_trains_only_its_own_parameters() {
             model.visit(&mut f);
             f.0
         };
-        let mut trainer = Trainer::<B>::new(
-            AdamWConfig {
-                lr: 1e-2,
-                ..Default::default()
-            },
-            Schedule::default(),
-            0,
-        )
-        .unwrap();
+        let mut trainer = trainer();
         let first = trainer.step(&mut model, &batch).unwrap().loss;
         let mut last = first;
         for _ in 0..5 {
@@ -963,15 +971,7 @@ fn additive_methods_count_their_papers_parameters() {
 /// the budget's layers with the outputs unchanged, and only their updates train afterwards.
 #[test]
 fn lets_selects_the_layers_it_tunes() {
-    let batch = {
-        let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
-        Batch::collate(
-            &[&a, &Example::text("The quick brown fox.")],
-            32,
-            &ByteTokenizer,
-        )
-        .unwrap()
-    };
+    let batch = qa_batch();
     let mut model = tiny_hf();
     let config = LetsConfig {
         budget: 1,
@@ -979,15 +979,7 @@ fn lets_selects_the_layers_it_tunes() {
         ..Default::default()
     };
     Method::Lets(config).attach(&mut model, "default").unwrap();
-    let mut trainer = Trainer::<B>::new(
-        AdamWConfig {
-            lr: 1e-2,
-            ..Default::default()
-        },
-        Schedule::default(),
-        0,
-    )
-    .unwrap();
+    let mut trainer = trainer();
     for _ in 0..8 {
         trainer.step(&mut model, &batch).unwrap();
     }
@@ -1168,15 +1160,7 @@ fn intrinsic_prompts_rebuild_their_sources_and_train_only_the_vector() {
 /// with four experts it changes the update.
 #[test]
 fn adamix_consistency_vanishes_when_routes_agree() {
-    let batch = {
-        let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
-        Batch::collate(
-            &[&a, &Example::text("The quick brown fox.")],
-            32,
-            &ByteTokenizer,
-        )
-        .unwrap()
-    };
+    let batch = qa_batch();
     let after_steps = |experts: usize, consistency: f64| {
         let mut model = tiny_hf();
         Method::AdaMix(AdaMixConfig {
@@ -1187,15 +1171,7 @@ fn adamix_consistency_vanishes_when_routes_agree() {
         })
         .attach(&mut model, "default")
         .unwrap();
-        let mut trainer = Trainer::<B>::new(
-            AdamWConfig {
-                lr: 1e-2,
-                ..Default::default()
-            },
-            Schedule::default(),
-            0,
-        )
-        .unwrap();
+        let mut trainer = trainer();
         let losses: Vec<f64> = (0..3)
             .map(|_| trainer.step(&mut model, &batch).unwrap().loss)
             .collect();
