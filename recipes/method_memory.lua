@@ -3,11 +3,10 @@
 -- Ladder Side-Tuning and AttentionFusion, which build no graph through the frozen backbone,
 -- beside LoRA and full fine-tuning on the same batches (16 rows of data/instruct.jsonl in the
 -- Alpaca format, up to 256 tokens), 5 steps each.
---   scripts/bench_method_memory.sh      # runs every method below, one process each
---   runner recipes/method_memory.lua --set method=ladder
+--   scripts/bench_method_memory.sh      # each method in its own process (a shard each), merged
+--   runner recipes/method_memory.lua --shard 3/5   # one of them
 -- Results: results/method_memory/trials.csv (peak_mem_mb, seconds per step).
 
-local method = runner.params.method or "lora"
 local specs = {
   full = function() return runner.peft.full{} end,
   lora = function() return runner.peft.lora{ rank = 8, alpha = 16 } end,
@@ -21,9 +20,9 @@ local data = runner.data.jsonl("data/instruct.jsonl"):template("alpaca")
 
 runner.sweep{
   name = "method_memory",
-  grid = { method = { method } },
+  grid = { method = { "full", "lora_all", "lora", "ladder", "attention_fusion" } },
   trial = function(p)
-    local spec = assert(specs[p.method], "method: full, lora, lora_all, ladder or attention_fusion")
+    local spec = specs[p.method]
     base:attach(spec())
     local trainer = runner.trainer{ model = base, optim = runner.optim.adamw{ lr = 1e-4 } }
     local tokens = 0

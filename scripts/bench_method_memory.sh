@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runner=${1:-target/release/runner}
-for m in full lora_all lora ladder attention_fusion; do
-  "$runner" recipes/method_memory.lua --set method="$m"
+# One trial per shard, so each runs in a fresh process; then the shards are merged.
+for i in 0 1 2 3 4; do
+  "$runner" recipes/method_memory.lua --shard "$i/5"
 done
+"$runner" merge results/method_memory
 "$runner" table results/method_memory --rows method --value peak_mem_mb
 "$runner" table results/method_memory --rows method --value seconds
