@@ -1,8 +1,9 @@
-//! Adapters on disk. LoRA, DoRA, (IA)3, prompt tuning and prefix tuning use Hugging Face
+//! Adapters on disk. LoRA, DoRA, (IA)3, LoKr, prompt tuning and prefix tuning use Hugging Face
 //! PEFT's format (`adapter_config.json` + `adapter_model.safetensors`, PEFT's key names and
 //! `[out, in]` shapes), so adapters move between runner and PEFT in both directions.
-//! Bottleneck adapters, BitFit and LN tuning, which PEFT has no format for, use the same two
-//! files with a `RUNNER_*` peft_type and runner's parameter names.
+//! The methods PEFT has no format for (bottleneck adapters, BitFit, LN tuning, KronA,
+//! Compacter, AdaMix, WARP, intrinsic prompts, Ladder Side-Tuning, AttentionFusion, LeTS)
+//! use the same two files with a `RUNNER_*` peft_type and runner's parameter names.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

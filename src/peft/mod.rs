@@ -2,8 +2,8 @@
 //!
 //! Each method attaches under a name and becomes the active adapter: the base is frozen and
 //! only the active adapter trains. `set_active(None)` gives back the base model (an RLHF
-//! reference model), `set_active(Some(name))` switches. LoRA, DoRA and (IA)3 can be merged
-//! into the base weights and unmerged again.
+//! reference model), `set_active(Some(name))` switches. LoRA, DoRA, (IA)3, LoKr and KronA
+//! (beside projections) can be merged into the base weights and unmerged again.
 //!
 //! The adapter layers themselves live in `model::adapters`; this module keeps the methods'
 //! settings, builds those layers from them, and records each attached adapter in the model's

@@ -1,6 +1,8 @@
 //! The adapter layers a model can carry, built from plain values (shapes, ranks, scales,
-//! initial tensors): LoRA/DoRA branches, (IA)3 vectors, bottleneck adapters, prefix tables,
-//! and the [`Slots`](slots::Slots) that hold them by adapter name. BitFit biases, LN-tuning
+//! initial tensors): LoRA/DoRA branches, (IA)3 vectors, Kronecker updates, bottleneck adapters
+//! (dense, PHM, experts), prefix tables, WARP's verbalizer, intrinsic prompts, the side
+//! network and fusion module that read every layer, and the [`Slots`](slots::Slots) that
+//! hold them by adapter name. BitFit biases, LN-tuning
 //! norms and prompt-tuning embeddings are plain parameters in slots.
 //!
 //! Which method made an adapter, with which settings, is the business of `peft`, which builds
