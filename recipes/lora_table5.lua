@@ -8,7 +8,7 @@
 -- Results: results/lora_table5/.
 
 local trial = require "lib.lora_paper"
-local steps = runner.params.steps or 100
+local steps = runner.params.steps or 30
 local base = runner.model.load("smollm2-135m-instruct")
 local rank = { q = 8, k = 8, v = 8, o = 8, qk = 4, qv = 4, qkvo = 2 }
 
@@ -17,7 +17,7 @@ runner.sweep{
   grid = {
     task = { "nli", "instruct" },
     targets = { "q", "k", "v", "o", "qk", "qv", "qkvo" },
-    seed = { 1, 2, 3 },
+    seed = { 1, 2 },
   },
   trial = function(p)
     local r = trial(base, { task = p.task, targets = p.targets, rank = rank[p.targets], seed = p.seed, steps = steps })

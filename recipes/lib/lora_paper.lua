@@ -9,7 +9,7 @@
 -- α is fixed across ranks (the paper sets α to the first r it tries and does not tune it).
 -- Each trial saves its adapter, for `runner similarity` between ranks and seeds.
 --   local trial = require "lib.lora_paper"
---   trial(base, { task = "nli", targets = "qv", rank = 4, seed = 1, steps = 100 })
+--   trial(base, { task = "nli", targets = "qv", rank = 4, seed = 1, steps = 30 })
 
 local names = { q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj" }
 local labels = { " yes", " maybe", " no" }
