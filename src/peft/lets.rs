@@ -91,12 +91,7 @@ pub(crate) fn attach<B: Backend>(
 
 /// The gate penalty of the active LeTS adapter while it selects: `penalty·Σ σ(β_l)(L − l)/L`.
 pub fn penalty<B: Backend>(model: &Llama<B>) -> Option<Tensor<B, 1>> {
-    let Some(super::Method::Lets(c)) = super::active_method(model) else {
-        return None;
-    };
-    if c.selected.is_some() || c.penalty == 0.0 {
-        return None;
-    }
+    let c = searching(model)?;
     let l = model.layers.len() as f64;
     model
         .layers
@@ -108,6 +103,14 @@ pub fn penalty<B: Backend>(model: &Llama<B>) -> Option<Tensor<B, 1>> {
         })
         .reduce(|a, b| a + b)
         .map(|sum| sum * c.penalty)
+}
+
+/// The active LeTS adapter's config while it is still selecting layers with a penalty.
+pub fn searching<B: Backend>(model: &Llama<B>) -> Option<&LetsConfig> {
+    match super::active_method(model) {
+        Some(super::Method::Lets(c)) if c.selected.is_none() && c.penalty != 0.0 => Some(c),
+        _ => None,
+    }
 }
 
 /// Each layer's gate `σ(β_l)` of the active LeTS adapter (empty once selected).

@@ -259,6 +259,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let total = batch.target_tokens();
         let tokens = batch.batch * batch.seq;
         let consistency = super::consistency::weight(model);
+        let lets_selecting = crate::peft::lets::searching(model).is_some();
         self.step_with(model, tokens, total, |this, model, loss_scale, grads| {
             let mut nll = 0.0;
             for (m, micro) in batch.split(k).into_iter().enumerate() {
@@ -268,7 +269,6 @@ impl<B: AutodiffBackend> Trainer<B> {
                 if micro.target_tokens() == 0 {
                     continue;
                 }
-                let lets_selecting = crate::peft::lets::penalty(model).is_some();
                 let micro_nll = if let Some(lambda) = consistency {
                     let (micro_nll, surrogate) = super::consistency::consistency_loss(
                         model,
@@ -308,7 +308,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                         model.config.final_logit_softcapping,
                     );
                     // LeTS's gate penalty while it selects layers, once per step.
-                    if let Some(p) = crate::peft::lets::penalty(model).filter(|_| first) {
+                    if let Some(p) = (first && lets_selecting)
+                        .then(|| crate::peft::lets::penalty(model))
+                        .flatten()
+                    {
                         surrogate = surrogate + p * loss_scale;
                     }
                     // Every activation is alive here: the usual peak of a step on a GPU.

@@ -5,6 +5,7 @@
 //! no type of their own: they are a `[virtual, d_model]` parameter.
 
 use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
 
 use super::slots::Part;
 use crate::model::params::{Param, ParamVisitor};
@@ -90,25 +91,21 @@ impl<B: Backend> Part<B> for Verbalizer<B> {
 }
 
 impl<B: Backend> Verbalizer<B> {
-    /// `head` with the label words' rows replaced: `head + P·(rows − P·head)` for the 0/1
-    /// selection `P` `[vocab, labels]`, so the gradient reaches `rows` and nothing else.
+    /// `head` with the label words' rows replaced: `rows − head[ids]` (the old rows held
+    /// constant) added at those rows, so the gradient reaches `rows` and nothing else, and
+    /// no vocabulary-sized temporary is built beside the copy of the head.
     /// # Shapes
     /// - head: `[vocab, d_model]` -> `[vocab, d_model]`
     pub(crate) fn apply(&self, head: Tensor<B, 2>) -> Tensor<B, 2> {
-        let [vocab, _] = head.dims();
-        let k = self.ids.len();
-        let device = head.device();
-        let mut select = vec![0f32; vocab * k];
-        for (j, &id) in self.ids.iter().enumerate() {
-            select[id as usize * k + j] = 1.0;
-        }
-        let select = Tensor::<B, 2>::from_data(TensorData::new(select, [vocab, k]), &device);
         let ids = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(self.ids.iter().map(|&i| i as i64).collect(), [k]),
-            &device,
+            TensorData::new(
+                self.ids.iter().map(|&i| i as i64).collect(),
+                [self.ids.len()],
+            ),
+            &head.device(),
         );
-        let old = head.clone().detach().select(0, ids);
-        head + select.matmul(self.rows.value.clone() - old)
+        let old = head.clone().detach().select(0, ids.clone());
+        head.select_assign(0, ids, self.rows.value.clone() - old, IndexingUpdateOp::Add)
     }
 }
 
