@@ -1209,7 +1209,11 @@ fn classify_ranks_the_label_tokens_after_each_prompt() {
     model.visit(&mut Perturb(9));
     // Enough prompts of different lengths to fill more than one padded batch.
     let prompts: Vec<Vec<u32>> = (0..21u32)
-        .map(|i| (0..1 + (i * 7) % 9).map(|t| (i * 5 + t * 3) % 20 + 1).collect())
+        .map(|i| {
+            (0..1 + (i * 7) % 9)
+                .map(|t| (i * 5 + t * 3) % 20 + 1)
+                .collect()
+        })
         .collect();
     let labels = [3u32, 7, 11];
     let picks = runner::train::classify::classify(&model, &prompts, &labels);
