@@ -8,7 +8,7 @@
 -- Results: results/lora_table5/.
 
 local trial = require "lib.lora_paper"
-local steps = runner.params.steps or 30
+local steps = runner.params.steps or 60
 local base = runner.model.load("smollm2-135m-instruct")
 local rank = { q = 8, k = 8, v = 8, o = 8, qk = 4, qv = 4, qkvo = 2 }
 

@@ -8,7 +8,7 @@
 -- Results: results/lora_table6/.
 
 local trial = require "lib.lora_paper"
-local steps = runner.params.steps or 30
+local steps = runner.params.steps or 60
 local base = runner.model.load("smollm2-135m-instruct")
 
 runner.sweep{
