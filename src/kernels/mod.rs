@@ -15,8 +15,10 @@ use burn::tensor::{IndexingUpdateOp, Int, TensorData};
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
-pub(crate) mod dpbf16;
 #[cfg(feature = "flex")]
+#[cfg(all(feature = "fusion", any(feature = "wgpu", feature = "cuda")))]
+mod cube;
+pub(crate) mod dpbf16;
 mod flex;
 pub(crate) mod host;
 pub mod precision;
@@ -148,6 +150,10 @@ pub(crate) fn rms_norm<B: Backend>(
 ) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     if let Some(out) = flex::rms_norm(&x, weight, eps) {
+        return out;
+    }
+    #[cfg(all(feature = "fusion", any(feature = "wgpu", feature = "cuda")))]
+    if let Some(out) = cube::rms_norm(&x, weight, eps) {
         return out;
     }
     rms_norm_composed(x, weight, eps)
