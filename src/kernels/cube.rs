@@ -129,9 +129,15 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for RmsNormBackw
     }
 }
 
-/// Units of one cube: a power of two from 32 to 256, about the row's width.
-fn units(d: usize) -> u32 {
-    d.next_power_of_two().clamp(32, 256) as u32
+/// One cube per row of width `d`, of a power of two from 32 to 256 units (about the row's
+/// width): the launch's cube count and size, and the units for the kernel's shared memory.
+fn per_row(n: usize, d: usize) -> (CubeCount, CubeDim, u32) {
+    let units = d.next_power_of_two().clamp(32, 256) as u32;
+    (
+        CubeCount::Static(n as u32, 1, 1),
+        CubeDim::new_1d(units),
+        units,
+    )
 }
 
 /// Registers the forward kernel in the fusion stream: `(y, 1/rms)`.
@@ -257,11 +263,11 @@ fn launch_forward<R: CubeRuntime>(
     let (client, device) = (x.client.clone(), x.device.clone());
     let y = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([n, d]));
     let inv = empty_device::<R, f32>(client.clone(), device, Shape::new([n]));
-    let units = units(d);
+    let (count, dim, units) = per_row(n, d);
     kernels::rms_norm_forward_kernel::launch::<R>(
         &client,
-        CubeCount::Static(n as u32, 1, 1),
-        CubeDim::new_1d(units),
+        count,
+        dim,
         x.into_tensor_arg(),
         w.into_tensor_arg(),
         y.clone().into_tensor_arg(),
@@ -289,11 +295,11 @@ fn launch_backward<R: CubeRuntime>(
     let [n, d] = [x.meta.shape()[0], x.meta.shape()[1]];
     let (client, device) = (x.client.clone(), x.device.clone());
     let dx = empty_device::<R, f32>(client.clone(), device, Shape::new([n, d]));
-    let units = units(d);
+    let (count, dim, units) = per_row(n, d);
     kernels::rms_norm_backward_kernel::launch::<R>(
         &client,
-        CubeCount::Static(n as u32, 1, 1),
-        CubeDim::new_1d(units),
+        count,
+        dim,
         x.into_tensor_arg(),
         w.into_tensor_arg(),
         inv.into_tensor_arg(),
