@@ -4,9 +4,12 @@
 //! element-wise ops around it still fuse, and under autodiff with its own backward pass.
 //! Tested against the composed ops on wgpu (Mesa lavapipe in CI), values and gradients.
 //!
-//! RMSNorm: one cube per row sums the squares (a tree reduction in shared memory), writes
-//! `1/rms` for the backward pass and the normalised, weighted row. Its backward computes
-//! `dx` the same way; `dw`, a sum over rows, is left to Burn's fused reduction.
+//! - RMSNorm: one cube per row sums the squares (a tree reduction in shared memory), writes
+//!   `1/rms` for the backward pass and the normalised, weighted row. Its backward computes
+//!   `dx` the same way; `dw`, a sum over rows, is left to Burn's fused reduction.
+//! - SwiGLU's `silu(gate) · up`: one unit per element, forward and backward. Under autodiff
+//!   it keeps only `gate` and `up` for the backward pass, where the composed ops keep the
+//!   sigmoid and the SiLU as well.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
@@ -25,7 +28,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
-use cubecl::{CubeCount, CubeDim};
+use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use super::downcast;
 
@@ -72,7 +75,7 @@ fn rms_norm_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
         let x: Tensor<Ad<R, BT>, 2> = downcast(x.clone()).ok()?;
         let w: Tensor<Ad<R, BT>, 1> = downcast(weight.clone()).ok()?;
         let (x, w) = (x.into_primitive().tensor(), w.into_primitive().tensor());
-        let (y, inv_rms) = fused_forward::<R, BT>(x.primitive.clone(), w.primitive.clone(), eps);
+        let [y, inv_rms] = rms_norm_forward::<R, BT>(x.primitive.clone(), w.primitive.clone(), eps);
         let out = match RmsNormBackward::<R, BT>(PhantomData)
             .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
             .compute_bound()
@@ -87,7 +90,7 @@ fn rms_norm_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
     if TypeId::of::<B>() == TypeId::of::<Fused<R, BT>>() {
         let x: Tensor<Fused<R, BT>, 2> = downcast(x.clone()).ok()?;
         let w: Tensor<Fused<R, BT>, 1> = downcast(weight.clone()).ok()?;
-        let (y, _) = fused_forward::<R, BT>(
+        let [y, _] = rms_norm_forward::<R, BT>(
             x.into_primitive().tensor(),
             w.into_primitive().tensor(),
             eps,
@@ -98,10 +101,120 @@ fn rms_norm_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
     None
 }
 
+/// SwiGLU's `silu(gate) · up` through the CubeCL kernels on wgpu or CUDA with fusion, in f32;
+/// `None` on any other backend or dtype.
+/// # Shapes
+/// - gate, up: `[n, f]` -> `[n, f]`
+pub(crate) fn silu_mul<B: Backend>(gate: &Tensor<B, 2>, up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
+        return None;
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(y) = silu_mul_on::<B, cubecl::wgpu::WgpuRuntime, u32>(gate, up) {
+        return Some(y);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(y) = silu_mul_on::<B, cubecl::cuda::CudaRuntime, u8>(gate, up) {
+        return Some(y);
+    }
+    None
+}
+
+fn silu_mul_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
+    gate: &Tensor<B, 2>,
+    up: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    if TypeId::of::<B>() == TypeId::of::<Ad<R, BT>>() {
+        let g: Tensor<Ad<R, BT>, 2> = downcast(gate.clone()).ok()?;
+        let u: Tensor<Ad<R, BT>, 2> = downcast(up.clone()).ok()?;
+        let (g, u) = (g.into_primitive().tensor(), u.into_primitive().tensor());
+        let shape = g.primitive.shape.clone();
+        let [y] = register::<R, BT, 1>(
+            Launch::SiluMul,
+            vec![g.primitive.clone(), u.primitive.clone()],
+            [shape],
+        );
+        let out = match SiluMulBackward::<R, BT>(PhantomData)
+            .prepare::<NoCheckpointing>([g.node.clone(), u.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((g.primitive, u.primitive), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        let out = Tensor::<Ad<R, BT>, 2>::from_primitive(TensorPrimitive::Float(out));
+        return downcast(out).ok();
+    }
+    if TypeId::of::<B>() == TypeId::of::<Fused<R, BT>>() {
+        let g: Tensor<Fused<R, BT>, 2> = downcast(gate.clone()).ok()?;
+        let u: Tensor<Fused<R, BT>, 2> = downcast(up.clone()).ok()?;
+        let shape = Shape::new(g.dims());
+        let [y] = register::<R, BT, 1>(
+            Launch::SiluMul,
+            vec![g.into_primitive().tensor(), u.into_primitive().tensor()],
+            [shape],
+        );
+        let out = Tensor::<Fused<R, BT>, 2>::from_primitive(TensorPrimitive::Float(y));
+        return downcast(out).ok();
+    }
+    None
+}
+
+struct SiluMulBackward<R, BT>(Marker<R, BT>);
+
+impl<R, BT> std::fmt::Debug for SiluMulBackward<R, BT> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SiluMulBackward")
+    }
+}
+
+impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for SiluMulBackward<R, BT> {
+    /// `gate` and `up`: the sigmoid is recomputed, not kept.
+    type State = (Primitive<R, BT>, Primitive<R, BT>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (gate, up) = ops.state;
+        let dy = grads.consume::<Fused<R, BT>>(&ops.node);
+        let shape = gate.shape.clone();
+        let [dgate, dup] = register::<R, BT, 2>(
+            Launch::SiluMulBackward,
+            vec![gate, up, dy],
+            [shape.clone(), shape],
+        );
+        let [pgate, pup] = ops.parents;
+        if let Some(node) = pgate {
+            grads.register::<Fused<R, BT>>(node.id, dgate);
+        }
+        if let Some(node) = pup {
+            grads.register::<Fused<R, BT>>(node.id, dup);
+        }
+    }
+}
+
+/// `[y, 1/rms]` for `x` `[n, d]` and the weight `[d]`, registered in the fusion stream.
+fn rms_norm_forward<R: CubeRuntime, BT: BoolElement>(
+    x: Primitive<R, BT>,
+    w: Primitive<R, BT>,
+    eps: f64,
+) -> [Primitive<R, BT>; 2] {
+    let [n, d] = [x.shape[0], x.shape[1]];
+    register::<R, BT, 2>(
+        Launch::RmsNorm { eps: eps as f32 },
+        vec![x, w],
+        [Shape::new([n, d]), Shape::new([n])],
+    )
+}
+
 /// `fn() -> T` keeps the markers `Send + Sync` whatever the runtime types are.
 type Marker<R, BT> = PhantomData<fn() -> (R, BT)>;
 
 struct RmsNormBackward<R, BT>(Marker<R, BT>);
+
+impl<R, BT> std::fmt::Debug for RmsNormBackward<R, BT> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RmsNormBackward")
+    }
+}
 
 impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for RmsNormBackward<R, BT> {
     /// `x`, the weight and each row's `1/rms`.
@@ -124,7 +237,10 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for RmsNormBackw
             grads.register::<Fused<R, BT>>(node.id, dw.into_primitive().tensor());
         }
         if let Some(node) = px {
-            grads.register::<Fused<R, BT>>(node.id, fused_backward::<R, BT>(x, w, inv_rms, dy));
+            let shape = x.shape.clone();
+            let [dx] =
+                register::<R, BT, 1>(Launch::RmsNormBackward, vec![x, w, inv_rms, dy], [shape]);
+            grads.register::<Fused<R, BT>>(node.id, dx);
         }
     }
 }
@@ -140,125 +256,116 @@ fn per_row(n: usize, d: usize) -> (CubeCount, CubeDim, u32) {
     )
 }
 
-/// Registers the forward kernel in the fusion stream: `(y, 1/rms)`.
-fn fused_forward<R: CubeRuntime, BT: BoolElement>(
-    x: Primitive<R, BT>,
-    w: Primitive<R, BT>,
-    eps: f64,
-) -> (Primitive<R, BT>, Primitive<R, BT>) {
-    let client = x.client.clone();
-    let [n, d] = [x.shape[0], x.shape[1]];
-    let streams = OperationStreams::with_inputs([&x, &w]);
-    let y = TensorIr::uninit(client.create_empty_handle(), Shape::new([n, d]), DType::F32);
-    let inv = TensorIr::uninit(client.create_empty_handle(), Shape::new([n]), DType::F32);
-    let desc = CustomOpIr::new("runner_rms_norm", &[x.into_ir(), w.into_ir()], &[y, inv]);
-    let op = ForwardOp::<R, BT> {
-        desc: desc.clone(),
-        eps: eps as f32,
-        _backend: PhantomData,
-    };
-    let [y, inv]: [Primitive<R, BT>; 2] = client
-        .register(streams, OperationIr::Custom(desc), op)
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("two outputs were declared"));
-    (y, inv)
+/// A kernel launch on the inner backend's tensors: what one custom operation runs.
+#[derive(Clone, Copy, Debug)]
+enum Launch {
+    /// `[x, w]` -> `[y, 1/rms]`.
+    RmsNorm { eps: f32 },
+    /// `[x, w, 1/rms, dy]` -> `[dx]`.
+    RmsNormBackward,
+    /// `[gate, up]` -> `[silu(gate) · up]`.
+    SiluMul,
+    /// `[gate, up, dy]` -> `[dgate, dup]`.
+    SiluMulBackward,
 }
 
-/// Registers the backward kernel in the fusion stream: `dx`.
-fn fused_backward<R: CubeRuntime, BT: BoolElement>(
-    x: Primitive<R, BT>,
-    w: Primitive<R, BT>,
-    inv_rms: Primitive<R, BT>,
-    dy: Primitive<R, BT>,
-) -> Primitive<R, BT> {
-    let client = x.client.clone();
-    let [n, d] = [x.shape[0], x.shape[1]];
-    let streams = OperationStreams::with_inputs([&x, &w, &inv_rms, &dy]);
-    let dx = TensorIr::uninit(client.create_empty_handle(), Shape::new([n, d]), DType::F32);
-    let desc = CustomOpIr::new(
-        "runner_rms_norm_backward",
-        &[x.into_ir(), w.into_ir(), inv_rms.into_ir(), dy.into_ir()],
-        &[dx],
-    );
-    let op = BackwardOp::<R, BT> {
-        desc: desc.clone(),
-        _backend: PhantomData,
-    };
-    let [dx]: [Primitive<R, BT>; 1] = client
-        .register(streams, OperationIr::Custom(desc), op)
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("one output was declared"));
-    dx
-}
+impl Launch {
+    fn name(self) -> &'static str {
+        match self {
+            Launch::RmsNorm { .. } => "runner_rms_norm",
+            Launch::RmsNormBackward => "runner_rms_norm_backward",
+            Launch::SiluMul => "runner_silu_mul",
+            Launch::SiluMulBackward => "runner_silu_mul_backward",
+        }
+    }
 
-struct ForwardOp<R, BT> {
-    desc: CustomOpIr,
-    eps: f32,
-    _backend: Marker<R, BT>,
-}
-
-impl<R: CubeRuntime, BT: BoolElement> Operation<<Cube<R, BT> as FusionBackend>::FusionRuntime>
-    for ForwardOp<R, BT>
-{
-    fn execute(&self, handles: &mut Handles<R, BT>) {
-        let ([x, w], [y, inv]) = self.desc.as_fixed();
-        let (xt, wt) = (
-            handles.get_float_tensor::<Cube<R, BT>>(x),
-            handles.get_float_tensor::<Cube<R, BT>>(w),
-        );
-        let (yt, invt) = launch_forward(xt, wt, self.eps);
-        handles.register_float_tensor::<Cube<R, BT>>(&y.id, yt);
-        handles.register_float_tensor::<Cube<R, BT>>(&inv.id, invt);
+    fn run<R: CubeRuntime>(self, inputs: Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>> {
+        let mut inputs = inputs.into_iter().map(into_contiguous);
+        let mut next = || inputs.next().expect("the operation declared this input");
+        match self {
+            Launch::RmsNorm { eps } => {
+                let (x, w) = (next(), next());
+                let (y, inv) = launch_rms_norm(x, w, eps);
+                vec![y, inv]
+            }
+            Launch::RmsNormBackward => {
+                let (x, w, inv, dy) = (next(), next(), next(), next());
+                vec![launch_rms_norm_backward(x, w, inv, dy)]
+            }
+            Launch::SiluMul => {
+                let (gate, up) = (next(), next());
+                vec![launch_silu_mul(gate, up)]
+            }
+            Launch::SiluMulBackward => {
+                let (gate, up, dy) = (next(), next(), next());
+                let (dgate, dup) = launch_silu_mul_backward(gate, up, dy);
+                vec![dgate, dup]
+            }
+        }
     }
 }
 
-struct BackwardOp<R, BT> {
+/// Registers `launch` in the fusion stream over `inputs`, with f32 outputs of these shapes.
+/// It runs when the stream reaches it; the ops before and after it fuse as usual.
+fn register<R: CubeRuntime, BT: BoolElement, const O: usize>(
+    launch: Launch,
+    inputs: Vec<Primitive<R, BT>>,
+    shapes: [Shape; O],
+) -> [Primitive<R, BT>; O] {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let outputs = shapes.map(|s| TensorIr::uninit(client.create_empty_handle(), s, DType::F32));
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(launch.name(), &inputs, &outputs);
+    let op = CustomOp::<R, BT> {
+        desc: desc.clone(),
+        launch,
+        _backend: PhantomData,
+    };
+    client
+        .register(streams, OperationIr::Custom(desc), op)
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("{O} outputs were declared"))
+}
+
+struct CustomOp<R, BT> {
     desc: CustomOpIr,
+    launch: Launch,
     _backend: Marker<R, BT>,
 }
 
 // Debug by hand: derived, it would ask the runtime types for Debug too.
-impl<R, BT> std::fmt::Debug for RmsNormBackward<R, BT> {
+impl<R, BT> std::fmt::Debug for CustomOp<R, BT> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RmsNormBackward")
-    }
-}
-impl<R, BT> std::fmt::Debug for ForwardOp<R, BT> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForwardOp")
+        f.debug_struct("CustomOp")
             .field("desc", &self.desc)
-            .finish()
-    }
-}
-impl<R, BT> std::fmt::Debug for BackwardOp<R, BT> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackwardOp")
-            .field("desc", &self.desc)
+            .field("launch", &self.launch)
             .finish()
     }
 }
 
 impl<R: CubeRuntime, BT: BoolElement> Operation<<Cube<R, BT> as FusionBackend>::FusionRuntime>
-    for BackwardOp<R, BT>
+    for CustomOp<R, BT>
 {
     fn execute(&self, handles: &mut Handles<R, BT>) {
-        let ([x, w, inv, dy], [dx]) = self.desc.as_fixed();
-        let dxt = launch_backward(
-            handles.get_float_tensor::<Cube<R, BT>>(x),
-            handles.get_float_tensor::<Cube<R, BT>>(w),
-            handles.get_float_tensor::<Cube<R, BT>>(inv),
-            handles.get_float_tensor::<Cube<R, BT>>(dy),
-        );
-        handles.register_float_tensor::<Cube<R, BT>>(&dx.id, dxt);
+        let inputs = self
+            .desc
+            .inputs
+            .iter()
+            .map(|t| handles.get_float_tensor::<Cube<R, BT>>(t))
+            .collect();
+        let outputs = self.launch.run::<R>(inputs);
+        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<Cube<R, BT>>(&ir.id, t);
+        }
     }
 }
 
-fn launch_forward<R: CubeRuntime>(
+fn launch_rms_norm<R: CubeRuntime>(
     x: CubeTensor<R>,
     w: CubeTensor<R>,
     eps: f32,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (x, w) = (into_contiguous(x), into_contiguous(w));
     let [n, d] = [x.meta.shape()[0], x.meta.shape()[1]];
     let (client, device) = (x.client.clone(), x.device.clone());
     let y = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([n, d]));
@@ -280,18 +387,12 @@ fn launch_forward<R: CubeRuntime>(
     (y, inv)
 }
 
-fn launch_backward<R: CubeRuntime>(
+fn launch_rms_norm_backward<R: CubeRuntime>(
     x: CubeTensor<R>,
     w: CubeTensor<R>,
     inv: CubeTensor<R>,
     dy: CubeTensor<R>,
 ) -> CubeTensor<R> {
-    let (x, w, inv, dy) = (
-        into_contiguous(x),
-        into_contiguous(w),
-        into_contiguous(inv),
-        into_contiguous(dy),
-    );
     let [n, d] = [x.meta.shape()[0], x.meta.shape()[1]];
     let (client, device) = (x.client.clone(), x.device.clone());
     let dx = empty_device::<R, f32>(client.clone(), device, Shape::new([n, d]));
@@ -310,6 +411,53 @@ fn launch_backward<R: CubeRuntime>(
         DType::F32.into(),
     );
     dx
+}
+
+/// One unit per element.
+fn per_element<R: CubeRuntime>(t: &CubeTensor<R>) -> (CubeCount, CubeDim) {
+    let n = t.meta.shape().num_elements();
+    let dim = CubeDim::new(&t.client, n);
+    (calculate_cube_count_elemwise(&t.client, n, dim), dim)
+}
+
+fn launch_silu_mul<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
+    let (client, device) = (gate.client.clone(), gate.device.clone());
+    let y = empty_device::<R, f32>(client.clone(), device, gate.meta.shape().clone());
+    let (count, dim) = per_element(&gate);
+    kernels::silu_mul_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        gate.into_tensor_arg(),
+        up.into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        DType::F32.into(),
+    );
+    y
+}
+
+fn launch_silu_mul_backward<R: CubeRuntime>(
+    gate: CubeTensor<R>,
+    up: CubeTensor<R>,
+    dy: CubeTensor<R>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (client, device) = (gate.client.clone(), gate.device.clone());
+    let shape = gate.meta.shape().clone();
+    let dgate = empty_device::<R, f32>(client.clone(), device.clone(), shape.clone());
+    let dup = empty_device::<R, f32>(client.clone(), device, shape);
+    let (count, dim) = per_element(&gate);
+    kernels::silu_mul_backward_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        gate.into_tensor_arg(),
+        up.into_tensor_arg(),
+        dy.into_tensor_arg(),
+        dgate.clone().into_tensor_arg(),
+        dup.clone().into_tensor_arg(),
+        DType::F32.into(),
+    );
+    (dgate, dup)
 }
 
 /// The kernels, apart: CubeCL's prelude names `Tensor` and `Float` too.
@@ -402,6 +550,47 @@ mod kernels {
             c += step;
         }
     }
+
+    /// `σ(g)`, the logistic sigmoid.
+    #[cube]
+    fn sigmoid<F: Float>(g: F) -> F {
+        F::new(1.0) / (F::new(1.0) + F::exp(F::new(0.0) - g))
+    }
+
+    /// One unit per element: `y = g·σ(g)·u`.
+    #[cube(launch)]
+    pub(super) fn silu_mul_kernel<F: Float>(
+        gate: &Tensor<F>,
+        up: &Tensor<F>,
+        y: &mut Tensor<F>,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < y.len() {
+            let g = gate[i];
+            y[i] = g * sigmoid::<F>(g) * up[i];
+        }
+    }
+
+    /// One unit per element: `du = dy·g·σ(g)`, `dg = dy·u·σ(g)·(1 + g·(1 − σ(g)))`.
+    #[cube(launch)]
+    pub(super) fn silu_mul_backward_kernel<F: Float>(
+        gate: &Tensor<F>,
+        up: &Tensor<F>,
+        dy: &Tensor<F>,
+        dgate: &mut Tensor<F>,
+        dup: &mut Tensor<F>,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < dgate.len() {
+            let g = gate[i];
+            let d = dy[i];
+            let s = sigmoid::<F>(g);
+            dup[i] = d * g * s;
+            dgate[i] = d * up[i] * s * (F::new(1.0) + g * (F::new(1.0) - s));
+        }
+    }
 }
 
 #[cfg(all(test, feature = "wgpu"))]
@@ -425,6 +614,41 @@ mod tests {
             .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
             .fold(0f32, f32::max);
         assert!(worst < tol, "{what}: worst difference {worst}");
+    }
+
+    /// SwiGLU's kernels against `silu(gate) · up` composed, on wgpu: the output and both
+    /// gradients; sizes that do not fill the last cube.
+    #[test]
+    fn cube_silu_mul_matches_the_composed_ops_in_values_and_gradients() {
+        let device = WgpuDevice::DefaultDevice;
+        for (n, f) in [(1, 1), (7, 100), (33, 1536)] {
+            let rand =
+                |lo, hi| Tensor::<Wgpu, 2>::random([n, f], Distribution::Uniform(lo, hi), &device);
+            let (gate, up, mix) = (rand(-6.0, 6.0), rand(-2.0, 2.0), rand(-1.0, 1.0));
+            let run = |kernel: bool| {
+                let g = Tensor::<W, 2>::from_inner(gate.clone()).require_grad();
+                let u = Tensor::<W, 2>::from_inner(up.clone()).require_grad();
+                let y = if kernel {
+                    silu_mul(&g, &u).expect("the kernel runs on wgpu in f32")
+                } else {
+                    super::super::silu_mul_composed(g.clone(), u.clone())
+                };
+                let grads = (y.clone() * Tensor::from_inner(mix.clone()))
+                    .sum()
+                    .backward();
+                (
+                    values(y.inner()),
+                    values(g.grad(&grads).unwrap()),
+                    values(u.grad(&grads).unwrap()),
+                )
+            };
+            let (y, dg, du) = run(true);
+            let (y0, dg0, du0) = run(false);
+            let what = format!("[{n}, {f}]");
+            assert_close(y, y0, 1e-5, &format!("{what} output"));
+            assert_close(dg, dg0, 1e-5, &format!("{what} dgate"));
+            assert_close(du, du0, 1e-5, &format!("{what} dup"));
+        }
     }
 
     /// The kernel against Burn's composed ops on wgpu: the output, and the gradients of `x`

@@ -167,6 +167,10 @@ pub(crate) fn silu_mul<B: Backend>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tens
     if let Some(out) = flex::silu_mul(&gate, &up) {
         return out;
     }
+    #[cfg(all(feature = "fusion", any(feature = "wgpu", feature = "cuda")))]
+    if let Some(out) = cube::silu_mul(&gate, &up) {
+        return out;
+    }
     silu_mul_composed(gate, up)
 }
 
