@@ -10,6 +10,10 @@
 //! - SwiGLU's `silu(gate) · up`: one unit per element, forward and backward. Under autodiff
 //!   it keeps only `gate` and `up` for the backward pass, where the composed ops keep the
 //!   sigmoid and the SiLU as well.
+//! - Rotary embedding (rotate-half layout): one unit per element, reading its partner in the
+//!   other half of the head; the backward pass is the transposed rotation. It keeps no
+//!   activation at all (the cos and sin tables are constants), where the composed ops build
+//!   the rotated copy and keep the products' operands.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
@@ -191,6 +195,111 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for SiluMulBackw
     }
 }
 
+/// Rotary embedding through the CubeCL kernel on wgpu or CUDA with fusion, in f32, when the
+/// cos and sin tables need no gradient; `None` otherwise.
+/// # Shapes
+/// - y: `[n, heads * head_dim]`, cos, sin: `[n, head_dim]` -> `[n, heads * head_dim]`
+pub(crate) fn rope<B: Backend>(
+    y: &Tensor<B, 2>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    let ([n, width], [rows, hd]) = (y.dims(), cos.dims());
+    let f32s = [y.dtype(), cos.dtype(), sin.dtype()] == [DType::F32; 3];
+    if !f32s || rows != n || sin.dims() != cos.dims() || hd % 2 != 0 || width % hd != 0 {
+        return None;
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(out) = rope_on::<B, cubecl::wgpu::WgpuRuntime, u32>(y, cos, sin) {
+        return Some(out);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(out) = rope_on::<B, cubecl::cuda::CudaRuntime, u8>(y, cos, sin) {
+        return Some(out);
+    }
+    None
+}
+
+fn rope_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
+    y: &Tensor<B, 2>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    let head_dim = cos.dims()[1] as u32;
+    let launch = Launch::Rope {
+        head_dim,
+        transposed: false,
+    };
+    if TypeId::of::<B>() == TypeId::of::<Ad<R, BT>>() {
+        let y: Tensor<Ad<R, BT>, 2> = downcast(y.clone()).ok()?;
+        let cos: Tensor<Ad<R, BT>, 2> = downcast(cos.clone()).ok()?;
+        let sin: Tensor<Ad<R, BT>, 2> = downcast(sin.clone()).ok()?;
+        let (y, cos, sin) = (
+            y.into_primitive().tensor(),
+            cos.into_primitive().tensor(),
+            sin.into_primitive().tensor(),
+        );
+        if cos.is_tracked() || sin.is_tracked() {
+            return None;
+        }
+        let shape = y.primitive.shape.clone();
+        let [out] = register::<R, BT, 1>(
+            launch,
+            vec![y.primitive, cos.primitive.clone(), sin.primitive.clone()],
+            [shape],
+        );
+        let out = match RopeBackward::<R, BT>(PhantomData)
+            .prepare::<NoCheckpointing>([y.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((cos.primitive, sin.primitive, head_dim), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        let out = Tensor::<Ad<R, BT>, 2>::from_primitive(TensorPrimitive::Float(out));
+        return downcast(out).ok();
+    }
+    if TypeId::of::<B>() == TypeId::of::<Fused<R, BT>>() {
+        let shape = Shape::new(y.dims());
+        let prim = |t: &Tensor<B, 2>| -> Option<Primitive<R, BT>> {
+            let t: Tensor<Fused<R, BT>, 2> = downcast(t.clone()).ok()?;
+            Some(t.into_primitive().tensor())
+        };
+        let [out] = register::<R, BT, 1>(launch, vec![prim(y)?, prim(cos)?, prim(sin)?], [shape]);
+        let out = Tensor::<Fused<R, BT>, 2>::from_primitive(TensorPrimitive::Float(out));
+        return downcast(out).ok();
+    }
+    None
+}
+
+struct RopeBackward<R, BT>(Marker<R, BT>);
+
+impl<R, BT> std::fmt::Debug for RopeBackward<R, BT> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RopeBackward")
+    }
+}
+
+impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 1> for RopeBackward<R, BT> {
+    /// The cos and sin tables and the head width.
+    type State = (Primitive<R, BT>, Primitive<R, BT>, u32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (cos, sin, head_dim) = ops.state;
+        let dout = grads.consume::<Fused<R, BT>>(&ops.node);
+        let [py] = ops.parents;
+        if let Some(node) = py {
+            let shape = dout.shape.clone();
+            let launch = Launch::Rope {
+                head_dim,
+                transposed: true,
+            };
+            let [dy] = register::<R, BT, 1>(launch, vec![dout, cos, sin], [shape]);
+            grads.register::<Fused<R, BT>>(node.id, dy);
+        }
+    }
+}
+
 /// `[y, 1/rms]` for `x` `[n, d]` and the weight `[d]`, registered in the fusion stream.
 fn rms_norm_forward<R: CubeRuntime, BT: BoolElement>(
     x: Primitive<R, BT>,
@@ -267,6 +376,8 @@ enum Launch {
     SiluMul,
     /// `[gate, up, dy]` -> `[dgate, dup]`.
     SiluMulBackward,
+    /// `[y, cos, sin]` -> `[rotated y]`; with `transposed`, the backward pass's rotation.
+    Rope { head_dim: u32, transposed: bool },
 }
 
 impl Launch {
@@ -276,6 +387,7 @@ impl Launch {
             Launch::RmsNormBackward => "runner_rms_norm_backward",
             Launch::SiluMul => "runner_silu_mul",
             Launch::SiluMulBackward => "runner_silu_mul_backward",
+            Launch::Rope { .. } => "runner_rope",
         }
     }
 
@@ -300,6 +412,13 @@ impl Launch {
                 let (gate, up, dy) = (next(), next(), next());
                 let (dgate, dup) = launch_silu_mul_backward(gate, up, dy);
                 vec![dgate, dup]
+            }
+            Launch::Rope {
+                head_dim,
+                transposed,
+            } => {
+                let (y, cos, sin) = (next(), next(), next());
+                vec![launch_rope(y, cos, sin, head_dim, transposed)]
             }
         }
     }
@@ -460,6 +579,31 @@ fn launch_silu_mul_backward<R: CubeRuntime>(
     (dgate, dup)
 }
 
+fn launch_rope<R: CubeRuntime>(
+    y: CubeTensor<R>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+    head_dim: u32,
+    transposed: bool,
+) -> CubeTensor<R> {
+    let (client, device) = (y.client.clone(), y.device.clone());
+    let out = empty_device::<R, f32>(client.clone(), device, y.meta.shape().clone());
+    let (count, dim) = per_element(&y);
+    kernels::rope_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        y.into_tensor_arg(),
+        cos.into_tensor_arg(),
+        sin.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        head_dim,
+        transposed,
+        DType::F32.into(),
+    );
+    out
+}
+
 /// The kernels, apart: CubeCL's prelude names `Tensor` and `Float` too.
 mod kernels {
     use cubecl::prelude::*;
@@ -591,6 +735,48 @@ mod kernels {
             dgate[i] = d * up[i] * s * (F::new(1.0) + g * (F::new(1.0) - s));
         }
     }
+
+    /// One unit per element of `y` `[n, heads · head_dim]`: `y·cos + rotate_half(y)·sin`,
+    /// where `rotate_half` takes `−y[j + half]` for the first half of a head and
+    /// `y[j − half]` for the second. `transposed` gives its adjoint for the backward pass:
+    /// `g·cos + (g[j + half]·sin[j + half]` in the first half, `−g[j − half]·sin[j − half]`
+    /// in the second).
+    #[cube(launch)]
+    pub(super) fn rope_kernel<F: Float>(
+        y: &Tensor<F>,
+        cos: &Tensor<F>,
+        sin: &Tensor<F>,
+        out: &mut Tensor<F>,
+        head_dim: u32,
+        #[comptime] transposed: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < out.len() {
+            let hd = head_dim as usize;
+            let half = hd / 2;
+            let width = y.shape(1);
+            let row = i / width;
+            let j = (i % width) % hd;
+            let table = row * hd;
+            // The partner in the other half of the head, and where its sine is read.
+            let mut partner = i + half;
+            let mut at = table + j;
+            let mut sign = F::new(-1.0);
+            if j >= half {
+                partner = i - half;
+                sign = F::new(1.0);
+            }
+            if transposed {
+                sign = F::new(0.0) - sign;
+                at = table + j + half;
+                if j >= half {
+                    at = table + j - half;
+                }
+            }
+            out[i] = y[i] * cos[table + j] + sign * y[partner] * sin[at];
+        }
+    }
 }
 
 #[cfg(all(test, feature = "wgpu"))]
@@ -649,6 +835,45 @@ mod tests {
             assert_close(dg, dg0, 1e-5, &format!("{what} dgate"));
             assert_close(du, du0, 1e-5, &format!("{what} dup"));
         }
+    }
+
+    /// The rotary kernel against the composed rotate-half on wgpu: the output and the
+    /// gradient of `y` (the tables are constants); two heads, widths 2 and 64, and tables whose
+    /// halves differ, so a kernel that assumed duplicated halves would fail.
+    #[test]
+    fn cube_rope_matches_the_composed_ops_in_values_and_gradients() {
+        let device = WgpuDevice::DefaultDevice;
+        for (n, heads, hd) in [(1, 1, 2), (5, 2, 64), (9, 3, 8)] {
+            let rand = |shape: [usize; 2]| {
+                Tensor::<Wgpu, 2>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
+            };
+            let (y, cos, sin) = (rand([n, heads * hd]), rand([n, hd]), rand([n, hd]));
+            let mix = rand([n, heads * hd]);
+            let run = |kernel: bool| {
+                let ya = Tensor::<W, 2>::from_inner(y.clone()).require_grad();
+                let (c, s) = (
+                    Tensor::<W, 2>::from_inner(cos.clone()),
+                    Tensor::<W, 2>::from_inner(sin.clone()),
+                );
+                let out = if kernel {
+                    rope(&ya, &c, &s).expect("the kernel runs on wgpu in f32")
+                } else {
+                    super::super::rope_composed(ya.clone(), &c, &s)
+                };
+                let grads = (out.clone() * Tensor::from_inner(mix.clone()))
+                    .sum()
+                    .backward();
+                (values(out.inner()), values(ya.grad(&grads).unwrap()))
+            };
+            let (out, dy) = run(true);
+            let (out0, dy0) = run(false);
+            let what = format!("[{n}, {heads} × {hd}]");
+            assert_close(out, out0, 1e-5, &format!("{what} output"));
+            assert_close(dy, dy0, 1e-5, &format!("{what} dy"));
+        }
+        // Tracked tables take the composed path, which gives them gradients.
+        let t = Tensor::<W, 2>::from_inner(Tensor::<Wgpu, 2>::ones([2, 4], &device));
+        assert!(rope(&t, &t.clone().require_grad(), &t).is_none());
     }
 
     /// The kernel against Burn's composed ops on wgpu: the output, and the gradients of `x`

@@ -287,6 +287,10 @@ pub(crate) fn rope<B: Backend>(
     if let Some(out) = flex::rope(&y, cos, sin) {
         return out;
     }
+    #[cfg(all(feature = "fusion", any(feature = "wgpu", feature = "cuda")))]
+    if let Some(out) = cube::rope(&y, cos, sin) {
+        return out;
+    }
     rope_composed(y, cos, sin)
 }
 
