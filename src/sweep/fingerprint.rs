@@ -9,10 +9,14 @@ use sha2::{Digest, Sha256};
 
 use crate::util::hex;
 
-/// Files up to this size are hashed whole; larger ones (model weights) by size, modification
-/// time and their first and last mebibyte, which is quick and still catches a replaced file.
+/// Files up to this size are hashed whole; larger ones (model weights) by size, their first
+/// and last mebibyte and [`SAMPLES`] blocks spread between: quick, and still catches a
+/// replaced file. Not the modification time: a model fetched again, or copied to another
+/// node's cache, is the same input and keeps its finished trials.
 const HASH_WHOLE_LIMIT: u64 = 64 << 20;
 const EDGE: u64 = 1 << 20;
+const SAMPLES: u64 = 16;
+const SAMPLE: u64 = 64 << 10;
 
 /// A short fingerprint of a file, or of a folder's files (a Hugging Face model directory).
 /// A missing path has the fingerprint "missing".
@@ -54,19 +58,19 @@ fn file_digest(path: &Path) -> io::Result<Vec<u8>> {
         f.read_to_end(&mut buf)?;
         h.update(&buf);
     } else {
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        h.update(mtime.to_le_bytes());
-        let mut buf = vec![0u8; EDGE as usize];
-        f.read_exact(&mut buf)?;
-        h.update(&buf);
-        f.seek(SeekFrom::Start(len - EDGE))?;
-        f.read_exact(&mut buf)?;
-        h.update(&buf);
+        let mut read_at = |at: u64, size: u64| -> io::Result<()> {
+            let mut buf = vec![0u8; size as usize];
+            f.seek(SeekFrom::Start(at))?;
+            f.read_exact(&mut buf)?;
+            h.update(&buf);
+            Ok(())
+        };
+        read_at(0, EDGE)?;
+        let span = len - 2 * EDGE - SAMPLE;
+        for i in 0..SAMPLES {
+            read_at(EDGE + span * i / (SAMPLES - 1), SAMPLE)?;
+        }
+        read_at(len - EDGE, EDGE)?;
     }
     Ok(h.finalize().to_vec())
 }
@@ -146,5 +150,28 @@ mod tests {
         assert!(unchanged(inputs.since(0)));
         fs::write(&p, "three").unwrap();
         assert!(!unchanged(inputs.since(0)));
+    }
+
+    /// A large file (model weights) keeps its fingerprint when only its modification time
+    /// changes (fetched again, copied to another cache) and loses it when bytes in its middle
+    /// change.
+    #[test]
+    fn large_files_are_fingerprinted_by_content_not_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.bin");
+        let len = HASH_WHOLE_LIMIT as usize + 3 * EDGE as usize + 12_345;
+        let mut bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        fs::write(&p, &bytes).unwrap();
+        let a = fingerprint(&p).unwrap();
+        let file = fs::File::options().write(true).open(&p).unwrap();
+        file.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7))
+            .unwrap();
+        drop(file);
+        assert_eq!(fingerprint(&p).unwrap(), a, "a new modification time changed it");
+        // A byte inside the sampled block nearest the middle.
+        let middle = (EDGE + (len as u64 - 2 * EDGE - SAMPLE) * 8 / (SAMPLES - 1)) as usize;
+        bytes[middle + 100] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        assert_ne!(fingerprint(&p).unwrap(), a, "a changed byte in the middle went unseen");
     }
 }
