@@ -14,6 +14,16 @@
 //!   other half of the head; the backward pass is the transposed rotation. It keeps no
 //!   activation at all (the cos and sin tables are constants), where the composed ops build
 //!   the rotated copy and keep the products' operands.
+//! - Cross-entropy of a chunk of logits (the output head's loss, taken a chunk of rows at a
+//!   time by `train::head_loss`): one cube per row finds the maximum, then the sum of
+//!   exponentials and the argmax, then writes `scale · (softmax − onehot)`; the composed ops
+//!   launch a kernel for each step and keep the exponentials.
+//! - Attention's masked softmax, `softmax(scale · scores + mask)`: one cube per row; under
+//!   autodiff it keeps only the probabilities, and the backward pass is one kernel too.
+//!
+//! The LoRA branch (`base + scale · (x·a)·b`) and the attention's products are matmuls, left
+//! to CubeCL's matmul (tuned under `autotune`); the branch's scale and add are element-wise
+//! ops that Burn's fusion compiles together.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
@@ -44,8 +54,29 @@ type Handles<R, BT> =
     HandleContainer<<<Cube<R, BT> as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 type Primitive<R, BT> = FusionTensor<<Cube<R, BT> as FusionBackend>::FusionRuntime>;
 
-/// The most rows one launch takes: cubes are counted in one dimension.
-const MAX_ROWS: usize = 65_535;
+/// `$call` for each GPU runtime built in, with `R` and `BT` its runtime and bool element
+/// type: the first `Some` it gives, else `None`.
+macro_rules! on_gpu_runtimes {
+    (|$r:ident, $bt:ident| $call:expr) => {{
+        #[cfg(feature = "wgpu")]
+        {
+            type $r = cubecl::wgpu::WgpuRuntime;
+            type $bt = u32;
+            if let Some(out) = $call {
+                return Some(out);
+            }
+        }
+        #[cfg(feature = "cuda")]
+        {
+            type $r = cubecl::cuda::CudaRuntime;
+            type $bt = u8;
+            if let Some(out) = $call {
+                return Some(out);
+            }
+        }
+        None
+    }};
+}
 
 /// RMSNorm through the CubeCL kernel on wgpu or CUDA with fusion, in f32; `None` on any other
 /// backend or dtype.
@@ -56,18 +87,10 @@ pub(crate) fn rms_norm<B: Backend>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<Tensor<B, 2>> {
-    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || x.dims()[0] > MAX_ROWS {
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
         return None;
     }
-    #[cfg(feature = "wgpu")]
-    if let Some(y) = rms_norm_on::<B, cubecl::wgpu::WgpuRuntime, u32>(x, weight, eps) {
-        return Some(y);
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(y) = rms_norm_on::<B, cubecl::cuda::CudaRuntime, u8>(x, weight, eps) {
-        return Some(y);
-    }
-    None
+    on_gpu_runtimes!(|R, BT| rms_norm_on::<B, R, BT>(x, weight, eps))
 }
 
 fn rms_norm_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
@@ -113,15 +136,7 @@ pub(crate) fn silu_mul<B: Backend>(gate: &Tensor<B, 2>, up: &Tensor<B, 2>) -> Op
     if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
         return None;
     }
-    #[cfg(feature = "wgpu")]
-    if let Some(y) = silu_mul_on::<B, cubecl::wgpu::WgpuRuntime, u32>(gate, up) {
-        return Some(y);
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(y) = silu_mul_on::<B, cubecl::cuda::CudaRuntime, u8>(gate, up) {
-        return Some(y);
-    }
-    None
+    on_gpu_runtimes!(|R, BT| silu_mul_on::<B, R, BT>(gate, up))
 }
 
 fn silu_mul_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
@@ -166,12 +181,6 @@ fn silu_mul_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
 
 struct SiluMulBackward<R, BT>(Marker<R, BT>);
 
-impl<R, BT> std::fmt::Debug for SiluMulBackward<R, BT> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SiluMulBackward")
-    }
-}
-
 impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for SiluMulBackward<R, BT> {
     /// `gate` and `up`: the sigmoid is recomputed, not kept.
     type State = (Primitive<R, BT>, Primitive<R, BT>);
@@ -209,15 +218,7 @@ pub(crate) fn rope<B: Backend>(
     if !f32s || rows != n || sin.dims() != cos.dims() || hd % 2 != 0 || width % hd != 0 {
         return None;
     }
-    #[cfg(feature = "wgpu")]
-    if let Some(out) = rope_on::<B, cubecl::wgpu::WgpuRuntime, u32>(y, cos, sin) {
-        return Some(out);
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(out) = rope_on::<B, cubecl::cuda::CudaRuntime, u8>(y, cos, sin) {
-        return Some(out);
-    }
-    None
+    on_gpu_runtimes!(|R, BT| rope_on::<B, R, BT>(y, cos, sin))
 }
 
 fn rope_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
@@ -274,12 +275,6 @@ fn rope_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
 
 struct RopeBackward<R, BT>(Marker<R, BT>);
 
-impl<R, BT> std::fmt::Debug for RopeBackward<R, BT> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RopeBackward")
-    }
-}
-
 impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 1> for RopeBackward<R, BT> {
     /// The cos and sin tables and the head width.
     type State = (Primitive<R, BT>, Primitive<R, BT>, u32);
@@ -296,6 +291,152 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 1> for RopeBackward
             };
             let [dy] = register::<R, BT, 1>(launch, vec![dout, cos, sin], [shape]);
             grads.register::<Fused<R, BT>>(node.id, dy);
+        }
+    }
+}
+
+/// Cross-entropy of a chunk of logits through the CubeCL kernel on wgpu or CUDA with fusion,
+/// in f32 and without autodiff (the caller forms the gradient from `dlogits`); `None`
+/// elsewhere. One pass per row for the maximum, one for the sum and the argmax, one for the
+/// gradient, where the composed ops launch a kernel for each and keep the exponentials.
+/// # Shapes
+/// - logits: `[rows, vocab]`, targets: `rows`
+pub(crate) fn cross_entropy<B: Backend>(
+    logits: &Tensor<B, 2>,
+    targets: &[usize],
+    scale: f64,
+    grad: bool,
+) -> Option<super::CrossEntropy<B>> {
+    // Ids travel as f32, exact below 2^24.
+    if logits.dtype() != DType::F32 || logits.dims()[1] > 1 << 24 {
+        return None;
+    }
+    on_gpu_runtimes!(|R, BT| cross_entropy_on::<B, R, BT>(logits, targets, scale, grad))
+}
+
+fn cross_entropy_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
+    logits: &Tensor<B, 2>,
+    targets: &[usize],
+    scale: f64,
+    grad: bool,
+) -> Option<super::CrossEntropy<B>> {
+    if TypeId::of::<B>() != TypeId::of::<Fused<R, BT>>() {
+        return None;
+    }
+    let z: Tensor<Fused<R, BT>, 2> = downcast(logits.clone()).ok()?;
+    let [n, vocab] = z.dims();
+    let ids: Vec<f32> = targets.iter().map(|&t| t as f32).collect();
+    let t = Tensor::<Fused<R, BT>, 1>::from_data(TensorData::new(ids, [n]), &z.device());
+    let launch = Launch::CrossEntropy {
+        scale: scale as f32,
+        grad,
+    };
+    let inputs = vec![z.into_primitive().tensor(), t.into_primitive().tensor()];
+    let per_row = || Shape::new([n]);
+    let (nll, correct, dlogits) = if grad {
+        let [nll, correct, d] = register::<R, BT, 3>(
+            launch,
+            inputs,
+            [per_row(), per_row(), Shape::new([n, vocab])],
+        );
+        (nll, correct, Some(d))
+    } else {
+        let [nll, correct] = register::<R, BT, 2>(launch, inputs, [per_row(), per_row()]);
+        (nll, correct, None)
+    };
+    let rows = |p| Tensor::<Fused<R, BT>, 1>::from_primitive(TensorPrimitive::Float(p));
+    let dlogits = match dlogits {
+        Some(d) => Some(
+            downcast(Tensor::<Fused<R, BT>, 2>::from_primitive(
+                TensorPrimitive::Float(d),
+            ))
+            .ok()?,
+        ),
+        None => None,
+    };
+    Some(super::CrossEntropy {
+        nll: downcast(rows(nll).sum()).ok()?,
+        correct: downcast(rows(correct).sum().int()).ok()?,
+        dlogits,
+    })
+}
+
+/// Softmax over each row of `scale · scores + mask` through the CubeCL kernels on wgpu or
+/// CUDA with fusion, in f32, when the mask needs no gradient; `None` otherwise. Under
+/// autodiff it keeps only the probabilities for the backward pass.
+/// # Shapes
+/// - scores: `[rows, width]`, mask: `[rows / k, width]` -> `[rows, width]`
+pub(crate) fn masked_softmax<B: Backend>(
+    scores: &Tensor<B, 2>,
+    mask: &Tensor<B, 2>,
+    scale: f64,
+) -> Option<Tensor<B, 2>> {
+    let ([rows, width], [mask_rows, mask_width]) = (scores.dims(), mask.dims());
+    let f32s = scores.dtype() == DType::F32 && mask.dtype() == DType::F32;
+    if !f32s || mask_width != width || mask_rows == 0 || rows % mask_rows != 0 {
+        return None;
+    }
+    on_gpu_runtimes!(|R, BT| masked_softmax_on::<B, R, BT>(scores, mask, scale))
+}
+
+fn masked_softmax_on<B: Backend, R: CubeRuntime, BT: BoolElement>(
+    scores: &Tensor<B, 2>,
+    mask: &Tensor<B, 2>,
+    scale: f64,
+) -> Option<Tensor<B, 2>> {
+    let scale = scale as f32;
+    let shape = Shape::new(scores.dims());
+    if TypeId::of::<B>() == TypeId::of::<Ad<R, BT>>() {
+        let s: Tensor<Ad<R, BT>, 2> = downcast(scores.clone()).ok()?;
+        let m: Tensor<Ad<R, BT>, 2> = downcast(mask.clone()).ok()?;
+        let (s, m) = (s.into_primitive().tensor(), m.into_primitive().tensor());
+        if m.is_tracked() {
+            return None;
+        }
+        let [p] = register::<R, BT, 1>(
+            Launch::MaskedSoftmax { scale },
+            vec![s.primitive, m.primitive],
+            [shape],
+        );
+        let out = match MaskedSoftmaxBackward::<R, BT>(PhantomData)
+            .prepare::<NoCheckpointing>([s.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((p.clone(), scale), p),
+            OpsKind::UnTracked(prep) => prep.finish(p),
+        };
+        let out = Tensor::<Ad<R, BT>, 2>::from_primitive(TensorPrimitive::Float(out));
+        return downcast(out).ok();
+    }
+    if TypeId::of::<B>() == TypeId::of::<Fused<R, BT>>() {
+        let prim = |t: &Tensor<B, 2>| -> Option<Primitive<R, BT>> {
+            let t: Tensor<Fused<R, BT>, 2> = downcast(t.clone()).ok()?;
+            Some(t.into_primitive().tensor())
+        };
+        let launch = Launch::MaskedSoftmax { scale };
+        let [p] = register::<R, BT, 1>(launch, vec![prim(scores)?, prim(mask)?], [shape]);
+        let out = Tensor::<Fused<R, BT>, 2>::from_primitive(TensorPrimitive::Float(p));
+        return downcast(out).ok();
+    }
+    None
+}
+
+struct MaskedSoftmaxBackward<R, BT>(Marker<R, BT>);
+
+impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 1> for MaskedSoftmaxBackward<R, BT> {
+    /// The probabilities and the scale.
+    type State = (Primitive<R, BT>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (probs, scale) = ops.state;
+        let dprobs = grads.consume::<Fused<R, BT>>(&ops.node);
+        let [ps] = ops.parents;
+        if let Some(node) = ps {
+            let shape = probs.shape.clone();
+            let launch = Launch::MaskedSoftmaxBackward { scale };
+            let [ds] = register::<R, BT, 1>(launch, vec![probs, dprobs], [shape]);
+            grads.register::<Fused<R, BT>>(node.id, ds);
         }
     }
 }
@@ -317,13 +458,26 @@ fn rms_norm_forward<R: CubeRuntime, BT: BoolElement>(
 /// `fn() -> T` keeps the markers `Send + Sync` whatever the runtime types are.
 type Marker<R, BT> = PhantomData<fn() -> (R, BT)>;
 
-struct RmsNormBackward<R, BT>(Marker<R, BT>);
-
-impl<R, BT> std::fmt::Debug for RmsNormBackward<R, BT> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RmsNormBackward")
-    }
+/// `Debug` by name for the backward passes' marker types (derived, it would ask the runtime
+/// types for `Debug` too).
+macro_rules! debug_by_name {
+    ($($name:ident),*) => {$(
+        impl<R, BT> std::fmt::Debug for $name<R, BT> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        }
+    )*};
 }
+
+debug_by_name!(
+    SiluMulBackward,
+    RopeBackward,
+    RmsNormBackward,
+    MaskedSoftmaxBackward
+);
+
+struct RmsNormBackward<R, BT>(Marker<R, BT>);
 
 impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for RmsNormBackward<R, BT> {
     /// `x`, the weight and each row's `1/rms`.
@@ -354,15 +508,22 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Fused<R, BT>, 2> for RmsNormBackw
     }
 }
 
+/// The most rows one launch takes: cubes are counted in one dimension.
+const MAX_ROWS: usize = 65_535;
+
 /// One cube per row of width `d`, of a power of two from 32 to 256 units (about the row's
-/// width): the launch's cube count and size, and the units for the kernel's shared memory.
-fn per_row(n: usize, d: usize) -> (CubeCount, CubeDim, u32) {
+/// width), over `n` rows in launches of at most [`MAX_ROWS`]: each launch's first row and
+/// cube count, the cube size, and the units for the kernel's shared memory.
+fn per_row(n: usize, d: usize) -> (Vec<(u32, CubeCount)>, CubeDim, u32) {
     let units = d.next_power_of_two().clamp(32, 256) as u32;
-    (
-        CubeCount::Static(n as u32, 1, 1),
-        CubeDim::new_1d(units),
-        units,
-    )
+    let blocks = (0..n)
+        .step_by(MAX_ROWS)
+        .map(|first| {
+            let rows = (n - first).min(MAX_ROWS) as u32;
+            (first as u32, CubeCount::Static(rows, 1, 1))
+        })
+        .collect();
+    (blocks, CubeDim::new_1d(units), units)
 }
 
 /// A kernel launch on the inner backend's tensors: what one custom operation runs.
@@ -378,6 +539,12 @@ enum Launch {
     SiluMulBackward,
     /// `[y, cos, sin]` -> `[rotated y]`; with `transposed`, the backward pass's rotation.
     Rope { head_dim: u32, transposed: bool },
+    /// `[logits, targets]` -> `[nll per row, 1 or 0 per row]`, and with `grad` `[dlogits]`.
+    CrossEntropy { scale: f32, grad: bool },
+    /// `[scores, mask]` -> `[probs]`.
+    MaskedSoftmax { scale: f32 },
+    /// `[probs, dprobs]` -> `[dscores]`.
+    MaskedSoftmaxBackward { scale: f32 },
 }
 
 impl Launch {
@@ -388,6 +555,9 @@ impl Launch {
             Launch::SiluMul => "runner_silu_mul",
             Launch::SiluMulBackward => "runner_silu_mul_backward",
             Launch::Rope { .. } => "runner_rope",
+            Launch::CrossEntropy { .. } => "runner_cross_entropy",
+            Launch::MaskedSoftmax { .. } => "runner_masked_softmax",
+            Launch::MaskedSoftmaxBackward { .. } => "runner_masked_softmax_backward",
         }
     }
 
@@ -419,6 +589,18 @@ impl Launch {
             } => {
                 let (y, cos, sin) = (next(), next(), next());
                 vec![launch_rope(y, cos, sin, head_dim, transposed)]
+            }
+            Launch::CrossEntropy { scale, grad } => {
+                let (logits, targets) = (next(), next());
+                launch_cross_entropy(logits, targets, scale, grad)
+            }
+            Launch::MaskedSoftmax { scale } => {
+                let (scores, mask) = (next(), next());
+                vec![launch_masked_softmax(scores, mask, scale)]
+            }
+            Launch::MaskedSoftmaxBackward { scale } => {
+                let (probs, dprobs) = (next(), next());
+                vec![launch_masked_softmax_backward(probs, dprobs, scale)]
             }
         }
     }
@@ -489,20 +671,23 @@ fn launch_rms_norm<R: CubeRuntime>(
     let (client, device) = (x.client.clone(), x.device.clone());
     let y = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([n, d]));
     let inv = empty_device::<R, f32>(client.clone(), device, Shape::new([n]));
-    let (count, dim, units) = per_row(n, d);
-    kernels::rms_norm_forward_kernel::launch::<R>(
-        &client,
-        count,
-        dim,
-        x.into_tensor_arg(),
-        w.into_tensor_arg(),
-        y.clone().into_tensor_arg(),
-        inv.clone().into_tensor_arg(),
-        eps,
-        1.0 / d as f32,
-        units,
-        DType::F32.into(),
-    );
+    let (blocks, dim, units) = per_row(n, d);
+    for (first_row, count) in blocks {
+        kernels::rms_norm_forward_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            x.clone().into_tensor_arg(),
+            w.clone().into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            inv.clone().into_tensor_arg(),
+            first_row,
+            eps,
+            1.0 / d as f32,
+            units,
+            DType::F32.into(),
+        );
+    }
     (y, inv)
 }
 
@@ -515,20 +700,23 @@ fn launch_rms_norm_backward<R: CubeRuntime>(
     let [n, d] = [x.meta.shape()[0], x.meta.shape()[1]];
     let (client, device) = (x.client.clone(), x.device.clone());
     let dx = empty_device::<R, f32>(client.clone(), device, Shape::new([n, d]));
-    let (count, dim, units) = per_row(n, d);
-    kernels::rms_norm_backward_kernel::launch::<R>(
-        &client,
-        count,
-        dim,
-        x.into_tensor_arg(),
-        w.into_tensor_arg(),
-        inv.into_tensor_arg(),
-        dy.into_tensor_arg(),
-        dx.clone().into_tensor_arg(),
-        1.0 / d as f32,
-        units,
-        DType::F32.into(),
-    );
+    let (blocks, dim, units) = per_row(n, d);
+    for (first_row, count) in blocks {
+        kernels::rms_norm_backward_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            x.clone().into_tensor_arg(),
+            w.clone().into_tensor_arg(),
+            inv.clone().into_tensor_arg(),
+            dy.clone().into_tensor_arg(),
+            dx.clone().into_tensor_arg(),
+            first_row,
+            1.0 / d as f32,
+            units,
+            DType::F32.into(),
+        );
+    }
     dx
 }
 
@@ -604,13 +792,104 @@ fn launch_rope<R: CubeRuntime>(
     out
 }
 
+/// `[nll, correct]` per row, and `[dlogits]` with `grad`.
+fn launch_cross_entropy<R: CubeRuntime>(
+    logits: CubeTensor<R>,
+    targets: CubeTensor<R>,
+    scale: f32,
+    grad: bool,
+) -> Vec<CubeTensor<R>> {
+    let [n, vocab] = [logits.meta.shape()[0], logits.meta.shape()[1]];
+    let (client, device) = (logits.client.clone(), logits.device.clone());
+    let empty = |shape: Shape| empty_device::<R, f32>(client.clone(), device.clone(), shape);
+    let (nll, correct) = (empty(Shape::new([n])), empty(Shape::new([n])));
+    // Without `grad` the kernel writes no gradient; it still takes a tensor there.
+    let dlogits = empty(Shape::new(if grad { [n, vocab] } else { [1, 1] }));
+    let (blocks, dim, units) = per_row(n, vocab);
+    for (first_row, count) in blocks {
+        kernels::cross_entropy_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            logits.clone().into_tensor_arg(),
+            targets.clone().into_tensor_arg(),
+            nll.clone().into_tensor_arg(),
+            correct.clone().into_tensor_arg(),
+            dlogits.clone().into_tensor_arg(),
+            first_row,
+            scale,
+            units,
+            grad,
+            DType::F32.into(),
+        );
+    }
+    if grad {
+        vec![nll, correct, dlogits]
+    } else {
+        vec![nll, correct]
+    }
+}
+
+fn launch_masked_softmax<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    mask: CubeTensor<R>,
+    scale: f32,
+) -> CubeTensor<R> {
+    let [n, width] = [scores.meta.shape()[0], scores.meta.shape()[1]];
+    let (client, device) = (scores.client.clone(), scores.device.clone());
+    let probs = empty_device::<R, f32>(client.clone(), device, Shape::new([n, width]));
+    let (blocks, dim, units) = per_row(n, width);
+    for (first_row, count) in blocks {
+        kernels::masked_softmax_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            scores.clone().into_tensor_arg(),
+            mask.clone().into_tensor_arg(),
+            probs.clone().into_tensor_arg(),
+            first_row,
+            scale,
+            units,
+            DType::F32.into(),
+        );
+    }
+    probs
+}
+
+fn launch_masked_softmax_backward<R: CubeRuntime>(
+    probs: CubeTensor<R>,
+    dprobs: CubeTensor<R>,
+    scale: f32,
+) -> CubeTensor<R> {
+    let [n, width] = [probs.meta.shape()[0], probs.meta.shape()[1]];
+    let (client, device) = (probs.client.clone(), probs.device.clone());
+    let dscores = empty_device::<R, f32>(client.clone(), device, Shape::new([n, width]));
+    let (blocks, dim, units) = per_row(n, width);
+    for (first_row, count) in blocks {
+        kernels::masked_softmax_backward_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            probs.clone().into_tensor_arg(),
+            dprobs.clone().into_tensor_arg(),
+            dscores.clone().into_tensor_arg(),
+            first_row,
+            scale,
+            units,
+            DType::F32.into(),
+        );
+    }
+    dscores
+}
+
 /// The kernels, apart: CubeCL's prelude names `Tensor` and `Float` too.
 mod kernels {
     use cubecl::prelude::*;
 
-    /// The sum over `units` units of each one's `partial`, in shared memory; every unit gets it.
+    /// The sum (or with `max`, the maximum) over `units` units of each one's `partial`, in
+    /// shared memory; every unit gets it.
     #[cube]
-    fn cube_sum<F: Float>(partial: F, #[comptime] units: u32) -> F {
+    fn cube_reduce<F: Float>(partial: F, #[comptime] units: u32, #[comptime] max: bool) -> F {
         let unit = UNIT_POS_X as usize;
         let mut shared = SharedMemory::<F>::new(units as usize);
         shared[unit] = partial;
@@ -619,12 +898,29 @@ mod kernels {
         let mut half = CUBE_DIM_X as usize / 2;
         while half > 0 {
             if unit < half {
-                shared[unit] = shared[unit] + shared[unit + half];
+                if max {
+                    shared[unit] = F::max(shared[unit], shared[unit + half]);
+                } else {
+                    shared[unit] = shared[unit] + shared[unit + half];
+                }
             }
             sync_cube();
             half /= 2;
         }
-        shared[0]
+        let out = shared[0];
+        // Every unit has read the result before the memory can be written again.
+        sync_cube();
+        out
+    }
+
+    #[cube]
+    fn cube_sum<F: Float>(partial: F, #[comptime] units: u32) -> F {
+        cube_reduce::<F>(partial, units, false)
+    }
+
+    #[cube]
+    fn cube_max<F: Float>(partial: F, #[comptime] units: u32) -> F {
+        cube_reduce::<F>(partial, units, true)
     }
 
     /// One cube per row: `y = x / rms(x) · w` and `1/rms(x)`, `rms(x) = sqrt(mean(x²) + eps)`.
@@ -634,12 +930,13 @@ mod kernels {
         weight: &Tensor<F>,
         y: &mut Tensor<F>,
         inv_rms: &mut Tensor<F>,
+        first_row: u32,
         eps: f32,
         inv_d: f32,
         #[comptime] units: u32,
         #[define(F)] _dtype: StorageType,
     ) {
-        let row = CUBE_POS_X as usize;
+        let row = (first_row + CUBE_POS_X) as usize;
         let unit = UNIT_POS_X as usize;
         let step = units as usize;
         let d = x.shape(1);
@@ -671,11 +968,12 @@ mod kernels {
         inv_rms: &Tensor<F>,
         dy: &Tensor<F>,
         dx: &mut Tensor<F>,
+        first_row: u32,
         inv_d: f32,
         #[comptime] units: u32,
         #[define(F)] _dtype: StorageType,
     ) {
-        let row = CUBE_POS_X as usize;
+        let row = (first_row + CUBE_POS_X) as usize;
         let step = units as usize;
         let d = x.shape(1);
         let base = row * d;
@@ -691,6 +989,142 @@ mod kernels {
         let mut c = UNIT_POS_X as usize;
         while c < d {
             dx[base + c] = r * dy[base + c] * weight[c] - k * x[base + c];
+            c += step;
+        }
+    }
+
+    /// One cube per row of `logits` `[n, vocab]` and its target (an id, held as a float):
+    /// the row's NLL `logsumexp(z) − z[target]`, 1 where the most likely id (the lowest on
+    /// ties, as torch.argmax) is the target and 0 elsewhere, and with `grad`,
+    /// `dlogits = scale · (softmax(z) − onehot(target))`.
+    #[cube(launch)]
+    pub(super) fn cross_entropy_kernel<F: Float>(
+        logits: &Tensor<F>,
+        targets: &Tensor<F>,
+        nll: &mut Tensor<F>,
+        correct: &mut Tensor<F>,
+        dlogits: &mut Tensor<F>,
+        first_row: u32,
+        scale: f32,
+        #[comptime] units: u32,
+        #[comptime] grad: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let row = (first_row + CUBE_POS_X) as usize;
+        let step = units as usize;
+        let vocab = logits.shape(1);
+        let base = row * vocab;
+        let mut partial = F::min_value();
+        let mut c = UNIT_POS_X as usize;
+        while c < vocab {
+            partial = F::max(partial, logits[base + c]);
+            c += step;
+        }
+        let top = cube_max::<F>(partial, units);
+        // The sum of exponentials, and the lowest id holding the maximum as the maximum of
+        // minus the ids (ids below 2^24 are exact in f32).
+        let mut sum = F::new(0.0);
+        let mut first = F::min_value();
+        let mut c = UNIT_POS_X as usize;
+        while c < vocab {
+            let z = logits[base + c];
+            sum += F::exp(z - top);
+            if z == top {
+                first = F::max(first, F::new(0.0) - F::cast_from(c as u32));
+            }
+            c += step;
+        }
+        let total = cube_sum::<F>(sum, units);
+        let lowest = F::new(0.0) - cube_max::<F>(first, units);
+        let target = targets[row];
+        let t = u32::cast_from(target) as usize;
+        if UNIT_POS_X == 0 {
+            nll[row] = F::ln(total) + top - logits[base + t];
+            correct[row] = F::new(0.0);
+            if lowest == target {
+                correct[row] = F::new(1.0);
+            }
+        }
+        if grad {
+            let s = F::cast_from(scale);
+            let inv = s / total;
+            let mut c = UNIT_POS_X as usize;
+            while c < vocab {
+                let mut g = F::exp(logits[base + c] - top) * inv;
+                if c == t {
+                    g -= s;
+                }
+                dlogits[base + c] = g;
+                c += step;
+            }
+        }
+    }
+
+    /// One cube per row of `scores` `[rows, width]`: `softmax(scale · scores + mask)` along
+    /// the row, with mask row `row mod mask_rows`.
+    #[cube(launch)]
+    pub(super) fn masked_softmax_kernel<F: Float>(
+        scores: &Tensor<F>,
+        mask: &Tensor<F>,
+        probs: &mut Tensor<F>,
+        first_row: u32,
+        scale: f32,
+        #[comptime] units: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let row = (first_row + CUBE_POS_X) as usize;
+        let step = units as usize;
+        let width = scores.shape(1);
+        let base = row * width;
+        let masked = (row % mask.shape(0)) * width;
+        let s = F::cast_from(scale);
+        let mut partial = F::min_value();
+        let mut c = UNIT_POS_X as usize;
+        while c < width {
+            partial = F::max(partial, scores[base + c] * s + mask[masked + c]);
+            c += step;
+        }
+        let top = cube_max::<F>(partial, units);
+        let mut sum = F::new(0.0);
+        let mut c = UNIT_POS_X as usize;
+        while c < width {
+            sum += F::exp(scores[base + c] * s + mask[masked + c] - top);
+            c += step;
+        }
+        let inv = F::new(1.0) / cube_sum::<F>(sum, units);
+        let mut c = UNIT_POS_X as usize;
+        while c < width {
+            probs[base + c] = F::exp(scores[base + c] * s + mask[masked + c] - top) * inv;
+            c += step;
+        }
+    }
+
+    /// One cube per row: `dscores = scale · p ⊙ (dp − Σ p ⊙ dp)`.
+    #[cube(launch)]
+    pub(super) fn masked_softmax_backward_kernel<F: Float>(
+        probs: &Tensor<F>,
+        dprobs: &Tensor<F>,
+        dscores: &mut Tensor<F>,
+        first_row: u32,
+        scale: f32,
+        #[comptime] units: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let row = (first_row + CUBE_POS_X) as usize;
+        let step = units as usize;
+        let width = probs.shape(1);
+        let base = row * width;
+        let mut partial = F::new(0.0);
+        let mut c = UNIT_POS_X as usize;
+        while c < width {
+            partial += probs[base + c] * dprobs[base + c];
+            c += step;
+        }
+        let dot = cube_sum::<F>(partial, units);
+        let s = F::cast_from(scale);
+        let mut c = UNIT_POS_X as usize;
+        while c < width {
+            dscores[base + c] = s * probs[base + c] * (dprobs[base + c] - dot);
             c += step;
         }
     }
@@ -874,6 +1308,97 @@ mod tests {
         // Tracked tables take the composed path, which gives them gradients.
         let t = Tensor::<W, 2>::from_inner(Tensor::<Wgpu, 2>::ones([2, 4], &device));
         assert!(rope(&t, &t.clone().require_grad(), &t).is_none());
+    }
+
+    /// The cross-entropy kernel against the composed ops on wgpu: the summed NLL, the count
+    /// of right argmaxes and the gradient; vocabularies below, at and above one cube's units,
+    /// SmolLM2's 49,152, and rows of equal logits (the argmax must be the lowest id).
+    #[test]
+    fn cube_cross_entropy_matches_the_composed_ops() {
+        let device = WgpuDevice::DefaultDevice;
+        for (n, vocab) in [(1, 1), (3, 100), (5, 256), (4, 1000), (2, 49_152)] {
+            let logits =
+                Tensor::<Wgpu, 2>::random([n, vocab], Distribution::Uniform(-8.0, 8.0), &device);
+            let targets: Vec<usize> = (0..n).map(|i| (i * 37 + 5) % vocab).collect();
+            for grad in [false, true] {
+                let what = format!("[{n}, {vocab}] grad {grad}");
+                let kernel = cross_entropy(&logits, &targets, 0.25, grad).expect("runs on wgpu");
+                let composed =
+                    super::super::cross_entropy_composed(logits.clone(), &targets, 0.25, grad);
+                assert_close(
+                    values(kernel.nll),
+                    values(composed.nll),
+                    1e-5,
+                    &format!("{what} nll"),
+                );
+                let count = |c: Tensor<Wgpu, 1, Int>| c.into_scalar().elem::<i64>();
+                assert_eq!(
+                    count(kernel.correct),
+                    count(composed.correct),
+                    "{what} correct"
+                );
+                match (kernel.dlogits, composed.dlogits) {
+                    (Some(a), Some(b)) => assert_close(values(a), values(b), 1e-6, &what),
+                    (None, None) => assert!(!grad, "{what}: no gradient"),
+                    _ => panic!("{what}: the gradient is there in one path only"),
+                }
+            }
+        }
+        // Ties: every id of a row of zeros is the argmax, and the lowest wins.
+        let zeros = Tensor::<Wgpu, 2>::zeros([3, 300], &device);
+        let ce = cross_entropy(&zeros, &[0, 1, 299], 1.0, false).expect("runs on wgpu");
+        assert_eq!(ce.correct.into_scalar().elem::<i64>(), 1);
+        let nll = values(ce.nll)[0];
+        assert!((nll - 3.0 * (300f32).ln()).abs() < 1e-4, "nll {nll}");
+    }
+
+    /// The masked softmax kernels against the composed ops on wgpu: the probabilities and
+    /// the gradient of the scores, with a causal mask of `-1e9` cycled over the rows (as
+    /// attention uses it) and widths below, at and above one cube's units.
+    #[test]
+    fn cube_masked_softmax_matches_the_composed_ops_in_values_and_gradients() {
+        let device = WgpuDevice::DefaultDevice;
+        for (rows, width, mask_rows) in [(1, 1, 1), (6, 7, 2), (12, 300, 4), (9, 256, 9)] {
+            let scores =
+                Tensor::<Wgpu, 2>::random([rows, width], Distribution::Uniform(-4.0, 4.0), &device);
+            let mix =
+                Tensor::<Wgpu, 2>::random([rows, width], Distribution::Uniform(-1.0, 1.0), &device);
+            let mask: Vec<f32> = (0..mask_rows * width)
+                .map(|k| if k % width <= k / width { 0.0 } else { -1e9 })
+                .collect();
+            let mask =
+                Tensor::<Wgpu, 2>::from_data(TensorData::new(mask, [mask_rows, width]), &device);
+            let run = |kernel: bool| {
+                let s = Tensor::<W, 2>::from_inner(scores.clone()).require_grad();
+                let m = Tensor::<W, 2>::from_inner(mask.clone());
+                let p = if kernel {
+                    masked_softmax(&s, &m, 0.3).expect("the kernel runs on wgpu in f32")
+                } else {
+                    super::super::masked_softmax_composed(s.clone(), &m, 0.3)
+                };
+                let grads = (p.clone() * Tensor::from_inner(mix.clone()))
+                    .sum()
+                    .backward();
+                (values(p.inner()), values(s.grad(&grads).unwrap()))
+            };
+            let (p, ds) = run(true);
+            let (p0, ds0) = run(false);
+            let what = format!("[{rows}, {width}] over {mask_rows} mask rows");
+            assert_close(p, p0, 1e-6, &format!("{what} probs"));
+            assert_close(ds, ds0, 1e-6, &format!("{what} dscores"));
+        }
+        // Without autodiff too, and a tracked mask takes the composed path.
+        let s = Tensor::<Wgpu, 2>::random([4, 5], Distribution::Uniform(-1.0, 1.0), &device);
+        let m = Tensor::<Wgpu, 2>::zeros([2, 5], &device);
+        let p = masked_softmax(&s, &m, 1.0).expect("runs on wgpu");
+        assert_close(
+            values(p),
+            values(super::super::masked_softmax_composed(s.clone(), &m, 1.0)),
+            1e-6,
+            "plain",
+        );
+        let tracked = Tensor::<W, 2>::from_inner(m).require_grad();
+        assert!(masked_softmax(&Tensor::<W, 2>::from_inner(s), &tracked, 1.0).is_none());
     }
 
     /// The kernel against Burn's composed ops on wgpu: the output, and the gradients of `x`

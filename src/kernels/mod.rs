@@ -223,6 +223,10 @@ pub(crate) fn masked_softmax<B: Backend>(
     if let Some(out) = flex::masked_softmax(&scores, mask, scale) {
         return out;
     }
+    #[cfg(all(feature = "fusion", any(feature = "wgpu", feature = "cuda")))]
+    if let Some(out) = cube::masked_softmax(&scores, mask, scale) {
+        return out;
+    }
     masked_softmax_composed(scores, mask, scale)
 }
 
@@ -327,7 +331,8 @@ pub(crate) struct CrossEntropy<B: Backend> {
 /// # Shapes
 /// - logits: `[rows, vocab]`, targets: `rows`
 ///
-/// On flex one pass per row, reusing the logits' buffer for the gradient; elsewhere composed.
+/// On flex one pass per row, reusing the logits' buffer for the gradient; on wgpu and CUDA
+/// with fusion one CubeCL kernel; elsewhere composed.
 pub(crate) fn cross_entropy<B: Backend>(
     logits: Tensor<B, 2>,
     targets: &[usize],
@@ -346,6 +351,10 @@ pub(crate) fn cross_entropy<B: Backend>(
         }
         Err(logits) => logits,
     };
+    #[cfg(all(feature = "fusion", any(feature = "wgpu", feature = "cuda")))]
+    if let Some(out) = cube::cross_entropy(&logits, targets, scale, grad) {
+        return out;
+    }
     cross_entropy_composed(logits, targets, scale, grad)
 }
 

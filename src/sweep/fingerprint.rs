@@ -167,11 +167,19 @@ mod tests {
         file.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7))
             .unwrap();
         drop(file);
-        assert_eq!(fingerprint(&p).unwrap(), a, "a new modification time changed it");
+        assert_eq!(
+            fingerprint(&p).unwrap(),
+            a,
+            "a new modification time changed it"
+        );
         // A byte inside the sampled block nearest the middle.
         let middle = (EDGE + (len as u64 - 2 * EDGE - SAMPLE) * 8 / (SAMPLES - 1)) as usize;
         bytes[middle + 100] ^= 1;
         fs::write(&p, &bytes).unwrap();
-        assert_ne!(fingerprint(&p).unwrap(), a, "a changed byte in the middle went unseen");
+        assert_ne!(
+            fingerprint(&p).unwrap(),
+            a,
+            "a changed byte in the middle went unseen"
+        );
     }
 }

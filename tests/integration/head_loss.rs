@@ -4,6 +4,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, TensorData};
 
 use runner::data::{Batch, ByteTokenizer, Example};
@@ -19,18 +20,15 @@ type B = Autodiff<Flex>;
 use crate::common::Perturb;
 
 /// Every trainable parameter's gradient, flattened in visiting order.
-struct Grads<'a>(
-    &'a <B as burn::tensor::backend::AutodiffBackend>::Gradients,
-    Vec<(String, Vec<f32>)>,
-);
-impl ParamVisitor<B> for Grads<'_> {
-    fn visit1(&mut self, name: &str, p: &mut Param<B, 1>) {
+struct Grads<'a, Bk: AutodiffBackend>(&'a Bk::Gradients, Vec<(String, Vec<f32>)>);
+impl<Bk: AutodiffBackend> ParamVisitor<Bk> for Grads<'_, Bk> {
+    fn visit1(&mut self, name: &str, p: &mut Param<Bk, 1>) {
         if let Some(g) = p.value.grad(self.0) {
             self.1
                 .push((name.into(), g.into_data().to_vec::<f32>().unwrap()));
         }
     }
-    fn visit2(&mut self, name: &str, p: &mut Param<B, 2>) {
+    fn visit2(&mut self, name: &str, p: &mut Param<Bk, 2>) {
         if let Some(g) = p.value.grad(self.0) {
             self.1
                 .push((name.into(), g.into_data().to_vec::<f32>().unwrap()));
@@ -41,6 +39,15 @@ impl ParamVisitor<B> for Grads<'_> {
 /// `softcap`: Gemma 2's final logit soft-capping, set on the model so that its plain forward
 /// pass (the reference) caps too.
 fn check(method: Method, tied: bool, softcap: Option<f64>) {
+    check_on::<B>(&Default::default(), method, tied, softcap);
+}
+
+fn check_on<Bk: AutodiffBackend>(
+    device: &Bk::Device,
+    method: Method,
+    tied: bool,
+    softcap: Option<f64>,
+) {
     let opts = TinyOptions {
         seed: 3,
         tied,
@@ -48,21 +55,21 @@ fn check(method: Method, tied: bool, softcap: Option<f64>) {
     };
     let mut config = opts.config();
     config.final_logit_softcapping = softcap;
-    let mut model = Llama::<B>::random(config, 3, opts.std(), &Default::default()).unwrap();
+    let mut model = Llama::<Bk>::random(config, 3, opts.std(), device).unwrap();
     method.attach(&mut model, "default").unwrap();
     // Non-zero LoRA B, so that every adapter parameter has a gradient.
     model.visit(&mut Perturb(1));
     let a = Example::pair("Q: 2 plus 2?\nA:", " 4.\n");
     let b = Example::text("The quick brown fox jumps over the lazy dog.");
     let batch = Batch::collate(&[&a, &b], 64, &ByteTokenizer).unwrap();
-    let ids = Tensor::<B, 2, Int>::from_data(
+    let ids = Tensor::<Bk, 2, Int>::from_data(
         TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]),
-        &Default::default(),
+        device,
     );
 
     let reference = causal_lm_loss(model.forward(ids.clone(), None), &batch.labels);
-    let ref_value = reference.clone().into_scalar() as f64;
-    let mut want = Grads(&reference.backward(), Vec::new());
+    let ref_value = reference.clone().into_scalar().elem::<f64>();
+    let mut want = Grads::<Bk>(&reference.backward(), Vec::new());
     model.visit(&mut want);
 
     let targets = next_token_targets(&batch.labels, batch.batch, batch.seq);
@@ -81,7 +88,7 @@ fn check(method: Method, tied: bool, softcap: Option<f64>) {
         softcap,
     );
     let value = nll_sum / count as f64;
-    let mut got = Grads(&surrogate.backward(), Vec::new());
+    let mut got = Grads::<Bk>(&surrogate.backward(), Vec::new());
     model.visit(&mut got);
 
     assert!(
@@ -127,6 +134,17 @@ fn lora_all_linear() -> Method {
 #[test]
 fn lora_gradients_match_the_plain_composition() {
     check(lora_all_linear(), true, None);
+}
+
+/// On wgpu the chunked head runs runner's CubeCL cross-entropy kernel (under fusion), and
+/// attention its masked-softmax kernel: the loss and every gradient still match the plain
+/// composition there, with adapters and with a trainable untied head.
+#[cfg(feature = "wgpu")]
+#[test]
+fn the_chunked_head_matches_on_wgpu() {
+    let device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+    check_on::<Autodiff<burn::backend::Wgpu>>(&device, lora_all_linear(), true, None);
+    check_on::<Autodiff<burn::backend::Wgpu>>(&device, Method::Full, false, None);
 }
 
 #[test]
