@@ -596,11 +596,11 @@ impl Launch {
             }
             Launch::MaskedSoftmax { scale } => {
                 let (scores, mask) = (next(), next());
-                vec![launch_masked_softmax(scores, mask, scale)]
+                vec![launch_masked_softmax(scores, mask, scale, false)]
             }
             Launch::MaskedSoftmaxBackward { scale } => {
                 let (probs, dprobs) = (next(), next());
-                vec![launch_masked_softmax_backward(probs, dprobs, scale)]
+                vec![launch_masked_softmax(probs, dprobs, scale, true)]
             }
         }
     }
@@ -830,56 +830,38 @@ fn launch_cross_entropy<R: CubeRuntime>(
     }
 }
 
+/// The masked softmax (`[scores, mask]` -> probs) or its backward pass (`[probs, dprobs]`
+/// -> dscores): one cube per row, the same arguments.
 fn launch_masked_softmax<R: CubeRuntime>(
-    scores: CubeTensor<R>,
-    mask: CubeTensor<R>,
+    a: CubeTensor<R>,
+    b: CubeTensor<R>,
     scale: f32,
+    backward: bool,
 ) -> CubeTensor<R> {
-    let [n, width] = [scores.meta.shape()[0], scores.meta.shape()[1]];
-    let (client, device) = (scores.client.clone(), scores.device.clone());
-    let probs = empty_device::<R, f32>(client.clone(), device, Shape::new([n, width]));
+    let [n, width] = [a.meta.shape()[0], a.meta.shape()[1]];
+    let (client, device) = (a.client.clone(), a.device.clone());
+    let out = empty_device::<R, f32>(client.clone(), device, Shape::new([n, width]));
     let (blocks, dim, units) = per_row(n, width);
+    let launch = if backward {
+        kernels::masked_softmax_backward_kernel::launch::<R>
+    } else {
+        kernels::masked_softmax_kernel::launch::<R>
+    };
     for (first_row, count) in blocks {
-        kernels::masked_softmax_kernel::launch::<R>(
+        launch(
             &client,
             count,
             dim,
-            scores.clone().into_tensor_arg(),
-            mask.clone().into_tensor_arg(),
-            probs.clone().into_tensor_arg(),
+            a.clone().into_tensor_arg(),
+            b.clone().into_tensor_arg(),
+            out.clone().into_tensor_arg(),
             first_row,
             scale,
             units,
             DType::F32.into(),
         );
     }
-    probs
-}
-
-fn launch_masked_softmax_backward<R: CubeRuntime>(
-    probs: CubeTensor<R>,
-    dprobs: CubeTensor<R>,
-    scale: f32,
-) -> CubeTensor<R> {
-    let [n, width] = [probs.meta.shape()[0], probs.meta.shape()[1]];
-    let (client, device) = (probs.client.clone(), probs.device.clone());
-    let dscores = empty_device::<R, f32>(client.clone(), device, Shape::new([n, width]));
-    let (blocks, dim, units) = per_row(n, width);
-    for (first_row, count) in blocks {
-        kernels::masked_softmax_backward_kernel::launch::<R>(
-            &client,
-            count,
-            dim,
-            probs.clone().into_tensor_arg(),
-            dprobs.clone().into_tensor_arg(),
-            dscores.clone().into_tensor_arg(),
-            first_row,
-            scale,
-            units,
-            DType::F32.into(),
-        );
-    }
-    dscores
+    out
 }
 
 /// The kernels, apart: CubeCL's prelude names `Tensor` and `Float` too.
