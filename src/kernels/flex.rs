@@ -592,15 +592,12 @@ fn rope_apply(y: FlexTensor, cos: &FlexTensor, sin: &FlexTensor, inverse: bool) 
     tensor(values, &shape)
 }
 
+/// Shapes are checked by `kernels::rope`.
 pub(crate) fn rope<B: Backend>(
     y: &Tensor<B, 2>,
     cos: &Tensor<B, 2>,
     sin: &Tensor<B, 2>,
 ) -> Option<Tensor<B, 2>> {
-    let ([rows, width], [table_rows, hd]) = (y.dims(), cos.dims());
-    if rows != table_rows || sin.dims() != cos.dims() || hd == 0 || hd % 2 != 0 || width % hd != 0 {
-        return None;
-    }
     let cast = |t: &Tensor<B, 2>| {
         downcast::<_, Tensor<Ad, 2>>(t.clone())
             .ok()

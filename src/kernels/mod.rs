@@ -287,14 +287,19 @@ pub(crate) fn rope<B: Backend>(
     cos: &Tensor<B, 2>,
     sin: &Tensor<B, 2>,
 ) -> Tensor<B, 2> {
+    // The kernels' shape contract: a table row per row of `y`, whole heads of even width.
+    let ([rows, width], [table_rows, hd]) = (y.dims(), cos.dims());
+    let kernel_shapes =
+        rows == table_rows && sin.dims() == cos.dims() && hd > 0 && hd % 2 == 0 && width % hd == 0;
     #[cfg(feature = "flex")]
-    if let Some(out) = flex::rope(&y, cos, sin) {
+    if kernel_shapes && let Some(out) = flex::rope(&y, cos, sin) {
         return out;
     }
     #[cfg(all(feature = "fusion", any(feature = "wgpu", feature = "cuda")))]
-    if let Some(out) = cube::rope(&y, cos, sin) {
+    if kernel_shapes && let Some(out) = cube::rope(&y, cos, sin) {
         return out;
     }
+    let _ = kernel_shapes;
     rope_composed(y, cos, sin)
 }
 
