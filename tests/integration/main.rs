@@ -9,6 +9,7 @@ mod generate;
 mod head_loss;
 mod lora_core;
 mod optim;
+mod paper_tables;
 mod parity;
 mod peft_methods;
 mod qlora;
