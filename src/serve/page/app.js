@@ -19,6 +19,7 @@ const state = {
   known: new Set(),   // trial ids already seen, to mark new ones
   stepKey: null,
   pivotTouched: false,
+  shape: null,  // the sweep's parameters, metrics and step keys the controls were made for
 };
 
 const $ = (id) => document.getElementById(id);
@@ -106,6 +107,7 @@ async function selectSweep(name, fromHash) {
     state.known = new Set();
     state.stepKey = null;
     state.pivotTouched = false;
+    state.shape = null;
     const h = readHash();
     if (fromHash && h.sweep === name) {
       if (h.trials !== null) {
@@ -152,7 +154,9 @@ async function loadSweep() {
   $("sweep-summary").textContent =
     `${data.trials.length} trials (${ok} ok) · parameters: ${data.params.join(", ") || "none"}` +
     ` · metrics: ${data.metrics.join(", ") || "none"}`;
-  if (fresh) setupControls(data);
+  const shape = JSON.stringify([data.params, data.metrics, data.step_keys]);
+  if (fresh || shape !== state.shape) setupControls(data, fresh);
+  state.shape = shape;
   renderTable(fresh ? new Set() : new Set(added));
   ids.forEach((id) => state.known.add(id));
   writeHash();
@@ -172,14 +176,24 @@ function fillSelect(sel, options, value) {
   if (value !== undefined && value !== null) sel.value = value;
 }
 
-function setupControls(d) {
+// The controls' choices follow the sweep's parameters and metrics: a running sweep may show
+// its first trials before trials.csv names them. A choice the reader made and that still
+// exists is kept; the pivot table's, once touched, are left alone.
+function setupControls(d, fresh) {
+  const keep = (id, fallback, options) => {
+    const now = $(id).value;
+    const values = options.map((o) => (Array.isArray(o) ? o[0] : o));
+    return !fresh && values.includes(now) ? now : fallback;
+  };
   fillSelect($("step-key"), d.step_keys, state.stepKey);
   const x = d.plot.x || d.params[0] || d.metrics[0];
   const y = d.plot.y || d.metrics[0];
-  fillSelect($("mp-x"), [...d.params, ...d.metrics], x);
-  fillSelect($("mp-y"), d.metrics, y);
-  fillSelect($("mp-series"), [["", "(other parameters)"], ["-", "(none)"], ...d.params], "");
-  fillSelect($("pc-metric"), d.metrics, y);
+  const series = [["", "(other parameters)"], ["-", "(none)"], ...d.params];
+  fillSelect($("mp-x"), [...d.params, ...d.metrics], keep("mp-x", x, [...d.params, ...d.metrics]));
+  fillSelect($("mp-y"), d.metrics, keep("mp-y", y, d.metrics));
+  fillSelect($("mp-series"), series, keep("mp-series", "", series));
+  fillSelect($("pc-metric"), d.metrics, keep("pc-metric", y, d.metrics));
+  if (state.pivotTouched) return;
   fillSelect($("pv-rows"), d.params.length ? d.params : ["trial_id"]);
   const rows = d.params.includes(x) ? x : (d.params[0] || "trial_id");
   for (const o of $("pv-rows").options) o.selected = o.value === rows;
@@ -638,7 +652,9 @@ function wire() {
   $("smooth").oninput = (e) => { $("smooth-value").textContent = e.target.value; renderCurves(); };
   for (const id of ["mp-x", "mp-y", "mp-series", "mp-logx"]) $(id).onchange = renderMetricPlot;
   $("pc-metric").onchange = renderParallel;
-  for (const id of ["pv-rows", "pv-cols", "pv-value", "pv-agg", "pv-precision", "pv-failed"]) $(id).onchange = renderPivot;
+  for (const id of ["pv-rows", "pv-cols", "pv-value", "pv-agg", "pv-precision", "pv-failed"]) {
+    $(id).onchange = () => { state.pivotTouched = true; renderPivot(); };
+  }
 }
 
 // One refresh at a time; changes arriving meanwhile are merged into the next one.
