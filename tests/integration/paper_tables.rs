@@ -44,6 +44,12 @@ fn check(sweep: &str, rows: &[&str], cells: usize) {
 }
 
 #[test]
+fn table5_in_the_docs_is_the_committed_sweep() {
+    // Seven budget-matched target sets.
+    check("lora_table5", &["targets", "rank", "trainable"], 7);
+}
+
+#[test]
 fn table6_in_the_docs_is_the_committed_sweep() {
     // Three target sets by five ranks.
     check("lora_table6", &["targets", "rank"], 15);
