@@ -14,12 +14,14 @@ layer=${3:-15}
 sweep=results/lora_table6
 out=docs/images/lora_paper
 
-# The trial id of the q,v trial at a rank and seed (trials.csv: trial_id,rank,seed,targets,task,...).
+# The trial id of the q,v trial at a rank and seed; columns are found by their header names, so
+# a grid with more or fewer parameters still reads right.
 trial() {
   local id
-  id=$(awk -F, -v r="$1" -v s="$2" -v t="$task" \
-    'NR > 1 && $2 == r && $3 == s && $4 == "qv" && $5 == t && $6 == "ok" { print $1 }' \
-    "$sweep/trials.csv")
+  id=$(awk -F, -v r="$1" -v s="$2" -v t="$task" '
+    NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    $col["rank"] == r && $col["seed"] == s && $col["targets"] == "qv" && $col["task"] == t &&
+      $col["status"] == "ok" { print $col["trial_id"] }' "$sweep/trials.csv")
   [ -n "$id" ] || { echo "no finished q,v trial at rank $1, seed $2, task $task in $sweep" >&2; exit 1; }
   echo "$id"
 }
