@@ -272,6 +272,10 @@ impl Pivot {
     fn cell_text(&self, cell: &Option<Cell>) -> Option<String> {
         cell.as_ref().map(|c| match &c.value {
             CellValue::Num { x, integral } => format_number(*x, *integral, self.precision),
+            // One trial has no sample std: say so rather than print ± 0.
+            CellValue::MeanStd { mean, .. } if c.n < 2 => {
+                format!("{} ± –", format_number(*mean, false, self.precision))
+            }
             CellValue::MeanStd { mean, std } => format!(
                 "{} ± {}",
                 format_number(*mean, false, self.precision),
@@ -434,8 +438,9 @@ Columns: targets. Cells: eval_loss, mean of n = 1–2 trials per cell.
             ..spec(&["rank"], Some("targets"), "eval_loss")
         };
         let md = pivot(&r, &s).unwrap().to_markdown();
-        // rank=4 targets=qv: 3.5 and 3.25, mean 3.375, sample std 0.25/√2 = 0.177; one trial: ± 0.
-        assert!(md.contains("| 4 | 3.375 ± 0.177 | 2.500 ± 0.000 |"), "{md}");
+        // rank=4 targets=qv: 3.5 and 3.25, mean 3.375, sample std 0.25/√2 = 0.177; one trial
+        // has no sample std.
+        assert!(md.contains("| 4 | 3.375 ± 0.177 | 2.500 ± – |"), "{md}");
         assert!(
             md.contains("mean ± sample std of n = 1–2 trials per cell"),
             "{md}"

@@ -387,11 +387,18 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 let page = self.eval(
-                    "return [document.getElementById('error').textContent, \
+                    "const v = (id) => { const e = document.getElementById(id); \
+                       return e && [...e.selectedOptions].map((o) => o.value).join(','); }; \
+                     return [document.getElementById('error').textContent, \
                      document.querySelectorAll('#trials tbody tr').length, \
-                     document.getElementById('live').textContent];",
+                     document.getElementById('live').textContent, \
+                     [v('pv-rows'), v('pv-cols'), v('pv-value')].join(' / '), \
+                     document.getElementById('pivot').textContent.slice(0, 300)];",
                 );
-                panic!("timed out waiting for {what}; the page shows (error, rows, live): {page}");
+                panic!(
+                    "timed out waiting for {what}; the page shows (error, rows, live, pivot \
+                     rows / cols / value, pivot text): {page}"
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
