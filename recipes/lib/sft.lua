@@ -30,5 +30,15 @@ return function(base, opts)
       return { adapter = dir, exact_match = em }
     end,
   }
-  return result[1].adapter, result[1].exact_match
+  local row = result[1]
+  if not row then
+    -- Only a dry run returns no row: it returns the trials an earlier run finished.
+    error(string.format("sft: the SFT stage (sweep '%s') has not run yet, so a --dry-run "
+      .. "cannot go past it; run the recipe once without --dry-run", opts.name), 2)
+  end
+  if row.status ~= "ok" then
+    error(string.format("sft: the SFT stage (sweep '%s', trial %s) %s: %s",
+      opts.name, row.trial_id, row.status, row.error or "no message"), 2)
+  end
+  return row.adapter, row.exact_match
 end

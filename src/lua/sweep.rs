@@ -10,8 +10,8 @@ use super::options::{DryRunStop, Opts, describe, recipe_error, runtime_error};
 use super::{ErrorParts, error_parts};
 use crate::sweep::grid::Trial;
 use crate::sweep::run::{
-    DryRunCells, FailureKind, Sweep, SweepError, TrialCounts, TrialFailure, TrialLog, TrialOutcome,
-    TrialRun, display_row,
+    DryRunCells, FailureKind, Sweep, SweepError, SweepRow, TrialCounts, TrialFailure, TrialLog,
+    TrialOutcome, TrialRun, display_row,
 };
 use crate::sweep::space::{Distribution, RandomSearch, SweepSpace};
 use crate::sweep::{TrialRecord, Value};
@@ -629,7 +629,9 @@ fn run_sweep(lua: &Lua, opts: LuaValue) -> mlua::Result<Table> {
     match settings.mode {
         SweepMode::Count => Ok(results),
         SweepMode::DryRun => {
-            dry_run(lua, &sweep, &trial_fn)?;
+            for row in dry_run(lua, &sweep, &trial_fn)? {
+                results.push(result_row(lua, &row.record, row.reused)?)?;
+            }
             Ok(results)
         }
         SweepMode::Run => {
@@ -689,8 +691,9 @@ fn run_trials(lua: &Lua, sweep: &Sweep, trial_fn: &Function, results: &Table) ->
     Ok(())
 }
 
-/// `--dry-run`: the trial table, with what each trial trains and the memory it would need.
-fn dry_run(lua: &Lua, sweep: &Sweep, trial_fn: &Function) -> mlua::Result<()> {
+/// `--dry-run`: the trial table, with what each trial trains and the memory it would need;
+/// returns the rows of the trials an earlier run finished.
+fn dry_run(lua: &Lua, sweep: &Sweep, trial_fn: &Function) -> mlua::Result<Vec<SweepRow>> {
     sweep.dry_run(|trial, _id, dir| {
         let params = params_table(lua, trial, sweep.seed)?;
         free_earlier_trials(lua);

@@ -69,8 +69,15 @@ pub struct PivotSpec {
 
 #[derive(Clone, Debug, PartialEq)]
 enum CellValue {
-    Num { x: f64, integral: bool },
-    MeanStd { mean: f64, std: f64 },
+    Num {
+        x: f64,
+        integral: bool,
+    },
+    /// `std` is the sample std, None for one trial (which has none).
+    MeanStd {
+        mean: f64,
+        std: Option<f64>,
+    },
     Text(String),
 }
 
@@ -221,16 +228,12 @@ fn aggregate(raw: &[String], agg: Agg, value: &str) -> Result<Option<Cell>> {
             }
             let mean = xs.iter().sum::<f64>() / n as f64;
             if agg == Agg::MeanStd {
-                let var = if n > 1 {
-                    xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-                } else {
-                    0.0
-                };
+                let std = (n > 1).then(|| {
+                    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+                    var.sqrt()
+                });
                 return Ok(Some(Cell {
-                    value: CellValue::MeanStd {
-                        mean,
-                        std: var.sqrt(),
-                    },
+                    value: CellValue::MeanStd { mean, std },
                     n,
                 }));
             }
@@ -272,14 +275,10 @@ impl Pivot {
     fn cell_text(&self, cell: &Option<Cell>) -> Option<String> {
         cell.as_ref().map(|c| match &c.value {
             CellValue::Num { x, integral } => format_number(*x, *integral, self.precision),
-            // One trial has no sample std: say so rather than print ± 0.
-            CellValue::MeanStd { mean, .. } if c.n < 2 => {
-                format!("{} ± –", format_number(*mean, false, self.precision))
-            }
             CellValue::MeanStd { mean, std } => format!(
                 "{} ± {}",
                 format_number(*mean, false, self.precision),
-                format_number(*std, false, self.precision)
+                std.map_or("–".into(), |s| format_number(s, false, self.precision))
             ),
             CellValue::Text(s) => s.clone(),
         })

@@ -546,11 +546,13 @@ pub struct DryRunCells {
 impl Sweep {
     /// `--dry-run`: prints the trial table of this run's share, with what `describe` says of
     /// each trial (given the trial, its id and its folder) and whether it would run or be
-    /// reused. Writes nothing.
+    /// reused. Writes nothing. Returns the rows of the trials that finished in an earlier run,
+    /// as a real run would reuse them, so a recipe whose later stages read an earlier stage's
+    /// results can be dry-run past that stage.
     pub fn dry_run<E>(
         &self,
         mut describe: impl FnMut(&Trial, &str, PathBuf) -> Result<DryRunCells, E>,
-    ) -> Result<(), E> {
+    ) -> Result<Vec<SweepRow>, E> {
         let done = if self.dir.join("trials.csv").is_file() {
             TrialsTable::open_read_only(&self.dir).ok()
         } else {
@@ -565,12 +567,19 @@ impl Sweep {
             "est. memory".into(),
             "state".into(),
         ]];
+        let mut finished = Vec::new();
         for &index in &self.mine {
             let trial = &self.trials[index];
             let id = &self.ids[index];
             let DryRunCells { trainable, memory } = describe(trial, id, self.dir.join(id))?;
             let state = match done.as_ref().and_then(|t| t.find(id)) {
-                Some(r) if r.status == TrialStatus::Ok => "done (reused)".to_string(),
+                Some(r) if r.status == TrialStatus::Ok => {
+                    finished.push(SweepRow {
+                        record: r.clone(),
+                        reused: true,
+                    });
+                    "done (reused)".to_string()
+                }
                 Some(r) => format!("{} (runs again)", r.status.as_str()),
                 None => "to run".to_string(),
             };
@@ -600,6 +609,6 @@ impl Sweep {
                 .collect();
             println!("  {}", cells.join("  ").trim_end());
         }
-        Ok(())
+        Ok(finished)
     }
 }

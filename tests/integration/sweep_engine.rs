@@ -338,14 +338,16 @@ fn a_dry_run_asks_each_trial_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let s = sweep(tmp.path(), &[1, 2]);
     let asked: std::cell::RefCell<Vec<(String, PathBuf)>> = Default::default();
-    s.dry_run(|_, id, dir| {
-        asked.borrow_mut().push((id.to_string(), dir));
-        Ok::<_, String>(DryRunCells {
-            trainable: "1".into(),
-            memory: "-".into(),
+    let finished = s
+        .dry_run(|_, id, dir| {
+            asked.borrow_mut().push((id.to_string(), dir));
+            Ok::<_, String>(DryRunCells {
+                trainable: "1".into(),
+                memory: "-".into(),
+            })
         })
-    })
-    .unwrap();
+        .unwrap();
+    assert!(finished.is_empty(), "nothing has run yet");
     let expected: Vec<(String, PathBuf)> = s
         .ids
         .iter()
@@ -354,5 +356,34 @@ fn a_dry_run_asks_each_trial_and_writes_nothing() {
     assert_eq!(*asked.borrow(), expected);
     assert!(!s.dir.exists());
     let err = s.dry_run(|_, _, _| Err::<DryRunCells, _>("stop".to_string()));
-    assert_eq!(err, Err("stop".to_string()));
+    assert_eq!(err.map(|_| ()), Err("stop".to_string()));
+}
+
+#[test]
+fn a_dry_run_returns_the_rows_an_earlier_run_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Rank 2 fails; ranks 1 and 3 finish.
+    let (rows, _, _) = run_counting(&sweep(tmp.path(), &[1, 2, 3]), |run| {
+        if rank_of(&run) == 2 {
+            TrialOutcome::failed(FailureKind::Failed, "boom")
+        } else {
+            good_trial(run)
+        }
+    });
+    assert_eq!(rows.unwrap().len(), 3);
+    // A later dry run over ranks 1, 2 and 4: only rank 1's row is finished and in this sweep.
+    let s = sweep(tmp.path(), &[1, 2, 4]);
+    let finished = s
+        .dry_run(|_, _, _| {
+            Ok::<_, String>(DryRunCells {
+                trainable: "-".into(),
+                memory: "-".into(),
+            })
+        })
+        .unwrap();
+    assert_eq!(finished.len(), 1);
+    assert!(finished[0].reused);
+    assert_eq!(finished[0].record.trial_id, s.ids[0]);
+    let loss = finished[0].record.metrics.iter().find(|(k, _)| k == "loss");
+    assert_eq!(loss, Some(&("loss".to_string(), Value::Num(0.5))));
 }

@@ -183,6 +183,35 @@ fn dry_run_prints_the_trial_table_and_writes_nothing() {
 }
 
 #[test]
+fn a_dry_run_goes_past_a_stage_that_already_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let recipe = fixture("staged_dry_run.lua");
+    // Nothing has run: the first stage returns no rows, so the recipe stops after it.
+    let out = runner(&[&recipe, "--dry-run"], &results);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}{stdout}", text(&out.stderr));
+    assert!(stdout.contains("stage1 rows: 0"), "{stdout}");
+    assert!(!stdout.contains("stage2"), "{stdout}");
+    assert!(!results.exists(), "a dry run must not write results");
+
+    let out = runner(&[&recipe], &results);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Now the first stage's finished row comes back, and the second stage's table shows what
+    // it would train on top of the first stage's adapter (rank 8 on q and v: 3,584).
+    let out = runner(&[&recipe, "--dry-run"], &results);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}{stdout}", text(&out.stderr));
+    assert!(stdout.contains("stage1 rows: 1"), "{stdout}");
+    assert!(stdout.contains("done (reused)"), "{stdout}");
+    let stage2 = &stdout[stdout.find("sweep 'stage2'").expect(&stdout)..];
+    assert!(
+        stage2.contains("3584 (") && stage2.contains("done (reused)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn shards_merge_into_every_trial_once() {
     let dir = tempfile::tempdir().unwrap();
     for i in 0..4 {

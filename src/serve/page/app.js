@@ -180,19 +180,19 @@ function fillSelect(sel, options, value) {
 // its first trials before trials.csv names them. A choice the reader made and that still
 // exists is kept; the pivot table's, once touched, are left alone.
 function setupControls(d, fresh) {
-  const keep = (id, fallback, options) => {
+  // Refills a select, keeping the reader's choice where it is still offered.
+  const refill = (id, options, fallback) => {
     const now = $(id).value;
-    const values = options.map((o) => (Array.isArray(o) ? o[0] : o));
-    return !fresh && values.includes(now) ? now : fallback;
+    const offered = options.some((o) => (Array.isArray(o) ? o[0] : o) === now);
+    fillSelect($(id), options, !fresh && offered ? now : fallback);
   };
   fillSelect($("step-key"), d.step_keys, state.stepKey);
   const x = d.plot.x || d.params[0] || d.metrics[0];
   const y = d.plot.y || d.metrics[0];
-  const series = [["", "(other parameters)"], ["-", "(none)"], ...d.params];
-  fillSelect($("mp-x"), [...d.params, ...d.metrics], keep("mp-x", x, [...d.params, ...d.metrics]));
-  fillSelect($("mp-y"), d.metrics, keep("mp-y", y, d.metrics));
-  fillSelect($("mp-series"), series, keep("mp-series", "", series));
-  fillSelect($("pc-metric"), d.metrics, keep("pc-metric", y, d.metrics));
+  refill("mp-x", [...d.params, ...d.metrics], x);
+  refill("mp-y", d.metrics, y);
+  refill("mp-series", [["", "(other parameters)"], ["-", "(none)"], ...d.params], "");
+  refill("pc-metric", d.metrics, y);
   if (state.pivotTouched) return;
   fillSelect($("pv-rows"), d.params.length ? d.params : ["trial_id"]);
   const rows = d.params.includes(x) ? x : (d.params[0] || "trial_id");
