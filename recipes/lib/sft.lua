@@ -32,9 +32,10 @@ return function(base, opts)
   }
   local row = result[1]
   if not row then
-    -- Only a dry run returns no row: it returns the trials an earlier run finished.
-    error(string.format("sft: the SFT stage (sweep '%s') has not run yet, so a --dry-run "
-      .. "cannot go past it; run the recipe once without --dry-run", opts.name), 2)
+    -- A dry run returns only the trials an earlier run finished; a shard only its own.
+    error(string.format("sft: the SFT stage (sweep '%s') returned no row: under --dry-run it "
+      .. "has not run yet (run the recipe once without --dry-run); under --shard its trial "
+      .. "is another shard's", opts.name), 2)
   end
   if row.status ~= "ok" then
     error(string.format("sft: the SFT stage (sweep '%s', trial %s) %s: %s",
