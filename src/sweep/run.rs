@@ -352,6 +352,34 @@ fn trial_record<E>(
     Ok((record, abort))
 }
 
+/// What a run does with a trial, given what an earlier run left of it in trials.csv.
+#[derive(Debug)]
+enum Earlier<'a> {
+    /// Not there: it runs.
+    Absent,
+    /// Finished ok, `--rerun` is off, and no file it read has changed: reused.
+    Reused(&'a TrialRecord),
+    /// Finished ok, but `--rerun` asks for it again.
+    Rerun,
+    /// Finished ok, but a file it read has changed since: it runs again.
+    InputsChanged,
+    /// Failed or non-finite earlier: it runs again.
+    Again(TrialStatus),
+}
+
+impl Sweep {
+    /// The one reuse decision, for a real run and for `--dry-run` alike.
+    fn earlier<'a>(&self, table: &'a TrialsTable, inputs: &TrialInputs, id: &str) -> Earlier<'a> {
+        match table.find(id) {
+            None => Earlier::Absent,
+            Some(r) if r.status != TrialStatus::Ok => Earlier::Again(r.status),
+            Some(_) if self.rerun => Earlier::Rerun,
+            Some(r) if inputs.get(id).is_none_or(|files| unchanged(files)) => Earlier::Reused(r),
+            Some(_) => Earlier::InputsChanged,
+        }
+    }
+}
+
 impl Sweep {
     /// Runs this run's share of the trials through `run_trial`, skipping those done earlier,
     /// and records each in trials.csv; `before_trial` runs before each trial's memory peak is
@@ -421,16 +449,8 @@ impl Sweep {
                 self.mine.len(),
                 display_row(&trial.params)
             );
-            if let Some(done) = books
-                .table
-                .find(id)
-                .filter(|r| r.status == TrialStatus::Ok && !self.rerun)
-            {
-                let inputs_same = books
-                    .trial_inputs
-                    .get(id)
-                    .is_none_or(|files| unchanged(files));
-                if inputs_same {
+            match self.earlier(&books.table, &books.trial_inputs, id) {
+                Earlier::Reused(done) => {
                     eprintln!("{label}: done earlier, reused");
                     rows.push(SweepRow {
                         record: done.clone(),
@@ -439,9 +459,10 @@ impl Sweep {
                     counts.reused += 1;
                     continue;
                 }
-                eprintln!("{label}: a file it read changed; running it again");
-            } else {
-                eprintln!("{label}");
+                Earlier::InputsChanged => {
+                    eprintln!("{label}: a file it read changed; running it again")
+                }
+                Earlier::Absent | Earlier::Again(_) | Earlier::Rerun => eprintln!("{label}"),
             }
             // Rows an interrupted or failed earlier attempt logged: kept up to the checkpoint
             // the trial resumes from, else dropped (they would appear twice).
@@ -553,11 +574,16 @@ impl Sweep {
         &self,
         mut describe: impl FnMut(&Trial, &str, PathBuf) -> Result<DryRunCells, E>,
     ) -> Result<Vec<SweepRow>, E> {
-        let done = if self.dir.join("trials.csv").is_file() {
-            TrialsTable::open_read_only(&self.dir).ok()
-        } else {
-            None
-        };
+        // What a real run would start from: trials.csv and `.inputs.json`, with the journal
+        // of an interrupted run on top, read without writing anything.
+        let mut done = TrialsTable::open_read_only(&self.dir).ok();
+        let mut inputs = read_trial_inputs(&self.dir);
+        if let (Some(table), Ok(journaled)) = (done.as_mut(), journal::read(&self.dir)) {
+            for entry in journaled {
+                inputs.insert(entry.record.trial_id.clone(), entry.inputs);
+                table.upsert(entry.record);
+            }
+        }
         println!("{}", self.headline());
         let mut lines = vec![vec![
             "#".to_string(),
@@ -572,16 +598,21 @@ impl Sweep {
             let trial = &self.trials[index];
             let id = &self.ids[index];
             let DryRunCells { trainable, memory } = describe(trial, id, self.dir.join(id))?;
-            let state = match done.as_ref().and_then(|t| t.find(id)) {
-                Some(r) if r.status == TrialStatus::Ok => {
+            let earlier = done
+                .as_ref()
+                .map_or(Earlier::Absent, |t| self.earlier(t, &inputs, id));
+            let state = match earlier {
+                Earlier::Reused(r) => {
                     finished.push(SweepRow {
                         record: r.clone(),
                         reused: true,
                     });
                     "done (reused)".to_string()
                 }
-                Some(r) => format!("{} (runs again)", r.status.as_str()),
-                None => "to run".to_string(),
+                Earlier::Rerun => "ok (runs again: --rerun)".to_string(),
+                Earlier::InputsChanged => "ok (runs again: a file it read changed)".to_string(),
+                Earlier::Again(status) => format!("{} (runs again)", status.as_str()),
+                Earlier::Absent => "to run".to_string(),
             };
             lines.push(vec![
                 (index + 1).to_string(),

@@ -373,17 +373,61 @@ fn a_dry_run_returns_the_rows_an_earlier_run_finished() {
     assert_eq!(rows.unwrap().len(), 3);
     // A later dry run over ranks 1, 2 and 4: only rank 1's row is finished and in this sweep.
     let s = sweep(tmp.path(), &[1, 2, 4]);
-    let finished = s
-        .dry_run(|_, _, _| {
-            Ok::<_, String>(DryRunCells {
-                trainable: "-".into(),
-                memory: "-".into(),
-            })
-        })
-        .unwrap();
+    let finished = dry_rows(&s);
     assert_eq!(finished.len(), 1);
     assert!(finished[0].reused);
     assert_eq!(finished[0].record.trial_id, s.ids[0]);
     let loss = finished[0].record.metrics.iter().find(|(k, _)| k == "loss");
     assert_eq!(loss, Some(&("loss".to_string(), Value::Num(0.5))));
+}
+
+/// A dry run that shows nothing but returns the rows.
+fn dry_rows(s: &Sweep) -> Vec<SweepRow> {
+    s.dry_run(|_, _, _| {
+        Ok::<_, String>(DryRunCells {
+            trainable: "-".into(),
+            memory: "-".into(),
+        })
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_dry_run_reuses_exactly_what_a_real_run_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.txt");
+    std::fs::write(&data, "one").unwrap();
+    let s = sweep(&tmp.path().join("results"), &[1, 2]);
+    // Only the rank-2 trial reads the file.
+    let reading = |run: TrialRun<'_>| {
+        let reads = rank_of(&run) == 2;
+        let mut out = good_trial(run);
+        if reads {
+            out.inputs = vec![(data.clone(), fingerprint(&data).unwrap())];
+        }
+        out
+    };
+    run_counting(&s, reading).0.unwrap();
+    assert_eq!(dry_rows(&s).len(), 2, "both finished, nothing changed");
+
+    // --rerun runs both again, so a dry run under it returns no row.
+    let mut again = s.clone();
+    again.rerun = true;
+    assert!(dry_rows(&again).is_empty());
+
+    // After the file changes only rank 1 is reused, by the dry run as by the real run.
+    std::fs::write(&data, "two").unwrap();
+    let dry: Vec<String> = dry_rows(&s)
+        .into_iter()
+        .map(|r| r.record.trial_id)
+        .collect();
+    assert_eq!(dry, s.ids[..1]);
+    let (rows, counts, _) = run_counting(&s, reading);
+    let reused: Vec<String> = rows
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.reused)
+        .map(|r| r.record.trial_id)
+        .collect();
+    assert_eq!((reused, counts.run), (dry, 1));
 }
