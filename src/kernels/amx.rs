@@ -14,6 +14,7 @@
 
 pub(crate) use super::host::Strided;
 use std::arch::asm;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -57,6 +58,37 @@ pub(crate) fn available() -> bool {
     unit().is_some()
 }
 
+/// Why bf16 products run slower than f32 on this CPU, if they do (a warning for recipes that
+/// ask for bf16).
+pub(crate) fn slowness() -> Option<&'static str> {
+    match unit() {
+        Some(Unit::Tiles) => None,
+        // On a Zen 4 the vdpbf16ps step is 1.5× faster than f32; on an Intel Xeon with AMX
+        // turned off it is 1.4× slower, in runner and in PyTorch's oneDNN alike
+        // (docs/performance.md).
+        Some(Unit::DotBf16) if !cpu_is_intel() => None,
+        Some(Unit::DotBf16) if cpu_has_amx_bf16() => Some(
+            "RUNNER_AMX=0 turns off this CPU's AMX tiles; its AVX512_BF16 products run bf16 slower than precision = \"fp32\" (unset RUNNER_AMX)",
+        ),
+        Some(Unit::DotBf16) => Some(
+            "this Intel CPU has AVX512_BF16 but no AMX: on Intel cores vdpbf16ps products measured slower than f32 ones, so bf16 runs slower than precision = \"fp32\"",
+        ),
+        None => Some(
+            "this CPU has neither AMX nor AVX512_BF16, so bf16 products are rounded f32 arithmetic and run slower than precision = \"fp32\"",
+        ),
+    }
+}
+
+fn cpu_is_intel() -> bool {
+    // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
+    let leaf = std::arch::x86_64::__cpuid(0);
+    let vendor: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    vendor == b"GenuineIntel"
+}
+
 fn cpu_has_amx_bf16() -> bool {
     // CPUID leaf 7, sub-leaf 0: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
     let leaf = std::arch::x86_64::__cpuid_count(7, 0);
@@ -93,11 +125,28 @@ pub(crate) fn from_bf16(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// `round_bf16(round_bf16(a) · round_bf16(b))`, `[a.rows, b.cols]` row-major. Panics when
-/// AMX is not [`available`] or the shapes do not chain.
-#[cfg(test)]
-pub(crate) fn matmul(a: Strided, b: Strided) -> Vec<f32> {
-    matmul_packed(&PackedA::new(a), &PackedB::new(b))
+/// [`to_bf16`] on 16 lanes: each f32 rounded to nearest even bf16, NaN to a quiet NaN of the
+/// same sign, left in the high half of its 32-bit lane (the low half zero), so the lanes read
+/// as f32 are `from_bf16(to_bf16(x))`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn round_lanes(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let bits = _mm512_castps_si512(x);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let rounded = _mm512_and_si512(
+        _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb),
+        _mm512_set1_epi32(0xFFFF_0000u32 as i32),
+    );
+    let nan = _mm512_cmpgt_epi32_mask(
+        _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFF_FFFF)),
+        _mm512_set1_epi32(0x7F80_0000),
+    );
+    let quiet = _mm512_and_si512(
+        _mm512_or_si512(bits, _mm512_set1_epi32(0x7FC0_0000)),
+        _mm512_set1_epi32(0xFFC0_0000u32 as i32),
+    );
+    _mm512_mask_mov_epi32(rounded, nan, quiet)
 }
 
 /// The left-hand operand in tile order, bf16 (one input feeding several products, as the
@@ -140,9 +189,15 @@ impl PackedB {
     }
 }
 
-/// [`matmul`] on packed operands.
+/// `round_bf16(round_bf16(a) · round_bf16(b))`, `[a.rows, b.cols]` row-major, on packed operands,
+/// on this process's unit. Panics when there is none or the shapes do not chain.
 pub(crate) fn matmul_packed(a: &PackedA, b: &PackedB) -> Vec<f32> {
     let unit = unit().expect("no bf16 matrix unit (AMX or AVX512_BF16)");
+    matmul_packed_on(unit, a, b)
+}
+
+/// [`matmul_packed`] on a given unit, which this CPU must have.
+fn matmul_packed_on(unit: Unit, a: &PackedA, b: &PackedB) -> Vec<f32> {
     assert!(a.k == b.k, "the operands do not chain");
     let (m, k, n) = (a.m, a.k, b.n);
     if m == 0 || n == 0 {
@@ -252,6 +307,8 @@ pub(crate) fn thin_transposed_matmul(u: Strided, v: Strided) -> Option<Vec<f32>>
 const RANK_GROUP: usize = 8;
 /// Columns of `v` per task: three 16-lane vectors.
 const THIN_COLUMNS: usize = 48;
+/// How many rows ahead the thin kernel prefetches.
+const PREFETCH_ROWS: usize = 8;
 
 /// `acc[k][j] += Σ_i thin[i][first_rank + k] · round_bf16(v[i][first + j])` for the group's
 /// RANK_GROUP ranks and `cols` ≤ THIN_COLUMNS columns.
@@ -271,35 +328,21 @@ unsafe fn thin_kernel(
         ((1u32 << lanes) - 1) as __mmask16
     });
     let mut sums = [[_mm512_setzero_ps(); 3]; RANK_GROUP];
-    let (round_bias, low_bit, keep_high, abs_mask, infinity) = (
-        _mm512_set1_epi32(0x7FFF),
-        _mm512_set1_epi32(1),
-        _mm512_set1_epi32(0xFFFF_0000u32 as i32),
-        _mm512_set1_epi32(0x7FFF_FFFF),
-        _mm512_set1_epi32(0x7F80_0000),
-    );
-    // Round to nearest even bf16 as `to_bf16` does, NaN to a quiet NaN of the same sign.
-    let round = |x: __m512| -> __m512 {
-        let bits = _mm512_castps_si512(x);
-        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), low_bit);
-        let rounded = _mm512_and_si512(
-            _mm512_add_epi32(_mm512_add_epi32(bits, round_bias), lsb),
-            keep_high,
-        );
-        let nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(bits, abs_mask), infinity);
-        let quiet = _mm512_and_si512(
-            _mm512_or_si512(bits, _mm512_set1_epi32(0x7FC0_0000)),
-            _mm512_set1_epi32(0xFFC0_0000u32 as i32),
-        );
-        _mm512_castsi512_ps(_mm512_mask_mov_epi32(rounded, nan, quiet))
-    };
     for i in 0..v.rows {
         let row = v
             .data
             .as_ptr()
             .wrapping_add(v.offset + i * v.row_stride + first);
+        // Rows are a page or more apart, out of reach of the hardware prefetcher: ask for
+        // the row PREFETCH_ROWS ahead (a prefetch never faults, so past the end is harmless).
+        let ahead = row.wrapping_add(PREFETCH_ROWS * v.row_stride);
+        for line in 0..3 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 16).cast());
+        }
         let x: [__m512; 3] = std::array::from_fn(|q| {
-            round(unsafe { _mm512_maskz_loadu_ps(masks[q], row.wrapping_add(q * 16)) })
+            _mm512_castsi512_ps(round_lanes(unsafe {
+                _mm512_maskz_loadu_ps(masks[q], row.wrapping_add(q * 16))
+            }))
         });
         let t = &thin[i * width + first_rank..][..RANK_GROUP];
         for k in 0..RANK_GROUP {
@@ -335,7 +378,7 @@ fn row_block(
     k_tiles: usize,
     n: usize,
     blocks: std::ops::Range<usize>,
-    c: &mut [std::mem::MaybeUninit<f32>],
+    c: &mut [MaybeUninit<f32>],
 ) {
     let rows = c.len() / n;
     let mut acc = [0f32; BLOCK * BLOCK];
@@ -351,11 +394,40 @@ fn row_block(
             Unit::DotBf16 => unsafe { super::dpbf16::block_kernel(a, b, k_tiles, out) },
         }
         let cols = BLOCK.min(n - nb * BLOCK);
-        for r in 0..rows {
-            let dst = &mut c[r * n + nb * BLOCK..][..cols];
-            for (d, s) in dst.iter_mut().zip(&acc[r * BLOCK..][..cols]) {
-                d.write(from_bf16(to_bf16(*s)));
-            }
+        // SAFETY: both units imply AVX-512F; `c` holds `rows` rows of `n`, and the block's
+        // columns nb·32 .. nb·32 + cols are within them.
+        unsafe { store_rounded(&acc, rows, cols, c[nb * BLOCK..].as_mut_ptr().cast(), n) };
+    }
+}
+
+/// Rows `0..rows`, columns `0..cols` of the 32 × 32 block `acc`, rounded to bf16, into
+/// `dst` (row stride `n`).
+///
+/// # Safety
+/// AVX-512F; `dst` is valid for `rows` rows of `cols` floats at row stride `n`.
+#[target_feature(enable = "avx512f")]
+unsafe fn store_rounded(
+    acc: &[f32; BLOCK * BLOCK],
+    rows: usize,
+    cols: usize,
+    dst: *mut f32,
+    n: usize,
+) {
+    use std::arch::x86_64::*;
+    let masks: [__mmask16; 2] =
+        std::array::from_fn(|h| ((1u32 << cols.saturating_sub(h * 16).min(16)) - 1) as __mmask16);
+    for r in 0..rows {
+        for (h, &mask) in masks.iter().enumerate() {
+            // SAFETY: 16 floats of the block's row r.
+            let x = unsafe { _mm512_loadu_ps(acc[r * BLOCK + h * 16..].as_ptr()) };
+            // SAFETY: the mask keeps the store within the row's `cols` columns.
+            unsafe {
+                _mm512_mask_storeu_ps(
+                    dst.add(r * n + h * 16),
+                    mask,
+                    _mm512_castsi512_ps(round_lanes(x)),
+                )
+            };
         }
     }
 }
@@ -363,47 +435,92 @@ fn row_block(
 /// A in tile order: for each block of 32 rows, for each 32-wide slice of k, two tiles (rows
 /// 0–15 and 16–31) of 16 rows × 32 bf16. Rows and k past the end are zero.
 fn pack_rows(a: Strided, k_tiles: usize) -> Vec<u16> {
-    pack(a, k_tiles, |r, kk| r * TILE_K + kk)
+    pack(a, k_tiles, Order::Rows)
 }
 
 /// B in tile order, pairs of k interleaved (the layout `tdpbf16ps` reads): for each block of
 /// 32 columns, for each 32-deep slice of k, two tiles (columns 0–15 and 16–31) whose row
 /// `p` holds `(b[2p][c], b[2p+1][c])` for 16 columns `c`. Past the end is zero.
 fn pack_columns(b: Strided, k_tiles: usize) -> Vec<u16> {
-    pack(b.t(), k_tiles, |c, kk| {
-        (kk / 2) * 2 * TILE_ROWS + 2 * c + kk % 2
-    })
+    pack(b.t(), k_tiles, Order::PairedColumns)
+}
+
+/// Where a value goes within its tile: the tile's lines are A's rows or B's columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// Line `l` is tile row `l`: 32 values of k.
+    Rows,
+    /// Tile row `p` interleaves k = 2p and 2p + 1 across the 16 lines.
+    PairedColumns,
+}
+
+impl Order {
+    #[inline(always)]
+    fn slot(self, line: usize, kk: usize) -> usize {
+        match self {
+            Order::Rows => line * TILE_K + kk,
+            Order::PairedColumns => (kk / 2) * 2 * TILE_ROWS + 2 * line + kk % 2,
+        }
+    }
 }
 
 /// Packs `x` (`[lines, k]`: A's rows, or B's columns) a block of 32 lines at a time, each
-/// tile holding 16 lines × 32 of k; `slot(line, kk)` places a value within its tile.
-fn pack(x: Strided, k_tiles: usize, slot: impl Fn(usize, usize) -> usize + Sync) -> Vec<u16> {
+/// tile holding 16 lines × 32 of k.
+fn pack(x: Strided, k_tiles: usize, order: Order) -> Vec<u16> {
     let blocks = x.rows.div_ceil(BLOCK);
-    let mut packed = vec![0u16; blocks * k_tiles * 2 * TILE_VALUES];
-    packed
+    let len = blocks * k_tiles * 2 * TILE_VALUES;
+    // Not zeroed first (a calloc of a reused block is a memset as long as the pack): every
+    // tile is written whole below.
+    let mut packed = Vec::with_capacity(len);
+    packed.spare_capacity_mut()[..len]
         .par_chunks_mut(k_tiles * 2 * TILE_VALUES)
         .enumerate()
-        .for_each(|(block, panel)| pack_panel(x, block, panel, &slot));
+        .for_each(|(block, panel)| pack_panel(x, block, panel, order));
+    // SAFETY: `pack_panel` writes every value of every tile of its panel.
+    unsafe { packed.set_len(len) };
     packed
 }
 
 #[inline(never)]
-fn pack_panel(x: Strided, block: usize, panel: &mut [u16], slot: &impl Fn(usize, usize) -> usize) {
+fn pack_panel(x: Strided, block: usize, panel: &mut [MaybeUninit<u16>], order: Order) {
+    let simd = std::arch::is_x86_feature_detected!("avx512f");
     for (t, tile) in panel.chunks_exact_mut(TILE_VALUES).enumerate() {
         let (kt, half) = (t / 2, t % 2);
         let l0 = block * BLOCK + half * TILE_ROWS;
         let k0 = kt * TILE_K;
         let lines = TILE_ROWS.min(x.rows.saturating_sub(l0));
         let depth = TILE_K.min(x.cols.saturating_sub(k0));
+        if lines < TILE_ROWS || depth < TILE_K {
+            // A ragged tile: zeros where nothing lands.
+            tile.fill(MaybeUninit::new(0));
+        }
         if lines == 0 || depth == 0 {
             continue;
         }
-        if x.col_stride == 1 {
+        let tile_ptr = tile.as_mut_ptr().cast::<u16>();
+        if simd && order == Order::Rows && x.col_stride == 1 {
+            for l in 0..lines {
+                let src = &x.data[x.offset + (l0 + l) * x.row_stride + k0..][..depth];
+                // SAFETY: AVX-512F was detected; the tile row holds TILE_K values.
+                unsafe { round_into(src, tile_ptr.add(l * TILE_K)) };
+            }
+        } else if simd && order == Order::PairedColumns && x.row_stride == 1 {
+            for p in 0..depth.div_ceil(2) {
+                let row = |kk: usize| {
+                    (kk < depth)
+                        .then(|| &x.data[x.offset + (k0 + kk) * x.col_stride + l0..][..lines])
+                };
+                // SAFETY: AVX-512F was detected; tile row p holds 2 · TILE_ROWS values.
+                unsafe {
+                    interleave_into(row(2 * p), row(2 * p + 1), tile_ptr.add(p * 2 * TILE_ROWS))
+                };
+            }
+        } else if x.col_stride == 1 {
             // Each line is contiguous in k.
             for l in 0..lines {
                 let src = &x.data[x.offset + (l0 + l) * x.row_stride + k0..][..depth];
                 for (kk, v) in src.iter().enumerate() {
-                    tile[slot(l, kk)] = to_bf16(*v);
+                    tile[order.slot(l, kk)].write(to_bf16(*v));
                 }
             }
         } else if x.row_stride == 1 {
@@ -411,17 +528,56 @@ fn pack_panel(x: Strided, block: usize, panel: &mut [u16], slot: &impl Fn(usize,
             for kk in 0..depth {
                 let src = &x.data[x.offset + (k0 + kk) * x.col_stride + l0..][..lines];
                 for (l, v) in src.iter().enumerate() {
-                    tile[slot(l, kk)] = to_bf16(*v);
+                    tile[order.slot(l, kk)].write(to_bf16(*v));
                 }
             }
         } else {
             for l in 0..lines {
                 for kk in 0..depth {
-                    tile[slot(l, kk)] = to_bf16(x.at(l0 + l, k0 + kk));
+                    tile[order.slot(l, kk)].write(to_bf16(x.at(l0 + l, k0 + kk)));
                 }
             }
         }
     }
+}
+
+/// `src` (at most 32 values) rounded to bf16 into `dst[..src.len()]`.
+///
+/// # Safety
+/// AVX-512F; `dst` is valid for `src.len()` writes.
+#[target_feature(enable = "avx512f")]
+unsafe fn round_into(src: &[f32], dst: *mut u16) {
+    use std::arch::x86_64::*;
+    for (h, chunk) in src.chunks(16).enumerate() {
+        let mask = ((1u32 << chunk.len()) - 1) as __mmask16;
+        // SAFETY: the mask keeps the load within `chunk` and the store within `dst`.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
+            let bits = _mm512_srli_epi32::<16>(round_lanes(x));
+            _mm512_mask_cvtepi32_storeu_epi16(dst.add(h * 16).cast(), mask, bits);
+        }
+    }
+}
+
+/// Two rows of k (at most 16 lines each; the second may be past the end) rounded to bf16
+/// and interleaved: `dst[2l] = even[l]`, `dst[2l + 1] = odd[l]`.
+///
+/// # Safety
+/// AVX-512F; `dst` is valid for `2 · even.len()` writes.
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_into(even: Option<&[f32]>, odd: Option<&[f32]>, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    let lines = even.map_or(0, <[f32]>::len);
+    let mask = ((1u32 << lines) - 1) as __mmask16;
+    let load = |row: Option<&[f32]>| match row {
+        // SAFETY: the mask keeps the load within the row's `lines` values.
+        Some(r) => round_lanes(unsafe { _mm512_maskz_loadu_ps(mask, r.as_ptr()) }),
+        None => _mm512_setzero_si512(),
+    };
+    // Little-endian: k even in each 32-bit word's low half, k odd in its high half.
+    let words = _mm512_or_si512(_mm512_srli_epi32::<16>(load(even)), load(odd));
+    // SAFETY: `lines` words are 2 · lines values of `dst`.
+    unsafe { _mm512_mask_storeu_epi32(dst.cast(), mask, words) };
 }
 
 /// The tile shapes every kernel call uses: tmm0–3 accumulate 16 × 16 f32, tmm4–5 hold A
@@ -653,6 +809,69 @@ mod tests {
         assert!(thin_transposed_matmul(s, s).unwrap()[0].is_nan());
     }
 
+    /// What packing must produce: every value through `to_bf16` into its slot, zeros elsewhere.
+    fn pack_reference(x: Strided, k_tiles: usize, order: Order) -> Vec<u16> {
+        let blocks = x.rows.div_ceil(BLOCK);
+        let mut packed = vec![0u16; blocks * k_tiles * 2 * TILE_VALUES];
+        for line in 0..x.rows {
+            for k in 0..x.cols {
+                let (block, half, l) = (line / BLOCK, line % BLOCK / TILE_ROWS, line % TILE_ROWS);
+                let tile = (block * k_tiles + k / TILE_K) * 2 + half;
+                packed[tile * TILE_VALUES + order.slot(l, k % TILE_K)] = to_bf16(x.at(line, k));
+            }
+        }
+        packed
+    }
+
+    #[test]
+    fn packing_rounds_every_value_into_its_slot_bit_for_bit() {
+        // Ties, NaN of both signs, infinities, zeros of both signs among ordinary values.
+        let mut v = values(100 * 100, 3);
+        let special = [
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            f32::from_bits(0x7F80_0001),
+        ];
+        for (i, s) in special.iter().enumerate() {
+            v[i * 97] = *s;
+        }
+        for &(lines, k) in &[(1, 1), (16, 32), (33, 70), (64, 64), (17, 31), (70, 90)] {
+            let row_major = Strided {
+                data: &v,
+                offset: 5,
+                rows: lines,
+                cols: k,
+                row_stride: k + 1,
+                col_stride: 1,
+            };
+            let transposed = Strided {
+                data: &v,
+                offset: 2,
+                rows: k,
+                cols: lines,
+                row_stride: lines + 3,
+                col_stride: 1,
+            }
+            .t();
+            for x in [row_major, transposed] {
+                let k_tiles = x.cols.div_ceil(TILE_K).max(1);
+                for order in [Order::Rows, Order::PairedColumns] {
+                    assert_eq!(
+                        pack(x, k_tiles, order),
+                        pack_reference(x, k_tiles, order),
+                        "{lines} x {k}, {order:?}, row stride {}",
+                        x.row_stride
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn bf16_rounding_is_nearest_even() {
         assert_eq!(to_bf16(1.0), 0x3F80);
@@ -670,14 +889,29 @@ mod tests {
         }
     }
 
+    /// Every unit this CPU has, whichever one the process chose: a CPU with AMX tests the
+    /// `vdpbf16ps` kernel too.
+    fn units() -> Vec<Unit> {
+        let mut units = Vec::new();
+        if unit() == Some(Unit::Tiles) {
+            units.push(Unit::Tiles);
+        }
+        if super::super::dpbf16::available() {
+            units.push(Unit::DotBf16);
+        }
+        units
+    }
+
     #[test]
     fn matches_the_bf16_reference_on_ragged_and_transposed_shapes() {
-        if !available() {
+        let units = units();
+        if units.is_empty() {
             eprintln!(
                 "no bf16 matrix unit (AMX or AVX512_BF16) on this machine: the packed kernels are not exercised"
             );
             return;
         }
+        eprintln!("packed bf16 products tested on {units:?}");
         for &(m, k, n) in &[
             (1, 1, 1),
             (33, 70, 17),
@@ -729,14 +963,17 @@ mod tests {
                         col_stride: 1,
                     }
                 };
-                let got = matmul(a, b);
                 let want = reference(a, b);
-                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
-                    // The result is rounded to bf16: within one bf16 unit (2⁻⁸ relative).
-                    assert!(
-                        (g - w).abs() <= w.abs() * 2f32.powi(-8) + 1e-6,
-                        "{m}x{k}x{n} ta={ta} tb={tb} [{idx}]: {g} vs {w}"
-                    );
+                let (pa, pb) = (PackedA::new(a), PackedB::new(b));
+                for &unit in &units {
+                    let got = matmul_packed_on(unit, &pa, &pb);
+                    for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                        // The result is rounded to bf16: within one bf16 unit (2⁻⁸ relative).
+                        assert!(
+                            (g - w).abs() <= w.abs() * 2f32.powi(-8) + 1e-6,
+                            "{unit:?} {m}x{k}x{n} ta={ta} tb={tb} [{idx}]: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }

@@ -26,18 +26,19 @@ pub(crate) mod thin;
 
 pub(crate) use host::{AdamWStep, AttentionShape};
 
-/// Whether bf16 products on `B` run slower than f32 would: the CPU backend on a CPU with
-/// neither AMX nor AVX512_BF16, where bf16 is rounded f32 arithmetic (2.6× slower than f32
-/// for a LoRA step before `vdpbf16ps` was used, docs/performance.md).
-pub(crate) fn bf16_is_slow<B: Backend>() -> bool {
+/// Why bf16 products on `B` run slower than f32 would, if they do: the CPU backend on a CPU
+/// with neither AMX nor AVX512_BF16, where bf16 is rounded f32 arithmetic (2.6× slower than
+/// f32 for a LoRA step before `vdpbf16ps` was used), or `vdpbf16ps` on an Intel core, where it
+/// does no more multiply-adds per cycle than f32 FMA (docs/performance.md).
+pub(crate) fn bf16_slowness<B: Backend>() -> Option<&'static str> {
     fn device_type<B: Backend>() -> TypeId {
         TypeId::of::<B::Device>()
     }
     #[cfg(feature = "flex")]
     if device_type::<B>() == device_type::<burn::backend::Flex>() {
-        return !amx::available();
+        return amx::slowness();
     }
-    false
+    None
 }
 
 /// `a` as a `T` when `A` and `T` are the same type; `a` back otherwise.

@@ -75,13 +75,11 @@ impl Precision {
             Self::Fp16 => DType::F16,
         };
         if B::supports_dtype(device, dtype) {
-            if self == Self::Bf16 && crate::kernels::bf16_is_slow::<B>() {
+            if self == Self::Bf16
+                && let Some(why) = crate::kernels::bf16_slowness::<B>()
+            {
                 static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    eprintln!(
-                        "warning: this CPU has neither AMX nor AVX512_BF16, so bf16 products are rounded f32 arithmetic and run slower than precision = \"fp32\""
-                    )
-                });
+                WARNED.call_once(|| eprintln!("warning: {why}"));
             }
             Ok(())
         } else {
