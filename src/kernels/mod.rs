@@ -28,8 +28,8 @@ pub(crate) use host::{AdamWStep, AttentionShape};
 
 /// Why bf16 products on `B` run slower than f32 would, if they do: the CPU backend on a CPU
 /// with neither AMX nor AVX512_BF16, where bf16 is rounded f32 arithmetic (2.6× slower than
-/// f32 for a LoRA step before `vdpbf16ps` was used), or `vdpbf16ps` on an Intel core, where it
-/// does no more multiply-adds per cycle than f32 FMA (docs/performance.md).
+/// f32 for a LoRA step before `vdpbf16ps` was used), or `vdpbf16ps` on an Intel core, where its
+/// products measured slower than f32 ones (docs/performance.md).
 pub(crate) fn bf16_slowness<B: Backend>() -> Option<&'static str> {
     fn device_type<B: Backend>() -> TypeId {
         TypeId::of::<B::Device>()

@@ -378,9 +378,7 @@ impl Sweep {
             Some(_) => Earlier::InputsChanged,
         }
     }
-}
 
-impl Sweep {
     /// Runs this run's share of the trials through `run_trial`, skipping those done earlier,
     /// and records each in trials.csv; `before_trial` runs before each trial's memory peak is
     /// reset (to free what earlier trials left). Returns the rows of this run's share in

@@ -162,21 +162,25 @@ fn a_second_run_reuses_ok_trials_and_rerun_runs_them_again() {
     assert_eq!(step_ids(&s.dir), s.ids);
 }
 
+/// [`good_trial`], where only the rank-2 trial reads `data` (and records its fingerprint).
+fn rank_two_reads(data: &Path) -> impl Fn(TrialRun<'_>) -> TrialOutcome<String> + Copy + '_ {
+    move |run| {
+        let reads = rank_of(&run) == 2;
+        let mut out = good_trial(run);
+        if reads {
+            out.inputs = vec![(data.to_path_buf(), fingerprint(data).unwrap())];
+        }
+        out
+    }
+}
+
 #[test]
 fn a_trial_runs_again_when_a_file_it_read_changed() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data.txt");
     std::fs::write(&data, "one").unwrap();
     let s = sweep(&tmp.path().join("results"), &[1, 2]);
-    // Only the rank-2 trial reads the file.
-    let reading = |run: TrialRun<'_>| {
-        let reads = rank_of(&run) == 2;
-        let mut out = good_trial(run);
-        if reads {
-            out.inputs = vec![(data.clone(), fingerprint(&data).unwrap())];
-        }
-        out
-    };
+    let reading = rank_two_reads(&data);
     run_counting(&s, reading).0.unwrap();
     let (_, counts, calls) = run_counting(&s, reading);
     assert_eq!((calls, counts.reused), (0, 2), "nothing changed");
@@ -398,15 +402,7 @@ fn a_dry_run_reuses_exactly_what_a_real_run_would() {
     let data = tmp.path().join("data.txt");
     std::fs::write(&data, "one").unwrap();
     let s = sweep(&tmp.path().join("results"), &[1, 2]);
-    // Only the rank-2 trial reads the file.
-    let reading = |run: TrialRun<'_>| {
-        let reads = rank_of(&run) == 2;
-        let mut out = good_trial(run);
-        if reads {
-            out.inputs = vec![(data.clone(), fingerprint(&data).unwrap())];
-        }
-        out
-    };
+    let reading = rank_two_reads(&data);
     run_counting(&s, reading).0.unwrap();
     assert_eq!(dry_rows(&s).len(), 2, "both finished, nothing changed");
 
