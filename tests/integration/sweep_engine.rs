@@ -174,14 +174,20 @@ fn rank_two_reads(data: &Path) -> impl Fn(TrialRun<'_>) -> TrialOutcome<String> 
     }
 }
 
+/// A two-trial sweep under `dir` run once, its rank-2 trial having read `data.txt` ("one").
+fn ran_once_with_an_input(dir: &Path) -> (Sweep, PathBuf) {
+    let data = dir.join("data.txt");
+    std::fs::write(&data, "one").unwrap();
+    let s = sweep(&dir.join("results"), &[1, 2]);
+    run_counting(&s, rank_two_reads(&data)).0.unwrap();
+    (s, data)
+}
+
 #[test]
 fn a_trial_runs_again_when_a_file_it_read_changed() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data.txt");
-    std::fs::write(&data, "one").unwrap();
-    let s = sweep(&tmp.path().join("results"), &[1, 2]);
+    let (s, data) = ran_once_with_an_input(tmp.path());
     let reading = rank_two_reads(&data);
-    run_counting(&s, reading).0.unwrap();
     let (_, counts, calls) = run_counting(&s, reading);
     assert_eq!((calls, counts.reused), (0, 2), "nothing changed");
     std::fs::write(&data, "two").unwrap();
@@ -399,11 +405,8 @@ fn dry_rows(s: &Sweep) -> Vec<SweepRow> {
 #[test]
 fn a_dry_run_reuses_exactly_what_a_real_run_would() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data.txt");
-    std::fs::write(&data, "one").unwrap();
-    let s = sweep(&tmp.path().join("results"), &[1, 2]);
+    let (s, data) = ran_once_with_an_input(tmp.path());
     let reading = rank_two_reads(&data);
-    run_counting(&s, reading).0.unwrap();
     assert_eq!(dry_rows(&s).len(), 2, "both finished, nothing changed");
 
     // --rerun runs both again, so a dry run under it returns no row.
