@@ -125,6 +125,12 @@ pub(crate) fn from_bf16(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
+/// The mask of the first `n` (at most 16) of 16 lanes.
+#[inline(always)]
+fn first_lanes(n: usize) -> std::arch::x86_64::__mmask16 {
+    ((1u32 << n) - 1) as std::arch::x86_64::__mmask16
+}
+
 /// [`to_bf16`] on 16 lanes: each f32 rounded to nearest even bf16, NaN to a quiet NaN of the
 /// same sign, left in the high half of its 32-bit lane (the low half zero), so the lanes read
 /// as f32 are `from_bf16(to_bf16(x))`.
@@ -325,7 +331,7 @@ unsafe fn thin_kernel(
     use std::arch::x86_64::*;
     let masks: [__mmask16; 3] = std::array::from_fn(|q| {
         let lanes = cols.saturating_sub(q * 16).min(16);
-        ((1u32 << lanes) - 1) as __mmask16
+        first_lanes(lanes)
     });
     let mut sums = [[_mm512_setzero_ps(); 3]; RANK_GROUP];
     for i in 0..v.rows {
@@ -415,7 +421,7 @@ unsafe fn store_rounded(
 ) {
     use std::arch::x86_64::*;
     let masks: [__mmask16; 2] =
-        std::array::from_fn(|h| ((1u32 << cols.saturating_sub(h * 16).min(16)) - 1) as __mmask16);
+        std::array::from_fn(|h| first_lanes(cols.saturating_sub(h * 16).min(16)));
     for r in 0..rows {
         for (h, &mask) in masks.iter().enumerate() {
             // SAFETY: 16 floats of the block's row r.
@@ -549,7 +555,7 @@ fn pack_panel(x: Strided, block: usize, panel: &mut [MaybeUninit<u16>], order: O
 unsafe fn round_into(src: &[f32], dst: *mut u16) {
     use std::arch::x86_64::*;
     for (h, chunk) in src.chunks(16).enumerate() {
-        let mask = ((1u32 << chunk.len()) - 1) as __mmask16;
+        let mask = first_lanes(chunk.len());
         // SAFETY: the mask keeps the load within `chunk` and the store within `dst`.
         unsafe {
             let x = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
@@ -568,7 +574,7 @@ unsafe fn round_into(src: &[f32], dst: *mut u16) {
 unsafe fn interleave_into(even: Option<&[f32]>, odd: Option<&[f32]>, dst: *mut u16) {
     use std::arch::x86_64::*;
     let lines = even.map_or(0, <[f32]>::len);
-    let mask = ((1u32 << lines) - 1) as __mmask16;
+    let mask = first_lanes(lines);
     let load = |row: Option<&[f32]>| match row {
         // SAFETY: the mask keeps the load within the row's `lines` values.
         Some(r) => round_lanes(unsafe { _mm512_maskz_loadu_ps(mask, r.as_ptr()) }),
