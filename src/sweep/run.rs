@@ -1,6 +1,7 @@
 //! Running the trials of one sweep, whatever a trial does: the caller hands in a closure
 //! per trial, and this does the rest — one writer per results folder, resuming (a trial
-//! already ok is reused unless `rerun`, or runs again when a file it read changed), moving
+//! already ok is reused unless `rerun`, or runs again when a file it read changed or a file it
+//! wrote and returned is gone), moving
 //! rows of trials the sweep no longer has to `archive/`, each trial's peak memory, and
 //! trials.csv, steps.csv and `.inputs.json`.
 
@@ -363,6 +364,10 @@ enum Earlier<'a> {
     Rerun,
     /// Finished ok, but a file it read has changed since: it runs again.
     InputsChanged,
+    /// Finished ok, but a path it returned inside its own folder is gone (results are often
+    /// committed without the large files a trial wrote, such as an adapter a later stage
+    /// loads): it runs again.
+    OutputMissing(String),
     /// Failed or non-finite earlier: it runs again.
     Again(TrialStatus),
 }
@@ -374,8 +379,13 @@ impl Sweep {
             None => Earlier::Absent,
             Some(r) if r.status != TrialStatus::Ok => Earlier::Again(r.status),
             Some(_) if self.rerun => Earlier::Rerun,
-            Some(r) if inputs.get(id).is_none_or(|files| unchanged(files)) => Earlier::Reused(r),
-            Some(_) => Earlier::InputsChanged,
+            Some(_) if !inputs.get(id).is_none_or(|files| unchanged(files)) => {
+                Earlier::InputsChanged
+            }
+            Some(r) => match missing_output(&self.dir.join(id), r) {
+                Some(path) => Earlier::OutputMissing(path),
+                None => Earlier::Reused(r),
+            },
         }
     }
 
@@ -460,6 +470,9 @@ impl Sweep {
                 Earlier::InputsChanged => {
                     eprintln!("{label}: a file it read changed; running it again")
                 }
+                Earlier::OutputMissing(path) => {
+                    eprintln!("{label}: {path}, which it wrote, is gone; running it again")
+                }
                 Earlier::Absent | Earlier::Again(_) | Earlier::Rerun => eprintln!("{label}"),
             }
             // Rows an interrupted or failed earlier attempt logged: kept up to the checkpoint
@@ -506,6 +519,21 @@ impl Sweep {
         }
         Ok(())
     }
+}
+
+/// The first result of `record` that names a path inside the trial's folder `trial_dir` (as
+/// given, or made absolute) where nothing exists any more.
+fn missing_output(trial_dir: &Path, record: &TrialRecord) -> Option<String> {
+    let absolute = std::path::absolute(trial_dir).ok();
+    record.metrics.iter().find_map(|(_, value)| match value {
+        Value::Str(s) => {
+            let path = Path::new(s);
+            let inside = path.starts_with(trial_dir)
+                || absolute.as_ref().is_some_and(|a| path.starts_with(a));
+            (inside && !path.exists()).then(|| s.clone())
+        }
+        _ => None,
+    })
 }
 
 /// How stale trials.csv may get while a sweep runs (the journal has every trial at once).
@@ -609,6 +637,7 @@ impl Sweep {
                 }
                 Earlier::Rerun => "ok (runs again: --rerun)".to_string(),
                 Earlier::InputsChanged => "ok (runs again: a file it read changed)".to_string(),
+                Earlier::OutputMissing(path) => format!("ok (runs again: {path} is gone)"),
                 Earlier::Again(status) => format!("{} (runs again)", status.as_str()),
                 Earlier::Absent => "to run".to_string(),
             };

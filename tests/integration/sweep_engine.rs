@@ -430,3 +430,41 @@ fn a_dry_run_reuses_exactly_what_a_real_run_would() {
         .collect();
     assert_eq!((reused, counts.run), (dry, 1));
 }
+
+#[test]
+fn a_trial_runs_again_when_a_file_it_wrote_and_returned_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = sweep(&tmp.path().join("results"), &[1, 2]);
+    // Each trial writes a file in its own folder and returns its path, as an SFT stage returns
+    // its adapter; it also returns a path outside its folder that never existed, which is not
+    // its own output and so does not make it run again.
+    let writing = |run: TrialRun<'_>| {
+        std::fs::create_dir_all(&run.dir).unwrap();
+        let file = run.dir.join("adapter.bin");
+        std::fs::write(&file, "weights").unwrap();
+        let mut out = good_trial(run);
+        if let Ok(metrics) = &mut out.result {
+            metrics.push(("adapter".into(), Value::Str(file.display().to_string())));
+            metrics.push(("elsewhere".into(), Value::Str("not/a/file".into())));
+        }
+        out
+    };
+    run_counting(&s, writing).0.unwrap();
+    assert_eq!(dry_rows(&s).len(), 2, "both files are there");
+
+    std::fs::remove_file(s.dir.join(&s.ids[1]).join("adapter.bin")).unwrap();
+    let dry: Vec<String> = dry_rows(&s)
+        .into_iter()
+        .map(|r| r.record.trial_id)
+        .collect();
+    assert_eq!(
+        dry,
+        s.ids[..1],
+        "the dry run reruns only the trial whose file is gone"
+    );
+    let (rows, counts, calls) = run_counting(&s, writing);
+    assert_eq!((calls, counts.reused, counts.run), (1, 1, 1));
+    assert!(!rows.unwrap()[1].reused);
+    assert!(s.dir.join(&s.ids[1]).join("adapter.bin").exists());
+    assert_eq!(dry_rows(&s).len(), 2, "written again, so reused again");
+}
