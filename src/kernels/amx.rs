@@ -61,14 +61,28 @@ pub(crate) fn available() -> bool {
 /// Why bf16 products run slower than f32 on this CPU, if they do (a warning for recipes that
 /// ask for bf16).
 pub(crate) fn slowness() -> Option<&'static str> {
-    match unit() {
+    let amx_off = std::env::var("RUNNER_AMX").is_ok_and(|v| v == "0");
+    slowness_of(unit(), cpu_is_intel(), cpu_has_amx_bf16(), amx_off)
+}
+
+/// [`slowness`] for a CPU described by its bf16 unit, vendor, AMX support and `RUNNER_AMX=0`.
+fn slowness_of(
+    unit: Option<Unit>,
+    intel: bool,
+    has_amx: bool,
+    amx_off: bool,
+) -> Option<&'static str> {
+    match unit {
         Some(Unit::Tiles) => None,
         // On a Zen 4 the vdpbf16ps step is 1.5× faster than f32; on an Intel Xeon with AMX
         // turned off it is 1.4× slower, in runner and in PyTorch's oneDNN alike
         // (docs/performance.md).
-        Some(Unit::DotBf16) if !cpu_is_intel() => None,
-        Some(Unit::DotBf16) if cpu_has_amx_bf16() => Some(
+        Some(Unit::DotBf16) if !intel => None,
+        Some(Unit::DotBf16) if has_amx && amx_off => Some(
             "RUNNER_AMX=0 turns off this CPU's AMX tiles; its AVX512_BF16 products run bf16 slower than precision = \"fp32\" (unset RUNNER_AMX)",
+        ),
+        Some(Unit::DotBf16) if has_amx => Some(
+            "this CPU has AMX, but Linux refused this process the tile registers (arch_prctl ARCH_REQ_XCOMP_PERM: a kernel before 5.16, or a sandbox that blocks it); its AVX512_BF16 products run bf16 slower than precision = \"fp32\"",
         ),
         Some(Unit::DotBf16) => Some(
             "this Intel CPU has AVX512_BF16 but no AMX: on Intel cores vdpbf16ps products measured slower than f32 ones, so bf16 runs slower than precision = \"fp32\"",
@@ -676,6 +690,31 @@ unsafe fn block_kernel(a: *const u16, b: *const u16, k_tiles: usize, acc: *mut f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bf16_warning_names_the_cause() {
+        let (tiles, dot) = (Some(Unit::Tiles), Some(Unit::DotBf16));
+        assert_eq!(slowness_of(tiles, true, true, false), None);
+        assert_eq!(
+            slowness_of(dot, false, false, false),
+            None,
+            "AMD: vdpbf16ps is fast"
+        );
+        let says = |unit, intel, amx, off, what: &str| {
+            let why = slowness_of(unit, intel, amx, off).unwrap();
+            assert!(why.contains(what), "{why:?} should say {what:?}");
+        };
+        says(dot, true, true, true, "RUNNER_AMX=0 turns off");
+        says(
+            dot,
+            true,
+            true,
+            false,
+            "Linux refused this process the tile registers",
+        );
+        says(dot, true, false, false, "has AVX512_BF16 but no AMX");
+        says(None, false, false, false, "neither AMX nor AVX512_BF16");
+    }
 
     fn reference(a: Strided, b: Strided) -> Vec<f32> {
         let mut out = vec![0f32; a.rows * b.cols];
