@@ -14,6 +14,9 @@ string fields "prompt", "chosen" and "rejected".
                                      rambling filler (8 templates)
     data/prefs/style_heldout.jsonl    60 pairs: new task instances (5 per family), disjoint from
                                      instruct.jsonl, every train file and tasks_heldout
+    data/prefs/tasks_heldout.families  the task family of each line of tasks_heldout.jsonl, one
+                                     name a line (for scoring by family; the pairs themselves
+                                     keep TRL's three fields)
 
     python3 scripts/make_preference_data.py
 
@@ -447,6 +450,11 @@ def main():
             counts[fam] = counts.get(fam, 0) + 1
         per = ", ".join(f"{fam} {counts.get(fam, 0)}" for fam in FAMILY_NAMES)
         print(f"wrote {OUT_DIR}/{name}: {len(rows)} pairs, {size} bytes ({per})")
+        if name == "tasks_heldout.jsonl":
+            families = os.path.join(OUT_DIR, "tasks_heldout.families")
+            with open(families, "w", encoding="utf-8", newline="\n") as f:
+                f.write("".join(fam + "\n" for fam, _ in rows))
+            print(f"wrote {families}: {len(rows)} lines")
     assert total < 800_000, total
     print(f"total {total} bytes")
 
