@@ -51,6 +51,8 @@ runner.sweep{
       end
     end
     local _, after = dpo:evaluate(heldout, { size = 16 })
+    -- The policy, for scoring by family (recipes/prefs_by_family.lua --set dpo_adapter=...).
+    model:save_adapter(runner.trial_dir() .. "/policy", "policy")
     gen.save = runner.trial_dir() .. "/predictions.jsonl"
     local em = runner.eval.generation(model, heldout_answers, gen).exact_match
     return {

@@ -12,7 +12,7 @@
 --   dpo DIR     a DPO policy (--set dpo_adapter=results/dpo/<trial>/policy) from
 --               recipes/dpo.lua: TRL's rewards/accuracies pair by pair, the policy's log-ratio
 --               to the SFT reference higher for chosen than for rejected.
---   runner recipes/prefs_by_family.lua [--set reward_adapter=DIR] [--set dpo_adapter=DIR]
+--   runner recipes/prefs_by_family.lua [--set reward_adapter=DIR[,DIR...]] [--set dpo_adapter=DIR[,DIR...]]
 -- Results: results/prefs_by_family/trials.csv, one row per scorer, one column per family
 -- (the share of its pairs ranked right) and `all`.
 
@@ -82,8 +82,11 @@ local function ranked_right(scorer)
 end
 
 local scorers = { "likelihood" }
-if runner.params.reward_adapter then scorers[#scorers + 1] = "reward " .. runner.params.reward_adapter end
-if runner.params.dpo_adapter then scorers[#scorers + 1] = "dpo " .. runner.params.dpo_adapter end
+for _, kind in ipairs{ "reward", "dpo" } do
+  for dir in (runner.params[kind .. "_adapter"] or ""):gmatch("[^,]+") do
+    scorers[#scorers + 1] = kind .. " " .. dir
+  end
+end
 
 runner.sweep{
   name = "prefs_by_family",
