@@ -1,9 +1,8 @@
 //! Running the trials of one sweep, whatever a trial does: the caller hands in a closure
 //! per trial, and this does the rest — one writer per results folder, resuming (a trial
-//! already ok is reused unless `rerun`, or runs again when a file it read changed or a file it
-//! wrote and returned is gone), moving
-//! rows of trials the sweep no longer has to `archive/`, each trial's peak memory, and
-//! trials.csv, steps.csv and `.inputs.json`.
+//! already ok is reused unless `rerun`, or runs again when a file it read changed or a file
+//! it wrote and returned is gone), moving rows of trials the sweep no longer has to
+//! `archive/`, each trial's peak memory, and trials.csv, steps.csv and `.inputs.json`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
