@@ -17,6 +17,10 @@ string fields "prompt", "chosen" and "rejected".
     data/prefs/tasks_heldout.families  the task family of each line of tasks_heldout.jsonl, one
                                      name a line (for scoring by family; the pairs themselves
                                      keep TRL's three fields)
+    data/prefs/count_words_train.jsonl    1000 pairs and
+    data/prefs/count_words_heldout.jsonl   200 pairs of the word-count family alone (rejected:
+                                     the count off by one), new sentences in no other file: can a
+                                     reward model learn to count with eight times the examples?
 
     python3 scripts/make_preference_data.py
 
@@ -45,6 +49,8 @@ N_STYLE_HELDOUT = 5  # per family
 N_TASKS_HELDOUT = 100  # 8 or 9 per family
 N_TASKS_EXTRA = 75  # new train instances per family, after the instruct.jsonl rows
 EXTRA_SEED = 20261206  # their own stream: the other files stay as they were
+N_COUNT_TRAIN, N_COUNT_HELDOUT = 1000, 200
+COUNT_SEED = 20261207  # the word-count files' own stream, for the same reason
 
 # The two prompts of runner's `alpaca` template (src/data/template.rs), verbatim.
 ALPACA_WITH_INPUT = (
@@ -418,19 +424,46 @@ def build():
     prompts = [pair["prompt"] for _, pair in tasks_train]
     assert len(set(prompts)) == len(prompts)
     assert not set(prompts) & (heldout["tasks_heldout.jsonl"] | heldout["style_heldout.jsonl"])
+
+    # Word counts alone, in sentences no other file has (train and held-out disjoint).
+    rng = random.Random(COUNT_SEED)
+    taken |= {key for key in train_keys(files)}
+    sentences = {inp for _, inp in taken}  # a sentence is new under any template
+    count = []
+    gen = dict((name, g) for name, g, _ in mtd.FAMILIES)["count_words"]
+    for ins, inp, out in gen(rng, N_COUNT_TRAIN + N_COUNT_HELDOUT):
+        if inp in sentences:
+            continue
+        sentences.add(inp)
+        pair = pair_of(ins, inp, out, REJECTERS["count_words"](rng, ins, inp, out))
+        check_pair("tasks", "count_words", pair)
+        count.append(("count_words", pair))
+        if len(count) == N_COUNT_TRAIN + N_COUNT_HELDOUT:
+            break
+    assert len(count) == N_COUNT_TRAIN + N_COUNT_HELDOUT, len(count)
+    files["count_words_train.jsonl"] = ("tasks", count[:N_COUNT_TRAIN])
+    files["count_words_heldout.jsonl"] = ("tasks", count[N_COUNT_TRAIN:])
     return files
+
+
+def train_keys(files):
+    """(instruction, input) of every task-train prompt, recovered from the rendered prompt."""
+    for _, pair in files["tasks_train.jsonl"][1]:
+        yield key_of(pair["prompt"])
+
+
+def key_of(prompt):
+    body = prompt.split("### Instruction:\n", 1)[1][: -len("\n\n### Response:\n")]
+    if "\n\n### Input:\n" in body:
+        return tuple(body.split("\n\n### Input:\n", 1))
+    return (body, "")
 
 
 def heldout_keys(files):
     """(instruction, input) of every held-out prompt, recovered from the rendered prompt."""
     for name in ("tasks_heldout.jsonl", "style_heldout.jsonl"):
         for _, pair in files[name][1]:
-            body = pair["prompt"].split("### Instruction:\n", 1)[1]
-            body = body[: -len("\n\n### Response:\n")]
-            if "\n\n### Input:\n" in body:
-                yield tuple(body.split("\n\n### Input:\n", 1))
-            else:
-                yield (body, "")
+            yield key_of(pair["prompt"])
 
 
 def main():
@@ -455,7 +488,7 @@ def main():
             with open(families, "w", encoding="utf-8", newline="\n") as f:
                 f.write("".join(fam + "\n" for fam, _ in rows))
             print(f"wrote {families}: {len(rows)} lines")
-    assert total < 800_000, total
+    assert total < 1_200_000, total
     print(f"total {total} bytes")
 
 
