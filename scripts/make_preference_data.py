@@ -427,8 +427,7 @@ def build():
 
     # Word counts alone, in sentences no other file has (train and held-out disjoint).
     rng = random.Random(COUNT_SEED)
-    taken |= {key for key in train_keys(files)}
-    sentences = {inp for _, inp in taken}  # a sentence is new under any template
+    sentences = {inp for _, inp in taken}  # every file's prompts; new under any template too
     count = []
     gen = dict((name, g) for name, g, _ in mtd.FAMILIES)["count_words"]
     for ins, inp, out in gen(rng, N_COUNT_TRAIN + N_COUNT_HELDOUT):
@@ -446,13 +445,8 @@ def build():
     return files
 
 
-def train_keys(files):
-    """(instruction, input) of every task-train prompt, recovered from the rendered prompt."""
-    for _, pair in files["tasks_train.jsonl"][1]:
-        yield key_of(pair["prompt"])
-
-
 def key_of(prompt):
+    """The (instruction, input) a rendered prompt was made from."""
     body = prompt.split("### Instruction:\n", 1)[1][: -len("\n\n### Response:\n")]
     if "\n\n### Input:\n" in body:
         return tuple(body.split("\n\n### Input:\n", 1))
