@@ -4,7 +4,9 @@
 -- and runs DPO on the 1,500 pairs of data/prefs/tasks_train.jsonl. Scored on the 100 held-out pairs of
 -- data/prefs/tasks_heldout.jsonl (prompts it never saw): TRL's rewards/accuracies and margins,
 -- and exact match of greedy answers against the chosen ones, before and after DPO.
---   runner recipes/dpo.lua [--set steps=N] [--set sft_steps=N]
+--   runner recipes/dpo.lua [--set steps=N] [--set sft_steps=N] [--set losses=L --set beta=B]
+--     [--set rpo_alpha=A] [--set train=PAIRS.jsonl[,PAIRS.jsonl...]] (e.g. the task pairs with
+--     the extra counts, sums and reversals of data/prefs/, as recipes/reward_model.lua says)
 -- The sweep runs loss type x beta; results/dpo/trials.csv holds one row per pair.
 
 local sft = require "lib.sft"
@@ -16,7 +18,11 @@ local limit = runner.params.limit or 50
 -- degenerate; 0 turns it off.
 local rpo_alpha = runner.params.rpo_alpha or 0.5
 local base = runner.model.load("smollm2-135m-instruct")
-local train = runner.data.pairs("data/prefs/tasks_train.jsonl")
+local train_files = {}
+for path in (runner.params.train or "data/prefs/tasks_train.jsonl"):gmatch("[^,]+") do
+  train_files[#train_files + 1] = path
+end
+local train = runner.data.pairs(train_files)
 local heldout = runner.data.pairs("data/prefs/tasks_heldout.jsonl")
 -- The held-out prompts with the chosen answers as references, for exact match.
 local heldout_answers = runner.data.jsonl("data/prefs/tasks_heldout.jsonl")

@@ -5,15 +5,21 @@
 -- over a plausible wrong one), scored on the 100 held-out pairs of
 -- data/prefs/tasks_heldout.jsonl, whose prompts and answers it never saw.
 --   runner recipes/reward_model.lua [--set steps=N] [--set rank=R] [--set sft_steps=N]
---     [--set train=PAIRS.jsonl --set heldout=PAIRS.jsonl] (other pairs, e.g. the word-count
---     pairs alone: data/prefs/count_words_train.jsonl and count_words_heldout.jsonl)
+--     [--set train=PAIRS.jsonl[,PAIRS.jsonl...] --set heldout=PAIRS.jsonl] (other pairs: the
+--     word-count pairs alone, data/prefs/count_words_train.jsonl and count_words_heldout.jsonl;
+--     or the task pairs with the extra counts, sums and reversals, tasks_train.jsonl,
+--     count_words_train.jsonl, add_train.jsonl, reverse_train.jsonl, joined in that order)
 -- Results: results/reward_model/ (trials.csv, steps.csv, the adapter with its head).
 
 local steps = runner.params.steps or 200
 local sft = require "lib.sft"
 local base = runner.model.load("smollm2-135m-instruct")
 local sft_adapter = sft(base, { name = "reward_sft", steps = runner.params.sft_steps or 60 })
-local train = runner.data.pairs(runner.params.train or "data/prefs/tasks_train.jsonl")
+local train_files = {}
+for path in (runner.params.train or "data/prefs/tasks_train.jsonl"):gmatch("[^,]+") do
+  train_files[#train_files + 1] = path
+end
+local train = runner.data.pairs(train_files)
 local heldout = runner.data.pairs(runner.params.heldout or "data/prefs/tasks_heldout.jsonl")
 
 runner.sweep{

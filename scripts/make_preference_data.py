@@ -21,6 +21,11 @@ string fields "prompt", "chosen" and "rejected".
     data/prefs/count_words_heldout.jsonl   200 pairs of the word-count family alone (rejected:
                                      the count off by one), new sentences in no other file: can a
                                      reward model learn to count with eight times the examples?
+    data/prefs/add_train.jsonl      1000 more sums and
+    data/prefs/reverse_train.jsonl   all the reversals left (the word list runs out), new
+                                     prompts whose answers are none of the held-out answers: with
+                                     count_words_train.jsonl, more of the families a scorer must
+                                     check against the prompt
 
     python3 scripts/make_preference_data.py
 
@@ -51,6 +56,8 @@ N_TASKS_EXTRA = 75  # new train instances per family, after the instruct.jsonl r
 EXTRA_SEED = 20261206  # their own stream: the other files stay as they were
 N_COUNT_TRAIN, N_COUNT_HELDOUT = 1000, 200
 COUNT_SEED = 20261207  # the word-count files' own stream, for the same reason
+CHECK_FAMILIES, N_CHECK_TRAIN = ("add", "reverse"), 1000  # at most 1000 each
+CHECK_SEED = 20261208  # their own stream too
 
 # The two prompts of runner's `alpaca` template (src/data/template.rs), verbatim.
 ALPACA_WITH_INPUT = (
@@ -442,6 +449,28 @@ def build():
     assert len(count) == N_COUNT_TRAIN + N_COUNT_HELDOUT, len(count)
     files["count_words_train.jsonl"] = ("tasks", count[:N_COUNT_TRAIN])
     files["count_words_heldout.jsonl"] = ("tasks", count[N_COUNT_TRAIN:])
+
+    # More sums and reversals, the other families whose answer must be checked against the
+    # prompt: new prompts, answers none of the held-out ones. Reversals run out of words first
+    # (120 words under 5 templates, the held-out words excluded).
+    rng = random.Random(CHECK_SEED)
+    for name in CHECK_FAMILIES:
+        gen = dict((fam, g) for fam, g, _ in mtd.FAMILIES)[name]
+        more = []
+        for _ in range(50):
+            for ins, inp, out in gen(rng, CANDIDATES.get(name, 40 * N_CHECK_TRAIN)):
+                if (ins, inp) in taken or out in heldout_answers:
+                    continue
+                taken.add((ins, inp))
+                pair = pair_of(ins, inp, out, REJECTERS[name](rng, ins, inp, out))
+                check_pair("tasks", name, pair)
+                more.append((name, pair))
+                if len(more) == N_CHECK_TRAIN:
+                    break
+            if len(more) == N_CHECK_TRAIN:
+                break
+        assert len(more) >= 400, (name, len(more))
+        files[f"{name}_train.jsonl"] = ("tasks", more)
     return files
 
 
@@ -482,7 +511,7 @@ def main():
             with open(families, "w", encoding="utf-8", newline="\n") as f:
                 f.write("".join(fam + "\n" for fam, _ in rows))
             print(f"wrote {families}: {len(rows)} lines")
-    assert total < 1_200_000, total
+    assert total < 1_500_000, total
     print(f"total {total} bytes")
 
 

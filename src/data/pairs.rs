@@ -453,6 +453,9 @@ pub(crate) struct PairSet {
     pub(crate) source: String,
     /// Malformed lines skipped while reading (when the reader was asked to skip them).
     pub(crate) skipped: usize,
+    /// For sets joined by [`PairSet::concat`]: each part's source and pair count, in order, so
+    /// a message names the file a pair came from. Empty for a set from one source.
+    pub(crate) parts: Vec<(String, usize)>,
 }
 
 impl PairSet {
@@ -517,7 +520,45 @@ impl PairSet {
             pairs,
             source,
             skipped,
+            parts: Vec::new(),
         })
+    }
+
+    /// Several sets as one, in order (`runner.data.pairs{"a.jsonl", "b.jsonl"}`, as
+    /// `datasets.concatenate_datasets` joins TRL's inputs). Margins must still be on every pair
+    /// or on none.
+    pub(crate) fn concat(sets: Vec<PairSet>) -> Result<Self, DataError> {
+        let source = sets
+            .iter()
+            .map(|s| s.source.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let skipped = sets.iter().map(|s| s.skipped).sum();
+        let mut parts = Vec::new();
+        let mut pairs = Vec::new();
+        for set in sets {
+            if set.parts.is_empty() {
+                parts.push((set.source, set.pairs.len()));
+            } else {
+                parts.extend(set.parts);
+            }
+            pairs.extend(set.pairs);
+        }
+        let mut joined = Self::finish(pairs, source, skipped)?;
+        joined.parts = parts;
+        Ok(joined)
+    }
+
+    /// The source and 1-based row of pair `i`.
+    fn origin(&self, i: usize) -> (String, usize) {
+        let mut first = 0;
+        for (source, n) in &self.parts {
+            if i < first + n {
+                return (source.clone(), i - first + 1);
+            }
+            first += n;
+        }
+        (self.source.clone(), i + 1)
     }
 
     /// Every pair rendered, tokenized and truncated; pairs left without a completion token are
@@ -531,10 +572,13 @@ impl PairSet {
         let mut pairs = Vec::with_capacity(self.pairs.len());
         let mut truncated_away = 0;
         for (i, pair) in self.pairs.iter().enumerate() {
-            match TokenizedPair::new(pair, tok, opts).map_err(|msg| DataError::Row {
-                source_name: self.source.clone(),
-                row: i + 1,
-                msg,
+            match TokenizedPair::new(pair, tok, opts).map_err(|msg| {
+                let (source_name, row) = self.origin(i);
+                DataError::Row {
+                    source_name,
+                    row,
+                    msg,
+                }
             })? {
                 Some(p) => pairs.push(p),
                 None => truncated_away += 1,
@@ -893,6 +937,57 @@ mod tests {
         .unwrap_err();
         assert!(
             err.to_string().contains("1 of 2 pairs have a 'margin'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn joined_sets_keep_order_and_name_each_pairs_own_file() {
+        let a = file(concat!(
+            "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n",
+            "{\"prompt\": \"q\", \"chosen\": \"c\", \"rejected\": \"d\"}\n",
+        ));
+        let b = file(concat!(
+            "{\"prompt\": \"r\", \"chosen\": \"e\", \"rejected\": \"f\"}\n",
+            "{\"prompt\": [{\"role\": \"user\", \"content\": \"s\"}], ",
+            "\"chosen\": [{\"role\": \"assistant\", \"content\": \"g\"}], ",
+            "\"rejected\": [{\"role\": \"assistant\", \"content\": \"h\"}]}\n",
+        ));
+        let read = |f: &tempfile::NamedTempFile| {
+            PairSet::read_jsonl(f.path(), ReadOptions::default()).unwrap()
+        };
+        let joined = PairSet::concat(vec![read(&a), read(&b)]).unwrap();
+        assert_eq!(joined.pairs.len(), 4);
+        assert_eq!(joined.pairs[..2], read(&a).pairs[..]);
+        assert_eq!(joined.pairs[2], text_pair("r", "e", "f"));
+        assert_eq!(
+            joined.source,
+            format!("{} + {}", a.path().display(), b.path().display())
+        );
+        // The conversational pair cannot render without a chat template: the message names
+        // its own file and row, not the fourth row of the joined set.
+        let err = joined
+            .tokenize(&ByteTokenizer, &PairOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{}: row 2: ", b.path().display())),
+            "{err}"
+        );
+        // Joining joined sets keeps the parts; margins on some parts only are refused.
+        let again = PairSet::concat(vec![read(&a), joined]).unwrap();
+        assert_eq!(again.origin(3), (a.path().display().to_string(), 2));
+        assert_eq!(again.origin(5), (b.path().display().to_string(), 2));
+        let with_margin = PairSet::from_rows(
+            &[row(
+                r#"{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1}"#,
+            )],
+            "mem",
+        )
+        .unwrap();
+        let err = PairSet::concat(vec![with_margin, read(&a)]).unwrap_err();
+        assert!(
+            err.to_string().contains("1 of 3 pairs have a 'margin'"),
             "{err}"
         );
     }

@@ -32,7 +32,7 @@ pub(crate) struct LuaPairChunk(Vec<PreferencePair>);
 
 pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
     let data: Table = runner.get("data")?;
-    // runner.data.pairs(path | {rows}, {skip_malformed = false})
+    // runner.data.pairs(path | {paths} | {rows}, {skip_malformed = false})
     data.set(
         "pairs",
         lua.create_function(|lua, (src, opts): (Value, Option<Table>)| {
@@ -46,6 +46,24 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                     super::host::note_input(lua, Path::new(&path))?;
                     PairSet::read_jsonl(Path::new(&path), read)
                 }
+                // A list of paths: the files' pairs joined in order.
+                Value::Table(list) if matches!(list.raw_get(1)?, Value::String(_)) => {
+                    let mut sets = Vec::new();
+                    for (i, v) in list.sequence_values::<Value>().enumerate() {
+                        let Value::String(path) = v? else {
+                            return Err(o.err(format!(
+                                "entry {} of the list of paths is not a path",
+                                i + 1
+                            )));
+                        };
+                        let path = path.to_string_lossy();
+                        super::host::note_input(lua, Path::new(&path))?;
+                        let set = PairSet::read_jsonl(Path::new(&path), read)
+                            .map_err(|e| recipe_error(lua, format!("runner.data.pairs: {e}")))?;
+                        sets.push(set);
+                    }
+                    PairSet::concat(sets)
+                }
                 Value::Table(list) => {
                     let mut rows = Vec::new();
                     for (i, v) in list.sequence_values::<Value>().enumerate() {
@@ -55,7 +73,7 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                 }
                 other => {
                     return Err(o.err(format!(
-                        "expects a JSONL path or a list of {{prompt, chosen, rejected}} rows, found {}",
+                        "expects a JSONL path, a list of paths or a list of {{prompt, chosen, rejected}} rows, found {}",
                         describe(other)
                     )));
                 }
@@ -285,6 +303,7 @@ fn collate(
         pairs,
         source: what.to_string(),
         skipped: 0,
+        parts: Vec::new(),
     };
     let mut tokenized = set
         .tokenize(tokenizer, opts)
@@ -715,6 +734,7 @@ pub(crate) fn score_pairs<B: burn::prelude::Backend>(
         pairs,
         source: "scores".into(),
         skipped: 0,
+        parts: Vec::new(),
     };
     let opts = untruncated();
     let tokenized = set.tokenize(tokenizer, &opts).map_err(|e| e.to_string())?;
