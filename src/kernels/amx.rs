@@ -145,6 +145,12 @@ fn first_lanes(n: usize) -> std::arch::x86_64::__mmask16 {
     ((1u32 << n) - 1) as std::arch::x86_64::__mmask16
 }
 
+/// The mask of the columns of `cols` that the `q`-th group of 16 lanes holds.
+#[inline(always)]
+fn block_lanes(cols: usize, q: usize) -> std::arch::x86_64::__mmask16 {
+    first_lanes(cols.saturating_sub(q * 16).min(16))
+}
+
 /// [`to_bf16`] on 16 lanes: each f32 rounded to nearest even bf16, NaN to a quiet NaN of the
 /// same sign, left in the high half of its 32-bit lane (the low half zero), so the lanes read
 /// as f32 are `from_bf16(to_bf16(x))`.
@@ -343,10 +349,7 @@ unsafe fn thin_kernel(
     acc: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let masks: [__mmask16; 3] = std::array::from_fn(|q| {
-        let lanes = cols.saturating_sub(q * 16).min(16);
-        first_lanes(lanes)
-    });
+    let masks: [__mmask16; 3] = std::array::from_fn(|q| block_lanes(cols, q));
     let mut sums = [[_mm512_setzero_ps(); 3]; RANK_GROUP];
     for i in 0..v.rows {
         let row = v
@@ -434,8 +437,7 @@ unsafe fn store_rounded(
     n: usize,
 ) {
     use std::arch::x86_64::*;
-    let masks: [__mmask16; 2] =
-        std::array::from_fn(|h| first_lanes(cols.saturating_sub(h * 16).min(16)));
+    let masks: [__mmask16; 2] = std::array::from_fn(|h| block_lanes(cols, h));
     for r in 0..rows {
         for (h, &mask) in masks.iter().enumerate() {
             // SAFETY: 16 floats of the block's row r.
