@@ -36,21 +36,26 @@ pub(crate) enum Unit {
     DotBf16,
 }
 
-/// The unit this process runs packed bf16 products on, if any (checked once).
-pub(crate) fn unit() -> Option<Unit> {
-    static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
-    *UNIT.get_or_init(|| {
-        if std::env::var("RUNNER_AMX").map_or(true, |v| v != "0")
-            && cpu_has_amx_bf16()
-            && request_tile_permission()
-        {
+/// The unit this process runs packed bf16 products on, if any, and whether `RUNNER_AMX=0`
+/// turned the tiles off: decided once, so the warning gives the reason the choice had.
+fn detected() -> (Option<Unit>, bool) {
+    static DETECTED: OnceLock<(Option<Unit>, bool)> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        let amx_off = std::env::var("RUNNER_AMX").is_ok_and(|v| v == "0");
+        let unit = if !amx_off && cpu_has_amx_bf16() && request_tile_permission() {
             Some(Unit::Tiles)
         } else if super::dpbf16::available() {
             Some(Unit::DotBf16)
         } else {
             None
-        }
+        };
+        (unit, amx_off)
     })
+}
+
+/// The unit this process runs packed bf16 products on, if any.
+pub(crate) fn unit() -> Option<Unit> {
+    detected().0
 }
 
 /// Whether packed bf16 products run on this machine (AMX tiles or `vdpbf16ps`).
@@ -61,8 +66,8 @@ pub(crate) fn available() -> bool {
 /// Why bf16 products run slower than f32 on this CPU, if they do (a warning for recipes that
 /// ask for bf16).
 pub(crate) fn slowness() -> Option<&'static str> {
-    let amx_off = std::env::var("RUNNER_AMX").is_ok_and(|v| v == "0");
-    slowness_of(unit(), cpu_is_intel(), cpu_has_amx_bf16(), amx_off)
+    let (unit, amx_off) = detected();
+    slowness_of(unit, cpu_is_intel(), cpu_has_amx_bf16(), amx_off)
 }
 
 /// [`slowness`] for a CPU described by its bf16 unit, vendor, AMX support and `RUNNER_AMX=0`.
