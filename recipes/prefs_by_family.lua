@@ -14,7 +14,7 @@
 --               to the SFT reference higher for chosen than for rejected.
 --   runner recipes/prefs_by_family.lua [--set reward_adapter=DIR[,DIR...]] [--set dpo_adapter=DIR[,DIR...]]
 -- Results: results/prefs_by_family/trials.csv, one row per scorer, one column per family
--- (the share of its pairs ranked right) and `all`.
+-- (the share of its pairs ranked right), `all`, and `wrong` (the lines ranked wrongly).
 
 local sft = require "lib.sft"
 local base = runner.model.load("smollm2-135m-instruct")
@@ -93,13 +93,15 @@ runner.sweep{
   grid = { scorer = scorers },
   trial = function(p)
     local right = ranked_right(p.scorer)
-    local hits, counts, total = {}, {}, 0
+    local hits, counts, total, wrong = {}, {}, 0, {}
     for i, family in ipairs(families) do
       counts[family] = (counts[family] or 0) + 1
       hits[family] = (hits[family] or 0) + (right[i] and 1 or 0)
       total = total + (right[i] and 1 or 0)
+      if not right[i] then wrong[#wrong + 1] = i end
     end
-    local row = { all = total / #heldout }
+    -- `wrong`: the lines of tasks_heldout.jsonl ranked wrongly, to compare scorers pair by pair.
+    local row = { all = total / #heldout, wrong = table.concat(wrong, " ") }
     for family, n in pairs(counts) do row[family] = hits[family] / n end
     return row
   end,
