@@ -272,6 +272,7 @@ def ramble(rng, ins, inp, out):
 # ---------------------------------------------------------------------------------------------
 
 FAMILY_NAMES = [name for name, _, _ in mtd.FAMILIES]
+GENERATORS = {name: gen for name, gen, _ in mtd.FAMILIES}
 # How many candidates to ask each generator for (the table size where it samples a table).
 CANDIDATES = {"capital": len(mtd.COUNTRIES), "plural": len(mtd.NOUNS),
               "antonym": len(mtd.ANTONYMS), "reverse": 60}
@@ -354,6 +355,24 @@ def pair_of(ins, inp, chosen, rejected):
     return {"prompt": render_prompt(ins, inp), "chosen": chosen, "rejected": rejected}
 
 
+def fresh_pairs(rng, name, n, taken, excluded_answers):
+    """Up to n new pairs of one family whose (instruction, input) is not in `taken` (which
+    they join) and whose answer is not in `excluded_answers`; the table families draw each
+    entry once a call, so the generator is asked again, at most 50 times."""
+    pairs = []
+    for _ in range(50):
+        for ins, inp, out in GENERATORS[name](rng, CANDIDATES.get(name, 40 * n)):
+            if (ins, inp) in taken or out in excluded_answers:
+                continue
+            taken.add((ins, inp))
+            pair = pair_of(ins, inp, out, REJECTERS[name](rng, ins, inp, out))
+            check_pair("tasks", name, pair)
+            pairs.append((name, pair))
+            if len(pairs) == n:
+                return pairs
+    return pairs
+
+
 def build():
     rng = random.Random(SEED)
     instruct = read_instruct()
@@ -411,21 +430,10 @@ def build():
     heldout_answers = {pair["chosen"] for name in ("tasks_heldout.jsonl", "style_heldout.jsonl")
                        for _, pair in files[name][1]}
     extra = []
-    for name, gen, _ in mtd.FAMILIES:
-        n, rounds = 0, 0
-        while n < N_TASKS_EXTRA and rounds < 50:  # table families draw each entry once a call
-            rounds += 1
-            for ins, inp, out in gen(rng, CANDIDATES.get(name, 40 * N_TASKS_EXTRA)):
-                if (ins, inp) in taken or out in heldout_answers:
-                    continue
-                taken.add((ins, inp))
-                pair = pair_of(ins, inp, out, REJECTERS[name](rng, ins, inp, out))
-                check_pair("tasks", name, pair)
-                extra.append((name, pair))
-                n += 1
-                if n == N_TASKS_EXTRA:
-                    break
-        assert n == N_TASKS_EXTRA, (name, n)
+    for name in FAMILY_NAMES:
+        new = fresh_pairs(rng, name, N_TASKS_EXTRA, taken, heldout_answers)
+        assert len(new) == N_TASKS_EXTRA, (name, len(new))
+        extra += new
     rng.shuffle(extra)
     tasks_train.extend(extra)
     prompts = [pair["prompt"] for _, pair in tasks_train]
@@ -436,8 +444,7 @@ def build():
     rng = random.Random(COUNT_SEED)
     sentences = {inp for _, inp in taken}  # every file's prompts; new under any template too
     count = []
-    gen = dict((name, g) for name, g, _ in mtd.FAMILIES)["count_words"]
-    for ins, inp, out in gen(rng, N_COUNT_TRAIN + N_COUNT_HELDOUT):
+    for ins, inp, out in GENERATORS["count_words"](rng, N_COUNT_TRAIN + N_COUNT_HELDOUT):
         if inp in sentences:
             continue
         sentences.add(inp)
@@ -459,20 +466,8 @@ def build():
     # answers are chosen 0-2 times, their wrong answers 10-29 times).
     rng = random.Random(CHECK_SEED)
     for name in CHECK_FAMILIES:
-        gen = dict((fam, g) for fam, g, _ in mtd.FAMILIES)[name]
-        more = []
-        for _ in range(50):
-            for ins, inp, out in gen(rng, CANDIDATES.get(name, 40 * N_CHECK_TRAIN)):
-                if (ins, inp) in taken or (name not in NUMERIC and out in heldout_answers):
-                    continue
-                taken.add((ins, inp))
-                pair = pair_of(ins, inp, out, REJECTERS[name](rng, ins, inp, out))
-                check_pair("tasks", name, pair)
-                more.append((name, pair))
-                if len(more) == N_CHECK_TRAIN:
-                    break
-            if len(more) == N_CHECK_TRAIN:
-                break
+        excluded = set() if name in NUMERIC else heldout_answers
+        more = fresh_pairs(rng, name, N_CHECK_TRAIN, taken, excluded)
         assert len(more) >= 400, (name, len(more))
         files[f"{name}_train.jsonl"] = ("tasks", more)
     return files
