@@ -13,6 +13,7 @@ use super::options::{Opts, describe, recipe_error, runtime_error};
 use super::train::{
     TRAINER_KEYS, WithTrainer, add_checkpoint_methods, step_table, train_error, trainer_from_opts,
 };
+use crate::data::DataError;
 use crate::data::batch::{BatchOptions, BatchOrder};
 use crate::data::pairs::{PairBatch, PairOptions, PairSet, PreferencePair, TruncationMode};
 use crate::data::row::ReadOptions;
@@ -40,12 +41,15 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
             let read = ReadOptions {
                 skip_malformed: o.bool("skip_malformed")?.unwrap_or(false),
             };
+            let data_error =
+                |e: DataError| recipe_error(lua, format!("runner.data.pairs: {e}"));
+            let read_file = |path: &mlua::String| {
+                let path = path.to_string_lossy();
+                super::host::note_input(lua, Path::new(&path))?;
+                PairSet::read_jsonl(Path::new(&path), read).map_err(data_error)
+            };
             let set = match &src {
-                Value::String(path) => {
-                    let path = path.to_string_lossy();
-                    super::host::note_input(lua, Path::new(&path))?;
-                    PairSet::read_jsonl(Path::new(&path), read)
-                }
+                Value::String(path) => read_file(path)?,
                 // A list of paths: the files' pairs joined in order.
                 Value::Table(list) if matches!(list.raw_get(1)?, Value::String(_)) => {
                     let mut sets = Vec::new();
@@ -56,20 +60,16 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                                 i + 1
                             )));
                         };
-                        let path = path.to_string_lossy();
-                        super::host::note_input(lua, Path::new(&path))?;
-                        let set = PairSet::read_jsonl(Path::new(&path), read)
-                            .map_err(|e| recipe_error(lua, format!("runner.data.pairs: {e}")))?;
-                        sets.push(set);
+                        sets.push(read_file(&path)?);
                     }
-                    PairSet::concat(sets)
+                    PairSet::concat(sets).map_err(data_error)?
                 }
                 Value::Table(list) => {
                     let mut rows = Vec::new();
                     for (i, v) in list.sequence_values::<Value>().enumerate() {
                         rows.push(super::data::row_from_lua(lua, "runner.data.pairs", i + 1, v?)?);
                     }
-                    PairSet::from_rows(&rows, "runner.data.pairs")
+                    PairSet::from_rows(&rows, "runner.data.pairs").map_err(data_error)?
                 }
                 other => {
                     return Err(o.err(format!(
@@ -77,8 +77,7 @@ pub(crate) fn register(lua: &Lua, runner: &Table) -> mlua::Result<()> {
                         describe(other)
                     )));
                 }
-            }
-            .map_err(|e| recipe_error(lua, format!("runner.data.pairs: {e}")))?;
+            };
             Ok(LuaPairs(set))
         })?,
     )?;
